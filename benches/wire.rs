@@ -1,0 +1,60 @@
+//! Per-packet cost of the forwarding decisions: parse, lookup, encapsulate / check, decapsulate.
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fustian::forward::{Forwarding, inbound, outbound};
+use fustian::table::{Peer, Snapshot};
+use fustian::wire::ip::{IpProtocol, Packet, Repr};
+use fustian::wire::Encap;
+
+const HEADROOM: usize = 64;
+
+fn packet(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+    let repr = Repr {
+        src_addr: Ipv4Addr::from(src),
+        dst_addr: Ipv4Addr::from(dst),
+        protocol: IpProtocol::Udp,
+        ttl: 64,
+        payload_len: len - 20,
+    };
+    let mut buf = vec![0u8; len];
+    repr.emit(&mut Packet::new_unchecked(&mut buf[..])).expect("fits");
+    buf
+}
+
+fn snapshot(local: &str, peer_subnet: &str, peer_ip: &str) -> Snapshot {
+    Snapshot::new(
+        vec![local.parse().expect("literal")],
+        vec![Peer {
+            subnet: peer_subnet.parse().expect("literal"),
+            endpoint: SocketAddr::new(peer_ip.parse().expect("literal"), 8285),
+        }],
+    )
+    .expect("valid")
+}
+
+fn bench(c: &mut Criterion) {
+    let fwd = Forwarding { encap: Encap::Flannel, max_inner_len: 1472 };
+    let a = snapshot("10.244.1.0/24", "10.244.2.0/24", "192.0.2.2");
+    let b = snapshot("10.244.2.0/24", "10.244.1.0/24", "192.0.2.1");
+    let from_a: SocketAddr = "192.0.2.1:8285".parse().expect("literal");
+    let mut group = c.benchmark_group("flannel");
+    for size in [64usize, 576, 1400, 1472] {
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend(packet([10, 244, 1, 2], [10, 244, 2, 2], size));
+        group.bench_with_input(BenchmarkId::new("outbound", size), &size, |bench, &size| {
+            bench.iter(|| black_box(outbound(&a, &fwd, black_box(&mut buf), HEADROOM, size)));
+        });
+        let datagram = packet([10, 244, 1, 2], [10, 244, 2, 2], size);
+        group.bench_with_input(BenchmarkId::new("inbound", size), &size, |bench, _| {
+            bench.iter(|| black_box(inbound(&b, &fwd, from_a, black_box(&datagram))));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,2 @@
+//! Root-only end-to-end tests in network namespaces.
+fn main() {}

@@ -1,0 +1,98 @@
+//! Command-line types (clap derive). They turn flags into [`crate::config`] values and stop
+//! there.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{PeerEntry, RawNode, parse_peer_flag};
+
+/// fustian: a userspace overlay dataplane for flannel-style pod networks.
+#[derive(Debug, Parser)]
+#[command(name = "fustian", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing `EnvFilter` syntax: error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "FUSTIAN_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node of the overlay.
+    Run(RunArgs),
+    /// Build two nodes in network namespaces, send traffic through the overlay, print results.
+    Lab(LabArgs),
+}
+
+/// Flags of `fustian run`. Each can also be set in the `--config` file; a flag wins.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML file with the same settings as the flags (see README, "Configuration").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The whole overlay network; routed into the TUN device. Example: 10.244.0.0/16.
+    #[arg(long, value_name = "CIDR")]
+    pub network: Option<String>,
+    /// This node's pod subnet, inside the network. Example: 10.244.1.0/24.
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// This node's underlay address; the UDP socket binds to it and peers send to it.
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<String>,
+    /// Underlay interface whose MTU sizes the tunnel [default: the one holding --public-ip].
+    #[arg(long, value_name = "DEV")]
+    pub iface: Option<String>,
+    /// Encapsulation: `udp` (flannel's udp backend format) [default: udp].
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// UDP port to bind and to send to [default: 8285 for udp].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u32>,
+    /// TUN device name; created if missing [default: flannel0].
+    #[arg(long, value_name = "NAME")]
+    pub tun: Option<String>,
+    /// TUN MTU [default: underlay MTU - 28 for udp over IPv4].
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u32>,
+    /// A peer: its pod subnet and public IP (optionally :PORT). Repeatable.
+    #[arg(long = "peer", value_name = "SUBNET=IP", value_parser = parse_peer_flag)]
+    pub peers: Vec<PeerEntry>,
+    /// Write counters in Prometheus text format to this file every 250 ms and on exit.
+    #[arg(long, value_name = "FILE")]
+    pub stats_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Returns the overlay settings given as flags.
+    pub fn raw(&self) -> RawNode {
+        RawNode {
+            network: self.network.clone(),
+            subnet: self.subnet.clone(),
+            public_ip: self.public_ip.clone(),
+            iface: self.iface.clone(),
+            backend: self.backend.clone(),
+            port: self.port,
+            tun: self.tun.clone(),
+            mtu: self.mtu,
+            peers: self.peers.clone(),
+        }
+    }
+}
+
+/// Flags of `fustian lab`.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Seconds of bulk TCP transfer in each direction.
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Round trips in the ping-pong latency test.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub pings: u32,
+    /// Prefix of the namespace names [default: fl<pid>]; at most 8 characters.
+    #[arg(long, value_name = "NAME")]
+    pub prefix: Option<String>,
+}

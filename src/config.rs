@@ -1,0 +1,460 @@
+//! Typed node configuration, from flags and an optional TOML file.
+//!
+//! Every setting can be given as a flag or in the file given by `--config`; a flag wins over
+//! the file. Values are parsed here into types that cannot hold invalid values, and every error
+//! names where the bad value came from: the flag (`--subnet`) or the file and field
+//! (`node.toml: subnet`). Nothing outside this module reads settings from files or the
+//! environment.
+//!
+//! The file holds the same settings as the flags:
+//!
+//! ```toml
+//! network = "10.244.0.0/16"
+//! subnet = "10.244.1.0/24"
+//! public_ip = "192.0.2.1"
+//! backend = "udp"          # optional, default udp
+//! port = 8285              # optional, default per backend
+//! tun = "flannel0"         # optional
+//! mtu = 1472               # optional, default underlay MTU - overhead
+//! iface = "eth0"           # optional, default: the interface holding public_ip
+//!
+//! [[peer]]
+//! subnet = "10.244.2.0/24"
+//! public_ip = "192.0.2.2"  # or "192.0.2.2:8285"
+//! ```
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::table::Peer;
+use crate::wire::Encap;
+
+/// Default TUN device name, as flannel's `udp` backend names it.
+pub const DEFAULT_TUN: &str = "flannel0";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value failed to parse or validate.
+    #[error("invalid {origin} `{value}`: {reason}")]
+    Invalid {
+        /// Where it came from.
+        origin: Origin,
+        /// The value as given.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A required setting is missing.
+    #[error("missing --{flag} (or `{field}` in the config file)")]
+    Missing {
+        /// The flag name.
+        flag: &'static str,
+        /// The file field name.
+        field: &'static str,
+    },
+    /// The config file cannot be parsed as TOML of the expected shape.
+    #[error("cannot parse config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the field and line).
+        message: String,
+    },
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag(&'static str),
+    /// A field of the config file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The field.
+        field: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flag(name) => write!(f, "--{name}"),
+            Self::File { path, field } => write!(f, "{}: {field}", path.display()),
+        }
+    }
+}
+
+/// One peer as written in a flag (`SUBNET=IP[:PORT]`) or a `[[peer]]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// The peer's pod subnet.
+    pub subnet: String,
+    /// The peer's public IP, optionally with a port.
+    pub public_ip: String,
+}
+
+/// Settings as given, before validation: all optional, all strings where a parse can fail.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Overlay network.
+    pub network: Option<String>,
+    /// This node's subnet.
+    pub subnet: Option<String>,
+    /// This node's public IP.
+    pub public_ip: Option<String>,
+    /// Underlay interface.
+    pub iface: Option<String>,
+    /// Backend name.
+    pub backend: Option<String>,
+    /// UDP port.
+    pub port: Option<u32>,
+    /// TUN device name.
+    pub tun: Option<String>,
+    /// TUN MTU.
+    pub mtu: Option<u32>,
+    /// Peers.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerEntry>,
+}
+
+impl RawNode {
+    /// Parses the TOML text of a config file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Parse`] naming the file, the field and the line.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// Reads and parses a config file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(path, &text)
+    }
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The whole overlay network (routed into the TUN device).
+    pub network: IpNet,
+    /// This node's pod subnet.
+    pub subnet: IpNet,
+    /// This node's public (underlay) address; the UDP socket binds to it.
+    pub public_ip: IpAddr,
+    /// The underlay interface, when given; otherwise the one holding `public_ip`.
+    pub iface: Option<String>,
+    /// The wire format.
+    pub encap: Encap,
+    /// The UDP port to bind and to send to.
+    pub port: u16,
+    /// The TUN device name.
+    pub tun: String,
+    /// The TUN MTU, when given; otherwise underlay MTU minus the encapsulation overhead.
+    pub mtu: Option<u32>,
+    /// The peers.
+    pub peers: Vec<Peer>,
+}
+
+impl NodeConfig {
+    /// Validates settings from flags (`cli`) over settings from a file (`file`, with its path).
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] found, naming the flag or the file and field.
+    pub fn resolve(cli: &RawNode, file: Option<(&Path, &RawNode)>) -> Result<Self, ConfigError> {
+        let empty = RawNode::default();
+        let (path, file_raw) = match file {
+            Some((p, r)) => (Some(p), r),
+            None => (None, &empty),
+        };
+        let origin = |flag: &'static str, field: &str, from_cli: bool| {
+            if from_cli {
+                Origin::Flag(flag)
+            } else {
+                Origin::File {
+                    path: path.map(Path::to_path_buf).unwrap_or_default(),
+                    field: field.to_owned(),
+                }
+            }
+        };
+        macro_rules! pick {
+            ($field:ident, $flag:literal) => {
+                match (&cli.$field, &file_raw.$field) {
+                    (Some(v), _) => Some((v.clone(), origin($flag, stringify!($field), true))),
+                    (None, Some(v)) => Some((v.clone(), origin($flag, stringify!($field), false))),
+                    (None, None) => None,
+                }
+            };
+        }
+        let required = |v: Option<(String, Origin)>, flag, field| {
+            v.ok_or(ConfigError::Missing { flag, field })
+        };
+
+        let (network, o) = required(pick!(network, "network"), "network", "network")?;
+        let network = parse_net(&network, o)?;
+        let (subnet_s, o) = required(pick!(subnet, "subnet"), "subnet", "subnet")?;
+        let subnet = parse_net(&subnet_s, o.clone())?;
+        if !network.contains(&subnet) {
+            return Err(invalid(o, &subnet_s, format!("not inside the network {network}")));
+        }
+        let (public_ip, o) = required(pick!(public_ip, "public-ip"), "public-ip", "public_ip")?;
+        let public_ip: IpAddr = public_ip
+            .parse()
+            .map_err(|e| invalid(o.clone(), &public_ip, format!("{e}")))?;
+        if public_ip.is_unspecified() || public_ip.is_multicast() {
+            return Err(invalid(o, &public_ip.to_string(), "must be a unicast address".into()));
+        }
+
+        let encap = match pick!(backend, "backend") {
+            None => Encap::Flannel,
+            Some((name, o)) => match name.as_str() {
+                "udp" => Encap::Flannel,
+                _ => return Err(invalid(o, &name, "supported backends: udp".into())),
+            },
+        };
+        let port = match pick!(port, "port") {
+            None => encap.default_port(),
+            Some((p, o)) => match u16::try_from(p) {
+                Ok(p) if p != 0 => p,
+                _ => return Err(invalid(o, &p.to_string(), "must be 1..=65535".into())),
+            },
+        };
+        let tun = match pick!(tun, "tun") {
+            None => DEFAULT_TUN.to_owned(),
+            Some((name, o)) => {
+                check_ifname(&name).map_err(|r| invalid(o, &name, r))?;
+                name
+            }
+        };
+        let iface = match pick!(iface, "iface") {
+            None => None,
+            Some((name, o)) => {
+                check_ifname(&name).map_err(|r| invalid(o, &name, r))?;
+                Some(name)
+            }
+        };
+        let mtu = match pick!(mtu, "mtu") {
+            None => None,
+            // 68 is the smallest IPv4 MTU (RFC 791); the top keeps outer IP + UDP in 65535.
+            Some((m, o)) if !(68..=65_000).contains(&m) => {
+                return Err(invalid(o, &m.to_string(), "must be 68..=65000".into()));
+            }
+            Some((m, _)) => Some(m),
+        };
+
+        // Peers from flags replace peers from the file, as any other setting does.
+        let (entries, from_cli) = if cli.peers.is_empty() {
+            (&file_raw.peers, false)
+        } else {
+            (&cli.peers, true)
+        };
+        let mut peers = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let o = origin("peer", &format!("peer[{i}]"), from_cli);
+            let sn = parse_net(&entry.subnet, o.clone())?;
+            if !network.contains(&sn) {
+                return Err(invalid(o, &entry.subnet, format!("not inside the network {network}")));
+            }
+            let endpoint = parse_endpoint(&entry.public_ip, port)
+                .map_err(|r| invalid(o.clone(), &entry.public_ip, r))?;
+            if endpoint.is_ipv4() != public_ip.is_ipv4() {
+                return Err(invalid(o, &entry.public_ip, "not the family of --public-ip".into()));
+            }
+            peers.push(Peer { subnet: sn, endpoint });
+        }
+        // Let the table report duplicates and overlaps with the same words it uses at run time.
+        crate::table::Snapshot::new(vec![subnet], peers.clone()).map_err(|e| {
+            invalid(origin("peer", "peer", from_cli), "", e.to_string())
+        })?;
+
+        Ok(Self { network, subnet, public_ip, iface, encap, port, tun, mtu, peers })
+    }
+
+    /// Returns the forwarding parameters for a TUN MTU of `mtu`.
+    pub const fn forwarding(&self, mtu: u32) -> crate::forward::Forwarding {
+        crate::forward::Forwarding { encap: self.encap, max_inner_len: mtu as usize }
+    }
+}
+
+/// Parses `SUBNET=IP[:PORT]` as written after `--peer`.
+///
+/// # Errors
+///
+/// A message saying what is wrong with the text.
+pub fn parse_peer_flag(text: &str) -> Result<PeerEntry, String> {
+    let (subnet, ip) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not SUBNET=PUBLIC_IP, e.g. 10.244.2.0/24=192.0.2.2"))?;
+    Ok(PeerEntry { subnet: subnet.trim().to_owned(), public_ip: ip.trim().to_owned() })
+}
+
+fn invalid(origin: Origin, value: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid { origin, value: value.to_owned(), reason }
+}
+
+fn parse_net(text: &str, origin: Origin) -> Result<IpNet, ConfigError> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|_| invalid(origin.clone(), text, "expected a prefix like 10.244.0.0/16".into()))?;
+    if net.trunc() != net {
+        return Err(invalid(origin, text, format!("host bits are set; did you mean {}", net.trunc())));
+    }
+    Ok(net)
+}
+
+fn parse_endpoint(text: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(sa) if sa.port() != 0 => Ok(sa),
+        Ok(_) => Err("port must not be 0".into()),
+        Err(_) => Err("expected an IP address, optionally with :PORT".into()),
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    // IFNAMSIZ is 16 including the NUL (include/uapi/linux/if.h).
+    if name.is_empty() || name.len() > 15 {
+        return Err("interface names are 1 to 15 bytes".into());
+    }
+    if name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0) {
+        return Err("interface names cannot hold '/', ':' or whitespace".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cli() -> RawNode {
+        RawNode {
+            network: Some("10.244.0.0/16".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            public_ip: Some("192.0.2.1".into()),
+            peers: vec![parse_peer_flag("10.244.2.0/24=192.0.2.2").expect("valid")],
+            ..RawNode::default()
+        }
+    }
+
+    #[test]
+    fn flags_resolve_with_defaults() {
+        let c = NodeConfig::resolve(&cli(), None).expect("valid");
+        assert_eq!(c.port, 8285);
+        assert_eq!(c.tun, "flannel0");
+        assert_eq!(c.encap, Encap::Flannel);
+        assert_eq!(c.peers[0].endpoint, "192.0.2.2:8285".parse().expect("literal"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let mut raw = cli();
+        raw.subnet = Some("10.245.1.0/24".into());
+        let e = NodeConfig::resolve(&raw, None).expect_err("outside").to_string();
+        assert!(e.starts_with("invalid --subnet `10.245.1.0/24`"), "{e}");
+        let mut raw = cli();
+        raw.backend = Some("ipip".into());
+        let e = NodeConfig::resolve(&raw, None).expect_err("backend").to_string();
+        assert!(e.contains("--backend"), "{e}");
+        let mut raw = cli();
+        raw.network = None;
+        let e = NodeConfig::resolve(&raw, None).expect_err("missing").to_string();
+        assert_eq!(e, "missing --network (or `network` in the config file)");
+        let mut raw = cli();
+        raw.subnet = Some("10.244.1.7/24".into());
+        let e = NodeConfig::resolve(&raw, None).expect_err("host bits").to_string();
+        assert!(e.contains("did you mean 10.244.1.0/24"), "{e}");
+    }
+
+    #[test]
+    fn file_values_and_errors_name_the_file_and_field() {
+        let path = Path::new("node.toml");
+        let text = r#"
+            network = "10.244.0.0/16"
+            subnet = "10.244.1.0/24"
+            public_ip = "192.0.2.1"
+            port = 9000
+            [[peer]]
+            subnet = "10.244.2.0/24"
+            public_ip = "192.0.2.2"
+            [[peer]]
+            subnet = "10.244.3.0/24"
+            public_ip = "192.0.2.3:9999"
+        "#;
+        let file = RawNode::from_toml(path, text).expect("parses");
+        let c = NodeConfig::resolve(&RawNode::default(), Some((path, &file))).expect("valid");
+        assert_eq!(c.port, 9000);
+        assert_eq!(c.peers[0].endpoint, "192.0.2.2:9000".parse().expect("literal"));
+        assert_eq!(c.peers[1].endpoint, "192.0.2.3:9999".parse().expect("literal"));
+        // A flag overrides the file.
+        let over = RawNode { port: Some(8285), ..RawNode::default() };
+        assert_eq!(NodeConfig::resolve(&over, Some((path, &file))).expect("ok").port, 8285);
+
+        let bad = RawNode::from_toml(path, &text.replace("10.244.3.0/24", "10.250.3.0/24"))
+            .expect("parses");
+        let e = NodeConfig::resolve(&RawNode::default(), Some((path, &bad)))
+            .expect_err("outside")
+            .to_string();
+        assert!(e.starts_with("invalid node.toml: peer[1] `10.250.3.0/24`"), "{e}");
+
+        let e = RawNode::from_toml(path, "netwrok = \"x\"").expect_err("unknown").to_string();
+        assert!(e.contains("node.toml") && e.contains("netwrok"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_peers_are_rejected() {
+        let mut raw = cli();
+        raw.peers.push(parse_peer_flag("10.244.2.0/24=192.0.2.3").expect("valid"));
+        let e = NodeConfig::resolve(&raw, None).expect_err("dup").to_string();
+        assert!(e.contains("claimed by both"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_files_never_panic(text in "\\PC{0,200}") {
+            if let Ok(raw) = RawNode::from_toml(Path::new("f.toml"), &text) {
+                let _ = NodeConfig::resolve(&RawNode::default(), Some((Path::new("f.toml"), &raw)));
+            }
+        }
+
+        #[test]
+        fn arbitrary_flag_values_never_panic(net in "\\PC{0,30}", sub in "\\PC{0,30}",
+                                             ip in "\\PC{0,30}", peer in "\\PC{0,40}") {
+            let raw = RawNode {
+                network: Some(net), subnet: Some(sub), public_ip: Some(ip),
+                peers: parse_peer_flag(&peer).into_iter().collect(),
+                ..RawNode::default()
+            };
+            let _ = NodeConfig::resolve(&raw, None);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The epoll backend (through mio): edge-triggered readiness, `recvmmsg`/`sendmmsg` batches.
+//!
+//! One `Poll` per worker with two registrations, the TUN queue and the UDP socket. On any
+//! wakeup the worker alternates one batch from TUN and one batch from the socket until both
+//! would block, so neither direction starves the other under load (flannel's proxy reads one
+//! packet per syscall and starves its control socket under load).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::buf::SlotBuf;
+use super::{BATCH, RateLimitedLog, STOP_POLL, Worker};
+use crate::forward::{self, Verdict};
+use crate::metrics::{Counters, DropReason};
+use crate::udp::{MmsgScratch, Received, Transmit};
+
+const TUN: Token = Token(0);
+const UDP: Token = Token(1);
+
+/// Headroom kept in front of each packet read from TUN, enough for any encapsulation header.
+const HEADROOM: usize = 64;
+
+struct Loop {
+    w: Worker,
+    tun_bufs: SlotBuf,
+    rx_bufs: SlotBuf,
+    tx: Vec<Transmit>,
+    received: Vec<Received>,
+    send_scratch: MmsgScratch,
+    recv_scratch: MmsgScratch,
+    tun_read_log: RateLimitedLog,
+    tun_write_log: RateLimitedLog,
+    send_log: RateLimitedLog,
+    recv_log: RateLimitedLog,
+}
+
+/// Runs the worker until its stop flag is set.
+///
+/// # Errors
+///
+/// When epoll cannot be created or the fds cannot be registered.
+pub fn run(worker: Worker) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let tun_fd = worker.tun.as_raw_fd();
+    let udp_fd = worker.udp.as_raw_fd();
+    poll.registry().register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
+    poll.registry().register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+    let max = worker.fwd.max_inner_len;
+    // A received datagram is the encapsulation header plus at most `max` inner bytes; one
+    // byte more than that is what `MSG_TRUNC` needs to tell an oversize datagram apart.
+    let rx_payload = worker.fwd.encap.header_len() + max;
+    let mut l = Loop {
+        tun_bufs: SlotBuf::new(BATCH, HEADROOM, max.max(1500)),
+        rx_bufs: SlotBuf::new(BATCH, 0, rx_payload),
+        tx: Vec::with_capacity(BATCH),
+        received: vec![Received { len: 0, from: None, truncated: false }; BATCH],
+        send_scratch: MmsgScratch::new(BATCH),
+        recv_scratch: MmsgScratch::new(BATCH),
+        tun_read_log: RateLimitedLog::new("TUN read failed"),
+        tun_write_log: RateLimitedLog::new("TUN write failed"),
+        send_log: RateLimitedLog::new("UDP send failed"),
+        recv_log: RateLimitedLog::new("UDP receive failed"),
+        w: worker,
+    };
+    let mut events = Events::with_capacity(8);
+    tracing::debug!(worker = l.w.id, "epoll worker started");
+    while !l.w.stop.load(Ordering::Relaxed) {
+        if let Err(e) = poll.poll(&mut events, Some(STOP_POLL)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // Edge-triggered: drain both sources until both would block, whatever woke us.
+        loop {
+            let from_tun = l.tun_to_udp();
+            let from_udp = l.udp_to_tun(rx_payload);
+            if from_tun == 0 && from_udp == 0 {
+                break;
+            }
+            if l.w.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+    tracing::debug!(worker = l.w.id, "epoll worker stopped");
+    Ok(())
+}
+
+impl Loop {
+    /// Reads one batch from TUN, forwards it; returns the packets read.
+    fn tun_to_udp(&mut self) -> usize {
+        let counters = self.w.metrics.worker(self.w.id);
+        let snap = self.w.table.load();
+        let headroom = self.tun_bufs.headroom();
+        self.tx.clear();
+        let mut read = 0;
+        while read < self.tun_bufs.count() {
+            let slot = self.tun_bufs.slot_mut(read);
+            let len = match self.w.tun.read(&mut slot[headroom..]) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.tun_read_log.error(&e);
+                    break;
+                }
+            };
+            Counters::add(&counters.tun_rx_packets, 1);
+            Counters::add(&counters.tun_rx_bytes, len as u64);
+            match forward::outbound(&snap, &self.w.fwd, slot, headroom, len) {
+                Verdict::Send { dst, start, len, .. } => {
+                    let base = self.tun_bufs.offset(read);
+                    self.tx.push(Transmit { dst, start: base + start, len });
+                }
+                Verdict::Drop(reason) => counters.drop_packet(reason),
+                Verdict::Deliver { .. } => counters.drop_packet(DropReason::LocalDestination),
+            }
+            read += 1;
+        }
+        drop(snap);
+        self.flush();
+        read
+    }
+
+    /// Sends the queued batch, waiting briefly for buffer room; drops what cannot go.
+    fn flush(&mut self) {
+        let counters = self.w.metrics.worker(self.w.id);
+        let mut off = 0;
+        while off < self.tx.len() {
+            let data = self.tun_bufs.data();
+            match self.w.udp.send_batch(&mut self.send_scratch, data, &self.tx[off..]) {
+                Ok(0) => {
+                    counters.drop_packet(DropReason::TxError);
+                    off += 1;
+                }
+                Ok(n) => {
+                    let bytes: usize = self.tx[off..off + n].iter().map(|t| t.len).sum();
+                    Counters::add(&counters.tx_packets, n as u64);
+                    Counters::add(&counters.tx_bytes, bytes as u64);
+                    off += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The send buffer is full: give the kernel a moment, then drop the rest.
+                    if !matches!(self.w.udp.wait_writable(10), Ok(true)) {
+                        for _ in off..self.tx.len() {
+                            counters.drop_packet(DropReason::TxError);
+                        }
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // The first message failed (EMSGSIZE, ENETUNREACH, ...): drop it, go on.
+                    self.send_log.error(&e);
+                    counters.drop_packet(DropReason::TxError);
+                    off += 1;
+                }
+            }
+        }
+        self.tx.clear();
+    }
+
+    /// Receives one batch from the socket, delivers it; returns the datagrams received.
+    fn udp_to_tun(&mut self, rx_payload: usize) -> usize {
+        let counters = self.w.metrics.worker(self.w.id);
+        let slot = self.rx_bufs.slot();
+        let n = match self.w.udp.recv_batch(
+            &mut self.recv_scratch,
+            self.rx_bufs.data_mut(),
+            slot,
+            &mut self.received,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.recv_log.error(&e);
+                return 0;
+            }
+        };
+        if n == 0 {
+            return 0;
+        }
+        let snap = self.w.table.load();
+        for i in 0..n {
+            let r = self.received[i];
+            Counters::add(&counters.rx_packets, 1);
+            Counters::add(&counters.rx_bytes, r.len as u64);
+            // The slot is rounded up past `rx_payload`; anything longer did not fit the
+            // buffer the inner MTU allows and is dropped whole, never truncated.
+            if r.truncated || r.len > rx_payload {
+                counters.drop_packet(DropReason::Oversize);
+                continue;
+            }
+            let Some(from) = r.from else {
+                counters.drop_packet(DropReason::UnknownSender);
+                continue;
+            };
+            let base = self.rx_bufs.offset(i);
+            let datagram = &self.rx_bufs.data()[base..base + r.len];
+            match forward::inbound(&snap, &self.w.fwd, from, datagram) {
+                Verdict::Deliver { start, len } => {
+                    match self.w.tun.write(&datagram[start..start + len]) {
+                        Ok(_) => {
+                            Counters::add(&counters.tun_tx_packets, 1);
+                            Counters::add(&counters.tun_tx_bytes, len as u64);
+                        }
+                        Err(e) => {
+                            self.tun_write_log.error(&e);
+                            counters.drop_packet(DropReason::TunWriteError);
+                        }
+                    }
+                }
+                Verdict::Drop(reason) => counters.drop_packet(reason),
+                Verdict::Send { .. } => counters.drop_packet(DropReason::NotLocal),
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,110 @@
+//! Event loops: moving bytes between the TUN queue and the UDP socket.
+//!
+//! # The contract every backend provides
+//!
+//! A backend runs one worker. It receives a [`Worker`]: one TUN queue, one UDP socket, the
+//! shared [`Table`], this worker's counters, the [`Forwarding`] parameters and a stop flag. It
+//! must:
+//!
+//! - read packets from TUN in batches, load the table snapshot once per batch, call
+//!   [`crate::forward::outbound`] for each, and send the `Send` verdicts as one batch;
+//! - receive datagrams in batches, drop (as `oversize`) any that did not fit the buffer, call
+//!   [`crate::forward::inbound`] for the rest, and write the `Deliver` verdicts to TUN;
+//! - drain both directions until both would block before it waits again;
+//! - count every packet in and out and every drop by reason, never panic on packet contents,
+//!   never allocate per packet, and log I/O errors through a rate limiter;
+//! - check the stop flag at least every [`STOP_POLL`] and return when it is set.
+//!
+//! The backend is chosen once at start by the [`Backend`] enum; nothing is dispatched through
+//! a trait object per packet. Today the epoll backend ([`epoll`], through mio) is the one
+//! backend; it needs nothing newer than Linux 2.6.33 (`recvmmsg`) / 3.0 (`sendmmsg`).
+
+pub(crate) mod buf;
+pub mod epoll;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use crate::forward::Forwarding;
+use crate::metrics::Metrics;
+use crate::table::Table;
+use crate::tun::Tun;
+use crate::udp::UdpSocket;
+
+/// Packets per batch in each direction.
+pub const BATCH: usize = 64;
+
+/// How often a waiting worker looks at its stop flag.
+pub const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// The event-loop implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// epoll through mio, with `recvmmsg`/`sendmmsg` batches.
+    Epoll,
+}
+
+impl Backend {
+    /// Returns the backend's name as shown in logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+/// Everything one worker owns or shares.
+#[derive(Debug)]
+pub struct Worker {
+    /// Worker number, also the index of its counters.
+    pub id: usize,
+    /// The TUN queue.
+    pub tun: Arc<Tun>,
+    /// The UDP socket.
+    pub udp: UdpSocket,
+    /// The shared table.
+    pub table: Arc<Table>,
+    /// The shared counters.
+    pub metrics: Arc<Metrics>,
+    /// Forwarding parameters.
+    pub fwd: Forwarding,
+    /// Set to stop the worker.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Runs `worker` on `backend` until its stop flag is set.
+///
+/// # Errors
+///
+/// A setup error of the event loop (for example epoll cannot be created).
+pub fn run(backend: Backend, worker: Worker) -> std::io::Result<()> {
+    match backend {
+        Backend::Epoll => epoll::run(worker),
+    }
+}
+
+/// Logs at most once per interval per instance, counting what it suppressed.
+#[derive(Debug)]
+pub(crate) struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+    what: &'static str,
+}
+
+impl RateLimitedLog {
+    pub(crate) const fn new(what: &'static str) -> Self {
+        Self { last: None, suppressed: 0, what }
+    }
+
+    pub(crate) fn error(&mut self, err: &std::io::Error) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(suppressed = self.suppressed, "{}: {err}", self.what);
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}

@@ -1,0 +1,23 @@
+//! fustian: a userspace overlay dataplane for flannel-style pod networks.
+//!
+//! It reads IP packets from a TUN device, finds the node that owns the destination pod subnet
+//! in a lock-free table, and sends each packet to that node over UDP in flannel's `udp` backend
+//! format; the receiving node checks the datagram and writes the inner packet into its own TUN
+//! device. The pure parts (`wire`, `table`, `forward`, `config`) make no syscalls; `tun`, `udp`
+//! and `event` do the I/O; `node` and `lab` put them together.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod forward;
+pub mod lab;
+pub mod metrics;
+pub mod node;
+pub mod sys;
+pub mod table;
+pub mod tun;
+pub mod udp;
+pub mod wire;
+
+pub use error::Error;

@@ -1,0 +1,272 @@
+//! Counters, kept per worker and summed when read.
+//!
+//! Each worker owns one cache-padded [`Counters`] block and is the only writer to it (relaxed
+//! atomics: no ordering is needed between counters, only that each add is not lost). Readers
+//! sum all blocks. Every metric name is listed in this file; the Prometheus text rendering
+//! prefixes each with `fustian_`.
+//!
+//! | name | meaning |
+//! |---|---|
+//! | `tun_rx_packets`, `tun_rx_bytes` | packets read from the TUN device |
+//! | `tx_packets`, `tx_bytes` | datagrams sent to peers (UDP payload bytes) |
+//! | `rx_packets`, `rx_bytes` | datagrams received from the underlay (UDP payload bytes) |
+//! | `tun_tx_packets`, `tun_tx_bytes` | packets written to the TUN device |
+//! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
+//!
+//! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
+//! `tun_bad_checksum` (malformed packets read from TUN); `rx_truncated`, `rx_bad_version`,
+//! `rx_bad_header_len`, `rx_bad_length`, `rx_bad_checksum` (malformed datagrams);
+//! `no_route` (no peer owns the destination), `local_destination` (a packet from TUN addressed
+//! to this node's own subnet), `too_big` (larger than the path allows), `unknown_sender`
+//! (datagram from an address that is no peer), `spoofed_source` (inner source outside the
+//! sender's subnet), `not_local` (inner destination outside this node's subnet), `oversize`
+//! (datagram larger than the receive buffer; never truncated and delivered), `tx_error` (the
+//! underlay send failed), `tun_write_error` (the TUN write failed).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::wire::WireError;
+
+/// Why a packet was dropped. Maps one-to-one onto a `drop_*` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A packet read from TUN failed a wire check.
+    TunMalformed(WireError),
+    /// A datagram failed a wire check.
+    RxMalformed(WireError),
+    /// No peer owns the destination of a packet from TUN.
+    NoRoute,
+    /// A packet from TUN is addressed to this node's own subnet.
+    LocalDestination,
+    /// A packet is larger than the path to the peer allows.
+    TooBig,
+    /// A datagram came from an address that is no peer.
+    UnknownSender,
+    /// A datagram's inner source lies outside the sending peer's subnet.
+    SpoofedSource,
+    /// A datagram's inner destination lies outside this node's subnet.
+    NotLocal,
+    /// A datagram did not fit the receive buffer.
+    Oversize,
+    /// The underlay send failed.
+    TxError,
+    /// The TUN write failed.
+    TunWriteError,
+}
+
+const WIRE_ERRORS: [WireError; 5] = [
+    WireError::Truncated,
+    WireError::BadVersion,
+    WireError::BadHeaderLen,
+    WireError::BadLength,
+    WireError::BadChecksum,
+];
+
+/// Number of drop counters.
+pub const DROP_REASONS: usize = 19;
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        WIRE_ERRORS
+            .into_iter()
+            .map(Self::TunMalformed)
+            .chain(WIRE_ERRORS.into_iter().map(Self::RxMalformed))
+            .chain([
+                Self::NoRoute,
+                Self::LocalDestination,
+                Self::TooBig,
+                Self::UnknownSender,
+                Self::SpoofedSource,
+                Self::NotLocal,
+                Self::Oversize,
+                Self::TxError,
+                Self::TunWriteError,
+            ])
+    }
+
+    /// Returns the counter index.
+    pub const fn index(self) -> usize {
+        const fn wire(e: WireError) -> usize {
+            match e {
+                WireError::Truncated => 0,
+                WireError::BadVersion => 1,
+                WireError::BadHeaderLen => 2,
+                WireError::BadLength => 3,
+                WireError::BadChecksum => 4,
+            }
+        }
+        match self {
+            Self::TunMalformed(e) => wire(e),
+            Self::RxMalformed(e) => 5 + wire(e),
+            Self::NoRoute => 10,
+            Self::LocalDestination => 11,
+            Self::TooBig => 12,
+            Self::UnknownSender => 13,
+            Self::SpoofedSource => 14,
+            Self::NotLocal => 15,
+            Self::Oversize => 16,
+            Self::TxError => 17,
+            Self::TunWriteError => 18,
+        }
+    }
+
+    /// Returns the counter name without the `drop_` prefix.
+    pub const fn name(self) -> &'static str {
+        NAMES[self.index()]
+    }
+}
+
+/// Counter names, indexed by [`DropReason::index`].
+const NAMES: [&str; DROP_REASONS] = [
+    "tun_truncated",
+    "tun_bad_version",
+    "tun_bad_header_len",
+    "tun_bad_length",
+    "tun_bad_checksum",
+    "rx_truncated",
+    "rx_bad_version",
+    "rx_bad_header_len",
+    "rx_bad_length",
+    "rx_bad_checksum",
+    "no_route",
+    "local_destination",
+    "too_big",
+    "unknown_sender",
+    "spoofed_source",
+    "not_local",
+    "oversize",
+    "tx_error",
+    "tun_write_error",
+];
+
+/// One worker's counters. Only that worker writes them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Packets read from TUN.
+    pub tun_rx_packets: AtomicU64,
+    /// Bytes read from TUN.
+    pub tun_rx_bytes: AtomicU64,
+    /// Datagrams sent.
+    pub tx_packets: AtomicU64,
+    /// Payload bytes sent.
+    pub tx_bytes: AtomicU64,
+    /// Datagrams received.
+    pub rx_packets: AtomicU64,
+    /// Payload bytes received.
+    pub rx_bytes: AtomicU64,
+    /// Packets written to TUN.
+    pub tun_tx_packets: AtomicU64,
+    /// Bytes written to TUN.
+    pub tun_tx_bytes: AtomicU64,
+    drops: [AtomicU64; DROP_REASONS],
+}
+
+impl Counters {
+    /// Adds `n` to a counter (relaxed).
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one dropped packet.
+    #[inline]
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// All workers' counters.
+#[derive(Debug)]
+pub struct Metrics {
+    workers: Vec<CachePadded<Counters>>,
+}
+
+impl Metrics {
+    /// Creates counters for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self { workers: (0..workers.max(1)).map(|_| CachePadded::new(Counters::default())).collect() }
+    }
+
+    /// Returns the counters of worker `index` (worker 0 when out of range).
+    pub fn worker(&self, index: usize) -> &Counters {
+        self.workers.get(index).unwrap_or(&self.workers[0])
+    }
+
+    /// Sums every worker's counters into `(name, value)` pairs, in the documented order.
+    pub fn totals(&self) -> Vec<(String, u64)> {
+        let sum = |f: &dyn Fn(&Counters) -> &AtomicU64| -> u64 {
+            self.workers.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+        };
+        let mut out = vec![
+            ("tun_rx_packets".to_owned(), sum(&|c| &c.tun_rx_packets)),
+            ("tun_rx_bytes".to_owned(), sum(&|c| &c.tun_rx_bytes)),
+            ("tx_packets".to_owned(), sum(&|c| &c.tx_packets)),
+            ("tx_bytes".to_owned(), sum(&|c| &c.tx_bytes)),
+            ("rx_packets".to_owned(), sum(&|c| &c.rx_packets)),
+            ("rx_bytes".to_owned(), sum(&|c| &c.rx_bytes)),
+            ("tun_tx_packets".to_owned(), sum(&|c| &c.tun_tx_packets)),
+            ("tun_tx_bytes".to_owned(), sum(&|c| &c.tun_tx_bytes)),
+        ];
+        for reason in DropReason::all() {
+            let i = reason.index();
+            out.push((format!("drop_{}", reason.name()), sum(&|c| &c.drops[i])));
+        }
+        out
+    }
+
+    /// Renders the totals in the Prometheus text exposition format.
+    pub fn render_prometheus(&self) -> String {
+        let mut text = String::new();
+        for (name, value) in self.totals() {
+            let _ = writeln!(text, "# TYPE fustian_{name} counter\nfustian_{name} {value}");
+        }
+        text
+    }
+}
+
+/// Parses the text of [`Metrics::render_prometheus`] back into `(name, value)` pairs, with the
+/// `fustian_` prefix removed. Lines that are comments or do not parse are skipped.
+pub fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.strip_prefix("fustian_")?.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn reasons_have_distinct_indices_and_names() {
+        let all: Vec<_> = DropReason::all().collect();
+        assert_eq!(all.len(), DROP_REASONS);
+        let indices: HashSet<_> = all.iter().map(|r| r.index()).collect();
+        let names: HashSet<_> = all.iter().map(|r| r.name()).collect();
+        assert_eq!(indices.len(), DROP_REASONS);
+        assert_eq!(names.len(), DROP_REASONS);
+        assert!(indices.iter().all(|&i| i < DROP_REASONS));
+    }
+
+    #[test]
+    fn totals_sum_workers_and_roundtrip_through_text() {
+        let m = Metrics::new(2);
+        Counters::add(&m.worker(0).rx_packets, 3);
+        Counters::add(&m.worker(1).rx_packets, 4);
+        m.worker(1).drop_packet(DropReason::RxMalformed(WireError::Truncated));
+        let parsed = parse_prometheus(&m.render_prometheus());
+        let get = |n: &str| parsed.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        assert_eq!(get("rx_packets"), Some(7));
+        assert_eq!(get("drop_rx_truncated"), Some(1));
+        assert_eq!(get("drop_no_route"), Some(0));
+    }
+}

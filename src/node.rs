@@ -1,0 +1,153 @@
+//! One overlay node: sets up the TUN device, the socket and the table, runs the workers, and
+//! takes everything down again when asked to stop.
+//!
+//! Setup follows flanneld's `udp` backend: find the underlay interface (given, or the one
+//! holding the public IP) and its MTU, open the TUN device, give it the first address of this
+//! node's subnet with the prefix length of the whole network (so the kernel routes the network
+//! into it), set the MTU (underlay − overhead unless given) and bring it up, then bind the UDP
+//! socket to the public IP and port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::config::NodeConfig;
+use crate::error::Error;
+use crate::event::{self, Backend, Worker};
+use crate::metrics::Metrics;
+use crate::table::{Snapshot, Table};
+use crate::tun::link::Netlink;
+use crate::tun::{Tun, TunError, if_index};
+use crate::udp::UdpSocket;
+
+/// Options of a running node that are not part of the overlay configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Write the counters here (Prometheus text format) every second and on exit.
+    pub stats_file: Option<PathBuf>,
+}
+
+/// Sets up the node described by `config` and forwards until `stop` is set.
+///
+/// # Errors
+///
+/// Any setup failure, or a worker's event loop failing.
+pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Result<(), Error> {
+    let mut nl = Netlink::open().map_err(|source| Error::Io {
+        what: "open a route netlink socket".into(),
+        source,
+    })?;
+    let (iface, underlay_index) = match &config.iface {
+        Some(name) => (
+            name.clone(),
+            if_index(name).ok_or_else(|| Error::Underlay(format!("no interface named {name}")))?,
+        ),
+        None => {
+            let index = nl
+                .index_holding(config.public_ip)
+                .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
+                .ok_or_else(|| {
+                    Error::Underlay(format!(
+                        "no interface holds {}; add the address or give --iface",
+                        config.public_ip
+                    ))
+                })?;
+            (format!("ifindex {index}"), index)
+        }
+    };
+    let underlay_mtu = nl
+        .mtu(underlay_index)
+        .map_err(|e| Error::Underlay(format!("cannot read the MTU of {iface}: {e}")))?;
+    let overhead = config.encap.overhead(config.public_ip.is_ipv6());
+    let mtu = match config.mtu {
+        Some(m) => m,
+        None => underlay_mtu.saturating_sub(u32::try_from(overhead).unwrap_or(u32::MAX)),
+    };
+    if mtu < 68 {
+        return Err(Error::Underlay(format!(
+            "underlay MTU {underlay_mtu} of {iface} leaves {mtu} bytes after {overhead} bytes of \
+             encapsulation; give --mtu"
+        )));
+    }
+
+    let tun = Tun::open(&config.tun)?;
+    let netlink_err = |what: String, source| TunError::Netlink {
+        what,
+        name: tun.name().to_owned(),
+        source,
+    };
+    let tun_addr = config.subnet.network();
+    let prefix = config.network.prefix_len();
+    nl.add_address(tun.index(), tun_addr, prefix)
+        .map_err(|e| netlink_err(format!("add address {tun_addr}/{prefix}"), e))?;
+    nl.set_mtu_up(tun.index(), mtu)
+        .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
+
+    let udp = UdpSocket::bind(SocketAddr::new(config.public_ip, config.port))?;
+    let table = Arc::new(Table::new(Snapshot::new(vec![config.subnet], config.peers.clone())?));
+    let metrics = Arc::new(Metrics::new(1));
+    let backend = Backend::Epoll;
+    tracing::info!(
+        tun = tun.name(),
+        created = tun.created(),
+        mtu,
+        subnet = %config.subnet,
+        network = %config.network,
+        listen = %udp.local_addr(),
+        backend = config.encap.name(),
+        io = backend.name(),
+        peers = config.peers.len(),
+        "node up"
+    );
+
+    let tun = Arc::new(tun);
+    let worker = Worker {
+        id: 0,
+        tun: Arc::clone(&tun),
+        udp,
+        table: Arc::clone(&table),
+        metrics: Arc::clone(&metrics),
+        fwd: config.forwarding(mtu),
+        stop: Arc::clone(stop),
+    };
+    let handle = std::thread::Builder::new()
+        .name("fustian-w0".into())
+        .spawn(move || event::run(backend, worker))
+        .map_err(|source| Error::Io { what: "spawn worker thread".into(), source })?;
+
+    let write_stats = || {
+        if let Some(path) = &opts.stats_file {
+            if let Err(e) = write_atomically(path, metrics.render_prometheus().as_bytes()) {
+                tracing::warn!("cannot write stats file {}: {e}", path.display());
+            }
+        }
+    };
+    while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
+        write_stats();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let result = match handle.join() {
+        Ok(r) => r.map_err(|source| Error::Worker { id: 0, source }),
+        Err(_) => Err(Error::Worker { id: 0, source: std::io::Error::other("worker panicked") }),
+    };
+    write_stats();
+    tracing::info!(
+        removed = tun.created(),
+        "node down; the TUN device goes away with its last fd when this process created it"
+    );
+    result
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so readers never see half.
+///
+/// # Errors
+///
+/// The write or rename error.
+pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}

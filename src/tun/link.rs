@@ -1,0 +1,157 @@
+//! rtnetlink requests for link setup: MTU, link state, addresses, and underlay MTU discovery.
+//!
+//! Built on `netlink-packet-route` and `netlink-sys` (synchronous, no runtime). Each request is
+//! sent with `NLM_F_ACK` and the kernel's answer is read until the ACK or the error arrives, so
+//! a failure carries the kernel's errno.
+
+use std::io;
+use std::net::IpAddr;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::AddressFamily;
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr};
+
+/// A connected rtnetlink socket.
+#[derive(Debug)]
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    /// Opens a route netlink socket in the current network namespace.
+    ///
+    /// # Errors
+    ///
+    /// The socket, bind or connect error.
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket, seq: 0 })
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+        packet.header.flags = NLM_F_REQUEST | flags;
+        packet.header.sequence_number = self.seq;
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+
+        let mut replies = Vec::new();
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply: NetlinkMessage<RouteNetlinkMessage> =
+                    NetlinkMessage::deserialize(&data[offset..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq {
+                    match reply.payload {
+                        NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                        NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(replies),
+                        NetlinkPayload::InnerMessage(m) => replies.push(m),
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    /// Sets the MTU of link `index` and brings it up.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn set_mtu_up(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK).map(drop)
+    }
+
+    /// Adds (or replaces) `addr/prefix_len` on link `index`.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr));
+        msg.attributes.push(AddressAttribute::Address(addr));
+        self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// Returns the MTU of link `index`.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error, or `NotFound` when the answer carries no MTU.
+    pub fn mtu(&mut self, index: u32) -> io::Result<u32> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK)?;
+        replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Mtu(mtu) => Some(*mtu),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no MTU in the link answer"))
+    }
+
+    /// Returns the index of the link that holds address `ip`, if any.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn index_holding(&mut self, ip: IpAddr) -> io::Result<Option<u32>> {
+        let replies =
+            self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) => a
+                .attributes
+                .iter()
+                .any(|attr| {
+                    matches!(attr, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == ip)
+                })
+                .then_some(a.header.index),
+            _ => None,
+        }))
+    }
+}

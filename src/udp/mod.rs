@@ -1,0 +1,146 @@
+//! The underlay UDP socket: setup through socket2, batched I/O through `recvmmsg`/`sendmmsg`.
+//!
+//! The socket is bound to the node's public IP and the backend port, as flanneld binds its
+//! proxy's socket to the interface address, so replies and outgoing datagrams leave from the
+//! port peers expect. Send and receive buffers are raised to [`SOCKET_BUFFER`] bytes (with the
+//! `FORCE` options when `CAP_NET_ADMIN` allows, else as far as `net.core.[rw]mem_max` allow),
+//! because bursts of a TCP window arrive faster than one worker drains them.
+//!
+//! A datagram larger than the receive slot comes back flagged `truncated` (the kernel's
+//! `MSG_TRUNC`); the caller drops and counts it, never delivers the truncated part.
+
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub(crate) use sys::{MmsgScratch, Received, Transmit};
+
+/// Socket buffer size asked for in each direction.
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Errors while setting the socket up.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    /// The socket cannot be created.
+    #[error("cannot create UDP socket: {0}")]
+    Create(#[source] io::Error),
+    /// The bind failed.
+    #[error("cannot bind UDP socket to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// A socket option failed.
+    #[error("cannot set {what} on the UDP socket: {source}")]
+    Option {
+        /// The option.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// A non-blocking UDP socket bound to the underlay address.
+#[derive(Debug)]
+pub struct UdpSocket {
+    socket: Socket,
+    local: SocketAddr,
+}
+
+impl UdpSocket {
+    /// Creates a non-blocking socket bound to `addr` with large buffers.
+    ///
+    /// # Errors
+    ///
+    /// [`UdpError`] naming the step that failed.
+    pub fn bind(addr: SocketAddr) -> Result<Self, UdpError> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))
+            .map_err(UdpError::Create)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| UdpError::Option { what: "O_NONBLOCK", source })?;
+        for send in [false, true] {
+            if sys::set_buffer_force(socket.as_fd(), send, SOCKET_BUFFER).is_err() {
+                let r = if send {
+                    socket.set_send_buffer_size(SOCKET_BUFFER)
+                } else {
+                    socket.set_recv_buffer_size(SOCKET_BUFFER)
+                };
+                r.map_err(|source| UdpError::Option {
+                    what: if send { "SO_SNDBUF" } else { "SO_RCVBUF" },
+                    source,
+                })?;
+            }
+        }
+        socket.bind(&addr.into()).map_err(|source| UdpError::Bind { addr, source })?;
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(addr);
+        Ok(Self { socket, local })
+    }
+
+    /// Returns the bound address.
+    pub const fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Receives up to `out.len()` datagrams into `slot`-byte slots of `data` without blocking.
+    ///
+    /// # Errors
+    ///
+    /// The `recvmmsg` error other than `WouldBlock` (which returns `Ok(0)`).
+    pub(crate) fn recv_batch(
+        &self,
+        scratch: &mut MmsgScratch,
+        data: &mut [u8],
+        slot: usize,
+        out: &mut [Received],
+    ) -> io::Result<usize> {
+        sys::recv_batch(self.socket.as_fd(), scratch, data, slot, out)
+    }
+
+    /// Sends `batch` (ranges of `data`), returning how many were sent from the front.
+    ///
+    /// # Errors
+    ///
+    /// The error of the first message when none was sent.
+    pub(crate) fn send_batch(
+        &self,
+        scratch: &mut MmsgScratch,
+        data: &[u8],
+        batch: &[Transmit],
+    ) -> io::Result<usize> {
+        sys::send_batch(self.socket.as_fd(), scratch, data, batch)
+    }
+
+    /// Waits up to `timeout_ms` for room in the send buffer.
+    ///
+    /// # Errors
+    ///
+    /// The `poll` error.
+    pub(crate) fn wait_writable(&self, timeout_ms: i32) -> io::Result<bool> {
+        sys::wait_writable(self.socket.as_fd(), timeout_ms)
+    }
+}
+
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for UdpSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
