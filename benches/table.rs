@@ -31,7 +31,9 @@ fn bench(c: &mut Criterion) {
     for n in [16usize, 1_000, 100_000] {
         let snap = Snapshot::new(vec!["172.16.0.0/24".parse().expect("literal")], peers(n))
             .expect("valid");
-        let hit = IpAddr::from(Ipv4Addr::from(0x0a00_0005u32 | ((u32::try_from(n).expect("small") / 2 % 65_536) << 8)));
+        let hit = IpAddr::from(Ipv4Addr::from(
+            0x0a00_0005u32 | ((u32::try_from(n).expect("small") / 2 % 65_536) << 8),
+        ));
         let miss = IpAddr::from([203, 0, 113, 9]);
         group.bench_with_input(BenchmarkId::new("lookup_hit", n), &n, |b, _| {
             b.iter(|| black_box(snap.lookup(black_box(hit)).map(|p| p.0)));

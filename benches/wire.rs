@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fustian::forward::{Forwarding, inbound, outbound};
 use fustian::table::{Peer, Snapshot};
-use fustian::wire::ip::{IpProtocol, Packet, Repr};
 use fustian::wire::Encap;
+use fustian::wire::ip::{IpProtocol, Packet, Repr};
 
 const HEADROOM: usize = 64;
 
@@ -20,7 +20,8 @@ fn packet(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
         payload_len: len - 20,
     };
     let mut buf = vec![0u8; len];
-    repr.emit(&mut Packet::new_unchecked(&mut buf[..])).expect("fits");
+    repr.emit(&mut Packet::new_unchecked(&mut buf[..]))
+        .expect("fits");
     buf
 }
 
@@ -36,7 +37,10 @@ fn snapshot(local: &str, peer_subnet: &str, peer_ip: &str) -> Snapshot {
 }
 
 fn bench(c: &mut Criterion) {
-    let fwd = Forwarding { encap: Encap::Flannel, max_inner_len: 1472 };
+    let fwd = Forwarding {
+        encap: Encap::Flannel,
+        max_inner_len: 1472,
+    };
     let a = snapshot("10.244.1.0/24", "10.244.2.0/24", "192.0.2.2");
     let b = snapshot("10.244.2.0/24", "10.244.1.0/24", "192.0.2.1");
     let from_a: SocketAddr = "192.0.2.1:8285".parse().expect("literal");

@@ -152,8 +152,10 @@ impl RawNode {
     ///
     /// [`ConfigError::Read`] or [`ConfigError::Parse`].
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_toml(path, &text)
     }
 }
@@ -221,14 +223,22 @@ impl NodeConfig {
         let (subnet_s, o) = required(pick!(subnet, "subnet"), "subnet", "subnet")?;
         let subnet = parse_net(&subnet_s, o.clone())?;
         if !network.contains(&subnet) {
-            return Err(invalid(o, &subnet_s, format!("not inside the network {network}")));
+            return Err(invalid(
+                o,
+                &subnet_s,
+                format!("not inside the network {network}"),
+            ));
         }
         let (public_ip, o) = required(pick!(public_ip, "public-ip"), "public-ip", "public_ip")?;
         let public_ip: IpAddr = public_ip
             .parse()
             .map_err(|e| invalid(o.clone(), &public_ip, format!("{e}")))?;
         if public_ip.is_unspecified() || public_ip.is_multicast() {
-            return Err(invalid(o, &public_ip.to_string(), "must be a unicast address".into()));
+            return Err(invalid(
+                o,
+                &public_ip.to_string(),
+                "must be a unicast address".into(),
+            ));
         }
 
         let encap = match pick!(backend, "backend") {
@@ -279,26 +289,49 @@ impl NodeConfig {
             let o = origin("peer", &format!("peer[{i}]"), from_cli);
             let sn = parse_net(&entry.subnet, o.clone())?;
             if !network.contains(&sn) {
-                return Err(invalid(o, &entry.subnet, format!("not inside the network {network}")));
+                return Err(invalid(
+                    o,
+                    &entry.subnet,
+                    format!("not inside the network {network}"),
+                ));
             }
             let endpoint = parse_endpoint(&entry.public_ip, port)
                 .map_err(|r| invalid(o.clone(), &entry.public_ip, r))?;
             if endpoint.is_ipv4() != public_ip.is_ipv4() {
-                return Err(invalid(o, &entry.public_ip, "not the family of --public-ip".into()));
+                return Err(invalid(
+                    o,
+                    &entry.public_ip,
+                    "not the family of --public-ip".into(),
+                ));
             }
-            peers.push(Peer { subnet: sn, endpoint });
+            peers.push(Peer {
+                subnet: sn,
+                endpoint,
+            });
         }
         // Let the table report duplicates and overlaps with the same words it uses at run time.
-        crate::table::Snapshot::new(vec![subnet], peers.clone()).map_err(|e| {
-            invalid(origin("peer", "peer", from_cli), "", e.to_string())
-        })?;
+        crate::table::Snapshot::new(vec![subnet], peers.clone())
+            .map_err(|e| invalid(origin("peer", "peer", from_cli), "", e.to_string()))?;
 
-        Ok(Self { network, subnet, public_ip, iface, encap, port, tun, mtu, peers })
+        Ok(Self {
+            network,
+            subnet,
+            public_ip,
+            iface,
+            encap,
+            port,
+            tun,
+            mtu,
+            peers,
+        })
     }
 
     /// Returns the forwarding parameters for a TUN MTU of `mtu`.
     pub const fn forwarding(&self, mtu: u32) -> crate::forward::Forwarding {
-        crate::forward::Forwarding { encap: self.encap, max_inner_len: mtu as usize }
+        crate::forward::Forwarding {
+            encap: self.encap,
+            max_inner_len: mtu as usize,
+        }
     }
 }
 
@@ -311,19 +344,34 @@ pub fn parse_peer_flag(text: &str) -> Result<PeerEntry, String> {
     let (subnet, ip) = text
         .split_once('=')
         .ok_or_else(|| format!("`{text}` is not SUBNET=PUBLIC_IP, e.g. 10.244.2.0/24=192.0.2.2"))?;
-    Ok(PeerEntry { subnet: subnet.trim().to_owned(), public_ip: ip.trim().to_owned() })
+    Ok(PeerEntry {
+        subnet: subnet.trim().to_owned(),
+        public_ip: ip.trim().to_owned(),
+    })
 }
 
 fn invalid(origin: Origin, value: &str, reason: String) -> ConfigError {
-    ConfigError::Invalid { origin, value: value.to_owned(), reason }
+    ConfigError::Invalid {
+        origin,
+        value: value.to_owned(),
+        reason,
+    }
 }
 
 fn parse_net(text: &str, origin: Origin) -> Result<IpNet, ConfigError> {
-    let net: IpNet = text
-        .parse()
-        .map_err(|_| invalid(origin.clone(), text, "expected a prefix like 10.244.0.0/16".into()))?;
+    let net: IpNet = text.parse().map_err(|_| {
+        invalid(
+            origin.clone(),
+            text,
+            "expected a prefix like 10.244.0.0/16".into(),
+        )
+    })?;
     if net.trunc() != net {
-        return Err(invalid(origin, text, format!("host bits are set; did you mean {}", net.trunc())));
+        return Err(invalid(
+            origin,
+            text,
+            format!("host bits are set; did you mean {}", net.trunc()),
+        ));
     }
     Ok(net)
 }
@@ -344,7 +392,10 @@ fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err("interface names are 1 to 15 bytes".into());
     }
-    if name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0) {
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
         return Err("interface names cannot hold '/', ':' or whitespace".into());
     }
     Ok(())
@@ -372,26 +423,37 @@ mod tests {
         assert_eq!(c.port, 8285);
         assert_eq!(c.tun, "flannel0");
         assert_eq!(c.encap, Encap::Flannel);
-        assert_eq!(c.peers[0].endpoint, "192.0.2.2:8285".parse().expect("literal"));
+        assert_eq!(
+            c.peers[0].endpoint,
+            "192.0.2.2:8285".parse().expect("literal")
+        );
     }
 
     #[test]
     fn errors_name_the_flag() {
         let mut raw = cli();
         raw.subnet = Some("10.245.1.0/24".into());
-        let e = NodeConfig::resolve(&raw, None).expect_err("outside").to_string();
+        let e = NodeConfig::resolve(&raw, None)
+            .expect_err("outside")
+            .to_string();
         assert!(e.starts_with("invalid --subnet `10.245.1.0/24`"), "{e}");
         let mut raw = cli();
         raw.backend = Some("ipip".into());
-        let e = NodeConfig::resolve(&raw, None).expect_err("backend").to_string();
+        let e = NodeConfig::resolve(&raw, None)
+            .expect_err("backend")
+            .to_string();
         assert!(e.contains("--backend"), "{e}");
         let mut raw = cli();
         raw.network = None;
-        let e = NodeConfig::resolve(&raw, None).expect_err("missing").to_string();
+        let e = NodeConfig::resolve(&raw, None)
+            .expect_err("missing")
+            .to_string();
         assert_eq!(e, "missing --network (or `network` in the config file)");
         let mut raw = cli();
         raw.subnet = Some("10.244.1.7/24".into());
-        let e = NodeConfig::resolve(&raw, None).expect_err("host bits").to_string();
+        let e = NodeConfig::resolve(&raw, None)
+            .expect_err("host bits")
+            .to_string();
         assert!(e.contains("did you mean 10.244.1.0/24"), "{e}");
     }
 
@@ -413,28 +475,50 @@ mod tests {
         let file = RawNode::from_toml(path, text).expect("parses");
         let c = NodeConfig::resolve(&RawNode::default(), Some((path, &file))).expect("valid");
         assert_eq!(c.port, 9000);
-        assert_eq!(c.peers[0].endpoint, "192.0.2.2:9000".parse().expect("literal"));
-        assert_eq!(c.peers[1].endpoint, "192.0.2.3:9999".parse().expect("literal"));
+        assert_eq!(
+            c.peers[0].endpoint,
+            "192.0.2.2:9000".parse().expect("literal")
+        );
+        assert_eq!(
+            c.peers[1].endpoint,
+            "192.0.2.3:9999".parse().expect("literal")
+        );
         // A flag overrides the file.
-        let over = RawNode { port: Some(8285), ..RawNode::default() };
-        assert_eq!(NodeConfig::resolve(&over, Some((path, &file))).expect("ok").port, 8285);
+        let over = RawNode {
+            port: Some(8285),
+            ..RawNode::default()
+        };
+        assert_eq!(
+            NodeConfig::resolve(&over, Some((path, &file)))
+                .expect("ok")
+                .port,
+            8285
+        );
 
         let bad = RawNode::from_toml(path, &text.replace("10.244.3.0/24", "10.250.3.0/24"))
             .expect("parses");
         let e = NodeConfig::resolve(&RawNode::default(), Some((path, &bad)))
             .expect_err("outside")
             .to_string();
-        assert!(e.starts_with("invalid node.toml: peer[1] `10.250.3.0/24`"), "{e}");
+        assert!(
+            e.starts_with("invalid node.toml: peer[1] `10.250.3.0/24`"),
+            "{e}"
+        );
 
-        let e = RawNode::from_toml(path, "netwrok = \"x\"").expect_err("unknown").to_string();
+        let e = RawNode::from_toml(path, "netwrok = \"x\"")
+            .expect_err("unknown")
+            .to_string();
         assert!(e.contains("node.toml") && e.contains("netwrok"), "{e}");
     }
 
     #[test]
     fn duplicate_peers_are_rejected() {
         let mut raw = cli();
-        raw.peers.push(parse_peer_flag("10.244.2.0/24=192.0.2.3").expect("valid"));
-        let e = NodeConfig::resolve(&raw, None).expect_err("dup").to_string();
+        raw.peers
+            .push(parse_peer_flag("10.244.2.0/24=192.0.2.3").expect("valid"));
+        let e = NodeConfig::resolve(&raw, None)
+            .expect_err("dup")
+            .to_string();
         assert!(e.contains("claimed by both"), "{e}");
     }
 

@@ -84,7 +84,12 @@ pub fn outbound(
         return Verdict::Drop(DropReason::TooBig);
     }
     match fwd.encap {
-        Encap::Flannel => Verdict::Send { peer, dst: p.endpoint, start: headroom, len },
+        Encap::Flannel => Verdict::Send {
+            peer,
+            dst: p.endpoint,
+            start: headroom,
+            len,
+        },
     }
 }
 
@@ -120,7 +125,10 @@ mod tests {
     use crate::wire::WireError;
     use crate::wire::ip::{IpProtocol, Packet, Repr};
 
-    const FWD: Forwarding = Forwarding { encap: Encap::Flannel, max_inner_len: 1472 };
+    const FWD: Forwarding = Forwarding {
+        encap: Encap::Flannel,
+        max_inner_len: 1472,
+    };
 
     fn node_a() -> Snapshot {
         Snapshot::new(
@@ -148,7 +156,8 @@ mod tests {
             payload_len,
         };
         let mut buf = vec![0u8; 20 + payload_len];
-        repr.emit(&mut Packet::new_unchecked(&mut buf[..])).expect("fits");
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..]))
+            .expect("fits");
         buf
     }
 
@@ -173,7 +182,10 @@ mod tests {
         let snap = node_a();
         let mut no_route = packet([10, 244, 1, 2], [10, 244, 9, 9], 10);
         let n = no_route.len();
-        assert_eq!(outbound(&snap, &FWD, &mut no_route, 0, n), Verdict::Drop(DropReason::NoRoute));
+        assert_eq!(
+            outbound(&snap, &FWD, &mut no_route, 0, n),
+            Verdict::Drop(DropReason::NoRoute)
+        );
         let mut local = packet([10, 244, 1, 2], [10, 244, 1, 3], 10);
         assert_eq!(
             outbound(&snap, &FWD, &mut local, 0, n),
@@ -181,7 +193,10 @@ mod tests {
         );
         let mut big = packet([10, 244, 1, 2], [10, 244, 2, 3], 1460);
         let n = big.len();
-        assert_eq!(outbound(&snap, &FWD, &mut big, 0, n), Verdict::Drop(DropReason::TooBig));
+        assert_eq!(
+            outbound(&snap, &FWD, &mut big, 0, n),
+            Verdict::Drop(DropReason::TooBig)
+        );
         let mut junk = vec![0u8; 10];
         assert_eq!(
             outbound(&snap, &FWD, &mut junk, 0, 10),
@@ -205,7 +220,10 @@ mod tests {
         let good = packet([10, 244, 2, 5], [10, 244, 1, 2], 30);
         assert_eq!(
             inbound(&snap, &FWD, from_b, &good),
-            Verdict::Deliver { start: 0, len: good.len() }
+            Verdict::Deliver {
+                start: 0,
+                len: good.len()
+            }
         );
         let stranger: SocketAddr = "192.0.2.99:8285".parse().expect("literal");
         assert_eq!(
@@ -224,7 +242,10 @@ mod tests {
             Verdict::Drop(DropReason::SpoofedSource)
         );
         let elsewhere = packet([10, 244, 2, 5], [10, 244, 3, 2], 30);
-        assert_eq!(inbound(&snap, &FWD, from_b, &elsewhere), Verdict::Drop(DropReason::NotLocal));
+        assert_eq!(
+            inbound(&snap, &FWD, from_b, &elsewhere),
+            Verdict::Drop(DropReason::NotLocal)
+        );
         for junk in [&[][..], &[0x45][..], &[0x45; 19][..], &[0u8; 40][..]] {
             assert!(matches!(
                 inbound(&snap, &FWD, from_b, junk),

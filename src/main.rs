@@ -36,7 +36,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let config = NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (*p, r)))?;
-            let opts = fustian::node::RunOptions { stats_file: args.stats_file };
+            let opts = fustian::node::RunOptions {
+                stats_file: args.stats_file,
+            };
             fustian::node::run(&config, &opts, &stop)?;
         }
         Command::Lab(args) => {

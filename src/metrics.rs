@@ -188,7 +188,11 @@ pub struct Metrics {
 impl Metrics {
     /// Creates counters for `workers` workers.
     pub fn new(workers: usize) -> Self {
-        Self { workers: (0..workers.max(1)).map(|_| CachePadded::new(Counters::default())).collect() }
+        Self {
+            workers: (0..workers.max(1))
+                .map(|_| CachePadded::new(Counters::default()))
+                .collect(),
+        }
     }
 
     /// Returns the counters of worker `index` (worker 0 when out of range).
@@ -199,7 +203,10 @@ impl Metrics {
     /// Sums every worker's counters into `(name, value)` pairs, in the documented order.
     pub fn totals(&self) -> Vec<(String, u64)> {
         let sum = |f: &dyn Fn(&Counters) -> &AtomicU64| -> u64 {
-            self.workers.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+            self.workers
+                .iter()
+                .map(|c| f(c).load(Ordering::Relaxed))
+                .sum()
         };
         let mut out = vec![
             ("tun_rx_packets".to_owned(), sum(&|c| &c.tun_rx_packets)),
@@ -222,7 +229,10 @@ impl Metrics {
     pub fn render_prometheus(&self) -> String {
         let mut text = String::new();
         for (name, value) in self.totals() {
-            let _ = writeln!(text, "# TYPE fustian_{name} counter\nfustian_{name} {value}");
+            let _ = writeln!(
+                text,
+                "# TYPE fustian_{name} counter\nfustian_{name} {value}"
+            );
         }
         text
     }
@@ -235,7 +245,10 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (name, value) = l.split_once(' ')?;
-            Some((name.strip_prefix("fustian_")?.to_owned(), value.trim().parse().ok()?))
+            Some((
+                name.strip_prefix("fustian_")?.to_owned(),
+                value.trim().parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -262,7 +275,8 @@ mod tests {
         let m = Metrics::new(2);
         Counters::add(&m.worker(0).rx_packets, 3);
         Counters::add(&m.worker(1).rx_packets, 4);
-        m.worker(1).drop_packet(DropReason::RxMalformed(WireError::Truncated));
+        m.worker(1)
+            .drop_packet(DropReason::RxMalformed(WireError::Truncated));
         let parsed = parse_prometheus(&m.render_prometheus());
         let get = |n: &str| parsed.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
         assert_eq!(get("rx_packets"), Some(7));

@@ -86,7 +86,10 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
 
     let udp = UdpSocket::bind(SocketAddr::new(config.public_ip, config.port))?;
-    let table = Arc::new(Table::new(Snapshot::new(vec![config.subnet], config.peers.clone())?));
+    let table = Arc::new(Table::new(Snapshot::new(
+        vec![config.subnet],
+        config.peers.clone(),
+    )?));
     let metrics = Arc::new(Metrics::new(1));
     let backend = Backend::Epoll;
     tracing::info!(
@@ -115,7 +118,10 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
     let handle = std::thread::Builder::new()
         .name("fustian-w0".into())
         .spawn(move || event::run(backend, worker))
-        .map_err(|source| Error::Io { what: "spawn worker thread".into(), source })?;
+        .map_err(|source| Error::Io {
+            what: "spawn worker thread".into(),
+            source,
+        })?;
 
     let write_stats = || {
         if let Some(path) = &opts.stats_file {
@@ -131,7 +137,10 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
     stop.store(true, Ordering::Relaxed);
     let result = match handle.join() {
         Ok(r) => r.map_err(|source| Error::Worker { id: 0, source }),
-        Err(_) => Err(Error::Worker { id: 0, source: std::io::Error::other("worker panicked") }),
+        Err(_) => Err(Error::Worker {
+            id: 0,
+            source: std::io::Error::other("worker panicked"),
+        }),
     };
     write_stats();
     tracing::info!(

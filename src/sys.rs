@@ -60,7 +60,8 @@ pub fn available_cpus() -> usize {
 ///
 /// The `kill` error, for example `ESRCH` when it has already exited.
 pub fn terminate(pid: u32) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill takes no pointers; the pid belongs to a child this process started.
     syscall!(kill(pid, libc::SIGTERM)).map(drop)
 }

@@ -17,7 +17,12 @@ impl SlotBuf {
     /// Allocates `count` slots, each with `headroom` bytes before a `payload`-byte area.
     pub(crate) fn new(count: usize, headroom: usize, payload: usize) -> Self {
         let slot = (headroom + payload).div_ceil(64) * 64;
-        Self { data: vec![0u8; slot * count], slot, headroom, count }
+        Self {
+            data: vec![0u8; slot * count],
+            slot,
+            headroom,
+            count,
+        }
     }
 
     /// Returns the number of slots.

@@ -47,8 +47,10 @@ pub fn run(worker: Worker) -> io::Result<()> {
     let mut poll = Poll::new()?;
     let tun_fd = worker.tun.as_raw_fd();
     let udp_fd = worker.udp.as_raw_fd();
-    poll.registry().register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
-    poll.registry().register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
     let max = worker.fwd.max_inner_len;
     // A received datagram is the encapsulation header plus at most `max` inner bytes; one
     // byte more than that is what `MSG_TRUNC` needs to tell an oversize datagram apart.
@@ -57,7 +59,14 @@ pub fn run(worker: Worker) -> io::Result<()> {
         tun_bufs: SlotBuf::new(BATCH, HEADROOM, max.max(1500)),
         rx_bufs: SlotBuf::new(BATCH, 0, rx_payload),
         tx: Vec::with_capacity(BATCH),
-        received: vec![Received { len: 0, from: None, truncated: false }; BATCH],
+        received: vec![
+            Received {
+                len: 0,
+                from: None,
+                truncated: false
+            };
+            BATCH
+        ],
         send_scratch: MmsgScratch::new(BATCH),
         recv_scratch: MmsgScratch::new(BATCH),
         tun_read_log: RateLimitedLog::new("TUN read failed"),
@@ -112,9 +121,15 @@ impl Loop {
             Counters::add(&counters.tun_rx_packets, 1);
             Counters::add(&counters.tun_rx_bytes, len as u64);
             match forward::outbound(&snap, &self.w.fwd, slot, headroom, len) {
-                Verdict::Send { dst, start, len, .. } => {
+                Verdict::Send {
+                    dst, start, len, ..
+                } => {
                     let base = self.tun_bufs.offset(read);
-                    self.tx.push(Transmit { dst, start: base + start, len });
+                    self.tx.push(Transmit {
+                        dst,
+                        start: base + start,
+                        len,
+                    });
                 }
                 Verdict::Drop(reason) => counters.drop_packet(reason),
                 Verdict::Deliver { .. } => counters.drop_packet(DropReason::LocalDestination),
@@ -132,7 +147,11 @@ impl Loop {
         let mut off = 0;
         while off < self.tx.len() {
             let data = self.tun_bufs.data();
-            match self.w.udp.send_batch(&mut self.send_scratch, data, &self.tx[off..]) {
+            match self
+                .w
+                .udp
+                .send_batch(&mut self.send_scratch, data, &self.tx[off..])
+            {
                 Ok(0) => {
                     counters.drop_packet(DropReason::TxError);
                     off += 1;

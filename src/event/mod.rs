@@ -94,12 +94,19 @@ pub(crate) struct RateLimitedLog {
 
 impl RateLimitedLog {
     pub(crate) const fn new(what: &'static str) -> Self {
-        Self { last: None, suppressed: 0, what }
+        Self {
+            last: None,
+            suppressed: 0,
+            what,
+        }
     }
 
     pub(crate) fn error(&mut self, err: &std::io::Error) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             self.suppressed += 1;
             return;
         }

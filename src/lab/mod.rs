@@ -91,14 +91,29 @@ impl Topology {
     /// [`Error::Lab`] naming the missing prerequisite or the failing step.
     pub fn build(prefix: &str) -> Result<Self, Error> {
         check_prerequisites()?;
-        if prefix.is_empty() || prefix.len() > 8 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
+        if prefix.is_empty()
+            || prefix.len() > 8
+            || !prefix.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            return Err(Error::Lab(format!("prefix `{prefix}` must be 1-8 letters or digits")));
+            return Err(Error::Lab(format!(
+                "prefix `{prefix}` must be 1-8 letters or digits"
+            )));
         }
         let dir = ScratchDir::new(prefix)?;
-        let hosts = [Netns::add(&format!("{prefix}a"))?, Netns::add(&format!("{prefix}b"))?];
-        let pods = [Netns::add(&format!("{prefix}pa"))?, Netns::add(&format!("{prefix}pb"))?];
-        let topo = Self { processes: Vec::new(), pods, hosts, dir };
+        let hosts = [
+            Netns::add(&format!("{prefix}a"))?,
+            Netns::add(&format!("{prefix}b"))?,
+        ];
+        let pods = [
+            Netns::add(&format!("{prefix}pa"))?,
+            Netns::add(&format!("{prefix}pb"))?,
+        ];
+        let topo = Self {
+            processes: Vec::new(),
+            pods,
+            hosts,
+            dir,
+        };
         veth(&topo.hosts[0], "ul0", &topo.hosts[1], "ul0")?;
         for i in 0..2 {
             let (host, pod) = (&topo.hosts[i], &topo.pods[i]);
@@ -162,7 +177,10 @@ impl Topology {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(Error::Lab(format!("node {i} did not come up:\n{}", process.log())));
+                return Err(Error::Lab(format!(
+                    "node {i} did not come up:\n{}",
+                    process.log()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -179,18 +197,31 @@ impl Topology {
 
     /// Returns one counter of node `i` (0 when absent).
     pub fn counter(&self, i: usize, name: &str) -> u64 {
-        self.stats(i).into_iter().find(|(k, _)| k == name).map_or(0, |(_, v)| v)
+        self.stats(i)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| v)
     }
 }
 
 /// Returns the pod address of node `i` with `port`.
 pub fn pod_addr(i: usize, port: u16) -> SocketAddr {
-    SocketAddr::new(POD_IPS[i].parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), port)
+    SocketAddr::new(
+        POD_IPS[i]
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        port,
+    )
 }
 
 /// Returns the underlay address of node `i` with `port`.
 pub fn host_addr(i: usize, port: u16) -> SocketAddr {
-    SocketAddr::new(HOST_IPS[i].parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), port)
+    SocketAddr::new(
+        HOST_IPS[i]
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        port,
+    )
 }
 
 /// One line of the result table.
@@ -257,7 +288,10 @@ impl fmt::Display for Report {
 ///
 /// [`Error::Lab`] for a missing prerequisite, a failed step, or an interruption.
 pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
-    let prefix = args.prefix.clone().unwrap_or_else(|| format!("fl{}", std::process::id() % 100_000));
+    let prefix = args
+        .prefix
+        .clone()
+        .unwrap_or_else(|| format!("fl{}", std::process::id() % 100_000));
     let exe = std::env::current_exe()
         .map_err(|e| Error::Lab(format!("cannot find the fustian binary: {e}")))?;
     let exe = exe.to_string_lossy().into_owned();
@@ -269,8 +303,10 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     }
     let amount = Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0)));
     let mut rows = Vec::new();
-    let scenarios: [(&str, &[Netns; 2], fn(usize, u16) -> SocketAddr); 2] =
-        [("fustian udp", &topo.pods, pod_addr), ("bare underlay", &topo.hosts, host_addr)];
+    let scenarios: [(&str, &[Netns; 2], fn(usize, u16) -> SocketAddr); 2] = [
+        ("fustian udp", &topo.pods, pod_addr),
+        ("bare underlay", &topo.hosts, host_addr),
+    ];
     for (name, ns, addr) in scenarios {
         for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
             eprintln!("lab: {name} {dir}: TCP bulk for {:.1} s", args.duration);
@@ -283,11 +319,22 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
             }
             let latency = if from == 0 {
                 eprintln!("lab: {name} {dir}: {} UDP round trips", args.pings);
-                Some(udp_ping_pong(&ns[from], &ns[to], addr(to, 7), args.pings, stop)?)
+                Some(udp_ping_pong(
+                    &ns[from],
+                    &ns[to],
+                    addr(to, 7),
+                    args.pings,
+                    stop,
+                )?)
             } else {
                 None
             };
-            rows.push(Row { scenario: name.to_owned(), direction: dir, bulk, latency });
+            rows.push(Row {
+                scenario: name.to_owned(),
+                direction: dir,
+                bulk,
+                latency,
+            });
         }
     }
     for p in &mut topo.processes {

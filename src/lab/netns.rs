@@ -20,13 +20,20 @@ use crate::error::Error;
 ///
 /// [`Error::Lab`] naming the command, or saying that iproute2 is missing.
 pub fn ip(args: &[&str]) -> Result<(), Error> {
-    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            Error::Lab("the `ip` command is missing: install iproute2 (apt-get install iproute2)".into())
-        } else {
-            Error::Lab(format!("cannot run ip: {e}"))
-        }
-    })?;
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Lab(
+                    "the `ip` command is missing: install iproute2 (apt-get install iproute2)"
+                        .into(),
+                )
+            } else {
+                Error::Lab(format!("cannot run ip: {e}"))
+            }
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -45,11 +52,15 @@ pub fn ip(args: &[&str]) -> Result<(), Error> {
 /// [`Error::Lab`] naming the missing prerequisite.
 pub fn check_prerequisites() -> Result<(), Error> {
     if !std::path::Path::new("/dev/net/tun").exists() {
-        return Err(Error::Lab("/dev/net/tun is missing: the tun driver is not available".into()));
+        return Err(Error::Lab(
+            "/dev/net/tun is missing: the tun driver is not available".into(),
+        ));
     }
     ip(&["-V"])?;
     if !is_root() {
-        return Err(Error::Lab("network namespaces need root (CAP_SYS_ADMIN, CAP_NET_ADMIN)".into()));
+        return Err(Error::Lab(
+            "network namespaces need root (CAP_SYS_ADMIN, CAP_NET_ADMIN)".into(),
+        ));
     }
     Ok(())
 }
@@ -77,7 +88,9 @@ impl Netns {
     /// [`Error::Lab`] when `ip netns add` fails (for example the name is taken).
     pub fn add(name: &str) -> Result<Self, Error> {
         ip(&["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -119,7 +132,9 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        self.spawn(f)?.join().map_err(|_| Error::Lab("a lab thread panicked".into()))
+        self.spawn(f)?
+            .join()
+            .map_err(|_| Error::Lab("a lab thread panicked".into()))
     }
 
     /// Starts `f` on a new thread inside this namespace. Sockets it creates belong to the
@@ -145,7 +160,9 @@ impl Netns {
         match rx.recv() {
             Ok(Ok(())) => Ok(handle),
             Ok(Err(e)) => Err(Error::Lab(format!("cannot enter {}: {e}", self.name))),
-            Err(_) => Err(Error::Lab("a lab thread died before entering its namespace".into())),
+            Err(_) => Err(Error::Lab(
+                "a lab thread died before entering its namespace".into(),
+            )),
         }
     }
 
@@ -157,7 +174,9 @@ impl Netns {
     pub fn start(&self, program: &str, args: &[String], log: PathBuf) -> Result<Process, Error> {
         let out = File::create(&log)
             .map_err(|e| Error::Lab(format!("cannot create {}: {e}", log.display())))?;
-        let err = out.try_clone().map_err(|e| Error::Lab(format!("cannot dup log fd: {e}")))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::Lab(format!("cannot dup log fd: {e}")))?;
         // `ip netns exec` enters the namespace and then execs the program, so the child's pid
         // is the program's own.
         let child = Command::new("ip")
@@ -168,7 +187,10 @@ impl Netns {
             .stderr(err)
             .spawn()
             .map_err(|e| Error::Lab(format!("cannot start {program} in {}: {e}", self.name)))?;
-        Ok(Process { child: Some(child), log })
+        Ok(Process {
+            child: Some(child),
+            log,
+        })
     }
 }
 
@@ -187,7 +209,20 @@ impl Drop for Netns {
 ///
 /// As [`ip`].
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<(), Error> {
-    ip(&["link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()])
+    ip(&[
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])
 }
 
 /// A process started in a namespace; stopped with SIGTERM (then SIGKILL) on drop.
@@ -205,7 +240,9 @@ impl Process {
 
     /// Returns the exit status if the process has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Returns what the process wrote so far.

@@ -44,7 +44,11 @@ impl BulkResult {
     /// Returns the goodput in Gbit/s.
     pub fn gbps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.received as f64 * 8.0 / secs / 1e9 } else { 0.0 }
+        if secs > 0.0 {
+            self.received as f64 * 8.0 / secs / 1e9
+        } else {
+            0.0
+        }
     }
 
     /// Returns true when every byte arrived and (when verifying) the hashes match.
@@ -89,44 +93,52 @@ pub fn tcp_bulk(
 ) -> Result<BulkResult, Error> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stop_rx = Arc::clone(stop);
-    let server = to.spawn(move || -> Result<(u64, Duration, Option<[u8; 32]>), Error> {
-        let listener = TcpListener::bind(to_addr).map_err(io_err("listen"))?;
-        listener.set_nonblocking(true).map_err(io_err("listen"))?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline || stop_rx.load(Ordering::Relaxed) {
-                        return Err(Error::Lab("no connection arrived".into()));
+    let server = to.spawn(
+        move || -> Result<(u64, Duration, Option<[u8; 32]>), Error> {
+            let listener = TcpListener::bind(to_addr).map_err(io_err("listen"))?;
+            listener.set_nonblocking(true).map_err(io_err("listen"))?;
+            let _ = ready_tx.send(());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() > deadline || stop_rx.load(Ordering::Relaxed) {
+                            return Err(Error::Lab("no connection arrived".into()));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    Err(e) => return Err(io_err("accept")(e)),
                 }
-                Err(e) => return Err(io_err("accept")(e)),
+            };
+            let start = Instant::now();
+            stream.set_nonblocking(false).map_err(io_err("accept"))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(io_err("accept"))?;
+            let mut hasher = verify.then(Sha256::new);
+            let mut buf = vec![0u8; CHUNK];
+            let mut received = 0u64;
+            loop {
+                let n = stream.read(&mut buf).map_err(io_err("receive"))?;
+                if n == 0 {
+                    break;
+                }
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&buf[..n]);
+                }
+                received += n as u64;
+                if stop_rx.load(Ordering::Relaxed) {
+                    return Err(Error::Lab("interrupted".into()));
+                }
             }
-        };
-        let start = Instant::now();
-        stream.set_nonblocking(false).map_err(io_err("accept"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io_err("accept"))?;
-        let mut hasher = verify.then(Sha256::new);
-        let mut buf = vec![0u8; CHUNK];
-        let mut received = 0u64;
-        loop {
-            let n = stream.read(&mut buf).map_err(io_err("receive"))?;
-            if n == 0 {
-                break;
-            }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..n]);
-            }
-            received += n as u64;
-            if stop_rx.load(Ordering::Relaxed) {
-                return Err(Error::Lab("interrupted".into()));
-            }
-        }
-        Ok((received, start.elapsed(), hasher.map(|h| h.finalize().into())))
-    })?;
+            Ok((
+                received,
+                start.elapsed(),
+                hasher.map(|h| h.finalize().into()),
+            ))
+        },
+    )?;
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .map_err(|_| Error::Lab("the receiver did not start".into()))?;
@@ -136,7 +148,9 @@ pub fn tcp_bulk(
         let pat = pattern();
         let mut stream = TcpStream::connect_timeout(&to_addr, Duration::from_secs(5))
             .map_err(io_err("connect"))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10))).map_err(io_err("connect"))?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(io_err("connect"))?;
         let mut hasher = verify.then(Sha256::new);
         let start = Instant::now();
         let mut sent = 0u64;
@@ -166,14 +180,26 @@ pub fn tcp_bulk(
             }
             sent += want as u64;
         }
-        stream.shutdown(Shutdown::Write).map_err(io_err("shutdown"))?;
+        stream
+            .shutdown(Shutdown::Write)
+            .map_err(io_err("shutdown"))?;
         Ok((sent, hasher.map(|h| h.finalize().into())))
     })?;
-    let client = client.join().map_err(|_| Error::Lab("the sender panicked".into()))?;
-    let server = server.join().map_err(|_| Error::Lab("the receiver panicked".into()))?;
+    let client = client
+        .join()
+        .map_err(|_| Error::Lab("the sender panicked".into()))?;
+    let server = server
+        .join()
+        .map_err(|_| Error::Lab("the receiver panicked".into()))?;
     let (sent, sent_hash) = client?;
     let (received, elapsed, received_hash) = server?;
-    Ok(BulkResult { sent, received, elapsed, sent_hash, received_hash })
+    Ok(BulkResult {
+        sent,
+        received,
+        elapsed,
+        sent_hash,
+        received_hash,
+    })
 }
 
 /// Round-trip times of a ping-pong run.
@@ -207,7 +233,8 @@ pub fn udp_ping_pong(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = to.spawn(move || -> Result<(), Error> {
         let sock = UdpSocket::bind(to_addr).map_err(io_err("echo bind"))?;
-        sock.set_read_timeout(Some(Duration::from_millis(50))).map_err(io_err("echo"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(io_err("echo"))?;
         let _ = ready_tx.send(());
         let mut buf = [0u8; 2048];
         while !done_srv.load(Ordering::Relaxed) {
@@ -222,13 +249,17 @@ pub fn udp_ping_pong(
         .map_err(|_| Error::Lab("the echo responder did not start".into()))?;
     let stop_c = Arc::clone(stop);
     let client = from.spawn(move || -> Result<(Vec<Duration>, usize), Error> {
-        let bind: SocketAddr =
-            if to_addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|_| {
-                Error::Lab("bad wildcard".into())
-            })?;
+        let bind: SocketAddr = if to_addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .map_err(|_| Error::Lab("bad wildcard".into()))?;
         let sock = UdpSocket::bind(bind).map_err(io_err("ping bind"))?;
         sock.connect(to_addr).map_err(io_err("ping connect"))?;
-        sock.set_read_timeout(Some(Duration::from_secs(1))).map_err(io_err("ping"))?;
+        sock.set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(io_err("ping"))?;
         let mut rtts = Vec::with_capacity(count as usize);
         let mut lost = 0;
         let mut req = [0u8; 64];
@@ -256,13 +287,24 @@ pub fn udp_ping_pong(
         }
         Ok((rtts, lost))
     })?;
-    let result = client.join().map_err(|_| Error::Lab("the pinger panicked".into()));
+    let result = client
+        .join()
+        .map_err(|_| Error::Lab("the pinger panicked".into()));
     done.store(true, Ordering::Relaxed);
     let _ = server.join();
     let (mut rtts, lost) = result??;
     rtts.sort_unstable();
     let pct = |p: usize| -> Duration {
-        if rtts.is_empty() { Duration::ZERO } else { rtts[(rtts.len() - 1) * p / 100] }
+        if rtts.is_empty() {
+            Duration::ZERO
+        } else {
+            rtts[(rtts.len() - 1) * p / 100]
+        }
     };
-    Ok(Latency { replies: rtts.len(), lost, p50: pct(50), p99: pct(99) })
+    Ok(Latency {
+        replies: rtts.len(),
+        lost,
+        p50: pct(50),
+        p99: pct(99),
+    })
 }

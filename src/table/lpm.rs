@@ -20,14 +20,22 @@ pub trait Key: Copy + Eq + Hash {
 impl Key for u32 {
     const BITS: u8 = 32;
     fn mask(self, len: u8) -> Self {
-        if len == 0 { 0 } else { self & (Self::MAX << (32 - u32::from(len.min(32)))) }
+        if len == 0 {
+            0
+        } else {
+            self & (Self::MAX << (32 - u32::from(len.min(32))))
+        }
     }
 }
 
 impl Key for u128 {
     const BITS: u8 = 128;
     fn mask(self, len: u8) -> Self {
-        if len == 0 { 0 } else { self & (Self::MAX << (128 - u32::from(len.min(128)))) }
+        if len == 0 {
+            0
+        } else {
+            self & (Self::MAX << (128 - u32::from(len.min(128))))
+        }
     }
 }
 
@@ -41,7 +49,10 @@ pub struct Lpm<K: Key, V> {
 
 impl<K: Key, V: Copy> Default for Lpm<K, V> {
     fn default() -> Self {
-        Self { levels: Vec::new(), len: 0 }
+        Self {
+            levels: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -66,7 +77,9 @@ impl<K: Key, V: Copy> Lpm<K, V> {
     /// Returns the value of the longest prefix containing `addr`.
     #[inline]
     pub fn lookup(&self, addr: K) -> Option<V> {
-        self.levels.iter().find_map(|(len, map)| map.get(&addr.mask(*len)).copied())
+        self.levels
+            .iter()
+            .find_map(|(len, map)| map.get(&addr.mask(*len)).copied())
     }
 
     /// Returns the number of prefixes.

@@ -74,10 +74,16 @@ impl Snapshot {
     ///
     /// [`TableError`] when two peers claim the same subnet or a peer overlaps a local subnet.
     pub fn new(local: Vec<IpNet>, peers: Vec<Peer>) -> Result<Self, TableError> {
-        let mut snap = Self { local, ..Self::default() };
+        let mut snap = Self {
+            local,
+            ..Self::default()
+        };
         for peer in peers {
             let subnet = peer.subnet.trunc();
-            if let Some(l) = snap.local.iter().find(|l| l.contains(&subnet) || subnet.contains(*l))
+            if let Some(l) = snap
+                .local
+                .iter()
+                .find(|l| l.contains(&subnet) || subnet.contains(*l))
             {
                 return Err(TableError::OverlapsLocal {
                     subnet,
@@ -87,8 +93,12 @@ impl Snapshot {
             }
             let index = u32::try_from(snap.peers.len()).unwrap_or(u32::MAX);
             let previous = match subnet {
-                IpNet::V4(n) => snap.v4.insert(u32::from(n.network()), n.prefix_len(), index),
-                IpNet::V6(n) => snap.v6.insert(u128::from(n.network()), n.prefix_len(), index),
+                IpNet::V4(n) => snap
+                    .v4
+                    .insert(u32::from(n.network()), n.prefix_len(), index),
+                IpNet::V6(n) => snap
+                    .v6
+                    .insert(u128::from(n.network()), n.prefix_len(), index),
             };
             if let Some(prev) = previous {
                 return Err(TableError::DuplicateSubnet {
@@ -98,7 +108,10 @@ impl Snapshot {
                 });
             }
             snap.senders.insert(peer.endpoint.ip());
-            snap.peers.push(Peer { subnet, endpoint: peer.endpoint });
+            snap.peers.push(Peer {
+                subnet,
+                endpoint: peer.endpoint,
+            });
         }
         Ok(snap)
     }
@@ -152,7 +165,10 @@ impl Table {
     /// Creates a table holding `snapshot` as generation 1.
     pub fn new(mut snapshot: Snapshot) -> Self {
         snapshot.generation = 1;
-        Self { current: ArcSwap::from_pointee(snapshot), next_generation: AtomicU64::new(2) }
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            next_generation: AtomicU64::new(2),
+        }
     }
 
     /// Returns the current snapshot. Lock-free; hold the guard for one batch at most.
@@ -186,14 +202,29 @@ mod tests {
         let local = vec!["10.244.1.0/24".parse().expect("literal")];
         let snap = Snapshot::new(
             local,
-            vec![peer("10.244.2.0/24", "192.0.2.2"), peer("fd00:2::/64", "192.0.2.3")],
+            vec![
+                peer("10.244.2.0/24", "192.0.2.2"),
+                peer("fd00:2::/64", "192.0.2.3"),
+            ],
         )
         .expect("valid");
-        let (index, p) = snap.lookup("10.244.2.9".parse().expect("literal")).expect("route");
+        let (index, p) = snap
+            .lookup("10.244.2.9".parse().expect("literal"))
+            .expect("route");
         assert_eq!(index, 0);
-        assert_eq!(p.endpoint.ip(), "192.0.2.2".parse::<IpAddr>().expect("literal"));
-        assert!(snap.lookup("10.244.3.1".parse().expect("literal")).is_none());
-        assert_eq!(snap.lookup("fd00:2::5".parse().expect("literal")).map(|x| x.0), Some(1));
+        assert_eq!(
+            p.endpoint.ip(),
+            "192.0.2.2".parse::<IpAddr>().expect("literal")
+        );
+        assert!(
+            snap.lookup("10.244.3.1".parse().expect("literal"))
+                .is_none()
+        );
+        assert_eq!(
+            snap.lookup("fd00:2::5".parse().expect("literal"))
+                .map(|x| x.0),
+            Some(1)
+        );
         assert!(snap.is_local("10.244.1.7".parse().expect("literal")));
         assert!(!snap.is_local("10.244.2.7".parse().expect("literal")));
         assert!(snap.is_known_sender("192.0.2.3".parse().expect("literal")));
@@ -205,7 +236,10 @@ mod tests {
         let local: Vec<IpNet> = vec!["10.244.1.0/24".parse().expect("literal")];
         let dup = Snapshot::new(
             local.clone(),
-            vec![peer("10.244.2.0/24", "192.0.2.2"), peer("10.244.2.0/24", "192.0.2.3")],
+            vec![
+                peer("10.244.2.0/24", "192.0.2.2"),
+                peer("10.244.2.0/24", "192.0.2.3"),
+            ],
         );
         assert!(matches!(dup, Err(TableError::DuplicateSubnet { .. })));
         let overlap = Snapshot::new(local, vec![peer("10.244.0.0/16", "192.0.2.2")]);

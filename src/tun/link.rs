@@ -11,10 +11,10 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::AddressFamily;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
@@ -88,7 +88,8 @@ impl Netlink {
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK).map(drop)
+        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+            .map(drop)
     }
 
     /// Adds (or replaces) `addr/prefix_len` on link `index`.
@@ -141,8 +142,10 @@ impl Netlink {
     ///
     /// The kernel's error.
     pub fn index_holding(&mut self, ip: IpAddr) -> io::Result<Option<u32>> {
-        let replies =
-            self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
         Ok(replies.iter().find_map(|m| match m {
             RouteNetlinkMessage::NewAddress(a) => a
                 .attributes

@@ -65,13 +65,20 @@ impl Tun {
         let existed = if_index(name).is_some();
         let fd = sys::open_clone_device().map_err(TunError::Open)?;
         let flags = libc::IFF_TUN | libc::IFF_NO_PI;
-        let name = sys::set_iff(&fd, name, flags)
-            .map_err(|source| TunError::SetIff { name: name.to_owned(), source })?;
+        let name = sys::set_iff(&fd, name, flags).map_err(|source| TunError::SetIff {
+            name: name.to_owned(),
+            source,
+        })?;
         let index = if_index(&name).ok_or_else(|| TunError::SetIff {
             name: name.clone(),
             source: io::Error::other("device vanished after TUNSETIFF"),
         })?;
-        Ok(Self { fd, name, index, created: !existed })
+        Ok(Self {
+            fd,
+            name,
+            index,
+            created: !existed,
+        })
     }
 
     /// Returns the device name.

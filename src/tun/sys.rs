@@ -33,13 +33,24 @@ pub(super) fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int) -> io::Resul
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = libc::c_short::try_from(flags)
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    req.ifr_ifru.ifru_flags =
+        libc::c_short::try_from(flags).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `req` is a valid, initialised ifreq that outlives the call; TUNSETIFF reads and
     // writes only within it.
-    syscall!(ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut libc::ifreq))?;
-    let end = req.ifr_name.iter().position(|&c| c == 0).unwrap_or(req.ifr_name.len());
-    Ok(req.ifr_name[..end].iter().map(|&c| c as u8 as char).collect())
+    syscall!(ioctl(
+        fd.as_raw_fd(),
+        TUNSETIFF,
+        &mut req as *mut libc::ifreq
+    ))?;
+    let end = req
+        .ifr_name
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(req.ifr_name.len());
+    Ok(req.ifr_name[..end]
+        .iter()
+        .map(|&c| c as u8 as char)
+        .collect())
 }
 
 /// Returns the interface index of `name`, or `None` when no such interface exists.

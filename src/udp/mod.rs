@@ -62,11 +62,18 @@ impl UdpSocket {
     ///
     /// [`UdpError`] naming the step that failed.
     pub fn bind(addr: SocketAddr) -> Result<Self, UdpError> {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.cloexec(), Some(Protocol::UDP))
-            .map_err(UdpError::Create)?;
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::DGRAM.cloexec(),
+            Some(Protocol::UDP),
+        )
+        .map_err(UdpError::Create)?;
         socket
             .set_nonblocking(true)
-            .map_err(|source| UdpError::Option { what: "O_NONBLOCK", source })?;
+            .map_err(|source| UdpError::Option {
+                what: "O_NONBLOCK",
+                source,
+            })?;
         for send in [false, true] {
             if sys::set_buffer_force(socket.as_fd(), send, SOCKET_BUFFER).is_err() {
                 let r = if send {
@@ -80,7 +87,9 @@ impl UdpSocket {
                 })?;
             }
         }
-        socket.bind(&addr.into()).map_err(|source| UdpError::Bind { addr, source })?;
+        socket
+            .bind(&addr.into())
+            .map_err(|source| UdpError::Bind { addr, source })?;
         let local = socket
             .local_addr()
             .ok()

@@ -31,7 +31,13 @@ impl MmsgScratch {
         let zero_addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         Self {
             hdrs: vec![zero_hdr; batch],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; batch],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                batch
+            ],
             addrs: vec![zero_addr; batch],
         }
     }
@@ -62,7 +68,10 @@ pub(crate) fn recv_batch(
     slot: usize,
     out: &mut [Received],
 ) -> io::Result<usize> {
-    let n = out.len().min(scratch.capacity()).min(data.len() / slot.max(1));
+    let n = out
+        .len()
+        .min(scratch.capacity())
+        .min(data.len() / slot.max(1));
     for i in 0..n {
         let iov = &mut scratch.iovs[i];
         iov.iov_base = data[i * slot..].as_mut_ptr().cast();
@@ -160,7 +169,11 @@ pub(crate) fn send_batch(
 /// `CAP_NET_ADMIN` (socket(7)).
 pub(crate) fn set_buffer_force(fd: BorrowedFd<'_>, send: bool, bytes: usize) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let opt = if send { libc::SO_SNDBUFFORCE } else { libc::SO_RCVBUFFORCE };
+    let opt = if send {
+        libc::SO_SNDBUFFORCE
+    } else {
+        libc::SO_RCVBUFFORCE
+    };
     // SAFETY: `value` is a c_int that outlives the call and its size is passed alongside.
     syscall!(setsockopt(
         fd.as_raw_fd(),
@@ -174,7 +187,11 @@ pub(crate) fn set_buffer_force(fd: BorrowedFd<'_>, send: bool, bytes: usize) -> 
 
 /// Waits up to `timeout_ms` for `fd` to become writable.
 pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
     retry_if_interrupted(|| {
         // SAFETY: `pfd` is one valid pollfd that outlives the call.
         syscall!(poll(&raw mut pfd, 1, timeout_ms))
@@ -193,7 +210,9 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::s
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
@@ -205,7 +224,9 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::s
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.

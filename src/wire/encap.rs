@@ -41,7 +41,11 @@ impl Encap {
 
     /// Returns the total overhead over the inner packet: outer IP + UDP + own header.
     pub const fn overhead(self, ipv6_underlay: bool) -> usize {
-        let outer_ip = if ipv6_underlay { OUTER_IPV6_LEN } else { OUTER_IPV4_LEN };
+        let outer_ip = if ipv6_underlay {
+            OUTER_IPV6_LEN
+        } else {
+            OUTER_IPV4_LEN
+        };
         outer_ip + OUTER_UDP_LEN + self.header_len()
     }
 

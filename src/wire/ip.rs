@@ -279,7 +279,8 @@ impl Repr {
         &self,
         packet: &mut Packet<T>,
     ) -> Result<(), WireError> {
-        let total = u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| WireError::BadLength)?;
+        let total =
+            u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| WireError::BadLength)?;
         packet.buffer.as_mut()[..HEADER_LEN].fill(0);
         packet.set_version_and_header_len(HEADER_LEN);
         packet.set_total_len(total);
@@ -347,7 +348,10 @@ impl<T: AsRef<[u8]>> V6Packet<T> {
     /// Returns the payload length field.
     pub fn payload_len(&self) -> u16 {
         let d = self.buffer.as_ref();
-        u16::from_be_bytes([d[field::V6_PAYLOAD_LEN.start], d[field::V6_PAYLOAD_LEN.start + 1]])
+        u16::from_be_bytes([
+            d[field::V6_PAYLOAD_LEN.start],
+            d[field::V6_PAYLOAD_LEN.start + 1],
+        ])
     }
 
     /// Returns the next-header field.
@@ -409,7 +413,9 @@ impl V6Repr {
     /// `Truncated` when `buffer` is shorter than 40 bytes, `BadLength` when the payload length
     /// does not fit 16 bits.
     pub fn emit(&self, buffer: &mut [u8]) -> Result<(), WireError> {
-        let header = buffer.get_mut(..V6_HEADER_LEN).ok_or(WireError::Truncated)?;
+        let header = buffer
+            .get_mut(..V6_HEADER_LEN)
+            .ok_or(WireError::Truncated)?;
         let payload_len = u16::try_from(self.payload_len).map_err(|_| WireError::BadLength)?;
         header.fill(0);
         header[0] = 0x60;
@@ -446,11 +452,17 @@ pub fn parse_inner(buf: &[u8]) -> Result<InnerIp, WireError> {
             if !packet.verify_checksum() {
                 return Err(WireError::BadChecksum);
             }
-            Ok(InnerIp { src: packet.src_addr().into(), dst: packet.dst_addr().into() })
+            Ok(InnerIp {
+                src: packet.src_addr().into(),
+                dst: packet.dst_addr().into(),
+            })
         }
         6 => {
             let packet = V6Packet::new_checked(buf)?;
-            Ok(InnerIp { src: packet.src_addr().into(), dst: packet.dst_addr().into() })
+            Ok(InnerIp {
+                src: packet.src_addr().into(),
+                dst: packet.dst_addr().into(),
+            })
         }
         _ => Err(WireError::BadVersion),
     }
@@ -483,13 +495,18 @@ pub(crate) mod tests {
     /// UDP 10.244.1.2:40000 -> 10.244.2.2:5201, payload "fustian capture!", TTL 64, read from a
     /// TUN device the kernel routed it into (Linux 6.18), 44 bytes.
     pub(crate) const UDP_V4: [u8; 44] = [
-        0x45, 0x00, 0x00, 0x2c, 0x92, 0xde, 0x40, 0x00, 0x40, 0x11, 0x8e, 0xf7, 0x0a, 0xf4, 0x01, 0x02, 0x0a, 0xf4, 0x02, 0x02, 0x9c, 0x40, 0x14, 0x51, 0x00, 0x18, 0xd6, 0x6b, 0x66, 0x75, 0x73, 0x74, 0x69, 0x61, 0x6e, 0x20, 0x63, 0x61, 0x70, 0x74, 0x75, 0x72, 0x65, 0x21,
+        0x45, 0x00, 0x00, 0x2c, 0x92, 0xde, 0x40, 0x00, 0x40, 0x11, 0x8e, 0xf7, 0x0a, 0xf4, 0x01,
+        0x02, 0x0a, 0xf4, 0x02, 0x02, 0x9c, 0x40, 0x14, 0x51, 0x00, 0x18, 0xd6, 0x6b, 0x66, 0x75,
+        0x73, 0x74, 0x69, 0x61, 0x6e, 0x20, 0x63, 0x61, 0x70, 0x74, 0x75, 0x72, 0x65, 0x21,
     ];
 
     /// UDP [fd00::1]:40000 -> [fd00::2]:5201, payload "fustian v6", hop limit 64, read from the
     /// same TUN device, 58 bytes.
     pub(crate) const UDP_V6: [u8; 58] = [
-        0x60, 0x01, 0x6e, 0x77, 0x00, 0x12, 0x11, 0x40, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x9c, 0x40, 0x14, 0x51, 0x00, 0x12, 0x2d, 0x92, 0x66, 0x75, 0x73, 0x74, 0x69, 0x61, 0x6e, 0x20, 0x76, 0x36,
+        0x60, 0x01, 0x6e, 0x77, 0x00, 0x12, 0x11, 0x40, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xfd, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x9c, 0x40, 0x14, 0x51, 0x00,
+        0x12, 0x2d, 0x92, 0x66, 0x75, 0x73, 0x74, 0x69, 0x61, 0x6e, 0x20, 0x76, 0x36,
     ];
 
     #[test]
@@ -511,8 +528,14 @@ pub(crate) mod tests {
         assert_eq!(packet.payload_len(), 18);
         assert_eq!(packet.next_header(), IpProtocol::Udp);
         assert_eq!(packet.hop_limit(), 64);
-        assert_eq!(packet.src_addr(), "fd00::1".parse::<Ipv6Addr>().expect("literal"));
-        assert_eq!(packet.dst_addr(), "fd00::2".parse::<Ipv6Addr>().expect("literal"));
+        assert_eq!(
+            packet.src_addr(),
+            "fd00::1".parse::<Ipv6Addr>().expect("literal")
+        );
+        assert_eq!(
+            packet.dst_addr(),
+            "fd00::2".parse::<Ipv6Addr>().expect("literal")
+        );
     }
 
     #[test]
@@ -529,7 +552,8 @@ pub(crate) mod tests {
         let repr = Repr::parse(&packet).expect("checksum ok");
         let mut out = [0u8; 44];
         out[20..].copy_from_slice(&UDP_V4[20..]);
-        repr.emit(&mut Packet::new_unchecked(&mut out[..])).expect("fits");
+        repr.emit(&mut Packet::new_unchecked(&mut out[..]))
+            .expect("fits");
         // The capture has id 0x92de and DF set; emit writes id 0 and DF clear, so compare the
         // fields rather than the bytes, and check the checksum is valid.
         let again = Packet::new_checked(&out[..]).expect("valid");
@@ -580,15 +604,20 @@ pub(crate) mod tests {
     }
 
     fn arb_v4() -> impl Strategy<Value = Repr> {
-        (any::<[u8; 4]>(), any::<[u8; 4]>(), any::<u8>(), any::<u8>(), 0usize..1480).prop_map(
-            |(s, d, p, ttl, payload_len)| Repr {
+        (
+            any::<[u8; 4]>(),
+            any::<[u8; 4]>(),
+            any::<u8>(),
+            any::<u8>(),
+            0usize..1480,
+        )
+            .prop_map(|(s, d, p, ttl, payload_len)| Repr {
                 src_addr: s.into(),
                 dst_addr: d.into(),
                 protocol: IpProtocol::from(p),
                 ttl,
                 payload_len,
-            },
-        )
+            })
     }
 
     proptest! {
