@@ -124,10 +124,10 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         })?;
 
     let write_stats = || {
-        if let Some(path) = &opts.stats_file {
-            if let Err(e) = write_atomically(path, metrics.render_prometheus().as_bytes()) {
-                tracing::warn!("cannot write stats file {}: {e}", path.display());
-            }
+        if let Some(path) = &opts.stats_file
+            && let Err(e) = write_atomically(path, metrics.render_prometheus().as_bytes())
+        {
+            tracing::warn!("cannot write stats file {}: {e}", path.display());
         }
     };
     while !stop.load(Ordering::Relaxed) && !handle.is_finished() {

@@ -303,7 +303,8 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     }
     let amount = Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0)));
     let mut rows = Vec::new();
-    let scenarios: [(&str, &[Netns; 2], fn(usize, u16) -> SocketAddr); 2] = [
+    type Scenario<'a> = (&'a str, &'a [Netns; 2], fn(usize, u16) -> SocketAddr);
+    let scenarios: [Scenario<'_>; 2] = [
         ("fustian udp", &topo.pods, pod_addr),
         ("bare underlay", &topo.hosts, host_addr),
     ];

@@ -23,7 +23,7 @@ impl Key for u32 {
         if len == 0 {
             0
         } else {
-            self & (Self::MAX << (32 - u32::from(len.min(32))))
+            self & (Self::MAX << (32 - Self::from(len.min(32))))
         }
     }
 }

@@ -93,7 +93,7 @@ pub(crate) fn recv_batch(
         syscall!(recvmmsg(
             fd.as_raw_fd(),
             scratch.hdrs.as_mut_ptr(),
-            n as libc::c_uint,
+            libc::c_uint::try_from(n).unwrap_or(libc::c_uint::MAX),
             libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
         ))
@@ -103,11 +103,10 @@ pub(crate) fn recv_batch(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),
     };
-    for i in 0..got {
-        let hdr = &scratch.hdrs[i];
-        out[i] = Received {
+    for ((r, hdr), addr) in out.iter_mut().zip(&scratch.hdrs).zip(&scratch.addrs).take(got) {
+        *r = Received {
             len: (hdr.msg_len as usize).min(slot),
-            from: from_storage(&scratch.addrs[i]),
+            from: from_storage(addr),
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         };
     }
@@ -158,7 +157,7 @@ pub(crate) fn send_batch(
         syscall!(sendmmsg(
             fd.as_raw_fd(),
             scratch.hdrs.as_mut_ptr(),
-            n as libc::c_uint,
+            libc::c_uint::try_from(n).unwrap_or(libc::c_uint::MAX),
             libc::MSG_DONTWAIT
         ))
     })
@@ -200,15 +199,21 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<b
 }
 
 fn socklen_of<T>() -> libc::socklen_t {
-    // Socket address structs are at most 128 bytes (sockaddr_storage), so this fits.
-    std::mem::size_of::<T>() as libc::socklen_t
+    // Socket address structs are at most 128 bytes (sockaddr_storage), so this always fits.
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
+
+// AF_INET (2) and AF_INET6 (10) fit sa_family_t (u16) by definition (include/linux/socket.h).
+#[allow(clippy::cast_possible_truncation)]
+const FAMILY_INET: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
+#[allow(clippy::cast_possible_truncation)]
+const FAMILY_INET6: libc::sa_family_t = libc::AF_INET6 as libc::sa_family_t;
 
 fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
     match addr {
         SocketAddr::V4(a) => {
             let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_family: FAMILY_INET,
                 sin_port: a.port().to_be(),
                 sin_addr: libc::in_addr {
                     s_addr: u32::from_ne_bytes(a.ip().octets()),
@@ -221,7 +226,7 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::s
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_family: FAMILY_INET6,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
                 sin6_addr: libc::in6_addr {

@@ -482,7 +482,7 @@ pub fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     // The loop above folds the carries, so `sum` fits 16 bits here.
-    !(sum as u16)
+    !u16::try_from(sum).unwrap_or(0xffff)
 }
 
 #[cfg(test)]

@@ -1,0 +1,32 @@
+//! The whole per-packet decision, both directions, on arbitrary bytes and offsets.
+#![no_main]
+
+use std::net::SocketAddr;
+
+use fustian::forward::{Forwarding, Verdict, inbound, outbound};
+use fustian::table::{Peer, Snapshot};
+use fustian::wire::Encap;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: (u8, u8, Vec<u8>)| {
+    let (headroom, sender, mut data) = input;
+    let snap = Snapshot::new(
+        vec!["10.244.1.0/24".parse().expect("literal")],
+        vec![Peer {
+            subnet: "10.244.2.0/24".parse().expect("literal"),
+            endpoint: "192.0.2.2:8285".parse().expect("literal"),
+        }],
+    )
+    .expect("valid");
+    let fwd = Forwarding { encap: Encap::Flannel, max_inner_len: 1472 };
+    let len = data.len().saturating_sub(usize::from(headroom));
+    if let Verdict::Send { start, len, .. } = outbound(&snap, &fwd, &mut data, headroom.into(), len)
+    {
+        assert!(start + len <= data.len());
+    }
+    let from = SocketAddr::from(([192, 0, 2, sender], 8285));
+    if let Verdict::Deliver { start, len } = inbound(&snap, &fwd, from, &data) {
+        assert!(start + len <= data.len());
+        assert_eq!(sender, 2);
+    }
+});
