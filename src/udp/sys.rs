@@ -103,7 +103,12 @@ pub(crate) fn recv_batch(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),
     };
-    for ((r, hdr), addr) in out.iter_mut().zip(&scratch.hdrs).zip(&scratch.addrs).take(got) {
+    for ((r, hdr), addr) in out
+        .iter_mut()
+        .zip(&scratch.hdrs)
+        .zip(&scratch.addrs)
+        .take(got)
+    {
         *r = Received {
             len: (hdr.msg_len as usize).min(slot),
             from: from_storage(addr),
