@@ -20,6 +20,7 @@ fn peers(n: usize) -> Vec<Peer> {
             Peer {
                 subnet: IpNet::V4(Ipv4Net::new(Ipv4Addr::from(net), len).expect("valid")),
                 endpoint: SocketAddr::new(IpAddr::from([192, 0, 2, 1]), 8285),
+                vtep_mac: None,
             }
         })
         .collect()

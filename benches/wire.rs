@@ -31,6 +31,7 @@ fn snapshot(local: &str, peer_subnet: &str, peer_ip: &str) -> Snapshot {
         vec![Peer {
             subnet: peer_subnet.parse().expect("literal"),
             endpoint: SocketAddr::new(peer_ip.parse().expect("literal"), 8285),
+            vtep_mac: None,
         }],
     )
     .expect("valid")

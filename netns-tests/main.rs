@@ -14,3 +14,4 @@ mod flannel_compat;
 mod garbage;
 mod lab;
 mod two_nodes;
+mod vxlan;

@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one node of the overlay.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Build two nodes in network namespaces, send traffic through the overlay, print results.
     Lab(LabArgs),
 }
@@ -46,20 +46,38 @@ pub struct RunArgs {
     /// Underlay interface whose MTU sizes the tunnel [default: the one holding --public-ip].
     #[arg(long, value_name = "DEV")]
     pub iface: Option<String>,
-    /// Encapsulation: `udp` (flannel's udp backend format) [default: udp].
+    /// Encapsulation: `udp` (flannel's udp backend format) or `vxlan` (RFC 7348, as the
+    /// kernel's vxlan device) [default: udp].
     #[arg(long, value_name = "NAME")]
     pub backend: Option<String>,
-    /// UDP port to bind and to send to [default: 8285 for udp].
+    /// UDP port to bind and to send to [default: 8285 for udp, 8472 for vxlan].
     #[arg(long, value_name = "PORT")]
     pub port: Option<u32>,
     /// TUN device name; created if missing [default: flannel0].
     #[arg(long, value_name = "NAME")]
     pub tun: Option<String>,
-    /// TUN MTU [default: underlay MTU - 28 for udp over IPv4].
+    /// TUN MTU [default: underlay MTU - 28 for udp, - 50 for vxlan, over IPv4].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
-    /// A peer: its pod subnet and public IP (optionally :PORT). Repeatable.
-    #[arg(long = "peer", value_name = "SUBNET=IP", value_parser = parse_peer_flag)]
+    /// VXLAN network identifier [default: 1].
+    #[arg(long, value_name = "VNI")]
+    pub vni: Option<u32>,
+    /// This node's VTEP MAC [default: generated once, kept next to the subnet file].
+    #[arg(long, value_name = "MAC")]
+    pub vtep_mac: Option<String>,
+    /// VXLAN outer source port range, as the kernel's flow-hashed ports [default: 32768-60999].
+    #[arg(long, value_name = "MIN-MAX")]
+    pub port_range: Option<String>,
+    /// VXLAN source sockets (distinct outer source ports) flows are spread over [default: 16].
+    #[arg(long, value_name = "N")]
+    pub source_ports: Option<u32>,
+    /// flanneld's subnet file; the generated VTEP MAC is kept in the same directory
+    /// [default: /run/flannel/subnet.env].
+    #[arg(long, value_name = "FILE")]
+    pub subnet_file: Option<String>,
+    /// A peer: its pod subnet, public IP (optionally :PORT), and for vxlan @VTEP_MAC.
+    /// Repeatable.
+    #[arg(long = "peer", value_name = "SUBNET=IP[@MAC]", value_parser = parse_peer_flag)]
     pub peers: Vec<PeerEntry>,
     /// Write counters in Prometheus text format to this file every 250 ms and on exit.
     #[arg(long, value_name = "FILE")]
@@ -78,6 +96,11 @@ impl RunArgs {
             port: self.port,
             tun: self.tun.clone(),
             mtu: self.mtu,
+            vni: self.vni,
+            vtep_mac: self.vtep_mac.clone(),
+            port_range: self.port_range.clone(),
+            source_ports: self.source_ports,
+            subnet_file: self.subnet_file.clone(),
             peers: self.peers.clone(),
         }
     }
@@ -92,6 +115,9 @@ pub struct LabArgs {
     /// Round trips in the ping-pong latency test.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub pings: u32,
+    /// Encapsulation of the two nodes: `udp` or `vxlan`.
+    #[arg(long, default_value = "udp", value_name = "NAME")]
+    pub backend: String,
     /// Prefix of the namespace names [default: fl<pid>]; at most 8 characters.
     #[arg(long, value_name = "NAME")]
     pub prefix: Option<String>,

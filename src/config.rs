@@ -13,7 +13,12 @@
 //! subnet = "10.244.1.0/24"
 //! public_ip = "192.0.2.1"
 //! backend = "udp"          # optional, default udp
-//! port = 8285              # optional, default per backend
+//! port = 8285              # optional, default per backend (udp 8285, vxlan 8472)
+//! vni = 1                  # vxlan: optional, default 1
+//! vtep_mac = "02:..."      # vxlan: optional, default generated and kept next to subnet_file
+//! port_range = "32768-60999" # vxlan: outer source ports, optional
+//! source_ports = 16        # vxlan: sockets (distinct source ports) flows spread over
+//! subnet_file = "/run/flannel/subnet.env" # optional
 //! tun = "flannel0"         # optional
 //! mtu = 1472               # optional, default underlay MTU - overhead
 //! iface = "eth0"           # optional, default: the interface holding public_ip
@@ -21,6 +26,7 @@
 //! [[peer]]
 //! subnet = "10.244.2.0/24"
 //! public_ip = "192.0.2.2"  # or "192.0.2.2:8285"
+//! vtep_mac = "02:aa:bb:cc:dd:ee" # vxlan only, required there
 //! ```
 
 use std::fmt;
@@ -31,10 +37,19 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::table::Peer;
-use crate::wire::Encap;
+use crate::wire::{Encap, MacAddress, VxlanParams};
 
 /// Default TUN device name, as flannel's `udp` backend names it.
 pub const DEFAULT_TUN: &str = "flannel0";
+/// Default subnet file, as flanneld's `--subnet-file`.
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+/// File name, next to the subnet file, that keeps a generated VTEP MAC across restarts.
+pub const VTEP_MAC_FILE: &str = "fustian-vtep.mac";
+/// Default outer source port range for VXLAN: Linux's default `ip_local_port_range`, which
+/// the kernel's `vxlan` device uses when no range is configured (`udp_flow_src_port`).
+pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
+/// Default number of VXLAN source sockets (distinct outer source ports).
+pub const DEFAULT_SOURCE_PORTS: usize = 16;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +121,8 @@ pub struct PeerEntry {
     pub subnet: String,
     /// The peer's public IP, optionally with a port.
     pub public_ip: String,
+    /// The peer's VTEP MAC (VXLAN).
+    pub vtep_mac: Option<String>,
 }
 
 /// Settings as given, before validation: all optional, all strings where a parse can fail.
@@ -128,6 +145,16 @@ pub struct RawNode {
     pub tun: Option<String>,
     /// TUN MTU.
     pub mtu: Option<u32>,
+    /// VXLAN VNI.
+    pub vni: Option<u32>,
+    /// This node's VTEP MAC.
+    pub vtep_mac: Option<String>,
+    /// VXLAN outer source port range, `MIN-MAX`.
+    pub port_range: Option<String>,
+    /// Number of VXLAN source sockets.
+    pub source_ports: Option<u32>,
+    /// The subnet file path (the VTEP MAC is kept next to it).
+    pub subnet_file: Option<String>,
     /// Peers.
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerEntry>,
@@ -160,6 +187,24 @@ impl RawNode {
     }
 }
 
+/// The encapsulation and its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// flannel's `udp` backend format.
+    Udp,
+    /// VXLAN.
+    Vxlan {
+        /// The VNI.
+        vni: u32,
+        /// This node's VTEP MAC, when given; otherwise kept in [`NodeConfig::vtep_mac_path`].
+        vtep_mac: Option<MacAddress>,
+        /// Outer source ports are chosen inside this range (inclusive).
+        port_range: (u16, u16),
+        /// How many source sockets (distinct source ports) flows are spread over.
+        source_ports: usize,
+    },
+}
+
 /// A validated node configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -171,8 +216,10 @@ pub struct NodeConfig {
     pub public_ip: IpAddr,
     /// The underlay interface, when given; otherwise the one holding `public_ip`.
     pub iface: Option<String>,
-    /// The wire format.
-    pub encap: Encap,
+    /// The wire format and its settings.
+    pub backend: BackendConfig,
+    /// The subnet file path.
+    pub subnet_file: PathBuf,
     /// The UDP port to bind and to send to.
     pub port: u16,
     /// The TUN device name.
@@ -241,15 +288,61 @@ impl NodeConfig {
             ));
         }
 
-        let encap = match pick!(backend, "backend") {
-            None => Encap::Flannel,
+        let vxlan = match pick!(backend, "backend") {
+            None => false,
             Some((name, o)) => match name.as_str() {
-                "udp" => Encap::Flannel,
-                _ => return Err(invalid(o, &name, "supported backends: udp".into())),
+                "udp" => false,
+                "vxlan" => true,
+                _ => return Err(invalid(o, &name, "supported backends: udp, vxlan".into())),
             },
         };
+        let vni = match pick!(vni, "vni") {
+            None => 1,
+            Some((v, o)) if v > crate::wire::vxlan::MAX_VNI => {
+                return Err(invalid(o, &v.to_string(), "a VNI has 24 bits".into()));
+            }
+            Some((v, _)) => v,
+        };
+        let vtep_mac = match pick!(vtep_mac, "vtep-mac") {
+            None => None,
+            Some((text, o)) => Some(parse_unicast_mac(&text).map_err(|r| invalid(o, &text, r))?),
+        };
+        let port_range = match pick!(port_range, "port-range") {
+            None => DEFAULT_PORT_RANGE,
+            Some((text, o)) => parse_port_range(&text).map_err(|r| invalid(o, &text, r))?,
+        };
+        let source_ports = match pick!(source_ports, "source-ports") {
+            None => DEFAULT_SOURCE_PORTS,
+            Some((n, o)) if !(1..=256).contains(&n) => {
+                return Err(invalid(o, &n.to_string(), "must be 1..=256".into()));
+            }
+            Some((n, _)) => n as usize,
+        };
+        let subnet_file = match pick!(subnet_file, "subnet-file") {
+            None => PathBuf::from(DEFAULT_SUBNET_FILE),
+            Some((text, o)) if text.is_empty() => {
+                return Err(invalid(o, &text, "must not be empty".into()));
+            }
+            Some((text, _)) => PathBuf::from(text),
+        };
+        let backend = if vxlan {
+            BackendConfig::Vxlan {
+                vni,
+                vtep_mac,
+                port_range,
+                source_ports,
+            }
+        } else {
+            BackendConfig::Udp
+        };
         let port = match pick!(port, "port") {
-            None => encap.default_port(),
+            None => {
+                if vxlan {
+                    crate::wire::vxlan::DEFAULT_PORT
+                } else {
+                    crate::wire::flannel::DEFAULT_PORT
+                }
+            }
             Some((p, o)) => match u16::try_from(p) {
                 Ok(p) if p != 0 => p,
                 _ => return Err(invalid(o, &p.to_string(), "must be 1..=65535".into())),
@@ -304,9 +397,27 @@ impl NodeConfig {
                     "not the family of --public-ip".into(),
                 ));
             }
+            let peer_mac = match &entry.vtep_mac {
+                Some(text) => {
+                    let mac = parse_unicast_mac(text).map_err(|r| invalid(o.clone(), text, r))?;
+                    if Some(mac) == vtep_mac {
+                        return Err(invalid(o, text, "is this node's own VTEP MAC".into()));
+                    }
+                    Some(mac)
+                }
+                None if vxlan => {
+                    return Err(invalid(
+                        o,
+                        &entry.public_ip,
+                        "a vxlan peer needs its VTEP MAC: SUBNET=IP@MAC (or vtep_mac)".into(),
+                    ));
+                }
+                None => None,
+            };
             peers.push(Peer {
                 subnet: sn,
                 endpoint,
+                vtep_mac: peer_mac,
             });
         }
         // Let the table report duplicates and overlaps with the same words it uses at run time.
@@ -318,7 +429,8 @@ impl NodeConfig {
             subnet,
             public_ip,
             iface,
-            encap,
+            backend,
+            subnet_file,
             port,
             tun,
             mtu,
@@ -326,27 +438,114 @@ impl NodeConfig {
         })
     }
 
-    /// Returns the forwarding parameters for a TUN MTU of `mtu`.
-    pub const fn forwarding(&self, mtu: u32) -> crate::forward::Forwarding {
-        crate::forward::Forwarding {
-            encap: self.encap,
-            max_inner_len: mtu as usize,
+    /// Returns the wire format, given this node's VTEP MAC (ignored for `udp`).
+    pub const fn encap(&self, local_mac: MacAddress) -> Encap {
+        match self.backend {
+            BackendConfig::Udp => Encap::Flannel,
+            BackendConfig::Vxlan { vni, .. } => Encap::Vxlan(VxlanParams { vni, local_mac }),
         }
+    }
+
+    /// Returns the encapsulation overhead over the inner packet on this node's underlay.
+    pub const fn overhead(&self) -> usize {
+        self.encap(MacAddress([0; 6]))
+            .overhead(self.public_ip.is_ipv6())
+    }
+
+    /// Returns where a generated VTEP MAC is kept: next to the subnet file.
+    pub fn vtep_mac_path(&self) -> PathBuf {
+        self.subnet_file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(VTEP_MAC_FILE)
     }
 }
 
-/// Parses `SUBNET=IP[:PORT]` as written after `--peer`.
+/// Returns the VTEP MAC kept in `path`, or creates a random locally administered unicast one
+/// (as flannel's `pkg/mac` does) and keeps it there, so peers' neighbour entries stay valid
+/// across restarts.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] when the file holds something else than a unicast MAC,
+/// [`ConfigError::Read`] when it cannot be read, created or written.
+pub fn load_or_create_vtep_mac(path: &Path) -> Result<MacAddress, ConfigError> {
+    let io_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let text = text.trim();
+            parse_unicast_mac(text).map_err(|reason| ConfigError::Invalid {
+                origin: Origin::File {
+                    path: path.to_owned(),
+                    field: "VTEP MAC".into(),
+                },
+                value: text.to_owned(),
+                reason,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut random = [0u8; 6];
+            let mut urandom = std::fs::File::open("/dev/urandom").map_err(io_err)?;
+            std::io::Read::read_exact(&mut urandom, &mut random).map_err(io_err)?;
+            let mac = MacAddress::local_unicast(random);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{mac}\n")).map_err(io_err)?;
+            std::fs::rename(&tmp, path).map_err(io_err)?;
+            Ok(mac)
+        }
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+fn parse_unicast_mac(text: &str) -> Result<MacAddress, String> {
+    let mac: MacAddress = text.parse()?;
+    if mac.is_multicast() || mac == MacAddress([0; 6]) {
+        return Err("a VTEP MAC must be a unicast address".into());
+    }
+    Ok(mac)
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or("expected MIN-MAX, e.g. 32768-60999")?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{lo}` is not a port"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{hi}` is not a port"))?;
+    if lo == 0 || lo > hi {
+        return Err("need 1 <= MIN <= MAX".into());
+    }
+    Ok((lo, hi))
+}
+
+/// Parses `SUBNET=IP[:PORT][@MAC]` as written after `--peer`.
 ///
 /// # Errors
 ///
 /// A message saying what is wrong with the text.
 pub fn parse_peer_flag(text: &str) -> Result<PeerEntry, String> {
-    let (subnet, ip) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}` is not SUBNET=PUBLIC_IP, e.g. 10.244.2.0/24=192.0.2.2"))?;
+    let (subnet, rest) = text.split_once('=').ok_or_else(|| {
+        format!("`{text}` is not SUBNET=PUBLIC_IP[@VTEP_MAC], e.g. 10.244.2.0/24=192.0.2.2")
+    })?;
+    let (ip, mac) = match rest.split_once('@') {
+        Some((ip, mac)) => (ip, Some(mac.trim().to_owned())),
+        None => (rest, None),
+    };
     Ok(PeerEntry {
         subnet: subnet.trim().to_owned(),
         public_ip: ip.trim().to_owned(),
+        vtep_mac: mac,
     })
 }
 
@@ -422,7 +621,8 @@ mod tests {
         let c = NodeConfig::resolve(&cli(), None).expect("valid");
         assert_eq!(c.port, 8285);
         assert_eq!(c.tun, "flannel0");
-        assert_eq!(c.encap, Encap::Flannel);
+        assert_eq!(c.backend, BackendConfig::Udp);
+        assert_eq!(c.overhead(), 28);
         assert_eq!(
             c.peers[0].endpoint,
             "192.0.2.2:8285".parse().expect("literal")
@@ -540,5 +740,80 @@ mod tests {
             };
             let _ = NodeConfig::resolve(&raw, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod vxlan_tests {
+    use super::*;
+
+    fn raw(peer: &str) -> RawNode {
+        RawNode {
+            network: Some("10.244.0.0/16".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            public_ip: Some("192.0.2.1".into()),
+            backend: Some("vxlan".into()),
+            peers: vec![parse_peer_flag(peer).expect("valid")],
+            ..RawNode::default()
+        }
+    }
+
+    #[test]
+    fn vxlan_defaults_and_peer_macs() {
+        let c = NodeConfig::resolve(&raw("10.244.2.0/24=192.0.2.2@ee:58:53:ba:43:f5"), None)
+            .expect("valid");
+        assert_eq!(c.port, 8472);
+        assert_eq!(c.overhead(), 50);
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vxlan {
+                vni: 1,
+                vtep_mac: None,
+                port_range: DEFAULT_PORT_RANGE,
+                source_ports: DEFAULT_SOURCE_PORTS
+            }
+        );
+        assert_eq!(
+            c.peers[0].vtep_mac,
+            Some("ee:58:53:ba:43:f5".parse().expect("mac"))
+        );
+        assert_eq!(
+            c.vtep_mac_path(),
+            Path::new("/run/flannel/fustian-vtep.mac")
+        );
+    }
+
+    #[test]
+    fn vxlan_errors_name_the_setting() {
+        let e = NodeConfig::resolve(&raw("10.244.2.0/24=192.0.2.2"), None).expect_err("no mac");
+        assert!(e.to_string().contains("needs its VTEP MAC"), "{e}");
+        let e = NodeConfig::resolve(&raw("10.244.2.0/24=192.0.2.2@01:00:5e:00:00:01"), None)
+            .expect_err("multicast");
+        assert!(e.to_string().contains("unicast"), "{e}");
+        let mut r = raw("10.244.2.0/24=192.0.2.2@02:00:00:00:00:02");
+        r.vni = Some(1 << 24);
+        let e = NodeConfig::resolve(&r, None).expect_err("vni");
+        assert!(e.to_string().starts_with("invalid --vni"), "{e}");
+        let mut r = raw("10.244.2.0/24=192.0.2.2@02:00:00:00:00:02");
+        r.vtep_mac = Some("02:00:00:00:00:02".into());
+        let e = NodeConfig::resolve(&r, None).expect_err("own mac");
+        assert!(e.to_string().contains("own VTEP MAC"), "{e}");
+        let mut r = raw("10.244.2.0/24=192.0.2.2@02:00:00:00:00:02");
+        r.port_range = Some("60999-32768".into());
+        let e = NodeConfig::resolve(&r, None).expect_err("range");
+        assert!(e.to_string().starts_with("invalid --port-range"), "{e}");
+    }
+
+    #[test]
+    fn a_generated_mac_is_kept() {
+        let dir = std::env::temp_dir().join(format!("fustian-mac-{}", std::process::id()));
+        let path = dir.join(VTEP_MAC_FILE);
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = load_or_create_vtep_mac(&path).expect("created");
+        assert!(first.is_local() && !first.is_multicast());
+        assert_eq!(load_or_create_vtep_mac(&path).expect("read back"), first);
+        std::fs::write(&path, "garbage").expect("write");
+        assert!(load_or_create_vtep_mac(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 
 use crate::metrics::DropReason;
 use crate::table::Snapshot;
-use crate::wire::{Encap, flannel};
+use crate::wire::encap::{VXLAN_HEADER_LEN, vxlan_encapsulate};
+use crate::wire::ethernet::{EtherType, Frame};
+use crate::wire::{Encap, InnerIp, VxlanParams, WireError, flannel, vxlan};
 
 /// Fixed per-node forwarding parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub enum Verdict {
         start: usize,
         /// Its length.
         len: usize,
+        /// Hash of the inner flow (VXLAN: picks the outer source port; 0 for `udp`).
+        flow: u32,
     },
 }
 
@@ -68,7 +72,7 @@ pub fn outbound(
     len: usize,
 ) -> Verdict {
     let Some(packet) = buf.get(headroom..headroom.saturating_add(len)) else {
-        return Verdict::Drop(DropReason::TunMalformed(crate::wire::WireError::Truncated));
+        return Verdict::Drop(DropReason::TunMalformed(WireError::Truncated));
     };
     let inner = match crate::wire::parse_inner(packet) {
         Ok(inner) => inner,
@@ -89,7 +93,25 @@ pub fn outbound(
             dst: p.endpoint,
             start: headroom,
             len,
+            flow: 0,
         },
+        Encap::Vxlan(params) => {
+            let Some(mac) = p.vtep_mac else {
+                return Verdict::Drop(DropReason::NoPeerMac);
+            };
+            let flow = flow_hash(packet);
+            let version = packet[0] >> 4;
+            match vxlan_encapsulate(buf, headroom, &params, mac, version) {
+                Ok(start) => Verdict::Send {
+                    peer,
+                    dst: p.endpoint,
+                    start,
+                    len: len + VXLAN_HEADER_LEN,
+                    flow,
+                },
+                Err(e) => Verdict::Drop(DropReason::TunMalformed(e)),
+            }
+        }
     }
 }
 
@@ -99,19 +121,126 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
     if !snap.is_known_sender(sender.ip()) {
         return Verdict::Drop(DropReason::UnknownSender);
     }
-    let (inner, start, len) = match fwd.encap {
-        Encap::Flannel => match flannel::decapsulate(datagram) {
-            Ok(inner) => (inner, 0, datagram.len()),
-            Err(e) => return Verdict::Drop(DropReason::RxMalformed(e)),
-        },
+    let decapsulated = match fwd.encap {
+        Encap::Flannel => flannel::decapsulate(datagram)
+            .map(|inner| (inner, 0))
+            .map_err(DropReason::RxMalformed),
+        Encap::Vxlan(params) => vxlan_decapsulate(&params, datagram),
+    };
+    let (inner, start) = match decapsulated {
+        Ok(x) => x,
+        Err(reason) => return Verdict::Drop(reason),
     };
     if !snap.is_local(inner.dst) {
         return Verdict::Drop(DropReason::NotLocal);
     }
     match snap.lookup(inner.src) {
-        Some((_, owner)) if owner.endpoint.ip() == sender.ip() => Verdict::Deliver { start, len },
+        Some((_, owner)) if owner.endpoint.ip() == sender.ip() => Verdict::Deliver {
+            start,
+            len: datagram.len() - start,
+        },
         _ => Verdict::Drop(DropReason::SpoofedSource),
     }
+}
+
+/// Checks a VXLAN frame as the kernel's `vxlan_rcv` does and returns the inner packet's
+/// addresses and offset. Accepted: flags exactly 0x08, reserved zero, this node's VNI, inner
+/// destination MAC this VTEP's or a group address (the kernel accepts broadcast), inner source
+/// MAC not this VTEP's, EtherType IPv4 or IPv6 agreeing with the inner version.
+fn vxlan_decapsulate(
+    params: &VxlanParams,
+    datagram: &[u8],
+) -> Result<(InnerIp, usize), DropReason> {
+    let vx = vxlan::Packet::new_checked(datagram).map_err(DropReason::RxMalformed)?;
+    let repr = vxlan::Repr::parse(&vx).map_err(DropReason::RxMalformed)?;
+    if repr.vni != params.vni {
+        return Err(DropReason::WrongVni);
+    }
+    let eth = Frame::new_checked(vx.payload()).map_err(DropReason::RxMalformed)?;
+    let dst = eth.dst_addr();
+    if dst != params.local_mac && !dst.is_multicast() {
+        return Err(DropReason::WrongDstMac);
+    }
+    if eth.src_addr() == params.local_mac {
+        return Err(DropReason::OwnSrcMac);
+    }
+    let want_version = match eth.ethertype() {
+        EtherType::Ipv4 => 4,
+        EtherType::Ipv6 => 6,
+        EtherType::Arp | EtherType::Unknown(_) => return Err(DropReason::NonIp),
+    };
+    let packet = eth.payload();
+    if packet.first().map(|b| b >> 4) != Some(want_version) && !packet.is_empty() {
+        return Err(DropReason::RxMalformed(WireError::BadVersion));
+    }
+    let inner = crate::wire::parse_inner(packet).map_err(DropReason::RxMalformed)?;
+    Ok((inner, VXLAN_HEADER_LEN))
+}
+
+/// Returns a hash of the inner flow that is the same in both directions: addresses, protocol
+/// and, for TCP and UDP (first fragments only), ports. Like the kernel's `skb_get_hash` it
+/// keeps one flow on one outer source port, so ECMP and RSS keep its packets in order.
+// Truncating casts are the point here: halves of the hash are folded together.
+#[allow(clippy::cast_possible_truncation)]
+#[inline]
+pub fn flow_hash(packet: &[u8]) -> u32 {
+    let (a, b, proto, l4) = match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            // Fragment offset zero and MF clear or set: ports are only in the first fragment.
+            let first_fragment = packet[6] & 0x1f == 0 && packet[7] == 0;
+            let a = u128::from(u32::from_be_bytes([
+                packet[12], packet[13], packet[14], packet[15],
+            ]));
+            let b = u128::from(u32::from_be_bytes([
+                packet[16], packet[17], packet[18], packet[19],
+            ]));
+            (a, b, packet[9], first_fragment.then_some(ihl))
+        }
+        Some(6) if packet.len() >= 40 => {
+            let mut a = [0u8; 16];
+            let mut b = [0u8; 16];
+            a.copy_from_slice(&packet[8..24]);
+            b.copy_from_slice(&packet[24..40]);
+            (
+                u128::from_be_bytes(a),
+                u128::from_be_bytes(b),
+                packet[6],
+                Some(40),
+            )
+        }
+        _ => (0, 0, 0, None),
+    };
+    let ports = match (proto, l4) {
+        (6 | 17, Some(off)) => packet.get(off..off + 4).map(|p| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        }),
+        _ => None,
+    };
+    let (sp, dp) = ports.unwrap_or((0, 0));
+    // Order the two endpoints so both directions hash alike.
+    let (lo, hi) = if (a, sp) <= (b, dp) {
+        ((a, sp), (b, dp))
+    } else {
+        ((b, dp), (a, sp))
+    };
+    let mut h = fold(lo.0) ^ fold(hi.0).rotate_left(17);
+    h ^= (u64::from(lo.1) << 32) | (u64::from(hi.1) << 16) | u64::from(proto);
+    // fmix64 from MurmurHash3: every input bit affects every output bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h >> 32) as u32 ^ (h as u32)
+}
+
+#[allow(clippy::cast_possible_truncation)]
+const fn fold(x: u128) -> u64 {
+    (x >> 64) as u64 ^ (x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[cfg(test)]
@@ -122,27 +251,47 @@ mod tests {
 
     use super::*;
     use crate::table::Peer;
-    use crate::wire::WireError;
+    use crate::wire::MacAddress;
     use crate::wire::ip::{IpProtocol, Packet, Repr};
+    use crate::wire::vxlan::tests::KERNEL_FRAME;
 
     const FWD: Forwarding = Forwarding {
         encap: Encap::Flannel,
         max_inner_len: 1472,
     };
+    const MAC_A: MacAddress = MacAddress([0x2a, 0x89, 0x75, 0x16, 0x96, 0xaa]);
+    const MAC_B: MacAddress = MacAddress([0xee, 0x58, 0x53, 0xba, 0x43, 0xf5]);
+
+    fn vxlan_fwd(local_mac: MacAddress) -> Forwarding {
+        Forwarding {
+            encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }),
+            max_inner_len: 1450,
+        }
+    }
+
+    fn peer(subnet: &str, endpoint: &str, mac: Option<MacAddress>) -> Peer {
+        Peer {
+            subnet: subnet.parse().expect("literal"),
+            endpoint: endpoint.parse().expect("literal"),
+            vtep_mac: mac,
+        }
+    }
 
     fn node_a() -> Snapshot {
         Snapshot::new(
             vec!["10.244.1.0/24".parse().expect("literal")],
             vec![
-                Peer {
-                    subnet: "10.244.2.0/24".parse().expect("literal"),
-                    endpoint: "192.0.2.2:8285".parse().expect("literal"),
-                },
-                Peer {
-                    subnet: "10.244.3.0/24".parse().expect("literal"),
-                    endpoint: "192.0.2.3:8285".parse().expect("literal"),
-                },
+                peer("10.244.2.0/24", "192.0.2.2:8285", Some(MAC_B)),
+                peer("10.244.3.0/24", "192.0.2.3:8285", None),
             ],
+        )
+        .expect("valid")
+    }
+
+    fn node_b() -> Snapshot {
+        Snapshot::new(
+            vec!["10.244.2.0/24".parse().expect("literal")],
+            vec![peer("10.244.1.0/24", "192.0.2.1:8285", Some(MAC_A))],
         )
         .expect("valid")
     }
@@ -161,18 +310,26 @@ mod tests {
         buf
     }
 
+    fn with_ports(mut p: Vec<u8>, sport: u16, dport: u16) -> Vec<u8> {
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
     #[test]
     fn outbound_sends_to_the_owner() {
         let mut buf = packet([10, 244, 1, 2], [10, 244, 2, 9], 100);
         let len = buf.len();
         let v = outbound(&node_a(), &FWD, &mut buf, 0, len);
+        let dst = "192.0.2.2:8285".parse().expect("literal");
         assert_eq!(
             v,
             Verdict::Send {
                 peer: 0,
-                dst: "192.0.2.2:8285".parse().expect("literal"),
+                dst,
                 start: 0,
-                len
+                len,
+                flow: 0
             }
         );
     }
@@ -260,34 +417,127 @@ mod tests {
         );
     }
 
+    #[test]
+    fn vxlan_outbound_builds_the_kernel_frame() {
+        // The captured kernel frame, rebuilt from its inner packet by node A's side.
+        let snap = Snapshot::new(
+            vec!["10.244.1.0/24".parse().expect("literal")],
+            vec![peer("10.244.2.0/24", "192.0.2.2:8472", Some(MAC_B))],
+        )
+        .expect("valid");
+        let mut buf = vec![0u8; 64];
+        buf.extend_from_slice(&KERNEL_FRAME[22..]);
+        let len = buf.len() - 64;
+        let Verdict::Send {
+            start,
+            len: out,
+            flow,
+            ..
+        } = outbound(&snap, &vxlan_fwd(MAC_A), &mut buf, 64, len)
+        else {
+            panic!("not sent");
+        };
+        assert_eq!(&buf[start..start + out], &KERNEL_FRAME[..]);
+        assert_eq!(flow, flow_hash(&KERNEL_FRAME[22..]));
+        // A peer without a VTEP MAC cannot be addressed.
+        let mut to_c = vec![0u8; 64];
+        to_c.extend(packet([10, 244, 1, 2], [10, 244, 3, 2], 10));
+        assert_eq!(
+            outbound(&node_a(), &vxlan_fwd(MAC_A), &mut to_c, 64, 30),
+            Verdict::Drop(DropReason::NoPeerMac)
+        );
+    }
+
+    #[test]
+    fn vxlan_inbound_accepts_what_the_kernel_accepts() {
+        // Node B receives the kernel frame that A sent.
+        let fwd = vxlan_fwd(MAC_B);
+        let from_a: SocketAddr = "192.0.2.1:35588".parse().expect("literal");
+        let snap = node_b();
+        let ok = Verdict::Deliver {
+            start: 22,
+            len: KERNEL_FRAME.len() - 22,
+        };
+        assert_eq!(inbound(&snap, &fwd, from_a, &KERNEL_FRAME), ok);
+        let mut broadcast = KERNEL_FRAME;
+        broadcast[8..14].fill(0xff);
+        assert_eq!(inbound(&snap, &fwd, from_a, &broadcast), ok);
+        let mut other_src = KERNEL_FRAME;
+        other_src[14] = 0x02;
+        assert_eq!(inbound(&snap, &fwd, from_a, &other_src), ok);
+
+        let cases: [(usize, u8, DropReason); 8] = [
+            (0, 0x00, DropReason::RxMalformed(WireError::BadFlags)),
+            (0, 0x0c, DropReason::RxMalformed(WireError::BadFlags)),
+            (7, 0x01, DropReason::RxMalformed(WireError::BadFlags)),
+            (6, 0x02, DropReason::WrongVni),
+            (13, 0x00, DropReason::WrongDstMac),
+            (21, 0x06, DropReason::NonIp),
+            (20, 0x86, DropReason::NonIp),
+            (22, 0x65, DropReason::RxMalformed(WireError::BadVersion)),
+        ];
+        for (at, value, reason) in cases {
+            let mut f = KERNEL_FRAME;
+            f[at] = value;
+            assert_eq!(
+                inbound(&snap, &fwd, from_a, &f),
+                Verdict::Drop(reason),
+                "byte {at}"
+            );
+        }
+        let mut own_src = KERNEL_FRAME;
+        own_src[14..20].copy_from_slice(&MAC_B.0);
+        assert_eq!(
+            inbound(&snap, &fwd, from_a, &own_src),
+            Verdict::Drop(DropReason::OwnSrcMac)
+        );
+        for len in [0, 7, 8, 21] {
+            assert_eq!(
+                inbound(&snap, &fwd, from_a, &KERNEL_FRAME[..len]),
+                Verdict::Drop(DropReason::RxMalformed(WireError::Truncated)),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn flow_hash_is_symmetric_and_separates_flows() {
+        let ab = with_ports(packet([10, 244, 1, 2], [10, 244, 2, 2], 30), 40000, 5201);
+        let ba = with_ports(packet([10, 244, 2, 2], [10, 244, 1, 2], 30), 5201, 40000);
+        assert_eq!(flow_hash(&ab), flow_hash(&ba));
+        let other = with_ports(packet([10, 244, 1, 2], [10, 244, 2, 2], 30), 40001, 5201);
+        assert_ne!(flow_hash(&ab), flow_hash(&other));
+        assert_eq!(flow_hash(&[]), flow_hash(&[0x45]));
+    }
+
     proptest! {
         #[test]
-        fn encap_then_decap_is_identity(host in 1u8..255, payload_len in 0usize..1400) {
+        fn encap_then_decap_is_identity(host in 1u8..255, payload_len in 0usize..1400,
+                                        vxlan in any::<bool>()) {
             // Node A sends to B; B's view of the same overlay decapsulates what A sent.
+            let (fa, fb) = if vxlan { (vxlan_fwd(MAC_A), vxlan_fwd(MAC_B)) } else { (FWD, FWD) };
             let mut buf = vec![0u8; 64];
             buf.extend(packet([10, 244, 1, host], [10, 244, 2, host], payload_len));
             let len = buf.len() - 64;
             let original = buf[64..].to_vec();
-            let Verdict::Send { start, len: out_len, .. } = outbound(&node_a(), &FWD, &mut buf, 64, len)
+            let Verdict::Send { start, len: out_len, .. } = outbound(&node_a(), &fa, &mut buf, 64, len)
             else { return Err(TestCaseError::fail("not sent")) };
-            let node_b = Snapshot::new(
-                vec!["10.244.2.0/24".parse().expect("literal")],
-                vec![Peer { subnet: "10.244.1.0/24".parse().expect("literal"),
-                            endpoint: "192.0.2.1:8285".parse().expect("literal") }],
-            ).expect("valid");
             let datagram = &buf[start..start + out_len];
             let from_a: SocketAddr = "192.0.2.1:8285".parse().expect("literal");
-            let Verdict::Deliver { start: s, len: l } = inbound(&node_b, &FWD, from_a, datagram)
+            let Verdict::Deliver { start: s, len: l } = inbound(&node_b(), &fb, from_a, datagram)
             else { return Err(TestCaseError::fail("not delivered")) };
             prop_assert_eq!(&datagram[s..s + l], &original[..]);
         }
 
         #[test]
-        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..1600), headroom in 0usize..80) {
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..1600),
+                        headroom in 0usize..80, vxlan in any::<bool>()) {
             let snap = node_a();
+            let fwd = if vxlan { vxlan_fwd(MAC_A) } else { FWD };
             let mut buf = data.clone();
-            let _ = outbound(&snap, &FWD, &mut buf, headroom, data.len());
-            let _ = inbound(&snap, &FWD, "192.0.2.2:8285".parse().expect("literal"), &data);
+            let _ = outbound(&snap, &fwd, &mut buf, headroom, data.len());
+            let _ = inbound(&snap, &fwd, "192.0.2.2:8285".parse().expect("literal"), &data);
+            let _ = flow_hash(&data);
         }
     }
 }

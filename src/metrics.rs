@@ -11,17 +11,25 @@
 //! | `tx_packets`, `tx_bytes` | datagrams sent to peers (UDP payload bytes) |
 //! | `rx_packets`, `rx_bytes` | datagrams received from the underlay (UDP payload bytes) |
 //! | `tun_tx_packets`, `tun_tx_bytes` | packets written to the TUN device |
+//! | `tun_tx_csum_completed` | of those, packets whose partial TCP/UDP checksum (left by a kernel peer on the same host, see `wire::ip::complete_partial_checksum`) was completed |
+//! | `tun_tx_segmented` | received TCP super-packets (from a kernel `vxlan` peer on the same host, see `wire::tcp`) cut into MTU-sized segments |
 //! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
 //!
 //! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
 //! `tun_bad_checksum` (malformed packets read from TUN); `rx_truncated`, `rx_bad_version`,
-//! `rx_bad_header_len`, `rx_bad_length`, `rx_bad_checksum` (malformed datagrams);
+//! `rx_bad_header_len`, `rx_bad_length`, `rx_bad_checksum` (malformed datagrams, or inner
+//! packets whose version disagrees with the inner EtherType);
 //! `no_route` (no peer owns the destination), `local_destination` (a packet from TUN addressed
 //! to this node's own subnet), `too_big` (larger than the path allows), `unknown_sender`
 //! (datagram from an address that is no peer), `spoofed_source` (inner source outside the
 //! sender's subnet), `not_local` (inner destination outside this node's subnet), `oversize`
 //! (datagram larger than the receive buffer; never truncated and delivered), `tx_error` (the
-//! underlay send failed), `tun_write_error` (the TUN write failed).
+//! underlay send failed), `tun_write_error` (the TUN write failed); VXLAN only: `rx_bad_flags`
+//! (flags other than the I flag or reserved bits set; `tun_bad_flags` never counts), `wrong_vni`,
+//! `wrong_dst_mac` (inner destination is another unicast MAC), `own_src_mac` (inner source is
+//! this VTEP's MAC), `non_ip` (ARP or another EtherType; flannel's kernel peers use permanent
+//! neighbour entries and never ARP), `no_peer_mac` (a peer without a VTEP MAC), `rx_too_big` (an
+//! inner packet above the TUN MTU that is not TCP and cannot be cut into segments).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,18 +63,31 @@ pub enum DropReason {
     TxError,
     /// The TUN write failed.
     TunWriteError,
+    /// A VXLAN frame carries another VNI.
+    WrongVni,
+    /// A VXLAN frame's inner destination MAC is another unicast address than this VTEP's.
+    WrongDstMac,
+    /// A VXLAN frame's inner source MAC is this VTEP's own (a loop).
+    OwnSrcMac,
+    /// A VXLAN frame carries something other than IPv4 or IPv6 (ARP, for example).
+    NonIp,
+    /// A VXLAN peer has no VTEP MAC to address frames to.
+    NoPeerMac,
+    /// A received inner packet is larger than the TUN MTU and is not TCP that can be cut.
+    RxTooBig,
 }
 
-const WIRE_ERRORS: [WireError; 5] = [
+const WIRE_ERRORS: [WireError; 6] = [
     WireError::Truncated,
     WireError::BadVersion,
     WireError::BadHeaderLen,
     WireError::BadLength,
     WireError::BadChecksum,
+    WireError::BadFlags,
 ];
 
 /// Number of drop counters.
-pub const DROP_REASONS: usize = 19;
+pub const DROP_REASONS: usize = 27;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -85,6 +106,12 @@ impl DropReason {
                 Self::Oversize,
                 Self::TxError,
                 Self::TunWriteError,
+                Self::WrongVni,
+                Self::WrongDstMac,
+                Self::OwnSrcMac,
+                Self::NonIp,
+                Self::NoPeerMac,
+                Self::RxTooBig,
             ])
     }
 
@@ -97,20 +124,27 @@ impl DropReason {
                 WireError::BadHeaderLen => 2,
                 WireError::BadLength => 3,
                 WireError::BadChecksum => 4,
+                WireError::BadFlags => 5,
             }
         }
         match self {
             Self::TunMalformed(e) => wire(e),
-            Self::RxMalformed(e) => 5 + wire(e),
-            Self::NoRoute => 10,
-            Self::LocalDestination => 11,
-            Self::TooBig => 12,
-            Self::UnknownSender => 13,
-            Self::SpoofedSource => 14,
-            Self::NotLocal => 15,
-            Self::Oversize => 16,
-            Self::TxError => 17,
-            Self::TunWriteError => 18,
+            Self::RxMalformed(e) => 6 + wire(e),
+            Self::NoRoute => 12,
+            Self::LocalDestination => 13,
+            Self::TooBig => 14,
+            Self::UnknownSender => 15,
+            Self::SpoofedSource => 16,
+            Self::NotLocal => 17,
+            Self::Oversize => 18,
+            Self::TxError => 19,
+            Self::TunWriteError => 20,
+            Self::WrongVni => 21,
+            Self::WrongDstMac => 22,
+            Self::OwnSrcMac => 23,
+            Self::NonIp => 24,
+            Self::NoPeerMac => 25,
+            Self::RxTooBig => 26,
         }
     }
 
@@ -127,11 +161,13 @@ const NAMES: [&str; DROP_REASONS] = [
     "tun_bad_header_len",
     "tun_bad_length",
     "tun_bad_checksum",
+    "tun_bad_flags",
     "rx_truncated",
     "rx_bad_version",
     "rx_bad_header_len",
     "rx_bad_length",
     "rx_bad_checksum",
+    "rx_bad_flags",
     "no_route",
     "local_destination",
     "too_big",
@@ -141,6 +177,12 @@ const NAMES: [&str; DROP_REASONS] = [
     "oversize",
     "tx_error",
     "tun_write_error",
+    "wrong_vni",
+    "wrong_dst_mac",
+    "own_src_mac",
+    "non_ip",
+    "no_peer_mac",
+    "rx_too_big",
 ];
 
 /// One worker's counters. Only that worker writes them.
@@ -162,6 +204,10 @@ pub struct Counters {
     pub tun_tx_packets: AtomicU64,
     /// Bytes written to TUN.
     pub tun_tx_bytes: AtomicU64,
+    /// Packets written to TUN whose partial TCP/UDP checksum was completed first.
+    pub tun_tx_csum_completed: AtomicU64,
+    /// Received TCP super-packets cut into MTU-sized segments before the TUN write.
+    pub tun_tx_segmented: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
 }
 
@@ -217,6 +263,11 @@ impl Metrics {
             ("rx_bytes".to_owned(), sum(&|c| &c.rx_bytes)),
             ("tun_tx_packets".to_owned(), sum(&|c| &c.tun_tx_packets)),
             ("tun_tx_bytes".to_owned(), sum(&|c| &c.tun_tx_bytes)),
+            (
+                "tun_tx_csum_completed".to_owned(),
+                sum(&|c| &c.tun_tx_csum_completed),
+            ),
+            ("tun_tx_segmented".to_owned(), sum(&|c| &c.tun_tx_segmented)),
         ];
         for reason in DropReason::all() {
             let i = reason.index();

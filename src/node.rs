@@ -13,14 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::config::NodeConfig;
+use crate::config::{BackendConfig, NodeConfig, load_or_create_vtep_mac};
 use crate::error::Error;
 use crate::event::{self, Backend, Worker};
+use crate::forward::Forwarding;
 use crate::metrics::Metrics;
 use crate::table::{Snapshot, Table};
 use crate::tun::link::Netlink;
 use crate::tun::{Tun, TunError, if_index};
 use crate::udp::UdpSocket;
+use crate::wire::MacAddress;
 
 /// Options of a running node that are not part of the overlay configuration.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +62,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
     let underlay_mtu = nl
         .mtu(underlay_index)
         .map_err(|e| Error::Underlay(format!("cannot read the MTU of {iface}: {e}")))?;
-    let overhead = config.encap.overhead(config.public_ip.is_ipv6());
+    let overhead = config.overhead();
     let mtu = match config.mtu {
         Some(m) => m,
         None => underlay_mtu.saturating_sub(u32::try_from(overhead).unwrap_or(u32::MAX)),
@@ -86,6 +88,27 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
 
     let udp = UdpSocket::bind(SocketAddr::new(config.public_ip, config.port))?;
+    let (encap, tx_pool) = match config.backend {
+        BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new()),
+        BackendConfig::Vxlan {
+            vtep_mac,
+            port_range,
+            source_ports,
+            ..
+        } => {
+            let mac = match vtep_mac {
+                Some(mac) => mac,
+                None => load_or_create_vtep_mac(&config.vtep_mac_path())?,
+            };
+            let pool = UdpSocket::bind_source_pool(config.public_ip, port_range, source_ports)?;
+            tracing::info!(
+                vtep_mac = %mac,
+                source_ports = ?pool.iter().map(|s| s.local_addr().port()).collect::<Vec<_>>(),
+                "vxlan endpoint"
+            );
+            (config.encap(mac), pool)
+        }
+    };
     let table = Arc::new(Table::new(Snapshot::new(
         vec![config.subnet],
         config.peers.clone(),
@@ -99,7 +122,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         subnet = %config.subnet,
         network = %config.network,
         listen = %udp.local_addr(),
-        backend = config.encap.name(),
+        backend = encap.name(),
         io = backend.name(),
         peers = config.peers.len(),
         "node up"
@@ -110,9 +133,13 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         id: 0,
         tun: Arc::clone(&tun),
         udp,
+        tx_pool,
         table: Arc::clone(&table),
         metrics: Arc::clone(&metrics),
-        fwd: config.forwarding(mtu),
+        fwd: Forwarding {
+            encap,
+            max_inner_len: mtu as usize,
+        },
         stop: Arc::clone(stop),
     };
     let handle = std::thread::Builder::new()

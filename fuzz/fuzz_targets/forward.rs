@@ -15,6 +15,7 @@ fuzz_target!(|input: (u8, u8, Vec<u8>)| {
         vec![Peer {
             subnet: "10.244.2.0/24".parse().expect("literal"),
             endpoint: "192.0.2.2:8285".parse().expect("literal"),
+            vtep_mac: None,
         }],
     )
     .expect("valid");

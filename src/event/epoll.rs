@@ -17,6 +17,12 @@ use super::{BATCH, RateLimitedLog, STOP_POLL, Worker};
 use crate::forward::{self, Verdict};
 use crate::metrics::{Counters, DropReason};
 use crate::udp::{MmsgScratch, Received, Transmit};
+use crate::wire::Encap;
+use crate::wire::ip::complete_partial_checksum;
+use crate::wire::tcp;
+
+/// The largest UDP payload over IPv4 (65535 − 20 − 8).
+const MAX_UDP_PAYLOAD: usize = 65_507;
 
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
@@ -29,6 +35,7 @@ struct Loop {
     tun_bufs: SlotBuf,
     rx_bufs: SlotBuf,
     tx: Vec<Transmit>,
+    seg_scratch: Vec<u8>,
     received: Vec<Received>,
     send_scratch: MmsgScratch,
     recv_scratch: MmsgScratch,
@@ -54,11 +61,19 @@ pub fn run(worker: Worker) -> io::Result<()> {
     let max = worker.fwd.max_inner_len;
     // A received datagram is the encapsulation header plus at most `max` inner bytes; one
     // byte more than that is what `MSG_TRUNC` needs to tell an oversize datagram apart.
-    let rx_payload = worker.fwd.encap.header_len() + max;
+    // VXLAN: a kernel peer on the same host can hand over a whole TSO super-frame (see
+    // `wire::tcp`), so the slots take the largest UDP payload and such frames are cut into
+    // segments. `udp`: flanneld's proxy never sends more than its MTU, so the slots are sized
+    // to the inner MTU and anything longer is `oversize`.
+    let rx_payload = match worker.fwd.encap {
+        Encap::Flannel => max,
+        Encap::Vxlan(_) => MAX_UDP_PAYLOAD,
+    };
     let mut l = Loop {
         tun_bufs: SlotBuf::new(BATCH, HEADROOM, max.max(1500)),
         rx_bufs: SlotBuf::new(BATCH, 0, rx_payload),
         tx: Vec::with_capacity(BATCH),
+        seg_scratch: vec![0u8; max],
         received: vec![
             Received {
                 len: 0,
@@ -122,13 +137,19 @@ impl Loop {
             Counters::add(&counters.tun_rx_bytes, len as u64);
             match forward::outbound(&snap, &self.w.fwd, slot, headroom, len) {
                 Verdict::Send {
-                    dst, start, len, ..
+                    dst,
+                    start,
+                    len,
+                    flow,
+                    ..
                 } => {
                     let base = self.tun_bufs.offset(read);
+                    let socket = pick_socket(flow, self.w.tx_pool.len());
                     self.tx.push(Transmit {
                         dst,
                         start: base + start,
                         len,
+                        socket,
                     });
                 }
                 Verdict::Drop(reason) => counters.drop_packet(reason),
@@ -141,17 +162,36 @@ impl Loop {
         read
     }
 
-    /// Sends the queued batch, waiting briefly for buffer room; drops what cannot go.
+    /// Sends the queued batch: one `sendmmsg` per source socket in use (one in `udp` mode;
+    /// in `vxlan` mode one per distinct source port, i.e. per group of flows).
     fn flush(&mut self) {
+        if self.w.tx_pool.len() > 1 {
+            // Stable: packets of one flow keep their order.
+            self.tx.sort_by_key(|t| t.socket);
+        }
+        let mut from = 0;
+        while from < self.tx.len() {
+            let socket = self.tx[from].socket;
+            let to = from
+                + self.tx[from..]
+                    .iter()
+                    .take_while(|t| t.socket == socket)
+                    .count();
+            self.flush_run(usize::from(socket), from, to);
+            from = to;
+        }
+        self.tx.clear();
+    }
+
+    /// Sends `tx[from..to]` through one socket, waiting briefly for buffer room; drops what
+    /// cannot go.
+    fn flush_run(&mut self, socket: usize, from: usize, to: usize) {
         let counters = self.w.metrics.worker(self.w.id);
-        let mut off = 0;
-        while off < self.tx.len() {
-            let data = self.tun_bufs.data();
-            match self
-                .w
-                .udp
-                .send_batch(&mut self.send_scratch, data, &self.tx[off..])
-            {
+        let sock = self.w.tx_pool.get(socket).unwrap_or(&self.w.udp);
+        let data = self.tun_bufs.data();
+        let mut off = from;
+        while off < to {
+            match sock.send_batch(&mut self.send_scratch, data, &self.tx[off..to]) {
                 Ok(0) => {
                     counters.drop_packet(DropReason::TxError);
                     off += 1;
@@ -164,8 +204,8 @@ impl Loop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The send buffer is full: give the kernel a moment, then drop the rest.
-                    if !matches!(self.w.udp.wait_writable(10), Ok(true)) {
-                        for _ in off..self.tx.len() {
+                    if !matches!(sock.wait_writable(10), Ok(true)) {
+                        for _ in off..to {
                             counters.drop_packet(DropReason::TxError);
                         }
                         break;
@@ -179,7 +219,6 @@ impl Loop {
                 }
             }
         }
-        self.tx.clear();
     }
 
     /// Receives one batch from the socket, delivers it; returns the datagrams received.
@@ -217,17 +256,32 @@ impl Loop {
                 continue;
             };
             let base = self.rx_bufs.offset(i);
-            let datagram = &self.rx_bufs.data()[base..base + r.len];
+            let datagram = &mut self.rx_bufs.data_mut()[base..base + r.len];
             match forward::inbound(&snap, &self.w.fwd, from, datagram) {
                 Verdict::Deliver { start, len } => {
-                    match self.w.tun.write(&datagram[start..start + len]) {
+                    let inner = &mut datagram[start..start + len];
+                    let tun = &self.w.tun;
+                    let log = &mut self.tun_write_log;
+                    let mut write = |packet: &[u8]| match tun.write(packet) {
                         Ok(_) => {
                             Counters::add(&counters.tun_tx_packets, 1);
-                            Counters::add(&counters.tun_tx_bytes, len as u64);
+                            Counters::add(&counters.tun_tx_bytes, packet.len() as u64);
                         }
                         Err(e) => {
-                            self.tun_write_log.error(&e);
+                            log.error(&e);
                             counters.drop_packet(DropReason::TunWriteError);
+                        }
+                    };
+                    if len <= self.w.fwd.max_inner_len {
+                        if complete_partial_checksum(inner) {
+                            Counters::add(&counters.tun_tx_csum_completed, 1);
+                        }
+                        write(inner);
+                    } else {
+                        let max = self.w.fwd.max_inner_len;
+                        match tcp::segment(inner, max, &mut self.seg_scratch, &mut write) {
+                            Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
+                            Err(_) => counters.drop_packet(DropReason::RxTooBig),
                         }
                     }
                 }
@@ -237,4 +291,14 @@ impl Loop {
         }
         n
     }
+}
+
+/// Maps a flow hash onto one of `n` sockets, as the kernel maps its hash onto the port range
+/// (`udp_flow_src_port`: multiply and keep the high half), so every socket gets an equal share.
+fn pick_socket(flow: u32, n: usize) -> u16 {
+    if n <= 1 {
+        return 0;
+    }
+    let n = u64::try_from(n).unwrap_or(1);
+    u16::try_from((u64::from(flow) * n) >> 32).unwrap_or(0)
 }

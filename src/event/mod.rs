@@ -61,8 +61,11 @@ pub struct Worker {
     pub id: usize,
     /// The TUN queue.
     pub tun: Arc<Tun>,
-    /// The UDP socket.
+    /// The UDP socket bound to the backend port: receives everything, sends for `udp`.
     pub udp: UdpSocket,
+    /// VXLAN: sockets bound to distinct source ports; a flow's hash picks one (empty: send
+    /// from `udp`).
+    pub tx_pool: Vec<UdpSocket>,
     /// The shared table.
     pub table: Arc<Table>,
     /// The shared counters.

@@ -39,6 +39,42 @@ pub const SUBNETS: [&str; 2] = ["10.244.1.0/24", "10.244.2.0/24"];
 pub const GATEWAYS: [&str; 2] = ["10.244.1.1", "10.244.2.1"];
 /// Pod addresses.
 pub const POD_IPS: [&str; 2] = ["10.244.1.2", "10.244.2.2"];
+/// VTEP MACs of the nodes in `vxlan` mode (locally administered).
+pub const VTEP_MACS: [&str; 2] = ["02:66:75:00:00:01", "02:66:75:00:00:02"];
+
+/// The encapsulation the lab's nodes speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabBackend {
+    /// flannel's `udp` format.
+    Udp,
+    /// VXLAN.
+    Vxlan,
+}
+
+impl LabBackend {
+    /// Parses `udp` or `vxlan`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lab`] for anything else.
+    pub fn parse(name: &str) -> Result<Self, Error> {
+        match name {
+            "udp" => Ok(Self::Udp),
+            "vxlan" => Ok(Self::Vxlan),
+            other => Err(Error::Lab(format!(
+                "unknown backend `{other}`: udp or vxlan"
+            ))),
+        }
+    }
+
+    /// Returns the name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Vxlan => "vxlan",
+        }
+    }
+}
 
 /// A scratch directory removed on drop.
 #[derive(Debug)]
@@ -130,16 +166,105 @@ impl Topology {
         Ok(topo)
     }
 
+    /// Programs node `i` as flannel's `vxlan` backend programs a kernel node
+    /// (`pkg/backend/vxlan/device.go`, `vxlan_network.go`): device `flannel.1` with VNI 1, port
+    /// 8472, `nolearning`, MTU underlay − 50, the VTEP MAC of [`VTEP_MACS`], address
+    /// `10.244.X.0/32`; for the other node a permanent neighbour entry, an FDB entry and an
+    /// `onlink` route.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lab`] when a step fails (for example the kernel has no `vxlan` support).
+    pub fn program_kernel_vxlan(&self, i: usize) -> Result<(), Error> {
+        let (host, other) = (&self.hosts[i], 1 - i);
+        let own_net = SUBNETS[i].split('/').next().unwrap_or_default();
+        let peer_net = SUBNETS[other].split('/').next().unwrap_or_default();
+        host.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            HOST_IPS[i],
+            "dev",
+            "ul0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        host.ip(&[
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            VTEP_MACS[i],
+            "mtu",
+            "1450",
+            "up",
+        ])?;
+        host.ip(&["addr", "add", &format!("{own_net}/32"), "dev", "flannel.1"])?;
+        host.ip(&[
+            "neigh",
+            "add",
+            peer_net,
+            "lladdr",
+            VTEP_MACS[other],
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])?;
+        netns::bridge(&[
+            "-n",
+            host.name(),
+            "fdb",
+            "append",
+            VTEP_MACS[other],
+            "dev",
+            "flannel.1",
+            "dst",
+            HOST_IPS[other],
+            "self",
+            "permanent",
+        ])?;
+        host.ip(&[
+            "route",
+            "add",
+            SUBNETS[other],
+            "via",
+            peer_net,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])
+    }
+
     /// Returns the stats file path of node `i`.
     pub fn stats_path(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("stats-{i}.prom"))
     }
 
-    /// Returns the `fustian run` arguments for node `i` (peer: the other node), plus `extra`.
+    /// Returns the `fustian run` arguments for node `i` in `udp` mode (peer: the other node),
+    /// plus `extra`.
     pub fn node_args(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        self.node_args_for(i, LabBackend::Udp, extra)
+    }
+
+    /// Returns the `fustian run` arguments for node `i` with `backend`, plus `extra`. VXLAN
+    /// nodes get the fixed VTEP MACs of [`VTEP_MACS`].
+    pub fn node_args_for(&self, i: usize, backend: LabBackend, extra: &[&str]) -> Vec<String> {
         let other = 1 - i;
-        let mut args: Vec<String> = [
-            "run",
+        let subnet_file = self.dir.path().join(format!("node-{i}")).join("subnet.env");
+        let mut peer = format!("{}={}", SUBNETS[other], HOST_IPS[other]);
+        let mut args: Vec<String> = Vec::new();
+        if backend == LabBackend::Vxlan {
+            peer = format!("{peer}@{}", VTEP_MACS[other]);
+            args.extend(["--backend", "vxlan", "--vtep-mac", VTEP_MACS[i]].map(str::to_owned));
+        }
+        let common = [
             "--network",
             NETWORK,
             "--subnet",
@@ -147,15 +272,18 @@ impl Topology {
             "--public-ip",
             HOST_IPS[i],
             "--peer",
-            &format!("{}={}", SUBNETS[other], HOST_IPS[other]),
+            &peer,
+            "--subnet-file",
+            &subnet_file.to_string_lossy(),
             "--stats-file",
             &self.stats_path(i).to_string_lossy(),
         ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args
+        .map(str::to_owned);
+        let mut all = vec!["run".to_owned()];
+        all.extend(common);
+        all.extend(args);
+        all.extend(extra.iter().map(|s| (*s).to_owned()));
+        all
     }
 
     /// Starts `fustian` (`exe`) on node `i` with `args` and waits until it is forwarding
@@ -295,17 +423,19 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Lab(format!("cannot find the fustian binary: {e}")))?;
     let exe = exe.to_string_lossy().into_owned();
+    let backend = LabBackend::parse(&args.backend)?;
     let mut topo = Topology::build(&prefix)?;
     eprintln!("lab: namespaces {prefix}a {prefix}b {prefix}pa {prefix}pb; starting two nodes");
     for i in 0..2 {
-        let node_args = topo.node_args(i, &[]);
+        let node_args = topo.node_args_for(i, backend, &[]);
         topo.start_node(i, &exe, &node_args)?;
     }
     let amount = Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0)));
     let mut rows = Vec::new();
+    let overlay = format!("fustian {}", backend.name());
     type Scenario<'a> = (&'a str, &'a [Netns; 2], fn(usize, u16) -> SocketAddr);
     let scenarios: [Scenario<'_>; 2] = [
-        ("fustian udp", &topo.pods, pod_addr),
+        (&overlay, &topo.pods, pod_addr),
         ("bare underlay", &topo.hosts, host_addr),
     ];
     for (name, ns, addr) in scenarios {

@@ -45,6 +45,32 @@ pub fn ip(args: &[&str]) -> Result<(), Error> {
     }
 }
 
+/// Runs iproute2's `bridge` with `args`; fails with its stderr.
+///
+/// # Errors
+///
+/// [`Error::Lab`] naming the command, or saying that it is missing.
+pub fn bridge(args: &[&str]) -> Result<(), Error> {
+    let out = Command::new("bridge")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::Lab(format!(
+                "cannot run iproute2's `bridge` (apt-get install iproute2): {e}"
+            ))
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Lab(format!(
+            "`bridge {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// Checks that the lab can run here: root, `ip`, `/dev/net/tun`.
 ///
 /// # Errors

@@ -21,6 +21,7 @@ use ipnet::IpNet;
 use rustc_hash::FxHashSet;
 
 use self::lpm::Lpm;
+use crate::wire::MacAddress;
 
 /// A remote node: the pod subnet it owns and where its dataplane listens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub struct Peer {
     pub subnet: IpNet,
     /// The peer's public address and UDP port.
     pub endpoint: SocketAddr,
+    /// The peer's VTEP MAC (VXLAN only): the inner Ethernet destination of frames to it.
+    pub vtep_mac: Option<MacAddress>,
 }
 
 /// A table that cannot be built.
@@ -108,10 +111,7 @@ impl Snapshot {
                 });
             }
             snap.senders.insert(peer.endpoint.ip());
-            snap.peers.push(Peer {
-                subnet,
-                endpoint: peer.endpoint,
-            });
+            snap.peers.push(Peer { subnet, ..peer });
         }
         Ok(snap)
     }
@@ -194,6 +194,7 @@ mod tests {
         Peer {
             subnet: subnet.parse().expect("subnet literal"),
             endpoint: SocketAddr::new(ip.parse().expect("ip literal"), 8285),
+            vtep_mac: None,
         }
     }
 

@@ -14,7 +14,7 @@ mod sys;
 mod tests;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -96,6 +96,57 @@ impl UdpSocket {
             .and_then(|a| a.as_socket())
             .unwrap_or(addr);
         Ok(Self { socket, local })
+    }
+
+    /// Creates `count` send sockets bound to `ip` on distinct ports spread over `range`
+    /// (inclusive), for VXLAN outer source ports. A port that is taken is skipped for the next
+    /// free one. Their receive buffers are minimal (nothing is read from them) and the outer
+    /// DF bit is left clear, as the kernel's `vxlan` device sends.
+    ///
+    /// # Errors
+    ///
+    /// [`UdpError`] when a socket cannot be set up or no free port is left in the range.
+    pub fn bind_source_pool(
+        ip: IpAddr,
+        range: (u16, u16),
+        count: usize,
+    ) -> Result<Vec<Self>, UdpError> {
+        let (lo, hi) = (u32::from(range.0), u32::from(range.1));
+        let span = hi - lo + 1;
+        let count = count.min(span as usize).max(1);
+        let mut pool = Vec::with_capacity(count);
+        let mut next = lo;
+        for i in 0..count {
+            let target =
+                lo + span * u32::try_from(i).unwrap_or(0) / u32::try_from(count).unwrap_or(1);
+            next = next.max(target);
+            let socket = loop {
+                if next > hi {
+                    return Err(UdpError::Bind {
+                        addr: SocketAddr::new(ip, range.1),
+                        source: io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "no free port left in the source port range",
+                        ),
+                    });
+                }
+                let port = u16::try_from(next).unwrap_or(range.1);
+                next += 1;
+                match Self::bind(SocketAddr::new(ip, port)) {
+                    Ok(s) => break s,
+                    Err(UdpError::Bind { source, .. })
+                        if source.kind() == io::ErrorKind::AddrInUse => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            let _ = socket.socket.set_recv_buffer_size(0);
+            sys::set_pmtudisc_dont(socket.socket.as_fd()).map_err(|source| UdpError::Option {
+                what: "IP_MTU_DISCOVER",
+                source,
+            })?;
+            pool.push(socket);
+        }
+        Ok(pool)
     }
 
     /// Returns the bound address.

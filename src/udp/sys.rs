@@ -127,6 +127,8 @@ pub(crate) struct Transmit {
     pub(crate) start: usize,
     /// Length.
     pub(crate) len: usize,
+    /// Which of the caller's sockets sends it (not used here).
+    pub(crate) socket: u16,
 }
 
 /// Sends one batch with `sendmmsg`. Returns how many were sent from the front of `batch`; an
@@ -187,6 +189,24 @@ pub(crate) fn set_buffer_force(fd: BorrowedFd<'_>, send: bool, bytes: usize) -> 
         socklen_of::<libc::c_int>()
     ))
     .map(drop)
+}
+
+/// Sets `IP_MTU_DISCOVER` to `IP_PMTUDISC_DONT` so datagrams leave with DF clear (ip(7)).
+/// Ignored for IPv6 sockets, which have no DF bit.
+pub(crate) fn set_pmtudisc_dont(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let value: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: `value` is a c_int that outlives the call and its size is passed alongside.
+    let r = syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        (&raw const value).cast(),
+        socklen_of::<libc::c_int>()
+    ));
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 /// Waits up to `timeout_ms` for `fd` to become writable.

@@ -83,16 +83,19 @@ fn sends_a_batch_to_several_destinations() {
             dst: a.local_addr().expect("addr"),
             start: 0,
             len: 10,
+            socket: 0,
         },
         Transmit {
             dst: b.local_addr().expect("addr"),
             start: 10,
             len: 20,
+            socket: 0,
         },
         Transmit {
             dst: a.local_addr().expect("addr"),
             start: 30,
             len: 5,
+            socket: 0,
         },
     ];
     let mut scratch = MmsgScratch::new(8);

@@ -11,16 +11,22 @@
 //! - [`ip`]: the inner IPv4 (RFC 791) and IPv6 (RFC 8200) headers, only the fields the dataplane
 //!   reads: version, lengths, addresses, protocol and TTL.
 //! - [`flannel`]: flannel's `udp` backend format: the inner IP packet is the whole UDP payload.
+//! - [`vxlan`] and [`ethernet`]: RFC 7348 VXLAN as the Linux kernel's `vxlan` device speaks it,
+//!   an 8-byte VXLAN header and a 14-byte inner Ethernet header in front of the inner packet.
 //! - [`encap`]: the [`Encap`] enum that the forwarding core dispatches on, with its overhead.
 //!
 //! What is deliberately not here: IP options, fragments reassembly and extension-header
 //! walking. The dataplane forwards packets by destination; it does not terminate them.
 
 pub mod encap;
+pub mod ethernet;
 pub mod flannel;
 pub mod ip;
+pub mod tcp;
+pub mod vxlan;
 
-pub use encap::Encap;
+pub use encap::{Encap, VxlanParams};
+pub use ethernet::{Address as MacAddress, EtherType};
 pub use ip::{
     InnerIp, IpProtocol, Packet as Ipv4Packet, Repr as Ipv4Repr, V6Packet as Ipv6Packet,
     V6Repr as Ipv6Repr, parse_inner,
@@ -29,6 +35,9 @@ pub use ip::{
 /// Why a packet failed a wire check. Each variant maps onto a drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum WireError {
+    /// VXLAN flags other than exactly the I flag, or a reserved byte set.
+    #[error("bad VXLAN flags or reserved bits")]
+    BadFlags,
     /// The IPv4 header checksum does not match (RFC 791, section 3.1).
     #[error("bad IPv4 header checksum")]
     BadChecksum,

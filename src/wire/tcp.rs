@@ -1,0 +1,244 @@
+//! Splitting one oversized inner TCP packet into segments that fit the TUN MTU.
+//!
+//! A kernel `vxlan` peer on the same host (its node joined to ours by a veth pair or a bridge)
+//! hands its TSO super-packets to the underlay unsegmented: veth keeps the GSO metadata, and
+//! the receiving kernel gives a plain UDP socket a `SKB_GSO_UDP_TUNNEL` skb as one datagram of
+//! up to 64 KiB (`udp_unexpected_gso`, net/ipv4/udp.c, lets tunnel GSO through). A real NIC
+//! would have cut it into MSS-sized frames. [`segment`] does that cut in userspace: every
+//! segment gets the headers of the original, its own sequence number, IP length and id, FIN
+//! and PSH only on the last segment, CWR only on the first (as the kernel's `tcp_gso_segment`
+//! does), and freshly computed IP and TCP checksums, since a super-packet's TCP checksum is
+//! only the partial pseudo-header sum.
+
+use super::WireError;
+use super::ip::{HEADER_LEN, V6_HEADER_LEN, checksum};
+
+const TCP_MIN_LEN: usize = 20;
+const FIN: u8 = 0x01;
+const PSH: u8 = 0x08;
+const CWR: u8 = 0x80;
+
+/// Cuts the IPv4 or IPv6 TCP packet `packet` into segments of at most `max_len` bytes, builds
+/// each in `scratch` (which must hold `max_len` bytes) and passes it to `emit`. Returns the
+/// number of segments.
+///
+/// # Errors
+///
+/// `BadVersion` for anything but TCP directly over IPv4/IPv6 (extension headers, fragments,
+/// other protocols), `BadHeaderLen` for a TCP header that does not fit, `Truncated` when
+/// `scratch` or `max_len` cannot hold the headers and at least one payload byte.
+pub fn segment(
+    packet: &[u8],
+    max_len: usize,
+    scratch: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<usize, WireError> {
+    let version = packet.first().ok_or(WireError::Truncated)? >> 4;
+    let ip_len = match version {
+        4 if packet.len() >= HEADER_LEN => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let fragment = packet[6] & 0x3f != 0 || packet[7] != 0;
+            if packet[9] != 6 || fragment {
+                return Err(WireError::BadVersion);
+            }
+            ihl
+        }
+        6 if packet.len() >= V6_HEADER_LEN => {
+            if packet[6] != 6 {
+                return Err(WireError::BadVersion);
+            }
+            V6_HEADER_LEN
+        }
+        _ => return Err(WireError::BadVersion),
+    };
+    let tcp = packet.get(ip_len..).ok_or(WireError::Truncated)?;
+    if tcp.len() < TCP_MIN_LEN {
+        return Err(WireError::BadHeaderLen);
+    }
+    let tcp_len = usize::from(tcp[12] >> 4) * 4;
+    if tcp_len < TCP_MIN_LEN || tcp.len() < tcp_len {
+        return Err(WireError::BadHeaderLen);
+    }
+    let headers = ip_len + tcp_len;
+    let max_len = max_len.min(scratch.len());
+    if max_len <= headers {
+        return Err(WireError::Truncated);
+    }
+    let mss = max_len - headers;
+    let payload = &packet[headers..];
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let flags = tcp[13];
+    let id = u16::from_be_bytes([packet[4], packet[5]]);
+    let count = payload.len().div_ceil(mss).max(1);
+    for (i, chunk) in payload
+        .chunks(mss)
+        .chain((payload.is_empty()).then_some(&[][..]))
+        .enumerate()
+    {
+        let len = headers + chunk.len();
+        let seg = &mut scratch[..len];
+        seg[..headers].copy_from_slice(&packet[..headers]);
+        seg[headers..].copy_from_slice(chunk);
+        let first = i == 0;
+        let last = i + 1 == count;
+        let offset = u32::try_from(i * mss).unwrap_or(u32::MAX);
+        seg[ip_len + 4..ip_len + 8].copy_from_slice(&seq.wrapping_add(offset).to_be_bytes());
+        let mut f = flags;
+        if !last {
+            f &= !(FIN | PSH);
+        }
+        if !first {
+            f &= !CWR;
+        }
+        seg[ip_len + 13] = f;
+        let l4_len = u16::try_from(len - ip_len).map_err(|_| WireError::BadLength)?;
+        if version == 4 {
+            let total = u16::try_from(len).map_err(|_| WireError::BadLength)?;
+            seg[2..4].copy_from_slice(&total.to_be_bytes());
+            let seg_id = id.wrapping_add(u16::try_from(i & 0xffff).unwrap_or(0));
+            seg[4..6].copy_from_slice(&seg_id.to_be_bytes());
+            seg[10..12].fill(0);
+            let hsum = checksum(&seg[..ip_len]);
+            seg[10..12].copy_from_slice(&hsum.to_be_bytes());
+        } else {
+            seg[4..6].copy_from_slice(&l4_len.to_be_bytes());
+        }
+        seg[ip_len + 16..ip_len + 18].fill(0);
+        let sum = tcp_checksum(seg, ip_len, version, l4_len);
+        seg[ip_len + 16..ip_len + 18].copy_from_slice(&sum.to_be_bytes());
+        emit(seg);
+    }
+    Ok(count)
+}
+
+/// Returns the TCP checksum of `packet` (checksum field zeroed) over the pseudo-header
+/// (RFC 793 section 3.1; RFC 8200 section 8.1) and the segment.
+fn tcp_checksum(packet: &[u8], ip_len: usize, version: u8, l4_len: u16) -> u16 {
+    let addrs = if version == 4 {
+        &packet[12..20]
+    } else {
+        &packet[8..40]
+    };
+    let mut sum: u64 = addrs
+        .chunks_exact(2)
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    sum += 6 + u64::from(l4_len);
+    sum += u64::from(!checksum(&packet[ip_len..]));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn super_packet(v6: bool, payload: &[u8], fin: bool, options: bool) -> Vec<u8> {
+        let b = if v6 {
+            PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64)
+        } else {
+            PacketBuilder::ipv4([10, 244, 2, 2], [10, 244, 1, 2], 64)
+        };
+        let mut b = b.tcp(5201, 40000, 1_000_000, 512).ack(77).psh().cwr();
+        if fin {
+            b = b.fin();
+        }
+        if options {
+            b = b
+                .options_raw(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
+                .expect("12 bytes");
+        }
+        let mut out = Vec::with_capacity(b.size(payload.len()));
+        b.write(&mut out, payload).expect("build");
+        out
+    }
+
+    fn split(packet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
+        let mut scratch = vec![0u8; max_len];
+        let mut out = Vec::new();
+        segment(packet, max_len, &mut scratch, |s| out.push(s.to_vec())).expect("segments");
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn segments_reassemble_with_valid_checksums(
+            len in 0usize..6000, max_len in 100usize..1500, v6 in any::<bool>(),
+            fin in any::<bool>(), options in any::<bool>(),
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| u8::try_from(i * 7 % 251).expect("below 251")).collect();
+            let original = super_packet(v6, &payload, fin, options);
+            let segs = split(&original, max_len);
+            let mut stream = Vec::new();
+            let mut expected_seq = 1_000_000u32;
+            for (i, s) in segs.iter().enumerate() {
+                prop_assert!(s.len() <= max_len);
+                let p = SlicedPacket::from_ip(s).expect("parses");
+                match &p.net {
+                    Some(NetSlice::Ipv4(ip)) => {
+                        prop_assert_eq!(usize::from(ip.header().total_len()), s.len());
+                        prop_assert_eq!(checksum(&s[..20]), 0);
+                    }
+                    Some(NetSlice::Ipv6(ip)) => {
+                        prop_assert_eq!(usize::from(ip.header().payload_length()) + 40, s.len());
+                    }
+                    _ => prop_assert!(false, "not IP"),
+                }
+                let Some(TransportSlice::Tcp(t)) = &p.transport else {
+                    return Err(TestCaseError::fail("not TCP"));
+                };
+                let sum = match &p.net {
+                    Some(NetSlice::Ipv4(ip)) => t.calc_checksum_ipv4(ip.header().source(), ip.header().destination()),
+                    Some(NetSlice::Ipv6(ip)) => t.calc_checksum_ipv6(ip.header().source(), ip.header().destination()),
+                    _ => unreachable!(),
+                }.expect("checksum");
+                prop_assert_eq!(sum, t.checksum());
+                prop_assert_eq!(t.sequence_number(), expected_seq);
+                expected_seq = expected_seq.wrapping_add(u32::try_from(t.payload().len()).expect("small"));
+                let last = i + 1 == segs.len();
+                prop_assert_eq!(t.fin(), fin && last);
+                prop_assert_eq!(t.psh(), last);
+                prop_assert_eq!(t.cwr(), i == 0);
+                prop_assert!(t.ack());
+                prop_assert_eq!(t.options().len(), if options { 12 } else { 0 });
+                stream.extend_from_slice(t.payload());
+            }
+            prop_assert_eq!(stream, payload);
+        }
+
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..200), max_len in 0usize..300) {
+            let mut scratch = vec![0u8; 300];
+            let _ = segment(&data, max_len, &mut scratch, |_| {});
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_cut() {
+        let mut scratch = [0u8; 100];
+        let udp = {
+            let b = PacketBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2);
+            let mut out = Vec::new();
+            b.write(&mut out, &[0u8; 300]).expect("build");
+            out
+        };
+        assert_eq!(
+            segment(&udp, 100, &mut scratch, |_| {}),
+            Err(WireError::BadVersion)
+        );
+        let tcp = super_packet(false, &[0u8; 300], false, false);
+        assert_eq!(
+            segment(&tcp, 40, &mut scratch, |_| {}),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            segment(&[], 100, &mut scratch, |_| {}),
+            Err(WireError::Truncated)
+        );
+    }
+}
