@@ -378,10 +378,18 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<16} {:<6} {:>12} {:>10} {:>10} {:>10} {:>8}",
-            "scenario", "dir", "throughput", "sent", "rtt p50", "rtt p99", "lost"
+            "{:<16} {:<6} {:>12} {:>9} {:>10} {:>10} {:>10} {:>8}",
+            "scenario", "dir", "throughput", "vs kernel", "sent", "rtt p50", "rtt p99", "lost"
         )?;
         for r in &self.rows {
+            let kernel = self
+                .rows
+                .iter()
+                .find(|k| k.scenario == "kernel vxlan" && k.direction == r.direction);
+            let ratio = match kernel {
+                Some(k) if k.bulk.gbps() > 0.0 => format!("{:.2}", r.bulk.gbps() / k.bulk.gbps()),
+                _ => "-".to_owned(),
+            };
             let (p50, p99, lost) = match &r.latency {
                 Some(l) => (
                     format!("{:.0} us", l.p50.as_secs_f64() * 1e6),
@@ -392,10 +400,11 @@ impl fmt::Display for Report {
             };
             writeln!(
                 f,
-                "{:<16} {:<6} {:>7.2} Gb/s {:>7} MB {:>10} {:>10} {:>8}",
+                "{:<16} {:<6} {:>7.2} Gb/s {:>9} {:>7} MB {:>10} {:>10} {:>8}",
                 r.scenario,
                 r.direction,
                 r.bulk.gbps(),
+                ratio,
                 r.bulk.received / 1_000_000,
                 p50,
                 p99,
@@ -410,7 +419,8 @@ impl fmt::Display for Report {
     }
 }
 
-/// Runs the lab: builds the topology, starts two fustian nodes, measures, cleans up.
+/// Runs the lab: builds the topology, measures two fustian nodes, then the kernel's VXLAN
+/// programmed as flannel does in the same namespaces, then the bare underlay; cleans up.
 ///
 /// # Errors
 ///
@@ -433,46 +443,81 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let amount = Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0)));
     let mut rows = Vec::new();
     let overlay = format!("fustian {}", backend.name());
-    type Scenario<'a> = (&'a str, &'a [Netns; 2], fn(usize, u16) -> SocketAddr);
-    let scenarios: [Scenario<'_>; 2] = [
-        (&overlay, &topo.pods, pod_addr),
-        ("bare underlay", &topo.hosts, host_addr),
-    ];
-    for (name, ns, addr) in scenarios {
-        for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
-            eprintln!("lab: {name} {dir}: TCP bulk for {:.1} s", args.duration);
-            let bulk = tcp_bulk(&ns[from], &ns[to], addr(to, 5201), amount, false, stop)?;
-            if bulk.sent != bulk.received {
+    measure(
+        &mut rows, &overlay, &topo.pods, pod_addr, amount, args.pings, stop,
+    )?;
+
+    // The same pods over the kernel's own VXLAN: stop fustian (its TUN devices and their
+    // routes go with it) and program both nodes as flannel's vxlan backend would.
+    for (i, p) in topo.processes.iter_mut().enumerate() {
+        match p.stop(Duration::from_secs(3)) {
+            Some(status) if status.success() => {}
+            other => {
                 return Err(Error::Lab(format!(
-                    "{name} {dir}: sent {} bytes but {} arrived",
-                    bulk.sent, bulk.received
+                    "node {i} ended with {other:?}:\n{}",
+                    p.log()
                 )));
             }
-            let latency = if from == 0 {
-                eprintln!("lab: {name} {dir}: {} UDP round trips", args.pings);
-                Some(udp_ping_pong(
-                    &ns[from],
-                    &ns[to],
-                    addr(to, 7),
-                    args.pings,
-                    stop,
-                )?)
-            } else {
-                None
-            };
-            rows.push(Row {
-                scenario: name.to_owned(),
-                direction: dir,
-                bulk,
-                latency,
-            });
         }
-    }
-    for p in &mut topo.processes {
-        p.stop(Duration::from_secs(3));
     }
     let counters = (0..2)
         .map(|i| topo.stats(i).into_iter().filter(|(_, v)| *v != 0).collect())
         .collect();
+    match (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)) {
+        Ok(()) => measure(
+            &mut rows,
+            "kernel vxlan",
+            &topo.pods,
+            pod_addr,
+            amount,
+            args.pings,
+            stop,
+        )?,
+        Err(e) => eprintln!("lab: kernel vxlan skipped: {e}"),
+    }
+    measure(
+        &mut rows,
+        "bare underlay",
+        &topo.hosts,
+        host_addr,
+        amount,
+        args.pings,
+        stop,
+    )?;
     Ok(Report { rows, counters })
+}
+
+/// Runs the bulk transfer both ways and the ping-pong a->b for one scenario.
+fn measure(
+    rows: &mut Vec<Row>,
+    name: &str,
+    ns: &[Netns; 2],
+    addr: fn(usize, u16) -> SocketAddr,
+    amount: Amount,
+    pings: u32,
+    stop: &Arc<AtomicBool>,
+) -> Result<(), Error> {
+    for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
+        eprintln!("lab: {name} {dir}: TCP bulk");
+        let bulk = tcp_bulk(&ns[from], &ns[to], addr(to, 5201), amount, false, stop)?;
+        if bulk.sent != bulk.received {
+            return Err(Error::Lab(format!(
+                "{name} {dir}: sent {} bytes but {} arrived",
+                bulk.sent, bulk.received
+            )));
+        }
+        let latency = if from == 0 {
+            eprintln!("lab: {name} {dir}: {pings} UDP round trips");
+            Some(udp_ping_pong(&ns[from], &ns[to], addr(to, 7), pings, stop)?)
+        } else {
+            None
+        };
+        rows.push(Row {
+            scenario: name.to_owned(),
+            direction: dir,
+            bulk,
+            latency,
+        });
+    }
+    Ok(())
 }
