@@ -20,51 +20,37 @@ use crate::error::Error;
 ///
 /// [`Error::Lab`] naming the command, or saying that iproute2 is missing.
 pub fn ip(args: &[&str]) -> Result<(), Error> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::Lab(
-                    "the `ip` command is missing: install iproute2 (apt-get install iproute2)"
-                        .into(),
-                )
-            } else {
-                Error::Lab(format!("cannot run ip: {e}"))
-            }
-        })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Lab(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    run_tool("ip", args)
 }
 
 /// Runs iproute2's `bridge` with `args`; fails with its stderr.
 ///
 /// # Errors
 ///
-/// [`Error::Lab`] naming the command, or saying that it is missing.
+/// [`Error::Lab`] naming the command, or saying that iproute2 is missing.
 pub fn bridge(args: &[&str]) -> Result<(), Error> {
-    let out = Command::new("bridge")
+    run_tool("bridge", args)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), Error> {
+    let out = Command::new(tool)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| {
-            Error::Lab(format!(
-                "cannot run iproute2's `bridge` (apt-get install iproute2): {e}"
-            ))
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::Lab(format!(
+                    "the `{tool}` command is missing: install iproute2 (apt-get install iproute2)"
+                ))
+            } else {
+                Error::Lab(format!("cannot run {tool}: {e}"))
+            }
         })?;
     if out.status.success() {
         Ok(())
     } else {
         Err(Error::Lab(format!(
-            "`bridge {}` failed: {}",
+            "`{tool} {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
