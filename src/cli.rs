@@ -75,6 +75,13 @@ pub struct RunArgs {
     /// [default: /run/flannel/subnet.env].
     #[arg(long, value_name = "FILE")]
     pub subnet_file: Option<String>,
+    /// Worker threads, each with its own TUN queue and UDP socket [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
+    /// Event loop: `auto` (io_uring where the kernel has what it needs, else epoll), `uring`,
+    /// or `epoll` [default: auto].
+    #[arg(long, value_name = "LOOP")]
+    pub io: Option<String>,
     /// A peer: its pod subnet, public IP (optionally :PORT), and for vxlan @VTEP_MAC.
     /// Repeatable.
     #[arg(long = "peer", value_name = "SUBNET=IP[@MAC]", value_parser = parse_peer_flag)]
@@ -101,6 +108,8 @@ impl RunArgs {
             port_range: self.port_range.clone(),
             source_ports: self.source_ports,
             subnet_file: self.subnet_file.clone(),
+            threads: self.threads,
+            io: self.io.clone(),
             peers: self.peers.clone(),
         }
     }

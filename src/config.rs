@@ -155,6 +155,10 @@ pub struct RawNode {
     pub source_ports: Option<u32>,
     /// The subnet file path (the VTEP MAC is kept next to it).
     pub subnet_file: Option<String>,
+    /// Worker threads.
+    pub threads: Option<u32>,
+    /// Event loop: auto, uring or epoll.
+    pub io: Option<String>,
     /// Peers.
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerEntry>,
@@ -205,6 +209,17 @@ pub enum BackendConfig {
     },
 }
 
+/// The event loop asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoChoice {
+    /// Probe at start: io_uring where the kernel has what the loop needs, else epoll.
+    Auto,
+    /// epoll (mio).
+    Epoll,
+    /// io_uring; fails at start when the kernel lacks it.
+    Uring,
+}
+
 /// A validated node configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -220,6 +235,10 @@ pub struct NodeConfig {
     pub backend: BackendConfig,
     /// The subnet file path.
     pub subnet_file: PathBuf,
+    /// Worker threads; `None` means one per CPU this process may run on.
+    pub threads: Option<usize>,
+    /// Which event loop to run.
+    pub io: IoChoice,
     /// The UDP port to bind and to send to.
     pub port: u16,
     /// The TUN device name.
@@ -324,6 +343,22 @@ impl NodeConfig {
                 return Err(invalid(o, &text, "must not be empty".into()));
             }
             Some((text, _)) => PathBuf::from(text),
+        };
+        let threads = match pick!(threads, "threads") {
+            None => None,
+            Some((n, o)) if !(1..=256).contains(&n) => {
+                return Err(invalid(o, &n.to_string(), "must be 1..=256".into()));
+            }
+            Some((n, _)) => Some(n as usize),
+        };
+        let io = match pick!(io, "io") {
+            None => IoChoice::Auto,
+            Some((name, o)) => match name.as_str() {
+                "auto" => IoChoice::Auto,
+                "epoll" => IoChoice::Epoll,
+                "uring" => IoChoice::Uring,
+                _ => return Err(invalid(o, &name, "one of auto, uring, epoll".into())),
+            },
         };
         let backend = if vxlan {
             BackendConfig::Vxlan {
@@ -431,6 +466,8 @@ impl NodeConfig {
             iface,
             backend,
             subnet_file,
+            threads,
+            io,
             port,
             tun,
             mtu,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::config::{BackendConfig, NodeConfig, load_or_create_vtep_mac};
 use crate::error::Error;
-use crate::event::{self, Backend, Worker};
+use crate::event::{self, Worker};
 use crate::forward::Forwarding;
 use crate::metrics::Metrics;
 use crate::table::{Snapshot, Table};
@@ -74,20 +74,31 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         )));
     }
 
-    let tun = Tun::open(&config.tun)?;
+    let (backend, why) = event::choose(config.io).map_err(Error::Underlay)?;
+    let want = config
+        .threads
+        .unwrap_or_else(crate::sys::available_cpus)
+        .max(1);
+    let queues = Tun::open_queues(&config.tun, want)?;
+    let (name, index, created) = (
+        queues[0].name().to_owned(),
+        queues[0].index(),
+        queues[0].created(),
+    );
     let netlink_err = |what: String, source| TunError::Netlink {
         what,
-        name: tun.name().to_owned(),
+        name: name.clone(),
         source,
     };
     let tun_addr = config.subnet.network();
     let prefix = config.network.prefix_len();
-    nl.add_address(tun.index(), tun_addr, prefix)
+    nl.add_address(index, tun_addr, prefix)
         .map_err(|e| netlink_err(format!("add address {tun_addr}/{prefix}"), e))?;
-    nl.set_mtu_up(tun.index(), mtu)
+    nl.set_mtu_up(index, mtu)
         .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
 
-    let udp = UdpSocket::bind(SocketAddr::new(config.public_ip, config.port))?;
+    let listen = SocketAddr::new(config.public_ip, config.port);
+    let sockets = UdpSocket::bind_group(listen, queues.len())?;
     let (encap, tx_pool) = match config.backend {
         BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new()),
         BackendConfig::Vxlan {
@@ -109,46 +120,52 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
             (config.encap(mac), pool)
         }
     };
+    let tx_pool = Arc::new(tx_pool);
     let table = Arc::new(Table::new(Snapshot::new(
         vec![config.subnet],
         config.peers.clone(),
     )?));
-    let metrics = Arc::new(Metrics::new(1));
-    let backend = Backend::Epoll;
+    let workers = queues.len();
+    let metrics = Arc::new(Metrics::new(workers));
     tracing::info!(
-        tun = tun.name(),
-        created = tun.created(),
+        tun = %name,
+        created,
         mtu,
         subnet = %config.subnet,
         network = %config.network,
-        listen = %udp.local_addr(),
+        %listen,
         backend = encap.name(),
         io = backend.name(),
+        io_reason = %why,
+        workers,
         peers = config.peers.len(),
         "node up"
     );
 
-    let tun = Arc::new(tun);
-    let worker = Worker {
-        id: 0,
-        tun: Arc::clone(&tun),
-        udp,
-        tx_pool,
-        table: Arc::clone(&table),
-        metrics: Arc::clone(&metrics),
-        fwd: Forwarding {
-            encap,
-            max_inner_len: mtu as usize,
-        },
-        stop: Arc::clone(stop),
-    };
-    let handle = std::thread::Builder::new()
-        .name("fustian-w0".into())
-        .spawn(move || event::run(backend, worker))
-        .map_err(|source| Error::Io {
-            what: "spawn worker thread".into(),
-            source,
-        })?;
+    let mut handles = Vec::with_capacity(workers);
+    for (id, (tun, udp)) in queues.into_iter().zip(sockets).enumerate() {
+        let worker = Worker {
+            id,
+            tun,
+            udp,
+            tx_pool: Arc::clone(&tx_pool),
+            table: Arc::clone(&table),
+            metrics: Arc::clone(&metrics),
+            fwd: Forwarding {
+                encap,
+                max_inner_len: mtu as usize,
+            },
+            stop: Arc::clone(stop),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("fustian-w{id}"))
+            .spawn(move || event::run(backend, worker))
+            .map_err(|source| Error::Io {
+                what: "spawn worker thread".into(),
+                source,
+            })?;
+        handles.push(handle);
+    }
 
     let write_stats = || {
         if let Some(path) = &opts.stats_file
@@ -157,21 +174,27 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
             tracing::warn!("cannot write stats file {}: {e}", path.display());
         }
     };
-    while !stop.load(Ordering::Relaxed) && !handle.is_finished() {
+    while !stop.load(Ordering::Relaxed) && !handles.iter().any(|h| h.is_finished()) {
         write_stats();
         std::thread::sleep(Duration::from_millis(250));
     }
     stop.store(true, Ordering::Relaxed);
-    let result = match handle.join() {
-        Ok(r) => r.map_err(|source| Error::Worker { id: 0, source }),
-        Err(_) => Err(Error::Worker {
-            id: 0,
-            source: std::io::Error::other("worker panicked"),
-        }),
-    };
+    let mut result = Ok(());
+    for (id, handle) in handles.into_iter().enumerate() {
+        let r = match handle.join() {
+            Ok(r) => r.map_err(|source| Error::Worker { id, source }),
+            Err(_) => Err(Error::Worker {
+                id,
+                source: std::io::Error::other("worker panicked"),
+            }),
+        };
+        if result.is_ok() {
+            result = r;
+        }
+    }
     write_stats();
     tracing::info!(
-        removed = tun.created(),
+        removed = created,
         "node down; the TUN device goes away with its last fd when this process created it"
     );
     result

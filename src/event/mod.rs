@@ -15,17 +15,24 @@
 //!   never allocate per packet, and log I/O errors through a rate limiter;
 //! - check the stop flag at least every [`STOP_POLL`] and return when it is set.
 //!
-//! The backend is chosen once at start by the [`Backend`] enum; nothing is dispatched through
-//! a trait object per packet. Today the epoll backend ([`epoll`], through mio) is the one
-//! backend; it needs nothing newer than Linux 2.6.33 (`recvmmsg`) / 3.0 (`sendmmsg`).
+//! The backend is chosen once at start by the [`Backend`] enum ([`choose`]); nothing is
+//! dispatched through a trait object per packet.
+//!
+//! | backend | needs | how it batches |
+//! |---|---|---|
+//! | [`epoll`] (mio) | Linux 3.0 (`sendmmsg`) | `recvmmsg`/`sendmmsg` of 64, one `read`/`write` per TUN packet |
+//! | `uring` (feature `uring`) | Linux 5.7 (fast poll) | 64 reads and 64 receives in flight; one `io_uring_enter` per round of completions |
 
 pub(crate) mod buf;
 pub mod epoll;
+#[cfg(feature = "uring")]
+pub mod uring;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::config::IoChoice;
 use crate::forward::Forwarding;
 use crate::metrics::Metrics;
 use crate::table::Table;
@@ -43,6 +50,9 @@ pub const STOP_POLL: Duration = Duration::from_millis(200);
 pub enum Backend {
     /// epoll through mio, with `recvmmsg`/`sendmmsg` batches.
     Epoll,
+    /// io_uring.
+    #[cfg(feature = "uring")]
+    Uring,
 }
 
 impl Backend {
@@ -50,8 +60,54 @@ impl Backend {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Epoll => "epoll",
+            #[cfg(feature = "uring")]
+            Self::Uring => "uring",
         }
     }
+}
+
+/// Returns why io_uring cannot be used here, or `None` when it can.
+pub fn uring_unavailable() -> Option<String> {
+    #[cfg(feature = "uring")]
+    {
+        uring::probe().err()
+    }
+    #[cfg(not(feature = "uring"))]
+    {
+        Some("built without the `uring` feature".to_owned())
+    }
+}
+
+/// Picks the backend for `choice`, with the reason, probing io_uring where it matters.
+///
+/// # Errors
+///
+/// A message when `uring` was asked for and cannot be used.
+pub fn choose(choice: IoChoice) -> Result<(Backend, String), String> {
+    match choice {
+        IoChoice::Epoll => Ok((Backend::Epoll, "asked for with --io epoll".to_owned())),
+        IoChoice::Uring => match uring_unavailable() {
+            None => Ok((uring_backend(), "asked for with --io uring".to_owned())),
+            Some(why) => Err(format!("--io uring: {why}")),
+        },
+        IoChoice::Auto => match uring_unavailable() {
+            None => Ok((
+                uring_backend(),
+                "auto: io_uring has what the loop needs".to_owned(),
+            )),
+            Some(why) => Ok((Backend::Epoll, format!("auto: io_uring unusable ({why})"))),
+        },
+    }
+}
+
+#[cfg(feature = "uring")]
+const fn uring_backend() -> Backend {
+    Backend::Uring
+}
+
+#[cfg(not(feature = "uring"))]
+const fn uring_backend() -> Backend {
+    Backend::Epoll
 }
 
 /// Everything one worker owns or shares.
@@ -60,12 +116,12 @@ pub struct Worker {
     /// Worker number, also the index of its counters.
     pub id: usize,
     /// The TUN queue.
-    pub tun: Arc<Tun>,
+    pub tun: Tun,
     /// The UDP socket bound to the backend port: receives everything, sends for `udp`.
     pub udp: UdpSocket,
     /// VXLAN: sockets bound to distinct source ports; a flow's hash picks one (empty: send
     /// from `udp`).
-    pub tx_pool: Vec<UdpSocket>,
+    pub tx_pool: Arc<Vec<UdpSocket>>,
     /// The shared table.
     pub table: Arc<Table>,
     /// The shared counters.
@@ -84,6 +140,8 @@ pub struct Worker {
 pub fn run(backend: Backend, worker: Worker) -> std::io::Result<()> {
     match backend {
         Backend::Epoll => epoll::run(worker),
+        #[cfg(feature = "uring")]
+        Backend::Uring => uring::run(worker),
     }
 }
 

@@ -56,15 +56,60 @@ pub struct Tun {
 }
 
 impl Tun {
-    /// Opens (creating if needed) the TUN device `name`.
+    /// Opens (creating if needed) the single-queue TUN device `name`.
     ///
     /// # Errors
     ///
     /// [`TunError::Open`] or [`TunError::SetIff`].
     pub fn open(name: &str) -> Result<Self, TunError> {
+        Self::attach(
+            name,
+            libc::IFF_TUN | libc::IFF_NO_PI,
+            if_index(name).is_some(),
+        )
+    }
+
+    /// Opens `queues` queues of the TUN device `name` (`IFF_MULTI_QUEUE`, Linux 3.8), creating
+    /// it if needed; the kernel spreads flows over the queues by their hash. With one queue,
+    /// or when the device exists as a single-queue device (flannel's own `flannel0` is one),
+    /// it opens one queue; the caller runs as many workers as it got queues.
+    ///
+    /// # Errors
+    ///
+    /// [`TunError::Open`] or [`TunError::SetIff`].
+    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Self>, TunError> {
         let existed = if_index(name).is_some();
+        if queues <= 1 {
+            return Ok(vec![Self::attach(
+                name,
+                libc::IFF_TUN | libc::IFF_NO_PI,
+                existed,
+            )?]);
+        }
+        let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+        let first = match Self::attach(name, flags, existed) {
+            Ok(first) => first,
+            Err(TunError::SetIff { source, .. })
+                if existed && source.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                tracing::warn!("{name} exists as a single-queue device; running one worker");
+                return Ok(vec![Self::attach(
+                    name,
+                    libc::IFF_TUN | libc::IFF_NO_PI,
+                    existed,
+                )?]);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut all = vec![first];
+        for _ in 1..queues {
+            all.push(Self::attach(name, flags, existed)?);
+        }
+        Ok(all)
+    }
+
+    fn attach(name: &str, flags: libc::c_int, existed: bool) -> Result<Self, TunError> {
         let fd = sys::open_clone_device().map_err(TunError::Open)?;
-        let flags = libc::IFF_TUN | libc::IFF_NO_PI;
         let name = sys::set_iff(&fd, name, flags).map_err(|source| TunError::SetIff {
             name: name.to_owned(),
             source,

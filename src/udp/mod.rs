@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub(crate) use sys::{MmsgScratch, Received, Transmit};
+pub(crate) use sys::{MmsgScratch, Received, Transmit, from_storage, socklen_of, to_storage};
 
 /// Socket buffer size asked for in each direction.
 pub const SOCKET_BUFFER: usize = 8 << 20;
@@ -62,6 +62,24 @@ impl UdpSocket {
     ///
     /// [`UdpError`] naming the step that failed.
     pub fn bind(addr: SocketAddr) -> Result<Self, UdpError> {
+        Self::bind_with(addr, false)
+    }
+
+    /// Creates `count` sockets bound to the same `addr` with `SO_REUSEPORT` (Linux 3.9), one
+    /// per worker; the kernel spreads incoming flows over them by their hash. One socket is
+    /// bound without the option, so a second process on the same port fails to start.
+    ///
+    /// # Errors
+    ///
+    /// [`UdpError`] naming the step that failed.
+    pub fn bind_group(addr: SocketAddr, count: usize) -> Result<Vec<Self>, UdpError> {
+        if count <= 1 {
+            return Ok(vec![Self::bind(addr)?]);
+        }
+        (0..count).map(|_| Self::bind_with(addr, true)).collect()
+    }
+
+    fn bind_with(addr: SocketAddr, reuse_port: bool) -> Result<Self, UdpError> {
         let socket = Socket::new(
             Domain::for_address(addr),
             Type::DGRAM.cloexec(),
@@ -86,6 +104,14 @@ impl UdpSocket {
                     source,
                 })?;
             }
+        }
+        if reuse_port {
+            socket
+                .set_reuse_port(true)
+                .map_err(|source| UdpError::Option {
+                    what: "SO_REUSEPORT",
+                    source,
+                })?;
         }
         socket
             .bind(&addr.into())

@@ -223,7 +223,7 @@ pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<b
     .map(|n| n > 0)
 }
 
-fn socklen_of<T>() -> libc::socklen_t {
+pub(crate) fn socklen_of<T>() -> libc::socklen_t {
     // Socket address structs are at most 128 bytes (sockaddr_storage), so this always fits.
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
@@ -234,7 +234,10 @@ const FAMILY_INET: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
 #[allow(clippy::cast_possible_truncation)]
 const FAMILY_INET6: libc::sa_family_t = libc::AF_INET6 as libc::sa_family_t;
 
-fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+pub(crate) fn to_storage(
+    addr: SocketAddr,
+    storage: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
     match addr {
         SocketAddr::V4(a) => {
             let sin = libc::sockaddr_in {
@@ -266,7 +269,7 @@ fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::s
     }
 }
 
-fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the kernel wrote a sockaddr_in, which fits and is aligned.

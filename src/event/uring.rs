@@ -1,0 +1,524 @@
+//! The io_uring backend: reads, sends, receives and writes all go through one ring per worker.
+//!
+//! Each worker keeps [`SLOTS`] TUN reads and [`SLOTS`] UDP receives in flight at all times.
+//! A slot's buffer moves through a fixed cycle and is referenced by exactly one operation at a
+//! time, so no slab is needed: the `user_data` of an operation names its kind and its slot.
+//!
+//! ```text
+//!  TX slot: Read(TUN) --CQE--> forward::outbound --> SendMsg(UDP) --CQE--> Read(TUN) ...
+//!                                          \--drop--> Read(TUN)
+//!  RX slot: RecvMsg(UDP) --CQE--> forward::inbound --> Write(TUN) --CQE--> RecvMsg(UDP) ...
+//!                                          \--drop--> RecvMsg(UDP)
+//! ```
+//!
+//! The TUN fd is non-blocking, so a read with no packet waiting arms io_uring's internal poll
+//! (`IORING_FEAT_FAST_POLL`, Linux 5.7) instead of tying up a kernel worker thread. One
+//! `io_uring_enter` submits everything queued since the last one and waits for at least one
+//! completion; then every completion is handled and the table snapshot is loaded once for
+//! them. Receives pass `MSG_TRUNC`, so the result is the datagram's real length and an
+//! oversize datagram is recognised and dropped, never delivered truncated.
+//!
+//! Ownership: a buffer referenced by an in-flight operation is touched again only after that
+//! operation's completion has been reaped. On shutdown every in-flight operation is cancelled
+//! and its completion awaited before the loop returns; the ring is declared before the slots
+//! so it is dropped first. Should the drain not finish, the slots are leaked, never freed
+//! under the kernel.
+//!
+//! Not used yet: multishot receive with a provided buffer ring (6.0), multishot TUN reads
+//! (6.7, reliable from 6.12), registered buffers and files.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+
+use io_uring::{IoUring, Probe, opcode, squeue, types};
+
+use super::{RateLimitedLog, Worker};
+use crate::forward::{self, Verdict};
+use crate::metrics::{Counters, DropReason};
+use crate::udp::{from_storage, socklen_of, to_storage};
+use crate::wire::ip::complete_partial_checksum;
+use crate::wire::{Encap, tcp};
+
+/// Operations in flight per direction.
+pub const SLOTS: usize = 64;
+
+/// Headroom in front of each packet read from TUN, enough for any encapsulation header.
+const HEADROOM: usize = 64;
+/// The largest UDP payload over IPv4 (65535 − 20 − 8).
+const MAX_UDP_PAYLOAD: usize = 65_507;
+
+const TX_READ: u64 = 1 << 32;
+const TX_SEND: u64 = 2 << 32;
+const RX_RECV: u64 = 3 << 32;
+const RX_WRITE: u64 = 4 << 32;
+const TIMER: u64 = 5 << 32;
+const CANCEL: u64 = 6 << 32;
+const KIND_MASK: u64 = 0xffff_ffff << 32;
+
+/// Checks that the kernel has what this loop needs: a ring, fast poll (Linux 5.7), and the
+/// READ, WRITE, SENDMSG, RECVMSG, TIMEOUT and ASYNC_CANCEL opcodes.
+///
+/// # Errors
+///
+/// A sentence saying what is missing (io_uring disabled by `kernel.io_uring_disabled` or a
+/// seccomp filter shows up here as the setup error).
+pub fn probe() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring_setup failed: {e}"))?;
+    if !ring.params().is_feature_fast_poll() {
+        return Err("the kernel lacks IORING_FEAT_FAST_POLL (Linux 5.7)".into());
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed: {e}"))?;
+    let needed = [
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::Timeout::CODE, "TIMEOUT"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(format!("the kernel lacks the io_uring opcode {name}"));
+        }
+    }
+    Ok(())
+}
+
+/// A buffer and the message header that describes it to the kernel.
+struct Slot {
+    buf: Box<[u8]>,
+    iov: libc::iovec,
+    addr: libc::sockaddr_storage,
+    msg: libc::msghdr,
+    /// The `user_data` of the operation in flight on this slot, 0 when none.
+    inflight: u64,
+}
+
+fn slots(count: usize, len: usize) -> Box<[Slot]> {
+    let mut all: Box<[Slot]> = (0..count)
+        .map(|_| Slot {
+            buf: vec![0u8; len].into_boxed_slice(),
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            // SAFETY: sockaddr_storage and msghdr are plain C structs; all-zero is valid.
+            addr: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            msg: unsafe { std::mem::zeroed() },
+            inflight: 0,
+        })
+        .collect();
+    // The boxed slice never moves or grows from here on, so these self-pointers stay valid.
+    for s in all.iter_mut() {
+        s.msg.msg_iov = &raw mut s.iov;
+        s.msg.msg_iovlen = 1;
+        s.msg.msg_name = (&raw mut s.addr).cast();
+    }
+    all
+}
+
+/// The loop state. Field order matters: the ring is dropped before the buffers.
+struct Loop {
+    ring: IoUring,
+    tx: Box<[Slot]>,
+    rx: Box<[Slot]>,
+    timespec: Box<types::Timespec>,
+    completions: Vec<(u64, i32)>,
+    inflight: usize,
+    timer_armed: bool,
+    stopping: bool,
+    tun_fd: RawFd,
+    rx_payload: usize,
+    seg_scratch: Vec<u8>,
+    w: Worker,
+    tun_read_log: RateLimitedLog,
+    tun_write_log: RateLimitedLog,
+    send_log: RateLimitedLog,
+    recv_log: RateLimitedLog,
+}
+
+/// Runs the worker until its stop flag is set.
+///
+/// # Errors
+///
+/// When the ring cannot be created or `io_uring_enter` fails for a reason other than `EINTR`.
+pub fn run(w: Worker) -> io::Result<()> {
+    let entries = u32::try_from(4 * SLOTS).unwrap_or(256);
+    let ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .build(entries)
+        .or_else(|_| {
+            // COOP_TASKRUN needs 5.19; a plain ring is enough.
+            IoUring::new(entries)
+        })?;
+    let max = w.fwd.max_inner_len;
+    let rx_payload = match w.fwd.encap {
+        Encap::Flannel => max,
+        Encap::Vxlan(_) => MAX_UDP_PAYLOAD,
+    };
+    let mut l = Loop {
+        ring,
+        tx: slots(SLOTS, HEADROOM + max.max(1500)),
+        rx: slots(SLOTS, rx_payload),
+        timespec: Box::new(types::Timespec::new().sec(0).nsec(200_000_000)),
+        completions: Vec::with_capacity(8 * SLOTS),
+        inflight: 0,
+        timer_armed: false,
+        stopping: false,
+        tun_fd: w.tun.as_raw_fd(),
+        rx_payload,
+        seg_scratch: vec![0u8; max],
+        tun_read_log: RateLimitedLog::new("TUN read failed"),
+        tun_write_log: RateLimitedLog::new("TUN write failed"),
+        send_log: RateLimitedLog::new("UDP send failed"),
+        recv_log: RateLimitedLog::new("UDP receive failed"),
+        w,
+    };
+    tracing::debug!(worker = l.w.id, "io_uring worker started");
+    let result = l.run();
+    let drained = l.drain();
+    if !drained {
+        tracing::error!("io_uring operations still in flight at exit; leaking their buffers");
+        let rx = std::mem::take(&mut l.rx);
+        let tx = std::mem::take(&mut l.tx);
+        std::mem::forget(l.ring);
+        std::mem::forget(rx);
+        std::mem::forget(tx);
+        std::mem::forget(l.timespec);
+    }
+    tracing::debug!("io_uring worker stopped");
+    result
+}
+
+impl Loop {
+    fn run(&mut self) -> io::Result<()> {
+        for i in 0..SLOTS {
+            self.arm_read(i)?;
+            self.arm_recv(i)?;
+        }
+        while !self.w.stop.load(Ordering::Relaxed) {
+            if !self.timer_armed {
+                // Wakes the loop to look at the stop flag when no traffic does.
+                let timer = opcode::Timeout::new(&raw const *self.timespec)
+                    .build()
+                    .user_data(TIMER);
+                self.push(timer)?;
+                self.timer_armed = true;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => return Err(e),
+            }
+            self.reap();
+            self.handle_completions()?;
+        }
+        Ok(())
+    }
+
+    /// Moves all completions out of the ring, so handlers may push new entries.
+    fn reap(&mut self) {
+        self.completions.clear();
+        for cqe in self.ring.completion() {
+            self.completions.push((cqe.user_data(), cqe.result()));
+        }
+        self.inflight = self.inflight.saturating_sub(self.completions.len());
+    }
+
+    fn handle_completions(&mut self) -> io::Result<()> {
+        let snap = self.w.table.load();
+        let completions = std::mem::take(&mut self.completions);
+        for &(user_data, result) in &completions {
+            let index = (user_data & !KIND_MASK) as usize;
+            match user_data & KIND_MASK {
+                TX_READ => self.on_read(&snap, index, result)?,
+                TX_SEND => self.on_send(index, result)?,
+                RX_RECV => self.on_recv(&snap, index, result)?,
+                RX_WRITE => self.on_write(index, result)?,
+                TIMER => self.timer_armed = false,
+                _ => {}
+            }
+        }
+        self.completions = completions;
+        Ok(())
+    }
+
+    fn counters(&self) -> &Counters {
+        self.w.metrics.worker(self.w.id)
+    }
+
+    fn on_read(&mut self, snap: &crate::table::Snapshot, i: usize, result: i32) -> io::Result<()> {
+        self.tx[i].inflight = 0;
+        let Ok(len) = usize::try_from(result) else {
+            if !matches!(-result, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                let err = io::Error::from_raw_os_error(-result);
+                self.tun_read_log.error(&err);
+            }
+            if matches!(-result, libc::EBADF | libc::EBADFD) {
+                return Ok(());
+            }
+            return self.arm_read(i);
+        };
+        let counters = self.w.metrics.worker(self.w.id);
+        Counters::add(&counters.tun_rx_packets, 1);
+        Counters::add(&counters.tun_rx_bytes, len as u64);
+        let verdict = forward::outbound(snap, &self.w.fwd, &mut self.tx[i].buf, HEADROOM, len);
+        match verdict {
+            Verdict::Send {
+                dst,
+                start,
+                len,
+                flow,
+                ..
+            } => {
+                let fd = match self.w.tx_pool.len() {
+                    0 => self.w.udp.as_raw_fd(),
+                    n => self.w.tx_pool[pick(flow, n)].as_raw_fd(),
+                };
+                let slot = &mut self.tx[i];
+                slot.iov.iov_base = slot.buf[start..].as_mut_ptr().cast();
+                slot.iov.iov_len = len;
+                slot.msg.msg_namelen = to_storage(dst, &mut slot.addr);
+                slot.msg.msg_control = std::ptr::null_mut();
+                slot.msg.msg_controllen = 0;
+                slot.msg.msg_flags = 0;
+                let ud = TX_SEND | i as u64;
+                let entry = opcode::SendMsg::new(types::Fd(fd), &raw const slot.msg)
+                    .build()
+                    .user_data(ud);
+                slot.inflight = ud;
+                self.push(entry)
+            }
+            Verdict::Drop(reason) => {
+                counters.drop_packet(reason);
+                self.arm_read(i)
+            }
+            Verdict::Deliver { .. } => {
+                counters.drop_packet(DropReason::LocalDestination);
+                self.arm_read(i)
+            }
+        }
+    }
+
+    fn on_send(&mut self, i: usize, result: i32) -> io::Result<()> {
+        self.tx[i].inflight = 0;
+        let counters = self.counters();
+        match u64::try_from(result) {
+            Ok(bytes) => {
+                Counters::add(&counters.tx_packets, 1);
+                Counters::add(&counters.tx_bytes, bytes);
+            }
+            Err(_) => {
+                counters.drop_packet(DropReason::TxError);
+                if -result != libc::ECANCELED {
+                    self.send_log.error(&io::Error::from_raw_os_error(-result));
+                }
+            }
+        }
+        self.arm_read(i)
+    }
+
+    fn on_recv(&mut self, snap: &crate::table::Snapshot, j: usize, result: i32) -> io::Result<()> {
+        self.rx[j].inflight = 0;
+        let Ok(len) = usize::try_from(result) else {
+            if !matches!(-result, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                self.recv_log.error(&io::Error::from_raw_os_error(-result));
+            }
+            return self.arm_recv(j);
+        };
+        let counters = self.w.metrics.worker(self.w.id);
+        Counters::add(&counters.rx_packets, 1);
+        Counters::add(&counters.rx_bytes, len as u64);
+        // MSG_TRUNC makes the result the datagram's real length.
+        if len > self.rx_payload || len > self.rx[j].buf.len() {
+            counters.drop_packet(DropReason::Oversize);
+            return self.arm_recv(j);
+        }
+        let Some(from) = from_storage(&self.rx[j].addr) else {
+            counters.drop_packet(DropReason::UnknownSender);
+            return self.arm_recv(j);
+        };
+        let datagram = &mut self.rx[j].buf[..len];
+        match forward::inbound(snap, &self.w.fwd, from, datagram) {
+            Verdict::Deliver { start, len } if len <= self.w.fwd.max_inner_len => {
+                let inner = &mut datagram[start..start + len];
+                if complete_partial_checksum(inner) {
+                    Counters::add(&counters.tun_tx_csum_completed, 1);
+                }
+                let ud = RX_WRITE | j as u64;
+                let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+                let entry = opcode::Write::new(types::Fd(self.tun_fd), inner.as_ptr(), len32)
+                    .build()
+                    .user_data(ud);
+                self.rx[j].inflight = ud;
+                self.push(entry)
+            }
+            Verdict::Deliver { start, len } => {
+                // A super-packet from a kernel peer on this host: cut it and write the pieces
+                // right away; this path is rare and needs several writes anyway.
+                let inner = &datagram[start..start + len];
+                let tun = &self.w.tun;
+                let log = &mut self.tun_write_log;
+                let max = self.w.fwd.max_inner_len;
+                let written = tcp::segment(inner, max, &mut self.seg_scratch, |seg| {
+                    match tun.write(seg) {
+                        Ok(_) => {
+                            Counters::add(&counters.tun_tx_packets, 1);
+                            Counters::add(&counters.tun_tx_bytes, seg.len() as u64);
+                        }
+                        Err(e) => {
+                            log.error(&e);
+                            counters.drop_packet(DropReason::TunWriteError);
+                        }
+                    }
+                });
+                match written {
+                    Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
+                    Err(_) => counters.drop_packet(DropReason::RxTooBig),
+                }
+                self.arm_recv(j)
+            }
+            Verdict::Drop(reason) => {
+                counters.drop_packet(reason);
+                self.arm_recv(j)
+            }
+            Verdict::Send { .. } => {
+                counters.drop_packet(DropReason::NotLocal);
+                self.arm_recv(j)
+            }
+        }
+    }
+
+    fn on_write(&mut self, j: usize, result: i32) -> io::Result<()> {
+        self.rx[j].inflight = 0;
+        let counters = self.counters();
+        match u64::try_from(result) {
+            Ok(bytes) => {
+                Counters::add(&counters.tun_tx_packets, 1);
+                Counters::add(&counters.tun_tx_bytes, bytes);
+            }
+            Err(_) => {
+                counters.drop_packet(DropReason::TunWriteError);
+                if -result != libc::ECANCELED {
+                    self.tun_write_log
+                        .error(&io::Error::from_raw_os_error(-result));
+                }
+            }
+        }
+        self.arm_recv(j)
+    }
+
+    fn arm_read(&mut self, i: usize) -> io::Result<()> {
+        if self.stopping {
+            return Ok(());
+        }
+        let slot = &mut self.tx[i];
+        let room = &mut slot.buf[HEADROOM..];
+        let len = u32::try_from(room.len()).unwrap_or(u32::MAX);
+        let ud = TX_READ | i as u64;
+        let entry = opcode::Read::new(types::Fd(self.tun_fd), room.as_mut_ptr(), len)
+            .build()
+            .user_data(ud);
+        slot.inflight = ud;
+        self.push(entry)
+    }
+
+    fn arm_recv(&mut self, j: usize) -> io::Result<()> {
+        if self.stopping {
+            return Ok(());
+        }
+        let fd = self.w.udp.as_raw_fd();
+        let slot = &mut self.rx[j];
+        slot.iov.iov_base = slot.buf.as_mut_ptr().cast();
+        slot.iov.iov_len = slot.buf.len();
+        slot.msg.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+        slot.msg.msg_control = std::ptr::null_mut();
+        slot.msg.msg_controllen = 0;
+        slot.msg.msg_flags = 0;
+        let ud = RX_RECV | j as u64;
+        let flags = u32::try_from(libc::MSG_TRUNC).unwrap_or(0);
+        let entry = opcode::RecvMsg::new(types::Fd(fd), &raw mut slot.msg)
+            .flags(flags)
+            .build()
+            .user_data(ud);
+        slot.inflight = ud;
+        self.push(entry)
+    }
+
+    /// Queues one entry, submitting first when the submission queue is full.
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every pointer in `entry` refers to a buffer, iovec, msghdr, address or
+            // timespec owned by `self` in a boxed allocation that does not move, and that is
+            // not touched again until this entry's completion is reaped (the slot cycle in the
+            // module docs); `drain` waits for all completions before anything is freed.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                self.inflight += 1;
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    /// Cancels every operation in flight and waits for all completions. Returns false when
+    /// some did not arrive within about two seconds.
+    fn drain(&mut self) -> bool {
+        self.stopping = true;
+        let pending: Vec<u64> = self
+            .tx
+            .iter()
+            .chain(self.rx.iter())
+            .map(|s| s.inflight)
+            .filter(|&ud| ud != 0)
+            .collect();
+        for ud in pending {
+            let cancel = opcode::AsyncCancel::new(ud).build().user_data(CANCEL);
+            if self.push(cancel).is_err() {
+                return false;
+            }
+        }
+        let mut rounds = 0;
+        while self.inflight > 0 && rounds < 20 {
+            rounds += 1;
+            if !self.timer_armed {
+                let timer = opcode::Timeout::new(&raw const *self.timespec)
+                    .build()
+                    .user_data(TIMER);
+                if self.push(timer).is_err() {
+                    return false;
+                }
+                self.timer_armed = true;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(_) => return false,
+            }
+            self.reap();
+            for &(ud, _) in &self.completions {
+                match ud & KIND_MASK {
+                    TIMER => self.timer_armed = false,
+                    TX_READ | TX_SEND => self.tx[(ud & !KIND_MASK) as usize].inflight = 0,
+                    RX_RECV | RX_WRITE => self.rx[(ud & !KIND_MASK) as usize].inflight = 0,
+                    _ => {}
+                }
+            }
+        }
+        self.inflight == 0
+    }
+}
+
+/// Maps a flow hash onto one of `n` sockets (see `epoll::pick_socket`).
+fn pick(flow: u32, n: usize) -> usize {
+    let n64 = u64::try_from(n).unwrap_or(1);
+    usize::try_from((u64::from(flow) * n64) >> 32)
+        .unwrap_or(0)
+        .min(n - 1)
+}
