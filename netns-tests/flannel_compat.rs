@@ -10,15 +10,19 @@ use std::time::Duration;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use fustian::lab::{host_addr, pod_addr};
 
-use crate::common::{EXE, skip, topology};
+use crate::common::{EXE, for_each_loop, skip, topology};
 
 #[test]
 fn speaks_flannel_udp_both_ways() {
     if skip("speaks_flannel_udp_both_ways") {
         return;
     }
+    for_each_loop("speaks_flannel_udp_both_ways", check);
+}
+
+fn check(extra: &[&str]) {
     let mut topo = topology();
-    let args = topo.node_args(0, &[]);
+    let args = topo.node_args(0, extra);
     topo.start_node(0, EXE, &args)
         .unwrap_or_else(|e| panic!("{e}"));
 

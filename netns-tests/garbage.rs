@@ -10,7 +10,7 @@ use std::time::Duration;
 use etherparse::PacketBuilder;
 use fustian::lab::host_addr;
 
-use crate::common::{EXE, skip, topology, wait_for};
+use crate::common::{EXE, for_each_loop, skip, topology, wait_for};
 
 fn udp_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let builder = PacketBuilder::ipv4(src, dst, 64).udp(9000, 9001);
@@ -67,8 +67,12 @@ fn garbage_is_counted_and_dropped() {
     if skip("garbage_is_counted_and_dropped") {
         return;
     }
+    for_each_loop("garbage_is_counted_and_dropped", check);
+}
+
+fn check(extra: &[&str]) {
     let mut topo = topology();
-    let args = topo.node_args(0, &[]);
+    let args = topo.node_args(0, extra);
     topo.start_node(0, EXE, &args)
         .unwrap_or_else(|e| panic!("{e}"));
     topo.hosts[1]

@@ -8,6 +8,7 @@
 //! Without root, iproute2 or `/dev/net/tun` every test fails with a message naming what is
 //! missing. Set `FUSTIAN_SKIP_NETNS=1` to skip them instead (each prints that it skipped).
 
+mod churn;
 mod cli;
 mod common;
 mod flannel_compat;

@@ -3,17 +3,24 @@
 
 use std::time::Duration;
 
-use crate::common::{BULK, exchange_both_ways, skip, start_both, topology, wait_for};
+use crate::common::{
+    BULK, exchange_both_ways, for_each_loop, skip, start_both, topology, wait_for,
+};
 
 #[test]
 fn echo_and_bulk_transfer_both_ways() {
     if skip("echo_and_bulk_transfer_both_ways") {
         return;
     }
-    let mut topo = topology();
-    start_both(&mut topo, &[]);
-    exchange_both_ways(&topo);
+    for_each_loop("echo_and_bulk_transfer_both_ways", |extra| {
+        let mut topo = topology();
+        start_both(&mut topo, extra);
+        exchange_both_ways(&topo);
+        check_counters_and_exit(&mut topo);
+    });
+}
 
+fn check_counters_and_exit(topo: &mut fustian::lab::Topology) {
     // The traffic went through fustian: each node sent and received > 100 MiB of datagrams.
     // The stats file is rewritten every 250 ms; wait for the last write.
     for i in 0..2 {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use etherparse::PacketBuilder;
 use fustian::lab::{LabBackend, Topology, VTEP_MACS, host_addr};
 
-use crate::common::{BULK, EXE, exchange_both_ways, skip, topology, wait_for};
+use crate::common::{BULK, EXE, exchange_both_ways, for_each_loop, skip, topology, wait_for};
 
-fn start_vxlan(topo: &mut Topology, nodes: &[usize]) {
+fn start_vxlan(topo: &mut Topology, nodes: &[usize], extra: &[&str]) {
     for &i in nodes {
-        let args = topo.node_args_for(i, LabBackend::Vxlan, &[]);
+        let args = topo.node_args_for(i, LabBackend::Vxlan, extra);
         topo.start_node(i, EXE, &args)
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -49,15 +49,17 @@ fn fustian_vxlan_pair() {
     if skip("fustian_vxlan_pair") {
         return;
     }
-    let mut topo = topology();
-    start_vxlan(&mut topo, &[0, 1]);
-    exchange_both_ways(&topo);
-    for i in 0..2 {
-        let done = wait_for(Duration::from_secs(3), || {
-            topo.counter(i, "rx_bytes") > BULK
-        });
-        assert!(done, "node {i}: {:?}", topo.stats(i));
-    }
+    for_each_loop("fustian_vxlan_pair", |extra| {
+        let mut topo = topology();
+        start_vxlan(&mut topo, &[0, 1], extra);
+        exchange_both_ways(&topo);
+        for i in 0..2 {
+            let done = wait_for(Duration::from_secs(3), || {
+                topo.counter(i, "rx_bytes") > BULK
+            });
+            assert!(done, "node {i}: {:?}", topo.stats(i));
+        }
+    });
 }
 
 #[test]
@@ -65,10 +67,14 @@ fn interoperates_with_kernel_vxlan_as_flannel_programs_it() {
     if skip("interoperates_with_kernel_vxlan_as_flannel_programs_it") {
         return;
     }
+    for_each_loop("interoperates_with_kernel_vxlan", interop);
+}
+
+fn interop(extra: &[&str]) {
     let mut topo = topology();
-    topo.program_kernel_vxlan(1)
-        .unwrap_or_else(|e| panic!("kernel vxlan: {e}"));
-    start_vxlan(&mut topo, &[0]);
+    let programmed = topo.program_kernel_vxlan(1);
+    programmed.unwrap_or_else(|e| panic!("kernel vxlan: {e}"));
+    start_vxlan(&mut topo, &[0], extra);
     exchange_both_ways(&topo);
     let done = wait_for(Duration::from_secs(3), || {
         topo.counter(0, "rx_bytes") > BULK && topo.counter(0, "tx_bytes") > BULK
@@ -90,8 +96,12 @@ fn outer_source_port_follows_the_flow() {
     if skip("outer_source_port_follows_the_flow") {
         return;
     }
+    for_each_loop("outer_source_port_follows_the_flow", source_ports);
+}
+
+fn source_ports(extra: &[&str]) {
     let mut topo = topology();
-    start_vxlan(&mut topo, &[0]);
+    start_vxlan(&mut topo, &[0], extra);
     // Node B is a socket on the VXLAN port that records what arrives.
     let vtep = topo.hosts[1]
         .run(|| UdpSocket::bind("192.0.2.2:8472"))
@@ -156,8 +166,12 @@ fn bad_frames_are_counted_while_good_traffic_flows() {
     if skip("bad_frames_are_counted_while_good_traffic_flows") {
         return;
     }
+    for_each_loop("bad_frames_are_counted", bad_frames);
+}
+
+fn bad_frames(extra: &[&str]) {
     let mut topo = topology();
-    start_vxlan(&mut topo, &[0]);
+    start_vxlan(&mut topo, &[0], extra);
     let peer = topo.hosts[1]
         .run(|| UdpSocket::bind("192.0.2.2:40000"))
         .expect("enter b")

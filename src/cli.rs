@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Write counters in Prometheus text format to this file every 250 ms and on exit.
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+    /// Testing: publish this many synthetic table updates per second, adding and removing
+    /// peers in unused subnets of the network, while forwarding goes on.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 0)]
+    pub table_churn: u32,
 }
 
 impl RunArgs {
@@ -124,6 +128,12 @@ pub struct LabArgs {
     /// Round trips in the ping-pong latency test.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub pings: u32,
+    /// Event loop of the nodes: auto, uring or epoll.
+    #[arg(long, default_value = "auto", value_name = "LOOP")]
+    pub io: String,
+    /// Worker threads per node [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<u32>,
     /// Encapsulation of the two nodes: `udp` or `vxlan`.
     #[arg(long, default_value = "udp", value_name = "NAME")]
     pub backend: String,

@@ -37,7 +37,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (*p, r)))?;
             let opts = fustian::node::RunOptions {
-                stats_file: args.stats_file,
+                stats_file: args.stats_file.clone(),
+                table_churn: args.table_churn,
             };
             fustian::node::run(&config, &opts, &stop)?;
         }

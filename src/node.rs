@@ -27,8 +27,11 @@ use crate::wire::MacAddress;
 /// Options of a running node that are not part of the overlay configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Write the counters here (Prometheus text format) every second and on exit.
+    /// Write the counters here (Prometheus text format) every 250 ms and on exit.
     pub stats_file: Option<PathBuf>,
+    /// Publish this many synthetic table updates per second (adding and removing peers that
+    /// carry no traffic), to show that updates do not disturb forwarding. 0: off.
+    pub table_churn: u32,
 }
 
 /// Sets up the node described by `config` and forwards until `stop` is set.
@@ -168,15 +171,36 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
     }
 
     let write_stats = || {
-        if let Some(path) = &opts.stats_file
-            && let Err(e) = write_atomically(path, metrics.render_prometheus().as_bytes())
-        {
-            tracing::warn!("cannot write stats file {}: {e}", path.display());
+        if let Some(path) = &opts.stats_file {
+            let snap = table.load();
+            let text = format!(
+                "{}# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
+                 # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n",
+                metrics.render_prometheus(),
+                snap.generation(),
+                snap.peers().len()
+            );
+            if let Err(e) = write_atomically(path, text.as_bytes()) {
+                tracing::warn!("cannot write stats file {}: {e}", path.display());
+            }
         }
     };
+    let churn = Churn::new(config, opts.table_churn);
+    let tick = churn
+        .as_ref()
+        .map_or(Duration::from_millis(250), |c| c.period);
+    let mut last_stats = std::time::Instant::now() - Duration::from_secs(1);
+    let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) && !handles.iter().any(|h| h.is_finished()) {
-        write_stats();
-        std::thread::sleep(Duration::from_millis(250));
+        if last_stats.elapsed() >= Duration::from_millis(250) {
+            write_stats();
+            last_stats = std::time::Instant::now();
+        }
+        if let Some(churn) = &churn {
+            round += 1;
+            table.publish(churn.snapshot(config, round));
+        }
+        std::thread::sleep(tick);
     }
     stop.store(true, Ordering::Relaxed);
     let mut result = Ok(());
@@ -209,4 +233,68 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Synthetic table updates: the real peers plus a varying set of peers in subnets of the
+/// network that nobody uses, published at a fixed rate.
+struct Churn {
+    period: Duration,
+    spare: Vec<crate::table::Peer>,
+}
+
+impl Churn {
+    fn new(config: &NodeConfig, rate: u32) -> Option<Self> {
+        if rate == 0 {
+            return None;
+        }
+        let ipnet::IpNet::V4(net) = config.network else {
+            return None;
+        };
+        let taken = |n: &ipnet::IpNet| {
+            config.subnet.contains(n)
+                || n.contains(&config.subnet)
+                || config
+                    .peers
+                    .iter()
+                    .any(|p| p.subnet.contains(n) || n.contains(&p.subnet))
+        };
+        // The highest /24s (or the network's own length, if longer) of the network.
+        let len = net.prefix_len().max(24);
+        let spare: Vec<_> = net
+            .subnets(len)
+            .ok()?
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(ipnet::IpNet::V4)
+            .filter(|n| !taken(n))
+            .take(32)
+            .zip(0u8..)
+            .map(|(subnet, i)| crate::table::Peer {
+                subnet,
+                endpoint: SocketAddr::new(
+                    std::net::Ipv4Addr::new(192, 0, 2, 200u8.wrapping_add(i)).into(),
+                    config.port,
+                ),
+                vtep_mac: Some(MacAddress([0x02, 0xff, 0, 0, 0, i])),
+            })
+            .collect();
+        tracing::warn!(
+            rate,
+            spare = spare.len(),
+            "publishing synthetic table updates"
+        );
+        Some(Self {
+            period: Duration::from_secs_f64(1.0 / f64::from(rate)),
+            spare,
+        })
+    }
+
+    fn snapshot(&self, config: &NodeConfig, round: u64) -> Snapshot {
+        let mut peers = config.peers.clone();
+        let extra = usize::try_from(round % (self.spare.len() as u64 + 1)).unwrap_or(0);
+        peers.extend(self.spare.iter().take(extra).copied());
+        // The real peers are valid (checked at start) and the spares overlap none of them.
+        Snapshot::new(vec![config.subnet], peers).unwrap_or_default()
+    }
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use self::netns::{Netns, Process, check_prerequisites, veth};
-use self::traffic::{Amount, BulkResult, Latency, tcp_bulk, udp_ping_pong};
+use self::traffic::{Amount, BulkResult, Flood, Latency, tcp_bulk, udp_flood, udp_ping_pong};
 use crate::cli::LabArgs;
 use crate::error::Error;
 
@@ -363,6 +363,8 @@ pub struct Row {
     pub bulk: BulkResult,
     /// Ping-pong result (measured once per scenario, on the first row).
     pub latency: Option<Latency>,
+    /// 64-byte UDP flood result (measured once per scenario, on the first row).
+    pub flood: Option<Flood>,
 }
 
 /// The lab's result.
@@ -398,9 +400,16 @@ impl fmt::Display for Report {
                 ),
                 None => ("-".into(), "-".into(), "-".into()),
             };
+            let (pps, loss) = match &r.flood {
+                Some(f) => (
+                    format!("{:.0}", f.pps()),
+                    format!("{:.1}%", f.loss() * 100.0),
+                ),
+                None => ("-".into(), "-".into()),
+            };
             writeln!(
                 f,
-                "{:<16} {:<6} {:>7.2} Gb/s {:>9} {:>7} MB {:>10} {:>10} {:>8}",
+                "{:<16} {:<6} {:>7.2} Gb/s {:>9} {:>7} MB {:>10} {:>10} {:>8} {:>10} {:>7}",
                 r.scenario,
                 r.direction,
                 r.bulk.gbps(),
@@ -408,7 +417,9 @@ impl fmt::Display for Report {
                 r.bulk.received / 1_000_000,
                 p50,
                 p99,
-                lost
+                lost,
+                pps,
+                loss
             )?;
         }
         for (i, counters) in self.counters.iter().enumerate() {
@@ -437,7 +448,12 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let mut topo = Topology::build(&prefix)?;
     eprintln!("lab: namespaces {prefix}a {prefix}b {prefix}pa {prefix}pb; starting two nodes");
     for i in 0..2 {
-        let node_args = topo.node_args_for(i, backend, &[]);
+        let threads = args.threads.map(|n| n.to_string());
+        let mut extra = vec!["--io", args.io.as_str()];
+        if let Some(n) = &threads {
+            extra.extend(["--threads", n.as_str()]);
+        }
+        let node_args = topo.node_args_for(i, backend, &extra);
         topo.start_node(i, &exe, &node_args)?;
     }
     let amount = Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0)));
@@ -506,17 +522,25 @@ fn measure(
                 bulk.sent, bulk.received
             )));
         }
-        let latency = if from == 0 {
+        let (latency, flood) = if from == 0 {
             eprintln!("lab: {name} {dir}: {pings} UDP round trips");
-            Some(udp_ping_pong(&ns[from], &ns[to], addr(to, 7), pings, stop)?)
+            let latency = udp_ping_pong(&ns[from], &ns[to], addr(to, 7), pings, stop)?;
+            eprintln!("lab: {name} {dir}: 64-byte UDP flood");
+            let secs = match amount {
+                Amount::Duration(d) => d,
+                Amount::Bytes(_) => Duration::from_secs(1),
+            };
+            let flood = udp_flood(&ns[from], &ns[to], addr(to, 9), 64, secs, stop)?;
+            (Some(latency), Some(flood))
         } else {
-            None
+            (None, None)
         };
         rows.push(Row {
             scenario: name.to_owned(),
             direction: dir,
             bulk,
             latency,
+            flood,
         });
     }
     Ok(())

@@ -308,3 +308,119 @@ pub fn udp_ping_pong(
         p99: pct(99),
     })
 }
+
+/// The outcome of a small-packet flood.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flood {
+    /// Datagrams the sender handed to the kernel.
+    pub sent: u64,
+    /// Datagrams that arrived.
+    pub received: u64,
+    /// How long the sender sent.
+    pub elapsed: Duration,
+}
+
+impl Flood {
+    /// Returns the delivered rate in packets per second.
+    pub fn pps(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.received as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Returns the share of sent datagrams that did not arrive.
+    pub fn loss(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            1.0 - self.received as f64 / self.sent as f64
+        }
+    }
+}
+
+/// Sends `size`-byte UDP datagrams from `from` to `to_addr` in `to` as fast as one thread can
+/// for `duration`, and counts what arrives.
+///
+/// # Errors
+///
+/// [`Error::Lab`] when a socket fails or `stop` is set.
+pub fn udp_flood(
+    from: &Netns,
+    to: &Netns,
+    to_addr: SocketAddr,
+    size: usize,
+    duration: Duration,
+    stop: &Arc<AtomicBool>,
+) -> Result<Flood, Error> {
+    let done = Arc::new(AtomicBool::new(false));
+    let done_rx = Arc::clone(&done);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let receiver = to.spawn(move || -> Result<u64, Error> {
+        let sock = UdpSocket::bind(to_addr).map_err(io_err("flood bind"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(io_err("flood"))?;
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 2048];
+        let mut received = 0u64;
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(_) => {
+                    received += 1;
+                    quiet_since = None;
+                }
+                Err(_) if done_rx.load(Ordering::Relaxed) => {
+                    // The sender is done: stop after 300 ms without a datagram.
+                    let since = *quiet_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_millis(300) {
+                        return Ok(received);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| Error::Lab("the flood receiver did not start".into()))?;
+    let stop_c = Arc::clone(stop);
+    let sender = from.spawn(move || -> Result<(u64, Duration), Error> {
+        let bind: SocketAddr = if to_addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let sock = UdpSocket::bind(bind).map_err(io_err("flood bind"))?;
+        sock.connect(to_addr).map_err(io_err("flood connect"))?;
+        let payload = vec![0x5au8; size];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < duration {
+            if stop_c.load(Ordering::Relaxed) {
+                return Err(Error::Lab("interrupted".into()));
+            }
+            for _ in 0..64 {
+                if sock.send(&payload).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        Ok((sent, start.elapsed()))
+    })?;
+    let sent = sender
+        .join()
+        .map_err(|_| Error::Lab("the flood sender panicked".into()));
+    done.store(true, Ordering::Relaxed);
+    let received = receiver
+        .join()
+        .map_err(|_| Error::Lab("the flood receiver panicked".into()))?;
+    let (sent, elapsed) = sent??;
+    Ok(Flood {
+        sent,
+        received: received?,
+        elapsed,
+    })
+}
