@@ -91,20 +91,22 @@ pub(crate) fn exchange_both_ways(topo: &Topology) {
     }
 }
 
-/// Every event loop with one and with two workers: `--io uring` (io_uring), `--io epoll`
-/// (the old-kernel path), and `--threads 1` (one TUN queue) against `--threads 2`
-/// (multi-queue TUN, `SO_REUSEPORT` sockets).
-pub(crate) const LOOPS: [[&str; 4]; 4] = [
-    ["--io", "uring", "--threads", "1"],
-    ["--io", "uring", "--threads", "2"],
-    ["--io", "epoll", "--threads", "1"],
-    ["--io", "epoll", "--threads", "2"],
+/// Every event loop with one and with two workers: `--io uring` (io_uring, multishot
+/// receive with a provided-buffer ring), the same with `--no-multishot` (single-shot receives,
+/// what kernels before 6.0 get), `--io epoll` (the old-kernel path), and `--threads 1` (one
+/// TUN queue) against `--threads 2` (multi-queue TUN, `SO_REUSEPORT` sockets).
+pub(crate) const LOOPS: [&[&str]; 5] = [
+    &["--io", "uring", "--threads", "1"],
+    &["--io", "uring", "--threads", "2"],
+    &["--io", "uring", "--threads", "2", "--no-multishot"],
+    &["--io", "epoll", "--threads", "1"],
+    &["--io", "epoll", "--threads", "2"],
 ];
 
 /// Runs `body` once per entry of [`LOOPS`], saying which one runs.
 pub(crate) fn for_each_loop(test: &str, mut body: impl FnMut(&[&str])) {
     for extra in LOOPS {
         eprintln!("== {test} with {}", extra.join(" "));
-        body(&extra);
+        body(extra);
     }
 }

@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// peers in unused subnets of the network, while forwarding goes on.
     #[arg(long, value_name = "PER_SEC", default_value_t = 0)]
     pub table_churn: u32,
+    /// io_uring: keep single-shot receives in flight instead of one multishot receive with a
+    /// provided-buffer ring (what kernels before 6.0 get).
+    #[arg(long)]
+    pub no_multishot: bool,
 }
 
 impl RunArgs {

@@ -39,6 +39,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = fustian::node::RunOptions {
                 stats_file: args.stats_file.clone(),
                 table_churn: args.table_churn,
+                multishot: !args.no_multishot,
             };
             fustian::node::run(&config, &opts, &stop)?;
         }

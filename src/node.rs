@@ -32,6 +32,8 @@ pub struct RunOptions {
     /// Publish this many synthetic table updates per second (adding and removing peers that
     /// carry no traffic), to show that updates do not disturb forwarding. 0: off.
     pub table_churn: u32,
+    /// io_uring: use multishot receive with a provided-buffer ring where the kernel has it.
+    pub multishot: bool,
 }
 
 /// Sets up the node described by `config` and forwards until `stop` is set.
@@ -159,6 +161,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
                 max_inner_len: mtu as usize,
             },
             stop: Arc::clone(stop),
+            multishot: opts.multishot,
         };
         let handle = std::thread::Builder::new()
             .name(format!("fustian-w{id}"))

@@ -130,6 +130,8 @@ pub struct Worker {
     pub fwd: Forwarding,
     /// Set to stop the worker.
     pub stop: Arc<AtomicBool>,
+    /// io_uring: use a multishot receive with a provided-buffer ring where the kernel has it.
+    pub multishot: bool,
 }
 
 /// Runs `worker` on `backend` until its stop flag is set.

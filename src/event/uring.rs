@@ -24,15 +24,24 @@
 //! so it is dropped first. Should the drain not finish, the slots are leaked, never freed
 //! under the kernel.
 //!
-//! Not used yet: multishot receive with a provided buffer ring (6.0), multishot TUN reads
-//! (6.7, reliable from 6.12), registered buffers and files.
+//! Receive, where the kernel has it (buffer rings 5.19, multishot `RECVMSG` 6.0): one
+//! multishot receive fills buffers from a provided-buffer ring, so a burst of datagrams costs
+//! one submission instead of one per datagram. A buffer goes back to the ring once its packet
+//! is dropped or its TUN write completed. Without that support, or with `--no-multishot`, the
+//! loop keeps [`SLOTS`] single-shot receives in flight instead; a kernel that rejects the
+//! multishot receive at run time (`EINVAL`) switches the loop to that fallback by itself.
+//!
+//! Not used yet: multishot TUN reads (6.7, reliable from 6.12), registered buffers and files.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use io_uring::{IoUring, Probe, opcode, squeue, types};
+use std::alloc::Layout;
+use std::sync::atomic::AtomicU16;
+
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
 use super::{RateLimitedLog, Worker};
 use crate::forward::{self, Verdict};
@@ -55,6 +64,8 @@ const RX_RECV: u64 = 3 << 32;
 const RX_WRITE: u64 = 4 << 32;
 const TIMER: u64 = 5 << 32;
 const CANCEL: u64 = 6 << 32;
+const RX_MULTI: u64 = 7 << 32;
+const RX_MULTI_WRITE: u64 = 8 << 32;
 const KIND_MASK: u64 = 0xffff_ffff << 32;
 
 /// Checks that the kernel has what this loop needs: a ring, fast poll (Linux 5.7), and the
@@ -129,7 +140,11 @@ struct Loop {
     tx: Box<[Slot]>,
     rx: Box<[Slot]>,
     timespec: Box<types::Timespec>,
-    completions: Vec<(u64, i32)>,
+    completions: Vec<(u64, i32, u32)>,
+    /// Multishot receive state, when in use (declared after the ring, dropped after it).
+    multi: Option<Multi>,
+    /// A buffer ring given up at run time; kept until the ring is gone.
+    retired: Vec<Multi>,
     inflight: usize,
     timer_armed: bool,
     stopping: bool,
@@ -168,6 +183,8 @@ pub fn run(w: Worker) -> io::Result<()> {
         rx: slots(SLOTS, rx_payload),
         timespec: Box::new(types::Timespec::new().sec(0).nsec(200_000_000)),
         completions: Vec::with_capacity(8 * SLOTS),
+        multi: None,
+        retired: Vec::new(),
         inflight: 0,
         timer_armed: false,
         stopping: false,
@@ -188,6 +205,8 @@ pub fn run(w: Worker) -> io::Result<()> {
         let rx = std::mem::take(&mut l.rx);
         let tx = std::mem::take(&mut l.tx);
         std::mem::forget(l.ring);
+        std::mem::forget(l.multi.take());
+        std::mem::forget(std::mem::take(&mut l.retired));
         std::mem::forget(rx);
         std::mem::forget(tx);
         std::mem::forget(l.timespec);
@@ -198,10 +217,23 @@ pub fn run(w: Worker) -> io::Result<()> {
 
 impl Loop {
     fn run(&mut self) -> io::Result<()> {
+        if self.w.multishot {
+            self.multi = Multi::new(&self.ring, self.rx_payload);
+        }
         for i in 0..SLOTS {
             self.arm_read(i)?;
-            self.arm_recv(i)?;
+            if self.multi.is_none() {
+                self.arm_recv(i)?;
+            }
         }
+        if self.multi.is_some() {
+            self.arm_multi()?;
+        }
+        tracing::info!(
+            worker = self.w.id,
+            multishot = self.multi.is_some(),
+            "io_uring receive path"
+        );
         while !self.w.stop.load(Ordering::Relaxed) {
             if !self.timer_armed {
                 // Wakes the loop to look at the stop flag when no traffic does.
@@ -225,27 +257,42 @@ impl Loop {
     /// Moves all completions out of the ring, so handlers may push new entries.
     fn reap(&mut self) {
         self.completions.clear();
+        let mut finished = 0;
         for cqe in self.ring.completion() {
-            self.completions.push((cqe.user_data(), cqe.result()));
+            // A multishot operation stays in flight while its completions carry MORE.
+            if !cqueue::more(cqe.flags()) {
+                finished += 1;
+            }
+            self.completions
+                .push((cqe.user_data(), cqe.result(), cqe.flags()));
         }
-        self.inflight = self.inflight.saturating_sub(self.completions.len());
+        self.inflight = self.inflight.saturating_sub(finished);
     }
 
     fn handle_completions(&mut self) -> io::Result<()> {
         let snap = self.w.table.load();
         let completions = std::mem::take(&mut self.completions);
-        for &(user_data, result) in &completions {
+        for &(user_data, result, flags) in &completions {
             let index = (user_data & !KIND_MASK) as usize;
             match user_data & KIND_MASK {
                 TX_READ => self.on_read(&snap, index, result)?,
                 TX_SEND => self.on_send(index, result)?,
                 RX_RECV => self.on_recv(&snap, index, result)?,
                 RX_WRITE => self.on_write(index, result)?,
+                RX_MULTI => self.on_multi(&snap, result, flags)?,
+                RX_MULTI_WRITE => self.on_multi_write(index, result),
                 TIMER => self.timer_armed = false,
                 _ => {}
             }
         }
         self.completions = completions;
+        if let Some(m) = &mut self.multi {
+            m.ring.publish();
+            if m.rearm && !self.stopping {
+                m.rearm = false;
+                self.arm_multi()?;
+            }
+        }
         Ok(())
     }
 
@@ -451,6 +498,170 @@ impl Loop {
         self.push(entry)
     }
 
+    fn arm_multi(&mut self) -> io::Result<()> {
+        let fd = self.w.udp.as_raw_fd();
+        let Some(m) = &self.multi else { return Ok(()) };
+        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), &raw const *m.msg, BUF_GROUP)
+            .build()
+            .user_data(RX_MULTI);
+        self.push(entry)
+    }
+
+    fn on_multi(
+        &mut self,
+        snap: &crate::table::Snapshot,
+        result: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        // Moved out while in use so the ring can be pushed to; its buffers live on the heap
+        // and do not move with it.
+        let Some(mut m) = self.multi.take() else {
+            return Ok(());
+        };
+        if !cqueue::more(flags) {
+            m.rearm = true;
+        }
+        if result < 0 {
+            match -result {
+                libc::EINVAL if !m.worked && m.writes == 0 => {
+                    // The kernel has buffer rings but not multishot RECVMSG (before 6.0).
+                    tracing::info!("multishot receive refused; using single-shot receives");
+                    // The ring must outlive the io_uring instance that knows it.
+                    self.retired.push(m);
+                    for j in 0..SLOTS {
+                        self.arm_recv(j)?;
+                    }
+                    return Ok(());
+                }
+                // The ring ran dry; buffers come back as writes complete and it re-arms.
+                libc::ENOBUFS | libc::ECANCELED => {}
+                e => self.recv_log.error(&io::Error::from_raw_os_error(e)),
+            }
+            self.multi = Some(m);
+            return Ok(());
+        }
+        let r = self.on_multi_datagram(&mut m, snap, result, flags);
+        self.multi = Some(m);
+        r
+    }
+
+    fn on_multi_datagram(
+        &mut self,
+        m: &mut Multi,
+        snap: &crate::table::Snapshot,
+        result: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        m.worked = true;
+        let Some(bid) = cqueue::buffer_select(flags) else {
+            return Ok(());
+        };
+        let counters = self.w.metrics.worker(self.w.id);
+        let used = usize::try_from(result).unwrap_or(0);
+        let buf = m.ring.buf(bid);
+        let Ok(out) = types::RecvMsgOut::parse(&buf[..used.min(buf.len())], &m.msg) else {
+            m.ring.provide(bid);
+            return Ok(());
+        };
+        let len = out.payload_data().len();
+        let truncated = out.is_payload_truncated();
+        let mut addr: libc::sockaddr_storage =
+            // SAFETY: sockaddr_storage is a plain C struct; all-zero is valid.
+            unsafe { std::mem::zeroed() };
+        let name = out.name_data();
+        // SAFETY: `addr` is a sockaddr_storage (128 bytes) and at most that many bytes of
+        // `name` are copied into it; the regions do not overlap.
+        unsafe {
+            let n = name
+                .len()
+                .min(std::mem::size_of::<libc::sockaddr_storage>());
+            std::ptr::copy_nonoverlapping(name.as_ptr(), (&raw mut addr).cast::<u8>(), n);
+        }
+        Counters::add(&counters.rx_packets, 1);
+        Counters::add(&counters.rx_bytes, len as u64);
+        if truncated || len > self.rx_payload {
+            counters.drop_packet(DropReason::Oversize);
+            m.ring.provide(bid);
+            return Ok(());
+        }
+        let Some(from) = from_storage(&addr) else {
+            counters.drop_packet(DropReason::UnknownSender);
+            m.ring.provide(bid);
+            return Ok(());
+        };
+        let start_of_payload = MULTI_HEADER;
+        let datagram = &mut m.ring.buf(bid)[start_of_payload..start_of_payload + len];
+        match forward::inbound(snap, &self.w.fwd, from, datagram) {
+            Verdict::Deliver { start, len } if len <= self.w.fwd.max_inner_len => {
+                let inner = &mut datagram[start..start + len];
+                if complete_partial_checksum(inner) {
+                    Counters::add(&counters.tun_tx_csum_completed, 1);
+                }
+                let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+                let entry = opcode::Write::new(types::Fd(self.tun_fd), inner.as_ptr(), len32)
+                    .build()
+                    .user_data(RX_MULTI_WRITE | u64::from(bid));
+                m.writes += 1;
+                self.push(entry)
+            }
+            Verdict::Deliver { start, len } => {
+                let inner = &datagram[start..start + len];
+                let tun = &self.w.tun;
+                let log = &mut self.tun_write_log;
+                let max = self.w.fwd.max_inner_len;
+                let written = tcp::segment(inner, max, &mut self.seg_scratch, |seg| {
+                    match tun.write(seg) {
+                        Ok(_) => {
+                            Counters::add(&counters.tun_tx_packets, 1);
+                            Counters::add(&counters.tun_tx_bytes, seg.len() as u64);
+                        }
+                        Err(e) => {
+                            log.error(&e);
+                            counters.drop_packet(DropReason::TunWriteError);
+                        }
+                    }
+                });
+                match written {
+                    Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
+                    Err(_) => counters.drop_packet(DropReason::RxTooBig),
+                }
+                m.ring.provide(bid);
+                Ok(())
+            }
+            Verdict::Drop(reason) => {
+                counters.drop_packet(reason);
+                m.ring.provide(bid);
+                Ok(())
+            }
+            Verdict::Send { .. } => {
+                counters.drop_packet(DropReason::NotLocal);
+                m.ring.provide(bid);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_multi_write(&mut self, bid: usize, result: i32) {
+        let counters = self.w.metrics.worker(self.w.id);
+        match u64::try_from(result) {
+            Ok(bytes) => {
+                Counters::add(&counters.tun_tx_packets, 1);
+                Counters::add(&counters.tun_tx_bytes, bytes);
+            }
+            Err(_) => {
+                counters.drop_packet(DropReason::TunWriteError);
+                if -result != libc::ECANCELED {
+                    self.tun_write_log
+                        .error(&io::Error::from_raw_os_error(-result));
+                }
+            }
+        }
+        if let Some(m) = &mut self.multi {
+            m.writes = m.writes.saturating_sub(1);
+            m.ring.provide(u16::try_from(bid).unwrap_or(0));
+        }
+    }
+
     /// Queues one entry, submitting first when the submission queue is full.
     fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
         loop {
@@ -476,6 +687,7 @@ impl Loop {
             .iter()
             .chain(self.rx.iter())
             .map(|s| s.inflight)
+            .chain(self.multi.as_ref().map(|_| RX_MULTI))
             .filter(|&ud| ud != 0)
             .collect();
         for ud in pending {
@@ -502,7 +714,7 @@ impl Loop {
                 Err(_) => return false,
             }
             self.reap();
-            for &(ud, _) in &self.completions {
+            for &(ud, _, _) in &self.completions {
                 match ud & KIND_MASK {
                     TIMER => self.timer_armed = false,
                     TX_READ | TX_SEND => self.tx[(ud & !KIND_MASK) as usize].inflight = 0,
@@ -521,4 +733,133 @@ fn pick(flow: u32, n: usize) -> usize {
     usize::try_from((u64::from(flow) * n64) >> 32)
         .unwrap_or(0)
         .min(n - 1)
+}
+
+/// Buffer group of the multishot receive.
+const BUF_GROUP: u16 = 0;
+/// Bytes in front of the payload in a multishot receive buffer: `io_uring_recvmsg_out` (16)
+/// and the fixed-size name field (a `sockaddr_storage`, 128); no control data is asked for.
+const MULTI_HEADER: usize = 16 + std::mem::size_of::<libc::sockaddr_storage>();
+
+/// Multishot receive: the message template the kernel reads the name length from, and the
+/// provided-buffer ring.
+struct Multi {
+    msg: Box<libc::msghdr>,
+    ring: BufRing,
+    /// Set when the multishot operation ended and must be submitted again.
+    rearm: bool,
+    /// Set once a completion succeeded (an early `EINVAL` means no multishot support).
+    worked: bool,
+    /// TUN writes in flight from ring buffers.
+    writes: usize,
+}
+
+impl Multi {
+    /// Registers a buffer ring on `ring`; `None` when the kernel cannot (before 5.19).
+    fn new(ring: &IoUring, payload: usize) -> Option<Self> {
+        // Small buffers for `udp`, 64 KiB ones (fewer) for VXLAN super-frames.
+        let entries: u16 = if payload > 4096 { 64 } else { 256 };
+        let buf_ring = BufRing::new(entries, MULTI_HEADER + payload)?;
+        // SAFETY: the ring memory is page aligned, holds `entries` entries and lives in
+        // `Multi`, which the loop keeps until the ring is dropped (field order in `Loop`, and
+        // `run` leaks both together if a drain fails).
+        let registered = unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buf_ring.base as u64,
+                entries,
+                BUF_GROUP,
+                0,
+            )
+        };
+        if let Err(e) = registered {
+            tracing::info!("no provided-buffer ring ({e}); using single-shot receives");
+            return None;
+        }
+        // SAFETY: msghdr is a plain C struct; all-zero is valid.
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+        let mut m = Self {
+            msg,
+            ring: buf_ring,
+            rearm: false,
+            worked: false,
+            writes: 0,
+        };
+        for bid in 0..entries {
+            m.ring.provide(bid);
+        }
+        m.ring.publish();
+        Some(m)
+    }
+}
+
+/// A provided-buffer ring (`io_uring_register_buf_ring(3)`): a page-aligned array of
+/// entries that hand buffers to the kernel, and the buffers themselves.
+struct BufRing {
+    base: *mut types::BufRingEntry,
+    layout: Layout,
+    mask: u16,
+    tail: u16,
+    bufs: Box<[u8]>,
+    buf_len: usize,
+}
+
+impl BufRing {
+    fn new(entries: u16, buf_len: usize) -> Option<Self> {
+        let size = usize::from(entries) * std::mem::size_of::<types::BufRingEntry>();
+        let layout = Layout::from_size_align(size, 4096).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let base = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        if base.is_null() {
+            return None;
+        }
+        Some(Self {
+            base,
+            layout,
+            mask: entries - 1,
+            tail: 0,
+            bufs: vec![0u8; usize::from(entries) * buf_len].into_boxed_slice(),
+            buf_len,
+        })
+    }
+
+    /// Returns buffer `bid`.
+    fn buf(&mut self, bid: u16) -> &mut [u8] {
+        let start = usize::from(bid & self.mask) * self.buf_len;
+        &mut self.bufs[start..start + self.buf_len]
+    }
+
+    /// Puts buffer `bid` back at the tail (made visible by [`Self::publish`]).
+    fn provide(&mut self, bid: u16) {
+        let bid = bid & self.mask;
+        let addr = self.buf(bid).as_mut_ptr() as u64;
+        let len = u32::try_from(self.buf_len).unwrap_or(u32::MAX);
+        let index = usize::from(self.tail & self.mask);
+        // SAFETY: `index` is below the number of entries the allocation holds.
+        let ptr = unsafe { self.base.add(index) };
+        // SAFETY: `ptr` points at an initialised entry inside the allocation; the kernel only
+        // reads entries between its head and the published tail, and this one is past it.
+        let entry = unsafe { &mut *ptr };
+        entry.set_addr(addr);
+        entry.set_len(len);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes the tail to the kernel (a release store, as liburing's `io_uring_buf_ring_advance`).
+    fn publish(&self) {
+        // SAFETY: `base` is the first entry of an initialised ring.
+        let ptr = unsafe { types::BufRingEntry::tail(self.base) }.cast::<AtomicU16>();
+        // SAFETY: `ptr` is the ring's 16-bit tail field, aligned for an AtomicU16, valid for
+        // the ring's lifetime and written only by this thread.
+        let tail = unsafe { &*ptr };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `alloc_zeroed` with this layout and is freed once.
+        unsafe { std::alloc::dealloc(self.base.cast(), self.layout) };
+    }
 }
