@@ -1,6 +1,9 @@
-//! `fustian lab` prints its table and leaves nothing behind.
+#![allow(unsafe_code)]
+//! `fustian lab`: the table, JSON and an SVG with one bar per scenario and metric, and nothing
+//! left behind, also when interrupted.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::common::{EXE, skip};
 
@@ -29,39 +32,142 @@ fn leftovers(prefix: &str) -> Vec<String> {
 }
 
 #[test]
-fn lab_prints_results_and_cleans_up() {
-    if skip("lab_prints_results_and_cleans_up") {
+fn lab_reports_table_json_svg_and_cleans_up() {
+    if skip("lab_reports_table_json_svg_and_cleans_up") {
         return;
     }
     let prefix = format!("lb{}", std::process::id() % 100_000);
+    let dir = std::env::temp_dir().join(format!("lab-out-{prefix}"));
+    std::fs::create_dir_all(&dir).expect("out dir");
+    let (json, svg) = (dir.join("lab.json"), dir.join("lab.svg"));
     let out = Command::new(EXE)
         .args([
             "lab",
             "--duration",
-            "0.5",
+            "0.3",
             "--pings",
             "20",
+            "--streams",
+            "1,2",
+        ])
+        .args([
+            "--backend",
+            "udp,vxlan",
+            "--io",
+            "uring,epoll",
             "--prefix",
             &prefix,
         ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(&svg)
         .output()
         .expect("lab runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "lab failed:\n{stdout}\n{stderr}");
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("fustian udp"))
-        .expect("a fustian row");
-    let gbps: f64 = row
-        .split_whitespace()
-        .nth(3)
-        .and_then(|v| v.parse().ok())
-        .expect("a figure");
-    assert!(gbps > 0.0, "{row}");
-    assert!(
-        stdout.lines().any(|l| l.starts_with("bare underlay")),
-        "{stdout}"
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+
+    let scenarios = [
+        "fustian-udp/uring",
+        "fustian-udp/epoll",
+        "fustian-vxlan/uring",
+        "fustian-vxlan/epoll",
+        "kernel-vxlan",
+        "underlay",
+    ];
+    for s in scenarios {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(s)),
+            "no row {s}:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("ratio to kernel VXLAN"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("json");
+    let metrics = report["metrics"].as_array().expect("metrics");
+    let names: std::collections::BTreeSet<&str> =
+        metrics.iter().filter_map(|m| m["name"].as_str()).collect();
+    for want in [
+        "tcp x1 a->b",
+        "tcp x2 b->a",
+        "rtt p50",
+        "udp64 rate",
+        "cpu/Gbit x1",
+    ] {
+        assert!(names.contains(want), "no metric {want}: {names:?}");
+    }
+    for s in scenarios {
+        let tcp = metrics
+            .iter()
+            .find(|m| m["scenario"] == s && m["name"] == "tcp x1 a->b")
+            .and_then(|m| m["samples"][0].as_f64())
+            .expect("tcp x1 a->b measured");
+        assert!(tcp > 0.0, "{s}: {tcp}");
+    }
+
+    let text = std::fs::read_to_string(&svg).expect("svg written");
+    let doc = roxmltree::Document::parse(&text).expect("the SVG parses as XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let bars: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.tag_name().name() == "rect" && n.attribute("class") == Some("bar"))
+        .collect();
+    assert_eq!(
+        bars.len(),
+        scenarios.len() * names.len(),
+        "one bar per scenario and metric"
     );
+    for s in scenarios {
+        let n = bars
+            .iter()
+            .filter(|b| b.attribute("data-scenario") == Some(s))
+            .count();
+        assert_eq!(n, names.len(), "{s}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_interrupted_lab_leaves_nothing_behind() {
+    if skip("an_interrupted_lab_leaves_nothing_behind") {
+        return;
+    }
+    let prefix = format!("li{}", std::process::id() % 100_000);
+    let mut child = Command::new(EXE)
+        .args(["lab", "--duration", "5", "--prefix", &prefix])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lab starts");
+    // Wait until the nodes run (their namespaces exist and fustian is up), then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leftovers(&prefix)
+        .iter()
+        .filter(|l| l.starts_with("process"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the lab did not start its nodes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+    // SAFETY: kill takes no pointers; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lab did not stop after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "an interrupted lab reports failure");
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 }

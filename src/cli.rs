@@ -126,21 +126,40 @@ impl RunArgs {
 /// Flags of `fustian lab`.
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// Seconds of bulk TCP transfer in each direction.
+    /// Seconds of each TCP bulk transfer and of each 64-byte UDP flood.
     #[arg(long, default_value_t = 3.0, value_name = "SECS")]
     pub duration: f64,
     /// Round trips in the ping-pong latency test.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub pings: u32,
-    /// Event loop of the nodes: auto, uring or epoll.
-    #[arg(long, default_value = "auto", value_name = "LOOP")]
+    /// Repetitions of every measurement; the table shows the median (and min-max).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: u32,
+    /// Event loops to measure fustian with, comma separated: auto, uring, epoll.
+    #[arg(long, default_value = "auto", value_name = "LOOPS")]
     pub io: String,
     /// Worker threads per node [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
-    /// Encapsulation of the two nodes: `udp` or `vxlan`.
-    #[arg(long, default_value = "udp", value_name = "NAME")]
+    /// Encapsulations to measure fustian with, comma separated: udp, vxlan.
+    #[arg(long, default_value = "udp", value_name = "NAMES")]
     pub backend: String,
+    /// Scenarios, comma separated: fustian, kernel (kernel VXLAN as flannel programs it),
+    /// underlay (the bare veth between the nodes).
+    #[arg(long, default_value = "fustian,kernel,underlay", value_name = "NAMES")]
+    pub scenarios: String,
+    /// Parallel TCP streams, comma separated, e.g. 1,4.
+    #[arg(long, default_value = "1,4", value_name = "N,...")]
+    pub streams: String,
+    /// Underlay (veth) MTU.
+    #[arg(long, default_value_t = 1500, value_name = "BYTES")]
+    pub mtu: u32,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Also draw the results as an SVG bar chart in this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
     /// Prefix of the namespace names [default: fl<pid>]; at most 8 characters.
     #[arg(long, value_name = "NAME")]
     pub prefix: Option<String>,

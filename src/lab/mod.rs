@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use self::netns::{Netns, Process, check_prerequisites, veth};
-use self::traffic::{Amount, BulkResult, Flood, Latency, tcp_bulk, udp_flood, udp_ping_pong};
+use self::traffic::{Amount, BulkResult, tcp_bulk, udp_flood, udp_ping_pong};
 use crate::cli::LabArgs;
 use crate::error::Error;
 
@@ -352,90 +352,272 @@ pub fn host_addr(i: usize, port: u16) -> SocketAddr {
     )
 }
 
-/// One line of the result table.
-#[derive(Debug, Clone)]
-pub struct Row {
-    /// What was measured.
+/// One measured quantity of one scenario, with every repetition's sample.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Metric {
+    /// The scenario, e.g. `fustian-udp/uring`, `kernel-vxlan`, `underlay`.
     pub scenario: String,
-    /// Direction.
-    pub direction: &'static str,
-    /// Bulk transfer result.
-    pub bulk: BulkResult,
-    /// Ping-pong result (measured once per scenario, on the first row).
-    pub latency: Option<Latency>,
-    /// 64-byte UDP flood result (measured once per scenario, on the first row).
-    pub flood: Option<Flood>,
+    /// The quantity, e.g. `tcp x1 a->b`.
+    pub name: String,
+    /// Its unit.
+    pub unit: &'static str,
+    /// One sample per repetition.
+    pub samples: Vec<f64>,
 }
 
+impl Metric {
+    /// Returns the median sample.
+    pub fn median(&self) -> f64 {
+        let mut v = self.samples.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    /// Returns the smallest sample.
+    pub fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// Returns the largest sample.
+    pub fn max(&self) -> f64 {
+        self.samples
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// One node's counters, as `(name, value)` pairs.
+pub type NodeCounters = Vec<(String, u64)>;
+
 /// The lab's result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
-    /// Rows in run order.
-    pub rows: Vec<Row>,
-    /// Per node, the non-zero counters after the run.
-    pub counters: Vec<Vec<(String, u64)>>,
+    /// Every metric of every scenario, in run order.
+    pub metrics: Vec<Metric>,
+    /// For each fustian scenario, each node's non-zero counters after its run.
+    pub counters: Vec<(String, Vec<NodeCounters>)>,
+    /// Repetitions per metric.
+    pub repeat: u32,
+    /// Seconds of each bulk transfer and flood.
+    pub duration: f64,
+}
+
+impl Report {
+    /// Returns the scenarios in run order.
+    pub fn scenarios(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for m in &self.metrics {
+            if !out.contains(&m.scenario.as_str()) {
+                out.push(&m.scenario);
+            }
+        }
+        out
+    }
+
+    /// Returns the metric names in run order.
+    pub fn names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for m in &self.metrics {
+            if !out.contains(&m.name.as_str()) {
+                out.push(&m.name);
+            }
+        }
+        out
+    }
+
+    /// Returns one metric.
+    pub fn get(&self, scenario: &str, name: &str) -> Option<&Metric> {
+        self.metrics
+            .iter()
+            .find(|m| m.scenario == scenario && m.name == name)
+    }
+
+    /// Renders the report as a bar chart: one panel per metric, one bar per scenario.
+    pub fn svg(&self) -> String {
+        use std::fmt::Write as _;
+        let scenarios = self.scenarios();
+        let names = self.names();
+        let (panel_w, panel_h, bar_w, gap) = (260.0_f64, 180.0_f64, 28.0_f64, 8.0_f64);
+        let cols = 3usize;
+        let rows = names.len().div_ceil(cols).max(1);
+        let width = panel_w * cols as f64 + 20.0;
+        let height = (panel_h + 60.0) * rows as f64 + 60.0;
+        let colors = [
+            "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+        ];
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        for (k, s) in scenarios.iter().enumerate() {
+            let x = 10.0 + 160.0 * k as f64;
+            let _ = writeln!(
+                out,
+                r#"<rect x="{x:.0}" y="12" width="10" height="10" fill="{}"/><text x="{:.0}" y="21">{}</text>"#,
+                colors[k % colors.len()],
+                x + 14.0,
+                xml_escape(s)
+            );
+        }
+        for (p, name) in names.iter().enumerate() {
+            let px = 10.0 + panel_w * (p % cols) as f64;
+            let py = 50.0 + (panel_h + 60.0) * (p / cols) as f64;
+            let unit = self
+                .metrics
+                .iter()
+                .find(|m| m.name == *name)
+                .map_or("", |m| m.unit);
+            let top = scenarios
+                .iter()
+                .filter_map(|s| self.get(s, name))
+                .map(Metric::median)
+                .fold(0.0_f64, f64::max)
+                .max(f64::MIN_POSITIVE);
+            let _ = writeln!(
+                out,
+                r#"<text x="{px:.0}" y="{:.0}" font-weight="bold">{} ({})</text>"#,
+                py + 12.0,
+                xml_escape(name),
+                xml_escape(unit)
+            );
+            for (k, s) in scenarios.iter().enumerate() {
+                let Some(m) = self.get(s, name) else { continue };
+                let v = m.median();
+                let h = (v / top * (panel_h - 40.0)).max(0.0);
+                let x = px + 10.0 + (bar_w + gap) * k as f64;
+                let y = py + panel_h - h;
+                let _ = writeln!(
+                    out,
+                    r#"<rect class="bar" data-scenario="{}" data-metric="{}" x="{x:.1}" y="{y:.1}" width="{bar_w:.0}" height="{h:.1}" fill="{}"><title>{}: {v:.3}</title></rect>"#,
+                    xml_escape(s),
+                    xml_escape(name),
+                    colors[k % colors.len()],
+                    xml_escape(s)
+                );
+                let _ = writeln!(
+                    out,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{}</text>"#,
+                    x + bar_w / 2.0,
+                    y - 3.0,
+                    short(v)
+                );
+            }
+            let _ = writeln!(
+                out,
+                r##"<line x1="{px:.0}" y1="{:.0}" x2="{:.0}" y2="{:.0}" stroke="#444"/>"##,
+                py + panel_h,
+                px + panel_w - 20.0,
+                py + panel_h
+            );
+        }
+        out.push_str("</svg>\n");
+        out
+    }
+}
+
+fn short(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<16} {:<6} {:>12} {:>9} {:>10} {:>10} {:>10} {:>8}",
-            "scenario", "dir", "throughput", "vs kernel", "sent", "rtt p50", "rtt p99", "lost"
-        )?;
-        for r in &self.rows {
-            let kernel = self
-                .rows
+        let names = self.names();
+        write!(f, "{:<20}", "scenario")?;
+        for n in &names {
+            write!(f, " {n:>13}")?;
+        }
+        writeln!(f)?;
+        write!(f, "{:<20}", "")?;
+        for n in &names {
+            let unit = self
+                .metrics
                 .iter()
-                .find(|k| k.scenario == "kernel vxlan" && k.direction == r.direction);
-            let ratio = match kernel {
-                Some(k) if k.bulk.gbps() > 0.0 => format!("{:.2}", r.bulk.gbps() / k.bulk.gbps()),
-                _ => "-".to_owned(),
-            };
-            let (p50, p99, lost) = match &r.latency {
-                Some(l) => (
-                    format!("{:.0} us", l.p50.as_secs_f64() * 1e6),
-                    format!("{:.0} us", l.p99.as_secs_f64() * 1e6),
-                    l.lost.to_string(),
-                ),
-                None => ("-".into(), "-".into(), "-".into()),
-            };
-            let (pps, loss) = match &r.flood {
-                Some(f) => (
-                    format!("{:.0}", f.pps()),
-                    format!("{:.1}%", f.loss() * 100.0),
-                ),
-                None => ("-".into(), "-".into()),
-            };
+                .find(|m| m.name == *n)
+                .map_or("", |m| m.unit);
+            write!(f, " {unit:>13}")?;
+        }
+        writeln!(f)?;
+        for s in self.scenarios() {
+            write!(f, "{s:<20}")?;
+            for n in &names {
+                let cell = match self.get(s, n) {
+                    Some(m) if self.repeat > 1 => {
+                        format!(
+                            "{} ({}-{})",
+                            short(m.median()),
+                            short(m.min()),
+                            short(m.max())
+                        )
+                    }
+                    Some(m) => short(m.median()),
+                    None => "-".into(),
+                };
+                write!(f, " {cell:>13}")?;
+            }
+            writeln!(f)?;
+        }
+        let kernel = "kernel-vxlan";
+        if self.scenarios().contains(&kernel) {
             writeln!(
                 f,
-                "{:<16} {:<6} {:>7.2} Gb/s {:>9} {:>7} MB {:>10} {:>10} {:>8} {:>10} {:>7}",
-                r.scenario,
-                r.direction,
-                r.bulk.gbps(),
-                ratio,
-                r.bulk.received / 1_000_000,
-                p50,
-                p99,
-                lost,
-                pps,
-                loss
+                "\nratio to kernel VXLAN (median against median, same metric):"
             )?;
+            for s in self.scenarios().into_iter().filter(|s| *s != kernel) {
+                let mut parts = Vec::new();
+                for n in names
+                    .iter()
+                    .filter(|n| n.starts_with("tcp") || n.starts_with("udp64 rate"))
+                {
+                    if let (Some(a), Some(k)) = (self.get(s, n), self.get(kernel, n))
+                        && k.median() > 0.0
+                    {
+                        parts.push(format!("{n} {:.2}", a.median() / k.median()));
+                    }
+                }
+                writeln!(f, "  {s:<18} {}", parts.join(", "))?;
+            }
         }
-        for (i, counters) in self.counters.iter().enumerate() {
-            let text: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            writeln!(f, "node {}: {}", ["a", "b"][i], text.join(" "))?;
+        for (scenario, nodes) in &self.counters {
+            for (i, counters) in nodes.iter().enumerate() {
+                let text: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                writeln!(f, "{scenario} node {}: {}", ["a", "b"][i], text.join(" "))?;
+            }
         }
         Ok(())
     }
 }
 
-/// Runs the lab: builds the topology, measures two fustian nodes, then the kernel's VXLAN
-/// programmed as flannel does in the same namespaces, then the bare underlay; cleans up.
+/// Parses a comma-separated list.
+fn list(text: &str) -> Vec<&str> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Runs the lab: builds the topology; measures fustian for each asked backend and event loop,
+/// then the kernel's VXLAN programmed as flannel does in the same namespaces, then the bare
+/// underlay; cleans up whatever happens.
 ///
 /// # Errors
 ///
-/// [`Error::Lab`] for a missing prerequisite, a failed step, or an interruption.
+/// [`Error::Lab`] for a missing prerequisite, a bad option, a failed step, or an interruption.
 pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let prefix = args
         .prefix
@@ -444,104 +626,248 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Lab(format!("cannot find the fustian binary: {e}")))?;
     let exe = exe.to_string_lossy().into_owned();
-    let backend = LabBackend::parse(&args.backend)?;
-    let mut topo = Topology::build(&prefix)?;
-    eprintln!("lab: namespaces {prefix}a {prefix}b {prefix}pa {prefix}pb; starting two nodes");
-    for i in 0..2 {
-        let threads = args.threads.map(|n| n.to_string());
-        let mut extra = vec!["--io", args.io.as_str()];
-        if let Some(n) = &threads {
-            extra.extend(["--threads", n.as_str()]);
-        }
-        let node_args = topo.node_args_for(i, backend, &extra);
-        topo.start_node(i, &exe, &node_args)?;
+    let backends = list(&args.backend)
+        .into_iter()
+        .map(LabBackend::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    let loops = list(&args.io);
+    if let Some(bad) = loops
+        .iter()
+        .find(|l| !matches!(**l, "auto" | "uring" | "epoll"))
+    {
+        return Err(Error::Lab(format!(
+            "unknown event loop `{bad}`: auto, uring or epoll"
+        )));
     }
-    let amount = Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0)));
-    let mut rows = Vec::new();
-    let overlay = format!("fustian {}", backend.name());
-    measure(
-        &mut rows, &overlay, &topo.pods, pod_addr, amount, args.pings, stop,
-    )?;
+    let scenarios = list(&args.scenarios);
+    if let Some(bad) = scenarios
+        .iter()
+        .find(|s| !matches!(**s, "fustian" | "kernel" | "underlay"))
+    {
+        return Err(Error::Lab(format!(
+            "unknown scenario `{bad}`: fustian, kernel or underlay"
+        )));
+    }
+    let streams = list(&args.streams)
+        .into_iter()
+        .map(|s| s.parse::<u16>().ok().filter(|n| (1..=64).contains(n)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            Error::Lab(format!(
+                "bad --streams `{}`: 1..=64, comma separated",
+                args.streams
+            ))
+        })?;
+    let cfg = Plan {
+        amount: Amount::Duration(Duration::from_secs_f64(args.duration.clamp(0.1, 600.0))),
+        pings: args.pings,
+        repeat: args.repeat.clamp(1, 100),
+        streams,
+    };
 
-    // The same pods over the kernel's own VXLAN: stop fustian (its TUN devices and their
-    // routes go with it) and program both nodes as flannel's vxlan backend would.
-    for (i, p) in topo.processes.iter_mut().enumerate() {
-        match p.stop(Duration::from_secs(3)) {
-            Some(status) if status.success() => {}
-            other => {
-                return Err(Error::Lab(format!(
-                    "node {i} ended with {other:?}:\n{}",
-                    p.log()
-                )));
+    let mut topo = Topology::build(&prefix)?;
+    if args.mtu != 1500 {
+        for h in &topo.hosts {
+            h.ip(&["link", "set", "ul0", "mtu", &args.mtu.to_string()])?;
+        }
+    }
+    eprintln!("lab: namespaces {prefix}a {prefix}b {prefix}pa {prefix}pb");
+    let mut metrics = Vec::new();
+    let mut counters = Vec::new();
+    if scenarios.contains(&"fustian") {
+        for backend in &backends {
+            for io in &loops {
+                let name = format!("fustian-{}/{io}", backend.name());
+                eprintln!("lab: {name}: starting two nodes");
+                let threads = args.threads.map(|n| n.to_string());
+                let mut extra = vec!["--io", io];
+                if let Some(n) = &threads {
+                    extra.extend(["--threads", n.as_str()]);
+                }
+                for i in 0..2 {
+                    let node_args = topo.node_args_for(i, *backend, &extra);
+                    topo.start_node(i, &exe, &node_args)?;
+                }
+                metrics.extend(measure(&name, &topo.pods, pod_addr, &cfg, stop)?);
+                // Stop the nodes: their TUN devices and routes go with them.
+                for (i, mut p) in std::mem::take(&mut topo.processes).into_iter().enumerate() {
+                    match p.stop(Duration::from_secs(3)) {
+                        Some(status) if status.success() => {}
+                        other => {
+                            return Err(Error::Lab(format!(
+                                "node {i} ended with {other:?}:\n{}",
+                                p.log()
+                            )));
+                        }
+                    }
+                }
+                let nodes = (0..2)
+                    .map(|i| topo.stats(i).into_iter().filter(|(_, v)| *v != 0).collect())
+                    .collect();
+                counters.push((name, nodes));
             }
         }
     }
-    let counters = (0..2)
-        .map(|i| topo.stats(i).into_iter().filter(|(_, v)| *v != 0).collect())
-        .collect();
-    match (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)) {
-        Ok(()) => measure(
-            &mut rows,
-            "kernel vxlan",
-            &topo.pods,
-            pod_addr,
-            amount,
-            args.pings,
-            stop,
-        )?,
-        Err(e) => eprintln!("lab: kernel vxlan skipped: {e}"),
+    if scenarios.contains(&"kernel") {
+        match (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)) {
+            Ok(()) => metrics.extend(measure("kernel-vxlan", &topo.pods, pod_addr, &cfg, stop)?),
+            Err(e) => eprintln!("lab: kernel vxlan skipped: {e}"),
+        }
     }
-    measure(
-        &mut rows,
-        "bare underlay",
-        &topo.hosts,
-        host_addr,
-        amount,
-        args.pings,
-        stop,
-    )?;
-    Ok(Report { rows, counters })
+    if scenarios.contains(&"underlay") {
+        metrics.extend(measure("underlay", &topo.hosts, host_addr, &cfg, stop)?);
+    }
+    let report = Report {
+        metrics,
+        counters,
+        repeat: cfg.repeat,
+        duration: args.duration,
+    };
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| Error::Lab(format!("cannot encode JSON: {e}")))?;
+        std::fs::write(path, text)
+            .map_err(|e| Error::Lab(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report.svg())
+            .map_err(|e| Error::Lab(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(report)
 }
 
-/// Runs the bulk transfer both ways and the ping-pong a->b for one scenario.
-fn measure(
-    rows: &mut Vec<Row>,
-    name: &str,
-    ns: &[Netns; 2],
-    addr: fn(usize, u16) -> SocketAddr,
+/// What each scenario runs.
+struct Plan {
     amount: Amount,
     pings: u32,
+    repeat: u32,
+    streams: Vec<u16>,
+}
+
+/// Returns the busy CPU time of the whole machine so far, in seconds (from `/proc/stat`).
+fn busy_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy: f64 = [0usize, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // USER_HZ is 100 on Linux (proc(5)).
+    busy / 100.0
+}
+
+/// Runs one scenario's measurements `plan.repeat` times.
+fn measure(
+    scenario: &str,
+    ns: &[Netns; 2],
+    addr: fn(usize, u16) -> SocketAddr,
+    plan: &Plan,
     stop: &Arc<AtomicBool>,
-) -> Result<(), Error> {
-    for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
-        eprintln!("lab: {name} {dir}: TCP bulk");
-        let bulk = tcp_bulk(&ns[from], &ns[to], addr(to, 5201), amount, false, stop)?;
-        if bulk.sent != bulk.received {
+) -> Result<Vec<Metric>, Error> {
+    let mut out: Vec<Metric> = Vec::new();
+    let mut record =
+        |name: String, unit: &'static str, v: f64| match out.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.samples.push(v),
+            None => out.push(Metric {
+                scenario: scenario.to_owned(),
+                name,
+                unit,
+                samples: vec![v],
+            }),
+        };
+    for rep in 0..plan.repeat {
+        for &n in &plan.streams {
+            for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
+                eprintln!(
+                    "lab: {scenario} [{}/{}] TCP x{n} {dir}",
+                    rep + 1,
+                    plan.repeat
+                );
+                let cpu0 = busy_cpu_seconds();
+                let (bytes, secs) =
+                    tcp_streams(&ns[from], &ns[to], addr, to, n, plan.amount, stop)?;
+                let cpu = busy_cpu_seconds() - cpu0;
+                let gbits = bytes as f64 * 8.0 / 1e9;
+                record(
+                    format!("tcp x{n} {dir}"),
+                    "Gbit/s",
+                    if secs > 0.0 { gbits / secs } else { 0.0 },
+                );
+                if n == plan.streams[0] && from == 0 && gbits > 0.0 {
+                    record(format!("cpu/Gbit x{n}"), "CPU s", cpu / gbits);
+                }
+            }
+        }
+        eprintln!(
+            "lab: {scenario} [{}/{}] {} UDP round trips",
+            rep + 1,
+            plan.repeat,
+            plan.pings
+        );
+        let lat = udp_ping_pong(&ns[0], &ns[1], addr(1, 7), plan.pings, stop)?;
+        record("rtt p50".into(), "us", lat.p50.as_secs_f64() * 1e6);
+        record("rtt p99".into(), "us", lat.p99.as_secs_f64() * 1e6);
+        eprintln!(
+            "lab: {scenario} [{}/{}] 64-byte UDP flood",
+            rep + 1,
+            plan.repeat
+        );
+        let secs = match plan.amount {
+            Amount::Duration(d) => d,
+            Amount::Bytes(_) => Duration::from_secs(1),
+        };
+        let flood = udp_flood(&ns[0], &ns[1], addr(1, 9), 64, secs, stop)?;
+        record("udp64 rate".into(), "kpps", flood.pps() / 1e3);
+        record("udp64 loss".into(), "%", flood.loss() * 100.0);
+    }
+    Ok(out)
+}
+
+/// Runs `n` TCP bulk transfers in parallel from `from` to node `to`'s address; returns the
+/// bytes received and the longest receiver time.
+fn tcp_streams(
+    from: &Netns,
+    to_ns: &Netns,
+    addr: fn(usize, u16) -> SocketAddr,
+    to: usize,
+    n: u16,
+    amount: Amount,
+    stop: &Arc<AtomicBool>,
+) -> Result<(u64, f64), Error> {
+    let results: Vec<Result<BulkResult, Error>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|k| {
+                scope.spawn(move || tcp_bulk(from, to_ns, addr(to, 5201 + k), amount, false, stop))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Lab("a stream panicked".into())))
+            })
+            .collect()
+    });
+    let mut bytes = 0;
+    let mut secs: f64 = 0.0;
+    for r in results {
+        let r = r?;
+        if r.sent != r.received {
             return Err(Error::Lab(format!(
-                "{name} {dir}: sent {} bytes but {} arrived",
-                bulk.sent, bulk.received
+                "sent {} bytes but {} arrived",
+                r.sent, r.received
             )));
         }
-        let (latency, flood) = if from == 0 {
-            eprintln!("lab: {name} {dir}: {pings} UDP round trips");
-            let latency = udp_ping_pong(&ns[from], &ns[to], addr(to, 7), pings, stop)?;
-            eprintln!("lab: {name} {dir}: 64-byte UDP flood");
-            let secs = match amount {
-                Amount::Duration(d) => d,
-                Amount::Bytes(_) => Duration::from_secs(1),
-            };
-            let flood = udp_flood(&ns[from], &ns[to], addr(to, 9), 64, secs, stop)?;
-            (Some(latency), Some(flood))
-        } else {
-            (None, None)
-        };
-        rows.push(Row {
-            scenario: name.to_owned(),
-            direction: dir,
-            bulk,
-            latency,
-            flood,
-        });
+        bytes += r.received;
+        secs = secs.max(r.elapsed.as_secs_f64());
     }
-    Ok(())
+    Ok((bytes, secs))
 }
