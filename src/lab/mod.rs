@@ -441,7 +441,7 @@ impl Report {
         let (panel_w, panel_h, bar_w, gap) = (260.0_f64, 180.0_f64, 28.0_f64, 8.0_f64);
         let cols = 3usize;
         let rows = names.len().div_ceil(cols).max(1);
-        let width = panel_w * cols as f64 + 20.0;
+        let width = (panel_w * cols as f64).max(160.0 * scenarios.len() as f64) + 20.0;
         let height = (panel_h + 60.0) * rows as f64 + 60.0;
         let colors = [
             "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
