@@ -31,7 +31,14 @@
 //! loop keeps [`SLOTS`] single-shot receives in flight instead; a kernel that rejects the
 //! multishot receive at run time (`EINVAL`) switches the loop to that fallback by itself.
 //!
-//! Not used yet: multishot TUN reads (6.7, reliable from 6.12), registered buffers and files.
+//! TUN reads, likewise: on kernels where multishot reads are trusted (the opcode exists, 6.7,
+//! and the kernel is 6.12 or later, with the TUN fixes), one multishot read fills buffers from
+//! a second buffer ring, each with headroom kept in front for the encapsulation header; the
+//! buffer returns to the ring when its send completes. Otherwise, or with `--no-multishot`,
+//! [`SLOTS`] single-shot poll-armed reads stay in flight.
+//!
+//! Not used yet: registered buffers and files, zero-copy sends (they only pay off on real NICs
+//! with large sends; over veth and TUN the kernel copies anyway).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -66,6 +73,8 @@ const TIMER: u64 = 5 << 32;
 const CANCEL: u64 = 6 << 32;
 const RX_MULTI: u64 = 7 << 32;
 const RX_MULTI_WRITE: u64 = 8 << 32;
+const TX_MULTI: u64 = 9 << 32;
+const TX_MULTI_SEND: u64 = 10 << 32;
 const KIND_MASK: u64 = 0xffff_ffff << 32;
 
 /// Checks that the kernel has what this loop needs: a ring, fast poll (Linux 5.7), and the
@@ -145,6 +154,10 @@ struct Loop {
     multi: Option<Multi>,
     /// A buffer ring given up at run time; kept until the ring is gone.
     retired: Vec<Multi>,
+    /// Multishot TUN read state, when in use.
+    tx_multi: Option<TxMulti>,
+    /// A TUN read ring given up at run time; kept until the ring is gone.
+    tx_retired: Vec<TxMulti>,
     inflight: usize,
     timer_armed: bool,
     stopping: bool,
@@ -185,6 +198,8 @@ pub fn run(w: Worker) -> io::Result<()> {
         completions: Vec::with_capacity(8 * SLOTS),
         multi: None,
         retired: Vec::new(),
+        tx_multi: None,
+        tx_retired: Vec::new(),
         inflight: 0,
         timer_armed: false,
         stopping: false,
@@ -207,6 +222,8 @@ pub fn run(w: Worker) -> io::Result<()> {
         std::mem::forget(l.ring);
         std::mem::forget(l.multi.take());
         std::mem::forget(std::mem::take(&mut l.retired));
+        std::mem::forget(l.tx_multi.take());
+        std::mem::forget(std::mem::take(&mut l.tx_retired));
         std::mem::forget(rx);
         std::mem::forget(tx);
         std::mem::forget(l.timespec);
@@ -219,9 +236,15 @@ impl Loop {
     fn run(&mut self) -> io::Result<()> {
         if self.w.multishot {
             self.multi = Multi::new(&self.ring, self.rx_payload);
+            if read_multishot_reliable(&self.ring) {
+                let packet_len = self.tx[0].buf.len() - HEADROOM;
+                self.tx_multi = TxMulti::new(&self.ring, packet_len);
+            }
         }
         for i in 0..SLOTS {
-            self.arm_read(i)?;
+            if self.tx_multi.is_none() {
+                self.arm_read(i)?;
+            }
             if self.multi.is_none() {
                 self.arm_recv(i)?;
             }
@@ -229,6 +252,14 @@ impl Loop {
         if self.multi.is_some() {
             self.arm_multi()?;
         }
+        if self.tx_multi.is_some() {
+            self.arm_tx_multi()?;
+        }
+        tracing::info!(
+            worker = self.w.id,
+            multishot = self.tx_multi.is_some(),
+            "io_uring TUN read path"
+        );
         tracing::info!(
             worker = self.w.id,
             multishot = self.multi.is_some(),
@@ -281,6 +312,8 @@ impl Loop {
                 RX_WRITE => self.on_write(index, result)?,
                 RX_MULTI => self.on_multi(&snap, result, flags)?,
                 RX_MULTI_WRITE => self.on_multi_write(index, result),
+                TX_MULTI => self.on_tx_multi(&snap, result, flags)?,
+                TX_MULTI_SEND => self.on_tx_multi_send(index, result),
                 TIMER => self.timer_armed = false,
                 _ => {}
             }
@@ -291,6 +324,13 @@ impl Loop {
             if m.rearm && !self.stopping {
                 m.rearm = false;
                 self.arm_multi()?;
+            }
+        }
+        if let Some(t) = &mut self.tx_multi {
+            t.ring.publish();
+            if t.rearm && !self.stopping {
+                t.rearm = false;
+                self.arm_tx_multi()?;
             }
         }
         Ok(())
@@ -641,6 +681,124 @@ impl Loop {
         }
     }
 
+    fn arm_tx_multi(&mut self) -> io::Result<()> {
+        if self.tx_multi.is_none() {
+            return Ok(());
+        }
+        // The length must be 0 with a buffer group: the buffer's own length applies.
+        let entry = opcode::ReadMulti::new(types::Fd(self.tun_fd), 0, TX_GROUP)
+            .build()
+            .user_data(TX_MULTI);
+        self.push(entry)
+    }
+
+    fn on_tx_multi(
+        &mut self,
+        snap: &crate::table::Snapshot,
+        result: i32,
+        flags: u32,
+    ) -> io::Result<()> {
+        let Some(mut t) = self.tx_multi.take() else {
+            return Ok(());
+        };
+        if !cqueue::more(flags) {
+            t.rearm = true;
+        }
+        if result < 0 {
+            match -result {
+                libc::EINVAL | libc::EOPNOTSUPP if !t.worked => {
+                    tracing::info!("multishot TUN read refused; using single-shot reads");
+                    self.tx_retired.push(t);
+                    for i in 0..SLOTS {
+                        self.arm_read(i)?;
+                    }
+                    return Ok(());
+                }
+                libc::ENOBUFS | libc::ECANCELED | libc::EAGAIN | libc::EINTR => {}
+                e => self.tun_read_log.error(&io::Error::from_raw_os_error(e)),
+            }
+            self.tx_multi = Some(t);
+            return Ok(());
+        }
+        t.worked = true;
+        let r = match cqueue::buffer_select(flags) {
+            Some(bid) => self.on_tx_packet(&mut t, snap, bid, result),
+            None => Ok(()),
+        };
+        self.tx_multi = Some(t);
+        r
+    }
+
+    fn on_tx_packet(
+        &mut self,
+        t: &mut TxMulti,
+        snap: &crate::table::Snapshot,
+        bid: u16,
+        result: i32,
+    ) -> io::Result<()> {
+        let counters = self.w.metrics.worker(self.w.id);
+        let len = usize::try_from(result).unwrap_or(0);
+        Counters::add(&counters.tun_rx_packets, 1);
+        Counters::add(&counters.tun_rx_bytes, len as u64);
+        let buf = t.ring.buf(bid);
+        match forward::outbound(snap, &self.w.fwd, buf, HEADROOM, len) {
+            Verdict::Send {
+                dst,
+                start,
+                len,
+                flow,
+                ..
+            } => {
+                let fd = match self.w.tx_pool.len() {
+                    0 => self.w.udp.as_raw_fd(),
+                    n => self.w.tx_pool[pick(flow, n)].as_raw_fd(),
+                };
+                let data = buf[start..start + len].as_mut_ptr();
+                let send = &mut t.sends[usize::from(bid & t.ring.mask)];
+                send.iov.iov_base = data.cast();
+                send.iov.iov_len = len;
+                send.msg.msg_namelen = to_storage(dst, &mut send.addr);
+                send.msg.msg_control = std::ptr::null_mut();
+                send.msg.msg_controllen = 0;
+                send.msg.msg_flags = 0;
+                let entry = opcode::SendMsg::new(types::Fd(fd), &raw const send.msg)
+                    .build()
+                    .user_data(TX_MULTI_SEND | u64::from(bid));
+                self.push(entry)
+            }
+            Verdict::Drop(reason) => {
+                counters.drop_packet(reason);
+                t.ring.provide(bid);
+                Ok(())
+            }
+            Verdict::Deliver { .. } => {
+                counters.drop_packet(DropReason::LocalDestination);
+                t.ring.provide(bid);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_tx_multi_send(&mut self, bid: usize, result: i32) {
+        let counters = self.w.metrics.worker(self.w.id);
+        match u64::try_from(result) {
+            Ok(bytes) => {
+                Counters::add(&counters.tx_packets, 1);
+                Counters::add(&counters.tx_bytes, bytes);
+            }
+            Err(_) => {
+                counters.drop_packet(DropReason::TxError);
+                if -result != libc::ECANCELED {
+                    self.send_log.error(&io::Error::from_raw_os_error(-result));
+                }
+            }
+        }
+        let bid = u16::try_from(bid).unwrap_or(0);
+        if let Some(t) = &mut self.tx_multi {
+            t.ring.provide(bid);
+        }
+    }
+
     fn on_multi_write(&mut self, bid: usize, result: i32) {
         let counters = self.w.metrics.worker(self.w.id);
         match u64::try_from(result) {
@@ -688,6 +846,7 @@ impl Loop {
             .chain(self.rx.iter())
             .map(|s| s.inflight)
             .chain(self.multi.as_ref().map(|_| RX_MULTI))
+            .chain(self.tx_multi.as_ref().map(|_| TX_MULTI))
             .filter(|&ud| ud != 0)
             .collect();
         for ud in pending {
@@ -759,7 +918,7 @@ impl Multi {
     fn new(ring: &IoUring, payload: usize) -> Option<Self> {
         // Small buffers for `udp`, 64 KiB ones (fewer) for VXLAN super-frames.
         let entries: u16 = if payload > 4096 { 64 } else { 256 };
-        let buf_ring = BufRing::new(entries, MULTI_HEADER + payload)?;
+        let buf_ring = BufRing::new(entries, MULTI_HEADER + payload, 0)?;
         // SAFETY: the ring memory is page aligned, holds `entries` entries and lives in
         // `Multi`, which the loop keeps until the ring is dropped (field order in `Loop`, and
         // `run` leaks both together if a drain fails).
@@ -802,10 +961,12 @@ struct BufRing {
     tail: u16,
     bufs: Box<[u8]>,
     buf_len: usize,
+    /// Bytes at the start of each buffer kept from the kernel (headroom for encapsulation).
+    offset: usize,
 }
 
 impl BufRing {
-    fn new(entries: u16, buf_len: usize) -> Option<Self> {
+    fn new(entries: u16, buf_len: usize, offset: usize) -> Option<Self> {
         let size = usize::from(entries) * std::mem::size_of::<types::BufRingEntry>();
         let layout = Layout::from_size_align(size, 4096).ok()?;
         // SAFETY: the layout has a non-zero size.
@@ -820,6 +981,7 @@ impl BufRing {
             tail: 0,
             bufs: vec![0u8; usize::from(entries) * buf_len].into_boxed_slice(),
             buf_len,
+            offset,
         })
     }
 
@@ -832,8 +994,9 @@ impl BufRing {
     /// Puts buffer `bid` back at the tail (made visible by [`Self::publish`]).
     fn provide(&mut self, bid: u16) {
         let bid = bid & self.mask;
-        let addr = self.buf(bid).as_mut_ptr() as u64;
-        let len = u32::try_from(self.buf_len).unwrap_or(u32::MAX);
+        let offset = self.offset;
+        let addr = self.buf(bid)[offset..].as_mut_ptr() as u64;
+        let len = u32::try_from(self.buf_len - offset).unwrap_or(u32::MAX);
         let index = usize::from(self.tail & self.mask);
         // SAFETY: `index` is below the number of entries the allocation holds.
         let ptr = unsafe { self.base.add(index) };
@@ -862,4 +1025,69 @@ impl Drop for BufRing {
         // SAFETY: `base` came from `alloc_zeroed` with this layout and is freed once.
         unsafe { std::alloc::dealloc(self.base.cast(), self.layout) };
     }
+}
+
+/// Buffer group of the multishot TUN read.
+const TX_GROUP: u16 = 1;
+/// Buffers in the TUN read ring.
+const TX_ENTRIES: u16 = 256;
+
+/// Multishot TUN reads (`IORING_OP_READ_MULTISHOT`, Linux 6.7): the kernel fills buffers from
+/// a provided-buffer ring, each after [`HEADROOM`] bytes kept for the encapsulation header; a
+/// buffer goes back to the ring when its packet is dropped or its send completed. Each buffer
+/// has its own message header for the send.
+struct TxMulti {
+    ring: BufRing,
+    sends: Box<[Slot]>,
+    rearm: bool,
+    worked: bool,
+}
+
+impl TxMulti {
+    fn new(uring: &IoUring, packet_len: usize) -> Option<Self> {
+        let buf_ring = BufRing::new(TX_ENTRIES, HEADROOM + packet_len, HEADROOM)?;
+        // SAFETY: as in `Multi::new`: page-aligned memory for `TX_ENTRIES` entries that lives
+        // until after the ring is dropped.
+        let registered = unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                buf_ring.base as u64,
+                TX_ENTRIES,
+                TX_GROUP,
+                0,
+            )
+        };
+        if let Err(e) = registered {
+            tracing::info!("no provided-buffer ring for TUN reads ({e})");
+            return None;
+        }
+        // The send headers need no buffers of their own: their iovecs point into the ring.
+        let mut m = Self {
+            ring: buf_ring,
+            sends: slots(usize::from(TX_ENTRIES), 0),
+            rearm: false,
+            worked: false,
+        };
+        for bid in 0..TX_ENTRIES {
+            m.ring.provide(bid);
+        }
+        m.ring.publish();
+        Some(m)
+    }
+}
+
+/// Returns true when this kernel's multishot TUN read is trusted: the opcode exists (6.7) and
+/// the kernel is 6.12 or later, which has the fixes for TUN (liburing issues #1041 and #1257;
+/// io_uring-6.12 commit c9d952b9103b).
+fn read_multishot_reliable(ring: &IoUring) -> bool {
+    let mut probe = Probe::new();
+    if ring.submitter().register_probe(&mut probe).is_err()
+        || !probe.is_supported(opcode::ReadMulti::CODE)
+    {
+        return false;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 12)
 }
