@@ -538,37 +538,50 @@ fn xml_escape(s: &str) -> String {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names = self.names();
+        let scenarios = self.scenarios();
+        let cell = |s: &str, n: &str| match self.get(s, n) {
+            Some(m) if self.repeat > 1 => {
+                format!(
+                    "{} ({}-{})",
+                    short(m.median()),
+                    short(m.min()),
+                    short(m.max())
+                )
+            }
+            Some(m) => short(m.median()),
+            None => "-".into(),
+        };
+        let unit = |n: &str| {
+            self.metrics
+                .iter()
+                .find(|m| m.name == n)
+                .map_or("", |m| m.unit)
+        };
+        let widths: Vec<usize> = names
+            .iter()
+            .map(|n| {
+                scenarios
+                    .iter()
+                    .map(|s| cell(s, n).len())
+                    .chain([n.len()])
+                    .max()
+                    .unwrap_or(8)
+            })
+            .collect();
         write!(f, "{:<20}", "scenario")?;
-        for n in &names {
-            write!(f, " {n:>13}")?;
+        for (n, w) in names.iter().zip(&widths) {
+            write!(f, "  {n:>w$}")?;
         }
         writeln!(f)?;
         write!(f, "{:<20}", "")?;
-        for n in &names {
-            let unit = self
-                .metrics
-                .iter()
-                .find(|m| m.name == *n)
-                .map_or("", |m| m.unit);
-            write!(f, " {unit:>13}")?;
+        for (n, w) in names.iter().zip(&widths) {
+            write!(f, "  {:>w$}", unit(n))?;
         }
         writeln!(f)?;
-        for s in self.scenarios() {
+        for s in &scenarios {
             write!(f, "{s:<20}")?;
-            for n in &names {
-                let cell = match self.get(s, n) {
-                    Some(m) if self.repeat > 1 => {
-                        format!(
-                            "{} ({}-{})",
-                            short(m.median()),
-                            short(m.min()),
-                            short(m.max())
-                        )
-                    }
-                    Some(m) => short(m.median()),
-                    None => "-".into(),
-                };
-                write!(f, " {cell:>13}")?;
+            for (n, w) in names.iter().zip(&widths) {
+                write!(f, "  {:>w$}", cell(s, n))?;
             }
             writeln!(f)?;
         }
