@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use fustian::forward::{Forwarding, inbound, outbound};
 use fustian::table::{Peer, Snapshot};
-use fustian::wire::Encap;
 use fustian::wire::ip::{IpProtocol, Packet, Repr};
+use fustian::wire::{Encap, MacAddress, VxlanParams};
 
 const HEADROOM: usize = 64;
 
@@ -31,7 +31,7 @@ fn snapshot(local: &str, peer_subnet: &str, peer_ip: &str) -> Snapshot {
         vec![Peer {
             subnet: peer_subnet.parse().expect("literal"),
             endpoint: SocketAddr::new(peer_ip.parse().expect("literal"), 8285),
-            vtep_mac: None,
+            vtep_mac: Some(MacAddress([2, 0, 0, 0, 0, 9])),
         }],
     )
     .expect("valid")
@@ -56,6 +56,52 @@ fn bench(c: &mut Criterion) {
         let datagram = packet([10, 244, 1, 2], [10, 244, 2, 2], size);
         group.bench_with_input(BenchmarkId::new("inbound", size), &size, |bench, _| {
             bench.iter(|| black_box(inbound(&b, &fwd, from_a, black_box(&datagram))));
+        });
+    }
+    group.finish();
+
+    // VXLAN: outbound writes the 22-byte header into the headroom and hashes the flow;
+    // inbound checks flags, VNI and MACs before the same IP checks.
+    let mac_a = MacAddress([2, 0, 0, 0, 0, 1]);
+    let vx_a = Forwarding {
+        encap: Encap::Vxlan(VxlanParams {
+            vni: 1,
+            local_mac: mac_a,
+        }),
+        max_inner_len: 1450,
+    };
+    let vx_b = Forwarding {
+        encap: Encap::Vxlan(VxlanParams {
+            vni: 1,
+            local_mac: MacAddress([2, 0, 0, 0, 0, 9]),
+        }),
+        max_inner_len: 1450,
+    };
+    let mut group = c.benchmark_group("vxlan");
+    for size in [64usize, 576, 1400, 1450] {
+        group.throughput(Throughput::Bytes(size as u64));
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend(packet([10, 244, 1, 2], [10, 244, 2, 2], size));
+        group.bench_with_input(BenchmarkId::new("outbound", size), &size, |bench, &size| {
+            bench.iter(|| black_box(outbound(&a, &vx_a, black_box(&mut buf), HEADROOM, size)));
+        });
+        let fustian::forward::Verdict::Send { start, len, .. } =
+            outbound(&a, &vx_a, &mut buf, HEADROOM, size)
+        else {
+            panic!("not sent");
+        };
+        let frame = buf[start..start + len].to_vec();
+        let b_vx = Snapshot::new(
+            vec!["10.244.2.0/24".parse().expect("literal")],
+            vec![Peer {
+                subnet: "10.244.1.0/24".parse().expect("literal"),
+                endpoint: from_a,
+                vtep_mac: Some(mac_a),
+            }],
+        )
+        .expect("valid");
+        group.bench_with_input(BenchmarkId::new("inbound", size), &size, |bench, _| {
+            bench.iter(|| black_box(inbound(&b_vx, &vx_b, from_a, black_box(&frame))));
         });
     }
     group.finish();

@@ -1,0 +1,416 @@
+//! What moving a packet between user space and the kernel costs, per packet and per byte.
+//!
+//! - `memcpy`: the floor, the same sizes copied in user space.
+//! - `udp_send`: loopback, a receiver thread draining: `sendto` one per syscall, `sendmmsg` of
+//!   64, one `sendmsg` with `UDP_SEGMENT` (GSO) carrying 44 segments, and 64 `SendMsg` through
+//!   io_uring with one `io_uring_enter`.
+//! - `udp_recv`: loopback, a sender thread blasting: `recvmmsg` of 64, and `recvmsg` with
+//!   `UDP_GRO` against a GSO sender.
+//! - `tun`: needs root; the bench moves itself into a new network namespace, makes a TUN
+//!   device there and measures `write` (packets to a local UDP socket) and `read` (packets
+//!   the kernel routes into the device), one packet per syscall. Without root it says so and
+//!   skips these. Offload super-packets through the TUN device (vnet header) are not built yet.
+#![allow(unsafe_code, missing_docs, clippy::undocumented_unsafe_blocks)]
+#![allow(clippy::multiple_unsafe_ops_per_block)]
+#![allow(clippy::cast_possible_truncation)]
+
+use std::hint::black_box;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const SEG: usize = 1400;
+const GSO_SEGS: usize = 44;
+
+fn memcpy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("memcpy");
+    for size in [64usize, 1400, 65536] {
+        let src = vec![7u8; size];
+        let mut dst = vec![0u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&dst);
+            });
+        });
+    }
+    g.finish();
+}
+
+/// A receiver on loopback drained by a thread until dropped.
+struct Sink {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    fn new() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        set_int(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            16 << 20,
+        );
+        let addr = sock.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                let _ = sock.recv(&mut buf);
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_int(fd: i32, level: i32, name: i32, value: i32) -> bool {
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<i32>() as u32,
+        ) == 0
+    }
+}
+
+fn sockaddr(addr: std::net::SocketAddr) -> libc::sockaddr_in {
+    let std::net::SocketAddr::V4(a) = addr else {
+        panic!("IPv4 only")
+    };
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sendmmsg(fd: i32, to: &libc::sockaddr_in, data: &[u8], n: usize) -> usize {
+    let mut iovs: Vec<libc::iovec> = (0..n)
+        .map(|_| libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, 0) };
+    r.max(0) as usize
+}
+
+/// One `sendmsg` carrying `data` cut into `seg`-byte datagrams by the kernel (UDP_SEGMENT).
+fn send_gso(fd: i32, to: &libc::sockaddr_in, data: &[u8], seg: u16) -> isize {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (to as *const libc::sockaddr_in).cast_mut().cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), seg);
+        libc::sendmsg(fd, &msg, 0)
+    }
+}
+
+fn udp_send(c: &mut Criterion) {
+    let sink = Sink::new();
+    let to = sockaddr(sink.addr);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let fd = sock.as_raw_fd();
+    set_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 16 << 20);
+    let data = vec![0x5au8; SEG];
+    let big = vec![0x5au8; SEG * GSO_SEGS];
+    let mut g = c.benchmark_group("udp_send");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sendto_1400", |b| {
+        b.iter(|| sock.send_to(black_box(&data), sink.addr).is_ok());
+    });
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("sendmmsg_64x1400", |b| {
+        b.iter(|| sendmmsg(fd, &to, &data, 64))
+    });
+    g.throughput(Throughput::Elements(GSO_SEGS as u64));
+    if send_gso(fd, &to, &big, SEG as u16) > 0 {
+        g.bench_function("gso_44x1400", |b| {
+            b.iter(|| send_gso(fd, &to, &big, SEG as u16))
+        });
+    } else {
+        eprintln!("udp_send/gso: UDP_SEGMENT unsupported here (Linux 4.18+), skipped");
+    }
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("io_uring_64x1400", |b| {
+        let mut ring = io_uring::IoUring::new(128).expect("io_uring");
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: SEG,
+        };
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&raw const to).cast_mut().cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        b.iter(|| {
+            for _ in 0..64 {
+                let e =
+                    io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), &raw const msg).build();
+                unsafe { ring.submission().push(&e).expect("room") };
+            }
+            ring.submit_and_wait(64).expect("submit");
+            ring.completion().count()
+        });
+    });
+    g.finish();
+    drop(sink);
+}
+
+/// A sender thread blasting `payload`-sized datagrams (GSO when `gso` is set) until dropped.
+fn blaster(to: std::net::SocketAddr, gso: bool) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let handle = std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let fd = sock.as_raw_fd();
+        let addr = sockaddr(to);
+        let data = vec![0x5au8; SEG];
+        let big = vec![0x5au8; SEG * GSO_SEGS];
+        while !s.load(Ordering::Relaxed) {
+            if gso {
+                send_gso(fd, &addr, &big, SEG as u16);
+            } else {
+                sendmmsg(fd, &addr, &data, 64);
+            }
+        }
+    });
+    (stop, handle)
+}
+
+fn udp_recv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("udp_recv");
+    g.throughput(Throughput::Bytes((64 * SEG) as u64));
+    {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        set_int(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            16 << 20,
+        );
+        let (stop, h) = blaster(sock.local_addr().expect("addr"), false);
+        let fd = sock.as_raw_fd();
+        let mut bufs = vec![0u8; 64 * 2048];
+        g.bench_function("recvmmsg_64x1400", |b| {
+            b.iter(|| {
+                let mut got = 0;
+                while got < 64 {
+                    let mut iovs: Vec<libc::iovec> = bufs
+                        .chunks_mut(2048)
+                        .map(|c| libc::iovec {
+                            iov_base: c.as_mut_ptr().cast(),
+                            iov_len: 2048,
+                        })
+                        .collect();
+                    let mut hdrs: Vec<libc::mmsghdr> = iovs
+                        .iter_mut()
+                        .map(|iov| {
+                            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                            h.msg_hdr.msg_iov = iov;
+                            h.msg_hdr.msg_iovlen = 1;
+                            h
+                        })
+                        .collect();
+                    let want = (64 - got) as u32;
+                    let n = unsafe {
+                        libc::recvmmsg(fd, hdrs.as_mut_ptr(), want, 0, std::ptr::null_mut())
+                    };
+                    got += n.max(0) as usize;
+                }
+                got
+            });
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = h.join();
+    }
+    {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        set_int(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            16 << 20,
+        );
+        if set_int(sock.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1) {
+            let (stop, h) = blaster(sock.local_addr().expect("addr"), true);
+            let mut buf = vec![0u8; 65536];
+            g.bench_function("gro_64x1400", |b| {
+                b.iter(|| {
+                    let mut bytes = 0;
+                    while bytes < 64 * SEG {
+                        bytes += sock.recv(&mut buf).unwrap_or(0);
+                    }
+                    bytes
+                });
+            });
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        } else {
+            eprintln!("udp_recv/gro: UDP_GRO unsupported here (Linux 5.0+), skipped");
+        }
+    }
+    g.finish();
+}
+
+/// Makes a TUN device `bench0` (10.9.0.1/24, up) in a new network namespace of this process.
+fn tun_device() -> Result<std::fs::File, String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (a network namespace and a TUN device)".into());
+    }
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"bench0") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as i16;
+    if unsafe { libc::ioctl(file.as_raw_fd(), 0x4004_54ca, &mut req) } != 0 {
+        return Err(format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
+    }
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["addr", "add", "10.9.0.1/24", "dev", "bench0"],
+        &["link", "set", "bench0", "up"],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!(
+                "ip {} failed (is iproute2 installed?)",
+                args.join(" ")
+            ));
+        }
+    }
+    Ok(file)
+}
+
+/// An IPv4/UDP packet from 10.9.0.2:9 to 10.9.0.1:`port` with `payload` bytes.
+fn udp_packet(port: u16, payload: usize) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ipv4([10, 9, 0, 2], [10, 9, 0, 1], 64).udp(9, port);
+    let mut out = Vec::with_capacity(builder.size(payload));
+    builder.write(&mut out, &vec![0u8; payload]).expect("build");
+    out
+}
+
+fn tun(c: &mut Criterion) {
+    let tun = match tun_device() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("tun benches skipped: {why}");
+            return;
+        }
+    };
+    let fd = tun.as_raw_fd();
+    let sink = UdpSocket::bind("10.9.0.1:0").expect("bind in the bench namespace");
+    set_int(
+        sink.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        64 << 20,
+    );
+    sink.set_nonblocking(true).expect("nonblocking");
+    let port = sink.local_addr().expect("addr").port();
+    let packet = udp_packet(port, SEG - 28);
+    let mut g = c.benchmark_group("tun");
+    g.throughput(Throughput::Bytes(packet.len() as u64));
+    g.bench_function("write_1400", |b| {
+        let mut drain = vec![0u8; 2048];
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) };
+                if i % 256 == 0 {
+                    while sink.recv(&mut drain).is_ok() {}
+                }
+            }
+            let t = start.elapsed();
+            while sink.recv(&mut drain).is_ok() {}
+            t
+        });
+    });
+    // Reads: packets to 10.9.0.2 are routed into the device; a sender thread keeps it fed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let feeder = std::thread::spawn(move || {
+        let sock = UdpSocket::bind("10.9.0.1:0").expect("bind");
+        let data = vec![0u8; SEG - 28];
+        while !s.load(Ordering::Relaxed) {
+            let _ = sock.send_to(&data, "10.9.0.2:9");
+        }
+    });
+    g.bench_function("read_1400", |b| {
+        let mut buf = vec![0u8; 2048];
+        b.iter(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) });
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.join();
+    g.finish();
+}
+
+criterion_group!(benches, memcpy, udp_send, udp_recv, tun);
+criterion_main!(benches);
