@@ -171,3 +171,44 @@ fn an_interrupted_lab_leaves_nothing_behind() {
     assert!(!status.success(), "an interrupted lab reports failure");
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 }
+
+#[test]
+fn lab_runs_iperf3_when_asked() {
+    if skip("lab_runs_iperf3_when_asked") {
+        return;
+    }
+    let prefix = format!("lp{}", std::process::id() % 100_000);
+    let json = std::env::temp_dir().join(format!("lab-iperf3-{prefix}.json"));
+    let out = Command::new(EXE)
+        .args([
+            "lab",
+            "--iperf3",
+            "--duration",
+            "1",
+            "--streams",
+            "1",
+            "--pings",
+            "10",
+        ])
+        .args(["--scenarios", "fustian", "--prefix", &prefix, "--json"])
+        .arg(&json)
+        .output()
+        .expect("lab runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "lab --iperf3 failed (is iperf3 installed?):\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("json");
+    let _ = std::fs::remove_file(&json);
+    let tcp = report["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .find(|m| m["name"] == "tcp x1 a->b")
+        .and_then(|m| m["samples"][0].as_f64())
+        .expect("measured");
+    assert!(tcp > 0.0);
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+}

@@ -154,6 +154,10 @@ pub struct LabArgs {
     /// Underlay (veth) MTU.
     #[arg(long, default_value_t = 1500, value_name = "BYTES")]
     pub mtu: u32,
+    /// Run the TCP transfers with iperf3 (which must be installed) instead of the built-in
+    /// generator.
+    #[arg(long)]
+    pub iperf3: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

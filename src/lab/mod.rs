@@ -676,7 +676,19 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
         pings: args.pings,
         repeat: args.repeat.clamp(1, 100),
         streams,
+        iperf3: args.iperf3,
     };
+    if cfg.iperf3 {
+        let found = std::process::Command::new("iperf3")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Err(Error::Lab(
+                "--iperf3 needs the iperf3 command: apt-get install iperf3".into(),
+            ));
+        }
+    }
 
     let mut topo = Topology::build(&prefix)?;
     if args.mtu != 1500 {
@@ -755,6 +767,7 @@ struct Plan {
     pings: u32,
     repeat: u32,
     streams: Vec<u16>,
+    iperf3: bool,
 }
 
 /// Returns the busy CPU time of the whole machine so far, in seconds (from `/proc/stat`).
@@ -805,8 +818,11 @@ fn measure(
                     plan.repeat
                 );
                 let cpu0 = busy_cpu_seconds();
-                let (bytes, secs) =
-                    tcp_streams(&ns[from], &ns[to], addr, to, n, plan.amount, stop)?;
+                let (bytes, secs) = if plan.iperf3 {
+                    iperf3(&ns[from], &ns[to], addr(to, 5201), n, plan.amount)?
+                } else {
+                    tcp_streams(&ns[from], &ns[to], addr, to, n, plan.amount, stop)?
+                };
                 let cpu = busy_cpu_seconds() - cpu0;
                 let gbits = bytes as f64 * 8.0 / 1e9;
                 record(
@@ -883,4 +899,55 @@ fn tcp_streams(
         secs = secs.max(r.elapsed.as_secs_f64());
     }
     Ok((bytes, secs))
+}
+
+/// Runs one iperf3 TCP test with `n` streams from `from` to an iperf3 server on `to_addr` in
+/// `to`; returns the bytes received and the seconds it took, from iperf3's JSON report.
+fn iperf3(
+    from: &Netns,
+    to: &Netns,
+    to_addr: SocketAddr,
+    n: u16,
+    amount: Amount,
+) -> Result<(u64, f64), Error> {
+    let secs = match amount {
+        Amount::Duration(d) => d.as_secs_f64().ceil().max(1.0),
+        Amount::Bytes(_) => 3.0,
+    };
+    let ip = to_addr.ip().to_string();
+    let port = to_addr.port().to_string();
+    let log = std::env::temp_dir().join(format!("fustian-iperf3-{}.log", std::process::id()));
+    let server_args: Vec<String> = ["-s", "-1", "-B", &ip, "-p", &port]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let mut server = to.start("iperf3", &server_args, log.clone())?;
+    // Give the server a moment to listen.
+    std::thread::sleep(Duration::from_millis(300));
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from.name(),
+            "iperf3",
+            "-c",
+            &ip,
+            "-p",
+            &port,
+            "-J",
+        ])
+        .args(["-t", &format!("{secs}"), "-P", &n.to_string()])
+        .output()
+        .map_err(|e| Error::Lab(format!("cannot run iperf3: {e}")))?;
+    server.stop(Duration::from_secs(2));
+    let _ = std::fs::remove_file(&log);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::Lab(format!("iperf3 gave no JSON report ({e})")))?;
+    if let Some(err) = report["error"].as_str() {
+        return Err(Error::Lab(format!("iperf3: {err}")));
+    }
+    let sum = &report["end"]["sum_received"];
+    let bytes = sum["bytes"].as_u64().unwrap_or(0);
+    let seconds = sum["seconds"].as_f64().unwrap_or(0.0);
+    Ok((bytes, seconds))
 }
