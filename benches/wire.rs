@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
     let fwd = Forwarding {
         encap: Encap::Flannel,
         max_inner_len: 1472,
+        icmp: false,
     };
     let a = snapshot("10.244.1.0/24", "10.244.2.0/24", "192.0.2.2");
     let b = snapshot("10.244.2.0/24", "10.244.1.0/24", "192.0.2.1");
@@ -69,6 +70,7 @@ fn bench(c: &mut Criterion) {
             local_mac: mac_a,
         }),
         max_inner_len: 1450,
+        icmp: false,
     };
     let vx_b = Forwarding {
         encap: Encap::Vxlan(VxlanParams {
@@ -76,6 +78,7 @@ fn bench(c: &mut Criterion) {
             local_mac: MacAddress([2, 0, 0, 0, 0, 9]),
         }),
         max_inner_len: 1450,
+        icmp: false,
     };
     let mut group = c.benchmark_group("vxlan");
     for size in [64usize, 576, 1400, 1450] {

@@ -21,7 +21,7 @@ use crate::metrics::DropReason;
 use crate::table::Snapshot;
 use crate::wire::encap::{VXLAN_HEADER_LEN, vxlan_encapsulate};
 use crate::wire::ethernet::{EtherType, Frame};
-use crate::wire::{Encap, InnerIp, VxlanParams, WireError, flannel, vxlan};
+use crate::wire::{Encap, InnerIp, VxlanParams, WireError, flannel, icmp, vxlan};
 
 /// Fixed per-node forwarding parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct Forwarding {
     pub encap: Encap,
     /// The largest inner packet that fits the underlay path after encapsulation.
     pub max_inner_len: usize,
+    /// Send ICMP errors back into TUN for packets that cannot be forwarded.
+    pub icmp: bool,
 }
 
 /// What to do with one packet.
@@ -141,6 +143,38 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
         },
         _ => Verdict::Drop(DropReason::SpoofedSource),
     }
+}
+
+/// Builds in `out` the ICMP error to send back into TUN for a packet from TUN dropped with
+/// `reason`, and returns its length: net unreachable for `NoRoute`, fragmentation needed with
+/// the path MTU for `TooBig` with DF set. `None` for other reasons, IPv6, and packets that must
+/// not be answered (`wire::icmp::may_answer`).
+pub fn icmp_reply(
+    fwd: &Forwarding,
+    reason: DropReason,
+    packet: &[u8],
+    out: &mut [u8],
+) -> Option<usize> {
+    if !fwd.icmp {
+        return None;
+    }
+    let kind = match reason {
+        DropReason::NoRoute => icmp::Unreachable::Net,
+        DropReason::TooBig if icmp::dont_fragment(packet) => {
+            icmp::Unreachable::FragmentationNeeded {
+                mtu: u16::try_from(fwd.max_inner_len).unwrap_or(u16::MAX),
+            }
+        }
+        _ => return None,
+    };
+    if packet.first().map(|b| b >> 4) != Some(4) || !icmp::may_answer(packet) {
+        return None;
+    }
+    // Sourced from the unreachable destination, not from this node: the node's own overlay
+    // addresses are local to the kernel that reads the reply from TUN, and it drops a packet
+    // arriving from outside with a local source as a martian (`fib_validate_source`).
+    let from = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    icmp::unreachable(out, from, packet, kind).ok()
 }
 
 /// Checks a VXLAN frame as the kernel's `vxlan_rcv` does and returns the inner packet's
@@ -258,6 +292,7 @@ mod tests {
     const FWD: Forwarding = Forwarding {
         encap: Encap::Flannel,
         max_inner_len: 1472,
+        icmp: false,
     };
     const MAC_A: MacAddress = MacAddress([0x2a, 0x89, 0x75, 0x16, 0x96, 0xaa]);
     const MAC_B: MacAddress = MacAddress([0xee, 0x58, 0x53, 0xba, 0x43, 0xf5]);
@@ -266,6 +301,7 @@ mod tests {
         Forwarding {
             encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }),
             max_inner_len: 1450,
+            icmp: false,
         }
     }
 

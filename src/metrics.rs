@@ -13,6 +13,8 @@
 //! | `tun_tx_packets`, `tun_tx_bytes` | packets written to the TUN device |
 //! | `tun_tx_csum_completed` | of those, packets whose partial TCP/UDP checksum (left by a kernel peer on the same host, see `wire::ip::complete_partial_checksum`) was completed |
 //! | `tun_tx_segmented` | received TCP super-packets (from a kernel `vxlan` peer on the same host, see `wire::tcp`) cut into MTU-sized segments |
+//! | `tun_tx_icmp` | ICMP errors written back into TUN: net unreachable for `no_route`, fragmentation needed for `too_big` with DF |
+//! | `icmp_rate_limited` | ICMP errors not sent: the per-worker token bucket (100/s, burst 100) was empty |
 //! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
 //!
 //! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
@@ -208,6 +210,10 @@ pub struct Counters {
     pub tun_tx_csum_completed: AtomicU64,
     /// Received TCP super-packets cut into MTU-sized segments before the TUN write.
     pub tun_tx_segmented: AtomicU64,
+    /// ICMP errors written back into TUN (net unreachable, fragmentation needed).
+    pub tun_tx_icmp: AtomicU64,
+    /// ICMP errors not sent because the per-worker token bucket was empty.
+    pub icmp_rate_limited: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
 }
 
@@ -268,6 +274,11 @@ impl Metrics {
                 sum(&|c| &c.tun_tx_csum_completed),
             ),
             ("tun_tx_segmented".to_owned(), sum(&|c| &c.tun_tx_segmented)),
+            ("tun_tx_icmp".to_owned(), sum(&|c| &c.tun_tx_icmp)),
+            (
+                "icmp_rate_limited".to_owned(),
+                sum(&|c| &c.icmp_rate_limited),
+            ),
         ];
         for reason in DropReason::all() {
             let i = reason.index();

@@ -72,6 +72,10 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         Some(m) => m,
         None => underlay_mtu.saturating_sub(u32::try_from(overhead).unwrap_or(u32::MAX)),
     };
+    // The largest inner packet the path carries: the TUN MTU, unless it was set larger than
+    // the underlay allows, in which case bigger packets get "fragmentation needed".
+    let path_mtu = underlay_mtu.saturating_sub(u32::try_from(overhead).unwrap_or(u32::MAX));
+    let max_inner = mtu.min(path_mtu) as usize;
     if mtu < 68 {
         return Err(Error::Underlay(format!(
             "underlay MTU {underlay_mtu} of {iface} leaves {mtu} bytes after {overhead} bytes of \
@@ -158,10 +162,12 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
             metrics: Arc::clone(&metrics),
             fwd: Forwarding {
                 encap,
-                max_inner_len: mtu as usize,
+                max_inner_len: max_inner,
+                icmp: true,
             },
             stop: Arc::clone(stop),
             multishot: opts.multishot,
+            tun_mtu: mtu as usize,
         };
         let handle = std::thread::Builder::new()
             .name(format!("fustian-w{id}"))

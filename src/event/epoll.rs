@@ -36,6 +36,7 @@ struct Loop {
     rx_bufs: SlotBuf,
     tx: Vec<Transmit>,
     seg_scratch: Vec<u8>,
+    icmp: super::IcmpSender,
     received: Vec<Received>,
     send_scratch: MmsgScratch,
     recv_scratch: MmsgScratch,
@@ -70,10 +71,11 @@ pub fn run(worker: Worker) -> io::Result<()> {
         Encap::Vxlan(_) => MAX_UDP_PAYLOAD,
     };
     let mut l = Loop {
-        tun_bufs: SlotBuf::new(BATCH, HEADROOM, max.max(1500)),
+        tun_bufs: SlotBuf::new(BATCH, HEADROOM, worker.tun_mtu.max(max)),
         rx_bufs: SlotBuf::new(BATCH, 0, rx_payload),
         tx: Vec::with_capacity(BATCH),
         seg_scratch: vec![0u8; max],
+        icmp: super::IcmpSender::new(),
         received: vec![
             Received {
                 len: 0,
@@ -152,7 +154,12 @@ impl Loop {
                         socket,
                     });
                 }
-                Verdict::Drop(reason) => counters.drop_packet(reason),
+                Verdict::Drop(reason) => {
+                    counters.drop_packet(reason);
+                    let packet = &slot[headroom..headroom + len];
+                    self.icmp
+                        .on_drop(&self.w.fwd, reason, packet, &self.w.tun, counters);
+                }
                 Verdict::Deliver { .. } => counters.drop_packet(DropReason::LocalDestination),
             }
             read += 1;

@@ -128,6 +128,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Forwarding parameters.
     pub fwd: Forwarding,
+    /// The TUN device's MTU: the largest packet a TUN read returns.
+    pub tun_mtu: usize,
     /// Set to stop the worker.
     pub stop: Arc<AtomicBool>,
     /// io_uring: use a multishot receive with a provided-buffer ring where the kernel has it.
@@ -176,5 +178,59 @@ impl RateLimitedLog {
         tracing::warn!(suppressed = self.suppressed, "{}: {err}", self.what);
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+/// ICMP errors back into TUN for packets that cannot be forwarded, through a token bucket
+/// (100 per second, bursts of 100, per worker) so a flood of unroutable packets cannot turn
+/// into a flood of replies.
+#[derive(Debug)]
+pub(crate) struct IcmpSender {
+    buf: Box<[u8]>,
+    tokens: f64,
+    last: Instant,
+}
+
+impl IcmpSender {
+    const RATE: f64 = 100.0;
+    const BURST: f64 = 100.0;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: vec![0u8; crate::wire::icmp::MAX_LEN].into_boxed_slice(),
+            tokens: Self::BURST,
+            last: Instant::now(),
+        }
+    }
+
+    /// Sends the ICMP error due for `packet`, dropped from TUN with `reason`, if any and if the
+    /// bucket allows; counts what it did.
+    pub(crate) fn on_drop(
+        &mut self,
+        fwd: &Forwarding,
+        reason: crate::metrics::DropReason,
+        packet: &[u8],
+        tun: &Tun,
+        counters: &crate::metrics::Counters,
+    ) {
+        use crate::metrics::{Counters, DropReason};
+        if !matches!(reason, DropReason::NoRoute | DropReason::TooBig) {
+            return;
+        }
+        let Some(len) = crate::forward::icmp_reply(fwd, reason, packet, &mut self.buf) else {
+            return;
+        };
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * Self::RATE;
+        self.tokens = (self.tokens + refill).min(Self::BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            Counters::add(&counters.icmp_rate_limited, 1);
+            return;
+        }
+        self.tokens -= 1.0;
+        if tun.write(&self.buf[..len]).is_ok() {
+            Counters::add(&counters.tun_tx_icmp, 1);
+        }
     }
 }

@@ -164,6 +164,7 @@ struct Loop {
     tun_fd: RawFd,
     rx_payload: usize,
     seg_scratch: Vec<u8>,
+    icmp: super::IcmpSender,
     w: Worker,
     tun_read_log: RateLimitedLog,
     tun_write_log: RateLimitedLog,
@@ -192,7 +193,7 @@ pub fn run(w: Worker) -> io::Result<()> {
     };
     let mut l = Loop {
         ring,
-        tx: slots(SLOTS, HEADROOM + max.max(1500)),
+        tx: slots(SLOTS, HEADROOM + w.tun_mtu.max(max)),
         rx: slots(SLOTS, rx_payload),
         timespec: Box::new(types::Timespec::new().sec(0).nsec(200_000_000)),
         completions: Vec::with_capacity(8 * SLOTS),
@@ -206,6 +207,7 @@ pub fn run(w: Worker) -> io::Result<()> {
         tun_fd: w.tun.as_raw_fd(),
         rx_payload,
         seg_scratch: vec![0u8; max],
+        icmp: super::IcmpSender::new(),
         tun_read_log: RateLimitedLog::new("TUN read failed"),
         tun_write_log: RateLimitedLog::new("TUN write failed"),
         send_log: RateLimitedLog::new("UDP send failed"),
@@ -384,6 +386,9 @@ impl Loop {
             }
             Verdict::Drop(reason) => {
                 counters.drop_packet(reason);
+                let packet = &self.tx[i].buf[HEADROOM..HEADROOM + len];
+                self.icmp
+                    .on_drop(&self.w.fwd, reason, packet, &self.w.tun, counters);
                 self.arm_read(i)
             }
             Verdict::Deliver { .. } => {
@@ -768,6 +773,9 @@ impl Loop {
             }
             Verdict::Drop(reason) => {
                 counters.drop_packet(reason);
+                let packet = &t.ring.buf(bid)[HEADROOM..HEADROOM + len];
+                self.icmp
+                    .on_drop(&self.w.fwd, reason, packet, &self.w.tun, counters);
                 t.ring.provide(bid);
                 Ok(())
             }

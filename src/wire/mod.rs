@@ -21,6 +21,7 @@
 pub mod encap;
 pub mod ethernet;
 pub mod flannel;
+pub mod icmp;
 pub mod ip;
 pub mod tcp;
 pub mod vxlan;
