@@ -42,6 +42,7 @@ fn bench(c: &mut Criterion) {
         encap: Encap::Flannel,
         max_inner_len: 1472,
         icmp: false,
+        strict_source_port: false,
     };
     let a = snapshot("10.244.1.0/24", "10.244.2.0/24", "192.0.2.2");
     let b = snapshot("10.244.2.0/24", "10.244.1.0/24", "192.0.2.1");
@@ -71,6 +72,7 @@ fn bench(c: &mut Criterion) {
         }),
         max_inner_len: 1450,
         icmp: false,
+        strict_source_port: false,
     };
     let vx_b = Forwarding {
         encap: Encap::Vxlan(VxlanParams {
@@ -79,6 +81,7 @@ fn bench(c: &mut Criterion) {
         }),
         max_inner_len: 1450,
         icmp: false,
+        strict_source_port: false,
     };
     let mut group = c.benchmark_group("vxlan");
     for size in [64usize, 576, 1400, 1450] {

@@ -120,6 +120,13 @@ fn check(extra: &[&str]) {
         peer.send_to(d, to).expect("send garbage");
     }
     stranger.send_to(&good, to).expect("send from stranger"); // unknown_sender
+    let other_port = topo.hosts[1]
+        .run(|| UdpSocket::bind("192.0.2.2:40000"))
+        .expect("enter node b")
+        .expect("bind");
+    other_port
+        .send_to(&good, to)
+        .expect("send from another port"); // wrong_source_port
 
     let tun_garbage: Vec<Vec<u8>> = vec![
         vec![0x45],     // tun_truncated
@@ -157,6 +164,7 @@ fn check(extra: &[&str]) {
         ("drop_spoofed_source", 2),
         ("drop_not_local", 1),
         ("drop_unknown_sender", 1),
+        ("drop_wrong_source_port", 1),
         ("drop_tun_truncated", 2),
         ("drop_tun_bad_version", 1),
         ("drop_tun_bad_length", 1),

@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// [default: /run/flannel/subnet.env].
     #[arg(long, value_name = "FILE")]
     pub subnet_file: Option<String>,
+    /// Source port of datagrams from peers: `exact` (the peer's own port, as flannel's udp
+    /// nodes send) or `any` [default: exact for udp, any for vxlan].
+    #[arg(long, value_name = "POLICY")]
+    pub peer_source_port: Option<String>,
     /// Worker threads, each with its own TUN queue and UDP socket [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
@@ -117,6 +121,7 @@ impl RunArgs {
             source_ports: self.source_ports,
             subnet_file: self.subnet_file.clone(),
             threads: self.threads,
+            peer_source_port: self.peer_source_port.clone(),
             io: self.io.clone(),
             peers: self.peers.clone(),
         }

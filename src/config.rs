@@ -159,6 +159,8 @@ pub struct RawNode {
     pub threads: Option<u32>,
     /// Event loop: auto, uring or epoll.
     pub io: Option<String>,
+    /// Source-port policy for datagrams from peers: any or exact.
+    pub peer_source_port: Option<String>,
     /// Peers.
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerEntry>,
@@ -239,6 +241,8 @@ pub struct NodeConfig {
     pub threads: Option<usize>,
     /// Which event loop to run.
     pub io: IoChoice,
+    /// Accept datagrams only from the peer's own port.
+    pub strict_source_port: bool,
     /// The UDP port to bind and to send to.
     pub port: u16,
     /// The TUN device name.
@@ -360,6 +364,19 @@ impl NodeConfig {
                 _ => return Err(invalid(o, &name, "one of auto, uring, epoll".into())),
             },
         };
+        // flannel's udp nodes send from the port they listen on, so `udp` checks it by
+        // default; kernel VXLAN picks a source port per flow, so `vxlan` cannot.
+        let strict_source_port = match pick!(peer_source_port, "peer-source-port") {
+            None => !vxlan,
+            Some((p, o)) => match p.as_str() {
+                "any" => false,
+                "exact" if vxlan => {
+                    return Err(invalid(o, &p, "vxlan peers send from any port".into()));
+                }
+                "exact" => true,
+                _ => return Err(invalid(o, &p, "one of any, exact".into())),
+            },
+        };
         let backend = if vxlan {
             BackendConfig::Vxlan {
                 vni,
@@ -468,6 +485,7 @@ impl NodeConfig {
             subnet_file,
             threads,
             io,
+            strict_source_port,
             port,
             tun,
             mtu,

@@ -32,6 +32,9 @@ pub struct Forwarding {
     pub max_inner_len: usize,
     /// Send ICMP errors back into TUN for packets that cannot be forwarded.
     pub icmp: bool,
+    /// Accept a datagram only from the sending peer's own port (flannel's `udp` nodes send
+    /// from the port they listen on); kernel VXLAN peers send from any port.
+    pub strict_source_port: bool,
 }
 
 /// What to do with one packet.
@@ -137,10 +140,15 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
         return Verdict::Drop(DropReason::NotLocal);
     }
     match snap.lookup(inner.src) {
-        Some((_, owner)) if owner.endpoint.ip() == sender.ip() => Verdict::Deliver {
-            start,
-            len: datagram.len() - start,
-        },
+        Some((_, owner)) if owner.endpoint.ip() == sender.ip() => {
+            if fwd.strict_source_port && owner.endpoint.port() != sender.port() {
+                return Verdict::Drop(DropReason::WrongSourcePort);
+            }
+            Verdict::Deliver {
+                start,
+                len: datagram.len() - start,
+            }
+        }
         _ => Verdict::Drop(DropReason::SpoofedSource),
     }
 }
@@ -293,6 +301,7 @@ mod tests {
         encap: Encap::Flannel,
         max_inner_len: 1472,
         icmp: false,
+        strict_source_port: false,
     };
     const MAC_A: MacAddress = MacAddress([0x2a, 0x89, 0x75, 0x16, 0x96, 0xaa]);
     const MAC_B: MacAddress = MacAddress([0xee, 0x58, 0x53, 0xba, 0x43, 0xf5]);
@@ -302,6 +311,7 @@ mod tests {
             encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }),
             max_inner_len: 1450,
             icmp: false,
+            strict_source_port: false,
         }
     }
 
@@ -451,6 +461,30 @@ mod tests {
             inbound(&snap, &FWD, from_b, &trailing),
             Verdict::Drop(DropReason::RxMalformed(WireError::BadLength))
         );
+    }
+
+    #[test]
+    fn strict_source_port_wants_the_peers_own_port() {
+        let snap = node_a();
+        let strict = Forwarding {
+            strict_source_port: true,
+            ..FWD
+        };
+        let good = packet([10, 244, 2, 5], [10, 244, 1, 2], 30);
+        let from_b: SocketAddr = "192.0.2.2:8285".parse().expect("literal");
+        let other_port: SocketAddr = "192.0.2.2:40000".parse().expect("literal");
+        assert!(matches!(
+            inbound(&snap, &strict, from_b, &good),
+            Verdict::Deliver { .. }
+        ));
+        assert_eq!(
+            inbound(&snap, &strict, other_port, &good),
+            Verdict::Drop(DropReason::WrongSourcePort)
+        );
+        assert!(matches!(
+            inbound(&snap, &FWD, other_port, &good),
+            Verdict::Deliver { .. }
+        ));
     }
 
     #[test]

@@ -31,7 +31,8 @@
 //! `wrong_dst_mac` (inner destination is another unicast MAC), `own_src_mac` (inner source is
 //! this VTEP's MAC), `non_ip` (ARP or another EtherType; flannel's kernel peers use permanent
 //! neighbour entries and never ARP), `no_peer_mac` (a peer without a VTEP MAC), `rx_too_big` (an
-//! inner packet above the TUN MTU that is not TCP and cannot be cut into segments).
+//! inner packet above the TUN MTU that is not TCP and cannot be cut into segments),
+//! `wrong_source_port` (from a peer's address but another port, with `--peer-source-port exact`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +78,8 @@ pub enum DropReason {
     NoPeerMac,
     /// A received inner packet is larger than the TUN MTU and is not TCP that can be cut.
     RxTooBig,
+    /// A datagram came from a peer's address but not from its port (`--peer-source-port exact`).
+    WrongSourcePort,
 }
 
 const WIRE_ERRORS: [WireError; 6] = [
@@ -89,7 +92,7 @@ const WIRE_ERRORS: [WireError; 6] = [
 ];
 
 /// Number of drop counters.
-pub const DROP_REASONS: usize = 27;
+pub const DROP_REASONS: usize = 28;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -114,6 +117,7 @@ impl DropReason {
                 Self::NonIp,
                 Self::NoPeerMac,
                 Self::RxTooBig,
+                Self::WrongSourcePort,
             ])
     }
 
@@ -147,6 +151,7 @@ impl DropReason {
             Self::NonIp => 24,
             Self::NoPeerMac => 25,
             Self::RxTooBig => 26,
+            Self::WrongSourcePort => 27,
         }
     }
 
@@ -185,6 +190,7 @@ const NAMES: [&str; DROP_REASONS] = [
     "non_ip",
     "no_peer_mac",
     "rx_too_big",
+    "wrong_source_port",
 ];
 
 /// One worker's counters. Only that worker writes them.

@@ -164,6 +164,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
                 encap,
                 max_inner_len: max_inner,
                 icmp: true,
+                strict_source_port: config.strict_source_port,
             },
             stop: Arc::clone(stop),
             multishot: opts.multishot,

@@ -19,7 +19,7 @@ fuzz_target!(|input: (u8, u8, Vec<u8>)| {
         }],
     )
     .expect("valid");
-    let fwd = Forwarding { encap: Encap::Flannel, max_inner_len: 1472, icmp: false };
+    let fwd = Forwarding { encap: Encap::Flannel, max_inner_len: 1472, icmp: false, strict_source_port: false };
     let len = data.len().saturating_sub(usize::from(headroom));
     if let Verdict::Send { start, len, .. } = outbound(&snap, &fwd, &mut data, headroom.into(), len)
     {
