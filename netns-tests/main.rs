@@ -15,5 +15,6 @@ mod flannel_compat;
 mod garbage;
 mod icmp;
 mod lab;
+mod reload;
 mod two_nodes;
 mod vxlan;

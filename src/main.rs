@@ -36,10 +36,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let config = NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (*p, r)))?;
+            // SIGHUP re-reads the peers from the config file.
+            let reload = match &args.config {
+                Some(path) => {
+                    let requested = Arc::new(AtomicBool::new(false));
+                    signal_hook::flag::register(
+                        signal_hook::consts::SIGHUP,
+                        Arc::clone(&requested),
+                    )?;
+                    Some(fustian::node::Reload {
+                        path: path.clone(),
+                        flags: args.raw(),
+                        requested,
+                    })
+                }
+                None => None,
+            };
             let opts = fustian::node::RunOptions {
                 stats_file: args.stats_file.clone(),
                 table_churn: args.table_churn,
                 multishot: !args.no_multishot,
+                reload,
             };
             fustian::node::run(&config, &opts, &stop)?;
         }

@@ -34,6 +34,19 @@ pub struct RunOptions {
     pub table_churn: u32,
     /// io_uring: use multishot receive with a provided-buffer ring where the kernel has it.
     pub multishot: bool,
+    /// Reload the peers from the config file when this flag is set (by SIGHUP).
+    pub reload: Option<Reload>,
+}
+
+/// Where a reload reads from: the config file, under the same flags as at start.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The config file.
+    pub path: PathBuf,
+    /// The flags given at start (they still win over the file).
+    pub flags: crate::config::RawNode,
+    /// Set by the signal handler; cleared when the reload is done.
+    pub requested: Arc<AtomicBool>,
 }
 
 /// Sets up the node described by `config` and forwards until `stop` is set.
@@ -180,15 +193,21 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         handles.push(handle);
     }
 
+    let reloads = std::sync::atomic::AtomicU64::new(0);
+    let reload_errors = std::sync::atomic::AtomicU64::new(0);
     let write_stats = || {
         if let Some(path) = &opts.stats_file {
             let snap = table.load();
             let text = format!(
                 "{}# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
-                 # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n",
+                 # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n\
+                 # TYPE fustian_config_reloads counter\nfustian_config_reloads {}\n\
+                 # TYPE fustian_config_reload_errors counter\nfustian_config_reload_errors {}\n",
                 metrics.render_prometheus(),
                 snap.generation(),
-                snap.peers().len()
+                snap.peers().len(),
+                reloads.load(Ordering::Relaxed),
+                reload_errors.load(Ordering::Relaxed),
             );
             if let Err(e) = write_atomically(path, text.as_bytes()) {
                 tracing::warn!("cannot write stats file {}: {e}", path.display());
@@ -209,6 +228,28 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         if let Some(churn) = &churn {
             round += 1;
             table.publish(churn.snapshot(config, round));
+        }
+        if let Some(reload) = &opts.reload
+            && reload.requested.swap(false, Ordering::Relaxed)
+        {
+            match reload_peers(config, reload) {
+                Ok(snapshot) => {
+                    let peers = snapshot.peers().len();
+                    let generation = table.publish(snapshot);
+                    reloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        generation,
+                        peers,
+                        "reloaded the peers from {}",
+                        reload.path.display()
+                    );
+                }
+                Err(e) => {
+                    reload_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("reload rejected, the last good table keeps forwarding: {e}");
+                }
+            }
+            write_stats();
         }
         std::thread::sleep(tick);
     }
@@ -307,4 +348,20 @@ impl Churn {
         // The real peers are valid (checked at start) and the spares overlap none of them.
         Snapshot::new(vec![config.subnet], peers).unwrap_or_default()
     }
+}
+
+/// Reads the config file again and returns the table for its peers. Only the peers change
+/// live; any other setting that differs from the running one is reported and needs a restart.
+fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, Error> {
+    let file = crate::config::RawNode::from_file(&reload.path)?;
+    let new = NodeConfig::resolve(&reload.flags, Some((&reload.path, &file)))?;
+    let mut same = new.clone();
+    same.peers.clone_from(&running.peers);
+    if &same != running {
+        tracing::warn!(
+            "{}: only the peers are applied live; the other changes need a restart",
+            reload.path.display()
+        );
+    }
+    Ok(Snapshot::new(vec![running.subnet], new.peers)?)
 }
