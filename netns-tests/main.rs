@@ -13,6 +13,7 @@ mod cli;
 mod common;
 mod flannel_compat;
 mod garbage;
+mod hostile;
 mod icmp;
 mod lab;
 mod reload;
