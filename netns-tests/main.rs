@@ -16,6 +16,7 @@ mod garbage;
 mod hostile;
 mod icmp;
 mod lab;
+mod privileges;
 mod reload;
 mod two_nodes;
 mod vxlan;

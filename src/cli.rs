@@ -97,6 +97,13 @@ pub struct RunArgs {
     /// peers in unused subnets of the network, while forwarding goes on.
     #[arg(long, value_name = "PER_SEC", default_value_t = 0)]
     pub table_churn: u32,
+    /// After setup, run as this user (and its group); without it every capability is dropped
+    /// after setup instead.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Keep root's capabilities after setup.
+    #[arg(long)]
+    pub keep_privileges: bool,
     /// io_uring: keep single-shot receives in flight instead of one multishot receive with a
     /// provided-buffer ring (what kernels before 6.0 get).
     #[arg(long)]

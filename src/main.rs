@@ -57,6 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 table_churn: args.table_churn,
                 multishot: !args.no_multishot,
                 reload,
+                user: args.user.clone(),
+                keep_privileges: args.keep_privileges,
             };
             fustian::node::run(&config, &opts, &stop)?;
         }

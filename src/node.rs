@@ -36,6 +36,11 @@ pub struct RunOptions {
     pub multishot: bool,
     /// Reload the peers from the config file when this flag is set (by SIGHUP).
     pub reload: Option<Reload>,
+    /// After setup, switch to this user; otherwise drop every capability (unless
+    /// `keep_privileges`).
+    pub user: Option<String>,
+    /// Keep root's capabilities after setup.
+    pub keep_privileges: bool,
 }
 
 /// Where a reload reads from: the config file, under the same flags as at start.
@@ -164,6 +169,21 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         "node up"
     );
 
+    // Setup is done: nothing from here on needs a privilege. Drop them before any worker
+    // exists, so every thread runs without them.
+    if let Some(user) = &opts.user {
+        crate::sys::switch_user(user).map_err(|source| Error::Io {
+            what: format!("switch to user {user}"),
+            source,
+        })?;
+        tracing::info!(user = %user, "running as an unprivileged user");
+    } else if !opts.keep_privileges {
+        crate::sys::drop_capabilities().map_err(|source| Error::Io {
+            what: "drop capabilities".into(),
+            source,
+        })?;
+        tracing::info!("all capabilities dropped after setup");
+    }
     let mut handles = Vec::with_capacity(workers);
     for (id, (tun, udp)) in queues.into_iter().zip(sockets).enumerate() {
         let worker = Worker {

@@ -65,3 +65,67 @@ pub fn terminate(pid: u32) -> io::Result<()> {
     // SAFETY: kill takes no pointers; the pid belongs to a child this process started.
     syscall!(kill(pid, libc::SIGTERM)).map(drop)
 }
+
+/// Drops every capability (effective, permitted and inheritable sets) of the calling thread
+/// with `capset(2)`. Threads created afterwards inherit the empty sets; a uid-0 process keeps
+/// its uid but loses every privilege (CAP_NET_ADMIN included).
+///
+/// # Errors
+///
+/// The `capset` error.
+pub fn drop_capabilities() -> io::Result<()> {
+    // _LINUX_CAPABILITY_VERSION_3 (include/uapi/linux/capability.h): two 32-bit data words.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: `header` and `data` are valid, correctly laid out for version 3 and outlive the
+    // call; capset only reads them.
+    syscall!(syscall(libc::SYS_capset, &raw const header, data.as_ptr())).map(drop)
+}
+
+/// Switches the whole process to the user `name` and its primary group, with no
+/// supplementary groups (glibc applies set*id to every thread).
+///
+/// # Errors
+///
+/// `NotFound` when the user does not exist, else the failing call's error.
+pub fn switch_user(name: &str) -> io::Result<()> {
+    let c =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid C string; getpwnam returns a pointer into static storage or null,
+    // read right away on this thread before any other getpw* call.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no user named {name}"),
+        ));
+    }
+    // SAFETY: `pw` is non-null and points at a valid passwd entry (see above).
+    let entry = unsafe { &*pw };
+    let (uid, gid) = (entry.pw_uid, entry.pw_gid);
+    // SAFETY: a zero-length group list with a null pointer is valid for setgroups.
+    syscall!(setgroups(0, std::ptr::null()))?;
+    // SAFETY: plain integer argument.
+    syscall!(setgid(gid))?;
+    // SAFETY: plain integer argument.
+    syscall!(setuid(uid)).map(drop)
+}
