@@ -18,5 +18,6 @@ mod icmp;
 mod lab;
 mod privileges;
 mod reload;
+mod soak;
 mod two_nodes;
 mod vxlan;
