@@ -393,6 +393,37 @@ fn tun(c: &mut Criterion) {
             t
         });
     });
+    // 64 writes: one syscall each, against 64 WRITE operations in one io_uring submission.
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("write_64_syscalls", |b| {
+        let mut drain = vec![0u8; 2048];
+        b.iter(|| {
+            for _ in 0..64 {
+                unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) };
+            }
+            while sink.recv(&mut drain).is_ok() {}
+        });
+    });
+    g.bench_function("write_64_io_uring", |b| {
+        let mut ring = io_uring::IoUring::new(128).expect("io_uring");
+        let mut drain = vec![0u8; 2048];
+        b.iter(|| {
+            for _ in 0..64 {
+                let e = io_uring::opcode::Write::new(
+                    io_uring::types::Fd(fd),
+                    packet.as_ptr(),
+                    packet.len() as u32,
+                )
+                .build();
+                unsafe { ring.submission().push(&e).expect("room") };
+            }
+            ring.submit_and_wait(64).expect("submit");
+            let n = ring.completion().count();
+            while sink.recv(&mut drain).is_ok() {}
+            n
+        });
+    });
+    g.throughput(Throughput::Bytes(packet.len() as u64));
     // Reads: packets to 10.9.0.2 are routed into the device; a sender thread keeps it fed.
     let stop = Arc::new(AtomicBool::new(false));
     let s = Arc::clone(&stop);
