@@ -19,7 +19,6 @@ use crate::metrics::{Counters, DropReason};
 use crate::udp::{MmsgScratch, Received, Transmit};
 use crate::wire::Encap;
 use crate::wire::ip::complete_partial_checksum;
-use crate::wire::tcp;
 
 /// The largest UDP payload over IPv4 (65535 − 20 − 8).
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -267,29 +266,20 @@ impl Loop {
             match forward::inbound(&snap, &self.w.fwd, from, datagram) {
                 Verdict::Deliver { start, len } => {
                     let inner = &mut datagram[start..start + len];
-                    let tun = &self.w.tun;
-                    let log = &mut self.tun_write_log;
-                    let mut write = |packet: &[u8]| match tun.write(packet) {
-                        Ok(_) => {
-                            Counters::add(&counters.tun_tx_packets, 1);
-                            Counters::add(&counters.tun_tx_bytes, packet.len() as u64);
-                        }
-                        Err(e) => {
-                            log.error(&e);
-                            counters.drop_packet(DropReason::TunWriteError);
-                        }
-                    };
                     if len <= self.w.fwd.max_inner_len {
                         if complete_partial_checksum(inner) {
                             Counters::add(&counters.tun_tx_csum_completed, 1);
                         }
-                        write(inner);
+                        super::write_tun(&self.w.tun, inner, counters, &mut self.tun_write_log);
                     } else {
-                        let max = self.w.fwd.max_inner_len;
-                        match tcp::segment(inner, max, &mut self.seg_scratch, &mut write) {
-                            Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
-                            Err(_) => counters.drop_packet(DropReason::RxTooBig),
-                        }
+                        super::write_segmented(
+                            &self.w.tun,
+                            inner,
+                            self.w.fwd.max_inner_len,
+                            &mut self.seg_scratch,
+                            counters,
+                            &mut self.tun_write_log,
+                        );
                     }
                 }
                 Verdict::Drop(reason) => counters.drop_packet(reason),

@@ -234,3 +234,42 @@ impl IcmpSender {
         }
     }
 }
+
+/// Writes one packet to TUN right away, counting it or its failure.
+pub(crate) fn write_tun(
+    tun: &Tun,
+    packet: &[u8],
+    counters: &crate::metrics::Counters,
+    log: &mut RateLimitedLog,
+) {
+    use crate::metrics::{Counters, DropReason};
+    match tun.write(packet) {
+        Ok(_) => {
+            Counters::add(&counters.tun_tx_packets, 1);
+            Counters::add(&counters.tun_tx_bytes, packet.len() as u64);
+        }
+        Err(e) => {
+            log.error(&e);
+            counters.drop_packet(DropReason::TunWriteError);
+        }
+    }
+}
+
+/// Cuts an inner TCP super-packet (from a kernel VXLAN peer on the same host) into segments of
+/// at most `max` bytes and writes each to TUN; anything that cannot be cut is `rx_too_big`.
+pub(crate) fn write_segmented(
+    tun: &Tun,
+    inner: &[u8],
+    max: usize,
+    scratch: &mut [u8],
+    counters: &crate::metrics::Counters,
+    log: &mut RateLimitedLog,
+) {
+    use crate::metrics::{Counters, DropReason};
+    match crate::wire::tcp::segment(inner, max, scratch, |seg| {
+        write_tun(tun, seg, counters, log)
+    }) {
+        Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
+        Err(_) => counters.drop_packet(DropReason::RxTooBig),
+    }
+}

@@ -54,8 +54,8 @@ use super::{RateLimitedLog, Worker};
 use crate::forward::{self, Verdict};
 use crate::metrics::{Counters, DropReason};
 use crate::udp::{from_storage, socklen_of, to_storage};
+use crate::wire::Encap;
 use crate::wire::ip::complete_partial_checksum;
-use crate::wire::{Encap, tcp};
 
 /// Operations in flight per direction.
 pub const SLOTS: usize = 64;
@@ -454,26 +454,14 @@ impl Loop {
             Verdict::Deliver { start, len } => {
                 // A super-packet from a kernel peer on this host: cut it and write the pieces
                 // right away; this path is rare and needs several writes anyway.
-                let inner = &datagram[start..start + len];
-                let tun = &self.w.tun;
-                let log = &mut self.tun_write_log;
-                let max = self.w.fwd.max_inner_len;
-                let written = tcp::segment(inner, max, &mut self.seg_scratch, |seg| {
-                    match tun.write(seg) {
-                        Ok(_) => {
-                            Counters::add(&counters.tun_tx_packets, 1);
-                            Counters::add(&counters.tun_tx_bytes, seg.len() as u64);
-                        }
-                        Err(e) => {
-                            log.error(&e);
-                            counters.drop_packet(DropReason::TunWriteError);
-                        }
-                    }
-                });
-                match written {
-                    Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
-                    Err(_) => counters.drop_packet(DropReason::RxTooBig),
-                }
+                super::write_segmented(
+                    &self.w.tun,
+                    &datagram[start..start + len],
+                    self.w.fwd.max_inner_len,
+                    &mut self.seg_scratch,
+                    counters,
+                    &mut self.tun_write_log,
+                );
                 self.arm_recv(j)
             }
             Verdict::Drop(reason) => {
@@ -650,26 +638,14 @@ impl Loop {
                 self.push(entry)
             }
             Verdict::Deliver { start, len } => {
-                let inner = &datagram[start..start + len];
-                let tun = &self.w.tun;
-                let log = &mut self.tun_write_log;
-                let max = self.w.fwd.max_inner_len;
-                let written = tcp::segment(inner, max, &mut self.seg_scratch, |seg| {
-                    match tun.write(seg) {
-                        Ok(_) => {
-                            Counters::add(&counters.tun_tx_packets, 1);
-                            Counters::add(&counters.tun_tx_bytes, seg.len() as u64);
-                        }
-                        Err(e) => {
-                            log.error(&e);
-                            counters.drop_packet(DropReason::TunWriteError);
-                        }
-                    }
-                });
-                match written {
-                    Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
-                    Err(_) => counters.drop_packet(DropReason::RxTooBig),
-                }
+                super::write_segmented(
+                    &self.w.tun,
+                    &datagram[start..start + len],
+                    self.w.fwd.max_inner_len,
+                    &mut self.seg_scratch,
+                    counters,
+                    &mut self.tun_write_log,
+                );
                 m.ring.provide(bid);
                 Ok(())
             }
