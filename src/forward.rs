@@ -155,8 +155,9 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
 
 /// Builds in `out` the ICMP error to send back into TUN for a packet from TUN dropped with
 /// `reason`, and returns its length: net unreachable for `NoRoute`, fragmentation needed with
-/// the path MTU for `TooBig` with DF set. `None` for other reasons, IPv6, and packets that must
-/// not be answered (`wire::icmp::may_answer`).
+/// the path MTU for `TooBig` with DF set; for IPv6, no route and packet too big (RFC 4443).
+/// `None` for other reasons and for packets that must not be answered
+/// (`wire::icmp::may_answer`, `may_answer_v6`).
 pub fn icmp_reply(
     fwd: &Forwarding,
     reason: DropReason,
@@ -166,23 +167,32 @@ pub fn icmp_reply(
     if !fwd.icmp {
         return None;
     }
+    let version = packet.first().map(|b| b >> 4);
     let kind = match reason {
         DropReason::NoRoute => icmp::Unreachable::Net,
-        DropReason::TooBig if icmp::dont_fragment(packet) => {
+        // IPv6 routers never fragment (RFC 8200, section 5): every IPv6 packet counts as DF.
+        DropReason::TooBig if version == Some(6) || icmp::dont_fragment(packet) => {
             icmp::Unreachable::FragmentationNeeded {
                 mtu: u16::try_from(fwd.max_inner_len).unwrap_or(u16::MAX),
             }
         }
         _ => return None,
     };
-    if packet.first().map(|b| b >> 4) != Some(4) || !icmp::may_answer(packet) {
-        return None;
-    }
     // Sourced from the unreachable destination, not from this node: the node's own overlay
     // addresses are local to the kernel that reads the reply from TUN, and it drops a packet
     // arriving from outside with a local source as a martian (`fib_validate_source`).
-    let from = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    icmp::unreachable(out, from, packet, kind).ok()
+    match version {
+        Some(4) if icmp::may_answer(packet) => {
+            let from = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+            icmp::unreachable(out, from, packet, kind).ok()
+        }
+        Some(6) if icmp::may_answer_v6(packet) => {
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&packet[24..40]);
+            icmp::unreachable_v6(out, dst.into(), packet, kind).ok()
+        }
+        _ => None,
+    }
 }
 
 /// Checks a VXLAN frame as the kernel's `vxlan_rcv` does and returns the inner packet's
@@ -461,6 +471,52 @@ mod tests {
             inbound(&snap, &FWD, from_b, &trailing),
             Verdict::Drop(DropReason::RxMalformed(WireError::BadLength))
         );
+    }
+
+    #[test]
+    fn icmp_replies_for_no_route_and_too_big() {
+        let fwd = Forwarding { icmp: true, ..FWD };
+        let mut out = [0u8; crate::wire::icmp::V6_MIN_MTU];
+        let unroutable = packet([10, 244, 1, 2], [10, 244, 9, 9], 10);
+        let n = icmp_reply(&fwd, DropReason::NoRoute, &unroutable, &mut out).expect("a reply");
+        assert_eq!(
+            (out[9], out[20], out[21]),
+            (1, 3, 0),
+            "ICMP net unreachable"
+        );
+        assert_eq!(
+            &out[12..16],
+            &[10, 244, 9, 9],
+            "from the unreachable destination"
+        );
+        assert_eq!(&out[16..20], &[10, 244, 1, 2], "to the sender");
+        assert!(n > 48);
+        let mut big = packet([10, 244, 1, 2], [10, 244, 2, 2], 1500);
+        big[6] |= 0x40; // DF
+        let ip_len = big[0] & 0x0f;
+        assert_eq!(ip_len, 5);
+        let mut p = crate::wire::ip::Packet::new_unchecked(&mut big[..]);
+        p.fill_checksum();
+        icmp_reply(&fwd, DropReason::TooBig, &big, &mut out).expect("a reply");
+        assert_eq!((out[20], out[21]), (3, 4), "fragmentation needed");
+        assert_eq!(
+            u16::from_be_bytes([out[26], out[27]]),
+            1472,
+            "with the path MTU"
+        );
+        assert_eq!(
+            icmp_reply(&FWD, DropReason::NoRoute, &unroutable, &mut out),
+            None
+        );
+        assert_eq!(
+            icmp_reply(&fwd, DropReason::NotLocal, &unroutable, &mut out),
+            None
+        );
+        let v6 = crate::wire::ip::tests::UDP_V6;
+        icmp_reply(&fwd, DropReason::NoRoute, &v6, &mut out).expect("an ICMPv6 reply");
+        assert_eq!((out[6], out[40], out[41]), (58, 1, 0), "ICMPv6 no route");
+        icmp_reply(&fwd, DropReason::TooBig, &v6, &mut out).expect("an ICMPv6 reply");
+        assert_eq!(out[40], 2, "ICMPv6 packet too big");
     }
 
     #[test]

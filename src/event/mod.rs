@@ -197,7 +197,7 @@ impl IcmpSender {
 
     pub(crate) fn new() -> Self {
         Self {
-            buf: vec![0u8; crate::wire::icmp::MAX_LEN].into_boxed_slice(),
+            buf: vec![0u8; crate::wire::icmp::V6_MIN_MTU].into_boxed_slice(),
             tokens: Self::BURST,
             last: Instant::now(),
         }

@@ -6,8 +6,9 @@
 //! when a packet with DF set does not fit the path. They quote the offending packet's IP header
 //! and as much of its payload as keeps the whole message within 576 bytes (RFC 1812, section
 //! 4.3.2.3). None is sent about an ICMP error message, a non-first fragment, or a packet from
-//! a multicast, broadcast or unspecified source (RFC 1122, section 3.2.2). IPv6 packets get no
-//! ICMPv6 reply yet; they are counted as dropped.
+//! a multicast, broadcast or unspecified source (RFC 1122, section 3.2.2). IPv6 packets get the
+//! ICMPv6 equivalents (RFC 4443): destination unreachable, no route (type 1 code 0), and packet
+//! too big (type 2) with the MTU, within the 1280-byte minimum MTU.
 
 use std::net::Ipv4Addr;
 
@@ -96,6 +97,85 @@ pub fn unreachable(
     Ok(HEADER_LEN + icmp_len)
 }
 
+/// The smallest IPv6 MTU (RFC 8200, section 5); an ICMPv6 error must fit it (RFC 4443, 2.4).
+pub const V6_MIN_MTU: usize = 1280;
+
+/// Returns true when an ICMPv6 error may be sent about `offender` (RFC 4443, section 2.4 (e)):
+/// not about an ICMPv6 error message, nor a packet from a multicast or unspecified source.
+pub fn may_answer_v6(offender: &[u8]) -> bool {
+    let Ok(packet) = super::ip::V6Packet::new_checked(offender) else {
+        return false;
+    };
+    let src = packet.src_addr();
+    if src.is_multicast() || src.is_unspecified() {
+        return false;
+    }
+    if packet.next_header() == IpProtocol::Icmpv6 {
+        // Types below 128 are errors (RFC 4443, section 2.1).
+        return offender
+            .get(super::ip::V6_HEADER_LEN)
+            .is_some_and(|&t| t >= 128);
+    }
+    true
+}
+
+/// Writes an ICMPv6 error about `offender` from `from` into `out` (at least [`V6_MIN_MTU`]
+/// bytes) and returns its length: destination unreachable, no route (type 1 code 0), for
+/// [`Unreachable::Net`]; packet too big (type 2) with the MTU, for
+/// [`Unreachable::FragmentationNeeded`] (RFC 4443, sections 3.1 and 3.2).
+///
+/// # Errors
+///
+/// `Truncated` when `out` is too short or `offender` is not a whole IPv6 packet.
+pub fn unreachable_v6(
+    out: &mut [u8],
+    from: std::net::Ipv6Addr,
+    offender: &[u8],
+    kind: Unreachable,
+) -> Result<usize, WireError> {
+    use super::ip::{V6_HEADER_LEN, V6Packet, V6Repr};
+    let packet = V6Packet::new_checked(offender)?;
+    if out.len() < V6_MIN_MTU {
+        return Err(WireError::Truncated);
+    }
+    let quoted = offender
+        .len()
+        .min(V6_MIN_MTU - V6_HEADER_LEN - ICMP_HEADER_LEN);
+    let icmp_len = ICMP_HEADER_LEN + quoted;
+    let to = packet.src_addr();
+    V6Repr {
+        src_addr: from,
+        dst_addr: to,
+        next_header: IpProtocol::Icmpv6,
+        hop_limit: 64,
+        payload_len: icmp_len,
+    }
+    .emit(out)?;
+    let (icmp_type, code, mtu) = match kind {
+        Unreachable::Net => (1u8, 0u8, 0u32),
+        Unreachable::FragmentationNeeded { mtu } => (2, 0, u32::from(mtu)),
+    };
+    let icmp = &mut out[V6_HEADER_LEN..V6_HEADER_LEN + icmp_len];
+    icmp[..4].copy_from_slice(&[icmp_type, code, 0, 0]);
+    icmp[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp[ICMP_HEADER_LEN..].copy_from_slice(&offender[..quoted]);
+    // Checksum over the pseudo-header (RFC 8200, section 8.1) and the message.
+    let mut sum: u64 = from
+        .octets()
+        .chunks_exact(2)
+        .chain(to.octets().chunks_exact(2))
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    sum += u64::try_from(icmp_len).unwrap_or(0) + 58;
+    sum += u64::from(!checksum(icmp));
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !u16::try_from(sum).unwrap_or(0xffff);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    Ok(V6_HEADER_LEN + icmp_len)
+}
+
 /// Returns true when the IPv4 packet has DF set.
 pub fn dont_fragment(packet: &[u8]) -> bool {
     packet.get(6).is_some_and(|b| b & 0x40 != 0)
@@ -162,7 +242,69 @@ mod tests {
         assert!(!may_answer(&[0x45; 10]));
     }
 
+    #[test]
+    fn builds_icmpv6_errors_that_etherparse_verifies() {
+        let b = PacketBuilder::ipv6(
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            [0xfd; 16],
+            64,
+        )
+        .udp(4000, 9);
+        let mut offender = Vec::new();
+        b.write(&mut offender, &[7u8; 1400]).expect("build");
+        assert!(may_answer_v6(&offender));
+        let mut out = [0u8; V6_MIN_MTU];
+        let from: std::net::Ipv6Addr = [0xfd; 16].into();
+        for kind in [
+            Unreachable::Net,
+            Unreachable::FragmentationNeeded { mtu: 1430 },
+        ] {
+            let n = unreachable_v6(&mut out, from, &offender, kind).expect("fits");
+            assert_eq!(n, V6_MIN_MTU);
+            let p = SlicedPacket::from_ip(&out[..n]).expect("parses");
+            let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+                panic!("not ICMPv6")
+            };
+            let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+                panic!("not IPv6")
+            };
+            let want = icmp
+                .icmp_type()
+                .calc_checksum(
+                    ip.header().source(),
+                    ip.header().destination(),
+                    icmp.payload(),
+                )
+                .expect("checksum");
+            assert_eq!(icmp.checksum(), want);
+            match (kind, icmp.icmp_type()) {
+                (Unreachable::Net, etherparse::Icmpv6Type::DestinationUnreachable(_)) => {}
+                (
+                    Unreachable::FragmentationNeeded { .. },
+                    etherparse::Icmpv6Type::PacketTooBig { mtu },
+                ) => {
+                    assert_eq!(mtu, 1430);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                !may_answer_v6(&out[..n]),
+                "an ICMPv6 error is never answered"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn never_panics_v6(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let mut out = [0u8; V6_MIN_MTU];
+            if may_answer_v6(&data) {
+                let n = unreachable_v6(&mut out, std::net::Ipv6Addr::LOCALHOST, &data, Unreachable::Net)
+                    .expect("a packet that may be answered can be quoted");
+                prop_assert!(n <= V6_MIN_MTU);
+            }
+        }
+
         #[test]
         fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..700)) {
             let mut out = [0u8; MAX_LEN];
