@@ -8,8 +8,8 @@
 //!   `UDP_GRO` against a GSO sender.
 //! - `tun`: needs root; the bench moves itself into a new network namespace, makes a TUN
 //!   device there and measures `write` (packets to a local UDP socket) and `read` (packets
-//!   the kernel routes into the device), one packet per syscall. Without root it says so and
-//!   skips these. Offload super-packets through the TUN device (vnet header) are not built yet.
+//!   the kernel routes into the device), one packet per syscall and 64 at a time through plain
+//!   syscalls and through io_uring. Without root it says so and skips these. Offload super-packets through the TUN device (vnet header) are not built yet.
 #![allow(unsafe_code, missing_docs, clippy::undocumented_unsafe_blocks)]
 #![allow(clippy::multiple_unsafe_ops_per_block)]
 #![allow(clippy::cast_possible_truncation)]
@@ -437,6 +437,38 @@ fn tun(c: &mut Criterion) {
     g.bench_function("read_1400", |b| {
         let mut buf = vec![0u8; 2048];
         b.iter(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) });
+    });
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("read_64_syscalls", |b| {
+        let mut buf = vec![0u8; 2048];
+        b.iter(|| {
+            for _ in 0..64 {
+                unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            }
+        });
+    });
+    // io_uring reads want a non-blocking fd: a read with nothing queued arms the ring's poll
+    // instead of blocking a kernel worker thread.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    g.bench_function("read_64_io_uring", |b| {
+        let mut ring = io_uring::IoUring::new(128).expect("io_uring");
+        let mut bufs = vec![0u8; 64 * 2048];
+        b.iter(|| {
+            for chunk in bufs.chunks_mut(2048) {
+                let e = io_uring::opcode::Read::new(
+                    io_uring::types::Fd(fd),
+                    chunk.as_mut_ptr(),
+                    chunk.len() as u32,
+                )
+                .build();
+                unsafe { ring.submission().push(&e).expect("room") };
+            }
+            ring.submit_and_wait(64).expect("submit");
+            ring.completion().count()
+        });
     });
     stop.store(true, Ordering::Relaxed);
     let _ = feeder.join();
