@@ -7,13 +7,14 @@ use std::sync::atomic::AtomicBool;
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::{Amount, tcp_bulk};
 
-use crate::common::{BULK, for_each_loop, skip, start_both, topology};
+use crate::common::{BULK, for_each_loop, serial, skip, start_both, topology};
 
 #[test]
 fn table_swaps_during_a_bulk_transfer() {
     if skip("table_swaps_during_a_bulk_transfer") {
         return;
     }
+    let _serial = serial();
     for_each_loop("table_swaps_during_a_bulk_transfer", |extra| {
         let mut topo = topology();
         let mut args = extra.to_vec();

@@ -110,3 +110,11 @@ pub(crate) fn for_each_loop(test: &str, mut body: impl FnMut(&[&str])) {
         body(extra);
     }
 }
+
+/// Serialises the netns tests: they saturate the two CPUs of a small machine, and timing
+/// (a restart within a second, a soak's memory samples) is only meaningful one at a time.
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

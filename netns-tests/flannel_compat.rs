@@ -10,13 +10,14 @@ use std::time::Duration;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use fustian::lab::{host_addr, pod_addr};
 
-use crate::common::{EXE, for_each_loop, skip, topology};
+use crate::common::{EXE, for_each_loop, serial, skip, topology};
 
 #[test]
 fn speaks_flannel_udp_both_ways() {
     if skip("speaks_flannel_udp_both_ways") {
         return;
     }
+    let _serial = serial();
     for_each_loop("speaks_flannel_udp_both_ways", check);
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use etherparse::PacketBuilder;
 use fustian::lab::host_addr;
 
-use crate::common::{EXE, for_each_loop, skip, topology, wait_for};
+use crate::common::{EXE, for_each_loop, serial, skip, topology, wait_for};
 
 fn udp_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let builder = PacketBuilder::ipv4(src, dst, 64).udp(9000, 9001);
@@ -67,6 +67,7 @@ fn garbage_is_counted_and_dropped() {
     if skip("garbage_is_counted_and_dropped") {
         return;
     }
+    let _serial = serial();
     for_each_loop("garbage_is_counted_and_dropped", check);
 }
 

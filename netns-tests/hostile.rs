@@ -13,7 +13,7 @@ use fustian::lab::netns::{Netns, veth};
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::{Amount, tcp_bulk};
 
-use crate::common::{BULK, for_each_loop, skip, start_both, topology, wait_for};
+use crate::common::{BULK, for_each_loop, serial, skip, start_both, topology, wait_for};
 
 const MARK: &[u8] = b"HOSTILE-PAYLOAD";
 
@@ -71,6 +71,7 @@ fn hostile_flood_during_a_transfer() {
     if skip("hostile_flood_during_a_transfer") {
         return;
     }
+    let _serial = serial();
     for_each_loop("hostile_flood_during_a_transfer", |extra| {
         let mut topo = topology();
         // The third host: on the underlay through its own veth to node B's namespace, which

@@ -6,7 +6,7 @@ use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use crate::common::{EXE, for_each_loop, skip, topology, wait_for};
+use crate::common::{EXE, for_each_loop, serial, skip, topology, wait_for};
 
 fn ip_mtu(sock: &UdpSocket) -> i32 {
     let mut mtu: libc::c_int = 0;
@@ -35,6 +35,7 @@ fn unreachable_and_fragmentation_needed() {
     if skip("unreachable_and_fragmentation_needed") {
         return;
     }
+    let _serial = serial();
     for_each_loop("unreachable_and_fragmentation_needed", |extra| {
         let mut topo = topology();
         let mut args = extra.to_vec();

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{EXE, skip};
+use crate::common::{EXE, serial, skip};
 
 fn leftovers(prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -36,6 +36,7 @@ fn lab_reports_table_json_svg_and_cleans_up() {
     if skip("lab_reports_table_json_svg_and_cleans_up") {
         return;
     }
+    let _serial = serial();
     let prefix = format!("lb{}", std::process::id() % 100_000);
     let dir = std::env::temp_dir().join(format!("lab-out-{prefix}"));
     std::fs::create_dir_all(&dir).expect("out dir");
@@ -135,6 +136,7 @@ fn an_interrupted_lab_leaves_nothing_behind() {
     if skip("an_interrupted_lab_leaves_nothing_behind") {
         return;
     }
+    let _serial = serial();
     let prefix = format!("li{}", std::process::id() % 100_000);
     let mut child = Command::new(EXE)
         .args(["lab", "--duration", "5", "--prefix", &prefix])
@@ -177,6 +179,7 @@ fn lab_runs_iperf3_when_asked() {
     if skip("lab_runs_iperf3_when_asked") {
         return;
     }
+    let _serial = serial();
     let prefix = format!("lp{}", std::process::id() % 100_000);
     let json = std::env::temp_dir().join(format!("lab-iperf3-{prefix}.json"));
     let out = Command::new(EXE)

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::udp_ping_pong;
 
-use crate::common::{EXE, skip, topology};
+use crate::common::{EXE, serial, skip, topology};
 
 /// Returns the value of `field` in /proc/<pid>/task/<tid>/status for every thread.
 fn task_field(pid: u32, field: &str) -> Vec<String> {
@@ -28,6 +28,7 @@ fn nodes_run_without_privileges() {
     if skip("nodes_run_without_privileges") {
         return;
     }
+    let _serial = serial();
     let mut topo = topology();
     let a_args = topo.node_args(0, &["--threads", "2"]);
     let a = topo

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::udp_ping_pong;
 
-use crate::common::{EXE, skip, topology, wait_for};
+use crate::common::{EXE, serial, skip, topology, wait_for};
 
 fn config(peer_ip: &str, subnet_file: &str) -> String {
     format!(
@@ -30,6 +30,7 @@ fn sighup_reloads_peers_and_a_restart_resumes_quickly() {
     if skip("sighup_reloads_peers_and_a_restart_resumes_quickly") {
         return;
     }
+    let _serial = serial();
     let mut topo = topology();
     let b_args = topo.node_args(1, &[]);
     topo.start_node(1, EXE, &b_args)

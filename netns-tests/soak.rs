@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::{Amount, tcp_bulk};
 
-use crate::common::{skip, start_both, topology};
+use crate::common::{serial, skip, start_both, topology};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -32,6 +32,7 @@ fn soak_with_table_churn() {
     if skip("soak_with_table_churn") {
         return;
     }
+    let _serial = serial();
     let secs: u64 = std::env::var("FUSTIAN_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

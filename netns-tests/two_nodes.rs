@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::{
-    BULK, exchange_both_ways, for_each_loop, skip, start_both, topology, wait_for,
+    BULK, exchange_both_ways, for_each_loop, serial, skip, start_both, topology, wait_for,
 };
 
 #[test]
@@ -12,6 +12,7 @@ fn echo_and_bulk_transfer_both_ways() {
     if skip("echo_and_bulk_transfer_both_ways") {
         return;
     }
+    let _serial = serial();
     for_each_loop("echo_and_bulk_transfer_both_ways", |extra| {
         let mut topo = topology();
         start_both(&mut topo, extra);

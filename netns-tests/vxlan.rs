@@ -8,7 +8,9 @@ use std::time::Duration;
 use etherparse::PacketBuilder;
 use fustian::lab::{LabBackend, Topology, VTEP_MACS, host_addr};
 
-use crate::common::{BULK, EXE, exchange_both_ways, for_each_loop, skip, topology, wait_for};
+use crate::common::{
+    BULK, EXE, exchange_both_ways, for_each_loop, serial, skip, topology, wait_for,
+};
 
 fn start_vxlan(topo: &mut Topology, nodes: &[usize], extra: &[&str]) {
     for &i in nodes {
@@ -49,6 +51,7 @@ fn fustian_vxlan_pair() {
     if skip("fustian_vxlan_pair") {
         return;
     }
+    let _serial = serial();
     for_each_loop("fustian_vxlan_pair", |extra| {
         let mut topo = topology();
         start_vxlan(&mut topo, &[0, 1], extra);
@@ -67,6 +70,7 @@ fn interoperates_with_kernel_vxlan_as_flannel_programs_it() {
     if skip("interoperates_with_kernel_vxlan_as_flannel_programs_it") {
         return;
     }
+    let _serial = serial();
     for_each_loop("interoperates_with_kernel_vxlan", interop);
 }
 
@@ -96,6 +100,7 @@ fn outer_source_port_follows_the_flow() {
     if skip("outer_source_port_follows_the_flow") {
         return;
     }
+    let _serial = serial();
     for_each_loop("outer_source_port_follows_the_flow", source_ports);
 }
 
@@ -166,6 +171,7 @@ fn bad_frames_are_counted_while_good_traffic_flows() {
     if skip("bad_frames_are_counted_while_good_traffic_flows") {
         return;
     }
+    let _serial = serial();
     for_each_loop("bad_frames_are_counted", bad_frames);
 }
 

@@ -139,9 +139,19 @@ pub fn tcp_bulk(
             ))
         },
     )?;
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| Error::Lab("the receiver did not start".into()))?;
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        // It ended before it listened: its own error says why.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(match server.join() {
+                Ok(Err(e)) => e,
+                _ => Error::Lab("the receiver stopped before it listened".into()),
+            });
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(Error::Lab("the receiver did not start within 30 s".into()));
+        }
+    }
 
     let stop_tx = Arc::clone(stop);
     let client = from.spawn(move || -> Result<(u64, Option<[u8; 32]>), Error> {
@@ -244,9 +254,21 @@ pub fn udp_ping_pong(
         }
         Ok(())
     })?;
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| Error::Lab("the echo responder did not start".into()))?;
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        // It ended before it listened: its own error says why.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(match server.join() {
+                Ok(Err(e)) => e,
+                _ => Error::Lab("the echo responder stopped before it listened".into()),
+            });
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(Error::Lab(
+                "the echo responder did not start within 30 s".into(),
+            ));
+        }
+    }
     let stop_c = Arc::clone(stop);
     let client = from.spawn(move || -> Result<(Vec<Duration>, usize), Error> {
         let bind: SocketAddr = if to_addr.is_ipv4() {
@@ -383,9 +405,21 @@ pub fn udp_flood(
             }
         }
     })?;
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| Error::Lab("the flood receiver did not start".into()))?;
+    match ready_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => {}
+        // It ended before it listened: its own error says why.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(match receiver.join() {
+                Ok(Err(e)) => e,
+                _ => Error::Lab("the flood receiver stopped before it listened".into()),
+            });
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(Error::Lab(
+                "the flood receiver did not start within 30 s".into(),
+            ));
+        }
+    }
     let stop_c = Arc::clone(stop);
     let sender = from.spawn(move || -> Result<(u64, Duration), Error> {
         let bind: SocketAddr = if to_addr.is_ipv4() {
