@@ -145,7 +145,8 @@ impl Loop {
                     ..
                 } => {
                     let base = self.tun_bufs.offset(read);
-                    let socket = pick_socket(flow, self.w.tx_pool.len());
+                    let socket =
+                        u16::try_from(super::pick_socket(flow, self.w.tx_pool.len())).unwrap_or(0);
                     self.tx.push(Transmit {
                         dst,
                         start: base + start,
@@ -288,14 +289,4 @@ impl Loop {
         }
         n
     }
-}
-
-/// Maps a flow hash onto one of `n` sockets, as the kernel maps its hash onto the port range
-/// (`udp_flow_src_port`: multiply and keep the high half), so every socket gets an equal share.
-fn pick_socket(flow: u32, n: usize) -> u16 {
-    if n <= 1 {
-        return 0;
-    }
-    let n = u64::try_from(n).unwrap_or(1);
-    u16::try_from((u64::from(flow) * n) >> 32).unwrap_or(0)
 }

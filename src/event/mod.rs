@@ -273,3 +273,41 @@ pub(crate) fn write_segmented(
         Err(_) => counters.drop_packet(DropReason::RxTooBig),
     }
 }
+
+/// Maps a flow hash onto one of `n` source sockets as the kernel maps its hash onto the port
+/// range (`udp_flow_src_port`: multiply and keep the high half), so every socket gets an equal
+/// share. Returns 0 when there are no more than one.
+pub(crate) fn pick_socket(flow: u32, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let n64 = u64::try_from(n).unwrap_or(1);
+    usize::try_from((u64::from(flow) * n64) >> 32)
+        .unwrap_or(0)
+        .min(n - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn every_socket_gets_flows() {
+        let mut seen = [0u32; 16];
+        for flow in (0..u32::MAX).step_by(1 << 20) {
+            seen[pick_socket(flow, 16)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n == 256), "{seen:?}");
+        assert_eq!(pick_socket(u32::MAX, 0), 0);
+        assert_eq!(pick_socket(u32::MAX, 1), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn always_in_range(flow in any::<u32>(), n in 1usize..300) {
+            prop_assert!(pick_socket(flow, n) < n);
+        }
+    }
+}

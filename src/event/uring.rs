@@ -338,8 +338,39 @@ impl Loop {
         Ok(())
     }
 
-    fn counters(&self) -> &Counters {
-        self.w.metrics.worker(self.w.id)
+    /// Counts the completion of a UDP send: the datagram, or a `tx_error` drop.
+    fn count_send(&mut self, result: i32) {
+        let counters = self.w.metrics.worker(self.w.id);
+        match u64::try_from(result) {
+            Ok(bytes) => {
+                Counters::add(&counters.tx_packets, 1);
+                Counters::add(&counters.tx_bytes, bytes);
+            }
+            Err(_) => {
+                counters.drop_packet(DropReason::TxError);
+                if -result != libc::ECANCELED {
+                    self.send_log.error(&io::Error::from_raw_os_error(-result));
+                }
+            }
+        }
+    }
+
+    /// Counts the completion of a TUN write: the packet, or a `tun_write_error` drop.
+    fn count_tun_write(&mut self, result: i32) {
+        let counters = self.w.metrics.worker(self.w.id);
+        match u64::try_from(result) {
+            Ok(bytes) => {
+                Counters::add(&counters.tun_tx_packets, 1);
+                Counters::add(&counters.tun_tx_bytes, bytes);
+            }
+            Err(_) => {
+                counters.drop_packet(DropReason::TunWriteError);
+                if -result != libc::ECANCELED {
+                    self.tun_write_log
+                        .error(&io::Error::from_raw_os_error(-result));
+                }
+            }
+        }
     }
 
     fn on_read(&mut self, snap: &crate::table::Snapshot, i: usize, result: i32) -> io::Result<()> {
@@ -368,7 +399,7 @@ impl Loop {
             } => {
                 let fd = match self.w.tx_pool.len() {
                     0 => self.w.udp.as_raw_fd(),
-                    n => self.w.tx_pool[pick(flow, n)].as_raw_fd(),
+                    n => self.w.tx_pool[super::pick_socket(flow, n)].as_raw_fd(),
                 };
                 let slot = &mut self.tx[i];
                 slot.iov.iov_base = slot.buf[start..].as_mut_ptr().cast();
@@ -400,19 +431,7 @@ impl Loop {
 
     fn on_send(&mut self, i: usize, result: i32) -> io::Result<()> {
         self.tx[i].inflight = 0;
-        let counters = self.counters();
-        match u64::try_from(result) {
-            Ok(bytes) => {
-                Counters::add(&counters.tx_packets, 1);
-                Counters::add(&counters.tx_bytes, bytes);
-            }
-            Err(_) => {
-                counters.drop_packet(DropReason::TxError);
-                if -result != libc::ECANCELED {
-                    self.send_log.error(&io::Error::from_raw_os_error(-result));
-                }
-            }
-        }
+        self.count_send(result);
         self.arm_read(i)
     }
 
@@ -477,20 +496,7 @@ impl Loop {
 
     fn on_write(&mut self, j: usize, result: i32) -> io::Result<()> {
         self.rx[j].inflight = 0;
-        let counters = self.counters();
-        match u64::try_from(result) {
-            Ok(bytes) => {
-                Counters::add(&counters.tun_tx_packets, 1);
-                Counters::add(&counters.tun_tx_bytes, bytes);
-            }
-            Err(_) => {
-                counters.drop_packet(DropReason::TunWriteError);
-                if -result != libc::ECANCELED {
-                    self.tun_write_log
-                        .error(&io::Error::from_raw_os_error(-result));
-                }
-            }
-        }
+        self.count_tun_write(result);
         self.arm_recv(j)
     }
 
@@ -732,7 +738,7 @@ impl Loop {
             } => {
                 let fd = match self.w.tx_pool.len() {
                     0 => self.w.udp.as_raw_fd(),
-                    n => self.w.tx_pool[pick(flow, n)].as_raw_fd(),
+                    n => self.w.tx_pool[super::pick_socket(flow, n)].as_raw_fd(),
                 };
                 let data = buf[start..start + len].as_mut_ptr();
                 let send = &mut t.sends[usize::from(bid & t.ring.mask)];
@@ -764,19 +770,7 @@ impl Loop {
     }
 
     fn on_tx_multi_send(&mut self, bid: usize, result: i32) {
-        let counters = self.w.metrics.worker(self.w.id);
-        match u64::try_from(result) {
-            Ok(bytes) => {
-                Counters::add(&counters.tx_packets, 1);
-                Counters::add(&counters.tx_bytes, bytes);
-            }
-            Err(_) => {
-                counters.drop_packet(DropReason::TxError);
-                if -result != libc::ECANCELED {
-                    self.send_log.error(&io::Error::from_raw_os_error(-result));
-                }
-            }
-        }
+        self.count_send(result);
         let bid = u16::try_from(bid).unwrap_or(0);
         if let Some(t) = &mut self.tx_multi {
             t.ring.provide(bid);
@@ -784,20 +778,7 @@ impl Loop {
     }
 
     fn on_multi_write(&mut self, bid: usize, result: i32) {
-        let counters = self.w.metrics.worker(self.w.id);
-        match u64::try_from(result) {
-            Ok(bytes) => {
-                Counters::add(&counters.tun_tx_packets, 1);
-                Counters::add(&counters.tun_tx_bytes, bytes);
-            }
-            Err(_) => {
-                counters.drop_packet(DropReason::TunWriteError);
-                if -result != libc::ECANCELED {
-                    self.tun_write_log
-                        .error(&io::Error::from_raw_os_error(-result));
-                }
-            }
-        }
+        self.count_tun_write(result);
         if let Some(m) = &mut self.multi {
             m.writes = m.writes.saturating_sub(1);
             m.ring.provide(u16::try_from(bid).unwrap_or(0));
@@ -868,14 +849,6 @@ impl Loop {
         }
         self.inflight == 0
     }
-}
-
-/// Maps a flow hash onto one of `n` sockets (see `epoll::pick_socket`).
-fn pick(flow: u32, n: usize) -> usize {
-    let n64 = u64::try_from(n).unwrap_or(1);
-    usize::try_from((u64::from(flow) * n64) >> 32)
-        .unwrap_or(0)
-        .min(n - 1)
 }
 
 /// Buffer group of the multishot receive.
