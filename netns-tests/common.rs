@@ -95,12 +95,17 @@ pub(crate) fn exchange_both_ways(topo: &Topology) {
 /// receive with a provided-buffer ring), the same with `--no-multishot` (single-shot receives,
 /// what kernels before 6.0 get), `--io epoll` (the old-kernel path), and `--threads 1` (one
 /// TUN queue) against `--threads 2` (multi-queue TUN, `SO_REUSEPORT` sockets).
-pub(crate) const LOOPS: [&[&str]; 5] = [
+///
+/// Offloads (TUN TSO with virtio-net headers, UDP GSO and GRO) are on by default in each; two
+/// more entries run each loop with `--offload off`, the path of kernels without them.
+pub(crate) const LOOPS: [&[&str]; 7] = [
     &["--io", "uring", "--threads", "1"],
     &["--io", "uring", "--threads", "2"],
     &["--io", "uring", "--threads", "2", "--no-multishot"],
+    &["--io", "uring", "--threads", "1", "--offload", "off"],
     &["--io", "epoll", "--threads", "1"],
     &["--io", "epoll", "--threads", "2"],
+    &["--io", "epoll", "--threads", "2", "--offload", "off"],
 ];
 
 /// Runs `body` once per entry of [`LOOPS`], saying which one runs.

@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// or `epoll` [default: auto].
     #[arg(long, value_name = "LOOP")]
     pub io: Option<String>,
+    /// Offloads: `auto` (TUN TSO/USO with virtio-net headers, UDP GSO and GRO, each where the
+    /// kernel has it) or `off` (one packet per read, send, receive and write) [default: auto].
+    #[arg(long, value_name = "MODE")]
+    pub offload: Option<String>,
     /// A peer: its pod subnet, public IP (optionally :PORT), and for vxlan @VTEP_MAC.
     /// Repeatable.
     #[arg(long = "peer", value_name = "SUBNET=IP[@MAC]", value_parser = parse_peer_flag)]
@@ -130,6 +134,7 @@ impl RunArgs {
             threads: self.threads,
             peer_source_port: self.peer_source_port.clone(),
             io: self.io.clone(),
+            offload: self.offload.clone(),
             peers: self.peers.clone(),
         }
     }

@@ -159,6 +159,8 @@ pub struct RawNode {
     pub threads: Option<u32>,
     /// Event loop: auto, uring or epoll.
     pub io: Option<String>,
+    /// Offloads: auto or off.
+    pub offload: Option<String>,
     /// Source-port policy for datagrams from peers: any or exact.
     pub peer_source_port: Option<String>,
     /// Peers.
@@ -241,6 +243,8 @@ pub struct NodeConfig {
     pub threads: Option<usize>,
     /// Which event loop to run.
     pub io: IoChoice,
+    /// Use the kernel's offloads (TUN TSO/USO, UDP GSO/GRO) where it has them.
+    pub offload: bool,
     /// Accept datagrams only from the peer's own port.
     pub strict_source_port: bool,
     /// The UDP port to bind and to send to.
@@ -364,6 +368,14 @@ impl NodeConfig {
                 _ => return Err(invalid(o, &name, "one of auto, uring, epoll".into())),
             },
         };
+        let offload = match pick!(offload, "offload") {
+            None => true,
+            Some((name, o)) => match name.as_str() {
+                "auto" => true,
+                "off" => false,
+                _ => return Err(invalid(o, &name, "one of auto, off".into())),
+            },
+        };
         // flannel's udp nodes send from the port they listen on, so `udp` checks it by
         // default; kernel VXLAN picks a source port per flow, so `vxlan` cannot.
         let strict_source_port = match pick!(peer_source_port, "peer-source-port") {
@@ -485,6 +497,7 @@ impl NodeConfig {
             subnet_file,
             threads,
             io,
+            offload,
             strict_source_port,
             port,
             tun,

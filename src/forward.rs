@@ -120,6 +120,58 @@ pub fn outbound(
     }
 }
 
+/// Where a TUN super-packet goes: the peer, its endpoint, the flow hash and the
+/// encapsulation prefix every segment carries (empty for `udp`, the VXLAN and inner Ethernet
+/// headers for `vxlan`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Index of the peer in the snapshot.
+    pub peer: u32,
+    /// The peer's endpoint.
+    pub dst: SocketAddr,
+    /// Hash of the inner flow (VXLAN: picks the outer source port; 0 for `udp`).
+    pub flow: u32,
+    /// The prefix bytes, `prefix[..prefix_len]`.
+    pub prefix: [u8; VXLAN_HEADER_LEN],
+    /// How many of them are used.
+    pub prefix_len: usize,
+}
+
+/// Routes a super-packet read from TUN (its segments are cut afterwards, so there is no size
+/// check here): the same checks as [`outbound`] otherwise.
+///
+/// # Errors
+///
+/// The [`DropReason`] of [`outbound`] for the same packet.
+pub fn route_super(snap: &Snapshot, fwd: &Forwarding, packet: &[u8]) -> Result<Route, DropReason> {
+    let inner = crate::wire::parse_inner(packet).map_err(DropReason::TunMalformed)?;
+    if snap.is_local(inner.dst) {
+        return Err(DropReason::LocalDestination);
+    }
+    let (peer, p) = snap.lookup(inner.dst).ok_or(DropReason::NoRoute)?;
+    let mut route = Route {
+        peer,
+        dst: p.endpoint,
+        flow: 0,
+        prefix: [0; VXLAN_HEADER_LEN],
+        prefix_len: 0,
+    };
+    if let Encap::Vxlan(params) = fwd.encap {
+        let mac = p.vtep_mac.ok_or(DropReason::NoPeerMac)?;
+        route.flow = flow_hash(packet);
+        vxlan_encapsulate(
+            &mut route.prefix,
+            VXLAN_HEADER_LEN,
+            &params,
+            mac,
+            packet[0] >> 4,
+        )
+        .map_err(DropReason::TunMalformed)?;
+        route.prefix_len = VXLAN_HEADER_LEN;
+    }
+    Ok(route)
+}
+
 /// Decides what to do with `datagram`, received from `sender`.
 #[inline]
 pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: &[u8]) -> Verdict {

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod lab;
 pub mod metrics;
 pub mod node;
+pub mod offload;
 pub mod sys;
 pub mod table;
 pub mod tun;

@@ -15,10 +15,16 @@
 //! | `tun_tx_segmented` | received TCP super-packets (from a kernel `vxlan` peer on the same host, see `wire::tcp`) cut into MTU-sized segments |
 //! | `tun_tx_icmp` | ICMP errors written back into TUN: net unreachable for `no_route`, fragmentation needed for `too_big` with DF |
 //! | `icmp_rate_limited` | ICMP errors not sent: the per-worker token bucket (100/s, burst 100) was empty |
+//! | `tun_rx_super`, `tun_rx_super_segments` | offloads: TUN reads that were TSO/USO super-packets, and the segments they were cut into (each also counts in `tx_packets`) |
+//! | `tx_gso_sends` | offloads: sends that carried several segments with `UDP_SEGMENT` |
+//! | `rx_gro_reads` | offloads: socket reads that held several datagrams (`UDP_GRO`); each datagram counts in `rx_packets` |
+//! | `tun_tx_merged`, `tun_tx_merged_segments` | offloads: super-packets written to TUN, and the received segments merged into them (each write counts once in `tun_tx_packets`) |
 //! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
 //!
 //! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
-//! `tun_bad_checksum` (malformed packets read from TUN); `rx_truncated`, `rx_bad_version`,
+//! `tun_bad_checksum` (malformed packets read from TUN), `tun_bad_flags` (a virtio-net header
+//! fustian cannot act on: an unknown GSO type, a GSO type that does not match the packet,
+//! checksum offsets outside it, or more segments than a super-packet may have); `rx_truncated`, `rx_bad_version`,
 //! `rx_bad_header_len`, `rx_bad_length`, `rx_bad_checksum` (malformed datagrams, or inner
 //! packets whose version disagrees with the inner EtherType);
 //! `no_route` (no peer owns the destination), `local_destination` (a packet from TUN addressed
@@ -27,7 +33,7 @@
 //! sender's subnet), `not_local` (inner destination outside this node's subnet), `oversize`
 //! (datagram larger than the receive buffer; never truncated and delivered), `tx_error` (the
 //! underlay send failed), `tun_write_error` (the TUN write failed); VXLAN only: `rx_bad_flags`
-//! (flags other than the I flag or reserved bits set; `tun_bad_flags` never counts), `wrong_vni`,
+//! (flags other than the I flag or reserved bits set), `wrong_vni`,
 //! `wrong_dst_mac` (inner destination is another unicast MAC), `own_src_mac` (inner source is
 //! this VTEP's MAC), `non_ip` (ARP or another EtherType; flannel's kernel peers use permanent
 //! neighbour entries and never ARP), `no_peer_mac` (a peer without a VTEP MAC), `rx_too_big` (an
@@ -220,6 +226,18 @@ pub struct Counters {
     pub tun_tx_icmp: AtomicU64,
     /// ICMP errors not sent because the per-worker token bucket was empty.
     pub icmp_rate_limited: AtomicU64,
+    /// TUN reads that were super-packets.
+    pub tun_rx_super: AtomicU64,
+    /// Segments cut from them.
+    pub tun_rx_super_segments: AtomicU64,
+    /// Sends carrying several segments (`UDP_SEGMENT`).
+    pub tx_gso_sends: AtomicU64,
+    /// Socket reads holding several datagrams (`UDP_GRO`).
+    pub rx_gro_reads: AtomicU64,
+    /// Super-packets written to TUN.
+    pub tun_tx_merged: AtomicU64,
+    /// Segments merged into them.
+    pub tun_tx_merged_segments: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
 }
 
@@ -284,6 +302,18 @@ impl Metrics {
             (
                 "icmp_rate_limited".to_owned(),
                 sum(&|c| &c.icmp_rate_limited),
+            ),
+            ("tun_rx_super".to_owned(), sum(&|c| &c.tun_rx_super)),
+            (
+                "tun_rx_super_segments".to_owned(),
+                sum(&|c| &c.tun_rx_super_segments),
+            ),
+            ("tx_gso_sends".to_owned(), sum(&|c| &c.tx_gso_sends)),
+            ("rx_gro_reads".to_owned(), sum(&|c| &c.rx_gro_reads)),
+            ("tun_tx_merged".to_owned(), sum(&|c| &c.tun_tx_merged)),
+            (
+                "tun_tx_merged_segments".to_owned(),
+                sum(&|c| &c.tun_tx_merged_segments),
             ),
         ];
         for reason in DropReason::all() {

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::event::{self, Worker};
 use crate::forward::Forwarding;
 use crate::metrics::Metrics;
+use crate::offload::Offloads;
 use crate::table::{Snapshot, Table};
 use crate::tun::link::Netlink;
 use crate::tun::{Tun, TunError, if_index};
@@ -106,7 +107,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         .threads
         .unwrap_or_else(crate::sys::available_cpus)
         .max(1);
-    let queues = Tun::open_queues(&config.tun, want)?;
+    let (queues, tun_offload) = Tun::open_queues(&config.tun, want, config.offload)?;
     let (name, index, created) = (
         queues[0].name().to_owned(),
         queues[0].index(),
@@ -126,6 +127,17 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
 
     let listen = SocketAddr::new(config.public_ip, config.port);
     let sockets = UdpSocket::bind_group(listen, queues.len())?;
+    let offloads = if config.offload {
+        let gro = sockets.iter().all(|s| s.enable_gro().is_ok());
+        Offloads {
+            tun: tun_offload.tso,
+            tun_uso: tun_offload.uso,
+            gso: sockets[0].gso_supported(),
+            gro,
+        }
+    } else {
+        Offloads::default()
+    };
     let (encap, tx_pool) = match config.backend {
         BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new()),
         BackendConfig::Vxlan {
@@ -164,6 +176,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         backend = encap.name(),
         io = backend.name(),
         io_reason = %why,
+        offload = %offloads.describe(),
         workers,
         peers = config.peers.len(),
         "node up"
@@ -201,6 +214,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
             },
             stop: Arc::clone(stop),
             multishot: opts.multishot,
+            offloads,
             tun_mtu: mtu as usize,
         };
         let handle = std::thread::Builder::new()

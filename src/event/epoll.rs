@@ -13,12 +13,13 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::buf::SlotBuf;
+use super::offload::{OffloadIo, TunRead};
 use super::{BATCH, RateLimitedLog, STOP_POLL, Worker};
 use crate::forward::{self, Verdict};
 use crate::metrics::{Counters, DropReason};
+use crate::offload::VNET_HDR_LEN;
 use crate::udp::{MmsgScratch, Received, Transmit};
 use crate::wire::Encap;
-use crate::wire::ip::complete_partial_checksum;
 
 /// The largest UDP payload over IPv4 (65535 − 20 − 8).
 const MAX_UDP_PAYLOAD: usize = 65_507;
@@ -31,6 +32,9 @@ const HEADROOM: usize = 64;
 
 struct Loop {
     w: Worker,
+    off: OffloadIo,
+    /// Bytes of virtio-net header in front of each TUN read (0 without offloads).
+    vnet: usize,
     tun_bufs: SlotBuf,
     rx_bufs: SlotBuf,
     tx: Vec<Transmit>,
@@ -65,12 +69,21 @@ pub fn run(worker: Worker) -> io::Result<()> {
     // `wire::tcp`), so the slots take the largest UDP payload and such frames are cut into
     // segments. `udp`: flanneld's proxy never sends more than its MTU, so the slots are sized
     // to the inner MTU and anything longer is `oversize`.
+    // With UDP_GRO, one read holds up to 64 KiB of datagrams whatever the encapsulation.
     let rx_payload = match worker.fwd.encap {
-        Encap::Flannel => max,
-        Encap::Vxlan(_) => MAX_UDP_PAYLOAD,
+        Encap::Flannel if !worker.offloads.gro => max,
+        _ => MAX_UDP_PAYLOAD,
+    };
+    // With TUN offloads a read is a super-packet of up to 64 KiB behind its virtio header.
+    let (vnet, tun_payload) = if worker.tun.vnet() {
+        (VNET_HDR_LEN, 65_535)
+    } else {
+        (0, worker.tun_mtu.max(max))
     };
     let mut l = Loop {
-        tun_bufs: SlotBuf::new(BATCH, HEADROOM, worker.tun_mtu.max(max)),
+        off: OffloadIo::new(&worker),
+        vnet,
+        tun_bufs: SlotBuf::new(BATCH, HEADROOM, tun_payload),
         rx_bufs: SlotBuf::new(BATCH, 0, rx_payload),
         tx: Vec::with_capacity(BATCH),
         seg_scratch: vec![0u8; max],
@@ -79,7 +92,8 @@ pub fn run(worker: Worker) -> io::Result<()> {
             Received {
                 len: 0,
                 from: None,
-                truncated: false
+                truncated: false,
+                segment: 0
             };
             BATCH
         ],
@@ -119,23 +133,47 @@ pub fn run(worker: Worker) -> io::Result<()> {
 impl Loop {
     /// Reads one batch from TUN, forwards it; returns the packets read.
     fn tun_to_udp(&mut self) -> usize {
-        let counters = self.w.metrics.worker(self.w.id);
+        let metrics = std::sync::Arc::clone(&self.w.metrics);
+        let counters = metrics.worker(self.w.id);
         let snap = self.w.table.load();
         let headroom = self.tun_bufs.headroom();
         self.tx.clear();
         let mut read = 0;
         while read < self.tun_bufs.count() {
             let slot = self.tun_bufs.slot_mut(read);
-            let len = match self.w.tun.read(&mut slot[headroom..]) {
-                Ok(len) => len,
+            let n = match self.w.tun.read(&mut slot[headroom - self.vnet..]) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     self.tun_read_log.error(&e);
                     break;
                 }
             };
+            let mut len = n.saturating_sub(self.vnet);
             Counters::add(&counters.tun_rx_packets, 1);
             Counters::add(&counters.tun_rx_bytes, len as u64);
+            if self.vnet > 0 {
+                match self
+                    .off
+                    .tun_read(&self.w, &snap, slot, headroom, n, &mut self.icmp)
+                {
+                    TunRead::Plain(plain) => len = plain,
+                    TunRead::Dropped => {
+                        read += 1;
+                        continue;
+                    }
+                    TunRead::Segments { socket, dst, count } => {
+                        // Whatever is queued goes first, so a flow keeps its order.
+                        self.flush();
+                        let start = self.tun_bufs.offset(read) + headroom;
+                        let packet = &self.tun_bufs.data()[start..start + len];
+                        self.off.send_segments(&self.w, socket, dst, packet, count);
+                        read += 1;
+                        continue;
+                    }
+                }
+            }
+            let slot = self.tun_bufs.slot_mut(read);
             match forward::outbound(&snap, &self.w.fwd, slot, headroom, len) {
                 Verdict::Send {
                     dst,
@@ -250,43 +288,33 @@ impl Loop {
         let snap = self.w.table.load();
         for i in 0..n {
             let r = self.received[i];
-            Counters::add(&counters.rx_packets, 1);
-            Counters::add(&counters.rx_bytes, r.len as u64);
             // The slot is rounded up past `rx_payload`; anything longer did not fit the
             // buffer the inner MTU allows and is dropped whole, never truncated.
             if r.truncated || r.len > rx_payload {
+                Counters::add(&counters.rx_packets, 1);
+                Counters::add(&counters.rx_bytes, r.len as u64);
                 counters.drop_packet(DropReason::Oversize);
                 continue;
             }
             let Some(from) = r.from else {
+                Counters::add(&counters.rx_packets, 1);
+                Counters::add(&counters.rx_bytes, r.len as u64);
                 counters.drop_packet(DropReason::UnknownSender);
                 continue;
             };
             let base = self.rx_bufs.offset(i);
             let datagram = &mut self.rx_bufs.data_mut()[base..base + r.len];
-            match forward::inbound(&snap, &self.w.fwd, from, datagram) {
-                Verdict::Deliver { start, len } => {
-                    let inner = &mut datagram[start..start + len];
-                    if len <= self.w.fwd.max_inner_len {
-                        if complete_partial_checksum(inner) {
-                            Counters::add(&counters.tun_tx_csum_completed, 1);
-                        }
-                        super::write_tun(&self.w.tun, inner, counters, &mut self.tun_write_log);
-                    } else {
-                        super::write_segmented(
-                            &self.w.tun,
-                            inner,
-                            self.w.fwd.max_inner_len,
-                            &mut self.seg_scratch,
-                            counters,
-                            &mut self.tun_write_log,
-                        );
-                    }
-                }
-                Verdict::Drop(reason) => counters.drop_packet(reason),
-                Verdict::Send { .. } => counters.drop_packet(DropReason::NotLocal),
-            }
+            self.off.deliver(
+                &self.w,
+                &snap,
+                from,
+                datagram,
+                r.segment,
+                &mut self.seg_scratch,
+                &mut self.tun_write_log,
+            );
         }
+        self.off.flush(&self.w, &mut self.tun_write_log);
         n
     }
 }

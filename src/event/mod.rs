@@ -25,6 +25,7 @@
 
 pub(crate) mod buf;
 pub mod epoll;
+mod offload;
 #[cfg(feature = "uring")]
 pub mod uring;
 
@@ -134,6 +135,8 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// io_uring: use a multishot receive with a provided-buffer ring where the kernel has it.
     pub multishot: bool,
+    /// The offloads in use.
+    pub offloads: crate::offload::Offloads,
 }
 
 /// Runs `worker` on `backend` until its stop flag is set.

@@ -50,10 +50,12 @@ use std::sync::atomic::AtomicU16;
 
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 
+use super::offload::TunRead;
 use super::{RateLimitedLog, Worker};
 use crate::forward::{self, Verdict};
 use crate::metrics::{Counters, DropReason};
-use crate::udp::{from_storage, socklen_of, to_storage};
+use crate::offload::VNET_HDR_LEN;
+use crate::udp::{control_bytes, from_storage, socklen_of, to_storage};
 use crate::wire::Encap;
 use crate::wire::ip::complete_partial_checksum;
 
@@ -113,6 +115,8 @@ pub fn probe() -> Result<(), String> {
 struct Slot {
     buf: Box<[u8]>,
     iov: libc::iovec,
+    /// Control messages of a receive (the `UDP_GRO` size).
+    ctrl: [u64; 4],
     addr: libc::sockaddr_storage,
     msg: libc::msghdr,
     /// The `user_data` of the operation in flight on this slot, 0 when none.
@@ -127,6 +131,7 @@ fn slots(count: usize, len: usize) -> Box<[Slot]> {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             },
+            ctrl: [0; 4],
             // SAFETY: sockaddr_storage and msghdr are plain C structs; all-zero is valid.
             addr: unsafe { std::mem::zeroed() },
             // SAFETY: as above.
@@ -163,6 +168,11 @@ struct Loop {
     stopping: bool,
     tun_fd: RawFd,
     rx_payload: usize,
+    /// Bytes of virtio-net header in front of each TUN read (0 without offloads).
+    vnet: usize,
+    /// Offloads in use: receives go through `off.deliver` and are merged.
+    offloaded_rx: bool,
+    off: super::offload::OffloadIo,
     seg_scratch: Vec<u8>,
     icmp: super::IcmpSender,
     w: Worker,
@@ -187,13 +197,20 @@ pub fn run(w: Worker) -> io::Result<()> {
             IoUring::new(entries)
         })?;
     let max = w.fwd.max_inner_len;
+    // With UDP_GRO, one read holds up to 64 KiB of datagrams whatever the encapsulation.
     let rx_payload = match w.fwd.encap {
-        Encap::Flannel => max,
-        Encap::Vxlan(_) => MAX_UDP_PAYLOAD,
+        Encap::Flannel if !w.offloads.gro => max,
+        _ => MAX_UDP_PAYLOAD,
+    };
+    // With TUN offloads a read is a super-packet of up to 64 KiB behind its virtio header.
+    let (vnet, tun_payload) = if w.tun.vnet() {
+        (VNET_HDR_LEN, 65_535)
+    } else {
+        (0, w.tun_mtu.max(max))
     };
     let mut l = Loop {
         ring,
-        tx: slots(SLOTS, HEADROOM + w.tun_mtu.max(max)),
+        tx: slots(SLOTS, HEADROOM + tun_payload),
         rx: slots(SLOTS, rx_payload),
         timespec: Box::new(types::Timespec::new().sec(0).nsec(200_000_000)),
         completions: Vec::with_capacity(8 * SLOTS),
@@ -206,6 +223,9 @@ pub fn run(w: Worker) -> io::Result<()> {
         stopping: false,
         tun_fd: w.tun.as_raw_fd(),
         rx_payload,
+        vnet,
+        offloaded_rx: w.offloads.gro || w.tun.vnet(),
+        off: super::offload::OffloadIo::new(&w),
         seg_scratch: vec![0u8; max],
         icmp: super::IcmpSender::new(),
         tun_read_log: RateLimitedLog::new("TUN read failed"),
@@ -240,7 +260,7 @@ impl Loop {
             self.multi = Multi::new(&self.ring, self.rx_payload);
             if read_multishot_reliable(&self.ring) {
                 let packet_len = self.tx[0].buf.len() - HEADROOM;
-                self.tx_multi = TxMulti::new(&self.ring, packet_len);
+                self.tx_multi = TxMulti::new(&self.ring, packet_len, self.vnet);
             }
         }
         for i in 0..SLOTS {
@@ -321,6 +341,9 @@ impl Loop {
             }
         }
         self.completions = completions;
+        if self.offloaded_rx {
+            self.off.flush(&self.w, &mut self.tun_write_log);
+        }
         if let Some(m) = &mut self.multi {
             m.ring.publish();
             if m.rearm && !self.stopping {
@@ -385,9 +408,32 @@ impl Loop {
             }
             return self.arm_read(i);
         };
-        let counters = self.w.metrics.worker(self.w.id);
+        let metrics = std::sync::Arc::clone(&self.w.metrics);
+        let counters = metrics.worker(self.w.id);
+        let mut len = len.saturating_sub(self.vnet);
         Counters::add(&counters.tun_rx_packets, 1);
         Counters::add(&counters.tun_rx_bytes, len as u64);
+        if self.vnet > 0 {
+            let n = usize::try_from(result).unwrap_or(0);
+            match self.off.tun_read(
+                &self.w,
+                snap,
+                &mut self.tx[i].buf,
+                HEADROOM,
+                n,
+                &mut self.icmp,
+            ) {
+                TunRead::Plain(plain) => len = plain,
+                TunRead::Dropped => return self.arm_read(i),
+                TunRead::Segments { socket, dst, count } => {
+                    // Sends queued on the ring go first, so a flow keeps its order.
+                    self.ring.submit()?;
+                    let packet = &self.tx[i].buf[HEADROOM..HEADROOM + len];
+                    self.off.send_segments(&self.w, socket, dst, packet, count);
+                    return self.arm_read(i);
+                }
+            }
+        }
         let verdict = forward::outbound(snap, &self.w.fwd, &mut self.tx[i].buf, HEADROOM, len);
         match verdict {
             Verdict::Send {
@@ -443,18 +489,39 @@ impl Loop {
             }
             return self.arm_recv(j);
         };
-        let counters = self.w.metrics.worker(self.w.id);
-        Counters::add(&counters.rx_packets, 1);
-        Counters::add(&counters.rx_bytes, len as u64);
+        let metrics = std::sync::Arc::clone(&self.w.metrics);
+        let counters = metrics.worker(self.w.id);
         // MSG_TRUNC makes the result the datagram's real length.
-        if len > self.rx_payload || len > self.rx[j].buf.len() {
+        let oversize = len > self.rx_payload || len > self.rx[j].buf.len();
+        let from = from_storage(&self.rx[j].addr);
+        if oversize || from.is_none() || !self.offloaded_rx {
+            // With offloads, `deliver` counts each datagram a read holds.
+            Counters::add(&counters.rx_packets, 1);
+            Counters::add(&counters.rx_bytes, len as u64);
+        }
+        if oversize {
             counters.drop_packet(DropReason::Oversize);
             return self.arm_recv(j);
         }
-        let Some(from) = from_storage(&self.rx[j].addr) else {
+        let Some(from) = from else {
             counters.drop_packet(DropReason::UnknownSender);
             return self.arm_recv(j);
         };
+        if self.offloaded_rx {
+            let slot = &mut self.rx[j];
+            let control = control_bytes(&slot.ctrl, slot.msg.msg_controllen);
+            let segment = crate::offload::gro_segment_size(&control).unwrap_or(0);
+            self.off.deliver(
+                &self.w,
+                snap,
+                from,
+                &mut slot.buf[..len],
+                segment,
+                &mut self.seg_scratch,
+                &mut self.tun_write_log,
+            );
+            return self.arm_recv(j);
+        }
         let datagram = &mut self.rx[j].buf[..len];
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
             Verdict::Deliver { start, len } if len <= self.w.fwd.max_inner_len => {
@@ -505,7 +572,7 @@ impl Loop {
             return Ok(());
         }
         let slot = &mut self.tx[i];
-        let room = &mut slot.buf[HEADROOM..];
+        let room = &mut slot.buf[HEADROOM - self.vnet..];
         let len = u32::try_from(room.len()).unwrap_or(u32::MAX);
         let ud = TX_READ | i as u64;
         let entry = opcode::Read::new(types::Fd(self.tun_fd), room.as_mut_ptr(), len)
@@ -524,8 +591,8 @@ impl Loop {
         slot.iov.iov_base = slot.buf.as_mut_ptr().cast();
         slot.iov.iov_len = slot.buf.len();
         slot.msg.msg_namelen = socklen_of::<libc::sockaddr_storage>();
-        slot.msg.msg_control = std::ptr::null_mut();
-        slot.msg.msg_controllen = 0;
+        slot.msg.msg_control = slot.ctrl.as_mut_ptr().cast();
+        slot.msg.msg_controllen = std::mem::size_of::<[u64; 4]>();
         slot.msg.msg_flags = 0;
         let ud = RX_RECV | j as u64;
         let flags = u32::try_from(libc::MSG_TRUNC).unwrap_or(0);
@@ -604,6 +671,7 @@ impl Loop {
         };
         let len = out.payload_data().len();
         let truncated = out.is_payload_truncated();
+        let segment = crate::offload::gro_segment_size(out.control_data()).unwrap_or(0);
         let mut addr: libc::sockaddr_storage =
             // SAFETY: sockaddr_storage is a plain C struct; all-zero is valid.
             unsafe { std::mem::zeroed() };
@@ -616,20 +684,39 @@ impl Loop {
                 .min(std::mem::size_of::<libc::sockaddr_storage>());
             std::ptr::copy_nonoverlapping(name.as_ptr(), (&raw mut addr).cast::<u8>(), n);
         }
-        Counters::add(&counters.rx_packets, 1);
-        Counters::add(&counters.rx_bytes, len as u64);
-        if truncated || len > self.rx_payload {
+        let oversize = truncated || len > self.rx_payload;
+        let from = from_storage(&addr);
+        if oversize || from.is_none() || !self.offloaded_rx {
+            // With offloads, `deliver` counts each datagram a read holds.
+            Counters::add(&counters.rx_packets, 1);
+            Counters::add(&counters.rx_bytes, len as u64);
+        }
+        if oversize {
             counters.drop_packet(DropReason::Oversize);
             m.ring.provide(bid);
             return Ok(());
         }
-        let Some(from) = from_storage(&addr) else {
+        let Some(from) = from else {
             counters.drop_packet(DropReason::UnknownSender);
             m.ring.provide(bid);
             return Ok(());
         };
         let start_of_payload = MULTI_HEADER;
         let datagram = &mut m.ring.buf(bid)[start_of_payload..start_of_payload + len];
+        if self.offloaded_rx {
+            // `deliver` copies what it keeps, so the buffer goes back right away.
+            self.off.deliver(
+                &self.w,
+                snap,
+                from,
+                datagram,
+                segment,
+                &mut self.seg_scratch,
+                &mut self.tun_write_log,
+            );
+            m.ring.provide(bid);
+            return Ok(());
+        }
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
             Verdict::Deliver { start, len } if len <= self.w.fwd.max_inner_len => {
                 let inner = &mut datagram[start..start + len];
@@ -723,10 +810,33 @@ impl Loop {
         bid: u16,
         result: i32,
     ) -> io::Result<()> {
-        let counters = self.w.metrics.worker(self.w.id);
-        let len = usize::try_from(result).unwrap_or(0);
+        let metrics = std::sync::Arc::clone(&self.w.metrics);
+        let counters = metrics.worker(self.w.id);
+        let n = usize::try_from(result).unwrap_or(0);
+        let mut len = n.saturating_sub(self.vnet);
         Counters::add(&counters.tun_rx_packets, 1);
         Counters::add(&counters.tun_rx_bytes, len as u64);
+        if self.vnet > 0 {
+            let buf = t.ring.buf(bid);
+            match self
+                .off
+                .tun_read(&self.w, snap, buf, HEADROOM, n, &mut self.icmp)
+            {
+                TunRead::Plain(plain) => len = plain,
+                TunRead::Dropped => {
+                    t.ring.provide(bid);
+                    return Ok(());
+                }
+                TunRead::Segments { socket, dst, count } => {
+                    // Sends queued on the ring go first, so a flow keeps its order.
+                    self.ring.submit()?;
+                    let packet = &t.ring.buf(bid)[HEADROOM..HEADROOM + len];
+                    self.off.send_segments(&self.w, socket, dst, packet, count);
+                    t.ring.provide(bid);
+                    return Ok(());
+                }
+            }
+        }
         let buf = t.ring.buf(bid);
         match forward::outbound(snap, &self.w.fwd, buf, HEADROOM, len) {
             Verdict::Send {
@@ -855,7 +965,9 @@ impl Loop {
 const BUF_GROUP: u16 = 0;
 /// Bytes in front of the payload in a multishot receive buffer: `io_uring_recvmsg_out` (16)
 /// and the fixed-size name field (a `sockaddr_storage`, 128); no control data is asked for.
-const MULTI_HEADER: usize = 16 + std::mem::size_of::<libc::sockaddr_storage>();
+const MULTI_HEADER: usize = 16 + std::mem::size_of::<libc::sockaddr_storage>() + MULTI_CONTROL;
+/// Control-message space in each multishot receive buffer (the `UDP_GRO` size).
+const MULTI_CONTROL: usize = 32;
 
 /// Multishot receive: the message template the kernel reads the name length from, and the
 /// provided-buffer ring.
@@ -894,6 +1006,7 @@ impl Multi {
         // SAFETY: msghdr is a plain C struct; all-zero is valid.
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+        msg.msg_controllen = MULTI_CONTROL;
         let mut m = Self {
             msg,
             ring: buf_ring,
@@ -1001,14 +1114,16 @@ struct TxMulti {
 }
 
 impl TxMulti {
-    fn new(uring: &IoUring, packet_len: usize) -> Option<Self> {
-        let buf_ring = BufRing::new(TX_ENTRIES, HEADROOM + packet_len, HEADROOM)?;
-        // SAFETY: as in `Multi::new`: page-aligned memory for `TX_ENTRIES` entries that lives
+    fn new(uring: &IoUring, packet_len: usize, vnet: usize) -> Option<Self> {
+        // Super-packets take 64 KiB each: fewer of them.
+        let entries = if vnet > 0 { 64 } else { TX_ENTRIES };
+        let buf_ring = BufRing::new(entries, HEADROOM + packet_len, HEADROOM - vnet)?;
+        // SAFETY: as in `Multi::new`: page-aligned memory for the entries that lives
         // until after the ring is dropped.
         let registered = unsafe {
             uring.submitter().register_buf_ring_with_flags(
                 buf_ring.base as u64,
-                TX_ENTRIES,
+                entries,
                 TX_GROUP,
                 0,
             )
@@ -1020,11 +1135,11 @@ impl TxMulti {
         // The send headers need no buffers of their own: their iovecs point into the ring.
         let mut m = Self {
             ring: buf_ring,
-            sends: slots(usize::from(TX_ENTRIES), 0),
+            sends: slots(usize::from(entries), 0),
             rearm: false,
             worked: false,
         };
-        for bid in 0..TX_ENTRIES {
+        for bid in 0..entries {
             m.ring.provide(bid);
         }
         m.ring.publish();

@@ -53,6 +53,16 @@ pub struct Tun {
     name: String,
     index: u32,
     created: bool,
+    vnet: bool,
+}
+
+/// The TUN offloads the kernel granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunOffload {
+    /// Checksum and TCP segmentation (TSO4, TSO6): reads may be TCP super-packets.
+    pub tso: bool,
+    /// UDP segmentation (USO4, USO6, Linux 6.2): reads may be UDP super-packets.
+    pub uso: bool,
 }
 
 impl Tun {
@@ -62,6 +72,7 @@ impl Tun {
     ///
     /// [`TunError::Open`] or [`TunError::SetIff`].
     pub fn open(name: &str) -> Result<Self, TunError> {
+        // A plain single-queue device, as flannel's proxy opens it.
         Self::attach(
             name,
             libc::IFF_TUN | libc::IFF_NO_PI,
@@ -74,30 +85,54 @@ impl Tun {
     /// or when the device exists as a single-queue device (flannel's own `flannel0` is one),
     /// it opens one queue; the caller runs as many workers as it got queues.
     ///
+    /// With `offload`, the queues are opened with `IFF_VNET_HDR` and the device is told the
+    /// reader handles partial checksums and TCP (and, from Linux 6.2, UDP) super-packets; see
+    /// [`TunOffload`] for what was granted. A kernel that refuses gets a plain device.
+    ///
     /// # Errors
     ///
     /// [`TunError::Open`] or [`TunError::SetIff`].
-    pub fn open_queues(name: &str, queues: usize) -> Result<Vec<Self>, TunError> {
+    pub fn open_queues(
+        name: &str,
+        queues: usize,
+        offload: bool,
+    ) -> Result<(Vec<Self>, TunOffload), TunError> {
         let existed = if_index(name).is_some();
-        if queues <= 1 {
-            return Ok(vec![Self::attach(
-                name,
-                libc::IFF_TUN | libc::IFF_NO_PI,
-                existed,
-            )?]);
+        if offload {
+            match Self::open_queues_with(name, queues, existed, libc::IFF_VNET_HDR) {
+                Ok(all) => {
+                    let granted = all[0].enable_offloads();
+                    if granted.tso {
+                        return Ok((all, granted));
+                    }
+                    tracing::info!("{name}: TUN offloads refused; reopening without them");
+                    drop(all);
+                }
+                Err(e) => tracing::info!("{name}: IFF_VNET_HDR refused ({e}); no TUN offloads"),
+            }
         }
-        let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_MULTI_QUEUE;
+        let all = Self::open_queues_with(name, queues, existed, 0)?;
+        Ok((all, TunOffload::default()))
+    }
+
+    fn open_queues_with(
+        name: &str,
+        queues: usize,
+        existed: bool,
+        extra: libc::c_int,
+    ) -> Result<Vec<Self>, TunError> {
+        let single = libc::IFF_TUN | libc::IFF_NO_PI | extra;
+        if queues <= 1 {
+            return Ok(vec![Self::attach(name, single, existed)?]);
+        }
+        let flags = single | libc::IFF_MULTI_QUEUE;
         let first = match Self::attach(name, flags, existed) {
             Ok(first) => first,
             Err(TunError::SetIff { source, .. })
                 if existed && source.raw_os_error() == Some(libc::EINVAL) =>
             {
                 tracing::warn!("{name} exists as a single-queue device; running one worker");
-                return Ok(vec![Self::attach(
-                    name,
-                    libc::IFF_TUN | libc::IFF_NO_PI,
-                    existed,
-                )?]);
+                return Ok(vec![Self::attach(name, single, existed)?]);
             }
             Err(e) => return Err(e),
         };
@@ -106,6 +141,35 @@ impl Tun {
             all.push(Self::attach(name, flags, existed)?);
         }
         Ok(all)
+    }
+
+    /// Asks for checksum and TSO offloads, then USO; returns what the kernel granted.
+    fn enable_offloads(&self) -> TunOffload {
+        let tso = sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6;
+        let uso = sys::TUN_F_USO4 | sys::TUN_F_USO6;
+        if sys::set_offload(&self.fd, tso | uso).is_ok() {
+            return TunOffload {
+                tso: true,
+                uso: true,
+            };
+        }
+        TunOffload {
+            tso: sys::set_offload(&self.fd, tso).is_ok(),
+            uso: false,
+        }
+    }
+
+    /// Clears the device's offload flags, so a reader that attaches later (to a device that
+    /// outlives this process) is not handed super-packets it does not expect.
+    pub fn clear_offloads(&self) {
+        if self.vnet {
+            let _ = sys::set_offload(&self.fd, 0);
+        }
+    }
+
+    /// Returns true when every read and write carries a virtio-net header.
+    pub const fn vnet(&self) -> bool {
+        self.vnet
     }
 
     fn attach(name: &str, flags: libc::c_int, existed: bool) -> Result<Self, TunError> {
@@ -123,6 +187,7 @@ impl Tun {
             name,
             index,
             created: !existed,
+            vnet: flags & libc::IFF_VNET_HDR != 0,
         })
     }
 
@@ -150,13 +215,40 @@ impl Tun {
         sys::read(&self.fd, buf)
     }
 
-    /// Writes one packet.
+    /// Writes one packet (behind a plain virtio-net header when the device has them).
     ///
     /// # Errors
     ///
     /// The `write(2)` error.
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        if self.vnet {
+            let none = crate::offload::VnetHdr::NONE.to_bytes();
+            return sys::write2(&self.fd, &none, buf)
+                .map(|n| n.saturating_sub(crate::offload::VNET_HDR_LEN));
+        }
         sys::write(&self.fd, buf)
+    }
+
+    /// Writes one packet behind the virtio-net header `hdr` (a device opened with offloads).
+    ///
+    /// # Errors
+    ///
+    /// The `writev(2)` error; `InvalidInput` on a device without virtio-net headers.
+    pub fn write_vnet(&self, hdr: &crate::offload::VnetHdr, packet: &[u8]) -> io::Result<usize> {
+        if !self.vnet {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        sys::write2(&self.fd, &hdr.to_bytes(), packet)
+            .map(|n| n.saturating_sub(crate::offload::VNET_HDR_LEN))
+    }
+}
+
+impl Drop for Tun {
+    fn drop(&mut self) {
+        // A device that outlives this process must not keep handing out super-packets.
+        if !self.created {
+            self.clear_offloads();
+        }
     }
 }
 

@@ -10,6 +10,51 @@ use crate::sys::{retry_if_interrupted, syscall};
 /// `TUNSETIFF` = `_IOW('T', 202, int)` (include/uapi/linux/if_tun.h).
 const TUNSETIFF: libc::Ioctl = 0x4004_54ca as libc::Ioctl;
 
+/// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::Ioctl = 0x4004_54d0 as libc::Ioctl;
+
+/// `TUN_F_CSUM`: the reader handles partial checksums.
+pub(super) const TUN_F_CSUM: libc::c_uint = 0x01;
+/// `TUN_F_TSO4`: the reader handles TCP over IPv4 super-packets.
+pub(super) const TUN_F_TSO4: libc::c_uint = 0x02;
+/// `TUN_F_TSO6`: the reader handles TCP over IPv6 super-packets.
+pub(super) const TUN_F_TSO6: libc::c_uint = 0x04;
+/// `TUN_F_USO4`: UDP over IPv4 super-packets (Linux 6.2).
+pub(super) const TUN_F_USO4: libc::c_uint = 0x20;
+/// `TUN_F_USO6`: UDP over IPv6 super-packets (Linux 6.2).
+pub(super) const TUN_F_USO6: libc::c_uint = 0x40;
+
+/// Sets the offloads the reader of the device handles (device-wide, not per queue).
+pub(super) fn set_offload(fd: &OwnedFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    syscall!(ioctl(
+        fd.as_raw_fd(),
+        TUNSETOFFLOAD,
+        libc::c_ulong::from(flags)
+    ))
+    .map(drop)
+}
+
+/// Writes `head` then `packet` as one packet (`writev`).
+pub(super) fn write2(fd: &OwnedFd, head: &[u8], packet: &[u8]) -> io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: head.as_ptr().cast_mut().cast(),
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: packet.as_ptr().cast_mut().cast(),
+            iov_len: packet.len(),
+        },
+    ];
+    retry_if_interrupted(|| {
+        // SAFETY: both iovecs point at slices that stay borrowed for the duration of the call,
+        // and the kernel only reads them.
+        syscall!(writev(fd.as_raw_fd(), iov.as_ptr(), 2))
+    })
+    .map(|n| n.unsigned_abs())
+}
+
 /// Opens `/dev/net/tun` non-blocking and close-on-exec.
 pub(super) fn open_clone_device() -> io::Result<OwnedFd> {
     // SAFETY: the path is a NUL-terminated static string; open takes no other pointer.

@@ -19,7 +19,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub(crate) use sys::{MmsgScratch, Received, Transmit, from_storage, socklen_of, to_storage};
+pub(crate) use sys::{
+    MmsgScratch, Received, SegmentScratch, SegmentsSent, Transmit, control_bytes, from_storage,
+    socklen_of, to_storage,
+};
 
 /// Socket buffer size asked for in each direction.
 pub const SOCKET_BUFFER: usize = 8 << 20;
@@ -207,6 +210,49 @@ impl UdpSocket {
         batch: &[Transmit],
     ) -> io::Result<usize> {
         sys::send_batch(self.socket.as_fd(), scratch, data, batch)
+    }
+
+    /// Sends the segments of one super-packet (see [`sys::send_segments`]); returns how many
+    /// segments went.
+    ///
+    /// # Errors
+    ///
+    /// The error of the first message when nothing was sent.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn send_segments(
+        &self,
+        scratch: &mut SegmentScratch,
+        dst: SocketAddr,
+        headers: &[u8],
+        stride: usize,
+        packet: &[u8],
+        segs: &[crate::offload::Segment],
+        gso: bool,
+    ) -> io::Result<SegmentsSent> {
+        sys::send_segments(
+            self.socket.as_fd(),
+            scratch,
+            dst,
+            headers,
+            stride,
+            packet,
+            segs,
+            gso,
+        )
+    }
+
+    /// Turns `UDP_GRO` on.
+    ///
+    /// # Errors
+    ///
+    /// The `setsockopt` error (`ENOPROTOOPT` before Linux 5.0).
+    pub fn enable_gro(&self) -> io::Result<()> {
+        sys::set_udp_gro(self.socket.as_fd())
+    }
+
+    /// Returns true when the kernel knows `UDP_SEGMENT` (Linux 4.18).
+    pub fn gso_supported(&self) -> bool {
+        sys::gso_supported(self.socket.as_fd())
     }
 
     /// Waits up to `timeout_ms` for room in the send buffer.

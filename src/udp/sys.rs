@@ -16,6 +16,8 @@ pub(crate) struct MmsgScratch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    /// Control-message space per message (a `UDP_GRO` or `UDP_SEGMENT` cmsg fits in 32 bytes).
+    ctrl: Vec<[u64; 4]>,
 }
 
 // SAFETY: the raw pointers inside the arrays are only ever set and used within one call on the
@@ -39,6 +41,7 @@ impl MmsgScratch {
                 batch
             ],
             addrs: vec![zero_addr; batch],
+            ctrl: vec![[0u64; 4]; batch],
         }
     }
 
@@ -57,6 +60,8 @@ pub(crate) struct Received {
     pub(crate) from: Option<SocketAddr>,
     /// The datagram did not fit the slot (`MSG_TRUNC`): it must not be delivered.
     pub(crate) truncated: bool,
+    /// With `UDP_GRO`: the size of each datagram coalesced into this read (0: one datagram).
+    pub(crate) segment: usize,
 }
 
 /// Receives up to `out.len()` datagrams into consecutive `slot`-byte slots of `data`,
@@ -81,8 +86,8 @@ pub(crate) fn recv_batch(
         hdr.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_storage>();
         hdr.msg_hdr.msg_iov = iov;
         hdr.msg_hdr.msg_iovlen = 1;
-        hdr.msg_hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_hdr.msg_controllen = 0;
+        hdr.msg_hdr.msg_control = scratch.ctrl[i].as_mut_ptr().cast();
+        hdr.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 4]>();
         hdr.msg_hdr.msg_flags = 0;
         hdr.msg_len = 0;
     }
@@ -103,19 +108,32 @@ pub(crate) fn recv_batch(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
         Err(e) => return Err(e),
     };
-    for ((r, hdr), addr) in out
+    for (((r, hdr), addr), ctrl) in out
         .iter_mut()
         .zip(&scratch.hdrs)
         .zip(&scratch.addrs)
+        .zip(&scratch.ctrl)
         .take(got)
     {
+        let control = control_bytes(ctrl, hdr.msg_hdr.msg_controllen);
         *r = Received {
             len: (hdr.msg_len as usize).min(slot),
             from: from_storage(addr),
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            segment: crate::offload::gro_segment_size(&control[..]).unwrap_or(0),
         };
     }
     Ok(got)
+}
+
+/// Returns the first `len` bytes (at most 32) of a control buffer as bytes.
+pub(crate) fn control_bytes(ctrl: &[u64; 4], len: usize) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(8).zip(ctrl) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    out[len.min(32)..].fill(0);
+    out
 }
 
 /// One datagram to send: `data[start..start + len]` to `dst`.
@@ -157,6 +175,10 @@ pub(crate) fn send_batch(
         hdr.msg_hdr.msg_controllen = 0;
         hdr.msg_hdr.msg_flags = 0;
     }
+    sendmmsg(fd, scratch, n)
+}
+
+fn sendmmsg(fd: BorrowedFd<'_>, scratch: &mut MmsgScratch, n: usize) -> io::Result<usize> {
     retry_if_interrupted(|| {
         // SAFETY: the first `n` headers point at iovecs and addresses in `scratch` and at byte
         // ranges of `data` checked above; the kernel only reads them, and all stay borrowed for
@@ -169,6 +191,183 @@ pub(crate) fn send_batch(
         ))
     })
     .map(|sent| sent.unsigned_abs() as usize)
+}
+
+/// Header and iovec space for sending the segments of one super-packet.
+pub(crate) struct SegmentScratch {
+    mm: MmsgScratch,
+    iovs: Vec<libc::iovec>,
+}
+
+// SAFETY: as for `MmsgScratch`: pointers are set and used within one call on one thread.
+unsafe impl Send for SegmentScratch {}
+
+impl SegmentScratch {
+    /// Space for `segments` segments.
+    pub(crate) fn new(segments: usize) -> Self {
+        Self {
+            mm: MmsgScratch::new(segments),
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                2 * segments
+            ],
+        }
+    }
+}
+
+/// What [`send_segments`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentsSent {
+    /// Segments sent, from the front.
+    pub(crate) segments: usize,
+    /// Messages among them that carried several segments with `UDP_SEGMENT`.
+    pub(crate) gso_messages: usize,
+}
+
+/// The size of a `cmsghdr` followed by a `u16` (`CMSG_LEN(2)`).
+const CMSG_LEN_U16: usize = std::mem::size_of::<libc::cmsghdr>() + 2;
+
+/// Sends the segments `segs` of one super-packet to `dst`: segment `i` is header slot `i` of
+/// `headers` (`stride` bytes apart) followed by its payload range of `packet`, gathered with
+/// iovecs. With `gso`, runs of equal-sized segments (up to [`GSO_MAX_SEGMENTS`] and
+/// [`GSO_MAX_BYTES`]) go as one message carrying `UDP_SEGMENT`; without, one message per
+/// segment. All messages go in one `sendmmsg`. Returns how many segments were sent from the
+/// front.
+///
+/// [`GSO_MAX_SEGMENTS`]: crate::offload::GSO_MAX_SEGMENTS
+/// [`GSO_MAX_BYTES`]: crate::offload::GSO_MAX_BYTES
+///
+/// # Errors
+///
+/// The error of the first message when nothing was sent (`EIO` when the egress device cannot
+/// checksum, which means GSO cannot be used).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn send_segments(
+    fd: BorrowedFd<'_>,
+    scratch: &mut SegmentScratch,
+    dst: SocketAddr,
+    headers: &[u8],
+    stride: usize,
+    packet: &[u8],
+    segs: &[crate::offload::Segment],
+    gso: bool,
+) -> io::Result<SegmentsSent> {
+    use crate::offload::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+    let n = segs.len().min(scratch.mm.capacity());
+    for (i, s) in segs[..n].iter().enumerate() {
+        let (Some(h), Some(p)) = (
+            headers.get(i * stride..i * stride + s.header_len),
+            packet.get(s.payload_start..s.payload_start + s.payload_len),
+        ) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        scratch.iovs[2 * i] = libc::iovec {
+            iov_base: h.as_ptr().cast_mut().cast(),
+            iov_len: h.len(),
+        };
+        scratch.iovs[2 * i + 1] = libc::iovec {
+            iov_base: p.as_ptr().cast_mut().cast(),
+            iov_len: p.len(),
+        };
+    }
+    // Group the segments into messages; `firsts[m]` is the first segment of message m.
+    let mut messages = 0;
+    let mut counts = [0usize; crate::offload::MAX_SEGMENTS];
+    let mut i = 0;
+    while i < n {
+        let size = segs[i].len();
+        let mut take = 1;
+        if gso {
+            let mut bytes = size;
+            while i + take < n
+                && take < GSO_MAX_SEGMENTS
+                && bytes + segs[i + take].len() <= GSO_MAX_BYTES
+                && segs[i + take].len() <= size
+            {
+                bytes += segs[i + take].len();
+                take += 1;
+                // A shorter segment must be the last of its message.
+                if segs[i + take - 1].len() < size {
+                    break;
+                }
+            }
+        }
+        counts[messages] = take;
+        let namelen = to_storage(dst, &mut scratch.mm.addrs[messages]);
+        let hdr = &mut scratch.mm.hdrs[messages];
+        hdr.msg_hdr.msg_name = (&raw mut scratch.mm.addrs[messages]).cast();
+        hdr.msg_hdr.msg_namelen = namelen;
+        hdr.msg_hdr.msg_iov = (&raw mut scratch.iovs[2 * i]).cast();
+        hdr.msg_hdr.msg_iovlen = 2 * take;
+        hdr.msg_hdr.msg_flags = 0;
+        if take > 1 {
+            let ctrl = &mut scratch.mm.ctrl[messages];
+            *ctrl = segment_cmsg(u16::try_from(size).unwrap_or(u16::MAX));
+            hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = std::mem::size_of::<libc::cmsghdr>() + 8;
+        } else {
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+        }
+        messages += 1;
+        i += take;
+    }
+    let sent = sendmmsg(fd, &mut scratch.mm, messages)?.min(messages);
+    Ok(SegmentsSent {
+        segments: counts[..sent].iter().sum(),
+        gso_messages: counts[..sent].iter().filter(|&&c| c > 1).count(),
+    })
+}
+
+/// Returns a control buffer holding one `UDP_SEGMENT` message with the segment size `size`:
+/// `struct cmsghdr { size_t len; int level; int type; }` followed by a `u16`.
+fn segment_cmsg(size: u16) -> [u64; 4] {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let mut bytes = [0u8; 32];
+    bytes[..WORD].copy_from_slice(&CMSG_LEN_U16.to_ne_bytes());
+    bytes[WORD..WORD + 4].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+    bytes[WORD + 4..WORD + 8].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
+    bytes[WORD + 8..WORD + 10].copy_from_slice(&size.to_ne_bytes());
+    let mut out = [0u64; 4];
+    for (word, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *word = u64::from_ne_bytes(b);
+    }
+    out
+}
+
+/// Turns `UDP_GRO` on (Linux 5.0): the kernel may hand over several datagrams of one flow and
+/// size in one read, with their size in a control message.
+pub(crate) fn set_udp_gro(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let value: libc::c_int = 1;
+    // SAFETY: `value` is a c_int that outlives the call and its size is passed alongside.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_UDP,
+        libc::UDP_GRO,
+        (&raw const value).cast(),
+        socklen_of::<libc::c_int>()
+    ))
+    .map(drop)
+}
+
+/// Returns true when the kernel knows `UDP_SEGMENT` (Linux 4.18).
+pub(crate) fn gso_supported(fd: BorrowedFd<'_>) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = socklen_of::<libc::c_int>();
+    // SAFETY: `value` and `len` outlive the call and `len` holds the size of `value`.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_UDP,
+        libc::UDP_SEGMENT,
+        (&raw mut value).cast(),
+        &raw mut len
+    ))
+    .is_ok()
 }
 
 /// Sets `SO_RCVBUFFORCE` / `SO_SNDBUFFORCE`, which exceed `net.core.[rw]mem_max` with

@@ -17,6 +17,7 @@ fn recv_all(sock: &UdpSocket, slot: usize, want: usize) -> (Vec<u8>, Vec<Receive
         len: 0,
         from: None,
         truncated: false,
+        segment: 0,
     };
     let mut out = vec![empty; 16];
     let mut got = Vec::new();
@@ -121,7 +122,8 @@ fn an_empty_queue_is_not_an_error() {
         Received {
             len: 0,
             from: None,
-            truncated: false
+            truncated: false,
+            segment: 0
         };
         4
     ];
@@ -130,4 +132,71 @@ fn an_empty_queue_is_not_an_error() {
             .expect("recv"),
         0
     );
+}
+
+/// Segments sent with `UDP_SEGMENT` to a socket with `UDP_GRO` come back as one read with the
+/// segment size, and cut at that size they are the segments sent; without GSO each segment is
+/// its own datagram.
+#[test]
+#[allow(clippy::cast_possible_truncation)]
+fn gso_send_and_gro_receive_over_loopback() {
+    use crate::offload::{HEADER_STRIDE, Segment};
+    let sender = UdpSocket::bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+    let receiver = UdpSocket::bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+    assert!(
+        sender.gso_supported(),
+        "UDP_SEGMENT (Linux 4.18) is missing"
+    );
+    receiver.enable_gro().expect("UDP_GRO (Linux 5.0)");
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let mut headers = vec![0u8; 8 * HEADER_STRIDE];
+    let mut segs = Vec::new();
+    for (i, start) in (0..payload.len()).step_by(1400).enumerate() {
+        headers[i * HEADER_STRIDE..i * HEADER_STRIDE + 4].copy_from_slice(&[0xee, 0, 0, i as u8]);
+        segs.push(Segment {
+            header_len: 4,
+            payload_start: start,
+            payload_len: 1400.min(payload.len() - start),
+        });
+    }
+    let mut scratch = SegmentScratch::new(16);
+    for gso in [true, false] {
+        let sent = sender
+            .send_segments(
+                &mut scratch,
+                receiver.local_addr(),
+                &headers,
+                HEADER_STRIDE,
+                &payload,
+                &segs,
+                gso,
+            )
+            .expect("send");
+        assert_eq!(sent.segments, segs.len());
+        assert_eq!(sent.gso_messages, usize::from(gso));
+        let (data, got) = recv_all(&receiver, 65_536, 1);
+        let mut bytes = Vec::new();
+        let mut seen = 0;
+        for (k, r) in got.iter().enumerate() {
+            let read = &data[k * 65_536..k * 65_536 + r.len];
+            let stride = if r.segment > 0 { r.segment } else { r.len };
+            for (i, datagram) in read.chunks(stride).enumerate() {
+                assert_eq!(datagram[..4], [0xee, 0, 0, (seen + i) as u8]);
+                bytes.extend_from_slice(&datagram[4..]);
+            }
+            seen += read.chunks(stride).count();
+            if gso {
+                assert_eq!(r.segment, 1404, "one GRO read with the segment size");
+            }
+        }
+        if gso {
+            assert_eq!(seen, segs.len());
+            assert_eq!(bytes, payload);
+        }
+        // Drain what is left for the next round.
+        while seen < segs.len() {
+            let (_, more) = recv_all(&receiver, 65_536, 1);
+            seen += more.len().max(1);
+        }
+    }
 }

@@ -546,28 +546,45 @@ fn pseudo_header_sum(packet: &[u8]) -> Option<(u8, usize, u64)> {
     }
 }
 
-fn fold(mut sum: u64) -> u16 {
+/// Folds a one's-complement accumulator (from [`ones_sum`]) into 16 bits, not complemented.
+pub fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     u16::try_from(sum).unwrap_or(0xffff)
 }
 
+/// Returns the unfolded one's-complement sum of `data` read as big-endian 16-bit words (a
+/// trailing odd byte is padded with zero, RFC 1071). Sums of several slices may be added when
+/// every slice but the last has an even length.
+///
+/// Adds 32-bit words into a 64-bit accumulator, which cannot overflow below 16 GiB of input
+/// and which the compiler turns into wide vector adds: 64 KiB takes a few microseconds, where
+/// a byte-pair loop takes several times that.
+#[inline]
+pub fn ones_sum(data: &[u8]) -> u64 {
+    let mut wide = data.chunks_exact(32);
+    let mut lanes = [0u64; 8];
+    for block in &mut wide {
+        for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+        }
+    }
+    let mut sum: u64 = lanes.iter().sum();
+    let rest = wide.remainder();
+    let mut words = rest.chunks_exact(2);
+    for pair in &mut words {
+        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    sum
+}
+
 /// Computes the RFC 1071 Internet checksum of `data` (the complemented one's-complement sum).
 pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    // The loop above folds the carries, so `sum` fits 16 bits here.
-    !u16::try_from(sum).unwrap_or(0xffff)
+    !fold(ones_sum(data))
 }
 
 #[cfg(test)]
@@ -727,7 +744,30 @@ pub(crate) mod tests {
             })
     }
 
+    /// RFC 1071 byte-pair reference for [`checksum`].
+    fn reference_checksum(data: &[u8]) -> u16 {
+        let mut sum: u64 = 0;
+        for (i, b) in data.iter().enumerate() {
+            sum += if i % 2 == 0 {
+                u64::from(*b) << 8
+            } else {
+                u64::from(*b)
+            };
+        }
+        !fold(sum)
+    }
+
     proptest! {
+        #[test]
+        fn checksum_matches_reference(data in proptest::collection::vec(any::<u8>(), 0..3000),
+                                      split in 0usize..1500) {
+            prop_assert_eq!(checksum(&data), reference_checksum(&data));
+            // Sums of an even-length prefix and the rest add up to the whole.
+            let cut = (split.min(data.len())) & !1;
+            let parts = ones_sum(&data[..cut]) + ones_sum(&data[cut..]);
+            prop_assert_eq!(!fold(parts), checksum(&data));
+        }
+
         #[test]
         fn ipv4_repr_roundtrip(repr in arb_v4()) {
             let mut buf = vec![0u8; repr.header_len() + repr.payload_len];

@@ -1,0 +1,528 @@
+//! Merging received TCP segments back into super-packets for one TUN write each (the
+//! userspace half of GRO).
+//!
+//! A batch of datagrams from the underlay (a `UDP_GRO` read is already up to 64 KiB of
+//! segments of one flow) turns into inner packets; [`Coalescer::push`] merges consecutive
+//! segments of one TCP flow into a super-packet and [`Coalescer::flush`] writes each with a
+//! [`VnetHdr`] saying `GSO_TCPV4`/`GSO_TCPV6`, so the kernel sees one 64 KiB packet where it
+//! would have seen forty.
+//!
+//! The rules follow the kernel's `tcp_gro_receive`, made stricter where a userspace merge
+//! cannot check as much:
+//!
+//! - only plain segments merge: IPv4 without options or fragmentation, IPv6 without extension
+//!   headers, TCP with ACK (and PSH) set and nothing else, at least one payload byte;
+//! - the segment's own TCP checksum must verify first. A merged packet goes to the kernel with
+//!   `NEEDS_CSUM`, which makes the kernel compute a fresh checksum, so a segment corrupted on
+//!   the way would otherwise be delivered as good; one that fails is written alone, unchanged,
+//!   for the receiving stack to drop;
+//! - a segment joins only the open packet of its own flow, only at the next sequence number,
+//!   with the same acknowledgement number, TCP options, header lengths, TOS/traffic class, TTL
+//!   and DF bit, and no larger than the first segment; a shorter segment or one with PSH closes
+//!   the packet (nothing may follow a short segment in a GSO packet);
+//! - anything else of that flow (FIN, SYN, RST, a gap) first flushes the open packet, so a
+//!   flow's packets reach TUN in the order they arrived. Other flows are not held back.
+//!
+//! At most [`MAX_OPEN`] packets are open at once; one more flow flushes the oldest. A packet
+//! made of a single segment is written exactly as it arrived.
+
+use super::split::pseudo_sum;
+use super::vnet::{F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VnetHdr};
+use crate::wire::ip::{fold, ones_sum};
+
+/// Packets open for merging at once.
+pub const MAX_OPEN: usize = 8;
+/// The largest merged IP packet (the IPv4 total length field's limit).
+pub const MAX_MERGED: usize = 65_535;
+
+const ACK: u8 = 0x10;
+const PSH: u8 = 0x08;
+
+/// A TCP segment that may be merged.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    v6: bool,
+    ip_len: usize,
+    hl: usize,
+    payload: usize,
+    seq: u32,
+    psh: bool,
+}
+
+/// Returns the IP header length and version of a TCP packet over IPv4 (unfragmented) or IPv6
+/// (no extension headers) whose TCP header fits, else `None`.
+fn tcp_layout(p: &[u8]) -> Option<(bool, usize, usize)> {
+    let (v6, ip_len) = match p.first()? >> 4 {
+        4 if p.len() >= 20 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            if ihl < 20 || p[9] != 6 || p[6] & 0x3f != 0 || p[7] != 0 {
+                return None;
+            }
+            (false, ihl)
+        }
+        6 if p.len() >= 40 && p[6] == 6 => (true, 40),
+        _ => return None,
+    };
+    let doff = usize::from(*p.get(ip_len + 12)? >> 4) * 4;
+    if doff < 20 || ip_len + doff > p.len() {
+        return None;
+    }
+    Some((v6, ip_len, ip_len + doff))
+}
+
+fn candidate(p: &[u8]) -> Option<Candidate> {
+    let (v6, ip_len, hl) = tcp_layout(p)?;
+    if !v6 && (ip_len != 20 || usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len()) {
+        return None;
+    }
+    if v6 && usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 != p.len() {
+        return None;
+    }
+    let flags = p[ip_len + 13];
+    if flags & !(ACK | PSH) != 0 || flags & ACK == 0 || p.len() == hl {
+        return None;
+    }
+    let sum = pseudo_sum(p, if v6 { 6 } else { 4 }, 6, p.len() - ip_len) + ones_sum(&p[ip_len..]);
+    if fold(sum) != 0xffff {
+        return None;
+    }
+    let t = &p[ip_len..];
+    Some(Candidate {
+        v6,
+        ip_len,
+        hl,
+        payload: p.len() - hl,
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        psh: flags & PSH != 0,
+    })
+}
+
+/// True when `a` and `b` (both passed [`tcp_layout`]) carry the same addresses and ports.
+fn same_flow(a: &[u8], a_ip: usize, b: &[u8], b_ip: usize) -> bool {
+    let addrs = |p: &[u8], ip: usize| -> (u8, std::ops::Range<usize>) {
+        if ip == 40 && p[0] >> 4 == 6 {
+            (6, 8..40)
+        } else {
+            (4, 12..20)
+        }
+    };
+    let (va, ra) = addrs(a, a_ip);
+    let (vb, rb) = addrs(b, b_ip);
+    va == vb && a[ra] == b[rb] && a[a_ip..a_ip + 4] == b[b_ip..b_ip + 4]
+}
+
+/// One open super-packet.
+#[derive(Debug)]
+struct Open {
+    buf: Box<[u8]>,
+    len: usize,
+    v6: bool,
+    ip_len: usize,
+    hl: usize,
+    gso_size: usize,
+    segments: usize,
+    next_seq: u32,
+    closed: bool,
+    psh: bool,
+}
+
+impl Open {
+    fn can_take(&self, p: &[u8], c: &Candidate) -> bool {
+        let h = &self.buf[..self.hl];
+        let ip = self.ip_len;
+        !self.closed
+            && c.v6 == self.v6
+            && c.hl == self.hl
+            && c.seq == self.next_seq
+            && c.payload <= self.gso_size
+            && self.len + c.payload <= MAX_MERGED
+            // TOS/traffic class and flow label, TTL/hop limit, DF.
+            && if self.v6 {
+                h[..4] == p[..4] && h[7] == p[7]
+            } else {
+                h[1] == p[1] && h[8] == p[8] && h[6] == p[6]
+            }
+            // Acknowledgement number, then the options.
+            && h[ip + 8..ip + 12] == p[ip + 8..ip + 12]
+            && h[ip + 20..self.hl] == p[ip + 20..c.hl]
+    }
+
+    /// Makes the headers describe the whole packet and returns its virtio header.
+    fn finish(&mut self) -> VnetHdr {
+        if self.segments == 1 {
+            return VnetHdr::NONE;
+        }
+        let ip = self.ip_len;
+        let len = self.len;
+        let b = &mut self.buf;
+        if self.v6 {
+            let plen = u16::try_from(len - 40).unwrap_or(u16::MAX);
+            b[4..6].copy_from_slice(&plen.to_be_bytes());
+        } else {
+            let total = u16::try_from(len).unwrap_or(u16::MAX);
+            b[2..4].copy_from_slice(&total.to_be_bytes());
+            b[10..12].fill(0);
+            let sum = !fold(ones_sum(&b[..ip]));
+            b[10..12].copy_from_slice(&sum.to_be_bytes());
+        }
+        if self.psh {
+            b[ip + 13] |= PSH;
+        }
+        let partial = fold(pseudo_sum(b, if self.v6 { 6 } else { 4 }, 6, len - ip));
+        b[ip + 16..ip + 18].copy_from_slice(&partial.to_be_bytes());
+        VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if self.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            hdr_len: u16::try_from(self.hl).unwrap_or(0),
+            gso_size: u16::try_from(self.gso_size).unwrap_or(0),
+            csum_start: u16::try_from(ip).unwrap_or(0),
+            csum_offset: 16,
+        }
+    }
+}
+
+/// What [`Coalescer`] did, for the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Packets written (merged or not).
+    pub packets: u64,
+    /// Bytes written (IP packet bytes, without the virtio header).
+    pub bytes: u64,
+    /// Of the packets, super-packets made of more than one segment.
+    pub merged: u64,
+    /// Segments that went into those super-packets.
+    pub merged_segments: u64,
+}
+
+/// The merge state of one worker: [`MAX_OPEN`] buffers of [`MAX_MERGED`] bytes, allocated
+/// once.
+#[derive(Debug)]
+pub struct Coalescer {
+    open: Vec<Open>,
+    active: usize,
+    /// Running totals since the last [`Coalescer::take_written`].
+    written: Written,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Coalescer {
+    /// Allocates the buffers.
+    pub fn new() -> Self {
+        Self {
+            open: (0..MAX_OPEN)
+                .map(|_| Open {
+                    buf: vec![0u8; MAX_MERGED].into_boxed_slice(),
+                    len: 0,
+                    v6: false,
+                    ip_len: 0,
+                    hl: 0,
+                    gso_size: 0,
+                    segments: 0,
+                    next_seq: 0,
+                    closed: false,
+                    psh: false,
+                })
+                .collect(),
+            active: 0,
+            written: Written::default(),
+        }
+    }
+
+    /// Returns and resets what was written since the last call.
+    pub fn take_written(&mut self) -> Written {
+        std::mem::take(&mut self.written)
+    }
+
+    /// Takes one inner packet; writes through `out` whatever must go now (a packet that cannot
+    /// merge, or an open packet it ends).
+    pub fn push<E>(
+        &mut self,
+        packet: &[u8],
+        out: &mut impl FnMut(&VnetHdr, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some(c) = candidate(packet) else {
+            if let Some((_, ip, _)) = tcp_layout(packet)
+                && let Some(k) = self.find(packet, ip)
+            {
+                self.flush_one(k, out)?;
+            }
+            self.count(packet.len(), 1);
+            return out(&VnetHdr::NONE, packet);
+        };
+        if let Some(k) = self.find(packet, c.ip_len) {
+            if self.open[k].can_take(packet, &c) {
+                let o = &mut self.open[k];
+                o.buf[o.len..o.len + c.payload].copy_from_slice(&packet[c.hl..]);
+                o.len += c.payload;
+                o.segments += 1;
+                o.next_seq = o
+                    .next_seq
+                    .wrapping_add(u32::try_from(c.payload).unwrap_or(0));
+                // Keep the newest window.
+                o.buf[c.ip_len + 14..c.ip_len + 16]
+                    .copy_from_slice(&packet[c.ip_len + 14..c.ip_len + 16]);
+                o.psh |= c.psh;
+                o.closed = c.psh || c.payload < o.gso_size;
+                return Ok(());
+            }
+            self.flush_one(k, out)?;
+        }
+        if self.active == MAX_OPEN {
+            self.flush_one(0, out)?;
+        }
+        let o = &mut self.open[self.active];
+        o.buf[..packet.len()].copy_from_slice(packet);
+        o.len = packet.len();
+        o.v6 = c.v6;
+        o.ip_len = c.ip_len;
+        o.hl = c.hl;
+        o.gso_size = c.payload;
+        o.segments = 1;
+        o.next_seq = c.seq.wrapping_add(u32::try_from(c.payload).unwrap_or(0));
+        o.closed = c.psh;
+        o.psh = c.psh;
+        self.active += 1;
+        Ok(())
+    }
+
+    /// Writes every open packet, oldest first.
+    pub fn flush<E>(
+        &mut self,
+        out: &mut impl FnMut(&VnetHdr, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut result = Ok(());
+        while self.active > 0 {
+            let r = self.flush_one(0, out);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// Returns true when packets are waiting for [`Self::flush`].
+    pub const fn pending(&self) -> bool {
+        self.active > 0
+    }
+
+    fn find(&self, packet: &[u8], ip: usize) -> Option<usize> {
+        self.open[..self.active]
+            .iter()
+            .position(|o| same_flow(&o.buf[..o.hl], o.ip_len, packet, ip))
+    }
+
+    fn count(&mut self, len: usize, segments: usize) {
+        self.written.packets += 1;
+        self.written.bytes += len as u64;
+        if segments > 1 {
+            self.written.merged += 1;
+            self.written.merged_segments += segments as u64;
+        }
+    }
+
+    fn flush_one<E>(
+        &mut self,
+        k: usize,
+        out: &mut impl FnMut(&VnetHdr, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let hdr = self.open[k].finish();
+        let (len, segments) = (self.open[k].len, self.open[k].segments);
+        self.count(len, segments);
+        let r = out(&hdr, &self.open[k].buf[..len]);
+        self.open[k..self.active].rotate_left(1);
+        self.active -= 1;
+        r
+    }
+}
+
+/// Returns the virtio header that lets a received TCP super-packet (a kernel `vxlan` peer on
+/// the same host hands these over, see `wire::tcp`) go to TUN whole: its checksum field must
+/// hold the partial pseudo-header sum, as such packets carry, and the kernel then cuts it into
+/// segments of at most `max_len` bytes. `None` when it is not such a packet.
+pub fn super_packet_header(packet: &[u8], max_len: usize) -> Option<VnetHdr> {
+    let (v6, ip_len, hl) = tcp_layout(packet)?;
+    let field = u16::from_be_bytes([packet[ip_len + 16], packet[ip_len + 17]]);
+    let version = if v6 { 6 } else { 4 };
+    if field != fold(pseudo_sum(packet, version, 6, packet.len() - ip_len)) || max_len <= hl {
+        return None;
+    }
+    Some(VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+        hdr_len: u16::try_from(hl).ok()?,
+        gso_size: u16::try_from(max_len - hl).ok()?,
+        csum_start: u16::try_from(ip_len).ok()?,
+        csum_offset: 16,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::split::tests::{assemble, super_packet};
+    use super::super::split::{HEADER_STRIDE, MAX_SEGMENTS, Segment, split};
+    use super::super::vnet::Gso;
+    use super::*;
+
+    /// Cuts a super-packet into wire segments (as the sending node does).
+    fn segments(packet: &[u8], v6: bool, mss: u16, max_len: usize) -> Vec<Vec<u8>> {
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            gso_size: mss,
+            ..VnetHdr::NONE
+        };
+        let mut headers = vec![0u8; MAX_SEGMENTS * HEADER_STRIDE];
+        let mut segs = [Segment::default(); MAX_SEGMENTS];
+        let n = split(&hdr, packet, max_len, &[], &mut headers, &mut segs).expect("splits");
+        assemble(packet, &headers, &segs[..n], 0)
+    }
+
+    /// What the kernel does with a packet written to TUN: a GSO packet is cut again (its
+    /// checksum completed), a plain one is taken as it is. Returns the wire packets.
+    fn kernel_view(hdr: &VnetHdr, packet: &[u8]) -> Vec<Vec<u8>> {
+        match hdr.gso().expect("valid type") {
+            Gso::None => vec![packet.to_vec()],
+            Gso::TcpV4 | Gso::TcpV6 => {
+                assert_eq!(hdr.flags, F_NEEDS_CSUM);
+                let ip = usize::from(hdr.csum_start);
+                let field = u16::from_be_bytes([packet[ip + 16], packet[ip + 17]]);
+                let v = packet[0] >> 4;
+                assert_eq!(field, fold(pseudo_sum(packet, v, 6, packet.len() - ip)));
+                segments(packet, v == 6, hdr.gso_size, 65_535)
+            }
+            Gso::UdpL4 => panic!("no UDP merging"),
+        }
+    }
+
+    fn payload_of(p: &[u8]) -> &[u8] {
+        let (_, _, hl) = tcp_layout(p).expect("tcp");
+        &p[hl..]
+    }
+
+    fn run(c: &mut Coalescer, packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut sink = |h: &VnetHdr, p: &[u8]| -> Result<(), ()> {
+            out.push((*h, p.to_vec()));
+            Ok(())
+        };
+        for p in packets {
+            c.push(p, &mut sink).expect("sink never fails");
+        }
+        c.flush(&mut sink).expect("sink never fails");
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn split_then_merge_gives_the_stream_back(
+            len in 1usize..60_000, mss in 500u16..1448, v6 in any::<bool>(),
+            options in any::<bool>(), fin in any::<bool>(),
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| u8::try_from(i * 31 % 253).expect("small")).collect();
+            let original = super_packet(v6, true, &payload, fin, options);
+            let wire = segments(&original, v6, mss, 1500);
+            let mut c = Coalescer::new();
+            let written = run(&mut c, &wire);
+            // The first segment carries CWR and goes alone (as in the kernel's GRO); without
+            // FIN the rest merges into one packet.
+            if !fin {
+                prop_assert!(written.len() <= 2, "{} packets", written.len());
+            }
+            let mut stream = Vec::new();
+            for (h, p) in &written {
+                for seg in kernel_view(h, p) {
+                    let (v, ip, _) = tcp_layout(&seg).expect("tcp");
+                    let sum = pseudo_sum(&seg, if v { 6 } else { 4 }, 6, seg.len() - ip) + ones_sum(&seg[ip..]);
+                    prop_assert_eq!(fold(sum), 0xffff, "valid TCP checksum");
+                    if !v {
+                        prop_assert_eq!(crate::wire::ip::checksum(&seg[..20]), 0);
+                    }
+                    stream.extend_from_slice(payload_of(&seg));
+                }
+            }
+            prop_assert_eq!(stream, payload);
+            let w = c.take_written();
+            prop_assert_eq!(w.packets, written.len() as u64);
+        }
+
+        #[test]
+        fn never_panics_and_keeps_every_byte(packets in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..200), 0..20)) {
+            let mut c = Coalescer::new();
+            let out = run(&mut c, &packets);
+            // Garbage never merges: each packet comes out once, unchanged.
+            prop_assert_eq!(out.len(), packets.len());
+            for ((h, p), q) in out.iter().zip(&packets) {
+                prop_assert_eq!(*h, VnetHdr::NONE);
+                prop_assert_eq!(p, q);
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_flow_order_and_rejects_bad_checksums() {
+        let a = super_packet(false, true, &[1u8; 5000], false, false);
+        let mut b = super_packet(true, true, &[2u8; 5000], false, false);
+        // Another flow: change the IPv6 source. No CWR, which would go alone.
+        b[8] = 0x11;
+        b[40 + 13] &= !0x80;
+        let mut a = a;
+        a[20 + 13] &= !0x80;
+        let wa = segments(&a, false, 1000, 1500);
+        let mut wb = segments(&b, true, 1000, 1500);
+        // Corrupt one payload byte of flow b's third segment.
+        let last = wb[2].len() - 1;
+        wb[2][last] ^= 0xff;
+        let mut mixed = Vec::new();
+        for (x, y) in wa.iter().zip(&wb) {
+            mixed.push(x.clone());
+            mixed.push(y.clone());
+        }
+        let mut c = Coalescer::new();
+        let out = run(&mut c, &mixed);
+        // Flow a: one merged packet. Flow b: segments 0-1 merged, 2 alone (bad checksum),
+        // 3-4 merged.
+        let v4: Vec<_> = out.iter().filter(|(_, p)| p[0] >> 4 == 4).collect();
+        let v6: Vec<_> = out.iter().filter(|(_, p)| p[0] >> 4 == 6).collect();
+        assert_eq!(v4.len(), 1);
+        assert_eq!(v4[0].0.gso_size, 1000);
+        assert_eq!(v6.len(), 3);
+        assert_eq!(v6[1].0, VnetHdr::NONE);
+        assert_eq!(v6[1].1, wb[2]);
+        let seqs: Vec<u32> = v6
+            .iter()
+            .map(|(_, p)| u32::from_be_bytes([p[44], p[45], p[46], p[47]]))
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        let w = c.take_written();
+        assert_eq!(w.merged, 3);
+        assert_eq!(w.merged_segments, 9);
+    }
+
+    #[test]
+    fn super_packet_from_a_kernel_peer_goes_whole() {
+        let mut p = super_packet(false, true, &[7u8; 20_000], false, false);
+        assert_eq!(
+            super_packet_header(&p, 1450),
+            None,
+            "a complete checksum is not partial"
+        );
+        let partial = fold(pseudo_sum(&p, 4, 6, p.len() - 20));
+        p[36..38].copy_from_slice(&partial.to_be_bytes());
+        let h = super_packet_header(&p, 1450).expect("partial");
+        assert_eq!(h.gso_size, 1450 - 40);
+        assert_eq!(h.gso_type, GSO_TCPV4);
+        let stream: Vec<u8> = kernel_view(&h, &p)
+            .iter()
+            .flat_map(|s| payload_of(s).to_vec())
+            .collect();
+        assert_eq!(stream, vec![7u8; 20_000]);
+    }
+}

@@ -1,0 +1,181 @@
+//! Offloads: moving 64 KiB super-packets across both kernel boundaries instead of MTU-sized
+//! packets.
+//!
+//! | where | what fustian asks for | kernel | what fustian does in userspace |
+//! |---|---|---|---|
+//! | TUN read | `IFF_VNET_HDR`, `TUNSETOFFLOAD` CSUM+TSO4+TSO6 (+USO4/6) | 2.6.27 (USO 6.2) | [`split`]: one super-packet into MTU-sized segments, headers rebuilt, payload untouched |
+//! | UDP send | `UDP_SEGMENT` (GSO) | 4.18 | all segments of a super-packet (up to 64, 64 KiB) in one `sendmsg` |
+//! | UDP receive | `UDP_GRO` | 5.0 (probe 5.12) | [`gro_stride`]: a coalesced read cut back into datagrams |
+//! | TUN write | `IFF_VNET_HDR` | 2.6.27 | [`coalesce`]: a flow's consecutive TCP segments merged into one super-packet |
+//!
+//! Each is probed at start and can be turned off (`--offload off`); a send that fails with
+//! `EIO` (the egress device cannot checksum) turns GSO off for the rest of the run.
+
+pub mod coalesce;
+pub mod split;
+pub mod vnet;
+
+pub use coalesce::Coalescer;
+pub use split::{HEADER_STRIDE, MAX_SEGMENTS, Segment};
+pub use vnet::{VNET_HDR_LEN, VnetHdr};
+
+/// The offloads one worker uses, decided at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    /// The TUN device has `IFF_VNET_HDR` and TSO: reads may be super-packets and every read and
+    /// write carries a [`VnetHdr`].
+    pub tun: bool,
+    /// The TUN device also has USO (UDP super-packets).
+    pub tun_uso: bool,
+    /// Sends may carry `UDP_SEGMENT`.
+    pub gso: bool,
+    /// The socket has `UDP_GRO`: a read may hold several datagrams of one size.
+    pub gro: bool,
+}
+
+impl Offloads {
+    /// Returns a short description for logs and `fustian show`: `tso,uso,gso,gro` or `off`.
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = [
+            (self.tun, "tso"),
+            (self.tun_uso, "uso"),
+            (self.gso, "gso"),
+            (self.gro, "gro"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if names.is_empty() {
+            "off".to_owned()
+        } else {
+            names.join(",")
+        }
+    }
+}
+
+/// The most datagrams one `UDP_SEGMENT` send carries (`UDP_MAX_SEGMENTS` was 64 before
+/// Linux 6.9).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// The most payload bytes one `UDP_SEGMENT` send carries (an IPv4 datagram's limit, with room
+/// for the IP and UDP headers).
+pub const GSO_MAX_BYTES: usize = 65_000;
+
+/// Returns how to cut a datagram read with a `UDP_GRO` segment size of `gso_size`: every
+/// `stride` bytes is one datagram, the last may be shorter. A read is cut only when its first
+/// datagram is exactly one encapsulated packet of `gso_size` bytes (its inner IP length says
+/// so); a single datagram, or a kernel `vxlan` peer's super-frame (which carries its inner
+/// MSS as the segment size), stays whole and the whole length is returned.
+pub fn gro_stride(datagram: &[u8], gso_size: usize, encap_len: usize) -> usize {
+    if gso_size == 0 || datagram.len() <= gso_size {
+        return datagram.len();
+    }
+    let Some(inner) = datagram.get(encap_len..) else {
+        return datagram.len();
+    };
+    let inner_len = match inner.first().map(|b| b >> 4) {
+        Some(4) if inner.len() >= 4 => usize::from(u16::from_be_bytes([inner[2], inner[3]])),
+        Some(6) if inner.len() >= 6 => 40 + usize::from(u16::from_be_bytes([inner[4], inner[5]])),
+        _ => return datagram.len(),
+    };
+    if encap_len + inner_len == gso_size {
+        gso_size
+    } else {
+        datagram.len()
+    }
+}
+
+/// Finds the `UDP_GRO` segment size in the control messages `control` of a `recvmsg` (a
+/// `cmsghdr` stream; level `SOL_UDP`, type `UDP_GRO`, an `int`). `None` when absent.
+pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } then data, each
+    // message padded to the alignment of size_t.
+    const WORD: usize = std::mem::size_of::<usize>();
+    const HDR: usize = WORD + 8;
+    let mut at = 0;
+    while at + HDR <= control.len() {
+        let mut len_bytes = [0u8; WORD];
+        len_bytes.copy_from_slice(&control[at..at + WORD]);
+        let len = usize::from_ne_bytes(len_bytes);
+        let int = |o: usize| {
+            i32::from_ne_bytes([control[o], control[o + 1], control[o + 2], control[o + 3]])
+        };
+        let (level, kind) = (int(at + WORD), int(at + WORD + 4));
+        if len < HDR || at + len > control.len() {
+            return None;
+        }
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO && len >= HDR + 4 {
+            return usize::try_from(int(at + HDR)).ok().filter(|&n| n > 0);
+        }
+        at += len.div_ceil(WORD) * WORD;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn stride_cuts_only_real_gro_reads() {
+        // Three 1000-byte `udp` datagrams: inner IPv4 total length 1000.
+        let mut d = vec![0u8; 2600];
+        for at in [0, 1000, 2000] {
+            d[at] = 0x45;
+            d[at + 2..at + 4].copy_from_slice(&1000u16.to_be_bytes());
+        }
+        assert_eq!(gro_stride(&d, 1000, 0), 1000);
+        // A VXLAN frame: 22 bytes of encapsulation then the inner packet.
+        let mut v = vec![0u8; 3000];
+        v[22] = 0x45;
+        v[24..26].copy_from_slice(&978u16.to_be_bytes());
+        assert_eq!(gro_stride(&v, 1000, 22), 1000);
+        // A super-frame: the inner packet is the whole datagram, the size is its MSS.
+        v[24..26].copy_from_slice(&2978u16.to_be_bytes());
+        assert_eq!(gro_stride(&v, 1398, 22), 3000);
+        assert_eq!(gro_stride(&v, 0, 22), 3000);
+        assert_eq!(gro_stride(&v[..500], 1000, 22), 500);
+    }
+
+    #[test]
+    fn finds_the_gro_size() {
+        let word = std::mem::size_of::<usize>();
+        let mut c = Vec::new();
+        // An unrelated message first (IP_TOS, one byte, padded).
+        c.extend_from_slice(&(word + 9).to_ne_bytes());
+        c.extend_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+        c.extend_from_slice(&libc::IP_TOS.to_ne_bytes());
+        c.extend_from_slice(&[0u8; 8]);
+        c.extend_from_slice(&(word + 12).to_ne_bytes());
+        c.extend_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        c.extend_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        c.extend_from_slice(&1400i32.to_ne_bytes());
+        c.extend_from_slice(&[0u8; 4]);
+        assert_eq!(gro_segment_size(&c), Some(1400));
+        assert_eq!(gro_segment_size(&c[..word + 16]), None);
+        assert_eq!(gro_segment_size(&[]), None);
+    }
+
+    #[test]
+    fn describes_itself() {
+        assert_eq!(Offloads::default().describe(), "off");
+        let all = Offloads {
+            tun: true,
+            tun_uso: false,
+            gso: true,
+            gro: true,
+        };
+        assert_eq!(all.describe(), "tso,gso,gro");
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300),
+                               size in 0usize..400, encap in 0usize..30) {
+            let _ = gro_segment_size(&data);
+            let s = gro_stride(&data, size, encap);
+            prop_assert!(s == data.len() || s == size);
+        }
+    }
+}
