@@ -357,9 +357,15 @@ fn udp_packet(port: u16, payload: usize) -> Vec<u8> {
     out
 }
 
+/// Set once `tun` made its network namespace.
+static IN_BENCH_NAMESPACE: AtomicBool = AtomicBool::new(false);
+
 fn tun(c: &mut Criterion) {
     let tun = match tun_device() {
-        Ok(t) => t,
+        Ok(t) => {
+            IN_BENCH_NAMESPACE.store(true, Ordering::Relaxed);
+            t
+        }
         Err(why) => {
             eprintln!("tun benches skipped: {why}");
             return;
@@ -475,5 +481,142 @@ fn tun(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, memcpy, udp_send, udp_recv, tun);
+/// Opens `bench1` (10.9.1.1/24) with `IFF_VNET_HDR` and TSO/USO, in the namespace `tun`
+/// already made; returns the device and whether USO was granted.
+fn tun_offload_device() -> Result<(std::fs::File, bool), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"bench1") {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    if unsafe { libc::ioctl(file.as_raw_fd(), 0x4004_54ca, &mut req) } != 0 {
+        return Err(format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
+    }
+    // TUNSETOFFLOAD: CSUM | TSO4 | TSO6, then USO4 | USO6 (Linux 6.2).
+    let tso: libc::c_ulong = 0x01 | 0x02 | 0x04;
+    let uso = unsafe { libc::ioctl(file.as_raw_fd(), 0x4004_54d0, tso | 0x20 | 0x40) } == 0;
+    if !uso && unsafe { libc::ioctl(file.as_raw_fd(), 0x4004_54d0, tso) } != 0 {
+        return Err(format!(
+            "TUNSETOFFLOAD: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    for args in [
+        &["addr", "add", "10.9.1.1/24", "dev", "bench1"][..],
+        &["link", "set", "bench1", "up"],
+    ] {
+        let ok = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!("ip {} failed", args.join(" ")));
+        }
+    }
+    Ok((file, uso))
+}
+
+/// Super-packets through TUN with offloads, against the same bytes as MTU-sized packets: one
+/// 64 KiB TCP write with a virtio-net header (GSO_TCPV4) and, where the device has USO, one
+/// read of a UDP super-packet that a `UDP_SEGMENT` send routed into it.
+fn tun_offload(c: &mut Criterion) {
+    // Only inside the namespace `tun` made (which needs root); never on the host.
+    if !IN_BENCH_NAMESPACE.load(Ordering::Relaxed) {
+        eprintln!("tun_offload benches skipped: needs root (runs in the `tun` benches' namespace)");
+        return;
+    }
+    let (tun, uso) = match tun_offload_device() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("tun_offload benches skipped: {why}");
+            return;
+        }
+    };
+    let fd = tun.as_raw_fd();
+    // A 44-segment TCP super-packet to 10.9.1.99 (not local, not forwarded: dropped by the
+    // stack after the write, as the plain packets below are).
+    let payload = vec![0u8; GSO_SEGS * 1448];
+    let builder = etherparse::PacketBuilder::ipv4([10, 9, 1, 2], [10, 9, 1, 99], 64)
+        .tcp(9, 9, 1, 512)
+        .ack(1);
+    let mut packet = Vec::new();
+    builder.write(&mut packet, &payload).expect("build");
+    // virtio_net_hdr: NEEDS_CSUM, GSO_TCPV4, hdr_len 40, gso_size 1448, csum 20/16.
+    let mut vnet = [0u8; 10];
+    vnet[0] = 1;
+    vnet[1] = 1;
+    vnet[2..4].copy_from_slice(&40u16.to_ne_bytes());
+    vnet[4..6].copy_from_slice(&1448u16.to_ne_bytes());
+    vnet[6..8].copy_from_slice(&20u16.to_ne_bytes());
+    vnet[8..10].copy_from_slice(&16u16.to_ne_bytes());
+    let mut g = c.benchmark_group("tun_offload");
+    g.throughput(Throughput::Bytes(packet.len() as u64));
+    g.bench_function("write_super_tcp_44x1448", |b| {
+        let iov = [
+            libc::iovec {
+                iov_base: vnet.as_ptr() as *mut _,
+                iov_len: vnet.len(),
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut _,
+                iov_len: packet.len(),
+            },
+        ];
+        b.iter(|| unsafe { libc::writev(fd, iov.as_ptr(), 2) });
+    });
+    // The same bytes as 44 plain packets, one write each (a zero virtio header in front).
+    let mut plain = Vec::new();
+    etherparse::PacketBuilder::ipv4([10, 9, 1, 2], [10, 9, 1, 99], 64)
+        .tcp(9, 9, 1, 512)
+        .ack(1)
+        .write(&mut plain, &payload[..1448])
+        .expect("build");
+    let none = [0u8; 10];
+    g.bench_function("write_plain_44x1448", |b| {
+        let iov = [
+            libc::iovec {
+                iov_base: none.as_ptr() as *mut _,
+                iov_len: none.len(),
+            },
+            libc::iovec {
+                iov_base: plain.as_ptr() as *mut _,
+                iov_len: plain.len(),
+            },
+        ];
+        b.iter(|| {
+            for _ in 0..GSO_SEGS {
+                unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+            }
+        });
+    });
+    if uso {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let feeder = std::thread::spawn(move || {
+            let sock = UdpSocket::bind("10.9.1.1:0").expect("bind");
+            let to = sockaddr("10.9.1.2:9".parse().expect("literal"));
+            let data = vec![0u8; GSO_SEGS * (SEG - 28)];
+            while !s.load(Ordering::Relaxed) {
+                send_gso(sock.as_raw_fd(), &to, &data, (SEG - 28) as u16);
+            }
+        });
+        g.throughput(Throughput::Bytes((GSO_SEGS * (SEG - 28)) as u64));
+        g.bench_function("read_super_udp_44x1372", |b| {
+            let mut buf = vec![0u8; 70_000];
+            b.iter(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) });
+        });
+        stop.store(true, Ordering::Relaxed);
+        let _ = feeder.join();
+    } else {
+        eprintln!("tun_offload/read_super_udp: the TUN device has no USO (Linux 6.2+), skipped");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, memcpy, udp_send, udp_recv, tun, tun_offload);
 criterion_main!(benches);

@@ -17,8 +17,35 @@ fn echo_and_bulk_transfer_both_ways() {
         let mut topo = topology();
         start_both(&mut topo, extra);
         exchange_both_ways(&topo);
+        check_offloads(&topo, extra);
         check_counters_and_exit(&mut topo);
     });
+}
+
+/// With offloads (the default) the bulk transfers went as super-packets: TSO reads cut and
+/// sent with GSO, GRO reads merged for TUN; with `--offload off` none of that happened.
+fn check_offloads(topo: &fustian::lab::Topology, extra: &[&str]) {
+    let off = extra.contains(&"off");
+    for i in 0..2 {
+        for name in [
+            "tun_rx_super",
+            "tx_gso_sends",
+            "rx_gro_reads",
+            "tun_tx_merged",
+        ] {
+            let n = topo.counter(i, name);
+            if off {
+                assert_eq!(n, 0, "node {i}: {name} with --offload off");
+            } else {
+                assert!(
+                    n > 0,
+                    "node {i}: {name} is 0 with offloads on: {:?}",
+                    topo.stats(i)
+                );
+            }
+        }
+        assert_eq!(topo.counter(i, "drop_tun_bad_flags"), 0);
+    }
 }
 
 fn check_counters_and_exit(topo: &mut fustian::lab::Topology) {

@@ -93,6 +93,13 @@ fn interop(extra: &[&str]) {
     ] {
         assert_eq!(topo.counter(0, &format!("drop_{reason}")), 0, "{reason}");
     }
+    // With offloads, fustian's super-packets went to the kernel as GSO sends, and the kernel
+    // peer's super-frames (or GRO reads) reached TUN whole.
+    if !extra.contains(&"off") {
+        for name in ["tun_rx_super", "tx_gso_sends", "tun_tx_merged"] {
+            assert!(topo.counter(0, name) > 0, "{name}: {:?}", topo.stats(0));
+        }
+    }
 }
 
 #[test]

@@ -158,6 +158,11 @@ pub struct LabArgs {
     /// Worker threads per node [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// Offload modes to measure, comma separated: auto (fustian with TUN TSO, UDP GSO/GRO;
+    /// the kernel's VXLAN as configured), off (fustian with `--offload off`, and the kernel's
+    /// VXLAN device limited to one segment per packet, so it segments before encapsulating).
+    #[arg(long, default_value = "auto", value_name = "MODES")]
+    pub offload: String,
     /// Encapsulations to measure fustian with, comma separated: udp, vxlan.
     #[arg(long, default_value = "udp", value_name = "NAMES")]
     pub backend: String,

@@ -568,30 +568,37 @@ impl fmt::Display for Report {
                     .unwrap_or(8)
             })
             .collect();
-        write!(f, "{:<20}", "scenario")?;
+        write!(f, "{:<24}", "scenario")?;
         for (n, w) in names.iter().zip(&widths) {
             write!(f, "  {n:>w$}")?;
         }
         writeln!(f)?;
-        write!(f, "{:<20}", "")?;
+        write!(f, "{:<24}", "")?;
         for (n, w) in names.iter().zip(&widths) {
             write!(f, "  {:>w$}", unit(n))?;
         }
         writeln!(f)?;
         for s in &scenarios {
-            write!(f, "{s:<20}")?;
+            write!(f, "{s:<24}")?;
             for (n, w) in names.iter().zip(&widths) {
                 write!(f, "  {:>w$}", cell(s, n))?;
             }
             writeln!(f)?;
         }
-        let kernel = "kernel-vxlan";
-        if self.scenarios().contains(&kernel) {
+        let all = self.scenarios();
+        let kernels = ["kernel-vxlan", "kernel-vxlan/off"];
+        if kernels.iter().any(|k| all.contains(k)) {
             writeln!(
                 f,
-                "\nratio to kernel VXLAN (median against median, same metric):"
+                "\nratio to kernel VXLAN (median against median, same metric; `/off` rows \
+                 against kernel-vxlan/off when measured):"
             )?;
-            for s in self.scenarios().into_iter().filter(|s| *s != kernel) {
+            for s in all.iter().filter(|s| !kernels.contains(s)) {
+                let kernel = if s.ends_with("/off") && all.contains(&kernels[1]) {
+                    kernels[1]
+                } else {
+                    kernels[0]
+                };
                 let mut parts = Vec::new();
                 for n in names
                     .iter()
@@ -603,7 +610,7 @@ impl fmt::Display for Report {
                         parts.push(format!("{n} {:.2}", a.median() / k.median()));
                     }
                 }
-                writeln!(f, "  {s:<18} {}", parts.join(", "))?;
+                writeln!(f, "  {s:<23} {}", parts.join(", "))?;
             }
         }
         for (scenario, nodes) in &self.counters {
@@ -650,6 +657,12 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     {
         return Err(Error::Lab(format!(
             "unknown event loop `{bad}`: auto, uring or epoll"
+        )));
+    }
+    let offloads = list(&args.offload);
+    if let Some(bad) = offloads.iter().find(|o| !matches!(**o, "auto" | "off")) {
+        return Err(Error::Lab(format!(
+            "unknown offload mode `{bad}`: auto or off"
         )));
     }
     let scenarios = list(&args.scenarios);
@@ -701,11 +714,17 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let mut counters = Vec::new();
     if scenarios.contains(&"fustian") {
         for backend in &backends {
-            for io in &loops {
-                let name = format!("fustian-{}/{io}", backend.name());
+            for (io, offload) in loops
+                .iter()
+                .flat_map(|io| offloads.iter().map(move |o| (io, o)))
+            {
+                let name = match *offload {
+                    "off" => format!("fustian-{}/{io}/off", backend.name()),
+                    _ => format!("fustian-{}/{io}", backend.name()),
+                };
                 eprintln!("lab: {name}: starting two nodes");
                 let threads = args.threads.map(|n| n.to_string());
-                let mut extra = vec!["--io", io];
+                let mut extra = vec!["--io", io, "--offload", offload];
                 if let Some(n) = &threads {
                     extra.extend(["--threads", n.as_str()]);
                 }
@@ -735,7 +754,25 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     }
     if scenarios.contains(&"kernel") {
         match (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)) {
-            Ok(()) => metrics.extend(measure("kernel-vxlan", &topo.pods, pod_addr, &cfg, stop)?),
+            Ok(()) => {
+                if offloads.contains(&"auto") {
+                    metrics.extend(measure("kernel-vxlan", &topo.pods, pod_addr, &cfg, stop)?);
+                }
+                if offloads.contains(&"off") {
+                    // One segment per packet through the VXLAN device: the kernel segments
+                    // before encapsulating, as a device without TSO/GSO would.
+                    for h in &topo.hosts {
+                        h.ip(&["link", "set", "flannel.1", "gso_max_segs", "1"])?;
+                    }
+                    metrics.extend(measure(
+                        "kernel-vxlan/off",
+                        &topo.pods,
+                        pod_addr,
+                        &cfg,
+                        stop,
+                    )?);
+                }
+            }
             Err(e) => eprintln!("lab: kernel vxlan skipped: {e}"),
         }
     }
