@@ -25,7 +25,7 @@ pub enum Command {
     /// Run one node of the overlay.
     Run(Box<RunArgs>),
     /// Build two nodes in network namespaces, send traffic through the overlay, print results.
-    Lab(LabArgs),
+    Lab(Box<LabArgs>),
 }
 
 /// Flags of `fustian run`. Each can also be set in the `--config` file; a flag wins.
