@@ -11,6 +11,8 @@
 mod churn;
 mod cli;
 mod common;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod flannel_compat;
 mod garbage;
 mod hostile;
@@ -21,3 +23,14 @@ mod reload;
 mod soak;
 mod two_nodes;
 mod vxlan;
+
+/// The etcd tests are part of the suite: a build without the feature fails here, saying how to
+/// run them, instead of passing without them.
+#[cfg(not(feature = "etcd"))]
+#[test]
+fn etcd_tests_need_the_etcd_feature() {
+    panic!(
+        "the etcd tests need the `etcd` feature: run `cargo test --all-features` (with \
+         protobuf-compiler and etcd-server installed, see README)"
+    );
+}

@@ -41,10 +41,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
     /// This node's underlay address; the UDP socket binds to it and peers send to it.
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     pub public_ip: Option<String>,
     /// Underlay interface whose MTU sizes the tunnel [default: the one holding --public-ip].
-    #[arg(long, value_name = "DEV")]
+    #[arg(long, value_name = "DEV", env = "FLANNELD_IFACE")]
     pub iface: Option<String>,
     /// Encapsulation: `udp` (flannel's udp backend format) or `vxlan` (RFC 7348, as the
     /// kernel's vxlan device) [default: udp].
@@ -73,8 +73,34 @@ pub struct RunArgs {
     pub source_ports: Option<u32>,
     /// flanneld's subnet file; the generated VTEP MAC is kept in the same directory
     /// [default: /run/flannel/subnet.env].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FLANNELD_SUBNET_FILE")]
     pub subnet_file: Option<String>,
+    /// etcd endpoints, comma separated; with them the network, this node's subnet and the
+    /// peers come from etcd in flannel's layout (needs the `etcd` feature).
+    #[arg(long, value_name = "URLS", env = "FLANNELD_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// etcd key prefix [default: /coreos.com/network].
+    #[arg(long, value_name = "PATH", env = "FLANNELD_ETCD_PREFIX")]
+    pub etcd_prefix: Option<String>,
+    /// etcd client key (TLS with --etcd-certfile).
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd client certificate.
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// etcd CA certificate.
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Renew the subnet lease this long before it expires, in minutes [default: 60].
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"
+    )]
+    pub subnet_lease_renew_margin: Option<u64>,
+    /// Testing: the subnet lease TTL in seconds instead of flannel's 24 hours.
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub subnet_lease_ttl: Option<u64>,
     /// Source port of datagrams from peers: `exact` (the peer's own port, as flannel's udp
     /// nodes send) or `any` [default: exact for udp, any for vxlan].
     #[arg(long, value_name = "POLICY")]

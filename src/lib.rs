@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod event;
 pub mod forward;

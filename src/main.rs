@@ -24,6 +24,111 @@ fn main() -> ExitCode {
     }
 }
 
+use fustian::node::ExtraMetrics;
+/// A node configuration, its control plane and the control plane's metrics.
+type Joined = (
+    NodeConfig,
+    Option<fustian::node::ControlPlane>,
+    Option<ExtraMetrics>,
+);
+
+/// Joins the network through etcd: reads flannel's config, acquires a subnet and lists the
+/// peers, then returns the node configuration and the agent that keeps the table current.
+#[cfg(feature = "etcd")]
+fn join_etcd(
+    args: &fustian::cli::RunArgs,
+    endpoints: &str,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+) -> anyhow::Result<Joined> {
+    use anyhow::Context as _;
+    use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet};
+    use fustian::control::lease::{Backend, DEFAULT_PREFIX};
+    let mut raw = args.raw();
+    let public_ip: std::net::Ipv4Addr = raw
+        .public_ip
+        .as_deref()
+        .context("--public-ip (or FLANNELD_PUBLIC_IP) is required with --etcd-endpoints")?
+        .parse()
+        .context("--public-ip must be an IPv4 address with etcd")?;
+    let subnet_file = std::path::PathBuf::from(
+        raw.subnet_file
+            .clone()
+            .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned()),
+    );
+    let opts = EtcdOptions {
+        endpoints: endpoints
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        prefix: args
+            .etcd_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+        keyfile: args.etcd_keyfile.clone(),
+        certfile: args.etcd_certfile.clone(),
+        cafile: args.etcd_cafile.clone(),
+        renew_margin: std::time::Duration::from_secs(
+            60 * args.subnet_lease_renew_margin.unwrap_or(60),
+        ),
+        ttl: args.subnet_lease_ttl.map_or(
+            fustian::control::etcd::LEASE_TTL,
+            std::time::Duration::from_secs,
+        ),
+    };
+    // The VTEP MAC goes into the lease, so it is settled before joining.
+    let mac_path = subnet_file
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join(fustian::config::VTEP_MAC_FILE);
+    let mac = match &raw.vtep_mac {
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| anyhow::anyhow!("invalid --vtep-mac `{text}`: {e}"))?,
+        ),
+        None => Some(fustian::config::load_or_create_vtep_mac(&mac_path)?),
+    };
+    let mut agent = Agent::connect(opts, public_ip, mac)
+        .with_context(|| format!("cannot reach etcd at {endpoints}"))?;
+    let joined = agent.join(previous_subnet(&subnet_file))?;
+    raw.network = Some(joined.config.network.to_string());
+    raw.subnet = Some(joined.subnet.to_string());
+    match joined.config.backend.clone() {
+        Backend::Udp { port } => {
+            raw.backend = Some("udp".into());
+            raw.port = raw.port.or(port.map(u32::from));
+        }
+        Backend::Vxlan { vni, port } => {
+            raw.backend = Some("vxlan".into());
+            raw.vni = Some(vni);
+            raw.port = raw.port.or(port.map(u32::from));
+            raw.vtep_mac = mac.map(|m| m.to_string());
+        }
+        Backend::Other(name) => {
+            anyhow::bail!("the network's backend `{name}` is not one fustian speaks (udp, vxlan)")
+        }
+    }
+    raw.subnet_file = Some(subnet_file.to_string_lossy().into_owned());
+    let mut config = NodeConfig::resolve(&raw, file.map(|(p, r)| (p.as_path(), r)))?;
+    config.peers = joined.peers;
+    let state = agent.state();
+    let metrics: ExtraMetrics = Arc::new(move || state.render_prometheus());
+    let control: fustian::node::ControlPlane =
+        Box::new(move |table, stop| agent.run(&table, &stop));
+    Ok((config, Some(control), Some(metrics)))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn join_etcd(
+    _args: &fustian::cli::RunArgs,
+    _endpoints: &str,
+    _file: Option<&(std::path::PathBuf, RawNode)>,
+) -> anyhow::Result<Joined> {
+    anyhow::bail!(
+        "--etcd-endpoints needs fustian built with the `etcd` feature (cargo build --features etcd)"
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -32,12 +137,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let file = match &args.config {
-                Some(path) => Some((path.as_path(), RawNode::from_file(path)?)),
+                Some(path) => Some((path.clone(), RawNode::from_file(path)?)),
                 None => None,
             };
-            let config = NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (*p, r)))?;
-            // SIGHUP re-reads the peers from the config file.
-            let reload = match &args.config {
+            let (config, control, extra_metrics) = match &args.etcd_endpoints {
+                Some(endpoints) => join_etcd(&args, endpoints, file.as_ref())?,
+                None => (
+                    NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (p.as_path(), r)))?,
+                    None,
+                    None,
+                ),
+            };
+            // SIGHUP re-reads the peers from the config file (with etcd, etcd has them).
+            let reload = match args.config.as_ref().filter(|_| control.is_none()) {
                 Some(path) => {
                     let requested = Arc::new(AtomicBool::new(false));
                     signal_hook::flag::register(
@@ -59,8 +171,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reload,
                 user: args.user.clone(),
                 keep_privileges: args.keep_privileges,
+                extra_metrics,
             };
-            fustian::node::run(&config, &opts, &stop)?;
+            fustian::node::run(&config, &opts, &stop, control)?;
         }
         Command::Lab(args) => {
             let report = fustian::lab::run(&args, &stop)?;

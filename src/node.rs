@@ -25,8 +25,11 @@ use crate::tun::{Tun, TunError, if_index};
 use crate::udp::UdpSocket;
 use crate::wire::MacAddress;
 
+/// Renders extra metrics for the stats file.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Options of a running node that are not part of the overlay configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Write the counters here (Prometheus text format) every 250 ms and on exit.
     pub stats_file: Option<PathBuf>,
@@ -42,6 +45,22 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// Keep root's capabilities after setup.
     pub keep_privileges: bool,
+    /// More metrics for the stats file (the etcd agent's), in Prometheus text format.
+    pub extra_metrics: Option<ExtraMetrics>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("stats_file", &self.stats_file)
+            .field("table_churn", &self.table_churn)
+            .field("multishot", &self.multishot)
+            .field("reload", &self.reload)
+            .field("user", &self.user)
+            .field("keep_privileges", &self.keep_privileges)
+            .field("extra_metrics", &self.extra_metrics.is_some())
+            .finish()
+    }
 }
 
 /// Where a reload reads from: the config file, under the same flags as at start.
@@ -55,12 +74,51 @@ pub struct Reload {
     pub requested: Arc<AtomicBool>,
 }
 
+/// A control plane that keeps the table up to date: run on its own thread with the table and
+/// the stop flag once the node is set up (the etcd agent is one).
+pub type ControlPlane = Box<dyn FnOnce(Arc<Table>, Arc<AtomicBool>) + Send>;
+
+/// Writes flanneld's subnet file: the network, this node's subnet (its first address and
+/// length), the TUN MTU and `FLANNEL_IPMASQ=false`, atomically, creating the directory.
+///
+/// # Errors
+///
+/// The directory, write or rename error.
+pub fn write_subnet_file(
+    path: &std::path::Path,
+    network: ipnet::IpNet,
+    subnet: ipnet::IpNet,
+    mtu: u32,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let first = match subnet {
+        ipnet::IpNet::V4(n) => std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(n.network()).saturating_add(1),
+        )),
+        ipnet::IpNet::V6(n) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(n.network()).saturating_add(1),
+        )),
+    };
+    let text = format!(
+        "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n",
+        subnet.prefix_len()
+    );
+    write_atomically(path, text.as_bytes())
+}
+
 /// Sets up the node described by `config` and forwards until `stop` is set.
 ///
 /// # Errors
 ///
 /// Any setup failure, or a worker's event loop failing.
-pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Result<(), Error> {
+pub fn run(
+    config: &NodeConfig,
+    opts: &RunOptions,
+    stop: &Arc<AtomicBool>,
+    control: Option<ControlPlane>,
+) -> Result<(), Error> {
     let mut nl = Netlink::open().map_err(|source| Error::Io {
         what: "open a route netlink socket".into(),
         source,
@@ -102,7 +160,7 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         )));
     }
 
-    let (backend, why) = event::choose(config.io).map_err(Error::Underlay)?;
+    let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
     let want = config
         .threads
         .unwrap_or_else(crate::sys::available_cpus)
@@ -138,6 +196,13 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
     } else {
         Offloads::default()
     };
+    // With super-packets a system call moves up to 64 KiB and the ring's batching of small
+    // packets matters little; the epoll loop measured ahead there, in throughput and in CPU
+    // per Gbit (BENCHMARKS.md), so `auto` takes it.
+    if config.io == crate::config::IoChoice::Auto && offloads.tun {
+        backend = event::Backend::Epoll;
+        why = "auto: offloads in use, where the epoll loop measured ahead".to_owned();
+    }
     let (encap, tx_pool) = match config.backend {
         BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new()),
         BackendConfig::Vxlan {
@@ -182,6 +247,15 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         "node up"
     );
 
+    // The node is ready: tell the pods' network plugin, as flanneld does.
+    let must_write = control.is_some();
+    if let Err(e) = write_subnet_file(&config.subnet_file, config.network, config.subnet, mtu) {
+        let what = format!("write the subnet file {}", config.subnet_file.display());
+        if must_write {
+            return Err(Error::Io { what, source: e });
+        }
+        tracing::warn!("cannot {what}: {e}");
+    }
     // Setup is done: nothing from here on needs a privilege. Drop them before any worker
     // exists, so every thread runs without them.
     if let Some(user) = &opts.user {
@@ -197,6 +271,23 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         })?;
         tracing::info!("all capabilities dropped after setup");
     }
+    // After the privileges are gone, so this thread has none either.
+    let control_thread = match control {
+        Some(run_control) => {
+            let (table, stop) = (Arc::clone(&table), Arc::clone(stop));
+            Some(
+                std::thread::Builder::new()
+                    .name("fustian-control".into())
+                    .spawn(move || run_control(table, stop))
+                    .map_err(|source| Error::Io {
+                        what: "spawn the control thread".into(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+
     let mut handles = Vec::with_capacity(workers);
     for (id, (tun, udp)) in queues.into_iter().zip(sockets).enumerate() {
         let worker = Worker {
@@ -243,6 +334,10 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
                 reloads.load(Ordering::Relaxed),
                 reload_errors.load(Ordering::Relaxed),
             );
+            let text = match &opts.extra_metrics {
+                Some(extra) => text + &extra(),
+                None => text,
+            };
             if let Err(e) = write_atomically(path, text.as_bytes()) {
                 tracing::warn!("cannot write stats file {}: {e}", path.display());
             }
@@ -300,6 +395,9 @@ pub fn run(config: &NodeConfig, opts: &RunOptions, stop: &Arc<AtomicBool>) -> Re
         if result.is_ok() {
             result = r;
         }
+    }
+    if let Some(t) = control_thread {
+        let _ = t.join();
     }
     write_stats();
     tracing::info!(

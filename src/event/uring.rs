@@ -427,7 +427,7 @@ impl Loop {
                 TunRead::Dropped => return self.arm_read(i),
                 TunRead::Segments { socket, dst, count } => {
                     // Sends queued on the ring go first, so a flow keeps its order.
-                    self.ring.submit()?;
+                    self.submit_queued()?;
                     let packet = &self.tx[i].buf[HEADROOM..HEADROOM + len];
                     self.off.send_segments(&self.w, socket, dst, packet, count);
                     return self.arm_read(i);
@@ -829,7 +829,7 @@ impl Loop {
                 }
                 TunRead::Segments { socket, dst, count } => {
                     // Sends queued on the ring go first, so a flow keeps its order.
-                    self.ring.submit()?;
+                    self.submit_queued()?;
                     let packet = &t.ring.buf(bid)[HEADROOM..HEADROOM + len];
                     self.off.send_segments(&self.w, socket, dst, packet, count);
                     t.ring.provide(bid);
@@ -893,6 +893,15 @@ impl Loop {
             m.writes = m.writes.saturating_sub(1);
             m.ring.provide(u16::try_from(bid).unwrap_or(0));
         }
+    }
+
+    /// Submits what is queued, if anything (an empty submission would still cost a system
+    /// call).
+    fn submit_queued(&mut self) -> io::Result<()> {
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+        }
+        Ok(())
     }
 
     /// Queues one entry, submitting first when the submission queue is full.

@@ -1,0 +1,530 @@
+//! fustian nodes coordinating through a real etcd (Debian's `etcd-server`) in flannel's key
+//! layout: nodes on a bridge in a hub namespace that also runs etcd on 192.0.2.254:2379.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use fustian::lab::ScratchDir;
+use fustian::lab::netns::{Netns, Process, veth};
+use fustian::lab::traffic::{Amount, tcp_bulk};
+
+use crate::common::{EXE, prefix, serial, skip, wait_for};
+
+const ETCD: &str = "http://192.0.2.254:2379";
+const PREFIX: &str = "/coreos.com/network";
+
+/// A hub namespace with a bridge and etcd, and `n` nodes with a pod each. Fields drop in order:
+/// fustian processes, etcd, namespaces, files.
+struct Cluster {
+    processes: Vec<Option<Process>>,
+    etcd: Option<Process>,
+    pods: Vec<Netns>,
+    nodes: Vec<Netns>,
+    hub: Netns,
+    dir: ScratchDir,
+}
+
+fn node_ip(i: usize) -> String {
+    format!("192.0.2.{}", i + 1)
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        let which = std::process::Command::new("sh")
+            .args(["-c", "command -v etcd"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            which,
+            "the etcd server is missing: apt-get install etcd-server (the etcd tests need it)"
+        );
+        let p = prefix();
+        let dir = ScratchDir::new(&p).expect("scratch dir");
+        let hub = Netns::add(&format!("{p}h")).expect("hub namespace");
+        hub.ip(&["link", "set", "lo", "up"]).expect("lo");
+        hub.ip(&["link", "add", "br0", "type", "bridge"])
+            .expect("bridge");
+        hub.ip(&["addr", "add", "192.0.2.254/24", "dev", "br0"])
+            .expect("addr");
+        hub.ip(&["link", "set", "br0", "up"]).expect("up");
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for i in 0..n {
+            let node = Netns::add(&format!("{p}n{i}")).expect("node namespace");
+            let port = format!("p{i}");
+            veth(&node, "ul0", &hub, &port).expect("veth");
+            hub.ip(&["link", "set", &port, "master", "br0", "up"])
+                .expect("enslave");
+            node.ip(&["addr", "add", &format!("{}/24", node_ip(i)), "dev", "ul0"])
+                .expect("addr");
+            node.ip(&["link", "set", "ul0", "up"]).expect("up");
+            node.sysctl("net/ipv4/ip_forward", "1").expect("forwarding");
+            let pod = Netns::add(&format!("{p}q{i}")).expect("pod namespace");
+            veth(&node, "pod0", &pod, "eth0").expect("veth");
+            nodes.push(node);
+            pods.push(pod);
+        }
+        let mut c = Self {
+            processes: (0..n).map(|_| None).collect(),
+            etcd: None,
+            pods,
+            nodes,
+            hub,
+            dir,
+        };
+        c.start_etcd();
+        c
+    }
+
+    fn start_etcd(&mut self) {
+        self.etcd = Some(launch_etcd(&self.hub, self.dir.path()));
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        let done = with_etcd(&self.hub, move |c, rt| {
+            rt.block_on(c.put(key, value, None)).is_ok()
+        });
+        assert_eq!(done, Some(true), "etcd put");
+    }
+
+    fn delete(&self, key: &str) {
+        let key = key.to_owned();
+        let done = with_etcd(&self.hub, move |c, rt| {
+            rt.block_on(c.delete(key, None)).is_ok()
+        });
+        assert_eq!(done, Some(true), "etcd delete");
+    }
+
+    fn keys(&self, prefix: &str) -> Vec<(String, String)> {
+        let prefix = prefix.to_owned();
+        with_etcd(&self.hub, move |c, rt| {
+            let resp = rt
+                .block_on(c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())))
+                .ok()?;
+            Some(
+                resp.kvs()
+                    .iter()
+                    .map(|kv| {
+                        (
+                            kv.key_str().unwrap_or_default().to_owned(),
+                            kv.value_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .expect("etcd get")
+    }
+
+    fn set_network(&self, backend: &str) {
+        self.put(
+            &format!("{PREFIX}/config"),
+            &format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#),
+        );
+    }
+
+    fn subnet_file(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("node-{i}")).join("subnet.env")
+    }
+
+    fn stats_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("stats-{i}.prom"))
+    }
+
+    fn args(&self, i: usize, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "run",
+            "--etcd-endpoints",
+            ETCD,
+            "--public-ip",
+            &node_ip(i),
+            "--subnet-file",
+            &self.subnet_file(i).to_string_lossy(),
+            "--stats-file",
+            &self.stats_path(i).to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    }
+
+    /// Starts node `i` without waiting for it.
+    fn spawn_node(&mut self, i: usize, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.stats_path(i));
+        let log = self.dir.path().join(format!("node-{i}.log"));
+        let args = self.args(i, extra);
+        let p = self.nodes[i].start(EXE, &args, log).expect("start fustian");
+        self.processes[i] = Some(p);
+    }
+
+    /// Waits for node `i` to come up, then addresses its pod from the subnet it got.
+    fn wait_node(&mut self, i: usize) -> ipnet::Ipv4Net {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.stats_path(i).exists() {
+            if let Some(status) = self.processes[i].as_mut().and_then(Process::exited) {
+                panic!("node {i} exited ({status}):\n{}", self.log(i));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} did not come up:\n{}",
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let subnet = self
+            .subnet(i)
+            .unwrap_or_else(|| panic!("node {i}: no subnet file"));
+        let gateway = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        let pod = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 2);
+        let (node, podns) = (&self.nodes[i], &self.pods[i]);
+        let _ = node.ip(&["addr", "flush", "dev", "pod0"]);
+        node.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "pod0"])
+            .expect("gw");
+        node.ip(&["link", "set", "pod0", "up"]).expect("up");
+        let _ = podns.ip(&["addr", "flush", "dev", "eth0"]);
+        podns
+            .ip(&["addr", "add", &format!("{pod}/24"), "dev", "eth0"])
+            .expect("pod addr");
+        podns.ip(&["link", "set", "eth0", "up"]).expect("up");
+        let _ = podns.ip(&["route", "del", "default"]);
+        podns
+            .ip(&["route", "add", "default", "via", &gateway.to_string()])
+            .expect("route");
+        subnet
+    }
+
+    fn start_node(&mut self, i: usize, extra: &[&str]) -> ipnet::Ipv4Net {
+        self.spawn_node(i, extra);
+        self.wait_node(i)
+    }
+
+    fn stop_node(&mut self, i: usize) {
+        if let Some(mut p) = self.processes[i].take() {
+            let status = p.stop(Duration::from_secs(5));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "node {i}: {status:?}:\n{}",
+                p.log()
+            );
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log"))).unwrap_or_default()
+    }
+
+    fn subnet(&self, i: usize) -> Option<ipnet::Ipv4Net> {
+        fustian::control::etcd::previous_subnet(&self.subnet_file(i))
+    }
+
+    fn counter(&self, i: usize, name: &str) -> u64 {
+        std::fs::read_to_string(self.stats_path(i))
+            .map(|t| fustian::metrics::parse_prometheus(&t))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| v)
+    }
+
+    fn pod_addr(&self, i: usize, port: u16) -> SocketAddr {
+        let subnet = self.subnet(i).expect("subnet");
+        SocketAddr::from((
+            std::net::Ipv4Addr::from(u32::from(subnet.network()) + 2),
+            port,
+        ))
+    }
+
+    fn transfer(&self, from: usize, to: usize, bytes: u64) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let r = tcp_bulk(
+            &self.pods[from],
+            &self.pods[to],
+            self.pod_addr(to, 5201),
+            Amount::Bytes(bytes),
+            true,
+            &stop,
+        )
+        .expect("bulk transfer runs");
+        assert!(r.intact(), "{from}->{to}: {r:?}");
+    }
+}
+
+/// Runs `op` with an etcd client made inside the hub namespace, where etcd listens. `None`
+/// when etcd cannot be reached.
+fn with_etcd<T: Send + 'static>(
+    hub: &Netns,
+    op: impl FnOnce(&mut etcd_client::Client, &tokio::runtime::Runtime) -> T + Send + 'static,
+) -> Option<T> {
+    hub.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        let mut c = rt
+            .block_on(etcd_client::Client::connect([ETCD], Some(options)))
+            .ok()?;
+        Some(op(&mut c, &rt))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Starts etcd in `hub` with its data in `dir`, and waits until it answers.
+fn launch_etcd(hub: &Netns, dir: &std::path::Path) -> Process {
+    let data = dir.join("etcd-data");
+    let args: Vec<String> = [
+        "--name",
+        "fustian-test",
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--listen-client-urls",
+        ETCD,
+        "--advertise-client-urls",
+        ETCD,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "fustian-test=http://127.0.0.1:2380",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let log = dir.join("etcd.log");
+    let process = hub.start("etcd", &args, log.clone()).expect("start etcd");
+    let up = wait_for(Duration::from_secs(20), || {
+        with_etcd(hub, |c, rt| rt.block_on(c.get("probe", None)).is_ok()) == Some(true)
+    });
+    assert!(
+        up,
+        "etcd did not come up:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    process
+}
+
+#[test]
+fn three_nodes_get_distinct_subnets_and_reach_each_other() {
+    if skip("three_nodes_get_distinct_subnets_and_reach_each_other") {
+        return;
+    }
+    let _serial = serial();
+    for backend in ["vxlan", "udp"] {
+        eprintln!("== three nodes, {backend}");
+        let mut c = Cluster::new(3);
+        c.set_network(backend);
+        let subnets: Vec<_> = (0..3).map(|i| c.start_node(i, &[])).collect();
+        assert_ne!(subnets[0], subnets[1]);
+        assert_ne!(subnets[1], subnets[2]);
+        assert_ne!(subnets[0], subnets[2]);
+        for i in 0..3 {
+            let seen = wait_for(Duration::from_secs(5), || c.counter(i, "table_peers") == 2);
+            assert!(
+                seen,
+                "node {i} does not see both peers: ignored {} peers {} keys {:?}",
+                c.counter(i, "etcd_leases_ignored"),
+                c.counter(i, "table_peers"),
+                c.keys(PREFIX)
+            );
+            let env = std::fs::read_to_string(c.subnet_file(i)).expect("subnet file");
+            assert!(env.contains("FLANNEL_NETWORK=10.244.0.0/16"), "{env}");
+            let mtu = if backend == "udp" { 1472 } else { 1450 };
+            assert!(env.contains(&format!("FLANNEL_MTU={mtu}")), "{env}");
+            assert!(env.contains("FLANNEL_IPMASQ=false"), "{env}");
+        }
+        // flanneld's exact lease values are in etcd.
+        let leases = c.keys(&format!("{PREFIX}/subnets/"));
+        assert_eq!(leases.len(), 3, "{leases:?}");
+        for (key, value) in &leases {
+            assert!(
+                value.starts_with(r#"{"PublicIP":"192.0.2."#),
+                "{key}: {value}"
+            );
+            if backend == "vxlan" {
+                assert!(
+                    value.contains(r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#),
+                    "{value}"
+                );
+            } else {
+                assert!(value.ends_with(r#","PublicIPv6":null}"#), "{value}");
+            }
+        }
+        for (from, to) in [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)] {
+            c.transfer(from, to, 8 << 20);
+        }
+        for i in 0..3 {
+            assert_eq!(c.counter(i, "etcd_connected"), 1, "node {i}");
+            c.stop_node(i);
+        }
+    }
+}
+
+#[test]
+fn a_flanneld_lease_becomes_a_route_and_goes_away() {
+    if skip("a_flanneld_lease_becomes_a_route_and_goes_away") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(2);
+    c.set_network("udp");
+    c.start_node(0, &[]);
+    // A lease exactly as flanneld's udp backend writes it, for node 1's address, where a plain
+    // socket stands in for flanneld's proxy.
+    let key = format!("{PREFIX}/subnets/10.244.77.0-24");
+    let written = Instant::now();
+    c.put(&key, r#"{"PublicIP":"192.0.2.2","PublicIPv6":null}"#);
+    let routed = wait_for(Duration::from_secs(1), || c.counter(0, "table_peers") == 1);
+    assert!(
+        routed,
+        "no route {:?} after the lease:\n{}",
+        written.elapsed(),
+        c.log(0)
+    );
+    let proxy = c.nodes[1]
+        .run(|| std::net::UdpSocket::bind("192.0.2.2:8285"))
+        .expect("enter node 1")
+        .expect("bind the stand-in proxy");
+    proxy
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let to = "10.244.77.5:9";
+    c.pods[0]
+        .run(move || {
+            std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"via etcd", to))
+        })
+        .expect("enter pod 0")
+        .expect("send");
+    let mut buf = [0u8; 256];
+    let (n, from) = proxy
+        .recv_from(&mut buf)
+        .expect("the packet reaches the lease's node");
+    assert_eq!(from, "192.0.2.1:8285".parse().expect("literal"));
+    assert!(
+        buf[..n].ends_with(b"via etcd"),
+        "inner packet: {:?}",
+        &buf[..n]
+    );
+    c.delete(&key);
+    let removed = wait_for(Duration::from_secs(1), || c.counter(0, "table_peers") == 0);
+    assert!(removed, "the peer stayed after its lease was deleted");
+    // A lease of a backend this node cannot speak is ignored and counted.
+    c.put(
+        &format!("{PREFIX}/subnets/10.244.78.0-24"),
+        r#"{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    );
+    let ignored = wait_for(Duration::from_secs(2), || {
+        c.counter(0, "etcd_leases_ignored") == 1
+    });
+    assert!(ignored, "host-gw lease not counted");
+    assert_eq!(c.counter(0, "table_peers"), 0);
+    c.stop_node(0);
+}
+
+#[test]
+fn a_restarted_node_gets_its_subnet_back() {
+    if skip("a_restarted_node_gets_its_subnet_back") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("vxlan");
+    let first = c.start_node(0, &[]);
+    c.stop_node(0);
+    assert_eq!(c.start_node(0, &[]), first, "after a restart");
+    c.stop_node(0);
+    // Without the subnet file too: the lease carrying this node's address is reused.
+    std::fs::remove_file(c.subnet_file(0)).expect("remove subnet file");
+    assert_eq!(c.start_node(0, &[]), first, "without the subnet file");
+    c.stop_node(0);
+    assert_eq!(c.keys(&format!("{PREFIX}/subnets/")).len(), 1);
+}
+
+#[test]
+fn ten_nodes_started_at_once_never_share_a_subnet() {
+    if skip("ten_nodes_started_at_once_never_share_a_subnet") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(10);
+    // A network with only twelve subnets makes collisions likely if the transaction were
+    // not there.
+    c.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/20","SubnetLen":24,"SubnetMin":"10.244.1.0","SubnetMax":"10.244.12.0"}"#,
+    );
+    for i in 0..10 {
+        c.spawn_node(i, &["--threads", "1"]);
+    }
+    let subnets: Vec<_> = (0..10).map(|i| c.wait_node(i)).collect();
+    let distinct: std::collections::HashSet<_> = subnets.iter().collect();
+    assert_eq!(distinct.len(), 10, "{subnets:?}");
+    let keys = c.keys(&format!("{PREFIX}/subnets/"));
+    assert_eq!(keys.len(), 10, "{keys:?}");
+    for i in 0..10 {
+        c.stop_node(i);
+    }
+}
+
+#[test]
+fn etcd_down_for_30_seconds_during_a_transfer() {
+    if skip("etcd_down_for_30_seconds_during_a_transfer") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(2);
+    c.set_network("udp");
+    // A short lease, so it expires while etcd is down and must be granted again.
+    let ttl = [
+        "--subnet-lease-ttl",
+        "20",
+        "--subnet-lease-renew-margin",
+        "0",
+    ];
+    let s0 = c.start_node(0, &ttl);
+    c.start_node(1, &ttl);
+    assert!(wait_for(Duration::from_secs(5), || c
+        .counter(0, "table_peers")
+        == 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = c.pod_addr(1, 5201);
+    let mut etcd = c.etcd.take().expect("etcd runs");
+    let (r, restarted) = std::thread::scope(|s| {
+        let transfer = s.spawn(|| {
+            tcp_bulk(
+                &c.pods[0],
+                &c.pods[1],
+                addr,
+                Amount::Duration(Duration::from_secs(40)),
+                true,
+                &stop,
+            )
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        etcd.stop(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(30));
+        let restarted = launch_etcd(&c.hub, c.dir.path());
+        (transfer.join().expect("transfer thread"), restarted)
+    });
+    c.etcd = Some(restarted);
+    let r = r.expect("transfer runs");
+    assert!(r.intact() && r.sent > 0, "{r:?}");
+    let back = wait_for(Duration::from_secs(20), || {
+        c.counter(0, "etcd_connected") == 1 && c.counter(0, "etcd_reconnects") > 0
+    });
+    assert!(back, "node 0 did not reconnect:\n{}", c.log(0));
+    let key = format!("{PREFIX}/subnets/{}-{}", s0.network(), s0.prefix_len());
+    let held = wait_for(Duration::from_secs(10), || {
+        c.keys(&key).iter().any(|(_, v)| v.contains("192.0.2.1"))
+    });
+    assert!(held, "the lease of node 0 is gone:\n{}", c.log(0));
+    c.stop_node(0);
+    c.stop_node(1);
+}

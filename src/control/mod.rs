@@ -1,0 +1,12 @@
+//! The control plane: where the table of peers comes from.
+//!
+//! - static: flags and the config file (`crate::config`), reloaded on SIGHUP;
+//! - [`lease`]: flannel's etcd values (network config, leases and their keys), parsed and
+//!   written exactly as flanneld does, so fustian nodes and flanneld nodes can share one etcd.
+//!
+//! Nothing here runs on a packet worker: the control plane builds a new table snapshot and
+//! publishes it; workers only load it.
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod lease;
