@@ -321,7 +321,11 @@ fn three_nodes_get_distinct_subnets_and_reach_each_other() {
         eprintln!("== three nodes, {backend}");
         let mut c = Cluster::new(3);
         c.set_network(backend);
-        let subnets: Vec<_> = (0..3).map(|i| c.start_node(i, &[])).collect();
+        // Node 0 serves its HTTP endpoint on its underlay address.
+        let http = ["--healthz-ip", "192.0.2.1", "--healthz-port", "8471"];
+        let subnets: Vec<_> = (0..3)
+            .map(|i| c.start_node(i, if i == 0 { &http[..] } else { &[] }))
+            .collect();
         assert_ne!(subnets[0], subnets[1]);
         assert_ne!(subnets[1], subnets[2]);
         assert_ne!(subnets[0], subnets[2]);
@@ -360,11 +364,65 @@ fn three_nodes_get_distinct_subnets_and_reach_each_other() {
         for (from, to) in [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)] {
             c.transfer(from, to, 8 << 20);
         }
+        check_http(&c, backend, subnets[0]);
         for i in 0..3 {
             assert_eq!(c.counter(i, "etcd_connected"), 1, "node {i}");
             c.stop_node(i);
         }
     }
+}
+
+/// Node 0's `/healthz`, `/readyz`, `/metrics` and `/status`, and `fustian show`, report what
+/// the test did: both peers, the transfers, etcd connected.
+fn check_http(c: &Cluster, backend: &'static str, subnet: ipnet::Ipv4Net) {
+    let addr: SocketAddr = "192.0.2.1:8471".parse().expect("literal");
+    let get = move |path: &'static str| {
+        c.nodes[0]
+            .run(move || fustian::http::get(addr, path))
+            .expect("enter node 0")
+    };
+    assert_eq!(get("/healthz").as_deref(), Ok("fustian is running\n"));
+    assert_eq!(get("/readyz").as_deref(), Ok("fustian is ready\n"));
+    let metrics = fustian::metrics::parse_prometheus(&get("/metrics").expect("metrics"));
+    let m = |name: &str| metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    assert_eq!(m("table_peers"), Some(2));
+    assert_eq!(m("etcd_connected"), Some(1));
+    assert!(m("tx_bytes").is_some_and(|b| b > 16 << 20), "{metrics:?}");
+    assert!(m("drop_tun_bad_flags").is_some());
+    let status: serde_json::Value =
+        serde_json::from_str(&get("/status").expect("status")).expect("JSON");
+    assert_eq!(
+        status["backend"],
+        if backend == "udp" { "udp" } else { "vxlan" }
+    );
+    assert_eq!(status["subnet"], subnet.to_string());
+    assert_eq!(status["table"]["peers"].as_array().map(Vec::len), Some(2));
+    // `fustian show` prints the same for a person.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            c.nodes[0].name(),
+            EXE,
+            "show",
+            "--addr",
+            "192.0.2.1:8471",
+        ])
+        .output()
+        .expect("run fustian show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("node {subnet} in 10.244.0.0/16")),
+        "{text}"
+    );
+    assert!(text.contains("2 peers"), "{text}");
+    assert!(text.contains("etcd connected"), "{text}");
+    assert!(text.contains("tx_packets"), "{text}");
 }
 
 #[test]

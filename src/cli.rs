@@ -26,6 +26,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Build two nodes in network namespaces, send traffic through the overlay, print results.
     Lab(Box<LabArgs>),
+    /// Print a running node's table, counters and I/O path (from its HTTP endpoint).
+    Show(ShowArgs),
 }
 
 /// Flags of `fustian run`. Each can also be set in the `--config` file; a flag wins.
@@ -98,6 +100,22 @@ pub struct RunArgs {
         env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"
     )]
     pub subnet_lease_renew_margin: Option<u64>,
+    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`).
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        env = "FLANNELD_HEALTHZ_IP"
+    )]
+    pub healthz_ip: std::net::IpAddr,
+    /// Port of the HTTP endpoint; 0 turns it off [default: 0].
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        env = "FLANNELD_HEALTHZ_PORT"
+    )]
+    pub healthz_port: u16,
     /// Testing: the subnet lease TTL in seconds instead of flannel's 24 hours.
     #[arg(long, value_name = "SECS", hide = true)]
     pub subnet_lease_ttl: Option<u64>,
@@ -164,6 +182,17 @@ impl RunArgs {
             peers: self.peers.clone(),
         }
     }
+}
+
+/// Flags of `fustian show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The node's HTTP endpoint (`--healthz-ip`/`--healthz-port` of `fustian run`).
+    #[arg(long, value_name = "IP:PORT", env = "FUSTIAN_SHOW_ADDR")]
+    pub addr: std::net::SocketAddr,
+    /// Print the JSON the node returns instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `fustian lab`.

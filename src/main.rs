@@ -172,8 +172,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 user: args.user.clone(),
                 keep_privileges: args.keep_privileges,
                 extra_metrics,
+                healthz: (args.healthz_port != 0)
+                    .then(|| std::net::SocketAddr::new(args.healthz_ip, args.healthz_port)),
             };
             fustian::node::run(&config, &opts, &stop, control)?;
+        }
+        Command::Show(args) => {
+            let text = fustian::http::get(args.addr, "/status").map_err(anyhow::Error::msg)?;
+            let value: serde_json::Value = serde_json::from_str(&text)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", fustian::show::render(&value));
+            }
         }
         Command::Lab(args) => {
             let report = fustian::lab::run(&args, &stop)?;

@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub keep_privileges: bool,
     /// More metrics for the stats file (the etcd agent's), in Prometheus text format.
     pub extra_metrics: Option<ExtraMetrics>,
+    /// Serve `/healthz`, `/readyz`, `/metrics` and `/status` here.
+    pub healthz: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -59,6 +61,7 @@ impl std::fmt::Debug for RunOptions {
             .field("user", &self.user)
             .field("keep_privileges", &self.keep_privileges)
             .field("extra_metrics", &self.extra_metrics.is_some())
+            .field("healthz", &self.healthz)
             .finish()
     }
 }
@@ -256,6 +259,96 @@ pub fn run(
         }
         tracing::warn!("cannot {what}: {e}");
     }
+    let reloads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reload_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let render: Arc<dyn Fn() -> String + Send + Sync> = {
+        let (metrics, table) = (Arc::clone(&metrics), Arc::clone(&table));
+        let (reloads, reload_errors) = (Arc::clone(&reloads), Arc::clone(&reload_errors));
+        let extra = opts.extra_metrics.clone();
+        let info = format!(
+            "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
+             tun=\"{name}\",subnet=\"{}\"}} 1\n",
+            encap.name(),
+            backend.name(),
+            offloads.describe(),
+            config.subnet,
+        );
+        Arc::new(move || {
+            let snap = table.load();
+            let mut text = format!(
+                "{}# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
+                 # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n\
+                 # TYPE fustian_config_reloads counter\nfustian_config_reloads {}\n\
+                 # TYPE fustian_config_reload_errors counter\nfustian_config_reload_errors {}\n{info}",
+                metrics.render_prometheus(),
+                snap.generation(),
+                snap.peers().len(),
+                reloads.load(Ordering::Relaxed),
+                reload_errors.load(Ordering::Relaxed),
+            );
+            if let Some(extra) = &extra {
+                text.push_str(&extra());
+            }
+            text
+        })
+    };
+    let status = Arc::new(crate::http::Status {
+        ready: AtomicBool::new(true),
+        healthy: AtomicBool::new(true),
+        metrics: {
+            let render = Arc::clone(&render);
+            Box::new(move || render())
+        },
+        status: {
+            let render = Arc::clone(&render);
+            let table = Arc::clone(&table);
+            let head = serde_json::json!({
+                "tun": name,
+                "mtu": mtu,
+                "network": config.network.to_string(),
+                "subnet": config.subnet.to_string(),
+                "listen": listen.to_string(),
+                "backend": encap.name(),
+                "vni": match encap { crate::wire::Encap::Vxlan(p) => Some(p.vni), crate::wire::Encap::Flannel => None },
+                "vtep_mac": match encap { crate::wire::Encap::Vxlan(p) => Some(p.local_mac.to_string()), crate::wire::Encap::Flannel => None },
+                "io": backend.name(),
+                "io_reason": why,
+                "offloads": offloads.describe(),
+                "workers": workers,
+            });
+            Box::new(move || {
+                let snap = table.load();
+                let peers: Vec<serde_json::Value> = snap
+                    .peers()
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "subnet": p.subnet.to_string(),
+                            "endpoint": p.endpoint.to_string(),
+                            "vtep_mac": p.vtep_mac.map(|m| m.to_string()),
+                        })
+                    })
+                    .collect();
+                let counters: serde_json::Map<String, serde_json::Value> =
+                    crate::metrics::parse_prometheus(&render())
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into()))
+                        .collect();
+                let mut v = head.clone();
+                v["table"] = serde_json::json!({"generation": snap.generation(), "peers": peers});
+                v["counters"] = counters.into();
+                v
+            })
+        },
+    });
+    let http = match opts.healthz {
+        Some(addr) => Some(crate::http::bind(addr).map_err(|source| Error::Io {
+            what: format!("open the HTTP endpoint on {addr}"),
+            source,
+        })?),
+        None => None,
+    };
+
     // Setup is done: nothing from here on needs a privilege. Drop them before any worker
     // exists, so every thread runs without them.
     if let Some(user) = &opts.user {
@@ -272,6 +365,17 @@ pub fn run(
         tracing::info!("all capabilities dropped after setup");
     }
     // After the privileges are gone, so this thread has none either.
+    let http_thread = match http {
+        Some(listener) => Some(
+            crate::http::serve(listener, Arc::clone(&status), Arc::clone(stop)).map_err(
+                |source| Error::Io {
+                    what: "spawn the HTTP thread".into(),
+                    source,
+                },
+            )?,
+        ),
+        None => None,
+    };
     let control_thread = match control {
         Some(run_control) => {
             let (table, stop) = (Arc::clone(&table), Arc::clone(stop));
@@ -318,29 +422,11 @@ pub fn run(
         handles.push(handle);
     }
 
-    let reloads = std::sync::atomic::AtomicU64::new(0);
-    let reload_errors = std::sync::atomic::AtomicU64::new(0);
     let write_stats = || {
-        if let Some(path) = &opts.stats_file {
-            let snap = table.load();
-            let text = format!(
-                "{}# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
-                 # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n\
-                 # TYPE fustian_config_reloads counter\nfustian_config_reloads {}\n\
-                 # TYPE fustian_config_reload_errors counter\nfustian_config_reload_errors {}\n",
-                metrics.render_prometheus(),
-                snap.generation(),
-                snap.peers().len(),
-                reloads.load(Ordering::Relaxed),
-                reload_errors.load(Ordering::Relaxed),
-            );
-            let text = match &opts.extra_metrics {
-                Some(extra) => text + &extra(),
-                None => text,
-            };
-            if let Err(e) = write_atomically(path, text.as_bytes()) {
-                tracing::warn!("cannot write stats file {}: {e}", path.display());
-            }
+        if let Some(path) = &opts.stats_file
+            && let Err(e) = write_atomically(path, render().as_bytes())
+        {
+            tracing::warn!("cannot write stats file {}: {e}", path.display());
         }
     };
     let churn = Churn::new(config, opts.table_churn);
@@ -348,6 +434,9 @@ pub fn run(
         .as_ref()
         .map_or(Duration::from_millis(250), |c| c.period);
     let mut last_stats = std::time::Instant::now() - Duration::from_secs(1);
+    let watch_every = (Duration::from_secs(1).as_millis() / tick.as_millis().max(1)).max(1);
+    let mut round_watch = 0u128;
+    let mut last_stamp = opts.reload.as_ref().and_then(|r| file_stamp(&r.path));
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) && !handles.iter().any(|h| h.is_finished()) {
         if last_stats.elapsed() >= Duration::from_millis(250) {
@@ -358,8 +447,19 @@ pub fn run(
             round += 1;
             table.publish(churn.snapshot(config, round));
         }
+        // SIGHUP, or an edit of the file (looked at about once a second).
+        let file_changed = opts.reload.as_ref().is_some_and(|reload| {
+            round_watch += 1;
+            if !round_watch.is_multiple_of(watch_every) {
+                return false;
+            }
+            let now = file_stamp(&reload.path);
+            let changed = now != last_stamp;
+            last_stamp = now;
+            changed
+        });
         if let Some(reload) = &opts.reload
-            && reload.requested.swap(false, Ordering::Relaxed)
+            && (reload.requested.swap(false, Ordering::Relaxed) || file_changed)
         {
             match reload_peers(config, reload) {
                 Ok(snapshot) => {
@@ -396,7 +496,9 @@ pub fn run(
             result = r;
         }
     }
-    if let Some(t) = control_thread {
+    status.ready.store(false, Ordering::Relaxed);
+    status.healthy.store(false, Ordering::Relaxed);
+    for t in [control_thread, http_thread].into_iter().flatten() {
         let _ = t.join();
     }
     write_stats();
@@ -405,6 +507,12 @@ pub fn run(
         "node down; the TUN device goes away with its last fd when this process created it"
     );
     result
+}
+
+/// Returns what tells one version of a file from the next: its modification time and length.
+fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half.

@@ -2,7 +2,9 @@
 //!
 //! - static: flags and the config file (`crate::config`), reloaded on SIGHUP;
 //! - [`lease`]: flannel's etcd values (network config, leases and their keys), parsed and
-//!   written exactly as flanneld does, so fustian nodes and flanneld nodes can share one etcd.
+//!   written exactly as flanneld does, so fustian nodes and flanneld nodes can share one etcd;
+//! - `etcd` (feature `etcd`): the agent that acquires this node's subnet, keeps its lease and
+//!   watches the others into the table, on its own thread.
 //!
 //! Nothing here runs on a packet worker: the control plane builds a new table snapshot and
 //! publishes it; workers only load it.

@@ -15,6 +15,9 @@
 //!   never allocate per packet, and log I/O errors through a rate limiter;
 //! - check the stop flag at least every [`STOP_POLL`] and return when it is set.
 //!
+//! With offloads (`crate::offload`) both loops hand super-packets and `UDP_GRO` reads to the
+//! shared `offload` path, which sends and writes them with direct system calls.
+//!
 //! The backend is chosen once at start by the [`Backend`] enum ([`choose`]); nothing is
 //! dispatched through a trait object per packet.
 //!

@@ -1,0 +1,113 @@
+//! `fustian show`: a running node's `/status` JSON rendered for a person.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Renders the node's state: what it is, its peers, and its non-zero counters (drops apart).
+pub fn render(v: &Value) -> String {
+    let s = |key: &str| match &v[key] {
+        Value::String(t) => t.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {} in {} on {}, {} (VNI {}, VTEP {}), TUN {} MTU {}",
+        s("subnet"),
+        s("network"),
+        s("listen"),
+        s("backend"),
+        s("vni"),
+        s("vtep_mac"),
+        s("tun"),
+        s("mtu"),
+    );
+    let _ = writeln!(
+        out,
+        "io {} ({}), offloads {}, {} workers",
+        s("io"),
+        s("io_reason"),
+        s("offloads"),
+        s("workers"),
+    );
+    let counters = v["counters"].as_object();
+    let counter = |name: &str| counters.and_then(|c| c.get(name)).and_then(Value::as_u64);
+    if let Some(connected) = counter("etcd_connected") {
+        let _ = writeln!(
+            out,
+            "etcd {}, {} reconnects, {} leases ignored",
+            if connected == 1 {
+                "connected"
+            } else {
+                "unreachable"
+            },
+            counter("etcd_reconnects").unwrap_or(0),
+            counter("etcd_leases_ignored").unwrap_or(0),
+        );
+    }
+    let peers = v["table"]["peers"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\ntable generation {}, {} peers:",
+        v["table"]["generation"],
+        peers.len()
+    );
+    let _ = writeln!(out, "  {:<20} {:<24} vtep mac", "subnet", "endpoint");
+    for p in &peers {
+        let text = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<24} {}",
+            text("subnet"),
+            text("endpoint"),
+            text("vtep_mac")
+        );
+    }
+    if let Some(c) = counters {
+        let (drops, rest): (Vec<_>, Vec<_>) = c
+            .iter()
+            .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+            .partition(|(k, _)| k.starts_with("drop_"));
+        let _ = writeln!(out, "\ncounters:");
+        for (k, n) in rest {
+            let _ = writeln!(out, "  {k:<28} {n}");
+        }
+        let _ = writeln!(out, "drops:{}", if drops.is_empty() { " none" } else { "" });
+        for (k, n) in drops {
+            let _ = writeln!(out, "  {:<28} {n}", k.trim_start_matches("drop_"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_peers_counters_and_drops() {
+        let v = serde_json::json!({
+            "subnet": "10.244.1.0/24", "network": "10.244.0.0/16", "listen": "192.0.2.1:8472",
+            "backend": "vxlan", "vni": 1, "vtep_mac": "02:66:75:00:00:01", "tun": "flannel0",
+            "mtu": 1450, "io": "epoll", "io_reason": "auto", "offloads": "tso,gso,gro",
+            "workers": 2,
+            "table": {"generation": 3, "peers": [
+                {"subnet": "10.244.2.0/24", "endpoint": "192.0.2.2:8472", "vtep_mac": "02:66:75:00:00:02"}
+            ]},
+            "counters": {"tx_packets": 10, "rx_packets": 0, "drop_no_route": 2, "etcd_connected": 1}
+        });
+        let text = render(&v);
+        assert!(
+            text.contains("node 10.244.1.0/24 in 10.244.0.0/16 on 192.0.2.1:8472, vxlan (VNI 1")
+        );
+        assert!(text.contains("10.244.2.0/24        192.0.2.2:8472"));
+        assert!(text.contains("tx_packets"));
+        assert!(!text.contains("rx_packets"), "zero counters are left out");
+        assert!(text.contains("no_route"));
+        assert!(text.contains("etcd connected"));
+        // Garbage renders without panicking.
+        let _ = render(&serde_json::json!([1, 2]));
+    }
+}
