@@ -389,6 +389,19 @@ fn check_http(c: &Cluster, backend: &'static str, subnet: ipnet::Ipv4Net) {
     assert_eq!(m("etcd_connected"), Some(1));
     assert!(m("tx_bytes").is_some_and(|b| b > 16 << 20), "{metrics:?}");
     assert!(m("drop_tun_bad_flags").is_some());
+    // Per peer: node 0 sent to and received from both.
+    for name in ["peer_tx_bytes{", "peer_rx_bytes{"] {
+        let per_peer: Vec<u64> = metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with(name))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(per_peer.len(), 2, "{name}: {metrics:?}");
+        assert!(
+            per_peer.iter().all(|&v| v > 1 << 20),
+            "{name}: {per_peer:?}"
+        );
+    }
     let status: serde_json::Value =
         serde_json::from_str(&get("/status").expect("status")).expect("JSON");
     assert_eq!(
@@ -421,6 +434,7 @@ fn check_http(c: &Cluster, backend: &'static str, subnet: ipnet::Ipv4Net) {
         "{text}"
     );
     assert!(text.contains("2 peers"), "{text}");
+    assert!(text.contains("tx bytes"), "{text}");
     assert!(text.contains("etcd connected"), "{text}");
     assert!(text.contains("tx_packets"), "{text}");
 }

@@ -46,6 +46,8 @@ pub enum Verdict {
         start: usize,
         /// Its length.
         len: usize,
+        /// Index of the sending peer in the snapshot (for its counters).
+        peer: u32,
     },
     /// Drop the packet and count the reason.
     Drop(DropReason),
@@ -192,13 +194,14 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
         return Verdict::Drop(DropReason::NotLocal);
     }
     match snap.lookup(inner.src) {
-        Some((_, owner)) if owner.endpoint.ip() == sender.ip() => {
+        Some((peer, owner)) if owner.endpoint.ip() == sender.ip() => {
             if fwd.strict_source_port && owner.endpoint.port() != sender.port() {
                 return Verdict::Drop(DropReason::WrongSourcePort);
             }
             Verdict::Deliver {
                 start,
                 len: datagram.len() - start,
+                peer,
             }
         }
         _ => Verdict::Drop(DropReason::SpoofedSource),
@@ -487,7 +490,8 @@ mod tests {
             inbound(&snap, &FWD, from_b, &good),
             Verdict::Deliver {
                 start: 0,
-                len: good.len()
+                len: good.len(),
+                peer: 0,
             }
         );
         let stranger: SocketAddr = "192.0.2.99:8285".parse().expect("literal");
@@ -635,6 +639,7 @@ mod tests {
         let ok = Verdict::Deliver {
             start: 22,
             len: KERNEL_FRAME.len() - 22,
+            peer: 0,
         };
         assert_eq!(inbound(&snap, &fwd, from_a, &KERNEL_FRAME), ok);
         let mut broadcast = KERNEL_FRAME;
@@ -702,7 +707,7 @@ mod tests {
             else { return Err(TestCaseError::fail("not sent")) };
             let datagram = &buf[start..start + out_len];
             let from_a: SocketAddr = "192.0.2.1:8285".parse().expect("literal");
-            let Verdict::Deliver { start: s, len: l } = inbound(&node_b(), &fb, from_a, datagram)
+            let Verdict::Deliver { start: s, len: l, .. } = inbound(&node_b(), &fb, from_a, datagram)
             else { return Err(TestCaseError::fail("not delivered")) };
             prop_assert_eq!(&datagram[s..s + l], &original[..]);
         }

@@ -286,6 +286,25 @@ pub fn run(
                 reloads.load(Ordering::Relaxed),
                 reload_errors.load(Ordering::Relaxed),
             );
+            for (name, what) in [
+                ("peer_tx_packets", 0),
+                ("peer_tx_bytes", 1),
+                ("peer_rx_packets", 2),
+                ("peer_rx_bytes", 3),
+            ] {
+                text.push_str(&format!("# TYPE fustian_{name} counter\n"));
+                for (i, p) in snap.peers().iter().enumerate() {
+                    let Some(st) = u32::try_from(i).ok().and_then(|i| snap.peer_stats(i)) else {
+                        continue;
+                    };
+                    let v = [&st.tx_packets, &st.tx_bytes, &st.rx_packets, &st.rx_bytes][what]
+                        .load(Ordering::Relaxed);
+                    text.push_str(&format!(
+                        "fustian_{name}{{subnet=\"{}\",endpoint=\"{}\"}} {v}\n",
+                        p.subnet, p.endpoint
+                    ));
+                }
+            }
             if let Some(extra) = &extra {
                 text.push_str(&extra());
             }
@@ -321,17 +340,28 @@ pub fn run(
                 let peers: Vec<serde_json::Value> = snap
                     .peers()
                     .iter()
-                    .map(|p| {
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let st = u32::try_from(i).ok().and_then(|i| snap.peer_stats(i));
+                        let get =
+                            |f: fn(&crate::table::PeerStats) -> &std::sync::atomic::AtomicU64| {
+                                st.map_or(0, |s| f(s).load(Ordering::Relaxed))
+                            };
                         serde_json::json!({
                             "subnet": p.subnet.to_string(),
                             "endpoint": p.endpoint.to_string(),
                             "vtep_mac": p.vtep_mac.map(|m| m.to_string()),
+                            "tx_packets": get(|s| &s.tx_packets),
+                            "tx_bytes": get(|s| &s.tx_bytes),
+                            "rx_packets": get(|s| &s.rx_packets),
+                            "rx_bytes": get(|s| &s.rx_bytes),
                         })
                     })
                     .collect();
                 let counters: serde_json::Map<String, serde_json::Value> =
                     crate::metrics::parse_prometheus(&render())
                         .into_iter()
+                        .filter(|(k, _)| !k.starts_with("peer_"))
                         .map(|(k, v)| (k, v.into()))
                         .collect();
                 let mut v = head.clone();

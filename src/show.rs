@@ -54,15 +54,24 @@ pub fn render(v: &Value) -> String {
         v["table"]["generation"],
         peers.len()
     );
-    let _ = writeln!(out, "  {:<20} {:<24} vtep mac", "subnet", "endpoint");
+    let _ = writeln!(
+        out,
+        "  {:<20} {:<24} {:<18} {:>12} {:>14} {:>12} {:>14}",
+        "subnet", "endpoint", "vtep mac", "tx packets", "tx bytes", "rx packets", "rx bytes"
+    );
     for p in &peers {
         let text = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+        let n = |k: &str| p[k].as_u64().unwrap_or(0);
         let _ = writeln!(
             out,
-            "  {:<20} {:<24} {}",
+            "  {:<20} {:<24} {:<18} {:>12} {:>14} {:>12} {:>14}",
             text("subnet"),
             text("endpoint"),
-            text("vtep_mac")
+            text("vtep_mac"),
+            n("tx_packets"),
+            n("tx_bytes"),
+            n("rx_packets"),
+            n("rx_bytes"),
         );
     }
     if let Some(c) = counters {
@@ -94,7 +103,8 @@ mod tests {
             "mtu": 1450, "io": "epoll", "io_reason": "auto", "offloads": "tso,gso,gro",
             "workers": 2,
             "table": {"generation": 3, "peers": [
-                {"subnet": "10.244.2.0/24", "endpoint": "192.0.2.2:8472", "vtep_mac": "02:66:75:00:00:02"}
+                {"subnet": "10.244.2.0/24", "endpoint": "192.0.2.2:8472", "vtep_mac": "02:66:75:00:00:02",
+                 "tx_packets": 7, "tx_bytes": 9000, "rx_packets": 5, "rx_bytes": 700}
             ]},
             "counters": {"tx_packets": 10, "rx_packets": 0, "drop_no_route": 2, "etcd_connected": 1}
         });
@@ -103,6 +113,7 @@ mod tests {
             text.contains("node 10.244.1.0/24 in 10.244.0.0/16 on 192.0.2.1:8472, vxlan (VNI 1")
         );
         assert!(text.contains("10.244.2.0/24        192.0.2.2:8472"));
+        assert!(text.contains("9000"), "{text}");
         assert!(text.contains("tx_packets"));
         assert!(!text.contains("rx_packets"), "zero counters are left out");
         assert!(text.contains("no_route"));

@@ -26,7 +26,7 @@ fuzz_target!(|input: (u8, u8, Vec<u8>)| {
         assert!(start + len <= data.len());
     }
     let from = SocketAddr::from(([192, 0, 2, sender], 8285));
-    if let Verdict::Deliver { start, len } = inbound(&snap, &fwd, from, &data) {
+    if let Verdict::Deliver { start, len, .. } = inbound(&snap, &fwd, from, &data) {
         assert!(start + len <= data.len());
         assert_eq!(sender, 2);
     }

@@ -180,8 +180,11 @@ impl Loop {
                     start,
                     len,
                     flow,
-                    ..
+                    peer,
                 } => {
+                    if let Some(stats) = snap.peer_stats(peer) {
+                        stats.add_tx(1, len as u64);
+                    }
                     let base = self.tun_bufs.offset(read);
                     let socket =
                         u16::try_from(super::pick_socket(flow, self.w.tx_pool.len())).unwrap_or(0);

@@ -122,6 +122,10 @@ impl OffloadIo {
                 ) {
                     Ok(count) => {
                         Counters::add(&counters.tun_rx_super_segments, count as u64);
+                        if let Some(stats) = snap.peer_stats(route.peer) {
+                            let bytes: usize = self.segs[..count].iter().map(Segment::len).sum();
+                            stats.add_tx(count as u64, bytes as u64);
+                        }
                         TunRead::Segments {
                             socket: super::pick_socket(route.flow, w.tx_pool.len()),
                             dst: route.dst,
@@ -232,7 +236,12 @@ impl OffloadIo {
                 continue;
             }
             let (start, len) = match forward::inbound(snap, &w.fwd, from, chunk) {
-                Verdict::Deliver { start, len } => (start, len),
+                Verdict::Deliver { start, len, peer } => {
+                    if let Some(stats) = snap.peer_stats(peer) {
+                        stats.add_rx(1, chunk.len() as u64);
+                    }
+                    (start, len)
+                }
                 Verdict::Drop(reason) => {
                     counters.drop_packet(reason);
                     continue;

@@ -441,8 +441,11 @@ impl Loop {
                 start,
                 len,
                 flow,
-                ..
+                peer,
             } => {
+                if let Some(stats) = snap.peer_stats(peer) {
+                    stats.add_tx(1, len as u64);
+                }
                 let fd = match self.w.tx_pool.len() {
                     0 => self.w.udp.as_raw_fd(),
                     n => self.w.tx_pool[super::pick_socket(flow, n)].as_raw_fd(),
@@ -524,7 +527,10 @@ impl Loop {
         }
         let datagram = &mut self.rx[j].buf[..len];
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
-            Verdict::Deliver { start, len } if len <= self.w.fwd.max_inner_len => {
+            Verdict::Deliver { start, len, peer } if len <= self.w.fwd.max_inner_len => {
+                if let Some(stats) = snap.peer_stats(peer) {
+                    stats.add_rx(1, datagram.len() as u64);
+                }
                 let inner = &mut datagram[start..start + len];
                 if complete_partial_checksum(inner) {
                     Counters::add(&counters.tun_tx_csum_completed, 1);
@@ -537,7 +543,10 @@ impl Loop {
                 self.rx[j].inflight = ud;
                 self.push(entry)
             }
-            Verdict::Deliver { start, len } => {
+            Verdict::Deliver { start, len, peer } => {
+                if let Some(stats) = snap.peer_stats(peer) {
+                    stats.add_rx(1, datagram.len() as u64);
+                }
                 // A super-packet from a kernel peer on this host: cut it and write the pieces
                 // right away; this path is rare and needs several writes anyway.
                 super::write_segmented(
@@ -718,7 +727,10 @@ impl Loop {
             return Ok(());
         }
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
-            Verdict::Deliver { start, len } if len <= self.w.fwd.max_inner_len => {
+            Verdict::Deliver { start, len, peer } if len <= self.w.fwd.max_inner_len => {
+                if let Some(stats) = snap.peer_stats(peer) {
+                    stats.add_rx(1, datagram.len() as u64);
+                }
                 let inner = &mut datagram[start..start + len];
                 if complete_partial_checksum(inner) {
                     Counters::add(&counters.tun_tx_csum_completed, 1);
@@ -730,7 +742,10 @@ impl Loop {
                 m.writes += 1;
                 self.push(entry)
             }
-            Verdict::Deliver { start, len } => {
+            Verdict::Deliver { start, len, peer } => {
+                if let Some(stats) = snap.peer_stats(peer) {
+                    stats.add_rx(1, datagram.len() as u64);
+                }
                 super::write_segmented(
                     &self.w.tun,
                     &datagram[start..start + len],
@@ -844,8 +859,11 @@ impl Loop {
                 start,
                 len,
                 flow,
-                ..
+                peer,
             } => {
+                if let Some(stats) = snap.peer_stats(peer) {
+                    stats.add_tx(1, len as u64);
+                }
                 let fd = match self.w.tx_pool.len() {
                     0 => self.w.udp.as_raw_fd(),
                     n => self.w.tx_pool[super::pick_socket(flow, n)].as_raw_fd(),

@@ -59,12 +59,44 @@ pub enum TableError {
     },
 }
 
+/// Traffic to and from one peer. Kept across table updates for as long as the peer keeps its
+/// subnet and endpoint ([`Table::publish`] carries it over), so a counter is not reset by an
+/// unrelated change.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Packets handed to the socket for this peer (segments, with offloads).
+    pub tx_packets: AtomicU64,
+    /// Their inner bytes.
+    pub tx_bytes: AtomicU64,
+    /// Packets from this peer that passed every check.
+    pub rx_packets: AtomicU64,
+    /// Their inner bytes.
+    pub rx_bytes: AtomicU64,
+}
+
+impl PeerStats {
+    /// Counts packets sent to the peer (relaxed).
+    #[inline]
+    pub fn add_tx(&self, packets: u64, bytes: u64) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts packets received from the peer (relaxed).
+    #[inline]
+    pub fn add_rx(&self, packets: u64, bytes: u64) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
 /// An immutable view of the overlay: local subnets and peers.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     generation: u64,
     local: Vec<IpNet>,
     peers: Vec<Peer>,
+    stats: Vec<Arc<PeerStats>>,
     v4: Lpm<u32, u32>,
     v6: Lpm<u128, u32>,
     senders: FxHashSet<IpAddr>,
@@ -112,6 +144,7 @@ impl Snapshot {
             }
             snap.senders.insert(peer.endpoint.ip());
             snap.peers.push(Peer { subnet, ..peer });
+            snap.stats.push(Arc::default());
         }
         Ok(snap)
     }
@@ -141,6 +174,12 @@ impl Snapshot {
     /// Returns the peers in insertion order.
     pub fn peers(&self) -> &[Peer] {
         &self.peers
+    }
+
+    /// Returns the traffic counters of peer `index` (as [`Self::lookup`] returns it).
+    #[inline]
+    pub fn peer_stats(&self, index: u32) -> Option<&PeerStats> {
+        self.stats.get(index as usize).map(|s| &**s)
     }
 
     /// Returns this node's own subnets.
@@ -177,8 +216,24 @@ impl Table {
         self.current.load()
     }
 
-    /// Replaces the current snapshot; returns the generation it was given.
+    /// Replaces the current snapshot; returns the generation it was given. Peers that keep
+    /// their subnet and endpoint keep their [`PeerStats`].
     pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
+        let old = self.current.load();
+        if !old.peers.is_empty() && !snapshot.peers.is_empty() {
+            let kept: rustc_hash::FxHashMap<(IpNet, SocketAddr), &Arc<PeerStats>> = old
+                .peers
+                .iter()
+                .zip(&old.stats)
+                .map(|(p, s)| ((p.subnet, p.endpoint), s))
+                .collect();
+            for (p, s) in snapshot.peers.iter().zip(snapshot.stats.iter_mut()) {
+                if let Some(o) = kept.get(&(p.subnet, p.endpoint)) {
+                    *s = Arc::clone(o);
+                }
+            }
+        }
+        drop(old);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         snapshot.generation = generation;
         self.current.store(Arc::new(snapshot));
@@ -189,6 +244,46 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_stats_survive_unrelated_updates() {
+        let local: Vec<IpNet> = vec!["10.244.1.0/24".parse().expect("literal")];
+        let b = peer("10.244.2.0/24", "192.0.2.2");
+        let c = peer("10.244.3.0/24", "192.0.2.3");
+        let table = Table::new(Snapshot::new(local.clone(), vec![b]).expect("valid"));
+        table.load().peer_stats(0).expect("peer 0").add_tx(3, 300);
+        // Adding c keeps b's counters; c starts at zero.
+        table.publish(Snapshot::new(local.clone(), vec![c, b]).expect("valid"));
+        let snap = table.load();
+        assert_eq!(
+            snap.peer_stats(1)
+                .expect("b")
+                .tx_packets
+                .load(Ordering::Relaxed),
+            3
+        );
+        assert_eq!(
+            snap.peer_stats(0)
+                .expect("c")
+                .tx_bytes
+                .load(Ordering::Relaxed),
+            0
+        );
+        drop(snap);
+        // b moving to another endpoint is another peer: fresh counters.
+        let moved = peer("10.244.2.0/24", "192.0.2.9");
+        table.publish(Snapshot::new(local, vec![moved]).expect("valid"));
+        assert_eq!(
+            table
+                .load()
+                .peer_stats(0)
+                .expect("b")
+                .tx_packets
+                .load(Ordering::Relaxed),
+            0
+        );
+        assert!(table.load().peer_stats(1).is_none());
+    }
 
     fn peer(subnet: &str, ip: &str) -> Peer {
         Peer {
