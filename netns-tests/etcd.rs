@@ -198,6 +198,27 @@ impl Cluster {
         subnet
     }
 
+    /// Starts node `i` configured through flanneld's environment variables only.
+    fn start_node_from_env(&mut self, i: usize) -> ipnet::Ipv4Net {
+        let _ = std::fs::remove_file(self.stats_path(i));
+        let log = self.dir.path().join(format!("node-{i}.log"));
+        let args: Vec<String> = vec![
+            format!("FLANNELD_ETCD_ENDPOINTS={ETCD}"),
+            format!("FLANNELD_ETCD_PREFIX={PREFIX}"),
+            format!("FLANNELD_PUBLIC_IP={}", node_ip(i)),
+            format!("FLANNELD_SUBNET_FILE={}", self.subnet_file(i).display()),
+            EXE.to_owned(),
+            "run".to_owned(),
+            "--stats-file".to_owned(),
+            self.stats_path(i).to_string_lossy().into_owned(),
+        ];
+        let p = self.nodes[i]
+            .start("env", &args, log)
+            .expect("start fustian");
+        self.processes[i] = Some(p);
+        self.wait_node(i)
+    }
+
     fn start_node(&mut self, i: usize, extra: &[&str]) -> ipnet::Ipv4Net {
         self.spawn_node(i, extra);
         self.wait_node(i)
@@ -447,7 +468,19 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
     let _serial = serial();
     let mut c = Cluster::new(2);
     c.set_network("udp");
-    c.start_node(0, &[]);
+    let own = c.start_node(0, &[]);
+    // Its own lease deleted (by an operator, or expired): written again, same subnet.
+    let own_key = format!("{PREFIX}/subnets/{}-{}", own.network(), own.prefix_len());
+    c.delete(&own_key);
+    let rewritten = wait_for(Duration::from_secs(3), || {
+        c.keys(&own_key)
+            .iter()
+            .any(|(_, v)| v.contains(r#""PublicIP":"192.0.2.1""#))
+    });
+    assert!(rewritten, "own lease not written again:\n{}", c.log(0));
+    assert!(wait_for(Duration::from_secs(2), || c
+        .counter(0, "etcd_lease_regrants")
+        == 1));
     // A lease exactly as flanneld's udp backend writes it, for node 1's address, where a plain
     // socket stands in for flanneld's proxy.
     let key = format!("{PREFIX}/subnets/10.244.77.0-24");
@@ -515,6 +548,9 @@ fn a_restarted_node_gets_its_subnet_back() {
     // Without the subnet file too: the lease carrying this node's address is reused.
     std::fs::remove_file(c.subnet_file(0)).expect("remove subnet file");
     assert_eq!(c.start_node(0, &[]), first, "without the subnet file");
+    c.stop_node(0);
+    // Configured through FLANNELD_* variables alone, as flanneld's deployments do.
+    assert_eq!(c.start_node_from_env(0), first, "from the environment");
     c.stop_node(0);
     assert_eq!(c.keys(&format!("{PREFIX}/subnets/")).len(), 1);
 }
