@@ -26,9 +26,8 @@
 //! At most [`MAX_OPEN`] packets are open at once; one more flow flushes the oldest. A packet
 //! made of a single segment is written exactly as it arrived.
 
-use super::split::pseudo_sum;
 use super::vnet::{F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VnetHdr};
-use crate::wire::ip::{fold, ones_sum};
+use crate::wire::ip::{fold, ones_sum, pseudo_sum};
 
 /// Packets open for merging at once.
 pub const MAX_OPEN: usize = 8;

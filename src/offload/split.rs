@@ -9,6 +9,8 @@
 //! datagram, gathering both with an iovec, so the payload is read by the kernel straight from
 //! the buffer TUN filled.
 //!
+//! The headers of each segment are derived by [`Cut::fill`] (shared with `wire::tcp`, which
+//! cuts a kernel peer's super-frames when the device has no offloads).
 //! Each TCP segment gets the original headers with its own sequence number, IPv4 total length
 //! and identification (incremented per segment, as the kernel's TSO does), IPv6 payload
 //! length, FIN and PSH only on the last segment and CWR only on the first (`tcp_gso_segment`),
@@ -20,16 +22,13 @@ use super::vnet::{F_NEEDS_CSUM, Gso, VnetHdr};
 use crate::metrics::DropReason;
 use crate::wire::WireError;
 use crate::wire::ip::{fold, ones_sum};
+use crate::wire::tcp::Cut;
 
 /// Bytes of header room per segment: the encapsulation prefix (VXLAN: 22) and IPv4 with
 /// options (60) or IPv6 (40), plus TCP with options (60).
 pub const HEADER_STRIDE: usize = 160;
 /// The most segments one super-packet is cut into (64 KiB at an MSS of 256).
 pub const MAX_SEGMENTS: usize = 256;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// One segment: header slot `i` holds `header_len` bytes, the payload is
 /// `packet[payload_start..payload_start + payload_len]`.
@@ -160,17 +159,6 @@ impl Layout {
     }
 }
 
-/// Returns the unfolded pseudo-header sum of the IP packet whose header starts `ip`, for a
-/// transport segment of `l4_len` bytes of protocol `proto`.
-pub fn pseudo_sum(ip: &[u8], version: u8, proto: u8, l4_len: usize) -> u64 {
-    let addrs = if version == 4 {
-        &ip[12..20]
-    } else {
-        &ip[8..40]
-    };
-    ones_sum(addrs) + u64::from(proto) + l4_len as u64
-}
-
 /// Cuts the super-packet `packet` described by `hdr` into segments whose IP packets are at
 /// most `max_len` bytes, writing `prefix` and the segment's headers into slot `i` of `headers`
 /// and the segment's place into `segs[i]`. Returns the number of segments.
@@ -201,67 +189,26 @@ pub fn split(
     if count > segs.len() || count * HEADER_STRIDE > headers.len() {
         return Err(bad());
     }
-    let ip_len = layout.ip_len;
-    let proto: u8 = if layout.tcp { 6 } else { 17 };
-    let id = u16::from_be_bytes([packet[4], packet[5]]);
-    let seq = u32::from_be_bytes([
-        packet[ip_len + 4],
-        packet[ip_len + 5],
-        packet[ip_len + 6],
-        packet[ip_len + 7],
-    ]);
-    let flags = if layout.tcp { packet[ip_len + 13] } else { 0 };
+    let cut = Cut {
+        version: layout.version,
+        ip_len: layout.ip_len,
+        headers: hl,
+        tcp: layout.tcp,
+        mss,
+        count,
+    };
     for (i, seg) in segs.iter_mut().enumerate().take(count) {
         let payload_start = hl + i * mss;
-        let chunk = mss.min(packet.len() - payload_start);
+        let payload = &packet[payload_start..packet.len().min(payload_start + mss)];
         let slot = &mut headers[i * HEADER_STRIDE..i * HEADER_STRIDE + header_len];
-        slot[..prefix.len()].copy_from_slice(prefix);
-        let h = &mut slot[prefix.len()..];
+        let (pre, h) = slot.split_at_mut(prefix.len());
+        pre.copy_from_slice(prefix);
         h.copy_from_slice(&packet[..hl]);
-        let seg_len = hl + chunk;
-        let l4_len = seg_len - ip_len;
-        if layout.version == 4 {
-            let total = u16::try_from(seg_len).map_err(|_| bad())?;
-            h[2..4].copy_from_slice(&total.to_be_bytes());
-            let seg_id = id.wrapping_add(u16::try_from(i).unwrap_or(0));
-            h[4..6].copy_from_slice(&seg_id.to_be_bytes());
-            h[10..12].fill(0);
-            let sum = !fold(ones_sum(&h[..ip_len]));
-            h[10..12].copy_from_slice(&sum.to_be_bytes());
-        } else {
-            let plen = u16::try_from(l4_len).map_err(|_| bad())?;
-            h[4..6].copy_from_slice(&plen.to_be_bytes());
-        }
-        let check_at = if layout.tcp {
-            let offset = u32::try_from(i * mss).unwrap_or(0);
-            h[ip_len + 4..ip_len + 8].copy_from_slice(&seq.wrapping_add(offset).to_be_bytes());
-            let mut f = flags;
-            if i + 1 != count {
-                f &= !(TCP_FIN | TCP_PSH);
-            }
-            if i != 0 {
-                f &= !TCP_CWR;
-            }
-            h[ip_len + 13] = f;
-            ip_len + 16
-        } else {
-            let ulen = u16::try_from(l4_len).map_err(|_| bad())?;
-            h[ip_len + 4..ip_len + 6].copy_from_slice(&ulen.to_be_bytes());
-            ip_len + 6
-        };
-        h[check_at..check_at + 2].fill(0);
-        let sum = pseudo_sum(h, layout.version, proto, l4_len)
-            + ones_sum(&h[ip_len..hl])
-            + ones_sum(&packet[payload_start..payload_start + chunk]);
-        let mut check = !fold(sum);
-        if !layout.tcp && check == 0 {
-            check = 0xffff;
-        }
-        h[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
+        cut.fill(h, i, payload).map_err(|_| bad())?;
         *seg = Segment {
             header_len,
             payload_start,
-            payload_len: chunk,
+            payload_len: payload.len(),
         };
     }
     Ok(count)
@@ -274,6 +221,7 @@ pub(crate) mod tests {
 
     use super::super::vnet::{GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
     use super::*;
+    use crate::wire::ip::pseudo_sum;
 
     /// Builds a TCP or UDP super-packet as the kernel hands it to TUN: full-length IP header,
     /// transport checksum holding the pseudo-header sum.

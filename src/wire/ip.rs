@@ -511,11 +511,6 @@ pub fn complete_partial_checksum(packet: &mut [u8]) -> bool {
 /// an unfragmented IPv4 or IPv6 TCP/UDP packet (RFC 793 section 3.1, RFC 768, RFC 8200
 /// section 8.1).
 fn pseudo_header_sum(packet: &[u8]) -> Option<(u8, usize, u64)> {
-    let words = |b: &[u8]| -> u64 {
-        b.chunks_exact(2)
-            .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum()
-    };
     match packet.first()? >> 4 {
         4 => {
             let ihl = usize::from(packet[0] & 0x0f) * 4;
@@ -523,27 +518,33 @@ fn pseudo_header_sum(packet: &[u8]) -> Option<(u8, usize, u64)> {
                 return None;
             }
             let proto = packet[9];
-            let l4_len = u64::try_from(packet.len() - ihl).ok()?;
-            Some((
-                proto,
-                ihl,
-                words(&packet[12..20]) + u64::from(proto) + l4_len,
-            ))
+            Some((proto, ihl, pseudo_sum(packet, 4, proto, packet.len() - ihl)))
         }
         6 => {
             if packet.len() < V6_HEADER_LEN {
                 return None;
             }
             let proto = packet[6];
-            let l4_len = u64::try_from(packet.len() - V6_HEADER_LEN).ok()?;
             Some((
                 proto,
                 V6_HEADER_LEN,
-                words(&packet[8..40]) + u64::from(proto) + l4_len,
+                pseudo_sum(packet, 6, proto, packet.len() - V6_HEADER_LEN),
             ))
         }
         _ => None,
     }
+}
+
+/// Returns the unfolded pseudo-header sum (RFC 793 section 3.1, RFC 768, RFC 8200 section
+/// 8.1) of the IP packet whose header starts `ip` (at least 20 bytes for version 4, 40 for
+/// version 6), for a transport segment of `l4_len` bytes of protocol `proto`.
+pub fn pseudo_sum(ip: &[u8], version: u8, proto: u8, l4_len: usize) -> u64 {
+    let addrs = if version == 4 {
+        &ip[12..20]
+    } else {
+        &ip[8..40]
+    };
+    ones_sum(addrs) + u64::from(proto) + l4_len as u64
 }
 
 /// Folds a one's-complement accumulator (from [`ones_sum`]) into 16 bits, not complemented.

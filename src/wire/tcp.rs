@@ -11,12 +11,91 @@
 //! only the partial pseudo-header sum.
 
 use super::WireError;
-use super::ip::{HEADER_LEN, V6_HEADER_LEN, checksum};
+use super::ip::{HEADER_LEN, V6_HEADER_LEN, fold, ones_sum, pseudo_sum};
 
 const TCP_MIN_LEN: usize = 20;
 const FIN: u8 = 0x01;
 const PSH: u8 = 0x08;
 const CWR: u8 = 0x80;
+
+/// How a super-packet is cut: its layout and the payload bytes per segment. The one place
+/// where a segment's headers are derived from the original's, for [`segment`] here and for
+/// the TUN offload split (`crate::offload::split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// IP version, 4 or 6.
+    pub version: u8,
+    /// IP header bytes.
+    pub ip_len: usize,
+    /// IP and transport header bytes together.
+    pub headers: usize,
+    /// TCP (else UDP: each segment is a datagram with its own length and checksum).
+    pub tcp: bool,
+    /// Payload bytes per segment (the last may carry fewer).
+    pub mss: usize,
+    /// Number of segments.
+    pub count: usize,
+}
+
+impl Cut {
+    /// Turns `h`, a copy of the original's IP and transport headers (`self.headers` bytes),
+    /// into the headers of segment `i`, which carries `payload`: IPv4 total length, id (the
+    /// original's plus `i`) and header checksum, or IPv6 payload length; TCP sequence number
+    /// (plus `i * mss`), FIN and PSH only on the last segment, CWR only on the first, and the
+    /// checksum; UDP length and checksum (zero sent as all ones).
+    ///
+    /// # Errors
+    ///
+    /// `BadLength` when a length does not fit its field.
+    pub fn fill(&self, h: &mut [u8], i: usize, payload: &[u8]) -> Result<(), WireError> {
+        let (ip_len, hl) = (self.ip_len, self.headers);
+        let seg_len = hl + payload.len();
+        let l4_len = seg_len - ip_len;
+        if self.version == 4 {
+            let total = u16::try_from(seg_len).map_err(|_| WireError::BadLength)?;
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            let seg_id = id.wrapping_add(u16::try_from(i & 0xffff).unwrap_or(0));
+            h[4..6].copy_from_slice(&seg_id.to_be_bytes());
+            h[10..12].fill(0);
+            let sum = !fold(ones_sum(&h[..ip_len]));
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+        } else {
+            let plen = u16::try_from(l4_len).map_err(|_| WireError::BadLength)?;
+            h[4..6].copy_from_slice(&plen.to_be_bytes());
+        }
+        let check_at = if self.tcp {
+            let seq =
+                u32::from_be_bytes([h[ip_len + 4], h[ip_len + 5], h[ip_len + 6], h[ip_len + 7]]);
+            let offset = u32::try_from(i * self.mss).unwrap_or(u32::MAX);
+            h[ip_len + 4..ip_len + 8].copy_from_slice(&seq.wrapping_add(offset).to_be_bytes());
+            let mut f = h[ip_len + 13];
+            if i + 1 != self.count {
+                f &= !(FIN | PSH);
+            }
+            if i != 0 {
+                f &= !CWR;
+            }
+            h[ip_len + 13] = f;
+            ip_len + 16
+        } else {
+            let ulen = u16::try_from(l4_len).map_err(|_| WireError::BadLength)?;
+            h[ip_len + 4..ip_len + 6].copy_from_slice(&ulen.to_be_bytes());
+            ip_len + 6
+        };
+        h[check_at..check_at + 2].fill(0);
+        let proto = if self.tcp { 6 } else { 17 };
+        let sum = pseudo_sum(h, self.version, proto, l4_len)
+            + ones_sum(&h[ip_len..hl])
+            + ones_sum(payload);
+        let mut check = !fold(sum);
+        if !self.tcp && check == 0 {
+            check = 0xffff;
+        }
+        h[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
+        Ok(())
+    }
+}
 
 /// Cuts the IPv4 or IPv6 TCP packet `packet` into segments of at most `max_len` bytes, builds
 /// each in `scratch` (which must hold `max_len` bytes) and passes it to `emit`. Returns the
@@ -40,6 +119,9 @@ pub fn segment(
             let fragment = packet[6] & 0x3f != 0 || packet[7] != 0;
             if packet[9] != 6 || fragment {
                 return Err(WireError::BadVersion);
+            }
+            if ihl < HEADER_LEN {
+                return Err(WireError::BadHeaderLen);
             }
             ihl
         }
@@ -66,69 +148,28 @@ pub fn segment(
     }
     let mss = max_len - headers;
     let payload = &packet[headers..];
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    let flags = tcp[13];
-    let id = u16::from_be_bytes([packet[4], packet[5]]);
     let count = payload.len().div_ceil(mss).max(1);
+    let cut = Cut {
+        version,
+        ip_len,
+        headers,
+        tcp: true,
+        mss,
+        count,
+    };
     for (i, chunk) in payload
         .chunks(mss)
         .chain((payload.is_empty()).then_some(&[][..]))
         .enumerate()
     {
-        let len = headers + chunk.len();
-        let seg = &mut scratch[..len];
-        seg[..headers].copy_from_slice(&packet[..headers]);
-        seg[headers..].copy_from_slice(chunk);
-        let first = i == 0;
-        let last = i + 1 == count;
-        let offset = u32::try_from(i * mss).unwrap_or(u32::MAX);
-        seg[ip_len + 4..ip_len + 8].copy_from_slice(&seq.wrapping_add(offset).to_be_bytes());
-        let mut f = flags;
-        if !last {
-            f &= !(FIN | PSH);
-        }
-        if !first {
-            f &= !CWR;
-        }
-        seg[ip_len + 13] = f;
-        let l4_len = u16::try_from(len - ip_len).map_err(|_| WireError::BadLength)?;
-        if version == 4 {
-            let total = u16::try_from(len).map_err(|_| WireError::BadLength)?;
-            seg[2..4].copy_from_slice(&total.to_be_bytes());
-            let seg_id = id.wrapping_add(u16::try_from(i & 0xffff).unwrap_or(0));
-            seg[4..6].copy_from_slice(&seg_id.to_be_bytes());
-            seg[10..12].fill(0);
-            let hsum = checksum(&seg[..ip_len]);
-            seg[10..12].copy_from_slice(&hsum.to_be_bytes());
-        } else {
-            seg[4..6].copy_from_slice(&l4_len.to_be_bytes());
-        }
-        seg[ip_len + 16..ip_len + 18].fill(0);
-        let sum = tcp_checksum(seg, ip_len, version, l4_len);
-        seg[ip_len + 16..ip_len + 18].copy_from_slice(&sum.to_be_bytes());
+        let seg = &mut scratch[..headers + chunk.len()];
+        let (h, body) = seg.split_at_mut(headers);
+        h.copy_from_slice(&packet[..headers]);
+        body.copy_from_slice(chunk);
+        cut.fill(h, i, chunk)?;
         emit(seg);
     }
     Ok(count)
-}
-
-/// Returns the TCP checksum of `packet` (checksum field zeroed) over the pseudo-header
-/// (RFC 793 section 3.1; RFC 8200 section 8.1) and the segment.
-fn tcp_checksum(packet: &[u8], ip_len: usize, version: u8, l4_len: u16) -> u16 {
-    let addrs = if version == 4 {
-        &packet[12..20]
-    } else {
-        &packet[8..40]
-    };
-    let mut sum: u64 = addrs
-        .chunks_exact(2)
-        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    sum += 6 + u64::from(l4_len);
-    sum += u64::from(!checksum(&packet[ip_len..]));
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !u16::try_from(sum).unwrap_or(0xffff)
 }
 
 #[cfg(test)]
@@ -137,6 +178,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::wire::ip::checksum;
 
     fn super_packet(v6: bool, payload: &[u8], fin: bool, options: bool) -> Vec<u8> {
         let b = if v6 {
