@@ -522,11 +522,16 @@ impl NodeConfig {
 
     /// Returns where a generated VTEP MAC is kept: next to the subnet file.
     pub fn vtep_mac_path(&self) -> PathBuf {
-        self.subnet_file
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .join(VTEP_MAC_FILE)
+        vtep_mac_path(&self.subnet_file)
     }
+}
+
+/// Returns where the generated VTEP MAC is kept: [`VTEP_MAC_FILE`] beside `subnet_file`.
+pub fn vtep_mac_path(subnet_file: &Path) -> PathBuf {
+    subnet_file
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(VTEP_MAC_FILE)
 }
 
 /// Returns the VTEP MAC kept in `path`, or creates a random locally administered unicast one

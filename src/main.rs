@@ -77,10 +77,7 @@ fn join_etcd(
         ),
     };
     // The VTEP MAC goes into the lease, so it is settled before joining.
-    let mac_path = subnet_file
-        .parent()
-        .unwrap_or_else(|| std::path::Path::new("."))
-        .join(fustian::config::VTEP_MAC_FILE);
+    let mac_path = fustian::config::vtep_mac_path(&subnet_file);
     let mac = match &raw.vtep_mac {
         Some(text) => Some(
             text.parse()

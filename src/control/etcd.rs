@@ -267,9 +267,7 @@ impl Agent {
             None => self.network_config()?,
         };
         let value = self.own_value().to_json();
-        let ttl = i64::try_from(self.opts.ttl.as_secs())
-            .unwrap_or(i64::MAX)
-            .max(5);
+        let ttl = self.ttl_secs();
         for _ in 0..RACE_RETRIES {
             self.list()?;
             let mine = self
@@ -342,9 +340,28 @@ impl Agent {
         free.get(pick).copied()
     }
 
+    /// Returns `<prefix>/subnets/`, under which the leases live.
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'))
+    }
+
+    /// Returns the lease TTL in seconds as etcd takes it (at least 5).
+    fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.opts.ttl.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(5)
+    }
+
+    /// Returns the subnet a key-value's key names, `None` for another key.
+    fn subnet_of(&self, kv: &etcd_client::KeyValue) -> Option<Ipv4Net> {
+        kv.key_str()
+            .ok()
+            .and_then(|k| parse_subnet_key(&self.opts.prefix, k))
+    }
+
     /// Lists every lease under the prefix and remembers the revision.
     fn list(&mut self) -> Result<(), EtcdError> {
-        let prefix = format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'));
+        let prefix = self.subnets_prefix();
         let resp = self.rt.block_on(
             self.client
                 .get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
@@ -352,11 +369,7 @@ impl Agent {
         self.revision = resp.header().map_or(0, |h| h.revision());
         self.leases.clear();
         for kv in resp.kvs() {
-            let Some(net) = kv
-                .key_str()
-                .ok()
-                .and_then(|k| parse_subnet_key(&self.opts.prefix, k))
-            else {
+            let Some(net) = self.subnet_of(kv) else {
                 continue;
             };
             match LeaseValue::parse(kv.value()) {
@@ -458,7 +471,7 @@ impl Agent {
         self.ensure_lease()?;
         self.list()?;
         self.publish(table);
-        let prefix = format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'));
+        let prefix = self.subnets_prefix();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
@@ -492,11 +505,7 @@ impl Agent {
             let mut changed = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let Some(net) = kv
-                    .key_str()
-                    .ok()
-                    .and_then(|k| parse_subnet_key(&self.opts.prefix, k))
-                else {
+                let Some(net) = self.subnet_of(kv) else {
                     continue;
                 };
                 self.state.events.fetch_add(1, Ordering::Relaxed);
@@ -545,9 +554,7 @@ impl Agent {
         if alive && present {
             return Ok(());
         }
-        let ttl = i64::try_from(self.opts.ttl.as_secs())
-            .unwrap_or(i64::MAX)
-            .max(5);
+        let ttl = self.ttl_secs();
         let grant = self.rt.block_on(self.client.lease_grant(ttl, None))?;
         let value = self.own_value().to_json();
         // Only if nobody else took the subnet meanwhile.
@@ -618,4 +625,44 @@ pub fn previous_subnet(path: &std::path::Path) -> Option<Ipv4Net> {
         .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
     let net: Ipv4Net = value.trim().parse().ok()?;
     Some(net.trunc())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn reads_the_subnet_back_from_a_subnet_file() {
+        let dir = std::env::temp_dir().join(format!("fustian-subnet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("subnet.env");
+        std::fs::write(
+            &path,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n",
+        )
+        .expect("write");
+        assert_eq!(
+            previous_subnet(&path),
+            Some("10.244.7.0/24".parse().expect("literal"))
+        );
+        std::fs::write(&path, "FLANNEL_SUBNET=not-a-subnet\n").expect("write");
+        assert_eq!(previous_subnet(&path), None);
+        assert_eq!(previous_subnet(&dir.join("missing")), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    proptest! {
+        #[test]
+        fn any_subnet_file_gives_a_subnet_or_none(text in ".{0,200}") {
+            let dir = std::env::temp_dir().join(format!("fustian-subnet-p{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("dir");
+            let path = dir.join("subnet.env");
+            std::fs::write(&path, &text).expect("write");
+            if let Some(net) = previous_subnet(&path) {
+                prop_assert_eq!(net, net.trunc());
+            }
+        }
+    }
 }

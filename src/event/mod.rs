@@ -248,11 +248,21 @@ pub(crate) fn write_tun(
     counters: &crate::metrics::Counters,
     log: &mut RateLimitedLog,
 ) {
+    count_tun_write(tun.write(packet), packet.len(), counters, log);
+}
+
+/// Counts the outcome of a synchronous TUN write of a `len`-byte packet.
+pub(crate) fn count_tun_write(
+    result: std::io::Result<usize>,
+    len: usize,
+    counters: &crate::metrics::Counters,
+    log: &mut RateLimitedLog,
+) {
     use crate::metrics::{Counters, DropReason};
-    match tun.write(packet) {
+    match result {
         Ok(_) => {
             Counters::add(&counters.tun_tx_packets, 1);
-            Counters::add(&counters.tun_tx_bytes, packet.len() as u64);
+            Counters::add(&counters.tun_tx_bytes, len as u64);
         }
         Err(e) => {
             log.error(&e);

@@ -294,16 +294,7 @@ fn writer<'a>(
     log: &'a mut RateLimitedLog,
 ) -> impl FnMut(&VnetHdr, &[u8]) -> Result<(), ()> + 'a {
     move |hdr, packet| {
-        match tun.write_vnet(hdr, packet) {
-            Ok(_) => {
-                Counters::add(&counters.tun_tx_packets, 1);
-                Counters::add(&counters.tun_tx_bytes, packet.len() as u64);
-            }
-            Err(e) => {
-                log.error(&e);
-                counters.drop_packet(DropReason::TunWriteError);
-            }
-        }
+        super::count_tun_write(tun.write_vnet(hdr, packet), packet.len(), counters, log);
         Ok(())
     }
 }
