@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::{Amount, tcp_bulk};
 
-use crate::common::{BULK, for_each_loop, serial, skip, start_both, topology};
+use crate::common::{BULK, for_each_loop, serial, skip, start_both, topology, wait_for};
 
 #[test]
 fn table_swaps_during_a_bulk_transfer() {
@@ -33,6 +34,13 @@ fn table_swaps_during_a_bulk_transfer() {
             )
             .expect("bulk transfer runs");
             assert!(r.intact(), "{from}->{to}: {r:?}");
+        }
+        // Read the counters only once the stats files show the transfers.
+        for i in 0..2 {
+            let caught_up = wait_for(Duration::from_secs(5), || {
+                topo.counter(i, "tx_bytes") > BULK && topo.counter(i, "rx_bytes") > BULK
+            });
+            assert!(caught_up, "node {i}: {:?}", topo.stats(i));
         }
         let after = topo.counter(0, "table_generation");
         assert!(

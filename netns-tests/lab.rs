@@ -141,24 +141,38 @@ fn an_interrupted_lab_leaves_nothing_behind() {
     let mut child = Command::new(EXE)
         .args(["lab", "--duration", "5", "--prefix", &prefix])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("lab starts");
-    // Wait until the nodes run (their namespaces exist and fustian is up), then interrupt.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while leftovers(&prefix)
+    // Wait until the lab is measuring through the overlay (its progress line for the first TCP
+    // transfer), so the interrupt lands while nodes, pods and traffic all exist.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("TCP x") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let measuring = rx.recv_timeout(Duration::from_secs(30)).is_ok();
+    let nodes = leftovers(&prefix)
         .iter()
         .filter(|l| l.starts_with("process"))
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the lab did not start its nodes");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+        .count();
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
     // SAFETY: kill takes no pointers; the pid is our own child's.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    // Interrupted either way (so nothing is left behind), then judged.
+    assert!(measuring, "the lab did not start measuring within 30 s");
+    assert!(
+        nodes >= 2,
+        "the lab measured with {nodes} node processes running"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {

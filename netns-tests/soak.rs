@@ -11,20 +11,24 @@ use fustian::lab::traffic::{Amount, tcp_bulk};
 
 use crate::common::{serial, skip, start_both, topology};
 
+/// Resident memory of `pid` in KiB. A node that is gone (or a /proc without the field) fails
+/// the test: a dead node must never pass the "flat" checks with zeros.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("node {pid} is gone: cannot read its /proc status: {e}"));
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("node {pid}: no VmRSS in /proc status:\n{status}"))
 }
 
+/// Open descriptors of `pid`; fails the test when they cannot be listed.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(Iterator::count)
-        .unwrap_or(0)
+        .unwrap_or_else(|e| panic!("node {pid} is gone: cannot list its descriptors: {e}"))
 }
 
 #[test]
@@ -40,6 +44,7 @@ fn soak_with_table_churn() {
     let mut topo = topology();
     start_both(&mut topo, &["--table-churn", "200"]);
     let pids: Vec<u32> = topo.processes.iter().filter_map(|p| p.pid()).collect();
+    assert_eq!(pids.len(), 2, "both nodes run");
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let warmup = Duration::from_secs(secs.min(100) / 10).max(Duration::from_secs(2));

@@ -17,9 +17,21 @@ fn echo_and_bulk_transfer_both_ways() {
         let mut topo = topology();
         start_both(&mut topo, extra);
         exchange_both_ways(&topo);
+        wait_for_stats(&topo);
         check_offloads(&topo, extra);
         check_counters_and_exit(&mut topo);
     });
+}
+
+/// Waits until each node's stats file shows the bulk transfers (it is rewritten every 250 ms),
+/// so no counter is read before the node wrote it for this traffic.
+fn wait_for_stats(topo: &fustian::lab::Topology) {
+    for i in 0..2 {
+        let done = wait_for(Duration::from_secs(5), || {
+            topo.counter(i, "tx_bytes") > BULK && topo.counter(i, "rx_bytes") > BULK
+        });
+        assert!(done, "node {i}: {:?}", topo.stats(i));
+    }
 }
 
 /// With offloads (the default) the bulk transfers went as super-packets: TSO reads cut and
@@ -49,13 +61,9 @@ fn check_offloads(topo: &fustian::lab::Topology, extra: &[&str]) {
 }
 
 fn check_counters_and_exit(topo: &mut fustian::lab::Topology) {
-    // The traffic went through fustian: each node sent and received > 100 MiB of datagrams.
-    // The stats file is rewritten every 250 ms; wait for the last write.
+    // The traffic went through fustian: each node sent and received > 100 MiB of datagrams
+    // (waited for in `wait_for_stats`).
     for i in 0..2 {
-        let done = wait_for(Duration::from_secs(3), || {
-            topo.counter(i, "tx_bytes") > BULK && topo.counter(i, "rx_bytes") > BULK
-        });
-        assert!(done, "node {i}: {:?}", topo.stats(i));
         assert_eq!(topo.counter(i, "drop_oversize"), 0);
         assert_eq!(topo.counter(i, "drop_spoofed_source"), 0);
     }

@@ -261,9 +261,11 @@ pub fn run(
     }
     let reloads = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reload_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let file_checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let render: Arc<dyn Fn() -> String + Send + Sync> = {
         let (metrics, table) = (Arc::clone(&metrics), Arc::clone(&table));
         let (reloads, reload_errors) = (Arc::clone(&reloads), Arc::clone(&reload_errors));
+        let file_checks = Arc::clone(&file_checks);
         let extra = opts.extra_metrics.clone();
         let info = format!(
             "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
@@ -279,12 +281,14 @@ pub fn run(
                 "{}# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
                  # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n\
                  # TYPE fustian_config_reloads counter\nfustian_config_reloads {}\n\
-                 # TYPE fustian_config_reload_errors counter\nfustian_config_reload_errors {}\n{info}",
+                 # TYPE fustian_config_reload_errors counter\nfustian_config_reload_errors {}\n\
+                 # TYPE fustian_config_file_checks counter\nfustian_config_file_checks {}\n{info}",
                 metrics.render_prometheus(),
                 snap.generation(),
                 snap.peers().len(),
                 reloads.load(Ordering::Relaxed),
                 reload_errors.load(Ordering::Relaxed),
+                file_checks.load(Ordering::Relaxed),
             );
             for (name, what) in [
                 ("peer_tx_packets", 0),
@@ -484,6 +488,7 @@ pub fn run(
                 return false;
             }
             let now = file_stamp(&reload.path);
+            file_checks.fetch_add(1, Ordering::Relaxed);
             let changed = now != last_stamp;
             last_stamp = now;
             changed
