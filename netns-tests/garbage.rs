@@ -221,18 +221,7 @@ fn gro_read(extra: &[&str]) {
     pod.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
 
-    let size = libc::c_int::try_from(GSO_SIZE).expect("small");
-    // SAFETY: `size` is a c_int valid for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&peer),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    set_udp_segment(&peer, GSO_SIZE);
     // Datagram 0: zeros (no IP version). Datagrams 1..: good packets for the pod, numbered.
     let mut batch = vec![0u8; GSO_SIZE];
     for i in 1..GSO_COUNT {
@@ -273,4 +262,21 @@ fn gro_read(extra: &[&str]) {
     if !extra.contains(&"off") {
         assert_eq!(topo.counter(0, "rx_gro_reads"), 1, "{:?}", topo.stats(0));
     }
+}
+
+/// Makes every send on `sock` longer than `size` bytes a `UDP_SEGMENT` batch of `size`-byte
+/// datagrams (Linux 4.18).
+pub(crate) fn set_udp_segment(sock: &UdpSocket, size: usize) {
+    let size = libc::c_int::try_from(size).expect("small");
+    // SAFETY: `size` is a c_int valid for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
 }

@@ -189,7 +189,7 @@ impl Capture {
         let n = usize::try_from(n).ok()?;
         buf.truncate(n);
         Some(Seen {
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING as u8,
+            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
             packet: buf,
         })
     }

@@ -356,7 +356,9 @@ mod tests {
     #[test]
     fn cuts_a_partial_checksum_packet_into_valid_segments() {
         for v6 in [false, true] {
-            let payload: Vec<u8> = (0..4000u32).map(|i| (i % 253) as u8).collect();
+            let payload: Vec<u8> = (0..4000u32)
+                .map(|i| u8::try_from(i % 253).expect("below 253"))
+                .collect();
             let mut packet = super_packet(v6, &payload, false, false);
             make_partial(&mut packet, v6);
             let segs = split(&packet, 1400);
