@@ -90,6 +90,9 @@ fn interop(extra: &[&str]) {
         "own_src_mac",
         "rx_bad_flags",
         "non_ip",
+        "vxlan_not_host",
+        "rx_bad_tcp_checksum",
+        "rx_too_big",
     ] {
         assert_eq!(topo.counter(0, &format!("drop_{reason}")), 0, "{reason}");
     }
