@@ -222,7 +222,8 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
 }
 
 /// Builds in `out` the ICMP error to send back into TUN for a packet from TUN dropped with
-/// `reason`, and returns its length (see [`icmp_kind`] for which drops are answered).
+/// `reason`, and returns its length: net unreachable (IPv6: no route) for `NoRoute`,
+/// fragmentation needed with the path MTU for `TooBig` with DF set (IPv6: packet too big).
 ///
 /// `None` for other reasons, with `fwd.icmp` off, and for packets that must not be answered:
 /// ICMP errors, non-first fragments, and anything not between two unicast addresses. An error
@@ -271,7 +272,7 @@ pub fn icmp_reply(
 /// its addresses: net unreachable (IPv6: no route) for `NoRoute`, fragmentation needed with
 /// the path MTU for `TooBig` with DF set (IPv6: packet too big, always). `None` for every other
 /// reason. This is the one place that decides which drops are answered.
-pub fn icmp_kind(fwd: &Forwarding, reason: DropReason, packet: &[u8]) -> Option<icmp::Unreachable> {
+fn icmp_kind(fwd: &Forwarding, reason: DropReason, packet: &[u8]) -> Option<icmp::Unreachable> {
     let version = packet.first().map(|b| b >> 4);
     match reason {
         DropReason::NoRoute => Some(icmp::Unreachable::Net),
@@ -887,6 +888,13 @@ mod tests {
             let _ = outbound(&snap, &fwd, &mut buf, headroom, data.len());
             let _ = inbound(&snap, &fwd, "192.0.2.2:8285".parse().expect("literal"), &data);
             let _ = flow_hash(&data);
+            let mut out = [0u8; crate::wire::icmp::V6_MIN_MTU];
+            let answering = Forwarding { icmp: true, ..fwd };
+            for reason in [DropReason::NoRoute, DropReason::TooBig] {
+                if let Some(n) = icmp_reply(&snap, &answering, reason, &data, &mut out) {
+                    prop_assert!(n <= out.len());
+                }
+            }
         }
     }
 }
