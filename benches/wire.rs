@@ -40,6 +40,7 @@ fn snapshot(local: &str, peer_subnet: &str, peer_ip: &str) -> Snapshot {
 fn bench(c: &mut Criterion) {
     let fwd = Forwarding {
         encap: Encap::Flannel,
+        network: "10.244.0.0/16".parse().expect("literal"),
         max_inner_len: 1472,
         icmp: false,
         strict_source_port: false,
@@ -70,6 +71,7 @@ fn bench(c: &mut Criterion) {
             vni: 1,
             local_mac: mac_a,
         }),
+        network: "10.244.0.0/16".parse().expect("literal"),
         max_inner_len: 1450,
         icmp: false,
         strict_source_port: false,
@@ -79,6 +81,7 @@ fn bench(c: &mut Criterion) {
             vni: 1,
             local_mac: MacAddress([2, 0, 0, 0, 0, 9]),
         }),
+        network: "10.244.0.0/16".parse().expect("literal"),
         max_inner_len: 1450,
         icmp: false,
         strict_source_port: false,

@@ -188,3 +188,95 @@ fn check(extra: &[&str]) {
         topo.processes[0].log()
     );
 }
+
+#[test]
+fn gro_read_is_judged_datagram_by_datagram() {
+    if skip("gro_read_is_judged_datagram_by_datagram") {
+        return;
+    }
+    let _serial = serial();
+    for_each_loop("gro_read_is_judged_datagram_by_datagram", gro_read);
+}
+
+/// Datagrams in the batch, and the size of each.
+const GSO_COUNT: usize = 8;
+const GSO_SIZE: usize = 1000;
+
+/// Node B sends one `UDP_SEGMENT` batch whose first datagram is garbage; with `UDP_GRO` node A
+/// reads the batch in one go. The garbage costs only itself: every other datagram reaches the
+/// pod, and each is counted.
+fn gro_read(extra: &[&str]) {
+    let mut topo = topology();
+    let args = topo.node_args(0, extra);
+    topo.start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer = topo.hosts[1]
+        .run(|| UdpSocket::bind("192.0.2.2:8285"))
+        .expect("enter node b")
+        .expect("bind peer");
+    let pod = topo.pods[0]
+        .run(|| UdpSocket::bind("10.244.1.2:9001"))
+        .expect("enter pod a")
+        .expect("bind pod socket");
+    pod.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+
+    set_udp_segment(&peer, GSO_SIZE);
+    // Datagram 0: zeros (no IP version). Datagrams 1..: good packets for the pod, numbered.
+    let mut batch = vec![0u8; GSO_SIZE];
+    for i in 1..GSO_COUNT {
+        let mut payload = vec![0u8; GSO_SIZE - 28];
+        payload[0] = u8::try_from(i).expect("small");
+        batch.extend(udp_packet([10, 244, 2, 5], [10, 244, 1, 2], &payload));
+    }
+    assert_eq!(batch.len(), GSO_COUNT * GSO_SIZE);
+    peer.send_to(&batch, host_addr(0, 8285))
+        .expect("send the batch");
+
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 1..GSO_COUNT {
+        match pod.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                assert_eq!(n, GSO_SIZE - 28);
+                got.push(buf[0]);
+            }
+            Err(e) => panic!("{e}: received {got:?}; {:?}", topo.stats(0)),
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, (1..GSO_COUNT).map(|i| i as u8).collect::<Vec<_>>());
+    let expected = [
+        ("rx_packets", GSO_COUNT as u64),
+        ("rx_bytes", (GSO_COUNT * GSO_SIZE) as u64),
+        ("drop_rx_bad_version", 1),
+        ("tun_tx_packets", GSO_COUNT as u64 - 1),
+    ];
+    let settled = wait_for(Duration::from_secs(3), || {
+        expected
+            .iter()
+            .all(|(name, want)| topo.counter(0, name) == *want)
+    });
+    assert!(settled, "want {expected:?}: {:?}", topo.stats(0));
+    // With offloads the batch was one read (else this test would prove nothing about GRO).
+    if !extra.contains(&"off") {
+        assert_eq!(topo.counter(0, "rx_gro_reads"), 1, "{:?}", topo.stats(0));
+    }
+}
+
+/// Makes every send on `sock` longer than `size` bytes a `UDP_SEGMENT` batch of `size`-byte
+/// datagrams (Linux 4.18).
+pub(crate) fn set_udp_segment(sock: &UdpSocket, size: usize) {
+    let size = libc::c_int::try_from(size).expect("small");
+    // SAFETY: `size` is a c_int valid for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+}

@@ -90,6 +90,9 @@ fn interop(extra: &[&str]) {
         "own_src_mac",
         "rx_bad_flags",
         "non_ip",
+        "vxlan_not_host",
+        "rx_bad_tcp_checksum",
+        "rx_too_big",
     ] {
         assert_eq!(topo.counter(0, &format!("drop_{reason}")), 0, "{reason}");
     }
@@ -224,6 +227,16 @@ fn bad_frames(extra: &[&str]) {
             "drop_wrong_dst_mac",
         ),
         (frame(0x08, 1, a, a, 0x0800, &evil), "drop_own_src_mac"),
+        // A unicast packet for the pod in a broadcast or multicast frame: the kernel's IP
+        // forwarding refuses what its vxlan device marked broadcast or multicast.
+        (
+            frame(0x08, 1, [0xff; 6], b, 0x0800, &evil),
+            "drop_vxlan_not_host",
+        ),
+        (
+            frame(0x08, 1, [0x01, 0x00, 0x5e, 0, 0, 5], b, 0x0800, &evil),
+            "drop_vxlan_not_host",
+        ),
         (frame(0x08, 1, a, b, 0x0806, &[0u8; 28]), "drop_non_ip"),
         (
             frame(0x08, 1, a, b, 0x0800, &evil[..30]),
@@ -253,4 +266,136 @@ fn bad_frames(extra: &[&str]) {
         want.iter().all(|(name, n)| topo.counter(0, name) == *n)
     });
     assert!(settled, "want {want:?}, have {:?}", topo.stats(0));
+}
+
+#[test]
+fn super_frames_are_cut_only_with_a_sound_checksum() {
+    if skip("super_frames_are_cut_only_with_a_sound_checksum") {
+        return;
+    }
+    let _serial = serial();
+    for_each_loop(
+        "super_frames_are_cut_only_with_a_sound_checksum",
+        super_frames,
+    );
+}
+
+/// A TCP packet from pod B to pod A, larger than the path (as a kernel peer on the same host
+/// hands over a TSO super-frame), with a valid complete checksum.
+fn tcp_super_packet(payload_len: usize) -> Vec<u8> {
+    let payload: Vec<u8> = (0..payload_len)
+        .map(|i| u8::try_from(i % 251).expect("below 251"))
+        .collect();
+    let builder = PacketBuilder::ipv4([10, 244, 2, 5], [10, 244, 1, 2], 64)
+        .tcp(5201, 40000, 1_000_000, 512)
+        .ack(1);
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut out, &payload).expect("build");
+    out
+}
+
+/// One corrupted super-frame is dropped and counted, never cut into segments with fresh
+/// checksums; then the same packet intact is cut and delivered.
+fn super_frames(extra: &[&str]) {
+    let mut topo = topology();
+    start_vxlan(&mut topo, &[0], extra);
+    let peer = topo.hosts[1]
+        .run(|| UdpSocket::bind("192.0.2.2:40000"))
+        .expect("enter b")
+        .expect("bind");
+    let (a, b) = (mac(0), mac(1));
+    let good = tcp_super_packet(4000);
+    let mut corrupted = good.clone();
+    // One payload byte changed after the sender computed the checksum.
+    corrupted[1000] ^= 0x20;
+    let addr = host_addr(0, 8472);
+    peer.send_to(&frame(0x08, 1, a, b, 0x0800, &corrupted), addr)
+        .expect("send corrupted");
+    let dropped = wait_for(Duration::from_secs(3), || {
+        topo.counter(0, "drop_rx_bad_tcp_checksum") == 1
+    });
+    assert!(dropped, "{:?}", topo.stats(0));
+    assert_eq!(topo.counter(0, "tun_tx_segmented"), 0);
+    assert_eq!(topo.counter(0, "tun_tx_packets"), 0);
+
+    peer.send_to(&frame(0x08, 1, a, b, 0x0800, &good), addr)
+        .expect("send intact");
+    let cut = wait_for(Duration::from_secs(3), || {
+        topo.counter(0, "tun_tx_segmented") == 1 && topo.counter(0, "tun_tx_packets") >= 3
+    });
+    assert!(cut, "{:?}", topo.stats(0));
+    assert_eq!(topo.counter(0, "drop_rx_bad_tcp_checksum"), 1);
+}
+
+#[test]
+fn gro_read_of_frames_is_judged_frame_by_frame() {
+    if skip("gro_read_of_frames_is_judged_frame_by_frame") {
+        return;
+    }
+    let _serial = serial();
+    for_each_loop("gro_read_of_frames_is_judged_frame_by_frame", gro_frames);
+}
+
+/// One `UDP_SEGMENT` batch of eight 1000-byte VXLAN frames whose first is garbage: the batch
+/// is still cut into frames, and the seven good ones reach the pod.
+fn gro_frames(extra: &[&str]) {
+    const COUNT: usize = 8;
+    const SIZE: usize = 1000;
+    let mut topo = topology();
+    start_vxlan(&mut topo, &[0], extra);
+    let peer = topo.hosts[1]
+        .run(|| UdpSocket::bind("192.0.2.2:40000"))
+        .expect("enter b")
+        .expect("bind");
+    let pod = topo.pods[0]
+        .run(|| UdpSocket::bind("10.244.1.2:9001"))
+        .expect("enter pod")
+        .expect("bind pod socket");
+    pod.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    crate::garbage::set_udp_segment(&peer, SIZE);
+    let (a, b) = (mac(0), mac(1));
+    let inner_len = SIZE - 22;
+    // Zeros: no VXLAN I flag, no IP version.
+    let mut batch = vec![0u8; SIZE];
+    for i in 1..COUNT {
+        let mut payload = vec![0u8; inner_len - 28];
+        payload[0] = u8::try_from(i).expect("small");
+        batch.extend(frame(
+            0x08,
+            1,
+            a,
+            b,
+            0x0800,
+            &ip_packet([10, 244, 2, 5], &payload),
+        ));
+    }
+    assert_eq!(batch.len(), COUNT * SIZE);
+    peer.send_to(&batch, host_addr(0, 8472))
+        .expect("send the batch");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    for _ in 1..COUNT {
+        match pod.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                assert_eq!(n, inner_len - 28);
+                got.push(buf[0]);
+            }
+            Err(e) => panic!("{e}: received {got:?}; {:?}", topo.stats(0)),
+        }
+    }
+    got.sort_unstable();
+    let want: Vec<u8> = (1..COUNT)
+        .map(|i| u8::try_from(i).expect("small"))
+        .collect();
+    assert_eq!(got, want);
+    let settled = wait_for(Duration::from_secs(3), || {
+        topo.counter(0, "rx_packets") == COUNT as u64
+            && topo.counter(0, "drop_rx_bad_flags") == 1
+            && topo.counter(0, "tun_tx_packets") == COUNT as u64 - 1
+    });
+    assert!(settled, "{:?}", topo.stats(0));
+    if !extra.contains(&"off") {
+        assert_eq!(topo.counter(0, "rx_gro_reads"), 1, "{:?}", topo.stats(0));
+    }
 }

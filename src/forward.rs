@@ -7,15 +7,25 @@
 //!
 //! Receive checks, in order (each failure is its own counter):
 //! 1. the sender's address is the public address of a known peer (`unknown_sender`);
-//! 2. the datagram holds exactly one valid inner IP packet (`rx_*`);
-//! 3. the inner destination lies in this node's subnet (`not_local`);
-//! 4. the inner source lies in a subnet owned by that same sender (`spoofed_source`).
+//! 2. the datagram holds exactly one valid inner IP packet (`rx_*`; VXLAN: the header and
+//!    inner Ethernet checks of the kernel's `vxlan_rcv`, see [`inbound`]);
+//! 3. VXLAN: the inner destination MAC is this VTEP's unicast address, not a group address
+//!    (`vxlan_not_host`), since IP forwarding refuses link-layer broadcast and multicast;
+//! 4. the inner destination lies in this node's subnet (`not_local`);
+//! 5. the inner source lies in a subnet owned by that same sender (`spoofed_source`).
+//!
+//! ICMP errors go back into TUN only about unicast: never about a packet whose destination is
+//! a broadcast (limited, or the directed broadcast of the overlay network or of a subnet in the
+//! table) or multicast address, or whose source does not name a single host (RFC 1812 section
+//! 4.3.2.7, RFC 4443 section 2.4 (e)); see [`icmp_reply`].
 //!
 //! The inner TTL is left alone in both directions: the kernel already decremented it when it
 //! routed the packet into TUN, so the tunnel counts as one hop (flannel's proxy decrements it
 //! again on both sides).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::IpNet;
 
 use crate::metrics::DropReason;
 use crate::table::Snapshot;
@@ -28,6 +38,9 @@ use crate::wire::{Encap, InnerIp, VxlanParams, WireError, flannel, icmp, vxlan};
 pub struct Forwarding {
     /// The wire format.
     pub encap: Encap,
+    /// The whole overlay network (flannel's `Network`): its directed broadcast address is never
+    /// answered with ICMP.
+    pub network: IpNet,
     /// The largest inner packet that fits the underlay path after encapsulation.
     pub max_inner_len: usize,
     /// Send ICMP errors back into TUN for packets that cannot be forwarded.
@@ -209,11 +222,22 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
 }
 
 /// Builds in `out` the ICMP error to send back into TUN for a packet from TUN dropped with
-/// `reason`, and returns its length: net unreachable for `NoRoute`, fragmentation needed with
-/// the path MTU for `TooBig` with DF set; for IPv6, no route and packet too big (RFC 4443).
-/// `None` for other reasons and for packets that must not be answered
-/// (`wire::icmp::may_answer`, `may_answer_v6`).
+/// `reason`, and returns its length: net unreachable (IPv6: no route) for `NoRoute`,
+/// fragmentation needed with the path MTU for `TooBig` with DF set (IPv6: packet too big).
+///
+/// `None` for other reasons, with `fwd.icmp` off, and for packets that must not be answered:
+/// ICMP errors, non-first fragments, and anything not between two unicast addresses. An error
+/// is never sent about a packet to a broadcast or multicast destination, nor about one whose
+/// source does not name a single host (RFC 1812 section 4.3.2.7, RFC 1122 section 3.2.2,
+/// RFC 4443 section 2.4 (e)); besides what [`icmp::may_answer`] and [`icmp::may_answer_v6`]
+/// see in the packet alone, the directed broadcast addresses of the overlay network
+/// (`fwd.network`), of this node's subnets and of the peer subnet holding the address count as
+/// broadcast. Since the reply is sourced from the offender's destination, this also means an
+/// error is never sourced from a broadcast or multicast address (RFC 1812 section 4.3.2.4,
+/// RFC 4443 section 2.2). RFC 4443 would allow packet too big about a multicast destination,
+/// but only from a unicast address of the node, which fustian does not have (see below).
 pub fn icmp_reply(
+    snap: &Snapshot,
     fwd: &Forwarding,
     reason: DropReason,
     packet: &[u8],
@@ -222,24 +246,18 @@ pub fn icmp_reply(
     if !fwd.icmp {
         return None;
     }
-    let version = packet.first().map(|b| b >> 4);
-    let kind = match reason {
-        DropReason::NoRoute => icmp::Unreachable::Net,
-        // IPv6 routers never fragment (RFC 8200, section 5): every IPv6 packet counts as DF.
-        DropReason::TooBig if version == Some(6) || icmp::dont_fragment(packet) => {
-            icmp::Unreachable::FragmentationNeeded {
-                mtu: u16::try_from(fwd.max_inner_len).unwrap_or(u16::MAX),
-            }
-        }
-        _ => return None,
-    };
+    let kind = icmp_kind(fwd, reason, packet)?;
     // Sourced from the unreachable destination, not from this node: the node's own overlay
     // addresses are local to the kernel that reads the reply from TUN, and it drops a packet
     // arriving from outside with a local source as a martian (`fib_validate_source`).
-    match version {
+    match packet.first().map(|b| b >> 4) {
         Some(4) if icmp::may_answer(packet) => {
-            let from = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-            icmp::unreachable(out, from, packet, kind).ok()
+            let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+            let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+            if is_directed_broadcast(snap, fwd, src) || is_directed_broadcast(snap, fwd, dst) {
+                return None;
+            }
+            icmp::unreachable(out, dst, packet, kind).ok()
         }
         Some(6) if icmp::may_answer_v6(packet) => {
             let mut dst = [0u8; 16];
@@ -250,10 +268,43 @@ pub fn icmp_reply(
     }
 }
 
-/// Checks a VXLAN frame as the kernel's `vxlan_rcv` does and returns the inner packet's
-/// addresses and offset. Accepted: flags exactly 0x08, reserved zero, this node's VNI, inner
-/// destination MAC this VTEP's or a group address (the kernel accepts broadcast), inner source
-/// MAC not this VTEP's, EtherType IPv4 or IPv6 agreeing with the inner version.
+/// Returns the ICMP error a packet from TUN dropped with `reason` earns, before the checks on
+/// its addresses: net unreachable (IPv6: no route) for `NoRoute`, fragmentation needed with
+/// the path MTU for `TooBig` with DF set (IPv6: packet too big, always). `None` for every other
+/// reason. This is the one place that decides which drops are answered.
+fn icmp_kind(fwd: &Forwarding, reason: DropReason, packet: &[u8]) -> Option<icmp::Unreachable> {
+    let version = packet.first().map(|b| b >> 4);
+    match reason {
+        DropReason::NoRoute => Some(icmp::Unreachable::Net),
+        // IPv6 routers never fragment (RFC 8200, section 5): every IPv6 packet counts as DF.
+        DropReason::TooBig if version == Some(6) || icmp::dont_fragment(packet) => {
+            Some(icmp::Unreachable::FragmentationNeeded {
+                mtu: u16::try_from(fwd.max_inner_len).unwrap_or(u16::MAX),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Returns true when `addr` is the directed broadcast address (all host bits set, RFC 919,
+/// RFC 1812 section 4.2.3.1) of the overlay network, of one of this node's subnets, or of the
+/// peer subnet that holds it. Prefixes of 31 and 32 bits have no broadcast address (RFC 3021).
+fn is_directed_broadcast(snap: &Snapshot, fwd: &Forwarding, addr: Ipv4Addr) -> bool {
+    let broadcast_of = |net: &IpNet| match net {
+        IpNet::V4(n) => n.prefix_len() <= 30 && n.broadcast() == addr,
+        IpNet::V6(_) => false,
+    };
+    broadcast_of(&fwd.network)
+        || snap.local().iter().any(broadcast_of)
+        || snap
+            .lookup(IpAddr::V4(addr))
+            .is_some_and(|(_, p)| broadcast_of(&p.subnet))
+}
+
+/// Checks a VXLAN frame as the kernel's `vxlan_rcv` and IP forwarding do, and returns the
+/// inner packet's addresses and offset. Accepted: flags exactly 0x08, reserved zero, this
+/// node's VNI, inner destination MAC this VTEP's unicast address, inner source MAC not this
+/// VTEP's, EtherType IPv4 or IPv6 agreeing with the inner version, a valid inner packet.
 fn vxlan_decapsulate(
     params: &VxlanParams,
     datagram: &[u8],
@@ -281,6 +332,20 @@ fn vxlan_decapsulate(
         return Err(DropReason::RxMalformed(WireError::BadVersion));
     }
     let inner = crate::wire::parse_inner(packet).map_err(DropReason::RxMalformed)?;
+    // A group destination MAC passes the VXLAN layer: the kernel's `vxlan_rcv`
+    // (drivers/net/vxlan/vxlan_core.c) checks only that the source MAC is not its own, and
+    // `eth_type_trans` marks the packet PACKET_BROADCAST or PACKET_MULTICAST. IP then refuses
+    // to forward it: `ip_forward` (net/ipv4/ip_forward.c) and `ip6_forward`
+    // (net/ipv6/ip6_output.c) drop every packet whose `pkt_type` is not PACKET_HOST, so a
+    // kernel node never hands such a frame on to a pod. A packet written to TUN arrives as
+    // PACKET_HOST and would be forwarded, so the mark is lost at the TUN boundary and the
+    // frame is dropped here instead. The kernel would still deliver it locally when it is
+    // addressed to one of the node's own addresses (unless `drop_unicast_in_l2_multicast` is
+    // set); fustian drops those too, as flannel's kernel peers never send one (they address
+    // every frame to the VTEP MAC of their permanent neighbour entry).
+    if dst.is_multicast() {
+        return Err(DropReason::VxlanNotHost);
+    }
     Ok((inner, VXLAN_HEADER_LEN))
 }
 
@@ -352,8 +417,6 @@ const fn fold(x: u128) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use proptest::prelude::*;
 
     use super::*;
@@ -362,8 +425,10 @@ mod tests {
     use crate::wire::ip::{IpProtocol, Packet, Repr};
     use crate::wire::vxlan::tests::KERNEL_FRAME;
 
+    const NETWORK: IpNet = IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(10, 244, 0, 0)), 16);
     const FWD: Forwarding = Forwarding {
         encap: Encap::Flannel,
+        network: NETWORK,
         max_inner_len: 1472,
         icmp: false,
         strict_source_port: false,
@@ -374,6 +439,7 @@ mod tests {
     fn vxlan_fwd(local_mac: MacAddress) -> Forwarding {
         Forwarding {
             encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }),
+            network: NETWORK,
             max_inner_len: 1450,
             icmp: false,
             strict_source_port: false,
@@ -534,7 +600,8 @@ mod tests {
         let fwd = Forwarding { icmp: true, ..FWD };
         let mut out = [0u8; crate::wire::icmp::V6_MIN_MTU];
         let unroutable = packet([10, 244, 1, 2], [10, 244, 9, 9], 10);
-        let n = icmp_reply(&fwd, DropReason::NoRoute, &unroutable, &mut out).expect("a reply");
+        let n = icmp_reply(&node_a(), &fwd, DropReason::NoRoute, &unroutable, &mut out)
+            .expect("a reply");
         assert_eq!(
             (out[9], out[20], out[21]),
             (1, 3, 0),
@@ -553,7 +620,7 @@ mod tests {
         assert_eq!(ip_len, 5);
         let mut p = crate::wire::ip::Packet::new_unchecked(&mut big[..]);
         p.fill_checksum();
-        icmp_reply(&fwd, DropReason::TooBig, &big, &mut out).expect("a reply");
+        icmp_reply(&node_a(), &fwd, DropReason::TooBig, &big, &mut out).expect("a reply");
         assert_eq!((out[20], out[21]), (3, 4), "fragmentation needed");
         assert_eq!(
             u16::from_be_bytes([out[26], out[27]]),
@@ -561,17 +628,17 @@ mod tests {
             "with the path MTU"
         );
         assert_eq!(
-            icmp_reply(&FWD, DropReason::NoRoute, &unroutable, &mut out),
+            icmp_reply(&node_a(), &FWD, DropReason::NoRoute, &unroutable, &mut out),
             None
         );
         assert_eq!(
-            icmp_reply(&fwd, DropReason::NotLocal, &unroutable, &mut out),
+            icmp_reply(&node_a(), &fwd, DropReason::NotLocal, &unroutable, &mut out),
             None
         );
         let v6 = crate::wire::ip::tests::UDP_V6;
-        icmp_reply(&fwd, DropReason::NoRoute, &v6, &mut out).expect("an ICMPv6 reply");
+        icmp_reply(&node_a(), &fwd, DropReason::NoRoute, &v6, &mut out).expect("an ICMPv6 reply");
         assert_eq!((out[6], out[40], out[41]), (58, 1, 0), "ICMPv6 no route");
-        icmp_reply(&fwd, DropReason::TooBig, &v6, &mut out).expect("an ICMPv6 reply");
+        icmp_reply(&node_a(), &fwd, DropReason::TooBig, &v6, &mut out).expect("an ICMPv6 reply");
         assert_eq!(out[40], 2, "ICMPv6 packet too big");
     }
 
@@ -642,9 +709,6 @@ mod tests {
             peer: 0,
         };
         assert_eq!(inbound(&snap, &fwd, from_a, &KERNEL_FRAME), ok);
-        let mut broadcast = KERNEL_FRAME;
-        broadcast[8..14].fill(0xff);
-        assert_eq!(inbound(&snap, &fwd, from_a, &broadcast), ok);
         let mut other_src = KERNEL_FRAME;
         other_src[14] = 0x02;
         assert_eq!(inbound(&snap, &fwd, from_a, &other_src), ok);
@@ -680,6 +744,109 @@ mod tests {
                 Verdict::Drop(DropReason::RxMalformed(WireError::Truncated)),
                 "length {len}"
             );
+        }
+    }
+
+    #[test]
+    fn vxlan_inbound_refuses_group_destination_macs() {
+        // The kernel's IP forwarding drops what its vxlan device marked broadcast or multicast.
+        let fwd = vxlan_fwd(MAC_B);
+        let from_a: SocketAddr = "192.0.2.1:35588".parse().expect("literal");
+        for dst in [
+            [0xff; 6],
+            [0x01, 0x00, 0x5e, 0x00, 0x00, 0x05],
+            [0x33, 0x33, 0x00, 0x00, 0x00, 0x02],
+            [0x03, 0, 0, 0, 0, 1],
+        ] {
+            let mut f = KERNEL_FRAME;
+            f[8..14].copy_from_slice(&dst);
+            assert_eq!(
+                inbound(&node_b(), &fwd, from_a, &f),
+                Verdict::Drop(DropReason::VxlanNotHost),
+                "{dst:02x?}"
+            );
+        }
+        // Malformed inner packets still count as malformed, whatever the destination MAC.
+        let mut f = KERNEL_FRAME;
+        f[8..14].fill(0xff);
+        f[22] = 0x65;
+        assert_eq!(
+            inbound(&node_b(), &fwd, from_a, &f),
+            Verdict::Drop(DropReason::RxMalformed(WireError::BadVersion))
+        );
+    }
+
+    #[test]
+    fn icmp_only_about_unicast() {
+        let fwd = Forwarding { icmp: true, ..FWD };
+        let snap = node_a();
+        let mut out = [0u8; crate::wire::icmp::V6_MIN_MTU];
+        let no_route = |src: [u8; 4], dst: [u8; 4]| {
+            let p = packet(src, dst, 10);
+            icmp_reply(&snap, &fwd, DropReason::NoRoute, &p, &mut [0u8; 1280])
+        };
+        assert!(no_route([10, 244, 1, 2], [10, 244, 9, 9]).is_some());
+        assert!(
+            no_route([10, 244, 1, 2], [10, 244, 9, 0]).is_some(),
+            "a /24's first address"
+        );
+        for dst in [
+            [10, 244, 255, 255], // the overlay network's directed broadcast
+            [255, 255, 255, 255],
+            [224, 0, 0, 5],
+            [239, 255, 255, 250],
+        ] {
+            assert_eq!(no_route([10, 244, 1, 2], dst), None, "to {dst:?}");
+        }
+        for src in [
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [224, 0, 0, 1],
+            [10, 244, 1, 255], // this node's subnet's directed broadcast
+            [10, 244, 255, 255],
+        ] {
+            assert_eq!(no_route(src, [10, 244, 9, 9]), None, "from {src:?}");
+        }
+        // Too big for the path, to a peer subnet's directed broadcast: no reply either.
+        let mut big = packet([10, 244, 1, 2], [10, 244, 2, 255], 1500);
+        big[6] |= 0x40;
+        crate::wire::ip::Packet::new_unchecked(&mut big[..]).fill_checksum();
+        assert_eq!(
+            icmp_reply(&snap, &fwd, DropReason::TooBig, &big, &mut out),
+            None
+        );
+        big[19] = 254;
+        crate::wire::ip::Packet::new_unchecked(&mut big[..]).fill_checksum();
+        assert!(icmp_reply(&snap, &fwd, DropReason::TooBig, &big, &mut out).is_some());
+        // A network whose directed broadcast is another address.
+        let wide = Forwarding {
+            network: "10.0.0.0/8".parse().expect("literal"),
+            ..fwd
+        };
+        let p = packet([10, 244, 1, 2], [10, 244, 255, 255], 10);
+        assert!(icmp_reply(&snap, &wide, DropReason::NoRoute, &p, &mut out).is_some());
+        let p = packet([10, 244, 1, 2], [10, 255, 255, 255], 10);
+        assert_eq!(
+            icmp_reply(&snap, &wide, DropReason::NoRoute, &p, &mut out),
+            None
+        );
+        // The kernel's router solicitation to all routers on the device.
+        let mut rs = crate::wire::ip::tests::UDP_V6;
+        rs[24..40].copy_from_slice(
+            &"ff02::2"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("ff02::2")
+                .octets(),
+        );
+        assert_eq!(
+            icmp_reply(&snap, &fwd, DropReason::NoRoute, &rs, &mut out),
+            None
+        );
+        // Only no route and too big are answered.
+        let p = packet([10, 244, 1, 2], [10, 244, 9, 9], 10);
+        for reason in DropReason::all() {
+            let answered = icmp_reply(&snap, &fwd, reason, &p, &mut out).is_some();
+            assert_eq!(answered, reason == DropReason::NoRoute, "{reason:?}");
         }
     }
 
@@ -721,6 +888,13 @@ mod tests {
             let _ = outbound(&snap, &fwd, &mut buf, headroom, data.len());
             let _ = inbound(&snap, &fwd, "192.0.2.2:8285".parse().expect("literal"), &data);
             let _ = flow_hash(&data);
+            let mut out = [0u8; crate::wire::icmp::V6_MIN_MTU];
+            let answering = Forwarding { icmp: true, ..fwd };
+            for reason in [DropReason::NoRoute, DropReason::TooBig] {
+                if let Some(n) = icmp_reply(&snap, &answering, reason, &data, &mut out) {
+                    prop_assert!(n <= out.len());
+                }
+            }
         }
     }
 }

@@ -38,7 +38,12 @@
 //! this VTEP's MAC), `non_ip` (ARP or another EtherType; flannel's kernel peers use permanent
 //! neighbour entries and never ARP), `no_peer_mac` (a peer without a VTEP MAC), `rx_too_big` (an
 //! inner packet above the TUN MTU that is not TCP and cannot be cut into segments),
-//! `wrong_source_port` (from a peer's address but another port, with `--peer-source-port exact`).
+//! `wrong_source_port` (from a peer's address but another port, with `--peer-source-port exact`),
+//! `vxlan_not_host` (inner destination MAC is broadcast or multicast: the kernel's `vxlan`
+//! device marks such a frame `PACKET_BROADCAST`/`PACKET_MULTICAST` and IP forwarding refuses
+//! it), `rx_bad_tcp_checksum` (a TCP packet above the TUN MTU that fustian would cut into
+//! segments, whose checksum is neither complete and valid nor the partial pseudo-header sum:
+//! the cut would give corrupted bytes fresh valid checksums).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,6 +91,11 @@ pub enum DropReason {
     RxTooBig,
     /// A datagram came from a peer's address but not from its port (`--peer-source-port exact`).
     WrongSourcePort,
+    /// A VXLAN frame's inner destination MAC is a broadcast or multicast address.
+    VxlanNotHost,
+    /// A received TCP packet larger than the TUN MTU, to be cut into segments, carries neither a
+    /// valid complete checksum nor the partial pseudo-header sum.
+    RxBadTcpChecksum,
 }
 
 const WIRE_ERRORS: [WireError; 6] = [
@@ -98,7 +108,7 @@ const WIRE_ERRORS: [WireError; 6] = [
 ];
 
 /// Number of drop counters.
-pub const DROP_REASONS: usize = 28;
+pub const DROP_REASONS: usize = 30;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -124,6 +134,8 @@ impl DropReason {
                 Self::NoPeerMac,
                 Self::RxTooBig,
                 Self::WrongSourcePort,
+                Self::VxlanNotHost,
+                Self::RxBadTcpChecksum,
             ])
     }
 
@@ -158,6 +170,8 @@ impl DropReason {
             Self::NoPeerMac => 25,
             Self::RxTooBig => 26,
             Self::WrongSourcePort => 27,
+            Self::VxlanNotHost => 28,
+            Self::RxBadTcpChecksum => 29,
         }
     }
 
@@ -197,6 +211,8 @@ const NAMES: [&str; DROP_REASONS] = [
     "no_peer_mac",
     "rx_too_big",
     "wrong_source_port",
+    "vxlan_not_host",
+    "rx_bad_tcp_checksum",
 ];
 
 /// One worker's counters. Only that worker writes them.
@@ -251,7 +267,13 @@ impl Counters {
     /// Counts one dropped packet.
     #[inline]
     pub fn drop_packet(&self, reason: DropReason) {
-        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.drop_packets(reason, 1);
+    }
+
+    /// Counts `n` packets dropped for the same reason.
+    #[inline]
+    pub fn drop_packets(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -437,6 +437,7 @@ pub fn run(
             metrics: Arc::clone(&metrics),
             fwd: Forwarding {
                 encap,
+                network: config.network,
                 max_inner_len: max_inner,
                 icmp: true,
                 strict_source_port: config.strict_source_port,

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     )
     .expect("valid");
     let local_mac = MacAddress([0xee, 0x58, 0x53, 0xba, 0x43, 0xf5]);
-    let fwd = Forwarding { encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }), max_inner_len: 1450, icmp: false, strict_source_port: false };
+    let fwd = Forwarding { encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }), network: "10.244.0.0/16".parse().expect("literal"), max_inner_len: 1450, icmp: false, strict_source_port: false };
     let from = SocketAddr::from(([192, 0, 2, 1], 40000));
     if let Verdict::Deliver { start, len, .. } = inbound(&snap, &fwd, from, data) {
         assert_eq!(start, 22);

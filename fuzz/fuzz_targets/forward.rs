@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use fustian::forward::{Forwarding, Verdict, inbound, outbound};
+use fustian::forward::{Forwarding, Verdict, icmp_reply, inbound, outbound};
 use fustian::table::{Peer, Snapshot};
 use fustian::wire::Encap;
 use libfuzzer_sys::fuzz_target;
@@ -19,11 +19,26 @@ fuzz_target!(|input: (u8, u8, Vec<u8>)| {
         }],
     )
     .expect("valid");
-    let fwd = Forwarding { encap: Encap::Flannel, max_inner_len: 1472, icmp: false, strict_source_port: false };
+    let fwd = Forwarding {
+        encap: Encap::Flannel,
+        network: "10.244.0.0/16".parse().expect("literal"),
+        max_inner_len: 1472,
+        icmp: true,
+        strict_source_port: false,
+    };
     let len = data.len().saturating_sub(usize::from(headroom));
-    if let Verdict::Send { start, len, .. } = outbound(&snap, &fwd, &mut data, headroom.into(), len)
-    {
-        assert!(start + len <= data.len());
+    let original = data.clone();
+    match outbound(&snap, &fwd, &mut data, headroom.into(), len) {
+        Verdict::Send { start, len, .. } => assert!(start + len <= data.len()),
+        Verdict::Drop(reason) => {
+            // The ICMP error about the dropped packet, as the event loops build it.
+            let packet = original.get(usize::from(headroom)..).unwrap_or_default();
+            let mut out = [0u8; 1280];
+            if let Some(n) = icmp_reply(&snap, &fwd, reason, packet, &mut out) {
+                assert!(n <= out.len());
+            }
+        }
+        Verdict::Deliver { .. } => {}
     }
     let from = SocketAddr::from(([192, 0, 2, sender], 8285));
     if let Verdict::Deliver { start, len, .. } = inbound(&snap, &fwd, from, &data) {

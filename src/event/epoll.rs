@@ -199,7 +199,7 @@ impl Loop {
                     counters.drop_packet(reason);
                     let packet = &slot[headroom..headroom + len];
                     self.icmp
-                        .on_drop(&self.w.fwd, reason, packet, &self.w.tun, counters);
+                        .on_drop(&snap, &self.w.fwd, reason, packet, &self.w.tun, counters);
                 }
                 Verdict::Deliver { .. } => counters.drop_packet(DropReason::LocalDestination),
             }
@@ -293,16 +293,13 @@ impl Loop {
             let r = self.received[i];
             // The slot is rounded up past `rx_payload`; anything longer did not fit the
             // buffer the inner MTU allows and is dropped whole, never truncated.
+            // A read dropped whole counts once per datagram it holds.
             if r.truncated || r.len > rx_payload {
-                Counters::add(&counters.rx_packets, 1);
-                Counters::add(&counters.rx_bytes, r.len as u64);
-                counters.drop_packet(DropReason::Oversize);
+                super::drop_read(counters, r.len, r.segment, DropReason::Oversize);
                 continue;
             }
             let Some(from) = r.from else {
-                Counters::add(&counters.rx_packets, 1);
-                Counters::add(&counters.rx_bytes, r.len as u64);
-                counters.drop_packet(DropReason::UnknownSender);
+                super::drop_read(counters, r.len, r.segment, DropReason::UnknownSender);
                 continue;
             };
             let base = self.rx_bufs.offset(i);

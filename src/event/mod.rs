@@ -209,21 +209,20 @@ impl IcmpSender {
         }
     }
 
-    /// Sends the ICMP error due for `packet`, dropped from TUN with `reason`, if any and if the
-    /// bucket allows; counts what it did.
+    /// Sends the ICMP error due for `packet`, dropped from TUN with `reason`, if any
+    /// ([`crate::forward::icmp_reply`] decides) and if the bucket allows; counts what it did.
+    /// A packet that earns no error takes no token.
     pub(crate) fn on_drop(
         &mut self,
+        snap: &crate::table::Snapshot,
         fwd: &Forwarding,
         reason: crate::metrics::DropReason,
         packet: &[u8],
         tun: &Tun,
         counters: &crate::metrics::Counters,
     ) {
-        use crate::metrics::{Counters, DropReason};
-        if !matches!(reason, DropReason::NoRoute | DropReason::TooBig) {
-            return;
-        }
-        let Some(len) = crate::forward::icmp_reply(fwd, reason, packet, &mut self.buf) else {
+        use crate::metrics::Counters;
+        let Some(len) = crate::forward::icmp_reply(snap, fwd, reason, packet, &mut self.buf) else {
             return;
         };
         let now = Instant::now();
@@ -251,6 +250,22 @@ pub(crate) fn write_tun(
     count_tun_write(tun.write(packet), packet.len(), counters, log);
 }
 
+/// Counts a socket read of `len` bytes that is dropped whole with `reason` (it did not fit
+/// the buffer, or it has no sender address) once per datagram it holds: a `UDP_GRO` read
+/// (segment size `segment`, 0 for none) is several datagrams.
+pub(crate) fn drop_read(
+    counters: &crate::metrics::Counters,
+    len: usize,
+    segment: usize,
+    reason: crate::metrics::DropReason,
+) {
+    use crate::metrics::Counters;
+    let n = crate::offload::datagrams_in(len, segment) as u64;
+    Counters::add(&counters.rx_packets, n);
+    Counters::add(&counters.rx_bytes, len as u64);
+    counters.drop_packets(reason, n);
+}
+
 /// Counts the outcome of a synchronous TUN write of a `len`-byte packet.
 pub(crate) fn count_tun_write(
     result: std::io::Result<usize>,
@@ -272,7 +287,9 @@ pub(crate) fn count_tun_write(
 }
 
 /// Cuts an inner TCP super-packet (from a kernel VXLAN peer on the same host) into segments of
-/// at most `max` bytes and writes each to TUN; anything that cannot be cut is `rx_too_big`.
+/// at most `max` bytes and writes each to TUN. One whose checksum is neither complete and valid
+/// nor partial is `rx_bad_tcp_checksum` (the cut would give corrupted bytes valid checksums);
+/// anything else that cannot be cut is `rx_too_big`.
 pub(crate) fn write_segmented(
     tun: &Tun,
     inner: &[u8],
@@ -286,6 +303,9 @@ pub(crate) fn write_segmented(
         write_tun(tun, seg, counters, log)
     }) {
         Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
+        Err(crate::wire::WireError::BadChecksum) => {
+            counters.drop_packet(DropReason::RxBadTcpChecksum);
+        }
         Err(_) => counters.drop_packet(DropReason::RxTooBig),
     }
 }

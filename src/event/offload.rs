@@ -107,7 +107,7 @@ impl OffloadIo {
                     Ok(route) => route,
                     Err(reason) => {
                         counters.drop_packet(reason);
-                        icmp.on_drop(&w.fwd, reason, packet, &w.tun, counters);
+                        icmp.on_drop(snap, &w.fwd, reason, packet, &w.tun, counters);
                         return TunRead::Dropped;
                     }
                 };
@@ -202,10 +202,10 @@ impl OffloadIo {
     }
 
     /// Delivers one socket read `datagram` from `from`: cut into datagrams when it holds
-    /// several (`segment`, the `UDP_GRO` size, 0 for none), each checked by
-    /// [`forward::inbound`], and the inner packets written to TUN (merged when the device
-    /// takes virtio-net headers). The caller has dropped truncated reads and must call
-    /// [`Self::flush`] at the end of its batch.
+    /// several (`segment`, the `UDP_GRO` size, 0 for none; see [`gro_stride`]), each checked
+    /// by [`forward::inbound`] and counted on its own, and the inner packets written to TUN
+    /// (merged when the device takes virtio-net headers). The caller has dropped truncated
+    /// reads and must call [`Self::flush`] at the end of its batch.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver(
         &mut self,
@@ -218,7 +218,8 @@ impl OffloadIo {
         log: &mut RateLimitedLog,
     ) {
         let counters = w.metrics.worker(w.id);
-        let stride = gro_stride(datagram, segment, w.fwd.encap.header_len()).max(1);
+        let vxlan = matches!(w.fwd.encap, Encap::Vxlan(_));
+        let stride = gro_stride(datagram, segment, w.fwd.encap.header_len(), vxlan).max(1);
         if stride < datagram.len() {
             Counters::add(&counters.rx_gro_reads, 1);
         }

@@ -468,7 +468,7 @@ impl Loop {
                 counters.drop_packet(reason);
                 let packet = &self.tx[i].buf[HEADROOM..HEADROOM + len];
                 self.icmp
-                    .on_drop(&self.w.fwd, reason, packet, &self.w.tun, counters);
+                    .on_drop(snap, &self.w.fwd, reason, packet, &self.w.tun, counters);
                 self.arm_read(i)
             }
             Verdict::Deliver { .. } => {
@@ -497,23 +497,23 @@ impl Loop {
         // MSG_TRUNC makes the result the datagram's real length.
         let oversize = len > self.rx_payload || len > self.rx[j].buf.len();
         let from = from_storage(&self.rx[j].addr);
-        if oversize || from.is_none() || !self.offloaded_rx {
-            // With offloads, `deliver` counts each datagram a read holds.
-            Counters::add(&counters.rx_packets, 1);
-            Counters::add(&counters.rx_bytes, len as u64);
-        }
+        let segment = {
+            let slot = &self.rx[j];
+            let control = control_bytes(&slot.ctrl, slot.msg.msg_controllen);
+            crate::offload::gro_segment_size(&control).unwrap_or(0)
+        };
+        // A read dropped whole counts once per datagram it holds.
         if oversize {
-            counters.drop_packet(DropReason::Oversize);
+            super::drop_read(counters, len, segment, DropReason::Oversize);
             return self.arm_recv(j);
         }
         let Some(from) = from else {
-            counters.drop_packet(DropReason::UnknownSender);
+            super::drop_read(counters, len, segment, DropReason::UnknownSender);
             return self.arm_recv(j);
         };
         if self.offloaded_rx {
+            // `deliver` counts each datagram the read holds.
             let slot = &mut self.rx[j];
-            let control = control_bytes(&slot.ctrl, slot.msg.msg_controllen);
-            let segment = crate::offload::gro_segment_size(&control).unwrap_or(0);
             self.off.deliver(
                 &self.w,
                 snap,
@@ -525,6 +525,8 @@ impl Loop {
             );
             return self.arm_recv(j);
         }
+        Counters::add(&counters.rx_packets, 1);
+        Counters::add(&counters.rx_bytes, len as u64);
         let datagram = &mut self.rx[j].buf[..len];
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
             Verdict::Deliver { start, len, peer } if len <= self.w.fwd.max_inner_len => {
@@ -695,21 +697,22 @@ impl Loop {
         }
         let oversize = truncated || len > self.rx_payload;
         let from = from_storage(&addr);
-        if oversize || from.is_none() || !self.offloaded_rx {
-            // With offloads, `deliver` counts each datagram a read holds.
-            Counters::add(&counters.rx_packets, 1);
-            Counters::add(&counters.rx_bytes, len as u64);
-        }
+        // A read dropped whole counts once per datagram it holds.
         if oversize {
-            counters.drop_packet(DropReason::Oversize);
+            super::drop_read(counters, len, segment, DropReason::Oversize);
             m.ring.provide(bid);
             return Ok(());
         }
         let Some(from) = from else {
-            counters.drop_packet(DropReason::UnknownSender);
+            super::drop_read(counters, len, segment, DropReason::UnknownSender);
             m.ring.provide(bid);
             return Ok(());
         };
+        if !self.offloaded_rx {
+            // With offloads, `deliver` counts each datagram the read holds.
+            Counters::add(&counters.rx_packets, 1);
+            Counters::add(&counters.rx_bytes, len as u64);
+        }
         let start_of_payload = MULTI_HEADER;
         let datagram = &mut m.ring.buf(bid)[start_of_payload..start_of_payload + len];
         if self.offloaded_rx {
@@ -885,7 +888,7 @@ impl Loop {
                 counters.drop_packet(reason);
                 let packet = &t.ring.buf(bid)[HEADROOM..HEADROOM + len];
                 self.icmp
-                    .on_drop(&self.w.fwd, reason, packet, &self.w.tun, counters);
+                    .on_drop(snap, &self.w.fwd, reason, packet, &self.w.tun, counters);
                 t.ring.provide(bid);
                 Ok(())
             }

@@ -5,10 +5,15 @@
 //! destination, and fragmentation needed (type 3 code 4, with the next-hop MTU of RFC 1191)
 //! when a packet with DF set does not fit the path. They quote the offending packet's IP header
 //! and as much of its payload as keeps the whole message within 576 bytes (RFC 1812, section
-//! 4.3.2.3). None is sent about an ICMP error message, a non-first fragment, or a packet from
-//! a multicast, broadcast or unspecified source (RFC 1122, section 3.2.2). IPv6 packets get the
-//! ICMPv6 equivalents (RFC 4443): destination unreachable, no route (type 1 code 0), and packet
-//! too big (type 2) with the MTU, within the 1280-byte minimum MTU.
+//! 4.3.2.3). None is sent about an ICMP error message, a non-first fragment, a packet to a
+//! broadcast or multicast destination, or a packet whose source does not name a single host
+//! (RFC 1812 section 4.3.2.7, RFC 1122 section 3.2.2); as the reply is sourced from the
+//! offender's destination, none is ever sourced from a broadcast or multicast address either.
+//! IPv6 packets get the ICMPv6 equivalents (RFC 4443): destination unreachable, no route
+//! (type 1 code 0), and packet too big (type 2) with the MTU, within the 1280-byte minimum MTU;
+//! none about a multicast destination or a source that is not one node (RFC 4443 section
+//! 2.4 (e)). Directed broadcast addresses depend on the network's layout and are the caller's
+//! to check (`forward::icmp_reply`).
 
 use std::net::Ipv4Addr;
 
@@ -33,13 +38,14 @@ pub enum Unreachable {
     Net,
 }
 
-/// Returns true when an error message may be sent about `offender` (see the module docs).
+/// Returns true when an error message may be sent about `offender` (see the module docs): a
+/// whole IPv4 packet between two addresses that each name one host ([`is_one_host`]), not an
+/// ICMP error, not a non-first fragment.
 pub fn may_answer(offender: &[u8]) -> bool {
     let Ok(packet) = Packet::new_checked(offender) else {
         return false;
     };
-    let src = packet.src_addr();
-    if src.is_multicast() || src.is_broadcast() || src.is_unspecified() {
+    if !is_one_host(packet.src_addr()) || !is_one_host(packet.dst_addr()) {
         return false;
     }
     // Fragment offset must be zero: only the first fragment carries the transport header.
@@ -54,6 +60,15 @@ pub fn may_answer(offender: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// Returns true when the IPv4 address `addr` can name a single host, whatever the network's
+/// layout: not in 0.0.0.0/8 ("this network"), 127.0.0.0/8 (loopback), 224.0.0.0/4 (multicast)
+/// or 240.0.0.0/4 (reserved, which holds the limited broadcast 255.255.255.255). These are the
+/// source addresses RFC 1812 (sections 4.3.2.7 and 5.3.7) refuses to answer, and the
+/// destinations no ICMP error may be about or be sourced from.
+pub const fn is_one_host(addr: Ipv4Addr) -> bool {
+    !matches!(addr.octets()[0], 0 | 127 | 224..=255)
 }
 
 /// Writes an ICMP destination-unreachable message about `offender` from `from` into `out`
@@ -101,13 +116,17 @@ pub fn unreachable(
 pub const V6_MIN_MTU: usize = 1280;
 
 /// Returns true when an ICMPv6 error may be sent about `offender` (RFC 4443, section 2.4 (e)):
-/// not about an ICMPv6 error message, nor a packet from a multicast or unspecified source.
+/// not about an ICMPv6 error message, nor a packet to a multicast destination (such as the
+/// kernel's own router solicitations to ff02::2), nor a packet from a source that is not one
+/// node; unspecified, loopback and multicast addresses are neither a valid source nor a valid
+/// destination of the reply.
 pub fn may_answer_v6(offender: &[u8]) -> bool {
     let Ok(packet) = super::ip::V6Packet::new_checked(offender) else {
         return false;
     };
-    let src = packet.src_addr();
-    if src.is_multicast() || src.is_unspecified() {
+    let one_node =
+        |a: std::net::Ipv6Addr| !(a.is_multicast() || a.is_unspecified() || a.is_loopback());
+    if !one_node(packet.src_addr()) || !one_node(packet.dst_addr()) {
         return false;
     }
     if packet.next_header() == IpProtocol::Icmpv6 {
@@ -240,6 +259,53 @@ mod tests {
         let n = unreachable(&mut out, from, &udp(10), Unreachable::Net).expect("fits");
         assert!(!may_answer(&out[..n]), "an ICMP error is never answered");
         assert!(!may_answer(&[0x45; 10]));
+    }
+
+    #[rstest::rstest]
+    #[case::unicast([10, 244, 1, 2], [10, 244, 9, 9], true)]
+    #[case::limited_broadcast_destination([10, 244, 1, 2], [255, 255, 255, 255], false)]
+    #[case::ospf_multicast_destination([10, 244, 1, 2], [224, 0, 0, 5], false)]
+    #[case::other_multicast_destination([10, 244, 1, 2], [239, 1, 2, 3], false)]
+    #[case::reserved_destination([10, 244, 1, 2], [240, 0, 0, 1], false)]
+    #[case::zero_destination([10, 244, 1, 2], [0, 0, 0, 0], false)]
+    #[case::loopback_destination([10, 244, 1, 2], [127, 0, 0, 1], false)]
+    #[case::unspecified_source([0, 0, 0, 0], [10, 244, 9, 9], false)]
+    #[case::this_network_source([0, 1, 2, 3], [10, 244, 9, 9], false)]
+    #[case::broadcast_source([255, 255, 255, 255], [10, 244, 9, 9], false)]
+    #[case::multicast_source([224, 0, 0, 1], [10, 244, 9, 9], false)]
+    #[case::loopback_source([127, 0, 0, 1], [10, 244, 9, 9], false)]
+    #[case::reserved_source([250, 0, 0, 1], [10, 244, 9, 9], false)]
+    fn answers_only_between_single_hosts(
+        #[case] src: [u8; 4],
+        #[case] dst: [u8; 4],
+        #[case] answered: bool,
+    ) {
+        let b = PacketBuilder::ipv4(src, dst, 64).udp(4000, 9);
+        let mut p = Vec::new();
+        b.write(&mut p, &[7u8; 10]).expect("build");
+        assert_eq!(may_answer(&p), answered);
+    }
+
+    #[rstest::rstest]
+    #[case::unicast("fd00::2", "fd00::9", true)]
+    #[case::router_solicitation_to_all_routers("fe80::1", "ff02::2", false)]
+    #[case::other_multicast_destination("fd00::2", "ff0e::1", false)]
+    #[case::unspecified_destination("fd00::2", "::", false)]
+    #[case::loopback_destination("fd00::2", "::1", false)]
+    #[case::unspecified_source("::", "fd00::9", false)]
+    #[case::multicast_source("ff02::1", "fd00::9", false)]
+    #[case::loopback_source("::1", "fd00::9", false)]
+    fn answers_v6_only_between_single_nodes(
+        #[case] src: &str,
+        #[case] dst: &str,
+        #[case] answered: bool,
+    ) {
+        let src: std::net::Ipv6Addr = src.parse().expect("literal");
+        let dst: std::net::Ipv6Addr = dst.parse().expect("literal");
+        let b = PacketBuilder::ipv6(src.octets(), dst.octets(), 255).udp(4000, 9);
+        let mut p = Vec::new();
+        b.write(&mut p, &[7u8; 10]).expect("build");
+        assert_eq!(may_answer_v6(&p), answered);
     }
 
     #[test]

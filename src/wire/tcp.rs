@@ -9,6 +9,12 @@
 //! and PSH only on the last segment, CWR only on the first (as the kernel's `tcp_gso_segment`
 //! does), and freshly computed IP and TCP checksums, since a super-packet's TCP checksum is
 //! only the partial pseudo-header sum.
+//!
+//! Fresh checksums would also make corrupted bytes look good, so [`segment`] first checks the
+//! packet's own: a complete checksum must verify over the whole packet; a checksum field that
+//! holds the partial pseudo-header sum (`CHECKSUM_PARTIAL`, what a sender offloading its
+//! checksum leaves) is cut as such, as the kernel's `tcp_gso_segment` would; anything else is
+//! refused (`BadChecksum`) rather than given valid checksums.
 
 use super::WireError;
 use super::ip::{HEADER_LEN, V6_HEADER_LEN, fold, ones_sum, pseudo_sum};
@@ -99,13 +105,15 @@ impl Cut {
 
 /// Cuts the IPv4 or IPv6 TCP packet `packet` into segments of at most `max_len` bytes, builds
 /// each in `scratch` (which must hold `max_len` bytes) and passes it to `emit`. Returns the
-/// number of segments.
+/// number of segments. The packet's TCP checksum must be complete and valid, or hold the
+/// partial pseudo-header sum ([`checksum_state`]); nothing is emitted otherwise.
 ///
 /// # Errors
 ///
 /// `BadVersion` for anything but TCP directly over IPv4/IPv6 (extension headers, fragments,
 /// other protocols), `BadHeaderLen` for a TCP header that does not fit, `Truncated` when
-/// `scratch` or `max_len` cannot hold the headers and at least one payload byte.
+/// `scratch` or `max_len` cannot hold the headers and at least one payload byte,
+/// `BadChecksum` when the TCP checksum is neither complete and valid nor partial.
 pub fn segment(
     packet: &[u8],
     max_len: usize,
@@ -141,6 +149,9 @@ pub fn segment(
     if tcp_len < TCP_MIN_LEN || tcp.len() < tcp_len {
         return Err(WireError::BadHeaderLen);
     }
+    if checksum_state(packet, version, ip_len) == Checksum::Bad {
+        return Err(WireError::BadChecksum);
+    }
     let headers = ip_len + tcp_len;
     let max_len = max_len.min(scratch.len());
     if max_len <= headers {
@@ -170,6 +181,37 @@ pub fn segment(
         emit(seg);
     }
     Ok(count)
+}
+
+/// What the TCP checksum field of a packet holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// A complete checksum that verifies over the pseudo-header and the whole segment.
+    Valid,
+    /// The folded pseudo-header sum alone (`CHECKSUM_PARTIAL`: the sender left the rest to
+    /// the device, `tcp_v4_send_check`, `tcp_v6_send_check`).
+    Partial,
+    /// Neither: the packet was corrupted on the way, or built wrong.
+    Bad,
+}
+
+/// Returns what the checksum of the TCP segment after the `ip_len`-byte IPv`version` header of
+/// `packet` holds (RFC 793 section 3.1, RFC 8200 section 8.1). A valid one is told first: a
+/// field holding the partial sum that also verifies over the whole packet counts as valid. The
+/// caller has checked that `packet` holds the IP header and the checksum field.
+pub fn checksum_state(packet: &[u8], version: u8, ip_len: usize) -> Checksum {
+    if cfg!(fuzzing) {
+        return Checksum::Valid;
+    }
+    let l4 = &packet[ip_len..];
+    let pseudo = pseudo_sum(packet, version, 6, l4.len());
+    if fold(pseudo + ones_sum(l4)) == 0xffff {
+        return Checksum::Valid;
+    }
+    if u16::from_be_bytes([l4[16], l4[17]]) == fold(pseudo) {
+        return Checksum::Partial;
+    }
+    Checksum::Bad
 }
 
 #[cfg(test)]
@@ -260,6 +302,90 @@ mod tests {
         }
     }
 
+    /// Replaces the TCP checksum of `packet` with the partial pseudo-header sum, as a sender
+    /// offloading its checksum leaves it.
+    fn make_partial(packet: &mut [u8], v6: bool) {
+        let (version, ip_len) = if v6 { (6, 40) } else { (4, 20) };
+        let partial = fold(pseudo_sum(packet, version, 6, packet.len() - ip_len));
+        packet[ip_len + 16..ip_len + 18].copy_from_slice(&partial.to_be_bytes());
+    }
+
+    proptest! {
+        #[test]
+        fn corrupted_packets_are_never_cut(
+            len in 1usize..6000, max_len in 100usize..1500, v6 in any::<bool>(),
+            partial in any::<bool>(), at in any::<prop::sample::Index>(), flip in 1u8..=255,
+        ) {
+            let payload: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).expect("below 251")).collect();
+            let mut packet = super_packet(v6, &payload, false, false);
+            if partial {
+                make_partial(&mut packet, v6);
+            }
+            let hl = if v6 { 60 } else { 40 };
+            // One payload byte changed on the way, after the checksum was computed.
+            let i = hl + at.index(len);
+            packet[i] ^= flip;
+            let mut scratch = vec![0u8; max_len];
+            let mut emitted = 0;
+            let r = segment(&packet, max_len, &mut scratch, |_| emitted += 1);
+            if partial {
+                // A partial checksum covers no payload: the packet is cut as it is, and the
+                // receiver's stack is no worse off than with the kernel's own GSO.
+                prop_assert!(r.is_ok());
+            } else {
+                prop_assert_eq!(r, Err(WireError::BadChecksum));
+                prop_assert_eq!(emitted, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn checksum_states() {
+        for v6 in [false, true] {
+            let ip_len = if v6 { 40 } else { 20 };
+            let version = if v6 { 6 } else { 4 };
+            let mut p = super_packet(v6, &[1, 2, 3, 4, 5], false, false);
+            assert_eq!(checksum_state(&p, version, ip_len), Checksum::Valid);
+            make_partial(&mut p, v6);
+            assert_eq!(checksum_state(&p, version, ip_len), Checksum::Partial);
+            p[ip_len + 16] ^= 1;
+            assert_eq!(checksum_state(&p, version, ip_len), Checksum::Bad);
+        }
+    }
+
+    #[test]
+    fn cuts_a_partial_checksum_packet_into_valid_segments() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..4000u32)
+                .map(|i| u8::try_from(i % 253).expect("below 253"))
+                .collect();
+            let mut packet = super_packet(v6, &payload, false, false);
+            make_partial(&mut packet, v6);
+            let segs = split(&packet, 1400);
+            assert!(segs.len() > 2);
+            let mut stream = Vec::new();
+            for s in &segs {
+                let p = SlicedPacket::from_ip(s).expect("parses");
+                let Some(TransportSlice::Tcp(t)) = &p.transport else {
+                    panic!("not TCP")
+                };
+                let want = match &p.net {
+                    Some(NetSlice::Ipv4(ip)) => {
+                        t.calc_checksum_ipv4(ip.header().source(), ip.header().destination())
+                    }
+                    Some(NetSlice::Ipv6(ip)) => {
+                        t.calc_checksum_ipv6(ip.header().source(), ip.header().destination())
+                    }
+                    _ => panic!("not IP"),
+                }
+                .expect("checksum");
+                assert_eq!(t.checksum(), want);
+                stream.extend_from_slice(t.payload());
+            }
+            assert_eq!(stream, payload);
+        }
+    }
+
     #[test]
     fn refuses_what_it_cannot_cut() {
         let mut scratch = [0u8; 100];
@@ -281,6 +407,12 @@ mod tests {
         assert_eq!(
             segment(&[], 100, &mut scratch, |_| {}),
             Err(WireError::Truncated)
+        );
+        let mut corrupted = super_packet(false, &[0u8; 300], false, false);
+        corrupted[100] = 1;
+        assert_eq!(
+            segment(&corrupted, 100, &mut scratch, |_| {}),
+            Err(WireError::BadChecksum)
         );
     }
 }
