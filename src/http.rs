@@ -158,8 +158,10 @@ pub fn serve(
         .name("fustian-http".into())
         .spawn(move || {
             // Capabilities belong to each thread: this one may start before the node drops
-            // its own, and it never needs any.
-            if let Err(e) = crate::sys::drop_capabilities() {
+            // its own, and needs none. CAP_SETUID and CAP_SETGID stay (bits 7 and 6), because
+            // glibc applies a later `--user` switch to every thread and aborts the process if
+            // one thread is refused; the switch then clears them.
+            if let Err(e) = crate::sys::keep_only_capabilities((1 << 7) | (1 << 6)) {
                 tracing::warn!("HTTP endpoint: cannot drop capabilities: {e}");
             }
             while !stop.load(Ordering::Relaxed) {

@@ -470,7 +470,10 @@ impl Agent {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(Step::Wait(format!("waiting for {key}"), "not found".into())),
             Err(EtcdError::Config(e)) => {
-                return Ok(Step::Wait(format!("waiting for a valid {key}: {e}"), e));
+                return Ok(Step::Wait(
+                    format!("waiting for a valid network config: {e}"),
+                    e,
+                ));
             }
             Err(e) => {
                 self.disconnect();
@@ -515,15 +518,21 @@ impl Agent {
                 .any(|a| a.subnet.contains(&subnet) || subnet.contains(&a.subnet))
     }
 
-    /// Returns the subnet of the lease that already carries this node's public IP at a key in
-    /// the canonical form this node writes, if the config allows it.
-    fn own_existing(&self, config: &NetworkConfig) -> Option<Ipv4Net> {
-        self.entries.iter().find_map(|(key, entry)| {
+    /// Returns the subnet of a lease that already carries this node's public IP at a key in
+    /// the canonical form this node writes, if the config allows it: `previous` (the subnet
+    /// file's) when it is one of them, else the first.
+    fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<Ipv4Net> {
+        let mut ours = self.entries.iter().filter_map(|(key, entry)| {
             let k = parse_subnet_key(&self.opts.prefix, key)?;
             let canonical = k.ipv6.is_none() && config.allows(k.ipv4);
-            let ours = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
-            (canonical && ours).then_some(k.ipv4)
-        })
+            let mine = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
+            (canonical && mine).then_some(k.ipv4)
+        });
+        let first = ours.next()?;
+        if previous == Some(first) {
+            return Some(first);
+        }
+        Some(ours.find(|s| Some(*s) == previous).unwrap_or(first))
     }
 
     /// Acquires this node's subnet and writes its lease (see the module docs for the order of
@@ -545,7 +554,7 @@ impl Agent {
         for _ in 0..RACE_RETRIES {
             self.list()?;
             let (accepted, _) = self.judge();
-            let mine = self.own_existing(&config);
+            let mine = self.own_existing(&config, previous);
             let candidate = mine
                 .or_else(|| previous.filter(|p| config.allows(*p) && self.is_free(*p, &accepted)))
                 .or_else(|| self.random_free(&config, &accepted));
