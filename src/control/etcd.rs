@@ -239,10 +239,11 @@ fn until_stopped<F: Future>(
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        if let Ok(out) = rt.block_on(tokio::time::timeout(
-            Duration::from_millis(100),
-            fut.as_mut(),
-        )) {
+        // The timer is made inside the runtime, which it needs.
+        let step = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(100), fut.as_mut()).await
+        });
+        if let Ok(out) = step {
             return Some(out);
         }
     }
