@@ -896,3 +896,105 @@ fn a_dead_endpoint_first_or_last_does_not_stop_a_node() {
     c.stop_node(0);
     c.stop_node(1);
 }
+
+/// A TCP relay in the hub from `listen` to etcd, standing for an etcd member that can go away:
+/// dropping it closes the listener and every relayed connection.
+struct Relay {
+    stop: Arc<AtomicBool>,
+    streams: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(hub: &Netns, listen: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, streams2) = (Arc::clone(&stop), Arc::clone(&streams));
+        let thread = hub
+            .spawn(move || {
+                let listener = std::net::TcpListener::bind(listen).expect("relay bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    let _ = client.set_nonblocking(false);
+                    let Ok(server) = std::net::TcpStream::connect("192.0.2.254:2379") else {
+                        continue;
+                    };
+                    let mut list = streams2.lock().expect("relay list");
+                    for (mut from, mut to) in [
+                        (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        ),
+                        (
+                            server.try_clone().expect("clone"),
+                            client.try_clone().expect("clone"),
+                        ),
+                    ] {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                    list.push(client);
+                    list.push(server);
+                }
+            })
+            .expect("enter the hub");
+        Self {
+            stop,
+            streams,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(list) = self.streams.lock() {
+            for s in list.iter() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// The endpoint a node uses goes away: the node moves on to the next one, keeps its lease and
+/// goes on following the leases.
+#[test]
+fn a_node_survives_its_etcd_endpoint_going_away() {
+    if skip("a_node_survives_its_etcd_endpoint_going_away") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let relay = Relay::start(&c.hub, "192.0.2.254:2381");
+    c.endpoints[0] = format!("http://192.0.2.254:2381,{ETCD}");
+    c.start_node(0, &[]);
+    assert!(wait_for(Duration::from_secs(5), || c
+        .counter(0, "etcd_connected")
+        == 1));
+    drop(relay);
+    let moved = wait_for(Duration::from_secs(20), || {
+        c.counter(0, "etcd_reconnects") >= 1 && c.counter(0, "etcd_connected") == 1
+    });
+    assert!(moved, "node 0 did not move on:\n{}", c.log(0));
+    c.put(
+        &format!("{PREFIX}/subnets/10.244.250.0-24"),
+        r#"{"PublicIP":"192.0.2.2","PublicIPv6":null}"#,
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || c.counter(0, "table_peers") == 1),
+        "{}",
+        c.log(0)
+    );
+    c.stop_node(0);
+}
