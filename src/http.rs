@@ -6,21 +6,73 @@
 //! flanneld's.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What the endpoint serves, filled in by the node.
+/// Renders every metric in the Prometheus text format.
+pub type MetricsRenderer = Box<dyn Fn() -> String + Send + Sync>;
+/// Renders the node's state (table, counters, I/O path) as JSON.
+pub type StatusRenderer = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// What the endpoint serves, filled in by the node as it comes up.
 pub struct Status {
     /// Set once the device, the sockets, the lease (with etcd) and the subnet file are in
     /// place.
     pub ready: AtomicBool,
     /// Cleared when a worker stops on its own (an event loop failed).
     pub healthy: AtomicBool,
-    /// Renders every metric in the Prometheus text format.
-    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
-    /// Renders the node's state (table, counters, I/O path) as JSON.
-    pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Why the node is not ready (answered by `/readyz` with 503).
+    reason: Mutex<String>,
+    /// The renderers, set once the node has what they read.
+    renderers: Mutex<Option<(Arc<MetricsRenderer>, Arc<StatusRenderer>)>>,
+}
+
+impl Status {
+    /// Returns a status that is healthy, not ready, with the reason "starting", and renders
+    /// nothing yet.
+    pub fn new() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            reason: Mutex::new("starting".into()),
+            renderers: Mutex::new(None),
+        }
+    }
+
+    /// Marks the node not ready, saying why.
+    pub fn set_not_ready(&self, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            reason.clone_into(&mut r);
+        }
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    /// Marks the node ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets what `/metrics` and `/status` render.
+    pub fn set_renderers(&self, metrics: MetricsRenderer, status: StatusRenderer) {
+        if let Ok(mut r) = self.renderers.lock() {
+            *r = Some((Arc::new(metrics), Arc::new(status)));
+        }
+    }
+
+    fn reason(&self) -> String {
+        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn renderers(&self) -> Option<(Arc<MetricsRenderer>, Arc<StatusRenderer>)> {
+        self.renderers.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for Status {
@@ -43,9 +95,24 @@ pub fn respond(status: &Status, path: &str) -> (u16, &'static str, String) {
         "/readyz" if status.ready.load(Ordering::Relaxed) => {
             (200, "text/plain", "fustian is ready\n".into())
         }
-        "/readyz" => (503, "text/plain", "fustian is not ready yet\n".into()),
-        "/metrics" => (200, "text/plain; version=0.0.4", (status.metrics)()),
-        "/status" => (200, "application/json", (status.status)().to_string()),
+        "/readyz" => (
+            503,
+            "text/plain",
+            format!("fustian is not ready: {}\n", status.reason()),
+        ),
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4",
+            status.renderers().map(|(m, _)| m()).unwrap_or_default(),
+        ),
+        "/status" => (
+            200,
+            "application/json",
+            status
+                .renderers()
+                .map_or(serde_json::Value::Null, |(_, s)| s())
+                .to_string(),
+        ),
         _ => (404, "text/plain", "not found\n".into()),
     }
 }
@@ -90,6 +157,13 @@ pub fn serve(
     std::thread::Builder::new()
         .name("fustian-http".into())
         .spawn(move || {
+            // Capabilities belong to each thread: this one may start before the node drops
+            // its own, and needs none. CAP_SETUID and CAP_SETGID stay (bits 7 and 6), because
+            // glibc applies a later `--user` switch to every thread and aborts the process if
+            // one thread is refused; the switch then clears them.
+            if let Err(e) = crate::sys::keep_only_capabilities((1 << 7) | (1 << 6)) {
+                tracing::warn!("HTTP endpoint: cannot drop capabilities: {e}");
+            }
             while !stop.load(Ordering::Relaxed) {
                 let request = match server.recv_timeout(Duration::from_millis(200)) {
                     Ok(Some(r)) => r,
@@ -148,12 +222,12 @@ mod tests {
     use super::*;
 
     fn status() -> Status {
-        Status {
-            ready: AtomicBool::new(false),
-            healthy: AtomicBool::new(true),
-            metrics: Box::new(|| "fustian_tx_packets 3\n".to_owned()),
-            status: Box::new(|| serde_json::json!({"subnet": "10.244.1.0/24"})),
-        }
+        let s = Status::new();
+        s.set_renderers(
+            Box::new(|| "fustian_tx_packets 3\n".to_owned()),
+            Box::new(|| serde_json::json!({"subnet": "10.244.1.0/24"})),
+        );
+        s
     }
 
     #[test]
@@ -161,7 +235,12 @@ mod tests {
         let s = status();
         assert_eq!(respond(&s, "/healthz").0, 200);
         assert_eq!(respond(&s, "/readyz").0, 503);
-        s.ready.store(true, Ordering::Relaxed);
+        s.set_not_ready("waiting for etcd at http://192.0.2.254:2379");
+        assert_eq!(
+            respond(&s, "/readyz").2,
+            "fustian is not ready: waiting for etcd at http://192.0.2.254:2379\n"
+        );
+        s.set_ready();
         assert_eq!(respond(&s, "/readyz").0, 200);
         assert_eq!(respond(&s, "/metrics").2, "fustian_tx_packets 3\n");
         assert!(respond(&s, "/status?x=1").2.contains("10.244.1.0/24"));

@@ -39,7 +39,9 @@ fn join_etcd(
     args: &fustian::cli::RunArgs,
     endpoints: &str,
     file: Option<&(std::path::PathBuf, RawNode)>,
-) -> anyhow::Result<Joined> {
+    stop: &AtomicBool,
+    status: Option<&fustian::http::Status>,
+) -> anyhow::Result<Option<Joined>> {
     use anyhow::Context as _;
     use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet};
     use fustian::control::lease::{Backend, DEFAULT_PREFIX};
@@ -75,6 +77,8 @@ fn join_etcd(
             fustian::control::etcd::LEASE_TTL,
             std::time::Duration::from_secs,
         ),
+        username: None,
+        password: None,
     };
     // The VTEP MAC goes into the lease, so it is settled before joining.
     let mac_path = fustian::config::vtep_mac_path(&subnet_file);
@@ -85,9 +89,22 @@ fn join_etcd(
         ),
         None => Some(fustian::config::load_or_create_vtep_mac(&mac_path)?),
     };
-    let mut agent = Agent::connect(opts, public_ip, mac)
-        .with_context(|| format!("cannot reach etcd at {endpoints}"))?;
-    let joined = agent.join(previous_subnet(&subnet_file))?;
+    let mut agent = Agent::new(opts, public_ip, mac)?;
+    // Waits for etcd and the network config as flanneld does, saying why on /readyz.
+    let waiting = |reason: &str| {
+        if let Some(status) = status {
+            status.set_not_ready(reason);
+        }
+    };
+    let Some(joined) = agent
+        .join_when_ready(previous_subnet(&subnet_file), stop, &waiting)
+        .with_context(|| format!("cannot join the network through etcd at {endpoints}"))?
+    else {
+        return Ok(None);
+    };
+    if let Some(status) = status {
+        status.set_not_ready("starting");
+    }
     raw.network = Some(joined.config.network.to_string());
     raw.subnet = Some(joined.subnet.to_string());
     match joined.config.backend.clone() {
@@ -112,7 +129,7 @@ fn join_etcd(
     let metrics: ExtraMetrics = Arc::new(move || state.render_prometheus());
     let control: fustian::node::ControlPlane =
         Box::new(move |table, stop| agent.run(&table, &stop));
-    Ok((config, Some(control), Some(metrics)))
+    Ok(Some((config, Some(control), Some(metrics))))
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -120,7 +137,9 @@ fn join_etcd(
     _args: &fustian::cli::RunArgs,
     _endpoints: &str,
     _file: Option<&(std::path::PathBuf, RawNode)>,
-) -> anyhow::Result<Joined> {
+    _stop: &AtomicBool,
+    _status: Option<&fustian::http::Status>,
+) -> anyhow::Result<Option<Joined>> {
     anyhow::bail!(
         "--etcd-endpoints needs fustian built with the `etcd` feature (cargo build --features etcd)"
     )
@@ -137,42 +156,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(path) => Some((path.clone(), RawNode::from_file(path)?)),
                 None => None,
             };
-            let (config, control, extra_metrics) = match &args.etcd_endpoints {
-                Some(endpoints) => join_etcd(&args, endpoints, file.as_ref())?,
-                None => (
-                    NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (p.as_path(), r)))?,
-                    None,
-                    None,
-                ),
-            };
-            // SIGHUP re-reads the peers from the config file (with etcd, etcd has them).
-            let reload = match args.config.as_ref().filter(|_| control.is_none()) {
-                Some(path) => {
-                    let requested = Arc::new(AtomicBool::new(false));
-                    signal_hook::flag::register(
-                        signal_hook::consts::SIGHUP,
-                        Arc::clone(&requested),
-                    )?;
-                    Some(fustian::node::Reload {
-                        path: path.clone(),
-                        flags: args.raw(),
-                        requested,
-                    })
+            // The HTTP endpoint serves from the start, so /readyz can say what the node waits
+            // for.
+            let http = match args.healthz_port {
+                0 => None,
+                port => {
+                    let addr = std::net::SocketAddr::new(args.healthz_ip, port);
+                    let listener = fustian::http::bind(addr)
+                        .map_err(|e| anyhow::anyhow!("open the HTTP endpoint on {addr}: {e}"))?;
+                    let status = Arc::new(fustian::http::Status::new());
+                    let thread =
+                        fustian::http::serve(listener, Arc::clone(&status), Arc::clone(&stop))?;
+                    Some((status, thread))
                 }
-                None => None,
             };
-            let opts = fustian::node::RunOptions {
-                stats_file: args.stats_file.clone(),
-                table_churn: args.table_churn,
-                multishot: !args.no_multishot,
-                reload,
-                user: args.user.clone(),
-                keep_privileges: args.keep_privileges,
-                extra_metrics,
-                healthz: (args.healthz_port != 0)
-                    .then(|| std::net::SocketAddr::new(args.healthz_ip, args.healthz_port)),
-            };
-            fustian::node::run(&config, &opts, &stop, control)?;
+            let status = http.as_ref().map(|(s, _)| Arc::clone(s));
+            let result = run_node(&args, file.as_ref(), &stop, status);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some((_, thread)) = http {
+                let _ = thread.join();
+            }
+            result?;
         }
         Command::Show(args) => {
             let text = fustian::http::get(args.addr, "/status").map_err(anyhow::Error::msg)?;
@@ -188,5 +192,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
         }
     }
+    Ok(())
+}
+
+/// Runs a node: joins the network (through etcd, waiting for it, or from flags and the file)
+/// and forwards until `stop` is set.
+fn run_node(
+    args: &fustian::cli::RunArgs,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+    stop: &Arc<AtomicBool>,
+    status: Option<Arc<fustian::http::Status>>,
+) -> anyhow::Result<()> {
+    let (config, control, extra_metrics) = match &args.etcd_endpoints {
+        Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
+            Some(joined) => joined,
+            // Stopped while waiting for etcd.
+            None => return Ok(()),
+        },
+        None => (
+            NodeConfig::resolve(&args.raw(), file.map(|(p, r)| (p.as_path(), r)))?,
+            None,
+            None,
+        ),
+    };
+    // SIGHUP re-reads the peers from the config file (with etcd, etcd has them).
+    let reload = match args.config.as_ref().filter(|_| control.is_none()) {
+        Some(path) => {
+            let requested = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&requested))?;
+            Some(fustian::node::Reload {
+                path: path.clone(),
+                flags: args.raw(),
+                requested,
+            })
+        }
+        None => None,
+    };
+    let opts = fustian::node::RunOptions {
+        stats_file: args.stats_file.clone(),
+        table_churn: args.table_churn,
+        multishot: !args.no_multishot,
+        reload,
+        user: args.user.clone(),
+        keep_privileges: args.keep_privileges,
+        extra_metrics,
+        status,
+    };
+    fustian::node::run(&config, &opts, stop, control)?;
     Ok(())
 }

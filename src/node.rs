@@ -47,8 +47,10 @@ pub struct RunOptions {
     pub keep_privileges: bool,
     /// More metrics for the stats file (the etcd agent's), in Prometheus text format.
     pub extra_metrics: Option<ExtraMetrics>,
-    /// Serve `/healthz`, `/readyz`, `/metrics` and `/status` here.
-    pub healthz: Option<SocketAddr>,
+    /// The HTTP endpoint's status, when one is serving (started before the node, so it
+    /// answers while the node waits for etcd): the node sets its renderers and marks it ready
+    /// once set up.
+    pub status: Option<Arc<crate::http::Status>>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -61,7 +63,7 @@ impl std::fmt::Debug for RunOptions {
             .field("user", &self.user)
             .field("keep_privileges", &self.keep_privileges)
             .field("extra_metrics", &self.extra_metrics.is_some())
-            .field("healthz", &self.healthz)
+            .field("status", &self.status)
             .finish()
     }
 }
@@ -315,14 +317,13 @@ pub fn run(
             text
         })
     };
-    let status = Arc::new(crate::http::Status {
-        ready: AtomicBool::new(true),
-        healthy: AtomicBool::new(true),
-        metrics: {
+    if let Some(status) = &opts.status {
+        status.set_renderers(
+        {
             let render = Arc::clone(&render);
             Box::new(move || render())
         },
-        status: {
+        {
             let render = Arc::clone(&render);
             let table = Arc::clone(&table);
             let head = serde_json::json!({
@@ -374,14 +375,9 @@ pub fn run(
                 v
             })
         },
-    });
-    let http = match opts.healthz {
-        Some(addr) => Some(crate::http::bind(addr).map_err(|source| Error::Io {
-            what: format!("open the HTTP endpoint on {addr}"),
-            source,
-        })?),
-        None => None,
-    };
+    );
+        status.set_ready();
+    }
 
     // Setup is done: nothing from here on needs a privilege. Drop them before any worker
     // exists, so every thread runs without them.
@@ -398,18 +394,6 @@ pub fn run(
         })?;
         tracing::info!("all capabilities dropped after setup");
     }
-    // After the privileges are gone, so this thread has none either.
-    let http_thread = match http {
-        Some(listener) => Some(
-            crate::http::serve(listener, Arc::clone(&status), Arc::clone(stop)).map_err(
-                |source| Error::Io {
-                    what: "spawn the HTTP thread".into(),
-                    source,
-                },
-            )?,
-        ),
-        None => None,
-    };
     let control_thread = match control {
         Some(run_control) => {
             let (table, stop) = (Arc::clone(&table), Arc::clone(stop));
@@ -532,9 +516,11 @@ pub fn run(
             result = r;
         }
     }
-    status.ready.store(false, Ordering::Relaxed);
-    status.healthy.store(false, Ordering::Relaxed);
-    for t in [control_thread, http_thread].into_iter().flatten() {
+    if let Some(status) = &opts.status {
+        status.set_not_ready("stopping");
+        status.healthy.store(false, Ordering::Relaxed);
+    }
+    if let Some(t) = control_thread {
         let _ = t.join();
     }
     write_stats();

@@ -74,6 +74,16 @@ pub fn terminate(pid: u32) -> io::Result<()> {
 ///
 /// The `capset` error.
 pub fn drop_capabilities() -> io::Result<()> {
+    keep_only_capabilities(0)
+}
+
+/// Drops every capability of the calling thread but those in `keep` (a mask of bit numbers
+/// below 32, `1 << CAP_SETUID` and so on; include/uapi/linux/capability.h).
+///
+/// # Errors
+///
+/// The `capset` error.
+pub fn keep_only_capabilities(keep: u32) -> io::Result<()> {
     // _LINUX_CAPABILITY_VERSION_3 (include/uapi/linux/capability.h): two 32-bit data words.
     #[repr(C)]
     struct Header {
@@ -91,11 +101,18 @@ pub fn drop_capabilities() -> io::Result<()> {
         version: 0x2008_0522,
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let data = [
+        Data {
+            effective: keep,
+            permitted: keep,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
     // SAFETY: `header` and `data` are valid, correctly laid out for version 3 and outlive the
     // call; capset only reads them.
     syscall!(syscall(libc::SYS_capset, &raw const header, data.as_ptr())).map(drop)

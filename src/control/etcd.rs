@@ -7,19 +7,31 @@
 //!
 //! What it does, as flanneld does (`pkg/subnet/etcd`, `local_manager.go`):
 //!
-//! 1. read `<prefix>/config` ([`NetworkConfig`]);
+//! 1. reach etcd and read `<prefix>/config` ([`NetworkConfig`]), waiting for both: an
+//!    unreachable etcd is tried again about once a second, a missing or invalid config is
+//!    read again until it is there (flanneld's `getConfig` loop). The endpoints are tried one
+//!    by one and the first that answers is used, because the etcd client refuses a whole list
+//!    when one member of it is down; a broken connection moves on to the next;
 //! 2. acquire a subnet: the lease that already carries this node's public IP, else the subnet
 //!    recorded in the subnet file when it is free, else a random free one, created by a
 //!    transaction that only succeeds if the key does not exist (a lost race tries again, up to
 //!    ten times), attached to an etcd lease with flannel's TTL (24 h);
 //! 3. list the other leases and watch the prefix from the listed revision; every change
-//!    publishes a new table. Leases of a backend this node cannot speak are ignored and
-//!    counted. A compacted watch or a broken connection lists again, with backoff; meanwhile
-//!    forwarding goes on with the last table;
+//!    publishes a new table. Each lease is judged on its own
+//!    ([`judge_leases`](super::lease::judge_leases)): one that flanneld's allocator could not
+//!    have handed out, or that names an address no peer can have, is left out and counted by
+//!    reason, and never keeps the good ones out of the table. Leases of a backend this node
+//!    cannot speak are ignored and counted. A compacted watch or a broken connection lists
+//!    again, with backoff; meanwhile forwarding goes on with the last table;
 //! 4. renew the lease `--subnet-lease-renew-margin` before it expires; a lease that expired
-//!    while etcd was unreachable is granted again and the value written back.
+//!    while etcd was unreachable is granted again and the value written back;
+//! 5. keep its own lease: deleted, it is written again; overwritten by someone else while it
+//!    is still this node's (its etcd lease alive), it is written back at once (at most once a
+//!    second). flanneld shuts down when its lease goes away; fustian keeps forwarding for its
+//!    subnet and restores the key, so other nodes go on routing to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,7 +44,10 @@ use etcd_client::{
 };
 use ipnet::{IpNet, Ipv4Net};
 
-use super::lease::{Backend, LeaseValue, NetworkConfig, parse_subnet_key, subnet_key};
+use super::lease::{
+    Accepted, Backend, LeaseValue, NetworkConfig, Rejection, StoredLease, judge_leases,
+    parse_subnet_key, subnet_key,
+};
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
 
@@ -40,6 +55,12 @@ use crate::wire::MacAddress;
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How many times a lost race for a subnet is retried (`raceRetries`).
 const RACE_RETRIES: usize = 10;
+/// How long to wait between two attempts to reach etcd or read the config at start
+/// (flanneld's `getConfig` retries every second).
+const WAIT_RETRY: Duration = Duration::from_secs(1);
+/// The shortest time between two restorations of this node's overwritten lease, so two
+/// writers that both claim one key do not rewrite it as fast as etcd allows.
+const RESTORE_SPACING: Duration = Duration::from_secs(1);
 
 /// Errors of the etcd agent.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +74,9 @@ pub enum EtcdError {
     /// No subnet could be acquired.
     #[error("cannot acquire a subnet: {0}")]
     Acquire(String),
+    /// No endpoint answered.
+    #[error("no etcd endpoint answers ({0})")]
+    Unreachable(String),
     /// The runtime or a file could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -66,7 +90,7 @@ pub enum EtcdError {
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
-    /// Endpoints, e.g. `http://127.0.0.1:2379`.
+    /// Endpoints, e.g. `http://127.0.0.1:2379`, tried one by one.
     pub endpoints: Vec<String>,
     /// Key prefix, `/coreos.com/network` by default.
     pub prefix: String,
@@ -80,6 +104,10 @@ pub struct EtcdOptions {
     pub renew_margin: Duration,
     /// The lease TTL (flannel's 24 h; shorter only for tests).
     pub ttl: Duration,
+    /// User name for etcd's authentication (used when `password` is set too).
+    pub username: Option<String>,
+    /// Password for etcd's authentication.
+    pub password: Option<String>,
 }
 
 /// The agent's state as the metrics and `fustian show` report it.
@@ -91,8 +119,12 @@ pub struct EtcdState {
     pub reconnects: AtomicU64,
     /// Leases seen that this node cannot speak (another backend type, or no VTEP MAC).
     pub leases_ignored: AtomicU64,
+    /// Leases left out of the table, by [`Rejection`] (indexed as [`Rejection::ALL`]).
+    pub leases_rejected: [AtomicU64; Rejection::ALL.len()],
     /// Times the own lease was granted again after it expired.
     pub lease_regrants: AtomicU64,
+    /// Times the own lease was found overwritten by someone else and written back.
+    pub own_lease_restored: AtomicU64,
     /// Watch events applied.
     pub events: AtomicU64,
 }
@@ -101,18 +133,29 @@ impl EtcdState {
     /// Renders the state in the Prometheus text format (`fustian_etcd_*`).
     pub fn render_prometheus(&self) -> String {
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        format!(
+        let mut text = format!(
             "# TYPE fustian_etcd_connected gauge\nfustian_etcd_connected {}\n\
              # TYPE fustian_etcd_reconnects counter\nfustian_etcd_reconnects {}\n\
              # TYPE fustian_etcd_leases_ignored gauge\nfustian_etcd_leases_ignored {}\n\
              # TYPE fustian_etcd_lease_regrants counter\nfustian_etcd_lease_regrants {}\n\
-             # TYPE fustian_etcd_events counter\nfustian_etcd_events {}\n",
+             # TYPE fustian_etcd_own_lease_restored counter\nfustian_etcd_own_lease_restored {}\n\
+             # TYPE fustian_etcd_events counter\nfustian_etcd_events {}\n\
+             # TYPE fustian_etcd_leases_rejected gauge\n",
             g(&self.connected),
             g(&self.reconnects),
             g(&self.leases_ignored),
             g(&self.lease_regrants),
+            g(&self.own_lease_restored),
             g(&self.events),
-        )
+        );
+        for (reason, count) in Rejection::ALL.iter().zip(&self.leases_rejected) {
+            text.push_str(&format!(
+                "fustian_etcd_leases_rejected{{reason=\"{}\"}} {}\n",
+                reason.reason(),
+                g(count)
+            ));
+        }
+        text
     }
 }
 
@@ -127,18 +170,42 @@ pub struct Joined {
     pub peers: Vec<Peer>,
 }
 
+/// One key under `<prefix>/subnets/` as last read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    create_revision: i64,
+    lease: i64,
+    value: Vec<u8>,
+}
+
+/// Where a start-up attempt got to.
+enum Step {
+    Joined(Joined),
+    Stopped,
+    /// Not yet: the reason for `/readyz`, and what failed, for the log.
+    Wait(String, String),
+}
+
 /// The agent: a runtime, a client and this node's lease.
 pub struct Agent {
     rt: tokio::runtime::Runtime,
-    client: Client,
+    client: Option<Client>,
+    /// The endpoint in use (or the next to try), an index into `opts.endpoints`.
+    endpoint: usize,
     opts: EtcdOptions,
     config: Option<NetworkConfig>,
     public_ip: Ipv4Addr,
     vtep_mac: Option<MacAddress>,
     subnet: Option<Ipv4Net>,
     lease_id: i64,
-    leases: BTreeMap<Ipv4Net, LeaseValue>,
+    /// Every key under `<prefix>/subnets/`, one entry per key.
+    entries: BTreeMap<String, Entry>,
     revision: i64,
+    /// The rejections already logged, so each is logged once, not at every list.
+    logged: HashMap<String, Rejection>,
+    /// When this node's overwritten lease is to be written back.
+    restore_at: Option<Instant>,
+    last_restore: Option<Instant>,
     state: Arc<EtcdState>,
 }
 
@@ -161,11 +228,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, EtcdError> {
         })
 }
 
-async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
+/// Runs `fut` to completion unless `stop` is set first (looked at every 100 ms).
+fn until_stopped<F: Future>(
+    rt: &tokio::runtime::Runtime,
+    stop: &AtomicBool,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        // The timer is made inside the runtime, which it needs.
+        let step = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(100), fut.as_mut()).await
+        });
+        if let Ok(out) = step {
+            return Some(out);
+        }
+    }
+}
+
+/// Sleeps for `d` unless `stop` is set first.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, EtcdError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+    if let (Some(user), Some(password)) = (&opts.username, &opts.password) {
+        options = options.with_user(user.clone(), password.clone());
+    }
     if let (Some(key), Some(cert)) = (&opts.keyfile, &opts.certfile) {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|source| EtcdError::Io {
@@ -180,33 +279,55 @@ async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
         }
         options = options.with_tls(tls);
     }
-    Ok(Client::connect(&opts.endpoints, Some(options)).await?)
+    Ok(options)
+}
+
+/// Connects to one endpoint and checks that it answers a read.
+async fn connect_one(
+    endpoint: &str,
+    options: ConnectOptions,
+    probe: &str,
+) -> Result<Client, etcd_client::Error> {
+    let mut client = Client::connect([endpoint], Some(options)).await?;
+    client.get(probe, None).await?;
+    Ok(client)
+}
+
+/// Shortens an untrusted key for a log line.
+fn for_log(key: &str) -> String {
+    let mut short: String = key.chars().take(120).collect();
+    if short.len() < key.len() {
+        short.push('…');
+    }
+    short
 }
 
 impl Agent {
-    /// Connects to etcd (waiting up to a few seconds per endpoint).
+    /// Makes an agent that has not reached etcd yet (see [`Self::join_when_ready`]).
     ///
     /// # Errors
     ///
-    /// [`EtcdError`] when no endpoint answers or a TLS file cannot be read.
-    pub fn connect(
+    /// [`EtcdError::Io`] when the runtime cannot start.
+    pub fn new(
         opts: EtcdOptions,
         public_ip: Ipv4Addr,
         vtep_mac: Option<MacAddress>,
     ) -> Result<Self, EtcdError> {
-        let rt = runtime()?;
-        let client = rt.block_on(connect(&opts))?;
         Ok(Self {
-            rt,
-            client,
+            rt: runtime()?,
+            client: None,
+            endpoint: 0,
             opts,
             config: None,
             public_ip,
             vtep_mac,
             subnet: None,
             lease_id: 0,
-            leases: BTreeMap::new(),
+            entries: BTreeMap::new(),
             revision: 0,
+            logged: HashMap::new(),
+            restore_at: None,
+            last_restore: None,
             state: Arc::new(EtcdState::default()),
         })
     }
@@ -216,35 +337,167 @@ impl Agent {
         Arc::clone(&self.state)
     }
 
-    /// Reads and validates `<prefix>/config`.
+    /// Returns the endpoints as given, comma separated, for messages.
+    fn endpoint_list(&self) -> String {
+        self.opts.endpoints.join(",")
+    }
+
+    fn config_key(&self) -> String {
+        format!("{}/config", self.opts.prefix.trim_end_matches('/'))
+    }
+
+    /// Connects to the first endpoint that answers, starting with the one in use (or the next
+    /// after a failure) and going round the list once. `Ok(false)`: stopped.
+    fn connect(&mut self, stop: &AtomicBool) -> Result<bool, EtcdError> {
+        self.client = None;
+        let options = connect_options(&self.opts)?;
+        let probe = self.config_key();
+        let n = self.opts.endpoints.len();
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let index = (self.endpoint + i) % n;
+            let endpoint = self.opts.endpoints[index].clone();
+            let attempt = until_stopped(
+                &self.rt,
+                stop,
+                connect_one(&endpoint, options.clone(), &probe),
+            );
+            match attempt {
+                None => return Ok(false),
+                Some(Ok(client)) => {
+                    if index != self.endpoint || n > 1 {
+                        tracing::info!(%endpoint, "etcd: connected");
+                    }
+                    self.endpoint = index;
+                    self.client = Some(client);
+                    return Ok(true);
+                }
+                Some(Err(e)) => failures.push(format!("{endpoint}: {e}")),
+            }
+        }
+        if n == 0 {
+            failures.push("no endpoints given".into());
+        }
+        Err(EtcdError::Unreachable(failures.join("; ")))
+    }
+
+    /// Forgets the connection, so the next attempt starts with the next endpoint.
+    fn disconnect(&mut self) {
+        self.client = None;
+        self.endpoint = (self.endpoint + 1) % self.opts.endpoints.len().max(1);
+    }
+
+    /// Returns the client (connecting is [`Self::connect`]'s job).
+    fn client(&self) -> Result<Client, EtcdError> {
+        self.client
+            .clone()
+            .ok_or_else(|| EtcdError::Unreachable("not connected".into()))
+    }
+
+    /// Reads and validates `<prefix>/config`; `Ok(None)` when the key does not exist.
     ///
     /// # Errors
     ///
-    /// [`EtcdError::Config`] when it is missing or invalid (the message names the field).
-    pub fn network_config(&mut self) -> Result<NetworkConfig, EtcdError> {
-        let key = format!("{}/config", self.opts.prefix.trim_end_matches('/'));
-        let resp = self.rt.block_on(self.client.get(key.as_str(), None))?;
+    /// [`EtcdError::Config`] when it is invalid (the message names the field),
+    /// [`EtcdError::Client`] when etcd fails.
+    fn network_config(&mut self, stop: &AtomicBool) -> Result<Option<NetworkConfig>, EtcdError> {
+        let key = self.config_key();
+        let mut client = self.client()?;
+        let Some(resp) = until_stopped(&self.rt, stop, client.get(key.as_str(), None)) else {
+            return Ok(None);
+        };
+        let resp = resp?;
         let Some(kv) = resp.kvs().first() else {
-            return Err(EtcdError::Config(format!(
-                "flannel config not found in etcd at {key}"
-            )));
+            return Ok(None);
         };
         let config = NetworkConfig::parse(kv.value())
             .map_err(|e| EtcdError::Config(format!("{key}: {e}")))?;
         self.config = Some(config.clone());
-        Ok(config)
+        Ok(Some(config))
+    }
+
+    /// Reaches etcd, waits for the network config, acquires a subnet and lists the peers;
+    /// waits (trying again about once a second) while etcd is unreachable or the config is
+    /// missing or invalid, calling `waiting` with the reason each time it changes (and logging
+    /// it once). `Ok(None)` when `stop` was set first.
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdError`] when no subnet can be acquired (every subnet leased, races lost) or a
+    /// TLS file cannot be read.
+    pub fn join_when_ready(
+        &mut self,
+        previous: Option<Ipv4Net>,
+        stop: &AtomicBool,
+        waiting: &dyn Fn(&str),
+    ) -> Result<Option<Joined>, EtcdError> {
+        let mut said = String::new();
+        loop {
+            match self.try_join(previous, stop)? {
+                Step::Joined(joined) => return Ok(Some(joined)),
+                Step::Stopped => return Ok(None),
+                Step::Wait(reason, detail) => {
+                    if reason != said {
+                        tracing::warn!("{reason} ({detail}); trying again every second");
+                        waiting(&reason);
+                        said = reason;
+                    }
+                }
+            }
+            sleep_unless_stopped(WAIT_RETRY, stop);
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn try_join(
+        &mut self,
+        previous: Option<Ipv4Net>,
+        stop: &AtomicBool,
+    ) -> Result<Step, EtcdError> {
+        let unreachable = format!("waiting for etcd at {}", self.endpoint_list());
+        if self.client.is_none() {
+            match self.connect(stop) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Step::Stopped),
+                Err(e @ EtcdError::Io { .. }) => return Err(e),
+                Err(e) => return Ok(Step::Wait(unreachable, e.to_string())),
+            }
+        }
+        let key = self.config_key();
+        match self.network_config(stop) {
+            _ if stop.load(Ordering::Relaxed) => return Ok(Step::Stopped),
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(Step::Wait(format!("waiting for {key}"), "not found".into())),
+            Err(EtcdError::Config(e)) => {
+                return Ok(Step::Wait(
+                    format!("waiting for a valid network config: {e}"),
+                    e,
+                ));
+            }
+            Err(e) => {
+                self.disconnect();
+                return Ok(Step::Wait(unreachable, e.to_string()));
+            }
+        }
+        match self.join(previous) {
+            Ok(joined) => Ok(Step::Joined(joined)),
+            Err(e @ (EtcdError::Client(_) | EtcdError::Unreachable(_))) => {
+                self.disconnect();
+                Ok(Step::Wait(unreachable, e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The lease value this node writes.
     fn own_value(&self) -> LeaseValue {
-        let vxlan = matches!(
-            self.config.as_ref().map(|c| &c.backend),
-            Some(Backend::Vxlan { .. })
-        );
         let vni = match self.config.as_ref().map(|c| &c.backend) {
             Some(Backend::Vxlan { vni, .. }) => Some(*vni),
             _ => None,
         };
+        let vxlan = vni.is_some();
         LeaseValue {
             public_ip: self.public_ip,
             public_ipv6: None,
@@ -254,6 +507,35 @@ impl Agent {
         }
     }
 
+    /// Returns true when `subnet` may be taken: no key names it exactly (the create
+    /// transaction would fail) and no accepted lease overlaps it. A rejected lease of another
+    /// length (the whole network, say) does not hold anything.
+    fn is_free(&self, subnet: Ipv4Net, accepted: &[Accepted]) -> bool {
+        !self
+            .entries
+            .contains_key(&subnet_key(&self.opts.prefix, subnet))
+            && !accepted
+                .iter()
+                .any(|a| a.subnet.contains(&subnet) || subnet.contains(&a.subnet))
+    }
+
+    /// Returns the subnet of a lease that already carries this node's public IP at a key in
+    /// the canonical form this node writes, if the config allows it: `previous` (the subnet
+    /// file's) when it is one of them, else the first.
+    fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<Ipv4Net> {
+        let mut ours = self.entries.iter().filter_map(|(key, entry)| {
+            let k = parse_subnet_key(&self.opts.prefix, key)?;
+            let canonical = k.ipv6.is_none() && config.allows(k.ipv4);
+            let mine = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
+            (canonical && mine).then_some(k.ipv4)
+        });
+        let first = ours.next()?;
+        if previous == Some(first) {
+            return Some(first);
+        }
+        Some(ours.find(|s| Some(*s) == previous).unwrap_or(first))
+    }
+
     /// Acquires this node's subnet and writes its lease (see the module docs for the order of
     /// preference), then lists every lease. `previous` is the subnet recorded in the subnet
     /// file, if any.
@@ -261,23 +543,22 @@ impl Agent {
     /// # Errors
     ///
     /// [`EtcdError`] when etcd fails or every subnet is taken.
-    pub fn join(&mut self, previous: Option<Ipv4Net>) -> Result<Joined, EtcdError> {
-        let config = match &self.config {
-            Some(c) => c.clone(),
-            None => self.network_config()?,
+    fn join(&mut self, previous: Option<Ipv4Net>) -> Result<Joined, EtcdError> {
+        let Some(config) = self.config.clone() else {
+            return Err(EtcdError::Config(
+                "the network config is not read yet".into(),
+            ));
         };
+        let mut client = self.client()?;
         let value = self.own_value().to_json();
         let ttl = self.ttl_secs();
         for _ in 0..RACE_RETRIES {
             self.list()?;
-            let mine = self
-                .leases
-                .iter()
-                .find(|(net, l)| l.public_ip == self.public_ip && config.allows(**net))
-                .map(|(net, _)| *net);
+            let (accepted, _) = self.judge();
+            let mine = self.own_existing(&config, previous);
             let candidate = mine
-                .or_else(|| previous.filter(|p| config.allows(*p) && !self.leases.contains_key(p)))
-                .or_else(|| self.random_free(&config));
+                .or_else(|| previous.filter(|p| config.allows(*p) && self.is_free(*p, &accepted)))
+                .or_else(|| self.random_free(&config, &accepted));
             let Some(subnet) = candidate else {
                 return Err(EtcdError::Acquire(format!(
                     "every /{} in {} is leased",
@@ -285,7 +566,7 @@ impl Agent {
                 )));
             };
             let key = subnet_key(&self.opts.prefix, subnet);
-            let grant = self.rt.block_on(self.client.lease_grant(ttl, None))?;
+            let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
             let put = TxnOp::put(
                 key.as_str(),
                 value.as_str(),
@@ -299,7 +580,7 @@ impl Agent {
                     .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
                     .and_then(vec![put])
             };
-            let resp = self.rt.block_on(self.client.txn(txn))?;
+            let resp = self.rt.block_on(client.txn(txn))?;
             if resp.succeeded() {
                 self.lease_id = grant.id();
                 self.subnet = Some(subnet);
@@ -311,7 +592,7 @@ impl Agent {
                     peers: self.peers(),
                 });
             }
-            let _ = self.rt.block_on(self.client.lease_revoke(grant.id()));
+            let _ = self.rt.block_on(client.lease_revoke(grant.id()));
             tracing::info!(%subnet, "lost the race for a subnet; trying another");
         }
         Err(EtcdError::Acquire(format!(
@@ -320,10 +601,10 @@ impl Agent {
     }
 
     /// Picks a random free subnet among the first 100 free ones, as flannel does.
-    fn random_free(&self, config: &NetworkConfig) -> Option<Ipv4Net> {
+    fn random_free(&self, config: &NetworkConfig, accepted: &[Accepted]) -> Option<Ipv4Net> {
         let free: Vec<Ipv4Net> = config
             .subnets()
-            .filter(|s| !self.leases.contains_key(s))
+            .filter(|s| self.is_free(*s, accepted))
             .take(100)
             .collect();
         if free.is_empty() {
@@ -345,6 +626,11 @@ impl Agent {
         format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'))
     }
 
+    /// Returns this node's lease key, once it has a subnet.
+    fn own_key(&self) -> Option<String> {
+        self.subnet.map(|s| subnet_key(&self.opts.prefix, s))
+    }
+
     /// Returns the lease TTL in seconds as etcd takes it (at least 5).
     fn ttl_secs(&self) -> i64 {
         i64::try_from(self.opts.ttl.as_secs())
@@ -352,38 +638,76 @@ impl Agent {
             .max(5)
     }
 
-    /// Returns the subnet a key-value's key names, `None` for another key.
-    fn subnet_of(&self, kv: &etcd_client::KeyValue) -> Option<Ipv4Net> {
-        kv.key_str()
-            .ok()
-            .and_then(|k| parse_subnet_key(&self.opts.prefix, k))
+    /// Records one key-value (a listed one or a watch event's).
+    fn store(&mut self, kv: &etcd_client::KeyValue) {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        self.entries.insert(
+            key,
+            Entry {
+                create_revision: kv.create_revision(),
+                lease: kv.lease(),
+                value: kv.value().to_vec(),
+            },
+        );
     }
 
     /// Lists every lease under the prefix and remembers the revision.
     fn list(&mut self) -> Result<(), EtcdError> {
         let prefix = self.subnets_prefix();
-        let resp = self.rt.block_on(
-            self.client
-                .get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )?;
+        let mut client = self.client()?;
+        let resp = self
+            .rt
+            .block_on(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))?;
         self.revision = resp.header().map_or(0, |h| h.revision());
-        self.leases.clear();
+        self.entries.clear();
         for kv in resp.kvs() {
-            let Some(net) = self.subnet_of(kv) else {
-                continue;
-            };
-            match LeaseValue::parse(kv.value()) {
-                Ok(v) => {
-                    self.leases.insert(net, v);
-                }
-                Err(e) => tracing::warn!(subnet = %net, "ignoring a lease: {e}"),
-            }
+            self.store(kv);
         }
         Ok(())
     }
 
-    /// Turns the leases other than this node's into peers this node can reach.
-    fn peers(&self) -> Vec<Peer> {
+    /// Judges every stored lease but this node's own.
+    fn judge(&self) -> (Vec<Accepted>, Vec<super::lease::Rejected>) {
+        let Some(config) = &self.config else {
+            return (Vec::new(), Vec::new());
+        };
+        let own_key = self.own_key();
+        judge_leases(
+            config,
+            self.public_ip,
+            own_key.as_deref(),
+            self.subnet,
+            &self.opts.prefix,
+            self.entries.iter().map(|(key, e)| StoredLease {
+                key,
+                create_revision: e.create_revision,
+                value: &e.value,
+            }),
+        )
+    }
+
+    /// Turns the accepted leases into peers this node can reach; counts and logs (once each)
+    /// the rejected ones.
+    fn peers(&mut self) -> Vec<Peer> {
+        let (accepted, rejected) = self.judge();
+        let mut counts = [0u64; Rejection::ALL.len()];
+        let mut logged = HashMap::with_capacity(rejected.len());
+        for r in rejected {
+            counts[r.reason.index()] += 1;
+            if self.logged.get(&r.key) != Some(&r.reason) {
+                tracing::warn!(
+                    key = ?for_log(&r.key),
+                    reason = r.reason.reason(),
+                    "lease left out of the table: {}",
+                    r.detail
+                );
+            }
+            logged.insert(r.key, r.reason);
+        }
+        self.logged = logged;
+        for (gauge, count) in self.state.leases_rejected.iter().zip(counts) {
+            gauge.store(count, Ordering::Relaxed);
+        }
         let Some(config) = &self.config else {
             return Vec::new();
         };
@@ -402,20 +726,17 @@ impl Agent {
         };
         let mut ignored = 0;
         let mut peers = Vec::new();
-        for (net, lease) in &self.leases {
-            if Some(*net) == self.subnet {
-                continue;
-            }
-            let speaks = lease.backend() == kind
-                && (kind == "udp" || (lease.vtep_mac.is_some() && lease.vni.or(vni) == vni));
+        for Accepted { subnet, value, .. } in accepted {
+            let speaks = value.backend() == kind
+                && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
             if !speaks {
                 ignored += 1;
                 continue;
             }
             peers.push(Peer {
-                subnet: IpNet::V4(*net),
-                endpoint: SocketAddr::new(IpAddr::V4(lease.public_ip), port),
-                vtep_mac: lease.vtep_mac,
+                subnet: IpNet::V4(subnet),
+                endpoint: SocketAddr::new(IpAddr::V4(value.public_ip), port),
+                vtep_mac: value.vtep_mac,
             });
         }
         self.state.leases_ignored.store(ignored, Ordering::Relaxed);
@@ -423,7 +744,7 @@ impl Agent {
     }
 
     /// Runs the agent until `stop` is set: watches the leases into `table`, renews this node's
-    /// lease, reconnects with backoff.
+    /// lease, reconnects with backoff (going round the endpoints).
     pub fn run(mut self, table: &Table, stop: &AtomicBool) {
         let mut backoff = Duration::from_millis(500);
         let mut renew_at = Instant::now() + self.renew_interval();
@@ -434,16 +755,14 @@ impl Agent {
                 Err(e) => {
                     self.state.connected.store(0, Ordering::Relaxed);
                     self.state.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.disconnect();
                     tracing::warn!("etcd: {e}; forwarding goes on with the last table");
                 }
             }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(500);
             }
-            let until = Instant::now() + backoff;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            sleep_unless_stopped(backoff, stop);
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         if let Some(subnet) = self.subnet {
@@ -465,18 +784,21 @@ impl Agent {
         stop: &AtomicBool,
         renew_at: &mut Instant,
     ) -> Result<(), EtcdError> {
-        if self.state.reconnects.load(Ordering::Relaxed) > 0 {
-            self.client = self.rt.block_on(connect(&self.opts))?;
+        if self.client.is_none() && !self.connect(stop)? {
+            return Ok(());
         }
+        let mut client = self.client()?;
         self.ensure_lease()?;
         self.list()?;
+        self.check_own_entry();
         self.publish(table);
         let prefix = self.subnets_prefix();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
-        let rt = &self.rt;
-        let mut stream = rt.block_on(self.client.watch(prefix.as_str(), Some(options)))?;
+        let mut stream = self
+            .rt
+            .block_on(client.watch(prefix.as_str(), Some(options)))?;
         self.state.connected.store(1, Ordering::Relaxed);
         tracing::info!(revision = self.revision, "etcd: watching leases");
         loop {
@@ -486,6 +808,10 @@ impl Agent {
             if Instant::now() >= *renew_at {
                 self.renew()?;
                 *renew_at = Instant::now() + self.renew_interval();
+            }
+            if self.restore_at.is_some_and(|at| Instant::now() >= at) {
+                self.restore_at = None;
+                self.restore_own_lease()?;
             }
             let next = self.rt.block_on(async {
                 tokio::time::timeout(Duration::from_millis(200), stream.message()).await
@@ -502,24 +828,25 @@ impl Agent {
                     resp.compact_revision()
                 )));
             }
+            let own_key = self.own_key();
             let mut changed = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let Some(net) = self.subnet_of(kv) else {
-                    continue;
-                };
                 self.state.events.fetch_add(1, Ordering::Relaxed);
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
                 match ev.event_type() {
-                    EventType::Put => match LeaseValue::parse(kv.value()) {
-                        Ok(v) => {
-                            changed |= self.leases.insert(net, v.clone()) != Some(v);
+                    EventType::Put => {
+                        let before = self.entries.get(&key).cloned();
+                        self.store(kv);
+                        changed |= before.as_ref() != self.entries.get(&key);
+                        if Some(&key) == own_key.as_ref() {
+                            self.check_own_entry();
                         }
-                        Err(e) => tracing::warn!(subnet = %net, "ignoring a lease: {e}"),
-                    },
+                    }
                     EventType::Delete => {
-                        changed |= self.leases.remove(&net).is_some();
-                        if Some(net) == self.subnet {
-                            tracing::warn!(subnet = %net, "own lease deleted or expired; writing it again");
+                        changed |= self.entries.remove(&key).is_some();
+                        if Some(&key) == own_key.as_ref() {
+                            tracing::warn!(%key, "own lease deleted or expired; writing it again");
                             self.ensure_lease()?;
                         }
                     }
@@ -534,28 +861,96 @@ impl Agent {
         }
     }
 
+    /// Schedules writing this node's lease back when its key holds anything but what this
+    /// node wrote, on its etcd lease.
+    fn check_own_entry(&mut self) {
+        let Some(key) = self.own_key() else { return };
+        let Some(entry) = self.entries.get(&key) else {
+            return;
+        };
+        let ours =
+            entry.value == self.own_value().to_json().as_bytes() && entry.lease == self.lease_id;
+        if ours {
+            return;
+        }
+        let who = LeaseValue::parse(&entry.value).map_or_else(
+            |e| format!("an invalid value ({e})"),
+            |v| format!("PublicIP {}", v.public_ip),
+        );
+        tracing::warn!(%key, "own lease overwritten with {who}; writing it back");
+        let earliest = self
+            .last_restore
+            .map_or_else(Instant::now, |t| t + RESTORE_SPACING);
+        self.restore_at = Some(earliest.max(Instant::now()));
+    }
+
+    /// Writes this node's lease value back at its key, on its etcd lease (granted again if
+    /// it is gone).
+    fn restore_own_lease(&mut self) -> Result<(), EtcdError> {
+        let Some(key) = self.own_key() else {
+            return Ok(());
+        };
+        let mut client = self.client()?;
+        if !self.lease_alive()? {
+            let grant = self
+                .rt
+                .block_on(client.lease_grant(self.ttl_secs(), None))?;
+            self.lease_id = grant.id();
+            self.state.lease_regrants.fetch_add(1, Ordering::Relaxed);
+        }
+        let value = self.own_value().to_json();
+        self.rt.block_on(client.put(
+            key.as_str(),
+            value.as_str(),
+            Some(PutOptions::new().with_lease(self.lease_id)),
+        ))?;
+        self.last_restore = Some(Instant::now());
+        self.state
+            .own_lease_restored
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%key, "own lease written back");
+        Ok(())
+    }
+
+    /// Returns true when this node's etcd lease still has time to live.
+    fn lease_alive(&self) -> Result<bool, EtcdError> {
+        if self.lease_id == 0 {
+            return Ok(false);
+        }
+        let mut client = self.client()?;
+        Ok(self
+            .rt
+            .block_on(client.lease_time_to_live(self.lease_id, None))?
+            .ttl()
+            > 0)
+    }
+
     /// Grants the lease again and rewrites the value when the lease is gone (expired while
-    /// etcd was unreachable, or deleted).
+    /// etcd was unreachable, or deleted); writes the value back when someone overwrote it
+    /// while the lease was alive.
     fn ensure_lease(&mut self) -> Result<(), EtcdError> {
         let Some(subnet) = self.subnet else {
             return Ok(());
         };
-        let alive = self.lease_id != 0
-            && self
-                .rt
-                .block_on(self.client.lease_time_to_live(self.lease_id, None))?
-                .ttl()
-                > 0;
+        let mut client = self.client()?;
+        let alive = self.lease_alive()?;
         let key = subnet_key(&self.opts.prefix, subnet);
-        let current = self.rt.block_on(self.client.get(key.as_str(), None))?;
-        let present = current.kvs().first().is_some_and(|kv| {
+        let current = self.rt.block_on(client.get(key.as_str(), None))?;
+        let kv = current.kvs().first();
+        let present = kv.is_some_and(|kv| {
             LeaseValue::parse(kv.value()).is_ok_and(|v| v.public_ip == self.public_ip)
         });
-        if alive && present {
+        if alive && kv.is_some() {
+            let intact = kv.is_some_and(|kv| {
+                kv.value() == self.own_value().to_json().as_bytes() && kv.lease() == self.lease_id
+            });
+            if !intact {
+                self.restore_own_lease()?;
+            }
             return Ok(());
         }
         let ttl = self.ttl_secs();
-        let grant = self.rt.block_on(self.client.lease_grant(ttl, None))?;
+        let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
         let value = self.own_value().to_json();
         // Only if nobody else took the subnet meanwhile.
         let txn = Txn::new()
@@ -567,14 +962,14 @@ impl Agent {
             )]);
         let ok = if present {
             self.rt
-                .block_on(self.client.put(
+                .block_on(client.put(
                     key.as_str(),
                     value.as_str(),
                     Some(PutOptions::new().with_lease(grant.id())),
                 ))
                 .map(|_| true)?
         } else {
-            self.rt.block_on(self.client.txn(txn))?.succeeded()
+            self.rt.block_on(client.txn(txn))?.succeeded()
         };
         if ok {
             self.lease_id = grant.id();
@@ -590,9 +985,8 @@ impl Agent {
 
     /// Renews the lease once (a keep-alive resets its TTL).
     fn renew(&mut self) -> Result<(), EtcdError> {
-        let (mut keeper, mut stream) = self
-            .rt
-            .block_on(self.client.lease_keep_alive(self.lease_id))?;
+        let mut client = self.client()?;
+        let (mut keeper, mut stream) = self.rt.block_on(client.lease_keep_alive(self.lease_id))?;
         self.rt.block_on(keeper.keep_alive())?;
         let resp = self.rt.block_on(stream.message())?;
         match resp {
@@ -604,13 +998,14 @@ impl Agent {
         }
     }
 
-    /// Publishes a table made of this node's subnet and the current peers.
-    fn publish(&self, table: &Table) {
+    /// Publishes a table made of this node's subnet and the accepted peers.
+    fn publish(&mut self, table: &Table) {
         let Some(subnet) = self.subnet else { return };
         match Snapshot::new(vec![IpNet::V4(subnet)], self.peers()) {
             Ok(snap) => {
                 table.publish(snap);
             }
+            // Judged leases never overlap each other or this node's subnet.
             Err(e) => tracing::warn!("etcd leases do not make a table: {e}"),
         }
     }

@@ -20,7 +20,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::wire::MacAddress;
@@ -355,16 +355,287 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
     )
 }
 
-/// Returns the subnet a lease key names (`.../subnets/10.244.1.0-24`; a dual-stack key's IPv6
-/// part after `&` is ignored), or `None` for any other key.
-pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<Ipv4Net> {
+/// The subnets a lease key names: flannel's `<prefix>/subnets/A.B.C.D-LEN`, and on a
+/// dual-stack node `<prefix>/subnets/A.B.C.D-LEN&<IPv6>-<LEN>` (`pkg/subnet/subnet.go`,
+/// `MakeSubnetKey`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubnetKey {
+    /// The IPv4 subnet: the one fustian routes.
+    pub ipv4: Ipv4Net,
+    /// The IPv6 subnet of a dual-stack lease (not routed; only its form is checked).
+    pub ipv6: Option<Ipv6Net>,
+}
+
+/// Parses a lease key. Only flannel's exact form is accepted: the dotted quad canonical (no
+/// leading zeros, no other notation), the address the network address of its prefix, the
+/// length plain decimal digits with no sign or leading zero; a dual-stack IPv6 part, when
+/// present, in the canonical text form (RFC 5952, lower case, as Go writes it), also a network
+/// address. Anything else is `None`, so a key such as `10.244.2.0-24&anything` never stands
+/// for `10.244.2.0/24`.
+pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<SubnetKey> {
     let rest = key
         .strip_prefix(prefix.trim_end_matches('/'))?
         .strip_prefix("/subnets/")?;
-    let v4 = rest.split('&').next()?;
-    let (ip, len) = v4.rsplit_once('-')?;
-    let net = Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
-    (net.trunc() == net).then_some(net)
+    let (v4, v6) = match rest.split_once('&') {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (rest, None),
+    };
+    let (ip, len) = split_len(v4)?;
+    let addr: Ipv4Addr = ip.parse().ok()?;
+    if addr.to_string() != ip {
+        return None;
+    }
+    let ipv4 = Ipv4Net::new(addr, len).ok()?;
+    if ipv4.trunc() != ipv4 {
+        return None;
+    }
+    let ipv6 = match v6 {
+        None => None,
+        Some(text) => {
+            let (ip, len) = split_len(text)?;
+            // Go's text form: hex digits and colons only (no embedded dotted quad).
+            if !ip
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':')
+            {
+                return None;
+            }
+            let addr: Ipv6Addr = ip.parse().ok()?;
+            if addr.to_string() != ip {
+                return None;
+            }
+            let net = Ipv6Net::new(addr, len).ok()?;
+            if net.trunc() != net {
+                return None;
+            }
+            Some(net)
+        }
+    };
+    Some(SubnetKey { ipv4, ipv6 })
+}
+
+/// Splits `ADDR-LEN`, where LEN is one to three decimal digits without a leading zero.
+fn split_len(text: &str) -> Option<(&str, u8)> {
+    let (ip, len) = text.rsplit_once('-')?;
+    let digits = len.len() <= 3 && !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (len.len() > 1 && len.starts_with('0')) {
+        return None;
+    }
+    Some((ip, len.parse().ok()?))
+}
+
+/// Why a lease is left out of the table. Each reason is one series of
+/// `fustian_etcd_leases_rejected{reason="..."}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rejection {
+    /// The key is not flannel's exact `A.B.C.D-LEN` form.
+    BadKey,
+    /// The value is not a lease flannel would write (JSON, `PublicIP`, `VtepMAC`).
+    BadValue,
+    /// The subnet is not inside the network's `Network`.
+    OutsideNetwork,
+    /// The subnet overlaps this node's own or one created before it.
+    Overlap,
+    /// `PublicIP` is 255.255.255.255.
+    PublicIpBroadcast,
+    /// `PublicIP` is a loopback address.
+    PublicIpLoopback,
+    /// `PublicIP` is a multicast address.
+    PublicIpMulticast,
+    /// `PublicIP` is this node's own address (at a key other than this node's lease).
+    PublicIpOwn,
+    /// `PublicIP` is 0.0.0.0.
+    PublicIpUnspecified,
+    /// The prefix length is not the network's `SubnetLen`.
+    SubnetLen,
+    /// The subnet lies outside `SubnetMin`..`SubnetMax`.
+    SubnetRange,
+}
+
+impl Rejection {
+    /// Every reason, in the order of the metric's series.
+    pub const ALL: [Self; 11] = [
+        Self::BadKey,
+        Self::BadValue,
+        Self::OutsideNetwork,
+        Self::Overlap,
+        Self::PublicIpBroadcast,
+        Self::PublicIpLoopback,
+        Self::PublicIpMulticast,
+        Self::PublicIpOwn,
+        Self::PublicIpUnspecified,
+        Self::SubnetLen,
+        Self::SubnetRange,
+    ];
+
+    /// Returns the `reason` label.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::BadKey => "bad_key",
+            Self::BadValue => "bad_value",
+            Self::OutsideNetwork => "outside_network",
+            Self::Overlap => "overlap",
+            Self::PublicIpBroadcast => "public_ip_broadcast",
+            Self::PublicIpLoopback => "public_ip_loopback",
+            Self::PublicIpMulticast => "public_ip_multicast",
+            Self::PublicIpOwn => "public_ip_own",
+            Self::PublicIpUnspecified => "public_ip_unspecified",
+            Self::SubnetLen => "subnet_len",
+            Self::SubnetRange => "subnet_range",
+        }
+    }
+
+    /// Returns the index of this reason in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// One key-value under `<prefix>/subnets/` as etcd holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredLease<'a> {
+    /// The whole key.
+    pub key: &'a str,
+    /// The revision that created the key (etcd's `create_revision`): the older lease wins an
+    /// overlap.
+    pub create_revision: i64,
+    /// The value.
+    pub value: &'a [u8],
+}
+
+/// A lease taken into the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Its key.
+    pub key: String,
+    /// Its subnet.
+    pub subnet: Ipv4Net,
+    /// Its value.
+    pub value: LeaseValue,
+}
+
+/// A lease left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its key.
+    pub key: String,
+    /// The reason.
+    pub reason: Rejection,
+    /// What exactly is wrong, for the log.
+    pub detail: String,
+}
+
+/// Judges every lease on its own, as flanneld's allocator would have allowed it
+/// (`pkg/subnet/config.go`, `local_manager.go`): its key in flannel's exact form, its subnet
+/// inside `Network`, of length `SubnetLen` and inside `SubnetMin`..`SubnetMax`, overlapping
+/// neither `own_subnet` nor a lease created earlier (the lower `create_revision` wins; equal
+/// revisions, which only one transaction can produce, go by key), and its `PublicIP` a unicast
+/// address other than `own_ip`. The lease at `own_key` is this node's and is skipped. Nothing
+/// here fails: every lease is either accepted or rejected with its reason.
+pub fn judge_leases<'a>(
+    config: &NetworkConfig,
+    own_ip: Ipv4Addr,
+    own_key: Option<&str>,
+    own_subnet: Option<Ipv4Net>,
+    prefix: &str,
+    leases: impl IntoIterator<Item = StoredLease<'a>>,
+) -> (Vec<Accepted>, Vec<Rejected>) {
+    let mut leases: Vec<StoredLease<'a>> = leases
+        .into_iter()
+        .filter(|l| Some(l.key) != own_key)
+        .collect();
+    leases.sort_by(|a, b| (a.create_revision, a.key).cmp(&(b.create_revision, b.key)));
+    let mut accepted: Vec<Accepted> = Vec::new();
+    let mut taken: std::collections::HashSet<Ipv4Net> = std::collections::HashSet::new();
+    let mut rejected = Vec::new();
+    for lease in leases {
+        let mut reject = |reason, detail: String| {
+            rejected.push(Rejected {
+                key: lease.key.to_owned(),
+                reason,
+                detail,
+            });
+        };
+        let Some(key) = parse_subnet_key(prefix, lease.key) else {
+            reject(
+                Rejection::BadKey,
+                "not flannel's A.B.C.D-LEN key form".into(),
+            );
+            continue;
+        };
+        let subnet = key.ipv4;
+        let value = match LeaseValue::parse(lease.value) {
+            Ok(v) => v,
+            Err(e) => {
+                reject(Rejection::BadValue, e.to_string());
+                continue;
+            }
+        };
+        if let Some(reason) = judge_subnet(config, subnet) {
+            reject(reason, format!("{subnet} in {}", config.network));
+            continue;
+        }
+        if let Some(reason) = judge_public_ip(value.public_ip, own_ip) {
+            reject(reason, format!("PublicIP {}", value.public_ip));
+            continue;
+        }
+        let overlaps = |other: Ipv4Net| other.contains(&subnet) || subnet.contains(&other);
+        if let Some(own) = own_subnet.filter(|o| overlaps(*o)) {
+            reject(Rejection::Overlap, format!("{subnet} is this node's {own}"));
+            continue;
+        }
+        // Every accepted subnet has the length `SubnetLen`, so overlapping means equal.
+        if taken.contains(&subnet) {
+            let first = accepted
+                .iter()
+                .find(|a| a.subnet == subnet)
+                .map_or("", |a| a.key.as_str());
+            reject(
+                Rejection::Overlap,
+                format!("{subnet} is already leased at {first}"),
+            );
+            continue;
+        }
+        taken.insert(subnet);
+        accepted.push(Accepted {
+            key: lease.key.to_owned(),
+            subnet,
+            value,
+        });
+    }
+    (accepted, rejected)
+}
+
+/// Returns why `subnet` is not one the network's allocator could have handed out.
+pub fn judge_subnet(config: &NetworkConfig, subnet: Ipv4Net) -> Option<Rejection> {
+    if !config.network.contains(&subnet) {
+        Some(Rejection::OutsideNetwork)
+    } else if subnet.prefix_len() != config.subnet_len {
+        Some(Rejection::SubnetLen)
+    } else if !config.allows(subnet) {
+        Some(Rejection::SubnetRange)
+    } else {
+        None
+    }
+}
+
+/// Returns why a lease's `PublicIP` cannot be a peer's underlay address: datagrams to or from
+/// it would be local, go nowhere, or reach many hosts, and a peer at a local address lets any
+/// local user speak for its pods.
+pub fn judge_public_ip(ip: Ipv4Addr, own_ip: Ipv4Addr) -> Option<Rejection> {
+    if ip.is_unspecified() {
+        Some(Rejection::PublicIpUnspecified)
+    } else if ip.is_loopback() {
+        Some(Rejection::PublicIpLoopback)
+    } else if ip.is_multicast() {
+        Some(Rejection::PublicIpMulticast)
+    } else if ip.is_broadcast() {
+        Some(Rejection::PublicIpBroadcast)
+    } else if ip == own_ip {
+        Some(Rejection::PublicIpOwn)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -453,22 +724,175 @@ mod tests {
         let net: Ipv4Net = "10.244.7.0/24".parse().expect("literal");
         let key = subnet_key(DEFAULT_PREFIX, net);
         assert_eq!(key, "/coreos.com/network/subnets/10.244.7.0-24");
-        assert_eq!(parse_subnet_key(DEFAULT_PREFIX, &key), Some(net));
+        let plain = SubnetKey {
+            ipv4: net,
+            ipv6: None,
+        };
+        assert_eq!(parse_subnet_key(DEFAULT_PREFIX, &key), Some(plain));
         assert_eq!(
             parse_subnet_key(
                 "/coreos.com/network/",
-                "/coreos.com/network/subnets/10.244.7.0-24&fd00::-64"
+                "/coreos.com/network/subnets/10.244.7.0-24&fd00:1::-64"
             ),
-            Some(net)
+            Some(SubnetKey {
+                ipv4: net,
+                ipv6: Some("fd00:1::/64".parse().expect("literal")),
+            })
         );
+    }
+
+    #[rstest::rstest]
+    #[case::config("/coreos.com/network/config")]
+    #[case::host_bits("/coreos.com/network/subnets/10.244.7.1-24")]
+    #[case::suffix_junk("/coreos.com/network/subnets/10.244.2.0-24&anything")]
+    #[case::empty_v6("/coreos.com/network/subnets/10.244.2.0-24&")]
+    #[case::v6_upper("/coreos.com/network/subnets/10.244.2.0-24&FD00::-64")]
+    #[case::v6_long_form("/coreos.com/network/subnets/10.244.2.0-24&fd00:0:0:0:0:0:0:0-64")]
+    #[case::v6_host_bits("/coreos.com/network/subnets/10.244.2.0-24&fd00::1-64")]
+    #[case::v6_dotted("/coreos.com/network/subnets/10.244.2.0-24&::ffff:10.0.0.0-120")]
+    #[case::v6_len("/coreos.com/network/subnets/10.244.2.0-24&fd00::-129")]
+    #[case::two_v6("/coreos.com/network/subnets/10.244.2.0-24&fd00::-64&fd01::-64")]
+    #[case::leading_zero("/coreos.com/network/subnets/010.244.2.0-24")]
+    #[case::len_leading_zero("/coreos.com/network/subnets/10.244.2.0-024")]
+    #[case::len_plus("/coreos.com/network/subnets/10.244.2.0-+24")]
+    #[case::len_big("/coreos.com/network/subnets/10.244.2.0-33")]
+    #[case::len_missing("/coreos.com/network/subnets/10.244.2.0-")]
+    #[case::no_len("/coreos.com/network/subnets/10.244.2.0")]
+    #[case::slash("/coreos.com/network/subnets/10.244.2.0/24")]
+    #[case::short_quad("/coreos.com/network/subnets/10.244.2-24")]
+    #[case::space("/coreos.com/network/subnets/10.244.2.0-24 ")]
+    #[case::nested("/coreos.com/network/subnets/x/10.244.2.0-24")]
+    #[case::other_prefix("/coreos.com/networkx/subnets/10.244.2.0-24")]
+    fn keys_flannel_never_writes_are_refused(#[case] key: &str) {
+        assert_eq!(parse_subnet_key(DEFAULT_PREFIX, key), None, "{key}");
+    }
+
+    fn config() -> NetworkConfig {
+        NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.200.0"}"#,
+        )
+        .expect("valid")
+    }
+
+    const OWN_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const OWN_KEY: &str = "/coreos.com/network/subnets/10.244.1.0-24";
+
+    fn judge(leases: &[(&str, i64, &str)]) -> (Vec<Accepted>, Vec<Rejected>) {
+        judge_leases(
+            &config(),
+            OWN_IP,
+            Some(OWN_KEY),
+            Some("10.244.1.0/24".parse().expect("literal")),
+            DEFAULT_PREFIX,
+            leases.iter().map(|(key, rev, value)| StoredLease {
+                key,
+                create_revision: *rev,
+                value: value.as_bytes(),
+            }),
+        )
+    }
+
+    #[rstest::rstest]
+    #[case::suffix(
+        "10.244.2.0-24&anything",
+        r#"{"PublicIP":"192.0.2.9"}"#,
+        Rejection::BadKey
+    )]
+    #[case::value("10.244.3.0-24", r#"{"PublicIP":"nope"}"#, Rejection::BadValue)]
+    #[case::json("10.244.3.0-24", "{", Rejection::BadValue)]
+    #[case::outside(
+        "198.51.100.0-24",
+        r#"{"PublicIP":"192.0.2.9"}"#,
+        Rejection::OutsideNetwork
+    )]
+    #[case::wider("10.0.0.0-8", r#"{"PublicIP":"192.0.2.9"}"#, Rejection::OutsideNetwork)]
+    #[case::whole("10.244.0.0-16", r#"{"PublicIP":"192.0.2.9"}"#, Rejection::SubnetLen)]
+    #[case::inner("10.244.2.128-25", r#"{"PublicIP":"192.0.2.9"}"#, Rejection::SubnetLen)]
+    #[case::below_min("10.244.0.0-24", r#"{"PublicIP":"192.0.2.9"}"#, Rejection::SubnetRange)]
+    #[case::above_max(
+        "10.244.201.0-24",
+        r#"{"PublicIP":"192.0.2.9"}"#,
+        Rejection::SubnetRange
+    )]
+    #[case::own_subnet(
+        "10.244.1.0-24&fd00::-64",
+        r#"{"PublicIP":"192.0.2.9"}"#,
+        Rejection::Overlap
+    )]
+    #[case::loopback(
+        "10.244.3.0-24",
+        r#"{"PublicIP":"127.0.0.1"}"#,
+        Rejection::PublicIpLoopback
+    )]
+    #[case::loopback_net(
+        "10.244.3.0-24",
+        r#"{"PublicIP":"127.9.9.9"}"#,
+        Rejection::PublicIpLoopback
+    )]
+    #[case::any(
+        "10.244.3.0-24",
+        r#"{"PublicIP":"0.0.0.0"}"#,
+        Rejection::PublicIpUnspecified
+    )]
+    #[case::multicast(
+        "10.244.3.0-24",
+        r#"{"PublicIP":"224.0.0.1"}"#,
+        Rejection::PublicIpMulticast
+    )]
+    #[case::broadcast(
+        "10.244.3.0-24",
+        r#"{"PublicIP":"255.255.255.255"}"#,
+        Rejection::PublicIpBroadcast
+    )]
+    #[case::own_ip("10.244.3.0-24", r#"{"PublicIP":"192.0.2.1"}"#, Rejection::PublicIpOwn)]
+    fn each_bad_lease_is_rejected_and_the_good_one_stays(
+        #[case] key: &str,
+        #[case] value: &str,
+        #[case] reason: Rejection,
+    ) {
+        let good_key = "/coreos.com/network/subnets/10.244.2.0-24";
+        let bad_key = format!("{DEFAULT_PREFIX}/subnets/{key}");
+        // The bad lease is the older one, so it would win an overlap if it were taken.
+        let (accepted, rejected) = judge(&[
+            (&bad_key, 5, value),
+            (good_key, 7, r#"{"PublicIP":"192.0.2.2"}"#),
+            (OWN_KEY, 3, r#"{"PublicIP":"192.0.2.1"}"#),
+        ]);
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!(accepted[0].key, good_key);
+        assert_eq!(accepted[0].value.public_ip, Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert_eq!(
-            parse_subnet_key(DEFAULT_PREFIX, "/coreos.com/network/config"),
-            None
+            (rejected[0].key.as_str(), rejected[0].reason),
+            (bad_key.as_str(), reason)
         );
-        assert_eq!(
-            parse_subnet_key(DEFAULT_PREFIX, "/coreos.com/network/subnets/10.244.7.1-24"),
-            None
-        );
+    }
+
+    #[test]
+    fn the_older_of_two_overlapping_leases_wins() {
+        let a = "/coreos.com/network/subnets/10.244.2.0-24";
+        let b = "/coreos.com/network/subnets/10.244.2.0-24&fd00::-64";
+        let va = r#"{"PublicIP":"192.0.2.2"}"#;
+        let vb = r#"{"PublicIP":"192.0.2.3"}"#;
+        for (ra, rb, winner) in [(4, 9, a), (9, 4, b)] {
+            for order in [[(a, ra, va), (b, rb, vb)], [(b, rb, vb), (a, ra, va)]] {
+                let (accepted, rejected) = judge(&order);
+                assert_eq!(accepted.len(), 1);
+                assert_eq!(accepted[0].key, winner);
+                assert_eq!(rejected.len(), 1);
+                assert_eq!(rejected[0].reason, Rejection::Overlap);
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_are_distinct_labels() {
+        let labels: std::collections::HashSet<_> =
+            Rejection::ALL.iter().map(|r| r.reason()).collect();
+        assert_eq!(labels.len(), Rejection::ALL.len());
+        for (i, r) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
     }
 
     proptest! {
@@ -490,6 +914,94 @@ mod tests {
             let _ = NetworkConfig::parse(&data);
             let _ = LeaseValue::parse(&data);
             let _ = parse_subnet_key(DEFAULT_PREFIX, &key);
+        }
+
+        #[test]
+        fn a_key_that_parses_is_written_back_byte_for_byte(key in "[0-9a-f.:&-]{0,40}") {
+            let key = format!("{DEFAULT_PREFIX}/subnets/{key}");
+            if let Some(k) = parse_subnet_key(DEFAULT_PREFIX, &key) {
+                let mut again = subnet_key(DEFAULT_PREFIX, k.ipv4);
+                if let Some(v6) = k.ipv6 {
+                    again.push_str(&format!("&{}-{}", v6.network(), v6.prefix_len()));
+                }
+                prop_assert_eq!(again, key);
+            }
+        }
+
+        #[test]
+        fn every_subnet_key_parses_back(ip in any::<u32>(), len in 0u8..=32) {
+            let net = Ipv4Net::new(Ipv4Addr::from(ip), len).expect("valid").trunc();
+            let key = subnet_key(DEFAULT_PREFIX, net);
+            prop_assert_eq!(
+                parse_subnet_key(DEFAULT_PREFIX, &key),
+                Some(SubnetKey { ipv4: net, ipv6: None })
+            );
+        }
+
+        #[test]
+        fn judged_leases_make_a_table(
+            leases in proptest::collection::vec(
+                (0u8..4, any::<u8>(), 14u8..28, 0u8..6, any::<bool>(), 0i64..20),
+                0..24,
+            ),
+        ) {
+            let ips = [
+                Ipv4Addr::new(192, 0, 2, 2),
+                Ipv4Addr::new(192, 0, 2, 3),
+                OWN_IP,
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::BROADCAST,
+                Ipv4Addr::new(224, 0, 0, 5),
+            ];
+            let stored: Vec<(String, i64, String)> = leases
+                .iter()
+                .map(|&(a, b, len, ip, v6, rev)| {
+                    let net = Ipv4Net::new(Ipv4Addr::new(10, 243 + a, b, 0), len)
+                        .expect("valid")
+                        .trunc();
+                    let mut key = subnet_key(DEFAULT_PREFIX, net);
+                    if v6 {
+                        key.push_str("&fd00::-64");
+                    }
+                    (key, rev, format!(r#"{{"PublicIP":"{}"}}"#, ips[usize::from(ip)]))
+                })
+                .collect();
+            let view: Vec<(&str, i64, &str)> =
+                stored.iter().map(|(k, r, v)| (k.as_str(), *r, v.as_str())).collect();
+            let (accepted, rejected) = judge(&view);
+            let mut keys: Vec<&str> = view.iter().map(|l| l.0).filter(|k| *k != OWN_KEY).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            // Keys are unique in etcd; the generator may repeat one, each copy is judged.
+            let judged = accepted.len() + rejected.len();
+            prop_assert_eq!(judged, view.iter().filter(|l| l.0 != OWN_KEY).count());
+            let config = config();
+            for a in &accepted {
+                prop_assert!(config.allows(a.subnet));
+                prop_assert_eq!(judge_public_ip(a.value.public_ip, OWN_IP), None);
+            }
+            let peers: Vec<crate::table::Peer> = accepted
+                .iter()
+                .map(|a| crate::table::Peer {
+                    subnet: ipnet::IpNet::V4(a.subnet),
+                    endpoint: std::net::SocketAddr::new(a.value.public_ip.into(), 8285),
+                    vtep_mac: None,
+                })
+                .collect();
+            let own = ipnet::IpNet::V4("10.244.1.0/24".parse().expect("literal"));
+            prop_assert!(crate::table::Snapshot::new(vec![own], peers).is_ok());
+            // The verdict does not depend on the order the leases were listed in.
+            let mut reversed = view.clone();
+            reversed.reverse();
+            let (again, _) = judge(&reversed);
+            let set = |v: &[Accepted]| {
+                let mut k: Vec<String> = v.iter().map(|a| a.key.clone()).collect();
+                k.sort();
+                k
+            };
+            if keys.len() == view.iter().filter(|l| l.0 != OWN_KEY).count() {
+                prop_assert_eq!(set(&again), set(&accepted));
+            }
         }
 
         #[test]
