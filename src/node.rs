@@ -311,14 +311,13 @@ pub fn run(
             text
         })
     };
-    let status = Arc::new(crate::http::Status {
-        ready: AtomicBool::new(true),
-        healthy: AtomicBool::new(true),
-        metrics: {
+    let status = Arc::new(crate::http::Status::new());
+    status.set_renderers(
+        {
             let render = Arc::clone(&render);
             Box::new(move || render())
         },
-        status: {
+        {
             let render = Arc::clone(&render);
             let table = Arc::clone(&table);
             let head = serde_json::json!({
@@ -370,7 +369,8 @@ pub fn run(
                 v
             })
         },
-    });
+    );
+    status.set_ready();
     let http = match opts.healthz {
         Some(addr) => Some(crate::http::bind(addr).map_err(|source| Error::Io {
             what: format!("open the HTTP endpoint on {addr}"),
