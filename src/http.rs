@@ -418,9 +418,7 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
             Ok(0) => break,
             Ok(n) => {
                 if answer.len() + n > GET_LIMIT {
-                    return Err(format!(
-                        "{addr}{path} answered more than {GET_LIMIT} bytes"
-                    ));
+                    return Err(format!("{addr}{path} answered more than {GET_LIMIT} bytes"));
                 }
                 answer.extend_from_slice(&chunk[..n]);
             }
@@ -482,7 +480,8 @@ impl RequestLine {
     /// line's offset in the buffer.
     fn parse(line: &[u8], at: usize) -> Result<Self, HeadError> {
         let mut parts = line.splitn(3, |&b| b == b' ');
-        let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+        let (Some(method), Some(target), Some(version)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(HeadError::BadRequestLine);
         };
@@ -736,7 +735,11 @@ impl Server {
             if self
                 .poll
                 .registry()
-                .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .register(
+                    &mut stream,
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
                 .is_err()
             {
                 continue;
@@ -926,7 +929,10 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u
         ),
         Ok(h) => {
             let (code, kind, body) = respond(status, h.target);
-            (answer(code, kind, &body, h.method == Method::Get, &[]), false)
+            (
+                answer(code, kind, &body, h.method == Method::Get, &[]),
+                false,
+            )
         }
         Err(e) => (answer(e.code(), TEXT, &format!("{e}\n"), true, &[]), true),
     }
@@ -1023,7 +1029,10 @@ mod tests {
         assert_eq!(respond(&s, "/metrics").0, 503);
         assert_eq!(respond(&s, "/status").0, 503);
         s.set_not_ready("waiting for etcd");
-        assert_eq!(respond(&s, "/readyz").2, "fustian is not ready: waiting for etcd\n");
+        assert_eq!(
+            respond(&s, "/readyz").2,
+            "fustian is not ready: waiting for etcd\n"
+        );
         let s = status();
         s.set_ready();
         assert_eq!(respond(&s, "/readyz").0, 200);
@@ -1041,20 +1050,38 @@ mod tests {
     #[test]
     fn heads() {
         fn ok(text: &str) -> RequestHead<'_> {
-            parse_head(text.as_bytes()).expect("valid").expect("complete")
+            parse_head(text.as_bytes())
+                .expect("valid")
+                .expect("complete")
         }
         let h = ok("GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n");
-        assert_eq!((h.method, h.target, h.head_len), (Method::Get, "/healthz", 34));
+        assert_eq!(
+            (h.method, h.target, h.head_len),
+            (Method::Get, "/healthz", 34)
+        );
         let h = ok("\r\nHEAD /metrics?x=1 HTTP/1.0\n\nbody");
-        assert_eq!((h.method, h.target, h.head_len), (Method::Head, "/metrics?x=1", 30));
+        assert_eq!(
+            (h.method, h.target, h.head_len),
+            (Method::Head, "/metrics?x=1", 30)
+        );
         assert_eq!(ok("POST / HTTP/1.0\r\n\r\n").method, Method::Other);
-        assert_eq!(ok("GET http://n:1/readyz HTTP/1.1\r\nHost: n\r\n\r\n").target, "/readyz");
+        assert_eq!(
+            ok("GET http://n:1/readyz HTTP/1.1\r\nHost: n\r\n\r\n").target,
+            "/readyz"
+        );
         assert_eq!(ok("GET HTTP://n HTTP/1.1\r\nHost: n\r\n\r\n").target, "/");
         // Content-Length and Transfer-Encoding are never interpreted.
-        let h = ok("GET /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 18446744073709551616\r\n\
-                    Transfer-Encoding: chunked\r\n\r\n");
+        let h = ok(
+            "GET /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 18446744073709551616\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n",
+        );
         assert_eq!(h.target, "/healthz");
-        for partial in ["", "GET", "GET /healthz HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: n\r\n\r"] {
+        for partial in [
+            "",
+            "GET",
+            "GET /healthz HTTP/1.1\r\n",
+            "GET / HTTP/1.1\r\nHost: n\r\n\r",
+        ] {
             assert_eq!(parse_head(partial.as_bytes()), Ok(None), "{partial:?}");
         }
     }
@@ -1097,7 +1124,10 @@ mod tests {
         let mut edge = b"GET / HTTP/1.0\r\nX: ".to_vec();
         edge.resize(HEAD_LIMIT - 4, b'a');
         edge.extend_from_slice(b"\r\n\r\n");
-        assert_eq!(parse_head(&edge).map(|h| h.map(|h| h.head_len)), Ok(Some(HEAD_LIMIT)));
+        assert_eq!(
+            parse_head(&edge).map(|h| h.map(|h| h.head_len)),
+            Ok(Some(HEAD_LIMIT))
+        );
     }
 
     #[test]
@@ -1116,7 +1146,10 @@ mod tests {
         assert!(a.contains("Content-Length: 19\r\n"), "{a}");
         assert!(a.ends_with("\r\n\r\n"), "{a}");
         let a = text(b"DELETE /healthz HTTP/1.0\r\n\r\n");
-        assert!(a.starts_with("HTTP/1.1 405 ") && a.contains("Allow: GET, HEAD\r\n"), "{a}");
+        assert!(
+            a.starts_with("HTTP/1.1 405 ") && a.contains("Allow: GET, HEAD\r\n"),
+            "{a}"
+        );
         let a = text(b"GET /x HTTP/1.0\r\n\r\n");
         assert!(a.starts_with("HTTP/1.1 404 "), "{a}");
         let refused = render(&s, Err(&HeadError::HeadTooLarge)).0;
@@ -1192,7 +1225,8 @@ mod tests {
 
     fn exchange(addr: SocketAddr, request: &[u8]) -> String {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         s.write_all(request).expect("send");
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
@@ -1220,7 +1254,10 @@ mod tests {
             b"POST /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 9000000000000000000\r\n\r\nxx",
         );
         assert!(a.starts_with("HTTP/1.1 405 "), "{a}");
-        let a = exchange(addr, &b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n".repeat(100));
+        let a = exchange(
+            addr,
+            &b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n".repeat(100),
+        );
         assert_eq!(a.matches("HTTP/1.1 200 OK").count(), 1, "{a}");
         // An over-long head is refused with 431 and the connection closed.
         let mut long = b"GET /healthz HTTP/1.1\r\nX: ".to_vec();
