@@ -38,7 +38,17 @@ impl Lab {
     fn start() -> Self {
         let mut topo = topology();
         let port = PORT.to_string();
-        let a = topo.node_args(0, &["--threads", "1", "--healthz-port", &port]);
+        // The node keeps its capabilities: the endpoint's thread must drop its own.
+        let a = topo.node_args(
+            0,
+            &[
+                "--threads",
+                "1",
+                "--healthz-port",
+                &port,
+                "--keep-privileges",
+            ],
+        );
         let node = topo
             .start_node(0, EXE, &a)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -58,6 +68,16 @@ impl Lab {
             "the endpoint never answered: {:?}\n{}",
             lab.healthz(),
             lab.log()
+        );
+        let caps = thread_caps(pid);
+        let http = caps.iter().filter(|(name, _)| name == "fustian-http");
+        assert!(
+            http.clone().count() == 1 && http.clone().all(|(_, cap)| *cap == 0),
+            "the endpoint's thread keeps capabilities: {caps:?}"
+        );
+        assert!(
+            caps.iter().any(|(_, cap)| *cap != 0),
+            "with --keep-privileges other threads keep theirs: {caps:?}"
         );
         lab.threads = proc_field(pid, "Threads:");
         lab.rss_kb = proc_field(pid, "VmRSS:");
@@ -148,6 +168,27 @@ fn proc_field(pid: u32, field: &str) -> u64 {
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("bad {field} line in {path}: {line}"))
+}
+
+/// Returns each thread's name and effective capabilities; any failure fails the test.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    let dir = format!("/proc/{pid}/task");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .map(|task| {
+            let path = task.expect("task entry").path();
+            let name = std::fs::read_to_string(path.join("comm"))
+                .unwrap_or_else(|e| panic!("cannot read {}/comm: {e}", path.display()));
+            let status = std::fs::read_to_string(path.join("status"))
+                .unwrap_or_else(|e| panic!("cannot read {}/status: {e}", path.display()));
+            let cap = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or_else(|| panic!("no CapEff in {}/status", path.display()));
+            (name.trim().to_owned(), cap)
+        })
+        .collect()
 }
 
 /// Connects to the endpoint with read and write timeouts.
