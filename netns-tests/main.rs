@@ -16,6 +16,7 @@ mod etcd;
 mod flannel_compat;
 mod garbage;
 mod hostile;
+mod http;
 mod icmp;
 mod lab;
 mod privileges;

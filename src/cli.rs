@@ -104,7 +104,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "IP",
-        default_value = "0.0.0.0",
+        default_value = "127.0.0.1",
         env = "FLANNELD_HEALTHZ_IP"
     )]
     pub healthz_ip: std::net::IpAddr,

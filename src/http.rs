@@ -1,71 +1,127 @@
 //! The node's HTTP endpoint (`--healthz-port`, as flanneld's): `/healthz`, `/readyz`,
 //! `/metrics` in the Prometheus text format, and `/status`, the JSON that `fustian show` prints.
 //!
-//! Served by tiny_http on one thread of its own; requests only read atomics and the table
-//! snapshot, so a slow or hostile client cannot delay forwarding. Off by default (port 0), as
-//! flanneld's.
+//! A small HTTP/1.1 responder on one thread of its own, driven by a non-blocking `mio` loop, with
+//! every resource bounded:
+//!
+//! - at most [`MAX_CONNECTIONS`] connections; a new one beyond that replaces the oldest (one
+//!   already answered first, then one still sending its head, then one still being answered),
+//!   so idle or slow clients cannot lock a health probe out;
+//! - the request head (request line and header fields) is read into a fixed buffer of
+//!   [`HEAD_LIMIT`] bytes per connection; a longer head is answered 431 (414 when the request
+//!   line alone does not fit) and the connection closed;
+//! - a request body is never read, and `Content-Length` is never looked at: every request is
+//!   answered from its head alone, with `Connection: close`; bytes after the head (a body,
+//!   pipelined requests) are discarded, at most [`LINGER_BYTES`] for at most [`LINGER_TIME`]
+//!   after the answer, so that closing does not reset the answer away;
+//! - the whole head must arrive within [`READ_TIMEOUT`] of the connection (slow senders), and
+//!   the whole answer must be taken within [`WRITE_TIMEOUT`] (clients that never read); writes
+//!   never block, so one client never delays another.
+//!
+//! Only `GET` and `HEAD` of the four paths are served (405 for other methods, 404 for other
+//! paths, 400 for a malformed head, 505 for HTTP versions other than 1.0 and 1.1). The
+//! thread drops every capability before it does anything else, shares no lock with the
+//! workers, and reads only atomics and the table snapshot (through the renderers), so no
+//! client can stall or stop forwarding. Off by default (port 0), as flanneld's; bound to
+//! 127.0.0.1 by default, unlike flanneld's 0.0.0.0, because `/status` shows the peer table and
+//! the nodes' public addresses and every pod could otherwise reach it through the overlay.
+//!
+//! The endpoint's own counters are appended to `/metrics`: `http_requests` (heads answered),
+//! `http_bad_requests` (answered 400, 405, 414, 431 or 505), `http_timeouts` (connections
+//! closed at their read or write deadline) and `http_evicted` (connections closed to make room
+//! for a new one).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-/// Renders every metric in the Prometheus text format.
-pub type MetricsRenderer = Box<dyn Fn() -> String + Send + Sync>;
-/// Renders the node's state (table, counters, I/O path) as JSON.
-pub type StatusRenderer = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
 
-/// What the endpoint serves, filled in by the node as it comes up.
+/// Largest request head (request line, header fields and the empty line) the endpoint reads.
+pub const HEAD_LIMIT: usize = 16 * 1024;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has, from its connection, to send its whole request head.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to take the whole answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long input after an answered head is read and discarded before the connection closes.
+pub const LINGER_TIME: Duration = Duration::from_secs(1);
+/// How many bytes after an answered head are read and discarded before the connection closes.
+pub const LINGER_BYTES: usize = 256 * 1024;
+/// Largest answer [`get`] accepts, head included.
+pub const GET_LIMIT: usize = 16 << 20;
+/// Time [`get`] may take in total: connecting, sending and reading the whole answer.
+pub const GET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the endpoint serves, filled in by the node.
 pub struct Status {
     /// Set once the device, the sockets, the lease (with etcd) and the subnet file are in
-    /// place.
+    /// place; `/readyz` answers 200 while it is set.
     pub ready: AtomicBool,
-    /// Cleared when a worker stops on its own (an event loop failed).
+    /// Cleared when a worker stops on its own (an event loop failed); `/healthz` answers 200
+    /// while it is set.
     pub healthy: AtomicBool,
-    /// Why the node is not ready (answered by `/readyz` with 503).
-    reason: Mutex<String>,
-    /// The renderers, set once the node has what they read.
-    renderers: Mutex<Option<(Arc<MetricsRenderer>, Arc<StatusRenderer>)>>,
+    /// Why the node is not ready, for `/readyz` (and `/metrics`, `/status` before the
+    /// renderers exist).
+    reason: ArcSwap<String>,
+    /// The `/metrics` and `/status` renderers, once the node has them.
+    renderers: ArcSwapOption<Renderers>,
+    /// The endpoint's own counters.
+    counters: Counters,
+    /// Set by the node once its privileges are settled (dropped, or the user switched): the
+    /// serving thread then drops the two it kept for that switch.
+    settled: AtomicBool,
 }
 
 impl Status {
-    /// Returns a status that is healthy, not ready, with the reason "starting", and renders
-    /// nothing yet.
+    /// Not ready (reason "starting"), healthy, no renderers yet.
     pub fn new() -> Self {
         Self {
             ready: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
-            reason: Mutex::new("starting".into()),
-            renderers: Mutex::new(None),
+            reason: ArcSwap::from_pointee("starting".to_owned()),
+            renderers: ArcSwapOption::empty(),
+            counters: Counters::default(),
+            settled: AtomicBool::new(false),
         }
     }
 
-    /// Marks the node not ready, saying why.
-    pub fn set_not_ready(&self, reason: &str) {
-        if let Ok(mut r) = self.reason.lock() {
-            reason.clone_into(&mut r);
-        }
-        self.ready.store(false, Ordering::Relaxed);
+    /// /readyz answers 503 with this reason in the body ("fustian is not ready: <reason>").
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.reason.store(Arc::new(reason.into()));
+        self.ready.store(false, Ordering::Release);
     }
 
-    /// Marks the node ready.
+    /// /readyz answers 200.
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
     }
 
-    /// Sets what `/metrics` and `/status` render.
-    pub fn set_renderers(&self, metrics: MetricsRenderer, status: StatusRenderer) {
-        if let Ok(mut r) = self.renderers.lock() {
-            *r = Some((Arc::new(metrics), Arc::new(status)));
-        }
+    /// Installs the /metrics and /status renderers (before that: 503 "not ready: <reason>").
+    /// They run on the endpoint's thread, one request at a time, with no lock held.
+    pub fn set_renderers(
+        &self,
+        metrics: Box<dyn Fn() -> String + Send + Sync>,
+        status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    ) {
+        self.renderers
+            .store(Some(Arc::new(Renderers { metrics, status })));
     }
 
-    fn reason(&self) -> String {
-        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    /// Tells the serving thread that the node's privileges are settled (capabilities dropped or
+    /// the user switched), so it drops the last capabilities it kept for that (within
+    /// [`STOP_CHECK`]).
+    pub fn privileges_settled(&self) {
+        self.settled.store(true, Ordering::Release);
     }
 
-    fn renderers(&self) -> Option<(Arc<MetricsRenderer>, Arc<StatusRenderer>)> {
-        self.renderers.lock().ok().and_then(|r| r.clone())
+    fn not_ready(&self) -> String {
+        format!("fustian is not ready: {}\n", self.reason.load())
     }
 }
 
@@ -80,51 +136,194 @@ impl std::fmt::Debug for Status {
         f.debug_struct("Status")
             .field("ready", &self.ready)
             .field("healthy", &self.healthy)
+            .field("reason", &**self.reason.load())
             .finish_non_exhaustive()
     }
 }
 
-/// Answers one request path: status code, content type and body.
+/// Answers one request path: status code, content type and body. A query string is ignored.
 pub fn respond(status: &Status, path: &str) -> (u16, &'static str, String) {
     let path = path.split('?').next().unwrap_or_default();
     match path {
-        "/healthz" if status.healthy.load(Ordering::Relaxed) => {
-            (200, "text/plain", "fustian is running\n".into())
+        "/healthz" if status.healthy.load(Ordering::Acquire) => {
+            (200, TEXT, "fustian is running\n".into())
         }
-        "/healthz" => (503, "text/plain", "a worker stopped\n".into()),
-        "/readyz" if status.ready.load(Ordering::Relaxed) => {
-            (200, "text/plain", "fustian is ready\n".into())
+        "/healthz" => (503, TEXT, "a worker stopped\n".into()),
+        "/readyz" if status.ready.load(Ordering::Acquire) => {
+            (200, TEXT, "fustian is ready\n".into())
         }
-        "/readyz" => (
-            503,
-            "text/plain",
-            format!("fustian is not ready: {}\n", status.reason()),
-        ),
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4",
-            status.renderers().map(|(m, _)| m()).unwrap_or_default(),
-        ),
-        "/status" => (
-            200,
-            "application/json",
-            status
-                .renderers()
-                .map_or(serde_json::Value::Null, |(_, s)| s())
-                .to_string(),
-        ),
-        _ => (404, "text/plain", "not found\n".into()),
+        "/readyz" => (503, TEXT, status.not_ready()),
+        "/metrics" | "/status" => match status.renderers.load_full() {
+            None => (503, TEXT, status.not_ready()),
+            Some(r) if path == "/metrics" => {
+                let mut text = (r.metrics)();
+                status.counters.render(&mut text);
+                (200, "text/plain; version=0.0.4", text)
+            }
+            Some(r) => (200, "application/json", (r.status)().to_string()),
+        },
+        _ => (404, TEXT, "not found\n".into()),
     }
 }
 
+/// The method of a request: the two the endpoint serves, or any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `GET`.
+    Get,
+    /// `HEAD`: the `GET` answer's head without its body.
+    Head,
+    /// Any other method (answered 405).
+    Other,
+}
+
+/// A complete, well-formed request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead<'a> {
+    /// The request method.
+    pub method: Method,
+    /// The path and query of the request target (from the origin form, or from the absolute
+    /// form with its scheme and authority removed).
+    pub target: &'a str,
+    /// Bytes of the head, the final empty line included; what follows is never read.
+    pub head_len: usize,
+}
+
+/// Why a request head is refused; each maps to one answer code ([`HeadError::code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// A header field line is malformed: obsolete line folding, an empty or invalid field
+    /// name, whitespace before the colon, or a control character in the value.
+    #[error("malformed header field")]
+    BadHeader,
+    /// An HTTP/1.1 request without exactly one `Host` field, or an HTTP/1.0 one with several
+    /// (RFC 9112 section 3.2).
+    #[error("missing or repeated Host field")]
+    BadHost,
+    /// The request line is not `method SP request-target SP HTTP-version`.
+    #[error("malformed request line")]
+    BadRequestLine,
+    /// A well-formed HTTP version other than 1.0 and 1.1.
+    #[error("unsupported HTTP version")]
+    BadVersion,
+    /// The head does not end within [`HEAD_LIMIT`] bytes.
+    #[error("request head longer than {} bytes", HEAD_LIMIT)]
+    HeadTooLarge,
+    /// The request line does not end within [`HEAD_LIMIT`] bytes.
+    #[error("request line longer than {} bytes", HEAD_LIMIT)]
+    LineTooLong,
+}
+
+impl HeadError {
+    /// Returns the status code the endpoint answers with.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::BadHeader | Self::BadHost | Self::BadRequestLine => 400,
+            Self::BadVersion => 505,
+            Self::HeadTooLarge => 431,
+            Self::LineTooLong => 414,
+        }
+    }
+}
+
+/// Parses a request head as its bytes arrive, judging each line once.
+///
+/// Feed it the connection's input so far (always the same buffer, only ever longer) after each
+/// read; it resumes at the first line it has not judged. Only the first [`HEAD_LIMIT`] bytes are
+/// looked at. After it has returned a head or an error, it must not be fed again.
+#[derive(Debug, Clone, Default)]
+pub struct HeadParser {
+    /// Start of the first line not judged yet.
+    pos: usize,
+    /// The request line, once judged.
+    line: Option<RequestLine>,
+    /// `Host` fields seen (saturating).
+    hosts: u8,
+}
+
+impl HeadParser {
+    /// Returns a parser at the start of a request.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Judges the complete lines of `buf` not judged yet. Returns the head once its empty line
+    /// arrived, `None` while more input is needed, or why the head is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`HeadError`]: as soon as a complete line is malformed, or when `buf` reaches
+    /// [`HEAD_LIMIT`] bytes without the end of the head.
+    pub fn advance<'a>(&mut self, buf: &'a [u8]) -> Result<Option<RequestHead<'a>>, HeadError> {
+        let window = &buf[..buf.len().min(HEAD_LIMIT)];
+        loop {
+            let rest = window.get(self.pos..).unwrap_or_default();
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                return if buf.len() >= HEAD_LIMIT {
+                    Err(if self.line.is_some() {
+                        HeadError::HeadTooLarge
+                    } else {
+                        HeadError::LineTooLong
+                    })
+                } else {
+                    Ok(None)
+                };
+            };
+            let start = self.pos;
+            let raw = &rest[..nl];
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            self.pos += nl + 1;
+            match &self.line {
+                // RFC 9112 section 2.2: empty lines before the request line are ignored.
+                None if line.is_empty() => {}
+                None => self.line = Some(RequestLine::parse(line, start)?),
+                Some(request) if line.is_empty() => {
+                    let hosts_ok = if request.http11 {
+                        self.hosts == 1
+                    } else {
+                        self.hosts <= 1
+                    };
+                    if !hosts_ok {
+                        return Err(HeadError::BadHost);
+                    }
+                    let target = match request.target {
+                        Some((from, to)) => std::str::from_utf8(&buf[from..to])
+                            .map_err(|_| HeadError::BadRequestLine)?,
+                        None => "/",
+                    };
+                    return Ok(Some(RequestHead {
+                        method: request.method,
+                        target,
+                        head_len: self.pos,
+                    }));
+                }
+                Some(_) => {
+                    if is_host_field(line)? {
+                        self.hosts = self.hosts.saturating_add(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses a whole request head at the start of `buf` in one call (see [`HeadParser`]).
+///
+/// # Errors
+///
+/// As [`HeadParser::advance`].
+pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead<'_>>, HeadError> {
+    HeadParser::new().advance(buf)
+}
+
 /// A bound, not yet serving endpoint (bound during setup, while binding a low port is still
-/// allowed; served from a thread started after the privileges are gone).
-pub struct Listener(tiny_http::Server);
+/// allowed).
+pub struct Listener(TcpListener);
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Listener")
-            .field(&self.0.server_addr().to_ip())
+            .field(&self.0.local_addr().ok())
             .finish()
     }
 }
@@ -133,92 +332,701 @@ impl std::fmt::Debug for Listener {
 ///
 /// # Errors
 ///
-/// The bind error.
-pub fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
-    tiny_http::Server::http(addr)
-        .map(Listener)
-        .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))
+/// The bind error, naming the address.
+pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+    let std = std::net::TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    std.set_nonblocking(true)?;
+    Ok(Listener(TcpListener::from_std(std)))
 }
 
-/// Serves `status` from `listener` on a thread of its own until `stop` is set.
+/// Serves `status` from `listener` on a thread of its own until `stop` is set. The thread
+/// drops every capability it has before anything else (capabilities are per thread), but
+/// CAP_SETUID and CAP_SETGID: it may start before the node switches to `--user`, and glibc
+/// runs `setuid`/`setgid` on every thread of the process and aborts it when one thread is
+/// refused. Those two go as well once [`Status::privileges_settled`] is called.
 ///
 /// # Errors
 ///
-/// The thread cannot be started.
+/// The thread cannot be started, cannot drop its capabilities, or cannot create its poller.
 pub fn serve(
     listener: Listener,
     status: Arc<Status>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let server = listener.0;
-    if let Some(addr) = server.server_addr().to_ip() {
-        tracing::info!(%addr, "HTTP endpoint: /healthz /readyz /metrics /status");
-    }
-    std::thread::Builder::new()
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name("fustian-http".into())
         .spawn(move || {
-            // Capabilities belong to each thread: this one may start before the node drops
-            // its own, and needs none. CAP_SETUID and CAP_SETGID stay (bits 7 and 6), because
-            // glibc applies a later `--user` switch to every thread and aborts the process if
-            // one thread is refused; the switch then clears them.
+            // CAP_SETGID is bit 6, CAP_SETUID bit 7 (include/uapi/linux/capability.h).
             if let Err(e) = crate::sys::keep_only_capabilities((1 << 7) | (1 << 6)) {
-                tracing::warn!("HTTP endpoint: cannot drop capabilities: {e}");
+                let _ = tx.send(Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot drop the HTTP thread's capabilities: {e}"),
+                )));
+                return;
             }
-            while !stop.load(Ordering::Relaxed) {
-                let request = match server.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!("HTTP endpoint: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                let (code, kind, body) = if *request.method() == tiny_http::Method::Get {
-                    respond(&status, request.url())
-                } else {
-                    (405, "text/plain", "GET only\n".into())
-                };
-                let mut response = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
-                {
-                    response.add_header(h);
+            let server = match Server::new(listener, status) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
                 }
-                let _ = request.respond(response);
-            }
-        })
+            };
+            let _ = tx.send(Ok(server.local));
+            server.run(&stop);
+        })?;
+    match rx.recv() {
+        Ok(Ok(addr)) => {
+            tracing::info!(%addr, "HTTP endpoint: /healthz /readyz /metrics /status");
+            Ok(handle)
+        }
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(io::Error::other("the HTTP thread stopped before serving"))
+        }
+    }
 }
 
-/// Fetches `path` from a node's endpoint at `addr` (`fustian show`): a plain HTTP/1.0 GET,
-/// returning the body of a 200 answer.
+/// Fetches `path` from a node's endpoint at `addr` (`fustian show`): an HTTP/1.1 GET with
+/// `Connection: close`, returning the body of a 200 answer. The whole exchange is bounded by
+/// [`GET_TIMEOUT`] and the answer by [`GET_LIMIT`] bytes.
 ///
 /// # Errors
 ///
-/// A message for a connection failure, a timeout, or another status.
+/// A message for a connection failure, a timeout, an answer too large or not HTTP, a body
+/// shorter or longer than its `Content-Length`, or a status other than 200.
 pub fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    if !path.starts_with('/') || !path.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(format!("{path:?} is not a request path"));
+    }
+    let deadline = Instant::now() + GET_TIMEOUT;
+    let remaining = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{addr}{path} did not answer within {GET_TIMEOUT:?}"))
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, remaining()?)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-        .map_err(|e| format!("cannot send to {addr}: {e}"))?;
-    let mut text = String::new();
     stream
-        .take(16 << 20)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read from {addr}: {e}"))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
-    let code = head.split_whitespace().nth(1).unwrap_or_default();
+        .set_write_timeout(Some(remaining()?))
+        .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut answer = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        stream
+            .set_read_timeout(Some(remaining()?))
+            .map_err(|e| format!("cannot read from {addr}: {e}"))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if answer.len() + n > GET_LIMIT {
+                    return Err(format!("{addr}{path} answered more than {GET_LIMIT} bytes"));
+                }
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read from {addr}: {e}")),
+        }
+    }
+    parse_answer(&answer).map_err(|e| format!("{addr}{path} {e}"))
+}
+
+// --- The server ---
+
+/// The renderers the node installs.
+struct Renderers {
+    metrics: Box<dyn Fn() -> String + Send + Sync>,
+    status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
+/// The endpoint's own counters.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    bad_requests: AtomicU64,
+    timeouts: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl Counters {
+    fn render(&self, out: &mut String) {
+        for (name, c) in [
+            ("http_requests", &self.requests),
+            ("http_bad_requests", &self.bad_requests),
+            ("http_timeouts", &self.timeouts),
+            ("http_evicted", &self.evicted),
+        ] {
+            let v = c.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "# TYPE fustian_{name} counter\nfustian_{name} {v}\n"
+            ));
+        }
+    }
+
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The judged request line: method, where the target's path starts and ends in the buffer
+/// (`None`: an absolute-form target without a path, which means "/"), and the version.
+#[derive(Debug, Clone, Copy)]
+struct RequestLine {
+    method: Method,
+    target: Option<(usize, usize)>,
+    http11: bool,
+}
+
+impl RequestLine {
+    /// Parses `method SP request-target SP HTTP-version` (RFC 9112 section 3); `at` is the
+    /// line's offset in the buffer.
+    fn parse(line: &[u8], at: usize) -> Result<Self, HeadError> {
+        let mut parts = line.splitn(3, |&b| b == b' ');
+        let (Some(method), Some(target), Some(version)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(HeadError::BadRequestLine);
+        };
+        if !is_token(method) || target.is_empty() || !target.iter().all(|&b| is_vchar(b)) {
+            return Err(HeadError::BadRequestLine);
+        }
+        let http11 = match version {
+            b"HTTP/1.1" => true,
+            b"HTTP/1.0" => false,
+            [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+                if major.is_ascii_digit() && minor.is_ascii_digit() =>
+            {
+                return Err(HeadError::BadVersion);
+            }
+            _ => return Err(HeadError::BadRequestLine),
+        };
+        // The target starts after the method and one space.
+        let from = at + method.len() + 1;
+        let method = match method {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            _ => Method::Other,
+        };
+        let target = if target.starts_with(b"/") {
+            Some((from, from + target.len()))
+        } else if let Some(path) = absolute_form_path(target) {
+            // RFC 9112 section 3.2.2: a server accepts the absolute form; only its path and
+            // query matter here.
+            path.map(|skip| (from + skip, from + target.len()))
+        } else {
+            return Err(HeadError::BadRequestLine);
+        };
+        Ok(Self {
+            method,
+            target,
+            http11,
+        })
+    }
+}
+
+/// For an absolute-form target (`http://authority/path?query`), returns the offset of its path
+/// (`None` when it has none: the path is then "/", and a query alone does not matter here).
+/// Returns `None` (outer) when `target` is not in absolute form.
+fn absolute_form_path(target: &[u8]) -> Option<Option<usize>> {
+    let scheme_len = if target.len() >= 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if target.len() >= 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let after = &target[scheme_len..];
+    let path = after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .filter(|&p| after[p] == b'/')
+        .map(|p| scheme_len + p);
+    Some(path)
+}
+
+/// Judges one header field line (RFC 9112 section 5: `field-name ":" OWS field-value OWS`)
+/// and says whether it is `Host`.
+fn is_host_field(line: &[u8]) -> Result<bool, HeadError> {
+    // Obsolete line folding (a line starting with whitespace) is refused (section 5.2).
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return Err(HeadError::BadHeader);
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    // Whitespace between name and colon makes the name invalid (section 5.1).
+    if !is_token(name) {
+        return Err(HeadError::BadHeader);
+    }
+    // field-value: visible characters, SP, HTAB and obs-text; no other control character.
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || b == b' ' || is_vchar(b) || b >= 0x80)
+    {
+        return Err(HeadError::BadHeader);
+    }
+    Ok(name.eq_ignore_ascii_case(b"host"))
+}
+
+/// Whether `s` is a non-empty `token` (RFC 9110 section 5.6.2).
+fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `b` is a visible US-ASCII character (`VCHAR`).
+fn is_vchar(b: u8) -> bool {
+    (0x21..0x7f).contains(&b)
+}
+
+/// Reads an answer to [`get`]: the body of a 200, checked against `Content-Length` if given.
+fn parse_answer(answer: &[u8]) -> Result<String, String> {
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("did not answer HTTP")?;
+    let head = std::str::from_utf8(&answer[..end]).map_err(|_| "answered a non-text head")?;
+    let body = std::str::from_utf8(&answer[end + 4..]).map_err(|_| "answered a non-text body")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Err("did not answer HTTP".into());
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Err("did not answer HTTP/1".into());
+    }
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            let len: usize = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("answered a bad Content-Length {value:?}"))?;
+            if len != body.len() {
+                return Err(format!(
+                    "answered {} body bytes with Content-Length {len}",
+                    body.len()
+                ));
+            }
+        }
+    }
     if code != "200" {
-        return Err(format!("{addr}{path} answered {code}: {}", body.trim()));
+        return Err(format!("answered {code}: {}", body.trim()));
     }
     Ok(body.to_owned())
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const LISTENER: Token = Token(usize::MAX);
+/// Longest sleep in `poll`, so that `stop` is seen soon.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// The responder's state: one poller, the listener, a fixed table of connections and their
+/// head buffers.
+struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local: SocketAddr,
+    status: Arc<Status>,
+    conns: Vec<Option<Conn>>,
+    /// `MAX_CONNECTIONS` head buffers of `HEAD_LIMIT` bytes, one per slot.
+    heads: Vec<u8>,
+    /// After an accept error other than `WouldBlock` (out of fds): accept again at this time.
+    accept_retry: Option<Instant>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    accepted: Instant,
+    deadline: Instant,
+    state: State,
+}
+
+enum State {
+    /// Reading the head: `filled` bytes of the slot's buffer hold input.
+    Reading { filled: usize, parser: HeadParser },
+    /// Writing the answer: `out[sent..]` is still to go.
+    Writing { out: Vec<u8>, sent: usize },
+    /// Answered; reading and discarding what the client still sends, then closing.
+    Lingering { discarded: usize },
+}
+
+/// What to do with a connection after driving it.
+enum Next {
+    Keep,
+    Close,
+}
+
+impl Server {
+    fn new(listener: Listener, status: Arc<Status>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listener = listener.0;
+        let local = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Self {
+            poll,
+            listener,
+            local,
+            status,
+            conns: std::iter::repeat_with(|| None)
+                .take(MAX_CONNECTIONS)
+                .collect(),
+            heads: vec![0; MAX_CONNECTIONS * HEAD_LIMIT],
+            accept_retry: None,
+        })
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let mut events = Events::with_capacity(MAX_CONNECTIONS + 1);
+        let mut settled = false;
+        while !stop.load(Ordering::Relaxed) {
+            if !settled && self.status.settled.load(Ordering::Acquire) {
+                settled = true;
+                if let Err(e) = crate::sys::drop_capabilities() {
+                    tracing::warn!("HTTP endpoint: cannot drop its last capabilities: {e}");
+                }
+            }
+            let now = Instant::now();
+            let wake = self
+                .conns
+                .iter()
+                .flatten()
+                .map(|c| c.deadline)
+                .chain(self.accept_retry)
+                .min()
+                .map_or(STOP_CHECK, |d| {
+                    d.saturating_duration_since(now).min(STOP_CHECK)
+                });
+            if let Err(e) = self.poll.poll(&mut events, Some(wake)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::warn!("HTTP endpoint: poll failed: {e}");
+                    std::thread::sleep(STOP_CHECK);
+                }
+                continue;
+            }
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    Token(slot) => self.drive(slot),
+                }
+            }
+            let now = Instant::now();
+            if self.accept_retry.is_some_and(|t| now >= t) {
+                self.accept_retry = None;
+                self.accept_all();
+            }
+            self.expire(now);
+        }
+    }
+
+    /// Accepts every pending connection, making room by closing the oldest when the table is
+    /// full.
+    fn accept_all(&mut self) {
+        if self.accept_retry.is_some() {
+            return;
+        }
+        loop {
+            let mut stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS: leave the rest in the backlog for a while.
+                    tracing::warn!("HTTP endpoint: cannot accept: {e}");
+                    self.accept_retry = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            };
+            let slot = self.free_slot();
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let now = Instant::now();
+            self.conns[slot] = Some(Conn {
+                stream,
+                accepted: now,
+                deadline: now + READ_TIMEOUT,
+                state: State::Reading {
+                    filled: 0,
+                    parser: HeadParser::new(),
+                },
+            });
+            // The request usually arrives with the connection: answer it now.
+            self.drive(slot);
+        }
+    }
+
+    /// Returns a free slot, closing the oldest connection to make one when none is: first
+    /// one already answered, then one still sending its head, then one still being answered.
+    fn free_slot(&mut self) -> usize {
+        if let Some(free) = self.conns.iter().position(Option::is_none) {
+            return free;
+        }
+        let rank = |c: &Conn| match c.state {
+            State::Lingering { .. } => 0,
+            State::Reading { .. } => 1,
+            State::Writing { .. } => 2,
+        };
+        let victim = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (rank(c), c.accepted, i)))
+            .min()
+            .map_or(0, |(_, _, i)| i);
+        if let Some(c) = self.conns[victim].take() {
+            if !matches!(c.state, State::Lingering { .. }) {
+                Counters::bump(&self.status.counters.evicted);
+            }
+            self.close(c);
+        }
+        victim
+    }
+
+    /// Closes connections whose deadline passed; one still sending its head gets a
+    /// best-effort 408 first.
+    fn expire(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let expired = self.conns[slot].as_ref().is_some_and(|c| now >= c.deadline);
+            if !expired {
+                continue;
+            }
+            let Some(mut c) = self.conns[slot].take() else {
+                continue;
+            };
+            match c.state {
+                State::Reading { .. } => {
+                    Counters::bump(&self.status.counters.timeouts);
+                    let out = answer(408, TEXT, "request head not received in time\n", true, &[]);
+                    let _ = c.stream.write(&out);
+                }
+                State::Writing { .. } => Counters::bump(&self.status.counters.timeouts),
+                State::Lingering { .. } => {}
+            }
+            self.close(c);
+        }
+    }
+
+    fn close(&self, mut c: Conn) {
+        let _ = self.poll.registry().deregister(&mut c.stream);
+    }
+
+    /// Moves the connection in `slot` along as far as its socket allows.
+    fn drive(&mut self, slot: usize) {
+        let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let next = loop {
+            let step = match &mut c.state {
+                State::Reading { filled, parser } => {
+                    let buf = &mut self.heads[slot * HEAD_LIMIT..(slot + 1) * HEAD_LIMIT];
+                    read_head(&mut c.stream, buf, filled, parser)
+                        .map(|judged| judged.map(|head| render(&self.status, head.as_ref())))
+                }
+                State::Writing { out, sent } => match write_out(&mut c.stream, out, sent) {
+                    Next::Keep if *sent == out.len() => {
+                        let _ = c.stream.shutdown(Shutdown::Write);
+                        c.state = State::Lingering { discarded: 0 };
+                        c.deadline = Instant::now() + LINGER_TIME;
+                        continue;
+                    }
+                    Next::Keep => break Next::Keep,
+                    Next::Close => break Next::Close,
+                },
+                State::Lingering { discarded } => break linger(&mut c.stream, discarded),
+            };
+            match step {
+                // Head complete (or refused): answer it.
+                Ok(Some((out, bad))) => {
+                    Counters::bump(&self.status.counters.requests);
+                    if bad {
+                        Counters::bump(&self.status.counters.bad_requests);
+                    }
+                    c.state = State::Writing { out, sent: 0 };
+                    c.deadline = Instant::now() + WRITE_TIMEOUT;
+                }
+                Ok(None) => break Next::Keep,
+                Err(()) => break Next::Close,
+            }
+        };
+        match next {
+            Next::Keep => self.conns[slot] = Some(c),
+            Next::Close => self.close(c),
+        }
+    }
+}
+
+/// What reading the head produced: nothing yet, or the parser's verdict (the head or the
+/// error); `Err(())` closes the connection.
+type HeadRead<'a> = Result<Option<Result<RequestHead<'a>, HeadError>>, ()>;
+
+/// Reads into `buf[*filled..]` until the head is judged, the socket has nothing more, or the
+/// client closed its side (then what arrived is judged one last time).
+fn read_head<'a>(
+    stream: &mut TcpStream,
+    buf: &'a mut [u8],
+    filled: &mut usize,
+    parser: &mut HeadParser,
+) -> HeadRead<'a> {
+    let mut ended = false;
+    loop {
+        if *filled == buf.len() {
+            break;
+        }
+        match stream.read(&mut buf[*filled..]) {
+            Ok(0) => {
+                ended = true;
+                break;
+            }
+            Ok(n) => {
+                let new = &buf[*filled..*filled + n];
+                *filled += n;
+                // Only a new line ending can complete a line; a full buffer is judged below.
+                if new.contains(&b'\n') && *filled < buf.len() {
+                    let mut probe = parser.clone();
+                    match probe.advance(&buf[..*filled]) {
+                        Ok(None) => *parser = probe,
+                        Ok(Some(_)) | Err(_) => break,
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    let buf: &'a [u8] = buf;
+    let verdict = parser.advance(&buf[..*filled]);
+    if ended {
+        // Half-closed after sending: answer a complete head, else give up.
+        return match verdict {
+            Ok(Some(h)) => Ok(Some(Ok(h))),
+            _ => Err(()),
+        };
+    }
+    match verdict {
+        Ok(None) => Ok(None),
+        Ok(Some(h)) => Ok(Some(Ok(h))),
+        Err(e) => Ok(Some(Err(e))),
+    }
+}
+
+/// Builds the answer to a judged head; the flag says it was a bad request.
+fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u8>, bool) {
+    match head {
+        Ok(h) if h.method == Method::Other => (
+            answer(
+                405,
+                TEXT,
+                "only GET and HEAD\n",
+                true,
+                &["Allow: GET, HEAD"],
+            ),
+            true,
+        ),
+        Ok(h) => {
+            let (code, kind, body) = respond(status, h.target);
+            (
+                answer(code, kind, &body, h.method == Method::Get, &[]),
+                false,
+            )
+        }
+        Err(e) => (answer(e.code(), TEXT, &format!("{e}\n"), true, &[]), true),
+    }
+}
+
+/// Serialises an answer with `Connection: close`; `with_body` false (HEAD) keeps the
+/// `Content-Length` of the body but leaves the body out (RFC 9110 section 9.3.2).
+fn answer(code: u16, kind: &str, body: &str, with_body: bool, extra: &[&str]) -> Vec<u8> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in extra {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    if with_body {
+        out.push_str(body);
+    }
+    out.into_bytes()
+}
+
+/// Writes `out[*sent..]` without blocking. `Keep` means all written or the socket is full.
+fn write_out(stream: &mut TcpStream, out: &[u8], sent: &mut usize) -> Next {
+    while *sent < out.len() {
+        match stream.write(&out[*sent..]) {
+            Ok(0) => return Next::Close,
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Keep,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Next::Close,
+        }
+    }
+    Next::Keep
+}
+
+/// Reads and discards input after the answer, up to [`LINGER_BYTES`]; closes at the client's
+/// end of input or at the limit.
+fn linger(stream: &mut TcpStream, discarded: &mut usize) -> Next {
+    let mut sink = [0u8; 4096];
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return Next::Close,
+            Ok(n) => {
+                *discarded += n;
+                if *discarded >= LINGER_BYTES {
+                    return Next::Close;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Next::Keep,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Next::Close,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn status() -> Status {
@@ -232,37 +1040,275 @@ mod tests {
 
     #[test]
     fn paths() {
-        let s = status();
+        let s = Status::new();
         assert_eq!(respond(&s, "/healthz").0, 200);
-        assert_eq!(respond(&s, "/readyz").0, 503);
-        s.set_not_ready("waiting for etcd at http://192.0.2.254:2379");
+        assert_eq!(
+            respond(&s, "/readyz"),
+            (503, TEXT, "fustian is not ready: starting\n".into())
+        );
+        assert_eq!(respond(&s, "/metrics").0, 503);
+        assert_eq!(respond(&s, "/status").0, 503);
+        s.set_not_ready("waiting for etcd");
         assert_eq!(
             respond(&s, "/readyz").2,
-            "fustian is not ready: waiting for etcd at http://192.0.2.254:2379\n"
+            "fustian is not ready: waiting for etcd\n"
         );
+        let s = status();
         s.set_ready();
         assert_eq!(respond(&s, "/readyz").0, 200);
-        assert_eq!(respond(&s, "/metrics").2, "fustian_tx_packets 3\n");
+        let metrics = respond(&s, "/metrics").2;
+        assert!(metrics.starts_with("fustian_tx_packets 3\n"), "{metrics}");
+        assert!(metrics.contains("fustian_http_requests 0\n"), "{metrics}");
         assert!(respond(&s, "/status?x=1").2.contains("10.244.1.0/24"));
         assert_eq!(respond(&s, "/nope").0, 404);
+        s.set_not_ready("stopping");
+        assert_eq!(respond(&s, "/readyz").0, 503);
         s.healthy.store(false, Ordering::Relaxed);
         assert_eq!(respond(&s, "/healthz").0, 503);
     }
 
     #[test]
+    fn heads() {
+        fn ok(text: &str) -> RequestHead<'_> {
+            parse_head(text.as_bytes())
+                .expect("valid")
+                .expect("complete")
+        }
+        let h = ok("GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n");
+        assert_eq!(
+            (h.method, h.target, h.head_len),
+            (Method::Get, "/healthz", 34)
+        );
+        let h = ok("\r\nHEAD /metrics?x=1 HTTP/1.0\n\nbody");
+        assert_eq!(
+            (h.method, h.target, h.head_len),
+            (Method::Head, "/metrics?x=1", 30)
+        );
+        assert_eq!(ok("POST / HTTP/1.0\r\n\r\n").method, Method::Other);
+        assert_eq!(
+            ok("GET http://n:1/readyz HTTP/1.1\r\nHost: n\r\n\r\n").target,
+            "/readyz"
+        );
+        assert_eq!(ok("GET HTTP://n HTTP/1.1\r\nHost: n\r\n\r\n").target, "/");
+        // Content-Length and Transfer-Encoding are never interpreted.
+        let h = ok(
+            "GET /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 18446744073709551616\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(h.target, "/healthz");
+        for partial in [
+            "",
+            "GET",
+            "GET /healthz HTTP/1.1\r\n",
+            "GET / HTTP/1.1\r\nHost: n\r\n\r",
+        ] {
+            assert_eq!(parse_head(partial.as_bytes()), Ok(None), "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn bad_heads() {
+        let err = |text: &[u8]| parse_head(text).expect_err("refused");
+        use HeadError::*;
+        for (text, e) in [
+            (&b"GET /healthz\r\n\r\n"[..], BadRequestLine),
+            (b"GET  /healthz HTTP/1.1\r\n", BadRequestLine),
+            (b"GET healthz HTTP/1.1\r\n", BadRequestLine),
+            (b"G(T / HTTP/1.1\r\n", BadRequestLine),
+            (b"GET /\x01 HTTP/1.1\r\n", BadRequestLine),
+            (b"GET / HTTP/1.1 \r\n", BadRequestLine),
+            (b"GET / http/1.1\r\n", BadRequestLine),
+            (b"GET / HTTP/2.0\r\n", BadVersion),
+            (b"GET / HTTP/0.9\r\n", BadVersion),
+            (b"GET / HTTP/1.1\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.0\r\nHost: a\r\nHOST: b\r\n\r\n", BadHost),
+            (b"GET / HTTP/1.1\r\nHost : a\r\n", BadHeader),
+            (b"GET / HTTP/1.1\r\n folded\r\n", BadHeader),
+            (b"GET / HTTP/1.1\r\nNoColon\r\n", BadHeader),
+            (b"GET / HTTP/1.1\r\n: empty\r\n", BadHeader),
+            (b"GET / HTTP/1.1\r\nX: a\rb\r\n", BadHeader),
+            (b"GET / HTTP/1.1\r\nX: a\x00b\r\n", BadHeader),
+        ] {
+            assert_eq!(err(text), e, "{:?}", String::from_utf8_lossy(text));
+        }
+        let mut long = b"GET /".to_vec();
+        long.resize(HEAD_LIMIT, b'a');
+        assert_eq!(err(&long), LineTooLong);
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(HEAD_LIMIT + 100, b'a');
+        assert_eq!(err(&big), HeadTooLarge);
+        assert_eq!(err(&big[..HEAD_LIMIT]), HeadTooLarge);
+        assert_eq!(parse_head(&big[..HEAD_LIMIT - 1]), Ok(None));
+        // A head that ends just inside the limit is served.
+        let mut edge = b"GET / HTTP/1.0\r\nX: ".to_vec();
+        edge.resize(HEAD_LIMIT - 4, b'a');
+        edge.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(
+            parse_head(&edge).map(|h| h.map(|h| h.head_len)),
+            Ok(Some(HEAD_LIMIT))
+        );
+    }
+
+    #[test]
+    fn answers_for_heads() {
+        let s = status();
+        let text = |head: &[u8]| {
+            let judged = parse_head(head).expect("judged").map(Ok);
+            let judged = judged.unwrap_or(Err(HeadError::BadHost));
+            String::from_utf8(render(&s, judged.as_ref()).0).expect("text")
+        };
+        let a = text(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n");
+        assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
+        assert!(a.contains("Connection: close\r\n"), "{a}");
+        assert!(a.ends_with("\r\n\r\nfustian is running\n"), "{a}");
+        let a = text(b"HEAD /healthz HTTP/1.0\r\n\r\n");
+        assert!(a.contains("Content-Length: 19\r\n"), "{a}");
+        assert!(a.ends_with("\r\n\r\n"), "{a}");
+        let a = text(b"DELETE /healthz HTTP/1.0\r\n\r\n");
+        assert!(
+            a.starts_with("HTTP/1.1 405 ") && a.contains("Allow: GET, HEAD\r\n"),
+            "{a}"
+        );
+        let a = text(b"GET /x HTTP/1.0\r\n\r\n");
+        assert!(a.starts_with("HTTP/1.1 404 "), "{a}");
+        let refused = render(&s, Err(&HeadError::HeadTooLarge)).0;
+        assert!(refused.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+    }
+
+    #[test]
+    fn answers_read_by_get() {
+        assert_eq!(
+            parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").as_deref(),
+            Ok("abc")
+        );
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabc").is_err());
+        assert!(parse_answer(b"HTTP/1.1 503 X\r\n\r\nnot ready").is_err_and(|e| e.contains("503")));
+        assert!(parse_answer(b"SSH-2.0\r\n\r\n").is_err());
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    proptest! {
+        /// Any input gives a verdict without panicking; fed in pieces, the parser reaches the
+        /// verdict of one whole parse; a complete head ends within the limit and the input.
+        #[test]
+        fn any_input_in_any_pieces(
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let whole = parse_head(&data);
+            if let Ok(Some(h)) = &whole {
+                prop_assert!(h.head_len <= data.len().min(HEAD_LIMIT));
+                prop_assert!(h.target.starts_with('/'));
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (data.len() + 1)).collect();
+            cuts.sort_unstable();
+            cuts.push(data.len());
+            let mut parser = HeadParser::new();
+            let mut verdict = Ok(None);
+            for cut in cuts {
+                verdict = parser.clone().advance(&data[..cut]);
+                if !matches!(verdict, Ok(None)) {
+                    break;
+                }
+                parser.advance(&data[..cut]).expect("same verdict");
+            }
+            prop_assert_eq!(verdict, whole);
+        }
+
+        /// Heads built from valid parts parse back to what was built, whatever the headers.
+        #[test]
+        fn built_heads_parse(
+            get in any::<bool>(),
+            path in "/[a-z0-9/?=&]{0,40}",
+            names in proptest::collection::vec("[A-Za-z][A-Za-z0-9-]{0,20}", 0..10),
+            value in "[ -~]{0,60}",
+        ) {
+            let mut text = format!("{} {path} HTTP/1.1\r\nHost: n\r\n", if get { "GET" } else { "HEAD" });
+            for n in &names {
+                if !n.eq_ignore_ascii_case("host") {
+                    text.push_str(&format!("{n}: {value}\r\n"));
+                }
+            }
+            text.push_str("\r\n");
+            let h = parse_head(text.as_bytes()).expect("valid").expect("complete");
+            prop_assert_eq!(h.target, path.as_str());
+            prop_assert_eq!(h.head_len, text.len());
+            prop_assert_eq!(h.method, if get { Method::Get } else { Method::Head });
+        }
+    }
+
+    fn free_addr() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    }
+
+    fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request).expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
     fn serves_over_loopback() {
         let stop = Arc::new(AtomicBool::new(false));
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = probe.local_addr().expect("addr");
-        drop(probe);
-        let listener = bind(addr).expect("bind");
-        let h = serve(listener, Arc::new(status()), Arc::clone(&stop)).expect("serve");
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let s = Arc::new(status());
+        let h = serve(listener, Arc::clone(&s), Arc::clone(&stop)).expect("serve");
         assert_eq!(
-            get(addr, "/metrics").as_deref(),
-            Ok("fustian_tx_packets 3\n")
+            get(addr, "/metrics").map(|m| m.starts_with("fustian_tx_packets 3\n")),
+            Ok(true)
         );
         assert!(get(addr, "/readyz").is_err_and(|e| e.contains("503")));
+        s.set_ready();
+        assert_eq!(get(addr, "/readyz").as_deref(), Ok("fustian is ready\n"));
+        assert!(get(addr, "/nope").is_err_and(|e| e.contains("404")));
+        // A body announced as huge is never read; pipelined requests get no answer.
+        let a = exchange(
+            addr,
+            b"POST /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 9000000000000000000\r\n\r\nxx",
+        );
+        assert!(a.starts_with("HTTP/1.1 405 "), "{a}");
+        let a = exchange(
+            addr,
+            &b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n".repeat(100),
+        );
+        assert_eq!(a.matches("HTTP/1.1 200 OK").count(), 1, "{a}");
+        // An over-long head is refused with 431 and the connection closed.
+        let mut long = b"GET /healthz HTTP/1.1\r\nX: ".to_vec();
+        long.resize(HEAD_LIMIT + 10, b'a');
+        let a = exchange(addr, &long);
+        assert!(a.starts_with("HTTP/1.1 431 "), "{a}");
+        // More idle connections than the table holds: the newest is still served.
+        let idle: Vec<_> = (0..MAX_CONNECTIONS + 10)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        assert_eq!(get(addr, "/healthz").as_deref(), Ok("fustian is running\n"));
+        drop(idle);
+        let metrics = get(addr, "/metrics").expect("metrics");
+        let evicted = crate::metrics::parse_prometheus(&metrics)
+            .into_iter()
+            .find(|(k, _)| k == "http_evicted")
+            .map(|(_, v)| v);
+        assert!(evicted.is_some_and(|n| n >= 10), "{metrics}");
         stop.store(true, Ordering::Relaxed);
         h.join().expect("server thread");
+    }
+
+    #[test]
+    fn get_is_bounded() {
+        // A server that accepts and never answers: `get` gives up at its deadline.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = silent.local_addr().expect("addr");
+        let start = Instant::now();
+        assert!(get(addr, "/status").is_err());
+        assert!(start.elapsed() < GET_TIMEOUT + Duration::from_secs(1));
+        assert!(get(addr, "/a b").is_err());
+        assert!(get(free_addr(), "/status").is_err());
     }
 }

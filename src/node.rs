@@ -394,6 +394,9 @@ pub fn run(
         })?;
         tracing::info!("all capabilities dropped after setup");
     }
+    if let Some(status) = &opts.status {
+        status.privileges_settled();
+    }
     let control_thread = match control {
         Some(run_control) => {
             let (table, stop) = (Arc::clone(&table), Arc::clone(stop));
