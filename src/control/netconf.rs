@@ -326,10 +326,10 @@ fn parse_backend(raw: Option<&[u8]>) -> Result<Backend, NetConfigError> {
     }
     let mut kind = String::new();
     for (key, value) in members() {
-        if gojson::names(&key, "Type") {
-            if let Some(t) = typed("Backend.Type", gojson::string(value))? {
-                kind = t.into_owned();
-            }
+        if gojson::names(&key, "Type")
+            && let Some(t) = typed("Backend.Type", gojson::string(value))?
+        {
+            kind = t.into_owned();
         }
     }
     // flanneld looks the type up in lower case.

@@ -586,7 +586,7 @@ struct Member {
     key: String,
     escape_key: bool,
     token: usize,
-    backend: Option<Vec<Member>>,
+    backend: Option<Vec<Self>>,
 }
 
 fn table_len(f: F) -> usize {
