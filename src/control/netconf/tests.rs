@@ -926,7 +926,6 @@ fn the_generator_reaches_every_outcome() {
             Err(()) => refused += 1,
         }
     }
-    eprintln!("udp {udp} vxlan {vxlan} refused {refused}");
     assert!(
         udp > 100 && vxlan > 100 && refused > 200,
         "{udp} {vxlan} {refused}"
