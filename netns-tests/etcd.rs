@@ -998,3 +998,54 @@ fn a_node_survives_its_etcd_endpoint_going_away() {
     );
     c.stop_node(0);
 }
+
+/// A network config written with the key spellings Go's decoder accepts (lower case, a
+/// Kelvin sign for the k of `Backend`, a later duplicate that wins) brings nodes up with its
+/// VNI, port and MTU, as flanneld would.
+#[test]
+fn a_config_in_any_key_case_sets_vni_port_and_mtu() {
+    if skip("a_config_in_any_key_case_sets_vni_port_and_mtu") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(2);
+    c.put(
+        &format!("{PREFIX}/config"),
+        "{\"network\":\"10.244.0.0/16\",\"BAC\u{212A}END\":{\"type\":\"VXLAN\",\"VNI\":7,\
+         \"vni\":42,\"port\":4789,\"mtu\":1400}}",
+    );
+    c.start_node(0, &[]);
+    c.start_node(1, &[]);
+    for i in 0..2 {
+        let seen = wait_for(Duration::from_secs(5), || c.counter(i, "table_peers") == 1);
+        assert!(seen, "node {i} does not see its peer:\n{}", c.log(i));
+        let env = std::fs::read_to_string(c.subnet_file(i)).expect("subnet file");
+        assert!(env.contains("FLANNEL_MTU=1350"), "{env}");
+        // The node holds UDP 4789 on its address, and not the default 8472.
+        let addr = node_ip(i);
+        let (busy, free) = c.nodes[i]
+            .run(move || {
+                (
+                    std::net::UdpSocket::bind(format!("{addr}:4789")).is_err(),
+                    std::net::UdpSocket::bind(format!("{addr}:8472")).is_ok(),
+                )
+            })
+            .expect("run in the node namespace");
+        assert!(
+            busy && free,
+            "node {i}: 4789 bound {busy}, 8472 free {free}"
+        );
+    }
+    let leases = c.keys(&format!("{PREFIX}/subnets/"));
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for (key, value) in &leases {
+        assert!(
+            value.contains(r#""BackendData":{"VNI":42,"#),
+            "{key}: {value}"
+        );
+    }
+    c.transfer(0, 1, 1 << 20);
+    c.transfer(1, 0, 1 << 20);
+    c.stop_node(0);
+    c.stop_node(1);
+}

@@ -107,21 +107,29 @@ fn join_etcd(
     }
     raw.network = Some(joined.config.network.to_string());
     raw.subnet = Some(joined.subnet.to_string());
-    match joined.config.backend.clone() {
-        Backend::Udp { port } => {
-            raw.backend = Some("udp".into());
-            raw.port = raw.port.or(port.map(u32::from));
-        }
-        Backend::Vxlan { vni, port } => {
-            raw.backend = Some("vxlan".into());
-            raw.vni = Some(vni);
-            raw.port = raw.port.or(port.map(u32::from));
-            raw.vtep_mac = mac.map(|m| m.to_string());
-        }
-        Backend::Other(name) => {
-            anyhow::bail!("the network's backend `{name}` is not one fustian speaks (udp, vxlan)")
-        }
+    // The network config sets the wire for every node: a flag may repeat it, never change it.
+    let backend = joined.config.backend;
+    let agree = |flag: &str, given: Option<String>, config: String| match given {
+        Some(g) if g != config => anyhow::bail!(
+            "{flag} {g} disagrees with the network config in etcd, which says {config}"
+        ),
+        _ => Ok(()),
+    };
+    agree("--backend", raw.backend.clone(), backend.name().to_owned())?;
+    agree(
+        "--port",
+        raw.port.map(|p| p.to_string()),
+        backend.port().to_string(),
+    )?;
+    raw.backend = Some(backend.name().to_owned());
+    raw.port = Some(u32::from(backend.port()));
+    if let Backend::Vxlan { vni, .. } = backend {
+        agree("--vni", raw.vni.map(|v| v.to_string()), vni.to_string())?;
+        raw.vni = Some(vni);
+        raw.vtep_mac = mac.map(|m| m.to_string());
     }
+    // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins here.
+    raw.mtu = raw.mtu.or(backend.tun_mtu());
     raw.subnet_file = Some(subnet_file.to_string_lossy().into_owned());
     let mut config = NodeConfig::resolve(&raw, file.map(|(p, r)| (p.as_path(), r)))?;
     config.peers = joined.peers;

@@ -1,15 +1,33 @@
-//! flannel's network config from etcd: any bytes give a typed result; an accepted config's
-//! subnets lie inside its network and are ones it allows.
+//! flannel's network config from etcd, read as flanneld's Go decoder reads it: any bytes give
+//! a typed result; an accepted config's subnets lie inside its network and are ones it allows,
+//! and its backend settings are ones a node can run with.
 #![no_main]
 
-use fustian::control::lease::NetworkConfig;
+use fustian::control::gojson;
+use fustian::control::netconf::{Backend, NetworkConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(c) = NetworkConfig::parse(data) {
+    let parsed = NetworkConfig::parse(data);
+    if let Ok(c) = parsed {
+        assert!(gojson::check(data).is_ok());
+        assert!(c.subnet_len <= 30 && c.subnet_len >= c.network.prefix_len() + 2);
         for s in c.subnets().take(64) {
             assert!(c.network.contains(&s));
             assert!(c.allows(s));
+        }
+        assert_ne!(c.backend.port(), 0);
+        if let Backend::Vxlan { vni, .. } = c.backend {
+            assert!(vni < 1 << 24);
+        }
+        if let Some(mtu) = c.backend.tun_mtu() {
+            assert!((68..=65_000).contains(&mtu));
+        }
+    }
+    if gojson::check(data).is_ok() {
+        for (key, value) in gojson::members(data).into_iter().flatten() {
+            let _ = gojson::names(&key, "Network");
+            assert!(gojson::check(value).is_ok());
         }
     }
 });

@@ -717,12 +717,11 @@ impl Agent {
                 port.unwrap_or(crate::wire::flannel::DEFAULT_PORT),
                 None,
             ),
-            Backend::Vxlan { vni, port } => (
+            Backend::Vxlan { vni, port, .. } => (
                 "vxlan",
                 port.unwrap_or(crate::wire::vxlan::DEFAULT_PORT),
                 Some(*vni),
             ),
-            Backend::Other(_) => return Vec::new(),
         };
         let mut ignored = 0;
         let mut peers = Vec::new();

@@ -23,6 +23,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+pub use super::netconf::{Backend, NetConfigError, NetworkConfig};
 use crate::wire::MacAddress;
 
 /// The key prefix flanneld uses by default.
@@ -56,188 +57,10 @@ fn field(field: &'static str, detail: impl Into<String>) -> LeaseError {
     }
 }
 
-/// The backend a network config asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Backend {
-    /// flannel's `udp` backend, with its `Port` when given.
-    Udp {
-        /// `Backend.Port`.
-        port: Option<u16>,
-    },
-    /// `vxlan`, with its VNI (default 1) and `Port` when given.
-    Vxlan {
-        /// `Backend.VNI`.
-        vni: u32,
-        /// `Backend.Port`.
-        port: Option<u16>,
-    },
-    /// Any other type (host-gw, wireguard, ...): fustian cannot speak it.
-    Other(String),
-}
-
-impl Backend {
-    /// Returns the backend type as flannel writes it.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Udp { .. } => "udp",
-            Self::Vxlan { .. } => "vxlan",
-            Self::Other(name) => name,
-        }
-    }
-}
-
-/// `<prefix>/config`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkConfig {
-    /// `Network`.
-    pub network: Ipv4Net,
-    /// `SubnetLen`.
-    pub subnet_len: u8,
-    /// `SubnetMin`: the first subnet that may be leased.
-    pub subnet_min: Ipv4Addr,
-    /// `SubnetMax`: the last subnet that may be leased.
-    pub subnet_max: Ipv4Addr,
-    /// `Backend`.
-    pub backend: Backend,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawConfig {
-    network: Option<String>,
-    subnet_len: Option<u32>,
-    subnet_min: Option<String>,
-    subnet_max: Option<String>,
-    backend: Option<serde_json::Value>,
-    #[serde(rename = "EnableIPv4")]
-    enable_ipv4: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawBackend {
-    #[serde(rename = "Type")]
-    kind: Option<String>,
-    port: Option<u32>,
-    #[serde(rename = "VNI")]
-    vni: Option<u32>,
-}
-
 fn json_error(what: &'static str, e: &serde_json::Error) -> LeaseError {
     LeaseError::Json {
         what,
         detail: e.to_string(),
-    }
-}
-
-impl NetworkConfig {
-    /// Parses and validates the JSON value of `<prefix>/config`.
-    ///
-    /// # Errors
-    ///
-    /// [`LeaseError`] naming the field flannel would also refuse.
-    pub fn parse(json: &[u8]) -> Result<Self, LeaseError> {
-        let raw: RawConfig =
-            serde_json::from_slice(json).map_err(|e| json_error("the network config", &e))?;
-        if raw.enable_ipv4 == Some(false) {
-            return Err(field("EnableIPv4", "IPv6-only networks are not supported"));
-        }
-        let text = raw.network.ok_or_else(|| field("Network", "missing"))?;
-        let network: Ipv4Net = text
-            .parse()
-            .map_err(|_| field("Network", format!("`{text}` is not an IPv4 CIDR")))?;
-        let network = network.trunc();
-        let prefix = network.prefix_len();
-        let subnet_len = match raw.subnet_len {
-            None | Some(0) if prefix <= 22 => 24,
-            None | Some(0) => prefix + 2,
-            Some(n) => u8::try_from(n).unwrap_or(u8::MAX),
-        };
-        if subnet_len > 30 {
-            return Err(field("SubnetLen", format!("{subnet_len} is above 30")));
-        }
-        if subnet_len <= prefix {
-            return Err(field(
-                "SubnetLen",
-                format!("{subnet_len} leaves no room for subnets in /{prefix}"),
-            ));
-        }
-        let size = 1u64 << (32 - u32::from(subnet_len));
-        let base = u64::from(u32::from(network.network()));
-        let last = u64::from(u32::from(network.broadcast())) + 1 - size;
-        let bound = |name: &'static str, text: Option<String>, default: u64| {
-            let Some(text) = text else {
-                return Ok(default);
-            };
-            let ip: Ipv4Addr = text
-                .parse()
-                .map_err(|_| field(name, format!("`{text}` is not an IPv4 address")))?;
-            let v = u64::from(u32::from(ip));
-            if v < base || v > last {
-                return Err(field(name, format!("{ip} is outside {network}")));
-            }
-            if (v - base) % size != 0 {
-                return Err(field(
-                    name,
-                    format!("{ip} is not on a /{subnet_len} boundary"),
-                ));
-            }
-            Ok(v)
-        };
-        let min = bound("SubnetMin", raw.subnet_min, base + size)?;
-        let max = bound("SubnetMax", raw.subnet_max, last)?;
-        if min > max {
-            return Err(field("SubnetMin", "above SubnetMax"));
-        }
-        let backend = parse_backend(raw.backend)?;
-        Ok(Self {
-            network,
-            subnet_len,
-            subnet_min: Ipv4Addr::from(u32::try_from(min).unwrap_or(0)),
-            subnet_max: Ipv4Addr::from(u32::try_from(max).unwrap_or(0)),
-            backend,
-        })
-    }
-
-    /// Returns the subnets that may be leased, in address order.
-    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
-        let size = 1u32 << (32 - u32::from(self.subnet_len));
-        let (min, max) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
-        (0..=(max - min) / size)
-            .filter_map(move |i| Ipv4Net::new(Ipv4Addr::from(min + i * size), self.subnet_len).ok())
-    }
-
-    /// Returns true when `subnet` is one this config allows to be leased.
-    pub fn allows(&self, subnet: Ipv4Net) -> bool {
-        let v = u32::from(subnet.network());
-        subnet.prefix_len() == self.subnet_len
-            && v >= u32::from(self.subnet_min)
-            && v <= u32::from(self.subnet_max)
-    }
-}
-
-fn parse_backend(value: Option<serde_json::Value>) -> Result<Backend, LeaseError> {
-    let Some(value) = value.filter(|v| !v.is_null()) else {
-        // flannel's code: no Backend means udp.
-        return Ok(Backend::Udp { port: None });
-    };
-    let raw: RawBackend = serde_json::from_value(value).map_err(|e| json_error("Backend", &e))?;
-    let port = raw
-        .port
-        .filter(|&p| p != 0)
-        .map(|p| u16::try_from(p).map_err(|_| field("Backend.Port", format!("{p} is not a port"))))
-        .transpose()?;
-    let kind = raw.kind.unwrap_or_else(|| "udp".to_owned());
-    match kind.as_str() {
-        "udp" => Ok(Backend::Udp { port }),
-        "vxlan" => {
-            let vni = raw.vni.unwrap_or(1);
-            if vni >= 1 << 24 {
-                return Err(field("Backend.VNI", format!("{vni} does not fit 24 bits")));
-            }
-            Ok(Backend::Vxlan { vni, port })
-        }
-        _ => Ok(Backend::Other(kind)),
     }
 }
 
@@ -660,66 +483,6 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_follow_flannel() {
-        let c = NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).expect("valid");
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(c.backend, Backend::Udp { port: None });
-        assert_eq!(c.subnets().count(), 255);
-        let small =
-            NetworkConfig::parse(br#"{"Network":"10.244.0.0/24","Backend":{"Type":"vxlan"}}"#)
-                .expect("valid");
-        assert_eq!(small.subnet_len, 26);
-        assert_eq!(small.backend, Backend::Vxlan { vni: 1, port: None });
-        let other =
-            NetworkConfig::parse(br#"{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw"}}"#)
-                .expect("valid");
-        assert_eq!(other.backend, Backend::Other("host-gw".into()));
-    }
-
-    #[test]
-    fn bad_configs_name_the_field() {
-        for (json, name) in [
-            (&br#"{}"#[..], "Network"),
-            (br#"{"Network":"nope"}"#, "Network"),
-            (
-                br#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
-                "SubnetLen",
-            ),
-            (
-                br#"{"Network":"10.244.0.0/16","SubnetLen":16}"#,
-                "SubnetLen",
-            ),
-            (
-                br#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.7"}"#,
-                "SubnetMin",
-            ),
-            (
-                br#"{"Network":"10.244.0.0/16","SubnetMax":"10.245.0.0"}"#,
-                "SubnetMax",
-            ),
-            (
-                br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
-                "Backend.VNI",
-            ),
-            (
-                br#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":70000}}"#,
-                "Backend.Port",
-            ),
-        ] {
-            match NetworkConfig::parse(json) {
-                Err(LeaseError::Field { field, .. }) => assert_eq!(field, name),
-                other => panic!("{}: {other:?}", String::from_utf8_lossy(json)),
-            }
-        }
-        assert!(matches!(
-            NetworkConfig::parse(b"[1"),
-            Err(LeaseError::Json { .. })
-        ));
-    }
-
-    #[test]
     fn keys() {
         let net: Ipv4Net = "10.244.7.0/24".parse().expect("literal");
         let key = subnet_key(DEFAULT_PREFIX, net);
@@ -911,7 +674,6 @@ mod tests {
 
         #[test]
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), key in ".{0,60}") {
-            let _ = NetworkConfig::parse(&data);
             let _ = LeaseValue::parse(&data);
             let _ = parse_subnet_key(DEFAULT_PREFIX, &key);
         }
@@ -1004,17 +766,5 @@ mod tests {
             }
         }
 
-        #[test]
-        fn subnets_lie_in_the_network(prefix in 8u8..28, extra in 1u8..4, base in any::<u32>()) {
-            let len = (prefix + extra).min(30);
-            let net = Ipv4Net::new(Ipv4Addr::from(base), prefix).expect("valid").trunc();
-            let json = format!(r#"{{"Network":"{net}","SubnetLen":{len}}}"#);
-            let c = NetworkConfig::parse(json.as_bytes()).expect("valid");
-            for s in c.subnets().take(50) {
-                prop_assert!(net.contains(&s));
-                prop_assert!(c.allows(s));
-                prop_assert_eq!(s.prefix_len(), len);
-            }
-        }
     }
 }
