@@ -10,9 +10,18 @@ use fustian::config::{NodeConfig, RawNode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match fustian::cli::go_style_args(std::env::args_os(), &|k| std::env::var_os(k)) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("fustian: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_new(cli.log_filter()).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -68,6 +77,8 @@ fn join_etcd(
         keyfile: args.etcd_keyfile.clone(),
         certfile: args.etcd_certfile.clone(),
         cafile: args.etcd_cafile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
         renew_margin: std::time::Duration::from_secs(
             60 * args.subnet_lease_renew_margin.unwrap_or(60),
         ),
@@ -132,12 +143,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     match cli.command {
-        Command::Run(args) => {
+        Command::Run(mut args) => {
             let file = match &args.config {
                 Some(path) => Some((path.clone(), RawNode::from_file(path)?)),
                 None => None,
             };
-            let (config, control, extra_metrics) = match &args.etcd_endpoints {
+            args.select_underlay(file.as_ref().map(|(_, r)| r))?;
+            let (config, control, extra_metrics) = match &args.etcd_endpoints_or_default() {
                 Some(endpoints) => join_etcd(&args, endpoints, file.as_ref())?,
                 None => (
                     NodeConfig::resolve(&args.raw(), file.as_ref().map(|(p, r)| (p.as_path(), r)))?,
