@@ -125,6 +125,18 @@ fn start_and_log(topo: &mut Topology, args: &[String]) -> String {
     log
 }
 
+/// Gives node 0 a second interface, `d0` (a veth pair with `d1`, both up), holding
+/// 198.51.100.1/24.
+fn second_interface(topo: &Topology) {
+    let host = &topo.hosts[0];
+    host.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .expect("second link");
+    host.ip(&["addr", "add", "198.51.100.1/24", "dev", "d0"])
+        .expect("second address");
+    host.ip(&["link", "set", "d1", "up"]).expect("d1 up");
+    host.ip(&["link", "set", "d0", "up"]).expect("d0 up");
+}
+
 fn echo(topo: &Topology) {
     let stop = Arc::new(AtomicBool::new(false));
     for (from, to) in [(0, 1), (1, 0)] {
@@ -141,11 +153,8 @@ fn without_public_ip_the_default_route_interface_is_used() {
     }
     let _serial = serial();
     let mut topo = topology();
-    let host = &topo.hosts[0];
     // A second interface that holds an address but not the default route.
-    host.ip(&["link", "add", "d0", "type", "dummy"]).expect("dummy link");
-    host.ip(&["addr", "add", "198.51.100.1/24", "dev", "d0"]).expect("dummy address");
-    host.ip(&["link", "set", "d0", "up"]).expect("dummy up");
+    second_interface(&topo);
 
     // No default route and no --public-ip: a clear error.
     let args = args_without_public_ip(&topo, &[]);
@@ -180,10 +189,8 @@ fn iface_by_name_address_pattern_and_route() {
     }
     let _serial = serial();
     let mut topo = topology();
-    let host = &topo.hosts[0];
-    host.ip(&["link", "add", "d0", "type", "dummy"]).expect("dummy link");
-    host.ip(&["addr", "add", "198.51.100.1/24", "dev", "d0"]).expect("dummy address");
-    host.ip(&["link", "set", "d0", "up"]).expect("dummy up");
+    // A second interface that holds an address but not the default route.
+    second_interface(&topo);
     for (extra, iface, addr) in [
         (&["--iface", "ul0"][..], "ul0", HOST_IPS[0]),
         (&["-iface=192.0.2.1"], "ul0", HOST_IPS[0]),

@@ -963,7 +963,11 @@ mod tests {
         #[test]
         fn go_ints_match_decimal(n in any::<i64>()) {
             prop_assert_eq!(parse_go_int(&n.to_string()), Ok(n));
-            prop_assert_eq!(parse_go_int(&format!("{n:#x}").replace("-", "")).ok().map(|v| v == n || n < 0), Some(true));
+            let sign = if n < 0 { "-" } else { "" };
+            let m = n.unsigned_abs();
+            for text in [format!("{sign}{m:#x}"), format!("{sign}0{m:o}"), format!("{sign}{m:#o}"), format!("{sign}{m:#b}")] {
+                prop_assert_eq!(parse_go_int(&text), Ok(n), "{}", text);
+            }
         }
     }
 
