@@ -91,7 +91,10 @@ fn renew_margin_and_unsupported_flags_are_refused() {
 
     let (ok, err) = run_env(&[&base[..], &["-kube-subnet-mgr"]].concat(), &[]);
     assert!(!ok);
-    assert!(err.contains("fustian does not support --kube-subnet-mgr"), "{err}");
+    assert!(
+        err.contains("fustian does not support --kube-subnet-mgr"),
+        "{err}"
+    );
     let (ok, err) = run_env(&base, &[("FLANNELD_IP_BLACKHOLE_ROUTE", "true")]);
     assert!(!ok);
     assert!(
@@ -121,7 +124,10 @@ fn start_and_log(topo: &mut Topology, args: &[String]) -> String {
     let mut process = topo.processes.remove(index);
     let log = process.log();
     let status = process.stop(Duration::from_secs(5));
-    assert!(status.is_some_and(|s| s.success()), "{args:?}: {status:?}\n{log}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{args:?}: {status:?}\n{log}"
+    );
     log
 }
 
@@ -158,7 +164,9 @@ fn without_public_ip_the_default_route_interface_is_used() {
 
     // No default route and no --public-ip: a clear error.
     let args = args_without_public_ip(&topo, &[]);
-    let err = topo.start_node(0, EXE, &args).expect_err("no default route");
+    let err = topo
+        .start_node(0, EXE, &args)
+        .expect_err("no default route");
     assert!(err.to_string().contains("no IPv4 default route"), "{err}");
 
     topo.hosts[0]
@@ -170,7 +178,8 @@ fn without_public_ip_the_default_route_interface_is_used() {
     }
     let log = topo.processes[0].log();
     assert!(
-        log.contains("underlay interface ul0") && log.contains(&format!("address {}, from the default route", HOST_IPS[0])),
+        log.contains("underlay interface ul0")
+            && log.contains(&format!("address {}, from the default route", HOST_IPS[0])),
         "{log}"
     );
     let peer = topo.node_args(1, &[]);
@@ -194,16 +203,33 @@ fn iface_by_name_address_pattern_and_route() {
     for (extra, iface, addr) in [
         (&["--iface", "ul0"][..], "ul0", HOST_IPS[0]),
         (&["-iface=192.0.2.1"], "ul0", HOST_IPS[0]),
-        (&["-iface", "nosuch0", "-iface", "d0", "--iface", "ul0"], "d0", "198.51.100.1"),
-        (&["-iface", "192.0.2.99", "-iface", "ul0"], "ul0", HOST_IPS[0]),
+        (
+            &["-iface", "nosuch0", "-iface", "d0", "--iface", "ul0"],
+            "d0",
+            "198.51.100.1",
+        ),
+        (
+            &["-iface", "192.0.2.99", "-iface", "ul0"],
+            "ul0",
+            HOST_IPS[0],
+        ),
         (&["-iface-regex", "^198\\.51\\."], "d0", "198.51.100.1"),
-        (&["--iface=nosuch0", "--iface-regex=^nomatch", "--iface-regex=^ul"], "ul0", HOST_IPS[0]),
+        (
+            &[
+                "--iface=nosuch0",
+                "--iface-regex=^nomatch",
+                "--iface-regex=^ul",
+            ],
+            "ul0",
+            HOST_IPS[0],
+        ),
         (&["-iface-can-reach", "198.51.100.9"], "d0", "198.51.100.1"),
     ] {
         let args = args_without_public_ip(&topo, extra);
         let log = start_and_log(&mut topo, &args);
         assert!(
-            log.contains(&format!("underlay interface {iface} ")) && log.contains(&format!("address {addr}, from")),
+            log.contains(&format!("underlay interface {iface} "))
+                && log.contains(&format!("address {addr}, from")),
             "{extra:?}: {log}"
         );
     }
@@ -250,5 +276,7 @@ fn single_dash_go_flags_start_a_node() {
         }
     }
     echo(&topo);
-    assert!(wait_for(Duration::from_secs(3), || topo.counter(0, "rx_packets") >= 20));
+    assert!(wait_for(Duration::from_secs(3), || topo
+        .counter(0, "rx_packets")
+        >= 20));
 }

@@ -857,7 +857,10 @@ mod tests {
         None
     }
 
-    fn rewrite(args: &[&str], env: &dyn Fn(&str) -> Option<OsString>) -> Result<Vec<String>, CliError> {
+    fn rewrite(
+        args: &[&str],
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Vec<String>, CliError> {
         let argv = std::iter::once("fustian")
             .chain(args.iter().copied())
             .map(OsString::from);
@@ -979,13 +982,19 @@ mod tests {
             &["run", "--public-ip=192.0.2.1"],
             &["run", "--public-ip", "192.0.2.1"],
         ] {
-            assert_eq!(run_args(args).public_ip.as_deref(), Some("192.0.2.1"), "{args:?}");
+            assert_eq!(
+                run_args(args).public_ip.as_deref(),
+                Some("192.0.2.1"),
+                "{args:?}"
+            );
         }
         // The last one wins, as in Go.
         assert!(!run_args(&["run", "-keep-privileges", "-keep-privileges=false"]).keep_privileges);
         assert!(run_args(&["run", "-keep-privileges=f", "--keep-privileges"]).keep_privileges);
         assert_eq!(
-            run_args(&["run", "-public-ip=192.0.2.1", "-public-ip=192.0.2.2"]).public_ip.as_deref(),
+            run_args(&["run", "-public-ip=192.0.2.1", "-public-ip=192.0.2.2"])
+                .public_ip
+                .as_deref(),
             Some("192.0.2.2")
         );
         // Repeatable flags keep every value, in order.
@@ -1064,7 +1073,8 @@ mod tests {
             let env = |k: &str| (k == key).then(|| OsString::from(effect));
             let e = rewrite(&["run"], &env).expect_err(&key);
             assert!(
-                e.to_string().starts_with(&format!("fustian does not support {key}={effect}")),
+                e.to_string()
+                    .starts_with(&format!("fustian does not support {key}={effect}")),
                 "{e}"
             );
             // flanneld's default means what fustian does: accepted, on both sides.
@@ -1077,7 +1087,10 @@ mod tests {
             // The command line wins over the environment.
             if let Some(value) = unless.iter().find(|v| !v.is_empty()) {
                 let form = format!("--{name}={value}");
-                assert!(parse_with(&["run", &form], &env).is_ok(), "{form} over {key}");
+                assert!(
+                    parse_with(&["run", &form], &env).is_ok(),
+                    "{form} over {key}"
+                );
             }
             // Only `run` reads flanneld's variables.
             assert!(rewrite(&["show"], &env).is_ok());
@@ -1088,7 +1101,12 @@ mod tests {
     fn every_flanneld_flag_is_a_run_flag_or_refused() {
         let kinds = run_flag_kinds();
         // The masquerade flags may be absent from a build; they are then refused.
-        let optional = ["ip-masq", "ip-masq-fully-random-disable", "iptables-resync", "iptables-forward-rules"];
+        let optional = [
+            "ip-masq",
+            "ip-masq-fully-random-disable",
+            "iptables-resync",
+            "iptables-forward-rules",
+        ];
         for f in FLANNELD_FLAGS {
             let clap = kinds.iter().find(|(n, _)| n == f.name).map(|(_, k)| *k);
             match (f.support, clap) {
@@ -1100,8 +1118,13 @@ mod tests {
                     f.kind
                 ),
                 (Support::Flag, None) => {
-                    assert!(optional.contains(&f.name), "--{} is not a flag of run", f.name);
-                    let e = rewrite(&["run", &format!("--{}=1", f.name)], &no_env).expect_err(f.name);
+                    assert!(
+                        optional.contains(&f.name),
+                        "--{} is not a flag of run",
+                        f.name
+                    );
+                    let e =
+                        rewrite(&["run", &format!("--{}=1", f.name)], &no_env).expect_err(f.name);
                     assert!(e.to_string().contains("does not support"), "{e}");
                 }
                 (Support::Refused { .. }, Some(_)) => panic!("--{} is refused and a flag", f.name),
@@ -1112,11 +1135,17 @@ mod tests {
                 continue;
             }
             let key = env_name(f.name);
-            let value = if f.kind == FlagKind::Bool { "true" } else { "7" };
+            let value = if f.kind == FlagKind::Bool {
+                "true"
+            } else {
+                "7"
+            };
             let env = |k: &str| (k == key).then(|| OsString::from(value));
             match rewrite(&["run"], &env) {
                 Ok(argv) => assert!(
-                    argv.iter().any(|a| a == &format!("--{}={value}", f.name) || a == &format!("--{}", f.name))
+                    argv.iter()
+                        .any(|a| a == &format!("--{}={value}", f.name)
+                            || a == &format!("--{}", f.name))
                         || f.support != Support::Flag,
                     "{key}: {argv:?}"
                 ),
@@ -1145,7 +1174,8 @@ mod tests {
         assert_eq!(r.etcd_prefix, None);
         assert_eq!(r.subnet_lease_renew_margin, Some(16));
         assert_eq!(r.etcd_password.as_deref(), Some("-secret"));
-        let env = |k: &str| (k == "FLANNELD_SUBNET_LEASE_RENEW_MARGIN").then(|| OsString::from("0"));
+        let env =
+            |k: &str| (k == "FLANNELD_SUBNET_LEASE_RENEW_MARGIN").then(|| OsString::from("0"));
         let e = parse_with(&["run"], &env).expect_err("0 minutes");
         assert!(e.contains("1..1439"), "{e}");
     }
@@ -1153,23 +1183,43 @@ mod tests {
     #[test]
     fn renew_margin_is_flanneld_range() {
         for bad in ["0", "1440", "-1", "100000", "abc", "", "1.5", "_1", "1__0"] {
-            let e = parse_with(&["run", &format!("-subnet-lease-renew-margin={bad}")], &no_env);
+            let e = parse_with(
+                &["run", &format!("-subnet-lease-renew-margin={bad}")],
+                &no_env,
+            );
             assert!(e.is_err(), "{bad}");
         }
-        for (text, minutes) in [("1", 1), ("1439", 1439), ("60", 60), ("010", 8), ("0x10", 16), ("1_0", 10), ("+5", 5)] {
+        for (text, minutes) in [
+            ("1", 1),
+            ("1439", 1439),
+            ("60", 60),
+            ("010", 8),
+            ("0x10", 16),
+            ("1_0", 10),
+            ("+5", 5),
+        ] {
             assert_eq!(
                 run_args(&["run", "-subnet-lease-renew-margin", text]).subnet_lease_renew_margin,
                 Some(minutes),
                 "{text}"
             );
         }
-        let e = parse_with(&["run", "--subnet-lease-renew-margin=1440"], &no_env).expect_err("1440");
+        let e =
+            parse_with(&["run", "--subnet-lease-renew-margin=1440"], &no_env).expect_err("1440");
         assert!(e.contains("outside 1..1439"), "{e}");
     }
 
     #[test]
     fn go_parsers() {
-        for (t, v) in [("0", 0), ("-0x1F", -31), ("0b101", 5), ("0o17", 15), ("017", 15), ("0_17", 15), ("0x_1f", 31)] {
+        for (t, v) in [
+            ("0", 0),
+            ("-0x1F", -31),
+            ("0b101", 5),
+            ("0o17", 15),
+            ("017", 15),
+            ("0_17", 15),
+            ("0x_1f", 31),
+        ] {
             assert_eq!(parse_go_int(t), Ok(v), "{t}");
         }
         for t in ["08", "0x", "1_", "9223372036854775808", "--1", " 1"] {
@@ -1207,7 +1257,12 @@ mod tests {
         assert_eq!(with(&["run", "-network", "10.244.0.0/16"]), None);
         assert_eq!(with(&["run", "-config", "/x.toml"]), None);
         assert_eq!(
-            with(&["run", "-network", "10.244.0.0/16", "-etcd-endpoints=http://192.0.2.5:2379"]),
+            with(&[
+                "run",
+                "-network",
+                "10.244.0.0/16",
+                "-etcd-endpoints=http://192.0.2.5:2379"
+            ]),
             Some("http://192.0.2.5:2379".to_owned())
         );
     }

@@ -93,7 +93,9 @@ pub enum IfaceError {
     )]
     NoDefaultRoute,
     /// The default-route interface has no usable IPv4 address.
-    #[error("the default route's interface {name} has no IPv4 address; give --public-ip or --iface")]
+    #[error(
+        "the default route's interface {name} has no IPv4 address; give --public-ip or --iface"
+    )]
     NoAddress {
         /// The interface.
         name: String,
@@ -146,10 +148,12 @@ pub fn select_in(
         .regexes
         .iter()
         .map(|p| {
-            Regex::new(p).map(|r| (p, r)).map_err(|e| IfaceError::Regex {
-                pattern: p.clone(),
-                reason: e.to_string(),
-            })
+            Regex::new(p)
+                .map(|r| (p, r))
+                .map_err(|e| IfaceError::Regex {
+                    pattern: p.clone(),
+                    reason: e.to_string(),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let name_of = |index: u32| host.links.iter().find(|l| l.index == index);
@@ -317,12 +321,18 @@ mod tests {
     }
 
     fn host() -> Host {
-        let links = [(1, "lo"), (2, "eth0"), (3, "ens5"), (4, "cni0"), (5, "empty0")]
-            .map(|(index, name)| LinkInfo {
-                index,
-                name: name.into(),
-            })
-            .to_vec();
+        let links = [
+            (1, "lo"),
+            (2, "eth0"),
+            (3, "ens5"),
+            (4, "cni0"),
+            (5, "empty0"),
+        ]
+        .map(|(index, name)| LinkInfo {
+            index,
+            name: name.into(),
+        })
+        .to_vec();
         Host {
             links,
             addrs: vec![
@@ -373,9 +383,15 @@ mod tests {
     #[test]
     fn iface_by_name_or_address_first_that_exists_wins() {
         // Global addresses rank before link-local ones.
-        assert_eq!(chosen(pick(&["eth0"], &[])), ("eth0".into(), "192.0.2.10".into()));
         assert_eq!(
-            chosen(pick(&["missing0", "192.0.2.99", "198.51.100.7", "eth0"], &[])),
+            chosen(pick(&["eth0"], &[])),
+            ("eth0".into(), "192.0.2.10".into())
+        );
+        assert_eq!(
+            chosen(pick(
+                &["missing0", "192.0.2.99", "198.51.100.7", "eth0"],
+                &[]
+            )),
             ("ens5".into(), "198.51.100.7".into())
         );
         // An IPv6 address given literally is used as is.
@@ -435,11 +451,18 @@ mod tests {
             Ok(Some((2, Some("192.0.2.10".parse().expect("ip")))))
         })
         .expect("route");
-        assert_eq!((e.name.as_str(), e.addr.to_string()), ("eth0", "192.0.2.10".into()));
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string()),
+            ("eth0", "192.0.2.10".into())
+        );
         let e = select_in(&sel, &host(), |_| Ok(Some((3, None)))).expect("route");
         assert_eq!(e.addr.to_string(), "198.51.100.7");
         let e = select_in(&sel, &host(), no_route).expect_err("no route");
-        assert!(e.to_string().contains("--iface-can-reach 203.0.113.1 (no route)"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("--iface-can-reach 203.0.113.1 (no route)"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -218,7 +218,9 @@ impl Netlink {
                             AddressAttribute::Flags(f) => Some(*f),
                             _ => None,
                         })
-                        .unwrap_or_else(|| AddressFlags::from_bits_retain(a.header.flags.bits().into()));
+                        .unwrap_or_else(|| {
+                            AddressFlags::from_bits_retain(a.header.flags.bits().into())
+                        });
                     local.or(address).map(|ip| AddrInfo {
                         index: a.header.index,
                         ip,
