@@ -263,6 +263,11 @@ impl RunArgs {
             ifaces: self.iface.clone(),
             regexes: self.iface_regex.clone(),
             can_reach: self.iface_can_reach,
+            public_ip: self
+                .public_ip
+                .as_deref()
+                .or(file.and_then(|f| f.public_ip.as_deref()))
+                .and_then(|ip| ip.parse().ok()),
         };
         if sel.ifaces.is_empty() {
             sel.ifaces.extend(file.and_then(|f| f.iface.clone()));

@@ -33,6 +33,9 @@ pub struct Selector {
     pub regexes: Vec<String>,
     /// `--iface-can-reach`: tried after the patterns.
     pub can_reach: Option<IpAddr>,
+    /// `--public-ip`, when given: an interface found by name, pattern or route then needs no
+    /// IPv4 address of its own (an IPv6 underlay in a static configuration).
+    pub public_ip: Option<IpAddr>,
 }
 
 impl Selector {
@@ -193,12 +196,12 @@ pub fn select_in(
             continue;
         }
         match host.links.iter().find(|l| l.name == *given) {
-            Some(link) => match first_v4(host, link.index) {
+            Some(link) => match usable(host, link.index, sel.public_ip) {
                 Some(addr) => {
                     return Ok(External {
                         name: link.name.clone(),
                         index: link.index,
-                        addr: IpAddr::V4(addr),
+                        addr,
                         how,
                     });
                 }
@@ -226,12 +229,12 @@ pub fn select_in(
             });
         }
         match host.links.iter().find(|l| re.is_match(&l.name)) {
-            Some(link) => match first_v4(host, link.index) {
+            Some(link) => match usable(host, link.index, sel.public_ip) {
                 Some(addr) => {
                     return Ok(External {
                         name: link.name.clone(),
                         index: link.index,
-                        addr: IpAddr::V4(addr),
+                        addr,
                         how,
                     });
                 }
@@ -248,7 +251,7 @@ pub fn select_in(
                 Some(link) => {
                     let addr = src
                         .filter(IpAddr::is_ipv4)
-                        .or_else(|| first_v4(host, index).map(IpAddr::V4));
+                        .or_else(|| usable(host, index, sel.public_ip));
                     match addr {
                         Some(addr) => {
                             return Ok(External {
@@ -271,6 +274,11 @@ pub fn select_in(
     Err(IfaceError::NoMatch {
         tried: tried.join(", "),
     })
+}
+
+/// Returns link `index`'s first IPv4 address, else `public_ip` (given, so none is needed).
+fn usable(host: &Host, index: u32, public_ip: Option<IpAddr>) -> Option<IpAddr> {
+    first_v4(host, index).map(IpAddr::V4).or(public_ip)
 }
 
 /// Returns the first usable IPv4 address of link `index` (see [`ranked_v4`]).
@@ -356,6 +364,7 @@ mod tests {
             ifaces: ifaces.iter().map(|s| (*s).to_owned()).collect(),
             regexes: regexes.iter().map(|s| (*s).to_owned()).collect(),
             can_reach: None,
+            public_ip: None,
         };
         select_in(&sel, &host(), no_route)
     }
@@ -401,6 +410,16 @@ mod tests {
         );
         // By name without an IPv4 address: skipped, the next one wins.
         assert_eq!(chosen(pick(&["empty0", "cni0"], &[])).0, "cni0");
+        // Unless the public IP is given (an IPv6 underlay): then it needs none.
+        let sel = Selector {
+            ifaces: vec!["empty0".into()],
+            public_ip: Some("2001:db8::9".parse().expect("ip")),
+            ..Selector::default()
+        };
+        assert_eq!(
+            chosen(select_in(&sel, &host(), no_route)),
+            ("empty0".into(), "2001:db8::9".into())
+        );
         let e = pick(&["missing0", "192.0.2.99", "empty0"], &[]).expect_err("no match");
         let msg = e.to_string();
         for part in [
