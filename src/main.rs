@@ -13,7 +13,8 @@ fn main() -> ExitCode {
     let argv = match fustian::cli::go_style_args(std::env::args_os(), &|k| std::env::var_os(k)) {
         Ok(argv) => argv,
         Err(e) => {
-            eprintln!("fustian: {e}");
+            // As clap reports a bad command line, with the same exit code.
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
