@@ -1,8 +1,15 @@
-//! Invalid settings fail at start with a message naming the flag or the file and field.
+//! Invalid settings fail at start with a message naming the flag or the file and field;
+//! flanneld's flag syntax and interface selection work on a real node.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-use crate::common::EXE;
+use fustian::lab::traffic::udp_ping_pong;
+use fustian::lab::{HOST_IPS, Topology, pod_addr};
+
+use crate::common::{EXE, serial, skip, topology, wait_for};
 
 fn run(args: &[&str]) -> (bool, String) {
     let out = Command::new(EXE).args(args).output().expect("binary runs");
@@ -49,4 +56,227 @@ fn bad_flags_and_files_are_named() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!ok);
     assert!(err.contains("node.toml: peer[0] `not-an-ip`"), "{err}");
+}
+
+/// Runs the binary with `envs` and returns whether it succeeded and its stderr.
+fn run_env(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(EXE)
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn renew_margin_and_unsupported_flags_are_refused() {
+    let base = ["run", "--etcd-endpoints", "http://192.0.2.1:2379"];
+    for (flag, value) in [
+        ("--subnet-lease-renew-margin", "0"),
+        ("-subnet-lease-renew-margin", "1440"),
+    ] {
+        let (ok, err) = run_env(&[&base[..], &[flag, value]].concat(), &[]);
+        assert!(!ok);
+        assert!(
+            err.contains("subnet-lease-renew-margin") && err.contains("outside 1..1439"),
+            "{err}"
+        );
+    }
+    let (ok, err) = run_env(&base, &[("FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "1440")]);
+    assert!(!ok);
+    assert!(err.contains("outside 1..1439"), "{err}");
+
+    let (ok, err) = run_env(&[&base[..], &["-kube-subnet-mgr"]].concat(), &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("fustian does not support --kube-subnet-mgr"),
+        "{err}"
+    );
+    let (ok, err) = run_env(&base, &[("FLANNELD_IP_BLACKHOLE_ROUTE", "true")]);
+    assert!(!ok);
+    assert!(
+        err.contains("fustian does not support FLANNELD_IP_BLACKHOLE_ROUTE=true"),
+        "{err}"
+    );
+}
+
+/// Node 0's `run` arguments without `--public-ip`, plus `extra`.
+fn args_without_public_ip(topo: &Topology, extra: &[&str]) -> Vec<String> {
+    let mut args = topo.node_args(0, &[]);
+    let at = args
+        .iter()
+        .position(|a| a == "--public-ip")
+        .expect("node args have --public-ip");
+    args.drain(at..at + 2);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// Starts node 0 with `args`, returns its log once it is forwarding, and stops it.
+fn start_and_log(topo: &mut Topology, args: &[String]) -> String {
+    let index = match topo.start_node(0, EXE, args) {
+        Ok(i) => i,
+        Err(e) => panic!("{args:?}: {e}"),
+    };
+    let mut process = topo.processes.remove(index);
+    let log = process.log();
+    let status = process.stop(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{args:?}: {status:?}\n{log}"
+    );
+    log
+}
+
+/// Gives node 0 a second interface, `d0` (a veth pair with `d1`, both up), holding
+/// 198.51.100.1/24.
+fn second_interface(topo: &Topology) {
+    let host = &topo.hosts[0];
+    host.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        .expect("second link");
+    host.ip(&["addr", "add", "198.51.100.1/24", "dev", "d0"])
+        .expect("second address");
+    host.ip(&["link", "set", "d1", "up"]).expect("d1 up");
+    host.ip(&["link", "set", "d0", "up"]).expect("d0 up");
+}
+
+fn echo(topo: &Topology) {
+    let stop = Arc::new(AtomicBool::new(false));
+    for (from, to) in [(0, 1), (1, 0)] {
+        let lat = udp_ping_pong(&topo.pods[from], &topo.pods[to], pod_addr(to, 7), 20, &stop)
+            .expect("ping-pong runs");
+        assert_eq!(lat.replies, 20, "echo {from}->{to}: {lat:?}");
+    }
+}
+
+#[test]
+fn without_public_ip_the_default_route_interface_is_used() {
+    if skip("without_public_ip_the_default_route_interface_is_used") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    // A second interface that holds an address but not the default route.
+    second_interface(&topo);
+
+    // No default route and no --public-ip: a clear error.
+    let args = args_without_public_ip(&topo, &[]);
+    let err = topo
+        .start_node(0, EXE, &args)
+        .expect_err("no default route");
+    assert!(err.to_string().contains("no IPv4 default route"), "{err}");
+
+    topo.hosts[0]
+        .ip(&["route", "add", "default", "via", HOST_IPS[1], "dev", "ul0"])
+        .expect("default route");
+    let args = args_without_public_ip(&topo, &[]);
+    if let Err(e) = topo.start_node(0, EXE, &args) {
+        panic!("{e}");
+    }
+    let log = topo.processes[0].log();
+    assert!(
+        log.contains("underlay interface ul0")
+            && log.contains(&format!("address {}, from the default route", HOST_IPS[0])),
+        "{log}"
+    );
+    let peer = topo.node_args(1, &[]);
+    if let Err(e) = topo.start_node(1, EXE, &peer) {
+        panic!("{e}");
+    }
+    // Node 1 accepts node 0's datagrams only from 192.0.2.1:8285: the echo proves the node
+    // bound the default-route interface's address.
+    echo(&topo);
+}
+
+#[test]
+fn iface_by_name_address_pattern_and_route() {
+    if skip("iface_by_name_address_pattern_and_route") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    // A second interface that holds an address but not the default route.
+    second_interface(&topo);
+    for (extra, iface, addr) in [
+        (&["--iface", "ul0"][..], "ul0", HOST_IPS[0]),
+        (&["-iface=192.0.2.1"], "ul0", HOST_IPS[0]),
+        (
+            &["-iface", "nosuch0", "-iface", "d0", "--iface", "ul0"],
+            "d0",
+            "198.51.100.1",
+        ),
+        (
+            &["-iface", "192.0.2.99", "-iface", "ul0"],
+            "ul0",
+            HOST_IPS[0],
+        ),
+        (&["-iface-regex", "^198\\.51\\."], "d0", "198.51.100.1"),
+        (
+            &[
+                "--iface=nosuch0",
+                "--iface-regex=^nomatch",
+                "--iface-regex=^ul",
+            ],
+            "ul0",
+            HOST_IPS[0],
+        ),
+        (&["-iface-can-reach", "198.51.100.9"], "d0", "198.51.100.1"),
+    ] {
+        let args = args_without_public_ip(&topo, extra);
+        let log = start_and_log(&mut topo, &args);
+        assert!(
+            log.contains(&format!("underlay interface {iface} "))
+                && log.contains(&format!("address {addr}, from")),
+            "{extra:?}: {log}"
+        );
+    }
+    // Nothing matches: the error names every candidate.
+    let args = args_without_public_ip(&topo, &["--iface", "nosuch0", "--iface-regex", "^zz"]);
+    let err = topo.start_node(0, EXE, &args).expect_err("no match");
+    let err = err.to_string();
+    assert!(
+        err.contains("--iface nosuch0 (no such interface)") && err.contains("--iface-regex ^zz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn single_dash_go_flags_start_a_node() {
+    if skip("single_dash_go_flags_start_a_node") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    for i in 0..2 {
+        // `--name value` -> `-name=value` and `-name value`, alternately.
+        let gnu = topo.node_args(i, &["--keep-privileges"]);
+        let mut go = vec![gnu[0].clone()];
+        let mut rest = gnu[1..].iter();
+        let mut joined = true;
+        while let Some(flag) = rest.next() {
+            let name = flag.trim_start_matches('-');
+            if name == "keep-privileges" {
+                go.push("-keep-privileges=true".into());
+                continue;
+            }
+            let value = rest.next().expect("a value");
+            if joined {
+                go.push(format!("-{name}={value}"));
+            } else {
+                go.extend([format!("-{name}"), value.clone()]);
+            }
+            joined = !joined;
+        }
+        assert!(go.iter().any(|a| a.starts_with("-public-ip")), "{go:?}");
+        if let Err(e) = topo.start_node(i, EXE, &go) {
+            panic!("{go:?}: {e}");
+        }
+    }
+    echo(&topo);
+    assert!(wait_for(Duration::from_secs(3), || topo
+        .counter(0, "rx_packets")
+        >= 20));
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod forward;
 pub mod http;
+pub mod iface;
 pub mod lab;
 pub mod metrics;
 pub mod node;

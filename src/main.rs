@@ -10,9 +10,19 @@ use fustian::config::{NodeConfig, RawNode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match fustian::cli::go_style_args(std::env::args_os(), &|k| std::env::var_os(k)) {
+        Ok(argv) => argv,
+        Err(e) => {
+            // As clap reports a bad command line, with the same exit code.
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_new(cli.log_filter()).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -70,6 +80,8 @@ fn join_etcd(
         keyfile: args.etcd_keyfile.clone(),
         certfile: args.etcd_certfile.clone(),
         cafile: args.etcd_cafile.clone(),
+        username: args.etcd_username.clone(),
+        password: args.etcd_password.clone(),
         renew_margin: std::time::Duration::from_secs(
             60 * args.subnet_lease_renew_margin.unwrap_or(60),
         ),
@@ -77,8 +89,6 @@ fn join_etcd(
             fustian::control::etcd::LEASE_TTL,
             std::time::Duration::from_secs,
         ),
-        username: None,
-        password: None,
     };
     // The VTEP MAC goes into the lease, so it is settled before joining.
     let mac_path = fustian::config::vtep_mac_path(&subnet_file);
@@ -159,11 +169,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
     match cli.command {
-        Command::Run(args) => {
+        Command::Run(mut args) => {
             let file = match &args.config {
                 Some(path) => Some((path.clone(), RawNode::from_file(path)?)),
                 None => None,
             };
+            args.select_underlay(file.as_ref().map(|(_, r)| r))?;
             // The HTTP endpoint serves from the start, so /readyz can say what the node waits
             // for.
             let http = match args.healthz_port {
@@ -211,7 +222,7 @@ fn run_node(
     stop: &Arc<AtomicBool>,
     status: Option<Arc<fustian::http::Status>>,
 ) -> anyhow::Result<()> {
-    let (config, control, extra_metrics) = match &args.etcd_endpoints {
+    let (config, control, extra_metrics) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
             Some(joined) => joined,
             // Stopped while waiting for etcd.

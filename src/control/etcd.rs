@@ -100,14 +100,14 @@ pub struct EtcdOptions {
     pub certfile: Option<PathBuf>,
     /// CA certificate file.
     pub cafile: Option<PathBuf>,
+    /// User name for etcd's authentication (with `password`).
+    pub username: Option<String>,
+    /// Password for etcd's authentication.
+    pub password: Option<String>,
     /// Renew the lease this long before it expires.
     pub renew_margin: Duration,
     /// The lease TTL (flannel's 24 h; shorter only for tests).
     pub ttl: Duration,
-    /// User name for etcd's authentication (used when `password` is set too).
-    pub username: Option<String>,
-    /// Password for etcd's authentication.
-    pub password: Option<String>,
 }
 
 /// The agent's state as the metrics and `fustian show` report it.

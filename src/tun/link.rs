@@ -13,10 +13,35 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
+
+/// A link as the kernel lists it: index and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+}
+
+/// An address as the kernel lists it, with the flags that rank it for interface selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// Index of the link holding it.
+    pub index: u32,
+    /// The local address (`IFA_LOCAL` where present, else `IFA_ADDRESS`).
+    pub ip: IpAddr,
+    /// `IFA_F_PERMANENT`: configured, not autoconfigured.
+    pub permanent: bool,
+    /// `IFA_F_DEPRECATED`.
+    pub deprecated: bool,
+    /// `IFA_F_SECONDARY` (the same bit as IPv6's `IFA_F_TEMPORARY`).
+    pub secondary: bool,
+}
 
 /// A connected rtnetlink socket.
 #[derive(Debug)]
@@ -136,6 +161,139 @@ impl Netlink {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no MTU in the link answer"))
     }
 
+    /// Returns every link, in index order.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn links(&mut self) -> io::Result<Vec<LinkInfo>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        let mut links: Vec<LinkInfo> = replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(LinkInfo {
+                        index: l.header.index,
+                        name: name.clone(),
+                    }),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .collect();
+        links.sort_by_key(|l| l.index);
+        Ok(links)
+    }
+
+    /// Returns every address of every link.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn addresses(&mut self) -> io::Result<Vec<AddrInfo>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let local = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    let address = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    // IFA_FLAGS carries all 32 bits; the header has the low 8 (older kernels).
+                    let flags = a
+                        .attributes
+                        .iter()
+                        .find_map(|x| match x {
+                            AddressAttribute::Flags(f) => Some(*f),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| {
+                            AddressFlags::from_bits_retain(a.header.flags.bits().into())
+                        });
+                    local.or(address).map(|ip| AddrInfo {
+                        index: a.header.index,
+                        ip,
+                        permanent: flags.contains(AddressFlags::Permanent),
+                        deprecated: flags.contains(AddressFlags::Deprecated),
+                        secondary: flags.contains(AddressFlags::Secondary),
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Returns the output interface of the first IPv4 default route of the main table, if
+    /// there is one (for a multipath route, its first next hop's).
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn default_route_v4(&mut self) -> io::Result<Option<u32>> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r)
+                if r.header.address_family == AddressFamily::Inet
+                    && r.header.destination_prefix_length == 0
+                    && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN) =>
+            {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    RouteAttribute::MultiPath(hops) => hops.first().map(|h| h.interface_index),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
+    }
+
+    /// Asks the kernel which route a packet to `dst` takes (`ip route get`): returns the
+    /// output interface and the preferred source address, if the answer has them.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error (for example `ENETUNREACH` when no route leads there).
+    pub fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>)>> {
+        let mut msg = RouteMessage::default();
+        let (family, len) = match dst {
+            IpAddr::V4(_) => (AddressFamily::Inet, 32),
+            IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+        };
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_ACK)?;
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => {
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                })?;
+                let src = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                    _ => None,
+                });
+                Some((oif, src))
+            }
+            _ => None,
+        }))
+    }
+
     /// Returns the index of the link that holds address `ip`, if any.
     ///
     /// # Errors
@@ -157,4 +315,16 @@ impl Netlink {
             _ => None,
         }))
     }
+}
+
+/// Returns a route's table: the `RTA_TABLE` attribute (which holds ids above 255) where present,
+/// else the header's byte.
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or_else(|| u32::from(r.header.table))
 }
