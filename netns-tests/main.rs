@@ -18,6 +18,7 @@ mod garbage;
 mod hostile;
 mod icmp;
 mod lab;
+mod masq;
 mod privileges;
 mod reload;
 mod soak;

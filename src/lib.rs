@@ -14,6 +14,7 @@ pub mod event;
 pub mod forward;
 pub mod http;
 pub mod lab;
+pub mod masq;
 pub mod metrics;
 pub mod node;
 pub mod offload;
