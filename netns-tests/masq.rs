@@ -237,7 +237,7 @@ fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
     assert!(
         status.is_some_and(|s| s.success()),
         "{status:?}:\n{}",
-        log()
+        topo.processes[masq].log()
     );
     let (_, nat) = iptables(&topo.hosts[0], &["-t", "nat", "-S"]);
     let (_, filter) = iptables(&topo.hosts[0], &["-S"]);

@@ -17,9 +17,11 @@
 //! missing or changed, and removes them when the node stops.
 //!
 //! Privileges: the node drops every capability after setup. The keeper thread is started
-//! before that and narrows itself to `CAP_NET_ADMIN` and `CAP_NET_RAW`, which it keeps across
-//! the drop (and across `--user`), and raises as ambient capabilities for the tools it runs
-//! (see [`crate::sys`]). No other thread keeps a privilege.
+//! before that and narrows itself to `CAP_NET_ADMIN` and `CAP_NET_RAW` (plus `CAP_SETUID` and
+//! `CAP_SETGID` until [`Keeper::settled`], so that a switch of user, which glibc applies to
+//! every thread, succeeds on it too), which it keeps across the drop and across `--user`, and
+//! raises as ambient capabilities for the tools it runs (see [`crate::sys`]). No other thread
+//! keeps a privilege.
 //!
 //! Not done here: flanneld's nftables variant (`EnableNFTables` in the network config) and the
 //! IPv4+IPv6 dual stack; a node has one network, and its family picks the tools.
@@ -324,8 +326,22 @@ impl Iptables {
         first
     }
 
-    /// Returns whether `rule` is in place (`iptables -C`: 0 present, 1 absent).
+    /// Returns whether `rule` is in place (`iptables -C`: 0 present, 1 absent). A jump to one
+    /// of the plan's chains is absent when the chain is (`-C` fails otherwise, with 2).
     fn check(&self, rule: &Rule) -> Result<bool, MasqError> {
+        if let Some(target) = rule
+            .args
+            .last()
+            .filter(|t| *t == POSTROUTING_CHAIN || *t == FORWARD_CHAIN)
+        {
+            let args = ["-w", "5", "-t", rule.table, "-S", target.as_str()];
+            let out = self.run(self.tool, &args, None)?;
+            match out.status.code() {
+                Some(0) => {}
+                Some(1) => return Ok(false),
+                _ => return Err(self.failed(&args, &out)),
+            }
+        }
         let args = rule_args("-C", rule);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.run(self.tool, &refs, None)?;
@@ -402,6 +418,7 @@ pub struct Keeper {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
+    settled: Option<std::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>>,
 }
 
 /// What the keeper counts.
@@ -436,17 +453,26 @@ impl Keeper {
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (settled_tx, settled_rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>();
         let thread = {
             let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
             std::thread::Builder::new()
                 .name("fustian-masq".into())
                 .spawn(move || {
-                    let narrowed = crate::sys::keep_only_net_caps();
+                    let kept = crate::sys::keep_net_caps();
                     let _ = ready_tx.send(());
-                    if let Err(e) = narrowed {
+                    if let Err(e) = kept {
                         tracing::warn!(
                             "cannot keep CAP_NET_ADMIN for the iptables rules after setup: {e}"
                         );
+                    }
+                    // Once the process has dropped its privileges, keep only what the tools
+                    // need.
+                    if let Ok(ack) = settled_rx.recv() {
+                        if let Err(e) = crate::sys::narrow_to_net_caps() {
+                            tracing::warn!("cannot narrow the iptables thread's capabilities: {e}");
+                        }
+                        let _ = ack.send(());
                     }
                     keep(&ipt, &plan, resync, &stop, &counters);
                 })
@@ -459,7 +485,20 @@ impl Keeper {
             stop,
             thread: Some(thread),
             counters,
+            settled: Some(settled_tx),
         })
+    }
+
+    /// Tells the thread that the process has dropped its privileges (or switched user), so it
+    /// gives up `CAP_SETUID` and `CAP_SETGID` (kept until now because glibc switches the user
+    /// of every thread); returns once it has.
+    pub fn settled(&mut self) {
+        if let Some(tx) = self.settled.take() {
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+            if tx.send(ack_tx).is_ok() {
+                let _ = ack_rx.recv_timeout(Duration::from_secs(5));
+            }
+        }
     }
 
     /// Returns a function that renders the counters, for a stats writer on another thread.
@@ -479,6 +518,8 @@ impl Keeper {
 impl Drop for Keeper {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Lets the thread past its wait for `settled`, if it is still there.
+        self.settled = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

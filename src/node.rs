@@ -259,7 +259,7 @@ pub fn run(
 
     // flanneld's masquerade and forward rules, kept by a thread that is set up to keep
     // CAP_NET_ADMIN before the privileges are dropped below; removed when `masq` drops.
-    let masq = match config.traffic {
+    let mut masq = match config.traffic {
         t if t.any() => Some(crate::masq::Keeper::start(
             crate::masq::Plan {
                 network: config.network,
@@ -426,6 +426,9 @@ pub fn run(
             source,
         })?;
         tracing::info!("all capabilities dropped after setup");
+    }
+    if let Some(masq) = &mut masq {
+        masq.settled();
     }
     // After the privileges are gone, so this thread has none either.
     let http_thread = match http {

@@ -134,21 +134,24 @@ pub fn switch_user(name: &str) -> io::Result<()> {
 /// packet-filter tool needs (nfnetlink, and the raw socket of `iptables-legacy`).
 const NET_CAPS: u32 = (1 << 12) | (1 << 13);
 
-/// Narrows the calling thread to `CAP_NET_ADMIN` and `CAP_NET_RAW` and arranges that it keeps
-/// them, for the tools it runs, after the process drops its privileges or switches user.
+/// Narrows the calling thread to `CAP_NET_ADMIN` and `CAP_NET_RAW`, plus `CAP_SETUID` and
+/// `CAP_SETGID` until [`narrow_to_net_caps`], and arranges that it keeps them, for the tools it
+/// runs, after the process drops its privileges or switches user.
 ///
 /// Credentials are per thread (capabilities(7)), so this thread can keep them while the others
-/// drop every capability. Where the thread holds `CAP_SETPCAP` it also sets `SECBIT_NOROOT`
-/// (so a child running as uid 0 gets only the ambient set, not the full set root would get at
-/// `execve`), `SECBIT_NO_SETUID_FIXUP` (a switch of user leaves its sets alone) and drops
-/// every other capability from its bounding set. Without `CAP_SETPCAP` the "keep
-/// capabilities" flag still keeps the permitted set across a switch of user, and
-/// [`raise_net_caps_for_children`] raises the effective and ambient sets again.
+/// drop every capability. It keeps `CAP_SETUID` and `CAP_SETGID` for a while because glibc
+/// applies `setgroups`/`setgid`/`setuid` to every thread of the process and aborts it when one
+/// thread's call fails (nptl `__nptl_setxid`). Where the thread holds `CAP_SETPCAP` it also
+/// sets `SECBIT_NOROOT` (so a child running as uid 0 gets only the ambient set, not the full
+/// set root would get at `execve`) and `SECBIT_NO_SETUID_FIXUP` (a switch of user leaves its
+/// sets alone), and drops every other capability from its bounding set. Without
+/// `CAP_SETPCAP` the "keep capabilities" flag still keeps the permitted set across a switch of
+/// user, and [`raise_net_caps_for_children`] raises the effective and ambient sets again.
 ///
 /// # Errors
 ///
 /// The `prctl` or `capset` error.
-pub(crate) fn keep_only_net_caps() -> io::Result<()> {
+pub(crate) fn keep_net_caps() -> io::Result<()> {
     // SECBIT_NOROOT (1 << 0) | SECBIT_NO_SETUID_FIXUP (1 << 2) (include/uapi/linux/securebits.h).
     let bits: libc::c_ulong = (1 << 0) | (1 << 2);
     // SAFETY: prctl with integer arguments only; PR_SET_SECUREBITS takes the new bits.
@@ -162,17 +165,35 @@ pub(crate) fn keep_only_net_caps() -> io::Result<()> {
     }
     // SAFETY: prctl with integer arguments only.
     syscall!(prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, Z, Z, Z))?;
-    let permitted = capget()?[0].permitted & NET_CAPS;
-    capset([
-        CapData {
-            effective: permitted,
-            permitted,
-            inheritable: permitted,
-        },
-        CapData::default(),
-    ])?;
+    set_all(capget()?[0].permitted & (NET_CAPS | SETID_CAPS))?;
     raise_net_caps_for_children()
 }
+
+/// Drops `CAP_SETUID` and `CAP_SETGID` that [`keep_net_caps`] kept: call it once the process
+/// has dropped its privileges or switched user.
+///
+/// # Errors
+///
+/// The `capget`, `capset` or `prctl` error.
+pub(crate) fn narrow_to_net_caps() -> io::Result<()> {
+    set_all(capget()?[0].permitted & NET_CAPS)?;
+    raise_net_caps_for_children()
+}
+
+/// Sets the permitted, effective and inheritable sets of the calling thread to `caps`.
+fn set_all(caps: u32) -> io::Result<()> {
+    capset([
+        CapData {
+            effective: caps,
+            permitted: caps,
+            inheritable: caps & NET_CAPS,
+        },
+        CapData::default(),
+    ])
+}
+
+/// `CAP_SETGID` and `CAP_SETUID` (6 and 7).
+const SETID_CAPS: u32 = (1 << 6) | (1 << 7);
 
 /// Raises the effective, inheritable and ambient sets of the calling thread to what its
 /// permitted set holds of `CAP_NET_ADMIN` and `CAP_NET_RAW`, so a child it starts now runs
@@ -182,11 +203,12 @@ pub(crate) fn keep_only_net_caps() -> io::Result<()> {
 ///
 /// The `capget`, `capset` or `prctl` error (`EINVAL` for ambient capabilities before 4.3).
 pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
-    let permitted = capget()?[0].permitted & NET_CAPS;
+    let held = capget()?[0].permitted;
+    let permitted = held & NET_CAPS;
     capset([
         CapData {
-            effective: permitted,
-            permitted,
+            effective: held,
+            permitted: held,
             inheritable: permitted,
         },
         CapData::default(),
