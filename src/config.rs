@@ -933,6 +933,28 @@ mod traffic_tests {
     }
 
     #[test]
+    fn flags_parse_as_go_bool_flags() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            let mut full = vec!["fustian", "run"];
+            full.extend_from_slice(args);
+            match crate::cli::Cli::try_parse_from(full).map(|c| c.command) {
+                Ok(crate::cli::Command::Run(run)) => Some(run.raw()),
+                _ => None,
+            }
+        };
+        let raw = parse(&["--ip-masq", "--iptables-forward-rules=false"]).expect("parses");
+        assert_eq!(raw.ip_masq, Some(true));
+        assert_eq!(raw.iptables_forward_rules, Some(false));
+        assert_eq!(raw.ip_masq_fully_random_disable, None);
+        let raw = parse(&["--ip-masq=false", "--ip-masq-fully-random-disable"]).expect("parses");
+        assert_eq!(raw.ip_masq, Some(false));
+        assert_eq!(raw.ip_masq_fully_random_disable, Some(true));
+        assert!(parse(&["--ip-masq=maybe"]).is_none());
+        assert!(parse(&["--iptables-resync", "-1"]).is_none());
+    }
+
+    #[test]
     fn file_fields_are_read() {
         let path = Path::new("node.toml");
         let file = RawNode::from_toml(path, "ip_masq = true\niptables_resync = 2\n").expect("ok");

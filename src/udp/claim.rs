@@ -255,6 +255,30 @@ mod tests {
         PortClaim::take(addr).expect("claim again after release");
     }
 
+    #[test]
+    fn a_group_refuses_a_port_shared_with_another_socket() {
+        // Another program's socket on the port, with SO_REUSEPORT as the workers' sockets.
+        let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        other.set_reuse_port(true).expect("SO_REUSEPORT");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        other.bind(&any.into()).expect("bind");
+        let addr = other
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("addr");
+        match crate::udp::UdpSocket::bind_group(addr, 2) {
+            Err(crate::udp::UdpError::Taken { holder, .. }) => {
+                assert!(holder.contains("also bound with SO_REUSEPORT"), "{holder}");
+            }
+            other => panic!("expected Taken, got {other:?}"),
+        }
+        drop(other);
+        let group = crate::udp::UdpSocket::bind_group(addr, 2).expect("free now");
+        assert_eq!(group.len(), 2);
+    }
+
     proptest! {
         #[test]
         fn udp_lines_never_panic(line in ".{0,200}") {
