@@ -690,6 +690,23 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_tool_is_named() {
+        let tools = Iptables {
+            tool: "fustian-test-no-such-iptables",
+            restore: "fustian-test-no-such-iptables-restore",
+        };
+        let e = tools
+            .run(tools.tool, &["--version"], None)
+            .expect_err("missing");
+        assert!(matches!(e, MasqError::Missing { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("need `fustian-test-no-such-iptables`, which is not installed"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn reads_iptables_versions() {
         assert!(version_at_least("iptables v1.8.9 (nf_tables)", (1, 6, 2)));
         assert!(version_at_least("iptables v1.6.2", (1, 6, 2)));
