@@ -19,6 +19,7 @@ mod hostile;
 mod http;
 mod icmp;
 mod lab;
+mod masq;
 mod privileges;
 mod reload;
 mod soak;

@@ -218,6 +218,25 @@ pub struct RunArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
     pub no_multishot: bool,
+    // flanneld's iptables flags; a bare flag means true, `=false` turns it off.
+    /// Masquerade what the pods send outside the network, with flanneld's rules (`iptables`).
+    #[arg(long, value_name = "BOOL", env = "FLANNELD_IP_MASQ", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub ip_masq: Option<bool>,
+    /// Masquerade without `--random-fully`.
+    #[arg(long, value_name = "BOOL", env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub ip_masq_fully_random_disable: Option<bool>,
+    /// Seconds between checks (and repairs) of the iptables rules [default: 5].
+    #[arg(long, value_name = "SECS", env = "FLANNELD_IPTABLES_RESYNC")]
+    pub iptables_resync: Option<u64>,
+    /// Accept forwarded traffic from and to the network (FLANNEL-FWD) [default: as --ip-masq].
+    #[arg(long, value_name = "BOOL", env = "FLANNELD_IPTABLES_FORWARD_RULES",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub iptables_forward_rules: Option<bool>,
 }
 
 impl RunArgs {
@@ -242,6 +261,10 @@ impl RunArgs {
             io: self.io.clone(),
             offload: self.offload.clone(),
             peers: self.peers.clone(),
+            ip_masq: self.ip_masq,
+            ip_masq_fully_random_disable: self.ip_masq_fully_random_disable,
+            iptables_resync: self.iptables_resync,
+            iptables_forward_rules: self.iptables_forward_rules,
         }
     }
 

@@ -166,6 +166,15 @@ pub struct RawNode {
     /// Peers.
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerEntry>,
+    // flanneld's iptables settings (see [`TrafficConfig`]).
+    /// Masquerade what the pods send outside the network.
+    pub ip_masq: Option<bool>,
+    /// Masquerade without `--random-fully`.
+    pub ip_masq_fully_random_disable: Option<bool>,
+    /// Seconds between checks of the rules.
+    pub iptables_resync: Option<u64>,
+    /// Accept forwarded traffic from and to the network.
+    pub iptables_forward_rules: Option<bool>,
 }
 
 impl RawNode {
@@ -224,6 +233,33 @@ pub enum IoChoice {
     Uring,
 }
 
+/// The packet-filter rules a node keeps, as flanneld's `--ip-masq`,
+/// `--ip-masq-fully-random-disable`, `--iptables-resync` and `--iptables-forward-rules` set
+/// them (see [`crate::masq`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficConfig {
+    /// Masquerade what the pods send outside the network (`FLANNEL-POSTRTG`).
+    pub ip_masq: bool,
+    /// Masquerade with `--random-fully`.
+    pub random_fully: bool,
+    /// Accept forwarded traffic from and to the network (`FLANNEL-FWD`). Defaults to
+    /// `ip_masq`: flanneld installs these rules on every node unless told not to, fustian only
+    /// with `--ip-masq` or when asked, so a node without either needs no `iptables`.
+    pub forward_rules: bool,
+    /// How often the rules are checked and repaired.
+    pub resync: std::time::Duration,
+}
+
+impl TrafficConfig {
+    /// Returns true when any rule is to be kept.
+    pub const fn any(&self) -> bool {
+        self.ip_masq || self.forward_rules
+    }
+}
+
+/// Default of `--iptables-resync`, as flanneld's: 5 seconds.
+pub const DEFAULT_IPTABLES_RESYNC: u64 = 5;
+
 /// A validated node configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -255,6 +291,8 @@ pub struct NodeConfig {
     pub mtu: Option<u32>,
     /// The peers.
     pub peers: Vec<Peer>,
+    /// The masquerade and forward rules to keep.
+    pub traffic: TrafficConfig,
 }
 
 impl NodeConfig {
@@ -435,6 +473,26 @@ impl NodeConfig {
             Some((m, _)) => Some(m),
         };
 
+        let ip_masq = pick!(ip_masq, "ip-masq").is_some_and(|(v, _)| v);
+        let traffic = TrafficConfig {
+            ip_masq,
+            random_fully: !pick!(ip_masq_fully_random_disable, "ip-masq-fully-random-disable")
+                .is_some_and(|(v, _)| v),
+            forward_rules: pick!(iptables_forward_rules, "iptables-forward-rules")
+                .map_or(ip_masq, |(v, _)| v),
+            resync: match pick!(iptables_resync, "iptables-resync") {
+                None => std::time::Duration::from_secs(DEFAULT_IPTABLES_RESYNC),
+                Some((n, o)) if !(1..=86_400).contains(&n) => {
+                    return Err(invalid(
+                        o,
+                        &n.to_string(),
+                        "must be 1..=86400 seconds".into(),
+                    ));
+                }
+                Some((n, _)) => std::time::Duration::from_secs(n),
+            },
+        };
+
         // Peers from flags replace peers from the file, as any other setting does.
         let (entries, from_cli) = if cli.peers.is_empty() {
             (&file_raw.peers, false)
@@ -503,6 +561,7 @@ impl NodeConfig {
             tun,
             mtu,
             peers,
+            traffic,
         })
     }
 
@@ -813,6 +872,94 @@ mod tests {
             };
             let _ = NodeConfig::resolve(&raw, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod traffic_tests {
+    use super::*;
+
+    fn raw() -> RawNode {
+        RawNode {
+            network: Some("10.244.0.0/16".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            public_ip: Some("192.0.2.1".into()),
+            ..RawNode::default()
+        }
+    }
+
+    #[test]
+    fn iptables_settings_default_as_documented() {
+        let off = NodeConfig::resolve(&raw(), None).expect("valid").traffic;
+        assert!(!off.ip_masq && !off.forward_rules && !off.any());
+        assert!(off.random_fully);
+        assert_eq!(off.resync, std::time::Duration::from_secs(5));
+        let on = RawNode {
+            ip_masq: Some(true),
+            ..raw()
+        };
+        let on = NodeConfig::resolve(&on, None).expect("valid").traffic;
+        assert!(on.ip_masq && on.forward_rules && on.random_fully);
+        let custom = RawNode {
+            ip_masq: Some(true),
+            ip_masq_fully_random_disable: Some(true),
+            iptables_forward_rules: Some(false),
+            iptables_resync: Some(60),
+            ..raw()
+        };
+        let custom = NodeConfig::resolve(&custom, None).expect("valid").traffic;
+        assert!(custom.ip_masq && !custom.random_fully && !custom.forward_rules);
+        assert_eq!(custom.resync, std::time::Duration::from_secs(60));
+        let forward_only = RawNode {
+            iptables_forward_rules: Some(true),
+            ..raw()
+        };
+        let forward_only = NodeConfig::resolve(&forward_only, None)
+            .expect("valid")
+            .traffic;
+        assert!(!forward_only.ip_masq && forward_only.forward_rules);
+    }
+
+    #[test]
+    fn resync_zero_or_huge_is_refused() {
+        for n in [0, 86_401, u64::MAX] {
+            let bad = RawNode {
+                iptables_resync: Some(n),
+                ..raw()
+            };
+            let e = NodeConfig::resolve(&bad, None).expect_err("refused");
+            assert!(e.to_string().contains("--iptables-resync"), "{e}");
+        }
+    }
+
+    #[test]
+    fn flags_parse_as_go_bool_flags() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            let mut full = vec!["fustian", "run"];
+            full.extend_from_slice(args);
+            match crate::cli::Cli::try_parse_from(full).map(|c| c.command) {
+                Ok(crate::cli::Command::Run(run)) => Some(run.raw()),
+                _ => None,
+            }
+        };
+        let raw = parse(&["--ip-masq", "--iptables-forward-rules=false"]).expect("parses");
+        assert_eq!(raw.ip_masq, Some(true));
+        assert_eq!(raw.iptables_forward_rules, Some(false));
+        assert_eq!(raw.ip_masq_fully_random_disable, None);
+        let raw = parse(&["--ip-masq=false", "--ip-masq-fully-random-disable"]).expect("parses");
+        assert_eq!(raw.ip_masq, Some(false));
+        assert_eq!(raw.ip_masq_fully_random_disable, Some(true));
+        assert!(parse(&["--ip-masq=maybe"]).is_none());
+        assert!(parse(&["--iptables-resync", "-1"]).is_none());
+    }
+
+    #[test]
+    fn file_fields_are_read() {
+        let path = Path::new("node.toml");
+        let file = RawNode::from_toml(path, "ip_masq = true\niptables_resync = 2\n").expect("ok");
+        assert_eq!(file.ip_masq, Some(true));
+        assert_eq!(file.iptables_resync, Some(2));
     }
 }
 

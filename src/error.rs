@@ -14,6 +14,9 @@ pub enum Error {
     /// The UDP socket cannot be set up.
     #[error(transparent)]
     Udp(#[from] crate::udp::UdpError),
+    /// The masquerade or forward rules cannot be installed.
+    #[error(transparent)]
+    Masq(#[from] crate::masq::MasqError),
     /// The table cannot be built.
     #[error("invalid peer table: {0}")]
     Table(#[from] crate::table::TableError),

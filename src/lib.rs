@@ -15,6 +15,7 @@ pub mod forward;
 pub mod http;
 pub mod iface;
 pub mod lab;
+pub mod masq;
 pub mod metrics;
 pub mod node;
 pub mod offload;

@@ -3,9 +3,9 @@
 //!
 //! Setup follows flanneld's `udp` backend: find the underlay interface (given, or the one
 //! holding the public IP) and its MTU, open the TUN device, give it the first address of this
-//! node's subnet with the prefix length of the whole network (so the kernel routes the network
-//! into it), set the MTU (underlay − overhead unless given) and bring it up, then bind the UDP
-//! socket to the public IP and port.
+//! node's subnet as a host address (/32), set the MTU (underlay − overhead unless given), bring
+//! it up and route the whole network into it, then bind the UDP socket to the public IP and
+//! port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,7 +84,8 @@ pub struct Reload {
 pub type ControlPlane = Box<dyn FnOnce(Arc<Table>, Arc<AtomicBool>) + Send>;
 
 /// Writes flanneld's subnet file: the network, this node's subnet (its first address and
-/// length), the TUN MTU and `FLANNEL_IPMASQ=false`, atomically, creating the directory.
+/// length), the TUN MTU and whether this node masquerades (`FLANNEL_IPMASQ`), atomically,
+/// creating the directory.
 ///
 /// # Errors
 ///
@@ -94,6 +95,7 @@ pub fn write_subnet_file(
     network: ipnet::IpNet,
     subnet: ipnet::IpNet,
     mtu: u32,
+    ipmasq: bool,
 ) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -107,7 +109,7 @@ pub fn write_subnet_file(
         )),
     };
     let text = format!(
-        "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n",
+        "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ipmasq}\n",
         subnet.prefix_len()
     );
     write_atomically(path, text.as_bytes())
@@ -181,12 +183,17 @@ pub fn run(
         name: name.clone(),
         source,
     };
+    // As flanneld's udp backend (`udp_network_amd64.go`): the lease's first address as a host
+    // address, so the kernel makes no connected or broadcast route for it, then an explicit
+    // route for the whole network once the link is up.
     let tun_addr = config.subnet.network();
-    let prefix = config.network.prefix_len();
-    nl.add_address(index, tun_addr, prefix)
-        .map_err(|e| netlink_err(format!("add address {tun_addr}/{prefix}"), e))?;
+    let host_len = if tun_addr.is_ipv4() { 32 } else { 128 };
+    nl.add_address(index, tun_addr, host_len)
+        .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
     nl.set_mtu_up(index, mtu)
         .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
+    nl.add_route(index, config.network.trunc())
+        .map_err(|e| netlink_err(format!("add the route {}", config.network.trunc()), e))?;
 
     let listen = SocketAddr::new(config.public_ip, config.port);
     let sockets = UdpSocket::bind_group(listen, queues.len())?;
@@ -252,9 +259,31 @@ pub fn run(
         "node up"
     );
 
+    // flanneld's masquerade and forward rules, kept by a thread that is set up to keep
+    // CAP_NET_ADMIN before the privileges are dropped below; removed when `masq` drops.
+    let mut masq = match config.traffic {
+        t if t.any() => Some(crate::masq::Keeper::start(
+            crate::masq::Plan {
+                network: config.network,
+                subnet: config.subnet,
+                masquerade: t.ip_masq,
+                random_fully: t.random_fully,
+                forward: t.forward_rules,
+            },
+            t.resync,
+        )?),
+        _ => None,
+    };
+
     // The node is ready: tell the pods' network plugin, as flanneld does.
     let must_write = control.is_some();
-    if let Err(e) = write_subnet_file(&config.subnet_file, config.network, config.subnet, mtu) {
+    if let Err(e) = write_subnet_file(
+        &config.subnet_file,
+        config.network,
+        config.subnet,
+        mtu,
+        config.traffic.ip_masq,
+    ) {
         let what = format!("write the subnet file {}", config.subnet_file.display());
         if must_write {
             return Err(Error::Io { what, source: e });
@@ -269,6 +298,7 @@ pub fn run(
         let (reloads, reload_errors) = (Arc::clone(&reloads), Arc::clone(&reload_errors));
         let file_checks = Arc::clone(&file_checks);
         let extra = opts.extra_metrics.clone();
+        let masq_metrics = masq.as_ref().map(crate::masq::Keeper::renderer);
         let info = format!(
             "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
              tun=\"{name}\",subnet=\"{}\"}} 1\n",
@@ -313,6 +343,9 @@ pub fn run(
             }
             if let Some(extra) = &extra {
                 text.push_str(&extra());
+            }
+            if let Some(masq) = &masq_metrics {
+                text.push_str(&masq());
             }
             text
         })
@@ -396,6 +429,9 @@ pub fn run(
     }
     if let Some(status) = &opts.status {
         status.privileges_settled();
+    }
+    if let Some(masq) = &mut masq {
+        masq.settled();
     }
     let control_thread = match control {
         Some(run_control) => {
@@ -527,6 +563,7 @@ pub fn run(
         let _ = t.join();
     }
     write_stats();
+    drop(masq);
     tracing::info!(
         removed = created,
         "node down; the TUN device goes away with its last fd when this process created it"

@@ -146,3 +146,150 @@ pub fn switch_user(name: &str) -> io::Result<()> {
     // SAFETY: plain integer argument.
     syscall!(setuid(uid)).map(drop)
 }
+
+/// `CAP_NET_ADMIN` and `CAP_NET_RAW` (include/uapi/linux/capability.h: 12 and 13), what a
+/// packet-filter tool needs (nfnetlink, and the raw socket of `iptables-legacy`).
+const NET_CAPS: u32 = (1 << 12) | (1 << 13);
+
+/// Narrows the calling thread to `CAP_NET_ADMIN` and `CAP_NET_RAW`, plus `CAP_SETUID` and
+/// `CAP_SETGID` until [`narrow_to_net_caps`], and arranges that it keeps them, for the tools it
+/// runs, after the process drops its privileges or switches user.
+///
+/// Credentials are per thread (capabilities(7)), so this thread can keep them while the others
+/// drop every capability. It keeps `CAP_SETUID` and `CAP_SETGID` for a while because glibc
+/// applies `setgroups`/`setgid`/`setuid` to every thread of the process and aborts it when one
+/// thread's call fails (nptl `__nptl_setxid`). Where the thread holds `CAP_SETPCAP` it also
+/// sets `SECBIT_NOROOT` (so a child running as uid 0 gets only the ambient set, not the full
+/// set root would get at `execve`) and `SECBIT_NO_SETUID_FIXUP` (a switch of user leaves its
+/// sets alone), and drops every other capability from its bounding set. Without
+/// `CAP_SETPCAP` the "keep capabilities" flag still keeps the permitted set across a switch of
+/// user, and [`raise_net_caps_for_children`] raises the effective and ambient sets again.
+///
+/// # Errors
+///
+/// The `prctl` or `capset` error.
+pub(crate) fn keep_net_caps() -> io::Result<()> {
+    // SECBIT_NOROOT (1 << 0) | SECBIT_NO_SETUID_FIXUP (1 << 2) (include/uapi/linux/securebits.h).
+    let bits: libc::c_ulong = (1 << 0) | (1 << 2);
+    // SAFETY: prctl with integer arguments only; PR_SET_SECUREBITS takes the new bits.
+    if syscall!(prctl(libc::PR_SET_SECUREBITS, bits, Z, Z, Z)).is_ok() {
+        for cap in (0..64).filter(|c: &libc::c_ulong| *c != 12 && *c != 13) {
+            // SAFETY: prctl with integer arguments only; EINVAL past the last capability.
+            if syscall!(prctl(libc::PR_CAPBSET_DROP, cap, Z, Z, Z)).is_err() {
+                break;
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    syscall!(prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, Z, Z, Z))?;
+    set_all(capget()?[0].permitted & (NET_CAPS | SETID_CAPS))?;
+    raise_net_caps_for_children()
+}
+
+/// Drops `CAP_SETUID` and `CAP_SETGID` that [`keep_net_caps`] kept: call it once the process
+/// has dropped its privileges or switched user.
+///
+/// # Errors
+///
+/// The `capget`, `capset` or `prctl` error.
+pub(crate) fn narrow_to_net_caps() -> io::Result<()> {
+    set_all(capget()?[0].permitted & NET_CAPS)?;
+    raise_net_caps_for_children()
+}
+
+/// Sets the permitted, effective and inheritable sets of the calling thread to `caps`.
+fn set_all(caps: u32) -> io::Result<()> {
+    capset([
+        CapData {
+            effective: caps,
+            permitted: caps,
+            inheritable: caps & NET_CAPS,
+        },
+        CapData::default(),
+    ])
+}
+
+/// `CAP_SETGID` and `CAP_SETUID` (6 and 7).
+const SETID_CAPS: u32 = (1 << 6) | (1 << 7);
+
+/// Raises the effective, inheritable and ambient sets of the calling thread to what its
+/// permitted set holds of `CAP_NET_ADMIN` and `CAP_NET_RAW`, so a child it starts now runs
+/// with them, also as another user (ambient capabilities, Linux 4.3).
+///
+/// # Errors
+///
+/// The `capget`, `capset` or `prctl` error (`EINVAL` for ambient capabilities before 4.3).
+pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
+    let held = capget()?[0].permitted;
+    let permitted = held & NET_CAPS;
+    capset([
+        CapData {
+            effective: held,
+            permitted: held,
+            inheritable: permitted,
+        },
+        CapData::default(),
+    ])?;
+    for cap in [12u32, 13] {
+        if permitted & (1 << cap) != 0 {
+            // SAFETY: prctl with integer arguments only.
+            syscall!(prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                libc::c_ulong::from(cap),
+                Z,
+                Z
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// One 32-bit word of each capability set (`struct __user_cap_data_struct`).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `struct __user_cap_header_struct` for `_LINUX_CAPABILITY_VERSION_3` (two data words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// An unused `prctl` argument.
+const Z: libc::c_ulong = 0;
+
+/// Returns the calling thread's capability sets.
+fn capget() -> io::Result<[CapData; 2]> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: `header` and `data` are valid and laid out for version 3 (two words); capget
+    // writes only into `data`, which outlives the call.
+    syscall!(syscall(
+        libc::SYS_capget,
+        &raw const header,
+        data.as_mut_ptr()
+    ))?;
+    Ok(data)
+}
+
+/// Sets the calling thread's capability sets.
+fn capset(data: [CapData; 2]) -> io::Result<()> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: `header` and `data` are valid and laid out for version 3 and outlive the call;
+    // capset only reads them.
+    syscall!(syscall(libc::SYS_capset, &raw const header, data.as_ptr())).map(drop)
+}

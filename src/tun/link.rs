@@ -1,4 +1,5 @@
-//! rtnetlink requests for link setup: MTU, link state, addresses, and underlay MTU discovery.
+//! rtnetlink requests for link setup: MTU, link state, addresses, the overlay route, and
+//! underlay MTU discovery.
 //!
 //! Built on `netlink-packet-route` and `netlink-sys` (synchronous, no runtime). Each request is
 //! sent with `NLM_F_ACK` and the kernel's answer is read until the ACK or the error arrives, so
@@ -8,14 +9,16 @@ use std::io;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::{Socket, SocketAddr};
 
@@ -137,6 +140,38 @@ impl Netlink {
             NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         )
         .map(drop)
+    }
+
+    /// Adds the route `net dev <index>` (scope link, main table). A route that is already there
+    /// is left alone (`EEXIST` is not an error), as flanneld treats it when it restarts on a
+    /// device that kept its route.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error other than `EEXIST`.
+    pub fn add_route(&mut self, index: u32, net: ipnet::IpNet) -> io::Result<()> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match net {
+            ipnet::IpNet::V4(_) => AddressFamily::Inet,
+            ipnet::IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = net.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Link;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                net.network(),
+            )));
+        msg.attributes.push(RouteAttribute::Oif(index));
+        match self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Returns the MTU of link `index`.

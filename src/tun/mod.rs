@@ -6,11 +6,12 @@
 //! and on a crash alike. A device that existed before (for example made persistent with
 //! `ip tuntap add`) is attached to and left in place.
 //!
-//! Configuration goes through rtnetlink ([`link`]): the MTU, the address and the link state. As
-//! flannel does (`udp_network_amd64.go`), the address is the first address of this node's
-//! subnet with the prefix length of the whole overlay network, so the kernel's connected route
-//! sends the whole network (e.g. 10.244.0.0/16) into the device, while the more specific local
-//! subnet route (on the bridge to the pods) keeps local traffic local.
+//! Configuration goes through rtnetlink ([`link`]): the MTU, the address, the link state and
+//! the route. As flannel does (`udp_network_amd64.go`), the address is the first address of
+//! this node's subnet as a host address (/32, so no connected or broadcast route is made for
+//! it), and an explicit route sends the whole network (e.g. 10.244.0.0/16) into the device,
+//! while the more specific local subnet route (on the bridge to the pods) keeps local traffic
+//! local.
 
 pub mod link;
 mod sys;

@@ -8,7 +8,11 @@
 //!
 //! A datagram larger than the receive slot comes back flagged `truncated` (the kernel's
 //! `MSG_TRUNC`); the caller drops and counts it, never delivers the truncated part.
+//!
+//! The workers of one node share the port with `SO_REUSEPORT`; [`claim`] keeps a second node
+//! (or any other program) from joining that group.
 
+pub mod claim;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -41,6 +45,25 @@ pub enum UdpError {
         /// The error.
         source: io::Error,
     },
+    /// Another process serves this address and port.
+    #[error(
+        "UDP {addr} is {holder}: stop it or give another --public-ip or --port (two nodes on \
+         one address and port would split the flows between them)"
+    )]
+    Taken {
+        /// The address.
+        addr: SocketAddr,
+        /// Who holds it, as far as `/proc` tells.
+        holder: String,
+    },
+    /// The claim on the address and port cannot be taken.
+    #[error("cannot claim UDP {addr} for this node: {source}")]
+    Claim {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
     /// A socket option failed.
     #[error("cannot set {what} on the UDP socket: {source}")]
     Option {
@@ -56,6 +79,8 @@ pub enum UdpError {
 pub struct UdpSocket {
     socket: Socket,
     local: SocketAddr,
+    /// The node's claim on `local`, for the sockets of a worker group.
+    _claim: Option<std::sync::Arc<claim::PortClaim>>,
 }
 
 impl UdpSocket {
@@ -68,18 +93,61 @@ impl UdpSocket {
         Self::bind_with(addr, false)
     }
 
-    /// Creates `count` sockets bound to the same `addr` with `SO_REUSEPORT` (Linux 3.9), one
-    /// per worker; the kernel spreads incoming flows over them by their hash. One socket is
-    /// bound without the option, so a second process on the same port fails to start.
+    /// Creates `count` sockets bound to the same `addr`, one per worker: one socket without
+    /// `SO_REUSEPORT`, or several with it (Linux 3.9), over which the kernel spreads incoming
+    /// flows by their hash. The option admits any later socket of the same user into the
+    /// group, so the port is first claimed for this process ([`claim::PortClaim`], held by
+    /// every socket of the group), and after binding no socket but these may be bound to
+    /// `addr`: a second node on the same address and port fails to start.
     ///
     /// # Errors
     ///
-    /// [`UdpError`] naming the step that failed.
+    /// [`UdpError::Taken`] naming the other process, or [`UdpError`] naming the step that
+    /// failed.
     pub fn bind_group(addr: SocketAddr, count: usize) -> Result<Vec<Self>, UdpError> {
-        if count <= 1 {
-            return Ok(vec![Self::bind(addr)?]);
+        let taken = |holder| UdpError::Taken { addr, holder };
+        let claim = std::sync::Arc::new(claim::PortClaim::take(addr).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                taken(e.to_string())
+            } else {
+                UdpError::Claim { addr, source: e }
+            }
+        })?);
+        let in_use = |e: UdpError| match e {
+            UdpError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse => {
+                let holders = claim::owners(&claim::udp_inodes(addr));
+                taken(format!("already bound by {}", claim::describe(&holders)))
+            }
+            e => e,
+        };
+        let sockets = if count <= 1 {
+            vec![Self::bind(addr).map_err(in_use)?]
+        } else {
+            (0..count)
+                .map(|_| Self::bind_with(addr, true).map_err(in_use))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let own: Vec<u64> = sockets
+            .iter()
+            .filter_map(|s| claim::inode_of(s.as_raw_fd()).ok())
+            .collect();
+        let foreign: Vec<u64> = claim::udp_inodes(addr)
+            .into_iter()
+            .filter(|i| !own.contains(i))
+            .collect();
+        if own.len() == sockets.len() && !foreign.is_empty() {
+            return Err(taken(format!(
+                "also bound with SO_REUSEPORT by {}",
+                claim::describe(&claim::owners(&foreign))
+            )));
         }
-        (0..count).map(|_| Self::bind_with(addr, true)).collect()
+        Ok(sockets
+            .into_iter()
+            .map(|s| Self {
+                _claim: Some(std::sync::Arc::clone(&claim)),
+                ..s
+            })
+            .collect())
     }
 
     fn bind_with(addr: SocketAddr, reuse_port: bool) -> Result<Self, UdpError> {
@@ -124,7 +192,11 @@ impl UdpSocket {
             .ok()
             .and_then(|a| a.as_socket())
             .unwrap_or(addr);
-        Ok(Self { socket, local })
+        Ok(Self {
+            socket,
+            local,
+            _claim: None,
+        })
     }
 
     /// Creates `count` send sockets bound to `ip` on distinct ports spread over `range`

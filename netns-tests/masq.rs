@@ -1,0 +1,307 @@
+//! flanneld's node set-up around the tunnel: `--ip-masq` (a pod reaches an outside host only
+//! with it, seen there as the node; the rules come back when deleted and go when the node
+//! stops), the TUN address and route, and one node per address and port.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use fustian::lab::netns::{Netns, veth};
+use fustian::lab::traffic::udp_ping_pong;
+use fustian::lab::{POD_IPS, Topology, pod_addr};
+
+use crate::common::{EXE, prefix, serial, skip, start_both, topology, wait_for};
+
+/// The outside host, on a link from node A only; it has no route to the pods.
+const OUTSIDE: &str = "198.51.100.2";
+/// Node A's address on that link.
+const NODE_OUTSIDE: &str = "198.51.100.1";
+
+/// Runs `iptables args` in namespace `ns`; returns (success, stdout).
+fn iptables(ns: &Netns, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "iptables", "-w", "5"])
+        .args(args)
+        .output()
+        .expect("ip netns exec iptables runs (iptables installed?)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Sends one datagram from the pod of node A to the outside host, which records the source
+/// address it sees and answers. Returns (source seen outside, whether the pod got the answer).
+fn probe(pod: &Netns, outside: &Netns) -> (Option<SocketAddr>, bool) {
+    let listen: SocketAddr = format!("{OUTSIDE}:9000").parse().expect("addr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = outside
+        .spawn(move || {
+            let sock = UdpSocket::bind(listen).expect("outside bind");
+            sock.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 64];
+            let (n, from) = sock.recv_from(&mut buf).ok()?;
+            // Without a route back to the pods this fails (ENETUNREACH); that is the point.
+            let _ = sock.send_to(&buf[..n], from);
+            Some(from)
+        })
+        .expect("outside thread");
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("outside listens");
+    let answered = pod
+        .run(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").expect("pod bind");
+            sock.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            sock.send_to(b"hello", listen).expect("pod send");
+            let mut buf = [0u8; 64];
+            matches!(sock.recv_from(&mut buf), Ok((5, _)))
+        })
+        .expect("pod thread");
+    (server.join().expect("outside thread ends"), answered)
+}
+
+/// Builds the outside namespace and its link from node A.
+fn outside_world(topo: &Topology, name: &str) -> Netns {
+    let outside = Netns::add(name).expect("outside namespace");
+    veth(&topo.hosts[0], "out0", &outside, "eth0").expect("veth to the outside");
+    let a = &topo.hosts[0];
+    a.ip(&["addr", "add", &format!("{NODE_OUTSIDE}/24"), "dev", "out0"])
+        .expect("addr");
+    a.ip(&["link", "set", "out0", "up"]).expect("up");
+    outside
+        .ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"])
+        .expect("addr");
+    outside.ip(&["link", "set", "eth0", "up"]).expect("up");
+    outside
+}
+
+/// CapEff of every thread of `pid`, by thread name.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("procfs")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(caps) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        {
+            out.push((comm.trim().to_owned(), caps));
+        }
+    }
+    out
+}
+
+const MASQ_RULE: [&str; 14] = [
+    "-t",
+    "nat",
+    "-D",
+    "FLANNEL-POSTRTG",
+    "-s",
+    "10.244.0.0/16",
+    "!",
+    "-d",
+    "224.0.0.0/4",
+    "-m",
+    "comment",
+    "--comment",
+    "flanneld masq",
+    "-j",
+];
+
+#[test]
+fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
+    if skip("ip_masq_lets_pods_reach_the_outside_as_the_node") {
+        return;
+    }
+    let _serial = serial();
+    let p = prefix();
+    let mut topo = Topology::build(&p)
+        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+    let outside = outside_world(&topo, &format!("{p}o"));
+    let pod_ip: std::net::IpAddr = POD_IPS[0].parse().expect("pod ip");
+    let subnet_env = topo.dir.path().join("node-0").join("subnet.env");
+
+    // Without --ip-masq the outside host sees the pod's own address and cannot answer.
+    let args = topo.node_args(0, &["--threads", "2"]);
+    let plain = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (seen, answered) = probe(&topo.pods[0], &outside);
+    assert_eq!(seen.map(|s| s.ip()), Some(pod_ip), "source seen outside");
+    assert!(!answered, "the outside host has no route back to the pods");
+    assert!(!iptables(&topo.hosts[0], &["-t", "nat", "-S", "FLANNEL-POSTRTG"]).0);
+    let env = std::fs::read_to_string(&subnet_env).expect("subnet.env");
+    assert!(env.contains("FLANNEL_IPMASQ=false"), "{env}");
+    let status = topo.processes[plain].stop(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+
+    // With it (and as an unprivileged user, the hardest case for keeping the rules): the
+    // outside host sees node A and the answer comes back.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(topo.dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod scratch dir");
+    let args = topo.node_args(
+        0,
+        &[
+            "--threads",
+            "2",
+            "--ip-masq",
+            "--iptables-resync",
+            "1",
+            "--user",
+            "nobody",
+        ],
+    );
+    let masq = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = || topo.processes[masq].log();
+    let (seen, answered) = probe(&topo.pods[0], &outside);
+    assert_eq!(
+        seen.map(|s| s.ip().to_string()),
+        Some(NODE_OUTSIDE.to_owned()),
+        "source seen outside with --ip-masq:\n{}",
+        log()
+    );
+    assert!(answered, "the answer reaches the pod:\n{}", log());
+    let env = std::fs::read_to_string(&subnet_env).expect("subnet.env");
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    let (ok, fwd) = iptables(&topo.hosts[0], &["-S", "FLANNEL-FWD"]);
+    assert!(
+        ok && fwd.contains("-d 10.244.0.0/16") && fwd.contains("ACCEPT"),
+        "{fwd}"
+    );
+
+    // Only the thread that keeps the rules holds a capability, and only CAP_NET_ADMIN and
+    // CAP_NET_RAW.
+    let pid = topo.processes[masq].pid().expect("running");
+    let caps = thread_caps(pid);
+    for (name, cap) in &caps {
+        let want = if name == "fustian-masq" { 0x3000 } else { 0 };
+        assert_eq!(*cap, want, "thread {name}: {caps:?}");
+    }
+    assert!(caps.iter().any(|(n, _)| n == "fustian-masq"), "{caps:?}");
+
+    // A rule and the jump deleted by hand come back within a few resync periods.
+    let mut rule: Vec<&str> = MASQ_RULE.to_vec();
+    rule.extend(["MASQUERADE", "--random-fully"]);
+    assert!(
+        iptables(&topo.hosts[0], &rule).0,
+        "delete the masquerade rule"
+    );
+    let jump = [
+        "-t",
+        "nat",
+        "-D",
+        "POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld masq",
+        "-j",
+        "FLANNEL-POSTRTG",
+    ];
+    assert!(iptables(&topo.hosts[0], &jump).0, "delete the jump");
+    let check = |args: &[&str]| {
+        let mut c: Vec<&str> = args.to_vec();
+        c[2] = "-C";
+        iptables(&topo.hosts[0], &c).0
+    };
+    let back = wait_for(Duration::from_secs(8), || check(&rule) && check(&jump));
+    assert!(back, "rules not restored:\n{}", log());
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            topo.counter(0, "iptables_repairs") >= 1
+        }),
+        "{:?}",
+        topo.stats(0)
+    );
+    let (seen, answered) = probe(&topo.pods[0], &outside);
+    assert!(
+        answered && seen.is_some_and(|s| s.ip().to_string() == NODE_OUTSIDE),
+        "after the repair: {seen:?}"
+    );
+
+    // SIGTERM: the rules go with the node.
+    let status = topo.processes[masq].stop(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        topo.processes[masq].log()
+    );
+    let (_, nat) = iptables(&topo.hosts[0], &["-t", "nat", "-S"]);
+    let (_, filter) = iptables(&topo.hosts[0], &["-S"]);
+    assert!(
+        !nat.contains("FLANNEL") && !filter.contains("FLANNEL"),
+        "{nat}{filter}"
+    );
+}
+
+#[test]
+fn a_second_node_on_the_same_port_fails_to_start() {
+    if skip("a_second_node_on_the_same_port_fails_to_start") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    start_both(&mut topo, &["--threads", "2"]);
+    let first = topo.processes[0].pid().expect("running");
+
+    // The TUN device as flanneld's udp backend sets it: a host address and the network route.
+    let show = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["-n", topo.hosts[0].name()])
+            .args(args)
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let addr = show(&["-4", "addr", "show", "dev", "flannel0"]);
+    assert!(addr.contains("inet 10.244.1.0/32"), "{addr}");
+    assert!(!addr.contains(" brd "), "{addr}");
+    let route = show(&["route", "show", "10.244.0.0/16"]);
+    assert!(route.contains("dev flannel0"), "{route}");
+
+    // The same address and port with two workers (SO_REUSEPORT): refused, naming the first.
+    let mut args = topo.node_args(0, &["--threads", "2", "--tun", "flannel1"]);
+    let stats = args
+        .iter()
+        .position(|a| a == "--stats-file")
+        .expect("stats flag");
+    args[stats + 1] = topo.dir.path().join("second.prom").display().to_string();
+    let log = topo.dir.path().join("second.log");
+    let mut second = topo.hosts[0]
+        .start(EXE, &args, log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exited = wait_for(Duration::from_secs(10), || second.exited().is_some());
+    let text = second.log();
+    assert!(exited, "the second node is still running:\n{text}");
+    let status = second.exited().expect("exited");
+    assert!(!status.success(), "{status}:\n{text}");
+    assert!(
+        text.contains("UDP 192.0.2.1:8285 is already served by")
+            && text.contains(&format!("pid {first} (fustian)")),
+        "{text}"
+    );
+
+    // The first node still carries the traffic, both ways.
+    let stop = Arc::new(AtomicBool::new(false));
+    for (from, to) in [(0, 1), (1, 0)] {
+        let lat = udp_ping_pong(&topo.pods[from], &topo.pods[to], pod_addr(to, 7), 20, &stop)
+            .expect("ping-pong runs");
+        assert_eq!(
+            lat.replies, 20,
+            "{from}->{to} after the second node was refused"
+        );
+    }
+}
