@@ -11,11 +11,27 @@ pub(crate) const EXE: &str = env!("CARGO_BIN_EXE_fustian");
 /// Returns a namespace prefix unique to this test process and call (at most 8 characters).
 pub(crate) fn prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Base 36 keeps it within 8 characters: "t" + 3 digits + "x" + up to 3 digits (46,656
+    // topologies per test process).
     format!(
         "t{}x{}",
-        std::process::id() % 10_000,
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        base36(std::process::id() % 46_656),
+        base36(NEXT.fetch_add(1, Ordering::Relaxed) % 46_656)
     )
+}
+
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
 }
 
 /// Returns true (after saying so) when the environment asks to skip netns tests.

@@ -610,13 +610,9 @@ fn etcd_down_for_30_seconds_during_a_transfer() {
     let _serial = serial();
     let mut c = Cluster::new(2);
     c.set_network("udp");
-    // A short lease, so it expires while etcd is down and must be granted again.
-    let ttl = [
-        "--subnet-lease-ttl",
-        "20",
-        "--subnet-lease-renew-margin",
-        "0",
-    ];
+    // A short lease, so it expires while etcd is down and must be granted again (renewed
+    // every second while etcd is up: the TTL is shorter than the renew margin).
+    let ttl = ["--subnet-lease-ttl", "20"];
     let s0 = c.start_node(0, &ttl);
     c.start_node(1, &ttl);
     assert!(wait_for(Duration::from_secs(5), || c
@@ -625,7 +621,7 @@ fn etcd_down_for_30_seconds_during_a_transfer() {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = c.pod_addr(1, 5201);
     let mut etcd = c.etcd.take().expect("etcd runs");
-    let (r, restarted) = std::thread::scope(|s| {
+    let (r, restarted, flowing) = std::thread::scope(|s| {
         let transfer = s.spawn(|| {
             tcp_bulk(
                 &c.pods[0],
@@ -636,13 +632,22 @@ fn etcd_down_for_30_seconds_during_a_transfer() {
                 &stop,
             )
         });
-        std::thread::sleep(Duration::from_secs(3));
+        // The transfer is under way (node 1 has received a few MiB of it), then etcd goes
+        // away for 30 s: the scenario's length, longer than the lease's TTL.
+        let flowing = wait_for(Duration::from_secs(10), || {
+            c.counter(1, "rx_bytes") > 4 << 20
+        });
         etcd.stop(Duration::from_secs(5));
         std::thread::sleep(Duration::from_secs(30));
         let restarted = launch_etcd(&c.hub, c.dir.path());
-        (transfer.join().expect("transfer thread"), restarted)
+        (
+            transfer.join().expect("transfer thread"),
+            restarted,
+            flowing,
+        )
     });
     c.etcd = Some(restarted);
+    assert!(flowing, "the transfer did not start:\n{}", c.log(1));
     let r = r.expect("transfer runs");
     assert!(r.intact() && r.sent > 0, "{r:?}");
     let back = wait_for(Duration::from_secs(20), || {

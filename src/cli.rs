@@ -163,11 +163,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "MINUTES", value_parser = parse_renew_margin)]
     pub subnet_lease_renew_margin: Option<u64>,
     /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`).
-    #[arg(
-        long,
-        value_name = "IP",
-        default_value = "127.0.0.1"
-    )]
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
     pub healthz_ip: std::net::IpAddr,
     /// Port of the HTTP endpoint; 0 turns it off [default: 0].
     #[arg(long, value_name = "PORT", default_value_t = 0)]

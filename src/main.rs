@@ -115,6 +115,14 @@ fn join_etcd(
     if let Some(status) = status {
         status.set_not_ready("starting");
     }
+    // flanneld programs its masquerade rules through nftables when the config asks; fustian
+    // has only the iptables variant, and never writes rules other than what was asked for.
+    if joined.config.enable_nftables && raw.ip_masq == Some(true) {
+        anyhow::bail!(
+            "the network config sets EnableNFTables, and fustian has no nftables masquerade \
+             rules: run without --ip-masq or with EnableNFTables false"
+        );
+    }
     raw.network = Some(joined.config.network.to_string());
     raw.subnet = Some(joined.subnet.to_string());
     // The network config sets the wire for every node: a flag may repeat it, never change it.
