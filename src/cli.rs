@@ -216,22 +216,19 @@ pub struct RunArgs {
     pub no_multishot: bool,
     // flanneld's iptables flags; a bare flag means true, `=false` turns it off.
     /// Masquerade what the pods send outside the network, with flanneld's rules (`iptables`).
-    #[arg(long, value_name = "BOOL", env = "FLANNELD_IP_MASQ", num_args = 0..=1,
-          require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
     pub ip_masq: Option<bool>,
     /// Masquerade without `--random-fully`.
-    #[arg(long, value_name = "BOOL", env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE",
-          num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
     pub ip_masq_fully_random_disable: Option<bool>,
-    /// Seconds between checks (and repairs) of the iptables rules [default: 5].
-    #[arg(long, value_name = "SECS", env = "FLANNELD_IPTABLES_RESYNC")]
+    /// Seconds between checks (and repairs) of the iptables rules (1..=86400) [default: 5].
+    #[arg(long, value_name = "SECS", value_parser = parse_resync)]
     pub iptables_resync: Option<u64>,
     /// Accept forwarded traffic from and to the network (FLANNEL-FWD) [default: as --ip-masq].
-    #[arg(long, value_name = "BOOL", env = "FLANNELD_IPTABLES_FORWARD_RULES",
-          num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
     pub iptables_forward_rules: Option<bool>,
 }
 
@@ -692,6 +689,19 @@ pub fn parse_renew_margin(text: &str) -> Result<u64, String> {
         ));
     }
     u64::try_from(minutes).map_err(|e| e.to_string())
+}
+
+/// Parses `--iptables-resync`: seconds in Go's integer forms, 1..=86400.
+///
+/// # Errors
+///
+/// Not an integer, or out of range.
+pub fn parse_resync(text: &str) -> Result<u64, String> {
+    let secs = parse_go_int(text)?;
+    if !(1..=86_400).contains(&secs) {
+        return Err(format!("{secs} seconds is outside 1..=86400"));
+    }
+    u64::try_from(secs).map_err(|e| e.to_string())
 }
 
 /// How clap takes a long flag of `run`.

@@ -78,44 +78,24 @@ pub fn drop_capabilities() -> io::Result<()> {
 }
 
 /// Drops every capability of the calling thread but those in `keep` (a mask of bit numbers
-/// below 32, `1 << CAP_SETUID` and so on; include/uapi/linux/capability.h).
+/// below 32, `1 << CAP_SETUID` and so on; include/uapi/linux/capability.h) that it holds: a
+/// capability not in its permitted set is never asked for, since `capset` refuses to add one
+/// (so a thread of a node started without CAP_SETUID, say in a container granting only
+/// CAP_NET_ADMIN, still drops to what it may keep instead of failing).
 ///
 /// # Errors
 ///
-/// The `capset` error.
+/// The `capget` or `capset` error.
 pub fn keep_only_capabilities(keep: u32) -> io::Result<()> {
-    // _LINUX_CAPABILITY_VERSION_3 (include/uapi/linux/capability.h): two 32-bit data words.
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let header = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let data = [
-        Data {
+    let keep = keep & capget()?[0].permitted;
+    capset([
+        CapData {
             effective: keep,
             permitted: keep,
             inheritable: 0,
         },
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: `header` and `data` are valid, correctly laid out for version 3 and outlive the
-    // call; capset only reads them.
-    syscall!(syscall(libc::SYS_capset, &raw const header, data.as_ptr())).map(drop)
+        CapData::default(),
+    ])
 }
 
 /// Switches the whole process to the user `name` and its primary group, with no
