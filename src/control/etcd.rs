@@ -976,6 +976,10 @@ impl Agent {
             tracing::warn!(%subnet, "subnet lease granted again");
             Ok(())
         } else {
+            // The grant holds nothing: give it back rather than leave one orphaned etcd lease
+            // per attempt.
+            let _ = self.rt.block_on(client.lease_revoke(grant.id()));
+            tracing::error!(%subnet, "this node's subnet was taken by another node while this one was away");
             Err(EtcdError::Acquire(format!(
                 "{subnet} was taken by another node while this one was away"
             )))
