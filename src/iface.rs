@@ -59,6 +59,18 @@ pub struct External {
     pub how: String,
 }
 
+impl External {
+    /// Returns `link` with `addr`, chosen `how`.
+    fn on(link: &LinkInfo, addr: IpAddr, how: String) -> Self {
+        Self {
+            name: link.name.clone(),
+            index: link.index,
+            addr,
+            how,
+        }
+    }
+}
+
 /// The links, addresses and default route of a host, as interface selection sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Host {
@@ -167,12 +179,11 @@ pub fn select_in(
         let addr = first_v4(host, index).ok_or_else(|| IfaceError::NoAddress {
             name: link.name.clone(),
         })?;
-        return Ok(External {
-            name: link.name.clone(),
-            index,
-            addr: IpAddr::V4(addr),
-            how: "the default route".into(),
-        });
+        return Ok(External::on(
+            link,
+            IpAddr::V4(addr),
+            "the default route".into(),
+        ));
     }
 
     let mut tried = Vec::new();
@@ -182,12 +193,7 @@ pub fn select_in(
             match host.addrs.iter().find(|a| a.ip == ip) {
                 Some(a) => match name_of(a.index) {
                     Some(link) => {
-                        return Ok(External {
-                            name: link.name.clone(),
-                            index: link.index,
-                            addr: ip,
-                            how,
-                        });
+                        return Ok(External::on(link, ip, how));
                     }
                     None => tried.push(format!("{how} (its link is gone)")),
                 },
@@ -198,12 +204,7 @@ pub fn select_in(
         match host.links.iter().find(|l| l.name == *given) {
             Some(link) => match usable(host, link.index, sel.public_ip) {
                 Some(addr) => {
-                    return Ok(External {
-                        name: link.name.clone(),
-                        index: link.index,
-                        addr,
-                        how,
-                    });
+                    return Ok(External::on(link, addr, how));
                 }
                 None => tried.push(format!("{how} (no IPv4 address)")),
             },
@@ -221,22 +222,12 @@ pub fn select_in(
                 .map(|a| (link, a))
         });
         if let Some((link, addr)) = by_addr {
-            return Ok(External {
-                name: link.name.clone(),
-                index: link.index,
-                addr: IpAddr::V4(addr),
-                how,
-            });
+            return Ok(External::on(link, IpAddr::V4(addr), how));
         }
         match host.links.iter().find(|l| re.is_match(&l.name)) {
             Some(link) => match usable(host, link.index, sel.public_ip) {
                 Some(addr) => {
-                    return Ok(External {
-                        name: link.name.clone(),
-                        index: link.index,
-                        addr,
-                        how,
-                    });
+                    return Ok(External::on(link, addr, how));
                 }
                 None => tried.push(format!("{how} (matches {}, no IPv4 address)", link.name)),
             },
@@ -254,12 +245,7 @@ pub fn select_in(
                         .or_else(|| usable(host, index, sel.public_ip));
                     match addr {
                         Some(addr) => {
-                            return Ok(External {
-                                name: link.name.clone(),
-                                index,
-                                addr,
-                                how,
-                            });
+                            return Ok(External::on(link, addr, how));
                         }
                         None => tried.push(format!("{how} (via {}, no IPv4 address)", link.name)),
                     }
