@@ -714,4 +714,19 @@ mod tests {
         assert!(!version_at_least("iptables v1.4.21", (1, 6, 2)));
         assert!(!version_at_least("no version here", (1, 6, 2)));
     }
+
+    proptest::proptest! {
+        /// Any tool output is judged without a panic, and a well-formed version compares as
+        /// the tuple it names.
+        #[test]
+        fn versions_compare_as_tuples(
+            text in "\\PC{0,60}",
+            v in (0u32..20, 0u32..20, 0u32..40),
+            min in (0u32..20, 0u32..20, 0u32..40),
+        ) {
+            let _ = version_at_least(&text, min);
+            let out = format!("iptables v{}.{}.{} (nf_tables)", v.0, v.1, v.2);
+            proptest::prop_assert_eq!(version_at_least(&out, min), v >= min);
+        }
+    }
 }
