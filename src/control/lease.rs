@@ -10,13 +10,12 @@
 //!    "BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}
 //! ```
 //!
-//! The rules are flannel's (`pkg/subnet/config.go`, `pkg/lease/lease.go`): a missing `Backend`
-//! means `udp` (the code's default, whatever the documentation says); `SubnetLen` defaults to
-//! 24, or to the network's prefix plus 2 for networks smaller than a /22, and above 30 is
-//! refused; `SubnetMin` and `SubnetMax` default to the second and the last subnet and must lie
-//! on a subnet boundary inside the network. A `udp` lease carries no backend type or data. All
-//! of it is untrusted input: every parser returns a [`LeaseError`] naming the field, never
-//! panics, and is fuzzed (`fuzz/fuzz_targets/etcd_config.rs`, `etcd_lease.rs`).
+//! The network config is parsed in [`super::netconf`] (as Go's decoder reads it; re-exported
+//! here). This module has the lease side (`pkg/lease/lease.go`, `pkg/subnet/subnet.go`): lease
+//! keys in flannel's exact format, lease values (a `udp` lease carries no backend type or
+//! data), and the judgement of each lease against the network config. All of it is untrusted
+//! input: every parser returns a [`LeaseError`] or `None`, never panics, and is fuzzed
+//! (`fuzz/fuzz_targets/etcd_lease.rs`; the config in `etcd_config.rs`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
