@@ -91,7 +91,7 @@ impl Status {
         }
     }
 
-    /// /readyz answers 503 with this reason in the body ("fustian is not ready: <reason>").
+    /// /readyz answers 503 with this reason in the body (`fustian is not ready: <reason>`).
     pub fn set_not_ready(&self, reason: impl Into<String>) {
         self.reason.store(Arc::new(reason.into()));
         self.ready.store(false, Ordering::Release);
@@ -102,7 +102,7 @@ impl Status {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Installs the /metrics and /status renderers (before that: 503 "not ready: <reason>").
+    /// Installs the /metrics and /status renderers (before that: 503 `not ready: <reason>`).
     /// They run on the endpoint's thread, one request at a time, with no lock held.
     pub fn set_renderers(
         &self,
@@ -115,7 +115,7 @@ impl Status {
 
     /// Tells the serving thread that the node's privileges are settled (capabilities dropped or
     /// the user switched), so it drops the last capabilities it kept for that (within
-    /// [`STOP_CHECK`]).
+    /// 200 ms).
     pub fn privileges_settled(&self) {
         self.settled.store(true, Ordering::Release);
     }
