@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fustian::forward::{Forwarding, inbound, outbound};
+use fustian::datapath::forward::{Forwarding, Outbound, inbound, outbound};
 use fustian::table::{Peer, Snapshot};
 use fustian::wire::ip::{IpProtocol, Packet, Repr};
 use fustian::wire::{Encap, MacAddress, VxlanParams};
@@ -94,8 +94,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("outbound", size), &size, |bench, &size| {
             bench.iter(|| black_box(outbound(&a, &vx_a, black_box(&mut buf), HEADROOM, size)));
         });
-        let fustian::forward::Verdict::Send { start, len, .. } =
-            outbound(&a, &vx_a, &mut buf, HEADROOM, size)
+        let Outbound::Send { start, len, .. } = outbound(&a, &vx_a, &mut buf, HEADROOM, size)
         else {
             panic!("not sent");
         };

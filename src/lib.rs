@@ -3,15 +3,17 @@
 //! It reads IP packets from a TUN device, finds the node that owns the destination pod subnet
 //! in a lock-free table, and sends each packet to that node over UDP in flannel's `udp` backend
 //! format; the receiving node checks the datagram and writes the inner packet into its own TUN
-//! device. The pure parts (`wire`, `table`, `forward`, `config`) make no syscalls; `tun`, `udp`
-//! and `event` do the I/O; `node` and `lab` put them together.
+//! device. The pure parts (`wire`, `table`, `datapath`, `offload`, `config`) make no syscalls:
+//! `datapath` holds every per-packet decision of a worker, in both directions; `tun`, `udp` and
+//! `event` do the I/O, the event loops only carrying out the datapath's plans; `node` and `lab`
+//! put them together.
 
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod datapath;
 pub mod error;
 pub mod event;
-pub mod forward;
 pub mod http;
 pub mod iface;
 pub mod lab;

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::config::{BackendConfig, NodeConfig, load_or_create_vtep_mac};
+use crate::datapath::Forwarding;
 use crate::error::Error;
 use crate::event::{self, Worker};
-use crate::forward::Forwarding;
 use crate::metrics::Metrics;
 use crate::offload::Offloads;
 use crate::table::{Snapshot, Table};

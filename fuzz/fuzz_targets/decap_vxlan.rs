@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use fustian::forward::{Forwarding, Verdict, inbound};
+use fustian::datapath::forward::{Forwarding, Inbound, inbound};
 use fustian::table::{Peer, Snapshot};
 use fustian::wire::{Encap, MacAddress, VxlanParams};
 use libfuzzer_sys::fuzz_target;
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let local_mac = MacAddress([0xee, 0x58, 0x53, 0xba, 0x43, 0xf5]);
     let fwd = Forwarding { encap: Encap::Vxlan(VxlanParams { vni: 1, local_mac }), network: "10.244.0.0/16".parse().expect("literal"), max_inner_len: 1450, icmp: false, strict_source_port: false };
     let from = SocketAddr::from(([192, 0, 2, 1], 40000));
-    if let Verdict::Deliver { start, len, .. } = inbound(&snap, &fwd, from, data) {
+    if let Inbound::Deliver { start, len, .. } = inbound(&snap, &fwd, from, data) {
         assert_eq!(start, 22);
         assert_eq!(start + len, data.len());
         assert_eq!(data[0], 0x08);

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use fustian::forward::{Forwarding, Verdict, icmp_reply, inbound, outbound};
+use fustian::datapath::forward::{Forwarding, Inbound, Outbound, icmp_reply, inbound, outbound};
 use fustian::table::{Peer, Snapshot};
 use fustian::wire::Encap;
 use libfuzzer_sys::fuzz_target;
@@ -29,8 +29,8 @@ fuzz_target!(|input: (u8, u8, Vec<u8>)| {
     let len = data.len().saturating_sub(usize::from(headroom));
     let original = data.clone();
     match outbound(&snap, &fwd, &mut data, headroom.into(), len) {
-        Verdict::Send { start, len, .. } => assert!(start + len <= data.len()),
-        Verdict::Drop(reason) => {
+        Outbound::Send { start, len, .. } => assert!(start + len <= data.len()),
+        Outbound::Drop(reason) => {
             // The ICMP error about the dropped packet, as the event loops build it.
             let packet = original.get(usize::from(headroom)..).unwrap_or_default();
             let mut out = [0u8; 1280];
@@ -38,10 +38,9 @@ fuzz_target!(|input: (u8, u8, Vec<u8>)| {
                 assert!(n <= out.len());
             }
         }
-        Verdict::Deliver { .. } => {}
     }
     let from = SocketAddr::from(([192, 0, 2, sender], 8285));
-    if let Verdict::Deliver { start, len, .. } = inbound(&snap, &fwd, from, &data) {
+    if let Inbound::Deliver { start, len, .. } = inbound(&snap, &fwd, from, &data) {
         assert!(start + len <= data.len());
         assert_eq!(sender, 2);
     }

@@ -9,7 +9,6 @@
 pub(crate) struct SlotBuf {
     data: Vec<u8>,
     slot: usize,
-    headroom: usize,
     count: usize,
 }
 
@@ -20,7 +19,6 @@ impl SlotBuf {
         Self {
             data: vec![0u8; slot * count],
             slot,
-            headroom,
             count,
         }
     }
@@ -33,11 +31,6 @@ impl SlotBuf {
     /// Returns the slot size in bytes.
     pub(crate) const fn slot(&self) -> usize {
         self.slot
-    }
-
-    /// Returns the headroom of each slot.
-    pub(crate) const fn headroom(&self) -> usize {
-        self.headroom
     }
 
     /// Returns the offset of slot `i` in [`Self::data`].
@@ -75,6 +68,5 @@ mod tests {
         assert!(b.data()[..b.offset(1)].iter().all(|&x| x == 0));
         assert!(b.data()[b.offset(2)..].iter().all(|&x| x == 0));
         assert_eq!(b.count(), 4);
-        assert_eq!(b.headroom(), 16);
     }
 }

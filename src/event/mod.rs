@@ -3,20 +3,24 @@
 //! # The contract every backend provides
 //!
 //! A backend runs one worker. It receives a [`Worker`]: one TUN queue, one UDP socket, the
-//! shared [`Table`], this worker's counters, the [`Forwarding`] parameters and a stop flag. It
-//! must:
+//! shared [`Table`], the counters, the [`Forwarding`] parameters and a stop flag, and makes
+//! the worker's [`Core`] ([`Worker::core`]). It owns the buffers and the system calls, and
+//! makes no forwarding decision of its own. It must:
 //!
-//! - read packets from TUN in batches, load the table snapshot once per batch, call
-//!   [`crate::forward::outbound`] for each, and send the `Send` verdicts as one batch;
-//! - receive datagrams in batches, drop (as `oversize`) any that did not fit the buffer, call
-//!   [`crate::forward::inbound`] for the rest, and write the `Deliver` verdicts to TUN;
+//! - read packets from TUN in batches into slots laid out as the core says
+//!   ([`Core::tun_read_offset`], [`Core::tun_slot_len`]), load the table snapshot once per
+//!   batch, hand each read to [`Core::tun_read`] and carry out the [`crate::datapath::TxPlan`];
+//! - receive datagrams in batches (with `MSG_TRUNC`, into slots larger than
+//!   [`Core::rx_payload`]), hand each read, decoded by the socket layer, to
+//!   [`Core::udp_read`], carry out its [`crate::datapath::RxOp`]s in order, and call
+//!   [`Core::rx_flush`] at the end of the batch;
+//! - carry out a plan before the next call into the core (the core's buffers are reused);
+//! - keep a flow's order: outputs leave in plan order (the shared executors in `exec` queue
+//!   datagrams and send whatever is queued before a super-packet's segments);
 //! - drain both directions until both would block before it waits again;
-//! - count every packet in and out and every drop by reason, never panic on packet contents,
-//!   never allocate per packet, and log I/O errors through a rate limiter;
+//! - count what its system calls did (sent, written, `tx_error`, `tun_write_error`), never
+//!   panic, never allocate per packet, and log I/O errors through a rate limiter;
 //! - check the stop flag at least every [`STOP_POLL`] and return when it is set.
-//!
-//! With offloads (`crate::offload`) both loops hand super-packets and `UDP_GRO` reads to the
-//! shared `offload` path, which sends and writes them with direct system calls.
 //!
 //! The backend is chosen once at start by the [`Backend`] enum ([`choose`]); nothing is
 //! dispatched through a trait object per packet.
@@ -28,7 +32,7 @@
 
 pub(crate) mod buf;
 pub mod epoll;
-mod offload;
+mod exec;
 #[cfg(feature = "uring")]
 pub mod uring;
 
@@ -37,7 +41,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::config::IoChoice;
-use crate::forward::Forwarding;
+use crate::datapath::{Core, CoreConfig, Forwarding};
 use crate::metrics::Metrics;
 use crate::table::Table;
 use crate::tun::Tun;
@@ -142,6 +146,29 @@ pub struct Worker {
     pub offloads: crate::offload::Offloads,
 }
 
+impl Worker {
+    /// Makes this worker's datapath core, and lets its sockets use `UDP_SEGMENT` when the
+    /// offloads say so.
+    pub fn core(&self) -> Core {
+        let gso = self.offloads.gso;
+        self.udp.set_gso(gso);
+        for s in self.tx_pool.iter() {
+            s.set_gso(gso);
+        }
+        Core::new(
+            CoreConfig {
+                worker: self.id,
+                fwd: self.fwd,
+                vnet: self.tun.vnet(),
+                gro: self.offloads.gro,
+                sockets: self.tx_pool.len(),
+                tun_mtu: self.tun_mtu,
+            },
+            Arc::clone(&self.metrics),
+        )
+    }
+}
+
 /// Runs `worker` on `backend` until its stop flag is set.
 ///
 /// # Errors
@@ -184,166 +211,5 @@ impl RateLimitedLog {
         tracing::warn!(suppressed = self.suppressed, "{}: {err}", self.what);
         self.last = Some(now);
         self.suppressed = 0;
-    }
-}
-
-/// ICMP errors back into TUN for packets that cannot be forwarded, through a token bucket
-/// (100 per second, bursts of 100, per worker) so a flood of unroutable packets cannot turn
-/// into a flood of replies.
-#[derive(Debug)]
-pub(crate) struct IcmpSender {
-    buf: Box<[u8]>,
-    tokens: f64,
-    last: Instant,
-}
-
-impl IcmpSender {
-    const RATE: f64 = 100.0;
-    const BURST: f64 = 100.0;
-
-    pub(crate) fn new() -> Self {
-        Self {
-            buf: vec![0u8; crate::wire::icmp::V6_MIN_MTU].into_boxed_slice(),
-            tokens: Self::BURST,
-            last: Instant::now(),
-        }
-    }
-
-    /// Sends the ICMP error due for `packet`, dropped from TUN with `reason`, if any
-    /// ([`crate::forward::icmp_reply`] decides) and if the bucket allows; counts what it did.
-    /// A packet that earns no error takes no token.
-    pub(crate) fn on_drop(
-        &mut self,
-        snap: &crate::table::Snapshot,
-        fwd: &Forwarding,
-        reason: crate::metrics::DropReason,
-        packet: &[u8],
-        tun: &Tun,
-        counters: &crate::metrics::Counters,
-    ) {
-        use crate::metrics::Counters;
-        let Some(len) = crate::forward::icmp_reply(snap, fwd, reason, packet, &mut self.buf) else {
-            return;
-        };
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * Self::RATE;
-        self.tokens = (self.tokens + refill).min(Self::BURST);
-        self.last = now;
-        if self.tokens < 1.0 {
-            Counters::add(&counters.icmp_rate_limited, 1);
-            return;
-        }
-        self.tokens -= 1.0;
-        if tun.write(&self.buf[..len]).is_ok() {
-            Counters::add(&counters.tun_tx_icmp, 1);
-        }
-    }
-}
-
-/// Writes one packet to TUN right away, counting it or its failure.
-pub(crate) fn write_tun(
-    tun: &Tun,
-    packet: &[u8],
-    counters: &crate::metrics::Counters,
-    log: &mut RateLimitedLog,
-) {
-    count_tun_write(tun.write(packet), packet.len(), counters, log);
-}
-
-/// Counts a socket read of `len` bytes that is dropped whole with `reason` (it did not fit
-/// the buffer, or it has no sender address) once per datagram it holds: a `UDP_GRO` read
-/// (segment size `segment`, 0 for none) is several datagrams.
-pub(crate) fn drop_read(
-    counters: &crate::metrics::Counters,
-    len: usize,
-    segment: usize,
-    reason: crate::metrics::DropReason,
-) {
-    use crate::metrics::Counters;
-    let n = crate::offload::datagrams_in(len, segment) as u64;
-    Counters::add(&counters.rx_packets, n);
-    Counters::add(&counters.rx_bytes, len as u64);
-    counters.drop_packets(reason, n);
-}
-
-/// Counts the outcome of a synchronous TUN write of a `len`-byte packet.
-pub(crate) fn count_tun_write(
-    result: std::io::Result<usize>,
-    len: usize,
-    counters: &crate::metrics::Counters,
-    log: &mut RateLimitedLog,
-) {
-    use crate::metrics::{Counters, DropReason};
-    match result {
-        Ok(_) => {
-            Counters::add(&counters.tun_tx_packets, 1);
-            Counters::add(&counters.tun_tx_bytes, len as u64);
-        }
-        Err(e) => {
-            log.error(&e);
-            counters.drop_packet(DropReason::TunWriteError);
-        }
-    }
-}
-
-/// Cuts an inner TCP super-packet (from a kernel VXLAN peer on the same host) into segments of
-/// at most `max` bytes and writes each to TUN. One whose checksum is neither complete and valid
-/// nor partial is `rx_bad_tcp_checksum` (the cut would give corrupted bytes valid checksums);
-/// anything else that cannot be cut is `rx_too_big`.
-pub(crate) fn write_segmented(
-    tun: &Tun,
-    inner: &[u8],
-    max: usize,
-    scratch: &mut [u8],
-    counters: &crate::metrics::Counters,
-    log: &mut RateLimitedLog,
-) {
-    use crate::metrics::{Counters, DropReason};
-    match crate::wire::tcp::segment(inner, max, scratch, |seg| {
-        write_tun(tun, seg, counters, log)
-    }) {
-        Ok(_) => Counters::add(&counters.tun_tx_segmented, 1),
-        Err(crate::wire::WireError::BadChecksum) => {
-            counters.drop_packet(DropReason::RxBadTcpChecksum);
-        }
-        Err(_) => counters.drop_packet(DropReason::RxTooBig),
-    }
-}
-
-/// Maps a flow hash onto one of `n` source sockets as the kernel maps its hash onto the port
-/// range (`udp_flow_src_port`: multiply and keep the high half), so every socket gets an equal
-/// share. Returns 0 when there are no more than one.
-pub(crate) fn pick_socket(flow: u32, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
-    let n64 = u64::try_from(n).unwrap_or(1);
-    usize::try_from((u64::from(flow) * n64) >> 32)
-        .unwrap_or(0)
-        .min(n - 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    #[test]
-    fn every_socket_gets_flows() {
-        let mut seen = [0u32; 16];
-        for flow in (0..u32::MAX).step_by(1 << 20) {
-            seen[pick_socket(flow, 16)] += 1;
-        }
-        assert!(seen.iter().all(|&n| n == 256), "{seen:?}");
-        assert_eq!(pick_socket(u32::MAX, 0), 0);
-        assert_eq!(pick_socket(u32::MAX, 1), 0);
-    }
-
-    proptest! {
-        #[test]
-        fn always_in_range(flow in any::<u32>(), n in 1usize..300) {
-            prop_assert!(pick_socket(flow, n) < n);
-        }
     }
 }

@@ -193,12 +193,35 @@ pub struct Written {
     pub merged_segments: u64,
 }
 
-/// The merge state of one worker: [`MAX_OPEN`] buffers of [`MAX_MERGED`] bytes, allocated
-/// once.
+/// A packet the coalescer hands out, in the order the TUN device must get them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    /// The packet just passed to [`Coalescer::push`], as it is (no virtio-net offload).
+    Input,
+    /// The finished packet in buffer `k`: [`Coalescer::buffer`] returns it and its header until
+    /// [`Coalescer::release`].
+    Buffer(usize),
+}
+
+/// Buffers in the pool: room for [`MAX_OPEN`] open packets and as many finished ones waiting
+/// to be written.
+pub const POOL: usize = 2 * MAX_OPEN;
+
+/// The merge state of one worker: a pool of [`POOL`] buffers of [`MAX_MERGED`] bytes,
+/// allocated once. An open packet holds one; a finished packet keeps its buffer, untouched,
+/// until the caller has written it and calls [`Coalescer::release`]. When no buffer is free, a
+/// packet that would start a new merge is handed out as it is instead ([`Emit::Input`]), which
+/// costs the merge, never the order.
 #[derive(Debug)]
 pub struct Coalescer {
-    open: Vec<Open>,
+    bufs: Vec<Open>,
+    /// Headers of finished packets, by buffer.
+    hdrs: Vec<VnetHdr>,
+    /// Open packets, oldest first, as buffer indices.
+    open: [usize; MAX_OPEN],
     active: usize,
+    free: Vec<usize>,
+    finished: Vec<usize>,
     /// Running totals since the last [`Coalescer::take_written`].
     written: Written,
 }
@@ -213,7 +236,7 @@ impl Coalescer {
     /// Allocates the buffers.
     pub fn new() -> Self {
         Self {
-            open: (0..MAX_OPEN)
+            bufs: (0..POOL)
                 .map(|_| Open {
                     buf: vec![0u8; MAX_MERGED].into_boxed_slice(),
                     len: 0,
@@ -227,35 +250,36 @@ impl Coalescer {
                     psh: false,
                 })
                 .collect(),
+            hdrs: vec![VnetHdr::NONE; POOL],
+            open: [0; MAX_OPEN],
             active: 0,
+            free: (0..POOL).rev().collect(),
+            finished: Vec::with_capacity(POOL),
             written: Written::default(),
         }
     }
 
-    /// Returns and resets what was written since the last call.
+    /// Returns and resets what was handed out since the last call.
     pub fn take_written(&mut self) -> Written {
         std::mem::take(&mut self.written)
     }
 
-    /// Takes one inner packet; writes through `out` whatever must go now (a packet that cannot
-    /// merge, or an open packet it ends).
-    pub fn push<E>(
-        &mut self,
-        packet: &[u8],
-        out: &mut impl FnMut(&VnetHdr, &[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
+    /// Takes one inner packet; hands out through `out`, in order, whatever must be written now
+    /// (a packet that cannot merge, or an open packet it ends).
+    pub fn push(&mut self, packet: &[u8], out: &mut impl FnMut(Emit)) {
         let Some(c) = candidate(packet) else {
             if let Some((_, ip, _)) = tcp_layout(packet)
                 && let Some(k) = self.find(packet, ip)
             {
-                self.flush_one(k, out)?;
+                self.finish_one(k, out);
             }
             self.count(packet.len(), 1);
-            return out(&VnetHdr::NONE, packet);
+            out(Emit::Input);
+            return;
         };
         if let Some(k) = self.find(packet, c.ip_len) {
-            if self.open[k].can_take(packet, &c) {
-                let o = &mut self.open[k];
+            let o = &mut self.bufs[self.open[k]];
+            if o.can_take(packet, &c) {
                 o.buf[o.len..o.len + c.payload].copy_from_slice(&packet[c.hl..]);
                 o.len += c.payload;
                 o.segments += 1;
@@ -267,14 +291,19 @@ impl Coalescer {
                     .copy_from_slice(&packet[c.ip_len + 14..c.ip_len + 16]);
                 o.psh |= c.psh;
                 o.closed = c.psh || c.payload < o.gso_size;
-                return Ok(());
+                return;
             }
-            self.flush_one(k, out)?;
+            self.finish_one(k, out);
         }
         if self.active == MAX_OPEN {
-            self.flush_one(0, out)?;
+            self.finish_one(0, out);
         }
-        let o = &mut self.open[self.active];
+        let Some(b) = self.free.pop() else {
+            self.count(packet.len(), 1);
+            out(Emit::Input);
+            return;
+        };
+        let o = &mut self.bufs[b];
         o.buf[..packet.len()].copy_from_slice(packet);
         o.len = packet.len();
         o.v6 = c.v6;
@@ -285,23 +314,15 @@ impl Coalescer {
         o.next_seq = c.seq.wrapping_add(u32::try_from(c.payload).unwrap_or(0));
         o.closed = c.psh;
         o.psh = c.psh;
+        self.open[self.active] = b;
         self.active += 1;
-        Ok(())
     }
 
-    /// Writes every open packet, oldest first.
-    pub fn flush<E>(
-        &mut self,
-        out: &mut impl FnMut(&VnetHdr, &[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let mut result = Ok(());
+    /// Finishes every open packet, oldest first, handing each out through `out`.
+    pub fn flush(&mut self, out: &mut impl FnMut(Emit)) {
         while self.active > 0 {
-            let r = self.flush_one(0, out);
-            if result.is_ok() {
-                result = r;
-            }
+            self.finish_one(0, out);
         }
-        result
     }
 
     /// Returns true when packets are waiting for [`Self::flush`].
@@ -309,10 +330,26 @@ impl Coalescer {
         self.active > 0
     }
 
+    /// Returns the finished packet in buffer `k` and its virtio-net header (empty for a buffer
+    /// that holds none).
+    pub fn buffer(&self, k: usize) -> (&VnetHdr, &[u8]) {
+        match (self.hdrs.get(k), self.bufs.get(k)) {
+            (Some(h), Some(o)) if self.finished.contains(&k) => (h, &o.buf[..o.len]),
+            _ => (&VnetHdr::NONE, &[]),
+        }
+    }
+
+    /// Gives the buffers of every finished packet back to the pool: the caller has written
+    /// them.
+    pub fn release(&mut self) {
+        self.free.append(&mut self.finished);
+    }
+
     fn find(&self, packet: &[u8], ip: usize) -> Option<usize> {
-        self.open[..self.active]
-            .iter()
-            .position(|o| same_flow(&o.buf[..o.hl], o.ip_len, packet, ip))
+        self.open[..self.active].iter().position(|&b| {
+            let o = &self.bufs[b];
+            same_flow(&o.buf[..o.hl], o.ip_len, packet, ip)
+        })
     }
 
     fn count(&mut self, len: usize, segments: usize) {
@@ -324,18 +361,16 @@ impl Coalescer {
         }
     }
 
-    fn flush_one<E>(
-        &mut self,
-        k: usize,
-        out: &mut impl FnMut(&VnetHdr, &[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let hdr = self.open[k].finish();
-        let (len, segments) = (self.open[k].len, self.open[k].segments);
+    /// Finishes open packet `k` (an index into the open list) and hands it out.
+    fn finish_one(&mut self, k: usize, out: &mut impl FnMut(Emit)) {
+        let b = self.open[k];
+        self.hdrs[b] = self.bufs[b].finish();
+        let (len, segments) = (self.bufs[b].len, self.bufs[b].segments);
         self.count(len, segments);
-        let r = out(&hdr, &self.open[k].buf[..len]);
         self.open[k..self.active].rotate_left(1);
         self.active -= 1;
-        r
+        self.finished.push(b);
+        out(Emit::Buffer(b));
     }
 }
 
@@ -405,17 +440,78 @@ mod tests {
         &p[hl..]
     }
 
+    /// Pushes `packets` one at a time, resolving what each hands out before releasing the
+    /// buffers (as the datapath core does with every read), then flushes.
     fn run(c: &mut Coalescer, packets: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut out = Vec::new();
-        let mut sink = |h: &VnetHdr, p: &[u8]| -> Result<(), ()> {
-            out.push((*h, p.to_vec()));
-            Ok(())
+        let mut emits = Vec::new();
+        let mut take = |c: &mut Coalescer, emits: &mut Vec<Emit>, input: &[u8]| {
+            for e in emits.drain(..) {
+                match e {
+                    Emit::Input => out.push((VnetHdr::NONE, input.to_vec())),
+                    Emit::Buffer(k) => {
+                        let (h, p) = c.buffer(k);
+                        assert!(!p.is_empty(), "a handed-out buffer holds its packet");
+                        out.push((*h, p.to_vec()));
+                    }
+                }
+            }
+            c.release();
         };
         for p in packets {
-            c.push(p, &mut sink).expect("sink never fails");
+            c.push(p, &mut |e| emits.push(e));
+            take(c, &mut emits, p);
         }
-        c.flush(&mut sink).expect("sink never fails");
+        c.flush(&mut |e| emits.push(e));
+        take(c, &mut emits, &[]);
         out
+    }
+
+    #[test]
+    fn a_full_pool_writes_packets_unmerged_and_in_order() {
+        // Finished packets hold their buffers until released: with none released, the pool
+        // runs dry and further packets come out as they are, still in order.
+        let flows: Vec<Vec<Vec<u8>>> = (0..POOL + 4)
+            .map(|f| {
+                let mut p = super_packet(
+                    false,
+                    true,
+                    &[u8::try_from(f).expect("small"); 3000],
+                    false,
+                    false,
+                );
+                // Another source address per flow (`split` writes fresh checksums), no CWR.
+                p[15] = u8::try_from(f).expect("small");
+                p[33] &= !0x80;
+                segments(&p, false, 1000, 1500)
+            })
+            .collect();
+        let mut c = Coalescer::new();
+        let mut emits = Vec::new();
+        for f in &flows {
+            for seg in f {
+                c.push(seg, &mut |e| emits.push(e));
+            }
+        }
+        c.flush(&mut |e| emits.push(e));
+        let buffers = emits
+            .iter()
+            .filter(|e| matches!(e, Emit::Buffer(_)))
+            .count();
+        let inputs = emits.iter().filter(|e| **e == Emit::Input).count();
+        assert_eq!(
+            buffers, POOL,
+            "every buffer used once, none reused before release"
+        );
+        assert!(inputs > 0);
+        let mut seen = std::collections::HashSet::new();
+        for e in &emits {
+            if let Emit::Buffer(k) = e {
+                assert!(seen.insert(*k), "buffer {k} handed out twice");
+            }
+        }
+        c.release();
+        assert_eq!(c.free.len(), POOL);
     }
 
     proptest! {

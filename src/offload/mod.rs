@@ -53,13 +53,6 @@ impl Offloads {
     }
 }
 
-/// The most datagrams one `UDP_SEGMENT` send carries (`UDP_MAX_SEGMENTS` was 64 before
-/// Linux 6.9).
-pub const GSO_MAX_SEGMENTS: usize = 64;
-/// The most payload bytes one `UDP_SEGMENT` send carries (an IPv4 datagram's limit, with room
-/// for the IP and UDP headers).
-pub const GSO_MAX_BYTES: usize = 65_000;
-
 /// Returns how to cut a datagram read with a `UDP_GRO` segment size of `gso_size`: every
 /// `stride` bytes is one datagram, the last may be shorter (the kernel's GRO only merges
 /// datagrams of one size, and a shorter one ends the run: `udp_gro_receive_segment`,
@@ -103,33 +96,6 @@ fn spans(datagram: &[u8], encap_len: usize) -> bool {
         _ => return false,
     };
     inner_len == inner.len()
-}
-
-/// Finds the `UDP_GRO` segment size in the control messages `control` of a `recvmsg` (a
-/// `cmsghdr` stream; level `SOL_UDP`, type `UDP_GRO`, an `int`). `None` when absent.
-pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
-    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } then data, each
-    // message padded to the alignment of size_t.
-    const WORD: usize = std::mem::size_of::<usize>();
-    const HDR: usize = WORD + 8;
-    let mut at = 0;
-    while at + HDR <= control.len() {
-        let mut len_bytes = [0u8; WORD];
-        len_bytes.copy_from_slice(&control[at..at + WORD]);
-        let len = usize::from_ne_bytes(len_bytes);
-        let int = |o: usize| {
-            i32::from_ne_bytes([control[o], control[o + 1], control[o + 2], control[o + 3]])
-        };
-        let (level, kind) = (int(at + WORD), int(at + WORD + 4));
-        if len < HDR || at + len > control.len() {
-            return None;
-        }
-        if level == libc::SOL_UDP && kind == libc::UDP_GRO && len >= HDR + 4 {
-            return usize::try_from(int(at + HDR)).ok().filter(|&n| n > 0);
-        }
-        at += len.div_ceil(WORD) * WORD;
-    }
-    None
 }
 
 #[cfg(test)]
@@ -190,25 +156,6 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_gro_size() {
-        let word = std::mem::size_of::<usize>();
-        let mut c = Vec::new();
-        // An unrelated message first (IP_TOS, one byte, padded).
-        c.extend_from_slice(&(word + 9).to_ne_bytes());
-        c.extend_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
-        c.extend_from_slice(&libc::IP_TOS.to_ne_bytes());
-        c.extend_from_slice(&[0u8; 8]);
-        c.extend_from_slice(&(word + 12).to_ne_bytes());
-        c.extend_from_slice(&libc::SOL_UDP.to_ne_bytes());
-        c.extend_from_slice(&libc::UDP_GRO.to_ne_bytes());
-        c.extend_from_slice(&1400i32.to_ne_bytes());
-        c.extend_from_slice(&[0u8; 4]);
-        assert_eq!(gro_segment_size(&c), Some(1400));
-        assert_eq!(gro_segment_size(&c[..word + 16]), None);
-        assert_eq!(gro_segment_size(&[]), None);
-    }
-
-    #[test]
     fn describes_itself() {
         assert_eq!(Offloads::default().describe(), "off");
         let all = Offloads {
@@ -224,7 +171,6 @@ mod tests {
         #[test]
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300),
                                size in 0usize..400, encap in 0usize..30) {
-            let _ = gro_segment_size(&data);
             for super_frame in [false, true] {
                 let s = gro_stride(&data, size, encap, super_frame);
                 prop_assert!(s == data.len() || s == size);

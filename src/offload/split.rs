@@ -30,29 +30,7 @@ pub const HEADER_STRIDE: usize = 160;
 /// The most segments one super-packet is cut into (64 KiB at an MSS of 256).
 pub const MAX_SEGMENTS: usize = 256;
 
-/// One segment: header slot `i` holds `header_len` bytes, the payload is
-/// `packet[payload_start..payload_start + payload_len]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Segment {
-    /// Bytes used in the segment's header slot (prefix and IP/transport headers).
-    pub header_len: usize,
-    /// Offset of the payload in the super-packet.
-    pub payload_start: usize,
-    /// Payload bytes.
-    pub payload_len: usize,
-}
-
-impl Segment {
-    /// Returns the segment's size on the wire (prefix, headers and payload).
-    pub const fn len(&self) -> usize {
-        self.header_len + self.payload_len
-    }
-
-    /// Returns true for a segment with nothing in it (never produced by [`split`]).
-    pub const fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::wire::Segment;
 
 fn bad() -> DropReason {
     DropReason::TunMalformed(WireError::BadFlags)

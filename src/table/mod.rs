@@ -7,7 +7,7 @@
 //! allocation, and a publish never stalls them. A snapshot is released when the last batch that
 //! loaded it ends, so packets for subnets that did not change are never lost across an update.
 //!
-//! What this module does not do: decide what happens to a packet (that is [`crate::forward`]),
+//! What this module does not do: decide what happens to a packet (that is [`crate::datapath`]),
 //! or know where leases come from (that is [`crate::control`]).
 
 pub mod lpm;
@@ -77,14 +77,14 @@ pub struct PeerStats {
 impl PeerStats {
     /// Counts packets sent to the peer (relaxed).
     #[inline]
-    pub fn add_tx(&self, packets: u64, bytes: u64) {
+    pub fn add_tx(&self, _worker: usize, packets: u64, bytes: u64) {
         self.tx_packets.fetch_add(packets, Ordering::Relaxed);
         self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts packets received from the peer (relaxed).
     #[inline]
-    pub fn add_rx(&self, packets: u64, bytes: u64) {
+    pub fn add_rx(&self, _worker: usize, packets: u64, bytes: u64) {
         self.rx_packets.fetch_add(packets, Ordering::Relaxed);
         self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -251,7 +251,11 @@ mod tests {
         let b = peer("10.244.2.0/24", "192.0.2.2");
         let c = peer("10.244.3.0/24", "192.0.2.3");
         let table = Table::new(Snapshot::new(local.clone(), vec![b]).expect("valid"));
-        table.load().peer_stats(0).expect("peer 0").add_tx(3, 300);
+        table
+            .load()
+            .peer_stats(0)
+            .expect("peer 0")
+            .add_tx(0, 3, 300);
         // Adding c keeps b's counters; c starts at zero.
         table.publish(Snapshot::new(local.clone(), vec![c, b]).expect("valid"));
         let snap = table.load();

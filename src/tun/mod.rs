@@ -217,20 +217,36 @@ impl Tun {
     }
 
     /// Writes one packet (behind a plain virtio-net header when the device has them).
+    /// Returns the packet bytes written.
     ///
     /// # Errors
     ///
     /// The `write(2)` error.
     pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write_parts(buf, &[])
+    }
+
+    /// Writes one packet made of `head` then `body` (behind a plain virtio-net header when the
+    /// device has them): a segment gathered from its header slot and its payload. Returns the
+    /// packet bytes written.
+    ///
+    /// # Errors
+    ///
+    /// The `writev(2)` error.
+    pub fn write_parts(&self, head: &[u8], body: &[u8]) -> io::Result<usize> {
         if self.vnet {
             let none = crate::offload::VnetHdr::NONE.to_bytes();
-            return sys::write2(&self.fd, &none, buf)
+            return sys::writev(&self.fd, &[&none, head, body])
                 .map(|n| n.saturating_sub(crate::offload::VNET_HDR_LEN));
         }
-        sys::write(&self.fd, buf)
+        if body.is_empty() {
+            return sys::write(&self.fd, head);
+        }
+        sys::writev(&self.fd, &[head, body])
     }
 
     /// Writes one packet behind the virtio-net header `hdr` (a device opened with offloads).
+    /// Returns the packet bytes written.
     ///
     /// # Errors
     ///
@@ -239,7 +255,7 @@ impl Tun {
         if !self.vnet {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        sys::write2(&self.fd, &hdr.to_bytes(), packet)
+        sys::writev(&self.fd, &[&hdr.to_bytes(), packet])
             .map(|n| n.saturating_sub(crate::offload::VNET_HDR_LEN))
     }
 }

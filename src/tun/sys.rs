@@ -35,22 +35,24 @@ pub(super) fn set_offload(fd: &OwnedFd, flags: libc::c_uint) -> io::Result<()> {
     .map(drop)
 }
 
-/// Writes `head` then `packet` as one packet (`writev`).
-pub(super) fn write2(fd: &OwnedFd, head: &[u8], packet: &[u8]) -> io::Result<usize> {
-    let iov = [
-        libc::iovec {
-            iov_base: head.as_ptr().cast_mut().cast(),
-            iov_len: head.len(),
-        },
-        libc::iovec {
-            iov_base: packet.as_ptr().cast_mut().cast(),
-            iov_len: packet.len(),
-        },
-    ];
+/// Writes the pieces `parts` (at most three) as one packet (`writev`).
+pub(super) fn writev(fd: &OwnedFd, parts: &[&[u8]]) -> io::Result<usize> {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; 3];
+    let n = parts.len().min(iov.len());
+    for (v, p) in iov.iter_mut().zip(&parts[..n]) {
+        *v = libc::iovec {
+            iov_base: p.as_ptr().cast_mut().cast(),
+            iov_len: p.len(),
+        };
+    }
     retry_if_interrupted(|| {
-        // SAFETY: both iovecs point at slices that stay borrowed for the duration of the call,
-        // and the kernel only reads them.
-        syscall!(writev(fd.as_raw_fd(), iov.as_ptr(), 2))
+        // SAFETY: the first `n` iovecs point at slices that stay borrowed for the duration of
+        // the call, and the kernel only reads them; `n` is at most 3.
+        syscall!(writev(fd.as_raw_fd(), iov.as_ptr(), n as libc::c_int))
     })
     .map(|n| n.unsigned_abs())
 }

@@ -23,9 +23,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use sys::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Received};
 pub(crate) use sys::{
-    MmsgScratch, Received, SegmentScratch, SegmentsSent, Transmit, control_bytes, from_storage,
-    socklen_of, to_storage,
+    MmsgScratch, RecvSlot, SegmentScratch, SegmentsSent, Transmit, decode_multishot,
+    multishot_msghdr,
 };
 
 /// Socket buffer size asked for in each direction.
@@ -79,6 +80,8 @@ pub enum UdpError {
 pub struct UdpSocket {
     socket: Socket,
     local: SocketAddr,
+    /// Sends may carry `UDP_SEGMENT` ([`Self::set_gso`]); cleared for good by an `EIO`.
+    gso: std::sync::atomic::AtomicBool,
     /// The node's claim on `local`, for the sockets of a worker group.
     _claim: Option<std::sync::Arc<claim::PortClaim>>,
 }
@@ -195,6 +198,7 @@ impl UdpSocket {
         Ok(Self {
             socket,
             local,
+            gso: std::sync::atomic::AtomicBool::new(false),
             _claim: None,
         })
     }
@@ -284,13 +288,24 @@ impl UdpSocket {
         sys::send_batch(self.socket.as_fd(), scratch, data, batch)
     }
 
-    /// Sends the segments of one super-packet (see [`sys::send_segments`]); returns how many
-    /// segments went.
+    /// Lets sends carry `UDP_SEGMENT` (or not). A socket starts without.
+    pub fn set_gso(&self, on: bool) {
+        self.gso.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns true while sends carry `UDP_SEGMENT`.
+    pub fn gso(&self) -> bool {
+        self.gso.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends the segments of one super-packet (see [`sys::send_segments`]), with
+    /// `UDP_SEGMENT` while this socket may; returns how many segments went. A send that fails
+    /// with `EIO` (the egress device cannot checksum, so GSO cannot work there) turns GSO off
+    /// for this socket for good, says so once, and is sent again one datagram per segment.
     ///
     /// # Errors
     ///
     /// The error of the first message when nothing was sent.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_segments(
         &self,
         scratch: &mut SegmentScratch,
@@ -298,19 +313,23 @@ impl UdpSocket {
         headers: &[u8],
         stride: usize,
         packet: &[u8],
-        segs: &[crate::offload::Segment],
-        gso: bool,
+        segs: &[crate::wire::Segment],
     ) -> io::Result<SegmentsSent> {
-        sys::send_segments(
-            self.socket.as_fd(),
-            scratch,
-            dst,
-            headers,
-            stride,
-            packet,
-            segs,
-            gso,
-        )
+        let gso = self.gso();
+        let fd = self.socket.as_fd();
+        match sys::send_segments(fd, scratch, dst, headers, stride, packet, segs, gso) {
+            Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
+                if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        local = %self.local,
+                        "UDP GSO failed with EIO (the egress device cannot checksum); sending \
+                         segments one datagram each from now on"
+                    );
+                }
+                sys::send_segments(fd, scratch, dst, headers, stride, packet, segs, false)
+            }
+            r => r,
+        }
     }
 
     /// Turns `UDP_GRO` on.

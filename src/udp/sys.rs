@@ -51,17 +51,18 @@ impl MmsgScratch {
     }
 }
 
-/// One received datagram.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Received {
-    /// Bytes placed in the slot (at most the slot size).
-    pub(crate) len: usize,
+/// One socket read, as the socket layer decodes it for the datapath core.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The datagram's length (the kernel's `MSG_TRUNC` length: larger than the slot when it
+    /// did not fit).
+    pub len: usize,
     /// The sender.
-    pub(crate) from: Option<SocketAddr>,
+    pub from: Option<SocketAddr>,
     /// The datagram did not fit the slot (`MSG_TRUNC`): it must not be delivered.
-    pub(crate) truncated: bool,
+    pub truncated: bool,
     /// With `UDP_GRO`: the size of each datagram coalesced into this read (0: one datagram).
-    pub(crate) segment: usize,
+    pub segment: usize,
 }
 
 /// Receives up to `out.len()` datagrams into consecutive `slot`-byte slots of `data`,
@@ -120,14 +121,133 @@ pub(crate) fn recv_batch(
             len: (hdr.msg_len as usize).min(slot),
             from: from_storage(addr),
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-            segment: crate::offload::gro_segment_size(&control[..]).unwrap_or(0),
+            segment: gro_segment_size(&control[..]).unwrap_or(0),
         };
     }
     Ok(got)
 }
 
+/// Finds the `UDP_GRO` segment size in the control messages `control` of a `recvmsg` (a
+/// `cmsghdr` stream; level `SOL_UDP`, type `UDP_GRO`, an `int`). `None` when absent.
+pub(crate) fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; } then data, each
+    // message padded to the alignment of size_t.
+    const WORD: usize = std::mem::size_of::<usize>();
+    const HDR: usize = WORD + 8;
+    let mut at = 0;
+    while at + HDR <= control.len() {
+        let mut len_bytes = [0u8; WORD];
+        len_bytes.copy_from_slice(&control[at..at + WORD]);
+        let len = usize::from_ne_bytes(len_bytes);
+        let int = |o: usize| {
+            i32::from_ne_bytes([control[o], control[o + 1], control[o + 2], control[o + 3]])
+        };
+        let (level, kind) = (int(at + WORD), int(at + WORD + 4));
+        if len < HDR || at + len > control.len() {
+            return None;
+        }
+        if level == libc::SOL_UDP && kind == libc::UDP_GRO && len >= HDR + 4 {
+            return usize::try_from(int(at + HDR)).ok().filter(|&n| n > 0);
+        }
+        at += len.div_ceil(WORD) * WORD;
+    }
+    None
+}
+
+/// Decodes a read handed over by a multishot receive (the name and control areas of its
+/// `io_uring_recvmsg_out`): its sender, its `UDP_GRO` size and whether it was cut short.
+pub(crate) fn decode_multishot(
+    name: &[u8],
+    control: &[u8],
+    len: usize,
+    truncated: bool,
+) -> Received {
+    // SAFETY: sockaddr_storage is a plain C struct; all-zero is valid.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name
+        .len()
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: `addr` is a sockaddr_storage and at most that many bytes of `name` are copied
+    // into it; the regions do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (&raw mut addr).cast::<u8>(), n) };
+    Received {
+        len,
+        from: from_storage(&addr),
+        truncated,
+        segment: gro_segment_size(control).unwrap_or(0),
+    }
+}
+
+/// A message header, its iovec, address and control space, for one receive that stays in
+/// flight (an io_uring `RECVMSG`): boxed, so the pointers inside stay valid for as long as the
+/// operation does.
+pub(crate) struct RecvSlot {
+    iov: libc::iovec,
+    ctrl: [u64; 4],
+    addr: libc::sockaddr_storage,
+    msg: libc::msghdr,
+}
+
+// SAFETY: the pointers inside point into the box itself and at the caller's buffer, which the
+// owning worker keeps; they are used on that worker's thread only.
+unsafe impl Send for RecvSlot {}
+
+impl RecvSlot {
+    /// Makes one.
+    pub(crate) fn new() -> Box<Self> {
+        Box::new(Self {
+            iov: libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            ctrl: [0; 4],
+            // SAFETY: sockaddr_storage and msghdr are plain C structs; all-zero is valid.
+            addr: unsafe { std::mem::zeroed() },
+            // SAFETY: as above.
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+
+    /// Prepares the header for a receive into `buf` (with room for a `UDP_GRO` control
+    /// message) and returns it for the submission. The caller keeps `buf` and `self` in place
+    /// until the receive completes.
+    pub(crate) fn prepare(&mut self, buf: &mut [u8]) -> *mut libc::msghdr {
+        self.iov.iov_base = buf.as_mut_ptr().cast();
+        self.iov.iov_len = buf.len();
+        self.msg.msg_iov = &raw mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_name = (&raw mut self.addr).cast();
+        self.msg.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+        self.msg.msg_control = self.ctrl.as_mut_ptr().cast();
+        self.msg.msg_controllen = std::mem::size_of::<[u64; 4]>();
+        self.msg.msg_flags = 0;
+        &raw mut self.msg
+    }
+
+    /// Decodes a completed receive of `len` bytes (the `MSG_TRUNC` length) into a slot of
+    /// `slot_len` bytes.
+    pub(crate) fn decode(&self, len: usize, slot_len: usize) -> Received {
+        let control = control_bytes(&self.ctrl, self.msg.msg_controllen);
+        Received {
+            len,
+            from: from_storage(&self.addr),
+            truncated: len > slot_len || self.msg.msg_flags & libc::MSG_TRUNC != 0,
+            segment: gro_segment_size(&control).unwrap_or(0),
+        }
+    }
+}
+
+/// The header of a multishot receive: the kernel reads the name and control lengths from it.
+pub(crate) fn multishot_msghdr(control_len: usize) -> Box<libc::msghdr> {
+    // SAFETY: msghdr is a plain C struct; all-zero is valid.
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    msg.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+    msg.msg_controllen = control_len;
+    msg
+}
+
 /// Returns the first `len` bytes (at most 32) of a control buffer as bytes.
-pub(crate) fn control_bytes(ctrl: &[u64; 4], len: usize) -> [u8; 32] {
+fn control_bytes(ctrl: &[u64; 4], len: usize) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (chunk, word) in out.chunks_exact_mut(8).zip(ctrl) {
         chunk.copy_from_slice(&word.to_ne_bytes());
@@ -197,6 +317,8 @@ fn sendmmsg(fd: BorrowedFd<'_>, scratch: &mut MmsgScratch, n: usize) -> io::Resu
 pub(crate) struct SegmentScratch {
     mm: MmsgScratch,
     iovs: Vec<libc::iovec>,
+    /// Segments carried by each message.
+    counts: Vec<usize>,
 }
 
 // SAFETY: as for `MmsgScratch`: pointers are set and used within one call on one thread.
@@ -214,6 +336,7 @@ impl SegmentScratch {
                 };
                 2 * segments
             ],
+            counts: vec![0; segments],
         }
     }
 }
@@ -227,6 +350,13 @@ pub(crate) struct SegmentsSent {
     pub(crate) gso_messages: usize,
 }
 
+/// The most datagrams one `UDP_SEGMENT` send carries (`UDP_MAX_SEGMENTS` was 64 before
+/// Linux 6.9).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// The most payload bytes one `UDP_SEGMENT` send carries (an IPv4 datagram's limit, with room
+/// for the IP and UDP headers).
+pub const GSO_MAX_BYTES: usize = 65_000;
+
 /// The size of a `cmsghdr` followed by a `u16` (`CMSG_LEN(2)`).
 const CMSG_LEN_U16: usize = std::mem::size_of::<libc::cmsghdr>() + 2;
 
@@ -236,9 +366,6 @@ const CMSG_LEN_U16: usize = std::mem::size_of::<libc::cmsghdr>() + 2;
 /// [`GSO_MAX_BYTES`]) go as one message carrying `UDP_SEGMENT`; without, one message per
 /// segment. All messages go in one `sendmmsg`. Returns how many segments were sent from the
 /// front.
-///
-/// [`GSO_MAX_SEGMENTS`]: crate::offload::GSO_MAX_SEGMENTS
-/// [`GSO_MAX_BYTES`]: crate::offload::GSO_MAX_BYTES
 ///
 /// # Errors
 ///
@@ -252,10 +379,9 @@ pub(crate) fn send_segments(
     headers: &[u8],
     stride: usize,
     packet: &[u8],
-    segs: &[crate::offload::Segment],
+    segs: &[crate::wire::Segment],
     gso: bool,
 ) -> io::Result<SegmentsSent> {
-    use crate::offload::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
     let n = segs.len().min(scratch.mm.capacity());
     for (i, s) in segs[..n].iter().enumerate() {
         let (Some(h), Some(p)) = (
@@ -275,7 +401,7 @@ pub(crate) fn send_segments(
     }
     // Group the segments into messages; `firsts[m]` is the first segment of message m.
     let mut messages = 0;
-    let mut counts = [0usize; crate::offload::MAX_SEGMENTS];
+    let counts = &mut scratch.counts;
     let mut i = 0;
     while i < n {
         let size = segs[i].len();
@@ -489,5 +615,38 @@ pub(crate) fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAdd
             )))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn finds_the_gro_size() {
+        let word = std::mem::size_of::<usize>();
+        let mut c = Vec::new();
+        // An unrelated message first (IP_TOS, one byte, padded).
+        c.extend_from_slice(&(word + 9).to_ne_bytes());
+        c.extend_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+        c.extend_from_slice(&libc::IP_TOS.to_ne_bytes());
+        c.extend_from_slice(&[0u8; 8]);
+        c.extend_from_slice(&(word + 12).to_ne_bytes());
+        c.extend_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        c.extend_from_slice(&libc::UDP_GRO.to_ne_bytes());
+        c.extend_from_slice(&1400i32.to_ne_bytes());
+        c.extend_from_slice(&[0u8; 4]);
+        assert_eq!(gro_segment_size(&c), Some(1400));
+        assert_eq!(gro_segment_size(&c[..word + 16]), None);
+        assert_eq!(gro_segment_size(&[]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn control_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = gro_segment_size(&data);
+        }
     }
 }

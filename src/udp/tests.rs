@@ -160,6 +160,7 @@ fn gso_send_and_gro_receive_over_loopback() {
     }
     let mut scratch = SegmentScratch::new(16);
     for gso in [true, false] {
+        sender.set_gso(gso);
         let sent = sender
             .send_segments(
                 &mut scratch,
@@ -168,7 +169,6 @@ fn gso_send_and_gro_receive_over_loopback() {
                 HEADER_STRIDE,
                 &payload,
                 &segs,
-                gso,
             )
             .expect("send");
         assert_eq!(sent.segments, segs.len());

@@ -1,7 +1,7 @@
 //! ICMPv4 error messages fustian sends back into the TUN device (RFC 792, RFC 1191, RFC 1812).
 //!
 //! Two are sent, both to the source of a packet read from TUN (the caller picks the source
-//! address; see `forward::icmp_reply`): destination unreachable, net unreachable (type 3 code 0) when no peer owns the
+//! address; see `datapath::forward::icmp_reply`): destination unreachable, net unreachable (type 3 code 0) when no peer owns the
 //! destination, and fragmentation needed (type 3 code 4, with the next-hop MTU of RFC 1191)
 //! when a packet with DF set does not fit the path. They quote the offending packet's IP header
 //! and as much of its payload as keeps the whole message within 576 bytes (RFC 1812, section
@@ -13,7 +13,7 @@
 //! (type 1 code 0), and packet too big (type 2) with the MTU, within the 1280-byte minimum MTU;
 //! none about a multicast destination or a source that is not one node (RFC 4443 section
 //! 2.4 (e)). Directed broadcast addresses depend on the network's layout and are the caller's
-//! to check (`forward::icmp_reply`).
+//! to check (`datapath::forward::icmp_reply`).
 
 use std::net::Ipv4Addr;
 

@@ -33,6 +33,33 @@ pub use ip::{
     V6Repr as Ipv6Repr, parse_inner,
 };
 
+/// One packet built from two pieces gathered by an iovec: `header_len` bytes of its own header
+/// slot (an encapsulation prefix and the packet's rebuilt headers), then
+/// `payload[payload_start..payload_start + payload_len]` of the packet it was cut from. What a
+/// super-packet is cut into ([`tcp::cut`], `crate::offload::split`) and what the socket and TUN
+/// layers gather into one datagram or write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// Bytes used in the segment's header slot.
+    pub header_len: usize,
+    /// Offset of the payload in the packet it was cut from.
+    pub payload_start: usize,
+    /// Payload bytes.
+    pub payload_len: usize,
+}
+
+impl Segment {
+    /// Returns the segment's size (header and payload).
+    pub const fn len(&self) -> usize {
+        self.header_len + self.payload_len
+    }
+
+    /// Returns true for a segment with nothing in it.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a packet failed a wire check. Each variant maps onto a drop counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum WireError {

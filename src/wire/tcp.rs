@@ -120,6 +120,63 @@ pub fn segment(
     scratch: &mut [u8],
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, WireError> {
+    let cut = plan(packet, max_len.min(scratch.len()))?;
+    let headers = cut.headers;
+    let payload = &packet[headers..];
+    for (i, chunk) in payload
+        .chunks(cut.mss)
+        .chain((payload.is_empty()).then_some(&[][..]))
+        .enumerate()
+    {
+        let seg = &mut scratch[..headers + chunk.len()];
+        let (h, body) = seg.split_at_mut(headers);
+        h.copy_from_slice(&packet[..headers]);
+        body.copy_from_slice(chunk);
+        cut.fill(h, i, chunk)?;
+        emit(seg);
+    }
+    Ok(cut.count)
+}
+
+/// Cuts `packet` as [`segment`] does, without copying its payload: segment `i`'s headers go
+/// into `headers[i * stride..]` and `segs[i]` says where they end and where its payload lies
+/// in `packet`, so each segment can be written by gathering the two. Returns the number of
+/// segments.
+///
+/// # Errors
+///
+/// Those of [`segment`], and `Truncated` when `segs` or `headers` cannot hold every segment.
+pub fn cut(
+    packet: &[u8],
+    max_len: usize,
+    headers: &mut [u8],
+    stride: usize,
+    segs: &mut [super::Segment],
+) -> Result<usize, WireError> {
+    let cut = plan(packet, max_len)?;
+    let hl = cut.headers;
+    if cut.count > segs.len() || hl > stride || cut.count.saturating_mul(stride) > headers.len() {
+        return Err(WireError::Truncated);
+    }
+    for (i, seg) in segs.iter_mut().enumerate().take(cut.count) {
+        let payload_start = hl + i * cut.mss;
+        let payload_start = payload_start.min(packet.len());
+        let payload = &packet[payload_start..packet.len().min(payload_start + cut.mss)];
+        let h = &mut headers[i * stride..i * stride + hl];
+        h.copy_from_slice(&packet[..hl]);
+        cut.fill(h, i, payload)?;
+        *seg = super::Segment {
+            header_len: hl,
+            payload_start,
+            payload_len: payload.len(),
+        };
+    }
+    Ok(cut.count)
+}
+
+/// Checks `packet` for [`segment`] and [`cut`] and returns how it is cut into segments of at
+/// most `max_len` bytes.
+fn plan(packet: &[u8], max_len: usize) -> Result<Cut, WireError> {
     let version = packet.first().ok_or(WireError::Truncated)? >> 4;
     let ip_len = match version {
         4 if packet.len() >= HEADER_LEN => {
@@ -153,34 +210,19 @@ pub fn segment(
         return Err(WireError::BadChecksum);
     }
     let headers = ip_len + tcp_len;
-    let max_len = max_len.min(scratch.len());
     if max_len <= headers {
         return Err(WireError::Truncated);
     }
     let mss = max_len - headers;
-    let payload = &packet[headers..];
-    let count = payload.len().div_ceil(mss).max(1);
-    let cut = Cut {
+    let count = (packet.len() - headers).div_ceil(mss).max(1);
+    Ok(Cut {
         version,
         ip_len,
         headers,
         tcp: true,
         mss,
         count,
-    };
-    for (i, chunk) in payload
-        .chunks(mss)
-        .chain((payload.is_empty()).then_some(&[][..]))
-        .enumerate()
-    {
-        let seg = &mut scratch[..headers + chunk.len()];
-        let (h, body) = seg.split_at_mut(headers);
-        h.copy_from_slice(&packet[..headers]);
-        body.copy_from_slice(chunk);
-        cut.fill(h, i, chunk)?;
-        emit(seg);
-    }
-    Ok(count)
+    })
 }
 
 /// What the TCP checksum field of a packet holds.

@@ -1,9 +1,10 @@
-//! Per-packet decisions, with no I/O.
+//! The checks and the routing of one packet, with no I/O.
 //!
-//! Both event loops call [`outbound`] for every packet read from TUN and [`inbound`] for every
-//! datagram received from the underlay. Each returns a [`Verdict`]: send to a peer, deliver to
-//! TUN, or drop with a [`DropReason`]. Nothing here allocates, blocks or panics on any input,
-//! which is what the unit tests, property tests, fuzz targets and benches rely on.
+//! The datapath core ([`super::Core`]) calls [`route`] (or [`outbound`]) for every packet read
+//! from TUN and [`inbound`] for every datagram received from the underlay. Each direction has
+//! its own result type: [`Outbound`] sends to a peer or drops, [`Inbound`] delivers to TUN or
+//! drops, with a [`DropReason`]. Nothing here allocates, blocks or panics on any input, which is
+//! what the unit tests, property tests, fuzz targets and benches rely on.
 //!
 //! Receive checks, in order (each failure is its own counter):
 //! 1. the sender's address is the public address of a known peer (`unknown_sender`);
@@ -50,18 +51,9 @@ pub struct Forwarding {
     pub strict_source_port: bool,
 }
 
-/// What to do with one packet.
+/// What to do with a packet read from TUN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Write `buf[start..start + len]` to the TUN device.
-    Deliver {
-        /// Offset of the inner packet.
-        start: usize,
-        /// Its length.
-        len: usize,
-        /// Index of the sending peer in the snapshot (for its counters).
-        peer: u32,
-    },
+pub enum Outbound {
     /// Drop the packet and count the reason.
     Drop(DropReason),
     /// Send `buf[start..start + len]` as one UDP datagram to `dst`.
@@ -79,65 +71,25 @@ pub enum Verdict {
     },
 }
 
-/// Decides what to do with the packet at `buf[headroom..headroom + len]`, read from TUN.
-///
-/// `headroom` bytes before the packet are free for the encapsulation header, which is written
-/// in place, so the inner packet is never copied.
-#[inline]
-pub fn outbound(
-    snap: &Snapshot,
-    fwd: &Forwarding,
-    buf: &mut [u8],
-    headroom: usize,
-    len: usize,
-) -> Verdict {
-    let Some(packet) = buf.get(headroom..headroom.saturating_add(len)) else {
-        return Verdict::Drop(DropReason::TunMalformed(WireError::Truncated));
-    };
-    let inner = match crate::wire::parse_inner(packet) {
-        Ok(inner) => inner,
-        Err(e) => return Verdict::Drop(DropReason::TunMalformed(e)),
-    };
-    if snap.is_local(inner.dst) {
-        return Verdict::Drop(DropReason::LocalDestination);
-    }
-    let Some((peer, p)) = snap.lookup(inner.dst) else {
-        return Verdict::Drop(DropReason::NoRoute);
-    };
-    if len > fwd.max_inner_len {
-        return Verdict::Drop(DropReason::TooBig);
-    }
-    match fwd.encap {
-        Encap::Flannel => Verdict::Send {
-            peer,
-            dst: p.endpoint,
-            start: headroom,
-            len,
-            flow: 0,
-        },
-        Encap::Vxlan(params) => {
-            let Some(mac) = p.vtep_mac else {
-                return Verdict::Drop(DropReason::NoPeerMac);
-            };
-            let flow = flow_hash(packet);
-            let version = packet[0] >> 4;
-            match vxlan_encapsulate(buf, headroom, &params, mac, version) {
-                Ok(start) => Verdict::Send {
-                    peer,
-                    dst: p.endpoint,
-                    start,
-                    len: len + VXLAN_HEADER_LEN,
-                    flow,
-                },
-                Err(e) => Verdict::Drop(DropReason::TunMalformed(e)),
-            }
-        }
-    }
+/// What to do with a datagram received from the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// Write `buf[start..start + len]` to the TUN device.
+    Deliver {
+        /// Offset of the inner packet.
+        start: usize,
+        /// Its length.
+        len: usize,
+        /// Index of the sending peer in the snapshot (for its counters).
+        peer: u32,
+    },
+    /// Drop the datagram and count the reason.
+    Drop(DropReason),
 }
 
-/// Where a TUN super-packet goes: the peer, its endpoint, the flow hash and the
-/// encapsulation prefix every segment carries (empty for `udp`, the VXLAN and inner Ethernet
-/// headers for `vxlan`).
+/// Where a packet read from TUN goes: the peer, its endpoint, the flow hash and the
+/// encapsulation prefix every datagram to it carries (empty for `udp`, the VXLAN and inner
+/// Ethernet headers for `vxlan`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     /// Index of the peer in the snapshot.
@@ -152,13 +104,22 @@ pub struct Route {
     pub prefix_len: usize,
 }
 
-/// Routes a super-packet read from TUN (its segments are cut afterwards, so there is no size
-/// check here): the same checks as [`outbound`] otherwise.
+impl Route {
+    /// Returns the encapsulation prefix.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix[..self.prefix_len]
+    }
+}
+
+/// Routes a packet read from TUN, whatever its size: it must be a valid IP packet, not for
+/// this node's own subnet, for a subnet some peer owns, and (VXLAN) that peer must have a VTEP
+/// MAC. This is the one place these checks are made; [`outbound`] adds the size check for a
+/// single packet, and a super-packet's segments are cut to size afterwards.
 ///
 /// # Errors
 ///
-/// The [`DropReason`] of [`outbound`] for the same packet.
-pub fn route_super(snap: &Snapshot, fwd: &Forwarding, packet: &[u8]) -> Result<Route, DropReason> {
+/// `tun_*` for a malformed packet, `local_destination`, `no_route` or `no_peer_mac`.
+pub fn route(snap: &Snapshot, fwd: &Forwarding, packet: &[u8]) -> Result<Route, DropReason> {
     let inner = crate::wire::parse_inner(packet).map_err(DropReason::TunMalformed)?;
     if snap.is_local(inner.dst) {
         return Err(DropReason::LocalDestination);
@@ -187,11 +148,46 @@ pub fn route_super(snap: &Snapshot, fwd: &Forwarding, packet: &[u8]) -> Result<R
     Ok(route)
 }
 
+/// Decides what to do with the packet at `buf[headroom..headroom + len]`, read from TUN:
+/// [`route`], then the size check, then the encapsulation prefix is written into the
+/// `headroom` bytes in front of the packet, so the inner packet is never copied.
+#[inline]
+pub fn outbound(
+    snap: &Snapshot,
+    fwd: &Forwarding,
+    buf: &mut [u8],
+    headroom: usize,
+    len: usize,
+) -> Outbound {
+    let Some(packet) = buf.get(headroom..headroom.saturating_add(len)) else {
+        return Outbound::Drop(DropReason::TunMalformed(WireError::Truncated));
+    };
+    let r = match route(snap, fwd, packet) {
+        Ok(r) => r,
+        Err(reason) => return Outbound::Drop(reason),
+    };
+    if len > fwd.max_inner_len {
+        return Outbound::Drop(DropReason::TooBig);
+    }
+    let prefix = r.prefix();
+    let Some(start) = headroom.checked_sub(prefix.len()) else {
+        return Outbound::Drop(DropReason::TunMalformed(WireError::Truncated));
+    };
+    buf[start..headroom].copy_from_slice(prefix);
+    Outbound::Send {
+        peer: r.peer,
+        dst: r.dst,
+        start,
+        len: len + prefix.len(),
+        flow: r.flow,
+    }
+}
+
 /// Decides what to do with `datagram`, received from `sender`.
 #[inline]
-pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: &[u8]) -> Verdict {
+pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: &[u8]) -> Inbound {
     if !snap.is_known_sender(sender.ip()) {
-        return Verdict::Drop(DropReason::UnknownSender);
+        return Inbound::Drop(DropReason::UnknownSender);
     }
     let decapsulated = match fwd.encap {
         Encap::Flannel => flannel::decapsulate(datagram)
@@ -201,23 +197,23 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
     };
     let (inner, start) = match decapsulated {
         Ok(x) => x,
-        Err(reason) => return Verdict::Drop(reason),
+        Err(reason) => return Inbound::Drop(reason),
     };
     if !snap.is_local(inner.dst) {
-        return Verdict::Drop(DropReason::NotLocal);
+        return Inbound::Drop(DropReason::NotLocal);
     }
     match snap.lookup(inner.src) {
         Some((peer, owner)) if owner.endpoint.ip() == sender.ip() => {
             if fwd.strict_source_port && owner.endpoint.port() != sender.port() {
-                return Verdict::Drop(DropReason::WrongSourcePort);
+                return Inbound::Drop(DropReason::WrongSourcePort);
             }
-            Verdict::Deliver {
+            Inbound::Deliver {
                 start,
                 len: datagram.len() - start,
                 peer,
             }
         }
-        _ => Verdict::Drop(DropReason::SpoofedSource),
+        _ => Inbound::Drop(DropReason::SpoofedSource),
     }
 }
 
@@ -501,7 +497,7 @@ mod tests {
         let dst = "192.0.2.2:8285".parse().expect("literal");
         assert_eq!(
             v,
-            Verdict::Send {
+            Outbound::Send {
                 peer: 0,
                 dst,
                 start: 0,
@@ -518,32 +514,32 @@ mod tests {
         let n = no_route.len();
         assert_eq!(
             outbound(&snap, &FWD, &mut no_route, 0, n),
-            Verdict::Drop(DropReason::NoRoute)
+            Outbound::Drop(DropReason::NoRoute)
         );
         let mut local = packet([10, 244, 1, 2], [10, 244, 1, 3], 10);
         assert_eq!(
             outbound(&snap, &FWD, &mut local, 0, n),
-            Verdict::Drop(DropReason::LocalDestination)
+            Outbound::Drop(DropReason::LocalDestination)
         );
         let mut big = packet([10, 244, 1, 2], [10, 244, 2, 3], 1460);
         let n = big.len();
         assert_eq!(
             outbound(&snap, &FWD, &mut big, 0, n),
-            Verdict::Drop(DropReason::TooBig)
+            Outbound::Drop(DropReason::TooBig)
         );
         let mut junk = vec![0u8; 10];
         assert_eq!(
             outbound(&snap, &FWD, &mut junk, 0, 10),
-            Verdict::Drop(DropReason::TunMalformed(WireError::BadVersion))
+            Outbound::Drop(DropReason::TunMalformed(WireError::BadVersion))
         );
         let mut short = vec![0x45u8; 10];
         assert_eq!(
             outbound(&snap, &FWD, &mut short, 0, 10),
-            Verdict::Drop(DropReason::TunMalformed(WireError::Truncated))
+            Outbound::Drop(DropReason::TunMalformed(WireError::Truncated))
         );
         assert_eq!(
             outbound(&snap, &FWD, &mut junk, 8, 10),
-            Verdict::Drop(DropReason::TunMalformed(WireError::Truncated))
+            Outbound::Drop(DropReason::TunMalformed(WireError::Truncated))
         );
     }
 
@@ -554,7 +550,7 @@ mod tests {
         let good = packet([10, 244, 2, 5], [10, 244, 1, 2], 30);
         assert_eq!(
             inbound(&snap, &FWD, from_b, &good),
-            Verdict::Deliver {
+            Inbound::Deliver {
                 start: 0,
                 len: good.len(),
                 peer: 0,
@@ -563,35 +559,35 @@ mod tests {
         let stranger: SocketAddr = "192.0.2.99:8285".parse().expect("literal");
         assert_eq!(
             inbound(&snap, &FWD, stranger, &good),
-            Verdict::Drop(DropReason::UnknownSender)
+            Inbound::Drop(DropReason::UnknownSender)
         );
         // B claims to carry a packet from C's subnet.
         let spoofed = packet([10, 244, 3, 5], [10, 244, 1, 2], 30);
         assert_eq!(
             inbound(&snap, &FWD, from_b, &spoofed),
-            Verdict::Drop(DropReason::SpoofedSource)
+            Inbound::Drop(DropReason::SpoofedSource)
         );
         let outside = packet([198, 51, 100, 7], [10, 244, 1, 2], 30);
         assert_eq!(
             inbound(&snap, &FWD, from_b, &outside),
-            Verdict::Drop(DropReason::SpoofedSource)
+            Inbound::Drop(DropReason::SpoofedSource)
         );
         let elsewhere = packet([10, 244, 2, 5], [10, 244, 3, 2], 30);
         assert_eq!(
             inbound(&snap, &FWD, from_b, &elsewhere),
-            Verdict::Drop(DropReason::NotLocal)
+            Inbound::Drop(DropReason::NotLocal)
         );
         for junk in [&[][..], &[0x45][..], &[0x45; 19][..], &[0u8; 40][..]] {
             assert!(matches!(
                 inbound(&snap, &FWD, from_b, junk),
-                Verdict::Drop(DropReason::RxMalformed(_))
+                Inbound::Drop(DropReason::RxMalformed(_))
             ));
         }
         let mut trailing = good.clone();
         trailing.push(0);
         assert_eq!(
             inbound(&snap, &FWD, from_b, &trailing),
-            Verdict::Drop(DropReason::RxMalformed(WireError::BadLength))
+            Inbound::Drop(DropReason::RxMalformed(WireError::BadLength))
         );
     }
 
@@ -654,15 +650,15 @@ mod tests {
         let other_port: SocketAddr = "192.0.2.2:40000".parse().expect("literal");
         assert!(matches!(
             inbound(&snap, &strict, from_b, &good),
-            Verdict::Deliver { .. }
+            Inbound::Deliver { .. }
         ));
         assert_eq!(
             inbound(&snap, &strict, other_port, &good),
-            Verdict::Drop(DropReason::WrongSourcePort)
+            Inbound::Drop(DropReason::WrongSourcePort)
         );
         assert!(matches!(
             inbound(&snap, &FWD, other_port, &good),
-            Verdict::Deliver { .. }
+            Inbound::Deliver { .. }
         ));
     }
 
@@ -677,7 +673,7 @@ mod tests {
         let mut buf = vec![0u8; 64];
         buf.extend_from_slice(&KERNEL_FRAME[22..]);
         let len = buf.len() - 64;
-        let Verdict::Send {
+        let Outbound::Send {
             start,
             len: out,
             flow,
@@ -693,7 +689,7 @@ mod tests {
         to_c.extend(packet([10, 244, 1, 2], [10, 244, 3, 2], 10));
         assert_eq!(
             outbound(&node_a(), &vxlan_fwd(MAC_A), &mut to_c, 64, 30),
-            Verdict::Drop(DropReason::NoPeerMac)
+            Outbound::Drop(DropReason::NoPeerMac)
         );
     }
 
@@ -703,7 +699,7 @@ mod tests {
         let fwd = vxlan_fwd(MAC_B);
         let from_a: SocketAddr = "192.0.2.1:35588".parse().expect("literal");
         let snap = node_b();
-        let ok = Verdict::Deliver {
+        let ok = Inbound::Deliver {
             start: 22,
             len: KERNEL_FRAME.len() - 22,
             peer: 0,
@@ -728,7 +724,7 @@ mod tests {
             f[at] = value;
             assert_eq!(
                 inbound(&snap, &fwd, from_a, &f),
-                Verdict::Drop(reason),
+                Inbound::Drop(reason),
                 "byte {at}"
             );
         }
@@ -736,12 +732,12 @@ mod tests {
         own_src[14..20].copy_from_slice(&MAC_B.0);
         assert_eq!(
             inbound(&snap, &fwd, from_a, &own_src),
-            Verdict::Drop(DropReason::OwnSrcMac)
+            Inbound::Drop(DropReason::OwnSrcMac)
         );
         for len in [0, 7, 8, 21] {
             assert_eq!(
                 inbound(&snap, &fwd, from_a, &KERNEL_FRAME[..len]),
-                Verdict::Drop(DropReason::RxMalformed(WireError::Truncated)),
+                Inbound::Drop(DropReason::RxMalformed(WireError::Truncated)),
                 "length {len}"
             );
         }
@@ -762,7 +758,7 @@ mod tests {
             f[8..14].copy_from_slice(&dst);
             assert_eq!(
                 inbound(&node_b(), &fwd, from_a, &f),
-                Verdict::Drop(DropReason::VxlanNotHost),
+                Inbound::Drop(DropReason::VxlanNotHost),
                 "{dst:02x?}"
             );
         }
@@ -772,7 +768,7 @@ mod tests {
         f[22] = 0x65;
         assert_eq!(
             inbound(&node_b(), &fwd, from_a, &f),
-            Verdict::Drop(DropReason::RxMalformed(WireError::BadVersion))
+            Inbound::Drop(DropReason::RxMalformed(WireError::BadVersion))
         );
     }
 
@@ -870,11 +866,11 @@ mod tests {
             buf.extend(packet([10, 244, 1, host], [10, 244, 2, host], payload_len));
             let len = buf.len() - 64;
             let original = buf[64..].to_vec();
-            let Verdict::Send { start, len: out_len, .. } = outbound(&node_a(), &fa, &mut buf, 64, len)
+            let Outbound::Send { start, len: out_len, .. } = outbound(&node_a(), &fa, &mut buf, 64, len)
             else { return Err(TestCaseError::fail("not sent")) };
             let datagram = &buf[start..start + out_len];
             let from_a: SocketAddr = "192.0.2.1:8285".parse().expect("literal");
-            let Verdict::Deliver { start: s, len: l, .. } = inbound(&node_b(), &fb, from_a, datagram)
+            let Inbound::Deliver { start: s, len: l, .. } = inbound(&node_b(), &fb, from_a, datagram)
             else { return Err(TestCaseError::fail("not delivered")) };
             prop_assert_eq!(&datagram[s..s + l], &original[..]);
         }

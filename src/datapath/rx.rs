@@ -1,0 +1,251 @@
+//! UDP → TUN: one socket read in (one datagram, or several with `UDP_GRO`), the TUN writes
+//! out.
+
+use std::net::SocketAddr;
+
+use super::{Core, RX_HEADER_STRIDE, forward};
+use crate::metrics::{Counters, DropReason};
+use crate::offload::coalesce::{Emit, super_packet_header};
+use crate::offload::{VnetHdr, datagrams_in, gro_stride};
+use crate::table::Snapshot;
+use crate::udp::Received;
+use crate::wire::ip::complete_partial_checksum;
+use crate::wire::{Encap, Segment, WireError};
+
+/// One write to the TUN device, in the order they must happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxOp {
+    /// Write `slot[start..start + len]` as it is (behind a plain virtio-net header when the
+    /// device takes them).
+    Write {
+        /// Offset of the inner packet in the slot.
+        start: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// Write `slot[start..start + len]` behind the virtio-net header `hdr`: a received
+    /// super-packet the kernel cuts into segments itself.
+    WriteVnet {
+        /// Offset of the inner packet in the slot.
+        start: usize,
+        /// Its length.
+        len: usize,
+        /// Its virtio-net header.
+        hdr: VnetHdr,
+    },
+    /// Write the merged packet in buffer `buf` ([`Core::merged`]) behind its header.
+    Merged {
+        /// The coalescer's buffer.
+        buf: usize,
+    },
+    /// Write segments `first..first + count` ([`Core::rx_segment`]) one by one: each is its
+    /// header slot followed by its payload range of the inner packet at `slot[packet..]`.
+    Segments {
+        /// Offset of the inner packet the segments were cut from.
+        packet: usize,
+        /// The first segment.
+        first: usize,
+        /// How many.
+        count: usize,
+    },
+}
+
+impl Core {
+    /// Decides what to do with one socket read `r` whose bytes are `slot[..r.len]`: dropped
+    /// whole when it did not fit (`oversize`) or has no sender address, else cut into
+    /// datagrams ([`gro_stride`]), each checked by [`forward::inbound`] and counted on its
+    /// own, and the inner packets planned for TUN (merged when the device takes virtio-net
+    /// headers). Inner packets are left in place in `slot` (their partial checksums
+    /// completed). Plans the writes, in order ([`Core::rx_ops`]); the caller executes them
+    /// before calling the core again, and calls [`Core::rx_flush`] at the end of its batch.
+    pub fn udp_read(&mut self, snap: &Snapshot, slot: &mut [u8], r: &Received) {
+        self.ops.clear();
+        self.coalescer.release();
+        // MSG_TRUNC makes the length the datagram's real one: anything longer than the largest
+        // accepted payload, or than the slot, was not received whole and is never delivered.
+        if r.truncated || r.len > self.rx_payload() || r.len > slot.len() {
+            self.drop_read(r.len, r.segment, DropReason::Oversize);
+            return;
+        }
+        let Some(from) = r.from else {
+            self.drop_read(r.len, r.segment, DropReason::UnknownSender);
+            return;
+        };
+        let len = r.len;
+        let encap = self.cfg.fwd.encap;
+        let vxlan = matches!(encap, Encap::Vxlan(_));
+        let stride = gro_stride(&slot[..len], r.segment, encap.header_len(), vxlan).max(1);
+        if stride < len {
+            Counters::add(&self.counters().rx_gro_reads, 1);
+        }
+        let mut rx_segs_used = 0;
+        let mut at = 0;
+        // An empty datagram is one (malformed) datagram too.
+        loop {
+            let end = len.min(at + stride);
+            self.datagram(snap, from, slot, at, end - at, &mut rx_segs_used);
+            at = end;
+            if at >= len {
+                break;
+            }
+        }
+        self.count_merges();
+    }
+
+    /// Ends a batch: plans the writes of every merged packet still open ([`Core::rx_ops`]).
+    pub fn rx_flush(&mut self) {
+        self.ops.clear();
+        self.coalescer.release();
+        if self.coalescer.pending() {
+            let ops = &mut self.ops;
+            self.coalescer.flush(&mut |e| ops.push(op_of(e, 0, 0)));
+        }
+        self.count_merges();
+    }
+
+    /// Returns the writes planned by the last [`Core::udp_read`] or [`Core::rx_flush`].
+    pub fn rx_ops(&self) -> &[RxOp] {
+        &self.ops
+    }
+
+    /// Returns the merged packet of an [`RxOp::Merged`] and its virtio-net header.
+    pub fn merged(&self, buf: usize) -> (&VnetHdr, &[u8]) {
+        self.coalescer.buffer(buf)
+    }
+
+    /// Returns segment `i` of an [`RxOp::Segments`]: its header bytes and where its payload
+    /// lies in the inner packet.
+    pub fn rx_segment(&self, i: usize) -> (&[u8], Segment) {
+        let seg = self.rx_segs.get(i).copied().unwrap_or_default();
+        let at = i * RX_HEADER_STRIDE;
+        let header = self
+            .rx_headers
+            .get(at..at + seg.header_len)
+            .unwrap_or_default();
+        (header, seg)
+    }
+
+    /// Checks and plans the datagram `slot[at..at + len]`.
+    fn datagram(
+        &mut self,
+        snap: &Snapshot,
+        from: SocketAddr,
+        slot: &mut [u8],
+        at: usize,
+        len: usize,
+        rx_segs_used: &mut usize,
+    ) {
+        let counters = self.metrics.worker(self.cfg.worker);
+        Counters::add(&counters.rx_packets, 1);
+        Counters::add(&counters.rx_bytes, len as u64);
+        self.tally.datagrams += 1;
+        let max = self.cfg.fwd.max_inner_len;
+        // `udp` peers never send more than their MTU; only VXLAN super-frames from a kernel
+        // peer on the same host are longer, and only after the checks below.
+        if matches!(self.cfg.fwd.encap, Encap::Flannel) && len > max {
+            return self.drop_rx(DropReason::Oversize);
+        }
+        let (start, inner_len) =
+            match forward::inbound(snap, &self.cfg.fwd, from, &slot[at..at + len]) {
+                forward::Inbound::Deliver {
+                    start,
+                    len: inner,
+                    peer,
+                } => {
+                    if let Some(stats) = snap.peer_stats(peer) {
+                        stats.add_rx(self.cfg.worker, 1, len as u64);
+                    }
+                    (at + start, inner)
+                }
+                forward::Inbound::Drop(reason) => return self.drop_rx(reason),
+            };
+        let inner = &mut slot[start..start + inner_len];
+        if inner_len <= max {
+            if complete_partial_checksum(inner) {
+                Counters::add(&counters.tun_tx_csum_completed, 1);
+            }
+            if self.cfg.vnet {
+                let ops = &mut self.ops;
+                self.coalescer
+                    .push(inner, &mut |e| ops.push(op_of(e, start, inner_len)));
+            } else {
+                self.ops.push(RxOp::Write {
+                    start,
+                    len: inner_len,
+                });
+            }
+            self.tally.delivered += 1;
+            return;
+        }
+        // A super-packet from a kernel peer on this host: after anything of its flow that is
+        // waiting, whole when the device takes virtio-net headers, else cut into segments.
+        if self.cfg.vnet && self.coalescer.pending() {
+            let ops = &mut self.ops;
+            self.coalescer.flush(&mut |e| ops.push(op_of(e, 0, 0)));
+        }
+        if let Some(hdr) = super_packet_header(inner, max).filter(|_| self.cfg.vnet) {
+            Counters::add(&counters.tun_tx_merged, 1);
+            self.ops.push(RxOp::WriteVnet {
+                start,
+                len: inner_len,
+                hdr,
+            });
+            self.tally.delivered += 1;
+            return;
+        }
+        let first = *rx_segs_used;
+        let free = self.rx_segs.get_mut(first..).unwrap_or_default();
+        let headers = self
+            .rx_headers
+            .get_mut(first * RX_HEADER_STRIDE..)
+            .unwrap_or_default();
+        match crate::wire::tcp::cut(inner, max, headers, RX_HEADER_STRIDE, free) {
+            Ok(count) => {
+                Counters::add(&counters.tun_tx_segmented, 1);
+                *rx_segs_used += count;
+                self.ops.push(RxOp::Segments {
+                    packet: start,
+                    first,
+                    count,
+                });
+                self.tally.delivered += 1;
+            }
+            Err(WireError::BadChecksum) => self.drop_rx(DropReason::RxBadTcpChecksum),
+            Err(_) => self.drop_rx(DropReason::RxTooBig),
+        }
+    }
+
+    fn drop_rx(&mut self, reason: DropReason) {
+        self.counters().drop_packet(reason);
+        self.tally.rx_dropped += 1;
+    }
+
+    /// Counts a read of `len` bytes dropped whole with `reason`, once per datagram it holds: a
+    /// `UDP_GRO` read (segment size `segment`, 0 for none) is several datagrams.
+    fn drop_read(&mut self, len: usize, segment: usize, reason: DropReason) {
+        let n = datagrams_in(len, segment) as u64;
+        let counters = self.counters();
+        Counters::add(&counters.rx_packets, n);
+        Counters::add(&counters.rx_bytes, len as u64);
+        counters.drop_packets(reason, n);
+        self.tally.datagrams += n;
+        self.tally.rx_dropped += n;
+    }
+
+    fn count_merges(&mut self) {
+        let written = self.coalescer.take_written();
+        if written.merged > 0 {
+            let counters = self.counters();
+            Counters::add(&counters.tun_tx_merged, written.merged);
+            Counters::add(&counters.tun_tx_merged_segments, written.merged_segments);
+        }
+    }
+}
+
+/// The write for what the coalescer hands out; `start`/`len` locate the packet just pushed.
+const fn op_of(e: Emit, start: usize, len: usize) -> RxOp {
+    match e {
+        Emit::Input => RxOp::Write { start, len },
+        Emit::Buffer(buf) => RxOp::Merged { buf },
+    }
+}

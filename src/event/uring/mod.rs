@@ -1,0 +1,711 @@
+//! The io_uring backend: TUN reads and UDP receives stay in flight on one ring per worker.
+//!
+//! Each worker keeps [`SLOTS`] TUN reads and [`SLOTS`] UDP receives in flight at all times. A
+//! slot's buffer moves through a fixed cycle and is referenced by at most one operation at a
+//! time, so no slab is needed: the `user_data` of an operation names its kind and its slot
+//! ([`ring::Kind`]).
+//!
+//! ```text
+//!  TX slot: Read(TUN) --CQE--> Core::tun_read --> queued datagram ... sendmmsg at round end
+//!                                                     \--> Read(TUN) re-armed after the send
+//!  RX slot: RecvMsg(UDP) --CQE--> Core::udp_read --> Write(TUN) --CQE--> RecvMsg(UDP) ...
+//!                                                \--> writes made directly --> RecvMsg(UDP)
+//! ```
+//!
+//! One `io_uring_enter` submits everything queued since the last one and waits for at least
+//! one completion; then every completion is handled with the table snapshot loaded once for
+//! them, each read handed to the datapath core ([`crate::datapath::Core`]) and its plan
+//! carried out:
+//!
+//! - UDP sends go through the socket layer's `sendmmsg` batch ([`super::exec::Sender`]) at the
+//!   end of the round, and before the segments of a super-packet, so a flow's datagrams leave
+//!   in the order they were read by construction (a ring send that met a full socket buffer
+//!   would be parked by the kernel and could be overtaken by a later one). A TUN read slot is
+//!   read into again once its datagram is sent.
+//! - TUN writes: a plan that is one plain packet (no offloads) is written from its receive
+//!   slot by a ring `WRITE`, so a burst costs one system call; anything else (merged packets
+//!   and super-packets behind a virtio-net header, segments, ICMP errors) is written directly
+//!   by [`super::exec::TunWriter`], after the ring writes queued before it are submitted (a
+//!   TUN write never waits: it completes during the submission, so the order holds).
+//!
+//! The TUN fd is non-blocking, so a read with no packet waiting arms io_uring's internal poll
+//! (`IORING_FEAT_FAST_POLL`, Linux 5.7) instead of tying up a kernel worker thread. Receives
+//! pass `MSG_TRUNC`, so the result is the datagram's real length and an oversize datagram is
+//! recognised and dropped, never delivered truncated.
+//!
+//! Ownership: a buffer referenced by an in-flight operation is touched again only after that
+//! operation's completion has been reaped. On shutdown every in-flight operation is cancelled
+//! and its completion awaited before the loop returns; the ring is declared before the slots
+//! so it is dropped first. Should the drain not finish, the slots are leaked, never freed
+//! under the kernel.
+//!
+//! Receive, where the kernel has it (buffer rings 5.19, multishot `RECVMSG` 6.0): one
+//! multishot receive fills buffers from a provided-buffer ring, so a burst of datagrams costs
+//! one submission instead of one per datagram. A buffer goes back to the ring once its plan is
+//! carried out (or its ring write completed). Without that support, or with
+//! `--no-multishot`, the loop keeps [`SLOTS`] single-shot receives in flight instead; a kernel
+//! that rejects the multishot receive at run time (`EINVAL`) switches the loop to that
+//! fallback by itself.
+//!
+//! TUN reads, likewise: on kernels where multishot reads are trusted (the opcode exists, 6.7,
+//! and the kernel is 6.12 or later, with the TUN fixes), one multishot read fills buffers from
+//! a second buffer ring, each with headroom kept in front for the encapsulation header; the
+//! buffer returns to the ring once its datagram is sent. Otherwise, or with `--no-multishot`,
+//! [`SLOTS`] single-shot poll-armed reads stay in flight.
+//!
+//! Not used yet: registered buffers and files, zero-copy sends (they only pay off on real NICs
+//! with large sends; over veth and TUN the kernel copies anyway).
+#![allow(unsafe_code)]
+
+mod ring;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use io_uring::{opcode, types};
+
+use self::ring::{BufRing, Completion, Kind, Ring};
+use super::buf::SlotBuf;
+use super::exec::{Sender, TunWriter, count_tun_write};
+use super::{RateLimitedLog, Worker};
+use crate::datapath::{Core, HEADROOM, RxOp};
+use crate::table::Snapshot;
+use crate::udp::{RecvSlot, decode_multishot, multishot_msghdr};
+
+/// Operations in flight per direction.
+pub const SLOTS: usize = 64;
+
+/// Buffer group of the multishot receive.
+const RX_GROUP: u16 = 0;
+/// Buffer group of the multishot TUN read.
+const TX_GROUP: u16 = 1;
+/// Control-message space in each multishot receive buffer (the `UDP_GRO` size).
+const MULTI_CONTROL: usize = 32;
+/// Bytes in front of the payload in a multishot receive buffer: `io_uring_recvmsg_out` (16),
+/// the fixed-size name field (a `sockaddr_storage`, 128) and the control space.
+const MULTI_HEADER: usize = 16 + std::mem::size_of::<libc::sockaddr_storage>() + MULTI_CONTROL;
+
+/// Checks that the kernel has what this loop needs.
+///
+/// # Errors
+///
+/// A sentence saying what is missing.
+pub fn probe() -> Result<(), String> {
+    ring::probe()
+}
+
+/// A receive slot: its buffer and the message header of the receive in flight on it.
+struct RxSlot {
+    buf: Box<[u8]>,
+    msg: Box<RecvSlot>,
+    /// The `user_data` of the operation in flight on this slot, 0 when none.
+    inflight: u64,
+}
+
+/// Multishot receive: the message template the kernel reads the name length from, and the
+/// provided-buffer ring.
+struct Multi {
+    msg: Box<libc::msghdr>,
+    ring: BufRing,
+    /// Set when the multishot operation ended and must be submitted again.
+    rearm: bool,
+    /// Set once a completion succeeded (an early `EINVAL` means no multishot support).
+    worked: bool,
+    /// TUN writes in flight from ring buffers.
+    writes: usize,
+}
+
+/// Multishot TUN reads (`IORING_OP_READ_MULTISHOT`, Linux 6.7): the kernel fills buffers from
+/// a provided-buffer ring, each after the headroom kept for the encapsulation header.
+struct TxMulti {
+    ring: BufRing,
+    rearm: bool,
+    worked: bool,
+}
+
+/// Where the datagrams queued in the sender live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxSource {
+    Slots,
+    Ring,
+}
+
+/// The loop state. Field order matters: the ring is dropped before the buffers.
+struct Loop {
+    ring: Ring,
+    tx: SlotBuf,
+    /// The `user_data` in flight on each TUN read slot, 0 when none.
+    tx_inflight: Vec<u64>,
+    rx: Box<[RxSlot]>,
+    /// Multishot receive state, when in use (declared after the ring, dropped after it).
+    multi: Option<Multi>,
+    /// A buffer ring given up at run time; kept until the ring is gone.
+    retired: Vec<Multi>,
+    /// Multishot TUN read state, when in use.
+    tx_multi: Option<TxMulti>,
+    /// A TUN read ring given up at run time; kept until the ring is gone.
+    tx_retired: Vec<TxMulti>,
+    /// TUN read slots to read into again, and ring buffers to give back, once the queued
+    /// datagrams are sent.
+    tx_done: Vec<usize>,
+    tx_done_bids: Vec<u16>,
+    queued_from: TxSource,
+    /// Ring writes queued since the last submission.
+    writes_queued: bool,
+    stopping: bool,
+    tun_fd: RawFd,
+    core: Core,
+    sender: Sender,
+    writer: TunWriter,
+    w: Worker,
+    tun_read_log: RateLimitedLog,
+    tun_write_log: RateLimitedLog,
+    recv_log: RateLimitedLog,
+}
+
+/// Runs the worker until its stop flag is set.
+///
+/// # Errors
+///
+/// When the ring cannot be created or `io_uring_enter` fails for a reason other than `EINTR`.
+pub fn run(w: Worker) -> io::Result<()> {
+    let entries = u32::try_from(4 * SLOTS).unwrap_or(256);
+    let ring = Ring::new(entries)?;
+    let core = w.core();
+    // One byte more than the largest accepted datagram lets `MSG_TRUNC` tell a longer one
+    // apart.
+    let rx_len = core.rx_payload() + 1;
+    let mut l = Loop {
+        ring,
+        tx: SlotBuf::new(SLOTS, HEADROOM, core.tun_slot_len() - HEADROOM),
+        tx_inflight: vec![0; SLOTS],
+        rx: (0..SLOTS)
+            .map(|_| RxSlot {
+                buf: vec![0u8; rx_len].into_boxed_slice(),
+                msg: RecvSlot::new(),
+                inflight: 0,
+            })
+            .collect(),
+        multi: None,
+        retired: Vec::new(),
+        tx_multi: None,
+        tx_retired: Vec::new(),
+        tx_done: Vec::with_capacity(4 * SLOTS),
+        tx_done_bids: Vec::with_capacity(4 * SLOTS),
+        queued_from: TxSource::Slots,
+        writes_queued: false,
+        stopping: false,
+        tun_fd: w.tun.as_raw_fd(),
+        core,
+        sender: Sender::new(),
+        writer: TunWriter::new(),
+        tun_read_log: RateLimitedLog::new("TUN read failed"),
+        tun_write_log: RateLimitedLog::new("TUN write failed"),
+        recv_log: RateLimitedLog::new("UDP receive failed"),
+        w,
+    };
+    tracing::debug!(worker = l.w.id, "io_uring worker started");
+    let result = l.run();
+    if !l.drain() {
+        tracing::error!("io_uring operations still in flight at exit; leaking their buffers");
+        let rx = std::mem::take(&mut l.rx);
+        let tx = std::mem::replace(&mut l.tx, SlotBuf::new(0, 0, 0));
+        std::mem::forget(l.ring);
+        std::mem::forget(l.multi.take());
+        std::mem::forget(std::mem::take(&mut l.retired));
+        std::mem::forget(l.tx_multi.take());
+        std::mem::forget(std::mem::take(&mut l.tx_retired));
+        std::mem::forget(rx);
+        std::mem::forget(tx);
+    }
+    tracing::debug!("io_uring worker stopped");
+    result
+}
+
+impl Loop {
+    fn run(&mut self) -> io::Result<()> {
+        if self.w.multishot {
+            self.multi = self.new_multi();
+            if ring::read_multishot_reliable(&self.ring.ring) {
+                self.tx_multi = self.new_tx_multi();
+            }
+        }
+        for i in 0..SLOTS {
+            if self.tx_multi.is_none() {
+                self.arm_read(i)?;
+            }
+            if self.multi.is_none() {
+                self.arm_recv(i)?;
+            }
+        }
+        self.arm_multi()?;
+        self.arm_tx_multi()?;
+        tracing::info!(
+            worker = self.w.id,
+            multishot = self.tx_multi.is_some(),
+            "io_uring TUN read path"
+        );
+        tracing::info!(
+            worker = self.w.id,
+            multishot = self.multi.is_some(),
+            "io_uring receive path"
+        );
+        while !self.w.stop.load(Ordering::Relaxed) {
+            // The timer wakes the loop to look at the stop flag when no traffic does.
+            self.ring.arm_timer()?;
+            self.ring.submit_and_wait()?;
+            self.writes_queued = false;
+            let completions = self.ring.reap();
+            let r = self.handle(&completions);
+            self.ring.recycle(completions);
+            r?;
+        }
+        Ok(())
+    }
+
+    fn new_multi(&self) -> Option<Multi> {
+        // Small buffers for `udp`, 64 KiB ones (fewer) for VXLAN super-frames and GRO reads.
+        let payload = self.core.rx_payload() + 1;
+        let entries: u16 = if payload > 4096 { 64 } else { 256 };
+        match BufRing::register(
+            &self.ring.ring,
+            entries,
+            MULTI_HEADER + payload,
+            0,
+            RX_GROUP,
+        ) {
+            Ok(ring) => Some(Multi {
+                msg: multishot_msghdr(MULTI_CONTROL),
+                ring,
+                rearm: false,
+                worked: false,
+                writes: 0,
+            }),
+            Err(e) => {
+                tracing::info!("no provided-buffer ring ({e}); using single-shot receives");
+                None
+            }
+        }
+    }
+
+    fn new_tx_multi(&self) -> Option<TxMulti> {
+        // Super-packets take 64 KiB each: fewer of them.
+        let entries = if self.core.vnet_len() > 0 { 64 } else { 256 };
+        let len = self.core.tun_slot_len();
+        let offset = self.core.tun_read_offset();
+        match BufRing::register(&self.ring.ring, entries, len, offset, TX_GROUP) {
+            Ok(ring) => Some(TxMulti {
+                ring,
+                rearm: false,
+                worked: false,
+            }),
+            Err(e) => {
+                tracing::info!("no provided-buffer ring for TUN reads ({e})");
+                None
+            }
+        }
+    }
+
+    fn handle(&mut self, completions: &[Completion]) -> io::Result<()> {
+        let snap = self.w.table.load();
+        let now = Instant::now();
+        for c in completions {
+            let Some((kind, index)) = Kind::of(c.user_data) else {
+                continue;
+            };
+            match kind {
+                Kind::TxRead => self.on_read(&snap, index, c.result, now)?,
+                Kind::RxRecv => self.on_recv(&snap, index, c.result)?,
+                Kind::RxWrite => self.on_write(index, c.result)?,
+                Kind::RxMulti => self.on_multi(&snap, c)?,
+                Kind::RxMultiWrite => self.on_multi_write(index, c.result),
+                Kind::TxMulti => self.on_tx_multi(&snap, c, now)?,
+                Kind::Timer | Kind::Cancel => {}
+            }
+        }
+        self.flush_sends()?;
+        self.core.rx_flush();
+        if !self.core.rx_ops().is_empty() {
+            self.submit_writes()?;
+            self.writer
+                .execute(&self.w, &self.core, self.core.rx_ops(), &[]);
+        }
+        if let Some(m) = &mut self.multi {
+            m.ring.publish();
+            if m.rearm && !self.stopping {
+                m.rearm = false;
+                self.arm_multi()?;
+            }
+        }
+        if let Some(t) = &mut self.tx_multi {
+            t.ring.publish();
+            if t.rearm && !self.stopping {
+                t.rearm = false;
+                self.arm_tx_multi()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the queued datagrams, then reads into their slots again and gives their ring
+    /// buffers back.
+    fn flush_sends(&mut self) -> io::Result<()> {
+        match self.queued_from {
+            TxSource::Slots => self.sender.flush(&self.w, self.tx.data()),
+            TxSource::Ring => {
+                let data = self.tx_multi.as_ref().map(|t| t.ring.data());
+                self.sender.flush(&self.w, data.unwrap_or_default());
+            }
+        }
+        let done = std::mem::take(&mut self.tx_done);
+        for &i in &done {
+            self.arm_read(i)?;
+        }
+        self.tx_done = done;
+        self.tx_done.clear();
+        if let Some(t) = &mut self.tx_multi {
+            for &bid in &self.tx_done_bids {
+                t.ring.provide(bid);
+            }
+        }
+        self.tx_done_bids.clear();
+        Ok(())
+    }
+
+    /// Makes the datagrams queued in the sender come from `source`, sending what came from
+    /// the other one first.
+    fn switch_source(&mut self, source: TxSource) -> io::Result<()> {
+        if self.queued_from != source {
+            if self.sender.pending() {
+                self.flush_sends()?;
+            }
+            self.queued_from = source;
+        }
+        Ok(())
+    }
+
+    fn on_read(&mut self, snap: &Snapshot, i: usize, result: i32, now: Instant) -> io::Result<()> {
+        if let Some(f) = self.tx_inflight.get_mut(i) {
+            *f = 0;
+        }
+        let Ok(n) = usize::try_from(result) else {
+            if !matches!(-result, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                self.tun_read_log
+                    .error(&io::Error::from_raw_os_error(-result));
+            }
+            if matches!(-result, libc::EBADF | libc::EBADFD) {
+                return Ok(());
+            }
+            return self.arm_read(i);
+        };
+        if i >= self.tx.count() {
+            return Ok(());
+        }
+        self.switch_source(TxSource::Slots)?;
+        let plan = self.core.tun_read(snap, self.tx.slot_mut(i), n, now);
+        let base = self.tx.offset(i);
+        self.sender.execute(
+            &self.w,
+            &self.core,
+            plan,
+            self.tx.data(),
+            base,
+            &mut self.writer,
+        );
+        self.tx_done.push(i);
+        Ok(())
+    }
+
+    fn on_tx_multi(&mut self, snap: &Snapshot, c: &Completion, now: Instant) -> io::Result<()> {
+        let Some(mut t) = self.tx_multi.take() else {
+            return Ok(());
+        };
+        if !c.more() {
+            t.rearm = true;
+        }
+        if c.result < 0 {
+            match -c.result {
+                libc::EINVAL | libc::EOPNOTSUPP if !t.worked => {
+                    tracing::info!("multishot TUN read refused; using single-shot reads");
+                    self.tx_retired.push(t);
+                    for i in 0..SLOTS {
+                        self.arm_read(i)?;
+                    }
+                    return Ok(());
+                }
+                libc::ENOBUFS | libc::ECANCELED | libc::EAGAIN | libc::EINTR => {}
+                e => self.tun_read_log.error(&io::Error::from_raw_os_error(e)),
+            }
+            self.tx_multi = Some(t);
+            return Ok(());
+        }
+        t.worked = true;
+        let Some(bid) = c.buffer() else {
+            self.tx_multi = Some(t);
+            return Ok(());
+        };
+        self.tx_multi = Some(t);
+        self.switch_source(TxSource::Ring)?;
+        let Some(t) = &mut self.tx_multi else {
+            return Ok(());
+        };
+        let n = usize::try_from(c.result).unwrap_or(0);
+        let plan = self.core.tun_read(snap, t.ring.buf(bid), n, now);
+        let base = t.ring.start_of(bid);
+        self.sender.execute(
+            &self.w,
+            &self.core,
+            plan,
+            t.ring.data(),
+            base,
+            &mut self.writer,
+        );
+        self.tx_done_bids.push(bid);
+        Ok(())
+    }
+
+    fn on_recv(&mut self, snap: &Snapshot, j: usize, result: i32) -> io::Result<()> {
+        let Some(slot) = self.rx.get_mut(j) else {
+            return Ok(());
+        };
+        slot.inflight = 0;
+        let Ok(len) = usize::try_from(result) else {
+            if !matches!(-result, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                self.recv_log.error(&io::Error::from_raw_os_error(-result));
+            }
+            return self.arm_recv(j);
+        };
+        let r = slot.msg.decode(len, slot.buf.len());
+        self.core.udp_read(snap, &mut slot.buf, &r);
+        if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
+            let slot = &mut self.rx[j];
+            let ud = Kind::RxWrite.user_data(j);
+            let bytes = &slot.buf[start..start + len];
+            let entry = opcode::Write::new(types::Fd(self.tun_fd), bytes.as_ptr(), len_u32(len))
+                .build()
+                .user_data(ud);
+            slot.inflight = ud;
+            // SAFETY: the bytes are in this slot's boxed buffer, which is not touched again
+            // (no receive is armed on it) until this write's completion is reaped.
+            unsafe { self.ring.push(&entry)? };
+            self.writes_queued = true;
+            return Ok(());
+        }
+        self.submit_writes()?;
+        let slot = &self.rx[j];
+        self.writer
+            .execute(&self.w, &self.core, self.core.rx_ops(), &slot.buf);
+        self.arm_recv(j)
+    }
+
+    /// Returns the packet to write from the receive buffer through the ring, when the plan is
+    /// exactly one plain write to a device without virtio-net headers.
+    fn ring_write(&self, ops: &[RxOp]) -> Option<(usize, usize)> {
+        match ops {
+            [RxOp::Write { start, len }] if self.core.vnet_len() == 0 => Some((*start, *len)),
+            _ => None,
+        }
+    }
+
+    /// Submits the ring writes queued so far, so a write made directly comes after them.
+    fn submit_writes(&mut self) -> io::Result<()> {
+        if self.writes_queued {
+            self.ring.submit_queued()?;
+            self.writes_queued = false;
+        }
+        Ok(())
+    }
+
+    fn on_write(&mut self, j: usize, result: i32) -> io::Result<()> {
+        if let Some(slot) = self.rx.get_mut(j) {
+            slot.inflight = 0;
+        }
+        count_tun_write(
+            self.w.metrics.worker(self.w.id),
+            io_result(result),
+            &mut self.tun_write_log,
+        );
+        self.arm_recv(j)
+    }
+
+    fn on_multi(&mut self, snap: &Snapshot, c: &Completion) -> io::Result<()> {
+        // Moved out while in use so the ring can be pushed to; its buffers live on the heap
+        // and do not move with it.
+        let Some(mut m) = self.multi.take() else {
+            return Ok(());
+        };
+        if !c.more() {
+            m.rearm = true;
+        }
+        if c.result < 0 {
+            match -c.result {
+                libc::EINVAL if !m.worked && m.writes == 0 => {
+                    // The kernel has buffer rings but not multishot RECVMSG (before 6.0).
+                    tracing::info!("multishot receive refused; using single-shot receives");
+                    // The ring must outlive the io_uring instance that knows it.
+                    self.retired.push(m);
+                    for j in 0..SLOTS {
+                        self.arm_recv(j)?;
+                    }
+                    return Ok(());
+                }
+                // The ring ran dry; buffers come back as writes complete and it re-arms.
+                libc::ENOBUFS | libc::ECANCELED => {}
+                e => self.recv_log.error(&io::Error::from_raw_os_error(e)),
+            }
+            self.multi = Some(m);
+            return Ok(());
+        }
+        m.worked = true;
+        let r = match c.buffer() {
+            Some(bid) => self.on_multi_datagram(&mut m, snap, bid, c.result),
+            None => Ok(()),
+        };
+        self.multi = Some(m);
+        r
+    }
+
+    fn on_multi_datagram(
+        &mut self,
+        m: &mut Multi,
+        snap: &Snapshot,
+        bid: u16,
+        result: i32,
+    ) -> io::Result<()> {
+        let used = usize::try_from(result).unwrap_or(0);
+        let buf = m.ring.buf(bid);
+        let Ok(out) = types::RecvMsgOut::parse(&buf[..used.min(buf.len())], &m.msg) else {
+            m.ring.provide(bid);
+            return Ok(());
+        };
+        let r = decode_multishot(
+            out.name_data(),
+            out.control_data(),
+            out.payload_data().len(),
+            out.is_payload_truncated(),
+        );
+        let payload = &mut m.ring.buf(bid)[MULTI_HEADER..];
+        self.core.udp_read(snap, payload, &r);
+        if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
+            let bytes = &m.ring.buf(bid)[MULTI_HEADER + start..MULTI_HEADER + start + len];
+            let entry = opcode::Write::new(types::Fd(self.tun_fd), bytes.as_ptr(), len_u32(len))
+                .build()
+                .user_data(Kind::RxMultiWrite.user_data(usize::from(bid)));
+            // SAFETY: the buffer is not given back to the kernel until this write's completion
+            // is reaped (`on_multi_write`), and the ring's memory lives as long as the ring.
+            unsafe { self.ring.push(&entry)? };
+            m.writes += 1;
+            self.writes_queued = true;
+            return Ok(());
+        }
+        self.submit_writes()?;
+        let payload = &m.ring.buf(bid)[MULTI_HEADER..];
+        self.writer
+            .execute(&self.w, &self.core, self.core.rx_ops(), payload);
+        m.ring.provide(bid);
+        Ok(())
+    }
+
+    fn on_multi_write(&mut self, bid: usize, result: i32) {
+        count_tun_write(
+            self.w.metrics.worker(self.w.id),
+            io_result(result),
+            &mut self.tun_write_log,
+        );
+        if let Some(m) = &mut self.multi {
+            m.writes = m.writes.saturating_sub(1);
+            m.ring.provide(u16::try_from(bid).unwrap_or(0));
+        }
+    }
+
+    fn arm_read(&mut self, i: usize) -> io::Result<()> {
+        if self.stopping || i >= self.tx.count() {
+            return Ok(());
+        }
+        let at = self.core.tun_read_offset();
+        let room = &mut self.tx.slot_mut(i)[at..];
+        let ud = Kind::TxRead.user_data(i);
+        let entry = opcode::Read::new(
+            types::Fd(self.tun_fd),
+            room.as_mut_ptr(),
+            len_u32(room.len()),
+        )
+        .build()
+        .user_data(ud);
+        self.tx_inflight[i] = ud;
+        // SAFETY: the slot is part of the loop's slot buffer, which does not move, and is not
+        // touched again until this read's completion is reaped.
+        unsafe { self.ring.push(&entry) }
+    }
+
+    fn arm_recv(&mut self, j: usize) -> io::Result<()> {
+        if self.stopping {
+            return Ok(());
+        }
+        let fd = self.w.udp.as_raw_fd();
+        let Some(slot) = self.rx.get_mut(j) else {
+            return Ok(());
+        };
+        let msg = slot.msg.prepare(&mut slot.buf);
+        let ud = Kind::RxRecv.user_data(j);
+        let flags = u32::try_from(libc::MSG_TRUNC).unwrap_or(0);
+        let entry = opcode::RecvMsg::new(types::Fd(fd), msg)
+            .flags(flags)
+            .build()
+            .user_data(ud);
+        slot.inflight = ud;
+        // SAFETY: the header, its iovec, address and control space are boxed in the slot, and
+        // the iovec points at the slot's boxed buffer; none is touched again until this
+        // receive's completion is reaped.
+        unsafe { self.ring.push(&entry) }
+    }
+
+    fn arm_multi(&mut self) -> io::Result<()> {
+        let fd = self.w.udp.as_raw_fd();
+        let Some(m) = &self.multi else { return Ok(()) };
+        let entry = opcode::RecvMsgMulti::new(types::Fd(fd), &raw const *m.msg, RX_GROUP)
+            .build()
+            .user_data(Kind::RxMulti.user_data(0));
+        // SAFETY: the template header is boxed in `Multi`, which lives until after the ring.
+        unsafe { self.ring.push(&entry) }
+    }
+
+    fn arm_tx_multi(&mut self) -> io::Result<()> {
+        if self.tx_multi.is_none() {
+            return Ok(());
+        }
+        // The length must be 0 with a buffer group: the buffer's own length applies.
+        let entry = opcode::ReadMulti::new(types::Fd(self.tun_fd), 0, TX_GROUP)
+            .build()
+            .user_data(Kind::TxMulti.user_data(0));
+        // SAFETY: the operation refers to no memory of ours but the registered buffer ring.
+        unsafe { self.ring.push(&entry) }
+    }
+
+    /// Cancels every operation in flight and waits for all completions. Returns false when
+    /// some did not arrive within about two seconds.
+    fn drain(&mut self) -> bool {
+        self.stopping = true;
+        let pending: Vec<u64> = self
+            .tx_inflight
+            .iter()
+            .copied()
+            .chain(self.rx.iter().map(|s| s.inflight))
+            .chain(self.multi.as_ref().map(|_| Kind::RxMulti.user_data(0)))
+            .chain(self.tx_multi.as_ref().map(|_| Kind::TxMulti.user_data(0)))
+            .filter(|&ud| ud != 0)
+            .collect();
+        self.ring.cancel_all(&pending)
+    }
+}
+
+/// A completion's result as the outcome of a write.
+fn io_result(result: i32) -> io::Result<usize> {
+    usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result))
+}
+
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
