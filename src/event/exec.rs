@@ -116,34 +116,27 @@ impl Sender {
     fn flush_run(&mut self, w: &Worker, socket: usize, data: &[u8], from: usize, to: usize) {
         let counters = w.metrics.worker(w.id);
         let sock = socket_of(w, socket);
-        let mut off = from;
-        while off < to {
-            match sock.send_batch(&mut self.mm, data, &self.queue[off..to]) {
-                Ok(0) => {
-                    counters.drop_packet(DropReason::TxError);
-                    off += 1;
-                }
-                Ok(n) => {
-                    let bytes: usize = self.queue[off..off + n].iter().map(|t| t.len).sum();
+        let queue = &self.queue[from..to];
+        let (mm, log) = (&mut self.mm, &mut self.log);
+        send_in_order(
+            queue.len(),
+            |at| sock.send_batch(mm, data, &queue[at..]),
+            || matches!(sock.wait_writable(SEND_WAIT_MS), Ok(true)),
+            Stalls::WaitEachTime,
+            |report| match report {
+                Report::Sent { at, n } => {
+                    let bytes: usize = queue[at..at + n].iter().map(|t| t.len).sum();
                     Counters::add(&counters.tx_packets, n as u64);
                     Counters::add(&counters.tx_bytes, bytes as u64);
-                    off += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The send buffer is full: give the kernel a moment, then drop the rest.
-                    if !matches!(sock.wait_writable(SEND_WAIT_MS), Ok(true)) {
-                        counters.drop_packets(DropReason::TxError, (to - off) as u64);
-                        break;
+                Report::Dropped { n, error } => {
+                    if let Some(e) = error {
+                        log.error(e);
                     }
+                    counters.drop_packets(DropReason::TxError, n as u64);
                 }
-                Err(e) => {
-                    // The first message failed (EMSGSIZE, ENETUNREACH, ...): drop it, go on.
-                    self.log.error(&e);
-                    counters.drop_packet(DropReason::TxError);
-                    off += 1;
-                }
-            }
-        }
+            },
+        );
     }
 
     /// Sends the `count` segments `core` cut from `packet`; counts what went and what did not.
@@ -161,41 +154,113 @@ impl Sender {
         let segs = core.segments(count);
         let stride = core.segment_stride();
         let headers = core.segment_headers();
-        let mut off = 0;
-        let mut waited = false;
-        while off < segs.len() {
-            let r = sock.send_segments(
-                &mut self.seg,
-                dst,
-                headers.get(off * stride..).unwrap_or_default(),
-                stride,
-                packet,
-                &segs[off..],
-            );
-            match r {
-                Ok(sent) if sent.segments > 0 => {
-                    let bytes: usize = segs[off..off + sent.segments]
+        let (scratch, log) = (&mut self.seg, &mut self.log);
+        send_in_order(
+            segs.len(),
+            |at| {
+                let sent = sock.send_segments(
+                    scratch,
+                    dst,
+                    headers.get(at * stride..).unwrap_or_default(),
+                    stride,
+                    packet,
+                    &segs[at..],
+                )?;
+                Counters::add(&counters.tx_gso_sends, sent.gso_messages as u64);
+                Ok(sent.segments)
+            },
+            || {
+                let _ = sock.wait_writable(SEND_WAIT_MS);
+                true
+            },
+            Stalls::WaitOnce,
+            |report| match report {
+                Report::Sent { at, n } => {
+                    let bytes: usize = segs[at..at + n]
                         .iter()
                         .map(crate::wire::Segment::len)
                         .sum();
-                    Counters::add(&counters.tx_packets, sent.segments as u64);
+                    Counters::add(&counters.tx_packets, n as u64);
                     Counters::add(&counters.tx_bytes, bytes as u64);
-                    Counters::add(&counters.tx_gso_sends, sent.gso_messages as u64);
-                    off += sent.segments;
                 }
-                Ok(_) => {
-                    counters.drop_packet(DropReason::TxError);
-                    off += 1;
+                Report::Dropped { n, error } => {
+                    if let Some(e) = error {
+                        log.error(e);
+                    }
+                    counters.drop_packets(DropReason::TxError, n as u64);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => {
-                    waited = true;
-                    let _ = sock.wait_writable(SEND_WAIT_MS);
+            },
+        );
+    }
+}
+
+/// How [`send_in_order`] treats a full socket buffer (`WouldBlock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stalls {
+    /// Wait for room each time; when the wait runs out, drop the rest. After any other error,
+    /// drop the datagram that failed and go on (datagrams to one peer are independent).
+    WaitEachTime,
+    /// Wait for room once; a second stall, or any other error, drops the rest (the segments of
+    /// one super-packet).
+    WaitOnce,
+}
+
+/// What [`send_in_order`] reports.
+#[derive(Debug)]
+enum Report<'a> {
+    /// Datagrams `at..at + n` went.
+    Sent { at: usize, n: usize },
+    /// The next `n` datagrams were dropped (with the error that made it so, if any).
+    Dropped { n: usize, error: Option<&'a io::Error> },
+}
+
+/// Hands `count` datagrams to `send` strictly front to back: `send(at)` sends from datagram
+/// `at` on and returns how many went, from the front (`Ok(0)` drops the one at `at`). A
+/// `WouldBlock` calls `wait` (true: there is room again) and tries the same datagram again, as
+/// `stalls` allows. No datagram is ever handed over after one behind it, and none twice: a
+/// flow keeps its order whatever the socket answers, and what cannot go is dropped, counted,
+/// never sent late.
+fn send_in_order(
+    count: usize,
+    mut send: impl FnMut(usize) -> io::Result<usize>,
+    mut wait: impl FnMut() -> bool,
+    stalls: Stalls,
+    mut report: impl FnMut(Report<'_>),
+) {
+    let mut at = 0;
+    let mut waited = false;
+    while at < count {
+        match send(at) {
+            Ok(0) => {
+                report(Report::Dropped { n: 1, error: None });
+                at += 1;
+            }
+            Ok(n) => {
+                let n = n.min(count - at);
+                report(Report::Sent { at, n });
+                at += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let again = match stalls {
+                    Stalls::WaitEachTime => wait(),
+                    Stalls::WaitOnce => !waited && wait(),
+                };
+                waited = true;
+                if !again {
+                    report(Report::Dropped {
+                        n: count - at,
+                        error: None,
+                    });
+                    return;
                 }
-                Err(e) => {
-                    self.log.error(&e);
-                    counters.drop_packets(DropReason::TxError, (segs.len() - off) as u64);
-                    break;
-                }
+            }
+            Err(e) => {
+                let n = match stalls {
+                    Stalls::WaitEachTime => 1,
+                    Stalls::WaitOnce => count - at,
+                };
+                report(Report::Dropped { n, error: Some(&e) });
+                at += n;
             }
         }
     }
@@ -283,6 +348,76 @@ pub(crate) fn count_tun_write(
                 log.error(&e);
             }
             counters.drop_packet(DropReason::TunWriteError);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A socket that answers from a script: `Some(k)` takes up to `k` datagrams, `None` says
+    /// its buffer is full, `Some(0)` refuses the first; after the script it takes everything.
+    /// Returns the datagrams in the order the socket took them, and the drops reported.
+    fn run(count: usize, script: &[Option<usize>], room: &[bool], stalls: Stalls) -> (Vec<usize>, usize) {
+        let mut taken = Vec::new();
+        let mut answers = script.iter();
+        let mut rooms = room.iter();
+        let mut dropped = 0;
+        let mut sent = 0;
+        send_in_order(
+            count,
+            |at| match answers.next() {
+                Some(Some(k)) => {
+                    let n = (*k).min(count - at);
+                    taken.extend(at..at + n);
+                    Ok(n)
+                }
+                Some(None) => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                None => {
+                    taken.extend(at..count);
+                    Ok(count - at)
+                }
+            },
+            || rooms.next().copied().unwrap_or(true),
+            stalls,
+            |r| match r {
+                Report::Sent { n, .. } => sent += n,
+                Report::Dropped { n, .. } => dropped += n,
+            },
+        );
+        assert_eq!(sent, taken.len());
+        (taken, dropped)
+    }
+
+    #[test]
+    fn a_flow_whose_first_send_stalls_keeps_its_order() {
+        // The socket buffer is full at the first datagram, then has room.
+        let (taken, dropped) = run(5, &[None, Some(2), None, Some(9)], &[true, true], Stalls::WaitEachTime);
+        assert_eq!(taken, vec![0, 1, 2, 3, 4]);
+        assert_eq!(dropped, 0);
+        // It stays full: the rest is dropped, nothing is sent late.
+        let (taken, dropped) = run(5, &[Some(1), None], &[false], Stalls::WaitEachTime);
+        assert_eq!((taken, dropped), (vec![0], 4));
+        // Segments wait once, then give up.
+        let (taken, dropped) = run(4, &[None, None, Some(4)], &[true, true], Stalls::WaitOnce);
+        assert_eq!((taken, dropped), (vec![], 4));
+    }
+
+    proptest! {
+        #[test]
+        fn datagrams_go_front_to_back_once(
+            count in 0usize..40,
+            script in proptest::collection::vec(proptest::option::of(0usize..5), 0..30),
+            room in proptest::collection::vec(any::<bool>(), 0..30),
+            once in any::<bool>(),
+        ) {
+            let stalls = if once { Stalls::WaitOnce } else { Stalls::WaitEachTime };
+            let (taken, dropped) = run(count, &script, &room, stalls);
+            prop_assert!(taken.windows(2).all(|w| w[0] < w[1]), "in order, once: {:?}", taken);
+            prop_assert_eq!(taken.len() + dropped, count, "every datagram sent or dropped");
         }
     }
 }
