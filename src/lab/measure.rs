@@ -3,11 +3,12 @@
 //! transferred gigabit; the TCP transfers come from the lab's own traffic or from iperf3.
 
 use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::netns::Netns;
+use super::netns::{Netns, Process};
 use super::report::Metric;
 use super::traffic::{Amount, BulkResult, tcp_bulk, udp_flood, udp_ping_pong};
 use crate::error::Error;
@@ -178,9 +179,12 @@ fn iperf3(
         .map(|a| (*a).to_owned())
         .collect();
     let mut server = to.start("iperf3", &server_args, log.clone())?;
-    // Give the server a moment to listen.
-    std::thread::sleep(Duration::from_millis(300));
-    let out = std::process::Command::new("ip")
+    if let Err(e) = wait_listening(to, to_addr, &mut server) {
+        server.stop(Duration::from_secs(2));
+        let _ = std::fs::remove_file(&log);
+        return Err(e);
+    }
+    let out = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -206,4 +210,38 @@ fn iperf3(
     let bytes = sum["bytes"].as_u64().unwrap_or(0);
     let seconds = sum["seconds"].as_f64().unwrap_or(0.0);
     Ok((bytes, seconds))
+}
+
+/// Waits until a TCP socket in `ns` listens on `addr` (as iproute2's `ss` sees it), so the
+/// client does not race the server's start.
+///
+/// # Errors
+///
+/// [`Error::Lab`] with the server's output when it exits first or is not listening within 5 s.
+fn wait_listening(ns: &Netns, addr: SocketAddr, server: &mut Process) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let filter = format!("src {addr}");
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "ss", "-Hltn"])
+            .args(filter.split(' '))
+            .output()
+            .map_err(|e| Error::Lab(format!("cannot run ss: {e}")))?;
+        if out.status.success() && !out.stdout.is_empty() {
+            return Ok(());
+        }
+        if let Some(status) = server.exited() {
+            return Err(Error::Lab(format!(
+                "iperf3 server exited ({status}):\n{}",
+                server.log()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Lab(format!(
+                "iperf3 server not listening on {addr} within 5 s:\n{}",
+                server.log()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -298,3 +298,85 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(scenario: &str, name: &str, samples: &[f64]) -> Metric {
+        Metric {
+            scenario: scenario.into(),
+            name: name.into(),
+            unit: "Gbit/s",
+            samples: samples.to_vec(),
+        }
+    }
+
+    fn report() -> Report {
+        Report {
+            metrics: vec![
+                metric("fustian-udp/uring", "tcp x1 a->b", &[2.0, 1.0, 3.0]),
+                metric("kernel-vxlan", "tcp x1 a->b", &[4.0, 4.0, 4.0]),
+                metric("fustian-udp/uring", "rtt p50", &[50.0, 60.0, 55.0]),
+            ],
+            counters: vec![(
+                "fustian-udp/uring".into(),
+                vec![vec![("tx_packets".into(), 7)], vec![]],
+            )],
+            repeat: 3,
+            duration: 1.0,
+        }
+    }
+
+    #[test]
+    fn median_min_and_max_of_the_samples() {
+        let m = metric("s", "n", &[3.0, 1.0, 2.0]);
+        assert_eq!((m.median(), m.min(), m.max()), (2.0, 1.0, 3.0));
+        assert_eq!(metric("s", "n", &[]).median(), 0.0);
+    }
+
+    #[test]
+    fn the_table_has_rows_ranges_ratios_and_counters() {
+        let text = report().to_string();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("fustian-udp/uring"))
+            .expect("a row per scenario");
+        assert!(row.contains("2.00 (1.00-3.00)"), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("kernel-vxlan")),
+            "{text}"
+        );
+        assert!(
+            text.contains("ratio to kernel VXLAN") && text.contains("tcp x1 a->b 0.50"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fustian-udp/uring node a: tx_packets=7"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_svg_has_one_bar_per_scenario_and_metric() {
+        let svg = report().svg();
+        let doc = roxmltree::Document::parse(&svg).expect("the SVG parses as XML");
+        let bars = doc
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("bar"))
+            .count();
+        // Three measured pairs; kernel-vxlan has no rtt p50.
+        assert_eq!(bars, 3);
+    }
+
+    #[test]
+    fn json_names_every_metric() {
+        let path = std::env::temp_dir().join(format!("fustian-report-{}.json", std::process::id()));
+        report().write_json(&path).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read back");
+        let _ = std::fs::remove_file(&path);
+        let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(value["metrics"].as_array().map(Vec::len), Some(3));
+        assert_eq!(value["repeat"], 3);
+    }
+}
