@@ -265,12 +265,17 @@ impl Cluster {
     }
 
     fn counter(&self, i: usize, name: &str) -> u64 {
-        std::fs::read_to_string(self.stats_path(i))
-            .map(|t| fustian::metrics::parse_prometheus(&t))
-            .unwrap_or_default()
+        self.written(i, name).unwrap_or(0)
+    }
+
+    /// Returns one counter of node `i` as its stats file has it, `None` while the file or the
+    /// counter is missing.
+    fn written(&self, i: usize, name: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.stats_path(i)).ok()?;
+        fustian::metrics::parse_prometheus(&text)
             .into_iter()
             .find(|(k, _)| k == name)
-            .map_or(0, |(_, v)| v)
+            .map(|(_, v)| v)
     }
 
     fn pod_addr(&self, i: usize, port: u16) -> SocketAddr {
@@ -602,17 +607,23 @@ fn ten_nodes_started_at_once_never_share_a_subnet() {
     }
 }
 
+/// etcd stops during a TCP transfer and stays away until node 0 has gone longer than its
+/// lease's TTL without reaching it; the transfer completes intact, the node reconnects and
+/// still holds its lease.
 #[test]
-fn etcd_down_for_30_seconds_during_a_transfer() {
-    if skip("etcd_down_for_30_seconds_during_a_transfer") {
+fn etcd_down_past_the_lease_ttl_during_a_transfer() {
+    if skip("etcd_down_past_the_lease_ttl_during_a_transfer") {
         return;
     }
     let _serial = serial();
     let mut c = Cluster::new(2);
     c.set_network("udp");
-    // A short lease, so it expires while etcd is down and must be granted again (renewed
-    // every second while etcd is up: the TTL is shorter than the renew margin).
-    let ttl = ["--subnet-lease-ttl", "20"];
+    // A short lease, renewed every second while etcd is up (the TTL is shorter than the renew
+    // margin), so the outage outlasts it: whatever etcd makes of the lease meanwhile (kept, or
+    // expired and granted again), the node must hold it afterwards.
+    const TTL: Duration = Duration::from_secs(20);
+    let ttl_secs = TTL.as_secs().to_string();
+    let ttl = ["--subnet-lease-ttl", ttl_secs.as_str()];
     let s0 = c.start_node(0, &ttl);
     c.start_node(1, &ttl);
     assert!(wait_for(Duration::from_secs(5), || c
@@ -621,7 +632,7 @@ fn etcd_down_for_30_seconds_during_a_transfer() {
     let stop = Arc::new(AtomicBool::new(false));
     let addr = c.pod_addr(1, 5201);
     let mut etcd = c.etcd.take().expect("etcd runs");
-    let (r, restarted, flowing) = std::thread::scope(|s| {
+    let (r, restarted, seen) = std::thread::scope(|s| {
         let transfer = s.spawn(|| {
             tcp_bulk(
                 &c.pods[0],
@@ -633,21 +644,46 @@ fn etcd_down_for_30_seconds_during_a_transfer() {
             )
         });
         // The transfer is under way (node 1 has received a few MiB of it), then etcd goes
-        // away for 30 s: the scenario's length, longer than the lease's TTL.
+        // away.
         let flowing = wait_for(Duration::from_secs(10), || {
             c.counter(1, "rx_bytes") > 4 << 20
         });
         etcd.stop(Duration::from_secs(5));
-        std::thread::sleep(Duration::from_secs(30));
+        // etcd stays away until node 0's own counters show it went past the TTL without etcd:
+        // it saw the connection go (`etcd_connected` 0), and a later attempt to reach etcd
+        // failed (a new `etcd_reconnects`) more than the TTL after that. The extra second
+        // covers the stats file's period, so the failed attempt itself lies past the TTL.
+        let lost = wait_for(Duration::from_secs(15), || {
+            c.written(0, "etcd_connected") == Some(0)
+        });
+        let since = Instant::now();
+        let mut failures = c.counter(0, "etcd_reconnects");
+        // Reconnect backoff is at most 10 s, and one attempt at most 8 s of timeouts.
+        let outlasted = lost
+            && wait_for(TTL + Duration::from_secs(40), || {
+                let now = c.counter(0, "etcd_reconnects");
+                let failed_again = now > failures;
+                failures = now;
+                failed_again && since.elapsed() > TTL + Duration::from_secs(1)
+            });
+        let outage = since.elapsed();
         let restarted = launch_etcd(&c.hub, c.dir.path());
         (
             transfer.join().expect("transfer thread"),
             restarted,
-            flowing,
+            (flowing, lost, outlasted, outage),
         )
     });
     c.etcd = Some(restarted);
+    let (flowing, lost, outlasted, outage) = seen;
+    eprintln!("etcd was away for {outage:?} after node 0 lost it (lease TTL {TTL:?})");
     assert!(flowing, "the transfer did not start:\n{}", c.log(1));
+    assert!(lost, "node 0 did not notice etcd going away:\n{}", c.log(0));
+    assert!(
+        outlasted,
+        "node 0 made no failed attempt past the TTL ({outage:?} without etcd):\n{}",
+        c.log(0)
+    );
     let r = r.expect("transfer runs");
     assert!(r.intact() && r.sent > 0, "{r:?}");
     let back = wait_for(Duration::from_secs(20), || {
