@@ -123,18 +123,10 @@ impl Sender {
             |at| sock.send_batch(mm, data, &queue[at..]),
             || matches!(sock.wait_writable(SEND_WAIT_MS), Ok(true)),
             Stalls::WaitEachTime,
-            |report| match report {
-                Report::Sent { at, n } => {
-                    let bytes: usize = queue[at..at + n].iter().map(|t| t.len).sum();
-                    Counters::add(&counters.tx_packets, n as u64);
-                    Counters::add(&counters.tx_bytes, bytes as u64);
-                }
-                Report::Dropped { n, error } => {
-                    if let Some(e) = error {
-                        log.error(e);
-                    }
-                    counters.drop_packets(DropReason::TxError, n as u64);
-                }
+            |report| {
+                count_sends(counters, log, report, |at, n| {
+                    queue[at..at + n].iter().map(|t| t.len).sum()
+                });
             },
         );
     }
@@ -174,23 +166,34 @@ impl Sender {
                 true
             },
             Stalls::WaitOnce,
-            |report| match report {
-                Report::Sent { at, n } => {
-                    let bytes: usize = segs[at..at + n]
-                        .iter()
-                        .map(crate::wire::Segment::len)
-                        .sum();
-                    Counters::add(&counters.tx_packets, n as u64);
-                    Counters::add(&counters.tx_bytes, bytes as u64);
-                }
-                Report::Dropped { n, error } => {
-                    if let Some(e) = error {
-                        log.error(e);
-                    }
-                    counters.drop_packets(DropReason::TxError, n as u64);
-                }
+            |report| {
+                count_sends(counters, log, report, |at, n| {
+                    segs[at..at + n].iter().map(crate::wire::Segment::len).sum()
+                });
             },
         );
+    }
+}
+
+/// Counts what [`send_in_order`] reports: datagrams sent (`bytes(at, n)` of them) or
+/// dropped as `tx_error`, logging the error that dropped them.
+fn count_sends(
+    counters: &Counters,
+    log: &mut RateLimitedLog,
+    report: Report<'_>,
+    bytes: impl FnOnce(usize, usize) -> usize,
+) {
+    match report {
+        Report::Sent { at, n } => {
+            Counters::add(&counters.tx_packets, n as u64);
+            Counters::add(&counters.tx_bytes, bytes(at, n) as u64);
+        }
+        Report::Dropped { n, error } => {
+            if let Some(e) = error {
+                log.error(e);
+            }
+            counters.drop_packets(DropReason::TxError, n as u64);
+        }
     }
 }
 
@@ -211,7 +214,10 @@ enum Report<'a> {
     /// Datagrams `at..at + n` went.
     Sent { at: usize, n: usize },
     /// The next `n` datagrams were dropped (with the error that made it so, if any).
-    Dropped { n: usize, error: Option<&'a io::Error> },
+    Dropped {
+        n: usize,
+        error: Option<&'a io::Error>,
+    },
 }
 
 /// Hands `count` datagrams to `send` strictly front to back: `send(at)` sends from datagram
@@ -361,7 +367,12 @@ mod tests {
     /// A socket that answers from a script: `Some(k)` takes up to `k` datagrams, `None` says
     /// its buffer is full, `Some(0)` refuses the first; after the script it takes everything.
     /// Returns the datagrams in the order the socket took them, and the drops reported.
-    fn run(count: usize, script: &[Option<usize>], room: &[bool], stalls: Stalls) -> (Vec<usize>, usize) {
+    fn run(
+        count: usize,
+        script: &[Option<usize>],
+        room: &[bool],
+        stalls: Stalls,
+    ) -> (Vec<usize>, usize) {
         let mut taken = Vec::new();
         let mut answers = script.iter();
         let mut rooms = room.iter();
@@ -395,7 +406,12 @@ mod tests {
     #[test]
     fn a_flow_whose_first_send_stalls_keeps_its_order() {
         // The socket buffer is full at the first datagram, then has room.
-        let (taken, dropped) = run(5, &[None, Some(2), None, Some(9)], &[true, true], Stalls::WaitEachTime);
+        let (taken, dropped) = run(
+            5,
+            &[None, Some(2), None, Some(9)],
+            &[true, true],
+            Stalls::WaitEachTime,
+        );
         assert_eq!(taken, vec![0, 1, 2, 3, 4]);
         assert_eq!(dropped, 0);
         // It stays full: the rest is dropped, nothing is sent late.

@@ -43,6 +43,7 @@ pub(super) fn writev(fd: &OwnedFd, parts: &[&[u8]]) -> io::Result<usize> {
     };
     let mut iov = [empty; 3];
     let n = parts.len().min(iov.len());
+    let count = libc::c_int::try_from(n).unwrap_or(0);
     for (v, p) in iov.iter_mut().zip(&parts[..n]) {
         *v = libc::iovec {
             iov_base: p.as_ptr().cast_mut().cast(),
@@ -52,7 +53,7 @@ pub(super) fn writev(fd: &OwnedFd, parts: &[&[u8]]) -> io::Result<usize> {
     retry_if_interrupted(|| {
         // SAFETY: the first `n` iovecs point at slices that stay borrowed for the duration of
         // the call, and the kernel only reads them; `n` is at most 3.
-        syscall!(writev(fd.as_raw_fd(), iov.as_ptr(), n as libc::c_int))
+        syscall!(writev(fd.as_raw_fd(), iov.as_ptr(), count))
     })
     .map(|n| n.unsigned_abs())
 }

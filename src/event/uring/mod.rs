@@ -64,7 +64,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 
 use self::ring::{BufRing, Completion, Kind, Ring};
 use super::buf::SlotBuf;
@@ -480,13 +480,9 @@ impl Loop {
         let r = slot.msg.decode(len, slot.buf.len());
         self.core.udp_read(snap, &mut slot.buf, &r);
         if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
-            let slot = &mut self.rx[j];
             let ud = Kind::RxWrite.user_data(j);
-            let bytes = &slot.buf[start..start + len];
-            let entry = opcode::Write::new(types::Fd(self.tun_fd), bytes.as_ptr(), len_u32(len))
-                .build()
-                .user_data(ud);
-            slot.inflight = ud;
+            let entry = tun_write(self.tun_fd, &self.rx[j].buf[start..start + len], ud);
+            self.rx[j].inflight = ud;
             // SAFETY: the bytes are in this slot's boxed buffer, which is not touched again
             // (no receive is armed on it) until this write's completion is reaped.
             unsafe { self.ring.push(&entry)? };
@@ -589,10 +585,9 @@ impl Loop {
         let payload = &mut m.ring.buf(bid)[MULTI_HEADER..];
         self.core.udp_read(snap, payload, &r);
         if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
-            let bytes = &m.ring.buf(bid)[MULTI_HEADER + start..MULTI_HEADER + start + len];
-            let entry = opcode::Write::new(types::Fd(self.tun_fd), bytes.as_ptr(), len_u32(len))
-                .build()
-                .user_data(Kind::RxMultiWrite.user_data(usize::from(bid)));
+            let at = MULTI_HEADER + start;
+            let ud = Kind::RxMultiWrite.user_data(usize::from(bid));
+            let entry = tun_write(self.tun_fd, &m.ring.buf(bid)[at..at + len], ud);
             // SAFETY: the buffer is not given back to the kernel until this write's completion
             // is reaped (`on_multi_write`), and the ring's memory lives as long as the ring.
             unsafe { self.ring.push(&entry)? };
@@ -699,6 +694,14 @@ impl Loop {
             .collect();
         self.ring.cancel_all(&pending)
     }
+}
+
+/// The ring write of `bytes` to the TUN device `fd`; the caller keeps `bytes` in place until
+/// its completion is reaped.
+fn tun_write(fd: RawFd, bytes: &[u8], user_data: u64) -> squeue::Entry {
+    opcode::Write::new(types::Fd(fd), bytes.as_ptr(), len_u32(bytes.len()))
+        .build()
+        .user_data(user_data)
 }
 
 /// A completion's result as the outcome of a write.
