@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use fustian::cli::{Cli, Command};
 use fustian::config::{NodeConfig, RawNode};
+use fustian::control::ControlPlane;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -34,13 +35,8 @@ fn main() -> ExitCode {
     }
 }
 
-use fustian::node::ExtraMetrics;
-/// A node configuration, its control plane and the control plane's metrics.
-type Joined = (
-    NodeConfig,
-    Option<fustian::node::ControlPlane>,
-    Option<ExtraMetrics>,
-);
+/// A node configuration and the control source that keeps its table current.
+type Joined = (NodeConfig, ControlPlane);
 
 /// Joins the network through etcd: reads flannel's config, acquires a subnet and lists the
 /// peers, then returns the node configuration and the agent that keeps the table current.
@@ -151,11 +147,7 @@ fn join_etcd(
     raw.subnet_file = Some(subnet_file.to_string_lossy().into_owned());
     let mut config = NodeConfig::resolve(&raw, file.map(|(p, r)| (p.as_path(), r)))?;
     config.peers = joined.peers;
-    let state = agent.state();
-    let metrics: ExtraMetrics = Arc::new(move || state.render_prometheus());
-    let control: fustian::node::ControlPlane =
-        Box::new(move |table, stop| agent.run(&table, &stop));
-    Ok(Some((config, Some(control), Some(metrics))))
+    Ok(Some((config, agent.into_source())))
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -230,41 +222,43 @@ fn run_node(
     stop: &Arc<AtomicBool>,
     status: Option<Arc<fustian::http::Status>>,
 ) -> anyhow::Result<()> {
-    let (config, control, extra_metrics) = match &args.etcd_endpoints_or_default() {
+    let (config, mut controls, managed) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
-            Some(joined) => joined,
+            Some((config, etcd)) => (config, vec![etcd], true),
             // Stopped while waiting for etcd.
             None => return Ok(()),
         },
         None => (
             NodeConfig::resolve(&args.raw(), file.map(|(p, r)| (p.as_path(), r)))?,
-            None,
-            None,
+            Vec::new(),
+            false,
         ),
     };
-    // SIGHUP re-reads the peers from the config file (with etcd, etcd has them).
-    let reload = match args.config.as_ref().filter(|_| control.is_none()) {
-        Some(path) => {
-            let requested = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&requested))?;
-            Some(fustian::node::Reload {
-                path: path.clone(),
-                flags: args.raw(),
-                requested,
-            })
-        }
-        None => None,
-    };
+    // Without etcd, the config file is the source of the peers: read again when it changes
+    // or on SIGHUP.
+    if let (false, Some(path)) = (managed, &args.config) {
+        let requested = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&requested))?;
+        let reload = fustian::control::file::Reload {
+            path: path.clone(),
+            flags: args.raw(),
+            requested,
+        };
+        controls.push(fustian::control::file::source(config.clone(), reload));
+    }
+    // Synthetic updates, for tests and measurements.
+    controls.extend(fustian::control::churn::source(
+        config.clone(),
+        args.table_churn,
+    ));
     let opts = fustian::node::RunOptions {
         stats_file: args.stats_file.clone(),
-        table_churn: args.table_churn,
         multishot: !args.no_multishot,
-        reload,
         user: args.user.clone(),
         keep_privileges: args.keep_privileges,
-        extra_metrics,
+        subnet_file_required: managed,
         status,
     };
-    fustian::node::run(&config, &opts, stop, control)?;
+    fustian::node::run(&config, &opts, stop, controls)?;
     Ok(())
 }

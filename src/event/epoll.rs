@@ -183,7 +183,7 @@ impl Loop {
                     peer,
                 } => {
                     if let Some(stats) = snap.peer_stats(peer) {
-                        stats.add_tx(1, len as u64);
+                        stats.add_tx(self.w.id, 1, len as u64);
                     }
                     let base = self.tun_bufs.offset(read);
                     let socket =

@@ -124,7 +124,7 @@ impl OffloadIo {
                         Counters::add(&counters.tun_rx_super_segments, count as u64);
                         if let Some(stats) = snap.peer_stats(route.peer) {
                             let bytes: usize = self.segs[..count].iter().map(Segment::len).sum();
-                            stats.add_tx(count as u64, bytes as u64);
+                            stats.add_tx(w.id, count as u64, bytes as u64);
                         }
                         TunRead::Segments {
                             socket: super::pick_socket(route.flow, w.tx_pool.len()),
@@ -239,7 +239,7 @@ impl OffloadIo {
             let (start, len) = match forward::inbound(snap, &w.fwd, from, chunk) {
                 Verdict::Deliver { start, len, peer } => {
                     if let Some(stats) = snap.peer_stats(peer) {
-                        stats.add_rx(1, chunk.len() as u64);
+                        stats.add_rx(w.id, 1, chunk.len() as u64);
                     }
                     (start, len)
                 }

@@ -444,7 +444,7 @@ impl Loop {
                 peer,
             } => {
                 if let Some(stats) = snap.peer_stats(peer) {
-                    stats.add_tx(1, len as u64);
+                    stats.add_tx(self.w.id, 1, len as u64);
                 }
                 let fd = match self.w.tx_pool.len() {
                     0 => self.w.udp.as_raw_fd(),
@@ -531,7 +531,7 @@ impl Loop {
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
             Verdict::Deliver { start, len, peer } if len <= self.w.fwd.max_inner_len => {
                 if let Some(stats) = snap.peer_stats(peer) {
-                    stats.add_rx(1, datagram.len() as u64);
+                    stats.add_rx(self.w.id, 1, datagram.len() as u64);
                 }
                 let inner = &mut datagram[start..start + len];
                 if complete_partial_checksum(inner) {
@@ -547,7 +547,7 @@ impl Loop {
             }
             Verdict::Deliver { start, len, peer } => {
                 if let Some(stats) = snap.peer_stats(peer) {
-                    stats.add_rx(1, datagram.len() as u64);
+                    stats.add_rx(self.w.id, 1, datagram.len() as u64);
                 }
                 // A super-packet from a kernel peer on this host: cut it and write the pieces
                 // right away; this path is rare and needs several writes anyway.
@@ -732,7 +732,7 @@ impl Loop {
         match forward::inbound(snap, &self.w.fwd, from, datagram) {
             Verdict::Deliver { start, len, peer } if len <= self.w.fwd.max_inner_len => {
                 if let Some(stats) = snap.peer_stats(peer) {
-                    stats.add_rx(1, datagram.len() as u64);
+                    stats.add_rx(self.w.id, 1, datagram.len() as u64);
                 }
                 let inner = &mut datagram[start..start + len];
                 if complete_partial_checksum(inner) {
@@ -747,7 +747,7 @@ impl Loop {
             }
             Verdict::Deliver { start, len, peer } => {
                 if let Some(stats) = snap.peer_stats(peer) {
-                    stats.add_rx(1, datagram.len() as u64);
+                    stats.add_rx(self.w.id, 1, datagram.len() as u64);
                 }
                 super::write_segmented(
                     &self.w.tun,
@@ -865,7 +865,7 @@ impl Loop {
                 peer,
             } => {
                 if let Some(stats) = snap.peer_stats(peer) {
-                    stats.add_tx(1, len as u64);
+                    stats.add_tx(self.w.id, 1, len as u64);
                 }
                 let fd = match self.w.tx_pool.len() {
                     0 => self.w.udp.as_raw_fd(),
