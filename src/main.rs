@@ -49,9 +49,10 @@ fn join_etcd(
     status: Option<&fustian::http::Status>,
 ) -> anyhow::Result<Option<Joined>> {
     use anyhow::Context as _;
+    use fustian::config::{Managed, ManagedBackend};
     use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet};
     use fustian::control::lease::{Backend, DEFAULT_PREFIX};
-    let mut raw = args.raw();
+    let raw = args.raw();
     let public_ip: std::net::Ipv4Addr = raw
         .public_ip
         .as_deref()
@@ -119,8 +120,6 @@ fn join_etcd(
              rules: run without --ip-masq or with EnableNFTables false"
         );
     }
-    raw.network = Some(joined.config.network.to_string());
-    raw.subnet = Some(joined.subnet.to_string());
     // The network config sets the wire for every node: a flag may repeat it, never change it.
     let backend = joined.config.backend;
     let agree = |flag: &str, given: Option<String>, config: String| match given {
@@ -135,17 +134,24 @@ fn join_etcd(
         raw.port.map(|p| p.to_string()),
         backend.port().to_string(),
     )?;
-    raw.backend = Some(backend.name().to_owned());
-    raw.port = Some(u32::from(backend.port()));
-    if let Backend::Vxlan { vni, .. } = backend {
-        agree("--vni", raw.vni.map(|v| v.to_string()), vni.to_string())?;
-        raw.vni = Some(vni);
-        raw.vtep_mac = mac.map(|m| m.to_string());
-    }
-    // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins here.
-    raw.mtu = raw.mtu.or(backend.tun_mtu());
-    raw.subnet_file = Some(subnet_file.to_string_lossy().into_owned());
-    let mut config = NodeConfig::resolve(&raw, file.map(|(p, r)| (p.as_path(), r)))?;
+    let managed_backend = match backend {
+        Backend::Vxlan { vni, .. } => {
+            agree("--vni", raw.vni.map(|v| v.to_string()), vni.to_string())?;
+            ManagedBackend::Vxlan { vni, vtep_mac: mac }
+        }
+        Backend::Udp { .. } => ManagedBackend::Udp,
+    };
+    let managed = Managed {
+        network: joined.config.network.into(),
+        subnet: joined.subnet.into(),
+        backend: managed_backend,
+        port: backend.port(),
+        // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins.
+        mtu: backend.tun_mtu(),
+        subnet_file,
+    };
+    let mut config =
+        NodeConfig::resolve_managed(&raw, file.map(|(p, r)| (p.as_path(), r)), &managed)?;
     config.peers = joined.peers;
     Ok(Some((config, agent.into_source())))
 }
