@@ -845,6 +845,102 @@ mod tests {
 
     use super::*;
 
+    fn managed() -> Managed {
+        Managed {
+            network: "10.244.0.0/16".parse().expect("literal"),
+            subnet: "10.244.9.0/24".parse().expect("literal"),
+            backend: ManagedBackend::Vxlan {
+                vni: 7,
+                vtep_mac: Some("02:00:00:00:00:09".parse().expect("literal")),
+            },
+            port: 8472,
+            mtu: Some(1400),
+            subnet_file: PathBuf::from("/run/test/subnet.env"),
+        }
+    }
+
+    #[test]
+    fn a_managed_network_settles_its_fields_typed() {
+        let raw = RawNode {
+            public_ip: Some("192.0.2.1".into()),
+            ..RawNode::default()
+        };
+        let c = NodeConfig::resolve_managed(&raw, None, &managed()).expect("valid");
+        assert_eq!(c.network, managed().network);
+        assert_eq!(c.subnet, managed().subnet);
+        assert_eq!(c.port, 8472);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.subnet_file, PathBuf::from("/run/test/subnet.env"));
+        assert!(!c.strict_source_port, "vxlan peers send from any port");
+        match c.backend {
+            BackendConfig::Vxlan { vni, vtep_mac, .. } => {
+                assert_eq!(vni, 7);
+                assert_eq!(
+                    vtep_mac,
+                    Some("02:00:00:00:00:09".parse().expect("literal"))
+                );
+            }
+            BackendConfig::Udp => panic!("the network says vxlan"),
+        }
+        // --mtu still wins over the network's; the file's subnet settings do not count.
+        let file = RawNode {
+            network: Some("10.99.0.0/16".into()),
+            subnet: Some("10.99.1.0/24".into()),
+            mtu: Some(1200),
+            ..RawNode::default()
+        };
+        let flags = RawNode {
+            mtu: Some(1300),
+            ..raw.clone()
+        };
+        let path = Path::new("node.toml");
+        let c =
+            NodeConfig::resolve_managed(&flags, Some((path, &file)), &managed()).expect("valid");
+        assert_eq!((c.mtu, c.network), (Some(1300), managed().network));
+        // The network's MTU wins over the file's.
+        let c = NodeConfig::resolve_managed(&raw, Some((path, &file)), &managed()).expect("valid");
+        assert_eq!(c.mtu, Some(1400));
+        // udp: the flag's port rules are not consulted, the source port is checked.
+        let udp = Managed {
+            backend: ManagedBackend::Udp,
+            port: 8285,
+            mtu: None,
+            ..managed()
+        };
+        let c = NodeConfig::resolve_managed(&raw, None, &udp).expect("valid");
+        assert_eq!((c.backend, c.port, c.mtu), (BackendConfig::Udp, 8285, None));
+        assert!(c.strict_source_port);
+    }
+
+    #[test]
+    fn a_managed_network_s_bad_values_are_named() {
+        let raw = RawNode {
+            public_ip: Some("192.0.2.1".into()),
+            ..RawNode::default()
+        };
+        let bad_vni = Managed {
+            backend: ManagedBackend::Vxlan {
+                vni: crate::wire::vxlan::MAX_VNI + 1,
+                vtep_mac: None,
+            },
+            ..managed()
+        };
+        let e = NodeConfig::resolve_managed(&raw, None, &bad_vni).expect_err("24 bits");
+        assert!(e.to_string().contains("the network config's VNI"), "{e}");
+        let outside = Managed {
+            subnet: "10.245.0.0/24".parse().expect("literal"),
+            ..managed()
+        };
+        let e = NodeConfig::resolve_managed(&raw, None, &outside).expect_err("outside");
+        assert!(e.to_string().contains("not inside the network"), "{e}");
+        let small = Managed {
+            mtu: Some(20),
+            ..managed()
+        };
+        let e = NodeConfig::resolve_managed(&raw, None, &small).expect_err("too small");
+        assert!(e.to_string().contains("the network config's MTU"), "{e}");
+    }
+
     fn cli() -> RawNode {
         RawNode {
             network: Some("10.244.0.0/16".into()),
