@@ -704,3 +704,86 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::file::FileCounters;
+
+    fn view() -> NodeView {
+        let local = "10.244.1.0/24".parse().expect("literal");
+        let peer = crate::table::Peer {
+            subnet: "10.244.2.0/24".parse().expect("literal"),
+            endpoint: "192.0.2.2:8285".parse().expect("literal"),
+            vtep_mac: None,
+        };
+        let table = Arc::new(Table::new(
+            Snapshot::new(vec![local], vec![peer]).expect("valid"),
+            2,
+        ));
+        let metrics = Arc::new(Metrics::new(2));
+        crate::metrics::Counters::add(&metrics.worker(1).tx_packets, 5);
+        let stats = table.load();
+        let stats = stats.peer_stats(0).expect("peer");
+        stats.add_tx(0, 2, 200);
+        stats.add_tx(1, 3, 300);
+        stats.add_rx(1, 1, 50);
+        let file = FileCounters::default();
+        file.reloads.fetch_add(4, Ordering::Relaxed);
+        NodeView {
+            head: serde_json::json!({"subnet": "10.244.1.0/24"}),
+            info: "# TYPE fustian_info gauge\nfustian_info{backend=\"udp\"} 1\n".to_owned(),
+            metrics,
+            table,
+            sources: vec![Arc::new(file)],
+            masq: Some(Box::new(|| vec![("iptables_repairs".to_owned(), 1)])),
+        }
+    }
+
+    #[test]
+    fn status_is_built_from_the_typed_counters() {
+        let v = view().status_json();
+        assert_eq!(v["subnet"], "10.244.1.0/24");
+        let peer = &v["table"]["peers"][0];
+        assert_eq!(peer["endpoint"], "192.0.2.2:8285");
+        assert_eq!(
+            (&peer["tx_packets"], &peer["tx_bytes"], &peer["rx_bytes"]),
+            (&5.into(), &500.into(), &50.into())
+        );
+        let c = &v["counters"];
+        assert_eq!(c["tx_packets"], 5);
+        assert_eq!(c["drop_no_route"], 0);
+        assert_eq!(c["table_generation"], 1);
+        assert_eq!(c["table_peers"], 1);
+        assert_eq!(c["config_reloads"], 4);
+        assert_eq!(c["iptables_repairs"], 1);
+        let names = c.as_object().expect("object");
+        assert!(
+            names
+                .keys()
+                .all(|k| !k.contains('{') && !k.starts_with("peer_")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn the_text_carries_every_part_and_the_same_numbers() {
+        let view = view();
+        let text = view.render_prometheus();
+        assert!(text.contains(
+            "fustian_peer_tx_bytes{subnet=\"10.244.2.0/24\",endpoint=\"192.0.2.2:8285\"} 500"
+        ));
+        assert!(text.contains("fustian_info{backend=\"udp\"} 1"));
+        // Every counter of /status is in the text under the same name with the same value.
+        let parsed = crate::metrics::parse_prometheus(&text);
+        let status = view.status_json();
+        for (name, value) in status["counters"].as_object().expect("object") {
+            assert!(
+                parsed
+                    .iter()
+                    .any(|(k, v)| k == name && Some(*v) == value.as_u64()),
+                "{name} {value}"
+            );
+        }
+    }
+}
