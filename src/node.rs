@@ -114,51 +114,20 @@ pub fn run(
         workers,
     ));
     let metrics = Arc::new(Metrics::new(workers));
-    let listen = SocketAddr::new(config.public_ip, config.port);
-    tracing::info!(
-        tun = %device.name,
-        created = device.created,
-        mtu = device.mtu,
-        subnet = %config.subnet,
-        network = %config.network,
-        %listen,
-        backend = encap.name(),
-        io = backend.name(),
-        io_reason = %why,
-        offload = %offloads.describe(),
-        workers,
-        peers = config.peers.len(),
-        "node up"
-    );
+    let facts = Facts {
+        config,
+        device: &device,
+        encap,
+        backend,
+        why: &why,
+        offloads,
+    };
+    facts.log_node_up();
     let mut masq = start_masquerade(config)?;
     write_subnet_file_step(config, device.mtu, opts.subnet_file_required)?;
     let view = Arc::new(NodeView {
-        head: serde_json::json!({
-            "tun": device.name,
-            "mtu": device.mtu,
-            "network": config.network.to_string(),
-            "subnet": config.subnet.to_string(),
-            "listen": listen.to_string(),
-            "backend": encap.name(),
-            "vni": match encap { Encap::Vxlan(p) => Some(p.vni), Encap::Flannel => None },
-            "vtep_mac": match encap {
-                Encap::Vxlan(p) => Some(p.local_mac.to_string()),
-                Encap::Flannel => None,
-            },
-            "io": backend.name(),
-            "io_reason": why,
-            "offloads": offloads.describe(),
-            "workers": workers,
-        }),
-        info: format!(
-            "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
-             tun=\"{}\",subnet=\"{}\"}} 1\n",
-            encap.name(),
-            backend.name(),
-            offloads.describe(),
-            device.name,
-            config.subnet,
-        ),
+        head: facts.status_head(),
+        info: facts.info_gauge(),
         metrics: Arc::clone(&metrics),
         table: Arc::clone(&table),
         sources: controls.iter().filter_map(|c| c.metrics.clone()).collect(),
@@ -191,7 +160,17 @@ pub fn run(
         offloads,
         tun_mtu: device.mtu as usize,
     };
-    let handles = spawn_workers(backend, device.queues, sockets, &shared)?;
+    let handles = match spawn_workers(backend, device.queues, sockets, &shared) {
+        Ok(handles) => handles,
+        Err(e) => {
+            // The workers already started and the control sources stop with the flag.
+            stop.store(true, Ordering::Relaxed);
+            for t in control_threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+    };
     supervise(opts, stop, &handles, &view);
     teardown(
         opts,
@@ -405,6 +384,77 @@ fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Resu
         tracing::warn!("cannot {what}: {e}");
     }
     Ok(())
+}
+
+/// What the node runs, settled by setup: logged once, shown by `/status` and the
+/// `fustian_info` gauge.
+struct Facts<'a> {
+    config: &'a NodeConfig,
+    device: &'a Device,
+    encap: Encap,
+    backend: Backend,
+    why: &'a str,
+    offloads: Offloads,
+}
+
+impl Facts<'_> {
+    fn listen(&self) -> SocketAddr {
+        SocketAddr::new(self.config.public_ip, self.config.port)
+    }
+
+    /// Logs the "node up" line.
+    fn log_node_up(&self) {
+        tracing::info!(
+            tun = %self.device.name,
+            created = self.device.created,
+            mtu = self.device.mtu,
+            subnet = %self.config.subnet,
+            network = %self.config.network,
+            listen = %self.listen(),
+            backend = self.encap.name(),
+            io = self.backend.name(),
+            io_reason = %self.why,
+            offload = %self.offloads.describe(),
+            workers = self.device.queues.len(),
+            peers = self.config.peers.len(),
+            "node up"
+        );
+    }
+
+    /// `/status`'s fixed fields.
+    fn status_head(&self) -> serde_json::Value {
+        let vxlan = match self.encap {
+            Encap::Vxlan(p) => Some(p),
+            Encap::Flannel => None,
+        };
+        serde_json::json!({
+            "tun": self.device.name,
+            "mtu": self.device.mtu,
+            "network": self.config.network.to_string(),
+            "subnet": self.config.subnet.to_string(),
+            "listen": self.listen().to_string(),
+            "backend": self.encap.name(),
+            "vni": vxlan.map(|p| p.vni),
+            "vtep_mac": vxlan.map(|p| p.local_mac.to_string()),
+            "io": self.backend.name(),
+            "io_reason": self.why,
+            "offloads": self.offloads.describe(),
+            "workers": self.device.queues.len(),
+        })
+    }
+
+    /// The `fustian_info` gauge, in the Prometheus text format.
+    fn info_gauge(&self) -> String {
+        format!(
+            "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
+             tun=\"{}\",subnet=\"{}\"}} 1\n",
+            self.encap.name(),
+            self.backend.name(),
+            self.offloads.describe(),
+            self.device.name,
+            self.config.subnet,
+        )
+    }
 }
 
 /// The masquerade keeper's counters, as `(name, value)` pairs.
