@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("lookup_miss", n), &n, |b, _| {
             b.iter(|| black_box(snap.lookup(black_box(miss)).map(|p| p.0)));
         });
-        let table = Table::new(Snapshot::default());
+        let table = Table::new(Snapshot::default(), 1);
         group.bench_with_input(BenchmarkId::new("build_and_publish", n), &n, |b, &n| {
             let list = peers(n);
             b.iter(|| {

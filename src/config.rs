@@ -102,6 +102,8 @@ pub enum Origin {
         /// The field.
         field: String,
     },
+    /// The managed network's config (etcd), through [`Managed`].
+    Network(&'static str),
 }
 
 impl fmt::Display for Origin {
@@ -109,6 +111,7 @@ impl fmt::Display for Origin {
         match self {
             Self::Flag(name) => write!(f, "--{name}"),
             Self::File { path, field } => write!(f, "{}: {field}", path.display()),
+            Self::Network(field) => write!(f, "the network config's {field}"),
         }
     }
 }
@@ -295,6 +298,39 @@ pub struct NodeConfig {
     pub traffic: TrafficConfig,
 }
 
+/// What a managed network (joined through etcd) settles for this node: typed values that
+/// take the place of the flags and the file for these settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    /// The overlay network.
+    pub network: IpNet,
+    /// This node's subnet (its lease).
+    pub subnet: IpNet,
+    /// The encapsulation every node of the network uses.
+    pub backend: ManagedBackend,
+    /// The UDP port every node of the network listens on.
+    pub port: u16,
+    /// The TUN MTU the network config asks for; `--mtu` still wins, and without either the
+    /// underlay decides.
+    pub mtu: Option<u32>,
+    /// Where the subnet file goes.
+    pub subnet_file: PathBuf,
+}
+
+/// The encapsulation of a managed network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManagedBackend {
+    /// flannel's `udp` format.
+    Udp,
+    /// VXLAN.
+    Vxlan {
+        /// The network's VNI.
+        vni: u32,
+        /// This node's VTEP MAC, as written into its lease.
+        vtep_mac: Option<MacAddress>,
+    },
+}
+
 impl NodeConfig {
     /// Validates settings from flags (`cli`) over settings from a file (`file`, with its path).
     ///
@@ -302,6 +338,30 @@ impl NodeConfig {
     ///
     /// The first [`ConfigError`] found, naming the flag or the file and field.
     pub fn resolve(cli: &RawNode, file: Option<(&Path, &RawNode)>) -> Result<Self, ConfigError> {
+        Self::resolve_with(cli, file, None)
+    }
+
+    /// As [`Self::resolve`], for a node of a managed network: the network, subnet, backend,
+    /// port, VNI, VTEP MAC and subnet file come from `managed`, and its MTU unless `--mtu` is
+    /// given. Checking that flags agree with it is the caller's business.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ConfigError`] found, naming the flag, the file and field, or the network
+    /// config's field.
+    pub fn resolve_managed(
+        cli: &RawNode,
+        file: Option<(&Path, &RawNode)>,
+        managed: &Managed,
+    ) -> Result<Self, ConfigError> {
+        Self::resolve_with(cli, file, Some(managed))
+    }
+
+    fn resolve_with(
+        cli: &RawNode,
+        file: Option<(&Path, &RawNode)>,
+        managed: Option<&Managed>,
+    ) -> Result<Self, ConfigError> {
         let empty = RawNode::default();
         let (path, file_raw) = match file {
             Some((p, r)) => (Some(p), r),
@@ -330,10 +390,20 @@ impl NodeConfig {
             v.ok_or(ConfigError::Missing { flag, field })
         };
 
-        let (network, o) = required(pick!(network, "network"), "network", "network")?;
-        let network = parse_net(&network, o)?;
-        let (subnet_s, o) = required(pick!(subnet, "subnet"), "subnet", "subnet")?;
-        let subnet = parse_net(&subnet_s, o.clone())?;
+        let (network, subnet, subnet_s, o) = match managed {
+            Some(m) => (
+                m.network,
+                m.subnet,
+                m.subnet.to_string(),
+                Origin::Network("subnet"),
+            ),
+            None => {
+                let (network, o) = required(pick!(network, "network"), "network", "network")?;
+                let network = parse_net(&network, o)?;
+                let (subnet_s, o) = required(pick!(subnet, "subnet"), "subnet", "subnet")?;
+                (network, parse_net(&subnet_s, o.clone())?, subnet_s, o)
+            }
+        };
         if !network.contains(&subnet) {
             return Err(invalid(
                 o,
@@ -353,24 +423,47 @@ impl NodeConfig {
             ));
         }
 
-        let vxlan = match pick!(backend, "backend") {
-            None => false,
-            Some((name, o)) => match name.as_str() {
+        let vxlan = match (managed, pick!(backend, "backend")) {
+            (Some(m), _) => matches!(m.backend, ManagedBackend::Vxlan { .. }),
+            (None, None) => false,
+            (None, Some((name, o))) => match name.as_str() {
                 "udp" => false,
                 "vxlan" => true,
                 _ => return Err(invalid(o, &name, "supported backends: udp, vxlan".into())),
             },
         };
-        let vni = match pick!(vni, "vni") {
-            None => 1,
-            Some((v, o)) if v > crate::wire::vxlan::MAX_VNI => {
+        let managed_vxlan = match managed.map(|m| m.backend) {
+            Some(ManagedBackend::Vxlan { vni, vtep_mac }) => Some((vni, vtep_mac)),
+            _ => None,
+        };
+        let vni = match (managed_vxlan, pick!(vni, "vni")) {
+            (Some((vni, _)), _) if vni > crate::wire::vxlan::MAX_VNI => {
+                return Err(invalid(
+                    Origin::Network("VNI"),
+                    &vni.to_string(),
+                    "a VNI has 24 bits".into(),
+                ));
+            }
+            (Some((vni, _)), _) => vni,
+            (None, None) => 1,
+            (None, Some((v, o))) if v > crate::wire::vxlan::MAX_VNI => {
                 return Err(invalid(o, &v.to_string(), "a VNI has 24 bits".into()));
             }
-            Some((v, _)) => v,
+            (None, Some((v, _))) => v,
         };
-        let vtep_mac = match pick!(vtep_mac, "vtep-mac") {
-            None => None,
-            Some((text, o)) => Some(parse_unicast_mac(&text).map_err(|r| invalid(o, &text, r))?),
+        let vtep_mac = match (managed_vxlan, pick!(vtep_mac, "vtep-mac")) {
+            (Some((_, Some(mac))), _) if mac.is_multicast() || mac == MacAddress([0; 6]) => {
+                return Err(invalid(
+                    Origin::Network("VTEP MAC"),
+                    &mac.to_string(),
+                    "a VTEP MAC must be a unicast address".into(),
+                ));
+            }
+            (Some((_, mac)), _) => mac,
+            (None, None) => None,
+            (None, Some((text, o))) => {
+                Some(parse_unicast_mac(&text).map_err(|r| invalid(o, &text, r))?)
+            }
         };
         let port_range = match pick!(port_range, "port-range") {
             None => DEFAULT_PORT_RANGE,
@@ -383,12 +476,13 @@ impl NodeConfig {
             }
             Some((n, _)) => n as usize,
         };
-        let subnet_file = match pick!(subnet_file, "subnet-file") {
-            None => PathBuf::from(DEFAULT_SUBNET_FILE),
-            Some((text, o)) if text.is_empty() => {
+        let subnet_file = match (managed, pick!(subnet_file, "subnet-file")) {
+            (Some(m), _) => m.subnet_file.clone(),
+            (None, None) => PathBuf::from(DEFAULT_SUBNET_FILE),
+            (None, Some((text, o))) if text.is_empty() => {
                 return Err(invalid(o, &text, "must not be empty".into()));
             }
-            Some((text, _)) => PathBuf::from(text),
+            (None, Some((text, _))) => PathBuf::from(text),
         };
         let threads = match pick!(threads, "threads") {
             None => None,
@@ -437,15 +531,23 @@ impl NodeConfig {
         } else {
             BackendConfig::Udp
         };
-        let port = match pick!(port, "port") {
-            None => {
+        let port = match (managed, pick!(port, "port")) {
+            (Some(m), _) if m.port == 0 => {
+                return Err(invalid(
+                    Origin::Network("port"),
+                    "0",
+                    "must be 1..=65535".into(),
+                ));
+            }
+            (Some(m), _) => m.port,
+            (None, None) => {
                 if vxlan {
                     crate::wire::vxlan::DEFAULT_PORT
                 } else {
                     crate::wire::flannel::DEFAULT_PORT
                 }
             }
-            Some((p, o)) => match u16::try_from(p) {
+            (None, Some((p, o))) => match u16::try_from(p) {
                 Ok(p) if p != 0 => p,
                 _ => return Err(invalid(o, &p.to_string(), "must be 1..=65535".into())),
             },
@@ -464,7 +566,12 @@ impl NodeConfig {
                 Some(name)
             }
         };
-        let mtu = match pick!(mtu, "mtu") {
+        // --mtu, then the network config's, then the file's.
+        let mtu_given = match (&cli.mtu, managed.and_then(|m| m.mtu)) {
+            (None, Some(m)) => Some((m, Origin::Network("MTU"))),
+            _ => pick!(mtu, "mtu"),
+        };
+        let mtu = match mtu_given {
             None => None,
             // 68 is the smallest IPv4 MTU (RFC 791); the top keeps outer IP + UDP in 65535.
             Some((m, o)) if !(68..=65_000).contains(&m) => {
@@ -737,6 +844,102 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn managed() -> Managed {
+        Managed {
+            network: "10.244.0.0/16".parse().expect("literal"),
+            subnet: "10.244.9.0/24".parse().expect("literal"),
+            backend: ManagedBackend::Vxlan {
+                vni: 7,
+                vtep_mac: Some("02:00:00:00:00:09".parse().expect("literal")),
+            },
+            port: 8472,
+            mtu: Some(1400),
+            subnet_file: PathBuf::from("/run/test/subnet.env"),
+        }
+    }
+
+    #[test]
+    fn a_managed_network_settles_its_fields_typed() {
+        let raw = RawNode {
+            public_ip: Some("192.0.2.1".into()),
+            ..RawNode::default()
+        };
+        let c = NodeConfig::resolve_managed(&raw, None, &managed()).expect("valid");
+        assert_eq!(c.network, managed().network);
+        assert_eq!(c.subnet, managed().subnet);
+        assert_eq!(c.port, 8472);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.subnet_file, PathBuf::from("/run/test/subnet.env"));
+        assert!(!c.strict_source_port, "vxlan peers send from any port");
+        match c.backend {
+            BackendConfig::Vxlan { vni, vtep_mac, .. } => {
+                assert_eq!(vni, 7);
+                assert_eq!(
+                    vtep_mac,
+                    Some("02:00:00:00:00:09".parse().expect("literal"))
+                );
+            }
+            BackendConfig::Udp => panic!("the network says vxlan"),
+        }
+        // --mtu still wins over the network's; the file's subnet settings do not count.
+        let file = RawNode {
+            network: Some("10.99.0.0/16".into()),
+            subnet: Some("10.99.1.0/24".into()),
+            mtu: Some(1200),
+            ..RawNode::default()
+        };
+        let flags = RawNode {
+            mtu: Some(1300),
+            ..raw.clone()
+        };
+        let path = Path::new("node.toml");
+        let c =
+            NodeConfig::resolve_managed(&flags, Some((path, &file)), &managed()).expect("valid");
+        assert_eq!((c.mtu, c.network), (Some(1300), managed().network));
+        // The network's MTU wins over the file's.
+        let c = NodeConfig::resolve_managed(&raw, Some((path, &file)), &managed()).expect("valid");
+        assert_eq!(c.mtu, Some(1400));
+        // udp: the flag's port rules are not consulted, the source port is checked.
+        let udp = Managed {
+            backend: ManagedBackend::Udp,
+            port: 8285,
+            mtu: None,
+            ..managed()
+        };
+        let c = NodeConfig::resolve_managed(&raw, None, &udp).expect("valid");
+        assert_eq!((c.backend, c.port, c.mtu), (BackendConfig::Udp, 8285, None));
+        assert!(c.strict_source_port);
+    }
+
+    #[test]
+    fn a_managed_network_s_bad_values_are_named() {
+        let raw = RawNode {
+            public_ip: Some("192.0.2.1".into()),
+            ..RawNode::default()
+        };
+        let bad_vni = Managed {
+            backend: ManagedBackend::Vxlan {
+                vni: crate::wire::vxlan::MAX_VNI + 1,
+                vtep_mac: None,
+            },
+            ..managed()
+        };
+        let e = NodeConfig::resolve_managed(&raw, None, &bad_vni).expect_err("24 bits");
+        assert!(e.to_string().contains("the network config's VNI"), "{e}");
+        let outside = Managed {
+            subnet: "10.245.0.0/24".parse().expect("literal"),
+            ..managed()
+        };
+        let e = NodeConfig::resolve_managed(&raw, None, &outside).expect_err("outside");
+        assert!(e.to_string().contains("not inside the network"), "{e}");
+        let small = Managed {
+            mtu: Some(20),
+            ..managed()
+        };
+        let e = NodeConfig::resolve_managed(&raw, None, &small).expect_err("too small");
+        assert!(e.to_string().contains("the network config's MTU"), "{e}");
+    }
 
     fn cli() -> RawNode {
         RawNode {

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use fustian::cli::{Cli, Command};
 use fustian::config::{NodeConfig, RawNode};
+use fustian::control::ControlPlane;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -34,13 +35,8 @@ fn main() -> ExitCode {
     }
 }
 
-use fustian::node::ExtraMetrics;
-/// A node configuration, its control plane and the control plane's metrics.
-type Joined = (
-    NodeConfig,
-    Option<fustian::node::ControlPlane>,
-    Option<ExtraMetrics>,
-);
+/// A node configuration and the control source that keeps its table current.
+type Joined = (NodeConfig, ControlPlane);
 
 /// Joins the network through etcd: reads flannel's config, acquires a subnet and lists the
 /// peers, then returns the node configuration and the agent that keeps the table current.
@@ -53,9 +49,10 @@ fn join_etcd(
     status: Option<&fustian::http::Status>,
 ) -> anyhow::Result<Option<Joined>> {
     use anyhow::Context as _;
+    use fustian::config::{Managed, ManagedBackend};
     use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet};
     use fustian::control::lease::{Backend, DEFAULT_PREFIX};
-    let mut raw = args.raw();
+    let raw = args.raw();
     let public_ip: std::net::Ipv4Addr = raw
         .public_ip
         .as_deref()
@@ -123,8 +120,6 @@ fn join_etcd(
              rules: run without --ip-masq or with EnableNFTables false"
         );
     }
-    raw.network = Some(joined.config.network.to_string());
-    raw.subnet = Some(joined.subnet.to_string());
     // The network config sets the wire for every node: a flag may repeat it, never change it.
     let backend = joined.config.backend;
     let agree = |flag: &str, given: Option<String>, config: String| match given {
@@ -139,23 +134,26 @@ fn join_etcd(
         raw.port.map(|p| p.to_string()),
         backend.port().to_string(),
     )?;
-    raw.backend = Some(backend.name().to_owned());
-    raw.port = Some(u32::from(backend.port()));
-    if let Backend::Vxlan { vni, .. } = backend {
-        agree("--vni", raw.vni.map(|v| v.to_string()), vni.to_string())?;
-        raw.vni = Some(vni);
-        raw.vtep_mac = mac.map(|m| m.to_string());
-    }
-    // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins here.
-    raw.mtu = raw.mtu.or(backend.tun_mtu());
-    raw.subnet_file = Some(subnet_file.to_string_lossy().into_owned());
-    let mut config = NodeConfig::resolve(&raw, file.map(|(p, r)| (p.as_path(), r)))?;
+    let managed_backend = match backend {
+        Backend::Vxlan { vni, .. } => {
+            agree("--vni", raw.vni.map(|v| v.to_string()), vni.to_string())?;
+            ManagedBackend::Vxlan { vni, vtep_mac: mac }
+        }
+        Backend::Udp { .. } => ManagedBackend::Udp,
+    };
+    let managed = Managed {
+        network: joined.config.network.into(),
+        subnet: joined.subnet.into(),
+        backend: managed_backend,
+        port: backend.port(),
+        // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins.
+        mtu: backend.tun_mtu(),
+        subnet_file,
+    };
+    let mut config =
+        NodeConfig::resolve_managed(&raw, file.map(|(p, r)| (p.as_path(), r)), &managed)?;
     config.peers = joined.peers;
-    let state = agent.state();
-    let metrics: ExtraMetrics = Arc::new(move || state.render_prometheus());
-    let control: fustian::node::ControlPlane =
-        Box::new(move |table, stop| agent.run(&table, &stop));
-    Ok(Some((config, Some(control), Some(metrics))))
+    Ok(Some((config, agent.into_source())))
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -230,41 +228,43 @@ fn run_node(
     stop: &Arc<AtomicBool>,
     status: Option<Arc<fustian::http::Status>>,
 ) -> anyhow::Result<()> {
-    let (config, control, extra_metrics) = match &args.etcd_endpoints_or_default() {
+    let (config, mut controls, managed) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
-            Some(joined) => joined,
+            Some((config, etcd)) => (config, vec![etcd], true),
             // Stopped while waiting for etcd.
             None => return Ok(()),
         },
         None => (
             NodeConfig::resolve(&args.raw(), file.map(|(p, r)| (p.as_path(), r)))?,
-            None,
-            None,
+            Vec::new(),
+            false,
         ),
     };
-    // SIGHUP re-reads the peers from the config file (with etcd, etcd has them).
-    let reload = match args.config.as_ref().filter(|_| control.is_none()) {
-        Some(path) => {
-            let requested = Arc::new(AtomicBool::new(false));
-            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&requested))?;
-            Some(fustian::node::Reload {
-                path: path.clone(),
-                flags: args.raw(),
-                requested,
-            })
-        }
-        None => None,
-    };
+    // Without etcd, the config file is the source of the peers: read again when it changes
+    // or on SIGHUP.
+    if let (false, Some(path)) = (managed, &args.config) {
+        let requested = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&requested))?;
+        let reload = fustian::control::file::Reload {
+            path: path.clone(),
+            flags: args.raw(),
+            requested,
+        };
+        controls.push(fustian::control::file::source(config.clone(), reload));
+    }
+    // Synthetic updates, for tests and measurements.
+    controls.extend(fustian::control::churn::source(
+        config.clone(),
+        args.table_churn,
+    ));
     let opts = fustian::node::RunOptions {
         stats_file: args.stats_file.clone(),
-        table_churn: args.table_churn,
         multishot: !args.no_multishot,
-        reload,
         user: args.user.clone(),
         keep_privileges: args.keep_privileges,
-        extra_metrics,
+        subnet_file_required: managed,
         status,
     };
-    fustian::node::run(&config, &opts, stop, control)?;
+    fustian::node::run(&config, &opts, stop, controls)?;
     Ok(())
 }

@@ -501,6 +501,24 @@ impl Keeper {
         }
     }
 
+    /// Returns a function that reads the counters as `(name, value)` pairs (names without
+    /// `fustian_`), for `/status` on another thread.
+    pub fn counters(&self) -> impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static {
+        let counters = Arc::clone(&self.counters);
+        move || {
+            vec![
+                (
+                    "iptables_repairs".to_owned(),
+                    counters.repairs.load(Ordering::Relaxed),
+                ),
+                (
+                    "iptables_errors".to_owned(),
+                    counters.errors.load(Ordering::Relaxed),
+                ),
+            ]
+        }
+    }
+
     /// Returns a function that renders the counters, for a stats writer on another thread.
     pub fn renderer(&self) -> impl Fn() -> String + Send + Sync + 'static {
         let counters = Arc::clone(&self.counters);

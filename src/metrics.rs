@@ -298,63 +298,99 @@ impl Metrics {
         self.workers.get(index).unwrap_or(&self.workers[0])
     }
 
-    /// Sums every worker's counters into `(name, value)` pairs, in the documented order.
-    pub fn totals(&self) -> Vec<(String, u64)> {
-        let sum = |f: &dyn Fn(&Counters) -> &AtomicU64| -> u64 {
-            self.workers
-                .iter()
-                .map(|c| f(c).load(Ordering::Relaxed))
-                .sum()
-        };
-        let mut out = vec![
-            ("tun_rx_packets".to_owned(), sum(&|c| &c.tun_rx_packets)),
-            ("tun_rx_bytes".to_owned(), sum(&|c| &c.tun_rx_bytes)),
-            ("tx_packets".to_owned(), sum(&|c| &c.tx_packets)),
-            ("tx_bytes".to_owned(), sum(&|c| &c.tx_bytes)),
-            ("rx_packets".to_owned(), sum(&|c| &c.rx_packets)),
-            ("rx_bytes".to_owned(), sum(&|c| &c.rx_bytes)),
-            ("tun_tx_packets".to_owned(), sum(&|c| &c.tun_tx_packets)),
-            ("tun_tx_bytes".to_owned(), sum(&|c| &c.tun_tx_bytes)),
-            (
-                "tun_tx_csum_completed".to_owned(),
-                sum(&|c| &c.tun_tx_csum_completed),
-            ),
-            ("tun_tx_segmented".to_owned(), sum(&|c| &c.tun_tx_segmented)),
-            ("tun_tx_icmp".to_owned(), sum(&|c| &c.tun_tx_icmp)),
-            (
-                "icmp_rate_limited".to_owned(),
-                sum(&|c| &c.icmp_rate_limited),
-            ),
-            ("tun_rx_super".to_owned(), sum(&|c| &c.tun_rx_super)),
-            (
-                "tun_rx_super_segments".to_owned(),
-                sum(&|c| &c.tun_rx_super_segments),
-            ),
-            ("tx_gso_sends".to_owned(), sum(&|c| &c.tx_gso_sends)),
-            ("rx_gro_reads".to_owned(), sum(&|c| &c.rx_gro_reads)),
-            ("tun_tx_merged".to_owned(), sum(&|c| &c.tun_tx_merged)),
-            (
-                "tun_tx_merged_segments".to_owned(),
-                sum(&|c| &c.tun_tx_merged_segments),
-            ),
-        ];
-        for reason in DropReason::all() {
-            let i = reason.index();
-            out.push((format!("drop_{}", reason.name()), sum(&|c| &c.drops[i])));
+    /// Sums every worker's counters.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for c in &self.workers {
+            t.add(c);
         }
-        out
+        t
     }
 
     /// Renders the totals in the Prometheus text exposition format.
     pub fn render_prometheus(&self) -> String {
         let mut text = String::new();
-        for (name, value) in self.totals() {
+        for (name, value) in self.totals().named() {
             let _ = writeln!(
                 text,
                 "# TYPE fustian_{name} counter\nfustian_{name} {value}"
             );
         }
         text
+    }
+}
+
+/// Declares [`Totals`] with one field per plain counter of [`Counters`], its summing and its
+/// names, from one list.
+macro_rules! totals {
+    ($($name:ident),* $(,)?) => {
+        /// Every counter summed over the workers: a typed, copied view of [`Metrics`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Totals {
+            $(
+                #[doc = concat!("Sum of [`Counters::", stringify!($name), "`].")]
+                pub $name: u64,
+            )*
+            /// Dropped packets, indexed by [`DropReason::index`].
+            pub drops: [u64; DROP_REASONS],
+        }
+
+        impl Default for Totals {
+            fn default() -> Self {
+                Self {
+                    $($name: 0,)*
+                    drops: [0; DROP_REASONS],
+                }
+            }
+        }
+
+        impl Totals {
+            /// Adds one worker's counters.
+            fn add(&mut self, c: &Counters) {
+                $(self.$name = self.$name.wrapping_add(c.$name.load(Ordering::Relaxed));)*
+                for (sum, d) in self.drops.iter_mut().zip(&c.drops) {
+                    *sum = sum.wrapping_add(d.load(Ordering::Relaxed));
+                }
+            }
+
+            /// Returns `(name, value)` pairs, in the documented order, `drop_<reason>` last
+            /// (names without the `fustian_` prefix).
+            pub fn named(&self) -> Vec<(String, u64)> {
+                let mut out = vec![$((stringify!($name).to_owned(), self.$name),)*];
+                for reason in DropReason::all() {
+                    out.push((format!("drop_{}", reason.name()), self.drops[reason.index()]));
+                }
+                out
+            }
+        }
+    };
+}
+
+totals!(
+    tun_rx_packets,
+    tun_rx_bytes,
+    tx_packets,
+    tx_bytes,
+    rx_packets,
+    rx_bytes,
+    tun_tx_packets,
+    tun_tx_bytes,
+    tun_tx_csum_completed,
+    tun_tx_segmented,
+    tun_tx_icmp,
+    icmp_rate_limited,
+    tun_rx_super,
+    tun_rx_super_segments,
+    tx_gso_sends,
+    rx_gro_reads,
+    tun_tx_merged,
+    tun_tx_merged_segments,
+);
+
+impl Totals {
+    /// Returns the number of packets dropped for `reason`.
+    pub const fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
     }
 }
 
@@ -402,5 +438,12 @@ mod tests {
         assert_eq!(get("rx_packets"), Some(7));
         assert_eq!(get("drop_rx_truncated"), Some(1));
         assert_eq!(get("drop_no_route"), Some(0));
+        let totals = m.totals();
+        assert_eq!(totals.rx_packets, 7);
+        assert_eq!(
+            totals.dropped(DropReason::RxMalformed(WireError::Truncated)),
+            1
+        );
+        assert_eq!(totals.named().len(), parsed.len());
     }
 }

@@ -1,87 +1,55 @@
-//! One overlay node: sets up the TUN device, the socket and the table, runs the workers, and
-//! takes everything down again when asked to stop.
+//! One overlay node: sets up the TUN device, the socket and the table, runs the workers and
+//! the control sources, and takes everything down again when asked to stop.
 //!
 //! Setup follows flanneld's `udp` backend: find the underlay interface (given, or the one
 //! holding the public IP) and its MTU, open the TUN device, give it the first address of this
 //! node's subnet as a host address (/32), set the MTU (underlay − overhead unless given), bring
 //! it up and route the whole network into it, then bind the UDP socket to the public IP and
-//! port.
+//! port. [`run`] is that list of steps, one function each.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::config::{BackendConfig, NodeConfig, load_or_create_vtep_mac};
+use crate::control::{ControlPlane, SourceMetrics};
 use crate::datapath::Forwarding;
 use crate::error::Error;
-use crate::event::{self, Worker};
+use crate::event::{self, Backend, Worker};
 use crate::metrics::Metrics;
 use crate::offload::Offloads;
-use crate::table::{Snapshot, Table};
+use crate::table::{PeerTotals, Snapshot, Table};
 use crate::tun::link::Netlink;
-use crate::tun::{Tun, TunError, if_index};
+use crate::tun::{Tun, TunError, TunOffload, if_index};
 use crate::udp::UdpSocket;
-use crate::wire::MacAddress;
+use crate::wire::{Encap, MacAddress};
 
-/// Renders extra metrics for the stats file.
-pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+/// How often the stats file is written.
+const STATS_EVERY: Duration = Duration::from_millis(250);
 
 /// Options of a running node that are not part of the overlay configuration.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Write the counters here (Prometheus text format) every 250 ms and on exit.
     pub stats_file: Option<PathBuf>,
-    /// Publish this many synthetic table updates per second (adding and removing peers that
-    /// carry no traffic), to show that updates do not disturb forwarding. 0: off.
-    pub table_churn: u32,
     /// io_uring: use multishot receive with a provided-buffer ring where the kernel has it.
     pub multishot: bool,
-    /// Reload the peers from the config file when this flag is set (by SIGHUP).
-    pub reload: Option<Reload>,
     /// After setup, switch to this user; otherwise drop every capability (unless
     /// `keep_privileges`).
     pub user: Option<String>,
     /// Keep root's capabilities after setup.
     pub keep_privileges: bool,
-    /// More metrics for the stats file (the etcd agent's), in Prometheus text format.
-    pub extra_metrics: Option<ExtraMetrics>,
+    /// A failure to write the subnet file stops the node (it joined a managed network, whose
+    /// pods depend on the file); otherwise it is a warning.
+    pub subnet_file_required: bool,
     /// The HTTP endpoint's status, when one is serving (started before the node, so it
     /// answers while the node waits for etcd): the node sets its renderers and marks it ready
     /// once set up.
     pub status: Option<Arc<crate::http::Status>>,
 }
-
-impl std::fmt::Debug for RunOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunOptions")
-            .field("stats_file", &self.stats_file)
-            .field("table_churn", &self.table_churn)
-            .field("multishot", &self.multishot)
-            .field("reload", &self.reload)
-            .field("user", &self.user)
-            .field("keep_privileges", &self.keep_privileges)
-            .field("extra_metrics", &self.extra_metrics.is_some())
-            .field("status", &self.status)
-            .finish()
-    }
-}
-
-/// Where a reload reads from: the config file, under the same flags as at start.
-#[derive(Debug, Clone)]
-pub struct Reload {
-    /// The config file.
-    pub path: PathBuf,
-    /// The flags given at start (they still win over the file).
-    pub flags: crate::config::RawNode,
-    /// Set by the signal handler; cleared when the reload is done.
-    pub requested: Arc<AtomicBool>,
-}
-
-/// A control plane that keeps the table up to date: run on its own thread with the table and
-/// the stop flag once the node is set up (the etcd agent is one).
-pub type ControlPlane = Box<dyn FnOnce(Arc<Table>, Arc<AtomicBool>) + Send>;
 
 /// Writes flanneld's subnet file: the network, this node's subnet (its first address and
 /// length), the TUN MTU and whether this node masquerades (`FLANNEL_IPMASQ`), atomically,
@@ -115,7 +83,8 @@ pub fn write_subnet_file(
     write_atomically(path, text.as_bytes())
 }
 
-/// Sets up the node described by `config` and forwards until `stop` is set.
+/// Sets up the node described by `config`, runs the control sources (each on its own thread)
+/// and the workers, and forwards until `stop` is set or a worker stops.
 ///
 /// # Errors
 ///
@@ -124,98 +93,239 @@ pub fn run(
     config: &NodeConfig,
     opts: &RunOptions,
     stop: &Arc<AtomicBool>,
-    control: Option<ControlPlane>,
+    controls: Vec<ControlPlane>,
 ) -> Result<(), Error> {
     let mut nl = Netlink::open().map_err(|source| Error::Io {
         what: "open a route netlink socket".into(),
         source,
     })?;
-    let (iface, underlay_index) = match &config.iface {
-        Some(name) => (
-            name.clone(),
-            if_index(name).ok_or_else(|| Error::Underlay(format!("no interface named {name}")))?,
-        ),
-        None => {
-            let index = nl
-                .index_holding(config.public_ip)
-                .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
-                .ok_or_else(|| {
-                    Error::Underlay(format!(
-                        "no interface holds {}; add the address or give --iface",
-                        config.public_ip
-                    ))
-                })?;
-            (format!("ifindex {index}"), index)
+    let underlay = Underlay::find(&mut nl, config)?;
+    let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
+    let device = Device::open(&mut nl, config, &underlay)?;
+    let (sockets, offloads) = open_sockets(config, &device)?;
+    if let Some(reason) = prefer_epoll(config, offloads) {
+        backend = Backend::Epoll;
+        why = reason;
+    }
+    let (encap, tx_pool) = encapsulation(config)?;
+    let workers = device.queues.len();
+    let table = Arc::new(Table::new(
+        Snapshot::new(vec![config.subnet], config.peers.clone())?,
+        workers,
+    ));
+    let metrics = Arc::new(Metrics::new(workers));
+    let facts = Facts {
+        config,
+        device: &device,
+        encap,
+        backend,
+        why: &why,
+        offloads,
+    };
+    facts.log_node_up();
+    let mut masq = start_masquerade(config)?;
+    write_subnet_file_step(config, device.mtu, opts.subnet_file_required)?;
+    let view = Arc::new(NodeView {
+        head: facts.status_head(),
+        info: facts.info_gauge(),
+        metrics: Arc::clone(&metrics),
+        table: Arc::clone(&table),
+        sources: controls.iter().filter_map(|c| c.metrics.clone()).collect(),
+        masq: masq
+            .as_ref()
+            .map(|m| Box::new(m.counters()) as Box<MasqCounters>),
+    });
+    if let Some(status) = &opts.status {
+        serve_status(status, &view);
+    }
+    settle_privileges(opts)?;
+    if let Some(masq) = &mut masq {
+        masq.settled();
+    }
+    let control_threads = spawn_controls(controls, &table, stop)?;
+    let fwd = Forwarding {
+        encap,
+        network: config.network,
+        max_inner_len: underlay.max_inner(device.mtu),
+        icmp: true,
+        strict_source_port: config.strict_source_port,
+    };
+    let shared = WorkerShared {
+        tx_pool: Arc::new(tx_pool),
+        table: Arc::clone(&table),
+        metrics,
+        fwd,
+        stop: Arc::clone(stop),
+        multishot: opts.multishot,
+        offloads,
+        tun_mtu: device.mtu as usize,
+    };
+    let handles = match spawn_workers(backend, device.queues, sockets, &shared) {
+        Ok(handles) => handles,
+        Err(e) => {
+            // The workers already started and the control sources stop with the flag.
+            stop.store(true, Ordering::Relaxed);
+            for t in control_threads {
+                let _ = t.join();
+            }
+            return Err(e);
         }
     };
-    let underlay_mtu = nl
-        .mtu(underlay_index)
-        .map_err(|e| Error::Underlay(format!("cannot read the MTU of {iface}: {e}")))?;
-    let overhead = config.overhead();
-    let mtu = match config.mtu {
-        Some(m) => m,
-        None => underlay_mtu.saturating_sub(u32::try_from(overhead).unwrap_or(u32::MAX)),
-    };
-    // The largest inner packet the path carries: the TUN MTU, unless it was set larger than
-    // the underlay allows, in which case bigger packets get "fragmentation needed".
-    let path_mtu = underlay_mtu.saturating_sub(u32::try_from(overhead).unwrap_or(u32::MAX));
-    let max_inner = mtu.min(path_mtu) as usize;
-    if mtu < 68 {
-        return Err(Error::Underlay(format!(
-            "underlay MTU {underlay_mtu} of {iface} leaves {mtu} bytes after {overhead} bytes of \
-             encapsulation; give --mtu"
-        )));
+    supervise(opts, stop, &handles, &view);
+    teardown(
+        opts,
+        stop,
+        handles,
+        control_threads,
+        &view,
+        masq,
+        device.created,
+    )
+}
+
+/// The underlay interface and what its MTU leaves for the overlay.
+struct Underlay {
+    /// The interface's MTU.
+    mtu: u32,
+    /// Bytes of encapsulation per packet.
+    overhead: u32,
+}
+
+impl Underlay {
+    /// Finds the underlay interface (given, or the one holding the public IP) and reads its
+    /// MTU.
+    fn find(nl: &mut Netlink, config: &NodeConfig) -> Result<Self, Error> {
+        let (iface, index) = match &config.iface {
+            Some(name) => (
+                name.clone(),
+                if_index(name)
+                    .ok_or_else(|| Error::Underlay(format!("no interface named {name}")))?,
+            ),
+            None => {
+                let index = nl
+                    .index_holding(config.public_ip)
+                    .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
+                    .ok_or_else(|| {
+                        Error::Underlay(format!(
+                            "no interface holds {}; add the address or give --iface",
+                            config.public_ip
+                        ))
+                    })?;
+                (format!("ifindex {index}"), index)
+            }
+        };
+        let mtu = nl
+            .mtu(index)
+            .map_err(|e| Error::Underlay(format!("cannot read the MTU of {iface}: {e}")))?;
+        let overhead = config.overhead();
+        let underlay = Self {
+            mtu,
+            overhead: u32::try_from(overhead).unwrap_or(u32::MAX),
+        };
+        let tun_mtu = underlay.tun_mtu(config);
+        if tun_mtu < 68 {
+            return Err(Error::Underlay(format!(
+                "underlay MTU {mtu} of {iface} leaves {tun_mtu} bytes after {overhead} bytes of \
+                 encapsulation; give --mtu"
+            )));
+        }
+        Ok(underlay)
     }
 
-    let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
-    let want = config
-        .threads
-        .unwrap_or_else(crate::sys::available_cpus)
-        .max(1);
-    let (queues, tun_offload) = Tun::open_queues(&config.tun, want, config.offload)?;
-    let (name, index, created) = (
-        queues[0].name().to_owned(),
-        queues[0].index(),
-        queues[0].created(),
-    );
-    let netlink_err = |what: String, source| TunError::Netlink {
-        what,
-        name: name.clone(),
-        source,
-    };
-    // As flanneld's udp backend (`udp_network_amd64.go`): the lease's first address as a host
-    // address, so the kernel makes no connected or broadcast route for it, then an explicit
-    // route for the whole network once the link is up.
-    let tun_addr = config.subnet.network();
-    let host_len = if tun_addr.is_ipv4() { 32 } else { 128 };
-    nl.add_address(index, tun_addr, host_len)
-        .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
-    nl.set_mtu_up(index, mtu)
-        .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
-    nl.add_route(index, config.network.trunc())
-        .map_err(|e| netlink_err(format!("add the route {}", config.network.trunc()), e))?;
+    /// The TUN MTU: as given, or the underlay's less the encapsulation.
+    fn tun_mtu(&self, config: &NodeConfig) -> u32 {
+        config
+            .mtu
+            .unwrap_or_else(|| self.mtu.saturating_sub(self.overhead))
+    }
 
+    /// The largest inner packet the path carries: the TUN MTU, unless it was set larger than
+    /// the underlay allows, in which case bigger packets get "fragmentation needed".
+    fn max_inner(&self, tun_mtu: u32) -> usize {
+        tun_mtu.min(self.mtu.saturating_sub(self.overhead)) as usize
+    }
+}
+
+/// The TUN device, configured: its queues (one per worker), address, MTU and route.
+struct Device {
+    queues: Vec<Tun>,
+    offload: TunOffload,
+    name: String,
+    created: bool,
+    mtu: u32,
+}
+
+impl Device {
+    /// Opens one queue per worker, gives the device its address and MTU, brings it up and
+    /// routes the network into it.
+    fn open(nl: &mut Netlink, config: &NodeConfig, underlay: &Underlay) -> Result<Self, Error> {
+        let mtu = underlay.tun_mtu(config);
+        let want = config
+            .threads
+            .unwrap_or_else(crate::sys::available_cpus)
+            .max(1);
+        let (queues, offload) = Tun::open_queues(&config.tun, want, config.offload)?;
+        let (name, index, created) = (
+            queues[0].name().to_owned(),
+            queues[0].index(),
+            queues[0].created(),
+        );
+        let netlink_err = |what: String, source| TunError::Netlink {
+            what,
+            name: name.clone(),
+            source,
+        };
+        // As flanneld's udp backend (`udp_network_amd64.go`): the lease's first address as a
+        // host address, so the kernel makes no connected or broadcast route for it, then an
+        // explicit route for the whole network once the link is up.
+        let tun_addr = config.subnet.network();
+        let host_len = if tun_addr.is_ipv4() { 32 } else { 128 };
+        nl.add_address(index, tun_addr, host_len)
+            .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
+        nl.set_mtu_up(index, mtu)
+            .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
+        nl.add_route(index, config.network.trunc())
+            .map_err(|e| netlink_err(format!("add the route {}", config.network.trunc()), e))?;
+        Ok(Self {
+            queues,
+            offload,
+            name,
+            created,
+            mtu,
+        })
+    }
+}
+
+/// Binds one UDP socket per queue to the public IP and port, and settles which offloads are
+/// in use.
+fn open_sockets(config: &NodeConfig, device: &Device) -> Result<(Vec<UdpSocket>, Offloads), Error> {
     let listen = SocketAddr::new(config.public_ip, config.port);
-    let sockets = UdpSocket::bind_group(listen, queues.len())?;
+    let sockets = UdpSocket::bind_group(listen, device.queues.len())?;
     let offloads = if config.offload {
         let gro = sockets.iter().all(|s| s.enable_gro().is_ok());
         Offloads {
-            tun: tun_offload.tso,
-            tun_uso: tun_offload.uso,
+            tun: device.offload.tso,
+            tun_uso: device.offload.uso,
             gso: sockets[0].gso_supported(),
             gro,
         }
     } else {
         Offloads::default()
     };
-    // With super-packets a system call moves up to 64 KiB and the ring's batching of small
-    // packets matters little; the epoll loop measured ahead there, in throughput and in CPU
-    // per Gbit (BENCHMARKS.md), so `auto` takes it.
-    if config.io == crate::config::IoChoice::Auto && offloads.tun {
-        backend = event::Backend::Epoll;
-        why = "auto: offloads in use, where the epoll loop measured ahead".to_owned();
-    }
-    let (encap, tx_pool) = match config.backend {
+    Ok((sockets, offloads))
+}
+
+/// With super-packets a system call moves up to 64 KiB and the ring's batching of small
+/// packets matters little; the epoll loop measured ahead there, in throughput and in CPU per
+/// Gbit (BENCHMARKS.md), so `auto` takes it: returns the reason when it does.
+fn prefer_epoll(config: &NodeConfig, offloads: Offloads) -> Option<String> {
+    (config.io == crate::config::IoChoice::Auto && offloads.tun)
+        .then(|| "auto: offloads in use, where the epoll loop measured ahead".to_owned())
+}
+
+/// The encapsulation, and with VXLAN the pool of sockets whose source ports spread flows.
+fn encapsulation(config: &NodeConfig) -> Result<(Encap, Vec<UdpSocket>), Error> {
+    Ok(match config.backend {
         BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new()),
         BackendConfig::Vxlan {
             vtep_mac,
@@ -235,48 +345,31 @@ pub fn run(
             );
             (config.encap(mac), pool)
         }
-    };
-    let tx_pool = Arc::new(tx_pool);
-    let table = Arc::new(Table::new(Snapshot::new(
-        vec![config.subnet],
-        config.peers.clone(),
-    )?));
-    let workers = queues.len();
-    let metrics = Arc::new(Metrics::new(workers));
-    tracing::info!(
-        tun = %name,
-        created,
-        mtu,
-        subnet = %config.subnet,
-        network = %config.network,
-        %listen,
-        backend = encap.name(),
-        io = backend.name(),
-        io_reason = %why,
-        offload = %offloads.describe(),
-        workers,
-        peers = config.peers.len(),
-        "node up"
-    );
+    })
+}
 
-    // flanneld's masquerade and forward rules, kept by a thread that is set up to keep
-    // CAP_NET_ADMIN before the privileges are dropped below; removed when `masq` drops.
-    let mut masq = match config.traffic {
-        t if t.any() => Some(crate::masq::Keeper::start(
-            crate::masq::Plan {
-                network: config.network,
-                subnet: config.subnet,
-                masquerade: t.ip_masq,
-                random_fully: t.random_fully,
-                forward: t.forward_rules,
-            },
-            t.resync,
-        )?),
-        _ => None,
-    };
+/// flanneld's masquerade and forward rules, kept by a thread that is set up to keep
+/// `CAP_NET_ADMIN` before the privileges are dropped; removed when the keeper drops.
+fn start_masquerade(config: &NodeConfig) -> Result<Option<crate::masq::Keeper>, Error> {
+    let t = config.traffic;
+    if !t.any() {
+        return Ok(None);
+    }
+    Ok(Some(crate::masq::Keeper::start(
+        crate::masq::Plan {
+            network: config.network,
+            subnet: config.subnet,
+            masquerade: t.ip_masq,
+            random_fully: t.random_fully,
+            forward: t.forward_rules,
+        },
+        t.resync,
+    )?))
+}
 
-    // The node is ready: tell the pods' network plugin, as flanneld does.
-    let must_write = control.is_some();
+/// The node is ready: tells the pods' network plugin, as flanneld does. A failure stops the
+/// node when `required`, and is a warning otherwise.
+fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Result<(), Error> {
     if let Err(e) = write_subnet_file(
         &config.subnet_file,
         config.network,
@@ -285,135 +378,223 @@ pub fn run(
         config.traffic.ip_masq,
     ) {
         let what = format!("write the subnet file {}", config.subnet_file.display());
-        if must_write {
+        if required {
             return Err(Error::Io { what, source: e });
         }
         tracing::warn!("cannot {what}: {e}");
     }
-    let reloads = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reload_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let file_checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let render: Arc<dyn Fn() -> String + Send + Sync> = {
-        let (metrics, table) = (Arc::clone(&metrics), Arc::clone(&table));
-        let (reloads, reload_errors) = (Arc::clone(&reloads), Arc::clone(&reload_errors));
-        let file_checks = Arc::clone(&file_checks);
-        let extra = opts.extra_metrics.clone();
-        let masq_metrics = masq.as_ref().map(crate::masq::Keeper::renderer);
-        let info = format!(
-            "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
-             tun=\"{name}\",subnet=\"{}\"}} 1\n",
-            encap.name(),
-            backend.name(),
-            offloads.describe(),
-            config.subnet,
-        );
-        Arc::new(move || {
-            let snap = table.load();
-            let mut text = format!(
-                "{}# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
-                 # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n\
-                 # TYPE fustian_config_reloads counter\nfustian_config_reloads {}\n\
-                 # TYPE fustian_config_reload_errors counter\nfustian_config_reload_errors {}\n\
-                 # TYPE fustian_config_file_checks counter\nfustian_config_file_checks {}\n{info}",
-                metrics.render_prometheus(),
-                snap.generation(),
-                snap.peers().len(),
-                reloads.load(Ordering::Relaxed),
-                reload_errors.load(Ordering::Relaxed),
-                file_checks.load(Ordering::Relaxed),
-            );
-            for (name, what) in [
-                ("peer_tx_packets", 0),
-                ("peer_tx_bytes", 1),
-                ("peer_rx_packets", 2),
-                ("peer_rx_bytes", 3),
-            ] {
-                text.push_str(&format!("# TYPE fustian_{name} counter\n"));
-                for (i, p) in snap.peers().iter().enumerate() {
-                    let Some(st) = u32::try_from(i).ok().and_then(|i| snap.peer_stats(i)) else {
-                        continue;
-                    };
-                    let v = [&st.tx_packets, &st.tx_bytes, &st.rx_packets, &st.rx_bytes][what]
-                        .load(Ordering::Relaxed);
-                    text.push_str(&format!(
-                        "fustian_{name}{{subnet=\"{}\",endpoint=\"{}\"}} {v}\n",
-                        p.subnet, p.endpoint
-                    ));
-                }
-            }
-            if let Some(extra) = &extra {
-                text.push_str(&extra());
-            }
-            if let Some(masq) = &masq_metrics {
-                text.push_str(&masq());
-            }
-            text
-        })
-    };
-    if let Some(status) = &opts.status {
-        status.set_renderers(
-        {
-            let render = Arc::clone(&render);
-            Box::new(move || render())
-        },
-        {
-            let render = Arc::clone(&render);
-            let table = Arc::clone(&table);
-            let head = serde_json::json!({
-                "tun": name,
-                "mtu": mtu,
-                "network": config.network.to_string(),
-                "subnet": config.subnet.to_string(),
-                "listen": listen.to_string(),
-                "backend": encap.name(),
-                "vni": match encap { crate::wire::Encap::Vxlan(p) => Some(p.vni), crate::wire::Encap::Flannel => None },
-                "vtep_mac": match encap { crate::wire::Encap::Vxlan(p) => Some(p.local_mac.to_string()), crate::wire::Encap::Flannel => None },
-                "io": backend.name(),
-                "io_reason": why,
-                "offloads": offloads.describe(),
-                "workers": workers,
-            });
-            Box::new(move || {
-                let snap = table.load();
-                let peers: Vec<serde_json::Value> = snap
-                    .peers()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        let st = u32::try_from(i).ok().and_then(|i| snap.peer_stats(i));
-                        let get =
-                            |f: fn(&crate::table::PeerStats) -> &std::sync::atomic::AtomicU64| {
-                                st.map_or(0, |s| f(s).load(Ordering::Relaxed))
-                            };
-                        serde_json::json!({
-                            "subnet": p.subnet.to_string(),
-                            "endpoint": p.endpoint.to_string(),
-                            "vtep_mac": p.vtep_mac.map(|m| m.to_string()),
-                            "tx_packets": get(|s| &s.tx_packets),
-                            "tx_bytes": get(|s| &s.tx_bytes),
-                            "rx_packets": get(|s| &s.rx_packets),
-                            "rx_bytes": get(|s| &s.rx_bytes),
-                        })
-                    })
-                    .collect();
-                let counters: serde_json::Map<String, serde_json::Value> =
-                    crate::metrics::parse_prometheus(&render())
-                        .into_iter()
-                        .filter(|(k, _)| !k.starts_with("peer_"))
-                        .map(|(k, v)| (k, v.into()))
-                        .collect();
-                let mut v = head.clone();
-                v["table"] = serde_json::json!({"generation": snap.generation(), "peers": peers});
-                v["counters"] = counters.into();
-                v
-            })
-        },
-    );
-        status.set_ready();
+    Ok(())
+}
+
+/// What the node runs, settled by setup: logged once, shown by `/status` and the
+/// `fustian_info` gauge.
+struct Facts<'a> {
+    config: &'a NodeConfig,
+    device: &'a Device,
+    encap: Encap,
+    backend: Backend,
+    why: &'a str,
+    offloads: Offloads,
+}
+
+impl Facts<'_> {
+    fn listen(&self) -> SocketAddr {
+        SocketAddr::new(self.config.public_ip, self.config.port)
     }
 
-    // Setup is done: nothing from here on needs a privilege. Drop them before any worker
-    // exists, so every thread runs without them.
+    /// Logs the "node up" line.
+    fn log_node_up(&self) {
+        tracing::info!(
+            tun = %self.device.name,
+            created = self.device.created,
+            mtu = self.device.mtu,
+            subnet = %self.config.subnet,
+            network = %self.config.network,
+            listen = %self.listen(),
+            backend = self.encap.name(),
+            io = self.backend.name(),
+            io_reason = %self.why,
+            offload = %self.offloads.describe(),
+            workers = self.device.queues.len(),
+            peers = self.config.peers.len(),
+            "node up"
+        );
+    }
+
+    /// `/status`'s fixed fields.
+    fn status_head(&self) -> serde_json::Value {
+        let vxlan = match self.encap {
+            Encap::Vxlan(p) => Some(p),
+            Encap::Flannel => None,
+        };
+        serde_json::json!({
+            "tun": self.device.name,
+            "mtu": self.device.mtu,
+            "network": self.config.network.to_string(),
+            "subnet": self.config.subnet.to_string(),
+            "listen": self.listen().to_string(),
+            "backend": self.encap.name(),
+            "vni": vxlan.map(|p| p.vni),
+            "vtep_mac": vxlan.map(|p| p.local_mac.to_string()),
+            "io": self.backend.name(),
+            "io_reason": self.why,
+            "offloads": self.offloads.describe(),
+            "workers": self.device.queues.len(),
+        })
+    }
+
+    /// The `fustian_info` gauge, in the Prometheus text format.
+    fn info_gauge(&self) -> String {
+        format!(
+            "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
+             tun=\"{}\",subnet=\"{}\"}} 1\n",
+            self.encap.name(),
+            self.backend.name(),
+            self.offloads.describe(),
+            self.device.name,
+            self.config.subnet,
+        )
+    }
+}
+
+/// The masquerade keeper's counters, as `(name, value)` pairs.
+type MasqCounters = dyn Fn() -> Vec<(String, u64)> + Send + Sync;
+
+/// What the node shows of itself: everything `/metrics`, `/status` and the stats file are
+/// built from, read on whichever thread renders.
+struct NodeView {
+    /// `/status`'s fixed fields.
+    head: serde_json::Value,
+    /// The `fustian_info` gauge.
+    info: String,
+    metrics: Arc<Metrics>,
+    table: Arc<Table>,
+    /// The control sources' counters.
+    sources: Vec<Arc<dyn SourceMetrics>>,
+    masq: Option<Box<MasqCounters>>,
+}
+
+impl NodeView {
+    /// The counters in the Prometheus text format: the workers' totals, the table, the
+    /// control sources', the masquerade keeper's, and the per-peer counters.
+    fn render_prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let snap = self.table.load();
+        let mut text = self.metrics.render_prometheus();
+        let _ = write!(
+            text,
+            "# TYPE fustian_table_generation gauge\nfustian_table_generation {}\n\
+             # TYPE fustian_table_peers gauge\nfustian_table_peers {}\n",
+            snap.generation(),
+            snap.peers().len(),
+        );
+        for source in &self.sources {
+            text.push_str(&source.render_prometheus());
+        }
+        text.push_str(&self.info);
+        let totals = peer_totals(&snap);
+        let rows: [(&str, PeerField); 4] = [
+            ("peer_tx_packets", |t| t.tx_packets),
+            ("peer_tx_bytes", |t| t.tx_bytes),
+            ("peer_rx_packets", |t| t.rx_packets),
+            ("peer_rx_bytes", |t| t.rx_bytes),
+        ];
+        for (name, get) in rows {
+            let _ = writeln!(text, "# TYPE fustian_{name} counter");
+            for (p, t) in snap.peers().iter().zip(&totals) {
+                let _ = writeln!(
+                    text,
+                    "fustian_{name}{{subnet=\"{}\",endpoint=\"{}\"}} {}",
+                    p.subnet,
+                    p.endpoint,
+                    get(t)
+                );
+            }
+        }
+        if let Some(masq) = &self.masq {
+            for (name, v) in masq() {
+                let _ = write!(text, "# TYPE fustian_{name} counter\nfustian_{name} {v}\n");
+            }
+        }
+        text
+    }
+
+    /// `/status`: the fixed fields, the table with each peer's counters, and every counter
+    /// by name (the workers' totals, the table's, the control sources' and the masquerade
+    /// keeper's).
+    fn status_json(&self) -> serde_json::Value {
+        let snap = self.table.load();
+        let totals = peer_totals(&snap);
+        let peers: Vec<serde_json::Value> = snap
+            .peers()
+            .iter()
+            .zip(&totals)
+            .map(|(p, t)| {
+                serde_json::json!({
+                    "subnet": p.subnet.to_string(),
+                    "endpoint": p.endpoint.to_string(),
+                    "vtep_mac": p.vtep_mac.map(|m| m.to_string()),
+                    "tx_packets": t.tx_packets,
+                    "tx_bytes": t.tx_bytes,
+                    "rx_packets": t.rx_packets,
+                    "rx_bytes": t.rx_bytes,
+                })
+            })
+            .collect();
+        let mut counters = serde_json::Map::new();
+        let table = [
+            ("table_generation".to_owned(), snap.generation()),
+            ("table_peers".to_owned(), snap.peers().len() as u64),
+        ];
+        let sources = self.sources.iter().flat_map(|s| s.totals());
+        let masq = self.masq.iter().flat_map(|m| m());
+        for (name, value) in self
+            .metrics
+            .totals()
+            .named()
+            .into_iter()
+            .chain(table)
+            .chain(sources)
+            .chain(masq)
+        {
+            counters.insert(name, value.into());
+        }
+        let mut v = self.head.clone();
+        v["table"] = serde_json::json!({"generation": snap.generation(), "peers": peers});
+        v["counters"] = counters.into();
+        v
+    }
+}
+
+/// Reads one of a peer's summed counters.
+type PeerField = fn(&PeerTotals) -> u64;
+
+/// Every peer's counters, summed over the workers, in the snapshot's order.
+fn peer_totals(snap: &Snapshot) -> Vec<PeerTotals> {
+    (0..snap.peers().len())
+        .map(|i| {
+            u32::try_from(i)
+                .ok()
+                .and_then(|i| snap.peer_stats(i))
+                .map(crate::table::PeerStats::totals)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Gives the HTTP endpoint its `/metrics` and `/status` renderers and marks it ready.
+fn serve_status(status: &crate::http::Status, view: &Arc<NodeView>) {
+    let (metrics, json) = (Arc::clone(view), Arc::clone(view));
+    status.set_renderers(
+        Box::new(move || metrics.render_prometheus()),
+        Box::new(move || json.status_json()),
+    );
+    status.set_ready();
+}
+
+/// Setup is done: nothing from here on needs a privilege. Drops them before any worker
+/// exists, so every thread runs without them.
+fn settle_privileges(opts: &RunOptions) -> Result<(), Error> {
     if let Some(user) = &opts.user {
         crate::sys::switch_user(user).map_err(|source| Error::Io {
             what: format!("switch to user {user}"),
@@ -430,45 +611,64 @@ pub fn run(
     if let Some(status) = &opts.status {
         status.privileges_settled();
     }
-    if let Some(masq) = &mut masq {
-        masq.settled();
-    }
-    let control_thread = match control {
-        Some(run_control) => {
-            let (table, stop) = (Arc::clone(&table), Arc::clone(stop));
-            Some(
-                std::thread::Builder::new()
-                    .name("fustian-control".into())
-                    .spawn(move || run_control(table, stop))
-                    .map_err(|source| Error::Io {
-                        what: "spawn the control thread".into(),
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
+    Ok(())
+}
 
-    let mut handles = Vec::with_capacity(workers);
+/// Starts each control source on its own thread (`fustian-<name>`).
+fn spawn_controls(
+    controls: Vec<ControlPlane>,
+    table: &Arc<Table>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    controls
+        .into_iter()
+        .map(|control| {
+            let (table, stop) = (Arc::clone(table), Arc::clone(stop));
+            let run = control.run;
+            std::thread::Builder::new()
+                .name(format!("fustian-{}", control.name))
+                .spawn(move || run(table, stop))
+                .map_err(|source| Error::Io {
+                    what: format!("spawn the {} control thread", control.name),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// What every worker shares.
+struct WorkerShared {
+    tx_pool: Arc<Vec<UdpSocket>>,
+    table: Arc<Table>,
+    metrics: Arc<Metrics>,
+    fwd: Forwarding,
+    stop: Arc<AtomicBool>,
+    multishot: bool,
+    offloads: Offloads,
+    tun_mtu: usize,
+}
+
+/// Starts one worker per TUN queue and socket.
+fn spawn_workers(
+    backend: Backend,
+    queues: Vec<Tun>,
+    sockets: Vec<UdpSocket>,
+    shared: &WorkerShared,
+) -> Result<Vec<JoinHandle<std::io::Result<()>>>, Error> {
+    let mut handles = Vec::with_capacity(queues.len());
     for (id, (tun, udp)) in queues.into_iter().zip(sockets).enumerate() {
         let worker = Worker {
             id,
             tun,
             udp,
-            tx_pool: Arc::clone(&tx_pool),
-            table: Arc::clone(&table),
-            metrics: Arc::clone(&metrics),
-            fwd: Forwarding {
-                encap,
-                network: config.network,
-                max_inner_len: max_inner,
-                icmp: true,
-                strict_source_port: config.strict_source_port,
-            },
-            stop: Arc::clone(stop),
-            multishot: opts.multishot,
-            offloads,
-            tun_mtu: mtu as usize,
+            tx_pool: Arc::clone(&shared.tx_pool),
+            table: Arc::clone(&shared.table),
+            metrics: Arc::clone(&shared.metrics),
+            fwd: shared.fwd,
+            stop: Arc::clone(&shared.stop),
+            multishot: shared.multishot,
+            offloads: shared.offloads,
+            tun_mtu: shared.tun_mtu,
         };
         let handle = std::thread::Builder::new()
             .name(format!("fustian-w{id}"))
@@ -479,68 +679,41 @@ pub fn run(
             })?;
         handles.push(handle);
     }
+    Ok(handles)
+}
 
-    let write_stats = || {
-        if let Some(path) = &opts.stats_file
-            && let Err(e) = write_atomically(path, render().as_bytes())
-        {
-            tracing::warn!("cannot write stats file {}: {e}", path.display());
-        }
-    };
-    let churn = Churn::new(config, opts.table_churn);
-    let tick = churn
-        .as_ref()
-        .map_or(Duration::from_millis(250), |c| c.period);
-    let mut last_stats = std::time::Instant::now() - Duration::from_secs(1);
-    let watch_every = (Duration::from_secs(1).as_millis() / tick.as_millis().max(1)).max(1);
-    let mut round_watch = 0u128;
-    let mut last_stamp = opts.reload.as_ref().and_then(|r| file_stamp(&r.path));
-    let mut round = 0u64;
-    while !stop.load(Ordering::Relaxed) && !handles.iter().any(|h| h.is_finished()) {
-        if last_stats.elapsed() >= Duration::from_millis(250) {
-            write_stats();
-            last_stats = std::time::Instant::now();
-        }
-        if let Some(churn) = &churn {
-            round += 1;
-            table.publish(churn.snapshot(config, round));
-        }
-        // SIGHUP, or an edit of the file (looked at about once a second).
-        let file_changed = opts.reload.as_ref().is_some_and(|reload| {
-            round_watch += 1;
-            if !round_watch.is_multiple_of(watch_every) {
-                return false;
-            }
-            let now = file_stamp(&reload.path);
-            file_checks.fetch_add(1, Ordering::Relaxed);
-            let changed = now != last_stamp;
-            last_stamp = now;
-            changed
-        });
-        if let Some(reload) = &opts.reload
-            && (reload.requested.swap(false, Ordering::Relaxed) || file_changed)
-        {
-            match reload_peers(config, reload) {
-                Ok(snapshot) => {
-                    let peers = snapshot.peers().len();
-                    let generation = table.publish(snapshot);
-                    reloads.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        generation,
-                        peers,
-                        "reloaded the peers from {}",
-                        reload.path.display()
-                    );
-                }
-                Err(e) => {
-                    reload_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("reload rejected, the last good table keeps forwarding: {e}");
-                }
-            }
-            write_stats();
-        }
-        std::thread::sleep(tick);
+/// Writes the stats file, when there is one.
+fn write_stats(opts: &RunOptions, view: &NodeView) {
+    if let Some(path) = &opts.stats_file
+        && let Err(e) = write_atomically(path, view.render_prometheus().as_bytes())
+    {
+        tracing::warn!("cannot write stats file {}: {e}", path.display());
     }
+}
+
+/// Waits until `stop` is set or a worker stops, writing the stats file every 250 ms.
+fn supervise<T>(opts: &RunOptions, stop: &AtomicBool, handles: &[JoinHandle<T>], view: &NodeView) {
+    let mut last_stats: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) && !handles.iter().any(JoinHandle::is_finished) {
+        if last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            write_stats(opts, view);
+            last_stats = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops and joins the workers (the first failure is the result), marks the endpoint not
+/// ready, joins the control sources, writes the last stats and removes the masquerade rules.
+fn teardown(
+    opts: &RunOptions,
+    stop: &AtomicBool,
+    handles: Vec<JoinHandle<std::io::Result<()>>>,
+    control_threads: Vec<JoinHandle<()>>,
+    view: &NodeView,
+    masq: Option<crate::masq::Keeper>,
+    created: bool,
+) -> Result<(), Error> {
     stop.store(true, Ordering::Relaxed);
     let mut result = Ok(());
     for (id, handle) in handles.into_iter().enumerate() {
@@ -559,22 +732,16 @@ pub fn run(
         status.set_not_ready("stopping");
         status.healthy.store(false, Ordering::Relaxed);
     }
-    if let Some(t) = control_thread {
+    for t in control_threads {
         let _ = t.join();
     }
-    write_stats();
+    write_stats(opts, view);
     drop(masq);
     tracing::info!(
         removed = created,
         "node down; the TUN device goes away with its last fd when this process created it"
     );
     result
-}
-
-/// Returns what tells one version of a file from the next: its modification time and length.
-fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half.
@@ -588,82 +755,85 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
-/// Synthetic table updates: the real peers plus a varying set of peers in subnets of the
-/// network that nobody uses, published at a fixed rate.
-struct Churn {
-    period: Duration,
-    spare: Vec<crate::table::Peer>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::file::FileCounters;
 
-impl Churn {
-    fn new(config: &NodeConfig, rate: u32) -> Option<Self> {
-        if rate == 0 {
-            return None;
+    fn view() -> NodeView {
+        let local = "10.244.1.0/24".parse().expect("literal");
+        let peer = crate::table::Peer {
+            subnet: "10.244.2.0/24".parse().expect("literal"),
+            endpoint: "192.0.2.2:8285".parse().expect("literal"),
+            vtep_mac: None,
+        };
+        let table = Arc::new(Table::new(
+            Snapshot::new(vec![local], vec![peer]).expect("valid"),
+            2,
+        ));
+        let metrics = Arc::new(Metrics::new(2));
+        crate::metrics::Counters::add(&metrics.worker(1).tx_packets, 5);
+        let stats = table.load();
+        let stats = stats.peer_stats(0).expect("peer");
+        stats.add_tx(0, 2, 200);
+        stats.add_tx(1, 3, 300);
+        stats.add_rx(1, 1, 50);
+        let file = FileCounters::default();
+        file.reloads.fetch_add(4, Ordering::Relaxed);
+        NodeView {
+            head: serde_json::json!({"subnet": "10.244.1.0/24"}),
+            info: "# TYPE fustian_info gauge\nfustian_info{backend=\"udp\"} 1\n".to_owned(),
+            metrics,
+            table,
+            sources: vec![Arc::new(file)],
+            masq: Some(Box::new(|| vec![("iptables_repairs".to_owned(), 1)])),
         }
-        let ipnet::IpNet::V4(net) = config.network else {
-            return None;
-        };
-        let taken = |n: &ipnet::IpNet| {
-            config.subnet.contains(n)
-                || n.contains(&config.subnet)
-                || config
-                    .peers
+    }
+
+    #[test]
+    fn status_is_built_from_the_typed_counters() {
+        let v = view().status_json();
+        assert_eq!(v["subnet"], "10.244.1.0/24");
+        let peer = &v["table"]["peers"][0];
+        assert_eq!(peer["endpoint"], "192.0.2.2:8285");
+        assert_eq!(
+            (&peer["tx_packets"], &peer["tx_bytes"], &peer["rx_bytes"]),
+            (&5.into(), &500.into(), &50.into())
+        );
+        let c = &v["counters"];
+        assert_eq!(c["tx_packets"], 5);
+        assert_eq!(c["drop_no_route"], 0);
+        assert_eq!(c["table_generation"], 1);
+        assert_eq!(c["table_peers"], 1);
+        assert_eq!(c["config_reloads"], 4);
+        assert_eq!(c["iptables_repairs"], 1);
+        let names = c.as_object().expect("object");
+        assert!(
+            names
+                .keys()
+                .all(|k| !k.contains('{') && !k.starts_with("peer_")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn the_text_carries_every_part_and_the_same_numbers() {
+        let view = view();
+        let text = view.render_prometheus();
+        assert!(text.contains(
+            "fustian_peer_tx_bytes{subnet=\"10.244.2.0/24\",endpoint=\"192.0.2.2:8285\"} 500"
+        ));
+        assert!(text.contains("fustian_info{backend=\"udp\"} 1"));
+        // Every counter of /status is in the text under the same name with the same value.
+        let parsed = crate::metrics::parse_prometheus(&text);
+        let status = view.status_json();
+        for (name, value) in status["counters"].as_object().expect("object") {
+            assert!(
+                parsed
                     .iter()
-                    .any(|p| p.subnet.contains(n) || n.contains(&p.subnet))
-        };
-        // The highest /24s (or the network's own length, if longer) of the network.
-        let len = net.prefix_len().max(24);
-        let spare: Vec<_> = net
-            .subnets(len)
-            .ok()?
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(ipnet::IpNet::V4)
-            .filter(|n| !taken(n))
-            .take(32)
-            .zip(0u8..)
-            .map(|(subnet, i)| crate::table::Peer {
-                subnet,
-                endpoint: SocketAddr::new(
-                    std::net::Ipv4Addr::new(192, 0, 2, 200u8.wrapping_add(i)).into(),
-                    config.port,
-                ),
-                vtep_mac: Some(MacAddress([0x02, 0xff, 0, 0, 0, i])),
-            })
-            .collect();
-        tracing::warn!(
-            rate,
-            spare = spare.len(),
-            "publishing synthetic table updates"
-        );
-        Some(Self {
-            period: Duration::from_secs_f64(1.0 / f64::from(rate)),
-            spare,
-        })
+                    .any(|(k, v)| k == name && Some(*v) == value.as_u64()),
+                "{name} {value}"
+            );
+        }
     }
-
-    fn snapshot(&self, config: &NodeConfig, round: u64) -> Snapshot {
-        let mut peers = config.peers.clone();
-        let extra = usize::try_from(round % (self.spare.len() as u64 + 1)).unwrap_or(0);
-        peers.extend(self.spare.iter().take(extra).copied());
-        // The real peers are valid (checked at start) and the spares overlap none of them.
-        Snapshot::new(vec![config.subnet], peers).unwrap_or_default()
-    }
-}
-
-/// Reads the config file again and returns the table for its peers. Only the peers change
-/// live; any other setting that differs from the running one is reported and needs a restart.
-fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, Error> {
-    let file = crate::config::RawNode::from_file(&reload.path)?;
-    let new = NodeConfig::resolve(&reload.flags, Some((&reload.path, &file)))?;
-    let mut same = new.clone();
-    same.peers.clone_from(&running.peers);
-    if &same != running {
-        tracing::warn!(
-            "{}: only the peers are applied live; the other changes need a restart",
-            reload.path.display()
-        );
-    }
-    Ok(Snapshot::new(vec![running.subnet], new.peers)?)
 }

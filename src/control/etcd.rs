@@ -159,6 +159,34 @@ impl EtcdState {
     }
 }
 
+impl crate::control::SourceMetrics for EtcdState {
+    fn totals(&self) -> Vec<(String, u64)> {
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let mut out: Vec<(String, u64)> = [
+            ("etcd_connected", &self.connected),
+            ("etcd_reconnects", &self.reconnects),
+            ("etcd_leases_ignored", &self.leases_ignored),
+            ("etcd_lease_regrants", &self.lease_regrants),
+            ("etcd_own_lease_restored", &self.own_lease_restored),
+            ("etcd_events", &self.events),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), g(v)))
+        .collect();
+        for (reason, count) in Rejection::ALL.iter().zip(&self.leases_rejected) {
+            out.push((
+                format!("etcd_leases_rejected_{}", reason.reason()),
+                g(count),
+            ));
+        }
+        out
+    }
+
+    fn render_prometheus(&self) -> String {
+        Self::render_prometheus(self)
+    }
+}
+
 /// What joining the network gave this node.
 #[derive(Debug, Clone)]
 pub struct Joined {
@@ -740,6 +768,17 @@ impl Agent {
         }
         self.state.leases_ignored.store(ignored, Ordering::Relaxed);
         peers
+    }
+
+    /// Returns the agent as the node runs it: on its own thread, its [`EtcdState`] shown
+    /// beside the node's counters.
+    pub fn into_source(self) -> crate::control::ControlPlane {
+        let state: Arc<dyn crate::control::SourceMetrics> = self.state();
+        crate::control::ControlPlane {
+            name: "etcd",
+            metrics: Some(state),
+            run: Box::new(move |table, stop| self.run(&table, &stop)),
+        }
     }
 
     /// Runs the agent until `stop` is set: watches the leases into `table`, renews this node's

@@ -7,7 +7,7 @@
 //! allocation, and a publish never stalls them. A snapshot is released when the last batch that
 //! loaded it ends, so packets for subnets that did not change are never lost across an update.
 //!
-//! What this module does not do: decide what happens to a packet (that is [`crate::datapath`]),
+//! What this module does not do: decide what happens to a packet (that is [`crate::forward`]),
 //! or know where leases come from (that is [`crate::control`]).
 
 pub mod lpm;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::{ArcSwap, Guard};
+use crossbeam_utils::CachePadded;
 use ipnet::IpNet;
 use rustc_hash::FxHashSet;
 
@@ -59,34 +60,98 @@ pub enum TableError {
     },
 }
 
-/// Traffic to and from one peer. Kept across table updates for as long as the peer keeps its
-/// subnet and endpoint ([`Table::publish`] carries it over), so a counter is not reset by an
-/// unrelated change.
+/// One worker's traffic to and from one peer. Only that worker writes it.
 #[derive(Debug, Default)]
+struct PeerBlock {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+}
+
+/// Traffic to and from one peer, kept per worker: one cache-padded block per worker, written
+/// only by that worker (relaxed atomics, no shared line between workers), summed when read.
+///
+/// The bytes are the UDP payload bytes of the datagrams, the same bytes as the node's
+/// `tx_bytes`/`rx_bytes`: the encapsulated packet with its encapsulation (the VXLAN header
+/// and inner Ethernet header with `vxlan`; the bare inner packet with `udp`). Sent: datagrams
+/// handed to the socket for the peer (each segment of a super-packet counts as one).
+/// Received: datagrams from the peer that passed every check.
+///
+/// Kept across table updates for as long as the peer keeps its subnet and endpoint
+/// ([`Table::publish`] carries it over), so a counter is not reset by an unrelated change.
+#[derive(Debug)]
 pub struct PeerStats {
-    /// Packets handed to the socket for this peer (segments, with offloads).
-    pub tx_packets: AtomicU64,
-    /// Their inner bytes.
-    pub tx_bytes: AtomicU64,
-    /// Packets from this peer that passed every check.
-    pub rx_packets: AtomicU64,
-    /// Their inner bytes.
-    pub rx_bytes: AtomicU64,
+    blocks: Box<[CachePadded<PeerBlock>]>,
+}
+
+/// The sum of a peer's counters over every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTotals {
+    /// Datagrams handed to the socket for this peer (segments, with offloads).
+    pub tx_packets: u64,
+    /// Their UDP payload bytes (encapsulation included).
+    pub tx_bytes: u64,
+    /// Datagrams from this peer that passed every check.
+    pub rx_packets: u64,
+    /// Their UDP payload bytes (encapsulation included).
+    pub rx_bytes: u64,
 }
 
 impl PeerStats {
-    /// Counts packets sent to the peer (relaxed).
-    #[inline]
-    pub fn add_tx(&self, _worker: usize, packets: u64, bytes: u64) {
-        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
-        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// Creates zeroed counters for `workers` workers (at least one).
+    pub fn new(workers: usize) -> Self {
+        Self {
+            blocks: (0..workers.max(1))
+                .map(|_| CachePadded::new(PeerBlock::default()))
+                .collect(),
+        }
     }
 
-    /// Counts packets received from the peer (relaxed).
+    /// Returns worker `worker`'s block; an index out of range folds onto block 0, as
+    /// [`crate::metrics::Metrics::worker`] does.
     #[inline]
-    pub fn add_rx(&self, _worker: usize, packets: u64, bytes: u64) {
-        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    fn block(&self, worker: usize) -> &PeerBlock {
+        // `blocks` is never empty: `new` makes at least one.
+        self.blocks.get(worker).unwrap_or(&self.blocks[0])
+    }
+
+    /// Counts `packets` datagrams of `bytes` UDP payload bytes sent to the peer by `worker`.
+    #[inline]
+    pub fn add_tx(&self, worker: usize, packets: u64, bytes: u64) {
+        let b = self.block(worker);
+        b.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        b.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `packets` datagrams of `bytes` UDP payload bytes received from the peer by
+    /// `worker`.
+    #[inline]
+    pub fn add_rx(&self, worker: usize, packets: u64, bytes: u64) {
+        let b = self.block(worker);
+        b.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        b.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Sums every worker's block.
+    pub fn totals(&self) -> PeerTotals {
+        let mut t = PeerTotals::default();
+        for b in &*self.blocks {
+            t.tx_packets = t
+                .tx_packets
+                .wrapping_add(b.tx_packets.load(Ordering::Relaxed));
+            t.tx_bytes = t.tx_bytes.wrapping_add(b.tx_bytes.load(Ordering::Relaxed));
+            t.rx_packets = t
+                .rx_packets
+                .wrapping_add(b.rx_packets.load(Ordering::Relaxed));
+            t.rx_bytes = t.rx_bytes.wrapping_add(b.rx_bytes.load(Ordering::Relaxed));
+        }
+        t
+    }
+
+    /// Returns the number of worker blocks.
+    pub fn workers(&self) -> usize {
+        self.blocks.len()
     }
 }
 
@@ -144,7 +209,6 @@ impl Snapshot {
             }
             snap.senders.insert(peer.endpoint.ip());
             snap.peers.push(Peer { subnet, ..peer });
-            snap.stats.push(Arc::default());
         }
         Ok(snap)
     }
@@ -176,7 +240,8 @@ impl Snapshot {
         &self.peers
     }
 
-    /// Returns the traffic counters of peer `index` (as [`Self::lookup`] returns it).
+    /// Returns the traffic counters of peer `index` (as [`Self::lookup`] returns it). A
+    /// snapshot has counters once a [`Table`] holds it (none before).
     #[inline]
     pub fn peer_stats(&self, index: u32) -> Option<&PeerStats> {
         self.stats.get(index as usize).map(|s| &**s)
@@ -198,16 +263,28 @@ impl Snapshot {
 pub struct Table {
     current: ArcSwap<Snapshot>,
     next_generation: AtomicU64,
+    workers: usize,
 }
 
 impl Table {
-    /// Creates a table holding `snapshot` as generation 1.
-    pub fn new(mut snapshot: Snapshot) -> Self {
+    /// Creates a table holding `snapshot` as generation 1, whose peer counters have one block
+    /// for each of `workers` workers (at least one).
+    pub fn new(mut snapshot: Snapshot, workers: usize) -> Self {
+        let workers = workers.max(1);
         snapshot.generation = 1;
+        snapshot.stats = (0..snapshot.peers.len())
+            .map(|_| Arc::new(PeerStats::new(workers)))
+            .collect();
         Self {
             current: ArcSwap::from_pointee(snapshot),
             next_generation: AtomicU64::new(2),
+            workers,
         }
+    }
+
+    /// Returns the number of workers the peer counters have blocks for.
+    pub const fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Returns the current snapshot. Lock-free; hold the guard for one batch at most.
@@ -217,22 +294,29 @@ impl Table {
     }
 
     /// Replaces the current snapshot; returns the generation it was given. Peers that keep
-    /// their subnet and endpoint keep their [`PeerStats`].
+    /// their subnet and endpoint keep their [`PeerStats`]; the others get fresh ones with a
+    /// block per worker.
     pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
         let old = self.current.load();
-        if !old.peers.is_empty() && !snapshot.peers.is_empty() {
-            let kept: rustc_hash::FxHashMap<(IpNet, SocketAddr), &Arc<PeerStats>> = old
-                .peers
-                .iter()
-                .zip(&old.stats)
-                .map(|(p, s)| ((p.subnet, p.endpoint), s))
-                .collect();
-            for (p, s) in snapshot.peers.iter().zip(snapshot.stats.iter_mut()) {
-                if let Some(o) = kept.get(&(p.subnet, p.endpoint)) {
-                    *s = Arc::clone(o);
-                }
-            }
-        }
+        let kept: rustc_hash::FxHashMap<(IpNet, SocketAddr), &Arc<PeerStats>> =
+            if snapshot.peers.is_empty() {
+                rustc_hash::FxHashMap::default()
+            } else {
+                old.peers
+                    .iter()
+                    .zip(&old.stats)
+                    .map(|(p, s)| ((p.subnet, p.endpoint), s))
+                    .collect()
+            };
+        snapshot.stats = snapshot
+            .peers
+            .iter()
+            .map(|p| {
+                kept.get(&(p.subnet, p.endpoint))
+                    .map_or_else(|| Arc::new(PeerStats::new(self.workers)), |o| Arc::clone(o))
+            })
+            .collect();
+        drop(kept);
         drop(old);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         snapshot.generation = generation;
@@ -250,43 +334,84 @@ mod tests {
         let local: Vec<IpNet> = vec!["10.244.1.0/24".parse().expect("literal")];
         let b = peer("10.244.2.0/24", "192.0.2.2");
         let c = peer("10.244.3.0/24", "192.0.2.3");
-        let table = Table::new(Snapshot::new(local.clone(), vec![b]).expect("valid"));
+        let table = Table::new(Snapshot::new(local.clone(), vec![b]).expect("valid"), 2);
         table
             .load()
             .peer_stats(0)
             .expect("peer 0")
-            .add_tx(0, 3, 300);
-        // Adding c keeps b's counters; c starts at zero.
+            .add_tx(0, 2, 200);
+        table
+            .load()
+            .peer_stats(0)
+            .expect("peer 0")
+            .add_tx(1, 1, 100);
+        // Adding c keeps b's counters; c starts at zero with a block per worker.
         table.publish(Snapshot::new(local.clone(), vec![c, b]).expect("valid"));
         let snap = table.load();
-        assert_eq!(
-            snap.peer_stats(1)
-                .expect("b")
-                .tx_packets
-                .load(Ordering::Relaxed),
-            3
-        );
-        assert_eq!(
-            snap.peer_stats(0)
-                .expect("c")
-                .tx_bytes
-                .load(Ordering::Relaxed),
-            0
-        );
+        let b_totals = snap.peer_stats(1).expect("b").totals();
+        assert_eq!((b_totals.tx_packets, b_totals.tx_bytes), (3, 300));
+        let c_stats = snap.peer_stats(0).expect("c");
+        assert_eq!(c_stats.totals(), PeerTotals::default());
+        assert_eq!(c_stats.workers(), 2);
         drop(snap);
         // b moving to another endpoint is another peer: fresh counters.
         let moved = peer("10.244.2.0/24", "192.0.2.9");
         table.publish(Snapshot::new(local, vec![moved]).expect("valid"));
         assert_eq!(
-            table
-                .load()
-                .peer_stats(0)
-                .expect("b")
-                .tx_packets
-                .load(Ordering::Relaxed),
-            0
+            table.load().peer_stats(0).expect("b").totals(),
+            PeerTotals::default()
         );
         assert!(table.load().peer_stats(1).is_none());
+    }
+
+    #[test]
+    fn peer_stats_sum_every_worker() {
+        let stats = PeerStats::new(3);
+        for w in 0..3 {
+            stats.add_tx(w, 1, 10);
+            stats.add_rx(w, 2, 20);
+        }
+        assert_eq!(
+            stats.totals(),
+            PeerTotals {
+                tx_packets: 3,
+                tx_bytes: 30,
+                rx_packets: 6,
+                rx_bytes: 60
+            }
+        );
+    }
+
+    #[test]
+    fn peer_stats_fold_out_of_range_workers() {
+        let stats = PeerStats::new(2);
+        stats.add_tx(2, 1, 1);
+        stats.add_rx(usize::MAX, 1, 7);
+        let t = stats.totals();
+        assert_eq!((t.tx_packets, t.rx_bytes), (1, 7));
+        // No workers asked for still gives one block.
+        let one = PeerStats::new(0);
+        assert_eq!(one.workers(), 1);
+        one.add_tx(5, 4, 4);
+        assert_eq!(one.totals().tx_packets, 4);
+    }
+
+    #[test]
+    fn peer_stats_with_the_table_s_worker_count() {
+        let local: Vec<IpNet> = vec!["10.244.1.0/24".parse().expect("literal")];
+        let bare =
+            Snapshot::new(local.clone(), vec![peer("10.244.2.0/24", "192.0.2.2")]).expect("valid");
+        assert!(
+            bare.peer_stats(0).is_none(),
+            "no counters before a table holds it"
+        );
+        let table = Table::new(bare, 4);
+        assert_eq!(table.workers(), 4);
+        assert_eq!(table.load().peer_stats(0).expect("peer").workers(), 4);
+        table.publish(
+            Snapshot::new(local, vec![peer("10.244.3.0/24", "192.0.2.3")]).expect("valid"),
+        );
+        assert_eq!(table.load().peer_stats(0).expect("peer").workers(), 4);
     }
 
     fn peer(subnet: &str, ip: &str) -> Peer {
@@ -348,7 +473,7 @@ mod tests {
 
     #[test]
     fn publish_swaps_and_counts_generations() {
-        let table = Table::new(Snapshot::default());
+        let table = Table::new(Snapshot::default(), 1);
         let old = table.load();
         assert_eq!(old.generation(), 1);
         let snap = Snapshot::new(vec![], vec![peer("10.244.2.0/24", "192.0.2.2")]).expect("ok");

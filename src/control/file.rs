@@ -1,0 +1,286 @@
+//! The static control source: the peers of the config file, read again when the file changes
+//! (its modification time and length are looked at about once a second) or on SIGHUP.
+//!
+//! Only the peers change live; a reload that changes another setting is applied for its peers
+//! and warns that the rest needs a restart. A file that does not parse, or whose peers do not
+//! make a valid table, is rejected once (counted, logged) and the last good table keeps
+//! forwarding; the unchanged bad file is not tried again until it changes or SIGHUP asks.
+//!
+//! Counters (`fustian_` in the Prometheus text): `config_reloads` (tables published from the
+//! file), `config_reload_errors` (reloads rejected), `config_file_checks` (looks at the file's
+//! stamp).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{ControlPlane, SourceMetrics};
+use crate::config::{NodeConfig, RawNode};
+use crate::error::Error;
+use crate::table::{Snapshot, Table};
+
+/// How often the loop wakes up to look for SIGHUP (and for the stop flag).
+const TICK: Duration = Duration::from_millis(100);
+
+/// How often the file's stamp is looked at.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a reload reads from: the config file, under the same flags as at start.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The config file.
+    pub path: PathBuf,
+    /// The flags given at start (they still win over the file).
+    pub flags: RawNode,
+    /// Set by the signal handler; cleared when the reload is done.
+    pub requested: Arc<AtomicBool>,
+}
+
+/// The file source's counters.
+#[derive(Debug, Default)]
+pub struct FileCounters {
+    /// Tables published from the file.
+    pub reloads: AtomicU64,
+    /// Reloads rejected (the file did not parse or its peers make no valid table).
+    pub reload_errors: AtomicU64,
+    /// Looks at the file's stamp.
+    pub file_checks: AtomicU64,
+}
+
+impl SourceMetrics for FileCounters {
+    fn totals(&self) -> Vec<(String, u64)> {
+        [
+            ("config_reloads", &self.reloads),
+            ("config_reload_errors", &self.reload_errors),
+            ("config_file_checks", &self.file_checks),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v.load(Ordering::Relaxed)))
+        .collect()
+    }
+
+    fn render_prometheus(&self) -> String {
+        self.totals()
+            .into_iter()
+            .map(|(n, v)| format!("# TYPE fustian_{n} counter\nfustian_{n} {v}\n"))
+            .collect()
+    }
+}
+
+/// What tells one version of a file from the next: its modification time and length.
+pub type Stamp = (SystemTime, u64);
+
+/// Returns the stamp of `path`, or `None` when it cannot be read.
+pub fn file_stamp(path: &Path) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The reload decision: SIGHUP, or a stamp that differs from the last one seen, looked at no
+/// more often than `every`.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    every: Duration,
+    last_check: Instant,
+    last_stamp: Option<Stamp>,
+}
+
+/// What one look decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The stamp was looked at.
+    pub checked: bool,
+    /// The peers are to be read again.
+    pub reload: bool,
+}
+
+impl Watch {
+    /// Starts watching at `now`, with the stamp the file had when the node read it.
+    pub const fn new(every: Duration, now: Instant, stamp: Option<Stamp>) -> Self {
+        Self {
+            every,
+            last_check: now,
+            last_stamp: stamp,
+        }
+    }
+
+    /// Decides at `now`: reload when `requested` (SIGHUP), or when the stamp is due to be
+    /// looked at and `stamp()` gives another one than the last look (a file that vanishes or
+    /// comes back counts as a change). `stamp` is called only when due.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        requested: bool,
+        stamp: impl FnOnce() -> Option<Stamp>,
+    ) -> Decision {
+        let due = now.saturating_duration_since(self.last_check) >= self.every;
+        let mut changed = false;
+        if due {
+            self.last_check = now;
+            let current = stamp();
+            changed = current != self.last_stamp;
+            self.last_stamp = current;
+        }
+        Decision {
+            checked: due,
+            reload: requested || changed,
+        }
+    }
+}
+
+/// Returns the file source for a node started with `config`: its loop reloads the peers
+/// from `reload.path` on SIGHUP or when the file changes.
+pub fn source(config: NodeConfig, reload: Reload) -> ControlPlane {
+    let counters = Arc::new(FileCounters::default());
+    let metrics: Arc<dyn SourceMetrics> = Arc::clone(&counters) as Arc<dyn SourceMetrics>;
+    ControlPlane {
+        name: "file",
+        metrics: Some(metrics),
+        run: Box::new(move |table, stop| run(&config, &reload, &counters, &table, &stop)),
+    }
+}
+
+/// The loop: until `stop` is set, reloads when [`Watch::decide`] says so.
+fn run(
+    config: &NodeConfig,
+    reload: &Reload,
+    counters: &FileCounters,
+    table: &Table,
+    stop: &AtomicBool,
+) {
+    let mut watch = Watch::new(WATCH_EVERY, Instant::now(), file_stamp(&reload.path));
+    while !stop.load(Ordering::Relaxed) {
+        let requested = reload.requested.swap(false, Ordering::Relaxed);
+        let decision = watch.decide(Instant::now(), requested, || file_stamp(&reload.path));
+        if decision.checked {
+            counters.file_checks.fetch_add(1, Ordering::Relaxed);
+        }
+        if decision.reload {
+            match reload_peers(config, reload) {
+                Ok(snapshot) => {
+                    let peers = snapshot.peers().len();
+                    let generation = table.publish(snapshot);
+                    counters.reloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        generation,
+                        peers,
+                        "reloaded the peers from {}",
+                        reload.path.display()
+                    );
+                }
+                Err(e) => {
+                    counters.reload_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("reload rejected, the last good table keeps forwarding: {e}");
+                }
+            }
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// Reads the config file again and returns the table for its peers. Only the peers change
+/// live; any other setting that differs from the running one is reported and needs a restart.
+///
+/// # Errors
+///
+/// The file does not read or parse, or its peers do not make a valid table.
+pub fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, Error> {
+    let file = RawNode::from_file(&reload.path)?;
+    let new = NodeConfig::resolve(&reload.flags, Some((&reload.path, &file)))?;
+    let mut same = new.clone();
+    same.peers.clone_from(&running.peers);
+    if &same != running {
+        tracing::warn!(
+            "{}: only the peers are applied live; the other changes need a restart",
+            reload.path.display()
+        );
+    }
+    Ok(Snapshot::new(vec![running.subnet], new.peers)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(secs: u64, len: u64) -> Option<Stamp> {
+        Some((SystemTime::UNIX_EPOCH + Duration::from_secs(secs), len))
+    }
+
+    #[test]
+    fn looks_at_the_file_once_a_period_and_reloads_on_change() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(Duration::from_secs(1), t0, stamp(1, 10));
+        // Not due: the stamp is not read, nothing to do.
+        let d = w.decide(t0 + Duration::from_millis(500), false, || {
+            panic!("read before it was due")
+        });
+        assert_eq!(
+            d,
+            Decision {
+                checked: false,
+                reload: false
+            }
+        );
+        // Due, unchanged.
+        let d = w.decide(t0 + Duration::from_secs(1), false, || stamp(1, 10));
+        assert_eq!(
+            d,
+            Decision {
+                checked: true,
+                reload: false
+            }
+        );
+        // Due again a period later, changed: one reload, not repeated for the same stamp.
+        assert!(
+            w.decide(t0 + Duration::from_secs(2), false, || stamp(2, 10))
+                .reload
+        );
+        assert!(
+            !w.decide(t0 + Duration::from_secs(3), false, || stamp(2, 10))
+                .reload
+        );
+        // The length alone, or the file vanishing, is a change too.
+        assert!(
+            w.decide(t0 + Duration::from_secs(4), false, || stamp(2, 11))
+                .reload
+        );
+        assert!(w.decide(t0 + Duration::from_secs(5), false, || None).reload);
+        assert!(!w.decide(t0 + Duration::from_secs(6), false, || None).reload);
+    }
+
+    #[test]
+    fn sighup_reloads_whether_or_not_the_file_changed() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(Duration::from_secs(1), t0, stamp(1, 10));
+        let d = w.decide(t0, true, || panic!("not due"));
+        assert_eq!(
+            d,
+            Decision {
+                checked: false,
+                reload: true
+            }
+        );
+        assert!(
+            w.decide(t0 + Duration::from_secs(1), true, || stamp(1, 10))
+                .reload
+        );
+    }
+
+    #[test]
+    fn counters_render_under_their_names() {
+        let c = FileCounters::default();
+        c.reloads.fetch_add(2, Ordering::Relaxed);
+        c.file_checks.fetch_add(5, Ordering::Relaxed);
+        let parsed = crate::metrics::parse_prometheus(&c.render_prometheus());
+        assert_eq!(parsed, c.totals());
+        assert_eq!(
+            c.totals(),
+            vec![
+                ("config_reloads".to_owned(), 2),
+                ("config_reload_errors".to_owned(), 0),
+                ("config_file_checks".to_owned(), 5),
+            ]
+        );
+    }
+}
