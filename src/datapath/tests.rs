@@ -177,12 +177,7 @@ fn balanced(t: Tally) -> bool {
 }
 
 fn drops(c: &Core, reason: DropReason) -> u64 {
-    let name = format!("drop_{}", reason.name());
-    c.metrics
-        .totals()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .map_or(0, |(_, v)| v)
+    c.metrics.totals().dropped(reason)
 }
 
 #[test]
