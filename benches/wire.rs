@@ -1,4 +1,5 @@
-//! Per-packet cost of the forwarding decisions: parse, lookup, encapsulate / check, decapsulate.
+//! Per-packet cost of the forwarding decisions (parse, lookup, encapsulate / check,
+//! decapsulate), and of the checksum sum every segment's payload goes through.
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -115,5 +116,20 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The Internet checksum's one's-complement sum over a segment's payload and a super-packet.
+fn checksum(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ones_sum");
+    for size in [1448usize, 65_536] {
+        let data: Vec<u8> = (0..size)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap_or(0))
+            .collect();
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(size), &size, |bench, _| {
+            bench.iter(|| black_box(fustian::wire::ip::ones_sum(black_box(&data))));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, checksum);
 criterion_main!(benches);

@@ -43,7 +43,7 @@ mod tx;
 use std::sync::Arc;
 
 pub use forward::Forwarding;
-pub use rx::RxOp;
+pub use rx::{RxOp, TunWrite};
 pub use tx::TxPlan;
 
 use crate::metrics::{Counters, Metrics};

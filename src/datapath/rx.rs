@@ -50,6 +50,32 @@ pub enum RxOp {
     },
 }
 
+/// One TUN write resolved to its bytes ([`Core::rx_writes`]): the packet is `head` followed
+/// by `body` (a segment gathered from its header slot and its payload; `body` is empty for a
+/// whole packet).
+#[derive(Debug, Clone, Copy)]
+pub struct TunWrite<'a> {
+    /// The virtio-net header of a super-packet the kernel cuts (merged, or a kernel peer's);
+    /// `None` for a plain packet (behind a plain header when the device takes them).
+    pub hdr: Option<&'a VnetHdr>,
+    /// The packet, or its headers.
+    pub head: &'a [u8],
+    /// The rest of the packet.
+    pub body: &'a [u8],
+}
+
+impl TunWrite<'_> {
+    /// Returns the packet's length.
+    pub const fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Returns true for an empty packet.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Core {
     /// Decides what to do with one socket read `r` whose bytes are `slot[..r.len]`: dropped
     /// whole when it did not fit (`oversize`) or has no sender address, else cut into
@@ -78,17 +104,21 @@ impl Core {
         if stride < len {
             Counters::add(&self.counters().rx_gro_reads, 1);
         }
-        let mut rx_segs_used = 0;
+        let mut acc = ReadCounts::default();
         let mut at = 0;
         // An empty datagram is one (malformed) datagram too.
         loop {
             let end = len.min(at + stride);
-            self.datagram(snap, from, slot, at, end - at, &mut rx_segs_used);
+            self.datagram(snap, from, slot, at, end - at, &mut acc);
             at = end;
             if at >= len {
                 break;
             }
         }
+        let counters = self.metrics.worker(self.cfg.worker);
+        Counters::add(&counters.rx_packets, acc.packets);
+        Counters::add(&counters.rx_bytes, acc.bytes);
+        acc.flush_peer(snap, self.cfg.worker);
         self.count_merges();
     }
 
@@ -106,6 +136,49 @@ impl Core {
     /// Returns the writes planned by the last [`Core::udp_read`] or [`Core::rx_flush`].
     pub fn rx_ops(&self) -> &[RxOp] {
         &self.ops
+    }
+
+    /// Resolves the planned writes ([`Core::rx_ops`]) to their bytes and hands them to `f`, in
+    /// order: packets in `slot` (the buffer the read was passed in, left as
+    /// [`Core::udp_read`] made it) and in the core's own buffers.
+    pub fn rx_writes<'a>(&'a self, slot: &'a [u8], mut f: impl FnMut(TunWrite<'a>)) {
+        let bytes = |start: usize, len: usize| slot.get(start..start + len).unwrap_or_default();
+        for op in &self.ops {
+            match op {
+                RxOp::Write { start, len } => f(TunWrite {
+                    hdr: None,
+                    head: bytes(*start, *len),
+                    body: &[],
+                }),
+                RxOp::WriteVnet { start, len, hdr } => f(TunWrite {
+                    hdr: Some(hdr),
+                    head: bytes(*start, *len),
+                    body: &[],
+                }),
+                RxOp::Merged { buf } => {
+                    let (hdr, packet) = self.merged(*buf);
+                    f(TunWrite {
+                        hdr: Some(hdr),
+                        head: packet,
+                        body: &[],
+                    });
+                }
+                RxOp::Segments {
+                    packet,
+                    first,
+                    count,
+                } => {
+                    for i in *first..first + count {
+                        let (head, seg) = self.rx_segment(i);
+                        f(TunWrite {
+                            hdr: None,
+                            head,
+                            body: bytes(packet + seg.payload_start, seg.payload_len),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Returns the merged packet of an [`RxOp::Merged`] and its virtio-net header.
@@ -133,11 +206,11 @@ impl Core {
         slot: &mut [u8],
         at: usize,
         len: usize,
-        rx_segs_used: &mut usize,
+        acc: &mut ReadCounts,
     ) {
         let counters = self.metrics.worker(self.cfg.worker);
-        Counters::add(&counters.rx_packets, 1);
-        Counters::add(&counters.rx_bytes, len as u64);
+        acc.packets += 1;
+        acc.bytes += len as u64;
         self.tally.datagrams += 1;
         let max = self.cfg.fwd.max_inner_len;
         // `udp` peers never send more than their MTU; only VXLAN super-frames from a kernel
@@ -152,9 +225,7 @@ impl Core {
                     len: inner,
                     peer,
                 } => {
-                    if let Some(stats) = snap.peer_stats(peer) {
-                        stats.add_rx(self.cfg.worker, 1, len as u64);
-                    }
+                    acc.peer(snap, self.cfg.worker, peer, len);
                     (at + start, inner)
                 }
                 forward::Inbound::Drop(reason) => return self.drop_rx(reason),
@@ -193,7 +264,7 @@ impl Core {
             self.tally.delivered += 1;
             return;
         }
-        let first = *rx_segs_used;
+        let first = acc.rx_segs_used;
         let free = self.rx_segs.get_mut(first..).unwrap_or_default();
         let headers = self
             .rx_headers
@@ -202,7 +273,7 @@ impl Core {
         match crate::wire::tcp::cut(inner, max, headers, RX_HEADER_STRIDE, free) {
             Ok(count) => {
                 Counters::add(&counters.tun_tx_segmented, 1);
-                *rx_segs_used += count;
+                acc.rx_segs_used += count;
                 self.ops.push(RxOp::Segments {
                     packet: start,
                     first,
@@ -238,6 +309,42 @@ impl Core {
             let counters = self.counters();
             Counters::add(&counters.tun_tx_merged, written.merged);
             Counters::add(&counters.tun_tx_merged_segments, written.merged_segments);
+        }
+    }
+}
+
+/// What one socket read adds to the counters, added once per read rather than once per
+/// datagram of a `UDP_GRO` read.
+#[derive(Debug, Default)]
+struct ReadCounts {
+    packets: u64,
+    bytes: u64,
+    /// The peer whose datagrams are being counted: index, datagrams, bytes.
+    peer: Option<(u32, u64, u64)>,
+    /// Segments of [`Core::rx_segment`] used so far by this read.
+    rx_segs_used: usize,
+}
+
+impl ReadCounts {
+    /// Counts a datagram of `len` bytes from `peer` that passed every check.
+    fn peer(&mut self, snap: &Snapshot, worker: usize, peer: u32, len: usize) {
+        match &mut self.peer {
+            Some((p, n, b)) if *p == peer => {
+                *n += 1;
+                *b += len as u64;
+            }
+            _ => {
+                self.flush_peer(snap, worker);
+                self.peer = Some((peer, 1, len as u64));
+            }
+        }
+    }
+
+    fn flush_peer(&mut self, snap: &Snapshot, worker: usize) {
+        if let Some((peer, n, b)) = self.peer.take()
+            && let Some(stats) = snap.peer_stats(peer)
+        {
+            stats.add_rx(worker, n, b);
         }
     }
 }

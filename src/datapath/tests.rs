@@ -121,33 +121,11 @@ fn send(a: &mut Core, packet: &[u8]) -> Vec<u8> {
 /// Resolves the writes the core planned for `slot` into packets and their headers.
 fn writes(c: &Core, slot: &[u8]) -> Vec<(VnetHdr, Vec<u8>)> {
     let mut out = Vec::new();
-    for op in c.rx_ops() {
-        match *op {
-            RxOp::Write { start, len } => {
-                out.push((VnetHdr::NONE, slot[start..start + len].to_vec()))
-            }
-            RxOp::WriteVnet { start, len, hdr } => {
-                out.push((hdr, slot[start..start + len].to_vec()))
-            }
-            RxOp::Merged { buf } => {
-                let (h, p) = c.merged(buf);
-                out.push((*h, p.to_vec()));
-            }
-            RxOp::Segments {
-                packet,
-                first,
-                count,
-            } => {
-                for i in first..first + count {
-                    let (head, seg) = c.rx_segment(i);
-                    let mut p = head.to_vec();
-                    let at = packet + seg.payload_start;
-                    p.extend_from_slice(&slot[at..at + seg.payload_len]);
-                    out.push((VnetHdr::NONE, p));
-                }
-            }
-        }
-    }
+    c.rx_writes(slot, |w| {
+        let mut p = w.head.to_vec();
+        p.extend_from_slice(w.body);
+        out.push((w.hdr.copied().unwrap_or(VnetHdr::NONE), p));
+    });
     out
 }
 

@@ -33,9 +33,9 @@ impl SlotBuf {
         self.slot
     }
 
-    /// Returns the offset of slot `i` in [`Self::data`].
-    pub(crate) const fn offset(&self, i: usize) -> usize {
-        i * self.slot
+    /// Returns where slot `i` lies in [`Self::data_mut`].
+    pub(crate) const fn range(&self, i: usize) -> std::ops::Range<usize> {
+        i * self.slot..(i + 1) * self.slot
     }
 
     /// Returns slot `i` whole (headroom included).
@@ -65,8 +65,8 @@ mod tests {
         assert_eq!(b.slot() % 64, 0);
         assert!(b.slot() >= 1488);
         b.slot_mut(1).fill(1);
-        assert!(b.data()[..b.offset(1)].iter().all(|&x| x == 0));
-        assert!(b.data()[b.offset(2)..].iter().all(|&x| x == 0));
+        assert!(b.data()[..b.range(1).start].iter().all(|&x| x == 0));
+        assert!(b.data()[b.range(2).start..].iter().all(|&x| x == 0));
         assert_eq!(b.count(), 4);
     }
 }

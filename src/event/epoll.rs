@@ -1,9 +1,10 @@
 //! The epoll backend (through mio): edge-triggered readiness, `recvmmsg`/`sendmmsg` batches.
 //!
-//! One `Poll` per worker with two registrations, the TUN queue and the UDP socket. On any
-//! wakeup the worker alternates one batch from TUN and one batch from the socket until both
-//! would block, so neither direction starves the other under load (flannel's proxy reads one
-//! packet per syscall and starves its control socket under load).
+//! One `Poll` per worker with two registrations, the TUN queue and the UDP socket. On a
+//! wakeup the worker alternates one batch from each ready source until each would block, so
+//! neither direction starves the other under load (flannel's proxy reads one packet per
+//! syscall and starves its control socket under load); a source without an event is not
+//! probed.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -14,7 +15,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::buf::SlotBuf;
-use super::exec::{Sender, TunWriter};
+use super::exec::{Sender, TunRead, TunWriter};
 use super::{BATCH, RateLimitedLog, STOP_POLL, Worker};
 use crate::datapath::{Core, HEADROOM};
 use crate::udp::{MmsgScratch, Received};
@@ -64,6 +65,8 @@ pub fn run(worker: Worker) -> io::Result<()> {
         w: worker,
     };
     let mut events = Events::with_capacity(8);
+    // Both are drained once at start: packets may have queued before the registration.
+    let (mut tun_ready, mut udp_ready) = (true, true);
     tracing::debug!(worker = l.w.id, "epoll worker started");
     while !l.w.stop.load(Ordering::Relaxed) {
         if let Err(e) = poll.poll(&mut events, Some(STOP_POLL)) {
@@ -72,15 +75,23 @@ pub fn run(worker: Worker) -> io::Result<()> {
             }
             return Err(e);
         }
-        // Edge-triggered: drain both sources until both would block, whatever woke us.
-        loop {
-            let from_tun = l.tun_to_udp();
-            let from_udp = l.udp_to_tun();
-            if from_tun == 0 && from_udp == 0 {
-                break;
+        // Edge-triggered: drain every source that said it is ready until it would block,
+        // alternating one batch each so neither direction starves the other. A source that
+        // stopped short of a full batch is drained and is not probed again (an `EAGAIN` system
+        // call) until its next event.
+        for event in &events {
+            match event.token() {
+                TUN => tun_ready = true,
+                UDP => udp_ready = true,
+                _ => {}
             }
-            if l.w.stop.load(Ordering::Relaxed) {
-                break;
+        }
+        while (tun_ready || udp_ready) && !l.w.stop.load(Ordering::Relaxed) {
+            if tun_ready {
+                tun_ready = l.tun_to_udp() == l.tun_bufs.count();
+            }
+            if udp_ready {
+                udp_ready = l.udp_to_tun() == BATCH;
             }
         }
     }
@@ -105,15 +116,17 @@ impl Loop {
                     break;
                 }
             };
-            let plan = self.core.tun_read(&snap, slot, n, now);
-            let base = self.tun_bufs.offset(read);
-            self.sender.execute(
+            let read_at = TunRead {
+                slot: self.tun_bufs.range(read),
+                n,
+            };
+            self.sender.transmit(
                 &self.w,
-                &self.core,
-                plan,
-                self.tun_bufs.data(),
-                base,
-                &mut self.writer,
+                &mut self.core,
+                &snap,
+                now,
+                self.tun_bufs.data_mut(),
+                read_at,
             );
             read += 1;
         }
@@ -145,13 +158,11 @@ impl Loop {
             let r = self.received[i];
             let buf = self.rx_bufs.slot_mut(i);
             self.core.udp_read(&snap, buf, &r);
-            let buf = self.rx_bufs.slot_mut(i);
             self.writer
-                .execute(&self.w, &self.core, self.core.rx_ops(), buf);
+                .execute(&self.w, &self.core, self.rx_bufs.slot_mut(i));
         }
         self.core.rx_flush();
-        self.writer
-            .execute(&self.w, &self.core, self.core.rx_ops(), &[]);
+        self.writer.execute(&self.w, &self.core, &[]);
         n
     }
 }

@@ -6,12 +6,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Instant;
 
 use super::{BATCH, RateLimitedLog, Worker};
-use crate::datapath::{Core, RxOp, TxPlan};
+use crate::datapath::{Core, TxPlan};
 use crate::metrics::{Counters, DropReason};
-use crate::tun::Tun;
-use crate::udp::{MmsgScratch, SegmentScratch, Transmit, UdpSocket};
+use crate::table::Snapshot;
+use crate::udp::{Gathered, MmsgScratch, SegmentScratch, Transmit, UdpSocket};
 
 /// How long a send waits for room in a full socket buffer before the rest of its batch is
 /// dropped.
@@ -23,6 +25,16 @@ pub(crate) struct Sender {
     mm: MmsgScratch,
     seg: SegmentScratch,
     log: RateLimitedLog,
+    icmp_log: RateLimitedLog,
+}
+
+/// Where a TUN read lies: its slot in the loop's buffer, and the bytes the read returned.
+#[derive(Debug, Clone)]
+pub(crate) struct TunRead {
+    /// The slot, as a range of the buffer.
+    pub(crate) slot: Range<usize>,
+    /// Bytes read into it (at [`Core::tun_read_offset`]).
+    pub(crate) n: usize,
 }
 
 impl Sender {
@@ -32,6 +44,7 @@ impl Sender {
             mm: MmsgScratch::new(BATCH),
             seg: SegmentScratch::new(crate::offload::MAX_SEGMENTS),
             log: RateLimitedLog::new("UDP send failed"),
+            icmp_log: RateLimitedLog::new("ICMP write to TUN failed"),
         }
     }
 
@@ -40,19 +53,24 @@ impl Sender {
         !self.queue.is_empty()
     }
 
-    /// Carries out `plan`, made by `core` for the TUN read in the slot that starts at `base` in
-    /// `data`. A datagram is queued (sent by [`Self::flush`] with `data`, which must still hold
-    /// it, or right away when the queue is full); segments go right away, after the queue.
-    pub(crate) fn execute(
+    /// Hands the TUN `read` in `data` to `core` and carries out its plan: a datagram is
+    /// queued (sent by [`Self::flush`] with `data`, which must still hold it, or right away
+    /// when the queue is full); segments go right away, after the queue; an ICMP error is
+    /// written into TUN.
+    pub(crate) fn transmit(
         &mut self,
         w: &Worker,
-        core: &Core,
-        plan: TxPlan,
-        data: &[u8],
-        base: usize,
-        tun: &mut TunWriter,
+        core: &mut Core,
+        snap: &Snapshot,
+        now: Instant,
+        data: &mut [u8],
+        read: TunRead,
     ) {
-        match plan {
+        let base = read.slot.start;
+        let Some(slot) = data.get_mut(read.slot) else {
+            return;
+        };
+        match core.tun_read(snap, slot, read.n, now) {
             TxPlan::Datagram {
                 socket,
                 dst,
@@ -82,7 +100,10 @@ impl Sender {
                     .unwrap_or_default();
                 self.send_segments(w, core, socket, dst, packet, count);
             }
-            TxPlan::Icmp { len } => tun.write_icmp(&w.tun, core.icmp_reply(len), w),
+            TxPlan::Icmp { len } => match w.tun.write(core.icmp_reply(len)) {
+                Ok(_) => Counters::add(&w.metrics.worker(w.id).tun_tx_icmp, 1),
+                Err(e) => self.icmp_log.error(&e),
+            },
             TxPlan::Dropped => {}
         }
     }
@@ -150,14 +171,14 @@ impl Sender {
         send_in_order(
             segs.len(),
             |at| {
-                let sent = sock.send_segments(
-                    scratch,
+                let batch = Gathered {
                     dst,
-                    headers.get(at * stride..).unwrap_or_default(),
+                    headers: headers.get(at * stride..).unwrap_or_default(),
                     stride,
                     packet,
-                    &segs[at..],
-                )?;
+                    segs: &segs[at..],
+                };
+                let sent = sock.send_segments(scratch, &batch)?;
                 Counters::add(&counters.tx_gso_sends, sent.gso_messages as u64);
                 Ok(sent.segments)
             },
@@ -290,51 +311,17 @@ impl TunWriter {
         }
     }
 
-    /// Carries out `ops` (made by `core` for the read in `slot`) in order.
-    pub(crate) fn execute(&mut self, w: &Worker, core: &Core, ops: &[RxOp], slot: &[u8]) {
-        for op in ops {
-            self.execute_one(w, core, *op, slot);
-        }
-    }
-
-    /// Carries out one write.
-    pub(crate) fn execute_one(&mut self, w: &Worker, core: &Core, op: RxOp, slot: &[u8]) {
-        let tun = &w.tun;
-        let bytes = |start: usize, len: usize| slot.get(start..start + len).unwrap_or_default();
-        match op {
-            RxOp::Write { start, len } => self.count(w, tun.write(bytes(start, len)), len),
-            RxOp::WriteVnet { start, len, hdr } => {
-                self.count(w, tun.write_vnet(&hdr, bytes(start, len)), len);
-            }
-            RxOp::Merged { buf } => {
-                let (hdr, packet) = core.merged(buf);
-                self.count(w, tun.write_vnet(hdr, packet), packet.len());
-            }
-            RxOp::Segments {
-                packet,
-                first,
-                count,
-            } => {
-                for i in first..first + count {
-                    let (head, seg) = core.rx_segment(i);
-                    let body = bytes(packet + seg.payload_start, seg.payload_len);
-                    self.count(w, tun.write_parts(head, body), seg.len());
-                }
-            }
-        }
-    }
-
-    /// Writes an ICMP error into TUN, counting it.
-    pub(crate) fn write_icmp(&mut self, tun: &Tun, reply: &[u8], w: &Worker) {
-        match tun.write(reply) {
-            Ok(_) => Counters::add(&w.metrics.worker(w.id).tun_tx_icmp, 1),
-            Err(e) => self.log.error(&e),
-        }
-    }
-
-    /// Counts the outcome of a TUN write of a `len`-byte packet.
-    fn count(&mut self, w: &Worker, result: io::Result<usize>, len: usize) {
-        count_tun_write(w.metrics.worker(w.id), result.map(|_| len), &mut self.log);
+    /// Carries out the writes `core` planned for the read in `slot` (the buffer it was passed),
+    /// in order.
+    pub(crate) fn execute(&mut self, w: &Worker, core: &Core, slot: &[u8]) {
+        let counters = w.metrics.worker(w.id);
+        core.rx_writes(slot, |write| {
+            let result = match write.hdr {
+                Some(hdr) => w.tun.write_vnet(hdr, write.head),
+                None => w.tun.write_parts(write.head, write.body),
+            };
+            count_tun_write(counters, result.map(|_| write.len()), &mut self.log);
+        });
     }
 }
 

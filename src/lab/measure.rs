@@ -47,12 +47,34 @@ fn busy_cpu_seconds() -> f64 {
     busy / 100.0
 }
 
-/// Runs one scenario's measurements `plan.repeat` times.
+/// Returns the CPU time process `pid` has used so far (all its threads, user and system), in
+/// seconds (from `/proc/PID/stat`); `None` when it cannot be read.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields after it start behind the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5), 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux (proc(5)).
+    Some(ticks / 100.0)
+}
+
+/// Returns the CPU time the processes `pids` have used so far, in seconds; `None` when one
+/// cannot be read.
+fn nodes_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| process_cpu_seconds(p)).sum()
+}
+
+/// Runs one scenario's measurements `plan.repeat` times. `nodes` are the fustian node
+/// processes carrying the traffic (none for the kernel's scenarios): their own CPU time per
+/// transferred byte is recorded as well.
 pub(super) fn measure(
     scenario: &str,
     ns: &[Netns; 2],
     addr: fn(usize, u16) -> SocketAddr,
     plan: &Plan,
+    nodes: &[u32],
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<Metric>, Error> {
     let mut out: Vec<Metric> = Vec::new();
@@ -75,12 +97,16 @@ pub(super) fn measure(
                     plan.repeat
                 );
                 let cpu0 = busy_cpu_seconds();
+                let node_cpu0 = nodes_cpu_seconds(nodes);
                 let (bytes, secs) = if plan.iperf3 {
                     iperf3(&ns[from], &ns[to], addr(to, 5201), n, plan.amount)?
                 } else {
                     tcp_streams(&ns[from], &ns[to], addr, to, n, plan.amount, stop)?
                 };
                 let cpu = busy_cpu_seconds() - cpu0;
+                let node_cpu = nodes_cpu_seconds(nodes)
+                    .zip(node_cpu0)
+                    .map(|(after, before)| after - before);
                 let gbits = bytes as f64 * 8.0 / 1e9;
                 record(
                     format!("tcp x{n} {dir}"),
@@ -89,6 +115,14 @@ pub(super) fn measure(
                 );
                 if n == plan.streams[0] && from == 0 && gbits > 0.0 {
                     record(format!("cpu/Gbit x{n}"), "CPU s", cpu / gbits);
+                    if let Some(node_cpu) = node_cpu.filter(|_| !nodes.is_empty()) {
+                        // Both nodes' own threads, per payload byte carried.
+                        record(
+                            format!("node ns/B x{n}"),
+                            "ns/B",
+                            node_cpu * 1e9 / bytes as f64,
+                        );
+                    }
                 }
             }
         }

@@ -151,7 +151,8 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
                     let node_args = topo.node_args_for(i, *backend, &extra);
                     topo.start_node(i, &exe, &node_args)?;
                 }
-                metrics.extend(measure(&name, &topo.pods, pod_addr, &cfg, stop)?);
+                let pids: Vec<u32> = topo.processes.iter().filter_map(|p| p.pid()).collect();
+                metrics.extend(measure(&name, &topo.pods, pod_addr, &cfg, &pids, stop)?);
                 // Stop the nodes: their TUN devices and routes go with them.
                 for (i, mut p) in std::mem::take(&mut topo.processes).into_iter().enumerate() {
                     match p.stop(Duration::from_secs(3)) {
@@ -175,7 +176,14 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
         match (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)) {
             Ok(()) => {
                 if offloads.contains(&"auto") {
-                    metrics.extend(measure("kernel-vxlan", &topo.pods, pod_addr, &cfg, stop)?);
+                    metrics.extend(measure(
+                        "kernel-vxlan",
+                        &topo.pods,
+                        pod_addr,
+                        &cfg,
+                        &[],
+                        stop,
+                    )?);
                 }
                 if offloads.contains(&"off") {
                     // One segment per packet through the VXLAN device: the kernel segments
@@ -188,6 +196,7 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
                         &topo.pods,
                         pod_addr,
                         &cfg,
+                        &[],
                         stop,
                     )?);
                 }
@@ -196,7 +205,14 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
         }
     }
     if scenarios.contains(&"underlay") {
-        metrics.extend(measure("underlay", &topo.hosts, host_addr, &cfg, stop)?);
+        metrics.extend(measure(
+            "underlay",
+            &topo.hosts,
+            host_addr,
+            &cfg,
+            &[],
+            stop,
+        )?);
     }
     let report = Report {
         metrics,

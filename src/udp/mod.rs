@@ -25,9 +25,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use sys::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Received};
 pub(crate) use sys::{
-    MmsgScratch, RecvSlot, SegmentScratch, SegmentsSent, Transmit, decode_multishot,
+    Gathered, MmsgScratch, RecvSlot, SegmentScratch, SegmentsSent, Transmit, decode_multishot,
     multishot_msghdr,
 };
+
+/// Returns how many segments of `datagram` bytes one `UDP_SEGMENT` send carries at most.
+pub fn gso_segments(datagram: usize) -> u32 {
+    let n = (GSO_MAX_BYTES / datagram.max(1)).clamp(1, GSO_MAX_SEGMENTS);
+    u32::try_from(n).unwrap_or(1)
+}
 
 /// Socket buffer size asked for in each direction.
 pub const SOCKET_BUFFER: usize = 8 << 20;
@@ -309,15 +315,11 @@ impl UdpSocket {
     pub(crate) fn send_segments(
         &self,
         scratch: &mut SegmentScratch,
-        dst: SocketAddr,
-        headers: &[u8],
-        stride: usize,
-        packet: &[u8],
-        segs: &[crate::wire::Segment],
+        batch: &Gathered<'_>,
     ) -> io::Result<SegmentsSent> {
         let gso = self.gso();
         let fd = self.socket.as_fd();
-        match sys::send_segments(fd, scratch, dst, headers, stride, packet, segs, gso) {
+        match sys::send_segments(fd, scratch, batch, gso) {
             Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
                 if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
@@ -326,7 +328,7 @@ impl UdpSocket {
                          segments one datagram each from now on"
                     );
                 }
-                sys::send_segments(fd, scratch, dst, headers, stride, packet, segs, false)
+                sys::send_segments(fd, scratch, batch, false)
             }
             r => r,
         }

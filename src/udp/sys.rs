@@ -360,28 +360,45 @@ pub const GSO_MAX_BYTES: usize = 65_000;
 /// The size of a `cmsghdr` followed by a `u16` (`CMSG_LEN(2)`).
 const CMSG_LEN_U16: usize = std::mem::size_of::<libc::cmsghdr>() + 2;
 
-/// Sends the segments `segs` of one super-packet to `dst`: segment `i` is header slot `i` of
-/// `headers` (`stride` bytes apart) followed by its payload range of `packet`, gathered with
-/// iovecs. With `gso`, runs of equal-sized segments (up to [`GSO_MAX_SEGMENTS`] and
-/// [`GSO_MAX_BYTES`]) go as one message carrying `UDP_SEGMENT`; without, one message per
-/// segment. All messages go in one `sendmmsg`. Returns how many segments were sent from the
-/// front.
+/// The segments of one super-packet, to be sent to `dst`: segment `i` is header slot `i` of
+/// `headers` (`stride` bytes apart) followed by its payload range of `packet`
+/// ([`crate::wire::Segment`]), gathered with iovecs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gathered<'a> {
+    /// The peer.
+    pub(crate) dst: SocketAddr,
+    /// The header slots.
+    pub(crate) headers: &'a [u8],
+    /// Bytes from one header slot to the next.
+    pub(crate) stride: usize,
+    /// The super-packet the payloads lie in.
+    pub(crate) packet: &'a [u8],
+    /// The segments.
+    pub(crate) segs: &'a [crate::wire::Segment],
+}
+
+/// Sends the segments of `batch`. With `gso`, runs of equal-sized segments (up to
+/// [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`]) go as one message carrying `UDP_SEGMENT`;
+/// without, one message per segment. All messages go in one `sendmmsg`. Returns how many
+/// segments were sent from the front.
 ///
 /// # Errors
 ///
 /// The error of the first message when nothing was sent (`EIO` when the egress device cannot
 /// checksum, which means GSO cannot be used).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn send_segments(
     fd: BorrowedFd<'_>,
     scratch: &mut SegmentScratch,
-    dst: SocketAddr,
-    headers: &[u8],
-    stride: usize,
-    packet: &[u8],
-    segs: &[crate::wire::Segment],
+    batch: &Gathered<'_>,
     gso: bool,
 ) -> io::Result<SegmentsSent> {
+    let Gathered {
+        dst,
+        headers,
+        stride,
+        packet,
+        segs,
+    } = *batch;
     let n = segs.len().min(scratch.mm.capacity());
     for (i, s) in segs[..n].iter().enumerate() {
         let (Some(h), Some(p)) = (

@@ -164,11 +164,13 @@ fn gso_send_and_gro_receive_over_loopback() {
         let sent = sender
             .send_segments(
                 &mut scratch,
-                receiver.local_addr(),
-                &headers,
-                HEADER_STRIDE,
-                &payload,
-                &segs,
+                &Gathered {
+                    dst: receiver.local_addr(),
+                    headers: &headers,
+                    stride: HEADER_STRIDE,
+                    packet: &payload,
+                    segs: &segs,
+                },
             )
             .expect("send");
         assert_eq!(sent.segments, segs.len());

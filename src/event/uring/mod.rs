@@ -68,7 +68,7 @@ use io_uring::{opcode, squeue, types};
 
 use self::ring::{BufRing, Completion, Kind, Ring};
 use super::buf::SlotBuf;
-use super::exec::{Sender, TunWriter, count_tun_write};
+use super::exec::{Sender, TunRead, TunWriter, count_tun_write};
 use super::{RateLimitedLog, Worker};
 use crate::datapath::{Core, HEADROOM, RxOp};
 use crate::table::Snapshot;
@@ -329,8 +329,7 @@ impl Loop {
         self.core.rx_flush();
         if !self.core.rx_ops().is_empty() {
             self.submit_writes()?;
-            self.writer
-                .execute(&self.w, &self.core, self.core.rx_ops(), &[]);
+            self.writer.execute(&self.w, &self.core, &[]);
         }
         if let Some(m) = &mut self.multi {
             m.ring.publish();
@@ -404,16 +403,12 @@ impl Loop {
             return Ok(());
         }
         self.switch_source(TxSource::Slots)?;
-        let plan = self.core.tun_read(snap, self.tx.slot_mut(i), n, now);
-        let base = self.tx.offset(i);
-        self.sender.execute(
-            &self.w,
-            &self.core,
-            plan,
-            self.tx.data(),
-            base,
-            &mut self.writer,
-        );
+        let read = TunRead {
+            slot: self.tx.range(i),
+            n,
+        };
+        self.sender
+            .transmit(&self.w, &mut self.core, snap, now, self.tx.data_mut(), read);
         self.tx_done.push(i);
         Ok(())
     }
@@ -451,17 +446,12 @@ impl Loop {
         let Some(t) = &mut self.tx_multi else {
             return Ok(());
         };
-        let n = usize::try_from(c.result).unwrap_or(0);
-        let plan = self.core.tun_read(snap, t.ring.buf(bid), n, now);
-        let base = t.ring.start_of(bid);
-        self.sender.execute(
-            &self.w,
-            &self.core,
-            plan,
-            t.ring.data(),
-            base,
-            &mut self.writer,
-        );
+        let read = TunRead {
+            slot: t.ring.range(bid),
+            n: usize::try_from(c.result).unwrap_or(0),
+        };
+        self.sender
+            .transmit(&self.w, &mut self.core, snap, now, t.ring.data_mut(), read);
         self.tx_done_bids.push(bid);
         Ok(())
     }
@@ -491,8 +481,7 @@ impl Loop {
         }
         self.submit_writes()?;
         let slot = &self.rx[j];
-        self.writer
-            .execute(&self.w, &self.core, self.core.rx_ops(), &slot.buf);
+        self.writer.execute(&self.w, &self.core, &slot.buf);
         self.arm_recv(j)
     }
 
@@ -597,8 +586,7 @@ impl Loop {
         }
         self.submit_writes()?;
         let payload = &m.ring.buf(bid)[MULTI_HEADER..];
-        self.writer
-            .execute(&self.w, &self.core, self.core.rx_ops(), payload);
+        self.writer.execute(&self.w, &self.core, payload);
         m.ring.provide(bid);
         Ok(())
     }

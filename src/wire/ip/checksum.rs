@@ -90,32 +90,39 @@ pub fn fold(mut sum: u64) -> u16 {
     u16::try_from(sum).unwrap_or(0xffff)
 }
 
-/// Returns the unfolded one's-complement sum of `data` read as big-endian 16-bit words (a
-/// trailing odd byte is padded with zero, RFC 1071). Sums of several slices may be added when
-/// every slice but the last has an even length.
+/// Returns the one's-complement sum of `data` read as big-endian 16-bit words (a trailing odd
+/// byte is padded with zero, RFC 1071), folded to 16 bits. Sums of several slices may be added
+/// (and folded again, [`fold`]) when every slice but the last has an even length.
 ///
-/// Adds 32-bit words into a 64-bit accumulator, which cannot overflow below 16 GiB of input
-/// and which the compiler turns into wide vector adds: 64 KiB takes a few microseconds, where
-/// a byte-pair loop takes several times that.
+/// The bytes are summed as native-endian 32-bit words into eight 64-bit lanes (which cannot
+/// overflow below 16 GiB of input and which the compiler turns into wide vector adds), and only
+/// the folded result is byte-swapped: the one's-complement sum commutes with swapping the bytes
+/// of every word (RFC 1071, section 2(B)), so nothing is swapped per word. This runs at several
+/// times the speed of swapping each word to big-endian first (`checksum` bench).
 #[inline]
 pub fn ones_sum(data: &[u8]) -> u64 {
     let mut wide = data.chunks_exact(32);
     let mut lanes = [0u64; 8];
     for block in &mut wide {
         for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(4)) {
-            *lane += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+            *lane += u64::from(u32::from_ne_bytes([word[0], word[1], word[2], word[3]]));
         }
     }
     let mut sum: u64 = lanes.iter().sum();
     let rest = wide.remainder();
     let mut words = rest.chunks_exact(2);
     for pair in &mut words {
-        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+        sum += u64::from(u16::from_ne_bytes([pair[0], pair[1]]));
     }
     if let [last] = words.remainder() {
-        sum += u64::from(*last) << 8;
+        sum += u64::from(u16::from_ne_bytes([*last, 0]));
     }
-    sum
+    let folded = fold(sum);
+    u64::from(if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    })
 }
 
 /// Computes the RFC 1071 Internet checksum of `data` (the complemented one's-complement sum).
@@ -171,6 +178,7 @@ mod tests {
         fn checksum_matches_reference(data in proptest::collection::vec(any::<u8>(), 0..3000),
                                       split in 0usize..1500) {
             prop_assert_eq!(checksum(&data), reference_checksum(&data));
+            prop_assert_eq!(fold(ones_sum(&data)), !reference_checksum(&data));
             // Sums of an even-length prefix and the rest add up to the whole.
             let cut = (split.min(data.len())) & !1;
             let parts = ones_sum(&data[..cut]) + ones_sum(&data[cut..]);
