@@ -66,7 +66,7 @@ use std::time::Instant;
 
 use io_uring::{opcode, squeue, types};
 
-use self::ring::{BufRing, Completion, Kind, Ring};
+use self::ring::{Armed, BufRing, Completion, Kind, Multishot, Ring};
 use super::buf::SlotBuf;
 use super::exec::{Sender, TunRead, TunWriter, count_tun_write};
 use super::{RateLimitedLog, Worker};
@@ -109,10 +109,7 @@ struct RxSlot {
 struct Multi {
     msg: Box<libc::msghdr>,
     ring: BufRing,
-    /// Set when the multishot operation ended and must be submitted again.
-    rearm: bool,
-    /// Set once a completion succeeded (an early `EINVAL` means no multishot support).
-    worked: bool,
+    armed: Armed,
     /// TUN writes in flight from ring buffers.
     writes: usize,
 }
@@ -121,8 +118,7 @@ struct Multi {
 /// a provided-buffer ring, each after the headroom kept for the encapsulation header.
 struct TxMulti {
     ring: BufRing,
-    rearm: bool,
-    worked: bool,
+    armed: Armed,
 }
 
 /// Where the datagrams queued in the sender live.
@@ -279,8 +275,7 @@ impl Loop {
             Ok(ring) => Some(Multi {
                 msg: multishot_msghdr(MULTI_CONTROL),
                 ring,
-                rearm: false,
-                worked: false,
+                armed: Armed::default(),
                 writes: 0,
             }),
             Err(e) => {
@@ -298,8 +293,7 @@ impl Loop {
         match BufRing::register(&self.ring.ring, entries, len, offset, TX_GROUP) {
             Ok(ring) => Some(TxMulti {
                 ring,
-                rearm: false,
-                worked: false,
+                armed: Armed::default(),
             }),
             Err(e) => {
                 tracing::info!("no provided-buffer ring for TUN reads ({e})");
@@ -333,15 +327,15 @@ impl Loop {
         }
         if let Some(m) = &mut self.multi {
             m.ring.publish();
-            if m.rearm && !self.stopping {
-                m.rearm = false;
+            if m.armed.rearm && !self.stopping {
+                m.armed.rearm = false;
                 self.arm_multi()?;
             }
         }
         if let Some(t) = &mut self.tx_multi {
             t.ring.publish();
-            if t.rearm && !self.stopping {
-                t.rearm = false;
+            if t.armed.rearm && !self.stopping {
+                t.armed.rearm = false;
                 self.arm_tx_multi()?;
             }
         }
@@ -414,34 +408,27 @@ impl Loop {
     }
 
     fn on_tx_multi(&mut self, snap: &Snapshot, c: &Completion, now: Instant) -> io::Result<()> {
-        let Some(mut t) = self.tx_multi.take() else {
+        let Some(t) = &mut self.tx_multi else {
             return Ok(());
         };
-        if !c.more() {
-            t.rearm = true;
-        }
-        if c.result < 0 {
-            match -c.result {
-                libc::EINVAL | libc::EOPNOTSUPP if !t.worked => {
-                    tracing::info!("multishot TUN read refused; using single-shot reads");
-                    self.tx_retired.push(t);
-                    for i in 0..SLOTS {
-                        self.arm_read(i)?;
-                    }
-                    return Ok(());
-                }
-                libc::ENOBUFS | libc::ECANCELED | libc::EAGAIN | libc::EINTR => {}
-                e => self.tun_read_log.error(&io::Error::from_raw_os_error(e)),
+        let quiet = [libc::ENOBUFS, libc::ECANCELED, libc::EAGAIN, libc::EINTR];
+        let bid = match t
+            .armed
+            .complete(c, &[libc::EINVAL, libc::EOPNOTSUPP], &quiet, true)
+        {
+            Multishot::Buffer(bid) => bid,
+            Multishot::Refused => {
+                tracing::info!("multishot TUN read refused; using single-shot reads");
+                // The ring must outlive the io_uring instance that knows it.
+                self.tx_retired.extend(self.tx_multi.take());
+                return (0..SLOTS).try_for_each(|i| self.arm_read(i));
             }
-            self.tx_multi = Some(t);
-            return Ok(());
-        }
-        t.worked = true;
-        let Some(bid) = c.buffer() else {
-            self.tx_multi = Some(t);
-            return Ok(());
+            Multishot::Quiet => return Ok(()),
+            Multishot::Failed(e) => {
+                self.tun_read_log.error(&e);
+                return Ok(());
+            }
         };
-        self.tx_multi = Some(t);
         self.switch_source(TxSource::Ring)?;
         let Some(t) = &mut self.tx_multi else {
             return Ok(());
@@ -521,32 +508,22 @@ impl Loop {
         let Some(mut m) = self.multi.take() else {
             return Ok(());
         };
-        if !c.more() {
-            m.rearm = true;
-        }
-        if c.result < 0 {
-            match -c.result {
-                libc::EINVAL if !m.worked && m.writes == 0 => {
-                    // The kernel has buffer rings but not multishot RECVMSG (before 6.0).
-                    tracing::info!("multishot receive refused; using single-shot receives");
-                    // The ring must outlive the io_uring instance that knows it.
-                    self.retired.push(m);
-                    for j in 0..SLOTS {
-                        self.arm_recv(j)?;
-                    }
-                    return Ok(());
-                }
-                // The ring ran dry; buffers come back as writes complete and it re-arms.
-                libc::ENOBUFS | libc::ECANCELED => {}
-                e => self.recv_log.error(&io::Error::from_raw_os_error(e)),
+        // ENOBUFS: the ring ran dry; buffers come back as writes complete and it re-arms.
+        let quiet = [libc::ENOBUFS, libc::ECANCELED];
+        // EINVAL: the kernel has buffer rings but not multishot RECVMSG (before 6.0).
+        let r = match m.armed.complete(c, &[libc::EINVAL], &quiet, m.writes == 0) {
+            Multishot::Buffer(bid) => self.on_multi_datagram(&mut m, snap, bid, c.result),
+            Multishot::Refused => {
+                tracing::info!("multishot receive refused; using single-shot receives");
+                // The ring must outlive the io_uring instance that knows it.
+                self.retired.push(m);
+                return (0..SLOTS).try_for_each(|j| self.arm_recv(j));
             }
-            self.multi = Some(m);
-            return Ok(());
-        }
-        m.worked = true;
-        let r = match c.buffer() {
-            Some(bid) => self.on_multi_datagram(&mut m, snap, bid, c.result),
-            None => Ok(()),
+            Multishot::Quiet => Ok(()),
+            Multishot::Failed(e) => {
+                self.recv_log.error(&e);
+                Ok(())
+            }
         };
         self.multi = Some(m);
         r

@@ -77,6 +77,56 @@ impl Completion {
     }
 }
 
+/// What a completion of a multishot operation means for the loop.
+#[derive(Debug)]
+pub(super) enum Multishot {
+    /// A buffer was filled.
+    Buffer(u16),
+    /// The kernel refused the operation before it ever worked: fall back to single shots.
+    Refused,
+    /// Nothing to do (the ring ran dry, a cancellation, no buffer).
+    Quiet,
+    /// It failed; worth a log line.
+    Failed(io::Error),
+}
+
+/// The state of a multishot operation kept in flight.
+#[derive(Debug, Default)]
+pub(super) struct Armed {
+    /// Set when the operation ended and must be submitted again.
+    pub(super) rearm: bool,
+    /// Set once a completion succeeded (an early refusal means no support).
+    pub(super) worked: bool,
+}
+
+impl Armed {
+    /// Reads completion `c`: errors in `refusals` before the operation ever worked (and while
+    /// `may_refuse`) are a refusal, errors in `quiet` are nothing to report.
+    pub(super) fn complete(
+        &mut self,
+        c: &Completion,
+        refusals: &[i32],
+        quiet: &[i32],
+        may_refuse: bool,
+    ) -> Multishot {
+        if !c.more() {
+            self.rearm = true;
+        }
+        if c.result < 0 {
+            let e = -c.result;
+            return if may_refuse && !self.worked && refusals.contains(&e) {
+                Multishot::Refused
+            } else if quiet.contains(&e) {
+                Multishot::Quiet
+            } else {
+                Multishot::Failed(io::Error::from_raw_os_error(e))
+            };
+        }
+        self.worked = true;
+        c.buffer().map_or(Multishot::Quiet, Multishot::Buffer)
+    }
+}
+
 /// The ring and the count of operations in flight.
 pub(super) struct Ring {
     pub(super) ring: IoUring,
