@@ -680,12 +680,6 @@ impl NodeConfig {
         }
     }
 
-    /// Returns the bytes the encapsulation puts in front of the inner packet inside the UDP
-    /// payload (0 for `udp`, the VXLAN and inner Ethernet headers for `vxlan`).
-    pub const fn encap_prefix_len(&self) -> usize {
-        self.encap(MacAddress([0; 6])).header_len()
-    }
-
     /// Returns the encapsulation overhead over the inner packet on this node's underlay.
     pub const fn overhead(&self) -> usize {
         self.encap(MacAddress([0; 6]))

@@ -284,15 +284,6 @@ impl Device {
             .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
         nl.set_mtu_up(index, mtu)
             .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
-        if offload.tso {
-            // A super-packet read from TUN leaves as one `UDP_SEGMENT` send (and arrives as
-            // one GRO read) only if its segments fit one: ask the kernel for no more.
-            let datagram = underlay.max_inner(mtu) + config.encap_prefix_len();
-            let segs = crate::udp::gso_segments(datagram);
-            if let Err(e) = nl.set_gso_max_segs(index, segs) {
-                tracing::warn!("cannot set gso_max_segs {segs} on {name}: {e}");
-            }
-        }
         nl.add_route(index, config.network.trunc())
             .map_err(|e| netlink_err(format!("add the route {}", config.network.trunc()), e))?;
         Ok(Self {

@@ -120,20 +120,6 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Sets the most segments the kernel puts into one super-packet for link `index`
-    /// (`gso_max_segs`; TCP builds its TSO packets no larger).
-    ///
-    /// # Errors
-    ///
-    /// The kernel's error (a kernel that cannot change it on an existing device).
-    pub fn set_gso_max_segs(&mut self, index: u32, segs: u32) -> io::Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::GsoMaxSegs(segs));
-        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-            .map(drop)
-    }
-
     /// Adds (or replaces) `addr/prefix_len` on link `index`.
     ///
     /// # Errors

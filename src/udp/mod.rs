@@ -29,12 +29,6 @@ pub(crate) use sys::{
     multishot_msghdr,
 };
 
-/// Returns how many segments of `datagram` bytes one `UDP_SEGMENT` send carries at most.
-pub fn gso_segments(datagram: usize) -> u32 {
-    let n = (GSO_MAX_BYTES / datagram.max(1)).clamp(1, GSO_MAX_SEGMENTS);
-    u32::try_from(n).unwrap_or(1)
-}
-
 /// Socket buffer size asked for in each direction.
 pub const SOCKET_BUFFER: usize = 8 << 20;
 

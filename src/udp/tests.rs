@@ -139,7 +139,8 @@ fn an_empty_queue_is_not_an_error() {
 #[test]
 #[allow(clippy::cast_possible_truncation)]
 fn gso_send_and_gro_receive_over_loopback() {
-    use crate::offload::{HEADER_STRIDE, Segment};
+    use crate::wire::Segment;
+    const HEADER_STRIDE: usize = 160;
     let sender = UdpSocket::bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
     let receiver = UdpSocket::bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
     assert!(
