@@ -140,8 +140,8 @@ impl Ring {
     /// Makes a ring with room for `entries` submissions, on the calling thread, which must be
     /// the only one to submit to it. Where the kernel has them (6.1), the ring is set up
     /// single-issuer with deferred task running: completion work runs only when the loop waits
-    /// for completions, in one batch, instead of interrupting its own system calls (measured
-    /// about 8 % less CPU per byte); else with cooperative task running (5.19); else plain.
+    /// for completions, in one batch, instead of interrupting its own system calls; else with
+    /// cooperative task running (5.19); else plain.
     pub(super) fn new(entries: u32) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_single_issuer()
