@@ -127,6 +127,9 @@ fn checksum(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |bench, _| {
             bench.iter(|| black_box(fustian::wire::ip::ones_sum(black_box(&data))));
         });
+        group.bench_with_input(BenchmarkId::new("portable", size), &size, |bench, _| {
+            bench.iter(|| black_box(fustian::wire::ip::ones_sum_portable(black_box(&data))));
+        });
     }
     group.finish();
 }

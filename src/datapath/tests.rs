@@ -257,6 +257,53 @@ fn a_gro_read_is_cut_and_merged_again() {
     assert!(balanced(b.tally()));
 }
 
+/// The segments 1..=4 of one flow, the third with a payload byte changed after its checksum
+/// was written (as a corruption on the way would leave it).
+fn segments_one_corrupted() -> Vec<Vec<u8>> {
+    let mut segs: Vec<Vec<u8>> = (0..4u32)
+        .map(|i| tcp(1 + i * 1000, &[5u8; 1000], false))
+        .collect();
+    segs[2][100] ^= 0x40;
+    segs
+}
+
+#[test]
+fn a_datagram_read_alone_has_its_inner_checksum_verified() {
+    // A datagram read alone may have carried a zero outer UDP checksum (a kernel `vxlan` peer's
+    // default), which nothing verified: the corrupted segment must not be merged into a packet
+    // the kernel would then checksum afresh. It is written alone, unchanged, for the receiving
+    // TCP stack to drop.
+    let mut b = core(2, false, true, true);
+    let segs = segments_one_corrupted();
+    let mut out = Vec::new();
+    for seg in &segs {
+        out.extend(receive(&mut b, seg, 0, A));
+    }
+    out.extend(flush(&mut b));
+    let corrupted = out.iter().position(|(_, p)| *p == segs[2]);
+    assert!(
+        corrupted.is_some(),
+        "the corrupted segment is written as it came: {out:?}"
+    );
+    assert_eq!(out.len(), 3, "segments 0-1 merged, 2 alone, 3 alone");
+    assert!(balanced(b.tally()));
+}
+
+#[test]
+fn the_datagrams_of_a_gro_read_are_not_summed_again() {
+    // Linux coalesces into one `UDP_GRO` read only datagrams whose non-zero outer checksum it
+    // verified, so a corrupted one cannot arrive that way: the core merges all four without
+    // summing their payloads again (the corruption made here by hand shows it did not look).
+    let mut b = core(2, false, true, true);
+    let read: Vec<u8> = segments_one_corrupted().concat();
+    let mut out = receive(&mut b, &read, 1040, A);
+    out.extend(flush(&mut b));
+    assert_eq!(out.len(), 1, "one merged packet: {out:?}");
+    assert_eq!(out[0].1.len(), 40 + 4000);
+    assert_eq!(b.tally().delivered, 4);
+    assert!(balanced(b.tally()));
+}
+
 #[test]
 fn reads_that_cannot_be_taken_are_dropped_whole_once_per_datagram() {
     let mut b = core(2, false, false, true);

@@ -99,8 +99,37 @@ pub fn fold(mut sum: u64) -> u16 {
 /// the folded result is byte-swapped: the one's-complement sum commutes with swapping the bytes
 /// of every word (RFC 1071, section 2(B)), so nothing is swapped per word (`ones_sum` bench in
 /// `benches/wire.rs`).
+///
+/// On x86-64 CPUs with AVX2 the same loop runs compiled for AVX2, chosen at run time
+/// ([`crate::sys::lane_sum`]); [`ones_sum_portable`] is the baseline build of it.
 #[inline]
 pub fn ones_sum(data: &[u8]) -> u64 {
+    finish(crate::sys::lane_sum(data))
+}
+
+/// [`ones_sum`] as the baseline target builds it, whatever the CPU offers (for comparison in
+/// benches and tests).
+#[doc(hidden)]
+pub fn ones_sum_portable(data: &[u8]) -> u64 {
+    finish(lane_sum(data))
+}
+
+/// Byte-swaps the folded native-endian sum into network order.
+#[inline]
+fn finish(sum: u64) -> u64 {
+    let folded = fold(sum);
+    u64::from(if cfg!(target_endian = "little") {
+        folded.swap_bytes()
+    } else {
+        folded
+    })
+}
+
+/// Sums `data` as native-endian 32-bit words into eight 64-bit lanes (a trailing half word and
+/// odd byte padded as RFC 1071 says), unfolded. Inlined into each caller so that a caller
+/// compiled for wider vectors gets them.
+#[inline(always)]
+pub(crate) fn lane_sum(data: &[u8]) -> u64 {
     let mut wide = data.chunks_exact(32);
     let mut lanes = [0u64; 8];
     for block in &mut wide {
@@ -117,12 +146,7 @@ pub fn ones_sum(data: &[u8]) -> u64 {
     if let [last] = words.remainder() {
         sum += u64::from(u16::from_ne_bytes([*last, 0]));
     }
-    let folded = fold(sum);
-    u64::from(if cfg!(target_endian = "little") {
-        folded.swap_bytes()
-    } else {
-        folded
-    })
+    sum
 }
 
 /// Computes the RFC 1071 Internet checksum of `data` (the complemented one's-complement sum).
@@ -179,6 +203,8 @@ mod tests {
                                       split in 0usize..1500) {
             prop_assert_eq!(checksum(&data), reference_checksum(&data));
             prop_assert_eq!(fold(ones_sum(&data)), !reference_checksum(&data));
+            // The run-time chosen build (AVX2 where the CPU has it) and the baseline agree.
+            prop_assert_eq!(ones_sum(&data), ones_sum_portable(&data));
             // Sums of an even-length prefix and the rest add up to the whole.
             let cut = (split.min(data.len())) & !1;
             let parts = ones_sum(&data[..cut]) + ones_sum(&data[cut..]);

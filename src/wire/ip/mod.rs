@@ -15,7 +15,10 @@ mod checksum;
 mod v4;
 mod v6;
 
-pub use self::checksum::{checksum, complete_partial_checksum, fold, ones_sum, pseudo_sum};
+pub(crate) use self::checksum::lane_sum;
+pub use self::checksum::{
+    checksum, complete_partial_checksum, fold, ones_sum, ones_sum_portable, pseudo_sum,
+};
 pub use self::v4::{HEADER_LEN, Packet, Repr};
 pub use self::v6::{V6_HEADER_LEN, V6Packet, V6Repr};
 
