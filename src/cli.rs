@@ -214,6 +214,12 @@ pub struct RunArgs {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", value_parser = parse_go_bool, value_name = "BOOL")]
     pub no_multishot: bool,
+    /// Let each worker look for packets for up to this many microseconds before it blocks,
+    /// adaptively: only while its waits are that short, never when idle (0: block at once).
+    /// Trades CPU for latency; see README, "Busy-polling".
+    #[arg(long, default_value_t = 0, value_name = "USECS",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub busy_poll: u64,
     // flanneld's iptables flags; a bare flag means true, `=false` turns it off.
     /// Masquerade what the pods send outside the network, with flanneld's rules (`iptables`).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
@@ -847,6 +853,10 @@ pub struct LabArgs {
     /// Worker threads per node [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub threads: Option<u32>,
+    /// Pass `--busy-poll USECS` to the fustian nodes (0: none).
+    #[arg(long, default_value_t = 0, value_name = "USECS",
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub busy_poll: u64,
     /// Offload modes to measure, comma separated: auto (fustian with TUN TSO, UDP GSO/GRO;
     /// the kernel's VXLAN as configured), off (fustian with `--offload off`, and the kernel's
     /// VXLAN device limited to one segment per packet, so it segments before encapsulating).

@@ -260,6 +260,7 @@ fn run_node(
     let opts = fustian::node::RunOptions {
         stats_file: args.stats_file.clone(),
         multishot: !args.no_multishot,
+        busy_poll: std::time::Duration::from_micros(args.busy_poll),
         user: args.user.clone(),
         keep_privileges: args.keep_privileges,
         subnet_file_required: managed,

@@ -19,6 +19,7 @@
 //! | `tx_gso_sends` | offloads: sends that carried several segments with `UDP_SEGMENT` |
 //! | `rx_gro_reads` | offloads: socket reads that held several datagrams (`UDP_GRO`); each datagram counts in `rx_packets` |
 //! | `tun_tx_merged`, `tun_tx_merged_segments` | offloads: super-packets written to TUN, and the received segments merged into them (each write counts once in `tun_tx_packets`) |
+//! | `busy_poll_hits`, `busy_poll_misses` | `--busy-poll`: looks for work before blocking that found some, and that ran out their window |
 //! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
 //!
 //! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
@@ -254,6 +255,10 @@ pub struct Counters {
     pub tun_tx_merged: AtomicU64,
     /// Segments merged into them.
     pub tun_tx_merged_segments: AtomicU64,
+    /// Busy-poll windows that found work before the worker blocked.
+    pub busy_poll_hits: AtomicU64,
+    /// Busy-poll windows that ran out with nothing found.
+    pub busy_poll_misses: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
 }
 
@@ -385,6 +390,8 @@ totals!(
     rx_gro_reads,
     tun_tx_merged,
     tun_tx_merged_segments,
+    busy_poll_hits,
+    busy_poll_misses,
 );
 
 impl Totals {

@@ -37,6 +37,9 @@ pub struct RunOptions {
     pub stats_file: Option<PathBuf>,
     /// io_uring: use multishot receive with a provided-buffer ring where the kernel has it.
     pub multishot: bool,
+    /// The longest adaptive busy-poll window of a worker before it blocks (zero: none; see
+    /// `event::spin`).
+    pub busy_poll: Duration,
     /// After setup, switch to this user; otherwise drop every capability (unless
     /// `keep_privileges`).
     pub user: Option<String>,
@@ -157,6 +160,7 @@ pub fn run(
         fwd,
         stop: Arc::clone(stop),
         multishot: opts.multishot,
+        busy_poll: opts.busy_poll,
         offloads,
         tun_mtu: device.mtu as usize,
     };
@@ -644,6 +648,7 @@ struct WorkerShared {
     fwd: Forwarding,
     stop: Arc<AtomicBool>,
     multishot: bool,
+    busy_poll: Duration,
     offloads: Offloads,
     tun_mtu: usize,
 }
@@ -668,6 +673,7 @@ fn spawn_workers(
             stop: Arc::clone(&shared.stop),
             multishot: shared.multishot,
             offloads: shared.offloads,
+            busy_poll: shared.busy_poll,
             tun_mtu: shared.tun_mtu,
         };
         let handle = std::thread::Builder::new()

@@ -9,13 +9,14 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::buf::SlotBuf;
 use super::exec::{Sender, TunRead, TunWriter};
+use super::spin::Spin;
 use super::{BATCH, RateLimitedLog, STOP_POLL, Worker};
 use crate::datapath::{Core, HEADROOM};
 use crate::udp::{MmsgScratch, Received};
@@ -67,13 +68,18 @@ pub fn run(worker: Worker) -> io::Result<()> {
     let mut events = Events::with_capacity(8);
     // Both are drained once at start: packets may have queued before the registration.
     let (mut tun_ready, mut udp_ready) = (true, true);
+    let mut spin = Spin::new(l.w.busy_poll);
     tracing::debug!(worker = l.w.id, "epoll worker started");
     while !l.w.stop.load(Ordering::Relaxed) {
-        if let Err(e) = poll.poll(&mut events, Some(STOP_POLL)) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        let since = Instant::now();
+        if !l.look_ahead(&mut poll, &mut events, &spin)? {
+            if let Err(e) = poll.poll(&mut events, Some(STOP_POLL)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
             }
-            return Err(e);
+            spin.blocked(since.elapsed(), !events.is_empty());
         }
         // Edge-triggered: drain every source that said it is ready until it would block,
         // alternating one batch each so neither direction starves the other. A source that
@@ -100,6 +106,35 @@ pub fn run(worker: Worker) -> io::Result<()> {
 }
 
 impl Loop {
+    /// Looks for events without blocking for as long as the busy-poll window says, yielding
+    /// the CPU between looks; returns whether some arrived (they are in `events`).
+    fn look_ahead(&self, poll: &mut Poll, events: &mut Events, spin: &Spin) -> io::Result<bool> {
+        let window = spin.window();
+        if window.is_zero() {
+            return Ok(false);
+        }
+        let until = Instant::now() + window;
+        loop {
+            match poll.poll(events, Some(Duration::ZERO)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if !events.is_empty() {
+                crate::metrics::Counters::add(&self.w.metrics.worker(self.w.id).busy_poll_hits, 1);
+                return Ok(true);
+            }
+            if Instant::now() >= until || self.w.stop.load(Ordering::Relaxed) {
+                crate::metrics::Counters::add(
+                    &self.w.metrics.worker(self.w.id).busy_poll_misses,
+                    1,
+                );
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Reads one batch from TUN and carries out each read's plan; returns the packets read.
     fn tun_to_udp(&mut self) -> usize {
         let snap = self.w.table.load();

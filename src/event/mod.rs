@@ -33,6 +33,7 @@
 pub(crate) mod buf;
 pub mod epoll;
 mod exec;
+pub mod spin;
 #[cfg(feature = "uring")]
 pub mod uring;
 
@@ -144,6 +145,8 @@ pub struct Worker {
     pub multishot: bool,
     /// The offloads in use.
     pub offloads: crate::offload::Offloads,
+    /// The longest busy-poll window before blocking (zero: block at once; see [`spin`]).
+    pub busy_poll: Duration,
 }
 
 impl Worker {

@@ -143,9 +143,13 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
                 };
                 eprintln!("lab: {name}: starting two nodes");
                 let threads = args.threads.map(|n| n.to_string());
+                let busy_poll = args.busy_poll.to_string();
                 let mut extra = vec!["--io", io, "--offload", offload];
                 if let Some(n) = &threads {
                     extra.extend(["--threads", n.as_str()]);
+                }
+                if args.busy_poll > 0 {
+                    extra.extend(["--busy-poll", busy_poll.as_str()]);
                 }
                 for i in 0..2 {
                     let node_args = topo.node_args_for(i, *backend, &extra);

@@ -69,8 +69,10 @@ use io_uring::{opcode, squeue, types};
 use self::ring::{Armed, BufRing, Completion, Kind, Multishot, Ring};
 use super::buf::SlotBuf;
 use super::exec::{Sender, TunRead, TunWriter, count_tun_write};
+use super::spin::Spin;
 use super::{RateLimitedLog, Worker};
 use crate::datapath::{Core, HEADROOM, RxOp};
+use crate::metrics::Counters;
 use crate::table::Snapshot;
 use crate::udp::{RecvSlot, decode_multishot, multishot_msghdr};
 
@@ -248,17 +250,50 @@ impl Loop {
             multishot = self.multi.is_some(),
             "io_uring receive path"
         );
+        let mut spin = Spin::new(self.w.busy_poll);
         while !self.w.stop.load(Ordering::Relaxed) {
-            // The timer wakes the loop to look at the stop flag when no traffic does.
-            self.ring.arm_timer()?;
-            self.ring.submit_and_wait()?;
+            let since = Instant::now();
+            let found = self.look_ahead(&spin)?;
+            if !found {
+                // The timer wakes the loop to look at the stop flag when no traffic does.
+                self.ring.arm_timer()?;
+                self.ring.submit_and_wait()?;
+            }
             self.writes_queued = false;
             let completions = self.ring.reap();
+            if !found {
+                let woken = completions
+                    .iter()
+                    .any(|c| Kind::of(c.user_data).map(|(k, _)| k) != Some(Kind::Timer));
+                spin.blocked(since.elapsed(), woken);
+            }
             let r = self.handle(&completions);
             self.ring.recycle(completions);
             r?;
         }
         Ok(())
+    }
+
+    /// Looks for completions without blocking for as long as the busy-poll window says,
+    /// yielding the CPU between looks; returns whether some are ready.
+    fn look_ahead(&mut self, spin: &Spin) -> io::Result<bool> {
+        let window = spin.window();
+        if window.is_zero() {
+            return Ok(false);
+        }
+        let until = Instant::now() + window;
+        let counters = self.w.metrics.worker(self.w.id);
+        loop {
+            if self.ring.peek()? {
+                Counters::add(&counters.busy_poll_hits, 1);
+                return Ok(true);
+            }
+            if Instant::now() >= until || self.w.stop.load(Ordering::Relaxed) {
+                Counters::add(&counters.busy_poll_misses, 1);
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
     }
 
     fn new_multi(&self) -> Option<Multi> {

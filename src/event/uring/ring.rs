@@ -213,6 +213,32 @@ impl Ring {
         }
     }
 
+    /// Submits what is queued and runs the completion work that is ready, without waiting;
+    /// returns whether completions wait to be reaped (for a busy-poll look).
+    ///
+    /// # Errors
+    ///
+    /// The `io_uring_enter` error other than `EINTR` and `EBUSY`.
+    pub(super) fn peek(&mut self) -> io::Result<bool> {
+        /// `IORING_ENTER_GETEVENTS`: with deferred task running, completion work runs only in
+        /// an enter that carries it; with no minimum it returns at once.
+        const GETEVENTS: u32 = 1;
+        self.submit_queued()?;
+        // SAFETY: no submissions and no argument pointer are passed; the call only runs
+        // completion work and returns.
+        let entered = unsafe {
+            self.ring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, GETEVENTS, None)
+        };
+        match entered {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(!self.ring.completion().is_empty())
+    }
+
     /// Moves all completions out of the ring (so handlers may push new entries) and returns
     /// them; a multishot operation stays in flight while its completions say so.
     pub(super) fn reap(&mut self) -> Vec<Completion> {
