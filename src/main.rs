@@ -212,6 +212,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", fustian::show::render(&value));
             }
         }
+        Command::Doctor(args) => {
+            let opts = fustian::doctor::ProbeOptions {
+                timeout: std::time::Duration::from_millis(args.probe_timeout),
+                ..Default::default()
+            };
+            let report = fustian::doctor::run(args.addr, &opts)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report.json())?);
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
         Command::Lab(args) => {
             let report = fustian::lab::run(&args, &stop)?;
             println!("{report}");

@@ -19,6 +19,7 @@
 //! | `tx_gso_sends` | offloads: sends that carried several segments with `UDP_SEGMENT` |
 //! | `rx_gro_reads` | offloads: socket reads that held several datagrams (`UDP_GRO`); each datagram counts in `rx_packets` |
 //! | `tun_tx_merged`, `tun_tx_merged_segments` | offloads: super-packets written to TUN, and the received segments merged into them (each write counts once in `tun_tx_packets`) |
+//! | `probe_rx`, `probe_tx`, `probe_rate_limited` | `doctor`'s peer probes (see `doctor::probe`): requests from peers recognised (never written to TUN), answers sent, requests left unanswered because the per-worker token bucket was empty |
 //! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
 //!
 //! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
@@ -254,6 +255,12 @@ pub struct Counters {
     pub tun_tx_merged: AtomicU64,
     /// Segments merged into them.
     pub tun_tx_merged_segments: AtomicU64,
+    /// Probe requests from peers recognised on receive.
+    pub probe_rx: AtomicU64,
+    /// Probe answers sent.
+    pub probe_tx: AtomicU64,
+    /// Probe requests left unanswered by the rate limit.
+    pub probe_rate_limited: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
 }
 
@@ -385,6 +392,9 @@ totals!(
     rx_gro_reads,
     tun_tx_merged,
     tun_tx_merged_segments,
+    probe_rx,
+    probe_tx,
+    probe_rate_limited,
 );
 
 impl Totals {

@@ -35,6 +35,7 @@
 
 pub mod forward;
 mod icmp;
+mod probe;
 mod rx;
 #[cfg(test)]
 mod tests;
@@ -103,6 +104,8 @@ pub struct Tally {
     pub delivered: u64,
     /// Of those, dropped.
     pub rx_dropped: u64,
+    /// Of those, peer probes taken off the path to TUN (answered or rate limited).
+    pub probes: u64,
 }
 
 /// One worker's datapath: its per-packet state and scratch space, allocated once.
@@ -119,6 +122,7 @@ pub struct Core {
     coalescer: Coalescer,
     rx_headers: Box<[u8]>,
     rx_segs: Box<[Segment]>,
+    probe: probe::Responder,
     tally: Tally,
 }
 
@@ -135,6 +139,7 @@ impl Core {
             coalescer: Coalescer::new(),
             rx_headers: vec![0u8; MAX_RX_SEGMENTS * RX_HEADER_STRIDE].into_boxed_slice(),
             rx_segs: vec![Segment::default(); MAX_RX_SEGMENTS].into_boxed_slice(),
+            probe: probe::Responder::new(),
             tally: Tally::default(),
         }
     }

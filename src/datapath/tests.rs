@@ -151,7 +151,7 @@ fn flush(c: &mut Core) -> Vec<(VnetHdr, Vec<u8>)> {
 }
 
 fn balanced(t: Tally) -> bool {
-    t.tun_reads == t.sent + t.tun_dropped && t.datagrams == t.delivered + t.rx_dropped
+    t.tun_reads == t.sent + t.tun_dropped && t.datagrams == t.delivered + t.rx_dropped + t.probes
 }
 
 fn drops(c: &Core, reason: DropReason) -> u64 {
