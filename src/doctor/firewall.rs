@@ -147,9 +147,11 @@ pub fn parse_nft_json(v: &Value, skip: &[(&str, &str)]) -> Vec<(String, Vec<Chai
     let mut chains: Vec<(String, String, Chain, bool)> = Vec::new();
     for item in items {
         let c = &item["chain"];
-        if let (Some(family), Some(table), Some(name)) =
-            (c["family"].as_str(), c["table"].as_str(), c["name"].as_str())
-        {
+        if let (Some(family), Some(table), Some(name)) = (
+            c["family"].as_str(),
+            c["table"].as_str(),
+            c["name"].as_str(),
+        ) {
             let base = c["hook"] == "forward" && c["type"] == "filter";
             chains.push((
                 family.to_owned(),
@@ -212,12 +214,26 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
         } else {
             "iptables-nft"
         };
-        out.push(judge(&format!("firewall.{what}"), &chains, "FORWARD", &flows, intent, what));
+        out.push(judge(
+            &format!("firewall.{what}"),
+            &chains,
+            "FORWARD",
+            &flows,
+            intent,
+            what,
+        ));
     }
     if !read_any && let Ok(text) = run_tool("iptables-save", &["-t", "filter"]) {
         read_any = true;
         let chains = parse_iptables_save(&text);
-        out.push(judge("firewall.iptables", &chains, "FORWARD", &flows, intent, "iptables"));
+        out.push(judge(
+            "firewall.iptables",
+            &chains,
+            "FORWARD",
+            &flows,
+            intent,
+            "iptables",
+        ));
     }
     let skip: &[(&str, &str)] = if nft_compat {
         &[("ip", "filter"), ("ip6", "filter")]
@@ -230,7 +246,14 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
         read_any = true;
         for (name, chains) in parse_nft_json(&v, skip) {
             let start = chains[0].name.clone();
-            out.push(judge(&format!("firewall.{name}"), &chains, &start, &flows, intent, "nft"));
+            out.push(judge(
+                &format!("firewall.{name}"),
+                &chains,
+                &start,
+                &flows,
+                intent,
+                "nft",
+            ));
         }
     }
     if !read_any {
@@ -276,7 +299,10 @@ fn judge(
             Verdict::Dropped(by) => {
                 return Check::fail(
                     name,
-                    format!("{dir} overlay traffic ({} -> {}) is dropped by {by}", flow.src, flow.dst),
+                    format!(
+                        "{dir} overlay traffic ({} -> {}) is dropped by {by}",
+                        flow.src, flow.dst
+                    ),
                     Some(fix),
                 );
             }
@@ -399,7 +425,8 @@ fn rule_matches(rule: &Rule, flow: &Flow<'_>) -> Option<bool> {
         return Some(false);
     }
     let net_ok = |m: &Option<(bool, IpNet)>, ip: IpAddr| {
-        m.as_ref().is_none_or(|(neg, net)| net.contains(&ip) != *neg)
+        m.as_ref()
+            .is_none_or(|(neg, net)| net.contains(&ip) != *neg)
     };
     if !net_ok(&rule.src, flow.src) || !net_ok(&rule.dst, flow.dst) {
         return Some(false);
@@ -445,7 +472,9 @@ fn parse_rule(args: &[String]) -> Rule {
                 let net = value.and_then(parse_net);
                 i += 1;
                 match net {
-                    Some(n) if a.starts_with("-s") || a == "--source" => rule.src = Some((negate, n)),
+                    Some(n) if a.starts_with("-s") || a == "--source" => {
+                        rule.src = Some((negate, n))
+                    }
                     Some(n) => rule.dst = Some((negate, n)),
                     None => rule.conditional = true,
                 }
@@ -561,8 +590,7 @@ fn nft_rule(expr: &[Value]) -> Rule {
                     (Some("daddr"), Some(n)) => rule.dst = Some((negate, n)),
                     _ => rule.conditional = true,
                 }
-            } else if let (Some(key), Some(name)) = (left["meta"]["key"].as_str(), right.as_str())
-            {
+            } else if let (Some(key), Some(name)) = (left["meta"]["key"].as_str(), right.as_str()) {
                 let m = Some((negate, name.replace('*', "+")));
                 match key {
                     "iifname" => rule.in_if = m,
@@ -706,7 +734,15 @@ COMMIT
     fn words() {
         assert_eq!(
             split_words(r#"FORWARD -m comment --comment "a \"b\" c" -j X"#),
-            vec!["FORWARD", "-m", "comment", "--comment", "a \"b\" c", "-j", "X"]
+            vec![
+                "FORWARD",
+                "-m",
+                "comment",
+                "--comment",
+                "a \"b\" c",
+                "-j",
+                "X"
+            ]
         );
     }
 
@@ -728,7 +764,11 @@ COMMIT
         (
             prop::option::of((any::<bool>(), net.clone())),
             prop::option::of((any::<bool>(), net)),
-            prop::option::of(prop_oneof![Just("flannel0"), Just("eth0"), Just("flannel+")]),
+            prop::option::of(prop_oneof![
+                Just("flannel0"),
+                Just("eth0"),
+                Just("flannel+")
+            ]),
             any::<bool>(),
             target,
         )

@@ -86,7 +86,7 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
     }
     let net = intent.network.trunc();
     let routes = ip_json(&["-j", "route", "show", "exact", &net.to_string()]);
-    out.push(match routes.as_ref().map(|v| route_devices(v)) {
+    out.push(match routes.as_ref().map(route_devices) {
         Ok(devs) if devs.iter().any(|d| d == tun) => {
             Check::ok("route.overlay", format!("{net} dev {tun}"))
         }
@@ -101,7 +101,11 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
         Err(e) => Check::warn("route.overlay", format!("cannot list routes: {e}"), None),
     });
     if let Some(path) = &intent.subnet_file {
-        out.push(subnet_file_check(path, intent, actual_mtu.unwrap_or(intent.mtu)));
+        out.push(subnet_file_check(
+            path,
+            intent,
+            actual_mtu.unwrap_or(intent.mtu),
+        ));
     }
     out.push(ip_forward_check(read_sysctl("net/ipv4/ip_forward")));
     out.push(rp_filter_check(
@@ -119,7 +123,10 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
             .map(|(n, _)| n)
             .collect();
         out.push(if clash.is_empty() {
-            Check::ok("vxlan.kernel", format!("no kernel VXLAN device on port {port}"))
+            Check::ok(
+                "vxlan.kernel",
+                format!("no kernel VXLAN device on port {port}"),
+            )
         } else {
             Check::warn(
                 "vxlan.kernel",
@@ -156,7 +163,8 @@ pub fn rp_filter_check(
     all: Result<String, String>,
     dev: Result<String, String>,
 ) -> Check {
-    let num = |r: &Result<String, String>| r.as_ref().ok().and_then(|s| s.trim().parse::<u8>().ok());
+    let num =
+        |r: &Result<String, String>| r.as_ref().ok().and_then(|s| s.trim().parse::<u8>().ok());
     let (Some(a), Some(d)) = (num(&all), num(&dev)) else {
         return Check::warn(
             "sysctl.rp_filter",
@@ -174,7 +182,9 @@ pub fn rp_filter_check(
         }
         Check::fail(
             "sysctl.rp_filter",
-            format!("strict reverse-path filtering on {tun} (all={a}, {tun}={d}) drops overlay traffic"),
+            format!(
+                "strict reverse-path filtering on {tun} (all={a}, {tun}={d}) drops overlay traffic"
+            ),
             Some(fix.join("; ")),
         )
     } else {
@@ -335,7 +345,10 @@ pub(crate) fn run_tool(tool: &str, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let n = out.stdout.len().min(usize::try_from(READ_LIMIT).unwrap_or(usize::MAX));
+    let n = out
+        .stdout
+        .len()
+        .min(usize::try_from(READ_LIMIT).unwrap_or(usize::MAX));
     Ok(String::from_utf8_lossy(&out.stdout[..n]).into_owned())
 }
 
@@ -368,7 +381,10 @@ mod tests {
         assert_eq!(route_devices(&v), vec!["flannel0"]);
         let v = serde_json::json!([{"ifname": "flannel.1", "linkinfo": {"info_kind": "vxlan",
             "info_data": {"id": 1, "port": 8472}}}]);
-        assert_eq!(vxlan_devices(&v), vec![("flannel.1".to_owned(), Some(8472))]);
+        assert_eq!(
+            vxlan_devices(&v),
+            vec![("flannel.1".to_owned(), Some(8472))]
+        );
     }
 
     #[test]
@@ -385,7 +401,10 @@ mod tests {
 
     #[test]
     fn sysctls() {
-        assert_eq!(ip_forward_check(Ok("1\n".into())).outcome, super::super::Outcome::Ok);
+        assert_eq!(
+            ip_forward_check(Ok("1\n".into())).outcome,
+            super::super::Outcome::Ok
+        );
         let off = ip_forward_check(Ok("0\n".into()));
         assert_eq!(off.outcome, super::super::Outcome::Fail);
         assert_eq!(off.fix.as_deref(), Some("sysctl -w net.ipv4.ip_forward=1"));
@@ -418,10 +437,9 @@ mod tests {
         #[test]
         fn subnet_env_reads_back_its_mtu(mtu in any::<u32>(), junk in "[A-Z_]{0,12}=[ -~]{0,20}") {
             let text = format!("{junk}\nFLANNEL_MTU={mtu}\n{junk}\n");
-            let want = if junk.starts_with("FLANNEL_MTU=") {
-                junk["FLANNEL_MTU=".len()..].trim().trim_matches('"').parse().ok()
-            } else {
-                Some(mtu)
+            let want = match junk.strip_prefix("FLANNEL_MTU=") {
+                Some(v) => v.trim().trim_matches('"').parse().ok(),
+                None => Some(mtu),
             };
             prop_assert_eq!(parse_subnet_env(&text).mtu, want);
         }

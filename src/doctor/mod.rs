@@ -297,10 +297,8 @@ impl Default for ProbeOptions {
 ///
 /// [`DoctorError`] when the node's `/status` cannot be read; every other problem is a check.
 pub fn run(addr: SocketAddr, opts: &ProbeOptions) -> Result<Report, DoctorError> {
-    let text = crate::http::get(addr, "/status").map_err(|reason| DoctorError::Fetch {
-        addr,
-        reason,
-    })?;
+    let text =
+        crate::http::get(addr, "/status").map_err(|reason| DoctorError::Fetch { addr, reason })?;
     let v: Value = serde_json::from_str(&text).map_err(|_| DoctorError::Field("(JSON)"))?;
     let intent = Intent::from_status(&v)?;
     let mut report = Report::default();
@@ -360,7 +358,10 @@ mod tests {
         assert!(!r.passed());
         let text = r.render();
         assert!(text.contains("FAIL sysctl.ip_forward"), "{text}");
-        assert!(text.contains("fix: sysctl -w net.ipv4.ip_forward=1"), "{text}");
+        assert!(
+            text.contains("fix: sysctl -w net.ipv4.ip_forward=1"),
+            "{text}"
+        );
         assert_eq!(r.json()["checks"][1]["outcome"], "fail");
         assert_eq!(r.json()["passed"], false);
     }

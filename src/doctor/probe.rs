@@ -121,8 +121,7 @@ pub const fn is_flannel_probe(datagram: &[u8]) -> bool {
 /// test: the inner EtherType).
 #[inline]
 pub const fn is_vxlan_probe(datagram: &[u8]) -> bool {
-    datagram.len() >= VXLAN_PREFIX
-        && u16::from_be_bytes([datagram[20], datagram[21]]) == ETHERTYPE
+    datagram.len() >= VXLAN_PREFIX && u16::from_be_bytes([datagram[20], datagram[21]]) == ETHERTYPE
 }
 
 /// Builds into `out` the answer to `datagram` (a probe request in the format `vxlan` says:
@@ -246,13 +245,21 @@ fn judge(name: &str, endpoint: SocketAddr, intent: &Intent, r: &PeerResult, want
     match (r.rtt, r.path_mtu) {
         (None, _) if matches!(intent.backend, Backend::Vxlan { .. }) => Check::warn(
             name,
-            format!("no fustian answer from {endpoint} (kernel VXLAN peer, or UDP {port} blocked?)"),
-            Some(format!("on {ip}: iptables -I INPUT -p udp --dport {port} -j ACCEPT")),
+            format!(
+                "no fustian answer from {endpoint} (kernel VXLAN peer, or UDP {port} blocked?)"
+            ),
+            Some(format!(
+                "on {ip}: iptables -I INPUT -p udp --dport {port} -j ACCEPT"
+            )),
         ),
         (None, _) => Check::fail(
             name,
-            format!("no answer from {endpoint}: UDP port {port} blocked by a firewall, or the peer is down"),
-            Some(format!("on {ip}: iptables -I INPUT -p udp --dport {port} -j ACCEPT")),
+            format!(
+                "no answer from {endpoint}: UDP port {port} blocked by a firewall, or the peer is down"
+            ),
+            Some(format!(
+                "on {ip}: iptables -I INPUT -p udp --dport {port} -j ACCEPT"
+            )),
         ),
         (Some(rtt), Some(mtu)) if mtu < want => Check::fail(
             name,
@@ -342,7 +349,9 @@ fn exchange(
     sock.send_to(req, dst).ok()?;
     let mut buf = [0u8; 128];
     loop {
-        let left = timeout.checked_sub(start.elapsed()).filter(|d| !d.is_zero())?;
+        let left = timeout
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero())?;
         sock.set_read_timeout(Some(left)).ok()?;
         let (n, from) = sock.recv_from(&mut buf).ok()?;
         let prefix = if vxlan { VXLAN_PREFIX } else { 0 };
@@ -378,7 +387,13 @@ mod tests {
         let n = answer(&req, None, &mut out).unwrap();
         assert_eq!(n, REPLY_LEN);
         let p = Probe::parse(&out[..n]).unwrap();
-        assert_eq!(p, Probe { kind: Kind::Reply { len: 100 }, token: 7 });
+        assert_eq!(
+            p,
+            Probe {
+                kind: Kind::Reply { len: 100 },
+                token: 7
+            }
+        );
         // A reply is never answered.
         assert_eq!(answer(&out[..n], None, &mut [0u8; 64]), None);
     }
@@ -416,7 +431,7 @@ mod tests {
                 prop_assert!(n <= data.len());
                 let prefix = if vxlan { VXLAN_PREFIX } else { 0 };
                 let p = Probe::parse(&out[prefix..n]).unwrap();
-                prop_assert_eq!(p.kind, Kind::Reply { len: data.len() as u32 });
+                prop_assert_eq!(p.kind, Kind::Reply { len: u32::try_from(data.len()).unwrap() });
             }
         }
 
