@@ -145,7 +145,11 @@ pub fn answer(datagram: &[u8], vxlan: Option<(u32, [u8; 6])>, out: &mut [u8]) ->
     if let Some((vni, mac)) = vxlan {
         let (vx, eth) = (datagram.get(..8)?, datagram.get(8..22)?);
         // RFC 7348 section 5: flags 0x08, the rest reserved (zero).
-        if vx != vxlan_header(vni) || eth[..6] != mac || eth[6..12] == mac {
+        if vx != vxlan_header(vni)
+            || eth[..6] != mac
+            || eth[6..12] == mac
+            || eth[12..14] != ETHERTYPE.to_be_bytes()
+        {
             return None;
         }
         let out = out.get_mut(..VXLAN_PREFIX + REPLY_LEN)?;
