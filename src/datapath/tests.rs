@@ -458,14 +458,17 @@ fn probes_are_answered_only_to_peers() {
         // A reply is no request: dropped by the receive checks.
         assert!(receive(&mut b, &reply, 0, A).is_empty());
         assert!(b.probe_reply().is_none());
-        // The bucket: a burst of requests gets at most ANSWER_RATE answers (+1 for the time
-        // the burst takes).
+        // The bucket: after the first answer, a burst gets the rest of the burst allowance
+        // (plus the little that refills while it runs), no more.
         let mut answered = 0;
         for _ in 0..200 {
             receive(&mut b, &req, 0, A);
             answered += usize::from(b.probe_reply().is_some());
         }
-        assert!(answered <= ANSWER_RATE as usize + 1, "{answered}");
+        assert!(
+            answered as f64 <= ANSWER_RATE && answered >= 45,
+            "{answered}"
+        );
         let t = b.tally();
         assert_eq!(t.probes, 201);
         assert_eq!(t.delivered, 0);
