@@ -18,11 +18,12 @@ use crate::common::{EXE, serial, skip, topology, wait_for};
 /// Node 0's HTTP endpoint, inside its namespace.
 const ADDR: &str = "127.0.0.1:9107";
 
-/// Starts both nodes with `backend`, node 0 with its HTTP endpoint.
-fn start(backend: LabBackend) -> Topology {
+/// Starts both nodes with `backend` and `flags`, node 0 with its HTTP endpoint.
+fn start(backend: LabBackend, flags: &[&str]) -> Topology {
     let mut topo = topology();
     for i in 0..2 {
         let mut extra = vec!["--threads", "1"];
+        extra.extend(flags);
         if i == 0 {
             extra.extend(["--healthz-port", "9107"]);
         }
@@ -105,7 +106,7 @@ fn doctor_names_each_fault_udp() {
         return;
     }
     let _serial = serial();
-    let topo = start(LabBackend::Udp);
+    let mut topo = start(LabBackend::Udp, &["--io", "epoll"]);
     assert_healthy(&topo, "udp, healthy");
 
     sh(&topo, 0, "sysctl", &["-qw", "net.ipv4.ip_forward=0"]);
@@ -261,6 +262,18 @@ fn doctor_names_each_fault_udp() {
         }),
         "the non-peer's probes were not counted as dropped"
     );
+
+    // The answering node on io_uring without multishot receives (the vxlan test covers
+    // multishot): node 1 restarted, its probes answered.
+    let mut node1 = 1;
+    for extra in [&["--io", "uring", "--no-multishot", "--threads", "1"][..]] {
+        topo.processes[node1].stop(Duration::from_secs(5));
+        let args = topo.node_args(1, extra);
+        node1 = topo
+            .start_node(1, EXE, &args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_healthy(&topo, &format!("udp, node 1 with {extra:?}"));
+    }
 }
 
 #[test]
@@ -269,7 +282,7 @@ fn doctor_vxlan_healthy_and_blocked_port_warns() {
         return;
     }
     let _serial = serial();
-    let topo = start(LabBackend::Vxlan);
+    let topo = start(LabBackend::Vxlan, &["--io", "uring"]);
     assert_healthy(&topo, "vxlan, healthy");
     let block = ["INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"];
     sh(&topo, 1, "iptables", &[&["-I"][..], &block].concat());
