@@ -844,6 +844,22 @@ pub struct DoctorArgs {
     /// Milliseconds to wait for each probe answer.
     #[arg(long, default_value_t = 300, value_name = "MS")]
     pub probe_timeout: u64,
+    /// etcd endpoints, comma separated: also compare the leases in etcd with the node's table
+    /// (needs the `etcd` feature).
+    #[arg(long, value_name = "URLS")]
+    pub etcd_endpoints: Option<String>,
+    /// etcd key prefix.
+    #[arg(long, value_name = "PATH", default_value = "/coreos.com/network")]
+    pub etcd_prefix: String,
+    /// etcd client key (TLS with --etcd-certfile).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd client certificate.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// etcd CA certificate.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
 }
 
 /// Flags of `fustian lab`.

@@ -6,10 +6,13 @@
 //! what the kernel has ([`local`]: the TUN device, its address, MTU and route, `ip_forward`,
 //! `rp_filter`, the subnet file; [`firewall`]: the `FORWARD` chain of iptables, legacy and
 //! nf_tables, and of native nftables) and ask every peer with a probe datagram ([`probe`]).
+//! With etcd (feature `etcd`), `etcd` compares the leases in etcd with the node's table.
 //!
 //! Every command it runs only reads (`ip -j ... show`, `iptables-save`, `nft -j list`); it
 //! changes nothing. A check that cannot be made (a tool missing) is a warning, never a pass.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod firewall;
 pub mod local;
 pub mod probe;
@@ -291,21 +294,25 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Runs every check for the node whose endpoint is `addr`.
+/// Learns the intended state from the node whose endpoint is `addr`.
 ///
 /// # Errors
 ///
-/// [`DoctorError`] when the node's `/status` cannot be read; every other problem is a check.
-pub fn run(addr: SocketAddr, opts: &ProbeOptions) -> Result<Report, DoctorError> {
+/// [`DoctorError`] when the node's `/status` cannot be read or lacks a field.
+pub fn intent(addr: SocketAddr) -> Result<Intent, DoctorError> {
     let text =
         crate::http::get(addr, "/status").map_err(|reason| DoctorError::Fetch { addr, reason })?;
     let v: Value = serde_json::from_str(&text).map_err(|_| DoctorError::Field("(JSON)"))?;
-    let intent = Intent::from_status(&v)?;
+    Intent::from_status(&v)
+}
+
+/// Runs the local, firewall and peer checks for `intent`.
+pub fn run(intent: &Intent, opts: &ProbeOptions) -> Report {
     let mut report = Report::default();
-    report.checks.extend(local::checks(&intent));
-    report.checks.extend(firewall::checks(&intent));
-    report.checks.extend(probe::checks(&intent, opts));
-    Ok(report)
+    report.checks.extend(local::checks(intent));
+    report.checks.extend(firewall::checks(intent));
+    report.checks.extend(probe::checks(intent, opts));
+    report
 }
 
 #[cfg(test)]
