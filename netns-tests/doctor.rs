@@ -2,8 +2,9 @@
 //! a time, each applied and reverted in turn: `ip_forward` off, the `FORWARD` chain dropping
 //! the overlay, strict `rp_filter`, the peer's port blocked by a firewall in the peer's
 //! namespace, the peer's underlay MTU lowered, and the TUN MTU disagreeing with the subnet
-//! file. Each fault must make doctor exit non-zero and name the failing check with the command
-//! that fixes it; after it is reverted, doctor passes again.
+//! file; with etcd, a lease written by hand that the node leaves out. Each fault must make
+//! doctor exit non-zero and name the failing check with the command that fixes it; after it
+//! is reverted, doctor passes again.
 
 use std::net::UdpSocket;
 use std::process::Command;
@@ -293,4 +294,188 @@ fn doctor_vxlan_healthy_and_blocked_port_warns() {
     );
     sh(&topo, 1, "iptables", &[&["-D"][..], &block].concat());
     assert_healthy(&topo, "vxlan, reverted");
+}
+
+/// etcd on node 0's underlay address, reachable from both nodes.
+#[cfg(feature = "etcd")]
+const ETCD: &str = "http://192.0.2.1:2379";
+
+/// Runs `op` with an etcd client inside node 0's namespace.
+#[cfg(feature = "etcd")]
+fn with_etcd<T: Send + 'static>(
+    topo: &Topology,
+    op: impl FnOnce(&mut etcd_client::Client, &tokio::runtime::Runtime) -> T + Send + 'static,
+) -> Option<T> {
+    topo.hosts[0]
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(5));
+            let mut c = rt
+                .block_on(etcd_client::Client::connect([ETCD], Some(options)))
+                .ok()?;
+            Some(op(&mut c, &rt))
+        })
+        .ok()
+        .flatten()
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn doctor_with_etcd_names_a_lease_left_out_of_the_table() {
+    if skip("doctor_with_etcd_names_a_lease_left_out_of_the_table") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let dir = topo.dir.path().to_owned();
+    let data = dir.join("etcd-data").to_string_lossy().into_owned();
+    let etcd_args: Vec<String> = [
+        "--name",
+        "doctor",
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        ETCD,
+        "--advertise-client-urls",
+        ETCD,
+        "--listen-peer-urls",
+        "http://192.0.2.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://192.0.2.1:2380",
+        "--initial-cluster",
+        "doctor=http://192.0.2.1:2380",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let etcd = topo.hosts[0]
+        .start("etcd", &etcd_args, dir.join("etcd.log"))
+        .expect("start etcd");
+    topo.processes.push(etcd);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            with_etcd(&topo, |c, rt| rt.block_on(c.get("probe", None)).is_ok()) == Some(true)
+        }),
+        "etcd did not come up"
+    );
+    let put = |topo: &Topology, k: &str, v: &str| {
+        let (k, v) = (k.to_owned(), v.to_owned());
+        assert_eq!(
+            with_etcd(topo, move |c, rt| rt.block_on(c.put(k, v, None)).is_ok()),
+            Some(true),
+            "etcd put"
+        );
+    };
+    put(
+        &topo,
+        "/coreos.com/network/config",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
+    );
+    for i in 0..2 {
+        let ip = format!("192.0.2.{}", i + 1);
+        let subnet_file = dir.join(format!("node-{i}")).join("subnet.env");
+        let mut args: Vec<String> = [
+            "run",
+            "--etcd-endpoints",
+            ETCD,
+            "--public-ip",
+            &ip,
+            "--subnet-file",
+            &subnet_file.to_string_lossy(),
+            "--stats-file",
+            &topo.stats_path(i).to_string_lossy(),
+            "--threads",
+            "1",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if i == 0 {
+            args.extend(["--healthz-port", "9107"].map(str::to_owned));
+        }
+        topo.start_node(i, EXE, &args)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let run = |topo: &Topology| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", topo.hosts[0].name(), EXE, "doctor"])
+            .args(["--addr", ADDR, "--json", "--etcd-endpoints", ETCD])
+            .output()
+            .expect("ip netns exec runs");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (
+            out.status.success(),
+            v["checks"].as_array().cloned().unwrap_or_default(),
+        )
+    };
+    // Each node sees the other's lease once its watch has it.
+    let mut last = (false, Vec::new());
+    let healthy = wait_for(Duration::from_secs(10), || {
+        last = run(&topo);
+        last.0
+    });
+    assert!(healthy, "with etcd, not healthy: {:#?}", last.1);
+    for name in ["etcd.config", "etcd.own_lease", "etcd.table"] {
+        assert!(
+            last.1
+                .iter()
+                .any(|c| c["name"] == name && c["outcome"] == "ok"),
+            "{name} missing: {:#?}",
+            last.1
+        );
+    }
+
+    assert!(
+        last.1.iter().any(|c| c["name"] == "etcd.table"
+            && c["detail"] == "the table holds exactly the 1 leases in etcd"),
+        "{:#?}",
+        last.1
+    );
+
+    // A lease written by hand over a leased subnet with another length (flanneld's allocator
+    // never makes one): both the node and doctor leave it out, and doctor names it with the
+    // command that removes it.
+    let keys = with_etcd(&topo, |c, rt| {
+        let resp = rt
+            .block_on(c.get(
+                "/coreos.com/network/subnets/",
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            ))
+            .ok()?;
+        Some(
+            resp.kvs()
+                .iter()
+                .map(|kv| kv.key_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .flatten()
+    .expect("etcd get");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let taken = keys[1].rsplit('/').next().expect("key").to_owned();
+    let (net, _) = taken.split_once('-').expect("A.B.C.D-LEN");
+    let stray = format!("/coreos.com/network/subnets/{net}-25");
+    put(
+        &topo,
+        &stray,
+        r#"{"PublicIP":"192.0.2.77","PublicIPv6":null}"#,
+    );
+    let named = wait_for(Duration::from_secs(5), || {
+        last = run(&topo);
+        !last.0
+            && last.1.iter().any(|c| {
+                c["outcome"] != "ok"
+                    && c["detail"].as_str().is_some_and(|d| d.contains(&stray))
+                    && c["fix"].as_str().is_some_and(|f| f.contains("etcdctl del"))
+            })
+    });
+    assert!(named, "the hand-written lease was not named: {:#?}", last.1);
 }
