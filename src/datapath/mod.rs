@@ -10,7 +10,8 @@
 //!
 //!  UDP read ──▶ Core::udp_read ──▶ [RxOp]: Write | WriteVnet | Merged | Segments
 //!               oversize, GRO cut, sender, decapsulation, the receive checks,
-//!               checksum completion, TCP merging (coalescing), super-frame cut
+//!               checksum completion, TCP merging (coalescing), super-frame cut;
+//!               a peer probe (`crate::doctor::probe`) answered: Core::probe_reply
 //!  end of batch ▶ Core::rx_flush ▶ [RxOp]: Merged (what is still open)
 //! ```
 //!
