@@ -2,7 +2,7 @@
 //! a time, each applied and reverted in turn: `ip_forward` off, the `FORWARD` chain dropping
 //! the overlay, strict `rp_filter`, the peer's port blocked by a firewall in the peer's
 //! namespace, the peer's underlay MTU lowered, and the TUN MTU disagreeing with the subnet
-//! file; with etcd, a lease written by hand that the node leaves out. Each fault must make
+//! file; `vxlan`: the port blocked (a warning) and a kernel VXLAN device on the node's port; with etcd, a lease written by hand that the node leaves out. Each fault must make
 //! doctor exit non-zero and name the failing check with the command that fixes it; after it
 //! is reverted, doctor passes again.
 
@@ -275,8 +275,8 @@ fn doctor_names_each_fault_udp() {
 }
 
 #[test]
-fn doctor_vxlan_healthy_and_blocked_port_warns() {
-    if skip("doctor_vxlan_healthy_and_blocked_port_warns") {
+fn doctor_vxlan_healthy_blocked_port_and_kernel_device_warn() {
+    if skip("doctor_vxlan_healthy_blocked_port_and_kernel_device_warn") {
         return;
     }
     let _serial = serial();
@@ -293,6 +293,35 @@ fn doctor_vxlan_healthy_and_blocked_port_warns() {
         "iptables -I INPUT -p udp --dport 8472 -j ACCEPT",
     );
     sh(&topo, 1, "iptables", &[&["-D"][..], &block].concat());
+
+    // A kernel VXLAN device on the node's port on the same host (left down, so it binds
+    // nothing).
+    sh(
+        &topo,
+        0,
+        "ip",
+        &[
+            "link",
+            "add",
+            "vxk0",
+            "type",
+            "vxlan",
+            "id",
+            "7",
+            "dstport",
+            "8472",
+            "nolearning",
+        ],
+    );
+    assert_named(
+        &topo,
+        "kernel VXLAN device on the port",
+        "vxlan.kernel",
+        "warn",
+        "kernel VXLAN device vxk0 also uses port 8472",
+        "ip link del vxk0",
+    );
+    sh(&topo, 0, "ip", &["link", "del", "vxk0"]);
     assert_healthy(&topo, "vxlan, reverted");
 }
 
