@@ -203,6 +203,14 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
     let mut read_any = false;
     let mut nft_compat = false;
     for tool in ["iptables-legacy-save", "iptables-nft-save"] {
+        // Naming a legacy table that is not there would load the kernel module that makes
+        // it: ask only for a table the kernel already lists.
+        if tool == "iptables-legacy-save"
+            && !std::fs::read_to_string("/proc/net/ip_tables_names")
+                .is_ok_and(|names| names.lines().any(|n| n == "filter"))
+        {
+            continue;
+        }
         let Ok(text) = run_tool(tool, &["-t", "filter"]) else {
             continue;
         };
@@ -240,21 +248,28 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
     } else {
         &[]
     };
-    if let Ok(text) = run_tool("nft", &["-j", "list", "ruleset"])
-        && let Ok(v) = serde_json::from_str::<Value>(&text)
-    {
-        read_any = true;
-        for (name, chains) in parse_nft_json(&v, skip) {
-            let start = chains[0].name.clone();
-            out.push(judge(
-                &format!("firewall.{name}"),
-                &chains,
-                &start,
-                &flows,
-                intent,
-                "nft",
-            ));
+    match run_tool("nft", &["-j", "list", "ruleset"]).map(|t| serde_json::from_str::<Value>(&t)) {
+        Ok(Ok(v)) => {
+            read_any = true;
+            for (name, chains) in parse_nft_json(&v, skip) {
+                let start = chains[0].name.clone();
+                out.push(judge(
+                    &format!("firewall.{name}"),
+                    &chains,
+                    &start,
+                    &flows,
+                    intent,
+                    "nft",
+                ));
+            }
         }
+        Ok(Err(e)) => out.push(Check::warn(
+            "firewall.nft",
+            format!("cannot read `nft -j list ruleset`: {e}"),
+            None,
+        )),
+        // No nft, or no permission: iptables above is what there is.
+        Err(_) => {}
     }
     if !read_any {
         out.push(Check::warn(

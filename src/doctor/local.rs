@@ -304,8 +304,8 @@ pub fn vxlan_devices(v: &Value) -> Vec<(String, Option<u16>)> {
         .unwrap_or_default()
 }
 
-/// The largest file or command output read.
-const READ_LIMIT: u64 = 1 << 20;
+/// The largest file or command output read (a large ruleset's JSON included).
+const READ_LIMIT: u64 = 16 << 20;
 
 fn read_bounded(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
