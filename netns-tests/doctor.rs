@@ -151,6 +151,34 @@ fn doctor_names_each_fault_udp() {
         "-I FORWARD -s 10.244.0.0/16 -j ACCEPT",
     );
     sh(&topo, 0, "iptables", &["-P", "FORWARD", "ACCEPT"]);
+    // The same through the legacy backend, and a native nftables base chain.
+    sh(&topo, 0, "iptables-legacy", &["-P", "FORWARD", "DROP"]);
+    assert_named(
+        &topo,
+        "legacy FORWARD policy DROP",
+        "firewall.iptables-legacy",
+        "fail",
+        "FORWARD policy DROP",
+        "iptables-legacy -I FORWARD -s 10.244.0.0/16 -j ACCEPT",
+    );
+    sh(&topo, 0, "iptables-legacy", &["-P", "FORWARD", "ACCEPT"]);
+    sh(
+        &topo,
+        0,
+        "nft",
+        &[
+            "add table inet dtest; add chain inet dtest dchain { type filter hook forward priority 0; policy accept; }; add rule inet dtest dchain ip daddr 10.244.0.0/16 counter drop",
+        ],
+    );
+    assert_named(
+        &topo,
+        "nftables rule drops",
+        "firewall.nft inet dtest dchain",
+        "fail",
+        "dchain rule 1",
+        "nft insert rule inet dtest dchain ip saddr 10.244.0.0/16 accept",
+    );
+    sh(&topo, 0, "nft", &["delete table inet dtest"]);
 
     sh(
         &topo,
