@@ -19,7 +19,8 @@
 //! peer's in the table, at most [`ANSWER_RATE`] per second per worker, with a reply of
 //! [`REPLY_LEN`] bytes (plus the VXLAN and Ethernet headers), never longer than the request; a
 //! probe that is not answered is dropped and counted as any other datagram would be. A probe
-//! is never written to TUN.
+//! is never written to TUN. One socket read gets at most one answer (with `UDP_GRO` a read may
+//! hold several datagrams; the prober sends one request at a time and waits).
 //!
 //! `doctor` sends probes from its own socket bound to the node's underlay address (so the
 //! sender is the node's address, which its peers know) and an ephemeral port; the answer goes
