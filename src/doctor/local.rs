@@ -183,7 +183,8 @@ pub fn rp_filter_check(
         Check::fail(
             "sysctl.rp_filter",
             format!(
-                "strict reverse-path filtering on {tun} (all={a}, {tun}={d}) drops overlay traffic"
+                "strict reverse-path filtering on {tun} (all={a}, {tun}={d}): a pod packet is \
+                 dropped whenever the route back to its source does not leave through {tun}"
             ),
             Some(fix.join("; ")),
         )
