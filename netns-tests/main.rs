@@ -11,6 +11,7 @@
 mod churn;
 mod cli;
 mod common;
+mod doctor;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod flannel_compat;

@@ -70,6 +70,9 @@ pub enum Command {
     Lab(Box<LabArgs>),
     /// Print a running node's table, counters and I/O path (from its HTTP endpoint).
     Show(ShowArgs),
+    /// Check this node's TUN device, route, sysctls, firewall and peers; say what is wrong and
+    /// the command that fixes it (exit status 0 only when every check passes).
+    Doctor(DoctorArgs),
 }
 
 /// Flags of `fustian run`. Each can also be set in the `--config` file; a flag wins.
@@ -833,6 +836,36 @@ pub struct ShowArgs {
     /// Print the JSON the node returns instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Flags of `fustian doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The node's HTTP endpoint (`--healthz-ip`/`--healthz-port` of `fustian run`).
+    #[arg(long, value_name = "IP:PORT", env = "FUSTIAN_DOCTOR_ADDR")]
+    pub addr: std::net::SocketAddr,
+    /// Print the checks as JSON (`{"passed": bool, "checks": [...]}`).
+    #[arg(long)]
+    pub json: bool,
+    /// Milliseconds to wait for each probe answer.
+    #[arg(long, default_value_t = 300, value_name = "MS")]
+    pub probe_timeout: u64,
+    /// etcd endpoints, comma separated: also compare the leases in etcd with the node's table
+    /// (needs the `etcd` feature).
+    #[arg(long, value_name = "URLS")]
+    pub etcd_endpoints: Option<String>,
+    /// etcd key prefix.
+    #[arg(long, value_name = "PATH", default_value = "/coreos.com/network")]
+    pub etcd_prefix: String,
+    /// etcd client key (TLS with --etcd-certfile).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd client certificate.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// etcd CA certificate.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
 }
 
 /// Flags of `fustian lab`.

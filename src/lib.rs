@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod datapath;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod http;

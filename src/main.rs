@@ -212,12 +212,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", fustian::show::render(&value));
             }
         }
+        Command::Doctor(args) => {
+            let opts = fustian::doctor::ProbeOptions {
+                timeout: std::time::Duration::from_millis(args.probe_timeout),
+                ..Default::default()
+            };
+            let intent = fustian::doctor::intent(args.addr)?;
+            let mut report = fustian::doctor::run(&intent, &opts);
+            if let Some(endpoints) = &args.etcd_endpoints {
+                report
+                    .checks
+                    .extend(doctor_etcd(&args, endpoints, &intent)?);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report.json())?);
+            } else {
+                print!("{}", report.render());
+            }
+            if !report.passed() {
+                std::process::exit(1);
+            }
+        }
         Command::Lab(args) => {
             let report = fustian::lab::run(&args, &stop)?;
             println!("{report}");
         }
     }
     Ok(())
+}
+
+/// The etcd checks of `fustian doctor`.
+#[cfg(feature = "etcd")]
+fn doctor_etcd(
+    args: &fustian::cli::DoctorArgs,
+    endpoints: &str,
+    intent: &fustian::doctor::Intent,
+) -> anyhow::Result<Vec<fustian::doctor::Check>> {
+    let target = fustian::doctor::etcd::EtcdTarget {
+        endpoints: endpoints
+            .split(',')
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+            .collect(),
+        prefix: args.etcd_prefix.clone(),
+        keyfile: args.etcd_keyfile.clone(),
+        certfile: args.etcd_certfile.clone(),
+        cafile: args.etcd_cafile.clone(),
+    };
+    Ok(fustian::doctor::etcd::checks(intent, &target))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn doctor_etcd(
+    _args: &fustian::cli::DoctorArgs,
+    _endpoints: &str,
+    _intent: &fustian::doctor::Intent,
+) -> anyhow::Result<Vec<fustian::doctor::Check>> {
+    anyhow::bail!(
+        "--etcd-endpoints needs fustian built with the `etcd` feature (cargo build --features etcd)"
+    )
 }
 
 /// Runs a node: joins the network (through etcd, waiting for it, or from flags and the file)

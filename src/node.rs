@@ -444,6 +444,7 @@ impl Facts<'_> {
             "io_reason": self.why,
             "offloads": self.offloads.describe(),
             "workers": self.device.queues.len(),
+            "subnet_file": self.config.subnet_file.to_string_lossy(),
         })
     }
 

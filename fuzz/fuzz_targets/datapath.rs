@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
     let t = core.tally();
     assert_eq!(t.tun_reads, tun_reads);
     assert_eq!(t.tun_reads, t.sent + t.tun_dropped, "{t:?}");
-    assert_eq!(t.datagrams, t.delivered + t.rx_dropped, "{t:?}");
+    assert_eq!(t.datagrams, t.delivered + t.rx_dropped + t.probes, "{t:?}");
     assert!(t.datagrams <= datagrams_max);
 });
 

@@ -10,7 +10,8 @@
 //!
 //!  UDP read ──▶ Core::udp_read ──▶ [RxOp]: Write | WriteVnet | Merged | Segments
 //!               oversize, GRO cut, sender, decapsulation, the receive checks,
-//!               checksum completion, TCP merging (coalescing), super-frame cut
+//!               checksum completion, TCP merging (coalescing), super-frame cut;
+//!               a peer probe (`crate::doctor::probe`) answered: Core::probe_reply
 //!  end of batch ▶ Core::rx_flush ▶ [RxOp]: Merged (what is still open)
 //! ```
 //!
@@ -35,6 +36,7 @@
 
 pub mod forward;
 mod icmp;
+mod probe;
 mod rx;
 #[cfg(test)]
 mod tests;
@@ -103,6 +105,8 @@ pub struct Tally {
     pub delivered: u64,
     /// Of those, dropped.
     pub rx_dropped: u64,
+    /// Of those, peer probes taken off the path to TUN (answered or rate limited).
+    pub probes: u64,
 }
 
 /// One worker's datapath: its per-packet state and scratch space, allocated once.
@@ -119,6 +123,7 @@ pub struct Core {
     coalescer: Coalescer,
     rx_headers: Box<[u8]>,
     rx_segs: Box<[Segment]>,
+    probe: probe::Responder,
     tally: Tally,
 }
 
@@ -135,6 +140,7 @@ impl Core {
             coalescer: Coalescer::new(),
             rx_headers: vec![0u8; MAX_RX_SEGMENTS * RX_HEADER_STRIDE].into_boxed_slice(),
             rx_segs: vec![Segment::default(); MAX_RX_SEGMENTS].into_boxed_slice(),
+            probe: probe::Responder::new(),
             tally: Tally::default(),
         }
     }

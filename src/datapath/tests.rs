@@ -151,7 +151,7 @@ fn flush(c: &mut Core) -> Vec<(VnetHdr, Vec<u8>)> {
 }
 
 fn balanced(t: Tally) -> bool {
-    t.tun_reads == t.sent + t.tun_dropped && t.datagrams == t.delivered + t.rx_dropped
+    t.tun_reads == t.sent + t.tun_dropped && t.datagrams == t.delivered + t.rx_dropped + t.probes
 }
 
 fn drops(c: &Core, reason: DropReason) -> u64 {
@@ -468,5 +468,60 @@ proptest! {
         prop_assert!(balanced(a.tally()), "{:?}", a.tally());
         prop_assert!(balanced(b.tally()), "{:?}", b.tally());
         prop_assert_eq!(a.tally().tun_reads, reads.len() as u64);
+    }
+}
+
+/// A peer's probe is answered (never delivered), at most the bucket's worth, from any port of
+/// the peer's address; a non-peer's gets no answer and is dropped as before; a probe reply
+/// sent to the node is dropped.
+#[test]
+fn probes_are_answered_only_to_peers() {
+    use crate::doctor::probe::{self, ANSWER_RATE, Kind, Probe};
+    for vxlan in [false, true] {
+        let mut b = core(2, vxlan, false, false);
+        let mut req = Vec::new();
+        let v = vxlan.then_some((1, MAC_B.0, MAC_A.0));
+        probe::request(&mut req, 300, 42, v);
+        let prefix = if vxlan { probe::VXLAN_PREFIX } else { 0 };
+        assert!(receive(&mut b, &req, 0, "192.0.2.1:40000").is_empty());
+        let (dst, reply) = b
+            .probe_reply()
+            .map(|(d, r)| (d, r.to_vec()))
+            .expect("answered");
+        assert_eq!(dst, addr("192.0.2.1:40000"));
+        assert!(reply.len() <= req.len());
+        assert_eq!(
+            Probe::parse(&reply[prefix..]),
+            Ok(Probe {
+                kind: Kind::Reply { len: 300 },
+                token: 42
+            })
+        );
+        // Not from a peer: no answer, dropped as an unknown sender.
+        assert!(receive(&mut b, &req, 0, "198.51.100.7:8285").is_empty());
+        assert!(b.probe_reply().is_none());
+        let totals = b.metrics.totals();
+        assert_eq!(totals.dropped(DropReason::UnknownSender), 1);
+        // A reply is no request: dropped by the receive checks.
+        assert!(receive(&mut b, &reply, 0, A).is_empty());
+        assert!(b.probe_reply().is_none());
+        // The bucket: after the first answer, a burst gets the rest of the burst allowance
+        // (plus the little that refills while it runs), no more.
+        let mut answered = 0;
+        for _ in 0..200 {
+            receive(&mut b, &req, 0, A);
+            answered += usize::from(b.probe_reply().is_some());
+        }
+        assert!(
+            answered as f64 <= ANSWER_RATE && answered >= 45,
+            "{answered}"
+        );
+        let t = b.tally();
+        assert_eq!(t.probes, 201);
+        assert_eq!(t.delivered, 0);
+        assert!(balanced(t), "{t:?}");
+        let totals = b.metrics.totals();
+        assert_eq!(totals.probe_rx, 201);
+        assert_eq!(totals.probe_rate_limited, 201 - 1 - answered as u64);
     }
 }

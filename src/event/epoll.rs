@@ -193,6 +193,7 @@ impl Loop {
             let r = self.received[i];
             let buf = self.rx_bufs.slot_mut(i);
             self.core.udp_read(&snap, buf, &r);
+            self.sender.answer_probe(&self.w, &self.core);
             self.writer
                 .execute(&self.w, &self.core, self.rx_bufs.slot_mut(i));
         }

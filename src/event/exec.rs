@@ -108,6 +108,24 @@ impl Sender {
         }
     }
 
+    /// Sends the answer to a peer probe that `core` planned for its last read, if any, from
+    /// the worker's own socket, and counts it as `probe_tx`. Not waited for nor retried: the
+    /// prober tries again.
+    pub(crate) fn answer_probe(&mut self, w: &Worker, core: &Core) {
+        let Some((dst, bytes)) = core.probe_reply() else {
+            return;
+        };
+        let t = [Transmit {
+            dst,
+            start: 0,
+            len: bytes.len(),
+            socket: 0,
+        }];
+        if matches!(w.udp.send_batch(&mut self.mm, bytes, &t), Ok(1)) {
+            Counters::add(&w.metrics.worker(w.id).probe_tx, 1);
+        }
+    }
+
     /// Sends the queued datagrams (ranges of `data`): one `sendmmsg` per source socket in use,
     /// in queue order within each (in `vxlan` mode a flow always uses the same socket).
     pub(crate) fn flush(&mut self, w: &Worker, data: &[u8]) {

@@ -12,8 +12,9 @@
 //!   batch, hand each read to [`Core::tun_read`] and carry out the [`crate::datapath::TxPlan`];
 //! - receive datagrams in batches (with `MSG_TRUNC`, into slots larger than
 //!   [`Core::rx_payload`]), hand each read, decoded by the socket layer, to
-//!   [`Core::udp_read`], carry out its [`crate::datapath::RxOp`]s in order, and call
-//!   [`Core::rx_flush`] at the end of the batch;
+//!   [`Core::udp_read`], carry out its [`crate::datapath::RxOp`]s in order, send the peer
+//!   probe answer it may have planned ([`Core::probe_reply`], `exec::Sender::answer_probe`),
+//!   and call [`Core::rx_flush`] at the end of the batch;
 //! - carry out a plan before the next call into the core (the core's buffers are reused);
 //! - keep a flow's order: outputs leave in plan order (the shared executors in `exec` queue
 //!   datagrams and send whatever is queued before a super-packet's segments);

@@ -491,6 +491,7 @@ impl Loop {
         };
         let r = slot.msg.decode(len, slot.buf.len());
         self.core.udp_read(snap, &mut slot.buf, &r);
+        self.sender.answer_probe(&self.w, &self.core);
         if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
             let ud = Kind::RxWrite.user_data(j);
             let entry = tun_write(self.tun_fd, &self.rx[j].buf[start..start + len], ud);
@@ -585,6 +586,7 @@ impl Loop {
         );
         let payload = &mut m.ring.buf(bid)[MULTI_HEADER..];
         self.core.udp_read(snap, payload, &r);
+        self.sender.answer_probe(&self.w, &self.core);
         if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
             let at = MULTI_HEADER + start;
             let ud = Kind::RxMultiWrite.user_data(usize::from(bid));

@@ -1,0 +1,451 @@
+//! With etcd (feature `etcd`): the node's own lease exists, carries its address and has a TTL;
+//! every lease the node should take from etcd is in its table and nothing else is; no two
+//! leases overlap; the network config's backend, port and VNI are the node's.
+//!
+//! Reads `<prefix>/config` and `<prefix>/subnets/` once, judges the leases with the node's own
+//! rules ([`crate::control::lease::judge_leases`]) and compares. [`judge`] is pure.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{Backend, Check, Intent};
+use crate::control::lease::{Rejection, StoredLease, judge_leases, subnet_key};
+use crate::control::netconf::{self, NetworkConfig};
+
+/// Where etcd is.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdTarget {
+    /// Endpoints, tried one by one.
+    pub endpoints: Vec<String>,
+    /// Key prefix.
+    pub prefix: String,
+    /// Client key (TLS with `certfile`).
+    pub keyfile: Option<PathBuf>,
+    /// Client certificate.
+    pub certfile: Option<PathBuf>,
+    /// CA certificate.
+    pub cafile: Option<PathBuf>,
+}
+
+/// One lease as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    /// Its key.
+    pub key: String,
+    /// Its creation revision.
+    pub create_revision: i64,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// The etcd lease it is attached to (0: none).
+    pub lease: i64,
+}
+
+/// What was read from etcd.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdView {
+    /// `<prefix>/config`, if present.
+    pub config: Option<Vec<u8>>,
+    /// Every key under `<prefix>/subnets/`.
+    pub leases: Vec<Read>,
+    /// Seconds left on the node's own lease (`None`: not read or none attached).
+    pub own_ttl: Option<i64>,
+}
+
+/// Reads etcd and runs the checks.
+pub fn checks(intent: &Intent, target: &EtcdTarget) -> Vec<Check> {
+    match read(intent, target) {
+        Ok(view) => judge(intent, &target.prefix, &view),
+        Err(e) => vec![Check::fail(
+            "etcd.reach",
+            format!("cannot read etcd at {}: {e}", target.endpoints.join(",")),
+            None,
+        )],
+    }
+}
+
+fn own_subnet(intent: &Intent) -> Option<Ipv4Net> {
+    match intent.subnet {
+        IpNet::V4(n) => Some(n.trunc()),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(5));
+    if let (Some(key), Some(cert)) = (&target.keyfile, &target.certfile) {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = etcd_client::TlsOptions::new()
+            .identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &target.cafile {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        options = options.with_tls(tls);
+    }
+    let prefix = target.prefix.trim_end_matches('/').to_owned();
+    let own_key = own_subnet(intent).map(|s| subnet_key(&prefix, s));
+    rt.block_on(async move {
+        let mut client = Client::connect(target.endpoints.clone(), Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = client
+            .get(format!("{prefix}/config"), None)
+            .await
+            .map_err(|e| e.to_string())?
+            .kvs()
+            .first()
+            .map(|kv| kv.value().to_vec());
+        let resp = client
+            .get(
+                format!("{prefix}/subnets/"),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let leases: Vec<Read> = resp
+            .kvs()
+            .iter()
+            .map(|kv| Read {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                create_revision: kv.create_revision(),
+                value: kv.value().to_vec(),
+                lease: kv.lease(),
+            })
+            .collect();
+        let own_lease = leases
+            .iter()
+            .find(|l| Some(&l.key) == own_key.as_ref())
+            .map(|l| l.lease)
+            .filter(|id| *id != 0);
+        let own_ttl = match own_lease {
+            Some(id) => client
+                .lease_time_to_live(id, None)
+                .await
+                .ok()
+                .map(|r| r.ttl()),
+            None => None,
+        };
+        Ok(EtcdView {
+            config,
+            leases,
+            own_ttl,
+        })
+    })
+}
+
+/// Judges what was read against the node's intent.
+pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
+    let mut out = Vec::new();
+    let prefix = prefix.trim_end_matches('/');
+    let config = match view.config.as_deref().map(NetworkConfig::parse) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            out.push(Check::fail(
+                "etcd.config",
+                format!("{prefix}/config is invalid: {e}"),
+                None,
+            ));
+            return out;
+        }
+        None => {
+            out.push(Check::fail(
+                "etcd.config",
+                format!("{prefix}/config is missing"),
+                None,
+            ));
+            return out;
+        }
+    };
+    out.push(config_check(intent, &config));
+    let Some(own) = own_subnet(intent) else {
+        return out;
+    };
+    let own_key = subnet_key(prefix, own);
+    let own_ip = match intent.listen.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => return out,
+    };
+    match view.leases.iter().find(|l| l.key == own_key) {
+        None => out.push(Check::fail(
+            "etcd.own_lease",
+            format!("{own_key} is missing: another node can take {own}"),
+            Some("restart fustian run on this node (it writes its lease again)".to_owned()),
+        )),
+        Some(l) => {
+            let value = crate::control::lease::LeaseValue::parse(&l.value);
+            out.push(match (value, view.own_ttl) {
+                (Ok(v), _) if v.public_ip != own_ip => Check::fail(
+                    "etcd.own_lease",
+                    format!("{own_key} names {}, not this node's {own_ip}", v.public_ip),
+                    Some("restart fustian run on this node (it writes its lease again)".into()),
+                ),
+                (Err(e), _) => Check::fail(
+                    "etcd.own_lease",
+                    format!("{own_key} is invalid: {e}"),
+                    Some("restart fustian run on this node (it writes its lease again)".into()),
+                ),
+                (Ok(_), Some(ttl)) if ttl > 0 => {
+                    Check::ok("etcd.own_lease", format!("{own_key}, TTL {ttl} s left"))
+                }
+                (Ok(_), _) => Check::warn(
+                    "etcd.own_lease",
+                    format!("{own_key} has no live etcd lease (TTL unknown or expired)"),
+                    None,
+                ),
+            });
+        }
+    }
+    let stored = view.leases.iter().map(|l| StoredLease {
+        key: &l.key,
+        create_revision: l.create_revision,
+        value: &l.value,
+    });
+    let (accepted, rejected) =
+        judge_leases(&config, own_ip, Some(&own_key), Some(own), prefix, stored);
+    for r in &rejected {
+        let name = if r.reason == Rejection::Overlap {
+            "etcd.overlap"
+        } else {
+            "etcd.rejected"
+        };
+        let outcome = if r.reason == Rejection::Overlap {
+            Check::fail
+        } else {
+            Check::warn
+        };
+        out.push(outcome(
+            name,
+            format!(
+                "{}: {} ({}); left out of the table",
+                r.key,
+                r.reason.reason(),
+                r.detail
+            ),
+            Some(format!("etcdctl del {}", r.key)),
+        ));
+    }
+    let port = intent.listen.port();
+    let want: Vec<(IpNet, SocketAddr)> = accepted
+        .iter()
+        .filter(|a| a.value.backend() == config.backend.name())
+        .map(|a| {
+            (
+                IpNet::V4(a.subnet),
+                SocketAddr::new(IpAddr::V4(a.value.public_ip), port),
+            )
+        })
+        .collect();
+    let have: Vec<(IpNet, SocketAddr)> = intent
+        .peers
+        .iter()
+        .map(|p| (p.subnet, p.endpoint))
+        .collect();
+    let missing: Vec<String> = want
+        .iter()
+        .filter(|w| !have.contains(w))
+        .map(|(s, e)| format!("{s} at {e}"))
+        .collect();
+    let extra: Vec<String> = have
+        .iter()
+        .filter(|h| !want.contains(h))
+        .map(|(s, e)| format!("{s} at {e}"))
+        .collect();
+    out.push(if missing.is_empty() && extra.is_empty() {
+        Check::ok(
+            "etcd.table",
+            format!("the table holds exactly the {} leases in etcd", want.len()),
+        )
+    } else {
+        let mut what = Vec::new();
+        if !missing.is_empty() {
+            what.push(format!("in etcd, not in the table: {}", missing.join(", ")));
+        }
+        if !extra.is_empty() {
+            what.push(format!("in the table, not in etcd: {}", extra.join(", ")));
+        }
+        Check::fail(
+            "etcd.table",
+            what.join("; "),
+            Some("restart fustian run on this node (it lists etcd again)".to_owned()),
+        )
+    });
+    out
+}
+
+fn config_check(intent: &Intent, config: &NetworkConfig) -> Check {
+    let mut wrong = Vec::new();
+    if IpNet::V4(config.network) != intent.network {
+        wrong.push(format!(
+            "Network {} (node: {})",
+            config.network, intent.network
+        ));
+    }
+    let node_backend = match intent.backend {
+        Backend::Udp => "udp",
+        Backend::Vxlan { .. } => "vxlan",
+    };
+    if config.backend.name() != node_backend {
+        wrong.push(format!(
+            "Backend.Type {} (node: {node_backend})",
+            config.backend.name()
+        ));
+    }
+    if config.backend.port() != intent.listen.port() {
+        wrong.push(format!(
+            "Backend.Port {} (node: {})",
+            config.backend.port(),
+            intent.listen.port()
+        ));
+    }
+    if let (netconf::Backend::Vxlan { vni, .. }, Backend::Vxlan { vni: node }) =
+        (config.backend, intent.backend)
+        && vni != node
+    {
+        wrong.push(format!("Backend.VNI {vni} (node: {node})"));
+    }
+    if wrong.is_empty() {
+        Check::ok(
+            "etcd.config",
+            format!(
+                "{} {} port {} as the node",
+                config.network,
+                config.backend.name(),
+                config.backend.port()
+            ),
+        )
+    } else {
+        Check::fail(
+            "etcd.config",
+            format!("the network config disagrees: {}", wrong.join(", ")),
+            Some("restart fustian run on this node (it follows the config)".to_owned()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::{Outcome, PeerIntent};
+
+    const P: &str = "/coreos.com/network";
+
+    fn intent() -> Intent {
+        Intent {
+            tun: "flannel0".into(),
+            mtu: 1472,
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            listen: "192.0.2.1:8285".parse().unwrap(),
+            backend: Backend::Udp,
+            vtep_mac: None,
+            subnet_file: None,
+            peers: vec![PeerIntent {
+                subnet: "10.244.2.0/24".parse().unwrap(),
+                endpoint: "192.0.2.2:8285".parse().unwrap(),
+                vtep_mac: None,
+            }],
+        }
+    }
+
+    fn lease(subnet: &str, ip: &str, rev: i64) -> Read {
+        Read {
+            key: format!("{P}/subnets/{subnet}"),
+            create_revision: rev,
+            value: format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#).into_bytes(),
+            lease: 7,
+        }
+    }
+
+    fn view() -> EtcdView {
+        EtcdView {
+            config: Some(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#.to_vec()),
+            leases: vec![
+                lease("10.244.1.0-24", "192.0.2.1", 2),
+                lease("10.244.2.0-24", "192.0.2.2", 3),
+            ],
+            own_ttl: Some(86_000),
+        }
+    }
+
+    fn outcome(checks: &[Check], name: &str) -> Option<Outcome> {
+        checks.iter().find(|c| c.name == name).map(|c| c.outcome)
+    }
+
+    #[test]
+    fn consistent_state_passes() {
+        let checks = judge(&intent(), P, &view());
+        assert!(
+            checks.iter().all(|c| c.outcome == Outcome::Ok),
+            "{checks:#?}"
+        );
+        assert_eq!(checks.len(), 3);
+    }
+
+    #[test]
+    fn faults_are_named() {
+        // The own lease deleted.
+        let mut v = view();
+        v.leases.remove(0);
+        let checks = judge(&intent(), P, &v);
+        assert_eq!(outcome(&checks, "etcd.own_lease"), Some(Outcome::Fail));
+        // A peer's lease deleted: the table holds one etcd has not.
+        let mut v = view();
+        v.leases.remove(1);
+        let checks = judge(&intent(), P, &v);
+        let table = checks.iter().find(|c| c.name == "etcd.table").unwrap();
+        assert_eq!(table.outcome, Outcome::Fail);
+        assert!(
+            table
+                .detail
+                .contains("in the table, not in etcd: 10.244.2.0/24"),
+            "{table:?}"
+        );
+        // A lease the table lacks.
+        let mut v = view();
+        v.leases.push(lease("10.244.3.0-24", "192.0.2.3", 4));
+        let checks = judge(&intent(), P, &v);
+        let table = checks.iter().find(|c| c.name == "etcd.table").unwrap();
+        assert!(
+            table
+                .detail
+                .contains("in etcd, not in the table: 10.244.3.0/24"),
+            "{table:?}"
+        );
+        // An overlapping lease.
+        let mut v = view();
+        v.leases.push(lease("10.244.2.0-23", "192.0.2.3", 5));
+        let checks = judge(&intent(), P, &v);
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.outcome != Outcome::Ok && c.name.starts_with("etcd.")),
+            "{checks:#?}"
+        );
+        // Another backend in the config.
+        let mut v = view();
+        v.config = Some(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#.to_vec());
+        let checks = judge(&intent(), P, &v);
+        assert_eq!(outcome(&checks, "etcd.config"), Some(Outcome::Fail));
+        // No config.
+        let mut v = view();
+        v.config = None;
+        assert_eq!(
+            outcome(&judge(&intent(), P, &v), "etcd.config"),
+            Some(Outcome::Fail)
+        );
+        // No TTL.
+        let mut v = view();
+        v.own_ttl = None;
+        let checks = judge(&intent(), P, &v);
+        assert_eq!(outcome(&checks, "etcd.own_lease"), Some(Outcome::Warn));
+    }
+}

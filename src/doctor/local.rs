@@ -1,0 +1,448 @@
+//! The node's own kernel state: the TUN device (exists, up, address, MTU), the overlay route,
+//! the subnet file, `ip_forward`, `rp_filter`, and kernel VXLAN devices on the node's port.
+//!
+//! Reads `ip -j` output (iproute2's JSON) and `/proc/sys`; the parsers are pure and tested on
+//! their own.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::{Backend, Check, Intent};
+
+/// What `ip -j addr show dev <tun>` says of the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    /// `UP` is among its flags (administratively up).
+    pub up: bool,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its IPv4 and IPv6 addresses, with prefix lengths.
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+/// The fields of a flannel subnet file (`KEY=VALUE` lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// `FLANNEL_NETWORK`.
+    pub network: Option<String>,
+    /// `FLANNEL_SUBNET`.
+    pub subnet: Option<String>,
+    /// `FLANNEL_MTU`, when it is a number.
+    pub mtu: Option<u32>,
+}
+
+/// Runs the local checks.
+pub fn checks(intent: &Intent) -> Vec<Check> {
+    let mut out = Vec::new();
+    let tun = &intent.tun;
+    let link = ip_json(&["-j", "addr", "show", "dev", tun])
+        .ok()
+        .and_then(|v| parse_link(&v));
+    let actual_mtu = link.as_ref().map(|l| l.mtu);
+    match &link {
+        None => out.push(Check::fail(
+            "tun.exists",
+            format!("TUN device {tun} does not exist in this network namespace"),
+            Some("restart fustian run (it creates the device)".to_owned()),
+        )),
+        Some(l) => {
+            out.push(Check::ok("tun.exists", format!("{tun} exists")));
+            out.push(if l.up {
+                Check::ok("tun.up", format!("{tun} is up"))
+            } else {
+                Check::fail(
+                    "tun.up",
+                    format!("{tun} is down"),
+                    Some(format!("ip link set dev {tun} up")),
+                )
+            });
+            let want = intent.tun_addr();
+            out.push(if l.addrs.iter().any(|(a, _)| *a == want) {
+                Check::ok("tun.address", format!("{tun} has {want}"))
+            } else {
+                let len = if want.is_ipv4() { 32 } else { 128 };
+                Check::fail(
+                    "tun.address",
+                    format!("{tun} lacks the node address {want}"),
+                    Some(format!("ip addr add {want}/{len} dev {tun}")),
+                )
+            });
+            out.push(if l.mtu == intent.mtu {
+                Check::ok("tun.mtu", format!("{tun} MTU {}", l.mtu))
+            } else {
+                Check::fail(
+                    "tun.mtu",
+                    format!(
+                        "{tun} MTU is {}, the node sized it {} for its underlay",
+                        l.mtu, intent.mtu
+                    ),
+                    Some(format!("ip link set dev {tun} mtu {}", intent.mtu)),
+                )
+            });
+        }
+    }
+    let net = intent.network.trunc();
+    let routes = ip_json(&["-j", "route", "show", "exact", &net.to_string()]);
+    out.push(match routes.as_ref().map(route_devices) {
+        Ok(devs) if devs.iter().any(|d| d == tun) => {
+            Check::ok("route.overlay", format!("{net} dev {tun}"))
+        }
+        Ok(devs) => Check::fail(
+            "route.overlay",
+            match devs.first() {
+                Some(d) => format!("{net} is routed to {d}, not into {tun}"),
+                None => format!("no route for {net} into {tun}"),
+            },
+            Some(format!("ip route replace {net} dev {tun}")),
+        ),
+        Err(e) => Check::warn("route.overlay", format!("cannot list routes: {e}"), None),
+    });
+    if let Some(path) = &intent.subnet_file {
+        out.push(subnet_file_check(
+            path,
+            intent,
+            actual_mtu.unwrap_or(intent.mtu),
+        ));
+    }
+    out.push(ip_forward_check(read_sysctl("net/ipv4/ip_forward")));
+    out.push(rp_filter_check(
+        tun,
+        read_sysctl("net/ipv4/conf/all/rp_filter"),
+        read_sysctl(&format!("net/ipv4/conf/{tun}/rp_filter")),
+    ));
+    if let Backend::Vxlan { .. } = intent.backend
+        && let Ok(v) = ip_json(&["-j", "-d", "link", "show", "type", "vxlan"])
+    {
+        let port = intent.listen.port();
+        let clash: Vec<String> = vxlan_devices(&v)
+            .into_iter()
+            .filter(|(_, p)| *p == Some(port))
+            .map(|(n, _)| n)
+            .collect();
+        out.push(if clash.is_empty() {
+            Check::ok(
+                "vxlan.kernel",
+                format!("no kernel VXLAN device on port {port}"),
+            )
+        } else {
+            Check::warn(
+                "vxlan.kernel",
+                format!(
+                    "kernel VXLAN device {} also uses port {port} on this host",
+                    clash.join(", ")
+                ),
+                Some(format!("ip link del {}", clash[0])),
+            )
+        });
+    }
+    out
+}
+
+/// Judges `net.ipv4.ip_forward` (the file's text, or why it could not be read).
+pub fn ip_forward_check(value: Result<String, String>) -> Check {
+    match value.as_deref().map(str::trim) {
+        Ok("1") => Check::ok("sysctl.ip_forward", "net.ipv4.ip_forward = 1"),
+        Ok(v) => Check::fail(
+            "sysctl.ip_forward",
+            format!("net.ipv4.ip_forward = {v}: the kernel does not forward between TUN and pods"),
+            Some("sysctl -w net.ipv4.ip_forward=1".to_owned()),
+        ),
+        Err(e) => Check::warn("sysctl.ip_forward", e.clone(), None),
+    }
+}
+
+/// Judges reverse-path filtering on the TUN device: the kernel applies the larger of
+/// `conf/all/rp_filter` and `conf/<dev>/rp_filter` (ip-sysctl.rst). Strict mode (1) drops any
+/// overlay packet whose source is not routed back through the device it came in on, which
+/// breaks as soon as a pod's route is more specific elsewhere; loose (2) and off (0) pass.
+pub fn rp_filter_check(
+    tun: &str,
+    all: Result<String, String>,
+    dev: Result<String, String>,
+) -> Check {
+    let num =
+        |r: &Result<String, String>| r.as_ref().ok().and_then(|s| s.trim().parse::<u8>().ok());
+    let (Some(a), Some(d)) = (num(&all), num(&dev)) else {
+        return Check::warn(
+            "sysctl.rp_filter",
+            format!("cannot read rp_filter for all and {tun}"),
+            None,
+        );
+    };
+    if a.max(d) == 1 {
+        let mut fix = Vec::new();
+        if a == 1 {
+            fix.push("sysctl -w net.ipv4.conf.all.rp_filter=2".to_owned());
+        }
+        if d == 1 {
+            fix.push(format!("sysctl -w net.ipv4.conf.{tun}.rp_filter=2"));
+        }
+        Check::fail(
+            "sysctl.rp_filter",
+            format!(
+                "strict reverse-path filtering on {tun} (all={a}, {tun}={d}): a pod packet is \
+                 dropped whenever the route back to its source does not leave through {tun}"
+            ),
+            Some(fix.join("; ")),
+        )
+    } else {
+        Check::ok("sysctl.rp_filter", format!("all={a}, {tun}={d}"))
+    }
+}
+
+/// Compares the subnet file at `path` with the node: network, subnet and `FLANNEL_MTU`
+/// against the device's MTU `mtu`.
+fn subnet_file_check(path: &Path, intent: &Intent, mtu: u32) -> Check {
+    let shown = path.display();
+    let text = match read_bounded(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Check::fail(
+                "subnet_file",
+                format!("cannot read {shown}: {e}"),
+                Some("restart fustian run (it writes the file once ready)".to_owned()),
+            );
+        }
+    };
+    let env = parse_subnet_env(&text);
+    let want_net = intent.network.to_string();
+    if env.network.as_deref() != Some(want_net.as_str()) {
+        return Check::fail(
+            "subnet_file",
+            format!(
+                "{shown}: FLANNEL_NETWORK is {:?}, the node's network is {want_net}",
+                env.network.unwrap_or_default()
+            ),
+            Some("restart fustian run (it rewrites the file)".to_owned()),
+        );
+    }
+    match env.mtu {
+        Some(m) if m == mtu => Check::ok("subnet_file.mtu", format!("{shown}: FLANNEL_MTU={m}")),
+        other => Check::fail(
+            "subnet_file.mtu",
+            format!(
+                "{shown}: FLANNEL_MTU={} but {} has MTU {mtu}: pods get the wrong MTU",
+                other.map_or("(missing)".to_owned(), |m| m.to_string()),
+                intent.tun
+            ),
+            Some(if mtu == intent.mtu {
+                format!("sed -i 's/^FLANNEL_MTU=.*/FLANNEL_MTU={mtu}/' {shown}")
+            } else {
+                format!("ip link set dev {} mtu {}", intent.tun, intent.mtu)
+            }),
+        ),
+    }
+}
+
+/// Parses a subnet file; unknown and malformed lines are ignored.
+pub fn parse_subnet_env(text: &str) -> SubnetEnv {
+    let mut env = SubnetEnv::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.trim().split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"');
+        match k.trim() {
+            "FLANNEL_NETWORK" => env.network = Some(v.to_owned()),
+            "FLANNEL_SUBNET" => env.subnet = Some(v.to_owned()),
+            "FLANNEL_MTU" => env.mtu = v.parse().ok(),
+            _ => {}
+        }
+    }
+    env
+}
+
+/// Parses `ip -j addr show dev X` (a one-element array); `None` when the device is missing.
+pub fn parse_link(v: &Value) -> Option<LinkState> {
+    let link = v.as_array()?.first()?;
+    let up = link["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == "UP"));
+    let mtu = u32::try_from(link["mtu"].as_u64()?).ok()?;
+    let addrs = link["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| {
+                    let ip = x["local"].as_str()?.parse().ok()?;
+                    let len = u8::try_from(x["prefixlen"].as_u64()?).ok()?;
+                    Some((ip, len))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(LinkState { up, mtu, addrs })
+}
+
+/// Returns the devices of the routes in `ip -j route show` output.
+pub fn route_devices(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["dev"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Returns each VXLAN device of `ip -j -d link show type vxlan` with its UDP port.
+pub fn vxlan_devices(v: &Value) -> Vec<(String, Option<u16>)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| {
+                    let name = l["ifname"].as_str()?.to_owned();
+                    let port = l["linkinfo"]["info_data"]["port"]
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok());
+                    Some((name, port))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The largest file or command output read (a large ruleset's JSON included).
+const READ_LIMIT: u64 = 16 << 20;
+
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(READ_LIMIT)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
+fn read_sysctl(key: &str) -> Result<String, String> {
+    let path = Path::new("/proc/sys").join(key);
+    read_bounded(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Runs `ip ARGS` and parses its JSON output.
+fn ip_json(args: &[&str]) -> Result<Value, String> {
+    let out = run_tool("ip", args)?;
+    // A missing device: `ip` fails; an empty answer is an empty list.
+    if out.trim().is_empty() {
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("ip {}: {e}", args.join(" ")))
+}
+
+/// Runs a read-only tool and returns its standard output (bounded).
+pub(crate) fn run_tool(tool: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {tool}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{tool} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let n = out
+        .stdout
+        .len()
+        .min(usize::try_from(READ_LIMIT).unwrap_or(usize::MAX));
+    Ok(String::from_utf8_lossy(&out.stdout[..n]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn link_from_ip_json() {
+        let v: Value = serde_json::from_str(
+            r#"[{"ifindex":5,"ifname":"flannel0","flags":["POINTOPOINT","NOARP","UP","LOWER_UP"],
+            "mtu":1472,"operstate":"UNKNOWN","addr_info":[{"family":"inet","local":"10.244.1.0",
+            "prefixlen":32,"scope":"global"}]}]"#,
+        )
+        .unwrap();
+        let l = parse_link(&v).unwrap();
+        assert!(l.up);
+        assert_eq!(l.mtu, 1472);
+        assert_eq!(l.addrs, vec![("10.244.1.0".parse().unwrap(), 32)]);
+        assert_eq!(parse_link(&serde_json::json!([])), None);
+        let down = serde_json::json!([{"flags": ["POINTOPOINT"], "mtu": 1400}]);
+        assert!(!parse_link(&down).unwrap().up);
+    }
+
+    #[test]
+    fn routes_and_vxlan() {
+        let v = serde_json::json!([{"dst": "10.244.0.0/16", "dev": "flannel0", "scope": "link"}]);
+        assert_eq!(route_devices(&v), vec!["flannel0"]);
+        let v = serde_json::json!([{"ifname": "flannel.1", "linkinfo": {"info_kind": "vxlan",
+            "info_data": {"id": 1, "port": 8472}}}]);
+        assert_eq!(
+            vxlan_devices(&v),
+            vec![("flannel.1".to_owned(), Some(8472))]
+        );
+    }
+
+    #[test]
+    fn subnet_env() {
+        let env = parse_subnet_env(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1472\n\
+             FLANNEL_IPMASQ=false\n",
+        );
+        assert_eq!(env.network.as_deref(), Some("10.244.0.0/16"));
+        assert_eq!(env.subnet.as_deref(), Some("10.244.1.1/24"));
+        assert_eq!(env.mtu, Some(1472));
+        assert_eq!(parse_subnet_env("FLANNEL_MTU=x").mtu, None);
+    }
+
+    #[test]
+    fn sysctls() {
+        assert_eq!(
+            ip_forward_check(Ok("1\n".into())).outcome,
+            super::super::Outcome::Ok
+        );
+        let off = ip_forward_check(Ok("0\n".into()));
+        assert_eq!(off.outcome, super::super::Outcome::Fail);
+        assert_eq!(off.fix.as_deref(), Some("sysctl -w net.ipv4.ip_forward=1"));
+        let strict = rp_filter_check("flannel0", Ok("0".into()), Ok("1".into()));
+        assert_eq!(strict.outcome, super::super::Outcome::Fail);
+        assert_eq!(
+            strict.fix.as_deref(),
+            Some("sysctl -w net.ipv4.conf.flannel0.rp_filter=2")
+        );
+        // The larger of the two applies.
+        let all = rp_filter_check("flannel0", Ok("1".into()), Ok("0".into()));
+        assert_eq!(all.outcome, super::super::Outcome::Fail);
+        let loose = rp_filter_check("flannel0", Ok("1".into()), Ok("2".into()));
+        assert_eq!(loose.outcome, super::super::Outcome::Ok);
+        let unknown = rp_filter_check("flannel0", Err("no".into()), Ok("2".into()));
+        assert_eq!(unknown.outcome, super::super::Outcome::Warn);
+    }
+
+    proptest! {
+        #[test]
+        fn parsers_take_any_text(text in ".{0,400}") {
+            let _ = parse_subnet_env(&text);
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                let _ = parse_link(&v);
+                let _ = route_devices(&v);
+                let _ = vxlan_devices(&v);
+            }
+        }
+
+        #[test]
+        fn subnet_env_reads_back_its_mtu(mtu in any::<u32>(), junk in "[A-Z_]{0,12}=[ -~]{0,20}") {
+            let text = format!("{junk}\nFLANNEL_MTU={mtu}\n{junk}\n");
+            let want = match junk.strip_prefix("FLANNEL_MTU=") {
+                Some(v) => v.trim().trim_matches('"').parse().ok(),
+                None => Some(mtu),
+            };
+            prop_assert_eq!(parse_subnet_env(&text).mtu, want);
+        }
+    }
+}

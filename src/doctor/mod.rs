@@ -1,0 +1,383 @@
+//! `fustian doctor`: checks, on the node it runs on, everything pod traffic needs besides the
+//! running node itself, and says for each failure what is wrong and the command that fixes it.
+//!
+//! The node's intended state comes from its own HTTP endpoint (`/status`): TUN name and MTU,
+//! network, subnet, listen address, encapsulation, peers and subnet file. The checks then read
+//! what the kernel has ([`local`]: the TUN device, its address, MTU and route, `ip_forward`,
+//! `rp_filter`, the subnet file; [`firewall`]: the `FORWARD` chain of iptables, legacy and
+//! nf_tables, and of native nftables) and ask every peer with a probe datagram ([`probe`]).
+//! With etcd (feature `etcd`), `etcd` compares the leases in etcd with the node's table.
+//!
+//! Every command it runs only reads (`ip -j ... show`, `iptables-save`, `nft -j list`); it
+//! changes nothing. A check that cannot be made (a tool missing) is a warning, never a pass.
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod firewall;
+pub mod local;
+pub mod probe;
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Pod traffic is broken, or will be, until it is fixed.
+    Fail,
+    /// Passed.
+    Ok,
+    /// Could not be checked, or is suspicious without being certain to break traffic.
+    Warn,
+}
+
+impl Outcome {
+    /// Returns the word printed for it.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Self::Fail => "FAIL",
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+        }
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// A short stable name (`tun.mtu`, `sysctl.ip_forward`, `peer.192.0.2.2`, ...).
+    pub name: String,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// What was found (for a failure: what is wrong).
+    pub detail: String,
+    /// The command that fixes it, for a failure or a warning that has one.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    /// Returns a passed check.
+    pub fn ok(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            outcome: Outcome::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    /// Returns a failed check with the command that fixes it.
+    pub fn fail(name: impl Into<String>, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            outcome: Outcome::Fail,
+            detail: detail.into(),
+            fix,
+        }
+    }
+
+    /// Returns a warning.
+    pub fn warn(name: impl Into<String>, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            outcome: Outcome::Warn,
+            detail: detail.into(),
+            fix,
+        }
+    }
+}
+
+/// Every check's result, in the order they ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The checks.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Returns true when no check failed or warned: the exit status is 0 only then.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.outcome == Outcome::Ok)
+    }
+
+    /// Renders one line per check (and an indented `fix:` line under a failure or warning),
+    /// then a summary line.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let _ = writeln!(out, "{:<4} {:<28} {}", c.outcome.word(), c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                let _ = writeln!(out, "     {:<28} fix: {fix}", "");
+            }
+        }
+        let count = |o| self.checks.iter().filter(|c| c.outcome == o).count();
+        let _ = writeln!(
+            out,
+            "{} checks: {} ok, {} warnings, {} failures",
+            self.checks.len(),
+            count(Outcome::Ok),
+            count(Outcome::Warn),
+            count(Outcome::Fail)
+        );
+        out
+    }
+
+    /// Renders the report as JSON: `{"passed": bool, "checks": [{name, outcome, detail,
+    /// fix}]}`.
+    pub fn json(&self) -> Value {
+        serde_json::json!({"passed": self.passed(), "checks": self.checks})
+    }
+}
+
+/// The node's encapsulation, as `/status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// flannel's `udp` format.
+    Udp,
+    /// VXLAN with this VNI.
+    Vxlan {
+        /// The VNI.
+        vni: u32,
+    },
+}
+
+/// A peer of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIntent {
+    /// Its pod subnet.
+    pub subnet: IpNet,
+    /// Where its datagrams go.
+    pub endpoint: SocketAddr,
+    /// Its VTEP MAC (`vxlan`).
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// What the running node means to have: read from its `/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// The TUN device's name.
+    pub tun: String,
+    /// The TUN device's MTU.
+    pub mtu: u32,
+    /// The overlay network.
+    pub network: IpNet,
+    /// This node's subnet.
+    pub subnet: IpNet,
+    /// The underlay address and port the node listens on.
+    pub listen: SocketAddr,
+    /// The encapsulation.
+    pub backend: Backend,
+    /// This node's VTEP MAC (`vxlan`).
+    pub vtep_mac: Option<[u8; 6]>,
+    /// The subnet file, when the node says where it is.
+    pub subnet_file: Option<PathBuf>,
+    /// The table's peers.
+    pub peers: Vec<PeerIntent>,
+}
+
+/// Why the intended state could not be learnt.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    /// The node's endpoint did not answer.
+    #[error("cannot read the node's /status at {addr}: {reason}")]
+    Fetch {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// `/status` lacks a field or holds a value of the wrong form.
+    #[error("the node's /status has no valid `{0}`")]
+    Field(&'static str),
+}
+
+impl Intent {
+    /// Reads the intended state from `/status` JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`DoctorError::Field`] naming the first missing or malformed field.
+    pub fn from_status(v: &Value) -> Result<Self, DoctorError> {
+        let text = |k: &'static str| v[k].as_str().ok_or(DoctorError::Field(k));
+        let parse = |k: &'static str| -> Result<IpNet, DoctorError> {
+            text(k)?.parse().map_err(|_| DoctorError::Field(k))
+        };
+        let backend = match text("backend")? {
+            "udp" => Backend::Udp,
+            "vxlan" => Backend::Vxlan {
+                vni: v["vni"]
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or(DoctorError::Field("vni"))?,
+            },
+            _ => return Err(DoctorError::Field("backend")),
+        };
+        let mac = |x: &Value| x.as_str().and_then(parse_mac);
+        let peers = v["table"]["peers"]
+            .as_array()
+            .ok_or(DoctorError::Field("table.peers"))?
+            .iter()
+            .map(|p| {
+                Ok(PeerIntent {
+                    subnet: p["subnet"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(DoctorError::Field("table.peers.subnet"))?,
+                    endpoint: p["endpoint"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(DoctorError::Field("table.peers.endpoint"))?,
+                    vtep_mac: mac(&p["vtep_mac"]),
+                })
+            })
+            .collect::<Result<Vec<_>, DoctorError>>()?;
+        Ok(Self {
+            tun: text("tun")?.to_owned(),
+            mtu: v["mtu"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or(DoctorError::Field("mtu"))?,
+            network: parse("network")?,
+            subnet: parse("subnet")?,
+            listen: text("listen")?
+                .parse()
+                .map_err(|_| DoctorError::Field("listen"))?,
+            backend,
+            vtep_mac: mac(&v["vtep_mac"]),
+            subnet_file: v["subnet_file"].as_str().map(PathBuf::from),
+            peers,
+        })
+    }
+
+    /// Returns the address the node gives its TUN device: the subnet's first address.
+    pub fn tun_addr(&self) -> IpAddr {
+        self.subnet.network()
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// How `doctor` probes the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// How long to wait for each answer.
+    pub timeout: Duration,
+    /// The largest underlay datagram tried when searching the path MTU.
+    pub max_mtu: u32,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(500),
+            max_mtu: 1500,
+        }
+    }
+}
+
+/// Learns the intended state from the node whose endpoint is `addr`.
+///
+/// # Errors
+///
+/// [`DoctorError`] when the node's `/status` cannot be read or lacks a field.
+pub fn intent(addr: SocketAddr) -> Result<Intent, DoctorError> {
+    let text =
+        crate::http::get(addr, "/status").map_err(|reason| DoctorError::Fetch { addr, reason })?;
+    let v: Value = serde_json::from_str(&text).map_err(|_| DoctorError::Field("(JSON)"))?;
+    Intent::from_status(&v)
+}
+
+/// Runs the local, firewall and peer checks for `intent`.
+pub fn run(intent: &Intent, opts: &ProbeOptions) -> Report {
+    let mut report = Report::default();
+    report.checks.extend(local::checks(intent));
+    report.checks.extend(firewall::checks(intent));
+    report.checks.extend(probe::checks(intent, opts));
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Value {
+        serde_json::json!({
+            "tun": "flannel0", "mtu": 1472, "network": "10.244.0.0/16",
+            "subnet": "10.244.1.0/24", "listen": "192.0.2.1:8285", "backend": "udp",
+            "vni": null, "vtep_mac": null, "subnet_file": "/run/flannel/subnet.env",
+            "table": {"generation": 1, "peers": [
+                {"subnet": "10.244.2.0/24", "endpoint": "192.0.2.2:8285", "vtep_mac": null}
+            ]}
+        })
+    }
+
+    #[test]
+    fn intent_from_status() {
+        let i = Intent::from_status(&status()).unwrap();
+        assert_eq!(i.tun, "flannel0");
+        assert_eq!(i.mtu, 1472);
+        assert_eq!(i.backend, Backend::Udp);
+        assert_eq!(i.peers.len(), 1);
+        assert_eq!(i.tun_addr(), "10.244.1.0".parse::<IpAddr>().unwrap());
+        let mut v = status();
+        v["backend"] = "vxlan".into();
+        assert!(matches!(
+            Intent::from_status(&v),
+            Err(DoctorError::Field("vni"))
+        ));
+        v["vni"] = 1.into();
+        v["vtep_mac"] = "02:66:75:00:00:01".into();
+        let i = Intent::from_status(&v).unwrap();
+        assert_eq!(i.backend, Backend::Vxlan { vni: 1 });
+        assert_eq!(i.vtep_mac, Some([2, 0x66, 0x75, 0, 0, 1]));
+        assert!(Intent::from_status(&serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn report_renders_and_exits() {
+        let mut r = Report::default();
+        r.checks.push(Check::ok("a", "fine"));
+        assert!(r.passed());
+        r.checks.push(Check::fail(
+            "sysctl.ip_forward",
+            "off",
+            Some("sysctl -w net.ipv4.ip_forward=1".into()),
+        ));
+        assert!(!r.passed());
+        let text = r.render();
+        assert!(text.contains("FAIL sysctl.ip_forward"), "{text}");
+        assert!(
+            text.contains("fix: sysctl -w net.ipv4.ip_forward=1"),
+            "{text}"
+        );
+        assert_eq!(r.json()["checks"][1]["outcome"], "fail");
+        assert_eq!(r.json()["passed"], false);
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:00:00"), None);
+        assert_eq!(parse_mac("2:00:00:00:00:00"), None);
+    }
+}
