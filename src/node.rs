@@ -114,6 +114,7 @@ pub fn run(
         workers,
     ));
     let metrics = Arc::new(Metrics::new(workers));
+    let trace = Arc::new(crate::trace::Hub::new(workers));
     let facts = Facts {
         config,
         device: &device,
@@ -159,6 +160,7 @@ pub fn run(
         multishot: opts.multishot,
         offloads,
         tun_mtu: device.mtu as usize,
+        trace: Arc::clone(&trace),
     };
     let handles = match spawn_workers(backend, device.queues, sockets, &shared) {
         Ok(handles) => handles,
@@ -646,6 +648,7 @@ struct WorkerShared {
     multishot: bool,
     offloads: Offloads,
     tun_mtu: usize,
+    trace: Arc<crate::trace::Hub>,
 }
 
 /// Starts one worker per TUN queue and socket.
@@ -669,6 +672,7 @@ fn spawn_workers(
             multishot: shared.multishot,
             offloads: shared.offloads,
             tun_mtu: shared.tun_mtu,
+            trace: Arc::clone(&shared.trace),
         };
         let handle = std::thread::Builder::new()
             .name(format!("fustian-w{id}"))

@@ -48,6 +48,7 @@ pub use tx::TxPlan;
 
 use crate::metrics::{Counters, Metrics};
 use crate::offload::{Coalescer, HEADER_STRIDE, MAX_SEGMENTS, VNET_HDR_LEN};
+use crate::trace::{Hub, Tap};
 use crate::wire::{Encap, Segment};
 
 /// Bytes kept free in front of each packet read from TUN, for the encapsulation header
@@ -120,6 +121,8 @@ pub struct Core {
     rx_headers: Box<[u8]>,
     rx_segs: Box<[Segment]>,
     tally: Tally,
+    /// Where verdicts go when a trace is attached, and drops always (see `crate::trace`).
+    tap: Tap,
 }
 
 impl Core {
@@ -136,7 +139,15 @@ impl Core {
             rx_headers: vec![0u8; MAX_RX_SEGMENTS * RX_HEADER_STRIDE].into_boxed_slice(),
             rx_segs: vec![Segment::default(); MAX_RX_SEGMENTS].into_boxed_slice(),
             tally: Tally::default(),
+            tap: Tap::new(Arc::new(Hub::new(cfg.worker + 1)), cfg.worker),
         }
+    }
+
+    /// Sends this worker's verdicts to `hub` (traces, recent drops) instead of its own.
+    #[must_use]
+    pub fn with_trace(mut self, hub: Arc<Hub>) -> Self {
+        self.tap = Tap::new(hub, self.cfg.worker);
+        self
     }
 
     /// Returns the configuration.

@@ -144,6 +144,8 @@ pub struct Worker {
     pub multishot: bool,
     /// The offloads in use.
     pub offloads: crate::offload::Offloads,
+    /// Where verdicts go for `fustian trace` and the recent drops.
+    pub trace: Arc<crate::trace::Hub>,
 }
 
 impl Worker {
@@ -166,6 +168,7 @@ impl Worker {
             },
             Arc::clone(&self.metrics),
         )
+        .with_trace(Arc::clone(&self.trace))
     }
 }
 
