@@ -49,6 +49,9 @@ pub struct RunOptions {
     /// answers while the node waits for etcd): the node sets its renderers and marks it ready
     /// once set up.
     pub status: Option<Arc<crate::http::Status>>,
+    /// Serve `fustian trace` on this Unix socket (a failure stops the node); `None`: on
+    /// `/run/fustian/<tun>.sock` (a failure is a warning).
+    pub trace_socket: Option<PathBuf>,
 }
 
 /// Writes flanneld's subnet file: the network, this node's subnet (its first address and
@@ -139,6 +142,7 @@ pub fn run(
     if let Some(status) = &opts.status {
         serve_status(status, &view);
     }
+    let _tracer = start_trace_socket(opts, &device.name, &trace)?;
     settle_privileges(opts)?;
     if let Some(masq) = &mut masq {
         masq.settled();
@@ -592,6 +596,33 @@ fn serve_status(status: &crate::http::Status, view: &Arc<NodeView>) {
         Box::new(move || json.status_json()),
     );
     status.set_ready();
+}
+
+/// Creates the trace socket (before privileges go: it lives in a root-only directory).
+fn start_trace_socket(
+    opts: &RunOptions,
+    tun: &str,
+    hub: &Arc<crate::trace::Hub>,
+) -> Result<Option<crate::trace::server::TraceServer>, Error> {
+    use crate::trace::server::{TraceServer, default_path};
+    let path = opts
+        .trace_socket
+        .clone()
+        .unwrap_or_else(|| default_path(tun));
+    match TraceServer::start(&path, Arc::clone(hub)) {
+        Ok(server) => {
+            tracing::info!(socket = %path.display(), "serving fustian trace");
+            Ok(Some(server))
+        }
+        Err(e) if opts.trace_socket.is_none() => {
+            tracing::warn!("no trace socket: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(Error::Io {
+            what: "create the trace socket".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
 }
 
 /// Setup is done: nothing from here on needs a privilege. Drops them before any worker
