@@ -138,6 +138,7 @@ pub fn run(
         masq: masq
             .as_ref()
             .map(|m| Box::new(m.counters()) as Box<MasqCounters>),
+        trace: Arc::clone(&trace),
     });
     if let Some(status) = &opts.status {
         serve_status(status, &view);
@@ -478,6 +479,8 @@ struct NodeView {
     /// The control sources' counters.
     sources: Vec<Arc<dyn SourceMetrics>>,
     masq: Option<Box<MasqCounters>>,
+    /// The workers' recent drops.
+    trace: Arc<crate::trace::Hub>,
 }
 
 impl NodeView {
@@ -568,6 +571,7 @@ impl NodeView {
         let mut v = self.head.clone();
         v["table"] = serde_json::json!({"generation": snap.generation(), "peers": peers});
         v["counters"] = counters.into();
+        v["recent_drops"] = crate::trace::recent_json(&self.trace.recent());
         v
     }
 }
@@ -822,6 +826,7 @@ mod tests {
             table,
             sources: vec![Arc::new(file)],
             masq: Some(Box::new(|| vec![("iptables_repairs".to_owned(), 1)])),
+            trace: Arc::new(crate::trace::Hub::new(2)),
         }
     }
 

@@ -284,12 +284,14 @@ pub fn render(l: &Line) -> String {
         .unwrap_or_else(|| "unparsed".into());
     let _ = write!(
         s,
-        "{} > {} {proto} len {} {}",
+        "{} > {} {proto} ",
         end(l.src, l.sport),
-        end(l.dst, l.dport),
-        l.len.unwrap_or(0),
-        verdict_text(l)
+        end(l.dst, l.dport)
     );
+    if let Some(len) = l.len {
+        let _ = write!(s, "len {len} ");
+    }
+    s.push_str(&verdict_text(l));
     s
 }
 
@@ -331,7 +333,7 @@ mod tests {
             verdict_text(&send),
             "send peer 10.244.2.0/24 (3 segments) to 192.0.2.2:8285"
         );
-        assert!(render(&send).contains("? > ? unparsed len 0 send"));
+        assert!(render(&send).contains("? > ? unparsed send"));
     }
 
     #[test]

@@ -601,6 +601,28 @@ impl Line {
     }
 }
 
+/// Returns the recent drops as `/status` lists them: oldest first, each with its time
+/// (nanoseconds since the Unix epoch), worker, direction, reason, flow and underlay endpoint.
+pub fn recent_json(drops: &[RecentDrop]) -> serde_json::Value {
+    drops
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "time_ns": d.time_ns,
+                "worker": d.worker,
+                "dir": d.dir,
+                "reason": d.reason.name(),
+                "src": d.flow.map(|f| f.src),
+                "dst": d.flow.map(|f| f.dst),
+                "proto": d.flow.map(|f| f.proto),
+                "sport": d.flow.map(|f| f.sport).filter(|p| *p != 0),
+                "dport": d.flow.map(|f| f.dport).filter(|p| *p != 0),
+                "outer": d.outer,
+            })
+        })
+        .collect()
+}
+
 /// Returns `bytes` as lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
