@@ -233,8 +233,8 @@ fn trace(args: &fustian::cli::TraceArgs, stop: &AtomicBool) -> anyhow::Result<()
     };
     let mut out = std::io::stdout().lock();
     // The message already names the cause; the chain would repeat it.
-    let summary =
-        fustian::trace::client::run(&opts, &mut out, stop).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let summary = fustian::trace::client::run(&opts, &mut out, &mut std::io::stderr(), stop)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!("{} events, {} lost", summary.events, summary.lost);
     Ok(())
 }

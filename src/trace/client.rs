@@ -113,7 +113,9 @@ pub fn find_socket(given: Option<&Path>) -> Result<PathBuf, TraceError> {
 }
 
 /// Attaches, prints events to `out` until `stop` is set, the node goes away, or `--count` /
-/// `--duration` is reached, and returns what was seen.
+/// `--duration` is reached, and returns what was seen. Notes for the person watching go to
+/// `notes`: that the node accepted the trace, and the lost count whenever it grows (at most
+/// once a second).
 ///
 /// # Errors
 ///
@@ -121,6 +123,7 @@ pub fn find_socket(given: Option<&Path>) -> Result<PathBuf, TraceError> {
 pub fn run(
     opts: &TraceOptions,
     out: &mut dyn Write,
+    notes: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<Summary, TraceError> {
     Filter::parse(&opts.filter)?;
@@ -157,6 +160,8 @@ pub fn run(
     let mut reader = BufReader::new(&stream);
     let mut buf = Vec::new();
     let mut summary = Summary::default();
+    let mut attached = false;
+    let mut noted_lost = (0, Instant::now());
     loop {
         if stop.load(Ordering::Relaxed)
             || deadline.is_some_and(|d| Instant::now() >= d)
@@ -173,8 +178,16 @@ pub fn run(
                 if let Some(e) = l.error {
                     return Err(TraceError::Refused(e));
                 }
+                if !attached {
+                    attached = true;
+                    let _ = writeln!(notes, "tracing on {} (Ctrl-C to stop)", path.display());
+                }
                 if let Some(lost) = l.lost {
                     summary.lost = lost;
+                    if lost > noted_lost.0 && noted_lost.1.elapsed() >= Duration::from_secs(1) {
+                        let _ = writeln!(notes, "lost {lost} events so far (the reader is slow)");
+                        noted_lost = (lost, Instant::now());
+                    }
                     continue;
                 }
                 summary.events += 1;
@@ -343,7 +356,13 @@ mod tests {
             filter: "port banana".into(),
             ..TraceOptions::default()
         };
-        let err = run(&opts, &mut Vec::new(), &AtomicBool::new(false)).expect_err("bad");
+        let err = run(
+            &opts,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &AtomicBool::new(false),
+        )
+        .expect_err("bad");
         assert!(err.to_string().contains("`banana`"), "{err}");
     }
 
@@ -361,9 +380,10 @@ mod tests {
             duration: Some(Duration::from_millis(300)),
             ..TraceOptions::default()
         };
-        let mut out = Vec::new();
-        let summary = run(&opts, &mut out, &AtomicBool::new(false)).expect("runs");
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        let summary = run(&opts, &mut out, &mut notes, &AtomicBool::new(false)).expect("runs");
         assert_eq!(summary, Summary::default(), "nothing happened");
+        assert!(String::from_utf8_lossy(&notes).starts_with("tracing on"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
