@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
                 slot[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
                 let plan = c1.tun_read(&snap, &mut slot, p.len(), now);
                 i = i.wrapping_add(1);
-                if i % 1024 == 0
+                if i.is_multiple_of(1024)
                     && let Some(a) = &attached
                 {
                     drained.clear();
