@@ -143,8 +143,13 @@ pub fn run(
     if let Some(status) = &opts.status {
         serve_status(status, &view);
     }
-    let _tracer = start_trace_socket(opts, &device.name, &trace)?;
+    let mut tracer = bind_trace_socket(opts, &device.name)?;
     settle_privileges(opts)?;
+    if let Some(t) = &mut tracer
+        && let Err(e) = t.serve(Arc::clone(&trace))
+    {
+        tracing::warn!("cannot serve fustian trace: {e}");
+    }
     if let Some(masq) = &mut masq {
         masq.settled();
     }
@@ -602,18 +607,18 @@ fn serve_status(status: &crate::http::Status, view: &Arc<NodeView>) {
     status.set_ready();
 }
 
-/// Creates the trace socket (before privileges go: it lives in a root-only directory).
-fn start_trace_socket(
+/// Creates the trace socket while the node still holds its privileges (it lives in a
+/// root-only directory); it is served once they are dropped.
+fn bind_trace_socket(
     opts: &RunOptions,
     tun: &str,
-    hub: &Arc<crate::trace::Hub>,
 ) -> Result<Option<crate::trace::server::TraceServer>, Error> {
     use crate::trace::server::{TraceServer, default_path};
     let path = opts
         .trace_socket
         .clone()
         .unwrap_or_else(|| default_path(tun));
-    match TraceServer::start(&path, Arc::clone(hub)) {
+    match TraceServer::bind(&path) {
         Ok(server) => {
             tracing::info!(socket = %path.display(), "serving fustian trace");
             Ok(Some(server))

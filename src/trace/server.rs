@@ -1,8 +1,9 @@
 //! The node's end of `fustian trace`: a Unix socket that streams a running node's verdicts.
 //!
 //! The socket (`/run/fustian/<tun>.sock` unless `--trace-socket` says otherwise) is created
-//! before the node drops its privileges, mode 0600 in a directory created 0700, so only root
-//! on the host can attach: a trace shows addresses and packet contents. At most
+//! before the node drops its privileges ([`TraceServer::bind`]), mode 0600 in a directory
+//! created 0700, and served by threads started after the drop ([`TraceServer::serve`]), so
+//! only root on the host can attach and the serving threads hold no capability: a trace shows addresses and packet contents. At most
 //! [`MAX_SESSIONS`] traces attach at once, each on a thread of its own; the workers never wait
 //! for them.
 //!
@@ -103,6 +104,7 @@ impl Request {
 pub struct TraceServer {
     path: PathBuf,
     halt: Arc<AtomicBool>,
+    listener: Option<UnixListener>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -115,21 +117,47 @@ impl TraceServer {
     /// [`TraceSocketError`]: the directory or socket cannot be made, or a live node or
     /// another kind of file holds the path.
     pub fn start(path: &Path, hub: Arc<Hub>) -> Result<Self, TraceSocketError> {
+        let mut server = Self::bind(path)?;
+        server.serve(hub)?;
+        Ok(server)
+    }
+
+    /// Creates the socket as [`TraceServer::start`] does, without serving it yet: a node
+    /// binds while it holds its privileges and serves once they are dropped, so the serving
+    /// threads never hold any.
+    ///
+    /// # Errors
+    ///
+    /// As [`TraceServer::start`].
+    pub fn bind(path: &Path) -> Result<Self, TraceSocketError> {
         let listener = bind(path)?;
-        let halt = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&halt);
+        Ok(Self {
+            path: path.to_owned(),
+            halt: Arc::new(AtomicBool::new(false)),
+            listener: Some(listener),
+            thread: None,
+        })
+    }
+
+    /// Starts serving traces of `hub` (once; later calls do nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`TraceSocketError::Bind`] when the thread cannot be started.
+    pub fn serve(&mut self, hub: Arc<Hub>) -> Result<(), TraceSocketError> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        let stop = Arc::clone(&self.halt);
         let thread = std::thread::Builder::new()
             .name("fustian-trace".into())
             .spawn(move || accept_loop(&listener, &hub, &stop))
             .map_err(|source| TraceSocketError::Bind {
-                path: path.to_owned(),
+                path: self.path.clone(),
                 source,
             })?;
-        Ok(Self {
-            path: path.to_owned(),
-            halt,
-            thread: Some(thread),
-        })
+        self.thread = Some(thread);
+        Ok(())
     }
 
     /// Returns the socket path.
