@@ -40,8 +40,24 @@ use crate::table::Snapshot;
 /// Bytes of each inner packet an event carries (and `--pcap` writes): enough for IPv6 with TCP
 /// options and the first bytes of payload.
 pub const SNAPLEN: usize = 160;
-/// Events one worker's ring holds for one session before further ones are lost.
+/// Events one worker's ring holds for one session before further ones are lost, at most: with
+/// many workers each ring is smaller ([`ring_events`]), so a trace holds at most about
+/// [`SESSION_EVENTS`] events (a few MB) however many workers there are.
 pub const RING_EVENTS: usize = 2048;
+/// Events all rings of one session hold together, at most (but each ring holds at least 256).
+pub const SESSION_EVENTS: usize = 16_384;
+
+/// Returns the ring size per worker for `workers` workers.
+pub const fn ring_events(workers: usize) -> usize {
+    let share = SESSION_EVENTS / if workers == 0 { 1 } else { workers };
+    if share > RING_EVENTS {
+        RING_EVENTS
+    } else if share < 256 {
+        256
+    } else {
+        share
+    }
+}
 /// Drops each worker remembers for `fustian show`.
 pub const RECENT_DROPS: usize = 32;
 /// Traces a node serves at once; one more is refused.
@@ -338,8 +354,9 @@ impl Hub {
         if current.len() >= MAX_SESSIONS {
             return None;
         }
-        let (senders, rings): (Vec<_>, Vec<_>) = (0..self.recent.len())
-            .map(|_| sync_channel(RING_EVENTS))
+        let workers = self.recent.len();
+        let (senders, rings): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| sync_channel(ring_events(workers)))
             .unzip();
         let session = Arc::new(Session {
             filter,

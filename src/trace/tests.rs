@@ -187,6 +187,15 @@ fn full_ring_counts_lost_and_never_blocks() {
 }
 
 #[test]
+fn rings_shrink_with_many_workers() {
+    assert_eq!(ring_events(1), RING_EVENTS);
+    assert_eq!(ring_events(8), RING_EVENTS);
+    assert_eq!(ring_events(16), 1024);
+    assert_eq!(ring_events(1024), 256);
+    assert_eq!(ring_events(0), RING_EVENTS);
+}
+
+#[test]
 fn sessions_are_bounded() {
     let hub = Hub::new(2);
     let held: Vec<_> = (0..MAX_SESSIONS)
