@@ -253,3 +253,32 @@ proptest::proptest! {
         let _ = Flow::parse(&bytes);
     }
 }
+
+#[test]
+fn reads_dropped_whole_are_remembered_with_their_sender() {
+    let hub = Arc::new(Hub::new(1));
+    let snap = snapshot();
+    let mut c = core(&hub);
+    let p = packet([10, 244, 2, 2], [10, 244, 1, 2]);
+    let mut slot = vec![0u8; 2000];
+    slot[..p.len()].copy_from_slice(&p);
+    let r = Received {
+        len: 5000,
+        from: Some(SocketAddr::from((PEER, 8285))),
+        truncated: true,
+        segment: 0,
+    };
+    c.udp_read(&snap, &mut slot, &r);
+    let recent = hub.recent();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].reason, DropReason::Oversize);
+    assert_eq!(recent[0].dir, Direction::UdpToTun);
+    assert_eq!(recent[0].outer, r.from);
+    assert_eq!(
+        recent[0].flow.map(|f| f.dst),
+        Some(IpAddr::from([10, 244, 1, 2]))
+    );
+    let json = recent_json(&recent);
+    assert_eq!(json[0]["reason"], "oversize");
+    assert_eq!(json[0]["outer"], "192.0.2.2:8285");
+}
