@@ -858,7 +858,7 @@ pub struct TraceArgs {
     /// Which packets: host, src, dst, net CIDR, port N, proto tcp|udp|icmp, peer IP,
     /// verdict send|deliver|merge|icmp|drop, reason NAME, with and, or, not and parentheses
     /// (see README, "Debugging with trace").
-    #[arg(value_name = "FILTER", trailing_var_arg = true)]
+    #[arg(value_name = "FILTER")]
     pub filter: Vec<String>,
 }
 
