@@ -282,3 +282,66 @@ fn reads_dropped_whole_are_remembered_with_their_sender() {
     assert_eq!(json[0]["reason"], "oversize");
     assert_eq!(json[0]["outer"], "192.0.2.2:8285");
 }
+
+#[test]
+fn vxlan_verdicts_name_the_inner_flow() {
+    use crate::wire::{MacAddress, VxlanParams};
+    let hub = Arc::new(Hub::new(1));
+    let snap = Snapshot::new(
+        vec!["10.244.1.0/24".parse().expect("literal")],
+        vec![Peer {
+            subnet: "10.244.2.0/24".parse().expect("literal"),
+            endpoint: SocketAddr::from((PEER, 8472)),
+            vtep_mac: Some(MacAddress([2, 0, 0, 0, 0, 2])),
+        }],
+    )
+    .expect("valid table");
+    let fwd = Forwarding {
+        encap: Encap::Vxlan(VxlanParams {
+            vni: 1,
+            local_mac: MacAddress([2, 0, 0, 0, 0, 1]),
+        }),
+        network: "10.244.0.0/16".parse().expect("literal"),
+        max_inner_len: 1400,
+        icmp: true,
+        strict_source_port: false,
+    };
+    let mut c = Core::new(
+        CoreConfig {
+            worker: 0,
+            fwd,
+            vnet: false,
+            gro: false,
+            sockets: 0,
+            tun_mtu: 1400,
+        },
+        Arc::new(Metrics::new(1)),
+    )
+    .with_trace(Arc::clone(&hub));
+    let attached = hub.attach(Filter::default()).expect("room");
+    let p = packet([10, 244, 1, 2], [10, 244, 2, 2]);
+    let mut slot = vec![0u8; HEADROOM + 2000];
+    slot[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
+    let TxPlan::Datagram { start, len, .. } = c.tun_read(&snap, &mut slot, p.len(), Instant::now())
+    else {
+        panic!("sent");
+    };
+    // The frame is addressed to the peer's VTEP: received here, it is another host's.
+    let frame = slot[start..start + len].to_vec();
+    receive(&mut c, &snap, &frame, PEER);
+    let mut events = Vec::new();
+    attached.drain(&mut events);
+    assert_eq!(events.len(), 2);
+    for e in &events {
+        assert_eq!(
+            e.flow.map(|f| (f.src, f.sport)),
+            Some((IpAddr::from([10, 244, 1, 2]), 40000))
+        );
+        assert_eq!(
+            e.captured(),
+            &p[..],
+            "the inner packet, without the VXLAN headers"
+        );
+    }
+    assert_eq!(events[1].verdict, Verdict::Drop(DropReason::WrongDstMac));
+}
