@@ -24,6 +24,7 @@ mod masq;
 mod privileges;
 mod reload;
 mod soak;
+mod trace;
 mod two_nodes;
 mod vxlan;
 

@@ -73,6 +73,8 @@ pub enum Command {
     /// Check this node's TUN device, route, sysctls, firewall and peers; say what is wrong and
     /// the command that fixes it (exit status 0 only when every check passes).
     Doctor(DoctorArgs),
+    /// Print a running node's verdicts as it makes them (root only, through its Unix socket).
+    Trace(TraceArgs),
 }
 
 /// Flags of `fustian run`. Each can also be set in the `--config` file; a flag wins.
@@ -200,6 +202,10 @@ pub struct RunArgs {
     /// Write counters in Prometheus text format to this file every 250 ms and on exit.
     #[arg(long, value_name = "FILE")]
     pub stats_file: Option<PathBuf>,
+    /// Serve `fustian trace` on this Unix socket (mode 0600) [default:
+    /// /run/fustian/<tun>.sock, skipped with a warning when it cannot be made].
+    #[arg(long, value_name = "PATH")]
+    pub trace_socket: Option<PathBuf>,
     /// Testing: publish this many synthetic table updates per second, adding and removing
     /// peers in unused subnets of the network, while forwarding goes on.
     #[arg(long, value_name = "PER_SEC", default_value_t = 0)]
@@ -866,6 +872,33 @@ pub struct DoctorArgs {
     /// etcd CA certificate.
     #[arg(long, value_name = "FILE")]
     pub etcd_cafile: Option<PathBuf>,
+}
+
+/// Flags of `fustian trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The node's trace socket (`--trace-socket` of `fustian run`) [default: the only socket
+    /// in /run/fustian].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print one JSON object per event instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the matching inner packets (first 160 bytes) as pcapng, the verdict in each
+    /// packet's comment.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Which packets: host, src, dst, net CIDR, port N, proto tcp|udp|icmp, peer IP,
+    /// verdict send|deliver|merge|icmp|drop, reason NAME, with and, or, not and parentheses
+    /// (see README, "Debugging with trace").
+    #[arg(value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 /// Flags of `fustian lab`.

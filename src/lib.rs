@@ -25,6 +25,7 @@ pub mod offload;
 pub mod show;
 pub mod sys;
 pub mod table;
+pub mod trace;
 pub mod tun;
 pub mod udp;
 pub mod wire;

@@ -233,6 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Trace(args) => trace(&args, &stop)?,
         Command::Lab(args) => {
             let report = fustian::lab::run(&args, &stop)?;
             println!("{report}");
@@ -271,6 +272,24 @@ fn doctor_etcd(
     anyhow::bail!(
         "--etcd-endpoints needs fustian built with the `etcd` feature (cargo build --features etcd)"
     )
+}
+
+/// Attaches to a node's trace socket and prints until Ctrl-C, `--count` or `--duration`.
+fn trace(args: &fustian::cli::TraceArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let opts = fustian::trace::client::TraceOptions {
+        socket: args.socket.clone(),
+        filter: args.filter.join(" "),
+        json: args.json,
+        pcap: args.pcap.clone(),
+        count: args.count,
+        duration: args.duration.map(std::time::Duration::from_secs),
+    };
+    let mut out = std::io::stdout().lock();
+    // The message already names the cause; the chain would repeat it.
+    let summary = fustian::trace::client::run(&opts, &mut out, &mut std::io::stderr(), stop)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!("{} events, {} lost", summary.events, summary.lost);
+    Ok(())
 }
 
 /// Runs a node: joins the network (through etcd, waiting for it, or from flags and the file)
@@ -318,6 +337,7 @@ fn run_node(
         keep_privileges: args.keep_privileges,
         subnet_file_required: managed,
         status,
+        trace_socket: args.trace_socket.clone(),
     };
     fustian::node::run(&config, &opts, stop, controls)?;
     Ok(())

@@ -52,6 +52,9 @@ pub struct RunOptions {
     /// answers while the node waits for etcd): the node sets its renderers and marks it ready
     /// once set up.
     pub status: Option<Arc<crate::http::Status>>,
+    /// Serve `fustian trace` on this Unix socket (a failure stops the node); `None`: on
+    /// `/run/fustian/<tun>.sock` (a failure is a warning).
+    pub trace_socket: Option<PathBuf>,
 }
 
 /// Writes flanneld's subnet file: the network, this node's subnet (its first address and
@@ -117,6 +120,7 @@ pub fn run(
         workers,
     ));
     let metrics = Arc::new(Metrics::new(workers));
+    let trace = Arc::new(crate::trace::Hub::new(workers));
     let facts = Facts {
         config,
         device: &device,
@@ -137,11 +141,18 @@ pub fn run(
         masq: masq
             .as_ref()
             .map(|m| Box::new(m.counters()) as Box<MasqCounters>),
+        trace: Arc::clone(&trace),
     });
     if let Some(status) = &opts.status {
         serve_status(status, &view);
     }
+    let mut tracer = bind_trace_socket(opts, &device.name)?;
     settle_privileges(opts)?;
+    if let Some(t) = &mut tracer
+        && let Err(e) = t.serve(Arc::clone(&trace))
+    {
+        tracing::warn!("cannot serve fustian trace: {e}");
+    }
     if let Some(masq) = &mut masq {
         masq.settled();
     }
@@ -163,6 +174,7 @@ pub fn run(
         busy_poll: opts.busy_poll,
         offloads,
         tun_mtu: device.mtu as usize,
+        trace: Arc::clone(&trace),
     };
     let handles = match spawn_workers(backend, device.queues, sockets, &shared) {
         Ok(handles) => handles,
@@ -477,6 +489,8 @@ struct NodeView {
     /// The control sources' counters.
     sources: Vec<Arc<dyn SourceMetrics>>,
     masq: Option<Box<MasqCounters>>,
+    /// The workers' recent drops.
+    trace: Arc<crate::trace::Hub>,
 }
 
 impl NodeView {
@@ -567,6 +581,7 @@ impl NodeView {
         let mut v = self.head.clone();
         v["table"] = serde_json::json!({"generation": snap.generation(), "peers": peers});
         v["counters"] = counters.into();
+        v["recent_drops"] = crate::trace::recent_json(&self.trace.recent());
         v
     }
 }
@@ -595,6 +610,33 @@ fn serve_status(status: &crate::http::Status, view: &Arc<NodeView>) {
         Box::new(move || json.status_json()),
     );
     status.set_ready();
+}
+
+/// Creates the trace socket while the node still holds its privileges (it lives in a
+/// root-only directory); it is served once they are dropped.
+fn bind_trace_socket(
+    opts: &RunOptions,
+    tun: &str,
+) -> Result<Option<crate::trace::server::TraceServer>, Error> {
+    use crate::trace::server::{TraceServer, default_path};
+    let path = opts
+        .trace_socket
+        .clone()
+        .unwrap_or_else(|| default_path(tun));
+    match TraceServer::bind(&path) {
+        Ok(server) => {
+            tracing::info!(socket = %path.display(), "serving fustian trace");
+            Ok(Some(server))
+        }
+        Err(e) if opts.trace_socket.is_none() => {
+            tracing::warn!("no trace socket: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(Error::Io {
+            what: "create the trace socket".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
 }
 
 /// Setup is done: nothing from here on needs a privilege. Drops them before any worker
@@ -652,6 +694,7 @@ struct WorkerShared {
     busy_poll: Duration,
     offloads: Offloads,
     tun_mtu: usize,
+    trace: Arc<crate::trace::Hub>,
 }
 
 /// Starts one worker per TUN queue and socket.
@@ -676,6 +719,7 @@ fn spawn_workers(
             offloads: shared.offloads,
             busy_poll: shared.busy_poll,
             tun_mtu: shared.tun_mtu,
+            trace: Arc::clone(&shared.trace),
         };
         let handle = std::thread::Builder::new()
             .name(format!("fustian-w{id}"))
@@ -794,6 +838,7 @@ mod tests {
             table,
             sources: vec![Arc::new(file)],
             masq: Some(Box::new(|| vec![("iptables_repairs".to_owned(), 1)])),
+            trace: Arc::new(crate::trace::Hub::new(2)),
         }
     }
 

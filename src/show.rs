@@ -88,7 +88,25 @@ pub fn render(v: &Value) -> String {
             let _ = writeln!(out, "  {:<28} {n}", k.trim_start_matches("drop_"));
         }
     }
+    render_recent_drops(&mut out, v);
     out
+}
+
+/// The last drops the workers remember, newest last: time (UTC), reason, flow, peer.
+fn render_recent_drops(out: &mut String, v: &Value) {
+    let Some(drops) = v["recent_drops"].as_array().filter(|d| !d.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(out, "recent drops:");
+    for d in drops {
+        let line: crate::trace::Line = serde_json::from_value(d.clone()).unwrap_or_default();
+        let line = crate::trace::Line {
+            verdict: Some("drop".into()),
+            len: None,
+            ..line
+        };
+        let _ = writeln!(out, "  {}", crate::trace::client::render(&line));
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +124,10 @@ mod tests {
                 {"subnet": "10.244.2.0/24", "endpoint": "192.0.2.2:8472", "vtep_mac": "02:66:75:00:00:02",
                  "tx_packets": 7, "tx_bytes": 9000, "rx_packets": 5, "rx_bytes": 700}
             ]},
-            "counters": {"tx_packets": 10, "rx_packets": 0, "drop_no_route": 2, "etcd_connected": 1}
+            "counters": {"tx_packets": 10, "rx_packets": 0, "drop_no_route": 2, "etcd_connected": 1},
+            "recent_drops": [{"time_ns": 3_661_000_000_000_u64, "worker": 0, "dir": "udp>tun",
+                "reason": "spoofed_source", "src": "10.244.9.9", "dst": "10.244.1.2", "proto": 6,
+                "sport": 1000, "dport": 80, "outer": "192.0.2.2:8285"}]
         });
         let text = render(&v);
         assert!(
@@ -118,6 +139,13 @@ mod tests {
         assert!(!text.contains("rx_packets"), "zero counters are left out");
         assert!(text.contains("no_route"));
         assert!(text.contains("etcd connected"));
+        assert!(
+            text.contains(
+                "recent drops:\n  01:01:01.000000 w0 udp>tun 10.244.9.9:1000 > 10.244.1.2:80 tcp \
+                 drop spoofed_source from 192.0.2.2:8285"
+            ),
+            "{text}"
+        );
         // Garbage renders without panicking.
         let _ = render(&serde_json::json!([1, 2]));
     }

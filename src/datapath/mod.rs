@@ -50,6 +50,7 @@ pub use tx::TxPlan;
 
 use crate::metrics::{Counters, Metrics};
 use crate::offload::{Coalescer, HEADER_STRIDE, MAX_SEGMENTS, VNET_HDR_LEN};
+use crate::trace::{Hub, Tap};
 use crate::wire::{Encap, Segment};
 
 /// Bytes kept free in front of each packet read from TUN, for the encapsulation header
@@ -125,6 +126,8 @@ pub struct Core {
     rx_segs: Box<[Segment]>,
     probe: probe::Responder,
     tally: Tally,
+    /// Where verdicts go when a trace is attached, and drops always (see `crate::trace`).
+    tap: Tap,
 }
 
 impl Core {
@@ -142,7 +145,15 @@ impl Core {
             rx_segs: vec![Segment::default(); MAX_RX_SEGMENTS].into_boxed_slice(),
             probe: probe::Responder::new(),
             tally: Tally::default(),
+            tap: Tap::new(Arc::new(Hub::new(cfg.worker + 1)), cfg.worker),
         }
+    }
+
+    /// Sends this worker's verdicts to `hub` (traces, recent drops) instead of its own.
+    #[must_use]
+    pub fn with_trace(mut self, hub: Arc<Hub>) -> Self {
+        self.tap = Tap::new(hub, self.cfg.worker);
+        self
     }
 
     /// Returns the configuration.

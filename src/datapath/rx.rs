@@ -8,6 +8,7 @@ use crate::metrics::{Counters, DropReason};
 use crate::offload::coalesce::{Emit, super_packet_header};
 use crate::offload::{VnetHdr, datagrams_in, gro_stride};
 use crate::table::Snapshot;
+use crate::trace::Verdict as TraceVerdict;
 use crate::udp::Received;
 use crate::wire::ip::complete_partial_checksum;
 use crate::wire::{Encap, Segment, WireError};
@@ -85,17 +86,18 @@ impl Core {
     /// completed). Plans the writes, in order ([`Core::rx_ops`]); the caller executes them
     /// before calling the core again, and calls [`Core::rx_flush`] at the end of its batch.
     pub fn udp_read(&mut self, snap: &Snapshot, slot: &mut [u8], r: &Received) {
+        self.tap.begin();
         self.ops.clear();
         self.coalescer.release();
         self.clear_probe_reply();
         // MSG_TRUNC makes the length the datagram's real one: anything longer than the largest
         // accepted payload, or than the slot, was not received whole and is never delivered.
         if r.truncated || r.len > self.rx_payload() || r.len > slot.len() {
-            self.drop_read(r.len, r.segment, DropReason::Oversize);
+            self.drop_read(r, slot, DropReason::Oversize);
             return;
         }
         let Some(from) = r.from else {
-            self.drop_read(r.len, r.segment, DropReason::UnknownSender);
+            self.drop_read(r, slot, DropReason::UnknownSender);
             return;
         };
         let len = r.len;
@@ -209,8 +211,52 @@ impl Core {
         (header, seg)
     }
 
-    /// Checks and plans the datagram `slot[at..at + len]`.
+    /// Checks and plans the datagram `slot[at..at + len]`, and records the verdict for a trace
+    /// or, for a drop, the recent drops.
     fn datagram(
+        &mut self,
+        snap: &Snapshot,
+        from: SocketAddr,
+        slot: &mut [u8],
+        at: usize,
+        len: usize,
+        acc: &mut ReadCounts,
+    ) {
+        let (dropped, ops, probes) = (self.tally.rx_dropped, self.ops.len(), self.tally.probes);
+        self.check_datagram(snap, from, slot, at, len, acc);
+        // An answered peer probe is no packet of the overlay: counted, never traced.
+        if self.tally.probes != probes {
+            return;
+        }
+        if self.tap.armed() || self.tally.rx_dropped != dropped {
+            self.trace_datagram(from, &slot[at..at + len], dropped, ops);
+        }
+    }
+
+    /// Records the verdict on `datagram`, given the drop tally and plan length before it.
+    #[cold]
+    fn trace_datagram(&mut self, from: SocketAddr, datagram: &[u8], dropped: u64, ops: usize) {
+        let verdict = if self.tally.rx_dropped != dropped {
+            TraceVerdict::Drop(self.tap.take_drop())
+        } else {
+            let (merged, segments) = match self.ops.get(ops..).and_then(<[RxOp]>::last) {
+                Some(RxOp::Write { .. } | RxOp::WriteVnet { .. }) => (false, 1),
+                Some(RxOp::Segments { count, .. }) => (false, *count),
+                _ => (true, 1),
+            };
+            TraceVerdict::Deliver {
+                merged,
+                segments: u32::try_from(segments).unwrap_or(u32::MAX),
+            }
+        };
+        let inner = datagram
+            .get(self.cfg.fwd.encap.header_len()..)
+            .unwrap_or_default();
+        self.tap.datagram(inner, Some(from), verdict);
+    }
+
+    /// Checks and plans the datagram `slot[at..at + len]`.
+    fn check_datagram(
         &mut self,
         snap: &Snapshot,
         from: SocketAddr,
@@ -312,13 +358,18 @@ impl Core {
     }
 
     fn drop_rx(&mut self, reason: DropReason) {
+        self.tap.dropped(reason);
         self.counters().drop_packet(reason);
         self.tally.rx_dropped += 1;
     }
 
     /// Counts a read of `len` bytes dropped whole with `reason`, once per datagram it holds: a
     /// `UDP_GRO` read (segment size `segment`, 0 for none) is several datagrams.
-    fn drop_read(&mut self, len: usize, segment: usize, reason: DropReason) {
+    fn drop_read(&mut self, r: &Received, slot: &[u8], reason: DropReason) {
+        let (len, segment) = (r.len, r.segment);
+        let held = slot.get(self.cfg.fwd.encap.header_len()..len.min(slot.len()));
+        self.tap
+            .datagram(held.unwrap_or_default(), r.from, TraceVerdict::Drop(reason));
         let n = datagrams_in(len, segment) as u64;
         let counters = self.counters();
         Counters::add(&counters.rx_packets, n);

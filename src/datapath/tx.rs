@@ -10,6 +10,7 @@ use crate::offload::split::{complete_checksum, split};
 use crate::offload::vnet::Gso;
 use crate::offload::{HEADER_STRIDE, VnetHdr};
 use crate::table::Snapshot;
+use crate::trace::Verdict as TraceVerdict;
 use crate::wire::{Segment, WireError};
 
 /// What to emit for one TUN read.
@@ -58,6 +59,48 @@ impl Core {
     /// encapsulation header is written into the headroom in place. `now` is the batch's time,
     /// for the ICMP rate limit.
     pub fn tun_read(&mut self, snap: &Snapshot, slot: &mut [u8], n: usize, now: Instant) -> TxPlan {
+        self.tap.begin();
+        let plan = self.plan_tun_read(snap, slot, n, now);
+        if self.tap.armed() || matches!(plan, TxPlan::Dropped | TxPlan::Icmp { .. }) {
+            self.trace_tun_read(snap, slot, n, plan);
+        }
+        plan
+    }
+
+    /// Records `plan` for a trace or, for a drop, the recent drops.
+    #[cold]
+    fn trace_tun_read(&mut self, snap: &Snapshot, slot: &[u8], n: usize, plan: TxPlan) {
+        let end = (HEADROOM + n.saturating_sub(self.vnet_len())).min(slot.len());
+        let packet = slot.get(HEADROOM..end).unwrap_or_default();
+        let (outer, verdict) = match plan {
+            TxPlan::Datagram { dst, .. } => (
+                Some(dst),
+                TraceVerdict::Send {
+                    subnet: None,
+                    segments: 1,
+                },
+            ),
+            TxPlan::Segments { dst, count, .. } => (
+                Some(dst),
+                TraceVerdict::Send {
+                    subnet: None,
+                    segments: u32::try_from(count).unwrap_or(u32::MAX),
+                },
+            ),
+            TxPlan::Icmp { .. } => (None, TraceVerdict::Icmp(self.tap.take_drop())),
+            TxPlan::Dropped => (None, TraceVerdict::Drop(self.tap.take_drop())),
+        };
+        self.tap.tun_read(snap, packet, outer, verdict);
+    }
+
+    /// [`Core::tun_read`] without the trace.
+    fn plan_tun_read(
+        &mut self,
+        snap: &Snapshot,
+        slot: &mut [u8],
+        n: usize,
+        now: Instant,
+    ) -> TxPlan {
         let vnet = self.vnet_len();
         let len = n.saturating_sub(vnet);
         let counters = self.metrics.worker(self.cfg.worker);
@@ -177,6 +220,7 @@ impl Core {
     }
 
     fn drop_tun(&mut self, reason: DropReason) -> TxPlan {
+        self.tap.dropped(reason);
         self.counters().drop_packet(reason);
         self.tally.tun_dropped += 1;
         TxPlan::Dropped

@@ -148,6 +148,8 @@ pub struct Worker {
     pub offloads: crate::offload::Offloads,
     /// The longest busy-poll window before blocking (zero: block at once; see [`spin`]).
     pub busy_poll: Duration,
+    /// Where verdicts go for `fustian trace` and the recent drops.
+    pub trace: Arc<crate::trace::Hub>,
 }
 
 impl Worker {
@@ -170,6 +172,7 @@ impl Worker {
             },
             Arc::clone(&self.metrics),
         )
+        .with_trace(Arc::clone(&self.trace))
     }
 }
 

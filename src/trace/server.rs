@@ -1,0 +1,418 @@
+//! The node's end of `fustian trace`: a Unix socket that streams a running node's verdicts.
+//!
+//! The socket (`/run/fustian/<tun>.sock` unless `--trace-socket` says otherwise) is created
+//! before the node drops its privileges ([`TraceServer::bind`]), mode 0600 in a directory
+//! created 0700, and served by threads started after the drop ([`TraceServer::serve`]), so
+//! only root on the host can attach and the serving threads hold no capability: a trace shows addresses and packet contents. At most
+//! [`MAX_SESSIONS`] traces attach at once, each on a thread of its own; the workers never wait
+//! for them.
+//!
+//! The protocol, one line each way to start and then JSON lines from the node:
+//!
+//! ```text
+//! client: {"filter":"host 10.244.1.2 and verdict drop","packets":false}\n
+//!         (or the filter text itself as the line)
+//! node:   {"time_ns":...,"dir":"udp>tun","src":...,"verdict":"drop","reason":"spoofed_source",...}\n
+//!         {"lost":0}\n    (at least once a second, and whenever the count changes)
+//!         {"error":"..."}\n  (instead, when the filter is bad or too many traces are attached)
+//! ```
+//!
+//! A client that disconnects is noticed at the next write (at most a second later) and
+//! detached. The socket file is removed when the server is dropped; a stale one left by a node
+//! that died is replaced at the next start, a live one is never taken over.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Attached, Filter, Hub, Line, MAX_SESSIONS};
+
+/// The directory of the default socket paths.
+pub const SOCKET_DIR: &str = "/run/fustian";
+/// The longest request line read.
+const MAX_REQUEST: u64 = 8192;
+/// How long a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the lost count is sent even when it did not change (and a gone client noticed).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the stream waits for events before looking again.
+const IDLE: Duration = Duration::from_millis(20);
+
+/// Returns the default socket path of the node whose TUN device is `tun`.
+pub fn default_path(tun: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{tun}.sock"))
+}
+
+/// The socket cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceSocketError {
+    /// The directory cannot be created.
+    #[error("cannot create the trace socket directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A node is serving traces there already.
+    #[error("another node serves traces at {0}; give --trace-socket")]
+    InUse(PathBuf),
+    /// Something that is not a socket is in the way.
+    #[error("{0} exists and is not a socket")]
+    NotSocket(PathBuf),
+    /// Binding or setting the mode failed.
+    #[error("cannot create the trace socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A client's request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The filter text.
+    #[serde(default)]
+    pub filter: String,
+    /// Send each event's captured bytes (for `--pcap`).
+    #[serde(default)]
+    pub packets: bool,
+}
+
+impl Request {
+    /// Reads a request line: a JSON [`Request`], or else the filter text itself.
+    pub fn parse(line: &str) -> Self {
+        let line = line.trim();
+        serde_json::from_str(line).unwrap_or_else(|_| Self {
+            filter: line.to_owned(),
+            packets: false,
+        })
+    }
+}
+
+/// The trace socket, served on its own threads; dropping it stops them and removes the file.
+#[derive(Debug)]
+pub struct TraceServer {
+    path: PathBuf,
+    halt: Arc<AtomicBool>,
+    listener: Option<UnixListener>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TraceServer {
+    /// Creates the socket at `path` (mode 0600; its directory, when missing, 0700) and serves
+    /// traces of `hub` on it.
+    ///
+    /// # Errors
+    ///
+    /// [`TraceSocketError`]: the directory or socket cannot be made, or a live node or
+    /// another kind of file holds the path.
+    pub fn start(path: &Path, hub: Arc<Hub>) -> Result<Self, TraceSocketError> {
+        let mut server = Self::bind(path)?;
+        server.serve(hub)?;
+        Ok(server)
+    }
+
+    /// Creates the socket as [`TraceServer::start`] does, without serving it yet: a node
+    /// binds while it holds its privileges and serves once they are dropped, so the serving
+    /// threads never hold any.
+    ///
+    /// # Errors
+    ///
+    /// As [`TraceServer::start`].
+    pub fn bind(path: &Path) -> Result<Self, TraceSocketError> {
+        let listener = bind(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            halt: Arc::new(AtomicBool::new(false)),
+            listener: Some(listener),
+            thread: None,
+        })
+    }
+
+    /// Starts serving traces of `hub` (once; later calls do nothing).
+    ///
+    /// # Errors
+    ///
+    /// [`TraceSocketError::Bind`] when the thread cannot be started.
+    pub fn serve(&mut self, hub: Arc<Hub>) -> Result<(), TraceSocketError> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        let stop = Arc::clone(&self.halt);
+        let thread = std::thread::Builder::new()
+            .name("fustian-trace".into())
+            .spawn(move || accept_loop(&listener, &hub, &stop))
+            .map_err(|source| TraceSocketError::Bind {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    /// Returns the socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TraceServer {
+    fn drop(&mut self) {
+        self.halt.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Without privileges (`--user`) this may fail; the next start replaces the stale file.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, TraceSocketError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| TraceSocketError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(TraceSocketError::NotSocket(path.to_owned()));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(TraceSocketError::InUse(path.to_owned()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_err = |source| TraceSocketError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
+}
+
+fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    while !halt.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                // Connections beyond what may attach (plus a few being refused) are closed.
+                if open.load(Ordering::Relaxed) >= 2 * MAX_SESSIONS {
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let (hub, halt, open) = (Arc::clone(hub), Arc::clone(halt), Arc::clone(&open));
+                let spawned = std::thread::Builder::new()
+                    .name("fustian-tracer".into())
+                    .spawn(move || {
+                        if let Err(e) = serve(stream, &hub, &halt) {
+                            tracing::debug!("trace client gone: {e}");
+                        }
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    });
+                match spawned {
+                    Ok(t) => clients.push(t),
+                    Err(e) => tracing::warn!("cannot start a trace thread: {e}"),
+                }
+                clients.retain(|t: &JoinHandle<()>| !t.is_finished());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("trace socket: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    for t in clients {
+        let _ = t.join();
+    }
+}
+
+/// Detaches the session when the stream ends, however it ends.
+struct Detach<'a> {
+    hub: &'a Hub,
+    attached: Attached,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.hub.detach(&self.attached);
+    }
+}
+
+fn serve(stream: UnixStream, hub: &Hub, halt: &AtomicBool) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEARTBEAT))?;
+    let mut text = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut text)?;
+    let request = Request::parse(&text);
+    let mut out = &stream;
+    let refuse = |out: &mut &UnixStream, msg: String| {
+        let line = Line {
+            error: Some(msg),
+            ..Line::default()
+        };
+        write_line(out, &line, halt)
+    };
+    let filter = match Filter::parse(&request.filter) {
+        Ok(f) => f,
+        Err(e) => return refuse(&mut out, e.to_string()),
+    };
+    let Some(attached) = hub.attach(filter) else {
+        return refuse(
+            &mut out,
+            format!("{MAX_SESSIONS} traces are attached already; try again later"),
+        );
+    };
+    let guard = Detach { hub, attached };
+    let mut events = Vec::new();
+    let mut buf = Vec::new();
+    let mut sent_lost = None;
+    let mut last_beat = Instant::now();
+    while !halt.load(Ordering::Relaxed) {
+        events.clear();
+        buf.clear();
+        guard.attached.drain(&mut events);
+        for e in &events {
+            if serde_json::to_writer(&mut buf, &Line::from_event(e, request.packets)).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+        let lost = guard.attached.session.lost();
+        if sent_lost != Some(lost) || last_beat.elapsed() >= HEARTBEAT {
+            let line = Line {
+                lost: Some(lost),
+                ..Line::default()
+            };
+            if serde_json::to_writer(&mut buf, &line).is_ok() {
+                buf.push(b'\n');
+            }
+            sent_lost = Some(lost);
+            last_beat = Instant::now();
+        }
+        if !buf.is_empty() {
+            write_fully(&mut out, &buf, halt)?;
+        }
+        if events.is_empty() {
+            std::thread::sleep(IDLE);
+        }
+    }
+    Ok(())
+}
+
+fn write_line(out: &mut &UnixStream, line: &Line, halt: &AtomicBool) -> io::Result<()> {
+    let mut buf = serde_json::to_vec(line).map_err(io::Error::other)?;
+    buf.push(b'\n');
+    write_fully(out, &buf, halt)
+}
+
+/// Writes all of `buf`, waiting out a reader that is slow (the workers meanwhile count what
+/// does not fit their rings as lost), until `halt`.
+fn write_fully(out: &mut &UnixStream, buf: &[u8], halt: &AtomicBool) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match out.write(&buf[at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if halt.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_json_or_filter_text() {
+        assert_eq!(
+            Request::parse("{\"filter\":\"tcp\",\"packets\":true}\n"),
+            Request {
+                filter: "tcp".into(),
+                packets: true
+            }
+        );
+        assert_eq!(Request::parse("port 80\n").filter, "port 80");
+        assert_eq!(Request::parse("").filter, "");
+    }
+
+    #[test]
+    fn serves_a_trace_and_refuses_a_bad_filter() {
+        let dir = std::env::temp_dir().join(format!("fustian-trace-{}", std::process::id()));
+        let path = dir.join("sub").join("t.sock");
+        let hub = Arc::new(Hub::new(1));
+        let server = TraceServer::start(&path, Arc::clone(&hub)).expect("bind");
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().expect("dir")), 0o700);
+        assert!(matches!(
+            TraceServer::start(&path, Arc::clone(&hub)),
+            Err(TraceSocketError::InUse(_))
+        ));
+
+        let mut bad = UnixStream::connect(&path).expect("connect");
+        bad.write_all(b"port banana\n").expect("send");
+        let mut reply = String::new();
+        BufReader::new(&bad).read_line(&mut reply).expect("reply");
+        assert!(reply.contains("`banana`"), "{reply}");
+
+        let mut good = UnixStream::connect(&path).expect("connect");
+        good.write_all(b"{\"filter\":\"verdict drop\"}\n")
+            .expect("send");
+        let mut reader = BufReader::new(&good);
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("lost line");
+        assert_eq!(
+            serde_json::from_str::<Line>(&first).expect("json").lost,
+            Some(0)
+        );
+        assert_eq!(hub.attached(), 1);
+        drop(reader);
+        drop(good);
+        // The server notices the client is gone at its next heartbeat.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hub.attached() != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(hub.attached(), 0);
+        drop(server);
+        assert!(!path.exists(), "removed on drop");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
