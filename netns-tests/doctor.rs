@@ -356,6 +356,9 @@ fn doctor_vxlan_healthy_blocked_port_and_kernel_device_warn() {
 /// etcd on node 0's underlay address, reachable from both nodes.
 #[cfg(feature = "etcd")]
 const ETCD: &str = "http://192.0.2.1:2379";
+/// The same etcd on loopback: the nodes use [`ETCD`], the test and doctor this one, so that a
+/// filter on [`ETCD`] cuts the nodes off and leaves doctor its view.
+const ETCD_LOCAL: &str = "http://127.0.0.1:2379";
 
 /// Runs `op` with an etcd client inside node 0's namespace.
 #[cfg(feature = "etcd")]
@@ -373,7 +376,7 @@ fn with_etcd<T: Send + 'static>(
                 .with_connect_timeout(Duration::from_secs(2))
                 .with_timeout(Duration::from_secs(5));
             let mut c = rt
-                .block_on(etcd_client::Client::connect([ETCD], Some(options)))
+                .block_on(etcd_client::Client::connect([ETCD_LOCAL], Some(options)))
                 .ok()?;
             Some(op(&mut c, &rt))
         })
@@ -383,8 +386,8 @@ fn with_etcd<T: Send + 'static>(
 
 #[cfg(feature = "etcd")]
 #[test]
-fn doctor_with_etcd_names_a_lease_left_out_of_the_table() {
-    if skip("doctor_with_etcd_names_a_lease_left_out_of_the_table") {
+fn doctor_with_etcd_names_a_stray_lease_and_a_deleted_own_lease() {
+    if skip("doctor_with_etcd_names_a_stray_lease_and_a_deleted_own_lease") {
         return;
     }
     let _serial = serial();
@@ -397,7 +400,7 @@ fn doctor_with_etcd_names_a_lease_left_out_of_the_table() {
         "--data-dir",
         &data,
         "--listen-client-urls",
-        ETCD,
+        "http://192.0.2.1:2379,http://127.0.0.1:2379",
         "--advertise-client-urls",
         ETCD,
         "--listen-peer-urls",
@@ -459,7 +462,7 @@ fn doctor_with_etcd_names_a_lease_left_out_of_the_table() {
     let run = |topo: &Topology| {
         let out = Command::new("ip")
             .args(["netns", "exec", topo.hosts[0].name(), EXE, "doctor"])
-            .args(["--addr", ADDR, "--json", "--etcd-endpoints", ETCD])
+            .args(["--addr", ADDR, "--json", "--etcd-endpoints", ETCD_LOCAL])
             .output()
             .expect("ip netns exec runs");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -535,4 +538,64 @@ fn doctor_with_etcd_names_a_lease_left_out_of_the_table() {
             })
     });
     assert!(named, "the hand-written lease was not named: {:#?}", last.1);
+
+    // Node A's lease deleted behind its back while it cannot reach etcd (its endpoint is
+    // filtered, so it cannot write the lease again): doctor, reading etcd over loopback, names
+    // the missing lease and what restores it.
+    let own = with_etcd(&topo, |c, rt| {
+        let resp = rt
+            .block_on(c.get(
+                "/coreos.com/network/subnets/",
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            ))
+            .ok()?;
+        resp.kvs()
+            .iter()
+            .find(|kv| {
+                kv.value_str()
+                    .is_ok_and(|v| v.contains(r#""PublicIP":"192.0.2.1""#))
+            })
+            .map(|kv| kv.key_str().unwrap_or_default().to_owned())
+    })
+    .flatten()
+    .expect("node A's lease");
+    let filtered = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            topo.hosts[0].name(),
+            "iptables",
+            "-I",
+            "INPUT",
+        ])
+        .args([
+            "-p",
+            "tcp",
+            "-d",
+            "192.0.2.1",
+            "--dport",
+            "2379",
+            "-j",
+            "DROP",
+        ])
+        .status()
+        .expect("iptables runs (it must be installed)");
+    assert!(filtered.success(), "iptables could not filter etcd");
+    let key = own.clone();
+    assert_eq!(
+        with_etcd(&topo, move |c, rt| rt.block_on(c.delete(key, None)).is_ok()),
+        Some(true),
+        "etcd delete"
+    );
+    let missing = wait_for(Duration::from_secs(10), || {
+        last = run(&topo);
+        !last.0
+            && last.1.iter().any(|c| {
+                c["name"] == "etcd.own_lease"
+                    && c["outcome"] == "fail"
+                    && c["detail"].as_str().is_some_and(|d| d.contains(&own))
+                    && c["fix"].as_str().is_some_and(|f| f.contains("restart"))
+            })
+    });
+    assert!(missing, "the deleted lease was not named: {:#?}", last.1);
 }

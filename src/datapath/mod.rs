@@ -156,6 +156,14 @@ impl Core {
         self
     }
 
+    /// Starts a batch of reads: one relaxed atomic load says whether a trace is attached, and
+    /// the calls of the batch record verdicts for it or not. The loops call it once per batch,
+    /// where they load the table snapshot; a trace attached meanwhile starts with the next.
+    #[inline]
+    pub fn begin_batch(&mut self) {
+        self.tap.begin();
+    }
+
     /// Returns the configuration.
     pub const fn config(&self) -> &CoreConfig {
         &self.cfg

@@ -86,7 +86,6 @@ impl Core {
     /// completed). Plans the writes, in order ([`Core::rx_ops`]); the caller executes them
     /// before calling the core again, and calls [`Core::rx_flush`] at the end of its batch.
     pub fn udp_read(&mut self, snap: &Snapshot, slot: &mut [u8], r: &Received) {
-        self.tap.begin();
         self.ops.clear();
         self.coalescer.release();
         self.clear_probe_reply();

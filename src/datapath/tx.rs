@@ -59,7 +59,6 @@ impl Core {
     /// encapsulation header is written into the headroom in place. `now` is the batch's time,
     /// for the ICMP rate limit.
     pub fn tun_read(&mut self, snap: &Snapshot, slot: &mut [u8], n: usize, now: Instant) -> TxPlan {
-        self.tap.begin();
         let plan = self.plan_tun_read(snap, slot, n, now);
         if self.tap.armed() || matches!(plan, TxPlan::Dropped | TxPlan::Icmp { .. }) {
             self.trace_tun_read(snap, slot, n, plan);

@@ -71,7 +71,7 @@ pub fn run(worker: Worker) -> io::Result<()> {
     let mut spin = Spin::new(l.w.busy_poll);
     tracing::debug!(worker = l.w.id, "epoll worker started");
     while !l.w.stop.load(Ordering::Relaxed) {
-        let since = Instant::now();
+        let since = spin.enabled().then(Instant::now);
         if !l.look_ahead(&mut poll, &mut events, &spin)? {
             if let Err(e) = poll.poll(&mut events, Some(STOP_POLL)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -79,7 +79,9 @@ pub fn run(worker: Worker) -> io::Result<()> {
                 }
                 return Err(e);
             }
-            spin.blocked(since.elapsed(), !events.is_empty());
+            if let Some(since) = since {
+                spin.blocked(since.elapsed(), !events.is_empty());
+            }
         }
         // Edge-triggered: drain every source that said it is ready until it would block,
         // alternating one batch each so neither direction starves the other. A source that
@@ -138,6 +140,7 @@ impl Loop {
     /// Reads one batch from TUN and carries out each read's plan; returns the packets read.
     fn tun_to_udp(&mut self) -> usize {
         let snap = self.w.table.load();
+        self.core.begin_batch();
         let now = Instant::now();
         let at = self.core.tun_read_offset();
         let mut read = 0;
@@ -189,6 +192,7 @@ impl Loop {
             return 0;
         }
         let snap = self.w.table.load();
+        self.core.begin_batch();
         for i in 0..n {
             let r = self.received[i];
             let buf = self.rx_bufs.slot_mut(i);

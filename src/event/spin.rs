@@ -35,6 +35,12 @@ impl Spin {
         }
     }
 
+    /// Whether busy-polling is on at all (a maximum above zero): without it the loops read no
+    /// clock for it.
+    pub const fn enabled(&self) -> bool {
+        !self.max.is_zero()
+    }
+
     /// How long to keep looking for work before blocking.
     pub const fn window(&self) -> Duration {
         self.window

@@ -2,8 +2,8 @@
 //! worker.
 //!
 //! The datapath core ([`crate::datapath::Core`]) holds a [`Tap`] per worker. With nothing
-//! attached, a core pays one relaxed atomic load per `tun_read`/`udp_read` call ([`Hub`]'s
-//! `armed` flag) plus, on a drop only, a write into the worker's small ring of recent drops
+//! attached, a core pays one relaxed atomic load per batch of reads
+//! ([`crate::datapath::Core::begin_batch`], [`Hub`]'s `armed` flag) plus, on a drop only, a write into the worker's small ring of recent drops
 //! ([`Hub::recent`], shown by `fustian show`). With a trace attached ([`Hub::attach`]), each
 //! verdict becomes a fixed-size [`Event`] (no allocation): it is matched against each attached
 //! session's compiled [`Filter`] and, when it matches, offered to that session's bounded
@@ -435,7 +435,7 @@ impl Hub {
 pub struct Tap {
     hub: Arc<Hub>,
     worker: usize,
-    /// Whether a trace was attached at the start of this call.
+    /// Whether a trace was attached at the start of this batch.
     armed: bool,
     sessions: Option<Arc<Vec<Arc<Session>>>>,
     /// The reason of the last drop the core counted.
@@ -454,7 +454,8 @@ impl Tap {
         }
     }
 
-    /// Starts a core call: one relaxed load tells whether anything is attached.
+    /// Starts a batch of core calls ([`crate::datapath::Core::begin_batch`]): one relaxed load
+    /// tells whether anything is attached.
     #[inline]
     pub fn begin(&mut self) {
         self.armed = self.hub.armed.load(Ordering::Relaxed);
@@ -465,7 +466,7 @@ impl Tap {
         }
     }
 
-    /// Returns whether a trace was attached at the start of this call.
+    /// Returns whether a trace was attached at the start of this batch.
     #[inline]
     pub const fn armed(&self) -> bool {
         self.armed

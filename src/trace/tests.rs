@@ -61,6 +61,7 @@ fn packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
 fn send(core: &mut Core, snap: &Snapshot, p: &[u8]) -> TxPlan {
     let mut slot = vec![0u8; HEADROOM + 2000];
     slot[HEADROOM..HEADROOM + p.len()].copy_from_slice(p);
+    core.begin_batch();
     core.tun_read(snap, &mut slot, p.len(), Instant::now())
 }
 
@@ -73,6 +74,7 @@ fn receive(core: &mut Core, snap: &Snapshot, p: &[u8], from: [u8; 4]) {
         truncated: false,
         segment: 0,
     };
+    core.begin_batch();
     core.udp_read(snap, &mut slot, &r);
 }
 
@@ -268,6 +270,7 @@ fn reads_dropped_whole_are_remembered_with_their_sender() {
         truncated: true,
         segment: 0,
     };
+    c.begin_batch();
     c.udp_read(&snap, &mut slot, &r);
     let recent = hub.recent();
     assert_eq!(recent.len(), 1);
@@ -322,6 +325,7 @@ fn vxlan_verdicts_name_the_inner_flow() {
     let p = packet([10, 244, 1, 2], [10, 244, 2, 2]);
     let mut slot = vec![0u8; HEADROOM + 2000];
     slot[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
+    c.begin_batch();
     let TxPlan::Datagram { start, len, .. } = c.tun_read(&snap, &mut slot, p.len(), Instant::now())
     else {
         panic!("sent");

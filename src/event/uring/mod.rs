@@ -252,7 +252,7 @@ impl Loop {
         );
         let mut spin = Spin::new(self.w.busy_poll);
         while !self.w.stop.load(Ordering::Relaxed) {
-            let since = Instant::now();
+            let since = spin.enabled().then(Instant::now);
             let found = self.look_ahead(&spin)?;
             if !found {
                 // The timer wakes the loop to look at the stop flag when no traffic does.
@@ -261,7 +261,7 @@ impl Loop {
             }
             self.writes_queued = false;
             let completions = self.ring.reap();
-            if !found {
+            if let (false, Some(since)) = (found, since) {
                 let woken = completions
                     .iter()
                     .any(|c| Kind::of(c.user_data).map(|(k, _)| k) != Some(Kind::Timer));
@@ -339,6 +339,7 @@ impl Loop {
 
     fn handle(&mut self, completions: &[Completion]) -> io::Result<()> {
         let snap = self.w.table.load();
+        self.core.begin_batch();
         let now = Instant::now();
         for c in completions {
             let Some((kind, index)) = Kind::of(c.user_data) else {
