@@ -358,6 +358,7 @@ fn doctor_vxlan_healthy_blocked_port_and_kernel_device_warn() {
 const ETCD: &str = "http://192.0.2.1:2379";
 /// The same etcd on loopback: the nodes use [`ETCD`], the test and doctor this one, so that a
 /// filter on [`ETCD`] cuts the nodes off and leaves doctor its view.
+#[cfg(feature = "etcd")]
 const ETCD_LOCAL: &str = "http://127.0.0.1:2379";
 
 /// Runs `op` with an etcd client inside node 0's namespace.
