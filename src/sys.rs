@@ -320,3 +320,69 @@ pub(crate) fn lane_sum(data: &[u8]) -> u64 {
 pub(crate) fn lane_sum(data: &[u8]) -> u64 {
     crate::wire::ip::lane_sum(data)
 }
+
+/// Returns the user id of the process at the other end of a connected Unix stream socket, as the
+/// kernel recorded it when that process connected (`SO_PEERCRED`; a user namespace's root shows
+/// as the unprivileged user it maps to).
+///
+/// # Errors
+///
+/// The `getsockopt` error.
+pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::ucred>()).unwrap_or(12);
+    // SAFETY: `cred` and `len` are live locals of the sizes passed; the kernel writes at most
+    // `len` bytes into `cred` and the new length into `len`.
+    syscall!(getsockopt(
+        stream.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&raw mut cred).cast(),
+        &raw mut len,
+    ))?;
+    Ok(cred.uid)
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    use super::peer_uid;
+
+    #[test]
+    fn peer_uid_is_the_connecting_thread_s() {
+        let dir = std::env::temp_dir().join(format!("fustian-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        let me = std::fs::metadata(&path).expect("stat").uid();
+        let _client = UnixStream::connect(&path).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        assert_eq!(peer_uid(&server).expect("peer"), me);
+        if me == 0 {
+            // Another user: a thread that switched its own credentials (the raw system call
+            // changes only the calling thread's) connects.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            let p = path.clone();
+            let other = std::thread::spawn(move || {
+                // SAFETY: setresuid takes three integers; it affects only this thread.
+                let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+                assert_eq!(r, 0, "setresuid");
+                UnixStream::connect(&p).expect("connect as nobody")
+            })
+            .join()
+            .expect("thread");
+            let (server, _) = listener.accept().expect("accept");
+            assert_eq!(peer_uid(&server).expect("peer"), 65534);
+            drop(other);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

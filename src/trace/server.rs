@@ -215,6 +215,23 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
     while !halt.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
+                // Only root attaches, whatever the socket's mode and directory allow (a
+                // `--trace-socket` in a shared directory, the moment between `bind` and
+                // `chmod`): the kernel's record of who connected decides.
+                match crate::sys::peer_uid(&stream) {
+                    Ok(0) => {}
+                    Ok(uid) => {
+                        tracing::warn!(
+                            uid,
+                            "trace socket: connection from a user other than root refused"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("trace socket: cannot tell who connected ({e}); refused");
+                        continue;
+                    }
+                }
                 // Connections beyond what may attach (plus a few being refused) are closed.
                 if open.load(Ordering::Relaxed) >= 2 * MAX_SESSIONS {
                     continue;
