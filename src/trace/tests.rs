@@ -26,8 +26,12 @@ fn snapshot() -> Snapshot {
 }
 
 fn core(hub: &Arc<Hub>) -> Core {
+    core_with(hub, Encap::Flannel)
+}
+
+fn core_with(hub: &Arc<Hub>, encap: Encap) -> Core {
     let fwd = Forwarding {
-        encap: Encap::Flannel,
+        encap,
         network: "10.244.0.0/16".parse().expect("literal"),
         max_inner_len: 1400,
         icmp: true,
@@ -299,28 +303,13 @@ fn vxlan_verdicts_name_the_inner_flow() {
         }],
     )
     .expect("valid table");
-    let fwd = Forwarding {
-        encap: Encap::Vxlan(VxlanParams {
+    let mut c = core_with(
+        &hub,
+        Encap::Vxlan(VxlanParams {
             vni: 1,
             local_mac: MacAddress([2, 0, 0, 0, 0, 1]),
         }),
-        network: "10.244.0.0/16".parse().expect("literal"),
-        max_inner_len: 1400,
-        icmp: true,
-        strict_source_port: false,
-    };
-    let mut c = Core::new(
-        CoreConfig {
-            worker: 0,
-            fwd,
-            vnet: false,
-            gro: false,
-            sockets: 0,
-            tun_mtu: 1400,
-        },
-        Arc::new(Metrics::new(1)),
-    )
-    .with_trace(Arc::clone(&hub));
+    );
     let attached = hub.attach(Filter::default()).expect("room");
     let p = packet([10, 244, 1, 2], [10, 244, 2, 2]);
     let mut slot = vec![0u8; HEADROOM + 2000];
