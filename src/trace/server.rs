@@ -22,6 +22,7 @@
 //! that died is replaced at the next start, a live one is never taken over.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -30,9 +31,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 use serde::{Deserialize, Serialize};
 
 use super::{Attached, Filter, Hub, Line, MAX_SESSIONS};
+use crate::event::STOP_POLL;
 
 /// The directory of the default socket paths.
 pub const SOCKET_DIR: &str = "/run/fustian";
@@ -212,6 +216,24 @@ fn bind(path: &Path) -> Result<UnixListener, TraceSocketError> {
 fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
+    // The thread sleeps in epoll until a client connects, and looks at `halt` at least every
+    // `STOP_POLL`, as the workers do.
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("trace socket: no epoll instance ({e}); not serving");
+            return;
+        }
+    };
+    let fd = listener.as_raw_fd();
+    if let Err(e) = poll
+        .registry()
+        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+    {
+        tracing::warn!("trace socket: cannot wait on it ({e}); not serving");
+        return;
+    }
+    let mut events = Events::with_capacity(1);
     while !halt.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -253,12 +275,20 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
                 clients.retain(|t: &JoinHandle<()>| !t.is_finished());
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
+                // Edge-triggered: every connection queued so far has been taken.
+                if let Err(e) = poll.poll(&mut events, Some(STOP_POLL))
+                    && e.kind() != io::ErrorKind::Interrupted
+                {
+                    tracing::warn!("trace socket: {e}");
+                    return;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
+                // A persistent accept error (out of descriptors): wait for the next event or
+                // the stop-flag period rather than spin.
                 tracing::warn!("trace socket: {e}");
-                std::thread::sleep(Duration::from_millis(200));
+                let _ = poll.poll(&mut events, Some(STOP_POLL));
             }
         }
     }
