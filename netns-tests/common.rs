@@ -79,29 +79,44 @@ pub(crate) const BULK: u64 = 100 * 1024 * 1024;
 /// Runs UDP echo both ways (50 round trips each) and a 100 MiB TCP transfer each way between
 /// the pods, asserting every reply arrived and every stream hashed the same on arrival.
 pub(crate) fn exchange_both_ways(topo: &Topology) {
+    exchange_both_ways_at(topo, fustian::lab::pod_addr, BULK);
+}
+
+/// As [`exchange_both_ways`], between the pod addresses `pod_addr` gives (IPv4 or IPv6), with
+/// `bulk` bytes each way.
+pub(crate) fn exchange_both_ways_at(
+    topo: &Topology,
+    pod_addr: fn(usize, u16) -> std::net::SocketAddr,
+    bulk: u64,
+) {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
-    use fustian::lab::pod_addr;
     use fustian::lab::traffic::{Amount, tcp_bulk, udp_ping_pong};
 
     let stop = Arc::new(AtomicBool::new(false));
     for (from, to) in [(0, 1), (1, 0)] {
         let lat = udp_ping_pong(&topo.pods[from], &topo.pods[to], pod_addr(to, 7), 50, &stop)
             .expect("ping-pong runs");
-        assert_eq!(lat.replies, 50, "echo {from}->{to}: {lat:?}");
+        assert_eq!(
+            lat.replies,
+            50,
+            "echo {from}->{to}: {lat:?}\nnode 0: {:?}\nnode 1: {:?}",
+            topo.stats(0),
+            topo.stats(1)
+        );
     }
     for (from, to) in [(0, 1), (1, 0)] {
         let r = tcp_bulk(
             &topo.pods[from],
             &topo.pods[to],
             pod_addr(to, 5201),
-            Amount::Bytes(BULK),
+            Amount::Bytes(bulk),
             true,
             &stop,
         )
         .expect("bulk transfer runs");
-        assert_eq!(r.sent, BULK);
+        assert_eq!(r.sent, bulk);
         assert!(r.sent_hash.is_some());
         assert!(r.intact(), "{from}->{to}: {r:?}");
     }

@@ -12,6 +12,7 @@ mod churn;
 mod cli;
 mod common;
 mod doctor;
+mod dual_stack;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod flannel_compat;

@@ -94,6 +94,18 @@ pub struct RunArgs {
     /// choose, else of the interface holding the IPv4 default route].
     #[arg(long, value_name = "IP")]
     pub public_ip: Option<String>,
+    /// This node's IPv6 underlay address, beside an IPv4 --public-ip: a second socket binds to
+    /// it and IPv6 peers are reached through it; alone, the node's only underlay address.
+    #[arg(long, value_name = "IPV6")]
+    pub public_ipv6: Option<String>,
+    /// Dual stack: the IPv6 overlay network beside the IPv4 --network, routed into the TUN
+    /// device too. Example: fd00:10:244::/56.
+    #[arg(long, value_name = "CIDR")]
+    pub ipv6_network: Option<String>,
+    /// Dual stack: this node's IPv6 pod subnet, inside --ipv6-network. Example:
+    /// fd00:10:244:1::/64.
+    #[arg(long, value_name = "CIDR")]
+    pub ipv6_subnet: Option<String>,
     /// Underlay interface, by name or by one of its addresses; its MTU sizes the tunnel.
     /// Repeatable: the first that exists wins [default: the one holding --public-ip, else the
     /// one holding the default route].
@@ -254,6 +266,9 @@ impl RunArgs {
             network: self.network.clone(),
             subnet: self.subnet.clone(),
             public_ip: self.public_ip.clone(),
+            ipv6_network: self.ipv6_network.clone(),
+            ipv6_subnet: self.ipv6_subnet.clone(),
+            public_ipv6: self.public_ipv6.clone(),
             iface: self.underlay.clone(),
             backend: self.backend.clone(),
             port: self.port,
@@ -307,7 +322,17 @@ impl RunArgs {
         if sel.is_empty() && public_ip_given {
             return Ok(None);
         }
-        let external = crate::iface::select(&sel)?;
+        let public_ipv6_given =
+            self.public_ipv6.is_some() || file.is_some_and(|f| f.public_ipv6.is_some());
+        let external = match crate::iface::select(&sel) {
+            Ok(external) => external,
+            // A host with no IPv4 underlay runs on --public-ipv6 alone.
+            Err(e) if public_ipv6_given && !public_ip_given && sel.is_empty() => {
+                tracing::info!("no IPv4 underlay ({e}); the IPv6 underlay address is the only one");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         tracing::info!(
             "underlay interface {} (index {}), address {}, from {}",
             external.name,
@@ -396,12 +421,7 @@ pub const FLANNELD_FLAGS: &[FlanneldFlag] = &[
     flag("iface-can-reach", FlagKind::Value),
     flag("subnet-file", FlagKind::Value),
     flag("public-ip", FlagKind::Value),
-    refused(
-        "public-ipv6",
-        FlagKind::Value,
-        &[""],
-        "IPv6 leases (PublicIPv6, dual stack) are not supported yet",
-    ),
+    flag("public-ipv6", FlagKind::Value),
     flag("subnet-lease-renew-margin", FlagKind::Value),
     flag("ip-masq", FlagKind::Bool),
     flag("ip-masq-fully-random-disable", FlagKind::Bool),

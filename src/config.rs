@@ -22,6 +22,9 @@
 //! tun = "flannel0"         # optional
 //! mtu = 1472               # optional, default underlay MTU - overhead
 //! iface = "eth0"           # optional, default: the interface holding public_ip
+//! ipv6_network = "fd00:10:244::/56"  # optional: dual stack, IPv6 beside an IPv4 network
+//! ipv6_subnet = "fd00:10:244:1::/64" # with ipv6_network: this node's IPv6 subnet
+//! public_ipv6 = "2001:db8::1"        # optional: an IPv6 underlay address beside public_ip
 //!
 //! [[peer]]
 //! subnet = "10.244.2.0/24"
@@ -30,7 +33,7 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -138,6 +141,12 @@ pub struct RawNode {
     pub subnet: Option<String>,
     /// This node's public IP.
     pub public_ip: Option<String>,
+    /// The IPv6 overlay network of a dual-stack node.
+    pub ipv6_network: Option<String>,
+    /// This node's IPv6 subnet in it.
+    pub ipv6_subnet: Option<String>,
+    /// This node's IPv6 underlay address, beside an IPv4 public IP.
+    pub public_ipv6: Option<String>,
     /// Underlay interface.
     pub iface: Option<String>,
     /// Backend name.
@@ -272,6 +281,11 @@ pub struct NodeConfig {
     pub subnet: IpNet,
     /// This node's public (underlay) address; the UDP socket binds to it.
     pub public_ip: IpAddr,
+    /// The IPv6 overlay of a dual-stack node, beside the IPv4 `network` and `subnet`.
+    pub ipv6: Option<Overlay6>,
+    /// A second underlay address, IPv6, beside an IPv4 `public_ip`: sockets bind to it too,
+    /// and peers with IPv6 endpoints are reached through them.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// The underlay interface, when given; otherwise the one holding `public_ip`.
     pub iface: Option<String>,
     /// The wire format and its settings.
@@ -298,6 +312,15 @@ pub struct NodeConfig {
     pub traffic: TrafficConfig,
 }
 
+/// The IPv6 half of a dual-stack node's overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlay6 {
+    /// The IPv6 overlay network (flannel's `IPv6Network`), routed into the TUN device.
+    pub network: IpNet,
+    /// This node's IPv6 pod subnet in it.
+    pub subnet: IpNet,
+}
+
 /// What a managed network (joined through etcd) settles for this node: typed values that
 /// take the place of the flags and the file for these settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,6 +329,8 @@ pub struct Managed {
     pub network: IpNet,
     /// This node's subnet (its lease).
     pub subnet: IpNet,
+    /// The IPv6 network and this node's IPv6 subnet (its lease's), on a dual-stack network.
+    pub ipv6: Option<Overlay6>,
     /// The encapsulation every node of the network uses.
     pub backend: ManagedBackend,
     /// The UDP port every node of the network listens on.
@@ -411,17 +436,45 @@ impl NodeConfig {
                 format!("not inside the network {network}"),
             ));
         }
-        let (public_ip, o) = required(pick!(public_ip, "public-ip"), "public-ip", "public_ip")?;
-        let public_ip: IpAddr = public_ip
-            .parse()
-            .map_err(|e| invalid(o.clone(), &public_ip, format!("{e}")))?;
-        if public_ip.is_unspecified() || public_ip.is_multicast() {
-            return Err(invalid(
-                o,
-                &public_ip.to_string(),
-                "must be a unicast address".into(),
-            ));
-        }
+        let ipv6 = match managed {
+            Some(m) => m.ipv6,
+            None => resolve_overlay6(
+                network,
+                pick!(ipv6_network, "ipv6-network"),
+                pick!(ipv6_subnet, "ipv6-subnet"),
+            )?,
+        };
+        let public_ipv6 = match pick!(public_ipv6, "public-ipv6") {
+            None => None,
+            Some((text, o)) => match parse_unicast_ip(&text, o.clone())? {
+                IpAddr::V6(ip) => Some((ip, o)),
+                IpAddr::V4(_) => {
+                    return Err(invalid(o, &text, "not an IPv6 address".into()));
+                }
+            },
+        };
+        // An IPv6-only underlay may be given as --public-ipv6 alone.
+        let (public_ip, public_ipv6) = match (pick!(public_ip, "public-ip"), public_ipv6) {
+            (None, Some((v6, _))) => (IpAddr::V6(v6), None),
+            (given, v6) => {
+                let (text, o) = required(given, "public-ip", "public_ip")?;
+                let ip = parse_unicast_ip(&text, o)?;
+                match (ip, v6) {
+                    (IpAddr::V6(a), Some((b, o))) if a != b => {
+                        return Err(invalid(
+                            o,
+                            &b.to_string(),
+                            format!(
+                                "the public IP {a} is already IPv6; --public-ipv6 adds an IPv6 \
+                                 underlay beside an IPv4 one"
+                            ),
+                        ));
+                    }
+                    (IpAddr::V6(_), Some(_)) => (ip, None),
+                    (_, v6) => (ip, v6.map(|(v6, _)| v6)),
+                }
+            }
+        };
 
         let vxlan = match (managed, pick!(backend, "backend")) {
             (Some(m), _) => matches!(m.backend, ManagedBackend::Vxlan { .. }),
@@ -610,21 +663,24 @@ impl NodeConfig {
         for (i, entry) in entries.iter().enumerate() {
             let o = origin("peer", &format!("peer[{i}]"), from_cli);
             let sn = parse_net(&entry.subnet, o.clone())?;
-            if !network.contains(&sn) {
-                return Err(invalid(
-                    o,
-                    &entry.subnet,
-                    format!("not inside the network {network}"),
-                ));
+            if !network.contains(&sn) && !ipv6.is_some_and(|v6| v6.network.contains(&sn)) {
+                let networks = match ipv6 {
+                    Some(v6) => format!("the networks {network} and {}", v6.network),
+                    None => format!("the network {network}"),
+                };
+                return Err(invalid(o, &entry.subnet, format!("not inside {networks}")));
             }
             let endpoint = parse_endpoint(&entry.public_ip, port)
                 .map_err(|r| invalid(o.clone(), &entry.public_ip, r))?;
-            if endpoint.is_ipv4() != public_ip.is_ipv4() {
-                return Err(invalid(
-                    o,
-                    &entry.public_ip,
-                    "not the family of --public-ip".into(),
-                ));
+            let reachable = endpoint.is_ipv4() == public_ip.is_ipv4()
+                || (endpoint.is_ipv6() && public_ipv6.is_some());
+            if !reachable {
+                let why = if endpoint.is_ipv6() {
+                    "an IPv6 endpoint needs an IPv6 underlay: give --public-ipv6"
+                } else {
+                    "an IPv4 endpoint needs an IPv4 --public-ip"
+                };
+                return Err(invalid(o, &entry.public_ip, why.into()));
             }
             let peer_mac = match &entry.vtep_mac {
                 Some(text) => {
@@ -650,13 +706,17 @@ impl NodeConfig {
             });
         }
         // Let the table report duplicates and overlaps with the same words it uses at run time.
-        crate::table::Snapshot::new(vec![subnet], peers.clone())
+        let mut local = vec![subnet];
+        local.extend(ipv6.map(|v6| v6.subnet));
+        crate::table::Snapshot::new(local, peers.clone())
             .map_err(|e| invalid(origin("peer", "peer", from_cli), "", e.to_string()))?;
 
         Ok(Self {
             network,
             subnet,
             public_ip,
+            ipv6,
+            public_ipv6,
             iface,
             backend,
             subnet_file,
@@ -680,10 +740,26 @@ impl NodeConfig {
         }
     }
 
-    /// Returns the encapsulation overhead over the inner packet on this node's underlay.
+    /// Returns the encapsulation overhead over the inner packet on this node's underlay: the
+    /// larger one (IPv6's outer header) when any underlay address is IPv6, so one TUN MTU
+    /// fits both.
     pub const fn overhead(&self) -> usize {
         self.encap(MacAddress([0; 6]))
-            .overhead(self.public_ip.is_ipv6())
+            .overhead(self.public_ip.is_ipv6() || self.public_ipv6.is_some())
+    }
+
+    /// Returns this node's own subnets: the subnet, and the IPv6 subnet of a dual-stack node.
+    pub fn local_subnets(&self) -> Vec<IpNet> {
+        let mut local = vec![self.subnet];
+        local.extend(self.ipv6.map(|v6| v6.subnet));
+        local
+    }
+
+    /// Returns the overlay networks routed into the TUN device.
+    pub fn networks(&self) -> Vec<IpNet> {
+        let mut nets = vec![self.network];
+        nets.extend(self.ipv6.map(|v6| v6.network));
+        nets
     }
 
     /// Returns where a generated VTEP MAC is kept: next to the subnet file.
@@ -768,6 +844,75 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
+/// Settles the IPv6 half of a dual-stack overlay from `--ipv6-network` and `--ipv6-subnet`:
+/// both or neither, both IPv6, the subnet inside the network, beside an IPv4 `network`.
+fn resolve_overlay6(
+    network: IpNet,
+    net6: Option<(String, Origin)>,
+    sub6: Option<(String, Origin)>,
+) -> Result<Option<Overlay6>, ConfigError> {
+    let (net_text, net_o, sub_text, sub_o) = match (net6, sub6) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::Missing {
+                flag: "ipv6-subnet",
+                field: "ipv6_subnet",
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing {
+                flag: "ipv6-network",
+                field: "ipv6_network",
+            });
+        }
+        (Some((n, no)), Some((s, so))) => (n, no, s, so),
+    };
+    let net = parse_net(&net_text, net_o.clone())?;
+    if !matches!(net, IpNet::V6(_)) {
+        return Err(invalid(net_o, &net_text, "not an IPv6 network".into()));
+    }
+    if matches!(network, IpNet::V6(_)) {
+        return Err(invalid(
+            net_o,
+            &net_text,
+            format!(
+                "the network {network} is already IPv6; --ipv6-network adds IPv6 beside an \
+                 IPv4 network"
+            ),
+        ));
+    }
+    let sub = parse_net(&sub_text, sub_o.clone())?;
+    if !net.contains(&sub) {
+        return Err(invalid(
+            sub_o,
+            &sub_text,
+            format!("not inside the IPv6 network {net}"),
+        ));
+    }
+    if sub.prefix_len() > 126 {
+        return Err(invalid(
+            sub_o,
+            &sub_text,
+            "an IPv6 subnet needs room for pods: /126 or shorter".into(),
+        ));
+    }
+    Ok(Some(Overlay6 {
+        network: net,
+        subnet: sub,
+    }))
+}
+
+/// Parses a unicast IP address (public IPs).
+fn parse_unicast_ip(text: &str, origin: Origin) -> Result<IpAddr, ConfigError> {
+    let ip: IpAddr = text
+        .parse()
+        .map_err(|e| invalid(origin.clone(), text, format!("{e}")))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(invalid(origin, text, "must be a unicast address".into()));
+    }
+    Ok(ip)
+}
+
 /// Parses `SUBNET=IP[:PORT][@MAC]` as written after `--peer`.
 ///
 /// # Errors
@@ -849,6 +994,7 @@ mod tests {
         Managed {
             network: "10.244.0.0/16".parse().expect("literal"),
             subnet: "10.244.9.0/24".parse().expect("literal"),
+            ipv6: None,
             backend: ManagedBackend::Vxlan {
                 vni: 7,
                 vtep_mac: Some("02:00:00:00:00:09".parse().expect("literal")),

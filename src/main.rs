@@ -53,6 +53,18 @@ fn join_etcd(
     use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet};
     use fustian::control::lease::{Backend, DEFAULT_PREFIX};
     let raw = args.raw();
+    for (given, flag) in [
+        (&raw.public_ipv6, "--public-ipv6"),
+        (&raw.ipv6_network, "--ipv6-network"),
+        (&raw.ipv6_subnet, "--ipv6-subnet"),
+    ] {
+        if given.is_some() {
+            anyhow::bail!(
+                "{flag} is for a static node: IPv6 leases from etcd (EnableIPv6, PublicIPv6) are \
+                 not supported yet"
+            );
+        }
+    }
     let public_ip: std::net::Ipv4Addr = raw
         .public_ip
         .as_deref()
@@ -144,6 +156,7 @@ fn join_etcd(
     let managed = Managed {
         network: joined.config.network.into(),
         subnet: joined.subnet.into(),
+        ipv6: None,
         backend: managed_backend,
         port: backend.port(),
         // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins.

@@ -57,35 +57,48 @@ pub struct RunOptions {
     pub trace_socket: Option<PathBuf>,
 }
 
-/// Writes flanneld's subnet file: the network, this node's subnet (its first address and
-/// length), the TUN MTU and whether this node masquerades (`FLANNEL_IPMASQ`), atomically,
-/// creating the directory.
+/// Writes flanneld's subnet file atomically, creating the directory: for each family the
+/// network and this node's subnet (its first address and length), as `FLANNEL_NETWORK` and
+/// `FLANNEL_SUBNET` for IPv4 and `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET` for IPv6, then
+/// the TUN MTU and whether this node masquerades (`FLANNEL_IPMASQ`). `overlays` are
+/// `(network, subnet)` pairs, IPv4 first as flanneld writes them.
 ///
 /// # Errors
 ///
 /// The directory, write or rename error.
 pub fn write_subnet_file(
     path: &std::path::Path,
-    network: ipnet::IpNet,
-    subnet: ipnet::IpNet,
+    overlays: &[(ipnet::IpNet, ipnet::IpNet)],
     mtu: u32,
     ipmasq: bool,
 ) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let first = match subnet {
-        ipnet::IpNet::V4(n) => std::net::IpAddr::V4(std::net::Ipv4Addr::from(
-            u32::from(n.network()).saturating_add(1),
-        )),
-        ipnet::IpNet::V6(n) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(n.network()).saturating_add(1),
-        )),
-    };
-    let text = format!(
-        "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={first}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ipmasq}\n",
-        subnet.prefix_len()
-    );
+    let mut text = String::new();
+    let mut ordered: Vec<_> = overlays.to_vec();
+    ordered.sort_by_key(|(n, _)| n.addr().is_ipv6());
+    for (network, subnet) in ordered {
+        let (first, family) = match subnet {
+            ipnet::IpNet::V4(n) => (
+                std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                    u32::from(n.network()).saturating_add(1),
+                )),
+                "",
+            ),
+            ipnet::IpNet::V6(n) => (
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(n.network()).saturating_add(1),
+                )),
+                "IPV6_",
+            ),
+        };
+        text.push_str(&format!(
+            "FLANNEL_{family}NETWORK={network}\nFLANNEL_{family}SUBNET={first}/{}\n",
+            subnet.prefix_len()
+        ));
+    }
+    text.push_str(&format!("FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ipmasq}\n"));
     write_atomically(path, text.as_bytes())
 }
 
@@ -109,14 +122,15 @@ pub fn run(
     let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
     let device = Device::open(&mut nl, config, &underlay)?;
     let (sockets, offloads) = open_sockets(config, &device)?;
+    let sockets6 = open_sockets6(config, &device)?;
     if let Some(reason) = prefer_epoll(config, offloads) {
         backend = Backend::Epoll;
         why = reason;
     }
-    let (encap, tx_pool) = encapsulation(config)?;
+    let (encap, tx_pool, tx_pool6) = encapsulation(config)?;
     let workers = device.queues.len();
     let table = Arc::new(Table::new(
-        Snapshot::new(vec![config.subnet], config.peers.clone())?,
+        Snapshot::new(config.local_subnets(), config.peers.clone())?,
         workers,
     ));
     let metrics = Arc::new(Metrics::new(workers));
@@ -130,7 +144,12 @@ pub fn run(
         offloads,
     };
     facts.log_node_up();
-    let mut masq = start_masquerade(config)?;
+    let mut masq = start_masquerade(config, config.network, config.subnet)?;
+    // A dual-stack node keeps the IPv6 overlay's rules too, with ip6tables.
+    let mut masq6 = match config.ipv6 {
+        Some(v6) => start_masquerade(config, v6.network, v6.subnet)?,
+        None => None,
+    };
     write_subnet_file_step(config, device.mtu, opts.subnet_file_required)?;
     let view = Arc::new(NodeView {
         head: facts.status_head(),
@@ -153,8 +172,8 @@ pub fn run(
     {
         tracing::warn!("cannot serve fustian trace: {e}");
     }
-    if let Some(masq) = &mut masq {
-        masq.settled();
+    for keeper in [&mut masq, &mut masq6].into_iter().flatten() {
+        keeper.settled();
     }
     let control_threads = spawn_controls(controls, &table, stop)?;
     let fwd = Forwarding {
@@ -166,6 +185,7 @@ pub fn run(
     };
     let shared = WorkerShared {
         tx_pool: Arc::new(tx_pool),
+        tx_pool6: Arc::new(tx_pool6),
         table: Arc::clone(&table),
         metrics,
         fwd,
@@ -176,7 +196,7 @@ pub fn run(
         tun_mtu: device.mtu as usize,
         trace: Arc::clone(&trace),
     };
-    let handles = match spawn_workers(backend, device.queues, sockets, &shared) {
+    let handles = match spawn_workers(backend, device.queues, sockets, sockets6, &shared) {
         Ok(handles) => handles,
         Err(e) => {
             // The workers already started and the control sources stop with the flag.
@@ -188,7 +208,7 @@ pub fn run(
         }
     };
     supervise(opts, stop, &handles, &view);
-    teardown(
+    let result = teardown(
         opts,
         stop,
         handles,
@@ -196,7 +216,9 @@ pub fn run(
         &view,
         masq,
         device.created,
-    )
+    );
+    drop(masq6);
+    result
 }
 
 /// The underlay interface and what its MTU leaves for the overlay.
@@ -291,17 +313,22 @@ impl Device {
             name: name.clone(),
             source,
         };
-        // As flanneld's udp backend (`udp_network_amd64.go`): the lease's first address as a
-        // host address, so the kernel makes no connected or broadcast route for it, then an
-        // explicit route for the whole network once the link is up.
-        let tun_addr = config.subnet.network();
-        let host_len = if tun_addr.is_ipv4() { 32 } else { 128 };
-        nl.add_address(index, tun_addr, host_len)
-            .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
+        // As flanneld's udp backend (`udp_network_amd64.go`) and its IPv6 VTEP: each lease's
+        // first address as a host address, so the kernel makes no connected or broadcast route
+        // for it, then an explicit route for each whole network once the link is up.
+        for subnet in config.local_subnets() {
+            let tun_addr = subnet.network();
+            let host_len = if tun_addr.is_ipv4() { 32 } else { 128 };
+            nl.add_address(index, tun_addr, host_len)
+                .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
+        }
         nl.set_mtu_up(index, mtu)
             .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
-        nl.add_route(index, config.network.trunc())
-            .map_err(|e| netlink_err(format!("add the route {}", config.network.trunc()), e))?;
+        for network in config.networks() {
+            let network = network.trunc();
+            nl.add_route(index, network)
+                .map_err(|e| netlink_err(format!("add the route {network}"), e))?;
+        }
         Ok(Self {
             queues,
             offload,
@@ -331,6 +358,24 @@ fn open_sockets(config: &NodeConfig, device: &Device) -> Result<(Vec<UdpSocket>,
     Ok((sockets, offloads))
 }
 
+/// Binds the second group of sockets, one per queue, to the IPv6 underlay address of a node
+/// that has one beside its IPv4 public IP; with `UDP_GRO` when the first group has it.
+fn open_sockets6(config: &NodeConfig, device: &Device) -> Result<Vec<UdpSocket>, Error> {
+    let Some(ip) = config.public_ipv6 else {
+        return Ok(Vec::new());
+    };
+    let listen = SocketAddr::new(ip.into(), config.port);
+    let sockets = UdpSocket::bind_group(listen, device.queues.len())?;
+    if config.offload {
+        for s in &sockets {
+            if let Err(e) = s.enable_gro() {
+                tracing::info!("no UDP_GRO on the IPv6 underlay socket: {e}");
+            }
+        }
+    }
+    Ok(sockets)
+}
+
 /// With super-packets a system call moves up to 64 KiB and the ring's batching of small
 /// packets matters little; the epoll loop measured ahead there, in throughput and in CPU per
 /// Gbit (BENCHMARKS.md), so `auto` takes it: returns the reason when it does.
@@ -339,10 +384,11 @@ fn prefer_epoll(config: &NodeConfig, offloads: Offloads) -> Option<String> {
         .then(|| "auto: offloads in use, where the epoll loop measured ahead".to_owned())
 }
 
-/// The encapsulation, and with VXLAN the pool of sockets whose source ports spread flows.
-fn encapsulation(config: &NodeConfig) -> Result<(Encap, Vec<UdpSocket>), Error> {
+/// The encapsulation, and with VXLAN the pools of sockets whose source ports spread flows (the
+/// second one on the IPv6 underlay address, when there is one).
+fn encapsulation(config: &NodeConfig) -> Result<(Encap, Vec<UdpSocket>, Vec<UdpSocket>), Error> {
     Ok(match config.backend {
-        BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new()),
+        BackendConfig::Udp => (config.encap(MacAddress([0; 6])), Vec::new(), Vec::new()),
         BackendConfig::Vxlan {
             vtep_mac,
             port_range,
@@ -354,27 +400,36 @@ fn encapsulation(config: &NodeConfig) -> Result<(Encap, Vec<UdpSocket>), Error> 
                 None => load_or_create_vtep_mac(&config.vtep_mac_path())?,
             };
             let pool = UdpSocket::bind_source_pool(config.public_ip, port_range, source_ports)?;
+            let pool6 = match config.public_ipv6 {
+                Some(ip) => UdpSocket::bind_source_pool(ip.into(), port_range, source_ports)?,
+                None => Vec::new(),
+            };
             tracing::info!(
                 vtep_mac = %mac,
                 source_ports = ?pool.iter().map(|s| s.local_addr().port()).collect::<Vec<_>>(),
+                ipv6_source_ports = ?pool6.iter().map(|s| s.local_addr().port()).collect::<Vec<_>>(),
                 "vxlan endpoint"
             );
-            (config.encap(mac), pool)
+            (config.encap(mac), pool, pool6)
         }
     })
 }
 
 /// flanneld's masquerade and forward rules, kept by a thread that is set up to keep
 /// `CAP_NET_ADMIN` before the privileges are dropped; removed when the keeper drops.
-fn start_masquerade(config: &NodeConfig) -> Result<Option<crate::masq::Keeper>, Error> {
+fn start_masquerade(
+    config: &NodeConfig,
+    network: ipnet::IpNet,
+    subnet: ipnet::IpNet,
+) -> Result<Option<crate::masq::Keeper>, Error> {
     let t = config.traffic;
     if !t.any() {
         return Ok(None);
     }
     Ok(Some(crate::masq::Keeper::start(
         crate::masq::Plan {
-            network: config.network,
-            subnet: config.subnet,
+            network,
+            subnet,
             masquerade: t.ip_masq,
             random_fully: t.random_fully,
             forward: t.forward_rules,
@@ -386,13 +441,9 @@ fn start_masquerade(config: &NodeConfig) -> Result<Option<crate::masq::Keeper>, 
 /// The node is ready: tells the pods' network plugin, as flanneld does. A failure stops the
 /// node when `required`, and is a warning otherwise.
 fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Result<(), Error> {
-    if let Err(e) = write_subnet_file(
-        &config.subnet_file,
-        config.network,
-        config.subnet,
-        mtu,
-        config.traffic.ip_masq,
-    ) {
+    let mut overlays = vec![(config.network, config.subnet)];
+    overlays.extend(config.ipv6.map(|v6| (v6.network, v6.subnet)));
+    if let Err(e) = write_subnet_file(&config.subnet_file, &overlays, mtu, config.traffic.ip_masq) {
         let what = format!("write the subnet file {}", config.subnet_file.display());
         if required {
             return Err(Error::Io { what, source: e });
@@ -418,6 +469,13 @@ impl Facts<'_> {
         SocketAddr::new(self.config.public_ip, self.config.port)
     }
 
+    /// The IPv6 underlay address and port beside an IPv4 one, when there is one.
+    fn listen6(&self) -> Option<SocketAddr> {
+        self.config
+            .public_ipv6
+            .map(|ip| SocketAddr::new(ip.into(), self.config.port))
+    }
+
     /// Logs the "node up" line.
     fn log_node_up(&self) {
         tracing::info!(
@@ -426,7 +484,9 @@ impl Facts<'_> {
             mtu = self.device.mtu,
             subnet = %self.config.subnet,
             network = %self.config.network,
+            ipv6_subnet = ?self.config.ipv6.map(|v6| v6.subnet),
             listen = %self.listen(),
+            listen6 = ?self.listen6(),
             backend = self.encap.name(),
             io = self.backend.name(),
             io_reason = %self.why,
@@ -448,7 +508,10 @@ impl Facts<'_> {
             "mtu": self.device.mtu,
             "network": self.config.network.to_string(),
             "subnet": self.config.subnet.to_string(),
+            "ipv6_network": self.config.ipv6.map(|v6| v6.network.to_string()),
+            "ipv6_subnet": self.config.ipv6.map(|v6| v6.subnet.to_string()),
             "listen": self.listen().to_string(),
+            "listen6": self.listen6().map(|a| a.to_string()),
             "backend": self.encap.name(),
             "vni": vxlan.map(|p| p.vni),
             "vtep_mac": vxlan.map(|p| p.local_mac.to_string()),
@@ -462,9 +525,14 @@ impl Facts<'_> {
 
     /// The `fustian_info` gauge, in the Prometheus text format.
     fn info_gauge(&self) -> String {
+        let ipv6 = self
+            .config
+            .ipv6
+            .map(|v6| format!(",ipv6_subnet=\"{}\"", v6.subnet))
+            .unwrap_or_default();
         format!(
             "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
-             tun=\"{}\",subnet=\"{}\"}} 1\n",
+             tun=\"{}\",subnet=\"{}\"{ipv6}}} 1\n",
             self.encap.name(),
             self.backend.name(),
             self.offloads.describe(),
@@ -686,6 +754,7 @@ fn spawn_controls(
 /// What every worker shares.
 struct WorkerShared {
     tx_pool: Arc<Vec<UdpSocket>>,
+    tx_pool6: Arc<Vec<UdpSocket>>,
     table: Arc<Table>,
     metrics: Arc<Metrics>,
     fwd: Forwarding,
@@ -697,20 +766,24 @@ struct WorkerShared {
     trace: Arc<crate::trace::Hub>,
 }
 
-/// Starts one worker per TUN queue and socket.
+/// Starts one worker per TUN queue and socket (and IPv6 underlay socket, when there are any).
 fn spawn_workers(
     backend: Backend,
     queues: Vec<Tun>,
     sockets: Vec<UdpSocket>,
+    sockets6: Vec<UdpSocket>,
     shared: &WorkerShared,
 ) -> Result<Vec<JoinHandle<std::io::Result<()>>>, Error> {
     let mut handles = Vec::with_capacity(queues.len());
+    let mut sockets6 = sockets6.into_iter();
     for (id, (tun, udp)) in queues.into_iter().zip(sockets).enumerate() {
         let worker = Worker {
             id,
             tun,
             udp,
+            udp6: sockets6.next(),
             tx_pool: Arc::clone(&shared.tx_pool),
+            tx_pool6: Arc::clone(&shared.tx_pool6),
             table: Arc::clone(&shared.table),
             metrics: Arc::clone(&shared.metrics),
             fwd: shared.fwd,

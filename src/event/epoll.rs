@@ -1,6 +1,7 @@
 //! The epoll backend (through mio): edge-triggered readiness, `recvmmsg`/`sendmmsg` batches.
 //!
-//! One `Poll` per worker with two registrations, the TUN queue and the UDP socket. On a
+//! One `Poll` per worker with two registrations, the TUN queue and the UDP socket (three with
+//! a second socket on an IPv6 underlay address). On a
 //! wakeup the worker alternates one batch from each ready source until each would block, so
 //! neither direction starves the other under load (flannel's proxy reads one packet per
 //! syscall and starves its control socket under load); a source without an event is not
@@ -23,6 +24,7 @@ use crate::udp::{MmsgScratch, Received};
 
 const TUN: Token = Token(0);
 const UDP: Token = Token(1);
+const UDP6: Token = Token(2);
 
 struct Loop {
     w: Worker,
@@ -50,6 +52,10 @@ pub fn run(worker: Worker) -> io::Result<()> {
         .register(&mut SourceFd(&tun_fd), TUN, Interest::READABLE)?;
     poll.registry()
         .register(&mut SourceFd(&udp_fd), UDP, Interest::READABLE)?;
+    if let Some(udp6) = &worker.udp6 {
+        poll.registry()
+            .register(&mut SourceFd(&udp6.as_raw_fd()), UDP6, Interest::READABLE)?;
+    }
     let core = worker.core();
     // One byte more than the largest accepted datagram lets `MSG_TRUNC` tell a longer one
     // apart; the slots round that up.
@@ -67,7 +73,7 @@ pub fn run(worker: Worker) -> io::Result<()> {
     };
     let mut events = Events::with_capacity(8);
     // Both are drained once at start: packets may have queued before the registration.
-    let (mut tun_ready, mut udp_ready) = (true, true);
+    let (mut tun_ready, mut udp_ready, mut udp6_ready) = (true, true, worker_has_udp6(&l));
     let mut spin = Spin::new(l.w.busy_poll);
     tracing::debug!(worker = l.w.id, "epoll worker started");
     while !l.w.stop.load(Ordering::Relaxed) {
@@ -91,20 +97,28 @@ pub fn run(worker: Worker) -> io::Result<()> {
             match event.token() {
                 TUN => tun_ready = true,
                 UDP => udp_ready = true,
+                UDP6 => udp6_ready = true,
                 _ => {}
             }
         }
-        while (tun_ready || udp_ready) && !l.w.stop.load(Ordering::Relaxed) {
+        while (tun_ready || udp_ready || udp6_ready) && !l.w.stop.load(Ordering::Relaxed) {
             if tun_ready {
                 tun_ready = l.tun_to_udp() == l.tun_bufs.count();
             }
             if udp_ready {
-                udp_ready = l.udp_to_tun() == BATCH;
+                udp_ready = l.udp_to_tun(false) == BATCH;
+            }
+            if udp6_ready {
+                udp6_ready = l.udp_to_tun(true) == BATCH;
             }
         }
     }
     tracing::debug!(worker = l.w.id, "epoll worker stopped");
     Ok(())
+}
+
+fn worker_has_udp6(l: &Loop) -> bool {
+    l.w.udp6.is_some()
 }
 
 impl Loop {
@@ -173,10 +187,16 @@ impl Loop {
         read
     }
 
-    /// Receives one batch from the socket and carries out each read's plan; returns the reads.
-    fn udp_to_tun(&mut self) -> usize {
+    /// Receives one batch from the socket (the IPv6 underlay's with `v6`) and carries out
+    /// each read's plan; returns the reads.
+    fn udp_to_tun(&mut self, v6: bool) -> usize {
         let slot = self.rx_bufs.slot();
-        let n = match self.w.udp.recv_batch(
+        let socket = match (&self.w.udp6, v6) {
+            (Some(s), true) => s,
+            (None, true) => return 0,
+            _ => &self.w.udp,
+        };
+        let n = match socket.recv_batch(
             &mut self.recv_scratch,
             self.rx_bufs.data_mut(),
             slot,

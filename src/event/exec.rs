@@ -81,7 +81,7 @@ impl Sender {
                     dst,
                     start: base + start,
                     len,
-                    socket: u16::try_from(socket).unwrap_or(0),
+                    socket: socket_id(w, socket, dst),
                 });
                 if self.queue.len() >= BATCH {
                     self.flush(w, data);
@@ -98,7 +98,14 @@ impl Sender {
                 let packet = data
                     .get(base + packet..base + packet + packet_len)
                     .unwrap_or_default();
-                self.send_segments(w, core, socket, dst, packet, count);
+                self.send_segments(
+                    w,
+                    core,
+                    usize::from(socket_id(w, socket, dst)),
+                    dst,
+                    packet,
+                    count,
+                );
             }
             TxPlan::Icmp { len } => match w.tun.write(core.icmp_reply(len)) {
                 Ok(_) => Counters::add(&w.metrics.worker(w.id).tun_tx_icmp, 1),
@@ -121,7 +128,11 @@ impl Sender {
             len: bytes.len(),
             socket: 0,
         }];
-        if matches!(w.udp.send_batch(&mut self.mm, bytes, &t), Ok(1)) {
+        let sock = match &w.udp6 {
+            Some(s) if dst.is_ipv6() => s,
+            _ => &w.udp,
+        };
+        if matches!(sock.send_batch(&mut self.mm, bytes, &t), Ok(1)) {
             Counters::add(&w.metrics.worker(w.id).probe_tx, 1);
         }
     }
@@ -132,7 +143,7 @@ impl Sender {
         if self.queue.is_empty() {
             return;
         }
-        if w.tx_pool.len() > 1 {
+        if w.tx_pool.len() > 1 || w.udp6.is_some() {
             // Stable: datagrams of one socket keep their order.
             self.queue.sort_by_key(|t| t.socket);
         }
@@ -311,10 +322,29 @@ fn send_in_order(
     }
 }
 
-/// The socket that sends for source socket index `socket`: one of the VXLAN source pool, or
-/// the worker's own socket without a pool.
-fn socket_of(w: &Worker, socket: usize) -> &UdpSocket {
-    w.tx_pool.get(socket).unwrap_or(&w.udp)
+/// Marks a socket id as one of the IPv6 underlay's sockets.
+const IPV6_SOCKET: u16 = 0x8000;
+
+/// The id of the socket that sends to `dst` for the core's source socket index `socket`: the
+/// index, with [`IPV6_SOCKET`] set when `dst` is reached over the IPv6 underlay of a node that
+/// has one beside its IPv4 one.
+fn socket_id(w: &Worker, socket: usize, dst: SocketAddr) -> u16 {
+    let index = u16::try_from(socket).unwrap_or(0) & !IPV6_SOCKET;
+    if dst.is_ipv6() && w.udp6.is_some() {
+        index | IPV6_SOCKET
+    } else {
+        index
+    }
+}
+
+/// The socket that sends for socket id `id` ([`socket_id`]): one of a VXLAN source pool, or
+/// the worker's own socket of that family without a pool.
+fn socket_of(w: &Worker, id: usize) -> &UdpSocket {
+    let index = id & usize::from(!IPV6_SOCKET);
+    match &w.udp6 {
+        Some(udp6) if id & usize::from(IPV6_SOCKET) != 0 => w.tx_pool6.get(index).unwrap_or(udp6),
+        _ => w.tx_pool.get(index).unwrap_or(&w.udp),
+    }
 }
 
 /// The TUN side: writes, counted.

@@ -129,9 +129,14 @@ pub struct Worker {
     pub tun: Tun,
     /// The UDP socket bound to the backend port: receives everything, sends for `udp`.
     pub udp: UdpSocket,
+    /// The socket bound to the IPv6 underlay address and the backend port, on a node with one
+    /// beside an IPv4 public IP: receives too, and sends to peers with IPv6 endpoints.
+    pub udp6: Option<UdpSocket>,
     /// VXLAN: sockets bound to distinct source ports; a flow's hash picks one (empty: send
     /// from `udp`).
     pub tx_pool: Arc<Vec<UdpSocket>>,
+    /// VXLAN: the same on the IPv6 underlay address (empty: send from `udp6`).
+    pub tx_pool6: Arc<Vec<UdpSocket>>,
     /// The shared table.
     pub table: Arc<Table>,
     /// The shared counters.
@@ -158,7 +163,12 @@ impl Worker {
     pub fn core(&self) -> Core {
         let gso = self.offloads.gso;
         self.udp.set_gso(gso);
-        for s in self.tx_pool.iter() {
+        for s in self
+            .tx_pool
+            .iter()
+            .chain(self.tx_pool6.iter())
+            .chain(self.udp6.as_ref())
+        {
             s.set_gso(gso);
         }
         Core::new(

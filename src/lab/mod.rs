@@ -29,8 +29,9 @@ pub mod traffic;
 
 pub use self::report::{Metric, NodeCounters, Report};
 pub use self::topology::{
-    GATEWAYS, HOST_IPS, LabBackend, NETWORK, POD_IPS, SUBNETS, ScratchDir, Topology, VTEP_MACS,
-    host_addr, pod_addr,
+    Family, GATEWAYS, HOST_IPS, HOST_IPS6, IPV6_GATEWAYS, IPV6_NETWORK, IPV6_POD_IPS, IPV6_SUBNETS,
+    LabBackend, NETWORK, POD_IPS, SUBNETS, ScratchDir, Stack, Topology, VTEP_MACS, VTEP_MACS6,
+    host_addr, pod_addr, pod_addr6,
 };
 
 use std::sync::Arc;

@@ -169,7 +169,9 @@ struct Loop {
 ///
 /// When the ring cannot be created or `io_uring_enter` fails for a reason other than `EINTR`.
 pub fn run(w: Worker) -> io::Result<()> {
-    let entries = u32::try_from(4 * SLOTS).unwrap_or(256);
+    // A second underlay socket (IPv6 beside IPv4) has its own single-shot receive slots.
+    let rx_slots = if w.udp6.is_some() { 2 * SLOTS } else { SLOTS };
+    let entries = u32::try_from(4 * SLOTS + rx_slots - SLOTS).unwrap_or(256);
     let ring = Ring::new(entries)?;
     let core = w.core();
     // One byte more than the largest accepted datagram lets `MSG_TRUNC` tell a longer one
@@ -179,7 +181,7 @@ pub fn run(w: Worker) -> io::Result<()> {
         ring,
         tx: SlotBuf::new(SLOTS, HEADROOM, core.tun_slot_len() - HEADROOM),
         tx_inflight: vec![0; SLOTS],
-        rx: (0..SLOTS)
+        rx: (0..rx_slots)
             .map(|_| RxSlot {
                 buf: vec![0u8; rx_len].into_boxed_slice(),
                 msg: RecvSlot::new(),
@@ -237,6 +239,10 @@ impl Loop {
             if self.multi.is_none() {
                 self.arm_recv(i)?;
             }
+        }
+        // The IPv6 underlay socket's receives are single-shot, always.
+        for j in SLOTS..self.rx.len() {
+            self.arm_recv(j)?;
         }
         self.arm_multi()?;
         self.arm_tx_multi()?;
@@ -642,7 +648,11 @@ impl Loop {
         if self.stopping {
             return Ok(());
         }
-        let fd = self.w.udp.as_raw_fd();
+        // Slots past the first `SLOTS` receive on the IPv6 underlay socket.
+        let fd = match &self.w.udp6 {
+            Some(udp6) if j >= SLOTS => udp6.as_raw_fd(),
+            _ => self.w.udp.as_raw_fd(),
+        };
         let Some(slot) = self.rx.get_mut(j) else {
             return Ok(());
         };
