@@ -142,3 +142,75 @@ fn ipv6_stacks_carry_traffic() {
         }
     }
 }
+
+/// fustian `vxlan` on a dual-stack node against a kernel node programmed as flanneld programs a
+/// dual-stack VXLAN node: `flannel.1` over IPv4 for the IPv4 pods, `flannel-v6.1` (its own
+/// VTEP MAC) over IPv6 for the IPv6 pods. Both families both ways, with matching hashes.
+#[test]
+fn vxlan_over_ipv6_interoperates_with_kernel_vxlan() {
+    if skip("vxlan_over_ipv6_interoperates_with_kernel_vxlan") {
+        return;
+    }
+    let _serial = serial();
+    let dual = Stack {
+        overlay: Family::Dual,
+        underlay: Family::Dual,
+    };
+    for extra in [LOOPS[1], LOOPS[4], LOOPS[6]] {
+        eprintln!(
+            "== vxlan_over_ipv6_interoperates_with_kernel_vxlan with {}",
+            extra.join(" ")
+        );
+        let mut topo = topology();
+        topo.add_ipv6()
+            .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+        topo.program_kernel_vxlan(1)
+            .unwrap_or_else(|e| panic!("kernel vxlan: {e}"));
+        topo.program_kernel_vxlan6(1, fustian::lab::VTEP_MACS[0])
+            .unwrap_or_else(|e| panic!("kernel vxlan over IPv6: {e}"));
+        // The kernel node's IPv6 VTEP has a MAC of its own.
+        let v6_peer = format!("{}=", fustian::lab::IPV6_SUBNETS[1]);
+        let args: Vec<String> = topo
+            .node_args_stack(0, LabBackend::Vxlan, dual, extra)
+            .into_iter()
+            .map(|a| match a.strip_prefix(&v6_peer) {
+                Some(rest) => format!(
+                    "{v6_peer}{}@{}",
+                    rest.split('@').next().unwrap_or_default(),
+                    fustian::lab::VTEP_MACS6[1]
+                ),
+                None => a,
+            })
+            .collect();
+        assert!(
+            args.iter()
+                .any(|a| a.ends_with(fustian::lab::VTEP_MACS6[1])),
+            "{args:?}"
+        );
+        if let Err(e) = topo.start_node(0, EXE, &args) {
+            panic!("{e}");
+        }
+        exchange_both_ways_at(&topo, pod_addr, BULK);
+        exchange_both_ways_at(&topo, pod_addr6, BULK);
+        let v6_endpoint = "[2001:db8::2]:8472";
+        for dir in ["tx", "rx"] {
+            let name = format!(
+                "peer_{dir}_bytes{{subnet=\"fd00:10:244:2::/64\",endpoint=\"{v6_endpoint}\"}}"
+            );
+            let done = wait_for(Duration::from_secs(5), || topo.counter(0, &name) > BULK);
+            assert!(done, "{name}: {:?}", topo.stats(0));
+        }
+        for reason in [
+            "wrong_vni",
+            "wrong_dst_mac",
+            "own_src_mac",
+            "rx_bad_flags",
+            "non_ip",
+            "spoofed_source",
+            "not_local",
+            "rx_bad_tcp_checksum",
+        ] {
+            assert_eq!(topo.counter(0, &format!("drop_{reason}")), 0, "{reason}");
+        }
+    }
+}
