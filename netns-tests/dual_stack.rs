@@ -214,3 +214,185 @@ fn vxlan_over_ipv6_interoperates_with_kernel_vxlan() {
         }
     }
 }
+
+/// An IPv6 UDP packet `src` -> `dst` (port 9001) with a valid checksum, carrying `payload`,
+/// with the extension headers `ext` (whole headers, first byte = the header's own type, which
+/// moves into the previous header's next-header field) in front of the UDP header.
+fn v6_packet(src: &str, dst: &str, ext: &[Vec<u8>], payload: &[u8]) -> Vec<u8> {
+    let src: std::net::Ipv6Addr = src.parse().expect("literal");
+    let dst: std::net::Ipv6Addr = dst.parse().expect("literal");
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&9001u16.to_be_bytes());
+    udp.extend_from_slice(
+        &u16::try_from(8 + payload.len())
+            .expect("small")
+            .to_be_bytes(),
+    );
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    // The UDP checksum over the pseudo-header (RFC 8200 section 8.1).
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&u32::try_from(udp.len()).expect("small").to_be_bytes());
+    add(&[0, 0, 0, 17]);
+    add(&udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(u16::try_from(sum).expect("folded"));
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+
+    let mut body = Vec::new();
+    let mut next_of_previous = None;
+    for h in ext {
+        if let Some(at) = next_of_previous {
+            body[at] = h[0];
+        }
+        next_of_previous = Some(body.len());
+        body.extend_from_slice(h);
+    }
+    let first = ext.first().map_or(17, |h| h[0]);
+    if let Some(at) = next_of_previous {
+        body[at] = 17;
+    }
+    body.extend_from_slice(&udp);
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&u16::try_from(body.len()).expect("small").to_be_bytes());
+    p.push(first);
+    p.push(64);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&body);
+    p
+}
+
+/// An 8-byte extension header of kind `kind` (written over its first byte by
+/// [`v6_packet`], which chains them), with `edit` applied.
+fn ext(kind: u8, edit: impl Fn(&mut [u8; 8])) -> Vec<u8> {
+    // Next header (rewritten), length 0 (8 bytes), then a PadN option over the rest.
+    let mut h = [kind, 0, 1, 4, 0, 0, 0, 0];
+    edit(&mut h);
+    h.to_vec()
+}
+
+/// Hostile IPv6 inner packets from the peer's own IPv6 address reach no pod and are counted
+/// by reason, while a good one is delivered.
+#[test]
+fn hostile_ipv6_inner_packets_are_dropped_and_counted() {
+    if skip("hostile_ipv6_inner_packets_are_dropped_and_counted") {
+        return;
+    }
+    let _serial = serial();
+    let v6 = Stack {
+        overlay: Family::V6,
+        underlay: Family::V6,
+    };
+    let mut topo = topology();
+    topo.add_ipv6()
+        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+    let args = topo.node_args_stack(0, LabBackend::Udp, v6, &[]);
+    topo.start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let peer = topo.hosts[1]
+        .run(|| std::net::UdpSocket::bind("[2001:db8::2]:8285"))
+        .expect("enter node b")
+        .expect("bind peer");
+    let pod = topo.pods[0]
+        .run(|| std::net::UdpSocket::bind("[fd00:10:244:1::2]:9001"))
+        .expect("enter pod a")
+        .expect("bind pod socket");
+    pod.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let to: std::net::SocketAddr = "[2001:db8::1]:8285".parse().expect("literal");
+    let (from, me) = ("fd00:10:244:2::5", "fd00:10:244:1::2");
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "spoofed_source",
+            v6_packet("fd00:10:244:3::5", me, &[], b"evil"),
+        ),
+        (
+            "spoofed_source",
+            v6_packet("2001:db8::99", me, &[], b"evil"),
+        ),
+        (
+            "not_local",
+            v6_packet(from, "fd00:10:244:2::9", &[], b"evil"),
+        ),
+        (
+            "rx_ipv6_ext_headers",
+            v6_packet(from, me, &[ext(43, |h| h[3] = 1)], b"evil"),
+        ),
+        (
+            "rx_ipv6_ext_headers",
+            v6_packet(from, me, &vec![ext(60, |_| {}); 9], b"evil"),
+        ),
+        (
+            "rx_ipv6_ext_headers",
+            v6_packet(from, me, &[ext(60, |_| {}), ext(0, |_| {})], b"evil"),
+        ),
+        (
+            "rx_ipv6_ext_headers",
+            v6_packet(
+                from,
+                me,
+                &[ext(0, |h| {
+                    h[2] = 0xC2;
+                    h[3] = 4;
+                })],
+                b"evil",
+            ),
+        ),
+        ("rx_bad_length", {
+            // A jumbogram: payload length 0.
+            let mut p = v6_packet(from, me, &[], b"evil");
+            p[4..6].copy_from_slice(&[0, 0]);
+            p
+        }),
+        ("rx_ipv6_ext_headers", {
+            // An extension header that claims more than the packet holds.
+            let mut p = v6_packet(from, me, &[ext(60, |_| {})], b"evil");
+            p[41] = 200;
+            p.truncate(60);
+            let len = u16::try_from(p.len() - 40).expect("small");
+            p[4..6].copy_from_slice(&len.to_be_bytes());
+            p
+        }),
+    ];
+    for (_, d) in &hostile {
+        peer.send_to(d, to).expect("send hostile");
+    }
+    let good = v6_packet(from, me, &[ext(60, |_| {})], b"good");
+    peer.send_to(&good, to).expect("send good");
+    let mut buf = [0u8; 64];
+    let (n, _) = pod.recv_from(&mut buf).expect("the good packet arrives");
+    assert_eq!(
+        &buf[..n],
+        b"good",
+        "the first thing the pod gets is the good packet"
+    );
+    let mut want: Vec<(&str, u64)> = Vec::new();
+    for (reason, _) in &hostile {
+        match want.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, n)) => *n += 1,
+            None => want.push((reason, 1)),
+        }
+    }
+    let counted = wait_for(Duration::from_secs(3), || {
+        want.iter()
+            .all(|(r, n)| topo.counter(0, &format!("drop_{r}")) == *n)
+            && topo.counter(0, "tun_tx_packets") >= 1
+    });
+    assert!(counted, "want {want:?}: {:?}", topo.stats(0));
+    assert!(
+        pod.recv_from(&mut buf).is_err(),
+        "nothing else reached the pod"
+    );
+}

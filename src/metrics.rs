@@ -98,6 +98,11 @@ pub enum DropReason {
     /// A received TCP packet larger than the TUN MTU, to be cut into segments, carries neither a
     /// valid complete checksum nor the partial pseudo-header sum.
     RxBadTcpChecksum,
+    /// A received IPv6 packet whose extension headers fustian does not pass on: a chain that
+    /// runs past the packet, more than [`crate::wire::ip::MAX_EXT_HEADERS`] headers, a
+    /// hop-by-hop header not first, a jumbo payload option, or a routing header with segments
+    /// left (the packet would travel on to an address the receive checks never saw).
+    RxIpv6ExtHeaders,
 }
 
 const WIRE_ERRORS: [WireError; 6] = [
@@ -110,7 +115,7 @@ const WIRE_ERRORS: [WireError; 6] = [
 ];
 
 /// Number of drop counters.
-pub const DROP_REASONS: usize = 30;
+pub const DROP_REASONS: usize = 31;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -138,6 +143,7 @@ impl DropReason {
                 Self::WrongSourcePort,
                 Self::VxlanNotHost,
                 Self::RxBadTcpChecksum,
+                Self::RxIpv6ExtHeaders,
             ])
     }
 
@@ -174,6 +180,7 @@ impl DropReason {
             Self::WrongSourcePort => 27,
             Self::VxlanNotHost => 28,
             Self::RxBadTcpChecksum => 29,
+            Self::RxIpv6ExtHeaders => 30,
         }
     }
 
@@ -215,6 +222,7 @@ const NAMES: [&str; DROP_REASONS] = [
     "wrong_source_port",
     "vxlan_not_host",
     "rx_bad_tcp_checksum",
+    "rx_ipv6_ext_headers",
 ];
 
 /// One worker's counters. Only that worker writes them.

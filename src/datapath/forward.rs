@@ -202,6 +202,11 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
     if !snap.is_local(inner.dst) {
         return Inbound::Drop(DropReason::NotLocal);
     }
+    if inner.dst.is_ipv6()
+        && !crate::wire::ip::ipv6_ext_headers_ok(datagram.get(start..).unwrap_or_default())
+    {
+        return Inbound::Drop(DropReason::RxIpv6ExtHeaders);
+    }
     match snap.lookup(inner.src) {
         Some((peer, owner)) if owner.endpoint.ip() == sender.ip() => {
             if fwd.strict_source_port && owner.endpoint.port() != sender.port() {

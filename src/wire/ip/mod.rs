@@ -106,6 +106,90 @@ pub fn parse_inner(buf: &[u8]) -> Result<InnerIp, WireError> {
     }
 }
 
+/// The most IPv6 extension headers a received packet may carry ([`ipv6_ext_headers_ok`]).
+pub const MAX_EXT_HEADERS: usize = 8;
+
+/// Returns whether the extension headers of the IPv6 packet `packet` (whose length fields were
+/// checked) may be passed on: the chain ends inside the packet after at most
+/// [`MAX_EXT_HEADERS`] headers, a hop-by-hop header comes only first and holds no jumbo payload
+/// option (RFC 2675; the length check already refuses a real jumbogram), and no routing header
+/// has segments left (RFC 8200 section 4.4: the packet would be forwarded on to the next
+/// address in it, one the receive checks never saw). Walks only what it must: a packet whose
+/// next header is TCP, UDP or ICMPv6 costs one comparison. Never panics on any input.
+pub fn ipv6_ext_headers_ok(packet: &[u8]) -> bool {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AH: u8 = 51;
+    const DEST_OPTS: u8 = 60;
+    const MOBILITY: u8 = 135;
+    const HIP: u8 = 139;
+    const SHIM6: u8 = 140;
+    const JUMBO: u8 = 0xC2;
+    let Some(&first) = packet.get(6) else {
+        return false;
+    };
+    let mut next = first;
+    let mut at = 40usize;
+    for index in 0..=MAX_EXT_HEADERS {
+        let len = match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS | MOBILITY | HIP | SHIM6 => {
+                let Some(&ext_len) = packet.get(at + 1) else {
+                    return false;
+                };
+                (usize::from(ext_len) + 1) * 8
+            }
+            FRAGMENT => 8,
+            AH => {
+                let Some(&ext_len) = packet.get(at + 1) else {
+                    return false;
+                };
+                (usize::from(ext_len) + 2) * 4
+            }
+            // An upper-layer header, or no next header (59).
+            _ => return true,
+        };
+        if index == MAX_EXT_HEADERS {
+            return false;
+        }
+        let Some(header) = packet.get(at..at.saturating_add(len)) else {
+            return false;
+        };
+        match next {
+            HOP_BY_HOP if index != 0 => return false,
+            HOP_BY_HOP if has_option(&header[2..], JUMBO) => return false,
+            ROUTING if header.get(3).is_some_and(|&left| left != 0) => return false,
+            // A later fragment holds no headers to look at.
+            FRAGMENT if u16::from_be_bytes([header[2], header[3]]) & 0xfff8 != 0 => return true,
+            _ => {}
+        }
+        next = header[0];
+        at += len;
+    }
+    false
+}
+
+/// Returns whether the TLV-encoded options `options` (of a hop-by-hop or destination options
+/// header) hold one of type `kind`; a malformed list counts as holding it.
+fn has_option(options: &[u8], kind: u8) -> bool {
+    let mut at = 0;
+    while let Some(&t) = options.get(at) {
+        if t == kind {
+            return true;
+        }
+        if t == 0 {
+            // Pad1: one byte, no length.
+            at += 1;
+            continue;
+        }
+        let Some(&len) = options.get(at + 1) else {
+            return true;
+        };
+        at += 2 + usize::from(len);
+    }
+    at != options.len()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use proptest::prelude::*;
@@ -186,5 +270,80 @@ pub(crate) mod tests {
         fn parse_inner_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_inner(&data);
         }
+
+        #[test]
+        fn ipv6_ext_headers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = ipv6_ext_headers_ok(&data);
+        }
+
+        /// Any chain of well-formed option headers within the limit passes; one header more
+        /// does not.
+        #[test]
+        fn ipv6_ext_header_chains_up_to_the_limit(count in 0..=MAX_EXT_HEADERS + 1) {
+            let packet = with_ext_headers(&vec![60; count], 17, |_| {});
+            prop_assert_eq!(ipv6_ext_headers_ok(&packet), count <= MAX_EXT_HEADERS);
+        }
+    }
+
+    /// The UDP_V6 packet with 8-byte extension headers of the kinds `kinds` in front of its
+    /// UDP header (the last one's next header `upper`), each edited by `edit(header)`.
+    fn with_ext_headers(kinds: &[u8], upper: u8, edit: impl Fn(&mut [u8])) -> Vec<u8> {
+        let mut p = UDP_V6[..40].to_vec();
+        p[6] = kinds.first().copied().unwrap_or(upper);
+        for (i, _) in kinds.iter().enumerate() {
+            let mut h = [0u8; 8];
+            h[0] = kinds.get(i + 1).copied().unwrap_or(upper);
+            // Options: one PadN covering the six bytes after the two-byte header.
+            h[2] = 1;
+            h[3] = 4;
+            edit(&mut h);
+            p.extend_from_slice(&h);
+        }
+        p.extend_from_slice(&UDP_V6[40..]);
+        let payload = u16::try_from(p.len() - 40).expect("small");
+        p[4..6].copy_from_slice(&payload.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn ipv6_ext_headers_judged() {
+        // Plain UDP, and ordinary chains.
+        assert!(ipv6_ext_headers_ok(&UDP_V6));
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[0, 60], 17, |_| {})));
+        // A routing header whose segments are used up is fine; one with segments left is not.
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[43], 17, |h| {
+            h[2] = 4;
+            h[3] = 0;
+        })));
+        assert!(!ipv6_ext_headers_ok(&with_ext_headers(&[43], 17, |h| {
+            h[2] = 4;
+            h[3] = 1;
+        })));
+        // Hop-by-hop only first.
+        assert!(!ipv6_ext_headers_ok(&with_ext_headers(
+            &[60, 0],
+            17,
+            |_| {}
+        )));
+        // A jumbo payload option.
+        assert!(!ipv6_ext_headers_ok(&with_ext_headers(&[0], 17, |h| {
+            h[2] = 0xC2;
+            h[3] = 4;
+        })));
+        // Options that run past their header.
+        assert!(!ipv6_ext_headers_ok(&with_ext_headers(&[0], 17, |h| {
+            h[3] = 9;
+        })));
+        // A header that runs past the packet.
+        let mut long = with_ext_headers(&[60], 17, |h| h[1] = 200);
+        long.truncate(60);
+        assert!(!ipv6_ext_headers_ok(&long));
+        // A later fragment ends the walk.
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[44, 43], 17, |h| {
+            if h[0] == 43 {
+                h[2] = 0;
+                h[3] = 8;
+            }
+        })));
     }
 }
