@@ -24,6 +24,12 @@ pub fn render(v: &Value) -> String {
         s("tun"),
         s("mtu"),
     );
+    if let Some(v6) = v["ipv6_subnet"].as_str() {
+        let _ = writeln!(out, "     {v6} in {}", s("ipv6_network"));
+    }
+    if let Some(listen6) = v["listen6"].as_str() {
+        let _ = writeln!(out, "     also on {listen6}");
+    }
     let _ = writeln!(
         out,
         "io {} ({}), offloads {}, {} workers",
@@ -148,5 +154,29 @@ mod tests {
         );
         // Garbage renders without panicking.
         let _ = render(&serde_json::json!([1, 2]));
+    }
+
+    #[test]
+    fn renders_a_dual_stack_node() {
+        let v = serde_json::json!({
+            "subnet": "10.244.1.0/24", "network": "10.244.0.0/16", "listen": "192.0.2.1:8285",
+            "ipv6_subnet": "fd00:10:244:1::/64", "ipv6_network": "fd00:10:244::/56",
+            "listen6": "[2001:db8::1]:8285", "backend": "udp",
+            "table": {"generation": 1, "peers": [
+                {"subnet": "fd00:10:244:2::/64", "endpoint": "[2001:db8::2]:8285",
+                 "tx_packets": 1, "tx_bytes": 2, "rx_packets": 3, "rx_bytes": 4}
+            ]},
+        });
+        let text = render(&v);
+        assert!(
+            text.contains("fd00:10:244:1::/64 in fd00:10:244::/56"),
+            "{text}"
+        );
+        assert!(text.contains("also on [2001:db8::1]:8285"), "{text}");
+        assert!(text.contains("fd00:10:244:2::/64"), "{text}");
+        assert!(text.contains("[2001:db8::2]:8285"), "{text}");
+        // A single-stack node says nothing of IPv6.
+        let v4 = serde_json::json!({"subnet": "10.244.1.0/24"});
+        assert!(!render(&v4).contains("also on"));
     }
 }

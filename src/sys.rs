@@ -243,21 +243,34 @@ struct CapHeader {
 
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
-/// Sets `IP_MTU_DISCOVER` to `IP_PMTUDISC_PROBE` on an IPv4 UDP socket: datagrams leave with
-/// DF set and are never fragmented locally, whatever path MTU the kernel has cached (ip(7),
-/// Linux 2.6.22), so a probe of a given size tests the path at that size.
+/// Sets `IP_MTU_DISCOVER` to `IP_PMTUDISC_PROBE` on an IPv4 UDP socket (`IPV6_MTU_DISCOVER` to
+/// `IPV6_PMTUDISC_PROBE` on an IPv6 one): datagrams leave with DF set (IPv6 never fragments in
+/// the path) and are never fragmented locally, whatever path MTU the kernel has cached (ip(7),
+/// ipv6(7), Linux 2.6.22), so a probe of a given size tests the path at that size.
 ///
 /// # Errors
 ///
 /// The error of `setsockopt`.
 pub fn set_pmtudisc_probe(sock: &std::net::UdpSocket) -> io::Result<()> {
-    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    let (level, name, value) = if sock.local_addr()?.is_ipv6() {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    };
     // SAFETY: `value` is a c_int that outlives the call, and its size is passed alongside; the
     // descriptor is open for the duration of the borrow of `sock`.
     syscall!(setsockopt(
         sock.as_raw_fd(),
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
+        level,
+        name,
         (&raw const value).cast(),
         libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4)
     ))

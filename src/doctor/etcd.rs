@@ -345,6 +345,7 @@ mod tests {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet: "10.244.1.0/24".parse().unwrap(),
             listen: "192.0.2.1:8285".parse().unwrap(),
+            listen6: None,
             backend: Backend::Udp,
             vtep_mac: None,
             subnet_file: None,

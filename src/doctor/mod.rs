@@ -172,6 +172,8 @@ pub struct Intent {
     pub subnet: IpNet,
     /// The underlay address and port the node listens on.
     pub listen: SocketAddr,
+    /// The IPv6 underlay address and port it also listens on, beside an IPv4 `listen`.
+    pub listen6: Option<SocketAddr>,
     /// The encapsulation.
     pub backend: Backend,
     /// This node's VTEP MAC (`vxlan`).
@@ -249,6 +251,14 @@ impl Intent {
             listen: text("listen")?
                 .parse()
                 .map_err(|_| DoctorError::Field("listen"))?,
+            listen6: match &v["listen6"] {
+                Value::Null => None,
+                x => Some(
+                    x.as_str()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or(DoctorError::Field("listen6"))?,
+                ),
+            },
             backend,
             vtep_mac: mac(&v["vtep_mac"]),
             subnet_file: v["subnet_file"].as_str().map(PathBuf::from),

@@ -191,8 +191,13 @@ fn vxlan_header(vni: u32) -> [u8; 8] {
     [0x08, 0, 0, 0, v[1], v[2], v[3], 0]
 }
 
-/// IPv4 and UDP headers in front of a probe on the wire.
-const UNDERLAY_HEADERS: usize = 28;
+/// The UDP header in front of a probe on the wire (after the IP header).
+const UDP_HEADER: usize = 8;
+
+/// The IP and UDP headers in front of a probe to `dst` on the wire.
+const fn underlay_headers(dst: SocketAddr) -> usize {
+    UDP_HEADER + if dst.is_ipv6() { 40 } else { 20 }
+}
 
 /// What probing one peer found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,29 +211,42 @@ pub struct PeerResult {
 /// Probes every peer of `intent` and judges the answers.
 pub fn checks(intent: &Intent, opts: &ProbeOptions) -> Vec<Check> {
     let mut out = Vec::new();
-    let sock = match bind(intent.listen.ip()) {
-        Ok(s) => s,
-        Err(e) => {
-            out.push(Check::warn(
+    // One socket per underlay address of the node (IPv4 and IPv6 on a dual underlay).
+    let mut sockets = Vec::new();
+    for ip in std::iter::once(intent.listen.ip()).chain(intent.listen6.map(|a| a.ip())) {
+        match bind(ip) {
+            Ok(s) => sockets.push(s),
+            Err(e) => out.push(Check::warn(
                 "peers",
-                format!("cannot open a probe socket on {}: {e}", intent.listen.ip()),
+                format!("cannot open a probe socket on {ip}: {e}"),
                 None,
-            ));
-            return out;
+            )),
         }
-    };
-    // The underlay MTU the node sized its TUN device for.
-    let overhead = match intent.backend {
-        Backend::Udp => UNDERLAY_HEADERS,
-        Backend::Vxlan { .. } => UNDERLAY_HEADERS + VXLAN_PREFIX,
-    };
-    let want = intent.mtu + u32::try_from(overhead).unwrap_or(0);
-    let opts = &ProbeOptions {
-        max_mtu: opts.max_mtu.max(want),
-        ..*opts
-    };
+    }
     for (i, peer) in intent.peers.iter().enumerate() {
         let name = format!("peer.{}", peer.endpoint);
+        let Some(sock) = sockets.iter().find(|s| {
+            s.local_addr()
+                .is_ok_and(|a| a.is_ipv6() == peer.endpoint.is_ipv6())
+        }) else {
+            out.push(Check::warn(
+                &name,
+                "no probe socket of the endpoint's family",
+                None,
+            ));
+            continue;
+        };
+        // The underlay MTU the node sized its TUN device for, on this peer's family.
+        let overhead = underlay_headers(peer.endpoint)
+            + match intent.backend {
+                Backend::Udp => 0,
+                Backend::Vxlan { .. } => VXLAN_PREFIX,
+            };
+        let want = intent.mtu + u32::try_from(overhead).unwrap_or(0);
+        let opts = &ProbeOptions {
+            max_mtu: opts.max_mtu.max(want),
+            ..*opts
+        };
         let vxlan = match (intent.backend, peer.vtep_mac, intent.vtep_mac) {
             (Backend::Vxlan { vni }, Some(dst), Some(src)) => Some((vni, dst, src)),
             (Backend::Vxlan { .. }, ..) => {
@@ -238,7 +256,7 @@ pub fn checks(intent: &Intent, opts: &ProbeOptions) -> Vec<Check> {
             (Backend::Udp, ..) => None,
         };
         let token = (u64::from(std::process::id()) << 32) | (i as u64) << 16;
-        let r = probe_peer(&sock, peer.endpoint, vxlan, token, opts);
+        let r = probe_peer(sock, peer.endpoint, vxlan, token, opts);
         out.push(judge(&name, peer.endpoint, intent, &r, want));
     }
     out
@@ -306,11 +324,12 @@ pub fn probe_peer(
     opts: &ProbeOptions,
 ) -> PeerResult {
     let mut buf = Vec::new();
-    let min = u32::try_from(VXLAN_PREFIX + REPLY_LEN + UNDERLAY_HEADERS).unwrap_or(70);
+    let headers = underlay_headers(dst);
+    let min = u32::try_from(VXLAN_PREFIX + REPLY_LEN + headers).unwrap_or(70);
     let mut seq = 0u64;
     let mut once = |size: u32| {
         seq += 1;
-        let payload = size as usize - UNDERLAY_HEADERS;
+        let payload = size as usize - headers;
         request(&mut buf, payload, token | seq, vxlan);
         // Two tries each, for a loss.
         (0..2).find_map(|_| exchange(sock, dst, &buf, token | seq, vxlan.is_some(), opts.timeout))
