@@ -19,6 +19,8 @@ mod garbage;
 mod hostile;
 mod http;
 mod icmp;
+mod kernels;
+mod kprofile;
 mod lab;
 mod masq;
 mod privileges;

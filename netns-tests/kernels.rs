@@ -1,0 +1,235 @@
+//! The kernel-profile matrix: a node started under each emulated kernel ([`crate::kprofile`])
+//! comes up with the event loop and offloads that kernel gives it, says so in its log and in
+//! `fustian_info`, and carries TCP both ways with matching hashes, first to a node on the
+//! full kernel, then to a node on the same profile.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use fustian::lab::traffic::{Amount, tcp_bulk};
+use fustian::lab::{Topology, pod_addr};
+
+use crate::common::{EXE, serial, skip, topology, wait_for};
+use crate::kprofile::{Profile, Version, syscalls};
+
+/// Bytes of each transfer: enough for super-packets and many batches, small enough that the
+/// whole matrix stays well under a minute.
+const BULK: u64 = 4 * 1024 * 1024;
+/// The `/metrics` port of both nodes (each in its own namespace).
+const HTTP_PORT: u16 = 9401;
+
+/// What a node under a profile must come up with.
+struct Expect {
+    /// The emulated release.
+    version: Version,
+    /// `offload=` with `--offload auto`: TUN TSO (2.6.27), `UDP_SEGMENT` (4.18), `UDP_GRO`
+    /// (5.0); USO (6.2) on none of these.
+    offload: &'static str,
+    /// The loop `--io auto` picks with `--offload off`: io_uring needs its calls (5.1), the
+    /// probe (5.6) and fast poll (5.7).
+    io: &'static str,
+    /// A part of `io_reason` saying why.
+    reason: &'static str,
+    /// io_uring: whether the receive is multishot (buffer rings 5.19, multishot `RECVMSG` 6.0).
+    multishot_receive: bool,
+}
+
+/// The matrix. The full kernel (the other node of the first half) is not listed: its offloads
+/// are whatever the machine running the tests has.
+const MATRIX: [Expect; 6] = [
+    Expect {
+        version: Version(3, 10, 0),
+        offload: "tso",
+        io: "epoll",
+        reason: "io_uring_setup failed",
+        multishot_receive: false,
+    },
+    Expect {
+        version: Version(4, 19, 0),
+        offload: "tso,gso",
+        io: "epoll",
+        reason: "io_uring_setup failed",
+        multishot_receive: false,
+    },
+    Expect {
+        version: Version(5, 4, 0),
+        offload: "tso,gso,gro",
+        io: "epoll",
+        reason: "IORING_REGISTER_PROBE failed",
+        multishot_receive: false,
+    },
+    Expect {
+        version: Version(5, 10, 0),
+        offload: "tso,gso,gro",
+        io: "uring",
+        reason: "io_uring has what the loop needs",
+        multishot_receive: false,
+    },
+    Expect {
+        version: Version(5, 15, 0),
+        offload: "tso,gso,gro",
+        io: "uring",
+        reason: "io_uring has what the loop needs",
+        multishot_receive: false,
+    },
+    Expect {
+        version: Version(6, 1, 0),
+        offload: "tso,gso,gro",
+        io: "uring",
+        reason: "io_uring has what the loop needs",
+        multishot_receive: true,
+    },
+];
+
+#[test]
+fn kernel_profiles() {
+    if skip("kernel_profiles") {
+        return;
+    }
+    let _serial = serial();
+    for expect in &MATRIX {
+        eprintln!("== kernel profile {}", expect.version);
+        let profile = Profile::new(expect.version).unwrap_or_else(|e| panic!("{e}"));
+        let mut topo = topology();
+
+        // Node 0 under the profile with offloads, node 1 on the full kernel.
+        start(&mut topo, 0, Some(&profile), &[]);
+        start(&mut topo, 1, None, &[]);
+        check_node(&topo, 0, expect.offload, "epoll", "offloads in use");
+        transfers_both_ways(&topo, &format!("{} with the full kernel", expect.version));
+
+        // Node 1 again under the same profile, without offloads: the loop `--io auto` picks.
+        drop(topo.processes.remove(1));
+        start(&mut topo, 1, Some(&profile), &["--offload", "off"]);
+        check_node(&topo, 1, "off", expect.io, expect.reason);
+        if expect.io == "uring" {
+            let want = format!("multishot={}", expect.multishot_receive);
+            let seen = wait_for(Duration::from_secs(5), || {
+                log(&topo, 1)
+                    .lines()
+                    .any(|l| l.contains("io_uring receive path") && l.contains(&want))
+            });
+            assert!(seen, "node 1: no `{want}` receive path:\n{}", log(&topo, 1));
+        }
+        transfers_both_ways(&topo, &format!("{} with itself", expect.version));
+        for i in 0..2 {
+            assert!(
+                topo.processes[i].exited().is_none(),
+                "node {i} exited:\n{}",
+                log(&topo, i)
+            );
+        }
+    }
+}
+
+/// The table the profiles are built from is well formed: numbers unique and in order, every
+/// call the rules name present, and every profile compiles.
+#[test]
+fn kernel_profiles_compile() {
+    let table = syscalls().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        table.windows(2).all(|w| w[0].nr < w[1].nr),
+        "numbers in order"
+    );
+    for name in [
+        "setsockopt",
+        "getsockopt",
+        "ioctl",
+        "prctl",
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+    ] {
+        assert!(table.iter().any(|s| s.name == name), "{name} missing");
+    }
+    for expect in &MATRIX {
+        Profile::new(expect.version).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Starts node `i` (under `profile` when given) with its HTTP endpoint and `extra` flags.
+fn start(topo: &mut Topology, i: usize, profile: Option<&Profile>, extra: &[&str]) {
+    let port = HTTP_PORT.to_string();
+    let mut flags = vec!["--healthz-port", &port];
+    flags.extend_from_slice(extra);
+    let args = topo.node_args(i, &flags);
+    let started = topo.start_node_with(i, EXE, &args, |cmd| {
+        if let Some(p) = profile {
+            p.confine(cmd);
+        }
+    });
+    if let Err(e) = started {
+        panic!("node {i} under {profile:?}: {e}");
+    }
+}
+
+/// Checks node `i`'s "node up" line and its `fustian_info` gauge.
+fn check_node(topo: &Topology, i: usize, offload: &str, io: &str, reason: &str) {
+    let log = log(topo, i);
+    let up = log
+        .lines()
+        .find(|l| l.contains("node up"))
+        .unwrap_or_else(|| panic!("node {i}: no `node up` line:\n{log}"));
+    for want in [
+        format!("io=\"{io}\""),
+        format!("offload={offload} "),
+        reason.to_owned(),
+    ] {
+        assert!(up.contains(&want), "node {i}: `{want}` missing in {up}");
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], HTTP_PORT));
+    let mut metrics = String::new();
+    let answered = wait_for(Duration::from_secs(5), || {
+        metrics = topo.hosts[i]
+            .run(move || fustian::http::get(addr, "/metrics"))
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        !metrics.is_empty()
+    });
+    assert!(answered, "node {i}: /metrics never answered:\n{log}");
+    let info = format!("fustian_info{{backend=\"udp\",io=\"{io}\",offload=\"{offload}\",");
+    assert!(
+        metrics.lines().any(|l| l.starts_with(&info)),
+        "node {i}: no `{info}` in /metrics:\n{metrics}"
+    );
+}
+
+/// One TCP transfer each way between the pods, hashes compared.
+fn transfers_both_ways(topo: &Topology, what: &str) {
+    let stop = Arc::new(AtomicBool::new(false));
+    for (from, to) in [(0, 1), (1, 0)] {
+        let r = tcp_bulk(
+            &topo.pods[from],
+            &topo.pods[to],
+            pod_addr(to, 5201),
+            Amount::Bytes(BULK),
+            true,
+            &stop,
+        )
+        .unwrap_or_else(|e| panic!("{what}: transfer {from}->{to}: {e}"));
+        assert_eq!(r.sent, BULK, "{what}: {from}->{to}");
+        assert!(r.sent_hash.is_some(), "{what}: {from}->{to}: no hash");
+        assert!(r.intact(), "{what}: {from}->{to}: {r:?}");
+    }
+}
+
+/// Node `i`'s log without terminal colour sequences (`ESC [ ... m`).
+fn log(topo: &Topology, i: usize) -> String {
+    let raw = topo.processes[i].log();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
