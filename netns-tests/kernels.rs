@@ -33,6 +33,10 @@ struct Expect {
     reason: &'static str,
     /// io_uring: whether the receive is multishot (buffer rings 5.19, multishot `RECVMSG` 6.0).
     multishot_receive: bool,
+    /// io_uring: whether TUN reads are multishot; `None` where the emulation cannot decide it
+    /// (from 5.19 the buffer ring registers, and the opcode probe and release the node reads
+    /// are the machine's own).
+    multishot_tun_read: Option<bool>,
 }
 
 /// The matrix. The full kernel (the other node of the first half) is not listed: its offloads
@@ -44,6 +48,7 @@ const MATRIX: [Expect; 6] = [
         io: "epoll",
         reason: "io_uring_setup failed",
         multishot_receive: false,
+        multishot_tun_read: Some(false),
     },
     Expect {
         version: Version(4, 19, 0),
@@ -51,6 +56,7 @@ const MATRIX: [Expect; 6] = [
         io: "epoll",
         reason: "io_uring_setup failed",
         multishot_receive: false,
+        multishot_tun_read: Some(false),
     },
     Expect {
         version: Version(5, 4, 0),
@@ -58,6 +64,7 @@ const MATRIX: [Expect; 6] = [
         io: "epoll",
         reason: "IORING_REGISTER_PROBE failed",
         multishot_receive: false,
+        multishot_tun_read: Some(false),
     },
     Expect {
         version: Version(5, 10, 0),
@@ -65,6 +72,7 @@ const MATRIX: [Expect; 6] = [
         io: "uring",
         reason: "io_uring has what the loop needs",
         multishot_receive: false,
+        multishot_tun_read: Some(false),
     },
     Expect {
         version: Version(5, 15, 0),
@@ -72,6 +80,7 @@ const MATRIX: [Expect; 6] = [
         io: "uring",
         reason: "io_uring has what the loop needs",
         multishot_receive: false,
+        multishot_tun_read: Some(false),
     },
     Expect {
         version: Version(6, 1, 0),
@@ -79,6 +88,7 @@ const MATRIX: [Expect; 6] = [
         io: "uring",
         reason: "io_uring has what the loop needs",
         multishot_receive: true,
+        multishot_tun_read: None,
     },
 ];
 
@@ -93,34 +103,102 @@ fn kernel_profiles() {
         let profile = Profile::new(expect.version).unwrap_or_else(|e| panic!("{e}"));
         let mut topo = topology();
 
-        // Node 0 under the profile with offloads, node 1 on the full kernel.
-        start(&mut topo, 0, Some(&profile), &[]);
+        // Node 0 under the profile with offloads and `--ip-masq`, node 1 on the full kernel.
+        let masq = ["--ip-masq", "--iptables-resync", "1"];
+        start(&mut topo, 0, Some(&profile), &masq);
         start(&mut topo, 1, None, &[]);
         check_node(&topo, 0, expect.offload, "epoll", "offloads in use");
         transfers_both_ways(&topo, &format!("{} with the full kernel", expect.version));
+        check_masquerade_kept(&topo);
 
         // Node 1 again under the same profile, without offloads: the loop `--io auto` picks.
         drop(topo.processes.remove(1));
         start(&mut topo, 1, Some(&profile), &["--offload", "off"]);
         check_node(&topo, 1, "off", expect.io, expect.reason);
         if expect.io == "uring" {
-            let want = format!("multishot={}", expect.multishot_receive);
-            let seen = wait_for(Duration::from_secs(5), || {
-                log(&topo, 1)
-                    .lines()
-                    .any(|l| l.contains("io_uring receive path") && l.contains(&want))
-            });
-            assert!(seen, "node 1: no `{want}` receive path:\n{}", log(&topo, 1));
+            let paths = [
+                ("io_uring receive path", Some(expect.multishot_receive)),
+                ("io_uring TUN read path", expect.multishot_tun_read),
+            ];
+            for (path, multishot) in paths {
+                let Some(multishot) = multishot else { continue };
+                let want = format!("multishot={multishot}");
+                let seen = wait_for(Duration::from_secs(5), || {
+                    log(&topo, 1)
+                        .lines()
+                        .any(|l| l.contains(path) && l.contains(&want))
+                });
+                assert!(seen, "node 1: no `{path} {want}`:\n{}", log(&topo, 1));
+            }
         }
         transfers_both_ways(&topo, &format!("{} with itself", expect.version));
-        for i in 0..2 {
-            assert!(
-                topo.processes[i].exited().is_none(),
-                "node {i} exited:\n{}",
-                log(&topo, i)
-            );
-        }
+
+        // Both still run; node 0 exits cleanly and takes its iptables rules with it.
+        assert!(topo.processes[1].exited().is_none(), "{}", log(&topo, 1));
+        let status = topo.processes[0].stop(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "node 0: {status:?}\n{}",
+            log(&topo, 0)
+        );
+        let (_, nat) = iptables(&topo, &["-t", "nat", "-S"]);
+        let (_, filter) = iptables(&topo, &["-S"]);
+        assert!(
+            !nat.contains("FLANNEL") && !filter.contains("FLANNEL"),
+            "{} left rules behind:\n{nat}{filter}\n{}",
+            expect.version,
+            log(&topo, 0)
+        );
     }
+}
+
+/// The jump to flannel's masquerade chain in `POSTROUTING` (`-D`; `-C` checks it).
+const MASQ_JUMP: [&str; 10] = [
+    "-t",
+    "nat",
+    "-D",
+    "POSTROUTING",
+    "-m",
+    "comment",
+    "--comment",
+    "flanneld masq",
+    "-j",
+    "FLANNEL-POSTRTG",
+];
+
+/// Node 0 keeps its `--ip-masq` rules under the profile: its iptables runs keep their
+/// capabilities (no ambient set before 4.3), so a jump deleted by hand comes back.
+fn check_masquerade_kept(topo: &Topology) {
+    let text = log(topo, 0);
+    assert!(text.contains("iptables rules in place"), "node 0:\n{text}");
+    assert!(iptables(topo, &MASQ_JUMP).0, "delete the jump by hand");
+    let mut check = MASQ_JUMP;
+    check[2] = "-C";
+    let back = wait_for(Duration::from_secs(8), || iptables(topo, &check).0);
+    assert!(back, "node 0 did not restore the jump:\n{}", log(topo, 0));
+    let counted = wait_for(Duration::from_secs(3), || {
+        topo.counter(0, "iptables_repairs") >= 1
+    });
+    assert!(counted, "node 0: {:?}", topo.stats(0));
+    let text = log(topo, 0);
+    assert!(
+        !text.contains("cannot keep") && !text.contains("cannot narrow"),
+        "node 0:\n{text}"
+    );
+}
+
+/// Runs `iptables -w 5 args` in node 0's namespace (outside any profile); returns (success,
+/// stdout).
+fn iptables(topo: &Topology, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", topo.hosts[0].name(), "iptables", "-w", "5"])
+        .args(args)
+        .output()
+        .expect("ip netns exec iptables runs (iptables installed?)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// The table the profiles are built from is well formed: numbers unique and in order, every
