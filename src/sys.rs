@@ -197,13 +197,14 @@ const SETID_CAPS: u32 = (1 << 6) | (1 << 7);
 
 /// Raises the effective, inheritable and ambient sets of the calling thread to what its
 /// permitted set holds of `CAP_NET_ADMIN` and `CAP_NET_RAW`, so a child it starts now runs
-/// with them, also as another user (ambient capabilities, Linux 4.3). Before 4.3 the ambient
-/// set does not exist and is left alone: a child running as root still gets them (see
-/// [`keep_net_caps`]), one running as another user does not.
+/// with them, also as another user (ambient capabilities, Linux 4.3). Before 4.3 there is no
+/// ambient set: a child running as root still gets them (see [`keep_net_caps`]), one running
+/// as another user cannot.
 ///
 /// # Errors
 ///
-/// The `capget`, `capset` or `prctl` error.
+/// The `capget`, `capset` or `prctl` error; before 4.3, `Unsupported` when the thread no
+/// longer runs as root.
 pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
     let held = capget()?[0].permitted;
     let permitted = held & NET_CAPS;
@@ -216,7 +217,17 @@ pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
         CapData::default(),
     ])?;
     if !ambient_supported() {
-        return Ok(());
+        // SAFETY: getuid takes no arguments and cannot fail.
+        let root = unsafe { libc::getuid() } == 0;
+        return if root {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a child running as another user than root gets no capabilities before \
+                 Linux 4.3 (no ambient capabilities)",
+            ))
+        };
     }
     for cap in [12u32, 13] {
         if permitted & (1 << cap) != 0 {
