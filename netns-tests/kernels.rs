@@ -11,7 +11,7 @@ use fustian::lab::traffic::{Amount, tcp_bulk};
 use fustian::lab::{Topology, pod_addr};
 
 use crate::common::{EXE, serial, skip, topology, wait_for};
-use crate::kprofile::{Profile, Version, syscalls};
+use crate::kprofile::{Profile, Version, expected_probes, probe_calls, syscalls};
 
 /// Bytes of each transfer: enough for super-packets and many batches, small enough that the
 /// whole matrix stays well under a minute.
@@ -199,6 +199,76 @@ fn iptables(topo: &Topology, args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Set in the environment of the process [`kernel_profile_rules`] starts under a profile: that
+/// process runs the same test, which then makes the calls and prints what they answered.
+const PROBE_CHILD: &str = "FUSTIAN_KPROFILE_PROBE";
+
+/// Each rule of each profile, seen directly: this test binary runs itself under the profile
+/// and makes the refused calls with the C library out of the way (`getrandom`, `statx` and
+/// `close_range` by number; UDP options, `TUNSETOFFLOAD`, ambient capabilities, io_uring).
+#[test]
+fn kernel_profile_rules() {
+    if std::env::var_os(PROBE_CHILD).is_some() {
+        for (name, errno) in probe_calls() {
+            println!("kprobe {name} {errno}");
+        }
+        return;
+    }
+    if skip("kernel_profile_rules") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // First without a profile: the host (from 6.2 on, as the other netns tests assume) answers
+    // every probe unlike the profiles that refuse it, so a refusal seen below is the filter's.
+    let host = Version(u32::MAX, 0, 0);
+    let versions = std::iter::once(host).chain(MATRIX.iter().map(|e| e.version));
+    for version in versions {
+        let label = if version == host {
+            "the host".to_owned()
+        } else {
+            version.to_string()
+        };
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args([
+            "kernels::kernel_profile_rules",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PROBE_CHILD, "1")
+        .stdin(std::process::Stdio::null());
+        if version != host {
+            Profile::new(version)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .confine(&mut cmd);
+        }
+        let out = cmd
+            .output()
+            .expect("the test binary runs under the profile");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{label}: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Vec<(String, i32)> = stdout
+            .lines()
+            // libtest may have written `test <name> ... ` on the line before the first.
+            .filter_map(|l| l.split_once("kprobe ").map(|(_, rest)| rest))
+            .filter_map(|l| {
+                let (name, errno) = l.split_once(' ')?;
+                Some((name.to_owned(), errno.parse().ok()?))
+            })
+            .collect();
+        let want: Vec<(String, i32)> = expected_probes(version)
+            .into_iter()
+            .map(|(name, errno)| (name.to_owned(), errno))
+            .collect();
+        assert_eq!(seen, want, "{label} (errno per call)");
+    }
 }
 
 /// The table the profiles are built from is well formed: numbers unique and in order, every

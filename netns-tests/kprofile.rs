@@ -321,3 +321,157 @@ fn rule(conditions: &[(u8, u64, u64)]) -> Result<SeccompRule, String> {
         .map_err(|e| e.to_string())?;
     SeccompRule::new(conditions).map_err(|e| e.to_string())
 }
+
+/// The calls [`probe_calls`] makes: name, the release from which the kernel answers it
+/// normally, the errno a profile of an older kernel answers with, and the errno the host
+/// answers with (0: success). The host answers are those of a kernel from 6.2 on.
+pub(crate) const PROBES: [(&str, Version, i32, i32); 11] = [
+    ("getrandom", v(3, 17), libc::ENOSYS, 0),
+    ("statx", v(4, 11), libc::ENOSYS, 0),
+    ("close_range", v(5, 9), libc::ENOSYS, 0),
+    ("prctl_cap_ambient", v(4, 3), libc::EINVAL, 0),
+    ("getsockopt_udp_segment", v(4, 18), libc::ENOPROTOOPT, 0),
+    ("setsockopt_udp_gro", v(5, 0), libc::ENOPROTOOPT, 0),
+    // An fd not attached to a device answers every TUNSETOFFLOAD with EBADFD, unless the
+    // filter answers first: only the USO bits are refused.
+    ("tunsetoffload_csum", v(2, 6), libc::EINVAL, libc::EBADFD),
+    ("tunsetoffload_uso", v(6, 2), libc::EINVAL, libc::EBADFD),
+    ("io_uring_setup", IO_URING, libc::ENOSYS, 0),
+    // With an argument at an unmapped address the kernel answers EFAULT, the profile EINVAL.
+    ("io_uring_register_probe", v(5, 6), libc::EINVAL, 0),
+    (
+        "io_uring_register_pbuf_ring",
+        v(5, 19),
+        libc::EINVAL,
+        libc::EFAULT,
+    ),
+];
+
+/// Returns what a process running under `version` must see from [`probe_calls`]: the io_uring
+/// calls after `io_uring_setup` only where the ring exists.
+pub(crate) fn expected_probes(version: Version) -> Vec<(&'static str, i32)> {
+    PROBES
+        .iter()
+        .filter(|(name, ..)| !name.starts_with("io_uring_register") || version >= IO_URING)
+        .map(|&(name, added, refused, ok)| (name, if version < added { refused } else { ok }))
+        .collect()
+}
+
+/// Makes each call of [`PROBES`] directly (no C library fallback in between) and returns its
+/// errno (0: success).
+pub(crate) fn probe_calls() -> Vec<(&'static str, i32)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let errno = |r: libc::c_long| {
+        if r < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        }
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    // SAFETY: getrandom writes at most 1 byte into `buf`.
+    let r = unsafe { libc::syscall(libc::SYS_getrandom, buf.as_mut_ptr(), 1, 0) };
+    out.push(("getrandom", errno(r)));
+    // SAFETY: the path is a NUL-terminated string and `buf` has room for a `struct statx`
+    // (256 bytes).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            libc::AT_FDCWD,
+            c"/".as_ptr(),
+            0,
+            libc::STATX_BASIC_STATS,
+            buf.as_mut_ptr(),
+        )
+    };
+    out.push(("statx", errno(r)));
+    // SAFETY: closes descriptors no process of this test holds (none that high).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 1_000_000, 1_000_000, 0) };
+    out.push(("close_range", errno(r)));
+    // SAFETY: prctl with integer arguments only; IS_SET reads the thread's ambient set.
+    let r = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_IS_SET, 12, 0, 0) };
+    out.push(("prctl_cap_ambient", errno(r.into())));
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP socket");
+    let mut value: libc::c_int = 1;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("fits");
+    // SAFETY: `value` and `len` outlive the call and `len` holds the size of `value`.
+    let r = unsafe {
+        libc::getsockopt(
+            udp.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    out.push(("getsockopt_udp_segment", errno(r.into())));
+    // SAFETY: `value` is a c_int that outlives the call and its size is passed alongside.
+    let r = unsafe {
+        libc::setsockopt(
+            udp.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&raw const value).cast(),
+            len,
+        )
+    };
+    out.push(("setsockopt_udp_gro", errno(r.into())));
+
+    // SAFETY: the path is a NUL-terminated string; the fd is owned on the next line.
+    let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(
+        raw >= 0,
+        "open /dev/net/tun: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `raw` is a new descriptor nothing else owns.
+    let tun = unsafe { OwnedFd::from_raw_fd(raw) };
+    for (name, flags) in [
+        ("tunsetoffload_csum", 0x01),
+        ("tunsetoffload_uso", 0x01 | TUN_F_USO[0]),
+    ] {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+        let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETOFFLOAD as libc::Ioctl, flags) };
+        out.push((name, errno(r.into())));
+    }
+
+    // `struct io_uring_params` is 120 bytes; `buf` is zeroed, so no setup flags.
+    buf.fill(0);
+    // SAFETY: the kernel reads and writes the 120 bytes of `io_uring_params` in `buf`.
+    let r = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, buf.as_mut_ptr()) };
+    out.push(("io_uring_setup", errno(r)));
+    if let Ok(fd) = i32::try_from(r)
+        && fd >= 0
+    {
+        // SAFETY: `fd` is the new ring nothing else owns.
+        let ring = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut probe = [0u8; 16 + 8 * 64];
+        // SAFETY: the probe has room for its 16-byte header and 64 opcode entries.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring.as_raw_fd(),
+                8,
+                probe.as_mut_ptr(),
+                64,
+            )
+        };
+        out.push(("io_uring_register_probe", errno(r)));
+        // SAFETY: the argument is an address no mapping holds (page 0): the kernel's copy
+        // from it fails with EFAULT and no memory of this process is touched.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring.as_raw_fd(),
+                22,
+                std::ptr::without_provenance::<u8>(8),
+                1,
+            )
+        };
+        out.push(("io_uring_register_pbuf_ring", errno(r)));
+    }
+    out
+}
