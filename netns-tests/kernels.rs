@@ -1,14 +1,17 @@
 //! The kernel-profile matrix: a node started under each emulated kernel ([`crate::kprofile`])
 //! comes up with the event loop and offloads that kernel gives it, says so in its log and in
-//! `fustian_info`, and carries TCP both ways with matching hashes, first to a node on the
-//! full kernel, then to a node on the same profile.
+//! `fustian_info`, and carries TCP both ways with matching hashes, first (`udp`, with
+//! `--ip-masq`) to a node on the full kernel, then (`vxlan`) to a node on the same profile.
+//! Each profile's rules are also checked on their own, by calls made directly under it.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use fustian::lab::LabBackend::{self, Udp, Vxlan};
 use fustian::lab::traffic::{Amount, tcp_bulk};
 use fustian::lab::{Topology, pod_addr};
+use proptest::prelude::*;
 
 use crate::common::{EXE, serial, skip, topology, wait_for};
 use crate::kprofile::{Profile, Version, expected_probes, probe_calls, syscalls};
@@ -103,18 +106,39 @@ fn kernel_profiles() {
         let profile = Profile::new(expect.version).unwrap_or_else(|e| panic!("{e}"));
         let mut topo = topology();
 
-        // Node 0 under the profile with offloads and `--ip-masq`, node 1 on the full kernel.
+        // `udp`: node 0 under the profile with offloads and `--ip-masq`, node 1 on the full
+        // kernel.
         let masq = ["--ip-masq", "--iptables-resync", "1"];
-        start(&mut topo, 0, Some(&profile), &masq);
-        start(&mut topo, 1, None, &[]);
-        check_node(&topo, 0, expect.offload, "epoll", "offloads in use");
+        start(&mut topo, 0, Some(&profile), Udp, &masq);
+        start(&mut topo, 1, None, Udp, &[]);
+        check_node(&topo, 0, Udp, expect.offload, "epoll", "offloads in use");
         transfers_both_ways(&topo, &format!("{} with the full kernel", expect.version));
         check_masquerade_kept(&topo);
 
-        // Node 1 again under the same profile, without offloads: the loop `--io auto` picks.
-        drop(topo.processes.remove(1));
-        start(&mut topo, 1, Some(&profile), &["--offload", "off"]);
-        check_node(&topo, 1, "off", expect.io, expect.reason);
+        // Node 0 exits cleanly and takes its iptables rules with it.
+        assert!(topo.processes[1].exited().is_none(), "{}", log(&topo, 1));
+        let status = topo.processes[0].stop(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "node 0: {status:?}\n{}",
+            log(&topo, 0)
+        );
+        let (_, nat) = iptables(&topo, &["-t", "nat", "-S"]);
+        let (_, filter) = iptables(&topo, &["-S"]);
+        assert!(
+            !nat.contains("FLANNEL") && !filter.contains("FLANNEL"),
+            "{} left rules behind:\n{nat}{filter}\n{}",
+            expect.version,
+            log(&topo, 0)
+        );
+        topo.processes.clear();
+
+        // `vxlan`: both nodes under the profile, node 0 with offloads, node 1 without, where
+        // `--io auto` picks the loop by what io_uring offers.
+        start(&mut topo, 0, Some(&profile), Vxlan, &[]);
+        start(&mut topo, 1, Some(&profile), Vxlan, &["--offload", "off"]);
+        check_node(&topo, 0, Vxlan, expect.offload, "epoll", "offloads in use");
+        check_node(&topo, 1, Vxlan, "off", expect.io, expect.reason);
         if expect.io == "uring" {
             let paths = [
                 ("io_uring receive path", Some(expect.multishot_receive)),
@@ -132,23 +156,14 @@ fn kernel_profiles() {
             }
         }
         transfers_both_ways(&topo, &format!("{} with itself", expect.version));
-
-        // Both still run; node 0 exits cleanly and takes its iptables rules with it.
-        assert!(topo.processes[1].exited().is_none(), "{}", log(&topo, 1));
-        let status = topo.processes[0].stop(Duration::from_secs(10));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "node 0: {status:?}\n{}",
-            log(&topo, 0)
-        );
-        let (_, nat) = iptables(&topo, &["-t", "nat", "-S"]);
-        let (_, filter) = iptables(&topo, &["-S"]);
-        assert!(
-            !nat.contains("FLANNEL") && !filter.contains("FLANNEL"),
-            "{} left rules behind:\n{nat}{filter}\n{}",
-            expect.version,
-            log(&topo, 0)
-        );
+        for i in 0..2 {
+            let status = topo.processes[i].stop(Duration::from_secs(10));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "node {i}: {status:?}\n{}",
+                log(&topo, i)
+            );
+        }
     }
 }
 
@@ -296,12 +311,31 @@ fn kernel_profiles_compile() {
     }
 }
 
-/// Starts node `i` (under `profile` when given) with its HTTP endpoint and `extra` flags.
-fn start(topo: &mut Topology, i: usize, profile: Option<&Profile>, extra: &[&str]) {
+proptest! {
+    /// Version parsing (of the table's third column) never panics on any text, and reads back
+    /// what it writes.
+    #[test]
+    fn kernel_versions_parse(text in "\\PC{0,16}", a in 0u32..1000, b in 0u32..1000,
+                             c in 0u32..1000) {
+        let _ = Version::parse(&text);
+        let v = Version(a, b, c);
+        prop_assert_eq!(Version::parse(&v.to_string()), Some(v));
+    }
+}
+
+/// Starts node `i` (under `profile` when given) with `backend`, its HTTP endpoint and `extra`
+/// flags.
+fn start(
+    topo: &mut Topology,
+    i: usize,
+    profile: Option<&Profile>,
+    backend: LabBackend,
+    extra: &[&str],
+) {
     let port = HTTP_PORT.to_string();
     let mut flags = vec!["--healthz-port", &port];
     flags.extend_from_slice(extra);
-    let args = topo.node_args(i, &flags);
+    let args = topo.node_args_for(i, backend, &flags);
     let started = topo.start_node_with(i, EXE, &args, |cmd| {
         if let Some(p) = profile {
             p.confine(cmd);
@@ -313,7 +347,14 @@ fn start(topo: &mut Topology, i: usize, profile: Option<&Profile>, extra: &[&str
 }
 
 /// Checks node `i`'s "node up" line and its `fustian_info` gauge.
-fn check_node(topo: &Topology, i: usize, offload: &str, io: &str, reason: &str) {
+fn check_node(
+    topo: &Topology,
+    i: usize,
+    backend: LabBackend,
+    offload: &str,
+    io: &str,
+    reason: &str,
+) {
     let log = log(topo, i);
     let up = log
         .lines()
@@ -337,7 +378,10 @@ fn check_node(topo: &Topology, i: usize, offload: &str, io: &str, reason: &str) 
         !metrics.is_empty()
     });
     assert!(answered, "node {i}: /metrics never answered:\n{log}");
-    let info = format!("fustian_info{{backend=\"udp\",io=\"{io}\",offload=\"{offload}\",");
+    let info = format!(
+        "fustian_info{{backend=\"{}\",io=\"{io}\",offload=\"{offload}\",",
+        backend.name()
+    );
     assert!(
         metrics.lines().any(|l| l.starts_with(&info)),
         "node {i}: no `{info}` in /metrics:\n{metrics}"
