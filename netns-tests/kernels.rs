@@ -200,6 +200,41 @@ fn check_masquerade_kept(topo: &Topology) {
         !text.contains("cannot keep") && !text.contains("cannot narrow"),
         "node 0:\n{text}"
     );
+    // Only the thread that keeps the rules holds capabilities, CAP_NET_ADMIN and CAP_NET_RAW,
+    // and its bounding set is cut to them: what bounds a root child without `SECBIT_NOROOT`.
+    let pid = topo.processes[0].pid().expect("node 0 runs");
+    let threads = thread_caps(pid);
+    assert!(
+        threads.iter().any(|(n, ..)| n == "fustian-masq"),
+        "{threads:?}"
+    );
+    for (name, eff, bnd) in &threads {
+        if name == "fustian-masq" {
+            assert_eq!((*eff, *bnd), (0x3000, 0x3000), "{threads:?}");
+        } else {
+            assert_eq!(*eff, 0, "thread {name}: {threads:?}");
+        }
+    }
+}
+
+/// `(name, CapEff, CapBnd)` of every thread of `pid`.
+fn thread_caps(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("procfs");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        };
+        if let (Some(eff), Some(bnd)) = (field("CapEff:"), field("CapBnd:")) {
+            out.push((comm.trim().to_owned(), eff, bnd));
+        }
+    }
+    out
 }
 
 /// Runs `iptables -w 5 args` in node 0's namespace (outside any profile); returns (success,
