@@ -460,3 +460,111 @@ fn log(topo: &Topology, i: usize) -> String {
     }
     out
 }
+
+/// The etcd agent (tokio, gRPC, its client's TLS stack) under each profile: node 0, started
+/// under it, reaches etcd (in node 1's namespace), leases a subnet and writes the subnet file.
+#[cfg(feature = "etcd")]
+#[test]
+fn kernel_profiles_etcd() {
+    if skip("kernel_profiles_etcd") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let endpoint = format!("http://{}:2379", fustian::lab::HOST_IPS[1]);
+    let data = topo.dir.path().join("etcd-data");
+    let etcd_args: Vec<String> = [
+        "--name",
+        "kprofile",
+        "--data-dir",
+        &data.to_string_lossy(),
+        "--listen-client-urls",
+        &endpoint,
+        "--advertise-client-urls",
+        &endpoint,
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "kprofile=http://127.0.0.1:2380",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let etcd_log = topo.dir.path().join("etcd.log");
+    let etcd = topo.hosts[1]
+        .start("etcd", &etcd_args, etcd_log.clone())
+        .unwrap_or_else(|e| panic!("etcd (apt-get install etcd-server): {e}"));
+    topo.processes.push(etcd);
+    let config = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#;
+    let put = wait_for(Duration::from_secs(20), || {
+        etcd_put(&topo, &endpoint, "/coreos.com/network/config", config)
+    });
+    let etcd_text = std::fs::read_to_string(&etcd_log).unwrap_or_default();
+    assert!(put, "etcd did not take the network config:\n{etcd_text}");
+
+    let subnet_file = topo.dir.path().join("node-0").join("subnet.env");
+    let stats = topo.stats_path(0).to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "run",
+        "--etcd-endpoints",
+        &endpoint,
+        "--public-ip",
+        fustian::lab::HOST_IPS[0],
+        "--subnet-file",
+        &subnet_file.to_string_lossy(),
+        "--stats-file",
+        &stats,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for expect in &MATRIX {
+        let profile = Profile::new(expect.version).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&subnet_file);
+        let node = topo
+            .start_node_with(0, EXE, &args, |cmd| profile.confine(cmd))
+            .unwrap_or_else(|e| panic!("{} with etcd: {e}", expect.version));
+        let leased = wait_for(Duration::from_secs(10), || {
+            fustian::control::etcd::previous_subnet(&subnet_file).is_some()
+        });
+        let mut process = topo.processes.remove(node);
+        assert!(
+            leased,
+            "{}: no subnet from etcd:\n{}",
+            expect.version,
+            process.log()
+        );
+        let status = process.stop(Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{}: {status:?}\n{}",
+            expect.version,
+            process.log()
+        );
+    }
+}
+
+/// Puts `key` = `value` into etcd at `endpoint`, from node 1's namespace; false on any failure.
+#[cfg(feature = "etcd")]
+fn etcd_put(topo: &Topology, endpoint: &str, key: &str, value: &str) -> bool {
+    let (endpoint, key, value) = (endpoint.to_owned(), key.to_owned(), value.to_owned());
+    topo.hosts[1]
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(5));
+            rt.block_on(async {
+                let mut client = etcd_client::Client::connect([endpoint], Some(options))
+                    .await
+                    .ok()?;
+                client.put(key, value, None).await.ok()
+            })
+        })
+        .ok()
+        .flatten()
+        .is_some()
+}
