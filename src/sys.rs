@@ -217,8 +217,8 @@ pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
         CapData::default(),
     ])?;
     if !ambient_supported() {
-        // SAFETY: getuid takes no arguments and cannot fail.
-        let root = unsafe { libc::getuid() } == 0;
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
         return if root {
             Ok(())
         } else {
