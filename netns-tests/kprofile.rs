@@ -18,7 +18,7 @@
 //! What a filter cannot see is not emulated: anything passed in memory (the flags inside
 //! `io_uring_params`, the operations inside submission queue entries, `TUNSETIFF`'s `ifreq`,
 //! control messages), what the kernel reports back (the io_uring probe, feature bits,
-//! `uname`), and behaviour that is not a refused call.
+//! `uname` and `/proc/sys/kernel/osrelease`), and behaviour that is not a refused call.
 //!
 //! The programs are compiled before `fork`; the child only installs them (no allocation
 //! between `fork` and `exec`). They are inherited across `exec`, so `ip netns exec` and then
@@ -253,8 +253,8 @@ impl Profile {
             }
         }
 
-        // The ENOSYS program goes last: from 3.17 on it refuses `seccomp(2)` itself, which
-        // installs the others.
+        // The ENOSYS program goes last: in profiles before 3.17 it refuses `seccomp(2)`
+        // itself, which installs the others.
         let mut programs = Vec::new();
         for (errno, rules) in [
             (libc::EINVAL, einval),
