@@ -95,6 +95,8 @@ const MATRIX: [Expect; 6] = [
     },
 ];
 
+/// Each profile of [`MATRIX`]: `udp` against the full kernel with `--ip-masq`, then `vxlan`
+/// against the same profile.
 #[test]
 fn kernel_profiles() {
     if skip("kernel_profiles") {

@@ -15,6 +15,11 @@
 //!   REGISTERED_RING` bit before 6.3, with `EINVAL`; `io_uring_enter` flags it did not have
 //!   with `EINVAL` (include/uapi/linux/io_uring.h and the release each value appeared in).
 //!
+//! These are the calls of fustian (and of the C library under it) whose answer depends on the
+//! release; the other options and flags it uses (`IFF_MULTI_QUEUE` 3.8, `SO_REUSEPORT` 3.9,
+//! `IFF_VNET_HDR` and TSO 2.6.27, `SO_*BUFFORCE`, `IP_PMTUDISC_*`, `recvmmsg`/`sendmmsg`,
+//! `setns`) predate 3.10, the oldest profile.
+//!
 //! What a filter cannot see is not emulated: anything passed in memory (the flags inside
 //! `io_uring_params`, the operations inside submission queue entries, `TUNSETIFF`'s `ifreq`,
 //! control messages), what the kernel reports back (the io_uring probe, feature bits,
