@@ -36,10 +36,9 @@ struct Expect {
     reason: &'static str,
     /// io_uring: whether the receive is multishot (buffer rings 5.19, multishot `RECVMSG` 6.0).
     multishot_receive: bool,
-    /// io_uring: whether TUN reads are multishot; `None` where the emulation cannot decide it
-    /// (from 5.19 the buffer ring registers, and the opcode probe and release the node reads
-    /// are the machine's own).
-    multishot_tun_read: Option<bool>,
+    /// io_uring: whether TUN reads are multishot (the opcode 6.7, trusted from 6.12 by the
+    /// release the node reads; before 5.19 the buffer ring is refused already).
+    multishot_tun_read: bool,
 }
 
 /// The matrix. The full kernel (the other node of the first half) is not listed: its offloads
@@ -51,7 +50,7 @@ const MATRIX: [Expect; 6] = [
         io: "epoll",
         reason: "io_uring_setup failed",
         multishot_receive: false,
-        multishot_tun_read: Some(false),
+        multishot_tun_read: false,
     },
     Expect {
         version: Version(4, 19, 0),
@@ -59,7 +58,7 @@ const MATRIX: [Expect; 6] = [
         io: "epoll",
         reason: "io_uring_setup failed",
         multishot_receive: false,
-        multishot_tun_read: Some(false),
+        multishot_tun_read: false,
     },
     Expect {
         version: Version(5, 4, 0),
@@ -67,7 +66,7 @@ const MATRIX: [Expect; 6] = [
         io: "epoll",
         reason: "IORING_REGISTER_PROBE failed",
         multishot_receive: false,
-        multishot_tun_read: Some(false),
+        multishot_tun_read: false,
     },
     Expect {
         version: Version(5, 10, 0),
@@ -75,7 +74,7 @@ const MATRIX: [Expect; 6] = [
         io: "uring",
         reason: "io_uring has what the loop needs",
         multishot_receive: false,
-        multishot_tun_read: Some(false),
+        multishot_tun_read: false,
     },
     Expect {
         version: Version(5, 15, 0),
@@ -83,7 +82,7 @@ const MATRIX: [Expect; 6] = [
         io: "uring",
         reason: "io_uring has what the loop needs",
         multishot_receive: false,
-        multishot_tun_read: Some(false),
+        multishot_tun_read: false,
     },
     Expect {
         version: Version(6, 1, 0),
@@ -91,7 +90,7 @@ const MATRIX: [Expect; 6] = [
         io: "uring",
         reason: "io_uring has what the loop needs",
         multishot_receive: true,
-        multishot_tun_read: None,
+        multishot_tun_read: false,
     },
 ];
 
@@ -143,11 +142,10 @@ fn kernel_profiles() {
         check_node(&topo, 1, Vxlan, "off", expect.io, expect.reason);
         if expect.io == "uring" {
             let paths = [
-                ("io_uring receive path", Some(expect.multishot_receive)),
+                ("io_uring receive path", expect.multishot_receive),
                 ("io_uring TUN read path", expect.multishot_tun_read),
             ];
             for (path, multishot) in paths {
-                let Some(multishot) = multishot else { continue };
                 let want = format!("multishot={multishot}");
                 let seen = wait_for(Duration::from_secs(5), || {
                     log(&topo, 1)
@@ -373,14 +371,42 @@ fn start(
     let mut flags = vec!["--healthz-port", &port];
     flags.extend_from_slice(extra);
     let args = topo.node_args_for(i, backend, &flags);
-    let started = topo.start_node_with(i, EXE, &args, |cmd| {
-        if let Some(p) = profile {
-            p.confine(cmd);
-        }
-    });
+    let started = match profile {
+        Some(p) => start_under(topo, i, p, &args),
+        None => topo.start_node(i, EXE, &args),
+    };
     if let Err(e) = started {
         panic!("node {i} under {profile:?}: {e}");
     }
+}
+
+/// Starts fustian with `args` as node `i` under `profile`, with the profile's release in
+/// `/proc/sys/kernel/osrelease` (where fustian reads it): `unshare` gives the node a mount
+/// namespace of its own, in which `mount --bind` puts a file with that release over the
+/// host's, and the shell then execs fustian, so the process started is the node itself.
+fn start_under(
+    topo: &mut Topology,
+    i: usize,
+    profile: &Profile,
+    args: &[String],
+) -> Result<usize, fustian::error::Error> {
+    let release = topo.dir.path().join(format!("osrelease-{i}"));
+    std::fs::write(&release, format!("{}.0-kprofile\n", profile.version))
+        .expect("write the release file");
+    let mut wrapped: Vec<String> = [
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /proc/sys/kernel/osrelease && exec \"$@\"",
+        &release.to_string_lossy(),
+        EXE,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    wrapped.extend_from_slice(args);
+    topo.start_node_with(i, "unshare", &wrapped, |cmd| profile.confine(cmd))
 }
 
 /// Checks node `i`'s "node up" line and its `fustian_info` gauge.
@@ -523,8 +549,7 @@ fn kernel_profiles_etcd() {
     for expect in &MATRIX {
         let profile = Profile::new(expect.version).unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::remove_file(&subnet_file);
-        let node = topo
-            .start_node_with(0, EXE, &args, |cmd| profile.confine(cmd))
+        let node = start_under(&mut topo, 0, &profile, &args)
             .unwrap_or_else(|e| panic!("{} with etcd: {e}", expect.version));
         let leased = wait_for(Duration::from_secs(10), || {
             fustian::control::etcd::previous_subnet(&subnet_file).is_some()

@@ -23,7 +23,8 @@
 //! What a filter cannot see is not emulated: anything passed in memory (the flags inside
 //! `io_uring_params`, the operations inside submission queue entries, `TUNSETIFF`'s `ifreq`,
 //! control messages), what the kernel reports back (the io_uring probe, feature bits,
-//! `uname` and `/proc/sys/kernel/osrelease`), and behaviour that is not a refused call.
+//! `uname`; the netns tests put the profile's release in `/proc/sys/kernel/osrelease`, which
+//! fustian reads, with a bind mount), and behaviour that is not a refused call.
 //!
 //! The programs are compiled before `fork`; the child only installs them (no allocation
 //! between `fork` and `exec`). They are inherited across `exec`, so `ip netns exec` and then
