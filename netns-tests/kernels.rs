@@ -4,6 +4,7 @@
 //! `--ip-masq`) to a node on the full kernel, then (`vxlan`) to a node on the same profile.
 //! Each profile's rules are also checked on their own, by calls made directly under it.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -134,11 +135,18 @@ fn kernel_profiles() {
         );
         topo.processes.clear();
 
-        // `vxlan`: both nodes under the profile, node 0 with offloads, node 1 without, where
-        // `--io auto` picks the loop by what io_uring offers.
-        start(&mut topo, 0, Some(&profile), Vxlan, &[]);
+        // `vxlan`: both nodes under the profile, node 0 with offloads and as `nobody` (it
+        // writes its stats file there), node 1 without offloads, where `--io auto` picks the
+        // loop by what io_uring offers.
+        let open = std::fs::Permissions::from_mode(0o777);
+        std::fs::set_permissions(topo.dir.path(), open).expect("open the scratch directory");
+        start(&mut topo, 0, Some(&profile), Vxlan, &["--user", "nobody"]);
         start(&mut topo, 1, Some(&profile), Vxlan, &["--offload", "off"]);
         check_node(&topo, 0, Vxlan, expect.offload, "epoll", "offloads in use");
+        let dropped = wait_for(Duration::from_secs(5), || {
+            log(&topo, 0).contains("running as an unprivileged user")
+        });
+        assert!(dropped, "node 0 is not `nobody`:\n{}", log(&topo, 0));
         check_node(&topo, 1, Vxlan, "off", expect.io, expect.reason);
         if expect.io == "uring" {
             let paths = [
