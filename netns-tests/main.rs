@@ -20,6 +20,8 @@ mod garbage;
 mod hostile;
 mod http;
 mod icmp;
+mod kernels;
+mod kprofile;
 mod lab;
 mod masq;
 mod privileges;

@@ -150,7 +150,10 @@ const NET_CAPS: u32 = (1 << 12) | (1 << 13);
 /// The `prctl` or `capset` error.
 pub(crate) fn keep_net_caps() -> io::Result<()> {
     // SECBIT_NOROOT (1 << 0) | SECBIT_NO_SETUID_FIXUP (1 << 2) (include/uapi/linux/securebits.h).
-    let bits: libc::c_ulong = (1 << 0) | (1 << 2);
+    // Without ambient capabilities (before 4.3) SECBIT_NOROOT stays clear: a child running as
+    // root then gets what the bounding set dropped below leaves, the network capabilities.
+    let noroot: libc::c_ulong = if ambient_supported() { 1 << 0 } else { 0 };
+    let bits: libc::c_ulong = noroot | (1 << 2);
     // SAFETY: prctl with integer arguments only; PR_SET_SECUREBITS takes the new bits.
     if syscall!(prctl(libc::PR_SET_SECUREBITS, bits, Z, Z, Z)).is_ok() {
         for cap in (0..64).filter(|c: &libc::c_ulong| *c != 12 && *c != 13) {
@@ -194,11 +197,14 @@ const SETID_CAPS: u32 = (1 << 6) | (1 << 7);
 
 /// Raises the effective, inheritable and ambient sets of the calling thread to what its
 /// permitted set holds of `CAP_NET_ADMIN` and `CAP_NET_RAW`, so a child it starts now runs
-/// with them, also as another user (ambient capabilities, Linux 4.3).
+/// with them, also as another user (ambient capabilities, Linux 4.3). Before 4.3 there is no
+/// ambient set: a child running as root still gets them (see [`keep_net_caps`]), one running
+/// as another user cannot.
 ///
 /// # Errors
 ///
-/// The `capget`, `capset` or `prctl` error (`EINVAL` for ambient capabilities before 4.3).
+/// The `capget`, `capset` or `prctl` error; before 4.3, `Unsupported` when the thread no
+/// longer runs as root.
 pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
     let held = capget()?[0].permitted;
     let permitted = held & NET_CAPS;
@@ -210,6 +216,19 @@ pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
         },
         CapData::default(),
     ])?;
+    if !ambient_supported() {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        return if root {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a child running as another user than root gets no capabilities before \
+                 Linux 4.3 (no ambient capabilities)",
+            ))
+        };
+    }
     for cap in [12u32, 13] {
         if permitted & (1 << cap) != 0 {
             // SAFETY: prctl with integer arguments only.
@@ -223,6 +242,20 @@ pub(crate) fn raise_net_caps_for_children() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Returns true when the kernel has ambient capabilities (Linux 4.3): before, `prctl` knows no
+/// `PR_CAP_AMBIENT` and fails with `EINVAL`.
+fn ambient_supported() -> bool {
+    // SAFETY: prctl with integer arguments only; IS_SET only reads the calling thread's set.
+    syscall!(prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_IS_SET as libc::c_ulong,
+        12 as libc::c_ulong,
+        Z,
+        Z
+    ))
+    .is_ok()
 }
 
 /// One 32-bit word of each capability set (`struct __user_cap_data_struct`).

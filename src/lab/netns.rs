@@ -184,6 +184,22 @@ impl Netns {
     ///
     /// [`Error::Lab`] when the process cannot be started.
     pub fn start(&self, program: &str, args: &[String], log: PathBuf) -> Result<Process, Error> {
+        self.start_with(program, args, log, |_| {})
+    }
+
+    /// Starts `program args` as [`Self::start`] does, after `prepare` has adjusted the command
+    /// that runs `ip netns exec` (tests use it to confine the process before it starts).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lab`] when the process cannot be started.
+    pub fn start_with(
+        &self,
+        program: &str,
+        args: &[String],
+        log: PathBuf,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Process, Error> {
         let out = File::create(&log)
             .map_err(|e| Error::Lab(format!("cannot create {}: {e}", log.display())))?;
         let err = out
@@ -191,12 +207,15 @@ impl Netns {
             .map_err(|e| Error::Lab(format!("cannot dup log fd: {e}")))?;
         // `ip netns exec` enters the namespace and then execs the program, so the child's pid
         // is the program's own.
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.name, program])
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        prepare(&mut command);
+        let child = command
             .spawn()
             .map_err(|e| Error::Lab(format!("cannot start {program} in {}: {e}", self.name)))?;
         Ok(Process {

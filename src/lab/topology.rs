@@ -598,9 +598,25 @@ impl Topology {
     ///
     /// [`Error::Lab`] with the node's log when it exits or does not come up within 10 s.
     pub fn start_node(&mut self, i: usize, exe: &str, args: &[String]) -> Result<usize, Error> {
+        self.start_node_with(i, exe, args, |_| {})
+    }
+
+    /// Starts node `i` as [`Self::start_node`] does, after `prepare` has adjusted the command
+    /// (see [`Netns::start_with`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::start_node`].
+    pub fn start_node_with(
+        &mut self,
+        i: usize,
+        exe: &str,
+        args: &[String],
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Result<usize, Error> {
         let _ = std::fs::remove_file(self.stats_path(i));
         let log = self.dir.path().join(format!("node-{i}.log"));
-        let mut process = self.hosts[i].start(exe, args, log)?;
+        let mut process = self.hosts[i].start_with(exe, args, log, prepare)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.stats_path(i).exists() {
             if let Some(status) = process.exited() {
