@@ -252,3 +252,55 @@ fn lab_runs_iperf3_when_asked() {
     assert!(tcp > 0.0);
     assert_eq!(leftovers(&prefix), Vec::<String>::new());
 }
+
+#[test]
+fn lab_measures_ipv6_families() {
+    if skip("lab_measures_ipv6_families") {
+        return;
+    }
+    let _serial = serial();
+    let prefix = format!("l6{}", std::process::id() % 100_000);
+    let out = Command::new(EXE)
+        .args([
+            "lab",
+            "--duration",
+            "0.3",
+            "--pings",
+            "20",
+            "--streams",
+            "1",
+        ])
+        .args(["--backend", "vxlan", "--io", "epoll", "--family", "6,6/4"])
+        .args(["--prefix", &prefix])
+        .output()
+        .expect("lab runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab failed:\n{stdout}\n{stderr}");
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+    for s in [
+        "fustian-vxlan/epoll@6 ",
+        "fustian-vxlan/epoll@6/4",
+        "kernel-vxlan@6",
+        "underlay@6",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(s)),
+            "no row {s}:\n{stdout}"
+        );
+    }
+    // The IPv6 pods' traffic went to the peer's IPv6 address, and over IPv4 for 6/4.
+    for endpoint in ["[2001:db8::2]:8472", "192.0.2.2:8472"] {
+        assert!(
+            stdout.contains(&format!(
+                "subnet=\"fd00:10:244:2::/64\",endpoint=\"{endpoint}\""
+            )),
+            "{endpoint}:\n{stdout}"
+        );
+    }
+    // No IPv4 scenario ran.
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("kernel-vxlan ")),
+        "{stdout}"
+    );
+}

@@ -955,6 +955,11 @@ pub struct LabArgs {
     /// underlay (the bare veth between the nodes).
     #[arg(long, default_value = "fustian,kernel,underlay", value_name = "NAMES")]
     pub scenarios: String,
+    /// Address families, comma separated: `4`, `6` (pods and underlay in that family), or
+    /// `POD/UNDERLAY` such as `6/4` (IPv6 pods over an IPv4 underlay) and `4/6`. Each runs
+    /// every fustian scenario; the kernel's VXLAN and the bare underlay run for `4` and `6`.
+    #[arg(long, default_value = "4", value_name = "LIST")]
+    pub family: String,
     /// Parallel TCP streams, comma separated, e.g. 1,4.
     #[arg(long, default_value = "1,4", value_name = "N,...")]
     pub streams: String,

@@ -31,7 +31,7 @@ pub use self::report::{Metric, NodeCounters, Report};
 pub use self::topology::{
     Family, GATEWAYS, HOST_IPS, HOST_IPS6, IPV6_GATEWAYS, IPV6_NETWORK, IPV6_POD_IPS, IPV6_SUBNETS,
     LabBackend, NETWORK, POD_IPS, SUBNETS, ScratchDir, Stack, Topology, VTEP_MACS, VTEP_MACS6,
-    host_addr, pod_addr, pod_addr6,
+    host_addr, host_addr6, pod_addr, pod_addr6,
 };
 
 use std::sync::Arc;
@@ -42,6 +42,15 @@ use self::measure::{Plan, measure};
 use self::traffic::Amount;
 use crate::cli::LabArgs;
 use crate::error::Error;
+
+/// Names a scenario run on `stack`: unchanged for IPv4, `@6`, `@6/4`, ... otherwise.
+fn family_name(name: String, stack: Stack) -> String {
+    if stack == Stack::V4 {
+        name
+    } else {
+        format!("{name}@{}", stack.name())
+    }
+}
 
 /// Parses a comma-separated list.
 fn list(text: &str) -> Vec<&str> {
@@ -94,6 +103,15 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
             "unknown scenario `{bad}`: fustian, kernel or underlay"
         )));
     }
+    let stacks = list(&args.family)
+        .into_iter()
+        .map(Stack::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if stacks.iter().any(|s| s.overlay == Family::Dual) {
+        return Err(Error::Lab(
+            "--family measures one pod family at a time: 4, 6, 6/4, 4/6 or 6/dual".into(),
+        ));
+    }
     let streams = list(&args.streams)
         .into_iter()
         .map(|s| s.parse::<u16>().ok().filter(|n| (1..=64).contains(n)))
@@ -124,6 +142,12 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     }
 
     let mut topo = Topology::build(&prefix)?;
+    if stacks
+        .iter()
+        .any(|s| s.overlay.has_v6() || s.underlay.has_v6())
+    {
+        topo.add_ipv6()?;
+    }
     if args.mtu != 1500 {
         for h in &topo.hosts {
             h.ip(&["link", "set", "ul0", "mtu", &args.mtu.to_string()])?;
@@ -133,7 +157,10 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
     let mut metrics = Vec::new();
     let mut counters = Vec::new();
     if scenarios.contains(&"fustian") {
-        for backend in &backends {
+        for (stack, backend) in stacks
+            .iter()
+            .flat_map(|s| backends.iter().map(move |b| (*s, b)))
+        {
             for (io, offload) in loops
                 .iter()
                 .flat_map(|io| offloads.iter().map(move |o| (io, o)))
@@ -142,6 +169,7 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
                     "off" => format!("fustian-{}/{io}/off", backend.name()),
                     _ => format!("fustian-{}/{io}", backend.name()),
                 };
+                let name = family_name(name, stack);
                 eprintln!("lab: {name}: starting two nodes");
                 let threads = args.threads.map(|n| n.to_string());
                 let busy_poll = args.busy_poll.to_string();
@@ -153,11 +181,16 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
                     extra.extend(["--busy-poll", busy_poll.as_str()]);
                 }
                 for i in 0..2 {
-                    let node_args = topo.node_args_for(i, *backend, &extra);
+                    let node_args = topo.node_args_stack(i, *backend, stack, &extra);
                     topo.start_node(i, &exe, &node_args)?;
                 }
                 let pids: Vec<u32> = topo.processes.iter().filter_map(|p| p.pid()).collect();
-                metrics.extend(measure(&name, &topo.pods, pod_addr, &cfg, &pids, stop)?);
+                let pods = if stack.overlay.has_v6() {
+                    pod_addr6
+                } else {
+                    pod_addr
+                };
+                metrics.extend(measure(&name, &topo.pods, pods, &cfg, &pids, stop)?);
                 // Stop the nodes: their TUN devices and routes go with them.
                 for (i, mut p) in std::mem::take(&mut topo.processes).into_iter().enumerate() {
                     match p.stop(Duration::from_secs(3)) {
@@ -177,47 +210,49 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
             }
         }
     }
-    if scenarios.contains(&"kernel") {
-        match (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)) {
-            Ok(()) => {
-                if offloads.contains(&"auto") {
-                    metrics.extend(measure(
-                        "kernel-vxlan",
-                        &topo.pods,
-                        pod_addr,
-                        &cfg,
-                        &[],
-                        stop,
-                    )?);
-                }
-                if offloads.contains(&"off") {
-                    // One segment per packet through the VXLAN device: the kernel segments
-                    // before encapsulating, as a device without TSO/GSO would.
-                    for h in &topo.hosts {
-                        h.ip(&["link", "set", "flannel.1", "gso_max_segs", "1"])?;
+    // The kernel's VXLAN and the bare underlay, for each family measured in one piece.
+    let same: Vec<Stack> = stacks
+        .iter()
+        .copied()
+        .filter(|s| s.overlay == s.underlay)
+        .collect();
+    for stack in &same {
+        let v6 = stack.overlay == Family::V6;
+        if scenarios.contains(&"kernel") {
+            let (device, programmed) = if v6 {
+                let r = (0..2).try_for_each(|i| topo.program_kernel_vxlan6(i, VTEP_MACS6[1 - i]));
+                ("flannel-v6.1", r)
+            } else {
+                (
+                    "flannel.1",
+                    (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)),
+                )
+            };
+            let pods = if v6 { pod_addr6 } else { pod_addr };
+            match programmed {
+                Ok(()) => {
+                    if offloads.contains(&"auto") {
+                        let name = family_name("kernel-vxlan".to_owned(), *stack);
+                        metrics.extend(measure(&name, &topo.pods, pods, &cfg, &[], stop)?);
                     }
-                    metrics.extend(measure(
-                        "kernel-vxlan/off",
-                        &topo.pods,
-                        pod_addr,
-                        &cfg,
-                        &[],
-                        stop,
-                    )?);
+                    if offloads.contains(&"off") {
+                        // One segment per packet through the VXLAN device: the kernel
+                        // segments before encapsulating, as a device without TSO/GSO would.
+                        for h in &topo.hosts {
+                            h.ip(&["link", "set", device, "gso_max_segs", "1"])?;
+                        }
+                        let name = family_name("kernel-vxlan/off".to_owned(), *stack);
+                        metrics.extend(measure(&name, &topo.pods, pods, &cfg, &[], stop)?);
+                    }
                 }
+                Err(e) => eprintln!("lab: kernel vxlan ({device}) skipped: {e}"),
             }
-            Err(e) => eprintln!("lab: kernel vxlan skipped: {e}"),
         }
-    }
-    if scenarios.contains(&"underlay") {
-        metrics.extend(measure(
-            "underlay",
-            &topo.hosts,
-            host_addr,
-            &cfg,
-            &[],
-            stop,
-        )?);
+        if scenarios.contains(&"underlay") {
+            let hosts = if v6 { host_addr6 } else { host_addr };
+            let name = family_name("underlay".to_owned(), *stack);
+            metrics.extend(measure(&name, &topo.hosts, hosts, &cfg, &[], stop)?);
+        }
     }
     let report = Report {
         metrics,

@@ -267,14 +267,20 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "\nratio to kernel VXLAN (median against median, same metric; `/off` rows \
-                 against kernel-vxlan/off when measured):"
+                 against kernel-vxlan/off, `@6` rows against kernel-vxlan@6, when measured):"
             )?;
             for s in all.iter().filter(|s| !kernels.contains(s)) {
-                let kernel = if s.ends_with("/off") && all.contains(&kernels[1]) {
-                    kernels[1]
-                } else {
-                    kernels[0]
+                let (base, family) = match s.split_once('@') {
+                    Some((b, fam)) => (b, Some(fam)),
+                    None => (*s, None),
                 };
+                let off = base.ends_with("/off") && all.contains(&kernels[1]);
+                let plain = if off { kernels[1] } else { kernels[0] };
+                let kernel = family
+                    .map(|fam| format!("{plain}@{fam}"))
+                    .filter(|k| k != s && all.contains(&k.as_str()))
+                    .unwrap_or_else(|| plain.to_owned());
+                let kernel = kernel.as_str();
                 let mut parts = Vec::new();
                 for n in names
                     .iter()
@@ -353,6 +359,32 @@ mod tests {
         );
         assert!(
             text.contains("fustian-udp/uring node a: tx_packets=7"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ipv6_rows_are_held_against_the_kernel_of_their_family() {
+        let mut r = report();
+        r.metrics.extend([
+            metric("fustian-udp/uring@6", "tcp x1 a->b", &[3.0]),
+            metric("kernel-vxlan@6", "tcp x1 a->b", &[6.0]),
+            metric("fustian-udp/uring@6/4", "tcp x1 a->b", &[1.0]),
+        ]);
+        let text = r.to_string();
+        let ratio = |s: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(s) && l.contains("tcp x1 a->b 0"))
+                .map(str::to_owned)
+        };
+        // 3 / 6 against the IPv6 kernel row, not 3 / 4.
+        assert!(
+            ratio("fustian-udp/uring@6 ").is_some_and(|l| l.contains("0.50")),
+            "{text}"
+        );
+        // No kernel row for 6/4: the plain one, 1 / 4.
+        assert!(
+            ratio("fustian-udp/uring@6/4").is_some_and(|l| l.contains("0.25")),
             "{text}"
         );
     }

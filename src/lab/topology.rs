@@ -102,6 +102,28 @@ impl Stack {
         underlay: Family::V4,
     };
 
+    /// Parses `4`, `6`, `dual`, or `POD/UNDERLAY` (each `4`, `6` or `dual`), e.g. `6/4`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lab`] for anything else.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let (overlay, underlay) = text.split_once('/').unwrap_or((text, text));
+        Ok(Self {
+            overlay: Family::parse(overlay)?,
+            underlay: Family::parse(underlay)?,
+        })
+    }
+
+    /// Returns the name [`Self::parse`] takes: `4`, `6`, `dual`, or `POD/UNDERLAY`.
+    pub fn name(self) -> String {
+        if self.overlay == self.underlay {
+            self.overlay.name().to_owned()
+        } else {
+            format!("{}/{}", self.overlay.name(), self.underlay.name())
+        }
+    }
+
     /// Returns the underlay address of node `i` that carries pod traffic of `v6` (the same
     /// family when the underlay has it, else the one it has).
     pub fn endpoint(self, i: usize, v6: bool) -> &'static str {
@@ -667,6 +689,16 @@ pub fn pod_addr(i: usize, port: u16) -> SocketAddr {
 pub fn pod_addr6(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(
         IPV6_POD_IPS[i]
+            .parse()
+            .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()),
+        port,
+    )
+}
+
+/// Returns the IPv6 underlay address of node `i` with `port`.
+pub fn host_addr6(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(
+        HOST_IPS6[i]
             .parse()
             .unwrap_or(std::net::Ipv6Addr::UNSPECIFIED.into()),
         port,
