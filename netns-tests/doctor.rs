@@ -600,3 +600,86 @@ fn doctor_with_etcd_names_a_stray_lease_and_a_deleted_own_lease() {
     });
     assert!(missing, "the deleted lease was not named: {:#?}", last.1);
 }
+
+/// A dual-stack node (IPv4 and IPv6 pods, both underlays): every check passes, the IPv6 half
+/// included (its address, route, subnet file lines, forwarding, and the IPv6 peer probed over
+/// the IPv6 underlay with its path MTU); IPv6 forwarding off and the IPv6 route removed are
+/// named with their fixes.
+#[test]
+fn doctor_checks_both_halves_of_a_dual_stack_node() {
+    if skip("doctor_checks_both_halves_of_a_dual_stack_node") {
+        return;
+    }
+    let _serial = serial();
+    let dual = fustian::lab::Stack {
+        overlay: fustian::lab::Family::Dual,
+        underlay: fustian::lab::Family::Dual,
+    };
+    let mut topo = topology();
+    topo.add_ipv6()
+        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+    for i in 0..2 {
+        let mut extra = vec!["--threads", "1"];
+        if i == 0 {
+            extra.extend(["--healthz-port", "9107"]);
+        }
+        let args = topo.node_args_stack(i, LabBackend::Udp, dual, &extra);
+        topo.start_node(i, EXE, &args)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_healthy(&topo, "dual stack");
+    let (_, checks) = doctor(&topo);
+    let ok = |name: &str, detail: &str| {
+        checks.iter().any(|c| {
+            c["name"] == name
+                && c["outcome"] == "ok"
+                && c["detail"].as_str().is_some_and(|d| d.contains(detail))
+        })
+    };
+    assert!(ok("tun.address", "fd00:10:244:1::"), "{checks:#?}");
+    assert!(ok("route.overlay", "fd00:10:244::/56"), "{checks:#?}");
+    assert!(ok("sysctl.ipv6_forwarding", "= 1"), "{checks:#?}");
+    assert!(
+        ok("peer.[2001:db8::2]:8285", "path MTU >= 1500"),
+        "{checks:#?}"
+    );
+    // The TUN MTU is sized for the IPv6 underlay (1452): the IPv4 path needs 1452 + 28.
+    assert!(ok("peer.192.0.2.2:8285", "path MTU >= 1480"), "{checks:#?}");
+
+    sh(
+        &topo,
+        0,
+        "sysctl",
+        &["-qw", "net.ipv6.conf.all.forwarding=0"],
+    );
+    assert_named(
+        &topo,
+        "IPv6 forwarding off",
+        "sysctl.ipv6_forwarding",
+        "fail",
+        "= 0",
+        "sysctl -w net.ipv6.conf.all.forwarding=1",
+    );
+    sh(
+        &topo,
+        0,
+        "sysctl",
+        &["-qw", "net.ipv6.conf.all.forwarding=1"],
+    );
+    sh(&topo, 0, "ip", &["-6", "route", "del", "fd00:10:244::/56"]);
+    assert_named(
+        &topo,
+        "IPv6 route removed",
+        "route.overlay",
+        "fail",
+        "fd00:10:244::/56",
+        "ip route replace fd00:10:244::/56 dev flannel0",
+    );
+    sh(
+        &topo,
+        0,
+        "ip",
+        &["-6", "route", "add", "fd00:10:244::/56", "dev", "flannel0"],
+    );
+    assert_healthy(&topo, "after the faults were reverted");
+}

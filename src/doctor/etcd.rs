@@ -346,6 +346,7 @@ mod tests {
             subnet: "10.244.1.0/24".parse().unwrap(),
             listen: "192.0.2.1:8285".parse().unwrap(),
             listen6: None,
+            ipv6: None,
             backend: Backend::Udp,
             vtep_mac: None,
             subnet_file: None,

@@ -32,6 +32,10 @@ pub struct SubnetEnv {
     pub subnet: Option<String>,
     /// `FLANNEL_MTU`, when it is a number.
     pub mtu: Option<u32>,
+    /// `FLANNEL_IPV6_NETWORK`.
+    pub ipv6_network: Option<String>,
+    /// `FLANNEL_IPV6_SUBNET`.
+    pub ipv6_subnet: Option<String>,
 }
 
 /// Runs the local checks.
@@ -59,17 +63,19 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
                     Some(format!("ip link set dev {tun} up")),
                 )
             });
-            let want = intent.tun_addr();
-            out.push(if l.addrs.iter().any(|(a, _)| *a == want) {
-                Check::ok("tun.address", format!("{tun} has {want}"))
-            } else {
-                let len = if want.is_ipv4() { 32 } else { 128 };
-                Check::fail(
-                    "tun.address",
-                    format!("{tun} lacks the node address {want}"),
-                    Some(format!("ip addr add {want}/{len} dev {tun}")),
-                )
-            });
+            for (_, subnet) in intent.overlays() {
+                let want = subnet.network();
+                out.push(if l.addrs.iter().any(|(a, _)| *a == want) {
+                    Check::ok("tun.address", format!("{tun} has {want}"))
+                } else {
+                    let len = if want.is_ipv4() { 32 } else { 128 };
+                    Check::fail(
+                        "tun.address",
+                        format!("{tun} lacks the node address {want}"),
+                        Some(format!("ip addr add {want}/{len} dev {tun}")),
+                    )
+                });
+            }
             out.push(if l.mtu == intent.mtu {
                 Check::ok("tun.mtu", format!("{tun} MTU {}", l.mtu))
             } else {
@@ -84,9 +90,38 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
             });
         }
     }
-    let net = intent.network.trunc();
-    let routes = ip_json(&["-j", "route", "show", "exact", &net.to_string()]);
-    out.push(match routes.as_ref().map(route_devices) {
+    for (network, _) in intent.overlays() {
+        out.push(route_check(tun, network.trunc()));
+    }
+    if let Some(path) = &intent.subnet_file {
+        out.push(subnet_file_check(
+            path,
+            intent,
+            actual_mtu.unwrap_or(intent.mtu),
+        ));
+    }
+    if intent.overlays().iter().any(|(n, _)| n.addr().is_ipv4()) {
+        out.push(ip_forward_check(read_sysctl("net/ipv4/ip_forward")));
+    }
+    if intent.overlays().iter().any(|(n, _)| n.addr().is_ipv6()) {
+        out.push(ipv6_forwarding_check(read_sysctl(
+            "net/ipv6/conf/all/forwarding",
+        )));
+    }
+    out.push(rp_filter_check(
+        tun,
+        read_sysctl("net/ipv4/conf/all/rp_filter"),
+        read_sysctl(&format!("net/ipv4/conf/{tun}/rp_filter")),
+    ));
+    vxlan_check(intent, &mut out);
+    out
+}
+
+/// Whether `net` is routed into `tun`.
+fn route_check(tun: &str, net: ipnet::IpNet) -> Check {
+    let family = if net.addr().is_ipv6() { "-6" } else { "-4" };
+    let routes = ip_json(&[family, "-j", "route", "show", "exact", &net.to_string()]);
+    match routes.as_ref().map(route_devices) {
         Ok(devs) if devs.iter().any(|d| d == tun) => {
             Check::ok("route.overlay", format!("{net} dev {tun}"))
         }
@@ -99,20 +134,11 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
             Some(format!("ip route replace {net} dev {tun}")),
         ),
         Err(e) => Check::warn("route.overlay", format!("cannot list routes: {e}"), None),
-    });
-    if let Some(path) = &intent.subnet_file {
-        out.push(subnet_file_check(
-            path,
-            intent,
-            actual_mtu.unwrap_or(intent.mtu),
-        ));
     }
-    out.push(ip_forward_check(read_sysctl("net/ipv4/ip_forward")));
-    out.push(rp_filter_check(
-        tun,
-        read_sysctl("net/ipv4/conf/all/rp_filter"),
-        read_sysctl(&format!("net/ipv4/conf/{tun}/rp_filter")),
-    ));
+}
+
+/// A kernel VXLAN device on the node's port would take its datagrams.
+fn vxlan_check(intent: &Intent, out: &mut Vec<Check>) {
     if let Backend::Vxlan { .. } = intent.backend
         && let Ok(v) = ip_json(&["-j", "-d", "link", "show", "type", "vxlan"])
     {
@@ -138,7 +164,6 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
             )
         });
     }
-    out
 }
 
 /// Judges `net.ipv4.ip_forward` (the file's text, or why it could not be read).
@@ -151,6 +176,22 @@ pub fn ip_forward_check(value: Result<String, String>) -> Check {
             Some("sysctl -w net.ipv4.ip_forward=1".to_owned()),
         ),
         Err(e) => Check::warn("sysctl.ip_forward", e.clone(), None),
+    }
+}
+
+/// Judges `net.ipv6.conf.all.forwarding` (the file's text, or why it could not be read).
+pub fn ipv6_forwarding_check(value: Result<String, String>) -> Check {
+    match value.as_deref().map(str::trim) {
+        Ok("1") => Check::ok("sysctl.ipv6_forwarding", "net.ipv6.conf.all.forwarding = 1"),
+        Ok(v) => Check::fail(
+            "sysctl.ipv6_forwarding",
+            format!(
+                "net.ipv6.conf.all.forwarding = {v}: the kernel does not forward IPv6 between \
+                 TUN and pods"
+            ),
+            Some("sysctl -w net.ipv6.conf.all.forwarding=1".to_owned()),
+        ),
+        Err(e) => Check::warn("sysctl.ipv6_forwarding", e.clone(), None),
     }
 }
 
@@ -208,16 +249,24 @@ fn subnet_file_check(path: &Path, intent: &Intent, mtu: u32) -> Check {
         }
     };
     let env = parse_subnet_env(&text);
-    let want_net = intent.network.to_string();
-    if env.network.as_deref() != Some(want_net.as_str()) {
-        return Check::fail(
-            "subnet_file",
-            format!(
-                "{shown}: FLANNEL_NETWORK is {:?}, the node's network is {want_net}",
-                env.network.unwrap_or_default()
-            ),
-            Some("restart fustian run (it rewrites the file)".to_owned()),
-        );
+    // flanneld's names: FLANNEL_NETWORK for IPv4, FLANNEL_IPV6_NETWORK for IPv6.
+    for (network, _) in intent.overlays() {
+        let (name, found) = if network.addr().is_ipv6() {
+            ("FLANNEL_IPV6_NETWORK", &env.ipv6_network)
+        } else {
+            ("FLANNEL_NETWORK", &env.network)
+        };
+        let want_net = network.to_string();
+        if found.as_deref() != Some(want_net.as_str()) {
+            return Check::fail(
+                "subnet_file",
+                format!(
+                    "{shown}: {name} is {:?}, the node's network is {want_net}",
+                    found.clone().unwrap_or_default()
+                ),
+                Some("restart fustian run (it rewrites the file)".to_owned()),
+            );
+        }
     }
     match env.mtu {
         Some(m) if m == mtu => Check::ok("subnet_file.mtu", format!("{shown}: FLANNEL_MTU={m}")),
@@ -249,6 +298,8 @@ pub fn parse_subnet_env(text: &str) -> SubnetEnv {
             "FLANNEL_NETWORK" => env.network = Some(v.to_owned()),
             "FLANNEL_SUBNET" => env.subnet = Some(v.to_owned()),
             "FLANNEL_MTU" => env.mtu = v.parse().ok(),
+            "FLANNEL_IPV6_NETWORK" => env.ipv6_network = Some(v.to_owned()),
+            "FLANNEL_IPV6_SUBNET" => env.ipv6_subnet = Some(v.to_owned()),
             _ => {}
         }
     }
@@ -398,6 +449,13 @@ mod tests {
         assert_eq!(env.subnet.as_deref(), Some("10.244.1.1/24"));
         assert_eq!(env.mtu, Some(1472));
         assert_eq!(parse_subnet_env("FLANNEL_MTU=x").mtu, None);
+        let dual = parse_subnet_env(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n",
+        );
+        assert_eq!(dual.ipv6_network.as_deref(), Some("fd00:10:244::/56"));
+        assert_eq!(dual.ipv6_subnet.as_deref(), Some("fd00:10:244:1::1/64"));
+        assert_eq!(dual.network.as_deref(), Some("10.244.0.0/16"));
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct Intent {
     pub network: IpNet,
     /// This node's subnet.
     pub subnet: IpNet,
+    /// The IPv6 network and subnet of a dual-stack node.
+    pub ipv6: Option<(IpNet, IpNet)>,
     /// The underlay address and port the node listens on.
     pub listen: SocketAddr,
     /// The IPv6 underlay address and port it also listens on, beside an IPv4 `listen`.
@@ -248,6 +250,10 @@ impl Intent {
                 .ok_or(DoctorError::Field("mtu"))?,
             network: parse("network")?,
             subnet: parse("subnet")?,
+            ipv6: match (&v["ipv6_network"], &v["ipv6_subnet"]) {
+                (Value::Null, Value::Null) => None,
+                _ => Some((parse("ipv6_network")?, parse("ipv6_subnet")?)),
+            },
             listen: text("listen")?
                 .parse()
                 .map_err(|_| DoctorError::Field("listen"))?,
@@ -269,6 +275,14 @@ impl Intent {
     /// Returns the address the node gives its TUN device: the subnet's first address.
     pub fn tun_addr(&self) -> IpAddr {
         self.subnet.network()
+    }
+
+    /// Returns the node's overlays as `(network, subnet)`: the first one, and the IPv6 one of
+    /// a dual-stack node.
+    pub fn overlays(&self) -> Vec<(IpNet, IpNet)> {
+        std::iter::once((self.network, self.subnet))
+            .chain(self.ipv6)
+            .collect()
     }
 }
 
