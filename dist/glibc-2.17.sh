@@ -9,13 +9,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# zig links against glibc 2.17's symbol versions; cargo-zigbuild drives it from cargo.
-python3 -m pip install --quiet 'ziglang>=0.13'
-zig_dir=$(python3 -c 'import os, ziglang; print(os.path.dirname(ziglang.__file__))')
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/zig}
+
+# zig links against glibc 2.17's symbol versions; cargo-zigbuild drives it from cargo. zig
+# comes from PyPI, installed into a virtual environment of its own (a distribution's Python
+# refuses packages outside one, PEP 668).
+if ! python3 -m venv --help >/dev/null 2>&1; then
+  apt-get install -y -q python3-venv
+fi
+venv="$CARGO_TARGET_DIR/zig-venv"
+[ -x "$venv/bin/python3" ] || python3 -m venv "$venv"
+"$venv/bin/python3" -m pip install --quiet 'ziglang>=0.13'
+zig_dir=$("$venv/bin/python3" -c 'import os, ziglang; print(os.path.dirname(ziglang.__file__))')
 export PATH="$zig_dir:$PATH"
 command -v cargo-zigbuild >/dev/null 2>&1 || cargo install --locked --quiet cargo-zigbuild
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/zig}
 cargo zigbuild --release --locked --all-features --target x86_64-unknown-linux-gnu.2.17
 bin="$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/fustian"
 mkdir -p target/glibc-2.17
