@@ -5,6 +5,8 @@
 //! Addresses (inside the test's namespaces only): underlay 192.0.2.0/24 and 2001:db8::/64
 //! (RFC 3849), pods 10.244.0.0/16 and fd00:10:244::/56 (RFC 4193).
 
+#![allow(unsafe_code)]
+
 use std::time::Duration;
 
 use fustian::lab::{Family, LabBackend, Stack, Topology, pod_addr, pod_addr6};
@@ -395,4 +397,104 @@ fn hostile_ipv6_inner_packets_are_dropped_and_counted() {
         pod.recv_from(&mut buf).is_err(),
         "nothing else reached the pod"
     );
+}
+
+/// The IPv6 path MTU of a connected socket.
+fn ipv6_mtu(sock: &std::net::UdpSocket) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut mtu: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
+    // SAFETY: `mtu` and `len` are valid for writes for the duration of the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "getsockopt(IPV6_MTU): {}",
+        std::io::Error::last_os_error()
+    );
+    mtu
+}
+
+/// Over an IPv6 underlay the path carries 1500 − 48 bytes of inner packet (`udp`): an IPv6
+/// packet larger than that gets ICMPv6 packet too big with 1452, and the sender's path MTU
+/// drops to it; an unroutable IPv6 destination gets ICMPv6 no route.
+#[test]
+fn ipv6_packet_too_big_carries_the_ipv6_path_mtu() {
+    if skip("ipv6_packet_too_big_carries_the_ipv6_path_mtu") {
+        return;
+    }
+    let _serial = serial();
+    let v6 = Stack {
+        overlay: Family::V6,
+        underlay: Family::V6,
+    };
+    for extra in [LOOPS[1], LOOPS[6]] {
+        let mut topo = topology();
+        topo.add_ipv6()
+            .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+        let mut flags = extra.to_vec();
+        // A TUN MTU above what the path carries, so big packets reach fustian.
+        flags.extend(["--mtu", "2000"]);
+        let args = topo.node_args_stack(0, LabBackend::Udp, v6, &flags);
+        topo.start_node(0, EXE, &args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (big, unroutable) = topo.hosts[0]
+            .run(|| {
+                let b = std::net::UdpSocket::bind("[::]:0").and_then(|s| {
+                    s.connect("[fd00:10:244:2::2]:9")?;
+                    Ok(s)
+                });
+                let u = std::net::UdpSocket::bind("[::]:0").and_then(|s| {
+                    s.connect("[fd00:10:244:9::9]:9")?;
+                    Ok(s)
+                });
+                (b, u)
+            })
+            .expect("enter node a");
+        let (big, unroutable) = (big.expect("socket"), unroutable.expect("socket"));
+        assert_eq!(ipv6_mtu(&big), 2000, "the route MTU before");
+        big.send(&[0u8; 1800]).expect("send");
+        let lowered = wait_for(Duration::from_secs(2), || ipv6_mtu(&big) == 1452);
+        assert!(
+            lowered,
+            "path MTU is {} after packet too big",
+            ipv6_mtu(&big)
+        );
+
+        // No route: a soft error, heard with IPV6_RECVERR.
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
+        // SAFETY: `on` is a c_int valid for the duration of the call.
+        let r = unsafe {
+            libc::setsockopt(
+                unroutable.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_RECVERR,
+                (&raw const on).cast(),
+                len,
+            )
+        };
+        assert_eq!(r, 0);
+        unroutable
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        unroutable.send(b"anyone?").expect("send");
+        let err = unroutable
+            .recv(&mut [0u8; 64])
+            .expect_err("an ICMPv6 error comes back");
+        assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+        let counted = wait_for(Duration::from_secs(3), || {
+            topo.counter(0, "tun_tx_icmp") >= 2 && topo.counter(0, "drop_too_big") >= 1
+        });
+        assert!(counted, "{:?}", topo.stats(0));
+    }
 }
