@@ -87,7 +87,7 @@ impl Churn {
         let extra = usize::try_from(round % (self.spare.len() as u64 + 1)).unwrap_or(0);
         peers.extend(self.spare.iter().take(extra).copied());
         // The real peers are valid (checked at start) and the spares overlap none of them.
-        Snapshot::new(vec![self.config.subnet], peers).unwrap_or_default()
+        Snapshot::new(self.config.local_subnets(), peers).unwrap_or_default()
     }
 
     fn run(&self, table: &Table, stop: &AtomicBool) {

@@ -196,7 +196,7 @@ pub fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, E
             reload.path.display()
         );
     }
-    Ok(Snapshot::new(vec![running.subnet], new.peers)?)
+    Ok(Snapshot::new(running.local_subnets(), new.peers)?)
 }
 
 #[cfg(test)]
@@ -265,6 +265,39 @@ mod tests {
             w.decide(t0 + Duration::from_secs(1), true, || stamp(1, 10))
                 .reload
         );
+    }
+
+    /// A reload keeps both of a dual-stack node's subnets local: a peer may not claim the IPv6
+    /// one, and the new table still delivers to it.
+    #[test]
+    fn reload_keeps_a_dual_stack_node_s_subnets() {
+        let dir = std::env::temp_dir().join(format!("fustian-reload6-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("node.toml");
+        let text = |peer: &str| {
+            format!(
+                "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\n\
+                 ipv6_network = \"fd00:10:244::/56\"\nipv6_subnet = \"fd00:10:244:1::/64\"\n\
+                 public_ip = \"192.0.2.1\"\npublic_ipv6 = \"2001:db8::1\"\n\
+                 [[peer]]\nsubnet = \"{peer}\"\npublic_ip = \"2001:db8::2\"\n"
+            )
+        };
+        std::fs::write(&path, text("fd00:10:244:2::/64")).expect("write");
+        let flags = RawNode::default();
+        let file = RawNode::from_file(&path).expect("parses");
+        let running = NodeConfig::resolve(&flags, Some((&path, &file))).expect("valid");
+        let reload = Reload {
+            path: path.clone(),
+            flags,
+            requested: Arc::new(AtomicBool::new(false)),
+        };
+        let snap = reload_peers(&running, &reload).expect("reloads");
+        assert!(snap.is_local("fd00:10:244:1::5".parse().expect("literal")));
+        assert!(snap.is_local("10.244.1.5".parse().expect("literal")));
+        // A peer claiming this node's IPv6 subnet is refused, as at start.
+        std::fs::write(&path, text("fd00:10:244:1::/64")).expect("write");
+        assert!(reload_peers(&running, &reload).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
