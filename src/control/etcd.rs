@@ -25,14 +25,21 @@
 //!    again, with backoff; meanwhile forwarding goes on with the last table;
 //! 4. renew the lease `--subnet-lease-renew-margin` before it expires; a lease that expired
 //!    while etcd was unreachable is granted again and the value written back;
-//! 5. keep its own lease: deleted, it is written again; overwritten by someone else while it
+//! 5. on a dual-stack network (`EnableIPv6`) one key holds both of the node's subnets
+//!    (`10.244.1.0-24&fd00:10:244:1::-64`), the value its `PublicIPv6` and the IPv6 VTEP in
+//!    `BackendV6Data`, and every lease with an IPv6 subnet is two peers: its IPv4 subnet at its
+//!    `PublicIP`, its IPv6 subnet at its `PublicIPv6` (with `BackendV6Data`'s MAC) when both
+//!    nodes have an IPv6 underlay, else at its `PublicIP` too. As flanneld, a node of such a
+//!    network must have an IPv6 underlay address (`--public-ipv6`);
+//! 6. keep its own lease: deleted, it is written again; overwritten by someone else while it
 //!    is still this node's (its etcd lease alive), it is written back at once (at most once a
 //!    second). flanneld shuts down when its lease goes away; fustian keeps forwarding for its
 //!    subnet and restores the key, so other nodes go on routing to it.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,11 +49,11 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::lease::{
-    Accepted, Backend, LeaseValue, NetworkConfig, Rejection, StoredLease, judge_leases,
-    parse_subnet_key, subnet_key,
+    Accepted, Backend, LeaseValue, NetworkConfig, OwnNode, Rejection, StoredLease, SubnetKey,
+    judge_leases_dual, parse_subnet_key,
 };
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
@@ -74,6 +81,12 @@ pub enum EtcdError {
     /// No subnet could be acquired.
     #[error("cannot acquire a subnet: {0}")]
     Acquire(String),
+    /// The network is dual stack and this node has no IPv6 underlay address.
+    #[error(
+        "the network config enables IPv6 (EnableIPv6, IPv6Network {0}): give this node's IPv6 \
+         address with --public-ipv6 (or FLANNELD_PUBLIC_IPV6), as flanneld requires one"
+    )]
+    NeedsIpv6(Ipv6Net),
     /// No endpoint answered.
     #[error("no etcd endpoint answers ({0})")]
     Unreachable(String),
@@ -194,7 +207,9 @@ pub struct Joined {
     pub config: NetworkConfig,
     /// This node's subnet.
     pub subnet: Ipv4Net,
-    /// The other nodes, as the table wants them.
+    /// This node's IPv6 subnet, on a dual-stack network.
+    pub subnet6: Option<Ipv6Net>,
+    /// The other nodes, as the table wants them (a dual-stack node is two peers).
     pub peers: Vec<Peer>,
 }
 
@@ -223,8 +238,10 @@ pub struct Agent {
     opts: EtcdOptions,
     config: Option<NetworkConfig>,
     public_ip: Ipv4Addr,
+    public_ipv6: Option<Ipv6Addr>,
     vtep_mac: Option<MacAddress>,
     subnet: Option<Ipv4Net>,
+    subnet6: Option<Ipv6Net>,
     lease_id: i64,
     /// Every key under `<prefix>/subnets/`, one entry per key.
     entries: BTreeMap<String, Entry>,
@@ -241,6 +258,7 @@ impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
             .field("subnet", &self.subnet)
+            .field("subnet6", &self.subnet6)
             .field("lease_id", &self.lease_id)
             .finish_non_exhaustive()
     }
@@ -332,6 +350,7 @@ fn for_log(key: &str) -> String {
 
 impl Agent {
     /// Makes an agent that has not reached etcd yet (see [`Self::join_when_ready`]).
+    /// `public_ipv6` is the node's IPv6 underlay address, which a dual-stack network needs.
     ///
     /// # Errors
     ///
@@ -339,6 +358,7 @@ impl Agent {
     pub fn new(
         opts: EtcdOptions,
         public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
         vtep_mac: Option<MacAddress>,
     ) -> Result<Self, EtcdError> {
         Ok(Self {
@@ -348,8 +368,10 @@ impl Agent {
             opts,
             config: None,
             public_ip,
+            public_ipv6,
             vtep_mac,
             subnet: None,
+            subnet6: None,
             lease_id: 0,
             entries: BTreeMap::new(),
             revision: 0,
@@ -447,21 +469,23 @@ impl Agent {
     /// Reaches etcd, waits for the network config, acquires a subnet and lists the peers;
     /// waits (trying again about once a second) while etcd is unreachable or the config is
     /// missing or invalid, calling `waiting` with the reason each time it changes (and logging
-    /// it once). `Ok(None)` when `stop` was set first.
+    /// it once). `Ok(None)` when `stop` was set first. `previous` and `previous6` are the
+    /// subnets recorded in the subnet file (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`).
     ///
     /// # Errors
     ///
-    /// [`EtcdError`] when no subnet can be acquired (every subnet leased, races lost) or a
-    /// TLS file cannot be read.
+    /// [`EtcdError`] when no subnet can be acquired (every subnet leased, races lost), the
+    /// network is dual stack and this node has no IPv6 address, or a TLS file cannot be read.
     pub fn join_when_ready(
         &mut self,
         previous: Option<Ipv4Net>,
+        previous6: Option<Ipv6Net>,
         stop: &AtomicBool,
         waiting: &dyn Fn(&str),
     ) -> Result<Option<Joined>, EtcdError> {
         let mut said = String::new();
         loop {
-            match self.try_join(previous, stop)? {
+            match self.try_join((previous, previous6), stop)? {
                 Step::Joined(joined) => return Ok(Some(joined)),
                 Step::Stopped => return Ok(None),
                 Step::Wait(reason, detail) => {
@@ -481,7 +505,7 @@ impl Agent {
 
     fn try_join(
         &mut self,
-        previous: Option<Ipv4Net>,
+        previous: (Option<Ipv4Net>, Option<Ipv6Net>),
         stop: &AtomicBool,
     ) -> Result<Step, EtcdError> {
         let unreachable = format!("waiting for etcd at {}", self.endpoint_list());
@@ -526,74 +550,112 @@ impl Agent {
             _ => None,
         };
         let vxlan = vni.is_some();
+        // flanneld writes PublicIPv6 and the IPv6 VTEP only on a dual-stack network. fustian
+        // has one VTEP for both families, so its MAC goes into both.
+        let dual = self.config.as_ref().is_some_and(|c| c.ipv6.is_some());
+        let public_ipv6 = self.public_ipv6.filter(|_| dual);
+        let v6_vtep = vxlan && public_ipv6.is_some();
         LeaseValue {
             public_ip: self.public_ip,
-            public_ipv6: None,
+            public_ipv6,
             backend_type: vxlan.then(|| "vxlan".to_owned()),
             vni,
             vtep_mac: if vxlan { self.vtep_mac } else { None },
+            vni6: if v6_vtep { vni } else { None },
+            vtep_mac6: if v6_vtep { self.vtep_mac } else { None },
         }
     }
 
-    /// Returns true when `subnet` may be taken: no key names it exactly (the create
-    /// transaction would fail) and no accepted lease overlaps it. A rejected lease of another
-    /// length (the whole network, say) does not hold anything.
-    fn is_free(&self, subnet: Ipv4Net, accepted: &[Accepted]) -> bool {
-        !self
+    /// Returns the subnets some key names (whatever its value): the create transaction of a
+    /// key with one of them beside the same other half would fail, and flanneld treats them
+    /// as taken.
+    fn held(&self) -> (HashSet<Ipv4Net>, HashSet<Ipv6Net>) {
+        let keys = self
             .entries
-            .contains_key(&subnet_key(&self.opts.prefix, subnet))
-            && !accepted
-                .iter()
-                .any(|a| a.subnet.contains(&subnet) || subnet.contains(&a.subnet))
+            .keys()
+            .filter_map(|k| parse_subnet_key(&self.opts.prefix, k));
+        let mut v4 = HashSet::new();
+        let mut v6 = HashSet::new();
+        for k in keys {
+            v4.insert(k.ipv4);
+            v6.extend(k.ipv6);
+        }
+        (v4, v6)
     }
 
-    /// Returns the subnet of a lease that already carries this node's public IP at a key in
-    /// the canonical form this node writes, if the config allows it: `previous` (the subnet
-    /// file's) when it is one of them, else the first.
-    fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<Ipv4Net> {
+    /// Returns the subnets of a lease that already carries this node's public IP at a key in
+    /// the form this node writes (with an IPv6 subnet exactly on a dual-stack network), if the
+    /// config allows them: `previous` (the subnet file's) when it is one of them, else the
+    /// first.
+    fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<SubnetKey> {
         let mut ours = self.entries.iter().filter_map(|(key, entry)| {
             let k = parse_subnet_key(&self.opts.prefix, key)?;
-            let canonical = k.ipv6.is_none() && config.allows(k.ipv4);
+            let v6_fits = match (config.ipv6, k.ipv6) {
+                (None, None) => true,
+                (Some(c6), Some(v6)) => c6.allows(v6),
+                _ => false,
+            };
+            let canonical = v6_fits && config.allows(k.ipv4);
             let mine = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
-            (canonical && mine).then_some(k.ipv4)
+            (canonical && mine).then_some(k)
         });
         let first = ours.next()?;
-        if previous == Some(first) {
+        if previous == Some(first.ipv4) {
             return Some(first);
         }
-        Some(ours.find(|s| Some(*s) == previous).unwrap_or(first))
+        Some(ours.find(|k| Some(k.ipv4) == previous).unwrap_or(first))
+    }
+
+    /// Returns the subnets recorded in the subnet file when the config allows them and they
+    /// are free (on a dual-stack network both halves, as flanneld's `isIPv6SubnetConfigCompat`
+    /// asks).
+    fn previous_free(
+        &self,
+        config: &NetworkConfig,
+        (previous, previous6): (Option<Ipv4Net>, Option<Ipv6Net>),
+        accepted: &[Accepted],
+        held: &(HashSet<Ipv4Net>, HashSet<Ipv6Net>),
+    ) -> Option<SubnetKey> {
+        let v4 = previous.filter(|p| config.allows(*p) && free4(*p, accepted, &held.0))?;
+        let ipv6 = match config.ipv6 {
+            None => None,
+            Some(c6) => Some(previous6.filter(|p| c6.allows(*p) && free6(*p, accepted, &held.1))?),
+        };
+        Some(SubnetKey { ipv4: v4, ipv6 })
     }
 
     /// Acquires this node's subnet and writes its lease (see the module docs for the order of
-    /// preference), then lists every lease. `previous` is the subnet recorded in the subnet
+    /// preference), then lists every lease. `previous` holds the subnets recorded in the subnet
     /// file, if any.
     ///
     /// # Errors
     ///
-    /// [`EtcdError`] when etcd fails or every subnet is taken.
-    fn join(&mut self, previous: Option<Ipv4Net>) -> Result<Joined, EtcdError> {
+    /// [`EtcdError`] when etcd fails or every subnet is taken;
+    /// [`EtcdError::NeedsIpv6`] on a dual-stack network when this node has no IPv6 address.
+    fn join(&mut self, previous: (Option<Ipv4Net>, Option<Ipv6Net>)) -> Result<Joined, EtcdError> {
         let Some(config) = self.config.clone() else {
             return Err(EtcdError::Config(
                 "the network config is not read yet".into(),
             ));
         };
+        if let Some(c6) = config.ipv6
+            && self.public_ipv6.is_none()
+        {
+            return Err(EtcdError::NeedsIpv6(c6.network));
+        }
         let mut client = self.client()?;
         let value = self.own_value().to_json();
         let ttl = self.ttl_secs();
         for _ in 0..RACE_RETRIES {
             self.list()?;
             let (accepted, _) = self.judge();
-            let mine = self.own_existing(&config, previous);
+            let held = self.held();
+            let mine = self.own_existing(&config, previous.0);
             let candidate = mine
-                .or_else(|| previous.filter(|p| config.allows(*p) && self.is_free(*p, &accepted)))
-                .or_else(|| self.random_free(&config, &accepted));
-            let Some(subnet) = candidate else {
-                return Err(EtcdError::Acquire(format!(
-                    "every /{} in {} is leased",
-                    config.subnet_len, config.network
-                )));
-            };
-            let key = subnet_key(&self.opts.prefix, subnet);
+                .or_else(|| self.previous_free(&config, previous, &accepted, &held))
+                .map_or_else(|| random_free(&config, &accepted, &held), Ok)?;
+            let subnet = candidate.ipv4;
+            let key = candidate.key(&self.opts.prefix);
             let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
             let put = TxnOp::put(
                 key.as_str(),
@@ -601,7 +663,7 @@ impl Agent {
                 Some(PutOptions::new().with_lease(grant.id())),
             );
             // Reusing our own lease overwrites it; a new one must not exist yet.
-            let txn = if mine == Some(subnet) {
+            let txn = if mine == Some(candidate) {
                 Txn::new().and_then(vec![put])
             } else {
                 Txn::new()
@@ -612,11 +674,13 @@ impl Agent {
             if resp.succeeded() {
                 self.lease_id = grant.id();
                 self.subnet = Some(subnet);
-                tracing::info!(%subnet, %key, reused = mine.is_some(), "subnet lease acquired");
+                self.subnet6 = candidate.ipv6;
+                tracing::info!(%subnet, subnet6 = ?candidate.ipv6, %key, reused = mine.is_some(), "subnet lease acquired");
                 self.list()?;
                 return Ok(Joined {
                     config,
                     subnet,
+                    subnet6: candidate.ipv6,
                     peers: self.peers(),
                 });
             }
@@ -628,27 +692,6 @@ impl Agent {
         )))
     }
 
-    /// Picks a random free subnet among the first 100 free ones, as flannel does.
-    fn random_free(&self, config: &NetworkConfig, accepted: &[Accepted]) -> Option<Ipv4Net> {
-        let free: Vec<Ipv4Net> = config
-            .subnets()
-            .filter(|s| self.is_free(*s, accepted))
-            .take(100)
-            .collect();
-        if free.is_empty() {
-            return None;
-        }
-        let mut seed = [0u8; 8];
-        if std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-            .is_err()
-        {
-            seed = u64::from(std::process::id()).to_ne_bytes();
-        }
-        let pick = usize::try_from(u64::from_ne_bytes(seed) % free.len() as u64).unwrap_or(0);
-        free.get(pick).copied()
-    }
-
     /// Returns `<prefix>/subnets/`, under which the leases live.
     fn subnets_prefix(&self) -> String {
         format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'))
@@ -656,7 +699,13 @@ impl Agent {
 
     /// Returns this node's lease key, once it has a subnet.
     fn own_key(&self) -> Option<String> {
-        self.subnet.map(|s| subnet_key(&self.opts.prefix, s))
+        self.subnet.map(|ipv4| {
+            SubnetKey {
+                ipv4,
+                ipv6: self.subnet6,
+            }
+            .key(&self.opts.prefix)
+        })
     }
 
     /// Returns the lease TTL in seconds as etcd takes it (at least 5).
@@ -700,11 +749,16 @@ impl Agent {
             return (Vec::new(), Vec::new());
         };
         let own_key = self.own_key();
-        judge_leases(
+        let own = OwnNode {
+            ip: Some(self.public_ip),
+            ipv6: self.public_ipv6,
+            key: own_key.as_deref(),
+            subnet: self.subnet,
+            subnet6: self.subnet6,
+        };
+        judge_leases_dual(
             config,
-            self.public_ip,
-            own_key.as_deref(),
-            self.subnet,
+            &own,
             &self.opts.prefix,
             self.entries.iter().map(|(key, e)| StoredLease {
                 key,
@@ -753,17 +807,40 @@ impl Agent {
         };
         let mut ignored = 0;
         let mut peers = Vec::new();
-        for Accepted { subnet, value, .. } in accepted {
+        for Accepted {
+            subnet,
+            subnet6,
+            value,
+            ..
+        } in accepted
+        {
             let speaks = value.backend() == kind
                 && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
             if !speaks {
                 ignored += 1;
                 continue;
             }
+            let v4 = SocketAddr::new(IpAddr::V4(value.public_ip), port);
             peers.push(Peer {
                 subnet: IpNet::V4(subnet),
-                endpoint: SocketAddr::new(IpAddr::V4(value.public_ip), port),
+                endpoint: v4,
                 vtep_mac: value.vtep_mac,
+            });
+            let Some(subnet6) = subnet6 else { continue };
+            // The IPv6 half goes over the IPv6 underlay when both nodes have one (and, for
+            // vxlan, the lease names its IPv6 VTEP); else over IPv4 to the IPv4 VTEP, which
+            // takes IPv6 frames as well.
+            let over_v6 = self.public_ipv6.and(value.public_ipv6).filter(|_| {
+                kind == "udp" || (value.vtep_mac6.is_some() && value.vni6.or(vni) == vni)
+            });
+            let (endpoint, vtep_mac) = match over_v6 {
+                Some(ip6) => (SocketAddr::new(IpAddr::V6(ip6), port), value.vtep_mac6),
+                None => (v4, value.vtep_mac),
+            };
+            peers.push(Peer {
+                subnet: IpNet::V6(subnet6),
+                endpoint,
+                vtep_mac,
             });
         }
         self.state.leases_ignored.store(ignored, Ordering::Relaxed);
@@ -972,7 +1049,9 @@ impl Agent {
         };
         let mut client = self.client()?;
         let alive = self.lease_alive()?;
-        let key = subnet_key(&self.opts.prefix, subnet);
+        let Some(key) = self.own_key() else {
+            return Ok(());
+        };
         let current = self.rt.block_on(client.get(key.as_str(), None))?;
         let kv = current.kvs().first();
         let present = kv.is_some_and(|kv| {
@@ -1040,10 +1119,12 @@ impl Agent {
         }
     }
 
-    /// Publishes a table made of this node's subnet and the accepted peers.
+    /// Publishes a table made of this node's subnets and the accepted peers.
     fn publish(&mut self, table: &Table) {
         let Some(subnet) = self.subnet else { return };
-        match Snapshot::new(vec![IpNet::V4(subnet)], self.peers()) {
+        let mut own = vec![IpNet::V4(subnet)];
+        own.extend(self.subnet6.map(IpNet::V6));
+        match Snapshot::new(own, self.peers()) {
             Ok(snap) => {
                 table.publish(snap);
             }
@@ -1056,12 +1137,98 @@ impl Agent {
 /// Reads `FLANNEL_SUBNET` from a subnet file written earlier (flanneld's way of asking for the
 /// same subnet after a restart).
 pub fn previous_subnet(path: &std::path::Path) -> Option<Ipv4Net> {
+    subnet_file_value(path, "FLANNEL_SUBNET=")?
+        .parse::<Ipv4Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// Reads `FLANNEL_IPV6_SUBNET` from a subnet file written earlier, as [`previous_subnet`].
+pub fn previous_subnet6(path: &std::path::Path) -> Option<Ipv6Net> {
+    subnet_file_value(path, "FLANNEL_IPV6_SUBNET=")?
+        .parse::<Ipv6Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// Returns the value of the first line starting with `name` (which ends in `=`).
+fn subnet_file_value(path: &std::path::Path, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-    let net: Ipv4Net = value.trim().parse().ok()?;
-    Some(net.trunc())
+    let value = text.lines().find_map(|l| l.strip_prefix(name))?;
+    Some(value.trim().to_owned())
+}
+
+/// Returns true when `subnet` may be taken: no key names it (the create transaction would
+/// fail) and no accepted lease overlaps it. A rejected lease of another length (the whole
+/// network, say) does not hold anything.
+fn free4(subnet: Ipv4Net, accepted: &[Accepted], held: &HashSet<Ipv4Net>) -> bool {
+    !held.contains(&subnet)
+        && !accepted
+            .iter()
+            .any(|a| a.subnet.contains(&subnet) || subnet.contains(&a.subnet))
+}
+
+/// [`free4`] for an IPv6 subnet.
+fn free6(subnet: Ipv6Net, accepted: &[Accepted], held: &HashSet<Ipv6Net>) -> bool {
+    !held.contains(&subnet)
+        && !accepted
+            .iter()
+            .filter_map(|a| a.subnet6)
+            .any(|o| o.contains(&subnet) || subnet.contains(&o))
+}
+
+/// Picks a random free subnet (and on a dual-stack network a random free IPv6 subnet) among
+/// the first 100 free ones of each family, as flannel's `allocateSubnet` does.
+fn random_free(
+    config: &NetworkConfig,
+    accepted: &[Accepted],
+    held: &(HashSet<Ipv4Net>, HashSet<Ipv6Net>),
+) -> Result<SubnetKey, EtcdError> {
+    let free: Vec<Ipv4Net> = config
+        .subnets()
+        .filter(|s| free4(*s, accepted, &held.0))
+        .take(100)
+        .collect();
+    let ipv4 = pick(&free).ok_or_else(|| {
+        EtcdError::Acquire(format!(
+            "every /{} in {} is leased",
+            config.subnet_len, config.network
+        ))
+    })?;
+    let ipv6 = match &config.ipv6 {
+        None => None,
+        Some(c6) => {
+            // Lazy: at most 100 + (held subnets) candidates are looked at.
+            let free: Vec<Ipv6Net> = c6
+                .subnets()
+                .filter(|s| free6(*s, accepted, &held.1))
+                .take(100)
+                .collect();
+            Some(pick(&free).ok_or_else(|| {
+                EtcdError::Acquire(format!(
+                    "every /{} in {} is leased",
+                    c6.subnet_len, c6.network
+                ))
+            })?)
+        }
+    };
+    Ok(SubnetKey { ipv4, ipv6 })
+}
+
+/// Returns a random element.
+fn pick<T: Copy>(items: &[T]) -> Option<T> {
+    if items.is_empty() {
+        return None;
+    }
+    let mut seed = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .is_err()
+    {
+        seed = u64::from(std::process::id()).to_ne_bytes();
+    }
+    let i = usize::try_from(u64::from_ne_bytes(seed) % items.len() as u64).unwrap_or(0);
+    items.get(i).copied()
 }
 
 #[cfg(test)]
@@ -1084,8 +1251,24 @@ mod tests {
             previous_subnet(&path),
             Some("10.244.7.0/24".parse().expect("literal"))
         );
-        std::fs::write(&path, "FLANNEL_SUBNET=not-a-subnet\n").expect("write");
+        assert_eq!(previous_subnet6(&path), None);
+        std::fs::write(
+            &path,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n",
+        )
+        .expect("write");
+        assert_eq!(
+            previous_subnet6(&path),
+            Some("fd00:10:244:7::/64".parse().expect("literal"))
+        );
+        std::fs::write(
+            &path,
+            "FLANNEL_SUBNET=not-a-subnet\nFLANNEL_IPV6_SUBNET=10.0.0.0/8\n",
+        )
+        .expect("write");
         assert_eq!(previous_subnet(&path), None);
+        assert_eq!(previous_subnet6(&path), None);
         assert_eq!(previous_subnet(&dir.join("missing")), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1098,6 +1281,9 @@ mod tests {
             let path = dir.join("subnet.env");
             std::fs::write(&path, &text).expect("write");
             if let Some(net) = previous_subnet(&path) {
+                prop_assert_eq!(net, net.trunc());
+            }
+            if let Some(net) = previous_subnet6(&path) {
                 prop_assert_eq!(net, net.trunc());
             }
         }

@@ -511,9 +511,12 @@ const IP4S: &[(&str, Tok<u32>)] = &[
 
 const FD00: u128 = 0xfd00 << 112;
 
+/// An IPv6 network as numbers: its address and prefix length.
+type V6Net = Option<(u128, u8)>;
+
 /// `IPv6Network` values and what flannel's `IP6Net` makes of them (`None`: an IPv4 CIDR,
 /// which decodes but is no IPv6 network).
-const V6_NETS: &[(&str, Tok<Option<(u128, u8)>>)] = &[
+const V6_NETS: &[(&str, Tok<V6Net>)] = &[
     ("\"fd00::/56\"", Tok::Set(Some((FD00, 56)))),
     ("\"fd00::/56\"", Tok::Set(Some((FD00, 56)))),
     ("\"fd00::1/56\"", Tok::Set(Some((FD00, 56)))),
@@ -700,9 +703,9 @@ fn good_len(f: F) -> usize {
         | F::Learning
         | F::DirectRouting => 3,
         F::Network => 8,
-        F::Ipv6Network => 2,
+        F::Ipv6Network => 7,
         F::SubnetMin | F::SubnetMax => 7,
-        F::Ipv6SubnetMin => 3,
+        F::Ipv6SubnetMin => 6,
         F::SubnetLen | F::Ipv6SubnetLen => 11,
         F::Vni | F::Port | F::Mtu => 19,
         F::Type => 5,
@@ -747,6 +750,8 @@ fn member_for(field: &'static [F]) -> impl Strategy<Value = Member> {
 const TOP: &[F] = &[
     F::EnableIpv4,
     F::EnableIpv6,
+    F::EnableIpv6,
+    F::Ipv6Network,
     F::EnableNfTables,
     F::Network,
     F::Network,
@@ -795,21 +800,38 @@ fn config() -> impl Strategy<Value = Vec<Member>> {
             }
             m
         });
+    // A dual-stack pair: `"EnableIPv6":true` and an `IPv6Network`.
+    let dual = (
+        member_for(&[F::EnableIpv6]),
+        member_for(&[F::Ipv6Network]),
+        any::<usize>(),
+    )
+        .prop_map(|(mut on, net, at)| {
+            on.token = 0;
+            (on, net, at)
+        });
     (
         proptest::collection::vec(member(TOP), 0..4),
         member_for(&[F::Network]),
         proptest::option::weighted(0.7, backend),
         any::<(usize, usize, bool)>(),
+        proptest::option::weighted(0.3, dual),
     )
-        .prop_map(|(mut members, network, backend, (a, b, with_network))| {
-            if with_network || members.is_empty() {
-                members.insert(a % (members.len() + 1), network);
-            }
-            if let Some(backend) = backend {
-                members.insert(b % (members.len() + 1), backend);
-            }
-            members
-        })
+        .prop_map(
+            |(mut members, network, backend, (a, b, with_network), dual)| {
+                if with_network || members.is_empty() {
+                    members.insert(a % (members.len() + 1), network);
+                }
+                if let Some((on, net, at)) = dual {
+                    members.insert(at % (members.len() + 1), net);
+                    members.insert(at % (members.len() + 1), on);
+                }
+                if let Some(backend) = backend {
+                    members.insert(b % (members.len() + 1), backend);
+                }
+                members
+            },
+        )
 }
 
 fn render_key(m: &Member) -> String {
