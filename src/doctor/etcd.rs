@@ -410,6 +410,34 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_node_is_judged_on_its_ipv4_half() {
+        let mut intent = intent();
+        // The table's IPv6 peer is not compared (its endpoint depends on the IPv6 underlay).
+        intent.peers.push(PeerIntent {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            endpoint: "[2001:db8::2]:8285".parse().unwrap(),
+            vtep_mac: None,
+        });
+        let view = EtcdView {
+            config: Some(
+                br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#
+                    .to_vec(),
+            ),
+            leases: vec![
+                lease("10.244.1.0-24&fd00:10:244:1::-64", "192.0.2.1", 2),
+                lease("10.244.2.0-24&fd00:10:244:2::-64", "192.0.2.2", 3),
+            ],
+            own_ttl: Some(86_000),
+        };
+        let checks = judge(&intent, P, &view);
+        assert!(
+            checks.iter().all(|c| c.outcome == Outcome::Ok),
+            "{checks:#?}"
+        );
+        assert_eq!(checks.len(), 3);
+    }
+
+    #[test]
     fn faults_are_named() {
         // The own lease deleted.
         let mut v = view();
