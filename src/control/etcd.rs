@@ -1237,6 +1237,154 @@ mod tests {
 
     use super::*;
 
+    const MAC: MacAddress = MacAddress([0x0e, 0, 0, 0, 0, 1]);
+
+    /// A dual-stack `vxlan` node at 192.0.2.1 (and `ipv6`) holding 10.244.1.0/24 and
+    /// fd00:10:244:1::/64, with `leases` stored as listed.
+    fn dual_agent(ipv6: Option<&str>, leases: &[(&str, &str)]) -> Agent {
+        let opts = EtcdOptions {
+            endpoints: vec![],
+            prefix: super::super::lease::DEFAULT_PREFIX.to_owned(),
+            keyfile: None,
+            certfile: None,
+            cafile: None,
+            username: None,
+            password: None,
+            renew_margin: Duration::from_secs(60),
+            ttl: LEASE_TTL,
+        };
+        let ipv6 = ipv6.map(|t| t.parse().expect("literal"));
+        let mut a = Agent::new(opts, Ipv4Addr::new(192, 0, 2, 1), ipv6, Some(MAC)).expect("agent");
+        a.config = Some(
+            NetworkConfig::parse(
+                br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+            )
+            .expect("valid"),
+        );
+        a.subnet = Some("10.244.1.0/24".parse().expect("literal"));
+        a.subnet6 = Some("fd00:10:244:1::/64".parse().expect("literal"));
+        for (i, (key, value)) in leases.iter().enumerate() {
+            a.entries.insert(
+                format!("/coreos.com/network/subnets/{key}"),
+                Entry {
+                    create_revision: i64::try_from(i).expect("small") + 2,
+                    lease: 0,
+                    value: value.as_bytes().to_vec(),
+                },
+            );
+        }
+        a
+    }
+
+    const DUAL: &str = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:02"}}"#;
+    const NO_V6_VTEP: &str = r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}}"#;
+    const V4_ONLY: &str = r#"{"PublicIP":"192.0.2.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:04"}}"#;
+
+    fn peer_list(a: &mut Agent) -> Vec<(String, String, String)> {
+        let mut peers: Vec<_> = a
+            .peers()
+            .iter()
+            .map(|p| {
+                (
+                    p.subnet.to_string(),
+                    p.endpoint.to_string(),
+                    p.vtep_mac.map(|m| m.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        peers.sort();
+        peers
+    }
+
+    #[test]
+    fn a_dual_stack_lease_is_two_peers_over_the_matching_underlay() {
+        let leases = [
+            ("10.244.2.0-24&fd00:10:244:2::-64", DUAL),
+            ("10.244.3.0-24&fd00:10:244:3::-64", NO_V6_VTEP),
+            ("10.244.4.0-24", V4_ONLY),
+        ];
+        let row = |s: &str, e: &str, m: &str| (s.to_owned(), e.to_owned(), m.to_owned());
+        let mut a = dual_agent(Some("2001:db8::1"), &leases);
+        assert_eq!(
+            peer_list(&mut a),
+            vec![
+                row("10.244.2.0/24", "192.0.2.2:8472", "0e:00:00:00:00:02"),
+                row("10.244.3.0/24", "192.0.2.3:8472", "0e:00:00:00:00:03"),
+                row("10.244.4.0/24", "192.0.2.4:8472", "0e:00:00:00:00:04"),
+                row(
+                    "fd00:10:244:2::/64",
+                    "[2001:db8::2]:8472",
+                    "0e:00:00:00:06:02"
+                ),
+                // No IPv6 VTEP in the lease: the IPv6 subnet goes to the IPv4 one.
+                row("fd00:10:244:3::/64", "192.0.2.3:8472", "0e:00:00:00:00:03"),
+            ]
+        );
+        // A node without an IPv6 underlay sends both families over IPv4.
+        let mut a = dual_agent(None, &leases);
+        let peers = peer_list(&mut a);
+        assert!(
+            peers.contains(&row(
+                "fd00:10:244:2::/64",
+                "192.0.2.2:8472",
+                "0e:00:00:00:00:02"
+            )),
+            "{peers:?}"
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_node_writes_flanneld_s_value_at_one_key() {
+        let a = dual_agent(Some("2001:db8::1"), &[]);
+        assert_eq!(
+            a.own_key().as_deref(),
+            Some("/coreos.com/network/subnets/10.244.1.0-24&fd00:10:244:1::-64")
+        );
+        assert_eq!(
+            a.own_value().to_json(),
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}"#
+        );
+        // Both halves are picked free: neither subnet of a held key, nor this node's.
+        let a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                (
+                    "10.244.1.0-24&fd00:10:244:1::-64",
+                    r#"{"PublicIP":"192.0.2.1"}"#,
+                ),
+                ("10.244.2.0-24&fd00:10:244:2::-64", DUAL),
+            ],
+        );
+        let (accepted, _) = a.judge();
+        let held = a.held();
+        let config = a.config.clone().expect("config");
+        for _ in 0..50 {
+            let k = random_free(&config, &accepted, &held).expect("free");
+            let v6 = k.ipv6.expect("dual");
+            assert!(config.allows(k.ipv4) && config.ipv6.is_some_and(|c| c.allows(v6)));
+            assert!(!["10.244.1.0/24", "10.244.2.0/24"].contains(&k.ipv4.to_string().as_str()));
+            assert!(
+                !["fd00:10:244:1::/64", "fd00:10:244:2::/64"].contains(&v6.to_string().as_str())
+            );
+        }
+        // The subnet file's pair is taken only when both halves fit and are free.
+        let prev = |v4: &str, v6: Option<&str>| {
+            a.previous_free(
+                &config,
+                (
+                    Some(v4.parse().expect("literal")),
+                    v6.map(|t| t.parse().expect("literal")),
+                ),
+                &accepted,
+                &held,
+            )
+        };
+        assert!(prev("10.244.9.0/24", Some("fd00:10:244:9::/64")).is_some());
+        assert!(prev("10.244.9.0/24", None).is_none());
+        assert!(prev("10.244.9.0/24", Some("fd00:10:244:2::/64")).is_none());
+        assert!(prev("10.244.2.0/24", Some("fd00:10:244:9::/64")).is_none());
+    }
+
     #[test]
     fn reads_the_subnet_back_from_a_subnet_file() {
         let dir = std::env::temp_dir().join(format!("fustian-subnet-{}", std::process::id()));
