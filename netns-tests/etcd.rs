@@ -1332,6 +1332,17 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         Some(subnets[1].1)
     );
     assert!(c.value(&key1).is_some(), "{:?}", c.keys(PREFIX));
+    // Restarted without its subnet file, it finds its lease by its public IP.
+    c.stop_node(1);
+    std::fs::remove_file(c.subnet_file(1)).expect("remove the subnet file");
+    let again = c.start_node(1, &["--public-ipv6", ip6.as_str()]);
+    assert_eq!(again, subnets[1].0);
+    assert_eq!(
+        fustian::control::etcd::previous_subnet6(&c.subnet_file(1)),
+        Some(subnets[1].1)
+    );
+    let leases = c.keys(&format!("{PREFIX}/subnets/"));
+    assert_eq!(leases.len(), 3, "{leases:?}");
     for i in 0..2 {
         c.stop_node(i);
     }
