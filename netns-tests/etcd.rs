@@ -1183,6 +1183,9 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         &flanneld_key,
         r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:03"}}"#,
     );
+    // Node 0's lease from before the network was dual stack: it goes when node 0 joins.
+    let stale = format!("{PREFIX}/subnets/10.244.5.0-24");
+    c.put(&stale, r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#);
     for i in 0..2 {
         add_underlay6(&c, i);
     }
@@ -1214,6 +1217,7 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         );
         subnets.push((v4, v6));
     }
+    assert_eq!(c.value(&stale), None, "{:?}", c.keys(PREFIX));
     let (a, b) = (subnets[0], subnets[1]);
     assert!(a.0 != b.0 && a.1 != b.1, "{subnets:?}");
     for (i, (v4, v6)) in subnets.iter().enumerate() {

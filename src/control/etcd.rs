@@ -606,6 +606,36 @@ impl Agent {
         Some(ours.find(|k| Some(k.ipv4) == previous).unwrap_or(first))
     }
 
+    /// Deletes the leases that carry this node's public IP at a key the config does not allow
+    /// (an IPv4-only lease once the network is dual stack, say), as flanneld deletes its
+    /// incompatible lease before taking a new one, so the node does not stay announced twice.
+    /// The deleted keys leave the stored entries too.
+    fn delete_misfits(&mut self, config: &NetworkConfig) -> Result<(), EtcdError> {
+        let misfits: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(key, entry)| {
+                parse_subnet_key(&self.opts.prefix, key).is_some()
+                    && LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if misfits.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client()?;
+        for key in misfits {
+            tracing::warn!(
+                key = ?for_log(&key),
+                network = %config.network,
+                "deleting this node's lease that the network config no longer allows"
+            );
+            self.rt.block_on(client.delete(key.as_str(), None))?;
+            self.entries.remove(&key);
+        }
+        Ok(())
+    }
+
     /// Returns the subnets recorded in the subnet file when the config allows them and they
     /// are free (on a dual-stack network both halves, as flanneld's `isIPv6SubnetConfigCompat`
     /// asks).
@@ -649,8 +679,11 @@ impl Agent {
         for _ in 0..RACE_RETRIES {
             self.list()?;
             let (accepted, _) = self.judge();
-            let held = self.held();
             let mine = self.own_existing(&config, previous.0);
+            if mine.is_none() {
+                self.delete_misfits(&config)?;
+            }
+            let held = self.held();
             let candidate = mine
                 .or_else(|| self.previous_free(&config, previous, &accepted, &held))
                 .map_or_else(|| random_free(&config, &accepted, &held), Ok)?;
