@@ -15,7 +15,9 @@
 //! 2. acquire a subnet: the lease that already carries this node's public IP, else the subnet
 //!    recorded in the subnet file when it is free, else a random free one, created by a
 //!    transaction that only succeeds if the key does not exist (a lost race tries again, up to
-//!    ten times), attached to an etcd lease with flannel's TTL (24 h);
+//!    ten times), attached to an etcd lease with flannel's TTL (24 h). Without a lease to
+//!    reuse, the leases carrying this node's public IP at keys the config does not allow are
+//!    deleted first, as flanneld deletes its incompatible lease;
 //! 3. list the other leases and watch the prefix from the listed revision; every change
 //!    publishes a new table. Each lease is judged on its own
 //!    ([`judge_leases`](super::lease::judge_leases)): one that flanneld's allocator could not
