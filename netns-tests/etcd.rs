@@ -1090,3 +1090,264 @@ fn a_config_in_any_key_case_sets_vni_port_and_mtu() {
     c.stop_node(0);
     c.stop_node(1);
 }
+
+/// The IPv6 underlay address of node `i` on the hub's bridge.
+fn node_ip6(i: usize) -> String {
+    format!("2001:db8::{}", i + 1)
+}
+
+/// Gives node `i`'s underlay link its IPv6 address (usable at once: no duplicate address
+/// detection).
+fn add_underlay6(c: &Cluster, i: usize) {
+    let node = &c.nodes[i];
+    for conf in ["all", "default", "ul0"] {
+        node.sysctl(&format!("net/ipv6/conf/{conf}/accept_dad"), "0")
+            .expect("sysctl");
+    }
+    node.ip(&["link", "set", "ul0", "down"]).expect("down");
+    node.ip(&["link", "set", "ul0", "up"]).expect("up");
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", node_ip6(i)),
+        "dev",
+        "ul0",
+        "nodad",
+    ])
+    .expect("addr");
+    node.sysctl("net/ipv6/conf/all/forwarding", "1")
+        .expect("forwarding");
+}
+
+/// Addresses node `i`'s pod link in its IPv6 subnet: gateway `::1` on the node, pod `::2`
+/// with its default route through it.
+fn add_pod6(c: &Cluster, i: usize, subnet: ipnet::Ipv6Net, gateway4: std::net::Ipv4Addr) {
+    let (node, pod) = (&c.nodes[i], &c.pods[i]);
+    for (ns, dev) in [(node, "pod0"), (pod, "eth0")] {
+        for conf in ["all", "default", dev] {
+            ns.sysctl(&format!("net/ipv6/conf/{conf}/accept_dad"), "0")
+                .expect("sysctl");
+        }
+        // Up again, so the link-local address comes back without detection.
+        ns.ip(&["link", "set", dev, "down"]).expect("down");
+        ns.ip(&["link", "set", dev, "up"]).expect("up");
+    }
+    // The pod's IPv4 default route went with its link.
+    pod.ip(&["route", "replace", "default", "via", &gateway4.to_string()])
+        .expect("route");
+    let host = |n: u128| std::net::Ipv6Addr::from(u128::from(subnet.network()) + n);
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", host(1)),
+        "dev",
+        "pod0",
+        "nodad",
+    ])
+    .expect("gateway6");
+    pod.ip(&[
+        "addr",
+        "add",
+        &format!("{}/64", host(2)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])
+    .expect("pod6");
+    pod.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        &host(1).to_string(),
+    ])
+    .expect("route6");
+}
+
+#[test]
+fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
+    if skip("a_dual_stack_network_carries_both_families_with_a_flanneld_lease") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(2);
+    c.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    );
+    // A dual-stack flanneld node (not running; its lease is all the nodes see), exactly as
+    // flanneld writes it.
+    let flanneld_key = format!("{PREFIX}/subnets/10.244.3.0-24&fd00:10:244:3::-64");
+    c.put(
+        &flanneld_key,
+        r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:03"}}"#,
+    );
+    // Node 0's lease from before the network was dual stack: it goes when node 0 joins.
+    let stale = format!("{PREFIX}/subnets/10.244.5.0-24");
+    c.put(&stale, r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#);
+    for i in 0..2 {
+        add_underlay6(&c, i);
+    }
+    // Without an IPv6 underlay address a node of this network stops, naming the flag.
+    c.spawn_node(1, &[]);
+    let exited = wait_for(Duration::from_secs(15), || {
+        c.processes[1].as_mut().and_then(Process::exited).is_some()
+    });
+    assert!(exited, "node 1 runs without --public-ipv6:\n{}", c.log(1));
+    assert!(c.log(1).contains("--public-ipv6"), "{}", c.log(1));
+    c.processes[1] = None;
+
+    let http = ["--healthz-ip", "192.0.2.1", "--healthz-port", "8471"];
+    let mut subnets = Vec::new();
+    for i in 0..2 {
+        let ip6 = node_ip6(i);
+        let mut extra = vec!["--public-ipv6", ip6.as_str()];
+        if i == 0 {
+            extra.extend(http);
+        }
+        let v4 = c.start_node(i, &extra);
+        let v6 = fustian::control::etcd::previous_subnet6(&c.subnet_file(i))
+            .unwrap_or_else(|| panic!("node {i}: no FLANNEL_IPV6_SUBNET"));
+        add_pod6(
+            &c,
+            i,
+            v6,
+            std::net::Ipv4Addr::from(u32::from(v4.network()) + 1),
+        );
+        subnets.push((v4, v6));
+    }
+    assert_eq!(c.value(&stale), None, "{:?}", c.keys(PREFIX));
+    let (a, b) = (subnets[0], subnets[1]);
+    assert!(a.0 != b.0 && a.1 != b.1, "{subnets:?}");
+    for (i, (v4, v6)) in subnets.iter().enumerate() {
+        assert!(v4.to_string() != "10.244.3.0/24" && v6.to_string() != "fd00:10:244:3::/64");
+        assert_eq!(v6.prefix_len(), 64);
+        let env = std::fs::read_to_string(c.subnet_file(i)).expect("subnet file");
+        let first6 = std::net::Ipv6Addr::from(u128::from(v6.network()) + 1);
+        for line in [
+            "FLANNEL_NETWORK=10.244.0.0/16".to_owned(),
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56".to_owned(),
+            format!("FLANNEL_IPV6_SUBNET={first6}/64"),
+        ] {
+            assert!(env.lines().any(|l| l == line), "{line} in\n{env}");
+        }
+        // One key for both subnets; flanneld's value with both VTEPs.
+        let key = format!("{PREFIX}/subnets/{}-24&{}-64", v4.network(), v6.network());
+        let value = c
+            .value(&key)
+            .unwrap_or_else(|| panic!("no {key} in {:?}", c.keys(PREFIX)));
+        let lease = fustian::control::lease::LeaseValue::parse(value.as_bytes()).expect("lease");
+        assert_eq!(lease.to_json(), value);
+        assert_eq!(lease.public_ip.to_string(), node_ip(i));
+        assert_eq!(
+            lease.public_ipv6.map(|ip| ip.to_string()),
+            Some(node_ip6(i))
+        );
+        assert_eq!((lease.vni, lease.vni6), (Some(1), Some(1)));
+        assert!(
+            lease.vtep_mac.is_some() && lease.vtep_mac6 == lease.vtep_mac,
+            "{value}"
+        );
+    }
+    // Every other lease is two peers: IPv4 over IPv4, IPv6 over IPv6.
+    let peer_line = |subnet: &str, endpoint: &str| {
+        format!("peer_tx_bytes{{subnet=\"{subnet}\",endpoint=\"{endpoint}\"}}")
+    };
+    for i in 0..2 {
+        let other = 1 - i;
+        let (v4, v6) = subnets[other];
+        let want = [
+            peer_line("10.244.3.0/24", "192.0.2.3:8472"),
+            peer_line("fd00:10:244:3::/64", "[2001:db8::3]:8472"),
+            peer_line(&v4.to_string(), &format!("{}:8472", node_ip(other))),
+            peer_line(&v6.to_string(), &format!("[{}]:8472", node_ip6(other))),
+        ];
+        let seen = wait_for(Duration::from_secs(5), || {
+            c.counter(i, "table_peers") == 4 && want.iter().all(|w| c.written(i, w).is_some())
+        });
+        assert!(
+            seen,
+            "node {i}: peers {}, want {want:?}:\n{}",
+            c.counter(i, "table_peers"),
+            std::fs::read_to_string(c.stats_path(i)).unwrap_or_default()
+        );
+    }
+    // The IPv6 peer of the flanneld lease has its IPv6 VTEP's MAC.
+    let addr: SocketAddr = "192.0.2.1:8471".parse().expect("literal");
+    let status = c.nodes[0]
+        .run(move || fustian::http::get(addr, "/status"))
+        .expect("enter node 0")
+        .expect("status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let peers = status["table"]["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        peers.iter().any(|p| p["subnet"] == "fd00:10:244:3::/64"
+            && p["endpoint"] == "[2001:db8::3]:8472"
+            && p["vtep_mac"] == "0e:00:00:00:06:03"),
+        "{peers:?}"
+    );
+    // TCP both ways over both families.
+    let pod6 = |i: usize, port: u16| {
+        SocketAddr::new(
+            std::net::Ipv6Addr::from(u128::from(subnets[i].1.network()) + 2).into(),
+            port,
+        )
+    };
+    for (from, to) in [(0, 1), (1, 0)] {
+        c.transfer(from, to, 4 << 20);
+        let stop = Arc::new(AtomicBool::new(false));
+        let r = tcp_bulk(
+            &c.pods[from],
+            &c.pods[to],
+            pod6(to, 5202),
+            Amount::Bytes(4 << 20),
+            true,
+            &stop,
+        )
+        .expect("bulk transfer runs");
+        assert!(r.intact(), "IPv6 {from}->{to}: {r:?}");
+    }
+    // The IPv6 traffic went over the IPv6 underlay to the other node.
+    let v6_peer = peer_line(
+        &subnets[1].1.to_string(),
+        &format!("[{}]:8472", node_ip6(1)),
+    );
+    let sent = wait_for(Duration::from_secs(3), || {
+        c.written(0, &v6_peer).is_some_and(|b| b > 4 << 20)
+    });
+    assert!(sent, "{v6_peer}: {:?}", c.written(0, &v6_peer));
+    // Restarted after its lease went away, node 1 asks for both subnets of its subnet file.
+    c.stop_node(1);
+    let key1 = format!(
+        "{PREFIX}/subnets/{}-24&{}-64",
+        subnets[1].0.network(),
+        subnets[1].1.network()
+    );
+    c.delete(&key1);
+    let ip6 = node_ip6(1);
+    let again = c.start_node(1, &["--public-ipv6", ip6.as_str()]);
+    assert_eq!(again, subnets[1].0);
+    assert_eq!(
+        fustian::control::etcd::previous_subnet6(&c.subnet_file(1)),
+        Some(subnets[1].1)
+    );
+    assert!(c.value(&key1).is_some(), "{:?}", c.keys(PREFIX));
+    // Restarted without its subnet file, it finds its lease by its public IP.
+    c.stop_node(1);
+    std::fs::remove_file(c.subnet_file(1)).expect("remove the subnet file");
+    let again = c.start_node(1, &["--public-ipv6", ip6.as_str()]);
+    assert_eq!(again, subnets[1].0);
+    assert_eq!(
+        fustian::control::etcd::previous_subnet6(&c.subnet_file(1)),
+        Some(subnets[1].1)
+    );
+    let leases = c.keys(&format!("{PREFIX}/subnets/"));
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    for i in 0..2 {
+        c.stop_node(i);
+    }
+}

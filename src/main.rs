@@ -50,21 +50,27 @@ fn join_etcd(
 ) -> anyhow::Result<Option<Joined>> {
     use anyhow::Context as _;
     use fustian::config::{Managed, ManagedBackend};
-    use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet};
+    use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet, previous_subnet6};
     use fustian::control::lease::{Backend, DEFAULT_PREFIX};
     let raw = args.raw();
     for (given, flag) in [
-        (&raw.public_ipv6, "--public-ipv6"),
         (&raw.ipv6_network, "--ipv6-network"),
         (&raw.ipv6_subnet, "--ipv6-subnet"),
     ] {
         if given.is_some() {
             anyhow::bail!(
-                "{flag} is for a static node: IPv6 leases from etcd (EnableIPv6, PublicIPv6) are \
-                 not supported yet"
+                "{flag} is for a static node: with etcd the IPv6 network comes from the network \
+                 config (EnableIPv6, IPv6Network) and the IPv6 subnet from this node's lease"
             );
         }
     }
+    let public_ipv6: Option<std::net::Ipv6Addr> = match raw.public_ipv6.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse()
+                .with_context(|| format!("--public-ipv6 `{text}` is not an IPv6 address"))?,
+        ),
+    };
     let public_ip: std::net::Ipv4Addr = raw
         .public_ip
         .as_deref()
@@ -108,7 +114,7 @@ fn join_etcd(
         ),
         None => Some(fustian::config::load_or_create_vtep_mac(&mac_path)?),
     };
-    let mut agent = Agent::new(opts, public_ip, mac)?;
+    let mut agent = Agent::new(opts, public_ip, public_ipv6, mac)?;
     // Waits for etcd and the network config as flanneld does, saying why on /readyz.
     let waiting = |reason: &str| {
         if let Some(status) = status {
@@ -116,7 +122,12 @@ fn join_etcd(
         }
     };
     let Some(joined) = agent
-        .join_when_ready(previous_subnet(&subnet_file), stop, &waiting)
+        .join_when_ready(
+            previous_subnet(&subnet_file),
+            previous_subnet6(&subnet_file),
+            stop,
+            &waiting,
+        )
         .with_context(|| format!("cannot join the network through etcd at {endpoints}"))?
     else {
         return Ok(None);
@@ -156,7 +167,12 @@ fn join_etcd(
     let managed = Managed {
         network: joined.config.network.into(),
         subnet: joined.subnet.into(),
-        ipv6: None,
+        ipv6: joined.config.ipv6.zip(joined.subnet6).map(|(c6, subnet)| {
+            fustian::config::Overlay6 {
+                network: c6.network.into(),
+                subnet: subnet.into(),
+            }
+        }),
         backend: managed_backend,
         port: backend.port(),
         // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins.

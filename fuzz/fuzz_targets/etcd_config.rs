@@ -16,6 +16,13 @@ fuzz_target!(|data: &[u8]| {
             assert!(c.network.contains(&s));
             assert!(c.allows(s));
         }
+        if let Some(c6) = c.ipv6 {
+            assert!(c6.subnet_len <= 126 && c6.subnet_len >= c6.network.prefix_len() + 2);
+            for s in c6.subnets().take(64) {
+                assert!(c6.network.contains(&s));
+                assert!(c6.allows(s));
+            }
+        }
         assert_ne!(c.backend.port(), 0);
         if let Backend::Vxlan { vni, .. } = c.backend {
             assert!(vni < 1 << 24);

@@ -4,11 +4,11 @@
 //! table.
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use fustian::control::lease::{
-    DEFAULT_PREFIX, LeaseValue, NetworkConfig, StoredLease, judge_leases, parse_subnet_key,
-    subnet_key,
+    DEFAULT_PREFIX, LeaseValue, NetworkConfig, OwnNode, StoredLease, judge_leases,
+    judge_leases_dual, judge_public_ipv6, parse_subnet_key,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -18,16 +18,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again.public_ip, lease.public_ip);
         assert_eq!(again.public_ipv6, lease.public_ipv6);
         assert_eq!(again.backend_type, lease.backend_type);
+        if lease.backend_type.is_some() {
+            assert_eq!(again.vni6.zip(again.vtep_mac6), lease.vni6.zip(lease.vtep_mac6));
+        }
     }
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if let Some(key) = parse_subnet_key(DEFAULT_PREFIX, text) {
-        let mut again = subnet_key(DEFAULT_PREFIX, key.ipv4);
-        if let Some(v6) = key.ipv6 {
-            again.push_str(&format!("&{}-{}", v6.network(), v6.prefix_len()));
-        }
-        assert_eq!(again, text);
+        assert_eq!(key.key(DEFAULT_PREFIX), text);
     }
     // Lines of `key value` judged against a /16 network.
     let config = NetworkConfig::parse(br#"{"Network":"10.244.0.0/16"}"#).expect("valid");
@@ -50,5 +49,32 @@ fuzz_target!(|data: &[u8]| {
         assert!(config.allows(a.subnet));
         assert!(accepted[..i].iter().all(|b| b.subnet != a.subnet));
         assert!(!a.value.public_ip.is_loopback() && a.value.public_ip != own);
+        assert_eq!(a.subnet6, None);
+    }
+    // The same lines judged by a dual-stack node.
+    let dual = NetworkConfig::parse(
+        br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#,
+    )
+    .expect("valid");
+    let own6: Ipv6Addr = "2001:db8::1".parse().expect("literal");
+    let me = OwnNode {
+        ip: Some(own),
+        ipv6: Some(own6),
+        key: None,
+        subnet: None,
+        subnet6: Some("fd00:10:244:1::/64".parse().expect("literal")),
+    };
+    let (accepted, rejected) = judge_leases_dual(&dual, &me, DEFAULT_PREFIX, leases.clone());
+    assert_eq!(accepted.len() + rejected.len(), leases.len());
+    let c6 = dual.ipv6.expect("dual");
+    for (i, a) in accepted.iter().enumerate() {
+        assert!(dual.allows(a.subnet));
+        if let Some(v6) = a.subnet6 {
+            assert!(c6.allows(v6) && v6 != "fd00:10:244:1::/64".parse().expect("literal"));
+            assert!(accepted[..i].iter().all(|b| b.subnet6 != Some(v6)));
+        }
+        if let Some(ip6) = a.value.public_ipv6 {
+            assert_eq!(judge_public_ipv6(ip6, Some(own6)), None);
+        }
     }
 });

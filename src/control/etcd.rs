@@ -15,7 +15,9 @@
 //! 2. acquire a subnet: the lease that already carries this node's public IP, else the subnet
 //!    recorded in the subnet file when it is free, else a random free one, created by a
 //!    transaction that only succeeds if the key does not exist (a lost race tries again, up to
-//!    ten times), attached to an etcd lease with flannel's TTL (24 h);
+//!    ten times), attached to an etcd lease with flannel's TTL (24 h). Without a lease to
+//!    reuse, the leases carrying this node's public IP at keys the config does not allow are
+//!    deleted first, as flanneld deletes its incompatible lease;
 //! 3. list the other leases and watch the prefix from the listed revision; every change
 //!    publishes a new table. Each lease is judged on its own
 //!    ([`judge_leases`](super::lease::judge_leases)): one that flanneld's allocator could not
@@ -25,14 +27,21 @@
 //!    again, with backoff; meanwhile forwarding goes on with the last table;
 //! 4. renew the lease `--subnet-lease-renew-margin` before it expires; a lease that expired
 //!    while etcd was unreachable is granted again and the value written back;
-//! 5. keep its own lease: deleted, it is written again; overwritten by someone else while it
+//! 5. on a dual-stack network (`EnableIPv6`) one key holds both of the node's subnets
+//!    (`10.244.1.0-24&fd00:10:244:1::-64`), the value its `PublicIPv6` and the IPv6 VTEP in
+//!    `BackendV6Data`, and every lease with an IPv6 subnet is two peers: its IPv4 subnet at its
+//!    `PublicIP`, its IPv6 subnet at its `PublicIPv6` (with `BackendV6Data`'s MAC) when both
+//!    nodes have an IPv6 underlay, else at its `PublicIP` too. As flanneld, a node of such a
+//!    network must have an IPv6 underlay address (`--public-ipv6`);
+//! 6. keep its own lease: deleted, it is written again; overwritten by someone else while it
 //!    is still this node's (its etcd lease alive), it is written back at once (at most once a
 //!    second). flanneld shuts down when its lease goes away; fustian keeps forwarding for its
 //!    subnet and restores the key, so other nodes go on routing to it.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,11 +51,11 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::lease::{
-    Accepted, Backend, LeaseValue, NetworkConfig, Rejection, StoredLease, judge_leases,
-    parse_subnet_key, subnet_key,
+    Accepted, Backend, LeaseValue, NetworkConfig, OwnNode, Rejection, StoredLease, SubnetKey,
+    judge_leases_dual, parse_subnet_key,
 };
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
@@ -74,6 +83,12 @@ pub enum EtcdError {
     /// No subnet could be acquired.
     #[error("cannot acquire a subnet: {0}")]
     Acquire(String),
+    /// The network is dual stack and this node has no IPv6 underlay address.
+    #[error(
+        "the network config enables IPv6 (EnableIPv6, IPv6Network {0}): give this node's IPv6 \
+         address with --public-ipv6 (or FLANNELD_PUBLIC_IPV6), as flanneld requires one"
+    )]
+    NeedsIpv6(Ipv6Net),
     /// No endpoint answered.
     #[error("no etcd endpoint answers ({0})")]
     Unreachable(String),
@@ -194,7 +209,9 @@ pub struct Joined {
     pub config: NetworkConfig,
     /// This node's subnet.
     pub subnet: Ipv4Net,
-    /// The other nodes, as the table wants them.
+    /// This node's IPv6 subnet, on a dual-stack network.
+    pub subnet6: Option<Ipv6Net>,
+    /// The other nodes, as the table wants them (a dual-stack node is two peers).
     pub peers: Vec<Peer>,
 }
 
@@ -223,8 +240,10 @@ pub struct Agent {
     opts: EtcdOptions,
     config: Option<NetworkConfig>,
     public_ip: Ipv4Addr,
+    public_ipv6: Option<Ipv6Addr>,
     vtep_mac: Option<MacAddress>,
     subnet: Option<Ipv4Net>,
+    subnet6: Option<Ipv6Net>,
     lease_id: i64,
     /// Every key under `<prefix>/subnets/`, one entry per key.
     entries: BTreeMap<String, Entry>,
@@ -241,6 +260,7 @@ impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
             .field("subnet", &self.subnet)
+            .field("subnet6", &self.subnet6)
             .field("lease_id", &self.lease_id)
             .finish_non_exhaustive()
     }
@@ -332,6 +352,7 @@ fn for_log(key: &str) -> String {
 
 impl Agent {
     /// Makes an agent that has not reached etcd yet (see [`Self::join_when_ready`]).
+    /// `public_ipv6` is the node's IPv6 underlay address, which a dual-stack network needs.
     ///
     /// # Errors
     ///
@@ -339,6 +360,7 @@ impl Agent {
     pub fn new(
         opts: EtcdOptions,
         public_ip: Ipv4Addr,
+        public_ipv6: Option<Ipv6Addr>,
         vtep_mac: Option<MacAddress>,
     ) -> Result<Self, EtcdError> {
         Ok(Self {
@@ -348,8 +370,10 @@ impl Agent {
             opts,
             config: None,
             public_ip,
+            public_ipv6,
             vtep_mac,
             subnet: None,
+            subnet6: None,
             lease_id: 0,
             entries: BTreeMap::new(),
             revision: 0,
@@ -447,21 +471,23 @@ impl Agent {
     /// Reaches etcd, waits for the network config, acquires a subnet and lists the peers;
     /// waits (trying again about once a second) while etcd is unreachable or the config is
     /// missing or invalid, calling `waiting` with the reason each time it changes (and logging
-    /// it once). `Ok(None)` when `stop` was set first.
+    /// it once). `Ok(None)` when `stop` was set first. `previous` and `previous6` are the
+    /// subnets recorded in the subnet file (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`).
     ///
     /// # Errors
     ///
-    /// [`EtcdError`] when no subnet can be acquired (every subnet leased, races lost) or a
-    /// TLS file cannot be read.
+    /// [`EtcdError`] when no subnet can be acquired (every subnet leased, races lost), the
+    /// network is dual stack and this node has no IPv6 address, or a TLS file cannot be read.
     pub fn join_when_ready(
         &mut self,
         previous: Option<Ipv4Net>,
+        previous6: Option<Ipv6Net>,
         stop: &AtomicBool,
         waiting: &dyn Fn(&str),
     ) -> Result<Option<Joined>, EtcdError> {
         let mut said = String::new();
         loop {
-            match self.try_join(previous, stop)? {
+            match self.try_join((previous, previous6), stop)? {
                 Step::Joined(joined) => return Ok(Some(joined)),
                 Step::Stopped => return Ok(None),
                 Step::Wait(reason, detail) => {
@@ -481,7 +507,7 @@ impl Agent {
 
     fn try_join(
         &mut self,
-        previous: Option<Ipv4Net>,
+        previous: (Option<Ipv4Net>, Option<Ipv6Net>),
         stop: &AtomicBool,
     ) -> Result<Step, EtcdError> {
         let unreachable = format!("waiting for etcd at {}", self.endpoint_list());
@@ -526,74 +552,145 @@ impl Agent {
             _ => None,
         };
         let vxlan = vni.is_some();
+        // flanneld writes PublicIPv6 and the IPv6 VTEP only on a dual-stack network. fustian
+        // has one VTEP for both families, so its MAC goes into both.
+        let dual = self.config.as_ref().is_some_and(|c| c.ipv6.is_some());
+        let public_ipv6 = self.public_ipv6.filter(|_| dual);
+        let v6_vtep = vxlan && public_ipv6.is_some();
         LeaseValue {
             public_ip: self.public_ip,
-            public_ipv6: None,
+            public_ipv6,
             backend_type: vxlan.then(|| "vxlan".to_owned()),
             vni,
             vtep_mac: if vxlan { self.vtep_mac } else { None },
+            vni6: if v6_vtep { vni } else { None },
+            vtep_mac6: if v6_vtep { self.vtep_mac } else { None },
         }
     }
 
-    /// Returns true when `subnet` may be taken: no key names it exactly (the create
-    /// transaction would fail) and no accepted lease overlaps it. A rejected lease of another
-    /// length (the whole network, say) does not hold anything.
-    fn is_free(&self, subnet: Ipv4Net, accepted: &[Accepted]) -> bool {
-        !self
+    /// Returns the subnets some key names (whatever its value): the create transaction of a
+    /// key with one of them beside the same other half would fail, and flanneld treats them
+    /// as taken.
+    fn held(&self) -> (HashSet<Ipv4Net>, HashSet<Ipv6Net>) {
+        let keys = self
             .entries
-            .contains_key(&subnet_key(&self.opts.prefix, subnet))
-            && !accepted
-                .iter()
-                .any(|a| a.subnet.contains(&subnet) || subnet.contains(&a.subnet))
+            .keys()
+            .filter_map(|k| parse_subnet_key(&self.opts.prefix, k));
+        let mut v4 = HashSet::new();
+        let mut v6 = HashSet::new();
+        for k in keys {
+            v4.insert(k.ipv4);
+            v6.extend(k.ipv6);
+        }
+        (v4, v6)
     }
 
-    /// Returns the subnet of a lease that already carries this node's public IP at a key in
-    /// the canonical form this node writes, if the config allows it: `previous` (the subnet
-    /// file's) when it is one of them, else the first.
-    fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<Ipv4Net> {
+    /// Returns the subnets of a lease that already carries this node's public IP at a key in
+    /// the form this node writes (with an IPv6 subnet exactly on a dual-stack network), if the
+    /// config allows them: `previous` (the subnet file's) when it is one of them, else the
+    /// first.
+    fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<SubnetKey> {
         let mut ours = self.entries.iter().filter_map(|(key, entry)| {
             let k = parse_subnet_key(&self.opts.prefix, key)?;
-            let canonical = k.ipv6.is_none() && config.allows(k.ipv4);
+            let v6_fits = match (config.ipv6, k.ipv6) {
+                (None, None) => true,
+                (Some(c6), Some(v6)) => c6.allows(v6),
+                _ => false,
+            };
+            let canonical = v6_fits && config.allows(k.ipv4);
             let mine = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
-            (canonical && mine).then_some(k.ipv4)
+            (canonical && mine).then_some(k)
         });
         let first = ours.next()?;
-        if previous == Some(first) {
+        if previous == Some(first.ipv4) {
             return Some(first);
         }
-        Some(ours.find(|s| Some(*s) == previous).unwrap_or(first))
+        Some(ours.find(|k| Some(k.ipv4) == previous).unwrap_or(first))
+    }
+
+    /// Deletes the leases that carry this node's public IP at a key the config does not allow
+    /// (an IPv4-only lease once the network is dual stack, say), as flanneld deletes its
+    /// incompatible lease before taking a new one, so the node does not stay announced twice.
+    /// The deleted keys leave the stored entries too.
+    fn delete_misfits(&mut self, config: &NetworkConfig) -> Result<(), EtcdError> {
+        let misfits: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(key, entry)| {
+                parse_subnet_key(&self.opts.prefix, key).is_some()
+                    && LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if misfits.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client()?;
+        for key in misfits {
+            tracing::warn!(
+                key = ?for_log(&key),
+                network = %config.network,
+                "deleting this node's lease that the network config no longer allows"
+            );
+            self.rt.block_on(client.delete(key.as_str(), None))?;
+            self.entries.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Returns the subnets recorded in the subnet file when the config allows them and they
+    /// are free (on a dual-stack network both halves, as flanneld's `isIPv6SubnetConfigCompat`
+    /// asks).
+    fn previous_free(
+        &self,
+        config: &NetworkConfig,
+        (previous, previous6): (Option<Ipv4Net>, Option<Ipv6Net>),
+        accepted: &[Accepted],
+        held: &(HashSet<Ipv4Net>, HashSet<Ipv6Net>),
+    ) -> Option<SubnetKey> {
+        let v4 = previous.filter(|p| config.allows(*p) && free4(*p, accepted, &held.0))?;
+        let ipv6 = match config.ipv6 {
+            None => None,
+            Some(c6) => Some(previous6.filter(|p| c6.allows(*p) && free6(*p, accepted, &held.1))?),
+        };
+        Some(SubnetKey { ipv4: v4, ipv6 })
     }
 
     /// Acquires this node's subnet and writes its lease (see the module docs for the order of
-    /// preference), then lists every lease. `previous` is the subnet recorded in the subnet
+    /// preference), then lists every lease. `previous` holds the subnets recorded in the subnet
     /// file, if any.
     ///
     /// # Errors
     ///
-    /// [`EtcdError`] when etcd fails or every subnet is taken.
-    fn join(&mut self, previous: Option<Ipv4Net>) -> Result<Joined, EtcdError> {
+    /// [`EtcdError`] when etcd fails or every subnet is taken;
+    /// [`EtcdError::NeedsIpv6`] on a dual-stack network when this node has no IPv6 address.
+    fn join(&mut self, previous: (Option<Ipv4Net>, Option<Ipv6Net>)) -> Result<Joined, EtcdError> {
         let Some(config) = self.config.clone() else {
             return Err(EtcdError::Config(
                 "the network config is not read yet".into(),
             ));
         };
+        if let Some(c6) = config.ipv6
+            && self.public_ipv6.is_none()
+        {
+            return Err(EtcdError::NeedsIpv6(c6.network));
+        }
         let mut client = self.client()?;
         let value = self.own_value().to_json();
         let ttl = self.ttl_secs();
         for _ in 0..RACE_RETRIES {
             self.list()?;
             let (accepted, _) = self.judge();
-            let mine = self.own_existing(&config, previous);
+            let mine = self.own_existing(&config, previous.0);
+            if mine.is_none() {
+                self.delete_misfits(&config)?;
+            }
+            let held = self.held();
             let candidate = mine
-                .or_else(|| previous.filter(|p| config.allows(*p) && self.is_free(*p, &accepted)))
-                .or_else(|| self.random_free(&config, &accepted));
-            let Some(subnet) = candidate else {
-                return Err(EtcdError::Acquire(format!(
-                    "every /{} in {} is leased",
-                    config.subnet_len, config.network
-                )));
-            };
-            let key = subnet_key(&self.opts.prefix, subnet);
+                .or_else(|| self.previous_free(&config, previous, &accepted, &held))
+                .map_or_else(|| random_free(&config, &accepted, &held), Ok)?;
+            let subnet = candidate.ipv4;
+            let key = candidate.key(&self.opts.prefix);
             let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
             let put = TxnOp::put(
                 key.as_str(),
@@ -601,7 +698,7 @@ impl Agent {
                 Some(PutOptions::new().with_lease(grant.id())),
             );
             // Reusing our own lease overwrites it; a new one must not exist yet.
-            let txn = if mine == Some(subnet) {
+            let txn = if mine == Some(candidate) {
                 Txn::new().and_then(vec![put])
             } else {
                 Txn::new()
@@ -612,11 +709,13 @@ impl Agent {
             if resp.succeeded() {
                 self.lease_id = grant.id();
                 self.subnet = Some(subnet);
-                tracing::info!(%subnet, %key, reused = mine.is_some(), "subnet lease acquired");
+                self.subnet6 = candidate.ipv6;
+                tracing::info!(%subnet, subnet6 = ?candidate.ipv6, %key, reused = mine.is_some(), "subnet lease acquired");
                 self.list()?;
                 return Ok(Joined {
                     config,
                     subnet,
+                    subnet6: candidate.ipv6,
                     peers: self.peers(),
                 });
             }
@@ -628,27 +727,6 @@ impl Agent {
         )))
     }
 
-    /// Picks a random free subnet among the first 100 free ones, as flannel does.
-    fn random_free(&self, config: &NetworkConfig, accepted: &[Accepted]) -> Option<Ipv4Net> {
-        let free: Vec<Ipv4Net> = config
-            .subnets()
-            .filter(|s| self.is_free(*s, accepted))
-            .take(100)
-            .collect();
-        if free.is_empty() {
-            return None;
-        }
-        let mut seed = [0u8; 8];
-        if std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-            .is_err()
-        {
-            seed = u64::from(std::process::id()).to_ne_bytes();
-        }
-        let pick = usize::try_from(u64::from_ne_bytes(seed) % free.len() as u64).unwrap_or(0);
-        free.get(pick).copied()
-    }
-
     /// Returns `<prefix>/subnets/`, under which the leases live.
     fn subnets_prefix(&self) -> String {
         format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'))
@@ -656,7 +734,13 @@ impl Agent {
 
     /// Returns this node's lease key, once it has a subnet.
     fn own_key(&self) -> Option<String> {
-        self.subnet.map(|s| subnet_key(&self.opts.prefix, s))
+        self.subnet.map(|ipv4| {
+            SubnetKey {
+                ipv4,
+                ipv6: self.subnet6,
+            }
+            .key(&self.opts.prefix)
+        })
     }
 
     /// Returns the lease TTL in seconds as etcd takes it (at least 5).
@@ -700,11 +784,16 @@ impl Agent {
             return (Vec::new(), Vec::new());
         };
         let own_key = self.own_key();
-        judge_leases(
+        let own = OwnNode {
+            ip: Some(self.public_ip),
+            ipv6: self.public_ipv6,
+            key: own_key.as_deref(),
+            subnet: self.subnet,
+            subnet6: self.subnet6,
+        };
+        judge_leases_dual(
             config,
-            self.public_ip,
-            own_key.as_deref(),
-            self.subnet,
+            &own,
             &self.opts.prefix,
             self.entries.iter().map(|(key, e)| StoredLease {
                 key,
@@ -753,17 +842,40 @@ impl Agent {
         };
         let mut ignored = 0;
         let mut peers = Vec::new();
-        for Accepted { subnet, value, .. } in accepted {
+        for Accepted {
+            subnet,
+            subnet6,
+            value,
+            ..
+        } in accepted
+        {
             let speaks = value.backend() == kind
                 && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
             if !speaks {
                 ignored += 1;
                 continue;
             }
+            let v4 = SocketAddr::new(IpAddr::V4(value.public_ip), port);
             peers.push(Peer {
                 subnet: IpNet::V4(subnet),
-                endpoint: SocketAddr::new(IpAddr::V4(value.public_ip), port),
+                endpoint: v4,
                 vtep_mac: value.vtep_mac,
+            });
+            let Some(subnet6) = subnet6 else { continue };
+            // The IPv6 half goes over the IPv6 underlay when both nodes have one (and, for
+            // vxlan, the lease names its IPv6 VTEP); else over IPv4 to the IPv4 VTEP, which
+            // takes IPv6 frames as well.
+            let over_v6 = self.public_ipv6.and(value.public_ipv6).filter(|_| {
+                kind == "udp" || (value.vtep_mac6.is_some() && value.vni6.or(vni) == vni)
+            });
+            let (endpoint, vtep_mac) = match over_v6 {
+                Some(ip6) => (SocketAddr::new(IpAddr::V6(ip6), port), value.vtep_mac6),
+                None => (v4, value.vtep_mac),
+            };
+            peers.push(Peer {
+                subnet: IpNet::V6(subnet6),
+                endpoint,
+                vtep_mac,
             });
         }
         self.state.leases_ignored.store(ignored, Ordering::Relaxed);
@@ -972,7 +1084,9 @@ impl Agent {
         };
         let mut client = self.client()?;
         let alive = self.lease_alive()?;
-        let key = subnet_key(&self.opts.prefix, subnet);
+        let Some(key) = self.own_key() else {
+            return Ok(());
+        };
         let current = self.rt.block_on(client.get(key.as_str(), None))?;
         let kv = current.kvs().first();
         let present = kv.is_some_and(|kv| {
@@ -1040,10 +1154,12 @@ impl Agent {
         }
     }
 
-    /// Publishes a table made of this node's subnet and the accepted peers.
+    /// Publishes a table made of this node's subnets and the accepted peers.
     fn publish(&mut self, table: &Table) {
         let Some(subnet) = self.subnet else { return };
-        match Snapshot::new(vec![IpNet::V4(subnet)], self.peers()) {
+        let mut own = vec![IpNet::V4(subnet)];
+        own.extend(self.subnet6.map(IpNet::V6));
+        match Snapshot::new(own, self.peers()) {
             Ok(snap) => {
                 table.publish(snap);
             }
@@ -1056,12 +1172,98 @@ impl Agent {
 /// Reads `FLANNEL_SUBNET` from a subnet file written earlier (flanneld's way of asking for the
 /// same subnet after a restart).
 pub fn previous_subnet(path: &std::path::Path) -> Option<Ipv4Net> {
+    subnet_file_value(path, "FLANNEL_SUBNET=")?
+        .parse::<Ipv4Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// Reads `FLANNEL_IPV6_SUBNET` from a subnet file written earlier, as [`previous_subnet`].
+pub fn previous_subnet6(path: &std::path::Path) -> Option<Ipv6Net> {
+    subnet_file_value(path, "FLANNEL_IPV6_SUBNET=")?
+        .parse::<Ipv6Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// Returns the value of the first line starting with `name` (which ends in `=`).
+fn subnet_file_value(path: &std::path::Path, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-    let net: Ipv4Net = value.trim().parse().ok()?;
-    Some(net.trunc())
+    let value = text.lines().find_map(|l| l.strip_prefix(name))?;
+    Some(value.trim().to_owned())
+}
+
+/// Returns true when `subnet` may be taken: no key names it (the create transaction would
+/// fail) and no accepted lease overlaps it. A rejected lease of another length (the whole
+/// network, say) does not hold anything.
+fn free4(subnet: Ipv4Net, accepted: &[Accepted], held: &HashSet<Ipv4Net>) -> bool {
+    !held.contains(&subnet)
+        && !accepted
+            .iter()
+            .any(|a| a.subnet.contains(&subnet) || subnet.contains(&a.subnet))
+}
+
+/// [`free4`] for an IPv6 subnet.
+fn free6(subnet: Ipv6Net, accepted: &[Accepted], held: &HashSet<Ipv6Net>) -> bool {
+    !held.contains(&subnet)
+        && !accepted
+            .iter()
+            .filter_map(|a| a.subnet6)
+            .any(|o| o.contains(&subnet) || subnet.contains(&o))
+}
+
+/// Picks a random free subnet (and on a dual-stack network a random free IPv6 subnet) among
+/// the first 100 free ones of each family, as flannel's `allocateSubnet` does.
+fn random_free(
+    config: &NetworkConfig,
+    accepted: &[Accepted],
+    held: &(HashSet<Ipv4Net>, HashSet<Ipv6Net>),
+) -> Result<SubnetKey, EtcdError> {
+    let free: Vec<Ipv4Net> = config
+        .subnets()
+        .filter(|s| free4(*s, accepted, &held.0))
+        .take(100)
+        .collect();
+    let ipv4 = pick(&free).ok_or_else(|| {
+        EtcdError::Acquire(format!(
+            "every /{} in {} is leased",
+            config.subnet_len, config.network
+        ))
+    })?;
+    let ipv6 = match &config.ipv6 {
+        None => None,
+        Some(c6) => {
+            // Lazy: at most 100 + (held subnets) candidates are looked at.
+            let free: Vec<Ipv6Net> = c6
+                .subnets()
+                .filter(|s| free6(*s, accepted, &held.1))
+                .take(100)
+                .collect();
+            Some(pick(&free).ok_or_else(|| {
+                EtcdError::Acquire(format!(
+                    "every /{} in {} is leased",
+                    c6.subnet_len, c6.network
+                ))
+            })?)
+        }
+    };
+    Ok(SubnetKey { ipv4, ipv6 })
+}
+
+/// Returns a random element.
+fn pick<T: Copy>(items: &[T]) -> Option<T> {
+    if items.is_empty() {
+        return None;
+    }
+    let mut seed = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .is_err()
+    {
+        seed = u64::from(std::process::id()).to_ne_bytes();
+    }
+    let i = usize::try_from(u64::from_ne_bytes(seed) % items.len() as u64).unwrap_or(0);
+    items.get(i).copied()
 }
 
 #[cfg(test)]
@@ -1069,6 +1271,154 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    const MAC: MacAddress = MacAddress([0x0e, 0, 0, 0, 0, 1]);
+
+    /// A dual-stack `vxlan` node at 192.0.2.1 (and `ipv6`) holding 10.244.1.0/24 and
+    /// fd00:10:244:1::/64, with `leases` stored as listed.
+    fn dual_agent(ipv6: Option<&str>, leases: &[(&str, &str)]) -> Agent {
+        let opts = EtcdOptions {
+            endpoints: vec![],
+            prefix: super::super::lease::DEFAULT_PREFIX.to_owned(),
+            keyfile: None,
+            certfile: None,
+            cafile: None,
+            username: None,
+            password: None,
+            renew_margin: Duration::from_secs(60),
+            ttl: LEASE_TTL,
+        };
+        let ipv6 = ipv6.map(|t| t.parse().expect("literal"));
+        let mut a = Agent::new(opts, Ipv4Addr::new(192, 0, 2, 1), ipv6, Some(MAC)).expect("agent");
+        a.config = Some(
+            NetworkConfig::parse(
+                br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+            )
+            .expect("valid"),
+        );
+        a.subnet = Some("10.244.1.0/24".parse().expect("literal"));
+        a.subnet6 = Some("fd00:10:244:1::/64".parse().expect("literal"));
+        for (i, (key, value)) in leases.iter().enumerate() {
+            a.entries.insert(
+                format!("/coreos.com/network/subnets/{key}"),
+                Entry {
+                    create_revision: i64::try_from(i).expect("small") + 2,
+                    lease: 0,
+                    value: value.as_bytes().to_vec(),
+                },
+            );
+        }
+        a
+    }
+
+    const DUAL: &str = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:02"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:02"}}"#;
+    const NO_V6_VTEP: &str = r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}}"#;
+    const V4_ONLY: &str = r#"{"PublicIP":"192.0.2.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:04"}}"#;
+
+    fn peer_list(a: &mut Agent) -> Vec<(String, String, String)> {
+        let mut peers: Vec<_> = a
+            .peers()
+            .iter()
+            .map(|p| {
+                (
+                    p.subnet.to_string(),
+                    p.endpoint.to_string(),
+                    p.vtep_mac.map(|m| m.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        peers.sort();
+        peers
+    }
+
+    #[test]
+    fn a_dual_stack_lease_is_two_peers_over_the_matching_underlay() {
+        let leases = [
+            ("10.244.2.0-24&fd00:10:244:2::-64", DUAL),
+            ("10.244.3.0-24&fd00:10:244:3::-64", NO_V6_VTEP),
+            ("10.244.4.0-24", V4_ONLY),
+        ];
+        let row = |s: &str, e: &str, m: &str| (s.to_owned(), e.to_owned(), m.to_owned());
+        let mut a = dual_agent(Some("2001:db8::1"), &leases);
+        assert_eq!(
+            peer_list(&mut a),
+            vec![
+                row("10.244.2.0/24", "192.0.2.2:8472", "0e:00:00:00:00:02"),
+                row("10.244.3.0/24", "192.0.2.3:8472", "0e:00:00:00:00:03"),
+                row("10.244.4.0/24", "192.0.2.4:8472", "0e:00:00:00:00:04"),
+                row(
+                    "fd00:10:244:2::/64",
+                    "[2001:db8::2]:8472",
+                    "0e:00:00:00:06:02"
+                ),
+                // No IPv6 VTEP in the lease: the IPv6 subnet goes to the IPv4 one.
+                row("fd00:10:244:3::/64", "192.0.2.3:8472", "0e:00:00:00:00:03"),
+            ]
+        );
+        // A node without an IPv6 underlay sends both families over IPv4.
+        let mut a = dual_agent(None, &leases);
+        let peers = peer_list(&mut a);
+        assert!(
+            peers.contains(&row(
+                "fd00:10:244:2::/64",
+                "192.0.2.2:8472",
+                "0e:00:00:00:00:02"
+            )),
+            "{peers:?}"
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_node_writes_flanneld_s_value_at_one_key() {
+        let a = dual_agent(Some("2001:db8::1"), &[]);
+        assert_eq!(
+            a.own_key().as_deref(),
+            Some("/coreos.com/network/subnets/10.244.1.0-24&fd00:10:244:1::-64")
+        );
+        assert_eq!(
+            a.own_value().to_json(),
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"}}"#
+        );
+        // Both halves are picked free: neither subnet of a held key, nor this node's.
+        let a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                (
+                    "10.244.1.0-24&fd00:10:244:1::-64",
+                    r#"{"PublicIP":"192.0.2.1"}"#,
+                ),
+                ("10.244.2.0-24&fd00:10:244:2::-64", DUAL),
+            ],
+        );
+        let (accepted, _) = a.judge();
+        let held = a.held();
+        let config = a.config.clone().expect("config");
+        for _ in 0..50 {
+            let k = random_free(&config, &accepted, &held).expect("free");
+            let v6 = k.ipv6.expect("dual");
+            assert!(config.allows(k.ipv4) && config.ipv6.is_some_and(|c| c.allows(v6)));
+            assert!(!["10.244.1.0/24", "10.244.2.0/24"].contains(&k.ipv4.to_string().as_str()));
+            assert!(
+                !["fd00:10:244:1::/64", "fd00:10:244:2::/64"].contains(&v6.to_string().as_str())
+            );
+        }
+        // The subnet file's pair is taken only when both halves fit and are free.
+        let prev = |v4: &str, v6: Option<&str>| {
+            a.previous_free(
+                &config,
+                (
+                    Some(v4.parse().expect("literal")),
+                    v6.map(|t| t.parse().expect("literal")),
+                ),
+                &accepted,
+                &held,
+            )
+        };
+        assert!(prev("10.244.9.0/24", Some("fd00:10:244:9::/64")).is_some());
+        assert!(prev("10.244.9.0/24", None).is_none());
+        assert!(prev("10.244.9.0/24", Some("fd00:10:244:2::/64")).is_none());
+        assert!(prev("10.244.2.0/24", Some("fd00:10:244:9::/64")).is_none());
+    }
 
     #[test]
     fn reads_the_subnet_back_from_a_subnet_file() {
@@ -1084,8 +1434,24 @@ mod tests {
             previous_subnet(&path),
             Some("10.244.7.0/24".parse().expect("literal"))
         );
-        std::fs::write(&path, "FLANNEL_SUBNET=not-a-subnet\n").expect("write");
+        assert_eq!(previous_subnet6(&path), None);
+        std::fs::write(
+            &path,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n",
+        )
+        .expect("write");
+        assert_eq!(
+            previous_subnet6(&path),
+            Some("fd00:10:244:7::/64".parse().expect("literal"))
+        );
+        std::fs::write(
+            &path,
+            "FLANNEL_SUBNET=not-a-subnet\nFLANNEL_IPV6_SUBNET=10.0.0.0/8\n",
+        )
+        .expect("write");
         assert_eq!(previous_subnet(&path), None);
+        assert_eq!(previous_subnet6(&path), None);
         assert_eq!(previous_subnet(&dir.join("missing")), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1098,6 +1464,9 @@ mod tests {
             let path = dir.join("subnet.env");
             std::fs::write(&path, &text).expect("write");
             if let Some(net) = previous_subnet(&path) {
+                prop_assert_eq!(net, net.trunc());
+            }
+            if let Some(net) = previous_subnet6(&path) {
                 prop_assert_eq!(net, net.trunc());
             }
         }

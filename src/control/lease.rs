@@ -1,6 +1,7 @@
 //! flannel's etcd values, parsed and written exactly as flanneld does (etcd v3 API, flannel
 //! 0.18 and later): the network configuration at `<prefix>/config` and one lease per node at
-//! `<prefix>/subnets/<ip>-<len>`.
+//! `<prefix>/subnets/<ip>-<len>`, on a dual-stack network `<prefix>/subnets/<ip>-<len>&<ipv6>-<len>`
+//! (one key holds both of a node's subnets).
 //!
 //! ```text
 //! /coreos.com/network/config
@@ -8,6 +9,9 @@
 //! /coreos.com/network/subnets/10.244.1.0-24
 //!   {"PublicIP":"192.0.2.1","PublicIPv6":null,"BackendType":"vxlan",
 //!    "BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}
+//! /coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:2::-64
+//!   {"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2","BackendType":"vxlan",
+//!    "BackendData":{"VNI":1,"VtepMAC":"..."},"BackendV6Data":{"VNI":1,"VtepMAC":"..."}}
 //! ```
 //!
 //! The network config is parsed in [`super::netconf`] (as Go's decoder reads it; re-exported
@@ -17,12 +21,13 @@
 //! input: every parser returns a [`LeaseError`] or `None`, never panics, and is fuzzed
 //! (`fuzz/fuzz_targets/etcd_lease.rs`; the config in `etcd_config.rs`).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-pub use super::netconf::{Backend, NetConfigError, NetworkConfig};
+pub use super::netconf::{Backend, Ipv6Config, NetConfigError, NetworkConfig};
 use crate::wire::MacAddress;
 
 /// The key prefix flanneld uses by default.
@@ -76,6 +81,10 @@ pub struct LeaseValue {
     pub vni: Option<u32>,
     /// `BackendData.VtepMAC`.
     pub vtep_mac: Option<MacAddress>,
+    /// `BackendV6Data.VNI` (the IPv6 VTEP of a dual-stack `vxlan` lease).
+    pub vni6: Option<u32>,
+    /// `BackendV6Data.VtepMAC`.
+    pub vtep_mac6: Option<MacAddress>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +96,8 @@ struct RawLease {
     public_ipv6: Option<String>,
     backend_type: Option<String>,
     backend_data: Option<serde_json::Value>,
+    #[serde(rename = "BackendV6Data")]
+    backend_v6_data: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -117,24 +128,20 @@ impl LeaseValue {
                     .map_err(|_| field("PublicIPv6", format!("`{t}` is not an IPv6 address")))?,
             ),
         };
-        let (mut vni, mut vtep_mac) = (None, None);
-        if let Some(data) = raw.backend_data.filter(|v| v.is_object()) {
-            let d: RawVxlanData =
-                serde_json::from_value(data).map_err(|e| json_error("BackendData", &e))?;
-            vni = d.vni;
-            if let Some(m) = d.vtep_mac {
-                vtep_mac = Some(
-                    m.parse::<MacAddress>()
-                        .map_err(|e| field("BackendData.VtepMAC", format!("`{m}`: {e}")))?,
-                );
-            }
-        }
+        let (vni, vtep_mac) = vxlan_data(raw.backend_data, "BackendData", "BackendData.VtepMAC")?;
+        let (vni6, vtep_mac6) = vxlan_data(
+            raw.backend_v6_data,
+            "BackendV6Data",
+            "BackendV6Data.VtepMAC",
+        )?;
         Ok(Self {
             public_ip,
             public_ipv6,
             backend_type: raw.backend_type.filter(|s| !s.is_empty()),
             vni,
             vtep_mac,
+            vni6,
+            vtep_mac6,
         })
     }
 
@@ -144,8 +151,8 @@ impl LeaseValue {
     }
 
     /// Writes the value in flanneld's exact JSON: `PublicIP`, `PublicIPv6` (`null`), and for
-    /// `vxlan` `BackendType` and `BackendData` with `VNI` and `VtepMAC`; a `udp` lease has
-    /// only the first two.
+    /// `vxlan` `BackendType` and `BackendData` with `VNI` and `VtepMAC`, then on a dual-stack
+    /// node `BackendV6Data` of the same form; a `udp` lease has only the first two.
     pub fn to_json(&self) -> String {
         let v6 = self
             .public_ipv6
@@ -161,10 +168,36 @@ impl LeaseValue {
                     ",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"
                 ));
             }
+            if let (Some(vni), Some(mac)) = (self.vni6, self.vtep_mac6) {
+                out.push_str(&format!(
+                    ",\"BackendV6Data\":{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"
+                ));
+            }
         }
         out.push('}');
         out
     }
+}
+
+/// Reads `BackendData` or `BackendV6Data`: `VNI` and `VtepMAC` of a `vxlan` lease; anything
+/// but an object (`null`, or the data of another backend) holds neither.
+fn vxlan_data(
+    data: Option<serde_json::Value>,
+    what: &'static str,
+    mac_field: &'static str,
+) -> Result<(Option<u32>, Option<MacAddress>), LeaseError> {
+    let Some(data) = data.filter(serde_json::Value::is_object) else {
+        return Ok((None, None));
+    };
+    let d: RawVxlanData = serde_json::from_value(data).map_err(|e| json_error(what, &e))?;
+    let mac = match d.vtep_mac {
+        None => None,
+        Some(m) => Some(
+            m.parse::<MacAddress>()
+                .map_err(|e| field(mac_field, format!("`{m}`: {e}")))?,
+        ),
+    };
+    Ok((d.vni, mac))
 }
 
 /// Returns the etcd key of the lease for `subnet`: `<prefix>/subnets/10.244.1.0-24`.
@@ -177,14 +210,27 @@ pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
     )
 }
 
+impl SubnetKey {
+    /// Returns the etcd key for these subnets as flanneld writes it (`MakeSubnetKey`):
+    /// `<prefix>/subnets/10.244.1.0-24`, or with the IPv6 subnet
+    /// `<prefix>/subnets/10.244.1.0-24&fd00:10:244:1::-64` (RFC 5952 text, as Go writes it).
+    pub fn key(&self, prefix: &str) -> String {
+        let mut key = subnet_key(prefix, self.ipv4);
+        if let Some(v6) = self.ipv6 {
+            key.push_str(&format!("&{}-{}", v6.network(), v6.prefix_len()));
+        }
+        key
+    }
+}
+
 /// The subnets a lease key names: flannel's `<prefix>/subnets/A.B.C.D-LEN`, and on a
 /// dual-stack node `<prefix>/subnets/A.B.C.D-LEN&<IPv6>-<LEN>` (`pkg/subnet/subnet.go`,
 /// `MakeSubnetKey`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubnetKey {
-    /// The IPv4 subnet: the one fustian routes.
+    /// The IPv4 subnet.
     pub ipv4: Ipv4Net,
-    /// The IPv6 subnet of a dual-stack lease (not routed; only its form is checked).
+    /// The IPv6 subnet of a dual-stack lease.
     pub ipv6: Option<Ipv6Net>,
 }
 
@@ -254,6 +300,14 @@ pub enum Rejection {
     BadKey,
     /// The value is not a lease flannel would write (JSON, `PublicIP`, `VtepMAC`).
     BadValue,
+    /// The IPv6 subnet is not inside the network's `IPv6Network`.
+    Ipv6OutsideNetwork,
+    /// The IPv6 subnet overlaps this node's own or one created before it.
+    Ipv6Overlap,
+    /// The IPv6 prefix length is not the network's `IPv6SubnetLen`.
+    Ipv6SubnetLen,
+    /// The IPv6 subnet lies outside `IPv6SubnetMin`..`IPv6SubnetMax`.
+    Ipv6SubnetRange,
     /// The subnet is not inside the network's `Network`.
     OutsideNetwork,
     /// The subnet overlaps this node's own or one created before it.
@@ -268,6 +322,11 @@ pub enum Rejection {
     PublicIpOwn,
     /// `PublicIP` is 0.0.0.0.
     PublicIpUnspecified,
+    /// `PublicIPv6` is this node's own IPv6 address (at a key other than this node's lease).
+    PublicIpv6Own,
+    /// `PublicIPv6` cannot be a peer's underlay address: unspecified, loopback, multicast,
+    /// link-local (no interface to send on) or IPv4-mapped.
+    PublicIpv6Unusable,
     /// The prefix length is not the network's `SubnetLen`.
     SubnetLen,
     /// The subnet lies outside `SubnetMin`..`SubnetMax`.
@@ -276,9 +335,13 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in the order of the metric's series.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 17] = [
         Self::BadKey,
         Self::BadValue,
+        Self::Ipv6OutsideNetwork,
+        Self::Ipv6Overlap,
+        Self::Ipv6SubnetLen,
+        Self::Ipv6SubnetRange,
         Self::OutsideNetwork,
         Self::Overlap,
         Self::PublicIpBroadcast,
@@ -286,6 +349,8 @@ impl Rejection {
         Self::PublicIpMulticast,
         Self::PublicIpOwn,
         Self::PublicIpUnspecified,
+        Self::PublicIpv6Own,
+        Self::PublicIpv6Unusable,
         Self::SubnetLen,
         Self::SubnetRange,
     ];
@@ -295,6 +360,10 @@ impl Rejection {
         match self {
             Self::BadKey => "bad_key",
             Self::BadValue => "bad_value",
+            Self::Ipv6OutsideNetwork => "ipv6_outside_network",
+            Self::Ipv6Overlap => "ipv6_overlap",
+            Self::Ipv6SubnetLen => "ipv6_subnet_len",
+            Self::Ipv6SubnetRange => "ipv6_subnet_range",
             Self::OutsideNetwork => "outside_network",
             Self::Overlap => "overlap",
             Self::PublicIpBroadcast => "public_ip_broadcast",
@@ -302,6 +371,8 @@ impl Rejection {
             Self::PublicIpMulticast => "public_ip_multicast",
             Self::PublicIpOwn => "public_ip_own",
             Self::PublicIpUnspecified => "public_ip_unspecified",
+            Self::PublicIpv6Own => "public_ipv6_own",
+            Self::PublicIpv6Unusable => "public_ipv6_unusable",
             Self::SubnetLen => "subnet_len",
             Self::SubnetRange => "subnet_range",
         }
@@ -332,6 +403,9 @@ pub struct Accepted {
     pub key: String,
     /// Its subnet.
     pub subnet: Ipv4Net,
+    /// Its IPv6 subnet, on a dual-stack network (`None` for a lease that has none, and on an
+    /// IPv4 network, where the IPv6 half of a key is not used).
+    pub subnet6: Option<Ipv6Net>,
     /// Its value.
     pub value: LeaseValue,
 }
@@ -347,13 +421,29 @@ pub struct Rejected {
     pub detail: String,
 }
 
+/// This node, as [`judge_leases_dual`] needs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnNode<'a> {
+    /// `PublicIP`.
+    pub ip: Option<Ipv4Addr>,
+    /// `PublicIPv6`, on a dual-stack node.
+    pub ipv6: Option<Ipv6Addr>,
+    /// The key of this node's lease, skipped.
+    pub key: Option<&'a str>,
+    /// This node's subnet.
+    pub subnet: Option<Ipv4Net>,
+    /// This node's IPv6 subnet.
+    pub subnet6: Option<Ipv6Net>,
+}
+
 /// Judges every lease on its own, as flanneld's allocator would have allowed it
 /// (`pkg/subnet/config.go`, `local_manager.go`): its key in flannel's exact form, its subnet
 /// inside `Network`, of length `SubnetLen` and inside `SubnetMin`..`SubnetMax`, overlapping
 /// neither `own_subnet` nor a lease created earlier (the lower `create_revision` wins; equal
 /// revisions, which only one transaction can produce, go by key), and its `PublicIP` a unicast
 /// address other than `own_ip`. The lease at `own_key` is this node's and is skipped. Nothing
-/// here fails: every lease is either accepted or rejected with its reason.
+/// here fails: every lease is either accepted or rejected with its reason. An IPv4 node's
+/// view of [`judge_leases_dual`].
 pub fn judge_leases<'a>(
     config: &NetworkConfig,
     own_ip: Ipv4Addr,
@@ -362,13 +452,36 @@ pub fn judge_leases<'a>(
     prefix: &str,
     leases: impl IntoIterator<Item = StoredLease<'a>>,
 ) -> (Vec<Accepted>, Vec<Rejected>) {
+    let own = OwnNode {
+        ip: Some(own_ip),
+        key: own_key,
+        subnet: own_subnet,
+        ..OwnNode::default()
+    };
+    judge_leases_dual(config, &own, prefix, leases)
+}
+
+/// [`judge_leases`] for both families: on a dual-stack network (the config's `ipv6`) the
+/// IPv6 half of a lease is judged as the IPv4 half is (inside `IPv6Network`, of length
+/// `IPv6SubnetLen`, inside `IPv6SubnetMin`..`IPv6SubnetMax`, overlapping neither this node's
+/// IPv6 subnet nor an earlier lease's) and its `PublicIPv6`, when given, must be a unicast
+/// global or unique-local address other than this node's. A lease failing either half is
+/// left out whole: it is not one flanneld's allocator wrote. A lease without an IPv6 subnet
+/// is an IPv4-only peer. On an IPv4 network the IPv6 half of a key is not looked at.
+pub fn judge_leases_dual<'a>(
+    config: &NetworkConfig,
+    own: &OwnNode<'_>,
+    prefix: &str,
+    leases: impl IntoIterator<Item = StoredLease<'a>>,
+) -> (Vec<Accepted>, Vec<Rejected>) {
     let mut leases: Vec<StoredLease<'a>> = leases
         .into_iter()
-        .filter(|l| Some(l.key) != own_key)
+        .filter(|l| Some(l.key) != own.key)
         .collect();
     leases.sort_by(|a, b| (a.create_revision, a.key).cmp(&(b.create_revision, b.key)));
     let mut accepted: Vec<Accepted> = Vec::new();
-    let mut taken: std::collections::HashSet<Ipv4Net> = std::collections::HashSet::new();
+    let mut taken: HashMap<Ipv4Net, usize> = HashMap::new();
+    let mut taken6: HashMap<Ipv6Net, usize> = HashMap::new();
     let mut rejected = Vec::new();
     for lease in leases {
         let mut reject = |reason, detail: String| {
@@ -386,6 +499,7 @@ pub fn judge_leases<'a>(
             continue;
         };
         let subnet = key.ipv4;
+        let subnet6 = config.ipv6.and(key.ipv6);
         let value = match LeaseValue::parse(lease.value) {
             Ok(v) => v,
             Err(e) => {
@@ -397,35 +511,103 @@ pub fn judge_leases<'a>(
             reject(reason, format!("{subnet} in {}", config.network));
             continue;
         }
+        if let (Some(v6), Some(c6)) = (subnet6, config.ipv6)
+            && let Some(reason) = judge_subnet6(&c6, v6)
+        {
+            reject(reason, format!("{v6} in {}", c6.network));
+            continue;
+        }
+        // Without an own address, 0.0.0.0 stands in: it is refused as unspecified first.
+        let own_ip = own.ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
         if let Some(reason) = judge_public_ip(value.public_ip, own_ip) {
             reject(reason, format!("PublicIP {}", value.public_ip));
             continue;
         }
+        if config.ipv6.is_some()
+            && let Some(ip6) = value.public_ipv6
+            && let Some(reason) = judge_public_ipv6(ip6, own.ipv6)
+        {
+            reject(reason, format!("PublicIPv6 {ip6}"));
+            continue;
+        }
         let overlaps = |other: Ipv4Net| other.contains(&subnet) || subnet.contains(&other);
-        if let Some(own) = own_subnet.filter(|o| overlaps(*o)) {
-            reject(Rejection::Overlap, format!("{subnet} is this node's {own}"));
+        if let Some(mine) = own.subnet.filter(|o| overlaps(*o)) {
+            reject(
+                Rejection::Overlap,
+                format!("{subnet} is this node's {mine}"),
+            );
             continue;
         }
         // Every accepted subnet has the length `SubnetLen`, so overlapping means equal.
-        if taken.contains(&subnet) {
-            let first = accepted
-                .iter()
-                .find(|a| a.subnet == subnet)
-                .map_or("", |a| a.key.as_str());
+        if let Some(&first) = taken.get(&subnet) {
+            let first = accepted.get(first).map_or("", |a| a.key.as_str());
             reject(
                 Rejection::Overlap,
                 format!("{subnet} is already leased at {first}"),
             );
             continue;
         }
-        taken.insert(subnet);
+        if let Some(v6) = subnet6 {
+            let overlaps6 = |other: Ipv6Net| other.contains(&v6) || v6.contains(&other);
+            if let Some(mine) = own.subnet6.filter(|o| overlaps6(*o)) {
+                reject(
+                    Rejection::Ipv6Overlap,
+                    format!("{v6} is this node's {mine}"),
+                );
+                continue;
+            }
+            if let Some(&first) = taken6.get(&v6) {
+                let first = accepted.get(first).map_or("", |a| a.key.as_str());
+                reject(
+                    Rejection::Ipv6Overlap,
+                    format!("{v6} is already leased at {first}"),
+                );
+                continue;
+            }
+            taken6.insert(v6, accepted.len());
+        }
+        taken.insert(subnet, accepted.len());
         accepted.push(Accepted {
             key: lease.key.to_owned(),
             subnet,
+            subnet6,
             value,
         });
     }
     (accepted, rejected)
+}
+
+/// Returns why `subnet` is not one the IPv6 half of the network's allocator could have
+/// handed out.
+pub fn judge_subnet6(config: &Ipv6Config, subnet: Ipv6Net) -> Option<Rejection> {
+    if !config.network.contains(&subnet) {
+        Some(Rejection::Ipv6OutsideNetwork)
+    } else if subnet.prefix_len() != config.subnet_len {
+        Some(Rejection::Ipv6SubnetLen)
+    } else if !config.allows(subnet) {
+        Some(Rejection::Ipv6SubnetRange)
+    } else {
+        None
+    }
+}
+
+/// Returns why a lease's `PublicIPv6` cannot be a peer's underlay address (see
+/// [`judge_public_ip`]); a link-local address names no interface to send on, and an
+/// IPv4-mapped one is an IPv4 address in disguise.
+pub fn judge_public_ipv6(ip: Ipv6Addr, own: Option<Ipv6Addr>) -> Option<Rejection> {
+    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+    if ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || link_local
+        || ip.to_ipv4_mapped().is_some()
+    {
+        Some(Rejection::PublicIpv6Unusable)
+    } else if Some(ip) == own {
+        Some(Rejection::PublicIpv6Own)
+    } else {
+        None
+    }
 }
 
 /// Returns why `subnet` is not one the network's allocator could have handed out.
@@ -482,6 +664,32 @@ mod tests {
     }
 
     #[test]
+    fn flanneld_dual_stack_lease() {
+        // Field order and form of flanneld's `LeaseAttrs` with a `vxlan` backend on both
+        // families (`pkg/lease/lease.go`, `pkg/backend/vxlan`).
+        let text = br#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:06:03"}}"#;
+        let lease = LeaseValue::parse(text).expect("valid");
+        assert_eq!(
+            lease.public_ipv6,
+            Some("2001:db8::3".parse().expect("literal"))
+        );
+        assert_eq!(lease.vni6, Some(1));
+        assert_eq!(lease.vtep_mac6, Some(MacAddress([0x0e, 0, 0, 0, 6, 3])));
+        assert_eq!(lease.to_json().as_bytes(), text);
+        for bad in [
+            r#"{"PublicIP":"192.0.2.3","BackendV6Data":{"VtepMAC":"zz"}}"#,
+            r#"{"PublicIP":"192.0.2.3","BackendV6Data":{"VNI":"1"}}"#,
+            r#"{"PublicIP":"192.0.2.3","PublicIPv6":"192.0.2.3"}"#,
+        ] {
+            assert!(LeaseValue::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // `null` or another backend's data holds no VTEP.
+        let lease =
+            LeaseValue::parse(br#"{"PublicIP":"192.0.2.3","BackendV6Data":null}"#).expect("valid");
+        assert_eq!((lease.vni6, lease.vtep_mac6), (None, None));
+    }
+
+    #[test]
     fn keys() {
         let net: Ipv4Net = "10.244.7.0/24".parse().expect("literal");
         let key = subnet_key(DEFAULT_PREFIX, net);
@@ -527,6 +735,128 @@ mod tests {
     #[case::other_prefix("/coreos.com/networkx/subnets/10.244.2.0-24")]
     fn keys_flannel_never_writes_are_refused(#[case] key: &str) {
         assert_eq!(parse_subnet_key(DEFAULT_PREFIX, key), None, "{key}");
+    }
+
+    fn dual_config() -> NetworkConfig {
+        NetworkConfig::parse(
+            br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",
+            "IPv6SubnetMax":"fd00:10:244:c8::"}"#,
+        )
+        .expect("valid")
+    }
+
+    const OWN_KEY6: &str = "/coreos.com/network/subnets/10.244.1.0-24&fd00:10:244:1::-64";
+
+    fn judge_dual(leases: &[(&str, i64, &str)]) -> (Vec<Accepted>, Vec<Rejected>) {
+        let own = OwnNode {
+            ip: Some(OWN_IP),
+            ipv6: Some("2001:db8::1".parse().expect("literal")),
+            key: Some(OWN_KEY6),
+            subnet: Some("10.244.1.0/24".parse().expect("literal")),
+            subnet6: Some("fd00:10:244:1::/64".parse().expect("literal")),
+        };
+        judge_leases_dual(
+            &dual_config(),
+            &own,
+            DEFAULT_PREFIX,
+            leases.iter().map(|(key, rev, value)| StoredLease {
+                key,
+                create_revision: *rev,
+                value: value.as_bytes(),
+            }),
+        )
+    }
+
+    #[rstest::rstest]
+    #[case::outside("10.244.3.0-24&fd00:10:245::-64", "", Rejection::Ipv6OutsideNetwork)]
+    #[case::wider("10.244.3.0-24&fd00::-48", "", Rejection::Ipv6OutsideNetwork)]
+    #[case::len("10.244.3.0-24&fd00:10:244:3::-80", "", Rejection::Ipv6SubnetLen)]
+    #[case::below_min("10.244.3.0-24&fd00:10:244::-64", "", Rejection::Ipv6SubnetRange)]
+    #[case::above_max("10.244.3.0-24&fd00:10:244:c9::-64", "", Rejection::Ipv6SubnetRange)]
+    #[case::own_subnet6("10.244.3.0-24&fd00:10:244:1::-64", "", Rejection::Ipv6Overlap)]
+    #[case::same_as_good("10.244.3.0-24&fd00:10:244:2::-64", "", Rejection::Ipv6Overlap)]
+    #[case::own_ipv6(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "2001:db8::1",
+        Rejection::PublicIpv6Own
+    )]
+    #[case::loopback6(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "::1",
+        Rejection::PublicIpv6Unusable
+    )]
+    #[case::any6(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "::",
+        Rejection::PublicIpv6Unusable
+    )]
+    #[case::link_local(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "fe80::1",
+        Rejection::PublicIpv6Unusable
+    )]
+    #[case::multicast6(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "ff02::1",
+        Rejection::PublicIpv6Unusable
+    )]
+    #[case::mapped(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "::ffff:192.0.2.9",
+        Rejection::PublicIpv6Unusable
+    )]
+    #[case::v4_half("10.244.0.0-24&fd00:10:244:3::-64", "", Rejection::SubnetRange)]
+    fn each_bad_dual_lease_is_rejected_whole(
+        #[case] key: &str,
+        #[case] ipv6: &str,
+        #[case] reason: Rejection,
+    ) {
+        let good_key = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:2::-64";
+        let v4_only = "/coreos.com/network/subnets/10.244.4.0-24";
+        let bad_key = format!("{DEFAULT_PREFIX}/subnets/{key}");
+        let v6 = if ipv6.is_empty() {
+            "null".to_owned()
+        } else {
+            format!("\"{ipv6}\"")
+        };
+        let bad_value = format!(r#"{{"PublicIP":"192.0.2.9","PublicIPv6":{v6}}}"#);
+        let (accepted, rejected) = judge_dual(&[
+            (&bad_key, 9, &bad_value),
+            (
+                good_key,
+                7,
+                r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2"}"#,
+            ),
+            (v4_only, 8, r#"{"PublicIP":"192.0.2.4"}"#),
+            (OWN_KEY6, 3, r#"{"PublicIP":"192.0.2.1"}"#),
+        ]);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            (rejected[0].key.as_str(), rejected[0].reason),
+            (bad_key.as_str(), reason)
+        );
+        assert_eq!(accepted.len(), 2, "{accepted:?}");
+        assert_eq!(accepted[0].key, good_key);
+        assert_eq!(
+            accepted[0].subnet6,
+            Some("fd00:10:244:2::/64".parse().expect("literal"))
+        );
+        // A lease without an IPv6 subnet is an IPv4-only peer.
+        assert_eq!(
+            (accepted[1].key.as_str(), accepted[1].subnet6),
+            (v4_only, None)
+        );
+    }
+
+    #[test]
+    fn an_ipv4_network_ignores_the_ipv6_half() {
+        let (accepted, rejected) = judge(&[(
+            "/coreos.com/network/subnets/10.244.3.0-24&fd00:99::-64",
+            4,
+            r#"{"PublicIP":"192.0.2.3","PublicIPv6":"::1"}"#,
+        )]);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(accepted[0].subnet6, None);
     }
 
     fn config() -> NetworkConfig {
@@ -667,6 +997,8 @@ mod tests {
                 backend_type: vxlan.then(|| "vxlan".to_owned()),
                 vni: vxlan.then_some(vni),
                 vtep_mac: vxlan.then_some(MacAddress(mac)),
+                vni6: (vxlan && v6.is_some()).then_some(vni),
+                vtep_mac6: (vxlan && v6.is_some()).then_some(MacAddress([mac[5], mac[4], mac[3], mac[2], mac[1], mac[0]])),
             };
             prop_assert_eq!(LeaseValue::parse(lease.to_json().as_bytes()), Ok(lease));
         }
@@ -681,11 +1013,7 @@ mod tests {
         fn a_key_that_parses_is_written_back_byte_for_byte(key in "[0-9a-f.:&-]{0,40}") {
             let key = format!("{DEFAULT_PREFIX}/subnets/{key}");
             if let Some(k) = parse_subnet_key(DEFAULT_PREFIX, &key) {
-                let mut again = subnet_key(DEFAULT_PREFIX, k.ipv4);
-                if let Some(v6) = k.ipv6 {
-                    again.push_str(&format!("&{}-{}", v6.network(), v6.prefix_len()));
-                }
-                prop_assert_eq!(again, key);
+                prop_assert_eq!(k.key(DEFAULT_PREFIX), key);
             }
         }
 
@@ -697,6 +1025,19 @@ mod tests {
                 parse_subnet_key(DEFAULT_PREFIX, &key),
                 Some(SubnetKey { ipv4: net, ipv6: None })
             );
+        }
+
+        #[test]
+        fn every_dual_key_parses_back(ip in any::<u32>(), len in 0u8..=32, ip6 in any::<u128>(), len6 in 0u8..=128) {
+            let k = SubnetKey {
+                ipv4: Ipv4Net::new(Ipv4Addr::from(ip), len).expect("valid").trunc(),
+                ipv6: Some(Ipv6Net::new(Ipv6Addr::from(ip6), len6).expect("valid").trunc()),
+            };
+            let key = k.key(DEFAULT_PREFIX);
+            // Go's text form never embeds a dotted quad; those addresses are not keys flannel
+            // can read back (its key pattern has hex digits and colons only).
+            let dotted = key.rsplit('&').next().is_some_and(|t| t.contains('.'));
+            prop_assert_eq!(parse_subnet_key(DEFAULT_PREFIX, &key), (!dotted).then_some(k));
         }
 
         #[test]

@@ -21,17 +21,25 @@
 //! without `Type` (or `null`) is refused, as flanneld refuses it ("unknown backend type");
 //! `Type` matches without case.
 //!
+//! With `EnableIPv6: true` the same rules hold for the IPv6 half: `IPv6Network` is required
+//! (not `::/0`); `IPv6SubnetLen` defaults to 64, or to the prefix plus 2 when the network is
+//! smaller than a /62 (refused below a /124), and when given must lie between the prefix plus
+//! 2 and 126; `IPv6SubnetMin` and `IPv6SubnetMax` default to the second and the last subnet
+//! and must lie in the network on a subnet boundary. Without `EnableIPv6` the IPv6 fields are
+//! only decoded, as flanneld decodes them.
+//!
 //! Where fustian differs, it refuses what flanneld would run in a way that cannot work or
-//! would silently reinterpret: IPv6 (`EnableIPv6: true`) and IPv6-only (`EnableIPv4: false`)
-//! networks, any backend but `udp` and `vxlan`, `GBP` and `DirectRouting` set, a `udp` `Port`
+//! would silently reinterpret: IPv6-only (`EnableIPv4: false`) networks (flanneld's etcd
+//! subnet manager still allocates an IPv4 subnet for every lease, so such a network has no
+//! lease layout to follow), any backend but `udp` and `vxlan`, `GBP` and `DirectRouting` set, a `udp` `Port`
 //! of 0 (flanneld would bind a random port), a port or VNI that flanneld would wrap into
 //! another one, an `MTU` that leaves the device below 68 bytes, and `SubnetMin` above
-//! `SubnetMax`. All of it is untrusted input: every error names the field, nothing panics,
+//! `SubnetMax` (or `IPv6SubnetMin` above `IPv6SubnetMax`). All of it is untrusted input: every error names the field, nothing panics,
 //! and the parser is fuzzed (`fuzz/fuzz_targets/etcd_config.rs`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::gojson::{self, SyntaxError, TypeError};
 
@@ -121,8 +129,43 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     /// `EnableNFTables`: masquerade rules go through nftables rather than iptables.
     pub enable_nftables: bool,
+    /// The IPv6 half of a dual-stack network (`EnableIPv6: true`).
+    pub ipv6: Option<Ipv6Config>,
     /// `Backend`.
     pub backend: Backend,
+}
+
+/// The IPv6 half of a dual-stack network config, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Config {
+    /// `IPv6Network`.
+    pub network: Ipv6Net,
+    /// `IPv6SubnetLen`.
+    pub subnet_len: u8,
+    /// `IPv6SubnetMin`: the first subnet that may be leased.
+    pub subnet_min: Ipv6Addr,
+    /// `IPv6SubnetMax`: the last subnet that may be leased.
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// Returns the subnets that may be leased, in address order (lazily: a /48 holds 65 536
+    /// /64s).
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv6Net> + '_ {
+        let size = 1u128 << (128 - u32::from(self.subnet_len));
+        let (min, max) = (u128::from(self.subnet_min), u128::from(self.subnet_max));
+        (0..=(max - min) / size)
+            .filter_map(move |i| Ipv6Net::new(Ipv6Addr::from(min + i * size), self.subnet_len).ok())
+    }
+
+    /// Returns true when `subnet` is one this config allows to be leased.
+    pub fn allows(&self, subnet: Ipv6Net) -> bool {
+        let v = u128::from(subnet.network());
+        subnet.prefix_len() == self.subnet_len
+            && subnet.trunc() == subnet
+            && v >= u128::from(self.subnet_min)
+            && v <= u128::from(self.subnet_max)
+    }
 }
 
 impl NetworkConfig {
@@ -138,15 +181,16 @@ impl NetworkConfig {
         if !raw.enable_ipv4 {
             return Err(field(
                 "EnableIPv4",
-                "false (an IPv6-only network) is not supported by fustian",
+                "false (an IPv6-only network) is not supported by fustian: flanneld's etcd subnet \
+                 manager allocates an IPv4 subnet for every lease; run a dual-stack network \
+                 (EnableIPv6 beside IPv4) instead",
             ));
         }
-        if raw.enable_ipv6 {
-            return Err(field(
-                "EnableIPv6",
-                "true: fustian does not carry IPv6 pod networks yet",
-            ));
-        }
+        let ipv6 = if raw.enable_ipv6 {
+            Some(parse_ipv6(&raw)?)
+        } else {
+            None
+        };
         let network = match raw.network {
             None => return Err(field("Network", "missing")),
             Some(n) if n.prefix_len() == 0 && n.network().is_unspecified() => {
@@ -210,6 +254,7 @@ impl NetworkConfig {
             subnet_min: Ipv4Addr::from(u32::try_from(min).unwrap_or(0)),
             subnet_max: Ipv4Addr::from(u32::try_from(max).unwrap_or(0)),
             enable_nftables: raw.enable_nftables,
+            ipv6,
             backend,
         })
     }
@@ -240,6 +285,10 @@ struct Raw<'a> {
     subnet_min: Ipv4Addr,
     subnet_max: Ipv4Addr,
     subnet_len: u64,
+    ipv6_network: Option<(Ipv6Addr, u8)>,
+    ipv6_subnet_min: Option<Ipv6Addr>,
+    ipv6_subnet_max: Option<Ipv6Addr>,
+    ipv6_subnet_len: u64,
     /// The raw text of the last `Backend` member (`null` included), if any.
     backend: Option<&'a [u8]>,
 }
@@ -254,6 +303,10 @@ impl<'a> Raw<'a> {
             subnet_min: Ipv4Addr::UNSPECIFIED,
             subnet_max: Ipv4Addr::UNSPECIFIED,
             subnet_len: 0,
+            ipv6_network: None,
+            ipv6_subnet_min: None,
+            ipv6_subnet_max: None,
+            ipv6_subnet_len: 0,
             backend: None,
         };
         let Some(members) = gojson::members(json) else {
@@ -283,8 +336,14 @@ impl<'a> Raw<'a> {
             } else if is("Network") {
                 raw.network = Some(ipv4_cidr(value)?);
             } else if is("IPv6Network") {
-                go_cidr(gojson::trimmed_quotes(value))
+                let (ip, len) = go_cidr(gojson::trimmed_quotes(value))
                     .ok_or_else(|| not_a(("IPv6Network", value), "CIDR"))?;
+                // flannel's `IP6Net` keeps the 16-byte form; an IPv4 CIDR there is no IPv6
+                // network (and is refused once IPv6 is on).
+                raw.ipv6_network = match ip {
+                    IpAddr::V6(ip) => Some((ip, len)),
+                    IpAddr::V4(_) => None,
+                };
             } else if is("SubnetMin") {
                 raw.subnet_min = ipv4("SubnetMin", value)?;
             } else if is("SubnetMax") {
@@ -296,9 +355,20 @@ impl<'a> Raw<'a> {
                 } else {
                     "IPv6SubnetMax"
                 };
-                if value != b"null" {
-                    go_ip(gojson::trimmed_quotes(value))
+                let ip = if value == b"null" {
+                    None
+                } else {
+                    let ip = go_ip(gojson::trimmed_quotes(value))
                         .ok_or_else(|| not_a((name, value), "IP address"))?;
+                    Some(match ip {
+                        IpAddr::V6(ip) => ip,
+                        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+                    })
+                };
+                if name == "IPv6SubnetMin" {
+                    raw.ipv6_subnet_min = ip;
+                } else {
+                    raw.ipv6_subnet_max = ip;
                 }
             } else if is("SubnetLen") {
                 set(
@@ -306,13 +376,79 @@ impl<'a> Raw<'a> {
                     typed("SubnetLen", gojson::unsigned(value))?,
                 );
             } else if is("IPv6SubnetLen") {
-                typed("IPv6SubnetLen", gojson::unsigned(value))?;
+                set(
+                    &mut raw.ipv6_subnet_len,
+                    typed("IPv6SubnetLen", gojson::unsigned(value))?,
+                );
             } else if is("Backend") {
                 raw.backend = Some(value);
             }
         }
         Ok(raw)
     }
+}
+
+/// flannel's checks of the IPv6 half (`CheckNetworkConfig`), on 128-bit integers.
+fn parse_ipv6(raw: &Raw<'_>) -> Result<Ipv6Config, NetConfigError> {
+    let network = match raw.ipv6_network {
+        None => return Err(field("IPv6Network", "missing (EnableIPv6 is true)")),
+        Some((_, 0)) => return Err(field("IPv6Network", "::/0 is not a pod network")),
+        Some((ip, len)) => Ipv6Net::new(ip, len)
+            .map(|n| n.trunc())
+            .map_err(|_| field("IPv6Network", format!("{ip}/{len} is not an IPv6 CIDR")))?,
+    };
+    let prefix = network.prefix_len();
+    let subnet_len = match raw.ipv6_subnet_len {
+        0 if prefix > 124 => {
+            return Err(field(
+                "IPv6Network",
+                format!("/{prefix} is too small: the smallest IPv6 network is a /124"),
+            ));
+        }
+        0 if prefix <= 62 => 64,
+        0 => prefix + 2,
+        n if n > 126 => return Err(field("IPv6SubnetLen", format!("{n} is above 126"))),
+        n if n < u64::from(prefix) + 2 => {
+            return Err(field(
+                "IPv6SubnetLen",
+                format!("{n} leaves fewer than four subnets in /{prefix}"),
+            ));
+        }
+        n => u8::try_from(n).unwrap_or(126),
+    };
+    // prefix >= 1 and subnet_len >= prefix + 2, so neither shift reaches 128.
+    let size = 1u128 << (128 - u32::from(subnet_len));
+    let base = u128::from(network.network());
+    let last = base + ((1u128 << (128 - u32::from(prefix))) - size);
+    let bound = |name: &'static str, ip: Option<Ipv6Addr>, default: u128| {
+        let Some(ip) = ip.filter(|ip| !ip.is_unspecified()) else {
+            return Ok(default);
+        };
+        if !network.contains(&ip) {
+            return Err(field(name, format!("{ip} is outside {network}")));
+        }
+        if (u128::from(ip) - base) % size != 0 {
+            return Err(field(
+                name,
+                format!("{ip} is not on a /{subnet_len} boundary"),
+            ));
+        }
+        Ok(u128::from(ip))
+    };
+    let min = bound("IPv6SubnetMin", raw.ipv6_subnet_min, base + size)?;
+    let max = bound("IPv6SubnetMax", raw.ipv6_subnet_max, last)?;
+    if min > max {
+        return Err(field(
+            "IPv6SubnetMin",
+            format!("above IPv6SubnetMax {}", Ipv6Addr::from(max)),
+        ));
+    }
+    Ok(Ipv6Config {
+        network,
+        subnet_len,
+        subnet_min: Ipv6Addr::from(min),
+        subnet_max: Ipv6Addr::from(max),
+    })
 }
 
 fn parse_backend(raw: Option<&[u8]>) -> Result<Backend, NetConfigError> {

@@ -4,6 +4,10 @@
 //!
 //! Reads `<prefix>/config` and `<prefix>/subnets/` once, judges the leases with the node's own
 //! rules ([`crate::control::lease::judge_leases`]) and compares. [`judge`] is pure.
+//!
+//! On a dual-stack network the node's lease is found by its IPv4 subnet (whatever IPv6 subnet
+//! its key holds beside it), and the table is compared for the IPv4 half: the IPv6 peers a
+//! node derives also depend on its IPv6 underlay, which `/status` does not name.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{Backend, Check, Intent};
-use crate::control::lease::{Rejection, StoredLease, judge_leases, subnet_key};
+use crate::control::lease::{Rejection, StoredLease, judge_leases, parse_subnet_key, subnet_key};
 use crate::control::netconf::{self, NetworkConfig};
 
 /// Where etcd is.
@@ -74,6 +78,19 @@ fn own_subnet(intent: &Intent) -> Option<Ipv4Net> {
     }
 }
 
+/// Returns the key of the node's lease: the one whose IPv4 subnet is `own`, with or without an
+/// IPv6 subnet beside it (the key that names `own` alone first).
+fn own_lease_key(prefix: &str, own: Ipv4Net, leases: &[Read]) -> Option<String> {
+    let plain = subnet_key(prefix, own);
+    if leases.iter().any(|l| l.key == plain) {
+        return Some(plain);
+    }
+    leases
+        .iter()
+        .find(|l| parse_subnet_key(prefix, &l.key).is_some_and(|k| k.ipv4 == own))
+        .map(|l| l.key.clone())
+}
+
 fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,7 +109,7 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
         options = options.with_tls(tls);
     }
     let prefix = target.prefix.trim_end_matches('/').to_owned();
-    let own_key = own_subnet(intent).map(|s| subnet_key(&prefix, s));
+    let own = own_subnet(intent);
     rt.block_on(async move {
         let mut client = Client::connect(target.endpoints.clone(), Some(options))
             .await
@@ -121,9 +138,9 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
                 lease: kv.lease(),
             })
             .collect();
-        let own_lease = leases
-            .iter()
-            .find(|l| Some(&l.key) == own_key.as_ref())
+        let own_lease = own
+            .and_then(|own| own_lease_key(&prefix, own, &leases))
+            .and_then(|key| leases.iter().find(|l| l.key == key))
             .map(|l| l.lease)
             .filter(|id| *id != 0);
         let own_ttl = match own_lease {
@@ -169,7 +186,8 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     let Some(own) = own_subnet(intent) else {
         return out;
     };
-    let own_key = subnet_key(prefix, own);
+    let own_key =
+        own_lease_key(prefix, own, &view.leases).unwrap_or_else(|| subnet_key(prefix, own));
     let own_ip = match intent.listen.ip() {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(_) => return out,
@@ -247,6 +265,7 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     let have: Vec<(IpNet, SocketAddr)> = intent
         .peers
         .iter()
+        .filter(|p| p.subnet.addr().is_ipv4())
         .map(|p| (p.subnet, p.endpoint))
         .collect();
     let missing: Vec<String> = want
@@ -385,6 +404,34 @@ mod tests {
     #[test]
     fn consistent_state_passes() {
         let checks = judge(&intent(), P, &view());
+        assert!(
+            checks.iter().all(|c| c.outcome == Outcome::Ok),
+            "{checks:#?}"
+        );
+        assert_eq!(checks.len(), 3);
+    }
+
+    #[test]
+    fn a_dual_stack_node_is_judged_on_its_ipv4_half() {
+        let mut intent = intent();
+        // The table's IPv6 peer is not compared (its endpoint depends on the IPv6 underlay).
+        intent.peers.push(PeerIntent {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            endpoint: "[2001:db8::2]:8285".parse().unwrap(),
+            vtep_mac: None,
+        });
+        let view = EtcdView {
+            config: Some(
+                br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#
+                    .to_vec(),
+            ),
+            leases: vec![
+                lease("10.244.1.0-24&fd00:10:244:1::-64", "192.0.2.1", 2),
+                lease("10.244.2.0-24&fd00:10:244:2::-64", "192.0.2.2", 3),
+            ],
+            own_ttl: Some(86_000),
+        };
+        let checks = judge(&intent, P, &view);
         assert!(
             checks.iter().all(|c| c.outcome == Outcome::Ok),
             "{checks:#?}"

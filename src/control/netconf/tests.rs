@@ -277,8 +277,40 @@ fn flannels_rules_for_network_and_subnets() {
             "IPv6SubnetMax",
         ),
         (
-            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
-            "EnableIPv6",
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
+            "IPv6Network",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#,
+            "IPv6Network",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"::/0"}"#,
+            "IPv6Network",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125"}"#,
+            "IPv6Network",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
+            "IPv6SubnetLen",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57}"#,
+            "IPv6SubnetLen",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00::1"}"#,
+            "IPv6SubnetMin",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd01::"}"#,
+            "IPv6SubnetMax",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:8::"}"#,
+            "IPv6SubnetMin",
         ),
         (
             r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
@@ -477,16 +509,31 @@ const IP4S: &[(&str, Tok<u32>)] = &[
     ("1", Tok::Fail),
 ];
 
-/// Values of the IPv6 fields: only whether they decode matters (IPv6 on is refused).
-const V6_NETS: &[(&str, Tok<()>)] = &[
-    ("\"fd00::/56\"", Tok::Set(())),
-    ("\"10.0.0.0/8\"", Tok::Set(())),
+const FD00: u128 = 0xfd00 << 112;
+
+/// An IPv6 network as numbers: its address and prefix length.
+type V6Net = Option<(u128, u8)>;
+
+/// `IPv6Network` values and what flannel's `IP6Net` makes of them (`None`: an IPv4 CIDR,
+/// which decodes but is no IPv6 network).
+const V6_NETS: &[(&str, Tok<V6Net>)] = &[
+    ("\"fd00::/56\"", Tok::Set(Some((FD00, 56)))),
+    ("\"fd00::/56\"", Tok::Set(Some((FD00, 56)))),
+    ("\"fd00::1/56\"", Tok::Set(Some((FD00, 56)))),
+    ("\"fd00::/120\"", Tok::Set(Some((FD00, 120)))),
+    ("\"fd00::/125\"", Tok::Set(Some((FD00, 125)))),
+    ("\"::/0\"", Tok::Set(Some((0, 0)))),
+    ("\"10.0.0.0/8\"", Tok::Set(None)),
     ("\"bogus\"", Tok::Fail),
     ("null", Tok::Fail),
 ];
-const V6_IPS: &[(&str, Tok<()>)] = &[
-    ("\"fd00::100\"", Tok::Set(())),
-    ("\"10.0.0.1\"", Tok::Set(())),
+/// `IPv6SubnetMin` values (a pointer: `null` leaves it unset).
+const V6_IPS: &[(&str, Tok<Option<u128>>)] = &[
+    ("\"fd00::100\"", Tok::Set(Some(FD00 | 0x100))),
+    ("\"fd00:0:0:5::\"", Tok::Set(Some(FD00 | (5 << 64)))),
+    ("\"fd00:0:0:5::\"", Tok::Set(Some(FD00 | (5 << 64)))),
+    ("\"fd00::40\"", Tok::Set(Some(FD00 | 0x40))),
+    ("\"10.0.0.1\"", Tok::Set(Some(0xffff_0a00_0001))),
     ("null", Tok::Keep),
     ("\"bogus\"", Tok::Fail),
     ("7", Tok::Fail),
@@ -656,9 +703,9 @@ fn good_len(f: F) -> usize {
         | F::Learning
         | F::DirectRouting => 3,
         F::Network => 8,
-        F::Ipv6Network => 2,
+        F::Ipv6Network => 7,
         F::SubnetMin | F::SubnetMax => 7,
-        F::Ipv6SubnetMin => 3,
+        F::Ipv6SubnetMin => 6,
         F::SubnetLen | F::Ipv6SubnetLen => 11,
         F::Vni | F::Port | F::Mtu => 19,
         F::Type => 5,
@@ -703,6 +750,8 @@ fn member_for(field: &'static [F]) -> impl Strategy<Value = Member> {
 const TOP: &[F] = &[
     F::EnableIpv4,
     F::EnableIpv6,
+    F::EnableIpv6,
+    F::Ipv6Network,
     F::EnableNfTables,
     F::Network,
     F::Network,
@@ -751,21 +800,38 @@ fn config() -> impl Strategy<Value = Vec<Member>> {
             }
             m
         });
+    // A dual-stack pair: `"EnableIPv6":true` and an `IPv6Network`.
+    let dual = (
+        member_for(&[F::EnableIpv6]),
+        member_for(&[F::Ipv6Network]),
+        any::<usize>(),
+    )
+        .prop_map(|(mut on, net, at)| {
+            on.token = 0;
+            (on, net, at)
+        });
     (
         proptest::collection::vec(member(TOP), 0..4),
         member_for(&[F::Network]),
         proptest::option::weighted(0.7, backend),
         any::<(usize, usize, bool)>(),
+        proptest::option::weighted(0.3, dual),
     )
-        .prop_map(|(mut members, network, backend, (a, b, with_network))| {
-            if with_network || members.is_empty() {
-                members.insert(a % (members.len() + 1), network);
-            }
-            if let Some(backend) = backend {
-                members.insert(b % (members.len() + 1), backend);
-            }
-            members
-        })
+        .prop_map(
+            |(mut members, network, backend, (a, b, with_network), dual)| {
+                if with_network || members.is_empty() {
+                    members.insert(a % (members.len() + 1), network);
+                }
+                if let Some((on, net, at)) = dual {
+                    members.insert(at % (members.len() + 1), net);
+                    members.insert(at % (members.len() + 1), on);
+                }
+                if let Some(backend) = backend {
+                    members.insert(b % (members.len() + 1), backend);
+                }
+                members
+            },
+        )
 }
 
 fn render_key(m: &Member) -> String {
@@ -819,15 +885,15 @@ fn model(members: &[Member]) -> Result<NetworkConfig, ()> {
     let ipv6 = last(members, F::EnableIpv6, BOOLS, false)?;
     let nft = last(members, F::EnableNfTables, BOOLS, false)?;
     let network = last(members, F::Network, NETS, (0, 0))?;
-    last(members, F::Ipv6Network, V6_NETS, ())?;
+    let v6_network = last(members, F::Ipv6Network, V6_NETS, None)?;
     let min = last(members, F::SubnetMin, IP4S, 0)?;
     let max = last(members, F::SubnetMax, IP4S, 0)?;
-    last(members, F::Ipv6SubnetMin, V6_IPS, ())?;
+    let v6_min = last(members, F::Ipv6SubnetMin, V6_IPS, None)?;
     let len = last(members, F::SubnetLen, UINTS, 0)?;
-    last(members, F::Ipv6SubnetLen, UINTS, 0)?;
+    let v6_len = last(members, F::Ipv6SubnetLen, UINTS, 0)?;
     let backend = members.iter().rfind(|m| m.field == F::Backend);
     // flannel's CheckNetworkConfig, in its order.
-    if !ipv4 || ipv6 || network == (0, 0) {
+    if !ipv4 || network == (0, 0) {
         return Err(());
     }
     let (base, prefix) = (u64::from(network.0), u64::from(network.1));
@@ -853,6 +919,11 @@ fn model(members: &[Member]) -> Result<NetworkConfig, ()> {
     if min > max {
         return Err(());
     }
+    let ipv6 = if ipv6 {
+        Some(model_ipv6(v6_network, v6_min, v6_len)?)
+    } else {
+        None
+    };
     let backend = match backend {
         None => Backend::Udp { port: None },
         Some(m) => model_backend(m.backend.as_deref())?,
@@ -863,7 +934,46 @@ fn model(members: &[Member]) -> Result<NetworkConfig, ()> {
         subnet_min: Ipv4Addr::from(u32::try_from(min).map_err(|_| ())?),
         subnet_max: Ipv4Addr::from(u32::try_from(max).map_err(|_| ())?),
         enable_nftables: nft,
+        ipv6,
         backend,
+    })
+}
+
+/// flannel's checks of the IPv6 half, on the model's numbers.
+fn model_ipv6(
+    network: Option<(u128, u8)>,
+    min: Option<u128>,
+    len: u64,
+) -> Result<super::Ipv6Config, ()> {
+    let (base, prefix) = network.ok_or(())?;
+    if prefix == 0 {
+        return Err(());
+    }
+    let prefix = u64::from(prefix);
+    let len = match len {
+        0 if prefix > 124 => return Err(()),
+        0 if prefix <= 62 => 64,
+        0 => prefix + 2,
+        n if n > 126 || n < prefix + 2 => return Err(()),
+        n => n,
+    };
+    let size = 1u128 << (128 - len);
+    let top = base + (1u128 << (128 - prefix));
+    let min = match min {
+        None => base + size,
+        Some(ip) if ip < base || ip >= top || (ip - base) % size != 0 => return Err(()),
+        Some(ip) => ip,
+    };
+    let max = top - size;
+    if min > max {
+        return Err(());
+    }
+    Ok(super::Ipv6Config {
+        network: ipnet::Ipv6Net::new(base.into(), u8::try_from(prefix).map_err(|_| ())?)
+            .map_err(|_| ())?,
+        subnet_len: u8::try_from(len).map_err(|_| ())?,
+        subnet_min: min.into(),
+        subnet_max: max.into(),
     })
 }
 
@@ -917,9 +1027,10 @@ fn the_generator_reaches_every_outcome() {
     // both backends, and many refused.
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = config();
-    let (mut udp, mut vxlan, mut refused) = (0, 0, 0);
+    let (mut udp, mut vxlan, mut refused, mut dual) = (0, 0, 0, 0);
     for _ in 0..2000 {
         let members = strategy.new_tree(&mut runner).expect("tree").current();
+        dual += usize::from(model(&members).is_ok_and(|c| c.ipv6.is_some()));
         match model(&members).map(|c| c.backend) {
             Ok(Backend::Udp { .. }) => udp += 1,
             Ok(Backend::Vxlan { .. }) => vxlan += 1,
@@ -927,8 +1038,8 @@ fn the_generator_reaches_every_outcome() {
         }
     }
     assert!(
-        udp > 100 && vxlan > 100 && refused > 200,
-        "{udp} {vxlan} {refused}"
+        udp > 100 && vxlan > 100 && refused > 200 && dual > 10,
+        "{udp} {vxlan} {refused} {dual}"
     );
 }
 
@@ -965,4 +1076,60 @@ proptest! {
             prop_assert_eq!(s.prefix_len(), len);
         }
     }
+}
+
+#[test]
+fn dual_stack_defaults_and_bounds_as_flannel_sets_them() {
+    let v6 = |json: &str| ok(json).ipv6.expect("dual stack");
+    let c = v6(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56"}"#);
+    assert_eq!(
+        c.network,
+        "fd00:10:244::/56".parse::<Ipv6Net>().expect("literal")
+    );
+    assert_eq!(c.subnet_len, 64);
+    assert_eq!(
+        c.subnet_min,
+        "fd00:10:244:1::".parse::<Ipv6Addr>().expect("literal")
+    );
+    assert_eq!(
+        c.subnet_max,
+        "fd00:10:244:ff::".parse::<Ipv6Addr>().expect("literal")
+    );
+    assert_eq!(c.subnets().count(), 255);
+    assert!(c.allows("fd00:10:244:7::/64".parse().expect("literal")));
+    assert!(!c.allows("fd00:10:244::/64".parse().expect("literal")));
+    assert!(!c.allows("fd00:10:244:7::/80".parse().expect("literal")));
+    // A network smaller than a /62 is split in four; the host bits of the network go.
+    let c = v6(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::7/120"}"#);
+    assert_eq!(c.subnet_len, 122);
+    assert_eq!(c.network, "fd00::/120".parse::<Ipv6Net>().expect("literal"));
+    assert_eq!(
+        c.subnet_min,
+        "fd00::40".parse::<Ipv6Addr>().expect("literal")
+    );
+    assert_eq!(
+        c.subnet_max,
+        "fd00::c0".parse::<Ipv6Addr>().expect("literal")
+    );
+    // Explicit bounds; "::" is unset, as an all-zero address is to flannel.
+    let c = v6(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":80,
+        "IPv6SubnetMin":"fd00:0:0:5::","IPv6SubnetMax":"::"}"#,
+    );
+    assert_eq!(c.subnet_len, 80);
+    assert_eq!(
+        c.subnet_min,
+        "fd00:0:0:5::".parse::<Ipv6Addr>().expect("literal")
+    );
+    assert_eq!(
+        c.subnet_max,
+        "fd00:0:0:ffff:ffff::".parse::<Ipv6Addr>().expect("literal")
+    );
+    // A /48 of /80s has 2^32 subnets: the iterator is lazy.
+    assert_eq!(c.subnets().take(3).count(), 3);
+    // Without EnableIPv6 the IPv6 fields are decoded and otherwise ignored.
+    assert_eq!(
+        ok(r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00::/56"}"#).ipv6,
+        None
+    );
 }
