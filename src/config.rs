@@ -1386,3 +1386,160 @@ mod vxlan_tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[cfg(test)]
+mod dual_stack_tests {
+    use super::*;
+
+    fn raw() -> RawNode {
+        RawNode {
+            network: Some("10.244.0.0/16".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            ipv6_network: Some("fd00:10:244::/56".into()),
+            ipv6_subnet: Some("fd00:10:244:1::/64".into()),
+            public_ip: Some("192.0.2.1".into()),
+            public_ipv6: Some("2001:db8::1".into()),
+            peers: vec![
+                parse_peer_flag("10.244.2.0/24=192.0.2.2").expect("peer"),
+                parse_peer_flag("fd00:10:244:2::/64=[2001:db8::2]:8285").expect("peer"),
+            ],
+            ..RawNode::default()
+        }
+    }
+
+    fn refused(r: &RawNode, words: &str) {
+        let e = NodeConfig::resolve(r, None).expect_err("refused");
+        assert!(e.to_string().contains(words), "{e}");
+    }
+
+    #[test]
+    fn a_dual_stack_node_resolves() {
+        let c = NodeConfig::resolve(&raw(), None).expect("valid");
+        let v6 = c.ipv6.expect("dual stack");
+        assert_eq!(v6.subnet.to_string(), "fd00:10:244:1::/64");
+        assert_eq!(c.public_ipv6, Some("2001:db8::1".parse().expect("literal")));
+        assert_eq!(c.local_subnets().len(), 2);
+        assert_eq!(c.networks().len(), 2);
+        // The IPv6 outer header sizes the device: 48 bytes for udp.
+        assert_eq!(c.overhead(), 48);
+        assert_eq!(c.peers[1].endpoint.to_string(), "[2001:db8::2]:8285");
+    }
+
+    #[test]
+    fn ipv6_only_nodes_resolve_from_either_flag() {
+        let v6_only = RawNode {
+            network: Some("fd00:10:244::/56".into()),
+            subnet: Some("fd00:10:244:1::/64".into()),
+            public_ip: None,
+            public_ipv6: Some("2001:db8::1".into()),
+            ipv6_network: None,
+            ipv6_subnet: None,
+            peers: vec![parse_peer_flag("fd00:10:244:2::/64=2001:db8::2").expect("peer")],
+            ..raw()
+        };
+        let c = NodeConfig::resolve(&v6_only, None).expect("valid");
+        assert_eq!(
+            c.public_ip,
+            "2001:db8::1".parse::<IpAddr>().expect("literal")
+        );
+        assert_eq!((c.ipv6, c.public_ipv6), (None, None));
+        // The same address given twice is one underlay.
+        let both = RawNode {
+            public_ip: Some("2001:db8::1".into()),
+            ..v6_only
+        };
+        assert_eq!(
+            NodeConfig::resolve(&both, None).expect("valid").public_ipv6,
+            None
+        );
+    }
+
+    #[test]
+    fn invalid_combinations_name_the_flag() {
+        refused(
+            &RawNode {
+                ipv6_subnet: None,
+                ..raw()
+            },
+            "missing --ipv6-subnet",
+        );
+        refused(
+            &RawNode {
+                ipv6_network: None,
+                ..raw()
+            },
+            "missing --ipv6-network",
+        );
+        refused(
+            &RawNode {
+                ipv6_network: Some("10.245.0.0/16".into()),
+                ..raw()
+            },
+            "invalid --ipv6-network `10.245.0.0/16`: not an IPv6 network",
+        );
+        refused(
+            &RawNode {
+                ipv6_subnet: Some("fd00:10:245:1::/64".into()),
+                ..raw()
+            },
+            "invalid --ipv6-subnet `fd00:10:245:1::/64`: not inside the IPv6 network",
+        );
+        refused(
+            &RawNode {
+                ipv6_subnet: Some("fd00:10:244:1::/127".into()),
+                ..raw()
+            },
+            "/126 or shorter",
+        );
+        refused(
+            &RawNode {
+                network: Some("fd00:10:240::/48".into()),
+                subnet: Some("fd00:10:240:1::/64".into()),
+                peers: Vec::new(),
+                ..raw()
+            },
+            "is already IPv6",
+        );
+        refused(
+            &RawNode {
+                public_ipv6: Some("192.0.2.9".into()),
+                ..raw()
+            },
+            "invalid --public-ipv6 `192.0.2.9`: not an IPv6 address",
+        );
+        refused(
+            &RawNode {
+                public_ipv6: Some("ff02::1".into()),
+                ..raw()
+            },
+            "invalid --public-ipv6 `ff02::1`: must be a unicast address",
+        );
+        refused(
+            &RawNode {
+                public_ip: Some("2001:db8::7".into()),
+                ..raw()
+            },
+            "already IPv6",
+        );
+        // An IPv6 endpoint needs an IPv6 underlay; an IPv6 subnet needs an IPv6 network.
+        refused(
+            &RawNode {
+                public_ipv6: None,
+                ..raw()
+            },
+            "give --public-ipv6",
+        );
+        refused(
+            &RawNode {
+                ipv6_network: None,
+                ipv6_subnet: None,
+                ..raw()
+            },
+            "not inside the network 10.244.0.0/16",
+        );
+        // A peer may not claim this node's IPv6 subnet.
+        let mut claims = raw();
+        claims.peers[1] = parse_peer_flag("fd00:10:244:1::/64=2001:db8::2").expect("peer");
+        refused(&claims, "overlaps this node's subnet fd00:10:244:1::/64");
+    }
+}
