@@ -66,10 +66,20 @@ fn join_etcd(
     }
     let public_ipv6: Option<std::net::Ipv6Addr> = match raw.public_ipv6.as_deref() {
         None => None,
-        Some(text) => Some(
-            text.parse()
-                .with_context(|| format!("--public-ipv6 `{text}` is not an IPv6 address"))?,
-        ),
+        Some(text) => {
+            let ip: std::net::Ipv6Addr = text
+                .parse()
+                .with_context(|| format!("--public-ipv6 `{text}` is not an IPv6 address"))?;
+            // Every peer would refuse a lease carrying such an address, IPv4 half and all.
+            if fustian::control::lease::judge_public_ipv6(ip, None).is_some() {
+                anyhow::bail!(
+                    "--public-ipv6 `{text}` cannot be a node's underlay address (loopback, \
+                     link-local, multicast, unspecified or IPv4-mapped): peers would refuse \
+                     its lease"
+                );
+            }
+            Some(ip)
+        }
     };
     let public_ip: std::net::Ipv4Addr = raw
         .public_ip

@@ -122,7 +122,7 @@ pub fn run(
     let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
     let device = Device::open(&mut nl, config, &underlay)?;
     let (sockets, offloads) = open_sockets(config, &device)?;
-    let sockets6 = open_sockets6(config, &device)?;
+    let sockets6 = open_sockets6(config, &device, offloads)?;
     if let Some(reason) = prefer_epoll(config, offloads) {
         backend = Backend::Epoll;
         why = reason;
@@ -157,9 +157,7 @@ pub fn run(
         metrics: Arc::clone(&metrics),
         table: Arc::clone(&table),
         sources: controls.iter().filter_map(|c| c.metrics.clone()).collect(),
-        masq: masq
-            .as_ref()
-            .map(|m| Box::new(m.counters()) as Box<MasqCounters>),
+        masq: masq_counters(masq.as_ref(), masq6.as_ref()),
         trace: Arc::clone(&trace),
     });
     if let Some(status) = &opts.status {
@@ -252,9 +250,29 @@ impl Underlay {
                 (format!("ifindex {index}"), index)
             }
         };
-        let mtu = nl
+        let mut mtu = nl
             .mtu(index)
             .map_err(|e| Error::Underlay(format!("cannot read the MTU of {iface}: {e}")))?;
+        // The IPv6 underlay address of a dual underlay may sit on another interface (a tunnel,
+        // say): the smaller MTU of the two sizes the device, so neither family's datagrams
+        // outgrow their path.
+        if let (None, Some(ip6)) = (&config.iface, config.public_ipv6) {
+            let index6 = nl
+                .index_holding(ip6.into())
+                .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
+                .ok_or_else(|| {
+                    Error::Underlay(format!(
+                        "no interface holds {ip6} (--public-ipv6); add the address or give \
+                         --iface"
+                    ))
+                })?;
+            if index6 != index {
+                let mtu6 = nl.mtu(index6).map_err(|e| {
+                    Error::Underlay(format!("cannot read the MTU of ifindex {index6}: {e}"))
+                })?;
+                mtu = mtu.min(mtu6);
+            }
+        }
         let overhead = config.overhead();
         let underlay = Self {
             mtu,
@@ -265,6 +283,17 @@ impl Underlay {
             return Err(Error::Underlay(format!(
                 "underlay MTU {mtu} of {iface} leaves {tun_mtu} bytes after {overhead} bytes of \
                  encapsulation; give --mtu"
+            )));
+        }
+        // IPv6 needs links of 1280 bytes or more (RFC 8200 section 5); below that the kernel
+        // takes IPv6 off the device.
+        let v6_overlay = config.networks().iter().any(|n| n.addr().is_ipv6());
+        if v6_overlay && tun_mtu < 1280 {
+            return Err(Error::Underlay(format!(
+                "a TUN MTU of {tun_mtu} (underlay MTU {mtu} of {iface} less {overhead} bytes of \
+                 encapsulation, or --mtu) is below IPv6's minimum of 1280; an IPv6 overlay needs \
+                 an underlay MTU of at least {}",
+                1280 + overhead
             )));
         }
         Ok(underlay)
@@ -359,18 +388,26 @@ fn open_sockets(config: &NodeConfig, device: &Device) -> Result<(Vec<UdpSocket>,
 }
 
 /// Binds the second group of sockets, one per queue, to the IPv6 underlay address of a node
-/// that has one beside its IPv4 public IP; with `UDP_GRO` when the first group has it.
-fn open_sockets6(config: &NodeConfig, device: &Device) -> Result<Vec<UdpSocket>, Error> {
+/// that has one beside its IPv4 public IP; with `UDP_GRO` exactly when the first group has it
+/// (the workers size their receive buffers for it), else none is opened.
+fn open_sockets6(
+    config: &NodeConfig,
+    device: &Device,
+    offloads: Offloads,
+) -> Result<Vec<UdpSocket>, Error> {
     let Some(ip) = config.public_ipv6 else {
         return Ok(Vec::new());
     };
     let listen = SocketAddr::new(ip.into(), config.port);
     let sockets = UdpSocket::bind_group(listen, device.queues.len())?;
-    if config.offload {
+    if offloads.gro {
         for s in &sockets {
-            if let Err(e) = s.enable_gro() {
-                tracing::info!("no UDP_GRO on the IPv6 underlay socket: {e}");
-            }
+            s.enable_gro().map_err(|e| {
+                Error::Underlay(format!(
+                    "UDP_GRO works on the IPv4 underlay socket but not on the IPv6 one ({e}); \
+                     give --offload off"
+                ))
+            })?;
         }
     }
     Ok(sockets)
@@ -544,6 +581,32 @@ impl Facts<'_> {
 
 /// The masquerade keeper's counters, as `(name, value)` pairs.
 type MasqCounters = dyn Fn() -> Vec<(String, u64)> + Send + Sync;
+
+/// The masquerade keepers' counters (IPv4's and, on a dual-stack node, IPv6's), summed by
+/// name.
+fn masq_counters(
+    v4: Option<&crate::masq::Keeper>,
+    v6: Option<&crate::masq::Keeper>,
+) -> Option<Box<MasqCounters>> {
+    let parts: Vec<_> = [v4, v6]
+        .into_iter()
+        .flatten()
+        .map(|k| k.counters())
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    Some(Box::new(move || {
+        let mut sum: Vec<(String, u64)> = Vec::new();
+        for (name, v) in parts.iter().flat_map(|f| f()) {
+            match sum.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total = total.wrapping_add(v),
+                None => sum.push((name, v)),
+            }
+        }
+        sum
+    }))
+}
 
 /// What the node shows of itself: everything `/metrics`, `/status` and the stats file are
 /// built from, read on whichever thread renders.

@@ -608,6 +608,21 @@ impl Agent {
         Some(ours.find(|k| Some(k.ipv4) == previous).unwrap_or(first))
     }
 
+    /// Returns the create revision of the stored key `key` when another stored key, created
+    /// before it, names its IPv4 or its IPv6 subnet (`candidate`): the other node holds that
+    /// half, and `key` must go.
+    fn first_claim_elsewhere(&self, key: &str, candidate: SubnetKey) -> Option<i64> {
+        let ours = self.entries.get(key)?.create_revision;
+        let clash = self.entries.iter().any(|(k, e)| {
+            k != key
+                && e.create_revision < ours
+                && parse_subnet_key(&self.opts.prefix, k).is_some_and(|o| {
+                    o.ipv4 == candidate.ipv4 || (o.ipv6.is_some() && o.ipv6 == candidate.ipv6)
+                })
+        });
+        clash.then_some(ours)
+    }
+
     /// Deletes the leases that carry this node's public IP at a key the config does not allow
     /// (an IPv4-only lease once the network is dual stack, say), as flanneld deletes its
     /// incompatible lease before taking a new one, so the node does not stay announced twice.
@@ -706,6 +721,26 @@ impl Agent {
                     .and_then(vec![put])
             };
             let resp = self.rt.block_on(client.txn(txn))?;
+            if resp.succeeded() && mine != Some(candidate) && config.ipv6.is_some() {
+                // Two nodes that picked the same IPv4 subnet beside different IPv6 ones (or
+                // the reverse) both win their create: the keys differ. The key created first
+                // keeps the subnet; a later one gives it up and tries again.
+                self.list()?;
+                if let Some(ours) = self.first_claim_elsewhere(&key, candidate) {
+                    let undo = Txn::new()
+                        .when(vec![Compare::create_revision(
+                            key.as_str(),
+                            CompareOp::Equal,
+                            ours,
+                        )])
+                        .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+                    self.rt.block_on(client.txn(undo))?;
+                    let _ = self.rt.block_on(client.lease_revoke(grant.id()));
+                    self.entries.remove(&key);
+                    tracing::info!(%subnet, %key, "another node took half of this subnet pair first; trying another");
+                    continue;
+                }
+            }
             if resp.succeeded() {
                 self.lease_id = grant.id();
                 self.subnet = Some(subnet);
@@ -1330,6 +1365,40 @@ mod tests {
         peers.sort();
         peers
     }
+
+    /// Two nodes that created keys with one half in common: the later key gives way, the
+    /// earlier stays; keys with nothing in common do not clash.
+    #[test]
+    fn the_later_of_two_keys_sharing_a_half_gives_way() {
+        let first = "10.244.2.0-24&fd00:10:244:2::-64";
+        let v4_shared = "10.244.2.0-24&fd00:10:244:7::-64";
+        let v6_shared = "10.244.8.0-24&fd00:10:244:2::-64";
+        let apart = "10.244.9.0-24&fd00:10:244:9::-64";
+        // Created in the order listed (revisions 2, 3, 4, 5).
+        let a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                (first, DUAL),
+                (v4_shared, DUAL),
+                (v6_shared, DUAL),
+                (apart, DUAL),
+            ],
+        );
+        let key = |k: &str| format!("/coreos.com/network/subnets/{k}");
+        let pair = |k: &str| parse_subnet_key(DEFAULT_PREFIX_FOR_TESTS, &key(k)).expect("key");
+        assert_eq!(a.first_claim_elsewhere(&key(first), pair(first)), None);
+        assert_eq!(
+            a.first_claim_elsewhere(&key(v4_shared), pair(v4_shared)),
+            Some(3)
+        );
+        assert_eq!(
+            a.first_claim_elsewhere(&key(v6_shared), pair(v6_shared)),
+            Some(4)
+        );
+        assert_eq!(a.first_claim_elsewhere(&key(apart), pair(apart)), None);
+    }
+
+    const DEFAULT_PREFIX_FOR_TESTS: &str = super::super::lease::DEFAULT_PREFIX;
 
     #[test]
     fn a_dual_stack_lease_is_two_peers_over_the_matching_underlay() {

@@ -196,6 +196,29 @@ pub fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, E
             reload.path.display()
         );
     }
+    // The peers go live on the running node: each must fit its networks and underlays, not
+    // only the file's (which may add an IPv6 network or underlay that needs a restart).
+    for (i, p) in new.peers.iter().enumerate() {
+        let reachable = p.endpoint.is_ipv4() == running.public_ip.is_ipv4()
+            || (p.endpoint.is_ipv6() && running.public_ipv6.is_some());
+        let inside = running.networks().iter().any(|n| n.contains(&p.subnet));
+        let reason = match (inside, reachable) {
+            (false, _) => "not inside the running node's networks; restart to apply it",
+            (true, false) => {
+                "its endpoint's family has no underlay on the running node; restart to apply it"
+            }
+            (true, true) => continue,
+        };
+        return Err(crate::config::ConfigError::Invalid {
+            origin: crate::config::Origin::File {
+                path: reload.path.clone(),
+                field: format!("peer[{i}]"),
+            },
+            value: format!("{}={}", p.subnet, p.endpoint),
+            reason: reason.to_owned(),
+        }
+        .into());
+    }
     Ok(Snapshot::new(running.local_subnets(), new.peers)?)
 }
 
@@ -297,6 +320,15 @@ mod tests {
         // A peer claiming this node's IPv6 subnet is refused, as at start.
         std::fs::write(&path, text("fd00:10:244:1::/64")).expect("write");
         assert!(reload_peers(&running, &reload).is_err());
+        // A file that adds IPv6 to an IPv4-only node: its IPv6 peers wait for a restart.
+        let v4_file = "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\n\
+                       public_ip = \"192.0.2.1\"\n";
+        std::fs::write(&path, v4_file).expect("write");
+        let file = RawNode::from_file(&path).expect("parses");
+        let v4_node = NodeConfig::resolve(&reload.flags, Some((&path, &file))).expect("valid");
+        std::fs::write(&path, text("fd00:10:244:2::/64")).expect("write");
+        let e = reload_peers(&v4_node, &reload).expect_err("refused");
+        assert!(e.to_string().contains("restart to apply it"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

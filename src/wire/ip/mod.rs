@@ -319,6 +319,15 @@ pub(crate) mod tests {
             h[2] = 4;
             h[3] = 1;
         })));
+        // ESP (50), no next header (59) and unknown upper layers end the walk and pass.
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[60], 50, |_| {})));
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[0, 60], 59, |_| {})));
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[60], 253, |_| {})));
+        // AH counts its length in 4-byte words, less 2: length 0 is these 8 bytes; length 1
+        // (12 bytes) would put the next header inside the UDP header, still a walk that ends.
+        assert!(ipv6_ext_headers_ok(&with_ext_headers(&[51], 17, |h| h
+            [1] =
+            0)));
         // Hop-by-hop only first.
         assert!(!ipv6_ext_headers_ok(&with_ext_headers(
             &[60, 0],
