@@ -61,8 +61,11 @@ fn exchange(topo: &Topology, stack: Stack, bulk: u64) {
             for dir in ["tx", "rx"] {
                 let name =
                     format!("peer_{dir}_bytes{{subnet=\"{subnet}\",endpoint=\"{endpoint}\"}}");
+                // The stats file is rewritten every 250 ms: wait for the one that holds the
+                // whole transfer, rather than read one written before it ended.
+                let done = wait_for(Duration::from_secs(5), || topo.counter(i, &name) > bulk);
                 let n = topo.counter(i, &name);
-                assert!(n > bulk, "node {i}: {name} = {n}: {:?}", topo.stats(i));
+                assert!(done, "node {i}: {name} = {n}: {:?}", topo.stats(i));
             }
         }
         for reason in [
