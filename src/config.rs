@@ -663,23 +663,15 @@ impl NodeConfig {
         for (i, entry) in entries.iter().enumerate() {
             let o = origin("peer", &format!("peer[{i}]"), from_cli);
             let sn = parse_net(&entry.subnet, o.clone())?;
-            if !network.contains(&sn) && !ipv6.is_some_and(|v6| v6.network.contains(&sn)) {
-                let networks = match ipv6 {
-                    Some(v6) => format!("the networks {network} and {}", v6.network),
-                    None => format!("the network {network}"),
-                };
-                return Err(invalid(o, &entry.subnet, format!("not inside {networks}")));
+            let networks: Vec<IpNet> = std::iter::once(network)
+                .chain(ipv6.map(|v6| v6.network))
+                .collect();
+            if let Some(why) = subnet_misfit(sn, &networks) {
+                return Err(invalid(o, &entry.subnet, why));
             }
             let endpoint = parse_endpoint(&entry.public_ip, port)
                 .map_err(|r| invalid(o.clone(), &entry.public_ip, r))?;
-            let reachable = endpoint.is_ipv4() == public_ip.is_ipv4()
-                || (endpoint.is_ipv6() && public_ipv6.is_some());
-            if !reachable {
-                let why = if endpoint.is_ipv6() {
-                    "an IPv6 endpoint needs an IPv6 underlay: give --public-ipv6"
-                } else {
-                    "an IPv4 endpoint needs an IPv4 --public-ip"
-                };
+            if let Some(why) = endpoint_misfit(endpoint, public_ip, public_ipv6) {
                 return Err(invalid(o, &entry.public_ip, why.into()));
             }
             let peer_mac = match &entry.vtep_mac {
@@ -842,6 +834,34 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
         return Err("need 1 <= MIN <= MAX".into());
     }
     Ok((lo, hi))
+}
+
+/// Returns why a peer's `subnet` lies outside the overlay `networks` of the node, if it does.
+pub(crate) fn subnet_misfit(subnet: IpNet, networks: &[IpNet]) -> Option<String> {
+    if networks.iter().any(|n| n.contains(&subnet)) {
+        return None;
+    }
+    let names: Vec<String> = networks.iter().map(ToString::to_string).collect();
+    Some(match names.as_slice() {
+        [one] => format!("not inside the network {one}"),
+        _ => format!("not inside the networks {}", names.join(" and ")),
+    })
+}
+
+/// Returns why a node with the underlay address `public_ip` (and `public_ipv6` beside it)
+/// cannot reach a peer at `endpoint`, if it cannot: it has no socket of that family.
+pub(crate) fn endpoint_misfit(
+    endpoint: SocketAddr,
+    public_ip: IpAddr,
+    public_ipv6: Option<Ipv6Addr>,
+) -> Option<&'static str> {
+    if endpoint.is_ipv4() == public_ip.is_ipv4() || (endpoint.is_ipv6() && public_ipv6.is_some()) {
+        None
+    } else if endpoint.is_ipv6() {
+        Some("an IPv6 endpoint needs an IPv6 underlay: give --public-ipv6")
+    } else {
+        Some("an IPv4 endpoint needs an IPv4 --public-ip")
+    }
 }
 
 /// Settles the IPv6 half of a dual-stack overlay from `--ipv6-network` and `--ipv6-subnet`:

@@ -199,25 +199,21 @@ pub fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, E
     // The peers go live on the running node: each must fit its networks and underlays, not
     // only the file's (which may add an IPv6 network or underlay that needs a restart).
     for (i, p) in new.peers.iter().enumerate() {
-        let reachable = p.endpoint.is_ipv4() == running.public_ip.is_ipv4()
-            || (p.endpoint.is_ipv6() && running.public_ipv6.is_some());
-        let inside = running.networks().iter().any(|n| n.contains(&p.subnet));
-        let reason = match (inside, reachable) {
-            (false, _) => "not inside the running node's networks; restart to apply it",
-            (true, false) => {
-                "its endpoint's family has no underlay on the running node; restart to apply it"
+        let misfit = crate::config::subnet_misfit(p.subnet, &running.networks()).or_else(|| {
+            crate::config::endpoint_misfit(p.endpoint, running.public_ip, running.public_ipv6)
+                .map(str::to_owned)
+        });
+        if let Some(why) = misfit {
+            return Err(crate::config::ConfigError::Invalid {
+                origin: crate::config::Origin::File {
+                    path: reload.path.clone(),
+                    field: format!("peer[{i}]"),
+                },
+                value: format!("{}={}", p.subnet, p.endpoint),
+                reason: format!("{why} on the running node; restart to apply it"),
             }
-            (true, true) => continue,
-        };
-        return Err(crate::config::ConfigError::Invalid {
-            origin: crate::config::Origin::File {
-                path: reload.path.clone(),
-                field: format!("peer[{i}]"),
-            },
-            value: format!("{}={}", p.subnet, p.endpoint),
-            reason: reason.to_owned(),
+            .into());
         }
-        .into());
     }
     Ok(Snapshot::new(running.local_subnets(), new.peers)?)
 }

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 pub use super::netconf::{Backend, Ipv6Config, NetConfigError, NetworkConfig};
@@ -480,8 +480,8 @@ pub fn judge_leases_dual<'a>(
         .collect();
     leases.sort_by(|a, b| (a.create_revision, a.key).cmp(&(b.create_revision, b.key)));
     let mut accepted: Vec<Accepted> = Vec::new();
-    let mut taken: HashMap<Ipv4Net, usize> = HashMap::new();
-    let mut taken6: HashMap<Ipv6Net, usize> = HashMap::new();
+    // Accepted subnets of both families, each with the index of its lease in `accepted`.
+    let mut taken: HashMap<IpNet, usize> = HashMap::new();
     let mut rejected = Vec::new();
     for lease in leases {
         let mut reject = |reason, detail: String| {
@@ -530,43 +530,28 @@ pub fn judge_leases_dual<'a>(
             reject(reason, format!("PublicIPv6 {ip6}"));
             continue;
         }
-        let overlaps = |other: Ipv4Net| other.contains(&subnet) || subnet.contains(&other);
-        if let Some(mine) = own.subnet.filter(|o| overlaps(*o)) {
-            reject(
-                Rejection::Overlap,
-                format!("{subnet} is this node's {mine}"),
-            );
+        let halves = std::iter::once((
+            IpNet::V4(subnet),
+            own.subnet.map(IpNet::V4),
+            Rejection::Overlap,
+        ))
+        .chain(subnet6.map(|v6| {
+            (
+                IpNet::V6(v6),
+                own.subnet6.map(IpNet::V6),
+                Rejection::Ipv6Overlap,
+            )
+        }));
+        let found = halves
+            .clone()
+            .find_map(|(net, mine, reason)| Some((reason, clash(net, mine, &taken, &accepted)?)));
+        if let Some((reason, detail)) = found {
+            reject(reason, detail);
             continue;
         }
-        // Every accepted subnet has the length `SubnetLen`, so overlapping means equal.
-        if let Some(&first) = taken.get(&subnet) {
-            let first = accepted.get(first).map_or("", |a| a.key.as_str());
-            reject(
-                Rejection::Overlap,
-                format!("{subnet} is already leased at {first}"),
-            );
-            continue;
+        for (net, _, _) in halves {
+            taken.insert(net, accepted.len());
         }
-        if let Some(v6) = subnet6 {
-            let overlaps6 = |other: Ipv6Net| other.contains(&v6) || v6.contains(&other);
-            if let Some(mine) = own.subnet6.filter(|o| overlaps6(*o)) {
-                reject(
-                    Rejection::Ipv6Overlap,
-                    format!("{v6} is this node's {mine}"),
-                );
-                continue;
-            }
-            if let Some(&first) = taken6.get(&v6) {
-                let first = accepted.get(first).map_or("", |a| a.key.as_str());
-                reject(
-                    Rejection::Ipv6Overlap,
-                    format!("{v6} is already leased at {first}"),
-                );
-                continue;
-            }
-            taken6.insert(v6, accepted.len());
-        }
-        taken.insert(subnet, accepted.len());
         accepted.push(Accepted {
             key: lease.key.to_owned(),
             subnet,
@@ -575,6 +560,24 @@ pub fn judge_leases_dual<'a>(
         });
     }
     (accepted, rejected)
+}
+
+/// Returns why `subnet` (one half of a lease) may not be accepted: it overlaps this node's
+/// subnet of its family (`mine`) or a subnet accepted before (`taken`, with the index of its
+/// lease in `accepted`). Every accepted subnet of a family has that family's length, so
+/// overlapping an accepted one means being equal to it.
+fn clash(
+    subnet: IpNet,
+    mine: Option<IpNet>,
+    taken: &HashMap<IpNet, usize>,
+    accepted: &[Accepted],
+) -> Option<String> {
+    if let Some(mine) = mine.filter(|m| m.contains(&subnet) || subnet.contains(m)) {
+        return Some(format!("{subnet} is this node's {mine}"));
+    }
+    let first = taken.get(&subnet)?;
+    let key = accepted.get(*first).map_or("", |a| a.key.as_str());
+    Some(format!("{subnet} is already leased at {key}"))
 }
 
 /// Returns why `subnet` is not one the IPv6 half of the network's allocator could have
