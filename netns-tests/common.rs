@@ -154,3 +154,105 @@ pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Runs `op` with an etcd client connected to `endpoint` from inside namespace `ns`. `None`
+/// when etcd cannot be reached.
+#[cfg(feature = "etcd")]
+pub(crate) fn with_etcd_in<T: Send + 'static>(
+    ns: &fustian::lab::netns::Netns,
+    endpoint: &str,
+    op: impl FnOnce(&mut etcd_client::Client, &tokio::runtime::Runtime) -> T + Send + 'static,
+) -> Option<T> {
+    let endpoint = endpoint.to_owned();
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5));
+        let mut c = rt
+            .block_on(etcd_client::Client::connect([endpoint], Some(options)))
+            .ok()?;
+        Some(op(&mut c, &rt))
+    })
+    .ok()
+    .flatten()
+}
+
+/// Runs `iptables -w 5 args` in namespace `ns`; returns (success, stdout).
+pub(crate) fn iptables(ns: &fustian::lab::netns::Netns, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "iptables", "-w", "5"])
+        .args(args)
+        .output()
+        .expect("ip netns exec iptables runs (iptables installed?)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Deletes the jump to flanneld's masquerade chain in `POSTROUTING` (`-C` in place of `-D`
+/// checks it).
+pub(crate) const MASQ_JUMP: [&str; 10] = [
+    "-t",
+    "nat",
+    "-D",
+    "POSTROUTING",
+    "-m",
+    "comment",
+    "--comment",
+    "flanneld masq",
+    "-j",
+    "FLANNEL-POSTRTG",
+];
+
+/// Reads the integer socket option `level`/`name` of `sock`.
+#[allow(unsafe_code)]
+pub(crate) fn int_sockopt(sock: &std::net::UdpSocket, level: i32, name: i32) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
+    // SAFETY: `value` and `len` are valid for writes for the duration of the call.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "getsockopt({level}, {name}): {}",
+        std::io::Error::last_os_error()
+    );
+    value
+}
+
+/// Sets the integer socket option `level`/`name` of `sock` to `value`.
+#[allow(unsafe_code)]
+pub(crate) fn set_int_sockopt(sock: &std::net::UdpSocket, level: i32, name: i32, value: i32) {
+    use std::os::fd::AsRawFd;
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
+    // SAFETY: `value` is a c_int valid for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            len,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setsockopt({level}, {name}): {}",
+        std::io::Error::last_os_error()
+    );
+}

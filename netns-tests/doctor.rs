@@ -367,22 +367,7 @@ fn with_etcd<T: Send + 'static>(
     topo: &Topology,
     op: impl FnOnce(&mut etcd_client::Client, &tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> Option<T> {
-    topo.hosts[0]
-        .run(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(Duration::from_secs(5));
-            let mut c = rt
-                .block_on(etcd_client::Client::connect([ETCD_LOCAL], Some(options)))
-                .ok()?;
-            Some(op(&mut c, &rt))
-        })
-        .ok()
-        .flatten()
+    crate::common::with_etcd_in(&topo.hosts[0], ETCD_LOCAL, op)
 }
 
 #[cfg(feature = "etcd")]
@@ -611,10 +596,7 @@ fn doctor_checks_both_halves_of_a_dual_stack_node() {
         return;
     }
     let _serial = serial();
-    let dual = fustian::lab::Stack {
-        overlay: fustian::lab::Family::Dual,
-        underlay: fustian::lab::Family::Dual,
-    };
+    let dual = fustian::lab::Stack::DUAL;
     let mut topo = topology();
     topo.add_ipv6()
         .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));

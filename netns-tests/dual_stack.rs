@@ -5,8 +5,6 @@
 //! Addresses (inside the test's namespaces only): underlay 192.0.2.0/24 and 2001:db8::/64
 //! (RFC 3849), pods 10.244.0.0/16 and fd00:10:244::/56 (RFC 4193).
 
-#![allow(unsafe_code)]
-
 use std::time::Duration;
 
 use fustian::lab::{Family, LabBackend, Stack, Topology, pod_addr, pod_addr6};
@@ -110,10 +108,7 @@ fn ipv6_stacks_carry_traffic() {
         return;
     }
     let _serial = serial();
-    let v6 = Stack {
-        overlay: Family::V6,
-        underlay: Family::V6,
-    };
+    let v6 = Stack::V6;
     for_each_loop("ipv6_stacks_carry_traffic (6 over 6)", |extra| {
         let topo = start_stack(LabBackend::Udp, v6, extra);
         exchange(&topo, v6, BULK);
@@ -128,10 +123,7 @@ fn ipv6_stacks_carry_traffic() {
             overlay: Family::V4,
             underlay: Family::V6,
         },
-        Stack {
-            overlay: Family::Dual,
-            underlay: Family::Dual,
-        },
+        Stack::DUAL,
     ];
     for stack in mixed {
         // Both underlays: also with every receive single-shot (128 slots on two sockets).
@@ -163,10 +155,7 @@ fn vxlan_over_ipv6_interoperates_with_kernel_vxlan() {
         return;
     }
     let _serial = serial();
-    let dual = Stack {
-        overlay: Family::Dual,
-        underlay: Family::Dual,
-    };
+    let dual = Stack::DUAL;
     for extra in [LOOPS[1], LOOPS[4], LOOPS[6]] {
         eprintln!(
             "== vxlan_over_ipv6_interoperates_with_kernel_vxlan with {}",
@@ -302,10 +291,7 @@ fn hostile_ipv6_inner_packets_are_dropped_and_counted() {
         return;
     }
     let _serial = serial();
-    let v6 = Stack {
-        overlay: Family::V6,
-        underlay: Family::V6,
-    };
+    let v6 = Stack::V6;
     let mut topo = topology();
     topo.add_ipv6()
         .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
@@ -410,26 +396,7 @@ fn hostile_ipv6_inner_packets_are_dropped_and_counted() {
 
 /// The IPv6 path MTU of a connected socket.
 fn ipv6_mtu(sock: &std::net::UdpSocket) -> i32 {
-    use std::os::fd::AsRawFd;
-    let mut mtu: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
-    // SAFETY: `mtu` and `len` are valid for writes for the duration of the call.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MTU,
-            (&raw mut mtu).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "getsockopt(IPV6_MTU): {}",
-        std::io::Error::last_os_error()
-    );
-    mtu
+    crate::common::int_sockopt(sock, libc::IPPROTO_IPV6, libc::IPV6_MTU)
 }
 
 /// Over an IPv6 underlay the path carries 1500 − 48 bytes of inner packet (`udp`): an IPv6
@@ -441,10 +408,7 @@ fn ipv6_packet_too_big_carries_the_ipv6_path_mtu() {
         return;
     }
     let _serial = serial();
-    let v6 = Stack {
-        overlay: Family::V6,
-        underlay: Family::V6,
-    };
+    let v6 = Stack::V6;
     for extra in [LOOPS[1], LOOPS[6]] {
         let mut topo = topology();
         topo.add_ipv6()
@@ -479,20 +443,7 @@ fn ipv6_packet_too_big_carries_the_ipv6_path_mtu() {
         );
 
         // No route: a soft error, heard with IPV6_RECVERR.
-        use std::os::fd::AsRawFd;
-        let on: libc::c_int = 1;
-        let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
-        // SAFETY: `on` is a c_int valid for the duration of the call.
-        let r = unsafe {
-            libc::setsockopt(
-                unroutable.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_RECVERR,
-                (&raw const on).cast(),
-                len,
-            )
-        };
-        assert_eq!(r, 0);
+        crate::common::set_int_sockopt(&unroutable, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
         unroutable
             .set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");

@@ -307,21 +307,7 @@ fn with_etcd<T: Send + 'static>(
     hub: &Netns,
     op: impl FnOnce(&mut etcd_client::Client, &tokio::runtime::Runtime) -> T + Send + 'static,
 ) -> Option<T> {
-    hub.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5));
-        let mut c = rt
-            .block_on(etcd_client::Client::connect([ETCD], Some(options)))
-            .ok()?;
-        Some(op(&mut c, &rt))
-    })
-    .ok()
-    .flatten()
+    crate::common::with_etcd_in(hub, ETCD, op)
 }
 
 /// Starts etcd in `hub` with its data in `dir`, and waits until it answers.

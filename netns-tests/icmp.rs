@@ -9,28 +9,12 @@ use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::common::{EXE, LOOPS, for_each_loop, serial, skip, topology, wait_for};
+use crate::common::{
+    EXE, LOOPS, for_each_loop, int_sockopt, serial, set_int_sockopt, skip, topology, wait_for,
+};
 
 fn ip_mtu(sock: &UdpSocket) -> i32 {
-    let mut mtu: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
-    // SAFETY: `mtu` and `len` are valid for writes for the duration of the call.
-    let r = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU,
-            (&raw mut mtu).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "getsockopt(IP_MTU): {}",
-        std::io::Error::last_os_error()
-    );
-    mtu
+    int_sockopt(sock, libc::IPPROTO_IP, libc::IP_MTU)
 }
 
 #[test]
@@ -68,20 +52,7 @@ fn unreachable_and_fragmentation_needed() {
             .expect("timeout");
         // Net unreachable is a soft error for UDP (RFC 1122, 4.1.3.3): only a socket that asks
         // for errors with IP_RECVERR hears of it.
-        let on: libc::c_int = 1;
-        let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small");
-        let fd = unroutable.as_raw_fd();
-        // SAFETY: `on` is a c_int valid for the duration of the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_RECVERR,
-                (&raw const on).cast(),
-                len,
-            )
-        };
-        assert_eq!(r, 0);
+        set_int_sockopt(&unroutable, libc::IPPROTO_IP, libc::IP_RECVERR, 1);
 
         unroutable.send(b"anyone?").expect("send");
         let err = unroutable

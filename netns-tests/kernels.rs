@@ -5,16 +5,13 @@
 //! Each profile's rules are also checked on their own, by calls made directly under it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use fustian::lab::LabBackend::{self, Udp, Vxlan};
-use fustian::lab::traffic::{Amount, tcp_bulk};
 use fustian::lab::{Topology, pod_addr};
 use proptest::prelude::*;
 
-use crate::common::{EXE, serial, skip, topology, wait_for};
+use crate::common::{EXE, MASQ_JUMP, serial, skip, topology, wait_for};
 use crate::kprofile::{Profile, Version, expected_probes, probe_calls, syscalls};
 
 /// Bytes of each transfer: enough for super-packets and many batches, small enough that the
@@ -175,20 +172,6 @@ fn kernel_profiles() {
     }
 }
 
-/// The jump to flannel's masquerade chain in `POSTROUTING` (`-D`; `-C` checks it).
-const MASQ_JUMP: [&str; 10] = [
-    "-t",
-    "nat",
-    "-D",
-    "POSTROUTING",
-    "-m",
-    "comment",
-    "--comment",
-    "flanneld masq",
-    "-j",
-    "FLANNEL-POSTRTG",
-];
-
 /// Node 0 keeps its `--ip-masq` rules under the profile: its iptables runs keep their
 /// capabilities (no ambient set before 4.3), so a jump deleted by hand comes back.
 fn check_masquerade_kept(topo: &Topology) {
@@ -248,15 +231,7 @@ fn thread_caps(pid: u32) -> Vec<(String, u64, u64)> {
 /// Runs `iptables -w 5 args` in node 0's namespace (outside any profile); returns (success,
 /// stdout).
 fn iptables(topo: &Topology, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", topo.hosts[0].name(), "iptables", "-w", "5"])
-        .args(args)
-        .output()
-        .expect("ip netns exec iptables runs (iptables installed?)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    crate::common::iptables(&topo.hosts[0], args)
 }
 
 /// Set in the environment of the process [`kernel_profile_rules`] starts under a profile: that
@@ -459,23 +434,11 @@ fn check_node(
     );
 }
 
-/// One TCP transfer each way between the pods, hashes compared.
+/// Echo, then one TCP transfer each way between the pods, hashes compared; `what` names the
+/// pair in the output, so a failure says which profile it was.
 fn transfers_both_ways(topo: &Topology, what: &str) {
-    let stop = Arc::new(AtomicBool::new(false));
-    for (from, to) in [(0, 1), (1, 0)] {
-        let r = tcp_bulk(
-            &topo.pods[from],
-            &topo.pods[to],
-            pod_addr(to, 5201),
-            Amount::Bytes(BULK),
-            true,
-            &stop,
-        )
-        .unwrap_or_else(|e| panic!("{what}: transfer {from}->{to}: {e}"));
-        assert_eq!(r.sent, BULK, "{what}: {from}->{to}");
-        assert!(r.sent_hash.is_some(), "{what}: {from}->{to}: no hash");
-        assert!(r.intact(), "{what}: {from}->{to}: {r:?}");
-    }
+    eprintln!("== transfers both ways: {what}");
+    crate::common::exchange_both_ways_at(topo, pod_addr, BULK);
 }
 
 /// Node `i`'s log without terminal colour sequences (`ESC [ ... m`).
@@ -582,24 +545,8 @@ fn kernel_profiles_etcd() {
 /// Puts `key` = `value` into etcd at `endpoint`, from node 1's namespace; false on any failure.
 #[cfg(feature = "etcd")]
 fn etcd_put(topo: &Topology, endpoint: &str, key: &str, value: &str) -> bool {
-    let (endpoint, key, value) = (endpoint.to_owned(), key.to_owned(), value.to_owned());
-    topo.hosts[1]
-        .run(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            let options = etcd_client::ConnectOptions::new()
-                .with_connect_timeout(Duration::from_secs(2))
-                .with_timeout(Duration::from_secs(5));
-            rt.block_on(async {
-                let mut client = etcd_client::Client::connect([endpoint], Some(options))
-                    .await
-                    .ok()?;
-                client.put(key, value, None).await.ok()
-            })
-        })
-        .ok()
-        .flatten()
-        .is_some()
+    let (key, value) = (key.to_owned(), value.to_owned());
+    crate::common::with_etcd_in(&topo.hosts[1], endpoint, move |c, rt| {
+        rt.block_on(c.put(key, value, None)).is_ok()
+    }) == Some(true)
 }

@@ -12,25 +12,14 @@ use fustian::lab::netns::{Netns, veth};
 use fustian::lab::traffic::udp_ping_pong;
 use fustian::lab::{POD_IPS, Topology, pod_addr};
 
-use crate::common::{EXE, prefix, serial, skip, start_both, topology, wait_for};
+use crate::common::{
+    EXE, MASQ_JUMP, iptables, prefix, serial, skip, start_both, topology, wait_for,
+};
 
 /// The outside host, on a link from node A only; it has no route to the pods.
 const OUTSIDE: &str = "198.51.100.2";
 /// Node A's address on that link.
 const NODE_OUTSIDE: &str = "198.51.100.1";
-
-/// Runs `iptables args` in namespace `ns`; returns (success, stdout).
-fn iptables(ns: &Netns, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "iptables", "-w", "5"])
-        .args(args)
-        .output()
-        .expect("ip netns exec iptables runs (iptables installed?)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
 
 /// Sends one datagram from the pod of node A to the outside host, which records the source
 /// address it sees and answers. Returns (source seen outside, whether the pod got the answer).
@@ -199,18 +188,7 @@ fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
         iptables(&topo.hosts[0], &rule).0,
         "delete the masquerade rule"
     );
-    let jump = [
-        "-t",
-        "nat",
-        "-D",
-        "POSTROUTING",
-        "-m",
-        "comment",
-        "--comment",
-        "flanneld masq",
-        "-j",
-        "FLANNEL-POSTRTG",
-    ];
+    let jump = MASQ_JUMP;
     assert!(iptables(&topo.hosts[0], &jump).0, "delete the jump");
     let check = |args: &[&str]| {
         let mut c: Vec<&str> = args.to_vec();

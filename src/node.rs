@@ -75,6 +75,7 @@ pub fn write_subnet_file(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    use std::fmt::Write as _;
     let mut text = String::new();
     let mut ordered: Vec<_> = overlays.to_vec();
     ordered.sort_by_key(|(n, _)| n.addr().is_ipv6());
@@ -93,12 +94,13 @@ pub fn write_subnet_file(
                 "IPV6_",
             ),
         };
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "FLANNEL_{family}NETWORK={network}\nFLANNEL_{family}SUBNET={first}/{}\n",
             subnet.prefix_len()
-        ));
+        );
     }
-    text.push_str(&format!("FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ipmasq}\n"));
+    let _ = write!(text, "FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ipmasq}\n");
     write_atomically(path, text.as_bytes())
 }
 

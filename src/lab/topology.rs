@@ -102,6 +102,18 @@ impl Stack {
         underlay: Family::V4,
     };
 
+    /// IPv6 pods over an IPv6 underlay.
+    pub const V6: Self = Self {
+        overlay: Family::V6,
+        underlay: Family::V6,
+    };
+
+    /// Both families of pods over both underlays.
+    pub const DUAL: Self = Self {
+        overlay: Family::Dual,
+        underlay: Family::Dual,
+    };
+
     /// Parses `4`, `6`, `dual`, or `POD/UNDERLAY` (each `4`, `6` or `dual`), e.g. `6/4`.
     ///
     /// # Errors
@@ -713,4 +725,43 @@ pub fn host_addr(i: usize, port: u16) -> SocketAddr {
             .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
         port,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn stacks_parse_and_name_themselves() {
+        for (text, stack) in [
+            ("4", Stack::V4),
+            ("6", Stack::V6),
+            ("dual", Stack::DUAL),
+            (
+                "6/4",
+                Stack {
+                    overlay: Family::V6,
+                    underlay: Family::V4,
+                },
+            ),
+        ] {
+            assert_eq!(Stack::parse(text).expect("valid"), stack);
+            assert_eq!(stack.name(), text);
+        }
+        for bad in ["", "5", "4/", "/6", "6/4/4", "ipv6"] {
+            assert!(Stack::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Any text is a stack or an error, and a stack's name parses back to it.
+        #[test]
+        fn stack_parse_takes_any_text(text in ".{0,12}") {
+            if let Ok(stack) = Stack::parse(&text) {
+                prop_assert_eq!(Stack::parse(&stack.name()).expect("its own name"), stack);
+            }
+        }
+    }
 }
