@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use super::{BATCH, RateLimitedLog, Worker};
-use crate::datapath::{Core, TxPlan};
+use crate::datapath::{Core, TunWrite, TxPlan};
 use crate::metrics::{Counters, DropReason};
 use crate::table::Snapshot;
 use crate::udp::{Gathered, MmsgScratch, SegmentScratch, Transmit, UdpSocket};
@@ -132,7 +132,7 @@ impl Sender {
             Some(s) if dst.is_ipv6() => s,
             _ => &w.udp,
         };
-        if matches!(sock.send_batch(&mut self.mm, bytes, &t), Ok(1)) {
+        if matches!(sock.send_batch(&mut self.mm, bytes, &t), Ok(s) if s.segments == 1) {
             Counters::add(&w.metrics.worker(w.id).probe_tx, 1);
         }
     }
@@ -170,7 +170,11 @@ impl Sender {
         let (mm, log) = (&mut self.mm, &mut self.log);
         send_in_order(
             queue.len(),
-            |at| sock.send_batch(mm, data, &queue[at..]),
+            |at| {
+                let sent = sock.send_batch(mm, data, &queue[at..])?;
+                Counters::add(&counters.tx_gso_sends, sent.gso_messages as u64);
+                Ok(sent.segments)
+            },
             || matches!(sock.wait_writable(SEND_WAIT_MS), Ok(true)),
             Stalls::WaitEachTime,
             |report| {
@@ -362,14 +366,20 @@ impl TunWriter {
     /// Carries out the writes `core` planned for the read in `slot` (the buffer it was passed),
     /// in order.
     pub(crate) fn execute(&mut self, w: &Worker, core: &Core, slot: &[u8]) {
-        let counters = w.metrics.worker(w.id);
-        core.rx_writes(slot, |write| {
-            let result = match write.hdr {
-                Some(hdr) => w.tun.write_vnet(hdr, write.head),
-                None => w.tun.write_parts(write.head, write.body),
-            };
-            count_tun_write(counters, result.map(|_| write.len()), &mut self.log);
-        });
+        core.rx_writes(slot, |write| self.write(w, &write));
+    }
+
+    /// Writes one planned packet now, and counts it.
+    pub(crate) fn write(&mut self, w: &Worker, write: &TunWrite<'_>) {
+        let result = match write.hdr {
+            Some(hdr) => w.tun.write_vnet(hdr, write.head),
+            None => w.tun.write_parts(write.head, write.body),
+        };
+        count_tun_write(
+            w.metrics.worker(w.id),
+            result.map(|_| write.len()),
+            &mut self.log,
+        );
     }
 }
 

@@ -274,7 +274,9 @@ impl UdpSocket {
         sys::recv_batch(self.socket.as_fd(), scratch, data, slot, out)
     }
 
-    /// Sends `batch` (ranges of `data`), returning how many were sent from the front.
+    /// Sends `batch` (ranges of `data`), runs of equal datagrams to one peer as one
+    /// `UDP_SEGMENT` message each while this socket may (see [`sys::send_batch`]); returns how
+    /// many datagrams went from the front. GSO off after `EIO` as in [`Self::send_segments`].
     ///
     /// # Errors
     ///
@@ -284,8 +286,27 @@ impl UdpSocket {
         scratch: &mut MmsgScratch,
         data: &[u8],
         batch: &[Transmit],
-    ) -> io::Result<usize> {
-        sys::send_batch(self.socket.as_fd(), scratch, data, batch)
+    ) -> io::Result<SegmentsSent> {
+        let gso = self.gso();
+        let fd = self.socket.as_fd();
+        match sys::send_batch(fd, scratch, data, batch, gso) {
+            Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
+                self.gso_failed();
+                sys::send_batch(fd, scratch, data, batch, false)
+            }
+            r => r,
+        }
+    }
+
+    /// Turns GSO off for good after a send failed with `EIO`, saying so once.
+    fn gso_failed(&self) {
+        if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                local = %self.local,
+                "UDP GSO failed with EIO (the egress device cannot checksum); sending \
+                 one datagram per message from now on"
+            );
+        }
     }
 
     /// Lets sends carry `UDP_SEGMENT` (or not). A socket starts without.
@@ -315,13 +336,7 @@ impl UdpSocket {
         let fd = self.socket.as_fd();
         match sys::send_segments(fd, scratch, batch, gso) {
             Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
-                if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::warn!(
-                        local = %self.local,
-                        "UDP GSO failed with EIO (the egress device cannot checksum); sending \
-                         segments one datagram each from now on"
-                    );
-                }
+                self.gso_failed();
                 sys::send_segments(fd, scratch, batch, false)
             }
             r => r,

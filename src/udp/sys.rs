@@ -18,6 +18,8 @@ pub(crate) struct MmsgScratch {
     addrs: Vec<libc::sockaddr_storage>,
     /// Control-message space per message (a `UDP_GRO` or `UDP_SEGMENT` cmsg fits in 32 bytes).
     ctrl: Vec<[u64; 4]>,
+    /// Datagrams carried by each message of a send.
+    counts: Vec<usize>,
 }
 
 // SAFETY: the raw pointers inside the arrays are only ever set and used within one call on the
@@ -42,6 +44,7 @@ impl MmsgScratch {
             ],
             addrs: vec![zero_addr; batch],
             ctrl: vec![[0u64; 4]; batch],
+            counts: vec![0; batch],
         }
     }
 
@@ -269,14 +272,24 @@ pub(crate) struct Transmit {
     pub(crate) socket: u16,
 }
 
-/// Sends one batch with `sendmmsg`. Returns how many were sent from the front of `batch`; an
-/// error means the first message failed.
+/// Sends one batch with `sendmmsg`. With `gso`, runs of datagrams to one destination of one
+/// length (the last of a run may be shorter), up to [`GSO_MAX_SEGMENTS`] and
+/// [`GSO_MAX_BYTES`], go as one message carrying `UDP_SEGMENT`, gathered with an iovec each:
+/// the kernel's UDP and IP layers then run once for the run instead of once per datagram.
+/// Returns how many datagrams were sent from the front of `batch`, and how many messages among
+/// them carried several.
+///
+/// # Errors
+///
+/// The error of the first message when nothing was sent (`EIO` when the egress device cannot
+/// checksum, which means GSO cannot be used).
 pub(crate) fn send_batch(
     fd: BorrowedFd<'_>,
     scratch: &mut MmsgScratch,
     data: &[u8],
     batch: &[Transmit],
-) -> io::Result<usize> {
+    gso: bool,
+) -> io::Result<SegmentsSent> {
     let n = batch.len().min(scratch.capacity());
     for (i, t) in batch[..n].iter().enumerate() {
         let Some(bytes) = data.get(t.start..t.start + t.len) else {
@@ -285,17 +298,67 @@ pub(crate) fn send_batch(
         let iov = &mut scratch.iovs[i];
         iov.iov_base = bytes.as_ptr().cast_mut().cast();
         iov.iov_len = bytes.len();
-        let namelen = to_storage(t.dst, &mut scratch.addrs[i]);
-        let hdr = &mut scratch.hdrs[i];
-        hdr.msg_hdr.msg_name = (&raw mut scratch.addrs[i]).cast();
-        hdr.msg_hdr.msg_namelen = namelen;
-        hdr.msg_hdr.msg_iov = iov;
-        hdr.msg_hdr.msg_iovlen = 1;
-        hdr.msg_hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_hdr.msg_controllen = 0;
-        hdr.msg_hdr.msg_flags = 0;
     }
-    sendmmsg(fd, scratch, n)
+    let mut messages = 0;
+    let mut i = 0;
+    while i < n {
+        let first = &batch[i];
+        let take = if gso { gso_run(&batch[i..n]) } else { 1 };
+        let namelen = to_storage(first.dst, &mut scratch.addrs[messages]);
+        let hdr = &mut scratch.hdrs[messages];
+        hdr.msg_hdr.msg_name = (&raw mut scratch.addrs[messages]).cast();
+        hdr.msg_hdr.msg_namelen = namelen;
+        hdr.msg_hdr.msg_iov = &raw mut scratch.iovs[i];
+        hdr.msg_hdr.msg_iovlen = take;
+        hdr.msg_hdr.msg_flags = 0;
+        if take > 1 {
+            let ctrl = &mut scratch.ctrl[messages];
+            *ctrl = segment_cmsg(u16::try_from(first.len).unwrap_or(u16::MAX));
+            hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = std::mem::size_of::<libc::cmsghdr>() + 8;
+        } else {
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+        }
+        scratch.counts[messages] = take;
+        messages += 1;
+        i += take;
+    }
+    let sent = sendmmsg(fd, scratch, messages)?.min(messages);
+    let counts = &scratch.counts[..sent];
+    Ok(SegmentsSent {
+        segments: counts.iter().sum(),
+        gso_messages: counts.iter().filter(|&&c| c > 1).count(),
+    })
+}
+
+/// Returns how many datagrams from the front of `batch` one `UDP_SEGMENT` message can carry:
+/// all to the first one's destination, all of its length but the last, which may be shorter,
+/// at most [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`] together. At least 1.
+pub(crate) fn gso_run(batch: &[Transmit]) -> usize {
+    let Some(first) = batch.first() else {
+        return 0;
+    };
+    let size = first.len;
+    let mut bytes = size;
+    let mut take = 1;
+    for t in &batch[1..] {
+        if take == GSO_MAX_SEGMENTS
+            || t.dst != first.dst
+            || t.len > size
+            || t.len == 0
+            || bytes + t.len > GSO_MAX_BYTES
+        {
+            break;
+        }
+        bytes += t.len;
+        take += 1;
+        // A shorter datagram must be the last of its message.
+        if t.len < size {
+            break;
+        }
+    }
+    take
 }
 
 fn sendmmsg(fd: BorrowedFd<'_>, scratch: &mut MmsgScratch, n: usize) -> io::Result<usize> {

@@ -100,7 +100,9 @@ fn sends_a_batch_to_several_destinations() {
     ];
     let mut scratch = MmsgScratch::new(8);
     assert_eq!(
-        ours.send_batch(&mut scratch, &data, &batch).expect("send"),
+        ours.send_batch(&mut scratch, &data, &batch)
+            .expect("send")
+            .segments,
         3
     );
     let mut buf = [0u8; 64];
@@ -201,4 +203,78 @@ fn gso_send_and_gro_receive_over_loopback() {
             seen += more.len().max(1);
         }
     }
+}
+
+#[test]
+fn runs_of_equal_datagrams_to_one_peer_go_as_one_gso_message() {
+    let ours = UdpSocket::bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+    assert!(
+        ours.gso_supported(),
+        "this kernel lacks UDP_SEGMENT (Linux 4.18)"
+    );
+    ours.set_gso(true);
+    let a = StdUdp::bind("127.0.0.1:0").expect("bind");
+    let b = StdUdp::bind("127.0.0.1:0").expect("bind");
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+    }
+    let data: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+    let to = |sock: &StdUdp, start: usize, len: usize| Transmit {
+        dst: sock.local_addr().expect("addr"),
+        start,
+        len,
+        socket: 0,
+    };
+    // Five of 100 bytes and a shorter last one to a, two to b, one more to a.
+    let batch = [
+        to(&a, 0, 100),
+        to(&a, 100, 100),
+        to(&a, 200, 100),
+        to(&a, 300, 100),
+        to(&a, 400, 100),
+        to(&a, 500, 60),
+        to(&b, 600, 100),
+        to(&b, 700, 100),
+        to(&a, 800, 100),
+    ];
+    let mut scratch = MmsgScratch::new(16);
+    let sent = ours.send_batch(&mut scratch, &data, &batch).expect("send");
+    assert_eq!(sent.segments, 9);
+    assert_eq!(sent.gso_messages, 2, "a's first six and b's two");
+    let mut buf = [0u8; 256];
+    for t in &batch {
+        let sock = if t.dst == a.local_addr().expect("addr") {
+            &a
+        } else {
+            &b
+        };
+        let (n, _) = sock.recv_from(&mut buf).expect("each datagram arrives");
+        assert_eq!(
+            &buf[..n],
+            &data[t.start..t.start + t.len],
+            "in order, whole"
+        );
+    }
+}
+
+#[test]
+fn gso_runs_keep_to_one_peer_one_size_and_the_limits() {
+    let a: SocketAddr = "192.0.2.1:8285".parse().expect("literal");
+    let b: SocketAddr = "192.0.2.2:8285".parse().expect("literal");
+    let t = |dst, len| Transmit {
+        dst,
+        start: 0,
+        len,
+        socket: 0,
+    };
+    assert_eq!(sys::gso_run(&[]), 0);
+    assert_eq!(sys::gso_run(&[t(a, 100)]), 1);
+    assert_eq!(sys::gso_run(&[t(a, 100), t(a, 100), t(b, 100)]), 2);
+    // A shorter one ends the run, a longer one is not taken.
+    assert_eq!(sys::gso_run(&[t(a, 100), t(a, 50), t(a, 50)]), 2);
+    assert_eq!(sys::gso_run(&[t(a, 100), t(a, 150)]), 1);
+    // The segment count and byte limits.
+    assert_eq!(sys::gso_run(&vec![t(a, 10); 100]), GSO_MAX_SEGMENTS);
+    assert_eq!(sys::gso_run(&vec![t(a, 1400); 64]), GSO_MAX_BYTES / 1400);
 }

@@ -8,8 +8,8 @@
 //! ```text
 //!  TX slot: Read(TUN) --CQE--> Core::tun_read --> queued datagram ... sendmmsg at round end
 //!                                                     \--> Read(TUN) re-armed after the send
-//!  RX slot: RecvMsg(UDP) --CQE--> Core::udp_read --> Write(TUN) --CQE--> RecvMsg(UDP) ...
-//!                                                \--> writes made directly --> RecvMsg(UDP)
+//!  RX slot: RecvMsg(UDP) --CQE--> Core::udp_read --> Writev(TUN)... --last CQE--> RecvMsg(UDP)
+//!                                                \--> merged packets written directly
 //! ```
 //!
 //! One `io_uring_enter` submits everything queued since the last one and waits for at least
@@ -22,11 +22,13 @@
 //!   in the order they were read by construction (a ring send that met a full socket buffer
 //!   would be parked by the kernel and could be overtaken by a later one). A TUN read slot is
 //!   read into again once its datagram is sent.
-//! - TUN writes: a plan that is one plain packet (no offloads) is written from its receive
-//!   slot by a ring `WRITE`, so a burst costs one system call; anything else (merged packets
-//!   and super-packets behind a virtio-net header, segments, ICMP errors) is written directly
-//!   by [`super::exec::TunWriter`], after the ring writes queued before it are submitted (a
-//!   TUN write never waits: it completes during the submission, so the order holds).
+//! - TUN writes go through the ring ([`writes`]): each planned write whose bytes stay put until
+//!   its completion (ranges of the receive buffer, which is given back when its last write
+//!   completes; a segment's header block and the virtio-net header copied into the write's
+//!   entry) is a ring `WRITEV`, submitted with the next `io_uring_enter`, the one that waits.
+//!   A merged super-packet, in the core's own buffer until its next call, is written directly
+//!   by [`super::exec::TunWriter`], after the ring writes queued before it are submitted (a TUN
+//!   write never waits: it completes during the submission, so the order holds).
 //!
 //! The TUN fd is non-blocking, so a read with no packet waiting arms io_uring's internal poll
 //! (`IORING_FEAT_FAST_POLL`, Linux 5.7) instead of tying up a kernel worker thread. Receives
@@ -58,26 +60,31 @@
 #![allow(unsafe_code)]
 
 mod ring;
+mod writes;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{opcode, types};
 
 use self::ring::{Armed, BufRing, Completion, Kind, Multishot, Ring};
+use self::writes::{Owner, RingWrites};
 use super::buf::SlotBuf;
 use super::exec::{Sender, TunRead, TunWriter, count_tun_write};
 use super::spin::Spin;
 use super::{RateLimitedLog, Worker};
-use crate::datapath::{Core, HEADROOM, RxOp};
+use crate::datapath::{Core, HEADROOM};
 use crate::metrics::Counters;
 use crate::table::Snapshot;
 use crate::udp::{RecvSlot, decode_multishot, multishot_msghdr};
 
 /// Operations in flight per direction.
 pub const SLOTS: usize = 64;
+
+/// Ring TUN writes in flight at most per worker; a plan's further writes are made directly.
+const WRITE_ENTRIES: usize = 1024;
 
 /// Buffer group of the multishot receive.
 const RX_GROUP: u16 = 0;
@@ -102,8 +109,10 @@ pub fn probe() -> Result<(), String> {
 struct RxSlot {
     buf: Box<[u8]>,
     msg: Box<RecvSlot>,
-    /// The `user_data` of the operation in flight on this slot, 0 when none.
+    /// The `user_data` of the receive in flight on this slot, 0 when none.
     inflight: u64,
+    /// Ring writes in flight from this slot; it receives again when the last completes.
+    writes: usize,
 }
 
 /// Multishot receive: the message template the kernel reads the name length from, and the
@@ -112,8 +121,10 @@ struct Multi {
     msg: Box<libc::msghdr>,
     ring: BufRing,
     armed: Armed,
-    /// TUN writes in flight from ring buffers.
+    /// Ring writes in flight from ring buffers, in all and per buffer (a buffer goes back to
+    /// the kernel when its last write completes).
     writes: usize,
+    bid_writes: Vec<u16>,
 }
 
 /// Multishot TUN reads (`IORING_OP_READ_MULTISHOT`, Linux 6.7): the kernel fills buffers from
@@ -150,8 +161,8 @@ struct Loop {
     tx_done: Vec<usize>,
     tx_done_bids: Vec<u16>,
     queued_from: TxSource,
-    /// Ring writes queued since the last submission.
-    writes_queued: bool,
+    /// TUN writes through the ring.
+    writes: RingWrites,
     stopping: bool,
     tun_fd: RawFd,
     core: Core,
@@ -186,6 +197,7 @@ pub fn run(w: Worker) -> io::Result<()> {
                 buf: vec![0u8; rx_len].into_boxed_slice(),
                 msg: RecvSlot::new(),
                 inflight: 0,
+                writes: 0,
             })
             .collect(),
         multi: None,
@@ -195,7 +207,7 @@ pub fn run(w: Worker) -> io::Result<()> {
         tx_done: Vec::with_capacity(4 * SLOTS),
         tx_done_bids: Vec::with_capacity(4 * SLOTS),
         queued_from: TxSource::Slots,
-        writes_queued: false,
+        writes: RingWrites::new(WRITE_ENTRIES, core.vnet_len() > 0),
         stopping: false,
         tun_fd: w.tun.as_raw_fd(),
         core,
@@ -265,7 +277,7 @@ impl Loop {
                 self.ring.arm_timer()?;
                 self.ring.submit_and_wait()?;
             }
-            self.writes_queued = false;
+            self.writes.queued = false;
             let completions = self.ring.reap();
             if let (false, Some(since)) = (found, since) {
                 let woken = completions
@@ -318,6 +330,7 @@ impl Loop {
                 ring,
                 armed: Armed::default(),
                 writes: 0,
+                bid_writes: vec![0; usize::from(entries)],
             }),
             Err(e) => {
                 tracing::info!("no provided-buffer ring ({e}); using single-shot receives");
@@ -356,7 +369,6 @@ impl Loop {
                 Kind::RxRecv => self.on_recv(&snap, index, c.result)?,
                 Kind::RxWrite => self.on_write(index, c.result)?,
                 Kind::RxMulti => self.on_multi(&snap, c)?,
-                Kind::RxMultiWrite => self.on_multi_write(index, c.result),
                 Kind::TxMulti => self.on_tx_multi(&snap, c, now)?,
                 Kind::Timer | Kind::Cancel => {}
             }
@@ -364,8 +376,15 @@ impl Loop {
         self.flush_sends()?;
         self.core.rx_flush();
         if !self.core.rx_ops().is_empty() {
-            self.submit_writes()?;
-            self.writer.execute(&self.w, &self.core, &[]);
+            carry_out(
+                &mut self.ring,
+                &mut self.writes,
+                &mut self.writer,
+                &self.w,
+                &self.core,
+                &[],
+                Owner::Nobody,
+            )?;
         }
         if let Some(m) = &mut self.multi {
             m.ring.publish();
@@ -499,50 +518,61 @@ impl Loop {
         let r = slot.msg.decode(len, slot.buf.len());
         self.core.udp_read(snap, &mut slot.buf, &r);
         self.sender.answer_probe(&self.w, &self.core);
-        if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
-            let ud = Kind::RxWrite.user_data(j);
-            let entry = tun_write(self.tun_fd, &self.rx[j].buf[start..start + len], ud);
-            self.rx[j].inflight = ud;
-            // SAFETY: the bytes are in this slot's boxed buffer, which is not touched again
-            // (no receive is armed on it) until this write's completion is reaped.
-            unsafe { self.ring.push(&entry)? };
-            self.writes_queued = true;
+        let slot = &self.rx[j];
+        // SAFETY (of the ring writes): the slot's boxed buffer is not touched again, no
+        // receive is armed on it, until its last write's completion is reaped (`on_write`).
+        let queued = carry_out(
+            &mut self.ring,
+            &mut self.writes,
+            &mut self.writer,
+            &self.w,
+            &self.core,
+            &slot.buf,
+            Owner::Slot(j),
+        )?;
+        if queued > 0 {
+            self.rx[j].writes = queued;
             return Ok(());
         }
-        self.submit_writes()?;
-        let slot = &self.rx[j];
-        self.writer.execute(&self.w, &self.core, &slot.buf);
         self.arm_recv(j)
     }
 
-    /// Returns the packet to write from the receive buffer through the ring, when the plan is
-    /// exactly one plain write to a device without virtio-net headers.
-    fn ring_write(&self, ops: &[RxOp]) -> Option<(usize, usize)> {
-        match ops {
-            [RxOp::Write { start, len }] if self.core.vnet_len() == 0 => Some((*start, *len)),
-            _ => None,
-        }
-    }
-
-    /// Submits the ring writes queued so far, so a write made directly comes after them.
-    fn submit_writes(&mut self) -> io::Result<()> {
-        if self.writes_queued {
-            self.ring.submit_queued()?;
-            self.writes_queued = false;
-        }
-        Ok(())
-    }
-
-    fn on_write(&mut self, j: usize, result: i32) -> io::Result<()> {
-        if let Some(slot) = self.rx.get_mut(j) {
-            slot.inflight = 0;
-        }
+    /// Counts a ring write's completion and, when it was the last one from its receive
+    /// buffer, gives the buffer back.
+    fn on_write(&mut self, entry: usize, result: i32) -> io::Result<()> {
+        let Some((owner, len)) = self.writes.complete(entry) else {
+            return Ok(());
+        };
         count_tun_write(
             self.w.metrics.worker(self.w.id),
-            io_result(result),
+            io_result(result).map(|_| len),
             &mut self.tun_write_log,
         );
-        self.arm_recv(j)
+        match owner {
+            Owner::Nobody => Ok(()),
+            Owner::Slot(j) => {
+                let Some(slot) = self.rx.get_mut(j) else {
+                    return Ok(());
+                };
+                slot.writes = slot.writes.saturating_sub(1);
+                if slot.writes == 0 {
+                    return self.arm_recv(j);
+                }
+                Ok(())
+            }
+            Owner::Bid(bid) => {
+                if let Some(m) = &mut self.multi {
+                    m.writes = m.writes.saturating_sub(1);
+                    if let Some(n) = m.bid_writes.get_mut(usize::from(bid)) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            m.ring.provide(bid);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     fn on_multi(&mut self, snap: &Snapshot, c: &Completion) -> io::Result<()> {
@@ -594,34 +624,27 @@ impl Loop {
         let payload = &mut m.ring.buf(bid)[MULTI_HEADER..];
         self.core.udp_read(snap, payload, &r);
         self.sender.answer_probe(&self.w, &self.core);
-        if let Some((start, len)) = self.ring_write(self.core.rx_ops()) {
-            let at = MULTI_HEADER + start;
-            let ud = Kind::RxMultiWrite.user_data(usize::from(bid));
-            let entry = tun_write(self.tun_fd, &m.ring.buf(bid)[at..at + len], ud);
-            // SAFETY: the buffer is not given back to the kernel until this write's completion
-            // is reaped (`on_multi_write`), and the ring's memory lives as long as the ring.
-            unsafe { self.ring.push(&entry)? };
-            m.writes += 1;
-            self.writes_queued = true;
+        // SAFETY (of the ring writes): the buffer is not given back to the kernel until its
+        // last write's completion is reaped (`on_write`), and the ring's memory lives as long
+        // as the ring.
+        let queued = carry_out(
+            &mut self.ring,
+            &mut self.writes,
+            &mut self.writer,
+            &self.w,
+            &self.core,
+            &m.ring.buf(bid)[MULTI_HEADER..],
+            Owner::Bid(bid),
+        )?;
+        if queued == 0 {
+            m.ring.provide(bid);
             return Ok(());
         }
-        self.submit_writes()?;
-        let payload = &m.ring.buf(bid)[MULTI_HEADER..];
-        self.writer.execute(&self.w, &self.core, payload);
-        m.ring.provide(bid);
-        Ok(())
-    }
-
-    fn on_multi_write(&mut self, bid: usize, result: i32) {
-        count_tun_write(
-            self.w.metrics.worker(self.w.id),
-            io_result(result),
-            &mut self.tun_write_log,
-        );
-        if let Some(m) = &mut self.multi {
-            m.writes = m.writes.saturating_sub(1);
-            m.ring.provide(u16::try_from(bid).unwrap_or(0));
+        m.writes += queued;
+        if let Some(n) = m.bid_writes.get_mut(usize::from(bid)) {
+            *n = u16::try_from(queued).unwrap_or(u16::MAX);
         }
+        Ok(())
     }
 
     fn arm_read(&mut self, i: usize) -> io::Result<()> {
@@ -709,12 +732,51 @@ impl Loop {
     }
 }
 
-/// The ring write of `bytes` to the TUN device `fd`; the caller keeps `bytes` in place until
-/// its completion is reaped.
-fn tun_write(fd: RawFd, bytes: &[u8], user_data: u64) -> squeue::Entry {
-    opcode::Write::new(types::Fd(fd), bytes.as_ptr(), len_u32(bytes.len()))
-        .build()
-        .user_data(user_data)
+/// Carries out the writes `core` planned for the receive buffer `buf` (owned by `owner`), in
+/// order: on the ring where their bytes stay put ([`RingWrites::prepare`]), else directly,
+/// after submitting the ring writes queued before. Returns how many ring writes from `buf` were
+/// queued: the caller leaves `buf` untouched until all of them have completed.
+fn carry_out(
+    ring: &mut Ring,
+    writes: &mut RingWrites,
+    writer: &mut TunWriter,
+    w: &Worker,
+    core: &Core,
+    buf: &[u8],
+    owner: Owner,
+) -> io::Result<usize> {
+    let fd = w.tun.as_raw_fd();
+    let mut queued = 0;
+    let mut result = Ok(());
+    core.rx_writes(buf, |write| {
+        if result.is_err() {
+            return;
+        }
+        if let Some((i, sqe)) = writes.prepare(fd, &write, buf, owner) {
+            // SAFETY: the submission points into the write's entry, which stays put until its
+            // completion frees it, and into `buf`, which the caller keeps untouched until then.
+            match unsafe { ring.push(&sqe) } {
+                Ok(()) => {
+                    writes.queued = true;
+                    queued += 1;
+                }
+                Err(e) => {
+                    writes.complete(i);
+                    result = Err(e);
+                }
+            }
+            return;
+        }
+        if writes.queued {
+            if let Err(e) = ring.submit_queued() {
+                result = Err(e);
+                return;
+            }
+            writes.queued = false;
+        }
+        writer.write(w, &write);
+    });
+    result.map(|()| queued)
 }
 
 /// A completion's result as the outcome of a write.

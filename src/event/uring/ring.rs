@@ -17,7 +17,7 @@ pub(super) enum Kind {
     TxRead,
     /// A single-shot receive into a receive slot.
     RxRecv,
-    /// A TUN write from a receive slot.
+    /// A TUN write; the index is its entry in `super::writes::RingWrites`.
     RxWrite,
     /// The stop-flag timer.
     Timer,
@@ -25,21 +25,18 @@ pub(super) enum Kind {
     Cancel,
     /// The multishot receive.
     RxMulti,
-    /// A TUN write from a buffer of the multishot receive's ring.
-    RxMultiWrite,
     /// The multishot TUN read.
     TxMulti,
 }
 
 impl Kind {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 7] = [
         Self::TxRead,
         Self::RxRecv,
         Self::RxWrite,
         Self::Timer,
         Self::Cancel,
         Self::RxMulti,
-        Self::RxMultiWrite,
         Self::TxMulti,
     ];
 
@@ -127,6 +124,11 @@ impl Armed {
     }
 }
 
+/// Completion queue entries: room for every operation the loop can have in flight at once (the
+/// multishot operations' buffers, the single-shot slots and the ring TUN writes), so no
+/// completion waits in the kernel's overflow list.
+const CQ_ENTRIES: u32 = 4096;
+
 /// The ring and the count of operations in flight.
 pub(super) struct Ring {
     pub(super) ring: IoUring,
@@ -141,13 +143,22 @@ impl Ring {
     /// the only one to submit to it. Where the kernel has them (6.1), the ring is set up
     /// single-issuer with deferred task running: completion work runs only when the loop waits
     /// for completions, in one batch, instead of interrupting its own system calls; else with
-    /// cooperative task running (5.19); else plain.
+    /// cooperative task running (5.19); else plain. The completion queue has room for
+    /// [`CQ_ENTRIES`] (`IORING_SETUP_CQSIZE`, 5.5).
     pub(super) fn new(entries: u32) -> io::Result<Self> {
+        let cq = CQ_ENTRIES.max(2 * entries);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            .setup_cqsize(cq)
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_coop_taskrun().build(entries))
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_coop_taskrun()
+                    .setup_cqsize(cq)
+                    .build(entries)
+            })
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(entries))
             .or_else(|_| IoUring::new(entries))?;
         Ok(Self {
             ring,
@@ -294,7 +305,7 @@ impl Ring {
 }
 
 /// Checks that the kernel has what the loop needs: a ring, fast poll (Linux 5.7), and the
-/// READ, WRITE, RECVMSG, TIMEOUT and ASYNC_CANCEL opcodes.
+/// READ, WRITE, WRITEV, RECVMSG, TIMEOUT and ASYNC_CANCEL opcodes.
 ///
 /// # Errors
 ///
@@ -312,6 +323,7 @@ pub(super) fn probe() -> Result<(), String> {
     let needed = [
         (opcode::Read::CODE, "READ"),
         (opcode::Write::CODE, "WRITE"),
+        (opcode::Writev::CODE, "WRITEV"),
         (opcode::RecvMsg::CODE, "RECVMSG"),
         (opcode::Timeout::CODE, "TIMEOUT"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
