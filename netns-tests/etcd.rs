@@ -493,9 +493,13 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
     assert!(wait_for(Duration::from_secs(2), || c
         .counter(0, "etcd_lease_regrants")
         == 1));
+    // Two subnets other than the one this node drew at random.
+    let own_octet = own.network().octets()[2];
+    let mut free = (77u8..).filter(|o| *o != own_octet);
+    let (theirs, other) = (free.next().unwrap_or(77), free.next().unwrap_or(78));
     // A lease exactly as flanneld's udp backend writes it, for node 1's address, where a plain
     // socket stands in for flanneld's proxy.
-    let key = format!("{PREFIX}/subnets/10.244.77.0-24");
+    let key = format!("{PREFIX}/subnets/10.244.{theirs}.0-24");
     let written = Instant::now();
     c.put(&key, r#"{"PublicIP":"192.0.2.2","PublicIPv6":null}"#);
     let routed = wait_for(Duration::from_secs(1), || c.counter(0, "table_peers") == 1);
@@ -512,7 +516,7 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
     proxy
         .set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
-    let to = "10.244.77.5:9";
+    let to = format!("10.244.{theirs}.5:9");
     c.pods[0]
         .run(move || {
             std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.send_to(b"via etcd", to))
@@ -534,7 +538,7 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
     assert!(removed, "the peer stayed after its lease was deleted");
     // A lease of a backend this node cannot speak is ignored and counted.
     c.put(
-        &format!("{PREFIX}/subnets/10.244.78.0-24"),
+        &format!("{PREFIX}/subnets/10.244.{other}.0-24"),
         r#"{"PublicIP":"192.0.2.2","PublicIPv6":null,"BackendType":"host-gw"}"#,
     );
     let ignored = wait_for(Duration::from_secs(2), || {
@@ -1005,7 +1009,13 @@ fn a_node_survives_its_etcd_endpoint_going_away() {
     c.set_network("udp");
     let relay = Relay::start(&c.hub, "192.0.2.254:2381");
     c.endpoints[0] = format!("http://192.0.2.254:2381,{ETCD}");
-    c.start_node(0, &[]);
+    let own = c.start_node(0, &[]);
+    // A subnet other than the one this node drew at random.
+    let theirs = if own.network().octets()[2] == 250 {
+        251
+    } else {
+        250
+    };
     assert!(wait_for(Duration::from_secs(5), || c
         .counter(0, "etcd_connected")
         == 1));
@@ -1015,7 +1025,7 @@ fn a_node_survives_its_etcd_endpoint_going_away() {
     });
     assert!(moved, "node 0 did not move on:\n{}", c.log(0));
     c.put(
-        &format!("{PREFIX}/subnets/10.244.250.0-24"),
+        &format!("{PREFIX}/subnets/10.244.{theirs}.0-24"),
         r#"{"PublicIP":"192.0.2.2","PublicIPv6":null}"#,
     );
     assert!(

@@ -728,5 +728,39 @@ mod tests {
         fn control_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = gro_segment_size(&data);
         }
+
+        /// Cutting any queue into GSO runs covers it front to back, and every run is one
+        /// `UDP_SEGMENT` message the kernel takes: one peer, equal lengths but a shorter last,
+        /// within the segment and byte limits.
+        #[test]
+        fn gso_runs_cover_the_queue_with_messages_the_kernel_takes(
+            queue in proptest::collection::vec((0u8..3, 0usize..1600), 0..200),
+        ) {
+            let batch: Vec<Transmit> = queue
+                .iter()
+                .map(|&(peer, len)| Transmit {
+                    dst: SocketAddr::from(([192, 0, 2, peer], 8285)),
+                    start: 0,
+                    len,
+                    socket: 0,
+                })
+                .collect();
+            let mut at = 0;
+            while at < batch.len() {
+                let take = gso_run(&batch[at..]);
+                prop_assert!(take >= 1);
+                let run = &batch[at..at + take];
+                if take > 1 {
+                    let size = run[0].len;
+                    prop_assert!(take <= GSO_MAX_SEGMENTS);
+                    prop_assert!(run.iter().map(|t| t.len).sum::<usize>() <= GSO_MAX_BYTES);
+                    prop_assert!(run.iter().all(|t| t.dst == run[0].dst && t.len > 0));
+                    prop_assert!(run[..take - 1].iter().all(|t| t.len == size));
+                    prop_assert!(run[take - 1].len <= size);
+                }
+                at += take;
+            }
+            prop_assert_eq!(at, batch.len());
+        }
     }
 }
