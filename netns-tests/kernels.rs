@@ -27,8 +27,8 @@ struct Expect {
     /// `offload=` with `--offload auto`: TUN TSO (2.6.27), `UDP_SEGMENT` (4.18), `UDP_GRO`
     /// (5.0); USO (6.2) on none of these.
     offload: &'static str,
-    /// The loop `--io auto` picks with `--offload off`: io_uring needs its calls (5.1), the
-    /// probe (5.6) and fast poll (5.7).
+    /// The loop `--io auto` picks, with offloads and without: io_uring needs its calls (5.1),
+    /// the probe (5.6) and fast poll (5.7).
     io: &'static str,
     /// A part of `io_reason` saying why.
     reason: &'static str,
@@ -110,7 +110,7 @@ fn kernel_profiles() {
         let masq = ["--ip-masq", "--iptables-resync", "1"];
         start(&mut topo, 0, Some(&profile), Udp, &masq);
         start(&mut topo, 1, None, Udp, &[]);
-        check_node(&topo, 0, Udp, expect.offload, "epoll", "offloads in use");
+        check_node(&topo, 0, Udp, expect.offload, expect.io, expect.reason);
         transfers_both_ways(&topo, &format!("{} with the full kernel", expect.version));
         check_masquerade_kept(&topo);
 
@@ -133,13 +133,13 @@ fn kernel_profiles() {
         topo.processes.clear();
 
         // `vxlan`: both nodes under the profile, node 0 with offloads and as `nobody` (it
-        // writes its stats file there), node 1 without offloads, where `--io auto` picks the
-        // loop by what io_uring offers.
+        // writes its stats file there), node 1 without offloads; `--io auto` picks the loop by
+        // what io_uring offers for both.
         let open = std::fs::Permissions::from_mode(0o777);
         std::fs::set_permissions(topo.dir.path(), open).expect("open the scratch directory");
         start(&mut topo, 0, Some(&profile), Vxlan, &["--user", "nobody"]);
         start(&mut topo, 1, Some(&profile), Vxlan, &["--offload", "off"]);
-        check_node(&topo, 0, Vxlan, expect.offload, "epoll", "offloads in use");
+        check_node(&topo, 0, Vxlan, expect.offload, expect.io, expect.reason);
         let dropped = wait_for(Duration::from_secs(5), || {
             log(&topo, 0).contains("running as an unprivileged user")
         });
@@ -150,14 +150,19 @@ fn kernel_profiles() {
                 ("io_uring receive path", expect.multishot_receive),
                 ("io_uring TUN read path", expect.multishot_tun_read),
             ];
-            for (path, multishot) in paths {
+            for (node, (path, multishot)) in [0, 1].into_iter().flat_map(|n| paths.map(|p| (n, p)))
+            {
                 let want = format!("multishot={multishot}");
                 let seen = wait_for(Duration::from_secs(5), || {
-                    log(&topo, 1)
+                    log(&topo, node)
                         .lines()
                         .any(|l| l.contains(path) && l.contains(&want))
                 });
-                assert!(seen, "node 1: no `{path} {want}`:\n{}", log(&topo, 1));
+                assert!(
+                    seen,
+                    "node {node}: no `{path} {want}`:\n{}",
+                    log(&topo, node)
+                );
             }
         }
         transfers_both_ways(&topo, &format!("{} with itself", expect.version));

@@ -121,14 +121,10 @@ pub fn run(
         source,
     })?;
     let underlay = Underlay::find(&mut nl, config)?;
-    let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
+    let (backend, why) = event::choose(config.io).map_err(Error::Underlay)?;
     let device = Device::open(&mut nl, config, &underlay)?;
     let (sockets, offloads) = open_sockets(config, &device)?;
     let sockets6 = open_sockets6(config, &device, offloads)?;
-    if let Some(reason) = prefer_epoll(config, offloads) {
-        backend = Backend::Epoll;
-        why = reason;
-    }
     let (encap, tx_pool, tx_pool6) = encapsulation(config)?;
     let workers = device.queues.len();
     let table = Arc::new(Table::new(
@@ -413,14 +409,6 @@ fn open_sockets6(
         }
     }
     Ok(sockets)
-}
-
-/// With super-packets a system call moves up to 64 KiB and the ring's batching of small
-/// packets matters little; the epoll loop measured ahead there, in throughput and in CPU per
-/// Gbit (BENCHMARKS.md), so `auto` takes it: returns the reason when it does.
-fn prefer_epoll(config: &NodeConfig, offloads: Offloads) -> Option<String> {
-    (config.io == crate::config::IoChoice::Auto && offloads.tun)
-        .then(|| "auto: offloads in use, where the epoll loop measured ahead".to_owned())
 }
 
 /// The encapsulation, and with VXLAN the pools of sockets whose source ports spread flows (the
