@@ -25,6 +25,9 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 
 const SEG: usize = 1400;
 const GSO_SEGS: usize = 44;
+/// The datagram flannel's udp encapsulation sends for 64 bytes of UDP payload: the inner packet,
+/// 64 + 28 header bytes.
+const SMALL: usize = 92;
 
 fn memcpy(c: &mut Criterion) {
     let mut g = c.benchmark_group("memcpy");
@@ -221,7 +224,19 @@ fn udp_send(c: &mut Criterion) {
     } else {
         eprintln!("udp_send/gso: UDP_SEGMENT unsupported here (Linux 4.18+), skipped");
     }
+    // Small datagrams (the lab's 64-byte flood in the udp encapsulation): one per
+    // message, or one `UDP_SEGMENT` message for the run, as fustian's send batches do.
+    let small = vec![0x5au8; SMALL];
+    let small_run = vec![0x5au8; SMALL * 64];
     g.throughput(Throughput::Elements(64));
+    g.bench_function("sendmmsg_64x92", |b| {
+        b.iter(|| sendmmsg(fd, &to, &small, 64))
+    });
+    if send_gso(fd, &to, &small_run, SMALL as u16) > 0 {
+        g.bench_function("gso_64x92", |b| {
+            b.iter(|| send_gso(fd, &to, &small_run, SMALL as u16))
+        });
+    }
     g.bench_function("io_uring_64x1400", |b| {
         let mut ring = io_uring::IoUring::new(128).expect("io_uring");
         let mut iov = libc::iovec {

@@ -72,7 +72,7 @@ use io_uring::{opcode, types};
 use self::ring::{Armed, BufRing, Completion, Kind, Multishot, Ring};
 use self::writes::{Owner, RingWrites};
 use super::buf::SlotBuf;
-use super::exec::{Sender, TunRead, TunWriter, count_tun_write};
+use super::exec::{Sender, TunRead, count_tun_write};
 use super::spin::Spin;
 use super::{RateLimitedLog, Worker};
 use crate::datapath::{Core, HEADROOM};
@@ -167,7 +167,6 @@ struct Loop {
     tun_fd: RawFd,
     core: Core,
     sender: Sender,
-    writer: TunWriter,
     w: Worker,
     tun_read_log: RateLimitedLog,
     tun_write_log: RateLimitedLog,
@@ -212,7 +211,6 @@ pub fn run(w: Worker) -> io::Result<()> {
         tun_fd: w.tun.as_raw_fd(),
         core,
         sender: Sender::new(),
-        writer: TunWriter::new(),
         tun_read_log: RateLimitedLog::new("TUN read failed"),
         tun_write_log: RateLimitedLog::new("TUN write failed"),
         recv_log: RateLimitedLog::new("UDP receive failed"),
@@ -376,15 +374,8 @@ impl Loop {
         self.flush_sends()?;
         self.core.rx_flush();
         if !self.core.rx_ops().is_empty() {
-            carry_out(
-                &mut self.ring,
-                &mut self.writes,
-                &mut self.writer,
-                &self.w,
-                &self.core,
-                &[],
-                Owner::Nobody,
-            )?;
+            self.writes
+                .carry_out(&mut self.ring, &self.w, &self.core, &[], Owner::Nobody)?;
         }
         if let Some(m) = &mut self.multi {
             m.ring.publish();
@@ -521,10 +512,8 @@ impl Loop {
         let slot = &self.rx[j];
         // SAFETY (of the ring writes): the slot's boxed buffer is not touched again, no
         // receive is armed on it, until its last write's completion is reaped (`on_write`).
-        let queued = carry_out(
+        let queued = self.writes.carry_out(
             &mut self.ring,
-            &mut self.writes,
-            &mut self.writer,
             &self.w,
             &self.core,
             &slot.buf,
@@ -627,10 +616,8 @@ impl Loop {
         // SAFETY (of the ring writes): the buffer is not given back to the kernel until its
         // last write's completion is reaped (`on_write`), and the ring's memory lives as long
         // as the ring.
-        let queued = carry_out(
+        let queued = self.writes.carry_out(
             &mut self.ring,
-            &mut self.writes,
-            &mut self.writer,
             &self.w,
             &self.core,
             &m.ring.buf(bid)[MULTI_HEADER..],
@@ -730,53 +717,6 @@ impl Loop {
             .collect();
         self.ring.cancel_all(&pending)
     }
-}
-
-/// Carries out the writes `core` planned for the receive buffer `buf` (owned by `owner`), in
-/// order: on the ring where their bytes stay put ([`RingWrites::prepare`]), else directly,
-/// after submitting the ring writes queued before. Returns how many ring writes from `buf` were
-/// queued: the caller leaves `buf` untouched until all of them have completed.
-fn carry_out(
-    ring: &mut Ring,
-    writes: &mut RingWrites,
-    writer: &mut TunWriter,
-    w: &Worker,
-    core: &Core,
-    buf: &[u8],
-    owner: Owner,
-) -> io::Result<usize> {
-    let fd = w.tun.as_raw_fd();
-    let mut queued = 0;
-    let mut result = Ok(());
-    core.rx_writes(buf, |write| {
-        if result.is_err() {
-            return;
-        }
-        if let Some((i, sqe)) = writes.prepare(fd, &write, buf, owner) {
-            // SAFETY: the submission points into the write's entry, which stays put until its
-            // completion frees it, and into `buf`, which the caller keeps untouched until then.
-            match unsafe { ring.push(&sqe) } {
-                Ok(()) => {
-                    writes.queued = true;
-                    queued += 1;
-                }
-                Err(e) => {
-                    writes.complete(i);
-                    result = Err(e);
-                }
-            }
-            return;
-        }
-        if writes.queued {
-            if let Err(e) = ring.submit_queued() {
-                result = Err(e);
-                return;
-            }
-            writes.queued = false;
-        }
-        writer.write(w, &write);
-    });
-    result.map(|()| queued)
 }
 
 /// A completion's result as the outcome of a write.

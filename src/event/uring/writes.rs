@@ -15,12 +15,15 @@
 //! of its own on the TUN side.
 #![allow(unsafe_code)]
 
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{opcode, squeue, types};
 
-use super::ring::Kind;
-use crate::datapath::TunWrite;
+use super::ring::{Kind, Ring};
+use crate::datapath::{Core, TunWrite};
+use crate::event::Worker;
+use crate::event::exec::TunWriter;
 use crate::offload::{VNET_HDR_LEN, VnetHdr};
 
 /// Bytes one entry holds copied, besides the virtio-net header: enough for the header block of
@@ -87,7 +90,8 @@ struct Entry {
     len: usize,
 }
 
-/// The entries of the ring writes in flight, made once per worker.
+/// The entries of the ring writes in flight, made once per worker, and the writer for what
+/// cannot go on the ring.
 pub(super) struct RingWrites {
     /// Boxed so entries never move while the kernel reads their iovecs.
     entries: Box<[Entry]>,
@@ -95,6 +99,7 @@ pub(super) struct RingWrites {
     vnet: bool,
     /// Set while ring writes are queued and not yet submitted.
     pub(super) queued: bool,
+    direct: TunWriter,
 }
 
 impl RingWrites {
@@ -118,7 +123,55 @@ impl RingWrites {
             free: (0..count).rev().collect(),
             vnet,
             queued: false,
+            direct: TunWriter::new(),
         }
+    }
+
+    /// Carries out the writes `core` planned for the receive buffer `buf` (owned by `owner`),
+    /// in order: on the ring where their bytes stay put ([`Self::prepare`]), else directly,
+    /// after submitting the ring writes queued before. Returns how many ring writes were
+    /// queued: the caller leaves `buf` untouched until all of them have completed.
+    pub(super) fn carry_out(
+        &mut self,
+        ring: &mut Ring,
+        w: &Worker,
+        core: &Core,
+        buf: &[u8],
+        owner: Owner,
+    ) -> io::Result<usize> {
+        let fd = w.tun.as_raw_fd();
+        let mut queued = 0;
+        let mut result = Ok(());
+        core.rx_writes(buf, |write| {
+            if result.is_err() {
+                return;
+            }
+            if let Some((i, sqe)) = self.prepare(fd, &write, buf, owner) {
+                // SAFETY: the submission points into the write's entry, which stays put until
+                // its completion frees it, and into `buf`, which the caller keeps untouched
+                // until then.
+                match unsafe { ring.push(&sqe) } {
+                    Ok(()) => {
+                        self.queued = true;
+                        queued += 1;
+                    }
+                    Err(e) => {
+                        self.complete(i);
+                        result = Err(e);
+                    }
+                }
+                return;
+            }
+            if self.queued {
+                if let Err(e) = ring.submit_queued() {
+                    result = Err(e);
+                    return;
+                }
+                self.queued = false;
+            }
+            self.direct.write(w, &write);
+        });
+        result.map(|()| queued)
     }
 
     /// Prepares the ring write of `write` to the TUN device `fd`, reading from `buf` (owned by
