@@ -294,6 +294,9 @@ impl UdpSocket {
                 self.gso_failed();
                 sys::send_batch(fd, scratch, data, batch, false)
             }
+            Err(e) if gso && too_big_for_gso(&e) => {
+                sys::send_batch(fd, scratch, data, batch, false)
+            }
             r => r,
         }
     }
@@ -335,6 +338,7 @@ impl UdpSocket {
         let gso = self.gso();
         let fd = self.socket.as_fd();
         match sys::send_segments(fd, scratch, batch, gso) {
+            Err(e) if gso && too_big_for_gso(&e) => sys::send_segments(fd, scratch, batch, false),
             Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
                 self.gso_failed();
                 sys::send_segments(fd, scratch, batch, false)
@@ -365,6 +369,13 @@ impl UdpSocket {
     pub(crate) fn wait_writable(&self, timeout_ms: i32) -> io::Result<bool> {
         sys::wait_writable(self.socket.as_fd(), timeout_ms)
     }
+}
+
+/// Returns true for the errors of a `UDP_SEGMENT` message whose segments do not fit the route's
+/// MTU (`EMSGSIZE`, `EINVAL` before Linux 5.x): a datagram sent alone would be fragmented
+/// instead, so the same datagrams go again one per message.
+fn too_big_for_gso(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL))
 }
 
 impl AsFd for UdpSocket {

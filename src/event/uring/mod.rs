@@ -38,8 +38,8 @@
 //! Ownership: a buffer referenced by an in-flight operation is touched again only after that
 //! operation's completion has been reaped. On shutdown every in-flight operation is cancelled
 //! and its completion awaited before the loop returns; the ring is declared before the slots
-//! so it is dropped first. Should the drain not finish, the slots are leaked, never freed
-//! under the kernel.
+//! so it is dropped first. Should the drain not finish, the slots and the ring writes' entries
+//! are leaked, never freed under the kernel.
 //!
 //! Receive, where the kernel has it (buffer rings 5.19, multishot `RECVMSG` 6.0): one
 //! multishot receive fills buffers from a provided-buffer ring, so a burst of datagrams costs
@@ -226,6 +226,7 @@ pub fn run(w: Worker) -> io::Result<()> {
         std::mem::forget(l.multi.take());
         std::mem::forget(std::mem::take(&mut l.retired));
         std::mem::forget(l.tx_multi.take());
+        std::mem::forget(std::mem::replace(&mut l.writes, RingWrites::new(0, false)));
         std::mem::forget(std::mem::take(&mut l.tx_retired));
         std::mem::forget(rx);
         std::mem::forget(tx);
@@ -275,7 +276,8 @@ impl Loop {
                 self.ring.arm_timer()?;
                 self.ring.submit_and_wait()?;
             }
-            self.writes.queued = false;
+            // Whatever the enter did not take (`EBUSY`) is still queued.
+            self.writes.queued = self.ring.has_queued();
             let completions = self.ring.reap();
             if let (false, Some(since)) = (found, since) {
                 let woken = completions
@@ -543,20 +545,23 @@ impl Loop {
                 let Some(slot) = self.rx.get_mut(j) else {
                     return Ok(());
                 };
-                slot.writes = slot.writes.saturating_sub(1);
-                if slot.writes == 0 {
+                // Only the last outstanding write gives the slot back (never a second time).
+                if slot.writes == 1 {
+                    slot.writes = 0;
                     return self.arm_recv(j);
                 }
+                slot.writes = slot.writes.saturating_sub(1);
                 Ok(())
             }
             Owner::Bid(bid) => {
                 if let Some(m) = &mut self.multi {
                     m.writes = m.writes.saturating_sub(1);
                     if let Some(n) = m.bid_writes.get_mut(usize::from(bid)) {
-                        *n = n.saturating_sub(1);
-                        if *n == 0 {
+                        // Only the last outstanding write gives the buffer back.
+                        if *n == 1 {
                             m.ring.provide(bid);
                         }
+                        *n = n.saturating_sub(1);
                     }
                 }
                 Ok(())

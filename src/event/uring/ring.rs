@@ -211,6 +211,11 @@ impl Ring {
         Ok(())
     }
 
+    /// Returns true when submissions are queued that no enter has taken yet.
+    pub(super) fn has_queued(&mut self) -> bool {
+        !self.ring.submission().is_empty()
+    }
+
     /// Submits what is queued and waits for at least one completion.
     ///
     /// # Errors
