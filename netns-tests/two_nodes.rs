@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::common::{
-    BULK, exchange_both_ways, for_each_loop, serial, skip, start_both, topology, wait_for,
+    BULK, exchange_both_ways, exchange_both_ways_at, for_each_loop, serial, skip, start_both,
+    topology, wait_for,
 };
 
 #[test]
@@ -83,4 +84,81 @@ fn check_counters_and_exit(topo: &mut fustian::lab::Topology) {
             "flannel0 still exists in node {i} after exit"
         );
     }
+}
+
+/// A route to the peer whose MTU is below the interface's: a run of equal datagrams sent as one
+/// `UDP_SEGMENT` message has segments larger than the route allows, which the kernel refuses
+/// (`EMSGSIZE`), where each datagram sent alone is fragmented. The node sends such a run again
+/// one datagram per message: every datagram arrives, none is counted as a send error.
+#[test]
+fn runs_of_datagrams_reach_a_peer_behind_a_smaller_route_mtu() {
+    if skip("runs_of_datagrams_reach_a_peer_behind_a_smaller_route_mtu") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    start_both(&mut topo, &[]);
+    exchange_both_ways_at(&topo, fustian::lab::pod_addr, 1024 * 1024);
+    let peer = fustian::lab::host_addr(1, 0).ip().to_string();
+    topo.hosts[0]
+        .ip(&[
+            "route",
+            "add",
+            &format!("{peer}/32"),
+            "dev",
+            "ul0",
+            "mtu",
+            "1000",
+        ])
+        .expect("a route with a smaller MTU");
+    let before = topo.counter(0, "tx_packets");
+
+    const COUNT: usize = 64;
+    let receiver = topo.pods[1]
+        .run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:9100")?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("enter pod 1")
+        .expect("bind the receiver");
+    let to = fustian::lab::pod_addr(1, 9100);
+    // Several bursts, so that the node reads several of them in one round and sends them as
+    // runs.
+    for burst in 0..4u8 {
+        topo.pods[0]
+            .run(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                for i in 0..COUNT / 4 {
+                    let tag = u8::try_from(i).unwrap_or(0) + burst * 16;
+                    s.send_to(&[tag; 1200], to)?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .expect("enter pod 0")
+            .expect("send a burst");
+    }
+    let mut seen = [false; COUNT];
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = receiver.recv(&mut buf) {
+        assert_eq!(n, 1200, "a whole datagram");
+        assert!(buf[..n].iter().all(|&b| b == buf[0]), "its own bytes");
+        if let Some(s) = seen.get_mut(usize::from(buf[0])) {
+            *s = true;
+        }
+        if seen.iter().all(|&s| s) {
+            break;
+        }
+    }
+    let missing: Vec<usize> = (0..COUNT).filter(|&i| !seen[i]).collect();
+    let sent = wait_for(Duration::from_secs(3), || {
+        topo.counter(0, "tx_packets") >= before + COUNT as u64
+    });
+    assert!(
+        missing.is_empty() && sent,
+        "missing datagrams {missing:?}: {:?}\n{}",
+        topo.stats(0),
+        topo.processes[0].log()
+    );
+    assert_eq!(topo.counter(0, "drop_tx_error"), 0, "{:?}", topo.stats(0));
 }
