@@ -375,30 +375,24 @@ impl TunWriter {
             Some(hdr) => w.tun.write_vnet(hdr, write.head),
             None => w.tun.write_parts(write.head, write.body),
         };
-        count_tun_write(
-            w.metrics.worker(w.id),
-            result.map(|_| write.len()),
-            &mut self.log,
-        );
+        self.count(w, result.map(|_| write.len()));
     }
-}
 
-/// Counts the outcome of a TUN write: `Ok(bytes)` or its error.
-pub(crate) fn count_tun_write(
-    counters: &Counters,
-    result: io::Result<usize>,
-    log: &mut RateLimitedLog,
-) {
-    match result {
-        Ok(len) => {
-            Counters::add(&counters.tun_tx_packets, 1);
-            Counters::add(&counters.tun_tx_bytes, len as u64);
-        }
-        Err(e) => {
-            if e.raw_os_error() != Some(libc::ECANCELED) {
-                log.error(&e);
+    /// Counts the outcome of a TUN write, made here or elsewhere (a ring write): `Ok(packet
+    /// bytes)` or its error, logged under this writer's limit.
+    pub(crate) fn count(&mut self, w: &Worker, result: io::Result<usize>) {
+        let counters = w.metrics.worker(w.id);
+        match result {
+            Ok(len) => {
+                Counters::add(&counters.tun_tx_packets, 1);
+                Counters::add(&counters.tun_tx_bytes, len as u64);
             }
-            counters.drop_packet(DropReason::TunWriteError);
+            Err(e) => {
+                if e.raw_os_error() != Some(libc::ECANCELED) {
+                    self.log.error(&e);
+                }
+                counters.drop_packet(DropReason::TunWriteError);
+            }
         }
     }
 }

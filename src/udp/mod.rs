@@ -276,7 +276,7 @@ impl UdpSocket {
 
     /// Sends `batch` (ranges of `data`), runs of equal datagrams to one peer as one
     /// `UDP_SEGMENT` message each while this socket may (see [`sys::send_batch`]); returns how
-    /// many datagrams went from the front. GSO off after `EIO` as in [`Self::send_segments`].
+    /// many datagrams went from the front. The fallbacks are [`Self::with_gso`]'s.
     ///
     /// # Errors
     ///
@@ -287,28 +287,35 @@ impl UdpSocket {
         data: &[u8],
         batch: &[Transmit],
     ) -> io::Result<SegmentsSent> {
-        let gso = self.gso();
-        let fd = self.socket.as_fd();
-        match sys::send_batch(fd, scratch, data, batch, gso) {
-            Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
-                self.gso_failed();
-                sys::send_batch(fd, scratch, data, batch, false)
-            }
-            Err(e) if gso && too_big_for_gso(&e) => {
-                sys::send_batch(fd, scratch, data, batch, false)
-            }
-            r => r,
-        }
+        self.with_gso(|fd, gso| sys::send_batch(fd, scratch, data, batch, gso))
     }
 
-    /// Turns GSO off for good after a send failed with `EIO`, saying so once.
-    fn gso_failed(&self) {
-        if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(
-                local = %self.local,
-                "UDP GSO failed with EIO (the egress device cannot checksum); sending \
-                 one datagram per message from now on"
-            );
+    /// Sends with `send(fd, gso)`, with `UDP_SEGMENT` while this socket may, and again without
+    /// when the kernel refused it: `EIO` (the egress device cannot checksum, so GSO cannot work
+    /// there) turns GSO off for this socket for good and says so once; `EMSGSIZE` (`EINVAL`
+    /// before Linux 5.x), a segment larger than the route's MTU where a datagram sent alone
+    /// would be fragmented, sends these datagrams one per message only.
+    fn with_gso<T>(
+        &self,
+        mut send: impl FnMut(BorrowedFd<'_>, bool) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let gso = self.gso();
+        let fd = self.socket.as_fd();
+        match send(fd, gso) {
+            Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
+                if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        local = %self.local,
+                        "UDP GSO failed with EIO (the egress device cannot checksum); sending \
+                         one datagram per message from now on"
+                    );
+                }
+                send(fd, false)
+            }
+            Err(e) if gso && matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
+                send(fd, false)
+            }
+            r => r,
         }
     }
 
@@ -323,9 +330,8 @@ impl UdpSocket {
     }
 
     /// Sends the segments of one super-packet (see [`sys::send_segments`]), with
-    /// `UDP_SEGMENT` while this socket may; returns how many segments went. A send that fails
-    /// with `EIO` (the egress device cannot checksum, so GSO cannot work there) turns GSO off
-    /// for this socket for good, says so once, and is sent again one datagram per segment.
+    /// `UDP_SEGMENT` while this socket may and the fallbacks of [`Self::with_gso`]; returns how
+    /// many segments went.
     ///
     /// # Errors
     ///
@@ -335,16 +341,7 @@ impl UdpSocket {
         scratch: &mut SegmentScratch,
         batch: &Gathered<'_>,
     ) -> io::Result<SegmentsSent> {
-        let gso = self.gso();
-        let fd = self.socket.as_fd();
-        match sys::send_segments(fd, scratch, batch, gso) {
-            Err(e) if gso && too_big_for_gso(&e) => sys::send_segments(fd, scratch, batch, false),
-            Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
-                self.gso_failed();
-                sys::send_segments(fd, scratch, batch, false)
-            }
-            r => r,
-        }
+        self.with_gso(|fd, gso| sys::send_segments(fd, scratch, batch, gso))
     }
 
     /// Turns `UDP_GRO` on.
@@ -369,13 +366,6 @@ impl UdpSocket {
     pub(crate) fn wait_writable(&self, timeout_ms: i32) -> io::Result<bool> {
         sys::wait_writable(self.socket.as_fd(), timeout_ms)
     }
-}
-
-/// Returns true for the errors of a `UDP_SEGMENT` message whose segments do not fit the route's
-/// MTU (`EMSGSIZE`, `EINVAL` before Linux 5.x): a datagram sent alone would be fragmented
-/// instead, so the same datagrams go again one per message.
-fn too_big_for_gso(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL))
 }
 
 impl AsFd for UdpSocket {

@@ -52,6 +52,37 @@ impl MmsgScratch {
     pub(crate) fn capacity(&self) -> usize {
         self.hdrs.len()
     }
+
+    /// Makes message `m` the `iovlen` iovecs from `iov` (kept by the caller for the send)
+    /// to `dst`, holding `count` datagrams: with more than one, cut by the kernel at `segment`
+    /// bytes (`UDP_SEGMENT`).
+    fn set_message(
+        &mut self,
+        m: usize,
+        dst: SocketAddr,
+        iov: *mut libc::iovec,
+        iovlen: usize,
+        count: usize,
+        segment: usize,
+    ) {
+        let namelen = to_storage(dst, &mut self.addrs[m]);
+        let hdr = &mut self.hdrs[m].msg_hdr;
+        hdr.msg_name = (&raw mut self.addrs[m]).cast();
+        hdr.msg_namelen = namelen;
+        hdr.msg_iov = iov;
+        hdr.msg_iovlen = iovlen;
+        hdr.msg_flags = 0;
+        if count > 1 {
+            let ctrl = &mut self.ctrl[m];
+            *ctrl = segment_cmsg(u16::try_from(segment).unwrap_or(u16::MAX));
+            hdr.msg_control = ctrl.as_mut_ptr().cast();
+            hdr.msg_controllen = std::mem::size_of::<libc::cmsghdr>() + 8;
+        } else {
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+        }
+        self.counts[m] = count;
+    }
 }
 
 /// One socket read, as the socket layer decodes it for the datapath core.
@@ -304,61 +335,62 @@ pub(crate) fn send_batch(
     while i < n {
         let first = &batch[i];
         let take = if gso { gso_run(&batch[i..n]) } else { 1 };
-        let namelen = to_storage(first.dst, &mut scratch.addrs[messages]);
-        let hdr = &mut scratch.hdrs[messages];
-        hdr.msg_hdr.msg_name = (&raw mut scratch.addrs[messages]).cast();
-        hdr.msg_hdr.msg_namelen = namelen;
-        hdr.msg_hdr.msg_iov = &raw mut scratch.iovs[i];
-        hdr.msg_hdr.msg_iovlen = take;
-        hdr.msg_hdr.msg_flags = 0;
-        if take > 1 {
-            let ctrl = &mut scratch.ctrl[messages];
-            *ctrl = segment_cmsg(u16::try_from(first.len).unwrap_or(u16::MAX));
-            hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
-            hdr.msg_hdr.msg_controllen = std::mem::size_of::<libc::cmsghdr>() + 8;
-        } else {
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
-        }
-        scratch.counts[messages] = take;
+        let iov = &raw mut scratch.iovs[i];
+        scratch.set_message(messages, first.dst, iov, take, take, first.len);
         messages += 1;
         i += take;
     }
+    send_messages(fd, scratch, messages)
+}
+
+/// Returns how many datagrams from the front of `batch` one `UDP_SEGMENT` message can carry:
+/// those to the first one's destination, as [`gso_run_len`] counts them.
+pub(crate) fn gso_run(batch: &[Transmit]) -> usize {
+    let dst = batch.first().map(|t| t.dst);
+    gso_run_len(
+        batch
+            .iter()
+            .take_while(|t| Some(t.dst) == dst)
+            .map(|t| t.len),
+    )
+}
+
+/// Returns how many datagrams of the lengths `lens` (all to one peer), from the front, one
+/// `UDP_SEGMENT` message can carry: all of the first one's length but the last, which may be
+/// shorter, none empty, at most [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`] together. At least 1
+/// unless `lens` is empty.
+pub(crate) fn gso_run_len(mut lens: impl Iterator<Item = usize>) -> usize {
+    let Some(size) = lens.next() else {
+        return 0;
+    };
+    let (mut bytes, mut take) = (size, 1);
+    for len in lens {
+        if take == GSO_MAX_SEGMENTS || len > size || len == 0 || bytes + len > GSO_MAX_BYTES {
+            break;
+        }
+        bytes += len;
+        take += 1;
+        // A shorter datagram must be the last of its message.
+        if len < size {
+            break;
+        }
+    }
+    take
+}
+
+/// Sends the first `messages` messages of `scratch` in one `sendmmsg`; returns the datagrams
+/// they carried from the front, and how many of the messages sent carried several.
+fn send_messages(
+    fd: BorrowedFd<'_>,
+    scratch: &mut MmsgScratch,
+    messages: usize,
+) -> io::Result<SegmentsSent> {
     let sent = sendmmsg(fd, scratch, messages)?.min(messages);
     let counts = &scratch.counts[..sent];
     Ok(SegmentsSent {
         segments: counts.iter().sum(),
         gso_messages: counts.iter().filter(|&&c| c > 1).count(),
     })
-}
-
-/// Returns how many datagrams from the front of `batch` one `UDP_SEGMENT` message can carry:
-/// all to the first one's destination, all of its length but the last, which may be shorter,
-/// at most [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`] together. At least 1.
-pub(crate) fn gso_run(batch: &[Transmit]) -> usize {
-    let Some(first) = batch.first() else {
-        return 0;
-    };
-    let size = first.len;
-    let mut bytes = size;
-    let mut take = 1;
-    for t in &batch[1..] {
-        if take == GSO_MAX_SEGMENTS
-            || t.dst != first.dst
-            || t.len > size
-            || t.len == 0
-            || bytes + t.len > GSO_MAX_BYTES
-        {
-            break;
-        }
-        bytes += t.len;
-        take += 1;
-        // A shorter datagram must be the last of its message.
-        if t.len < size {
-            break;
-        }
-    }
-    take
 }
 
 fn sendmmsg(fd: BorrowedFd<'_>, scratch: &mut MmsgScratch, n: usize) -> io::Result<usize> {
@@ -380,8 +412,6 @@ fn sendmmsg(fd: BorrowedFd<'_>, scratch: &mut MmsgScratch, n: usize) -> io::Resu
 pub(crate) struct SegmentScratch {
     mm: MmsgScratch,
     iovs: Vec<libc::iovec>,
-    /// Segments carried by each message.
-    counts: Vec<usize>,
 }
 
 // SAFETY: as for `MmsgScratch`: pointers are set and used within one call on one thread.
@@ -399,7 +429,6 @@ impl SegmentScratch {
                 };
                 2 * segments
             ],
-            counts: vec![0; segments],
         }
     }
 }
@@ -479,53 +508,24 @@ pub(crate) fn send_segments(
             iov_len: p.len(),
         };
     }
-    // Group the segments into messages; `firsts[m]` is the first segment of message m.
+    // Group the segments into messages, each one segment or a `UDP_SEGMENT` run.
     let mut messages = 0;
-    let counts = &mut scratch.counts;
     let mut i = 0;
     while i < n {
         let size = segs[i].len();
-        let mut take = 1;
-        if gso {
-            let mut bytes = size;
-            while i + take < n
-                && take < GSO_MAX_SEGMENTS
-                && bytes + segs[i + take].len() <= GSO_MAX_BYTES
-                && segs[i + take].len() <= size
-            {
-                bytes += segs[i + take].len();
-                take += 1;
-                // A shorter segment must be the last of its message.
-                if segs[i + take - 1].len() < size {
-                    break;
-                }
-            }
-        }
-        counts[messages] = take;
-        let namelen = to_storage(dst, &mut scratch.mm.addrs[messages]);
-        let hdr = &mut scratch.mm.hdrs[messages];
-        hdr.msg_hdr.msg_name = (&raw mut scratch.mm.addrs[messages]).cast();
-        hdr.msg_hdr.msg_namelen = namelen;
-        hdr.msg_hdr.msg_iov = (&raw mut scratch.iovs[2 * i]).cast();
-        hdr.msg_hdr.msg_iovlen = 2 * take;
-        hdr.msg_hdr.msg_flags = 0;
-        if take > 1 {
-            let ctrl = &mut scratch.mm.ctrl[messages];
-            *ctrl = segment_cmsg(u16::try_from(size).unwrap_or(u16::MAX));
-            hdr.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
-            hdr.msg_hdr.msg_controllen = std::mem::size_of::<libc::cmsghdr>() + 8;
+        let take = if gso {
+            gso_run_len(segs[i..n].iter().map(crate::wire::Segment::len))
         } else {
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
-        }
+            1
+        };
+        let iov = &raw mut scratch.iovs[2 * i];
+        scratch
+            .mm
+            .set_message(messages, dst, iov, 2 * take, take, size);
         messages += 1;
         i += take;
     }
-    let sent = sendmmsg(fd, &mut scratch.mm, messages)?.min(messages);
-    Ok(SegmentsSent {
-        segments: counts[..sent].iter().sum(),
-        gso_messages: counts[..sent].iter().filter(|&&c| c > 1).count(),
-    })
+    send_messages(fd, &mut scratch.mm, messages)
 }
 
 /// Returns a control buffer holding one `UDP_SEGMENT` message with the segment size `size`:

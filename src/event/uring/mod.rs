@@ -72,7 +72,7 @@ use io_uring::{opcode, types};
 use self::ring::{Armed, BufRing, Completion, Kind, Multishot, Ring};
 use self::writes::{Owner, RingWrites};
 use super::buf::SlotBuf;
-use super::exec::{Sender, TunRead, count_tun_write};
+use super::exec::{Sender, TunRead};
 use super::spin::Spin;
 use super::{RateLimitedLog, Worker};
 use crate::datapath::{Core, HEADROOM};
@@ -121,10 +121,9 @@ struct Multi {
     msg: Box<libc::msghdr>,
     ring: BufRing,
     armed: Armed,
-    /// Ring writes in flight from ring buffers, in all and per buffer (a buffer goes back to
-    /// the kernel when its last write completes).
-    writes: usize,
-    bid_writes: Vec<u16>,
+    /// Ring writes in flight from each buffer (it goes back to the kernel when its last write
+    /// completes).
+    bid_writes: Vec<usize>,
 }
 
 /// Multishot TUN reads (`IORING_OP_READ_MULTISHOT`, Linux 6.7): the kernel fills buffers from
@@ -169,7 +168,6 @@ struct Loop {
     sender: Sender,
     w: Worker,
     tun_read_log: RateLimitedLog,
-    tun_write_log: RateLimitedLog,
     recv_log: RateLimitedLog,
 }
 
@@ -212,7 +210,6 @@ pub fn run(w: Worker) -> io::Result<()> {
         core,
         sender: Sender::new(),
         tun_read_log: RateLimitedLog::new("TUN read failed"),
-        tun_write_log: RateLimitedLog::new("TUN write failed"),
         recv_log: RateLimitedLog::new("UDP receive failed"),
         w,
     };
@@ -329,7 +326,6 @@ impl Loop {
                 msg: multishot_msghdr(MULTI_CONTROL),
                 ring,
                 armed: Armed::default(),
-                writes: 0,
                 bid_writes: vec![0; usize::from(entries)],
             }),
             Err(e) => {
@@ -468,7 +464,7 @@ impl Loop {
         let quiet = [libc::ENOBUFS, libc::ECANCELED, libc::EAGAIN, libc::EINTR];
         let bid = match t
             .armed
-            .complete(c, &[libc::EINVAL, libc::EOPNOTSUPP], &quiet, true)
+            .complete(c, &[libc::EINVAL, libc::EOPNOTSUPP], &quiet)
         {
             Multishot::Buffer(bid) => bid,
             Multishot::Refused => {
@@ -531,38 +527,28 @@ impl Loop {
     /// Counts a ring write's completion and, when it was the last one from its receive
     /// buffer, gives the buffer back.
     fn on_write(&mut self, entry: usize, result: i32) -> io::Result<()> {
-        let Some((owner, len)) = self.writes.complete(entry) else {
+        let Some(owner) = self.writes.finish(&self.w, entry, result) else {
             return Ok(());
         };
-        count_tun_write(
-            self.w.metrics.worker(self.w.id),
-            io_result(result).map(|_| len),
-            &mut self.tun_write_log,
-        );
         match owner {
             Owner::Nobody => Ok(()),
             Owner::Slot(j) => {
-                let Some(slot) = self.rx.get_mut(j) else {
-                    return Ok(());
-                };
-                // Only the last outstanding write gives the slot back (never a second time).
-                if slot.writes == 1 {
-                    slot.writes = 0;
+                if self
+                    .rx
+                    .get_mut(j)
+                    .is_some_and(|s| last_write(&mut s.writes))
+                {
                     return self.arm_recv(j);
                 }
-                slot.writes = slot.writes.saturating_sub(1);
                 Ok(())
             }
             Owner::Bid(bid) => {
-                if let Some(m) = &mut self.multi {
-                    m.writes = m.writes.saturating_sub(1);
-                    if let Some(n) = m.bid_writes.get_mut(usize::from(bid)) {
-                        // Only the last outstanding write gives the buffer back.
-                        if *n == 1 {
-                            m.ring.provide(bid);
-                        }
-                        *n = n.saturating_sub(1);
-                    }
+                if let Some(m) = &mut self.multi
+                    && m.bid_writes
+                        .get_mut(usize::from(bid))
+                        .is_some_and(last_write)
+                {
+                    m.ring.provide(bid);
                 }
                 Ok(())
             }
@@ -578,7 +564,7 @@ impl Loop {
         // ENOBUFS: the ring ran dry; buffers come back as writes complete and it re-arms.
         let quiet = [libc::ENOBUFS, libc::ECANCELED];
         // EINVAL: the kernel has buffer rings but not multishot RECVMSG (before 6.0).
-        let r = match m.armed.complete(c, &[libc::EINVAL], &quiet, m.writes == 0) {
+        let r = match m.armed.complete(c, &[libc::EINVAL], &quiet) {
             Multishot::Buffer(bid) => self.on_multi_datagram(&mut m, snap, bid, c.result),
             Multishot::Refused => {
                 tracing::info!("multishot receive refused; using single-shot receives");
@@ -632,9 +618,8 @@ impl Loop {
             m.ring.provide(bid);
             return Ok(());
         }
-        m.writes += queued;
         if let Some(n) = m.bid_writes.get_mut(usize::from(bid)) {
-            *n = u16::try_from(queued).unwrap_or(u16::MAX);
+            *n = queued;
         }
         Ok(())
     }
@@ -724,9 +709,12 @@ impl Loop {
     }
 }
 
-/// A completion's result as the outcome of a write.
-fn io_result(result: i32) -> io::Result<usize> {
-    usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result))
+/// Counts one completed write off `outstanding`; returns true when it was the last, so the
+/// buffer goes back exactly once.
+fn last_write(outstanding: &mut usize) -> bool {
+    let last = *outstanding == 1;
+    *outstanding = outstanding.saturating_sub(1);
+    last
 }
 
 fn len_u32(len: usize) -> u32 {

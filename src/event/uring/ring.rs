@@ -97,21 +97,20 @@ pub(super) struct Armed {
 }
 
 impl Armed {
-    /// Reads completion `c`: errors in `refusals` before the operation ever worked (and while
-    /// `may_refuse`) are a refusal, errors in `quiet` are nothing to report.
+    /// Reads completion `c`: errors in `refusals` before the operation ever worked (no buffer
+    /// of it can be in use then) are a refusal, errors in `quiet` are nothing to report.
     pub(super) fn complete(
         &mut self,
         c: &Completion,
         refusals: &[i32],
         quiet: &[i32],
-        may_refuse: bool,
     ) -> Multishot {
         if !c.more() {
             self.rearm = true;
         }
         if c.result < 0 {
             let e = -c.result;
-            return if may_refuse && !self.worked && refusals.contains(&e) {
+            return if !self.worked && refusals.contains(&e) {
                 Multishot::Refused
             } else if quiet.contains(&e) {
                 Multishot::Quiet

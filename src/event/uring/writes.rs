@@ -232,15 +232,21 @@ impl RingWrites {
     /// Frees entry `i` once its write completed (or was never submitted); returns the owner of
     /// the buffer it read from and the packet's length.
     pub(super) fn complete(&mut self, i: usize) -> Option<(Owner, usize)> {
-        let entry = self.entries.get_mut(i)?;
+        let entry = self.entries.get(i)?;
         let done = (entry.owner, entry.len);
-        entry.owner = Owner::Nobody;
-        entry.iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 3];
         self.free.push(u32::try_from(i).ok()?);
         Some(done)
+    }
+
+    /// Counts the completion of entry `i`'s write (`result` as the ring gave it) and frees the
+    /// entry; returns the owner of the buffer it read from.
+    pub(super) fn finish(&mut self, w: &Worker, i: usize, result: i32) -> Option<Owner> {
+        let (owner, len) = self.complete(i)?;
+        let outcome = usize::try_from(result)
+            .map(|_| len)
+            .map_err(|_| io::Error::from_raw_os_error(-result));
+        self.direct.count(w, outcome);
+        Some(owner)
     }
 }
 
