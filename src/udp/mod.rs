@@ -287,22 +287,27 @@ impl UdpSocket {
         data: &[u8],
         batch: &[Transmit],
     ) -> io::Result<SegmentsSent> {
-        self.with_gso(|fd, gso| sys::send_batch(fd, scratch, data, batch, gso))
+        self.with_gso(|fd, gso| {
+            let sent = sys::send_batch(fd, scratch, data, batch, gso);
+            (sent, scratch.first_segmented())
+        })
     }
 
     /// Sends with `send(fd, gso)`, with `UDP_SEGMENT` while this socket may, and again without
-    /// when the kernel refused it: `EIO` (the egress device cannot checksum, so GSO cannot work
-    /// there) turns GSO off for this socket for good and says so once; `EMSGSIZE` (`EINVAL`
-    /// before Linux 5.x), a segment larger than the route's MTU where a datagram sent alone
-    /// would be fragmented, sends these datagrams one per message only.
+    /// when the kernel refused a message that carried several datagrams (`send` returns its
+    /// result and whether the first unsent message did; a one-datagram message never had
+    /// `UDP_SEGMENT`, so its error is the send's own): `EIO` (the egress device cannot
+    /// checksum, so GSO cannot work there) turns GSO off for this socket for good and says so
+    /// once; `EMSGSIZE` (`EINVAL` before Linux 5.x), a segment larger than the route's MTU where
+    /// a datagram sent alone would be fragmented, sends these datagrams one per message only.
     fn with_gso<T>(
         &self,
-        mut send: impl FnMut(BorrowedFd<'_>, bool) -> io::Result<T>,
+        mut send: impl FnMut(BorrowedFd<'_>, bool) -> (io::Result<T>, bool),
     ) -> io::Result<T> {
         let gso = self.gso();
         let fd = self.socket.as_fd();
         match send(fd, gso) {
-            Err(e) if gso && e.raw_os_error() == Some(libc::EIO) => {
+            (Err(e), true) if gso && e.raw_os_error() == Some(libc::EIO) => {
                 if self.gso.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
                         local = %self.local,
@@ -310,12 +315,14 @@ impl UdpSocket {
                          one datagram per message from now on"
                     );
                 }
-                send(fd, false)
+                send(fd, false).0
             }
-            Err(e) if gso && matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) => {
-                send(fd, false)
+            (Err(e), true)
+                if gso && matches!(e.raw_os_error(), Some(libc::EMSGSIZE | libc::EINVAL)) =>
+            {
+                send(fd, false).0
             }
-            r => r,
+            (r, _) => r,
         }
     }
 
@@ -341,7 +348,10 @@ impl UdpSocket {
         scratch: &mut SegmentScratch,
         batch: &Gathered<'_>,
     ) -> io::Result<SegmentsSent> {
-        self.with_gso(|fd, gso| sys::send_segments(fd, scratch, batch, gso))
+        self.with_gso(|fd, gso| {
+            let sent = sys::send_segments(fd, scratch, batch, gso);
+            (sent, scratch.first_segmented())
+        })
     }
 
     /// Turns `UDP_GRO` on.

@@ -83,6 +83,12 @@ impl MmsgScratch {
         }
         self.counts[m] = count;
     }
+
+    /// Returns true when the first message of the last send carried several datagrams (a
+    /// failed `sendmmsg` failed on that one, so only then can `UDP_SEGMENT` be its cause).
+    pub(crate) fn first_segmented(&self) -> bool {
+        self.counts.first().is_some_and(|&c| c > 1)
+    }
 }
 
 /// One socket read, as the socket layer decodes it for the datapath core.
@@ -430,6 +436,11 @@ impl SegmentScratch {
                 2 * segments
             ],
         }
+    }
+
+    /// As [`MmsgScratch::first_segmented`].
+    pub(crate) fn first_segmented(&self) -> bool {
+        self.mm.first_segmented()
     }
 }
 

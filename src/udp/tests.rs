@@ -278,3 +278,62 @@ fn gso_runs_keep_to_one_peer_one_size_and_the_limits() {
     assert_eq!(sys::gso_run(&vec![t(a, 10); 100]), GSO_MAX_SEGMENTS);
     assert_eq!(sys::gso_run(&vec![t(a, 1400); 64]), GSO_MAX_BYTES / 1400);
 }
+
+#[test]
+fn only_a_message_of_several_datagrams_can_turn_gso_off() {
+    let (ours, _) = pair();
+    ours.set_gso(true);
+    let err = |errno| Err::<usize, _>(io::Error::from_raw_os_error(errno));
+    let mut calls = Vec::new();
+
+    // A one-datagram message carried no UDP_SEGMENT: its error is returned, nothing retried,
+    // GSO stays on.
+    for errno in [libc::EIO, libc::EMSGSIZE, libc::EINVAL] {
+        calls.clear();
+        let r = ours.with_gso(|_, gso| {
+            calls.push(gso);
+            (err(errno), false)
+        });
+        assert_eq!(r.expect_err("fails").raw_os_error(), Some(errno));
+        assert_eq!(calls, [true]);
+        assert!(ours.gso());
+    }
+
+    // A message of several datagrams too big for the route: sent again one datagram per
+    // message, GSO stays on for the next send.
+    calls.clear();
+    let r = ours.with_gso(|_, gso| {
+        calls.push(gso);
+        if gso {
+            (err(libc::EMSGSIZE), true)
+        } else {
+            (Ok(7), false)
+        }
+    });
+    assert_eq!(r.expect("retried"), 7);
+    assert_eq!(calls, [true, false]);
+    assert!(ours.gso());
+
+    // A device that cannot checksum: sent again without, and GSO off for good.
+    calls.clear();
+    let r = ours.with_gso(|_, gso| {
+        calls.push(gso);
+        if gso {
+            (err(libc::EIO), true)
+        } else {
+            (Ok(3), false)
+        }
+    });
+    assert_eq!(r.expect("retried"), 3);
+    assert_eq!(calls, [true, false]);
+    assert!(!ours.gso());
+
+    // Without GSO an error is the send's own.
+    calls.clear();
+    let r = ours.with_gso(|_, gso| {
+        calls.push(gso);
+        (err(libc::EIO), false)
+    });
+    assert!(r.is_err());
+    assert_eq!(calls, [false]);
+}

@@ -692,8 +692,8 @@ impl Loop {
         unsafe { self.ring.push(&entry) }
     }
 
-    /// Cancels every operation in flight and waits for all completions. Returns false when
-    /// some did not arrive within about two seconds.
+    /// Cancels every operation in flight and waits for all completions, counting the TUN
+    /// writes among them. Returns false when some did not arrive within about two seconds.
     fn drain(&mut self) -> bool {
         self.stopping = true;
         let pending: Vec<u64> = self
@@ -705,7 +705,13 @@ impl Loop {
             .chain(self.tx_multi.as_ref().map(|_| Kind::TxMulti.user_data(0)))
             .filter(|&ud| ud != 0)
             .collect();
-        self.ring.cancel_all(&pending)
+        let (writes, w) = (&mut self.writes, &self.w);
+        self.ring.cancel_all(&pending, |c| {
+            if let Some((Kind::RxWrite, i)) = Kind::of(c.user_data) {
+                // The buffer it read from is freed with the loop; only the count matters here.
+                let _ = writes.finish(w, i, c.result);
+            }
+        })
     }
 }
 

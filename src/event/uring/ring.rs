@@ -283,9 +283,14 @@ impl Ring {
         self.completions = list;
     }
 
-    /// Cancels the operations `user_data` and waits for every completion in flight. Returns
-    /// false when some did not arrive within about two seconds.
-    pub(super) fn cancel_all(&mut self, user_data: &[u64]) -> bool {
+    /// Cancels the operations `user_data` and waits for every completion in flight, handing
+    /// each to `seen` (so a write that completes meanwhile is still counted). Returns false
+    /// when some did not arrive within about two seconds.
+    pub(super) fn cancel_all(
+        &mut self,
+        user_data: &[u64],
+        mut seen: impl FnMut(&Completion),
+    ) -> bool {
         for &ud in user_data {
             let cancel = opcode::AsyncCancel::new(ud)
                 .build()
@@ -302,6 +307,7 @@ impl Ring {
                 return false;
             }
             let list = self.reap();
+            list.iter().for_each(&mut seen);
             self.recycle(list);
         }
         self.inflight == 0
