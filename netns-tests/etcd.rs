@@ -572,6 +572,33 @@ fn a_restarted_node_gets_its_subnet_back() {
 }
 
 #[test]
+fn a_lease_of_this_node_the_config_no_longer_allows_is_deleted() {
+    if skip("a_lease_of_this_node_the_config_no_longer_allows_is_deleted") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    // Leases of a subnet length the config no longer has: one carrying this node's address,
+    // one another node's.
+    let mine = format!("{PREFIX}/subnets/10.244.200.0-25");
+    let theirs = format!("{PREFIX}/subnets/10.244.201.0-25");
+    c.put(&mine, r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#);
+    c.put(&theirs, r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);
+    let subnet = c.start_node(0, &[]);
+    assert_eq!(subnet.prefix_len(), 24, "{subnet}");
+    assert!(
+        c.keys(&mine).is_empty(),
+        "this node's misfit lease stayed:\n{}",
+        c.log(0)
+    );
+    assert_eq!(c.keys(&theirs).len(), 1, "another node's lease was deleted");
+    let own = format!("{PREFIX}/subnets/{}-24", subnet.network());
+    assert_eq!(c.keys(&own).len(), 1, "no lease of its own");
+    c.stop_node(0);
+}
+
+#[test]
 fn ten_nodes_started_at_once_never_share_a_subnet() {
     if skip("ten_nodes_started_at_once_never_share_a_subnet") {
         return;

@@ -17,7 +17,9 @@
 //!    transaction that only succeeds if the key does not exist (a lost race tries again, up to
 //!    ten times), attached to an etcd lease with flannel's TTL (24 h). Without a lease to
 //!    reuse, the leases carrying this node's public IP at keys the config does not allow are
-//!    deleted first, as flanneld deletes its incompatible lease;
+//!    deleted first, as flanneld deletes its incompatible lease. Reusing, rewriting or
+//!    deleting a key listed as this node's goes ahead only while the key keeps the
+//!    `create_revision` listed, so a lease another node wrote meanwhile is never touched;
 //! 3. list the other leases and watch the prefix from the listed revision; every change
 //!    publishes a new table. Each lease is judged on its own
 //!    ([`judge_leases`](super::lease::judge_leases)): one that flanneld's allocator could not
@@ -341,6 +343,16 @@ async fn connect_one(
     Ok(client)
 }
 
+/// A transaction that goes ahead only while `key` is the one created at revision `created`
+/// (not deleted, expired or written anew since).
+fn unchanged_since(key: &str, created: i64) -> Txn {
+    Txn::new().when(vec![Compare::create_revision(
+        key,
+        CompareOp::Equal,
+        created,
+    )])
+}
+
 /// Shortens an untrusted key for a log line.
 fn for_log(key: &str) -> String {
     let mut short: String = key.chars().take(120).collect();
@@ -628,26 +640,30 @@ impl Agent {
     /// incompatible lease before taking a new one, so the node does not stay announced twice.
     /// The deleted keys leave the stored entries too.
     fn delete_misfits(&mut self, config: &NetworkConfig) -> Result<(), EtcdError> {
-        let misfits: Vec<String> = self
+        let misfits: Vec<(String, i64)> = self
             .entries
             .iter()
             .filter(|(key, entry)| {
                 parse_subnet_key(&self.opts.prefix, key).is_some()
                     && LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip)
             })
-            .map(|(key, _)| key.clone())
+            .map(|(key, entry)| (key.clone(), entry.create_revision))
             .collect();
         if misfits.is_empty() {
             return Ok(());
         }
         let mut client = self.client()?;
-        for key in misfits {
+        for (key, created) in misfits {
             tracing::warn!(
                 key = ?for_log(&key),
                 network = %config.network,
                 "deleting this node's lease that the network config no longer allows"
             );
-            self.rt.block_on(client.delete(key.as_str(), None))?;
+            // Only the lease as listed: had it expired and another node written the key since,
+            // that lease stays.
+            self.rt.block_on(client.txn(
+                unchanged_since(&key, created).and_then(vec![TxnOp::delete(key.as_str(), None)]),
+            ))?;
             self.entries.remove(&key);
         }
         Ok(())
@@ -712,9 +728,14 @@ impl Agent {
                 value.as_str(),
                 Some(PutOptions::new().with_lease(grant.id())),
             );
-            // Reusing our own lease overwrites it; a new one must not exist yet.
-            let txn = if mine == Some(candidate) {
-                Txn::new().and_then(vec![put])
+            // Reusing our own lease overwrites it, as long as it is still the one listed (had
+            // it expired and another node written the key since, this is a lost race); a new
+            // one must not exist yet.
+            let reused = (mine == Some(candidate))
+                .then(|| self.entries.get(&key).map(|e| e.create_revision))
+                .flatten();
+            let txn = if let Some(created) = reused {
+                unchanged_since(&key, created).and_then(vec![put])
             } else {
                 Txn::new()
                     .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
@@ -727,12 +748,7 @@ impl Agent {
                 // keeps the subnet; a later one gives it up and tries again.
                 self.list()?;
                 if let Some(ours) = self.first_claim_elsewhere(&key, candidate) {
-                    let undo = Txn::new()
-                        .when(vec![Compare::create_revision(
-                            key.as_str(),
-                            CompareOp::Equal,
-                            ours,
-                        )])
+                    let undo = unchanged_since(&key, ours)
                         .and_then(vec![TxnOp::delete(key.as_str(), None)]);
                     self.rt.block_on(client.txn(undo))?;
                     let _ = self.rt.block_on(client.lease_revoke(grant.id()));
@@ -1147,14 +1163,14 @@ impl Agent {
                 value.as_str(),
                 Some(PutOptions::new().with_lease(grant.id())),
             )]);
-        let ok = if present {
-            self.rt
-                .block_on(client.put(
-                    key.as_str(),
-                    value.as_str(),
-                    Some(PutOptions::new().with_lease(grant.id())),
-                ))
-                .map(|_| true)?
+        let ok = if let Some(created) = kv.filter(|_| present).map(|kv| kv.create_revision()) {
+            // Ours, as just read: rewritten on the new lease unless it changed hands since.
+            let rewrite = unchanged_since(&key, created).and_then(vec![TxnOp::put(
+                key.as_str(),
+                value.as_str(),
+                Some(PutOptions::new().with_lease(grant.id())),
+            )]);
+            self.rt.block_on(client.txn(rewrite))?.succeeded()
         } else {
             self.rt.block_on(client.txn(txn))?.succeeded()
         };
