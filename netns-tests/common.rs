@@ -256,3 +256,17 @@ pub(crate) fn set_int_sockopt(sock: &std::net::UdpSocket, level: i32, name: i32,
         std::io::Error::last_os_error()
     );
 }
+
+/// Sends signal `sig` to process `pid` (one this test started).
+#[allow(unsafe_code)]
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) takes plain integers.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}

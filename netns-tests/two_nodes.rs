@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::common::{
-    BULK, exchange_both_ways, exchange_both_ways_at, for_each_loop, serial, skip, start_both,
-    topology, wait_for,
+    BULK, exchange_both_ways, exchange_both_ways_at, for_each_loop, serial, signal, skip,
+    start_both, topology, wait_for,
 };
 
 #[test]
@@ -161,4 +161,50 @@ fn runs_of_datagrams_reach_a_peer_behind_a_smaller_route_mtu() {
         topo.processes[0].log()
     );
     assert_eq!(topo.counter(0, "drop_tx_error"), 0, "{:?}", topo.stats(0));
+}
+
+/// Packets the kernel drops at the TUN device before a worker reads them (its transmit queue
+/// full) never reach fustian; the node reports the device's own counter beside its own. With
+/// the node stopped, a pod sends more datagrams than the device's queue holds.
+#[test]
+fn drops_at_the_tun_device_are_reported() {
+    if skip("drops_at_the_tun_device_are_reported") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    start_both(&mut topo, &["--threads", "1"]);
+    exchange_both_ways_at(&topo, fustian::lab::pod_addr, 1024 * 1024);
+    let listed = wait_for(Duration::from_secs(3), || {
+        topo.stats(0)
+            .iter()
+            .any(|(name, _)| name == "tun_device_tx_dropped")
+    });
+    assert!(listed, "no device counter: {:?}", topo.stats(0));
+    let before = topo.counter(0, "tun_device_tx_dropped");
+    let pid = topo.processes[0].pid().expect("running");
+    signal(pid, libc::SIGSTOP);
+    const SENT: u64 = 2000;
+    let to = fustian::lab::pod_addr(1, 9);
+    let sent = topo.pods[0].run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..SENT {
+            // A full queue drops without telling the sender.
+            let _ = s.send_to(&[7u8; 100], to);
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    signal(pid, libc::SIGCONT);
+    sent.expect("enter pod 0").expect("send");
+    // The device's queue holds 500 packets; the rest were dropped.
+    let counted = wait_for(Duration::from_secs(5), || {
+        topo.counter(0, "tun_device_tx_dropped") >= before + SENT - 600
+    });
+    assert!(
+        counted,
+        "tun_device_tx_dropped {} -> {}: {:?}",
+        before,
+        topo.counter(0, "tun_device_tx_dropped"),
+        topo.stats(0)
+    );
 }

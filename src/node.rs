@@ -157,6 +157,7 @@ pub fn run(
         sources: controls.iter().filter_map(|c| c.metrics.clone()).collect(),
         masq: masq_counters(masq.as_ref(), masq6.as_ref()),
         trace: Arc::clone(&trace),
+        tun: device.name.clone(),
     });
     if let Some(status) = &opts.status {
         serve_status(status, &view);
@@ -612,9 +613,18 @@ struct NodeView {
     masq: Option<Box<MasqCounters>>,
     /// The workers' recent drops.
     trace: Arc<crate::trace::Hub>,
+    /// The TUN device's name, for its own drop counters.
+    tun: String,
 }
 
 impl NodeView {
+    /// The TUN device's own drop counters (none when they cannot be read).
+    fn device_drops(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        crate::tun::stats::device_drops(&self.tun)
+            .into_iter()
+            .flat_map(crate::tun::stats::DeviceDrops::named)
+    }
+
     /// The counters in the Prometheus text format: the workers' totals, the table, the
     /// control sources', the masquerade keeper's, and the per-peer counters.
     fn render_prometheus(&self) -> String {
@@ -630,6 +640,9 @@ impl NodeView {
         );
         for source in &self.sources {
             text.push_str(&source.render_prometheus());
+        }
+        for (name, v) in self.device_drops() {
+            let _ = write!(text, "# TYPE fustian_{name} counter\nfustian_{name} {v}\n");
         }
         text.push_str(&self.info);
         let totals = peer_totals(&snap);
@@ -688,12 +701,14 @@ impl NodeView {
         ];
         let sources = self.sources.iter().flat_map(|s| s.totals());
         let masq = self.masq.iter().flat_map(|m| m());
+        let device = self.device_drops().map(|(name, v)| (name.to_owned(), v));
         for (name, value) in self
             .metrics
             .totals()
             .named()
             .into_iter()
             .chain(table)
+            .chain(device)
             .chain(sources)
             .chain(masq)
         {
@@ -965,6 +980,8 @@ mod tests {
             sources: vec![Arc::new(file)],
             masq: Some(Box::new(|| vec![("iptables_repairs".to_owned(), 1)])),
             trace: Arc::new(crate::trace::Hub::new(2)),
+            // Loopback is in every namespace: its counters stand in for the TUN device's.
+            tun: "lo".to_owned(),
         }
     }
 
@@ -985,6 +1002,8 @@ mod tests {
         assert_eq!(c["table_peers"], 1);
         assert_eq!(c["config_reloads"], 4);
         assert_eq!(c["iptables_repairs"], 1);
+        assert!(c["tun_device_tx_dropped"].is_u64(), "{c}");
+        assert!(c["tun_device_rx_dropped"].is_u64(), "{c}");
         let names = c.as_object().expect("object");
         assert!(
             names

@@ -14,6 +14,7 @@
 //! local.
 
 pub mod link;
+pub mod stats;
 mod sys;
 
 use std::io;
