@@ -1,11 +1,10 @@
-#![allow(unsafe_code)]
 //! `fustian lab`: the table, JSON and an SVG with one bar per scenario and metric, and nothing
 //! left behind, also when interrupted.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{EXE, serial, skip};
+use crate::common::{EXE, serial, signal, skip};
 
 fn leftovers(prefix: &str) -> Vec<String> {
     let mut found = Vec::new();
@@ -187,9 +186,7 @@ fn an_interrupted_lab_leaves_nothing_behind() {
         .iter()
         .filter(|l| l.starts_with("process"))
         .count();
-    let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-    // SAFETY: kill takes no pointers; the pid is our own child's.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    signal(child.id(), libc::SIGINT);
     // Interrupted either way (so nothing is left behind), then judged.
     assert!(measuring, "the lab did not start measuring within 30 s");
     assert!(

@@ -1,7 +1,6 @@
 //! An edit of the config file (watched) or SIGHUP reloads the peers; a bad edit is rejected,
 //! once, while the last good table keeps forwarding; a restart resumes forwarding within a
 //! second.
-#![allow(unsafe_code)]
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use fustian::lab::pod_addr;
 use fustian::lab::traffic::udp_ping_pong;
 
-use crate::common::{EXE, serial, skip, topology, wait_for};
+use crate::common::{EXE, serial, signal, skip, topology, wait_for};
 
 fn config(peer_ip: &str, subnet_file: &str) -> String {
     format!(
@@ -18,12 +17,6 @@ fn config(peer_ip: &str, subnet_file: &str) -> String {
          subnet_file = \"{subnet_file}\"\n\n[[peer]]\nsubnet = \"10.244.2.0/24\"\n\
          public_ip = \"{peer_ip}\"\n"
     )
-}
-
-fn hup(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).expect("pid fits");
-    // SAFETY: kill takes no pointers; the pid is a child this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
 }
 
 #[test]
@@ -115,7 +108,7 @@ fn sighup_reloads_peers_and_a_restart_resumes_quickly() {
     assert!(wait_for(Duration::from_secs(3), || topo
         .counter(0, "config_reloads")
         == 3));
-    hup(pid);
+    signal(pid, libc::SIGHUP);
     assert!(
         wait_for(Duration::from_secs(3), || topo.counter(0, "config_reloads")
             == 4),

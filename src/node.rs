@@ -618,9 +618,11 @@ struct NodeView {
 }
 
 impl NodeView {
-    /// The TUN device's own drop counters (none when they cannot be read).
+    /// The TUN device's own drop counters (none when they cannot be read: the device is
+    /// gone, say, during shutdown).
     fn device_drops(&self) -> impl Iterator<Item = (&'static str, u64)> {
         crate::tun::stats::device_drops(&self.tun)
+            .ok()
             .into_iter()
             .flat_map(crate::tun::stats::DeviceDrops::named)
     }

@@ -731,9 +731,11 @@ impl Agent {
             // Reusing our own lease overwrites it, as long as it is still the one listed (had
             // it expired and another node written the key since, this is a lost race); a new
             // one must not exist yet.
-            let reused = (mine == Some(candidate))
-                .then(|| self.entries.get(&key).map(|e| e.create_revision))
-                .flatten();
+            let reused = self
+                .entries
+                .get(&key)
+                .filter(|_| mine == Some(candidate))
+                .map(|e| e.create_revision);
             let txn = if let Some(created) = reused {
                 unchanged_since(&key, created).and_then(vec![put])
             } else {

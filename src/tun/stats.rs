@@ -25,29 +25,56 @@ impl DeviceDrops {
     }
 }
 
-/// Reads device `name`'s drop counters (`None` when the device or the file is not there).
-pub fn device_drops(name: &str) -> Option<DeviceDrops> {
+/// Why a device's counters could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum NetDevError {
+    /// Neither file could be read.
+    #[error("cannot read /proc/net/dev: {0}")]
+    Read(#[from] std::io::Error),
+    /// The device has no line.
+    #[error("{0} is not listed")]
+    NotListed(String),
+    /// The device's line is cut short or holds something other than numbers.
+    #[error("{0}: malformed line")]
+    Malformed(String),
+}
+
+/// Reads device `name`'s drop counters.
+///
+/// # Errors
+///
+/// [`NetDevError`] when the file cannot be read or does not hold the device's counters.
+pub fn device_drops(name: &str) -> Result<DeviceDrops, NetDevError> {
     let text = std::fs::read_to_string("/proc/thread-self/net/dev")
-        .or_else(|_| std::fs::read_to_string("/proc/net/dev"))
-        .ok()?;
+        .or_else(|_| std::fs::read_to_string("/proc/net/dev"))?;
     parse_net_dev(&text, name)
 }
 
 /// Finds device `name` in the text of `/proc/net/dev` (two header lines, then
 /// `name: <8 receive fields> <8 transmit fields>`, the fourth of each being the drops).
-pub fn parse_net_dev(text: &str, name: &str) -> Option<DeviceDrops> {
-    text.lines().skip(2).find_map(|line| {
-        let (dev, rest) = line.split_once(':')?;
-        if dev.trim() != name {
-            return None;
-        }
-        let mut fields = rest.split_ascii_whitespace().map(|f| f.parse::<u64>().ok());
-        let rx_dropped = fields.nth(3)??;
-        let tx_dropped = fields.nth(7)??;
-        Some(DeviceDrops {
-            rx_dropped,
-            tx_dropped,
-        })
+///
+/// # Errors
+///
+/// [`NetDevError::NotListed`] or [`NetDevError::Malformed`].
+pub fn parse_net_dev(text: &str, name: &str) -> Result<DeviceDrops, NetDevError> {
+    let rest = text
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':'))
+        .find_map(|(dev, rest)| (dev.trim() == name).then_some(rest))
+        .ok_or_else(|| NetDevError::NotListed(name.to_owned()))?;
+    let mut fields = rest.split_ascii_whitespace().map(|f| f.parse::<u64>().ok());
+    let mut field = |n| {
+        fields
+            .nth(n)
+            .flatten()
+            .ok_or_else(|| NetDevError::Malformed(name.to_owned()))
+    };
+    let rx_dropped = field(3)?;
+    let tx_dropped = field(7)?;
+    Ok(DeviceDrops {
+        rx_dropped,
+        tx_dropped,
     })
 }
 
@@ -68,38 +95,55 @@ flannel0: 4167417312  111904    0    7    0     0          0         0 412114270
     #[test]
     fn finds_the_device_and_its_drops() {
         assert_eq!(
-            parse_net_dev(SAMPLE, "flannel0"),
-            Some(DeviceDrops {
+            parse_net_dev(SAMPLE, "flannel0").expect("listed"),
+            DeviceDrops {
                 rx_dropped: 7,
                 tx_dropped: 48684
-            })
+            }
         );
         assert_eq!(
-            parse_net_dev(SAMPLE, "ul0"),
-            Some(DeviceDrops {
+            parse_net_dev(SAMPLE, "ul0").expect("listed"),
+            DeviceDrops {
                 rx_dropped: 3,
                 tx_dropped: 4
-            })
+            }
         );
-        assert_eq!(parse_net_dev(SAMPLE, "flannel"), None);
-        assert_eq!(parse_net_dev(SAMPLE, "eth0"), None);
+        for name in ["flannel", "eth0"] {
+            assert!(matches!(
+                parse_net_dev(SAMPLE, name),
+                Err(NetDevError::NotListed(_))
+            ));
+        }
         // A line cut short, or a field that is not a number, is not a reading.
         let short = "h\nh\nflannel0: 1 2 3 4 5 6 7 8 9 10 11\n";
-        assert_eq!(parse_net_dev(short, "flannel0"), None);
         let bad = "h\nh\nflannel0: 1 2 3 x 5 6 7 8 9 10 11 12 13 14 15 16\n";
-        assert_eq!(parse_net_dev(bad, "flannel0"), None);
+        for text in [short, bad] {
+            assert!(matches!(
+                parse_net_dev(text, "flannel0"),
+                Err(NetDevError::Malformed(_))
+            ));
+        }
     }
 
     #[test]
     fn reads_this_namespace() {
         // Loopback exists in every namespace.
-        assert!(device_drops("lo").is_some());
+        assert!(device_drops("lo").is_ok());
     }
 
     proptest! {
         #[test]
         fn any_text_is_read_without_panic(text in ".{0,400}", name in "[a-z0-9]{1,15}") {
             let _ = parse_net_dev(&text, &name);
+        }
+
+        #[test]
+        fn any_line_of_the_device_is_read_or_refused(rest in ".{0,200}") {
+            let text = format!("h\nh\nflannel0:{rest}\n");
+            prop_assert!(!matches!(
+                parse_net_dev(&text, "flannel0"),
+                Err(NetDevError::NotListed(_) | NetDevError::Read(_))
+            ));
         }
 
         #[test]
@@ -111,7 +155,7 @@ flannel0: 4167417312  111904    0    7    0     0          0         0 412114270
             let fields: Vec<String> = rx.iter().chain(&tx).map(u64::to_string).collect();
             let text = format!("h\nh\n    lo: {}\n{name}: {}\n", fields.join(" "), fields.join(" "));
             prop_assert_eq!(
-                parse_net_dev(&text, &name),
+                parse_net_dev(&text, &name).ok(),
                 Some(DeviceDrops { rx_dropped: rx[3], tx_dropped: tx[3] })
             );
         }
