@@ -301,3 +301,97 @@ fn lab_measures_ipv6_families() {
         "{stdout}"
     );
 }
+
+#[test]
+fn lab_repetitions_run_round_robin() {
+    if skip("lab_repetitions_run_round_robin") {
+        return;
+    }
+    let _serial = serial();
+    let prefix = format!("lr{}", std::process::id() % 100_000);
+    let json = std::env::temp_dir().join(format!("lab-rr-{prefix}.json"));
+    let out = Command::new(EXE)
+        .args([
+            "lab",
+            "--duration",
+            "0.3",
+            "--pings",
+            "20",
+            "--streams",
+            "1",
+        ])
+        .args([
+            "--backend",
+            "vxlan",
+            "--io",
+            "uring",
+            "--offload",
+            "auto,off",
+        ])
+        .args(["--repeat", "2", "--prefix", &prefix, "--json"])
+        .arg(&json)
+        .output()
+        .expect("lab runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab failed:\n{stdout}\n{stderr}");
+    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+
+    // Every row's first round ran before any row's second.
+    let rows = [
+        "fustian-vxlan/uring ",
+        "fustian-vxlan/uring/off ",
+        "kernel-vxlan ",
+        "kernel-vxlan/off ",
+        "underlay ",
+    ];
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = |row: &str, round: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(&format!("lab: {row}{round}")))
+            .unwrap_or_else(|| panic!("no {row}{round} line:\n{stderr}"))
+    };
+    let last_first = rows.iter().map(|r| at(r, "[1/2]")).max().expect("rows");
+    let first_second = rows.iter().map(|r| at(r, "[2/2]")).min().expect("rows");
+    assert!(last_first < first_second, "not round-robin:\n{stderr}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("json");
+    let _ = std::fs::remove_file(&json);
+    let metrics = report["metrics"].as_array().expect("metrics");
+    for m in metrics {
+        // Two samples each: the kernel's device was programmed again in the second round.
+        assert_eq!(m["samples"].as_array().map(Vec::len), Some(2), "{m}");
+    }
+    // The second round's nodes carried the traffic (not a kernel device left from the first):
+    // their own CPU per byte is that of a fustian node in both rounds.
+    for row in ["fustian-vxlan/uring", "fustian-vxlan/uring/off"] {
+        let m = metrics
+            .iter()
+            .find(|m| m["scenario"] == row && m["name"] == "node ns/B x1")
+            .unwrap_or_else(|| panic!("{row}: no node ns/B x1"));
+        for s in m["samples"].as_array().expect("samples") {
+            let v = s.as_f64().expect("number");
+            assert!(
+                v >= 0.3,
+                "{row}: {v} ns/B: the nodes did not carry the traffic"
+            );
+        }
+    }
+    // Counters add up over the rounds; gauges keep the last round's value.
+    let counters = report["counters"].as_array().expect("counters");
+    let node_a = counters
+        .iter()
+        .find(|c| c[0] == "fustian-vxlan/uring")
+        .map(|c| &c[1][0])
+        .expect("counters of fustian-vxlan/uring");
+    let get = |name: &str| {
+        node_a
+            .as_array()
+            .and_then(|kv| kv.iter().find(|p| p[0] == name))
+            .and_then(|p| p[1].as_u64())
+    };
+    assert_eq!(get("table_peers"), Some(1), "{node_a}");
+    assert!(get("tx_packets").is_some_and(|n| n > 0), "{node_a}");
+}

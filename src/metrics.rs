@@ -47,6 +47,7 @@
 //! segments, whose checksum is neither complete and valid nor the partial pseudo-header sum:
 //! the cut would give corrupted bytes fresh valid checksums).
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -434,6 +435,19 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Returns the names (with the `fustian_` prefix removed) that `text`, in the Prometheus text
+/// format, declares as counters (`# TYPE fustian_NAME counter`); a series `NAME{labels}` is a
+/// counter when `NAME` is.
+pub fn prometheus_counters(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("# TYPE fustian_")?;
+            let (name, kind) = rest.split_once(' ')?;
+            (kind.trim() == "counter").then(|| name.to_owned())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -449,6 +463,20 @@ mod tests {
         assert_eq!(indices.len(), DROP_REASONS);
         assert_eq!(names.len(), DROP_REASONS);
         assert!(indices.iter().all(|&i| i < DROP_REASONS));
+    }
+
+    #[test]
+    fn counters_are_told_from_gauges_by_their_type_lines() {
+        let text = "# TYPE fustian_rx_packets counter\nfustian_rx_packets 3\n\
+                    # TYPE fustian_table_peers gauge\nfustian_table_peers 2\n\
+                    # TYPE fustian_peer_rx_bytes counter\nfustian_peer_rx_bytes{a=\"b\"} 1\n\
+                    # TYPE other_x counter\n# TYPE fustian_odd\n";
+        let names = prometheus_counters(text);
+        let want: HashSet<String> = ["rx_packets", "peer_rx_bytes"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(names, want);
     }
 
     #[test]

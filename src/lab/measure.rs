@@ -19,7 +19,7 @@ pub(super) struct Plan {
     pub(super) amount: Amount,
     /// UDP round trips per repetition.
     pub(super) pings: u32,
-    /// Repetitions of the whole scenario.
+    /// Rounds: each round measures every scenario once, in order.
     pub(super) repeat: u32,
     /// TCP stream counts to run, each in both directions.
     pub(super) streams: Vec<u16>,
@@ -66,88 +66,99 @@ fn nodes_cpu_seconds(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|&p| process_cpu_seconds(p)).sum()
 }
 
-/// Runs one scenario's measurements `plan.repeat` times. `nodes` are the fustian node
-/// processes carrying the traffic (none for the kernel's scenarios): their own CPU time per
-/// transferred byte is recorded as well.
+/// Adds `new`'s samples to `all`: to the metric of the same scenario and name, or as a new
+/// metric at the end (so the first round sets the order).
+pub(super) fn merge(all: &mut Vec<Metric>, new: Vec<Metric>) {
+    for m in new {
+        match all
+            .iter_mut()
+            .find(|a| a.scenario == m.scenario && a.name == m.name)
+        {
+            Some(a) => a.samples.extend(m.samples),
+            None => all.push(m),
+        }
+    }
+}
+
+/// Runs one round (`round` of `plan.repeat`, counted from 0) of one scenario's measurements.
+/// `nodes` are the fustian node processes carrying the traffic (none for the kernel's
+/// scenarios): their own CPU time per transferred byte is recorded as well.
 pub(super) fn measure(
     scenario: &str,
     ns: &[Netns; 2],
     addr: fn(usize, u16) -> SocketAddr,
     plan: &Plan,
+    round: u32,
     nodes: &[u32],
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<Metric>, Error> {
     let mut out: Vec<Metric> = Vec::new();
-    let mut record =
-        |name: String, unit: &'static str, v: f64| match out.iter_mut().find(|m| m.name == name) {
-            Some(m) => m.samples.push(v),
-            None => out.push(Metric {
-                scenario: scenario.to_owned(),
-                name,
-                unit,
-                samples: vec![v],
-            }),
-        };
-    for rep in 0..plan.repeat {
-        for &n in &plan.streams {
-            for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
-                eprintln!(
-                    "lab: {scenario} [{}/{}] TCP x{n} {dir}",
-                    rep + 1,
-                    plan.repeat
-                );
-                let cpu0 = busy_cpu_seconds();
-                let node_cpu0 = nodes_cpu_seconds(nodes);
-                let (bytes, secs) = if plan.iperf3 {
-                    iperf3(&ns[from], &ns[to], addr(to, 5201), n, plan.amount)?
-                } else {
-                    tcp_streams(&ns[from], &ns[to], addr, to, n, plan.amount, stop)?
-                };
-                let cpu = busy_cpu_seconds() - cpu0;
-                let node_cpu = nodes_cpu_seconds(nodes)
-                    .zip(node_cpu0)
-                    .map(|(after, before)| after - before);
-                let gbits = bytes as f64 * 8.0 / 1e9;
-                record(
-                    format!("tcp x{n} {dir}"),
-                    "Gbit/s",
-                    if secs > 0.0 { gbits / secs } else { 0.0 },
-                );
-                if n == plan.streams[0] && from == 0 && gbits > 0.0 {
-                    record(format!("cpu/Gbit x{n}"), "CPU s", cpu / gbits);
-                    if let Some(node_cpu) = node_cpu.filter(|_| !nodes.is_empty()) {
-                        // Both nodes' own threads, per payload byte carried.
-                        record(
-                            format!("node ns/B x{n}"),
-                            "ns/B",
-                            node_cpu * 1e9 / bytes as f64,
-                        );
-                    }
+    let mut record = |name: String, unit: &'static str, v: f64| {
+        out.push(Metric {
+            scenario: scenario.to_owned(),
+            name,
+            unit,
+            samples: vec![v],
+        });
+    };
+    for &n in &plan.streams {
+        for (from, to, dir) in [(0, 1, "a->b"), (1, 0, "b->a")] {
+            eprintln!(
+                "lab: {scenario} [{}/{}] TCP x{n} {dir}",
+                round + 1,
+                plan.repeat
+            );
+            let cpu0 = busy_cpu_seconds();
+            let node_cpu0 = nodes_cpu_seconds(nodes);
+            let (bytes, secs) = if plan.iperf3 {
+                iperf3(&ns[from], &ns[to], addr(to, 5201), n, plan.amount)?
+            } else {
+                tcp_streams(&ns[from], &ns[to], addr, to, n, plan.amount, stop)?
+            };
+            let cpu = busy_cpu_seconds() - cpu0;
+            let node_cpu = nodes_cpu_seconds(nodes)
+                .zip(node_cpu0)
+                .map(|(after, before)| after - before);
+            let gbits = bytes as f64 * 8.0 / 1e9;
+            record(
+                format!("tcp x{n} {dir}"),
+                "Gbit/s",
+                if secs > 0.0 { gbits / secs } else { 0.0 },
+            );
+            if n == plan.streams[0] && from == 0 && gbits > 0.0 {
+                record(format!("cpu/Gbit x{n}"), "CPU s", cpu / gbits);
+                if let Some(node_cpu) = node_cpu.filter(|_| !nodes.is_empty()) {
+                    // Both nodes' own threads, per payload byte carried.
+                    record(
+                        format!("node ns/B x{n}"),
+                        "ns/B",
+                        node_cpu * 1e9 / bytes as f64,
+                    );
                 }
             }
         }
-        eprintln!(
-            "lab: {scenario} [{}/{}] {} UDP round trips",
-            rep + 1,
-            plan.repeat,
-            plan.pings
-        );
-        let lat = udp_ping_pong(&ns[0], &ns[1], addr(1, 7), plan.pings, stop)?;
-        record("rtt p50".into(), "us", lat.p50.as_secs_f64() * 1e6);
-        record("rtt p99".into(), "us", lat.p99.as_secs_f64() * 1e6);
-        eprintln!(
-            "lab: {scenario} [{}/{}] 64-byte UDP flood",
-            rep + 1,
-            plan.repeat
-        );
-        let secs = match plan.amount {
-            Amount::Duration(d) => d,
-            Amount::Bytes(_) => Duration::from_secs(1),
-        };
-        let flood = udp_flood(&ns[0], &ns[1], addr(1, 9), 64, secs, stop)?;
-        record("udp64 rate".into(), "kpps", flood.pps() / 1e3);
-        record("udp64 loss".into(), "%", flood.loss() * 100.0);
     }
+    eprintln!(
+        "lab: {scenario} [{}/{}] {} UDP round trips",
+        round + 1,
+        plan.repeat,
+        plan.pings
+    );
+    let lat = udp_ping_pong(&ns[0], &ns[1], addr(1, 7), plan.pings, stop)?;
+    record("rtt p50".into(), "us", lat.p50.as_secs_f64() * 1e6);
+    record("rtt p99".into(), "us", lat.p99.as_secs_f64() * 1e6);
+    eprintln!(
+        "lab: {scenario} [{}/{}] 64-byte UDP flood",
+        round + 1,
+        plan.repeat
+    );
+    let secs = match plan.amount {
+        Amount::Duration(d) => d,
+        Amount::Bytes(_) => Duration::from_secs(1),
+    };
+    let flood = udp_flood(&ns[0], &ns[1], addr(1, 9), 64, secs, stop)?;
+    record("udp64 rate".into(), "kpps", flood.pps() / 1e3);
+    record("udp64 loss".into(), "%", flood.loss() * 100.0);
     Ok(out)
 }
 

@@ -19,7 +19,9 @@
 //! `measure.rs` runs one scenario's traffic and collects its samples; `report.rs` holds the
 //! result ([`Report`]) and renders it as a table, SVG or JSON. [`netns`] and [`traffic`] are
 //! the building blocks the netns tests use as well. This file parses the lab's options and runs
-//! the scenarios in order.
+//! the rows round-robin: each round sets up every row (fustian nodes, or the kernel's VXLAN
+//! device), measures it once and takes it down, so `--repeat` spreads a slow stretch of a
+//! shared machine over all rows instead of landing it on one row's repetitions.
 
 mod measure;
 pub mod netns;
@@ -34,11 +36,12 @@ pub use self::topology::{
     host_addr, host_addr6, pod_addr, pod_addr6,
 };
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use self::measure::{Plan, measure};
+use self::measure::{Plan, measure, merge};
 use self::traffic::Amount;
 use crate::cli::LabArgs;
 use crate::error::Error;
@@ -141,7 +144,7 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
         }
     }
 
-    let mut topo = Topology::build(&prefix)?;
+    let topo = Topology::build(&prefix)?;
     if stacks
         .iter()
         .any(|s| s.overlay.has_v6() || s.underlay.has_v6())
@@ -154,104 +157,42 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
         }
     }
     eprintln!("lab: namespaces {prefix}a {prefix}b {prefix}pa {prefix}pb");
-    let mut metrics = Vec::new();
-    let mut counters = Vec::new();
-    if scenarios.contains(&"fustian") {
-        for (stack, backend) in stacks
-            .iter()
-            .flat_map(|s| backends.iter().map(move |b| (*s, b)))
-        {
-            for (io, offload) in loops
-                .iter()
-                .flat_map(|io| offloads.iter().map(move |o| (io, o)))
-            {
-                let name = match *offload {
-                    "off" => format!("fustian-{}/{io}/off", backend.name()),
-                    _ => format!("fustian-{}/{io}", backend.name()),
-                };
-                let name = family_name(name, stack);
-                eprintln!("lab: {name}: starting two nodes");
-                let threads = args.threads.map(|n| n.to_string());
-                let busy_poll = args.busy_poll.to_string();
-                let mut extra = vec!["--io", io, "--offload", offload];
-                if let Some(n) = &threads {
-                    extra.extend(["--threads", n.as_str()]);
-                }
-                if args.busy_poll > 0 {
-                    extra.extend(["--busy-poll", busy_poll.as_str()]);
-                }
-                for i in 0..2 {
-                    let node_args = topo.node_args_stack(i, *backend, stack, &extra);
-                    topo.start_node(i, &exe, &node_args)?;
-                }
-                let pids: Vec<u32> = topo.processes.iter().filter_map(|p| p.pid()).collect();
-                let pods = if stack.overlay.has_v6() {
-                    pod_addr6
-                } else {
-                    pod_addr
-                };
-                metrics.extend(measure(&name, &topo.pods, pods, &cfg, &pids, stop)?);
-                // Stop the nodes: their TUN devices and routes go with them.
-                for (i, mut p) in std::mem::take(&mut topo.processes).into_iter().enumerate() {
-                    match p.stop(Duration::from_secs(3)) {
-                        Some(status) if status.success() => {}
-                        other => {
-                            return Err(Error::Lab(format!(
-                                "node {i} ended with {other:?}:\n{}",
-                                p.log()
-                            )));
-                        }
+    let rows = rows(&scenarios, &stacks, &backends, &loops, &offloads);
+    let mut lab = Lab {
+        topo,
+        args,
+        exe,
+        cfg,
+        stop,
+        metrics: Vec::new(),
+        counters: Vec::new(),
+    };
+    // Kernel VXLAN rows whose device could not be programmed: skipped in every later round.
+    let mut no_kernel: Vec<Stack> = Vec::new();
+    // Round-robin: every row once per round, so a slow stretch of a shared machine is spread
+    // over the rows instead of landing on one row's repetitions.
+    for round in 0..lab.cfg.repeat {
+        for row in &rows {
+            match row {
+                Row::Fustian(f) => lab.fustian(round, f)?,
+                Row::Kernel { stack, auto, off } => {
+                    if !no_kernel.contains(stack) && !lab.kernel(round, *stack, *auto, *off)? {
+                        no_kernel.push(*stack);
                     }
                 }
-                let nodes = (0..2)
-                    .map(|i| topo.stats(i).into_iter().filter(|(_, v)| *v != 0).collect())
-                    .collect();
-                counters.push((name, nodes));
+                Row::Underlay(stack) => lab.underlay(round, *stack)?,
             }
         }
     }
-    // The kernel's VXLAN and the bare underlay, for each family measured in one piece.
-    let same: Vec<Stack> = stacks
-        .iter()
-        .copied()
-        .filter(|s| s.overlay == s.underlay)
-        .collect();
-    for stack in &same {
-        let v6 = stack.overlay == Family::V6;
-        if scenarios.contains(&"kernel") {
-            let (device, programmed) = if v6 {
-                let r = (0..2).try_for_each(|i| topo.program_kernel_vxlan6(i, VTEP_MACS6[1 - i]));
-                ("flannel-v6.1", r)
-            } else {
-                (
-                    "flannel.1",
-                    (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)),
-                )
-            };
-            let pods = if v6 { pod_addr6 } else { pod_addr };
-            match programmed {
-                Ok(()) => {
-                    if offloads.contains(&"auto") {
-                        let name = family_name("kernel-vxlan".to_owned(), *stack);
-                        metrics.extend(measure(&name, &topo.pods, pods, &cfg, &[], stop)?);
-                    }
-                    if offloads.contains(&"off") {
-                        // One segment per packet through the VXLAN device: the kernel
-                        // segments before encapsulating, as a device without TSO/GSO would.
-                        for h in &topo.hosts {
-                            h.ip(&["link", "set", device, "gso_max_segs", "1"])?;
-                        }
-                        let name = family_name("kernel-vxlan/off".to_owned(), *stack);
-                        metrics.extend(measure(&name, &topo.pods, pods, &cfg, &[], stop)?);
-                    }
-                }
-                Err(e) => eprintln!("lab: kernel vxlan ({device}) skipped: {e}"),
-            }
-        }
-        if scenarios.contains(&"underlay") {
-            let hosts = if v6 { host_addr6 } else { host_addr };
-            let name = family_name("underlay".to_owned(), *stack);
-            metrics.extend(measure(&name, &topo.hosts, hosts, &cfg, &[], stop)?);
+    let Lab {
+        metrics,
+        mut counters,
+        cfg,
+        ..
+    } = lab;
+    for (_, nodes) in &mut counters {
+        for node in nodes {
+            node.retain(|(_, v)| *v != 0);
         }
     }
     let report = Report {
@@ -267,4 +208,350 @@ pub fn run(args: &LabArgs, stop: &Arc<AtomicBool>) -> Result<Report, Error> {
         report.write_svg(path)?;
     }
     Ok(report)
+}
+
+/// One fustian row: a backend, event loop and offload mode on one stack.
+struct FustianRow<'a> {
+    /// The row's name in the table.
+    name: String,
+    stack: Stack,
+    backend: LabBackend,
+    io: &'a str,
+    offload: &'a str,
+}
+
+/// One row of the table, or the kernel's pair of rows; each round sets it up, measures it
+/// once and takes it down.
+enum Row<'a> {
+    Fustian(FustianRow<'a>),
+    /// The kernel's VXLAN device on `stack`, measured as configured (`auto`) and limited to
+    /// one segment per packet (`off`).
+    Kernel {
+        stack: Stack,
+        auto: bool,
+        off: bool,
+    },
+    /// The bare underlay between the two node namespaces.
+    Underlay(Stack),
+}
+
+/// Lists the rows in the order of a round: fustian for each stack, backend, event loop and
+/// offload mode; then, for each stack whose pods and underlay share a family, the kernel's
+/// VXLAN and the underlay.
+fn rows<'a>(
+    scenarios: &[&str],
+    stacks: &[Stack],
+    backends: &[LabBackend],
+    loops: &[&'a str],
+    offloads: &[&'a str],
+) -> Vec<Row<'a>> {
+    let mut rows = Vec::new();
+    if scenarios.contains(&"fustian") {
+        for &stack in stacks {
+            for &backend in backends {
+                for &io in loops {
+                    for &offload in offloads {
+                        let name = match offload {
+                            "off" => format!("fustian-{}/{io}/off", backend.name()),
+                            _ => format!("fustian-{}/{io}", backend.name()),
+                        };
+                        rows.push(Row::Fustian(FustianRow {
+                            name: family_name(name, stack),
+                            stack,
+                            backend,
+                            io,
+                            offload,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    for &stack in stacks.iter().filter(|s| s.overlay == s.underlay) {
+        if scenarios.contains(&"kernel") {
+            rows.push(Row::Kernel {
+                stack,
+                auto: offloads.contains(&"auto"),
+                off: offloads.contains(&"off"),
+            });
+        }
+        if scenarios.contains(&"underlay") {
+            rows.push(Row::Underlay(stack));
+        }
+    }
+    rows
+}
+
+/// Adds one round's node values to the row's: a counter (it starts at zero with the node) is
+/// summed over the rounds, a gauge (`kinds` says which is which) keeps the last round's value.
+fn add_counters(
+    all: &mut Vec<(String, Vec<NodeCounters>)>,
+    name: &str,
+    nodes: Vec<(NodeCounters, HashSet<String>)>,
+) {
+    let Some((_, totals)) = all.iter_mut().find(|(n, _)| n == name) else {
+        all.push((name.to_owned(), nodes.into_iter().map(|(n, _)| n).collect()));
+        return;
+    };
+    for (total, (node, kinds)) in totals.iter_mut().zip(nodes) {
+        for (key, value) in node {
+            let counter = kinds.contains(key.split('{').next().unwrap_or_default());
+            match total.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) if counter => *v += value,
+                Some((_, v)) => *v = value,
+                None => total.push((key, value)),
+            }
+        }
+    }
+}
+
+/// A running lab: its namespaces, options and what it has measured so far.
+struct Lab<'a> {
+    topo: Topology,
+    args: &'a LabArgs,
+    exe: String,
+    cfg: Plan,
+    stop: &'a Arc<AtomicBool>,
+    metrics: Vec<Metric>,
+    counters: Vec<(String, Vec<NodeCounters>)>,
+}
+
+impl Lab<'_> {
+    /// Starts two fustian nodes for `row`, measures one round, stops them and adds their
+    /// counters.
+    fn fustian(&mut self, round: u32, row: &FustianRow<'_>) -> Result<(), Error> {
+        let name = &row.name;
+        eprintln!("lab: {name}: starting two nodes");
+        let threads = self.args.threads.map(|n| n.to_string());
+        let busy_poll = self.args.busy_poll.to_string();
+        let mut extra = vec!["--io", row.io, "--offload", row.offload];
+        if let Some(n) = &threads {
+            extra.extend(["--threads", n.as_str()]);
+        }
+        if self.args.busy_poll > 0 {
+            extra.extend(["--busy-poll", busy_poll.as_str()]);
+        }
+        for i in 0..2 {
+            let node_args = self.topo.node_args_stack(i, row.backend, row.stack, &extra);
+            self.topo.start_node(i, &self.exe, &node_args)?;
+        }
+        let pids: Vec<u32> = self.topo.processes.iter().filter_map(|p| p.pid()).collect();
+        let pods = if row.stack.overlay.has_v6() {
+            pod_addr6
+        } else {
+            pod_addr
+        };
+        let measured = measure(
+            name,
+            &self.topo.pods,
+            pods,
+            &self.cfg,
+            round,
+            &pids,
+            self.stop,
+        );
+        // Stop the nodes whatever the measurement gave: their TUN devices and routes go with
+        // them.
+        for (i, mut p) in std::mem::take(&mut self.topo.processes)
+            .into_iter()
+            .enumerate()
+        {
+            match p.stop(Duration::from_secs(3)) {
+                Some(status) if status.success() => {}
+                other => {
+                    return Err(Error::Lab(format!(
+                        "node {i} ended with {other:?}:\n{}",
+                        p.log()
+                    )));
+                }
+            }
+        }
+        merge(&mut self.metrics, measured?);
+        let nodes = (0..2)
+            .map(|i| (self.topo.stats(i), self.topo.counter_names(i)))
+            .collect();
+        add_counters(&mut self.counters, name, nodes);
+        Ok(())
+    }
+
+    /// Programs the kernel's VXLAN device on both nodes as flannel does, measures one round
+    /// with it as configured (`auto`) and limited to one segment per packet (`off`), and
+    /// deletes it (its address, neighbours, FDB entries and routes go with it). Returns false,
+    /// having said why, when the device cannot be programmed.
+    fn kernel(&mut self, round: u32, stack: Stack, auto: bool, off: bool) -> Result<bool, Error> {
+        let v6 = stack.overlay == Family::V6;
+        let topo = &self.topo;
+        let (device, programmed) = if v6 {
+            let r = (0..2).try_for_each(|i| topo.program_kernel_vxlan6(i, VTEP_MACS6[1 - i]));
+            ("flannel-v6.1", r)
+        } else {
+            (
+                "flannel.1",
+                (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)),
+            )
+        };
+        let measured = programmed.map_err(|e| (true, e)).and_then(|()| {
+            self.kernel_rows(round, stack, device, auto, off)
+                .map_err(|e| (false, e))
+        });
+        for h in &self.topo.hosts {
+            // Absent when programming failed before creating it.
+            let _ = h.ip(&["link", "del", device]);
+        }
+        match measured {
+            Ok(()) => Ok(true),
+            Err((true, e)) => {
+                eprintln!("lab: kernel vxlan ({device}) skipped: {e}");
+                Ok(false)
+            }
+            Err((false, e)) => Err(e),
+        }
+    }
+
+    /// Measures one round of the kernel's rows through `device`, programmed on both nodes.
+    fn kernel_rows(
+        &mut self,
+        round: u32,
+        stack: Stack,
+        device: &str,
+        auto: bool,
+        off: bool,
+    ) -> Result<(), Error> {
+        let pods = if stack.overlay == Family::V6 {
+            pod_addr6
+        } else {
+            pod_addr
+        };
+        if auto {
+            let name = family_name("kernel-vxlan".to_owned(), stack);
+            let m = measure(
+                &name,
+                &self.topo.pods,
+                pods,
+                &self.cfg,
+                round,
+                &[],
+                self.stop,
+            )?;
+            merge(&mut self.metrics, m);
+        }
+        if off {
+            // One segment per packet through the VXLAN device: the kernel segments before
+            // encapsulating, as a device without TSO/GSO would.
+            for h in &self.topo.hosts {
+                h.ip(&["link", "set", device, "gso_max_segs", "1"])?;
+            }
+            let name = family_name("kernel-vxlan/off".to_owned(), stack);
+            let m = measure(
+                &name,
+                &self.topo.pods,
+                pods,
+                &self.cfg,
+                round,
+                &[],
+                self.stop,
+            )?;
+            merge(&mut self.metrics, m);
+        }
+        Ok(())
+    }
+
+    /// Measures one round of the bare underlay between the two node namespaces.
+    fn underlay(&mut self, round: u32, stack: Stack) -> Result<(), Error> {
+        let hosts = if stack.overlay == Family::V6 {
+            host_addr6
+        } else {
+            host_addr
+        };
+        let name = family_name("underlay".to_owned(), stack);
+        let m = measure(
+            &name,
+            &self.topo.hosts,
+            hosts,
+            &self.cfg,
+            round,
+            &[],
+            self.stop,
+        )?;
+        merge(&mut self.metrics, m);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(values: &[(&str, u64)], counters: &[&str]) -> (NodeCounters, HashSet<String>) {
+        (
+            values.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            counters.iter().map(|k| (*k).to_owned()).collect(),
+        )
+    }
+
+    #[test]
+    fn rounds_sum_counters_and_keep_the_last_gauge() {
+        let mut all = Vec::new();
+        let kinds = ["rx_packets", "peer_rx_bytes"];
+        let round = |rx, peers, bytes| {
+            vec![
+                node(
+                    &[
+                        ("rx_packets", rx),
+                        ("table_peers", peers),
+                        ("peer_rx_bytes{subnet=\"10.244.2.0/24\"}", bytes),
+                    ],
+                    &kinds,
+                ),
+                node(&[("rx_packets", rx + 1)], &kinds),
+            ]
+        };
+        add_counters(&mut all, "row", round(10, 1, 100));
+        add_counters(&mut all, "other", round(5, 5, 5));
+        add_counters(&mut all, "row", round(7, 3, 50));
+        assert_eq!(all.len(), 2);
+        let (name, nodes) = &all[0];
+        assert_eq!(name, "row");
+        let get = |n: usize, k: &str| nodes[n].iter().find(|(key, _)| key == k).map(|(_, v)| *v);
+        assert_eq!(get(0, "rx_packets"), Some(17));
+        assert_eq!(
+            get(0, "table_peers"),
+            Some(3),
+            "a gauge keeps its last value"
+        );
+        assert_eq!(get(0, "peer_rx_bytes{subnet=\"10.244.2.0/24\"}"), Some(150));
+        assert_eq!(get(1, "rx_packets"), Some(19));
+    }
+
+    #[test]
+    fn a_round_lists_fustian_rows_then_kernel_and_underlay_per_stack() {
+        let v4 = Stack::parse("4").expect("stack");
+        let vx = LabBackend::parse("vxlan").expect("backend");
+        let rows = rows(
+            &["underlay", "kernel", "fustian"],
+            &[v4],
+            &[vx],
+            &["uring", "epoll"],
+            &["auto", "off"],
+        );
+        let names: Vec<String> = rows
+            .iter()
+            .map(|r| match r {
+                Row::Fustian(f) => f.name.clone(),
+                Row::Kernel { auto, off, .. } => format!("kernel {auto} {off}"),
+                Row::Underlay(_) => "underlay".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "fustian-vxlan/uring",
+                "fustian-vxlan/uring/off",
+                "fustian-vxlan/epoll",
+                "fustian-vxlan/epoll/off",
+                "kernel true true",
+                "underlay",
+            ]
+        );
+    }
 }

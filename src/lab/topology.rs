@@ -678,6 +678,13 @@ impl Topology {
             .unwrap_or_default()
     }
 
+    /// Returns the names node `i`'s stats file declares as counters (the others are gauges).
+    pub fn counter_names(&self, i: usize) -> std::collections::HashSet<String> {
+        std::fs::read_to_string(self.stats_path(i))
+            .map(|t| crate::metrics::prometheus_counters(&t))
+            .unwrap_or_default()
+    }
+
     /// Returns one counter of node `i` (0 when absent).
     pub fn counter(&self, i: usize, name: &str) -> u64 {
         self.stats(i)
