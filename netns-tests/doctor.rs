@@ -83,6 +83,10 @@ fn assert_healthy(topo: &Topology, when: &str) {
             .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with("peer."))),
         "{when}: no peer was probed: {checks:#?}"
     );
+    assert!(
+        checks.iter().any(|c| c["name"] == "tun.queue"),
+        "{when}: the TUN queue was not checked: {checks:#?}"
+    );
 }
 
 /// Asserts doctor fails, and that check `name` (a prefix) has `outcome` with a detail
@@ -664,4 +668,58 @@ fn doctor_checks_both_halves_of_a_dual_stack_node() {
         &["-6", "route", "add", "fd00:10:244::/56", "dev", "flannel0"],
     );
     assert_healthy(&topo, "after the faults were reverted");
+}
+
+#[test]
+fn doctor_warns_of_drops_at_a_full_tun_queue() {
+    if skip("doctor_warns_of_drops_at_a_full_tun_queue") {
+        return;
+    }
+    let _serial = serial();
+    let topo = start(LabBackend::Udp, &["--io", "uring"]);
+    assert_healthy(&topo, "udp, healthy");
+    // A one-packet queue overflows under a flood from a pod while doctor watches.
+    sh(
+        &topo,
+        0,
+        "ip",
+        &["link", "set", "flannel0", "txqueuelen", "1"],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&stop);
+    let to = fustian::lab::pod_addr(1, 9);
+    let flood = topo.pods[0]
+        .spawn(move || {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                // A full queue drops without telling the sender.
+                let _ = s.send_to(&[7u8; 64], to);
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .expect("enter pod 0");
+    let (passed, checks) = doctor(&topo);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().expect("flood thread").expect("flood");
+    assert!(!passed, "a full queue passed: {checks:#?}");
+    let c = checks
+        .iter()
+        .find(|c| c["name"] == "tun.queue")
+        .unwrap_or_else(|| panic!("no tun.queue check: {checks:#?}"));
+    assert_eq!(c["outcome"], "warn", "{c:#}");
+    let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    assert!(text("detail").contains("1-packet transmit queue"), "{c:#}");
+    assert!(text("fix").contains("--tun-txqueuelen 1000"), "{c:#}");
+    assert!(
+        text("fix").contains("ip link set dev flannel0 txqueuelen 1000"),
+        "{c:#}"
+    );
+    // The flood over and the queue back: the drops are history, reported but not warned of.
+    sh(
+        &topo,
+        0,
+        "ip",
+        &["link", "set", "flannel0", "txqueuelen", "500"],
+    );
+    assert_healthy(&topo, "queue restored");
 }

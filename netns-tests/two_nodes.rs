@@ -208,3 +208,62 @@ fn drops_at_the_tun_device_are_reported() {
         topo.stats(0)
     );
 }
+
+#[test]
+fn a_longer_tun_queue_holds_a_burst() {
+    if skip("a_longer_tun_queue_holds_a_burst") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    start_both(&mut topo, &["--threads", "1", "--tun-txqueuelen", "3000"]);
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            topo.hosts[0].name(),
+            "-j",
+            "link",
+            "show",
+            "dev",
+            "flannel0",
+        ])
+        .output()
+        .expect("ip runs");
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
+    assert_eq!(link[0]["txqlen"], 3000, "{link}");
+    exchange_both_ways_at(&topo, fustian::lab::pod_addr, 1024 * 1024);
+    let listed = wait_for(Duration::from_secs(3), || {
+        topo.stats(0)
+            .iter()
+            .any(|(name, _)| name == "tun_device_tx_dropped")
+    });
+    assert!(listed, "no device counter: {:?}", topo.stats(0));
+    let (read, dropped) = (
+        topo.counter(0, "tun_rx_packets"),
+        topo.counter(0, "tun_device_tx_dropped"),
+    );
+    // The same burst as `drops_at_the_tun_device_are_reported`, into a 3000-packet queue.
+    let pid = topo.processes[0].pid().expect("running");
+    signal(pid, libc::SIGSTOP);
+    const SENT: u64 = 2000;
+    let to = fustian::lab::pod_addr(1, 9);
+    let sent = topo.pods[0].run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..SENT {
+            let _ = s.send_to(&[7u8; 100], to);
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    signal(pid, libc::SIGCONT);
+    sent.expect("enter pod 0").expect("send");
+    let all_read = wait_for(Duration::from_secs(5), || {
+        topo.counter(0, "tun_rx_packets") >= read + SENT
+    });
+    assert!(
+        all_read,
+        "tun_rx_packets {read} -> {}: {:?}",
+        topo.counter(0, "tun_rx_packets"),
+        topo.stats(0)
+    );
+    assert_eq!(topo.counter(0, "tun_device_tx_dropped"), dropped);
+}

@@ -135,6 +135,10 @@ pub struct RunArgs {
     /// TUN MTU [default: underlay MTU - 28 for udp, - 50 for vxlan, over IPv4].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
+    /// The TUN device's transmit queue, in packets (1..=100000) [default: the kernel's, 500];
+    /// a longer one absorbs the bursts a pod sends faster than the workers read.
+    #[arg(long, value_name = "PACKETS")]
+    pub tun_txqueuelen: Option<u32>,
     /// VXLAN network identifier [default: 1].
     #[arg(long, value_name = "VNI")]
     pub vni: Option<u32>,
@@ -274,6 +278,7 @@ impl RunArgs {
             port: self.port,
             tun: self.tun.clone(),
             mtu: self.mtu,
+            tun_txqueuelen: self.tun_txqueuelen,
             vni: self.vni,
             vtep_mac: self.vtep_mac.clone(),
             port_range: self.port_range.clone(),

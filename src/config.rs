@@ -21,6 +21,7 @@
 //! subnet_file = "/run/flannel/subnet.env" # optional
 //! tun = "flannel0"         # optional
 //! mtu = 1472               # optional, default underlay MTU - overhead
+//! tun_txqueuelen = 2000    # optional, default the kernel's (500 for a TUN device)
 //! iface = "eth0"           # optional, default: the interface holding public_ip
 //! ipv6_network = "fd00:10:244::/56"  # optional: dual stack, IPv6 beside an IPv4 network
 //! ipv6_subnet = "fd00:10:244:1::/64" # with ipv6_network: this node's IPv6 subnet
@@ -53,6 +54,8 @@ pub const VTEP_MAC_FILE: &str = "fustian-vtep.mac";
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
 /// Default number of VXLAN source sockets (distinct outer source ports).
 pub const DEFAULT_SOURCE_PORTS: usize = 16;
+/// The longest TUN transmit queue `tun_txqueuelen` takes, in packets.
+pub const MAX_TUN_TXQUEUELEN: u32 = 100_000;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +160,8 @@ pub struct RawNode {
     pub tun: Option<String>,
     /// TUN MTU.
     pub mtu: Option<u32>,
+    /// The TUN device's transmit queue length, in packets.
+    pub tun_txqueuelen: Option<u32>,
     /// VXLAN VNI.
     pub vni: Option<u32>,
     /// This node's VTEP MAC.
@@ -306,6 +311,9 @@ pub struct NodeConfig {
     pub tun: String,
     /// The TUN MTU, when given; otherwise underlay MTU minus the encapsulation overhead.
     pub mtu: Option<u32>,
+    /// The TUN device's transmit queue length (packets the kernel holds for the workers to
+    /// read), when given; otherwise the kernel's.
+    pub tun_txqueuelen: Option<u32>,
     /// The peers.
     pub peers: Vec<Peer>,
     /// The masquerade and forward rules to keep.
@@ -632,6 +640,18 @@ impl NodeConfig {
             }
             Some((m, _)) => Some(m),
         };
+        let tun_txqueuelen = match pick!(tun_txqueuelen, "tun-txqueuelen") {
+            None => None,
+            // The kernel keeps one pointer per slot and queue: 100000 is 800 KB per queue.
+            Some((n, o)) if !(1..=MAX_TUN_TXQUEUELEN).contains(&n) => {
+                return Err(invalid(
+                    o,
+                    &n.to_string(),
+                    format!("must be 1..={MAX_TUN_TXQUEUELEN} packets"),
+                ));
+            }
+            Some((n, _)) => Some(n),
+        };
 
         let ip_masq = pick!(ip_masq, "ip-masq").is_some_and(|(v, _)| v);
         let traffic = TrafficConfig {
@@ -719,6 +739,7 @@ impl NodeConfig {
             port,
             tun,
             mtu,
+            tun_txqueuelen,
             peers,
             traffic,
         })

@@ -257,7 +257,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let intent = fustian::doctor::intent(args.addr)?;
-            let mut report = fustian::doctor::run(&intent, &opts);
+            let again = || {
+                fustian::doctor::intent(args.addr)
+                    .ok()
+                    .and_then(|i| i.tun_queue)
+            };
+            let mut report = fustian::doctor::run(&intent, &opts, again);
             if let Some(endpoints) = &args.etcd_endpoints {
                 report
                     .checks

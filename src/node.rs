@@ -350,6 +350,10 @@ impl Device {
             nl.add_address(index, tun_addr, host_len)
                 .map_err(|e| netlink_err(format!("add address {tun_addr}/{host_len}"), e))?;
         }
+        if let Some(packets) = config.tun_txqueuelen {
+            nl.set_txqueuelen(index, packets)
+                .map_err(|e| netlink_err(format!("set txqueuelen {packets}"), e))?;
+        }
         nl.set_mtu_up(index, mtu)
             .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
         for network in config.networks() {

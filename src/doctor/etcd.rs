@@ -374,6 +374,7 @@ mod tests {
                 endpoint: "192.0.2.2:8285".parse().unwrap(),
                 vtep_mac: None,
             }],
+            tun_queue: None,
         }
     }
 

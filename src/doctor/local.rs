@@ -1,4 +1,5 @@
-//! The node's own kernel state: the TUN device (exists, up, address, MTU), the overlay route,
+//! The node's own kernel state: the TUN device (exists, up, address, MTU, drops at its
+//! transmit queue), the overlay route,
 //! the subnet file, `ip_forward`, `rp_filter`, and kernel VXLAN devices on the node's port.
 //!
 //! Reads `ip -j` output (iproute2's JSON) and `/proc/sys`; the parsers are pure and tested on
@@ -115,6 +116,91 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
     ));
     vxlan_check(intent, &mut out);
     out
+}
+
+/// The share of the packets sent into the TUN device that its transmit queue may drop while
+/// doctor watches before the check warns: 1 in 1000.
+const QUEUE_DROP_WARN: f64 = 1e-3;
+
+/// The TUN device's transmit queue between two readings of the node's counters, `before`
+/// and `after`, each `(read, dropped)`: packets the workers read from the device, and
+/// packets the device dropped because its queue (`txqlen` packets) was full, pods sending
+/// faster than the workers read. Warns when more than [`QUEUE_DROP_WARN`] of the packets sent
+/// into the device in that window were dropped (a burst fills any queue: the fix is a longer
+/// one); a drop long ago, counted since the node started, is only reported. `after` is `None`
+/// when the node could not be read again; a count that went back means the node restarted,
+/// and the window starts with it.
+pub fn tun_queue_check(
+    tun: &str,
+    txqlen: Option<u32>,
+    before: (u64, u64),
+    after: Option<(u64, u64)>,
+) -> Check {
+    let Some(after) = after else {
+        return Check::warn(
+            "tun.queue",
+            format!("{tun}: the node's counters could not be read a second time"),
+            None,
+        );
+    };
+    let (read, dropped) = if after.0 < before.0 || after.1 < before.1 {
+        after
+    } else {
+        (after.0 - before.0, after.1 - before.1)
+    };
+    let queue = txqlen.map_or_else(
+        || "its transmit queue".to_owned(),
+        |q| format!("its {q}-packet transmit queue"),
+    );
+    let sent = read.saturating_add(dropped);
+    #[allow(clippy::cast_precision_loss)] // a share, to 0.1 %
+    let share = if sent == 0 {
+        0.0
+    } else {
+        dropped as f64 / sent as f64
+    };
+    let detail = format!(
+        "{tun} dropped {dropped} of {sent} packets at {queue} while doctor ran ({} since the \
+         node started)",
+        after.1
+    );
+    if share <= QUEUE_DROP_WARN {
+        return Check::ok("tun.queue", detail);
+    }
+    let longer = txqlen
+        .unwrap_or(500)
+        .saturating_mul(4)
+        .clamp(1000, crate::config::MAX_TUN_TXQUEUELEN);
+    Check::warn(
+        "tun.queue",
+        format!(
+            "{detail}: {:.1} %, pods send faster than the workers read",
+            share * 100.0
+        ),
+        Some(format!(
+            "fustian run --tun-txqueuelen {longer} (or now: ip link set dev {tun} txqueuelen \
+             {longer})"
+        )),
+    )
+}
+
+/// Reads the TUN device's queue length and checks its drops between `before` and the node's
+/// counters read again by `again` (see [`tun_queue_check`]).
+pub fn tun_queue(
+    tun: &str,
+    before: (u64, u64),
+    again: impl FnOnce() -> Option<(u64, u64)>,
+) -> Check {
+    let after = again();
+    let txqlen = ip_json(&["-j", "link", "show", "dev", tun])
+        .ok()
+        .and_then(|v| parse_link_txqlen(&v));
+    tun_queue_check(tun, txqlen, before, after)
+}
+
+/// Returns the `txqlen` of `ip -j link show dev X` output.
+fn parse_link_txqlen(v: &Value) -> Option<u32> {
+    u32::try_from(v.as_array()?.first()?["txqlen"].as_u64()?).ok()
 }
 
 /// Whether `net` is routed into `tun`.
@@ -409,12 +495,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::doctor::Outcome;
 
     #[test]
     fn link_from_ip_json() {
         let v: Value = serde_json::from_str(
             r#"[{"ifindex":5,"ifname":"flannel0","flags":["POINTOPOINT","NOARP","UP","LOWER_UP"],
-            "mtu":1472,"operstate":"UNKNOWN","addr_info":[{"family":"inet","local":"10.244.1.0",
+            "mtu":1472,"operstate":"UNKNOWN","txqlen":500,"addr_info":[{"family":"inet","local":"10.244.1.0",
             "prefixlen":32,"scope":"global"}]}]"#,
         )
         .unwrap();
@@ -422,9 +509,44 @@ mod tests {
         assert!(l.up);
         assert_eq!(l.mtu, 1472);
         assert_eq!(l.addrs, vec![("10.244.1.0".parse().unwrap(), 32)]);
+        assert_eq!(parse_link_txqlen(&v), Some(500));
         assert_eq!(parse_link(&serde_json::json!([])), None);
         let down = serde_json::json!([{"flags": ["POINTOPOINT"], "mtu": 1400}]);
         assert!(!parse_link(&down).unwrap().up);
+        assert_eq!(parse_link_txqlen(&down), None);
+    }
+
+    #[test]
+    fn tun_queue_drops_while_doctor_watches_warn_above_one_in_a_thousand() {
+        let q = |txqlen, before, after| tun_queue_check("flannel0", txqlen, before, after);
+        let c = q(Some(500), (0, 0), Some((0, 0)));
+        assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
+        // Drops before doctor looked are reported, not warned of.
+        let c = q(Some(500), (100, 7000), Some((1100, 7000)));
+        assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
+        assert!(c.detail.contains("dropped 0 of 1000"), "{c:?}");
+        assert!(c.detail.contains("7000 since the node started"), "{c:?}");
+        let c = q(Some(500), (0, 0), Some((999_000, 1000)));
+        assert_eq!(c.outcome, Outcome::Ok, "1 in 1000 is the limit: {c:?}");
+        let c = q(Some(500), (1, 1), Some((999_000, 1002)));
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        assert!(c.detail.contains("500-packet transmit queue"), "{c:?}");
+        let fix = c.fix.expect("a fix");
+        assert!(fix.contains("--tun-txqueuelen 2000"), "{fix}");
+        assert!(
+            fix.contains("ip link set dev flannel0 txqueuelen 2000"),
+            "{fix}"
+        );
+        // A restarted node (counts went back): its counts are the window.
+        let c = q(Some(500), (5000, 10), Some((10, 5)));
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        // No second reading: cannot be checked.
+        assert_eq!(q(Some(500), (0, 0), None).outcome, Outcome::Warn);
+        // A queue the kernel did not list, and the largest queue: the fix stays in range.
+        let c = q(None, (0, 0), Some((0, 5)));
+        assert!(c.fix.expect("a fix").contains("--tun-txqueuelen 2000"));
+        let c = q(Some(90_000), (0, 0), Some((10, u64::MAX)));
+        assert!(c.fix.expect("a fix").contains("--tun-txqueuelen 100000"));
     }
 
     #[test]

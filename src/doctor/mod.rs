@@ -184,6 +184,10 @@ pub struct Intent {
     pub subnet_file: Option<PathBuf>,
     /// The table's peers.
     pub peers: Vec<PeerIntent>,
+    /// The node's counts of packets it read from its TUN device and of those the device
+    /// dropped at its transmit queue before a worker read them (`tun_rx_packets`,
+    /// `tun_device_tx_dropped`), when `/status` has both.
+    pub tun_queue: Option<(u64, u64)>,
 }
 
 /// Why the intended state could not be learnt.
@@ -269,6 +273,9 @@ impl Intent {
             vtep_mac: mac(&v["vtep_mac"]),
             subnet_file: v["subnet_file"].as_str().map(PathBuf::from),
             peers,
+            tun_queue: v["counters"]["tun_rx_packets"]
+                .as_u64()
+                .zip(v["counters"]["tun_device_tx_dropped"].as_u64()),
         })
     }
 
@@ -330,14 +337,31 @@ pub fn intent(addr: SocketAddr) -> Result<Intent, DoctorError> {
     Intent::from_status(&v)
 }
 
-/// Runs the local, firewall and peer checks for `intent`.
-pub fn run(intent: &Intent, opts: &ProbeOptions) -> Report {
+/// Runs the local, firewall and peer checks for `intent`; then, when the node reports its TUN
+/// queue counters, checks the drops at that queue between `intent`'s reading and `again`'s,
+/// taken at least [`QUEUE_WINDOW`] later.
+pub fn run(
+    intent: &Intent,
+    opts: &ProbeOptions,
+    again: impl FnOnce() -> Option<(u64, u64)>,
+) -> Report {
+    let started = std::time::Instant::now();
     let mut report = Report::default();
     report.checks.extend(local::checks(intent));
     report.checks.extend(firewall::checks(intent));
     report.checks.extend(probe::checks(intent, opts));
+    if let Some(before) = intent.tun_queue {
+        // Drops at the TUN queue while doctor watched, at least QUEUE_WINDOW long.
+        std::thread::sleep(QUEUE_WINDOW.saturating_sub(started.elapsed()));
+        report
+            .checks
+            .push(local::tun_queue(&intent.tun, before, again));
+    }
     report
 }
+
+/// The shortest time between doctor's two readings of the node's TUN queue counters.
+pub const QUEUE_WINDOW: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

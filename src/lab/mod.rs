@@ -390,22 +390,22 @@ impl Lab<'_> {
                 (0..2).try_for_each(|i| topo.program_kernel_vxlan(i)),
             )
         };
-        let measured = programmed.map_err(|e| (true, e)).and_then(|()| {
-            self.kernel_rows(round, stack, device, auto, off)
-                .map_err(|e| (false, e))
-        });
-        for h in &self.topo.hosts {
-            // Absent when programming failed before creating it.
-            let _ = h.ip(&["link", "del", device]);
-        }
-        match measured {
-            Ok(()) => Ok(true),
-            Err((true, e)) => {
+        let measured = match programmed {
+            Ok(()) => Some(self.kernel_rows(round, stack, device, auto, off)),
+            Err(e) => {
                 eprintln!("lab: kernel vxlan ({device}) skipped: {e}");
-                Ok(false)
+                None
             }
-            Err((false, e)) => Err(e),
+        };
+        for h in &self.topo.hosts {
+            let deleted = h.ip(&["link", "del", device]);
+            // Absent when programming failed before creating it; once measured, a device left
+            // behind would hold the VXLAN port and carry the next rounds' traffic.
+            if let (Err(e), Some(Ok(()))) = (deleted, &measured) {
+                return Err(e);
+            }
         }
+        measured.transpose().map(|m| m.is_some())
     }
 
     /// Measures one round of the kernel's rows through `device`, programmed on both nodes.

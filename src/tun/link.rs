@@ -120,6 +120,19 @@ impl Netlink {
             .map(drop)
     }
 
+    /// Sets the transmit queue length of link `index`, in packets.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn set_txqueuelen(&mut self, index: u32, packets: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::TxQueueLen(packets));
+        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+            .map(drop)
+    }
+
     /// Adds (or replaces) `addr/prefix_len` on link `index`.
     ///
     /// # Errors
