@@ -305,6 +305,28 @@ fn add_counters(
     }
 }
 
+/// Deletes link `device` in `ns` and waits until it is gone (its sockets, such as a VXLAN
+/// device's UDP port, go with it), asking again while it is still listed, for up to 5 s.
+///
+/// # Errors
+///
+/// [`Error::Lab`] with the last refusal when the link is still there.
+fn delete_link(ns: &netns::Netns, device: &str) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = ns.ip(&["link", "del", device]).err();
+        if ns.ip(&["link", "show", "dev", device]).is_err() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(refused.unwrap_or_else(|| {
+                Error::Lab(format!("{device} in {} outlived its deletion", ns.name()))
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A running lab: its namespaces, options and what it has measured so far.
 struct Lab<'a> {
     topo: Topology,
@@ -398,7 +420,7 @@ impl Lab<'_> {
             }
         };
         for h in &self.topo.hosts {
-            let deleted = h.ip(&["link", "del", device]);
+            let deleted = delete_link(h, device);
             // Absent when programming failed before creating it; once measured, a device left
             // behind would hold the VXLAN port and carry the next rounds' traffic.
             if let (Err(e), Some(Ok(()))) = (deleted, &measured) {
