@@ -685,8 +685,17 @@ fn doctor_warns_of_drops_at_a_full_tun_queue() {
         "ip",
         &["link", "set", "flannel0", "txqueuelen", "1"],
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = std::sync::Arc::clone(&stop);
+    /// Ends the flood when dropped, also when an assertion panics first.
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stop = Stop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        false,
+    )));
+    let flag = std::sync::Arc::clone(&stop.0);
     let to = fustian::lab::pod_addr(1, 9);
     let flood = topo.pods[0]
         .spawn(move || {
@@ -699,7 +708,7 @@ fn doctor_warns_of_drops_at_a_full_tun_queue() {
         })
         .expect("enter pod 0");
     let (passed, checks) = doctor(&topo);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
     flood.join().expect("flood thread").expect("flood");
     assert!(!passed, "a full queue passed: {checks:#?}");
     let c = checks

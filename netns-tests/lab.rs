@@ -379,7 +379,7 @@ fn lab_repetitions_run_round_robin() {
             );
         }
     }
-    // Counters add up over the rounds; gauges keep the last round's value.
+    // Gauges keep the last round's value (that counters add up is a unit test of the lab).
     let counters = report["counters"].as_array().expect("counters");
     let node_a = counters
         .iter()

@@ -182,20 +182,7 @@ fn drops_at_the_tun_device_are_reported() {
     });
     assert!(listed, "no device counter: {:?}", topo.stats(0));
     let before = topo.counter(0, "tun_device_tx_dropped");
-    let pid = topo.processes[0].pid().expect("running");
-    signal(pid, libc::SIGSTOP);
-    const SENT: u64 = 2000;
-    let to = fustian::lab::pod_addr(1, 9);
-    let sent = topo.pods[0].run(move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        for _ in 0..SENT {
-            // A full queue drops without telling the sender.
-            let _ = s.send_to(&[7u8; 100], to);
-        }
-        Ok::<_, std::io::Error>(())
-    });
-    signal(pid, libc::SIGCONT);
-    sent.expect("enter pod 0").expect("send");
+    burst_into_a_stopped_node(&topo);
     // The device's queue holds 500 packets; the rest were dropped.
     let counted = wait_for(Duration::from_secs(5), || {
         topo.counter(0, "tun_device_tx_dropped") >= before + SENT - 600
@@ -243,19 +230,7 @@ fn a_longer_tun_queue_holds_a_burst() {
         topo.counter(0, "tun_device_tx_dropped"),
     );
     // The same burst as `drops_at_the_tun_device_are_reported`, into a 3000-packet queue.
-    let pid = topo.processes[0].pid().expect("running");
-    signal(pid, libc::SIGSTOP);
-    const SENT: u64 = 2000;
-    let to = fustian::lab::pod_addr(1, 9);
-    let sent = topo.pods[0].run(move || {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        for _ in 0..SENT {
-            let _ = s.send_to(&[7u8; 100], to);
-        }
-        Ok::<_, std::io::Error>(())
-    });
-    signal(pid, libc::SIGCONT);
-    sent.expect("enter pod 0").expect("send");
+    burst_into_a_stopped_node(&topo);
     let all_read = wait_for(Duration::from_secs(5), || {
         topo.counter(0, "tun_rx_packets") >= read + SENT
     });
@@ -265,5 +240,32 @@ fn a_longer_tun_queue_holds_a_burst() {
         topo.counter(0, "tun_rx_packets"),
         topo.stats(0)
     );
-    assert_eq!(topo.counter(0, "tun_device_tx_dropped"), dropped);
+    // A 500-packet queue loses 1400 or more of the burst; the baseline may miss a few drops
+    // of the exchange that the stats file had not shown yet.
+    let now = topo.counter(0, "tun_device_tx_dropped");
+    assert!(
+        now < dropped + 100,
+        "tun_device_tx_dropped {dropped} -> {now}"
+    );
+}
+
+/// Datagrams sent from pod 0 in one burst while node 0 is stopped (`SIGSTOP`).
+const SENT: u64 = 2000;
+
+/// Stops node 0, sends [`SENT`] datagrams from pod 0 to pod 1 into its TUN queue, and lets
+/// the node run again.
+fn burst_into_a_stopped_node(topo: &fustian::lab::Topology) {
+    let pid = topo.processes[0].pid().expect("running");
+    signal(pid, libc::SIGSTOP);
+    let to = fustian::lab::pod_addr(1, 9);
+    let sent = topo.pods[0].run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..SENT {
+            // A full queue drops without telling the sender.
+            let _ = s.send_to(&[7u8; 100], to);
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    signal(pid, libc::SIGCONT);
+    sent.expect("enter pod 0").expect("send");
 }

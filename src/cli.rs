@@ -135,7 +135,7 @@ pub struct RunArgs {
     /// TUN MTU [default: underlay MTU - 28 for udp, - 50 for vxlan, over IPv4].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
-    /// The TUN device's transmit queue, in packets (1..=100000) [default: the kernel's, 500];
+    /// The TUN device's transmit queue, in packets (1..=10000) [default: the kernel's, 500];
     /// a longer one absorbs the bursts a pod sends faster than the workers read.
     #[arg(long, value_name = "PACKETS")]
     pub tun_txqueuelen: Option<u32>,
@@ -935,7 +935,8 @@ pub struct LabArgs {
     /// Round trips in the ping-pong latency test.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub pings: u32,
-    /// Repetitions of every measurement; the table shows the median (and min-max).
+    /// Rounds: each measures every row once, round-robin; the table shows the median (and
+    /// min-max).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub repeat: u32,
     /// Event loops to measure fustian with, comma separated: auto, uring, epoll.

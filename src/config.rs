@@ -54,8 +54,10 @@ pub const VTEP_MAC_FILE: &str = "fustian-vtep.mac";
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
 /// Default number of VXLAN source sockets (distinct outer source ports).
 pub const DEFAULT_SOURCE_PORTS: usize = 16;
-/// The longest TUN transmit queue `tun_txqueuelen` takes, in packets.
-pub const MAX_TUN_TXQUEUELEN: u32 = 100_000;
+/// The longest TUN transmit queue `tun_txqueuelen` takes, in packets. The TUN driver detaches
+/// a queued packet from its sender's socket, so the queue, not the pod's socket buffer, bounds
+/// its memory: up to 64 KiB a packet with offloads, about 650 MiB per worker queue here.
+pub const MAX_TUN_TXQUEUELEN: u32 = 10_000;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -642,7 +644,6 @@ impl NodeConfig {
         };
         let tun_txqueuelen = match pick!(tun_txqueuelen, "tun-txqueuelen") {
             None => None,
-            // The kernel keeps one pointer per slot and queue: 100000 is 800 KB per queue.
             Some((n, o)) if !(1..=MAX_TUN_TXQUEUELEN).contains(&n) => {
                 return Err(invalid(
                     o,
@@ -1350,6 +1351,52 @@ mod traffic_tests {
         let file = RawNode::from_toml(path, "ip_masq = true\niptables_resync = 2\n").expect("ok");
         assert_eq!(file.ip_masq, Some(true));
         assert_eq!(file.iptables_resync, Some(2));
+    }
+
+    #[test]
+    fn the_tun_queue_length_is_bounded_and_named() {
+        let base = || RawNode {
+            network: Some("10.244.0.0/16".into()),
+            subnet: Some("10.244.1.0/24".into()),
+            public_ip: Some("192.0.2.1".into()),
+            ..RawNode::default()
+        };
+        let c = NodeConfig::resolve(&base(), None).expect("valid");
+        assert_eq!(c.tun_txqueuelen, None, "the kernel's by default");
+        for n in [1, 2000, MAX_TUN_TXQUEUELEN] {
+            let raw = RawNode {
+                tun_txqueuelen: Some(n),
+                ..base()
+            };
+            let c = NodeConfig::resolve(&raw, None).expect("in range");
+            assert_eq!(c.tun_txqueuelen, Some(n));
+        }
+        for n in [0, MAX_TUN_TXQUEUELEN + 1, u32::MAX] {
+            let raw = RawNode {
+                tun_txqueuelen: Some(n),
+                ..base()
+            };
+            let e = NodeConfig::resolve(&raw, None).expect_err("out of range");
+            assert!(
+                e.to_string().contains(&format!(
+                    "invalid --tun-txqueuelen `{n}`: must be 1..=10000"
+                )),
+                "{e}"
+            );
+        }
+        // From the file, named by its field; a flag wins over it.
+        let path = Path::new("node.toml");
+        let file = RawNode::from_toml(path, "tun_txqueuelen = 0\n").expect("parses");
+        let e = NodeConfig::resolve(&base(), Some((path, &file))).expect_err("zero");
+        assert!(e.to_string().contains("node.toml: tun_txqueuelen"), "{e}");
+        let flag = RawNode {
+            tun_txqueuelen: Some(3000),
+            ..base()
+        };
+        let c = NodeConfig::resolve(&flag, Some((path, &file))).expect("the flag wins");
+        assert_eq!(c.tun_txqueuelen, Some(3000));
+        assert!(RawNode::from_toml(path, "tun_txqueuelen = -1\n").is_err());
+        assert!(RawNode::from_toml(path, "tun_txqueuelen = \"big\"\n").is_err());
     }
 }
 

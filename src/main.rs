@@ -259,8 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let intent = fustian::doctor::intent(args.addr)?;
             let again = || {
                 fustian::doctor::intent(args.addr)
-                    .ok()
-                    .and_then(|i| i.tun_queue)
+                    .map_err(|e| e.to_string())?
+                    .tun_queue
+                    .ok_or_else(|| "its /status no longer has the TUN queue counters".to_owned())
             };
             let mut report = fustian::doctor::run(&intent, &opts, again);
             if let Some(endpoints) = &args.etcd_endpoints {

@@ -1038,5 +1038,13 @@ mod tests {
                 "{name} {value}"
             );
         }
+        // The lab sums counters over rounds and keeps gauges: the text says which is which.
+        let counters = crate::metrics::prometheus_counters(&text);
+        for name in ["tx_packets", "tun_device_tx_dropped", "peer_tx_bytes"] {
+            assert!(counters.contains(name), "{name}: {counters:?}");
+        }
+        for name in ["table_peers", "table_generation", "info"] {
+            assert!(!counters.contains(name), "{name}: {counters:?}");
+        }
     }
 }

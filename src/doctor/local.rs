@@ -127,21 +127,24 @@ const QUEUE_DROP_WARN: f64 = 1e-3;
 /// packets the device dropped because its queue (`txqlen` packets) was full, pods sending
 /// faster than the workers read. Warns when more than [`QUEUE_DROP_WARN`] of the packets sent
 /// into the device in that window were dropped (a burst fills any queue: the fix is a longer
-/// one); a drop long ago, counted since the node started, is only reported. `after` is `None`
+/// one); a drop long ago, counted since the node started, is only reported. `after` is why
 /// when the node could not be read again; a count that went back means the node restarted,
 /// and the window starts with it.
 pub fn tun_queue_check(
     tun: &str,
     txqlen: Option<u32>,
     before: (u64, u64),
-    after: Option<(u64, u64)>,
+    after: Result<(u64, u64), String>,
 ) -> Check {
-    let Some(after) = after else {
-        return Check::warn(
-            "tun.queue",
-            format!("{tun}: the node's counters could not be read a second time"),
-            None,
-        );
+    let after = match after {
+        Ok(after) => after,
+        Err(why) => {
+            return Check::warn(
+                "tun.queue",
+                format!("{tun}: the node's counters could not be read a second time: {why}"),
+                None,
+            );
+        }
     };
     let (read, dropped) = if after.0 < before.0 || after.1 < before.1 {
         after
@@ -167,20 +170,27 @@ pub fn tun_queue_check(
     if share <= QUEUE_DROP_WARN {
         return Check::ok("tun.queue", detail);
     }
-    let longer = txqlen
-        .unwrap_or(500)
-        .saturating_mul(4)
-        .clamp(1000, crate::config::MAX_TUN_TXQUEUELEN);
+    let max = crate::config::MAX_TUN_TXQUEUELEN;
+    let fix = match txqlen {
+        Some(q) if q >= max => format!(
+            "the queue is at fustian's limit ({max}): more workers read faster (fustian run \
+             --threads N, one per CPU by default)"
+        ),
+        q => {
+            let longer = q.unwrap_or(500).saturating_mul(4).clamp(1000, max);
+            format!(
+                "fustian run --tun-txqueuelen {longer} (or now: ip link set dev {tun} \
+                 txqueuelen {longer})"
+            )
+        }
+    };
     Check::warn(
         "tun.queue",
         format!(
             "{detail}: {:.1} %, pods send faster than the workers read",
             share * 100.0
         ),
-        Some(format!(
-            "fustian run --tun-txqueuelen {longer} (or now: ip link set dev {tun} txqueuelen \
-             {longer})"
-        )),
+        Some(fix),
     )
 }
 
@@ -189,7 +199,7 @@ pub fn tun_queue_check(
 pub fn tun_queue(
     tun: &str,
     before: (u64, u64),
-    again: impl FnOnce() -> Option<(u64, u64)>,
+    again: impl FnOnce() -> Result<(u64, u64), String>,
 ) -> Check {
     let after = again();
     let txqlen = ip_json(&["-j", "link", "show", "dev", tun])
@@ -518,7 +528,14 @@ mod tests {
 
     #[test]
     fn tun_queue_drops_while_doctor_watches_warn_above_one_in_a_thousand() {
-        let q = |txqlen, before, after| tun_queue_check("flannel0", txqlen, before, after);
+        let q = |txqlen, before, after: Option<(u64, u64)>| {
+            tun_queue_check(
+                "flannel0",
+                txqlen,
+                before,
+                after.ok_or_else(|| "gone".into()),
+            )
+        };
         let c = q(Some(500), (0, 0), Some((0, 0)));
         assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
         // Drops before doctor looked are reported, not warned of.
@@ -540,13 +557,22 @@ mod tests {
         // A restarted node (counts went back): its counts are the window.
         let c = q(Some(500), (5000, 10), Some((10, 5)));
         assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
-        // No second reading: cannot be checked.
-        assert_eq!(q(Some(500), (0, 0), None).outcome, Outcome::Warn);
+        // No second reading: cannot be checked, and says why.
+        let c = q(Some(500), (0, 0), None);
+        assert_eq!(c.outcome, Outcome::Warn);
+        assert!(c.detail.contains("gone"), "{c:?}");
         // A queue the kernel did not list, and the largest queue: the fix stays in range.
         let c = q(None, (0, 0), Some((0, 5)));
         assert!(c.fix.expect("a fix").contains("--tun-txqueuelen 2000"));
-        let c = q(Some(90_000), (0, 0), Some((10, u64::MAX)));
-        assert!(c.fix.expect("a fix").contains("--tun-txqueuelen 100000"));
+        let c = q(Some(9_000), (0, 0), Some((10, u64::MAX)));
+        assert!(c.fix.expect("a fix").contains("--tun-txqueuelen 10000"));
+        // At the limit, a longer queue is no fix.
+        let c = q(Some(10_000), (0, 0), Some((10, 10)));
+        let fix = c.fix.expect("a fix");
+        assert!(
+            fix.contains("at fustian's limit") && fix.contains("--threads"),
+            "{fix}"
+        );
     }
 
     #[test]

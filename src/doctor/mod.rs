@@ -343,7 +343,7 @@ pub fn intent(addr: SocketAddr) -> Result<Intent, DoctorError> {
 pub fn run(
     intent: &Intent,
     opts: &ProbeOptions,
-    again: impl FnOnce() -> Option<(u64, u64)>,
+    again: impl FnOnce() -> Result<(u64, u64), String>,
 ) -> Report {
     let started = std::time::Instant::now();
     let mut report = Report::default();
@@ -398,6 +398,14 @@ mod tests {
         assert_eq!(i.backend, Backend::Vxlan { vni: 1 });
         assert_eq!(i.vtep_mac, Some([2, 0x66, 0x75, 0, 0, 1]));
         assert!(Intent::from_status(&serde_json::json!([1])).is_err());
+        // The TUN queue counters, only when both are there.
+        assert_eq!(i.tun_queue, None);
+        v["counters"] = serde_json::json!({"tun_rx_packets": 10, "tun_device_tx_dropped": 2});
+        assert_eq!(Intent::from_status(&v).unwrap().tun_queue, Some((10, 2)));
+        v["counters"] = serde_json::json!({"tun_rx_packets": 10});
+        assert_eq!(Intent::from_status(&v).unwrap().tun_queue, None);
+        v["counters"] = serde_json::json!({"tun_rx_packets": 10, "tun_device_tx_dropped": "x"});
+        assert_eq!(Intent::from_status(&v).unwrap().tun_queue, None);
     }
 
     #[test]

@@ -358,37 +358,38 @@ impl Lab<'_> {
             self.topo.start_node(i, &self.exe, &node_args)?;
         }
         let pids: Vec<u32> = self.topo.processes.iter().filter_map(|p| p.pid()).collect();
-        let pods = if row.stack.overlay.has_v6() {
-            pod_addr6
-        } else {
-            pod_addr
-        };
         let measured = measure(
             name,
             &self.topo.pods,
-            pods,
+            pods_of(row.stack),
             &self.cfg,
             round,
             &pids,
             self.stop,
         );
         // Stop the nodes whatever the measurement gave: their TUN devices and routes go with
-        // them.
+        // them. A failed measurement is the error to report; a node that then ended badly is
+        // said beside it.
+        let mut ended = Ok(());
         for (i, mut p) in std::mem::take(&mut self.topo.processes)
             .into_iter()
             .enumerate()
         {
             match p.stop(Duration::from_secs(3)) {
                 Some(status) if status.success() => {}
-                other => {
-                    return Err(Error::Lab(format!(
-                        "node {i} ended with {other:?}:\n{}",
-                        p.log()
-                    )));
+                other if ended.is_ok() => {
+                    ended = Err(format!("node {i} ended with {other:?}:\n{}", p.log()));
                 }
+                _ => {}
             }
         }
-        merge(&mut self.metrics, measured?);
+        let measured = match (measured, ended) {
+            (Ok(m), Ok(())) => m,
+            (Ok(_), Err(node)) => return Err(Error::Lab(node)),
+            (Err(e), Ok(())) => return Err(e),
+            (Err(e), Err(node)) => return Err(Error::Lab(format!("{e}; then {node}"))),
+        };
+        merge(&mut self.metrics, measured);
         let nodes = (0..2)
             .map(|i| (self.topo.stats(i), self.topo.counter_names(i)))
             .collect();
@@ -419,14 +420,15 @@ impl Lab<'_> {
                 None
             }
         };
-        for h in &self.topo.hosts {
-            let deleted = delete_link(h, device);
-            // Absent when programming failed before creating it; once measured, a device left
-            // behind would hold the VXLAN port and carry the next rounds' traffic.
-            if let (Err(e), Some(Ok(()))) = (deleted, &measured) {
-                return Err(e);
-            }
-        }
+        // Absent when programming failed before creating it; a device left behind would hold
+        // the VXLAN port and carry the next rounds' traffic, so its deletion must succeed.
+        let deleted: Vec<Result<(), Error>> = self
+            .topo
+            .hosts
+            .iter()
+            .map(|h| delete_link(h, device))
+            .collect();
+        deleted.into_iter().collect::<Result<(), Error>>()?;
         measured.transpose().map(|m| m.is_some())
     }
 
@@ -439,23 +441,10 @@ impl Lab<'_> {
         auto: bool,
         off: bool,
     ) -> Result<(), Error> {
-        let pods = if stack.overlay == Family::V6 {
-            pod_addr6
-        } else {
-            pod_addr
-        };
+        let pods = pods_of(stack);
         if auto {
             let name = family_name("kernel-vxlan".to_owned(), stack);
-            let m = measure(
-                &name,
-                &self.topo.pods,
-                pods,
-                &self.cfg,
-                round,
-                &[],
-                self.stop,
-            )?;
-            merge(&mut self.metrics, m);
+            self.measure_between(&name, false, pods, round)?;
         }
         if off {
             // One segment per packet through the VXLAN device: the kernel segments before
@@ -464,39 +453,51 @@ impl Lab<'_> {
                 h.ip(&["link", "set", device, "gso_max_segs", "1"])?;
             }
             let name = family_name("kernel-vxlan/off".to_owned(), stack);
-            let m = measure(
-                &name,
-                &self.topo.pods,
-                pods,
-                &self.cfg,
-                round,
-                &[],
-                self.stop,
-            )?;
-            merge(&mut self.metrics, m);
+            self.measure_between(&name, false, pods, round)?;
         }
         Ok(())
     }
 
     /// Measures one round of the bare underlay between the two node namespaces.
     fn underlay(&mut self, round: u32, stack: Stack) -> Result<(), Error> {
-        let hosts = if stack.overlay == Family::V6 {
+        let hosts = if stack.overlay.has_v6() {
             host_addr6
         } else {
             host_addr
         };
         let name = family_name("underlay".to_owned(), stack);
-        let m = measure(
-            &name,
-            &self.topo.hosts,
-            hosts,
-            &self.cfg,
-            round,
-            &[],
-            self.stop,
-        )?;
+        self.measure_between(&name, true, hosts, round)
+    }
+
+    /// Measures one round of scenario `name` between the pods, or the node namespaces when
+    /// `hosts` (no fustian nodes carrying it), and adds its samples.
+    fn measure_between(
+        &mut self,
+        name: &str,
+        hosts: bool,
+        addr: Addr,
+        round: u32,
+    ) -> Result<(), Error> {
+        let ns = if hosts {
+            &self.topo.hosts
+        } else {
+            &self.topo.pods
+        };
+        let m = measure(name, ns, addr, &self.cfg, round, &[], self.stop)?;
         merge(&mut self.metrics, m);
         Ok(())
+    }
+}
+
+/// The address of node `i`'s pod, or of node `i`, on a port.
+type Addr = fn(usize, u16) -> std::net::SocketAddr;
+
+/// Returns the pods' addresses for `stack`'s pod family.
+fn pods_of(stack: Stack) -> Addr {
+    if stack.overlay.has_v6() {
+        pod_addr6
+    } else {
+        pod_addr
     }
 }
 
