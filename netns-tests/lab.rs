@@ -328,6 +328,8 @@ fn lab_repetitions_run_round_robin() {
             "--offload",
             "auto,off",
         ])
+        // Passed to the nodes, which refuse to start on a flag they do not take.
+        .args(["--tun-txqueuelen", "2000"])
         .args(["--repeat", "2", "--prefix", &prefix, "--json"])
         .arg(&json)
         .output()

@@ -949,6 +949,10 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 0, value_name = "USECS",
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub busy_poll: u64,
+    /// Pass `--tun-txqueuelen PACKETS` to the fustian nodes [default: the kernel's queue].
+    #[arg(long, value_name = "PACKETS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_TUN_TXQUEUELEN)))]
+    pub tun_txqueuelen: Option<u32>,
     /// Offload modes to measure, comma separated: auto (fustian with TUN TSO, UDP GSO/GRO;
     /// the kernel's VXLAN as configured), off (fustian with `--offload off`, and the kernel's
     /// VXLAN device limited to one segment per packet, so it segments before encapsulating).

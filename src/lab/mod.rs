@@ -346,12 +346,16 @@ impl Lab<'_> {
         eprintln!("lab: {name}: starting two nodes");
         let threads = self.args.threads.map(|n| n.to_string());
         let busy_poll = self.args.busy_poll.to_string();
+        let queue = self.args.tun_txqueuelen.map(|n| n.to_string());
         let mut extra = vec!["--io", row.io, "--offload", row.offload];
         if let Some(n) = &threads {
             extra.extend(["--threads", n.as_str()]);
         }
         if self.args.busy_poll > 0 {
             extra.extend(["--busy-poll", busy_poll.as_str()]);
+        }
+        if let Some(n) = &queue {
+            extra.extend(["--tun-txqueuelen", n.as_str()]);
         }
         for i in 0..2 {
             let node_args = self.topo.node_args_stack(i, row.backend, row.stack, &extra);
