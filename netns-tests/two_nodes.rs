@@ -174,13 +174,7 @@ fn drops_at_the_tun_device_are_reported() {
     let _serial = serial();
     let mut topo = topology();
     start_both(&mut topo, &["--threads", "1"]);
-    exchange_both_ways_at(&topo, fustian::lab::pod_addr, 1024 * 1024);
-    let listed = wait_for(Duration::from_secs(3), || {
-        topo.stats(0)
-            .iter()
-            .any(|(name, _)| name == "tun_device_tx_dropped")
-    });
-    assert!(listed, "no device counter: {:?}", topo.stats(0));
+    exchange_and_wait_for_the_device_counter(&topo);
     let before = topo.counter(0, "tun_device_tx_dropped");
     burst_into_a_stopped_node(&topo);
     // The device's queue holds 500 packets; the rest were dropped.
@@ -218,13 +212,7 @@ fn a_longer_tun_queue_holds_a_burst() {
         .expect("ip runs");
     let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j");
     assert_eq!(link[0]["txqlen"], 3000, "{link}");
-    exchange_both_ways_at(&topo, fustian::lab::pod_addr, 1024 * 1024);
-    let listed = wait_for(Duration::from_secs(3), || {
-        topo.stats(0)
-            .iter()
-            .any(|(name, _)| name == "tun_device_tx_dropped")
-    });
-    assert!(listed, "no device counter: {:?}", topo.stats(0));
+    exchange_and_wait_for_the_device_counter(&topo);
     let (read, dropped) = (
         topo.counter(0, "tun_rx_packets"),
         topo.counter(0, "tun_device_tx_dropped"),
@@ -247,6 +235,18 @@ fn a_longer_tun_queue_holds_a_burst() {
         now < dropped + 100,
         "tun_device_tx_dropped {dropped} -> {now}"
     );
+}
+
+/// Exchanges traffic both ways, then waits until node 0's stats file lists the TUN device's
+/// own drop counter.
+fn exchange_and_wait_for_the_device_counter(topo: &fustian::lab::Topology) {
+    exchange_both_ways_at(topo, fustian::lab::pod_addr, 1024 * 1024);
+    let listed = wait_for(Duration::from_secs(3), || {
+        topo.stats(0)
+            .iter()
+            .any(|(name, _)| name == "tun_device_tx_dropped")
+    });
+    assert!(listed, "no device counter: {:?}", topo.stats(0));
 }
 
 /// Datagrams sent from pod 0 in one burst while node 0 is stopped (`SIGSTOP`).

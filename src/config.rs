@@ -56,7 +56,8 @@ pub const DEFAULT_PORT_RANGE: (u16, u16) = (32768, 60999);
 pub const DEFAULT_SOURCE_PORTS: usize = 16;
 /// The longest TUN transmit queue `tun_txqueuelen` takes, in packets. The TUN driver detaches
 /// a queued packet from its sender's socket, so the queue, not the pod's socket buffer, bounds
-/// its memory: up to 64 KiB a packet with offloads, about 650 MiB per worker queue here.
+/// its memory: up to 64 KiB a packet with offloads, so 10000 × 64 KiB, about 650 MiB per
+/// worker queue (computed, not measured).
 pub const MAX_TUN_TXQUEUELEN: u32 = 10_000;
 
 /// A configuration that cannot be used.

@@ -500,3 +500,32 @@ mod tests {
         assert_eq!(totals.named().len(), parsed.len());
     }
 }
+
+#[cfg(test)]
+mod prometheus_props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn counter_names_take_any_text(text in "(# TYPE fustian_)?[ -~\n]{0,200}") {
+            let _ = prometheus_counters(&text);
+        }
+
+        #[test]
+        fn declared_kinds_read_back(
+            kinds in proptest::collection::vec(("[a-z_]{1,12}", any::<bool>()), 0..8),
+        ) {
+            let mut text = String::new();
+            for (name, counter) in &kinds {
+                let kind = if *counter { "counter" } else { "gauge" };
+                text.push_str(&format!("# TYPE fustian_{name} {kind}\nfustian_{name} 1\n"));
+            }
+            let got = prometheus_counters(&text);
+            let want: HashSet<String> =
+                kinds.iter().filter(|(_, c)| *c).map(|(n, _)| n.clone()).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}

@@ -636,6 +636,7 @@ mod tests {
             let _ = parse_subnet_env(&text);
             if let Ok(v) = serde_json::from_str::<Value>(&text) {
                 let _ = parse_link(&v);
+                let _ = parse_link_txqlen(&v);
                 let _ = route_devices(&v);
                 let _ = vxlan_devices(&v);
             }
