@@ -9,7 +9,8 @@
 //!
 //! flanneld decodes it with Go's `encoding/json` ([`super::gojson`]): keys match fields in any
 //! case (`"network"`, `"vni"`), the later of two keys naming one field wins, unknown keys are
-//! ignored, `null` keeps a field's default, and a value of the wrong type (a string for a
+//! ignored, `null` leaves a field as it was (but sets the pointers `IPv6SubnetMin` and
+//! `IPv6SubnetMax` back to unset, even after an earlier address), and a value of the wrong type (a string for a
 //! number, `1.0` for an integer) fails the whole config. flannel's IP and CIDR fields take
 //! the raw text with its quotes trimmed, so `null` or an escaped character there is an error.
 //!
@@ -349,7 +350,8 @@ impl<'a> Raw<'a> {
             } else if is("SubnetMax") {
                 raw.subnet_max = ipv4("SubnetMax", value)?;
             } else if is("IPv6SubnetMin") || is("IPv6SubnetMax") {
-                // Pointers: `null` leaves them unset; anything else must be an IP address.
+                // Pointers: `null` sets them back to unset (as Go's decoder sets a pointer to nil,
+                // even after an earlier address); anything else must be an IP address.
                 let name = if is("IPv6SubnetMin") {
                     "IPv6SubnetMin"
                 } else {

@@ -527,14 +527,15 @@ const V6_NETS: &[(&str, Tok<V6Net>)] = &[
     ("\"bogus\"", Tok::Fail),
     ("null", Tok::Fail),
 ];
-/// `IPv6SubnetMin` values (a pointer: `null` leaves it unset).
+/// `IPv6SubnetMin` values. It is a pointer, so Go's decoder sets it back to nil on `null`:
+/// a later `null` undoes an earlier address.
 const V6_IPS: &[(&str, Tok<Option<u128>>)] = &[
     ("\"fd00::100\"", Tok::Set(Some(FD00 | 0x100))),
     ("\"fd00:0:0:5::\"", Tok::Set(Some(FD00 | (5 << 64)))),
     ("\"fd00:0:0:5::\"", Tok::Set(Some(FD00 | (5 << 64)))),
     ("\"fd00::40\"", Tok::Set(Some(FD00 | 0x40))),
     ("\"10.0.0.1\"", Tok::Set(Some(0xffff_0a00_0001))),
-    ("null", Tok::Keep),
+    ("null", Tok::Set(None)),
     ("\"bogus\"", Tok::Fail),
     ("7", Tok::Fail),
 ];
@@ -1127,6 +1128,20 @@ fn dual_stack_defaults_and_bounds_as_flannel_sets_them() {
     );
     // A /48 of /80s has 2^32 subnets: the iterator is lazy.
     assert_eq!(c.subnets().take(3).count(), 3);
+    // The bounds are pointers: a later `null` sets one back to unset, as Go's decoder does,
+    // so an address off the subnet boundary before it no longer counts.
+    let c = v6(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56",
+        "IPv6SubnetMin":"fd00::100","IPv6SubnetMin":null,"IPv6SubnetMax":"fd00::1","ipv6subnetmax":null}"#,
+    );
+    assert_eq!(
+        c.subnet_min,
+        "fd00:0:0:1::".parse::<Ipv6Addr>().expect("literal")
+    );
+    assert_eq!(
+        c.subnet_max,
+        "fd00:0:0:ff::".parse::<Ipv6Addr>().expect("literal")
+    );
     // Without EnableIPv6 the IPv6 fields are decoded and otherwise ignored.
     assert_eq!(
         ok(r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00::/56"}"#).ipv6,
