@@ -194,6 +194,19 @@ pub(crate) fn iptables(ns: &fustian::lab::netns::Netns, args: &[&str]) -> (bool,
     )
 }
 
+/// Runs `nft args` in namespace `ns`; returns (success, stdout).
+pub(crate) fn nft(ns: &fustian::lab::netns::Netns, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft"])
+        .args(args)
+        .output()
+        .expect("ip netns exec nft runs (nftables installed?)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// Deletes the jump to flanneld's masquerade chain in `POSTROUTING` (`-C` in place of `-D`
 /// checks it).
 pub(crate) const MASQ_JUMP: [&str; 10] = [

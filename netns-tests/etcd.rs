@@ -10,7 +10,7 @@ use fustian::lab::ScratchDir;
 use fustian::lab::netns::{Netns, Process, veth};
 use fustian::lab::traffic::{Amount, tcp_bulk};
 
-use crate::common::{EXE, prefix, serial, skip, wait_for};
+use crate::common::{EXE, iptables, nft, prefix, serial, skip, wait_for};
 
 const ETCD: &str = "http://192.0.2.254:2379";
 const PREFIX: &str = "/coreos.com/network";
@@ -1067,18 +1067,20 @@ fn a_node_survives_its_etcd_endpoint_going_away() {
 /// Kelvin sign for the k of `Backend`, a later duplicate that wins) brings nodes up with its
 /// VNI, port and MTU, as flanneld would.
 #[test]
-fn a_config_in_any_key_case_sets_vni_port_and_mtu() {
-    if skip("a_config_in_any_key_case_sets_vni_port_and_mtu") {
+fn a_config_in_any_key_case_sets_vni_port_mtu_and_nftables() {
+    if skip("a_config_in_any_key_case_sets_vni_port_mtu_and_nftables") {
         return;
     }
     let _serial = serial();
     let mut c = Cluster::new(2);
     c.put(
         &format!("{PREFIX}/config"),
-        "{\"network\":\"10.244.0.0/16\",\"BAC\u{212A}END\":{\"type\":\"VXLAN\",\"VNI\":7,\
-         \"vni\":42,\"port\":4789,\"mtu\":1400}}",
+        "{\"network\":\"10.244.0.0/16\",\"enablenftables\":true,\"BAC\u{212A}END\":{\"type\":\
+         \"VXLAN\",\"VNI\":7,\"vni\":42,\"port\":4789,\"mtu\":1400}}",
     );
-    c.start_node(0, &[]);
+    // EnableNFTables: node 0's --ip-masq rules go into flanneld's nftables table; node 1
+    // asked for no rules and writes none.
+    c.start_node(0, &["--ip-masq"]);
     c.start_node(1, &[]);
     for i in 0..2 {
         let seen = wait_for(Duration::from_secs(5), || c.counter(i, "table_peers") == 1);
@@ -1108,10 +1110,25 @@ fn a_config_in_any_key_case_sets_vni_port_and_mtu() {
             "{key}: {value}"
         );
     }
+    let (ok, table) = nft(&c.nodes[0], &["list", "table", "ip", "flannel-ipv4"]);
+    assert!(
+        ok && table.contains("chain postrtg") && table.contains("chain forward"),
+        "node 0's nftables table:\n{table}\n{}",
+        c.log(0)
+    );
+    let (_, nat) = iptables(&c.nodes[0], &["-t", "nat", "-S"]);
+    assert!(!nat.contains("FLANNEL"), "{nat}");
+    let (_, ruleset) = nft(&c.nodes[1], &["list", "ruleset"]);
+    assert!(!ruleset.contains("flannel"), "node 1: {ruleset}");
     c.transfer(0, 1, 1 << 20);
     c.transfer(1, 0, 1 << 20);
     c.stop_node(0);
     c.stop_node(1);
+    let (_, ruleset) = nft(&c.nodes[0], &["list", "ruleset"]);
+    assert!(
+        !ruleset.contains("flannel"),
+        "node 0 after its stop: {ruleset}"
+    );
 }
 
 /// The IPv6 underlay address of node `i` on the hub's bridge.

@@ -13,7 +13,7 @@ use fustian::lab::traffic::udp_ping_pong;
 use fustian::lab::{POD_IPS, Topology, pod_addr};
 
 use crate::common::{
-    EXE, MASQ_JUMP, iptables, prefix, serial, skip, start_both, topology, wait_for,
+    EXE, MASQ_JUMP, iptables, nft, prefix, serial, skip, start_both, topology, wait_for,
 };
 
 /// The outside host, on a link from node A only; it has no route to the pods.
@@ -223,6 +223,115 @@ fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
         !nat.contains("FLANNEL") && !filter.contains("FLANNEL"),
         "{nat}{filter}"
     );
+}
+
+#[test]
+fn ip_masq_through_nftables_writes_flanneld_s_table() {
+    if skip("ip_masq_through_nftables_writes_flanneld_s_table") {
+        return;
+    }
+    let _serial = serial();
+    let p = prefix();
+    let mut topo = Topology::build(&p)
+        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+    let outside = outside_world(&topo, &format!("{p}o"));
+    let host = &topo.hosts[0];
+    assert!(
+        nft(host, &["--version"]).0,
+        "netns test prerequisite missing: nft (apt-get install nftables)"
+    );
+
+    // As an unprivileged user, so the thread that keeps the table must keep its capability.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(topo.dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod scratch dir");
+    let args = topo.node_args(
+        0,
+        &[
+            "--threads",
+            "2",
+            "--ip-masq",
+            "--nftables",
+            "--iptables-resync",
+            "1",
+            "--user",
+            "nobody",
+        ],
+    );
+    let node = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = || topo.processes[node].log();
+    let (seen, answered) = probe(&topo.pods[0], &outside);
+    assert_eq!(
+        seen.map(|s| s.ip().to_string()),
+        Some(NODE_OUTSIDE.to_owned()),
+        "source seen outside with --ip-masq --nftables:\n{}",
+        log()
+    );
+    assert!(answered, "the answer reaches the pod:\n{}", log());
+
+    // flanneld's table, chains and rules; nothing through iptables.
+    let host = &topo.hosts[0];
+    let (ok, table) = nft(host, &["list", "table", "ip", "flannel-ipv4"]);
+    assert!(ok, "no table ip flannel-ipv4:\n{}", log());
+    for want in [
+        "chain postrtg",
+        "type nat hook postrouting priority srcnat",
+        "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+        "chain forward",
+        "type filter hook forward priority filter",
+        "ip daddr 10.244.0.0/16 accept",
+    ] {
+        assert!(table.contains(want), "{want:?} missing from:\n{table}");
+    }
+    let (_, nat) = iptables(host, &["-t", "nat", "-S"]);
+    assert!(!nat.contains("FLANNEL"), "{nat}");
+
+    // A flushed chain comes back, and so does the whole table once deleted; each is one repair.
+    assert!(nft(host, &["flush", "chain", "ip", "flannel-ipv4", "postrtg"]).0);
+    let restored = || nft(host, &["list", "table", "ip", "flannel-ipv4"]).1 == table;
+    assert!(
+        wait_for(Duration::from_secs(8), restored),
+        "chain not restored:\n{}",
+        log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            topo.counter(0, "iptables_repairs") >= 1
+        }),
+        "{:?}",
+        topo.stats(0)
+    );
+    assert!(nft(host, &["delete", "table", "ip", "flannel-ipv4"]).0);
+    assert!(
+        wait_for(Duration::from_secs(8), restored),
+        "table not restored:\n{}",
+        log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            topo.counter(0, "iptables_repairs") >= 2
+        }),
+        "{:?}",
+        topo.stats(0)
+    );
+    assert_eq!(topo.counter(0, "iptables_errors"), 0, "{:?}", topo.stats(0));
+    let (seen, answered) = probe(&topo.pods[0], &outside);
+    assert!(
+        answered && seen.is_some_and(|s| s.ip().to_string() == NODE_OUTSIDE),
+        "after the repair: {seen:?}"
+    );
+
+    // SIGTERM: the table goes with the node.
+    let status = topo.processes[node].stop(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        topo.processes[node].log()
+    );
+    let (_, ruleset) = nft(&topo.hosts[0], &["list", "ruleset"]);
+    assert!(!ruleset.contains("flannel"), "{ruleset}");
 }
 
 #[test]

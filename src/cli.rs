@@ -261,6 +261,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub iptables_forward_rules: Option<bool>,
+    /// Write the --ip-masq and --iptables-forward-rules rules into flanneld's nftables table
+    /// (`ip flannel-ipv4`) rather than with iptables [default: the network config's
+    /// EnableNFTables with --etcd-endpoints, else false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_go_bool)]
+    pub nftables: Option<bool>,
 }
 
 impl RunArgs {
@@ -293,6 +299,7 @@ impl RunArgs {
             ip_masq_fully_random_disable: self.ip_masq_fully_random_disable,
             iptables_resync: self.iptables_resync,
             iptables_forward_rules: self.iptables_forward_rules,
+            nftables: self.nftables,
         }
     }
 

@@ -195,6 +195,8 @@ pub struct RawNode {
     pub iptables_resync: Option<u64>,
     /// Accept forwarded traffic from and to the network.
     pub iptables_forward_rules: Option<bool>,
+    /// Write those rules into flanneld's nftables table instead of with `iptables`.
+    pub nftables: Option<bool>,
 }
 
 impl RawNode {
@@ -268,6 +270,9 @@ pub struct TrafficConfig {
     pub forward_rules: bool,
     /// How often the rules are checked and repaired.
     pub resync: std::time::Duration,
+    /// Write the rules into flanneld's nftables table (`ip flannel-ipv4`, `ip6 flannel-ipv6`)
+    /// rather than with `iptables`: the network config's `EnableNFTables`, or `--nftables`.
+    pub nftables: bool,
 }
 
 impl TrafficConfig {
@@ -351,6 +356,8 @@ pub struct Managed {
     pub mtu: Option<u32>,
     /// Where the subnet file goes.
     pub subnet_file: PathBuf,
+    /// The network config's `EnableNFTables`: the rules go through nftables.
+    pub nftables: bool,
 }
 
 /// The encapsulation of a managed network.
@@ -672,6 +679,21 @@ impl NodeConfig {
                     ));
                 }
                 Some((n, _)) => std::time::Duration::from_secs(n),
+            },
+            nftables: match (pick!(nftables, "nftables"), managed) {
+                // The network config decides, as for flanneld; the flag may only repeat it.
+                (Some((v, o)), Some(m)) if v != m.nftables => {
+                    return Err(invalid(
+                        o,
+                        &v.to_string(),
+                        format!(
+                            "the network config in etcd says EnableNFTables {}",
+                            m.nftables
+                        ),
+                    ));
+                }
+                (_, Some(m)) => m.nftables,
+                (v, None) => v.is_some_and(|(v, _)| v),
             },
         };
 
@@ -1033,7 +1055,7 @@ mod tests {
 
     use super::*;
 
-    fn managed() -> Managed {
+    pub(super) fn managed() -> Managed {
         Managed {
             network: "10.244.0.0/16".parse().expect("literal"),
             subnet: "10.244.9.0/24".parse().expect("literal"),
@@ -1045,6 +1067,7 @@ mod tests {
             port: 8472,
             mtu: Some(1400),
             subnet_file: PathBuf::from("/run/test/subnet.env"),
+            nftables: false,
         }
     }
 
@@ -1310,6 +1333,42 @@ mod traffic_tests {
             .expect("valid")
             .traffic;
         assert!(!forward_only.ip_masq && forward_only.forward_rules);
+    }
+
+    #[test]
+    fn nftables_comes_from_the_flag_or_the_network_config_alone() {
+        let with = |v: Option<bool>| RawNode {
+            ip_masq: Some(true),
+            nftables: v,
+            ..raw()
+        };
+        let traffic = |r: &RawNode| NodeConfig::resolve(r, None).expect("valid").traffic;
+        assert!(!traffic(&with(None)).nftables, "iptables by default");
+        assert!(traffic(&with(Some(true))).nftables);
+        assert!(!traffic(&with(Some(false))).nftables);
+        // From etcd the network config decides; the flag may repeat it, not change it.
+        let managed_cli = |v: Option<bool>| RawNode {
+            public_ip: Some("192.0.2.1".into()),
+            nftables: v,
+            ..RawNode::default()
+        };
+        for config in [false, true] {
+            let m = Managed {
+                nftables: config,
+                ..super::tests::managed()
+            };
+            let got = |v| NodeConfig::resolve_managed(&managed_cli(v), None, &m);
+            assert_eq!(got(None).expect("valid").traffic.nftables, config);
+            assert_eq!(got(Some(config)).expect("valid").traffic.nftables, config);
+            let e = got(Some(!config)).expect_err("the flag disagrees");
+            assert!(
+                e.to_string().contains("--nftables")
+                    && e.to_string().contains(&format!("EnableNFTables {config}")),
+                "{e}"
+            );
+        }
+        let file = RawNode::from_toml(Path::new("node.toml"), "nftables = true\n").expect("ok");
+        assert_eq!(file.nftables, Some(true));
     }
 
     #[test]

@@ -145,14 +145,6 @@ fn join_etcd(
     if let Some(status) = status {
         status.set_not_ready("starting");
     }
-    // flanneld programs its masquerade rules through nftables when the config asks; fustian
-    // has only the iptables variant, and never writes rules other than what was asked for.
-    if joined.config.enable_nftables && raw.ip_masq == Some(true) {
-        anyhow::bail!(
-            "the network config sets EnableNFTables, and fustian has no nftables masquerade \
-             rules: run without --ip-masq or with EnableNFTables false"
-        );
-    }
     // The network config sets the wire for every node: a flag may repeat it, never change it.
     let backend = joined.config.backend;
     let agree = |flag: &str, given: Option<String>, config: String| match given {
@@ -188,6 +180,9 @@ fn join_etcd(
         // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins.
         mtu: backend.tun_mtu(),
         subnet_file,
+        // flanneld programs its masquerade and forward rules through nftables when the
+        // config asks.
+        nftables: joined.config.enable_nftables,
     };
     let mut config =
         NodeConfig::resolve_managed(&raw, file.map(|(p, r)| (p.as_path(), r)), &managed)?;

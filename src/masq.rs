@@ -23,8 +23,15 @@
 //! raises as ambient capabilities for the tools it runs (see [`crate::sys`]). No other thread
 //! keeps a privilege.
 //!
-//! Not done here: flanneld's nftables variant (`EnableNFTables` in the network config) and the
-//! IPv4+IPv6 dual stack; a node has one network, and its family picks the tools.
+//! With `EnableNFTables` in the network config (or `--nftables`) the same rules go into
+//! flanneld's nftables table instead ([`nft`]), kept and removed by the same thread.
+//!
+//! A keeper keeps one family's rules: the network's family picks the tools (`ip6tables`, the
+//! `ip6` table), and a dual-stack node runs one keeper per family.
+
+pub mod nft;
+
+use nft::Nft;
 
 use std::io;
 use std::process::{Command, Output, Stdio};
@@ -48,12 +55,14 @@ pub const KUBE_PROXY_MARK: &str = "0x4000/0x4000";
 pub enum MasqError {
     /// The tool is not installed.
     #[error(
-        "the iptables rules of --ip-masq and --iptables-forward-rules need `{tool}`, which \
-         is not installed (apt-get install iptables)"
+        "the rules of --ip-masq and --iptables-forward-rules need `{tool}`, which is not \
+         installed (apt-get install {package})"
     )]
     Missing {
         /// The tool.
         tool: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
     },
     /// The tool ran and failed.
     #[error("`{command}` failed: {message}")]
@@ -72,7 +81,7 @@ pub enum MasqError {
         source: io::Error,
     },
     /// The keeper thread cannot be started.
-    #[error("cannot start the thread that keeps the iptables rules: {0}")]
+    #[error("cannot start the thread that keeps the masquerade and forward rules: {0}")]
     Thread(#[source] io::Error),
 }
 
@@ -90,6 +99,9 @@ pub struct Plan {
     pub random_fully: bool,
     /// Program the forward rules (`--iptables-forward-rules`).
     pub forward: bool,
+    /// Write them into flanneld's nftables table rather than with `iptables`
+    /// (`EnableNFTables`, `--nftables`).
+    pub nftables: bool,
 }
 
 /// One rule: its table, chain and match/target arguments.
@@ -383,32 +395,100 @@ impl Iptables {
         args: &[&str],
         input: Option<&[u8]>,
     ) -> Result<Output, MasqError> {
-        let mut child = Command::new(tool)
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::NotFound {
-                    MasqError::Missing { tool }
+        run_tool(tool, args, input)
+    }
+}
+
+/// Runs `tool` with `args`, feeding it `input`; a tool that is not installed is
+/// [`MasqError::Missing`], naming its package.
+fn run_tool(tool: &'static str, args: &[&str], input: Option<&[u8]>) -> Result<Output, MasqError> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                let package = if tool == "nft" {
+                    "nftables"
                 } else {
-                    MasqError::Run { tool, source }
-                }
-            })?;
-        if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
-            use std::io::Write as _;
-            stdin
-                .write_all(data)
-                .map_err(|source| MasqError::Run { tool, source })?;
+                    "iptables"
+                };
+                MasqError::Missing { tool, package }
+            } else {
+                MasqError::Run { tool, source }
+            }
+        })?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        stdin
+            .write_all(data)
+            .map_err(|source| MasqError::Run { tool, source })?;
+    }
+    child
+        .wait_with_output()
+        .map_err(|source| MasqError::Run { tool, source })
+}
+
+/// The tools that write a plan's rules: `iptables` or `nft`.
+#[derive(Debug)]
+enum Tools {
+    Iptables(Iptables),
+    Nft(Nft),
+}
+
+impl Tools {
+    /// The tools `plan` asks for, checked, and whether they can masquerade with random ports.
+    fn probe(plan: &Plan) -> Result<(Self, bool), MasqError> {
+        if plan.nftables {
+            let (nft, random_fully) = Nft::probe(plan.network)?;
+            Ok((Self::Nft(nft), random_fully))
+        } else {
+            let (ipt, random_fully) = Iptables::probe(plan.network)?;
+            Ok((Self::Iptables(ipt), random_fully))
         }
-        child
-            .wait_with_output()
-            .map_err(|source| MasqError::Run { tool, source })
+    }
+
+    /// The tool's name, for errors.
+    const fn tool(&self) -> &'static str {
+        match self {
+            Self::Iptables(ipt) => ipt.tool,
+            Self::Nft(_) => "nft",
+        }
+    }
+
+    /// What the log calls the rules.
+    const fn what(&self) -> &'static str {
+        match self {
+            Self::Iptables(_) => "iptables rules",
+            Self::Nft(_) => "nftables table",
+        }
+    }
+
+    fn install(&mut self, plan: &Plan) -> Result<(), MasqError> {
+        match self {
+            Self::Iptables(ipt) => ipt.install(plan),
+            Self::Nft(nft) => nft.install(plan),
+        }
+    }
+
+    fn ensure(&mut self, plan: &Plan) -> Result<bool, MasqError> {
+        match self {
+            Self::Iptables(ipt) => ipt.ensure(plan),
+            Self::Nft(nft) => nft.ensure(plan),
+        }
+    }
+
+    fn remove(&self, plan: &Plan) -> Result<(), MasqError> {
+        match self {
+            Self::Iptables(ipt) => ipt.remove(plan),
+            Self::Nft(nft) => nft.remove(),
+        }
     }
 }
 
@@ -437,18 +517,29 @@ impl Keeper {
     ///
     /// [`MasqError`] when a tool is missing or fails, or the thread cannot start.
     pub fn start(mut plan: Plan, resync: Duration) -> Result<Self, MasqError> {
-        let (ipt, random_fully) = Iptables::probe(plan.network)?;
+        let (mut tools, random_fully) = Tools::probe(&plan)?;
         if plan.random_fully && !random_fully {
-            tracing::warn!("iptables is older than 1.6.2: masquerading without --random-fully");
+            if plan.nftables {
+                tracing::warn!(
+                    "nft or the kernel refuses `masquerade fully-random`: masquerading without it"
+                );
+            } else {
+                tracing::warn!("iptables is older than 1.6.2: masquerading without --random-fully");
+            }
             plan.random_fully = false;
         }
-        ipt.install(&plan)?;
+        tools.install(&plan)?;
         tracing::info!(
             masquerade = plan.masquerade,
             forward = plan.forward,
             random_fully = plan.random_fully,
             resync_secs = resync.as_secs_f64(),
-            "iptables rules in place"
+            table = match &tools {
+                Tools::Nft(nft) => nft.name(),
+                Tools::Iptables(_) => "nat, filter".to_owned(),
+            },
+            "{} in place",
+            tools.what()
         );
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
@@ -463,18 +554,20 @@ impl Keeper {
                     let _ = ready_tx.send(());
                     if let Err(e) = kept {
                         tracing::warn!(
-                            "cannot keep CAP_NET_ADMIN for the iptables rules after setup: {e}"
+                            "cannot keep CAP_NET_ADMIN for the masquerade rules after setup: {e}"
                         );
                     }
                     // Once the process has dropped its privileges, keep only what the tools
                     // need.
                     if let Ok(ack) = settled_rx.recv() {
                         if let Err(e) = crate::sys::narrow_to_net_caps() {
-                            tracing::warn!("cannot narrow the iptables thread's capabilities: {e}");
+                            tracing::warn!(
+                                "cannot narrow the masquerade thread's capabilities: {e}"
+                            );
                         }
                         let _ = ack.send(());
                     }
-                    keep(&ipt, &plan, resync, &stop, &counters);
+                    keep(&mut tools, &plan, resync, &stop, &counters);
                 })
                 .map_err(MasqError::Thread)?
         };
@@ -545,7 +638,7 @@ impl Drop for Keeper {
 }
 
 /// The keeper thread: check every `resync`, repair, and remove the rules once `stop` is set.
-fn keep(ipt: &Iptables, plan: &Plan, resync: Duration, stop: &AtomicBool, counters: &Counters) {
+fn keep(tools: &mut Tools, plan: &Plan, resync: Duration, stop: &AtomicBool, counters: &Counters) {
     let mut failing = false;
     let mut next = Instant::now() + resync;
     while !stop.load(Ordering::Relaxed) {
@@ -556,18 +649,18 @@ fn keep(ipt: &Iptables, plan: &Plan, resync: Duration, stop: &AtomicBool, counte
         next = Instant::now() + resync;
         let result = crate::sys::raise_net_caps_for_children()
             .map_err(|source| MasqError::Run {
-                tool: ipt.tool,
+                tool: tools.tool(),
                 source,
             })
-            .and_then(|()| ipt.ensure(plan));
+            .and_then(|()| tools.ensure(plan));
         match result {
             Ok(repaired) => {
                 if repaired {
                     counters.repairs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("iptables rules were missing or changed; written again");
+                    tracing::warn!("{} missing or changed; written again", tools.what());
                 }
                 if failing {
-                    tracing::info!("iptables rules checked again");
+                    tracing::info!("{} checked again", tools.what());
                 }
                 failing = false;
             }
@@ -575,16 +668,16 @@ fn keep(ipt: &Iptables, plan: &Plan, resync: Duration, stop: &AtomicBool, counte
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 // Said once per failing stretch, not every round.
                 if !failing {
-                    tracing::error!("cannot keep the iptables rules: {e}");
+                    tracing::error!("cannot keep the {}: {e}", tools.what());
                 }
                 failing = true;
             }
         }
     }
     let _ = crate::sys::raise_net_caps_for_children();
-    match ipt.remove(plan) {
-        Ok(()) => tracing::info!("iptables rules removed"),
-        Err(e) => tracing::error!("cannot remove the iptables rules: {e}"),
+    match tools.remove(plan) {
+        Ok(()) => tracing::info!("{} removed", tools.what()),
+        Err(e) => tracing::error!("cannot remove the {}: {e}", tools.what()),
     }
 }
 
@@ -650,6 +743,7 @@ mod tests {
             masquerade,
             random_fully,
             forward,
+            nftables: false,
         }
     }
 

@@ -465,6 +465,7 @@ fn start_masquerade(
             masquerade: t.ip_masq,
             random_fully: t.random_fully,
             forward: t.forward_rules,
+            nftables: t.nftables,
         },
         t.resync,
     )?))
