@@ -107,6 +107,39 @@ const MASQ_RULE: [&str; 14] = [
     "-j",
 ];
 
+/// Starts node 0 with `--ip-masq`, `extra`, a 1 s resync and as `nobody` (the hardest case for
+/// keeping the rules), and checks that its pod reaches the outside host as the node and gets
+/// the answer. Returns the node's process index.
+fn start_masquerading(topo: &mut Topology, outside: &Netns, extra: &[&str]) -> usize {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(topo.dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod scratch dir");
+    let mut flags = vec![
+        "--threads",
+        "2",
+        "--ip-masq",
+        "--iptables-resync",
+        "1",
+        "--user",
+        "nobody",
+    ];
+    flags.extend_from_slice(extra);
+    let args = topo.node_args(0, &flags);
+    let node = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = || topo.processes[node].log();
+    let (seen, answered) = probe(&topo.pods[0], outside);
+    assert_eq!(
+        seen.map(|s| s.ip().to_string()),
+        Some(NODE_OUTSIDE.to_owned()),
+        "source seen outside with --ip-masq {extra:?}:\n{}",
+        log()
+    );
+    assert!(answered, "the answer reaches the pod:\n{}", log());
+    node
+}
+
 #[test]
 fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
     if skip("ip_masq_lets_pods_reach_the_outside_as_the_node") {
@@ -136,33 +169,8 @@ fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
 
     // With it (and as an unprivileged user, the hardest case for keeping the rules): the
     // outside host sees node A and the answer comes back.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(topo.dir.path(), std::fs::Permissions::from_mode(0o777))
-        .expect("chmod scratch dir");
-    let args = topo.node_args(
-        0,
-        &[
-            "--threads",
-            "2",
-            "--ip-masq",
-            "--iptables-resync",
-            "1",
-            "--user",
-            "nobody",
-        ],
-    );
-    let masq = topo
-        .start_node(0, EXE, &args)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let masq = start_masquerading(&mut topo, &outside, &[]);
     let log = || topo.processes[masq].log();
-    let (seen, answered) = probe(&topo.pods[0], &outside);
-    assert_eq!(
-        seen.map(|s| s.ip().to_string()),
-        Some(NODE_OUTSIDE.to_owned()),
-        "source seen outside with --ip-masq:\n{}",
-        log()
-    );
-    assert!(answered, "the answer reaches the pod:\n{}", log());
     let env = std::fs::read_to_string(&subnet_env).expect("subnet.env");
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
     let (ok, fwd) = iptables(&topo.hosts[0], &["-S", "FLANNEL-FWD"]);
@@ -242,34 +250,8 @@ fn ip_masq_through_nftables_writes_flanneld_s_table() {
     );
 
     // As an unprivileged user, so the thread that keeps the table must keep its capability.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(topo.dir.path(), std::fs::Permissions::from_mode(0o777))
-        .expect("chmod scratch dir");
-    let args = topo.node_args(
-        0,
-        &[
-            "--threads",
-            "2",
-            "--ip-masq",
-            "--nftables",
-            "--iptables-resync",
-            "1",
-            "--user",
-            "nobody",
-        ],
-    );
-    let node = topo
-        .start_node(0, EXE, &args)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let node = start_masquerading(&mut topo, &outside, &["--nftables"]);
     let log = || topo.processes[node].log();
-    let (seen, answered) = probe(&topo.pods[0], &outside);
-    assert_eq!(
-        seen.map(|s| s.ip().to_string()),
-        Some(NODE_OUTSIDE.to_owned()),
-        "source seen outside with --ip-masq --nftables:\n{}",
-        log()
-    );
-    assert!(answered, "the answer reaches the pod:\n{}", log());
 
     // flanneld's table, chains and rules; nothing through iptables.
     let host = &topo.hosts[0];

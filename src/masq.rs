@@ -736,7 +736,7 @@ fn version_at_least(text: &str, min: (u32, u32, u32)) -> bool {
 mod tests {
     use super::*;
 
-    fn plan(masquerade: bool, random_fully: bool, forward: bool) -> Plan {
+    pub(super) fn plan(masquerade: bool, random_fully: bool, forward: bool) -> Plan {
         Plan {
             network: "10.244.0.0/16".parse().expect("net"),
             subnet: "10.244.1.0/24".parse().expect("net"),

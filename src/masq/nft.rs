@@ -244,12 +244,8 @@ mod tests {
 
     fn plan(masquerade: bool, random_fully: bool, forward: bool) -> Plan {
         Plan {
-            network: "10.244.0.0/16".parse().expect("net"),
-            subnet: "10.244.1.0/24".parse().expect("net"),
-            masquerade,
-            random_fully,
-            forward,
             nftables: true,
+            ..crate::masq::tests::plan(masquerade, random_fully, forward)
         }
     }
 
