@@ -140,6 +140,31 @@ fn start_masquerading(topo: &mut Topology, outside: &Netns, extra: &[&str]) -> u
     node
 }
 
+/// Waits for node 0 (process `node`) to count `repairs` repairs of its rules and none failed,
+/// checks that the pod reaches the outside as the node again, and stops the node, which must
+/// exit cleanly.
+fn repaired_then_stopped(topo: &mut Topology, outside: &Netns, node: usize, repairs: u64) {
+    assert!(
+        wait_for(Duration::from_secs(3), || {
+            topo.counter(0, "iptables_repairs") >= repairs
+        }),
+        "{:?}",
+        topo.stats(0)
+    );
+    assert_eq!(topo.counter(0, "iptables_errors"), 0, "{:?}", topo.stats(0));
+    let (seen, answered) = probe(&topo.pods[0], outside);
+    assert!(
+        answered && seen.is_some_and(|s| s.ip().to_string() == NODE_OUTSIDE),
+        "after the repair: {seen:?}"
+    );
+    let status = topo.processes[node].stop(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        topo.processes[node].log()
+    );
+}
+
 #[test]
 fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
     if skip("ip_masq_lets_pods_reach_the_outside_as_the_node") {
@@ -205,26 +230,9 @@ fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
     };
     let back = wait_for(Duration::from_secs(8), || check(&rule) && check(&jump));
     assert!(back, "rules not restored:\n{}", log());
-    assert!(
-        wait_for(Duration::from_secs(3), || {
-            topo.counter(0, "iptables_repairs") >= 1
-        }),
-        "{:?}",
-        topo.stats(0)
-    );
-    let (seen, answered) = probe(&topo.pods[0], &outside);
-    assert!(
-        answered && seen.is_some_and(|s| s.ip().to_string() == NODE_OUTSIDE),
-        "after the repair: {seen:?}"
-    );
 
-    // SIGTERM: the rules go with the node.
-    let status = topo.processes[masq].stop(Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}:\n{}",
-        topo.processes[masq].log()
-    );
+    // Counted, masquerading again, and on SIGTERM the rules go with the node.
+    repaired_then_stopped(&mut topo, &outside, masq, 1);
     let (_, nat) = iptables(&topo.hosts[0], &["-t", "nat", "-S"]);
     let (_, filter) = iptables(&topo.hosts[0], &["-S"]);
     assert!(
@@ -291,27 +299,7 @@ fn ip_masq_through_nftables_writes_flanneld_s_table() {
         "table not restored:\n{}",
         log()
     );
-    assert!(
-        wait_for(Duration::from_secs(3), || {
-            topo.counter(0, "iptables_repairs") >= 2
-        }),
-        "{:?}",
-        topo.stats(0)
-    );
-    assert_eq!(topo.counter(0, "iptables_errors"), 0, "{:?}", topo.stats(0));
-    let (seen, answered) = probe(&topo.pods[0], &outside);
-    assert!(
-        answered && seen.is_some_and(|s| s.ip().to_string() == NODE_OUTSIDE),
-        "after the repair: {seen:?}"
-    );
-
-    // SIGTERM: the table goes with the node.
-    let status = topo.processes[node].stop(Duration::from_secs(10));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}:\n{}",
-        topo.processes[node].log()
-    );
+    repaired_then_stopped(&mut topo, &outside, node, 2);
     let (_, ruleset) = nft(&topo.hosts[0], &["list", "ruleset"]);
     assert!(!ruleset.contains("flannel"), "{ruleset}");
 }
