@@ -252,12 +252,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let intent = fustian::doctor::intent(args.addr)?;
-            let again = || {
-                fustian::doctor::intent(args.addr)
-                    .map_err(|e| e.to_string())?
-                    .tun_queue
-                    .ok_or_else(|| "its /status no longer has the TUN queue counters".to_owned())
-            };
+            let again = || fustian::doctor::intent(args.addr).map_err(|e| e.to_string());
             let mut report = fustian::doctor::run(&intent, &opts, again);
             if let Some(endpoints) = &args.etcd_endpoints {
                 report

@@ -140,10 +140,13 @@ pub fn run(
         backend,
         why: &why,
         offloads,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     facts.log_node_up();
     let mut masq = start_masquerade(config, config.network, config.subnet)?;
-    // A dual-stack node keeps the IPv6 overlay's rules too, with ip6tables.
+    // A dual-stack node keeps the IPv6 overlay's rules too (ip6tables, or nftables' ip6 table).
     let mut masq6 = match config.ipv6 {
         Some(v6) => start_masquerade(config, v6.network, v6.subnet)?,
         None => None,
@@ -495,6 +498,8 @@ struct Facts<'a> {
     backend: Backend,
     why: &'a str,
     offloads: Offloads,
+    /// When the node started, in seconds since the Unix epoch.
+    started: u64,
 }
 
 impl Facts<'_> {
@@ -553,10 +558,14 @@ impl Facts<'_> {
             "offloads": self.offloads.describe(),
             "workers": self.device.queues.len(),
             "subnet_file": self.config.subnet_file.to_string_lossy(),
+            // Which run of the node this is: a restart changes both.
+            "pid": std::process::id(),
+            "started": self.started,
         })
     }
 
-    /// The `fustian_info` gauge, in the Prometheus text format.
+    /// The `fustian_info` and `fustian_start_time_seconds` gauges, in the Prometheus text
+    /// format.
     fn info_gauge(&self) -> String {
         let ipv6 = self
             .config
@@ -565,12 +574,14 @@ impl Facts<'_> {
             .unwrap_or_default();
         format!(
             "# TYPE fustian_info gauge\nfustian_info{{backend=\"{}\",io=\"{}\",offload=\"{}\",\
-             tun=\"{}\",subnet=\"{}\"{ipv6}}} 1\n",
+             tun=\"{}\",subnet=\"{}\"{ipv6}}} 1\n\
+             # TYPE fustian_start_time_seconds gauge\nfustian_start_time_seconds {}\n",
             self.encap.name(),
             self.backend.name(),
             self.offloads.describe(),
             self.device.name,
             self.config.subnet,
+            self.started,
         )
     }
 }

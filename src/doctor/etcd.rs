@@ -375,6 +375,7 @@ mod tests {
                 vtep_mac: None,
             }],
             tun_queue: None,
+            instance: None,
         }
     }
 

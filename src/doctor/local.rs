@@ -128,15 +128,15 @@ const QUEUE_DROP_WARN: f64 = 1e-3;
 /// faster than the workers read. Warns when more than [`QUEUE_DROP_WARN`] of the packets sent
 /// into the device in that window were dropped (a burst fills any queue: the fix is a longer
 /// one); a drop long ago, counted since the node started, is only reported. `after` is why
-/// when the node could not be read again; a count that went back means the node restarted,
-/// and the window starts with it.
+/// when the node could not be read again, and says whether the node restarted in between (a
+/// count that went back means so too); then the window starts with the restart.
 pub fn tun_queue_check(
     tun: &str,
     txqlen: Option<u32>,
     before: (u64, u64),
-    after: Result<(u64, u64), String>,
+    after: Result<((u64, u64), bool), String>,
 ) -> Check {
-    let after = match after {
+    let (after, restarted) = match after {
         Ok(after) => after,
         Err(why) => {
             return Check::warn(
@@ -146,7 +146,7 @@ pub fn tun_queue_check(
             );
         }
     };
-    let (read, dropped) = if after.0 < before.0 || after.1 < before.1 {
+    let (read, dropped) = if restarted || after.0 < before.0 || after.1 < before.1 {
         after
     } else {
         (after.0 - before.0, after.1 - before.1)
@@ -195,13 +195,20 @@ pub fn tun_queue_check(
 }
 
 /// Reads the TUN device's queue length and checks its drops between `before` and the node's
-/// counters read again by `again` (see [`tun_queue_check`]).
+/// counters read again by `again` (see [`tun_queue_check`]); a different process id or start
+/// time in the second reading than in `intent` is a restart.
 pub fn tun_queue(
-    tun: &str,
+    intent: &Intent,
     before: (u64, u64),
-    again: impl FnOnce() -> Result<(u64, u64), String>,
+    again: impl FnOnce() -> Result<Intent, String>,
 ) -> Check {
-    let after = again();
+    let tun = intent.tun.as_str();
+    let after = again().and_then(|now| {
+        let restarted = now.instance.is_some() && now.instance != intent.instance;
+        now.tun_queue
+            .map(|q| (q, restarted))
+            .ok_or_else(|| "its /status no longer has the TUN queue counters".to_owned())
+    });
     let txqlen = ip_json(&["-j", "link", "show", "dev", tun])
         .ok()
         .and_then(|v| parse_link_txqlen(&v));
@@ -533,7 +540,7 @@ mod tests {
                 "flannel0",
                 txqlen,
                 before,
-                after.ok_or_else(|| "gone".into()),
+                after.map(|a| (a, false)).ok_or_else(|| "gone".into()),
             )
         };
         let c = q(Some(500), (0, 0), Some((0, 0)));
@@ -557,6 +564,13 @@ mod tests {
         // A restarted node (counts went back): its counts are the window.
         let c = q(Some(500), (5000, 10), Some((10, 5)));
         assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        // One that restarted and has counted past the first reading already: the same.
+        let restarted = |after| tun_queue_check("flannel0", Some(500), (100, 0), Ok((after, true)));
+        let c = restarted((150, 10));
+        assert_eq!(c.outcome, Outcome::Warn, "{c:?}");
+        assert!(c.detail.contains("dropped 10 of 160"), "{c:?}");
+        let c = restarted((150, 0));
+        assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
         // No second reading: cannot be checked, and says why.
         let c = q(Some(500), (0, 0), None);
         assert_eq!(c.outcome, Outcome::Warn);

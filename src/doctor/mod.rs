@@ -188,6 +188,9 @@ pub struct Intent {
     /// dropped at its transmit queue before a worker read them (`tun_rx_packets`,
     /// `tun_device_tx_dropped`), when `/status` has both.
     pub tun_queue: Option<(u64, u64)>,
+    /// Which run of the node answered: its process id and start time (seconds since the
+    /// epoch), when `/status` has them. A restart changes it.
+    pub instance: Option<(u64, u64)>,
 }
 
 /// Why the intended state could not be learnt.
@@ -276,6 +279,7 @@ impl Intent {
             tun_queue: v["counters"]["tun_rx_packets"]
                 .as_u64()
                 .zip(v["counters"]["tun_device_tx_dropped"].as_u64()),
+            instance: v["pid"].as_u64().zip(v["started"].as_u64()),
         })
     }
 
@@ -338,12 +342,12 @@ pub fn intent(addr: SocketAddr) -> Result<Intent, DoctorError> {
 }
 
 /// Runs the local, firewall and peer checks for `intent`; then, when the node reports its TUN
-/// queue counters, checks the drops at that queue between `intent`'s reading and `again`'s,
-/// taken at least [`QUEUE_WINDOW`] later.
+/// queue counters, checks the drops at that queue between `intent`'s reading and `again`'s
+/// (the node's `/status` read again), taken at least [`QUEUE_WINDOW`] later.
 pub fn run(
     intent: &Intent,
     opts: &ProbeOptions,
-    again: impl FnOnce() -> Result<(u64, u64), String>,
+    again: impl FnOnce() -> Result<Intent, String>,
 ) -> Report {
     let started = std::time::Instant::now();
     let mut report = Report::default();
@@ -353,9 +357,7 @@ pub fn run(
     if let Some(before) = intent.tun_queue {
         // Drops at the TUN queue while doctor watched, at least QUEUE_WINDOW long.
         std::thread::sleep(QUEUE_WINDOW.saturating_sub(started.elapsed()));
-        report
-            .checks
-            .push(local::tun_queue(&intent.tun, before, again));
+        report.checks.push(local::tun_queue(intent, before, again));
     }
     report
 }
@@ -406,6 +408,15 @@ mod tests {
         assert_eq!(Intent::from_status(&v).unwrap().tun_queue, None);
         v["counters"] = serde_json::json!({"tun_rx_packets": 10, "tun_device_tx_dropped": "x"});
         assert_eq!(Intent::from_status(&v).unwrap().tun_queue, None);
+        // Which run of the node answered, only when both are there.
+        assert_eq!(i.instance, None);
+        v["pid"] = 4242.into();
+        assert_eq!(Intent::from_status(&v).unwrap().instance, None);
+        v["started"] = 1_790_000_000u64.into();
+        assert_eq!(
+            Intent::from_status(&v).unwrap().instance,
+            Some((4242, 1_790_000_000))
+        );
     }
 
     #[test]
