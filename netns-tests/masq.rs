@@ -137,18 +137,48 @@ fn start_masquerading(topo: &mut Topology, outside: &Netns, extra: &[&str]) -> u
         log()
     );
     assert!(answered, "the answer reaches the pod:\n{}", log());
+    // Rules just written check as they are: checking them again rewrites nothing.
+    checks_pass(topo, 2);
+    assert_eq!(
+        topo.counter(0, "iptables_repairs"),
+        0,
+        "{:?}",
+        topo.stats(0)
+    );
     node
 }
 
+/// Waits for node 0's keeper to finish `n` more checks of its rules.
+fn checks_pass(topo: &Topology, n: u64) {
+    let from = topo.counter(0, "iptables_checks");
+    assert!(
+        wait_for(Duration::from_secs(3 + 2 * n), || {
+            topo.counter(0, "iptables_checks") >= from + n
+        }),
+        "the keeper checked {from} times and no more: {:?}",
+        topo.stats(0)
+    );
+}
+
 /// Waits for node 0 (process `node`) to count `repairs` repairs of its rules and none failed,
-/// checks that the pod reaches the outside as the node again, and stops the node, which must
-/// exit cleanly.
+/// and for the rules then to stay as they are (no repair in two more checks), checks that the
+/// pod reaches the outside as the node again, and stops the node, which must exit cleanly.
 fn repaired_then_stopped(topo: &mut Topology, outside: &Netns, node: usize, repairs: u64) {
     assert!(
         wait_for(Duration::from_secs(3), || {
             topo.counter(0, "iptables_repairs") >= repairs
         }),
         "{:?}",
+        topo.stats(0)
+    );
+    // The check under way may still count its repair; after it, nothing more to repair.
+    checks_pass(topo, 1);
+    let repaired = topo.counter(0, "iptables_repairs");
+    checks_pass(topo, 2);
+    assert_eq!(
+        topo.counter(0, "iptables_repairs"),
+        repaired,
+        "rules rewritten with nothing changed: {:?}",
         topo.stats(0)
     );
     assert_eq!(topo.counter(0, "iptables_errors"), 0, "{:?}", topo.stats(0));
@@ -266,6 +296,8 @@ fn ip_masq_through_nftables_writes_flanneld_s_table() {
     let (ok, table) = nft(host, &["list", "table", "ip", "flannel-ipv4"]);
     assert!(ok, "no table ip flannel-ipv4:\n{}", log());
     for want in [
+        "comment \"rules for flannel-ipv4\"",
+        "comment \"chain to manage traffic masquerading by flannel\"",
         "chain postrtg",
         "type nat hook postrouting priority srcnat",
         "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
@@ -300,8 +332,8 @@ fn ip_masq_through_nftables_writes_flanneld_s_table() {
         log()
     );
     repaired_then_stopped(&mut topo, &outside, node, 2);
-    let (_, ruleset) = nft(&topo.hosts[0], &["list", "ruleset"]);
-    assert!(!ruleset.contains("flannel"), "{ruleset}");
+    let (ok, ruleset) = nft(&topo.hosts[0], &["list", "ruleset"]);
+    assert!(ok && !ruleset.contains("flannel"), "{ruleset}");
 }
 
 #[test]

@@ -254,7 +254,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub ip_masq_fully_random_disable: Option<bool>,
-    /// Seconds between checks (and repairs) of the iptables rules (1..=86400) [default: 5].
+    /// Seconds between checks (and repairs) of the masquerade and forward rules, iptables or
+    /// nftables (1..=86400) [default: 5].
     #[arg(long, value_name = "SECS", value_parser = parse_resync)]
     pub iptables_resync: Option<u64>,
     /// Accept forwarded traffic from and to the network (FLANNEL-FWD) [default: as --ip-masq].
@@ -263,7 +264,7 @@ pub struct RunArgs {
     pub iptables_forward_rules: Option<bool>,
     /// Write the --ip-masq and --iptables-forward-rules rules into flanneld's nftables table
     /// (`ip flannel-ipv4`) rather than with iptables [default: the network config's
-    /// EnableNFTables with --etcd-endpoints, else false].
+    /// EnableNFTables with etcd, which this flag or the file key may only repeat; else false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = parse_go_bool)]
     pub nftables: Option<bool>,

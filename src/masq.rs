@@ -56,7 +56,13 @@ pub enum MasqError {
     /// The tool is not installed.
     #[error(
         "the rules of --ip-masq and --iptables-forward-rules need `{tool}`, which is not \
-         installed (apt-get install {package})"
+         installed (apt-get install {package}){}",
+        if *tool == "nft" {
+            "; they go through nftables because the network config sets EnableNFTables or \
+             --nftables is given"
+        } else {
+            ""
+        }
     )]
     Missing {
         /// The tool.
@@ -426,9 +432,13 @@ fn run_tool(tool: &'static str, args: &[&str], input: Option<&[u8]>) -> Result<O
         })?;
     if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
         use std::io::Write as _;
-        stdin
-            .write_all(data)
-            .map_err(|source| MasqError::Run { tool, source })?;
+        match stdin.write_all(data) {
+            // A tool that exits before reading all of its input says why in its status.
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(MasqError::Run { tool, source: e });
+            }
+            _ => {}
+        }
     }
     child
         .wait_with_output()
@@ -504,6 +514,7 @@ pub struct Keeper {
 /// What the keeper counts.
 #[derive(Debug, Default)]
 struct Counters {
+    checks: AtomicU64,
     repairs: AtomicU64,
     errors: AtomicU64,
 }
@@ -528,7 +539,11 @@ impl Keeper {
             }
             plan.random_fully = false;
         }
-        tools.install(&plan)?;
+        if let Err(e) = tools.install(&plan) {
+            // Nothing would remove what a failed install wrote in part.
+            let _ = tools.remove(&plan);
+            return Err(e);
+        }
         tracing::info!(
             masquerade = plan.masquerade,
             forward = plan.forward,
@@ -601,6 +616,10 @@ impl Keeper {
         move || {
             vec![
                 (
+                    "iptables_checks".to_owned(),
+                    counters.checks.load(Ordering::Acquire),
+                ),
+                (
                     "iptables_repairs".to_owned(),
                     counters.repairs.load(Ordering::Relaxed),
                 ),
@@ -617,8 +636,10 @@ impl Keeper {
         let counters = Arc::clone(&self.counters);
         move || {
             format!(
-                "# TYPE fustian_iptables_repairs counter\nfustian_iptables_repairs {}\n\
+                "# TYPE fustian_iptables_checks counter\nfustian_iptables_checks {}\n\
+                 # TYPE fustian_iptables_repairs counter\nfustian_iptables_repairs {}\n\
                  # TYPE fustian_iptables_errors counter\nfustian_iptables_errors {}\n",
+                counters.checks.load(Ordering::Acquire),
                 counters.repairs.load(Ordering::Relaxed),
                 counters.errors.load(Ordering::Relaxed),
             )
@@ -655,16 +676,20 @@ fn keep(tools: &mut Tools, plan: &Plan, resync: Duration, stop: &AtomicBool, cou
             .and_then(|()| tools.ensure(plan));
         match result {
             Ok(repaired) => {
+                // The repair is counted before the check, so a reader that sees a check
+                // also sees the repair it made.
                 if repaired {
                     counters.repairs.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("{} missing or changed; written again", tools.what());
                 }
+                counters.checks.fetch_add(1, Ordering::Release);
                 if failing {
                     tracing::info!("{} checked again", tools.what());
                 }
                 failing = false;
             }
             Err(e) => {
+                counters.checks.fetch_add(1, Ordering::Release);
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 // Said once per failing stretch, not every round.
                 if !failing {

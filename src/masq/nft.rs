@@ -67,6 +67,13 @@ impl Nft {
             return Err(failed(&["--version"], &out));
         }
         let probe = "fustian-probe";
+        // A bare table must pass: otherwise nft or the kernel cannot do nftables at all (no
+        // permission, no nf_tables), which is an error, not a missing feature.
+        let bare = format!("add table {} {probe}\n", this.family);
+        let out = run_tool("nft", &["--check", "-f", "-"], Some(bare.as_bytes()))?;
+        if !out.status.success() {
+            return Err(failed(&["--check", "-f", "-"], &out));
+        }
         this.comments = this.check(&format!(
             "add table {} {probe} {{ comment \"probe\"; }}\n",
             this.family
@@ -121,8 +128,9 @@ impl Nft {
                 comment("chain to manage traffic masquerading by flannel")
             ));
             // flanneld's rules, in its order. The fourth is flanneld's nftables form, which
-            // differs from its iptables form (`! -s NETWORK -d SUBNET`); the sixth is then
-            // reached only by what the fourth lets through.
+            // differs from its iptables form (`! -s NETWORK -d SUBNET`): it returns everything
+            // bound for the network from outside this node's subnet, so the sixth never
+            // matches. Kept as flanneld writes it.
             for rule in [
                 "meta mark 0x4000 return".to_owned(),
                 format!("{f} saddr {sub} {f} daddr {net} return"),
@@ -195,7 +203,7 @@ impl Nft {
     pub fn remove(&self) -> Result<(), MasqError> {
         let args = ["delete", "table", self.family, self.table];
         let out = run_tool("nft", &args, None)?;
-        if out.status.success() || self.list()?.is_none() {
+        if out.status.success() || matches!(self.list(), Ok(None)) {
             Ok(())
         } else {
             Err(failed(&args, &out))
