@@ -1214,7 +1214,7 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
     let mut c = Cluster::new(2);
     c.put(
         &format!("{PREFIX}/config"),
-        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,
     );
     // A dual-stack flanneld node (not running; its lease is all the nodes see), exactly as
     // flanneld writes it.
@@ -1244,7 +1244,9 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         let ip6 = node_ip6(i);
         let mut extra = vec!["--public-ipv6", ip6.as_str()];
         if i == 0 {
+            // With EnableNFTables, both families' tables.
             extra.extend(http);
+            extra.push("--ip-masq");
         }
         let v4 = c.start_node(i, &extra);
         let v6 = fustian::control::etcd::previous_subnet6(&c.subnet_file(i))
@@ -1360,6 +1362,33 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         c.written(0, &v6_peer).is_some_and(|b| b > 4 << 20)
     });
     assert!(sent, "{v6_peer}: {:?}", c.written(0, &v6_peer));
+    // Node 0 masquerades each family in its own nftables table, with that family's subnet.
+    for (family, table, subnet, outside) in [
+        (
+            "ip",
+            "flannel-ipv4",
+            subnets[0].0.to_string(),
+            "224.0.0.0/4",
+        ),
+        ("ip6", "flannel-ipv6", subnets[0].1.to_string(), "ff00::/8"),
+    ] {
+        let (ok, listing) = nft(&c.nodes[0], &["list", "table", family, table]);
+        let net = if family == "ip" {
+            "10.244.0.0/16"
+        } else {
+            "fd00:10:244::/56"
+        };
+        for want in [
+            format!("{family} saddr {subnet} {family} daddr {net} return"),
+            format!("{family} saddr {net} {family} daddr != {outside} masquerade"),
+            format!("{family} daddr {net} accept"),
+        ] {
+            assert!(
+                ok && listing.contains(&want),
+                "{want} in {family} {table}:\n{listing}"
+            );
+        }
+    }
     // Restarted after its lease went away, node 1 asks for both subnets of its subnet file.
     c.stop_node(1);
     let key1 = format!(
@@ -1390,4 +1419,9 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
     for i in 0..2 {
         c.stop_node(i);
     }
+    let (ok, ruleset) = nft(&c.nodes[0], &["list", "ruleset"]);
+    assert!(
+        ok && !ruleset.contains("flannel"),
+        "node 0 after its stop: {ruleset}"
+    );
 }
