@@ -485,7 +485,7 @@ fn doctor_with_etcd_names_a_stray_lease_and_a_deleted_own_lease() {
 
     assert!(
         last.1.iter().any(|c| c["name"] == "etcd.table"
-            && c["detail"] == "the table holds exactly the 1 leases in etcd"),
+            && c["detail"] == "the table holds exactly the 1 peers of the leases in etcd"),
         "{:#?}",
         last.1
     );

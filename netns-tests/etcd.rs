@@ -1362,6 +1362,34 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         c.written(0, &v6_peer).is_some_and(|b| b > 4 << 20)
     });
     assert!(sent, "{v6_peer}: {:?}", c.written(0, &v6_peer));
+    // doctor, reading etcd, expects exactly the four peers node 0 made of the two other
+    // leases: each an IPv4 peer and an IPv6 one over the IPv6 underlay.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", c.nodes[0].name(), EXE, "doctor"])
+        .args([
+            "--addr",
+            "192.0.2.1:8471",
+            "--json",
+            "--etcd-endpoints",
+            ETCD,
+        ])
+        .output()
+        .expect("ip netns exec runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let table = report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == "etcd.table"))
+        .cloned();
+    assert!(
+        table.as_ref().is_some_and(|t| t["outcome"] == "ok"
+            && t["detail"] == "the table holds exactly the 4 peers of the leases in etcd"),
+        "{report:#}"
+    );
     // Node 0 masquerades each family in its own nftables table, with that family's subnet.
     for (family, table, subnet, outside) in [
         (

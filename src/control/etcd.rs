@@ -881,56 +881,7 @@ impl Agent {
         let Some(config) = &self.config else {
             return Vec::new();
         };
-        let (kind, port, vni) = match &config.backend {
-            Backend::Udp { port } => (
-                "udp",
-                port.unwrap_or(crate::wire::flannel::DEFAULT_PORT),
-                None,
-            ),
-            Backend::Vxlan { vni, port, .. } => (
-                "vxlan",
-                port.unwrap_or(crate::wire::vxlan::DEFAULT_PORT),
-                Some(*vni),
-            ),
-        };
-        let mut ignored = 0;
-        let mut peers = Vec::new();
-        for Accepted {
-            subnet,
-            subnet6,
-            value,
-            ..
-        } in accepted
-        {
-            let speaks = value.backend() == kind
-                && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
-            if !speaks {
-                ignored += 1;
-                continue;
-            }
-            let v4 = SocketAddr::new(IpAddr::V4(value.public_ip), port);
-            peers.push(Peer {
-                subnet: IpNet::V4(subnet),
-                endpoint: v4,
-                vtep_mac: value.vtep_mac,
-            });
-            let Some(subnet6) = subnet6 else { continue };
-            // The IPv6 half goes over the IPv6 underlay when both nodes have one (and, for
-            // vxlan, the lease names its IPv6 VTEP); else over IPv4 to the IPv4 VTEP, which
-            // takes IPv6 frames as well.
-            let over_v6 = self.public_ipv6.and(value.public_ipv6).filter(|_| {
-                kind == "udp" || (value.vtep_mac6.is_some() && value.vni6.or(vni) == vni)
-            });
-            let (endpoint, vtep_mac) = match over_v6 {
-                Some(ip6) => (SocketAddr::new(IpAddr::V6(ip6), port), value.vtep_mac6),
-                None => (v4, value.vtep_mac),
-            };
-            peers.push(Peer {
-                subnet: IpNet::V6(subnet6),
-                endpoint,
-                vtep_mac,
-            });
-        }
+        let (peers, ignored) = lease_peers(&config.backend, self.public_ipv6, accepted);
         self.state.leases_ignored.store(ignored, Ordering::Relaxed);
         peers
     }
@@ -1317,6 +1268,70 @@ fn pick<T: Copy>(items: &[T]) -> Option<T> {
     }
     let i = usize::try_from(u64::from_ne_bytes(seed) % items.len() as u64).unwrap_or(0);
     items.get(i).copied()
+}
+
+/// The peers a node makes of the leases `accepted` on a network with `backend`, with
+/// `public_ipv6` its IPv6 underlay address (if any), and how many leases it ignores (a backend
+/// it cannot speak: another type, or for `vxlan` no VTEP MAC or another VNI). Each lease is a
+/// peer for its IPv4 subnet; on a dual-stack network its IPv6 subnet is a second peer, over the
+/// IPv6 underlay when both nodes have one. The agent and `fustian doctor` both use it, so
+/// doctor expects exactly the table the node builds.
+pub fn lease_peers(
+    backend: &Backend,
+    public_ipv6: Option<Ipv6Addr>,
+    accepted: Vec<Accepted>,
+) -> (Vec<Peer>, u64) {
+    let (kind, port, vni) = match backend {
+        Backend::Udp { port } => (
+            "udp",
+            port.unwrap_or(crate::wire::flannel::DEFAULT_PORT),
+            None,
+        ),
+        Backend::Vxlan { vni, port, .. } => (
+            "vxlan",
+            port.unwrap_or(crate::wire::vxlan::DEFAULT_PORT),
+            Some(*vni),
+        ),
+    };
+    let mut ignored = 0;
+    let mut peers = Vec::new();
+    for Accepted {
+        subnet,
+        subnet6,
+        value,
+        ..
+    } in accepted
+    {
+        let speaks = value.backend() == kind
+            && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
+        if !speaks {
+            ignored += 1;
+            continue;
+        }
+        let v4 = SocketAddr::new(IpAddr::V4(value.public_ip), port);
+        peers.push(Peer {
+            subnet: IpNet::V4(subnet),
+            endpoint: v4,
+            vtep_mac: value.vtep_mac,
+        });
+        let Some(subnet6) = subnet6 else { continue };
+        // The IPv6 half goes over the IPv6 underlay when both nodes have one (and, for
+        // vxlan, the lease names its IPv6 VTEP); else over IPv4 to the IPv4 VTEP, which
+        // takes IPv6 frames as well.
+        let over_v6 = public_ipv6
+            .and(value.public_ipv6)
+            .filter(|_| kind == "udp" || (value.vtep_mac6.is_some() && value.vni6.or(vni) == vni));
+        let (endpoint, vtep_mac) = match over_v6 {
+            Some(ip6) => (SocketAddr::new(IpAddr::V6(ip6), port), value.vtep_mac6),
+            None => (v4, value.vtep_mac),
+        };
+        peers.push(Peer {
+            subnet: IpNet::V6(subnet6),
+            endpoint,
+            vtep_mac,
+        });
+    }
+    (peers, ignored)
 }
 
 #[cfg(test)]

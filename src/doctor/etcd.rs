@@ -6,8 +6,9 @@
 //! rules ([`crate::control::lease::judge_leases`]) and compares. [`judge`] is pure.
 //!
 //! On a dual-stack network the node's lease is found by its IPv4 subnet (whatever IPv6 subnet
-//! its key holds beside it), and the table is compared for the IPv4 half: the IPv6 peers a
-//! node derives also depend on its IPv6 underlay, which `/status` does not name.
+//! its key holds beside it), and the table is compared for both halves: the peers expected are
+//! the ones the node's own agent makes of the leases ([`lease_peers`]), with the IPv6 underlay
+//! `/status` names (`listen6`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{Backend, Check, Intent};
+use crate::control::etcd::lease_peers;
 use crate::control::lease::{Rejection, StoredLease, judge_leases, parse_subnet_key, subnet_key};
 use crate::control::netconf::{self, NetworkConfig};
 
@@ -251,21 +253,16 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
             Some(format!("etcdctl del {}", r.key)),
         ));
     }
-    let port = intent.listen.port();
-    let want: Vec<(IpNet, SocketAddr)> = accepted
-        .iter()
-        .filter(|a| a.value.backend() == config.backend.name())
-        .map(|a| {
-            (
-                IpNet::V4(a.subnet),
-                SocketAddr::new(IpAddr::V4(a.value.public_ip), port),
-            )
-        })
-        .collect();
+    // The peers the node itself makes of these leases, both halves of a dual-stack network.
+    let public_ipv6 = match intent.listen6.map(|a| a.ip()) {
+        Some(IpAddr::V6(ip)) => Some(ip),
+        _ => None,
+    };
+    let (peers, _) = lease_peers(&config.backend, public_ipv6, accepted);
+    let want: Vec<(IpNet, SocketAddr)> = peers.iter().map(|p| (p.subnet, p.endpoint)).collect();
     let have: Vec<(IpNet, SocketAddr)> = intent
         .peers
         .iter()
-        .filter(|p| p.subnet.addr().is_ipv4())
         .map(|p| (p.subnet, p.endpoint))
         .collect();
     let missing: Vec<String> = want
@@ -281,7 +278,10 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     out.push(if missing.is_empty() && extra.is_empty() {
         Check::ok(
             "etcd.table",
-            format!("the table holds exactly the {} leases in etcd", want.len()),
+            format!(
+                "the table holds exactly the {} peers of the leases in etcd",
+                want.len()
+            ),
         )
     } else {
         let mut what = Vec::new();
@@ -414,31 +414,63 @@ mod tests {
     }
 
     #[test]
-    fn a_dual_stack_node_is_judged_on_its_ipv4_half() {
-        let mut intent = intent();
-        // The table's IPv6 peer is not compared (its endpoint depends on the IPv6 underlay).
-        intent.peers.push(PeerIntent {
-            subnet: "fd00:10:244:2::/64".parse().unwrap(),
-            endpoint: "[2001:db8::2]:8285".parse().unwrap(),
-            vtep_mac: None,
-        });
-        let view = EtcdView {
-            config: Some(
-                br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#
-                    .to_vec(),
-            ),
-            leases: vec![
-                lease("10.244.1.0-24&fd00:10:244:1::-64", "192.0.2.1", 2),
-                lease("10.244.2.0-24&fd00:10:244:2::-64", "192.0.2.2", 3),
-            ],
-            own_ttl: Some(86_000),
+    fn a_dual_stack_node_is_judged_on_both_halves() {
+        let dual = |listen6: Option<&str>, peer6: Option<&str>| {
+            let mut intent = intent();
+            intent.listen6 = listen6.map(|a| a.parse().unwrap());
+            if let Some(endpoint) = peer6 {
+                intent.peers.push(PeerIntent {
+                    subnet: "fd00:10:244:2::/64".parse().unwrap(),
+                    endpoint: endpoint.parse().unwrap(),
+                    vtep_mac: None,
+                });
+            }
+            let lease6 = |subnet: &str, ip: &str, ip6: &str, rev| Read {
+                value: format!(r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}"}}"#).into_bytes(),
+                ..lease(subnet, ip, rev)
+            };
+            let view = EtcdView {
+                config: Some(
+                    br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#
+                        .to_vec(),
+                ),
+                leases: vec![
+                    lease6("10.244.1.0-24&fd00:10:244:1::-64", "192.0.2.1", "2001:db8::1", 2),
+                    lease6("10.244.2.0-24&fd00:10:244:2::-64", "192.0.2.2", "2001:db8::2", 3),
+                ],
+                own_ttl: Some(86_000),
+            };
+            judge(&intent, P, &view)
         };
-        let checks = judge(&intent, P, &view);
+        // The IPv6 peer over the IPv6 underlay, as the node makes it.
+        let checks = dual(Some("[2001:db8::1]:8285"), Some("[2001:db8::2]:8285"));
         assert!(
             checks.iter().all(|c| c.outcome == Outcome::Ok),
             "{checks:#?}"
         );
         assert_eq!(checks.len(), 3);
+        // Without an IPv6 underlay the node reaches the IPv6 subnet over IPv4.
+        let checks = dual(None, Some("192.0.2.2:8285"));
+        assert!(
+            checks.iter().all(|c| c.outcome == Outcome::Ok),
+            "{checks:#?}"
+        );
+        // The IPv6 half missing from the table, or at the wrong endpoint, is named.
+        for (peer6, want) in [
+            (
+                None,
+                "in etcd, not in the table: fd00:10:244:2::/64 at [2001:db8::2]:8285",
+            ),
+            (
+                Some("192.0.2.2:8285"),
+                "in the table, not in etcd: fd00:10:244:2::/64 at 192.0.2.2:8285",
+            ),
+        ] {
+            let checks = dual(Some("[2001:db8::1]:8285"), peer6);
+            let table = checks.iter().find(|c| c.name == "etcd.table").unwrap();
+            assert_eq!(table.outcome, Outcome::Fail, "{table:?}");
+            assert!(table.detail.contains(want), "{want}: {table:?}");
+        }
     }
 
     #[test]
