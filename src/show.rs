@@ -4,6 +4,17 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+/// `3d 4h`, `2h 5m`, `7m 3s` or `12s`: the two largest units of `secs`.
+fn uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
 /// Renders the node's state: what it is, its peers, and its non-zero counters (drops apart).
 pub fn render(v: &Value) -> String {
     let s = |key: &str| match &v[key] {
@@ -38,6 +49,12 @@ pub fn render(v: &Value) -> String {
         s("offloads"),
         s("workers"),
     );
+    if let (Some(pid), Some(started)) = (v["pid"].as_u64(), v["started"].as_u64()) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let _ = writeln!(out, "pid {pid}, up {}", uptime(now.saturating_sub(started)));
+    }
     let counters = v["counters"].as_object();
     let counter = |name: &str| counters.and_then(|c| c.get(name)).and_then(Value::as_u64);
     if let Some(connected) = counter("etcd_connected") {
@@ -135,6 +152,14 @@ mod tests {
                 "reason": "spoofed_source", "src": "10.244.9.9", "dst": "10.244.1.2", "proto": 6,
                 "sport": 1000, "dport": 80, "outer": "192.0.2.2:8285"}]
         });
+        let mut with_pid = v.clone();
+        with_pid["pid"] = 4242.into();
+        with_pid["started"] = 0.into();
+        assert!(
+            render(&with_pid).contains("\npid 4242, up "),
+            "{}",
+            render(&with_pid)
+        );
         let text = render(&v);
         assert!(
             text.contains("node 10.244.1.0/24 in 10.244.0.0/16 on 192.0.2.1:8472, vxlan (VNI 1")
@@ -157,6 +182,19 @@ mod tests {
     }
 
     #[test]
+    fn uptime_names_the_two_largest_units() {
+        assert_eq!(uptime(0), "0s");
+        assert_eq!(uptime(59), "59s");
+        assert_eq!(uptime(7 * 60 + 3), "7m 3s");
+        assert_eq!(uptime(2 * 3600 + 5 * 60 + 9), "2h 5m");
+        assert_eq!(uptime(3 * 86_400 + 4 * 3600 + 1), "3d 4h");
+        assert_eq!(
+            uptime(u64::MAX),
+            format!("{}d {}h", u64::MAX / 86_400, u64::MAX / 3600 % 24)
+        );
+    }
+
+    #[test]
     fn renders_a_dual_stack_node() {
         let v = serde_json::json!({
             "subnet": "10.244.1.0/24", "network": "10.244.0.0/16", "listen": "192.0.2.1:8285",
@@ -173,6 +211,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("also on [2001:db8::1]:8285"), "{text}");
+        assert!(!text.contains("pid"), "no pid line without one: {text}");
         assert!(text.contains("fd00:10:244:2::/64"), "{text}");
         assert!(text.contains("[2001:db8::2]:8285"), "{text}");
         // A single-stack node says nothing of IPv6.
