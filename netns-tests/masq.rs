@@ -70,6 +70,15 @@ fn outside_world(topo: &Topology, name: &str) -> Netns {
     outside
 }
 
+/// A two-node topology with the outside host on a link from node A.
+fn with_outside_world() -> (Topology, Netns) {
+    let p = prefix();
+    let topo = Topology::build(&p)
+        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
+    let outside = outside_world(&topo, &format!("{p}o"));
+    (topo, outside)
+}
+
 /// CapEff of every thread of `pid`, by thread name.
 fn thread_caps(pid: u32) -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -201,10 +210,7 @@ fn ip_masq_lets_pods_reach_the_outside_as_the_node() {
         return;
     }
     let _serial = serial();
-    let p = prefix();
-    let mut topo = Topology::build(&p)
-        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
-    let outside = outside_world(&topo, &format!("{p}o"));
+    let (mut topo, outside) = with_outside_world();
     let pod_ip: std::net::IpAddr = POD_IPS[0].parse().expect("pod ip");
     let subnet_env = topo.dir.path().join("node-0").join("subnet.env");
 
@@ -277,10 +283,7 @@ fn ip_masq_through_nftables_writes_flanneld_s_table() {
         return;
     }
     let _serial = serial();
-    let p = prefix();
-    let mut topo = Topology::build(&p)
-        .unwrap_or_else(|e| panic!("netns test prerequisite missing or setup failed: {e}"));
-    let outside = outside_world(&topo, &format!("{p}o"));
+    let (mut topo, outside) = with_outside_world();
     let host = &topo.hosts[0];
     assert!(
         nft(host, &["--version"]).0,

@@ -380,6 +380,27 @@ mod tests {
         })
     }
 
+    proptest::proptest! {
+        /// Any JSON the endpoint answers is read or refused with a typed error, never a
+        /// panic; the run's identity is read exactly when both of its fields are counts.
+        #[test]
+        fn any_status_is_read_or_refused(
+            text in "\\PC{0,200}",
+            pid in proptest::prelude::any::<i64>(),
+            started in proptest::prelude::any::<i64>(),
+        ) {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                let _ = Intent::from_status(&v);
+            }
+            let mut v = status();
+            v["pid"] = pid.into();
+            v["started"] = started.into();
+            let i = Intent::from_status(&v).expect("the rest is valid");
+            let want = u64::try_from(pid).ok().zip(u64::try_from(started).ok());
+            proptest::prop_assert_eq!(i.instance, want);
+        }
+    }
+
     #[test]
     fn intent_from_status() {
         let i = Intent::from_status(&status()).unwrap();
