@@ -541,6 +541,58 @@ pub fn env_name(name: &str) -> String {
     format!("FLANNELD_{}", name.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// flanneld's flags whose default is the empty string, or an empty list: given empty
+/// (`-etcd-cafile=`, `-public-ip ""`), each means what flanneld makes of it, "not set".
+pub const EMPTY_IS_UNSET: &[&str] = &[
+    "etcd-keyfile",
+    "etcd-certfile",
+    "etcd-cafile",
+    "etcd-username",
+    "etcd-password",
+    "iface",
+    "iface-regex",
+    "iface-can-reach",
+    "public-ip",
+    "public-ipv6",
+    "healthz-ip",
+    "kube-api-url",
+    "kubeconfig-file",
+    "vmodule",
+    "log_backtrace_at",
+];
+
+/// Inserts `run` where flanneld's command line is given as is: when the program is called
+/// `flanneld` (a symlink or a renamed binary) and no subcommand is named, or when the first
+/// argument is a flag only `run` knows (`fustian -etcd-endpoints=...`). `-h`, `--help`,
+/// `-V`, `--version` and `--log` keep their top-level meaning.
+fn implicit_run(mut argv: Vec<OsString>) -> Vec<OsString> {
+    const SUBCOMMANDS: &[&str] = &["run", "lab", "show", "doctor", "trace", "help"];
+    let as_flanneld = argv.first().is_some_and(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .is_some_and(|n| n == "flanneld")
+    });
+    let first = argv.get(1).and_then(|a| a.to_str());
+    let insert = match first {
+        Some(s) if SUBCOMMANDS.contains(&s) => false,
+        Some("-h" | "--help" | "-V" | "--version") => as_flanneld,
+        Some(t) if t.starts_with('-') => {
+            let body = t.trim_start_matches('-');
+            let name = body.split_once('=').map_or(body, |(n, _)| n);
+            as_flanneld
+                || (name != "log"
+                    && (FLANNELD_FLAGS.iter().any(|f| f.name == name)
+                        || run_flag_kinds().iter().any(|(n, _)| n == name)))
+        }
+        Some(_) => false,
+        None => as_flanneld,
+    };
+    if insert {
+        argv.insert(1.min(argv.len()), OsString::from("run"));
+    }
+    argv
+}
+
 /// Rewrites `argv` (the program name first) so clap parses Go's flag forms as flanneld would,
 /// and applies `FLANNELD_*` variables (read through `env`). Only the arguments of `run` are
 /// touched: each `-name`/`--name` of a known flag becomes `--name=value` (a flag that takes a
@@ -557,7 +609,7 @@ pub fn go_style_args(
     argv: impl IntoIterator<Item = OsString>,
     env: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Vec<OsString>, CliError> {
-    let mut argv = argv.into_iter();
+    let mut argv = implicit_run(argv.into_iter().collect()).into_iter();
     let mut out: Vec<OsString> = argv.next().into_iter().collect();
     // Top level: options (only `--log VALUE` takes a separate value), then the subcommand.
     let mut in_run = false;
@@ -632,6 +684,11 @@ pub fn go_style_args(
         };
         if let Some(f) = flanneld {
             given.push(f.name.to_owned());
+            // `-etcd-cafile=` from a template with an empty variable: flanneld's default is the
+            // empty string, so the flag is given (the environment is not read for it) but unset.
+            if EMPTY_IS_UNSET.contains(&f.name) && value.as_ref().is_some_and(|v| v.is_empty()) {
+                continue;
+            }
             if let Support::Refused { unless, why } = f.support {
                 check_refused(f, &format!("--{name}"), value.as_deref(), unless, why)?;
                 continue;
@@ -1033,6 +1090,84 @@ mod tests {
             Command::Run(r) => *r,
             other => panic!("not run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn flanneld_s_command_line_runs_without_the_subcommand() {
+        // A unit written for flanneld, with only the binary's path changed.
+        let r = run_args(&["-etcd-endpoints=http://192.0.2.10:2379", "-ip-masq"]);
+        assert_eq!(r.etcd_endpoints.as_deref(), Some("http://192.0.2.10:2379"));
+        assert_eq!(r.ip_masq, Some(true));
+        let r = run_args(&["--public-ip", "192.0.2.1", "--network", "10.244.0.0/16"]);
+        assert_eq!(r.public_ip.as_deref(), Some("192.0.2.1"));
+        // Called `flanneld` (a symlink), with no flags at all: a node at flanneld's defaults.
+        let as_flanneld = |args: &[&str]| {
+            let argv = std::iter::once("/usr/local/bin/flanneld")
+                .chain(args.iter().copied())
+                .map(OsString::from);
+            go_style_args(argv, &no_env).expect("rewrites")
+        };
+        assert_eq!(as_flanneld(&[]), ["/usr/local/bin/flanneld", "run"]);
+        assert_eq!(as_flanneld(&["-version"])[1], "run");
+        assert_eq!(as_flanneld(&["lab"])[1], "lab");
+        // The top level keeps its own: subcommands, help, version, --log.
+        for top in [
+            &["lab"][..],
+            &["--help"],
+            &["-h"],
+            &["--version"],
+            &["-V"],
+            &["--log", "debug", "run"],
+            &["show"],
+        ] {
+            let out = rewrite(top, &no_env).expect("rewrites");
+            assert_eq!(
+                out[1..].iter().map(String::as_str).collect::<Vec<_>>(),
+                top.to_vec(),
+                "{top:?}"
+            );
+        }
+        // Not a flag of `run`: left for clap to refuse.
+        assert_eq!(
+            rewrite(&["--nonsense"], &no_env).expect("rewrites")[1],
+            "--nonsense"
+        );
+    }
+
+    #[test]
+    fn an_empty_value_of_a_flag_whose_default_is_empty_is_unset() {
+        // `-etcd-cafile=${CAFILE}` with CAFILE unset, as templated units write it.
+        let r = run_args(&[
+            "run",
+            "-etcd-cafile=",
+            "-etcd-certfile=",
+            "-etcd-keyfile",
+            "",
+            "-etcd-username=",
+            "-etcd-password=",
+            "-public-ip=",
+            "-public-ipv6=",
+            "-iface=",
+            "-iface-regex=",
+            "-iface-can-reach=",
+            "-healthz-ip=",
+        ]);
+        assert_eq!(r.etcd_cafile, None);
+        assert_eq!(r.etcd_certfile, None);
+        assert_eq!(r.etcd_keyfile, None);
+        assert_eq!(r.etcd_username, None);
+        assert_eq!(r.public_ip, None);
+        assert_eq!(r.public_ipv6, None);
+        assert!(r.iface.is_empty() && r.iface_regex.is_empty());
+        assert_eq!(r.iface_can_reach, None);
+        assert_eq!(r.healthz_ip, IpAddr::from([127, 0, 0, 1]));
+        // Given empty, the flag is still given: the environment does not fill it in, as with
+        // flanneld's flag set from the command line.
+        let env = |k: &str| (k == "FLANNELD_PUBLIC_IP").then(|| OsString::from("192.0.2.7"));
+        let argv = rewrite(&["run", "-public-ip="], &env).expect("rewrites");
+        assert!(!argv.iter().any(|a| a.contains("192.0.2.7")), "{argv:?}");
+        // A flag whose default is not empty keeps refusing an empty value.
+        assert!(parse_with(&["run", "-subnet-lease-renew-margin="], &no_env).is_err());
     }
 
     /// Flags with a value (some values start with `-`, which Go takes as the value).

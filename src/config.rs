@@ -846,9 +846,7 @@ pub fn load_or_create_vtep_mac(path: &Path) -> Result<MacAddress, ConfigError> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io_err)?;
             }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{mac}\n")).map_err(io_err)?;
-            std::fs::rename(&tmp, path).map_err(io_err)?;
+            crate::sys::write_atomically(path, format!("{mac}\n").as_bytes()).map_err(io_err)?;
             Ok(mac)
         }
         Err(e) => Err(io_err(e)),

@@ -6,7 +6,9 @@
 //!
 //! - at most [`MAX_CONNECTIONS`] connections; a new one beyond that replaces the oldest (one
 //!   already answered first, then one still sending its head, then one still being answered),
-//!   so idle or slow clients cannot lock a health probe out;
+//!   so idle or slow clients cannot lock a health probe out, but never one younger than
+//!   [`MIN_AGE`] (new connections wait in the backlog meanwhile), so clients churning
+//!   connections cannot lock out a slow one either;
 //! - the request head (request line and header fields) is read into a fixed buffer of
 //!   [`HEAD_LIMIT`] bytes per connection; a longer head is answered 431 (414 when the request
 //!   line alone does not fit) and the connection closed;
@@ -47,6 +49,10 @@ pub const HEAD_LIMIT: usize = 16 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Time a client has, from its connection, to send its whole request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The least time a connection keeps its slot when new ones want it (see `free_slot`): time
+/// for a slow but honest client to send its request, however fast others churn.
+pub const MIN_AGE: Duration = Duration::from_millis(100);
 /// Time a client has to take the whole answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long input after an answered head is read and discarded before the connection closes.
@@ -739,6 +745,13 @@ impl Server {
             return;
         }
         loop {
+            // Room first, then the connection: one that finds none stays in the backlog.
+            let Some(slot) = self.free_slot(Instant::now()) else {
+                // Every slot holds a connection younger than MIN_AGE: the rest wait in the
+                // backlog, so a client churning connections cannot close a slow one at once.
+                self.accept_retry = Some(Instant::now() + Duration::from_millis(10));
+                return;
+            };
             let mut stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -751,7 +764,6 @@ impl Server {
                     return;
                 }
             };
-            let slot = self.free_slot();
             if self
                 .poll
                 .registry()
@@ -781,9 +793,11 @@ impl Server {
 
     /// Returns a free slot, closing the oldest connection to make one when none is: first
     /// one already answered, then one still sending its head, then one still being answered.
-    fn free_slot(&mut self) -> usize {
+    /// A connection younger than [`MIN_AGE`] is not closed (unless already answered): with
+    /// every slot that young, `None`.
+    fn free_slot(&mut self, now: Instant) -> Option<usize> {
         if let Some(free) = self.conns.iter().position(Option::is_none) {
-            return free;
+            return Some(free);
         }
         let rank = |c: &Conn| match c.state {
             State::Lingering { .. } => 0,
@@ -795,15 +809,16 @@ impl Server {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().map(|c| (rank(c), c.accepted, i)))
+            .filter(|(rank, accepted, _)| *rank == 0 || now.duration_since(*accepted) >= MIN_AGE)
             .min()
-            .map_or(0, |(_, _, i)| i);
+            .map(|(_, _, i)| i)?;
         if let Some(c) = self.conns[victim].take() {
             if !matches!(c.state, State::Lingering { .. }) {
                 Counters::bump(&self.status.counters.evicted);
             }
             self.close(c);
         }
-        victim
+        Some(victim)
     }
 
     /// Closes connections whose deadline passed; one still sending its head gets a
@@ -1251,6 +1266,36 @@ mod tests {
         let mut out = Vec::new();
         let _ = s.read_to_end(&mut out);
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_slow_client_keeps_its_slot_while_others_churn() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let h = serve(listener, Arc::new(status()), Arc::clone(&stop)).expect("serve");
+        // Every slot taken by a fresh idle connection, then the slow client, then as many
+        // new connections again: without a least age the newcomers would close every older
+        // connection, the slow client's among them, before it sends its request.
+        let idle: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut slow = std::net::TcpStream::connect(addr).expect("connect");
+        let churn: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        slow.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n")
+            .expect("send");
+        let mut answer = Vec::new();
+        let _ = slow.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+        drop((idle, churn));
+        stop.store(true, Ordering::Relaxed);
+        h.join().expect("server thread");
     }
 
     #[test]

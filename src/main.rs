@@ -25,11 +25,13 @@ fn main() -> ExitCode {
             EnvFilter::try_new(cli.log_filter()).unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // journald, `kubectl logs` and log files get plain text, as from flanneld.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fustian: {e:#}");
+            eprintln!("fustian: {}", fustian::sys::printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -205,8 +207,21 @@ fn join_etcd(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    // Only the commands that watch the flag take SIGTERM and SIGINT over; `show` and `doctor`
+    // keep the default action, so Ctrl-C ends them wherever they are.
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Trace(_) | Command::Lab(_)
+    ) {
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(signal, Arc::clone(&stop))?;
+        }
+    }
+    // A node reloads its config file on SIGHUP (see `run_node`); one with nothing to reload
+    // says so rather than dying untidily, rules left in place, by the default action.
+    let hup = Arc::new(AtomicBool::new(false));
+    if matches!(cli.command, Command::Run(_)) {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
     }
     match cli.command {
         Command::Run(mut args) => {
@@ -230,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let status = http.as_ref().map(|(s, _)| Arc::clone(s));
-            let result = run_node(&args, file.as_ref(), &stop, status);
+            let result = run_node(&args, file.as_ref(), &stop, &hup, status);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some((_, thread)) = http {
                 let _ = thread.join();
@@ -243,7 +258,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print!("{}", fustian::show::render(&value));
+                print!(
+                    "{}",
+                    fustian::sys::printable(&fustian::show::render(&value))
+                );
             }
         }
         Command::Doctor(args) => {
@@ -262,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report.json())?);
             } else {
-                print!("{}", report.render());
+                print!("{}", fustian::sys::printable(&report.render()));
             }
             if !report.passed() {
                 std::process::exit(1);
@@ -333,6 +351,7 @@ fn run_node(
     args: &fustian::cli::RunArgs,
     file: Option<&(std::path::PathBuf, RawNode)>,
     stop: &Arc<AtomicBool>,
+    hup: &Arc<AtomicBool>,
     status: Option<Arc<fustian::http::Status>>,
 ) -> anyhow::Result<()> {
     let (config, mut controls, managed) = match &args.etcd_endpoints_or_default() {
@@ -350,14 +369,26 @@ fn run_node(
     // Without etcd, the config file is the source of the peers: read again when it changes
     // or on SIGHUP.
     if let (false, Some(path)) = (managed, &args.config) {
-        let requested = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&requested))?;
         let reload = fustian::control::file::Reload {
             path: path.clone(),
             flags: args.raw(),
-            requested,
+            requested: Arc::clone(hup),
         };
         controls.push(fustian::control::file::source(config.clone(), reload));
+    } else {
+        let (hup, stop) = (Arc::clone(hup), Arc::clone(stop));
+        let source = if managed { "etcd" } else { "the flags" };
+        std::thread::Builder::new()
+            .name("fustian-sighup".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                while !stop.load(Ordering::Relaxed) {
+                    if hup.swap(false, Ordering::Relaxed) {
+                        tracing::info!("SIGHUP: nothing to reload, the peers come from {source}");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            })?;
     }
     // Synthetic updates, for tests and measurements.
     controls.extend(fustian::control::churn::source(
@@ -375,5 +406,8 @@ fn run_node(
         trace_socket: args.trace_socket.clone(),
     };
     fustian::node::run(&config, &opts, stop, controls)?;
+    if let Some(why) = fustian::control::fatal() {
+        anyhow::bail!("{why}");
+    }
     Ok(())
 }

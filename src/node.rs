@@ -121,6 +121,7 @@ pub fn run(
         source,
     })?;
     let underlay = Underlay::find(&mut nl, config)?;
+    retire_flanneld_vtep(config)?;
     let (backend, why) = event::choose(config.io).map_err(Error::Underlay)?;
     let device = Device::open(&mut nl, config, &underlay)?;
     let (sockets, offloads) = open_sockets(config, &device)?;
@@ -207,7 +208,11 @@ pub fn run(
             return Err(e);
         }
     };
+    // A unit of `Type=notify` (flanneld's) starts what is ordered after it now: the subnet
+    // file is written and packets flow.
+    notify_systemd("READY=1");
     supervise(opts, stop, &handles, &view);
+    notify_systemd("STOPPING=1");
     let result = teardown(
         opts,
         stop,
@@ -892,21 +897,145 @@ fn spawn_workers(
     Ok(handles)
 }
 
-/// Writes the stats file, when there is one.
-fn write_stats(opts: &RunOptions, view: &NodeView) {
-    if let Some(path) = &opts.stats_file
-        && let Err(e) = write_atomically(path, view.render_prometheus().as_bytes())
-    {
-        tracing::warn!("cannot write stats file {}: {e}", path.display());
+/// A kernel VXLAN device as `ip -d -j link show type vxlan` describes it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KernelVtep {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: Option<u64>,
+    /// Its UDP port.
+    pub port: Option<u64>,
+}
+
+/// Reads `ip -d -j link show type vxlan` output; anything else reads as no device.
+pub fn parse_kernel_vteps(json: &[u8]) -> Vec<KernelVtep> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_slice(json) else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter_map(|l| {
+            let data = &l["linkinfo"]["info_data"];
+            Some(KernelVtep {
+                name: l["ifname"].as_str()?.to_owned(),
+                vni: data["id"].as_u64(),
+                port: data["port"].as_u64(),
+            })
+        })
+        .collect()
+}
+
+/// Before a `vxlan` node binds its port: flanneld's own VTEP (`flannel.<VNI>`, a kernel
+/// VXLAN device with this network's VNI on this port), which flanneld leaves behind when it
+/// stops, holds the port and routes every peer's subnet past the TUN device. The node takes
+/// flanneld's place, so it deletes that device (its routes and neighbour entries go with it)
+/// and says so. Another kernel VXLAN device on the port is left alone and named in the error,
+/// with the command that removes it.
+fn retire_flanneld_vtep(config: &NodeConfig) -> Result<(), Error> {
+    let BackendConfig::Vxlan { vni, .. } = config.backend else {
+        return Ok(());
+    };
+    let listed = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show", "type", "vxlan"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    // Without `ip` (or its JSON), the bind below reports a taken port as before.
+    let Some(listed) = listed.ok().filter(|o| o.status.success()) else {
+        return Ok(());
+    };
+    let port = u64::from(config.port);
+    for vtep in parse_kernel_vteps(&listed.stdout) {
+        if vtep.port != Some(port) {
+            continue;
+        }
+        if vtep.name != format!("flannel.{vni}") || vtep.vni != Some(u64::from(vni)) {
+            return Err(Error::Underlay(format!(
+                "the kernel VXLAN device {} holds UDP port {port}; remove it (`ip link del {}`) \
+                 or give this node another port",
+                vtep.name, vtep.name
+            )));
+        }
+        let deleted = std::process::Command::new("ip")
+            .args(["link", "del", vtep.name.as_str()])
+            .status();
+        match deleted {
+            Ok(s) if s.success() => tracing::warn!(
+                device = %vtep.name,
+                vni,
+                port,
+                "deleted flanneld's VXLAN device, which held this node's port; fustian now \
+                 carries its traffic"
+            ),
+            _ => {
+                return Err(Error::Underlay(format!(
+                    "flanneld's VXLAN device {} holds UDP port {port} and could not be deleted; \
+                     run `ip link del {}`",
+                    vtep.name, vtep.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tells systemd the node's state (`sd_notify`) when it runs the node as a service with
+/// `NOTIFY_SOCKET` set: one datagram to that socket (a path, or an abstract name after `@`).
+/// Nothing happens without the variable; a failure is logged, never fatal.
+pub fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let bytes = path.as_bytes();
+    let sent = (|| {
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)
+    })();
+    match sent {
+        Ok(_) => tracing::debug!(state, "told systemd"),
+        Err(e) => tracing::warn!(
+            state,
+            socket = %path.to_string_lossy(),
+            "cannot tell systemd the node's state: {e}"
+        ),
+    }
+}
+
+/// Writes the stats file, when there is one. A failure is logged when it starts or changes,
+/// and the recovery once (`failing` holds the last error), not every 250 ms.
+fn write_stats(opts: &RunOptions, view: &NodeView, failing: &mut Option<String>) {
+    let Some(path) = &opts.stats_file else {
+        return;
+    };
+    match write_atomically(path, view.render_prometheus().as_bytes()) {
+        Err(e) => {
+            let e = e.to_string();
+            if failing.as_deref() != Some(e.as_str()) {
+                tracing::warn!("cannot write stats file {}: {e}", path.display());
+                *failing = Some(e);
+            }
+        }
+        Ok(()) => {
+            if failing.take().is_some() {
+                tracing::info!("stats file {} written again", path.display());
+            }
+        }
     }
 }
 
 /// Waits until `stop` is set or a worker stops, writing the stats file every 250 ms.
 fn supervise<T>(opts: &RunOptions, stop: &AtomicBool, handles: &[JoinHandle<T>], view: &NodeView) {
     let mut last_stats: Option<Instant> = None;
+    let mut failing: Option<String> = None;
     while !stop.load(Ordering::Relaxed) && !handles.iter().any(JoinHandle::is_finished) {
         if last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
-            write_stats(opts, view);
+            write_stats(opts, view, &mut failing);
             last_stats = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -945,7 +1074,7 @@ fn teardown(
     for t in control_threads {
         let _ = t.join();
     }
-    write_stats(opts, view);
+    write_stats(opts, view, &mut None);
     drop(masq);
     tracing::info!(
         removed = created,
@@ -954,21 +1083,36 @@ fn teardown(
     result
 }
 
-/// Writes `data` to `path` through a temporary file and a rename, so readers never see half.
-///
-/// # Errors
-///
-/// The write or rename error.
-pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
-}
+pub use crate::sys::write_atomically;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::file::FileCounters;
+
+    #[test]
+    fn kernel_vteps_are_read_from_ip_s_json() {
+        let json = br#"[{"ifindex":7,"ifname":"flannel.1","flags":["UP"],"linkinfo":{"info_kind":"vxlan","info_data":{"id":1,"local":"192.0.2.1","port":8472,"learning":false}}},
+                        {"ifindex":8,"ifname":"vx0","linkinfo":{"info_kind":"vxlan","info_data":{"id":42}}}]"#;
+        assert_eq!(
+            parse_kernel_vteps(json),
+            [
+                KernelVtep {
+                    name: "flannel.1".into(),
+                    vni: Some(1),
+                    port: Some(8472)
+                },
+                KernelVtep {
+                    name: "vx0".into(),
+                    vni: Some(42),
+                    port: None
+                },
+            ]
+        );
+        for junk in [&b""[..], b"{}", b"[1,2]", b"[{\"ifname\":3}]", b"\xff"] {
+            assert!(parse_kernel_vteps(junk).is_empty());
+        }
+    }
 
     fn view() -> NodeView {
         let local = "10.244.1.0/24".parse().expect("literal");

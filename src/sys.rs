@@ -393,6 +393,66 @@ pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// Returns `text` safe to print on a terminal: control characters other than newline and tab
+/// (escape sequences, BEL, carriage return, C1 controls) and the bidirectional overrides are
+/// written as `\u{..}` escapes. Everything printed from another process's answer (a node's
+/// `/status`, an error naming what it sent) goes through this, so no answer can move the
+/// cursor, retitle the terminal or hide text.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so readers never see half
+/// and a crash leaves the old file or the new one. The file is mode 0644 whatever the umask
+/// (as flanneld writes its subnet file; `docker`'s and the CNI plugin's readers need not run as
+/// root), and the temporary file is created anew (`O_EXCL`), never through a link left there.
+///
+/// # Errors
+///
+/// The write, sync or rename error.
+pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    // `.subnet.env.tmp` beside `subnet.env`: one temporary name per target file.
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("fustian"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.write_all(data)?;
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod peer_tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -430,5 +490,88 @@ mod peer_tests {
             drop(other);
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("fustian-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    #[test]
+    fn an_atomic_write_is_0644_whatever_the_umask_and_never_follows_a_link() {
+        let dir = scratch("atomic");
+        let target = dir.join("subnet.env");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "keep\n").expect("victim");
+        // Left at the temporary name by a local user: a link to a file the writer must not
+        // touch.
+        std::os::unix::fs::symlink(&victim, dir.join(".subnet.env.tmp")).expect("symlink");
+        // SAFETY: umask only sets the process's file creation mask; no memory is involved.
+        let old = unsafe { libc::umask(0o077) };
+        let written = write_atomically(&target, b"FLANNEL_MTU=1450\n");
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        written.expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "keep\n");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("target"),
+            "FLANNEL_MTU=1450\n"
+        );
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // Two targets in one directory never share a temporary file.
+        write_atomically(&dir.join("subnet.prom"), b"x\n").expect("second");
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("target"),
+            "FLANNEL_MTU=1450\n"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_obey() {
+        assert_eq!(
+            printable("node 10.244.1.0/24\n\tpeers"),
+            "node 10.244.1.0/24\n\tpeers"
+        );
+        let hostile = "a\u{1b}]0;title\u{7}b\u{1b}[2Kc\rd\u{9b}e\u{202e}f\u{7f}";
+        let shown = printable(hostile);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{shown}"
+        );
+        assert!(!shown.contains('\u{202e}'));
+        assert!(shown.contains("\\u{1b}]0;title"), "{shown}");
+    }
+
+    proptest! {
+        #[test]
+        fn printable_output_holds_no_control_character(text in any::<String>()) {
+            let risky = |c: char| (c.is_control() && c != '\n' && c != '\t')
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            let shown = printable(&text);
+            let clean = !shown.chars().any(risky);
+            prop_assert!(clean, "{:?}", shown);
+            // Text with nothing to escape comes back unchanged.
+            if !text.chars().any(risky) {
+                prop_assert_eq!(shown.as_ref(), text.as_str());
+            }
+        }
     }
 }

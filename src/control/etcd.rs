@@ -66,6 +66,50 @@ use crate::wire::MacAddress;
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How many times a lost race for a subnet is retried (`raceRetries`).
 const RACE_RETRIES: usize = 10;
+
+/// Keys per page when listing the leases: a flanneld lease is a few hundred bytes, so a page
+/// is well under the client's 4 MiB message limit unless values are oversized (then the page
+/// shrinks, see `list`).
+const LIST_PAGE: i64 = 1000;
+
+/// The longest key kept as it is; a longer one (or one that is not UTF-8) is kept under a
+/// short stand-in of the same meaning, "not a lease key" (see [`entry_key`]).
+pub const MAX_ENTRY_KEY: usize = 512;
+
+pub use super::lease::MAX_LEASE_VALUE;
+
+/// Returns the name a key is kept under: the key itself when it is UTF-8 and at most
+/// [`MAX_ENTRY_KEY`] bytes, else its first 64 bytes (lossy), its length and a 64-bit FNV-1a
+/// hash of all of it. The stand-in holds characters (`#`, a space) no lease key has, so it
+/// is refused as a bad key, and two different raw keys keep two entries (up to the hash).
+pub fn entry_key(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) if raw.len() <= MAX_ENTRY_KEY => text.to_owned(),
+        _ => {
+            let hash = raw.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!(
+                "{}# {} bytes, fnv {hash:016x}",
+                String::from_utf8_lossy(&raw[..raw.len().min(64)]),
+                raw.len()
+            )
+        }
+    }
+}
+
+/// Returns the end of etcd's range for every key starting with `prefix` (the prefix with its
+/// last byte below 0xff incremented, the rest dropped; `\0` when it is all 0xff: to the end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 /// How long to wait between two attempts to reach etcd or read the config at start
 /// (flanneld's `getConfig` retries every second).
 const WAIT_RETRY: Duration = Duration::from_secs(1);
@@ -91,6 +135,12 @@ pub enum EtcdError {
          address with --public-ipv6 (or FLANNELD_PUBLIC_IPV6), as flanneld requires one"
     )]
     NeedsIpv6(Ipv6Net),
+    /// This node's subnet was leased to another node while this one could not renew it.
+    #[error(
+        "this node's subnet {0} was leased to another node while this one was away; restart \
+         the node to acquire another subnet"
+    )]
+    SubnetTaken(Ipv4Net),
     /// No endpoint answered.
     #[error("no etcd endpoint answers ({0})")]
     Unreachable(String),
@@ -312,7 +362,10 @@ fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, EtcdError> {
         .with_connect_timeout(Duration::from_secs(3))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    if let (Some(user), Some(password)) = (&opts.username, &opts.password) {
+    // An empty user name is no login, as flanneld reads it (its default is the empty string).
+    if let (Some(user), Some(password)) = (&opts.username, &opts.password)
+        && !user.is_empty()
+    {
         options = options.with_user(user.clone(), password.clone());
     }
     if let (Some(key), Some(cert)) = (&opts.keyfile, &opts.certfile) {
@@ -549,9 +602,18 @@ impl Agent {
         }
         match self.join(previous) {
             Ok(joined) => Ok(Step::Joined(joined)),
-            Err(e @ (EtcdError::Client(_) | EtcdError::Unreachable(_))) => {
+            Err(e @ EtcdError::Unreachable(_)) => {
                 self.disconnect();
                 Ok(Step::Wait(unreachable, e.to_string()))
+            }
+            // etcd answered, but not as asked: say so, not "unreachable".
+            Err(e @ EtcdError::Client(_)) => {
+                self.disconnect();
+                let reason = format!(
+                    "joining through etcd at {} failed: {e}",
+                    self.endpoint_list()
+                );
+                Ok(Step::Wait(reason, e.to_string()))
             }
             Err(e) => Err(e),
         }
@@ -803,31 +865,60 @@ impl Agent {
             .max(5)
     }
 
-    /// Records one key-value (a listed one or a watch event's).
+    /// Records one key-value (a listed one or a watch event's). Whatever sits under the
+    /// prefix, an entry holds at most [`MAX_ENTRY_KEY`] bytes of key and
+    /// [`MAX_LEASE_VALUE`]` + 1` of value (enough for the judge to refuse it as too long).
     fn store(&mut self, kv: &etcd_client::KeyValue) {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let value = kv.value();
         self.entries.insert(
-            key,
+            entry_key(kv.key()),
             Entry {
                 create_revision: kv.create_revision(),
                 lease: kv.lease(),
-                value: kv.value().to_vec(),
+                value: value[..value.len().min(MAX_LEASE_VALUE + 1)].to_vec(),
             },
         );
     }
 
-    /// Lists every lease under the prefix and remembers the revision.
+    /// Lists every lease under the prefix and remembers the revision. The list is read in
+    /// pages at one revision, each small enough for the client's 4 MiB message limit: a page
+    /// that outgrows it (a few oversized values) is read again at half the size.
     fn list(&mut self) -> Result<(), EtcdError> {
         let prefix = self.subnets_prefix();
+        let end = prefix_end(prefix.as_bytes());
         let mut client = self.client()?;
-        let resp = self
-            .rt
-            .block_on(client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())))?;
-        self.revision = resp.header().map_or(0, |h| h.revision());
+        let mut from = prefix.into_bytes();
+        let mut revision = 0;
+        let mut page = LIST_PAGE;
         self.entries.clear();
-        for kv in resp.kvs() {
-            self.store(kv);
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let resp = match self.rt.block_on(client.get(from.clone(), Some(options))) {
+                Ok(resp) => resp,
+                Err(e) if page > 1 && e.to_string().contains("message length too large") => {
+                    page = (page / 2).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                self.store(kv);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
+        self.revision = revision;
         Ok(())
     }
 
@@ -906,6 +997,14 @@ impl Agent {
             let started = Instant::now();
             match self.session(table, stop, &mut renew_at) {
                 Ok(()) => break,
+                // Not a lost connection: going on would route a subnet another node holds.
+                // flanneld exits when its lease is lost; so does this node, and a restart
+                // acquires another subnet.
+                Err(e @ EtcdError::SubnetTaken(_)) => {
+                    tracing::error!("etcd: {e}; stopping the node");
+                    super::stop_node(e.to_string(), stop);
+                    break;
+                }
                 Err(e) => {
                     self.state.connected.store(0, Ordering::Relaxed);
                     self.state.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -987,7 +1086,7 @@ impl Agent {
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 self.state.events.fetch_add(1, Ordering::Relaxed);
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let key = entry_key(kv.key());
                 match ev.event_type() {
                     EventType::Put => {
                         let before = self.entries.get(&key).cloned();
@@ -1105,8 +1204,15 @@ impl Agent {
             }
             return Ok(());
         }
-        let ttl = self.ttl_secs();
-        let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
+        // A key deleted while its etcd lease lives is written again on that lease: a new
+        // grant per deletion would leave one orphaned etcd lease each time.
+        let fresh = !alive;
+        let lease_id = if fresh {
+            let ttl = self.ttl_secs();
+            self.rt.block_on(client.lease_grant(ttl, None))?.id()
+        } else {
+            self.lease_id
+        };
         let value = self.own_value().to_json();
         // Only if nobody else took the subnet meanwhile.
         let txn = Txn::new()
@@ -1114,32 +1220,38 @@ impl Agent {
             .and_then(vec![TxnOp::put(
                 key.as_str(),
                 value.as_str(),
-                Some(PutOptions::new().with_lease(grant.id())),
+                Some(PutOptions::new().with_lease(lease_id)),
             )]);
         let ok = if let Some(created) = kv.filter(|_| present).map(|kv| kv.create_revision()) {
             // Ours, as just read: rewritten on the new lease unless it changed hands since.
             let rewrite = unchanged_since(&key, created).and_then(vec![TxnOp::put(
                 key.as_str(),
                 value.as_str(),
-                Some(PutOptions::new().with_lease(grant.id())),
+                Some(PutOptions::new().with_lease(lease_id)),
             )]);
             self.rt.block_on(client.txn(rewrite))?.succeeded()
         } else {
             self.rt.block_on(client.txn(txn))?.succeeded()
         };
-        if ok {
-            self.lease_id = grant.id();
+        if ok && fresh {
+            self.lease_id = lease_id;
             self.state.lease_regrants.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%subnet, "subnet lease granted again");
             Ok(())
+        } else if ok {
+            self.last_restore = Some(Instant::now());
+            self.state
+                .own_lease_restored
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%subnet, %key, "own lease deleted; written again on its etcd lease");
+            Ok(())
         } else {
-            // The grant holds nothing: give it back rather than leave one orphaned etcd lease
-            // per attempt.
-            let _ = self.rt.block_on(client.lease_revoke(grant.id()));
-            tracing::error!(%subnet, "this node's subnet was taken by another node while this one was away");
-            Err(EtcdError::Acquire(format!(
-                "{subnet} was taken by another node while this one was away"
-            )))
+            // A fresh grant holds nothing: give it back rather than leave one orphaned etcd
+            // lease per attempt.
+            if fresh {
+                let _ = self.rt.block_on(client.lease_revoke(lease_id));
+            }
+            Err(EtcdError::SubnetTaken(subnet))
         }
     }
 
@@ -1341,6 +1453,30 @@ mod tests {
     use super::*;
 
     const MAC: MacAddress = MacAddress([0x0e, 0, 0, 0, 0, 1]);
+
+    #[test]
+    fn entries_are_kept_under_bounded_distinct_names() {
+        let key = "/coreos.com/network/subnets/10.244.2.0-24";
+        assert_eq!(entry_key(key.as_bytes()), key);
+        // Too long, or not UTF-8: a stand-in no lease key can equal, one per raw key.
+        let long = format!("{key}{}", "x".repeat(2 * MAX_ENTRY_KEY));
+        let a = entry_key(long.as_bytes());
+        assert!(a.len() < 200 && a.contains('#'), "{a}");
+        assert!(parse_subnet_key("/coreos.com/network", &a).is_none());
+        let b = entry_key(format!("{long}y").as_bytes());
+        assert_ne!(a, b);
+        let c = entry_key(b"/coreos.com/network/subnets/\xff");
+        let d = entry_key(b"/coreos.com/network/subnets/\xfe");
+        assert_ne!(c, d);
+        assert!(c.contains('#'));
+    }
+
+    #[test]
+    fn a_prefix_range_ends_past_every_key_under_it() {
+        assert_eq!(prefix_end(b"/a/subnets/"), b"/a/subnets0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+    }
 
     /// A dual-stack `vxlan` node at 192.0.2.1 (and `ipv6`) holding 10.244.1.0/24 and
     /// fd00:10:244:1::/64, with `leases` stored as listed.

@@ -68,6 +68,10 @@ fn json_error(what: &'static str, e: &serde_json::Error) -> LeaseError {
     }
 }
 
+/// The longest lease value taken: flanneld's longest (a dual-stack `vxlan` lease) is under
+/// 300 bytes, so anything past this is refused unread, and the agent keeps no more of it.
+pub const MAX_LEASE_VALUE: usize = 4096;
+
 /// The value of one lease, as flanneld writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseValue {
@@ -192,10 +196,16 @@ fn vxlan_data(
     let d: RawVxlanData = serde_json::from_value(data).map_err(|e| json_error(what, &e))?;
     let mac = match d.vtep_mac {
         None => None,
-        Some(m) => Some(
-            m.parse::<MacAddress>()
-                .map_err(|e| field(mac_field, format!("`{m}`: {e}")))?,
-        ),
+        Some(m) => {
+            let mac = m
+                .parse::<MacAddress>()
+                .map_err(|e| field(mac_field, format!("`{m}`: {e}")))?;
+            // Frames to a group or all-zero MAC are never taken in by a peer's VTEP.
+            if mac.is_multicast() || mac.0 == [0; 6] {
+                return Err(field(mac_field, format!("`{m}` is not a unicast MAC")));
+            }
+            Some(mac)
+        }
     };
     Ok((d.vni, mac))
 }
@@ -314,14 +324,21 @@ pub enum Rejection {
     Overlap,
     /// `PublicIP` is 255.255.255.255.
     PublicIpBroadcast,
+    /// `PublicIP` lies inside the network's `Network`: datagrams to it would be routed back
+    /// into the overlay and encapsulated again, a loop.
+    PublicIpInNetwork,
     /// `PublicIP` is a loopback address.
     PublicIpLoopback,
     /// `PublicIP` is a multicast address.
     PublicIpMulticast,
     /// `PublicIP` is this node's own address (at a key other than this node's lease).
     PublicIpOwn,
+    /// `PublicIP` is in 240.0.0.0/4, reserved: no host can be reached there.
+    PublicIpReserved,
     /// `PublicIP` is 0.0.0.0.
     PublicIpUnspecified,
+    /// `PublicIPv6` lies inside the network's `IPv6Network` (a loop, as for IPv4).
+    PublicIpv6InNetwork,
     /// `PublicIPv6` is this node's own IPv6 address (at a key other than this node's lease).
     PublicIpv6Own,
     /// `PublicIPv6` cannot be a peer's underlay address: unspecified, loopback, multicast,
@@ -335,7 +352,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in the order of the metric's series.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 20] = [
         Self::BadKey,
         Self::BadValue,
         Self::Ipv6OutsideNetwork,
@@ -345,10 +362,13 @@ impl Rejection {
         Self::OutsideNetwork,
         Self::Overlap,
         Self::PublicIpBroadcast,
+        Self::PublicIpInNetwork,
         Self::PublicIpLoopback,
         Self::PublicIpMulticast,
         Self::PublicIpOwn,
+        Self::PublicIpReserved,
         Self::PublicIpUnspecified,
+        Self::PublicIpv6InNetwork,
         Self::PublicIpv6Own,
         Self::PublicIpv6Unusable,
         Self::SubnetLen,
@@ -367,10 +387,13 @@ impl Rejection {
             Self::OutsideNetwork => "outside_network",
             Self::Overlap => "overlap",
             Self::PublicIpBroadcast => "public_ip_broadcast",
+            Self::PublicIpInNetwork => "public_ip_in_network",
             Self::PublicIpLoopback => "public_ip_loopback",
             Self::PublicIpMulticast => "public_ip_multicast",
             Self::PublicIpOwn => "public_ip_own",
+            Self::PublicIpReserved => "public_ip_reserved",
             Self::PublicIpUnspecified => "public_ip_unspecified",
+            Self::PublicIpv6InNetwork => "public_ipv6_in_network",
             Self::PublicIpv6Own => "public_ipv6_own",
             Self::PublicIpv6Unusable => "public_ipv6_unusable",
             Self::SubnetLen => "subnet_len",
@@ -500,6 +523,13 @@ pub fn judge_leases_dual<'a>(
         };
         let subnet = key.ipv4;
         let subnet6 = config.ipv6.and(key.ipv6);
+        if lease.value.len() > MAX_LEASE_VALUE {
+            reject(
+                Rejection::BadValue,
+                format!("more than {MAX_LEASE_VALUE} bytes: no lease is that long"),
+            );
+            continue;
+        }
         let value = match LeaseValue::parse(lease.value) {
             Ok(v) => v,
             Err(e) => {
@@ -523,12 +553,27 @@ pub fn judge_leases_dual<'a>(
             reject(reason, format!("PublicIP {}", value.public_ip));
             continue;
         }
-        if config.ipv6.is_some()
-            && let Some(ip6) = value.public_ipv6
-            && let Some(reason) = judge_public_ipv6(ip6, own.ipv6)
-        {
-            reject(reason, format!("PublicIPv6 {ip6}"));
+        if config.network.contains(&value.public_ip) {
+            reject(
+                Rejection::PublicIpInNetwork,
+                format!("PublicIP {} in {}", value.public_ip, config.network),
+            );
             continue;
+        }
+        if let Some(c6) = config.ipv6
+            && let Some(ip6) = value.public_ipv6
+        {
+            if let Some(reason) = judge_public_ipv6(ip6, own.ipv6) {
+                reject(reason, format!("PublicIPv6 {ip6}"));
+                continue;
+            }
+            if c6.network.contains(&ip6) {
+                reject(
+                    Rejection::PublicIpv6InNetwork,
+                    format!("PublicIPv6 {ip6} in {}", c6.network),
+                );
+                continue;
+            }
         }
         let halves = std::iter::once((
             IpNet::V4(subnet),
@@ -638,6 +683,8 @@ pub fn judge_public_ip(ip: Ipv4Addr, own_ip: Ipv4Addr) -> Option<Rejection> {
         Some(Rejection::PublicIpMulticast)
     } else if ip.is_broadcast() {
         Some(Rejection::PublicIpBroadcast)
+    } else if ip.octets()[0] >= 240 {
+        Some(Rejection::PublicIpReserved)
     } else if ip == own_ip {
         Some(Rejection::PublicIpOwn)
     } else {
@@ -787,6 +834,11 @@ mod tests {
         "10.244.3.0-24&fd00:10:244:3::-64",
         "::1",
         Rejection::PublicIpv6Unusable
+    )]
+    #[case::in_network6(
+        "10.244.3.0-24&fd00:10:244:3::-64",
+        "fd00:10:244:7::1",
+        Rejection::PublicIpv6InNetwork
     )]
     #[case::any6(
         "10.244.3.0-24&fd00:10:244:3::-64",
@@ -981,6 +1033,93 @@ mod tests {
     }
 
     #[test]
+    fn a_vtep_mac_must_be_unicast() {
+        for mac in [
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "33:33:00:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            let text = format!(
+                r#"{{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+            );
+            let e = LeaseValue::parse(text.as_bytes()).expect_err(mac);
+            assert!(e.to_string().contains("not a unicast MAC"), "{mac}: {e}");
+            let v6 = format!(
+                r#"{{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+            );
+            assert!(LeaseValue::parse(v6.as_bytes()).is_err(), "{mac}");
+        }
+        let ok = br#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#;
+        assert!(LeaseValue::parse(ok).is_ok());
+    }
+
+    #[test]
+    fn a_public_ip_that_routes_into_the_overlay_or_nowhere_is_refused() {
+        // 10.244.0.0/16 is the network: a peer there would be reached through the TUN device,
+        // its datagrams encapsulated again, forever.
+        for (ip, reason) in [
+            ("10.244.9.1", Rejection::PublicIpInNetwork),
+            ("10.244.1.1", Rejection::PublicIpInNetwork),
+            ("10.244.255.255", Rejection::PublicIpInNetwork),
+            ("240.0.0.1", Rejection::PublicIpReserved),
+            ("254.1.2.3", Rejection::PublicIpReserved),
+            ("255.255.255.255", Rejection::PublicIpBroadcast),
+        ] {
+            let value = format!(r#"{{"PublicIP":"{ip}"}}"#);
+            let (accepted, rejected) = judge(&[(
+                "/coreos.com/network/subnets/10.244.9.0-24",
+                3,
+                value.as_str(),
+            )]);
+            assert!(accepted.is_empty(), "{ip}");
+            assert_eq!(rejected[0].reason, reason, "{ip}");
+        }
+        // Just outside the network, and an ordinary private address: taken.
+        for ip in [
+            "10.245.0.1",
+            "10.243.255.254",
+            "192.0.2.9",
+            "239.255.255.255",
+        ] {
+            let value = format!(r#"{{"PublicIP":"{ip}"}}"#);
+            let (accepted, rejected) = judge(&[(
+                "/coreos.com/network/subnets/10.244.9.0-24",
+                3,
+                value.as_str(),
+            )]);
+            if ip == "239.255.255.255" {
+                assert_eq!(rejected[0].reason, Rejection::PublicIpMulticast);
+            } else {
+                assert_eq!(accepted.len(), 1, "{ip}: {rejected:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_value_is_refused_unread() {
+        let mut value = r#"{"PublicIP":"192.0.2.9","#.to_owned();
+        value.push_str(&" ".repeat(MAX_LEASE_VALUE));
+        value.push_str(r#""X":1}"#);
+        assert!(
+            LeaseValue::parse(value.as_bytes()).is_ok(),
+            "valid JSON, only long"
+        );
+        let (accepted, rejected) = judge(&[(
+            "/coreos.com/network/subnets/10.244.9.0-24",
+            3,
+            value.as_str(),
+        )]);
+        assert!(accepted.is_empty());
+        assert_eq!(rejected[0].reason, Rejection::BadValue);
+        assert!(
+            rejected[0].detail.contains("bytes"),
+            "{}",
+            rejected[0].detail
+        );
+    }
+
+    #[test]
     fn reasons_are_distinct_labels() {
         let labels: std::collections::HashSet<_> =
             Rejection::ALL.iter().map(|r| r.reason()).collect();
@@ -999,9 +1138,10 @@ mod tests {
                 public_ipv6: v6.map(Ipv6Addr::from),
                 backend_type: vxlan.then(|| "vxlan".to_owned()),
                 vni: vxlan.then_some(vni),
-                vtep_mac: vxlan.then_some(MacAddress(mac)),
+                // Unicast (what a lease may carry): the group bit clear, never all zero.
+                vtep_mac: vxlan.then_some(MacAddress([mac[0] & 0xfe | 2, mac[1], mac[2], mac[3], mac[4], mac[5]])),
                 vni6: (vxlan && v6.is_some()).then_some(vni),
-                vtep_mac6: (vxlan && v6.is_some()).then_some(MacAddress([mac[5], mac[4], mac[3], mac[2], mac[1], mac[0]])),
+                vtep_mac6: (vxlan && v6.is_some()).then_some(MacAddress([mac[5] & 0xfe | 2, mac[4], mac[3], mac[2], mac[1], mac[0]])),
             };
             prop_assert_eq!(LeaseValue::parse(lease.to_json().as_bytes()), Ok(lease));
         }

@@ -30,6 +30,24 @@ pub mod gojson;
 pub mod lease;
 pub mod netconf;
 
+/// Why a control source stopped the node, when it did (see [`stop_node`]).
+static FATAL: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Stops the node for a reason it cannot go on with (its subnet now belongs to another node,
+/// say): records `why` for [`fatal`] (the first reason wins) and sets the stop flag, so the
+/// node tears down as on SIGTERM and the process then exits with an error.
+pub fn stop_node(why: String, stop: &AtomicBool) {
+    if let Ok(mut slot) = FATAL.lock() {
+        slot.get_or_insert(why);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Returns the reason a control source stopped the node, if one did.
+pub fn fatal() -> Option<String> {
+    FATAL.lock().ok().and_then(|slot| slot.clone())
+}
+
 /// Counters a control source keeps while it runs, read from any thread.
 pub trait SourceMetrics: Send + Sync {
     /// Returns `(name, value)` pairs, names without the `fustian_` prefix (for `/status`).

@@ -381,7 +381,10 @@ fn subnet_file_check(path: &Path, intent: &Intent, mtu: u32) -> Check {
                 intent.tun
             ),
             Some(if mtu == intent.mtu {
-                format!("sed -i 's/^FLANNEL_MTU=.*/FLANNEL_MTU={mtu}/' {shown}")
+                format!(
+                    "sed -i 's/^FLANNEL_MTU=.*/FLANNEL_MTU={mtu}/' {}",
+                    super::shell_quote(&path.to_string_lossy())
+                )
             } else {
                 format!("ip link set dev {} mtu {}", intent.tun, intent.mtu)
             }),
@@ -462,12 +465,27 @@ pub fn vxlan_devices(v: &Value) -> Vec<(String, Option<u16>)> {
 /// The largest file or command output read (a large ruleset's JSON included).
 const READ_LIMIT: u64 = 16 << 20;
 
+/// Reads a regular file, at most [`READ_LIMIT`] bytes. The path may come from a node's answer,
+/// so nothing else is opened: the path's target must be a regular file before the open, which
+/// never blocks (a FIFO) and takes no symbolic link in the last step (a swap after the check),
+/// and the file opened must still be a regular one.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let not_regular = || std::io::Error::other("not a regular file");
+    let real = std::fs::canonicalize(path)?;
+    if !std::fs::metadata(&real)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&real)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
     let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(READ_LIMIT)
-        .read_to_string(&mut s)?;
+    file.take(READ_LIMIT).read_to_string(&mut s)?;
     Ok(s)
 }
 

@@ -249,8 +249,21 @@ impl Intent {
                 })
             })
             .collect::<Result<Vec<_>, DoctorError>>()?;
+        // Both end up in the commands doctor prints as fixes and in paths it reads: a name
+        // the kernel could have given a device, an absolute path without control characters.
+        let tun = text("tun")?;
+        if !is_plain_ifname(tun) {
+            return Err(DoctorError::Field("tun"));
+        }
+        let subnet_file = match &v["subnet_file"] {
+            Value::Null => None,
+            Value::String(p) if p.starts_with('/') && !p.chars().any(char::is_control) => {
+                Some(PathBuf::from(p))
+            }
+            _ => return Err(DoctorError::Field("subnet_file")),
+        };
         Ok(Self {
-            tun: text("tun")?.to_owned(),
+            tun: tun.to_owned(),
             mtu: v["mtu"]
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
@@ -274,7 +287,7 @@ impl Intent {
             },
             backend,
             vtep_mac: mac(&v["vtep_mac"]),
-            subnet_file: v["subnet_file"].as_str().map(PathBuf::from),
+            subnet_file,
             peers,
             tun_queue: v["counters"]["tun_rx_packets"]
                 .as_u64()
@@ -294,6 +307,36 @@ impl Intent {
         std::iter::once((self.network, self.subnet))
             .chain(self.ipv6)
             .collect()
+    }
+}
+
+/// True for an interface name doctor takes from a node's answer: 1 to 15 bytes of letters,
+/// digits and `_ . - @ +`, not `.` or `..` (what fustian and flanneld name their devices;
+/// nothing a shell or a path would read specially).
+pub fn is_plain_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'@' | b'+'))
+}
+
+/// Quotes `word` for a POSIX shell when it holds anything but letters, digits and
+/// `_ . / - + = : , @ %`, so a printed fix runs as shown whatever a path holds.
+pub fn shell_quote(word: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !word.is_empty()
+        && word.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'_' | b'.' | b'/' | b'-' | b'+' | b'=' | b':' | b',' | b'@' | b'%'
+                )
+        });
+    if plain {
+        std::borrow::Cow::Borrowed(word)
+    } else {
+        std::borrow::Cow::Owned(format!("'{}'", word.replace('\'', "'\\''")))
     }
 }
 
@@ -399,6 +442,51 @@ mod tests {
             let want = u64::try_from(pid).ok().zip(u64::try_from(started).ok());
             proptest::prop_assert_eq!(i.instance, want);
         }
+    }
+
+    #[test]
+    fn names_and_paths_from_the_answer_cannot_reach_a_shell_or_a_device() {
+        for tun in [
+            "fl0;curl${IFS}x|sh;#",
+            "fl0 up",
+            "../../x",
+            "..",
+            "",
+            "sixteen-bytes-xx",
+            "fl\u{1b}[2K",
+            "a/b",
+        ] {
+            let mut v = status();
+            v["tun"] = tun.into();
+            assert!(
+                matches!(Intent::from_status(&v), Err(DoctorError::Field("tun"))),
+                "{tun:?}"
+            );
+        }
+        for name in ["flannel0", "flannel.1", "fl-a_0", "veth@x", "f+1"] {
+            assert!(is_plain_ifname(name), "{name}");
+        }
+        for file in ["relative/subnet.env", "/run/x\u{1b}]0;t\u{7}", "/run/a\nb"] {
+            let mut v = status();
+            v["subnet_file"] = file.into();
+            assert!(
+                matches!(
+                    Intent::from_status(&v),
+                    Err(DoctorError::Field("subnet_file"))
+                ),
+                "{file:?}"
+            );
+        }
+        let mut v = status();
+        v["subnet_file"] = Value::Null;
+        assert_eq!(Intent::from_status(&v).expect("valid").subnet_file, None);
+        assert_eq!(
+            shell_quote("/run/flannel/subnet.env"),
+            "/run/flannel/subnet.env"
+        );
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("/tmp/it's;rm"), "'/tmp/it'\\''s;rm'");
+        assert_eq!(shell_quote(""), "''");
     }
 
     #[test]
