@@ -280,3 +280,164 @@ fn single_dash_go_flags_start_a_node() {
         .counter(0, "rx_packets")
         >= 20));
 }
+
+/// flanneld's command line as a unit written for it has it: no `run`, and template variables
+/// that expanded to nothing.
+#[test]
+fn flanneld_s_command_line_without_run_and_with_empty_values_starts_a_node() {
+    if skip("flanneld_s_command_line_without_run_and_with_empty_values_starts_a_node") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let mut args = topo.node_args(0, &[]);
+    assert_eq!(args.remove(0), "run");
+    args.extend(
+        [
+            "-etcd-cafile=",
+            "-etcd-certfile=",
+            "-etcd-keyfile=",
+            "-iface-can-reach=",
+            "-public-ipv6=",
+            "-healthz-ip=",
+        ]
+        .map(str::to_owned),
+    );
+    if let Err(e) = topo.start_node(0, EXE, &args) {
+        panic!("{args:?}: {e}");
+    }
+    let peer = topo.node_args(1, &[]);
+    if let Err(e) = topo.start_node(1, EXE, &peer) {
+        panic!("{e}");
+    }
+    echo(&topo);
+}
+
+/// Under systemd (`Type=notify`): READY=1 once the node forwards, STOPPING=1 on the way out;
+/// SIGHUP with nothing to reload is logged, not fatal.
+#[test]
+fn a_node_tells_systemd_it_is_ready_and_outlives_sighup() {
+    if skip("a_node_tells_systemd_it_is_ready_and_outlives_sighup") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let socket_path = topo.dir.path().join("notify");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let args = topo.node_args(0, &[]);
+    let index = topo
+        .start_node_with(0, EXE, &args, |c| {
+            c.env("NOTIFY_SOCKET", &socket_path);
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = [0u8; 256];
+    let n = systemd.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    let pid = topo.processes[index].pid().expect("pid");
+    crate::common::signal(pid, libc::SIGHUP);
+    let logged = wait_for(Duration::from_secs(5), || {
+        topo.processes[index]
+            .log()
+            .contains("SIGHUP: nothing to reload")
+    });
+    assert!(logged, "{}", topo.processes[index].log());
+    assert!(
+        topo.processes[index].exited().is_none(),
+        "SIGHUP ended the node:\n{}",
+        topo.processes[index].log()
+    );
+    let peer = topo.node_args(1, &[]);
+    if let Err(e) = topo.start_node(1, EXE, &peer) {
+        panic!("{e}");
+    }
+    echo(&topo);
+    let mut process = topo.processes.remove(index);
+    let status = process.stop(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        process.log()
+    );
+    let n = systemd.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+/// flanneld's VTEP, left behind when flanneld stopped, holds the VXLAN port and routes the
+/// peers' subnets past the TUN device: a `vxlan` node retires it. Any other kernel VXLAN device
+/// on the port is named with the command that removes it, never deleted.
+#[test]
+fn flanneld_s_leftover_vtep_is_retired_and_another_device_is_named() {
+    if skip("flanneld_s_leftover_vtep_is_retired_and_another_device_is_named") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let host = &topo.hosts[0];
+    host.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])
+    .expect("flanneld's VTEP");
+    host.ip(&["link", "set", "flannel.1", "up"]).expect("up");
+    host.ip(&[
+        "route",
+        "add",
+        "10.244.2.0/24",
+        "via",
+        "10.244.2.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ])
+    .expect("flanneld's route");
+    let args = topo.node_args_for(0, fustian::lab::LabBackend::Vxlan, &[]);
+    let index = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = topo.processes[index].log();
+    assert!(log.contains("deleted flanneld's VXLAN device"), "{log}");
+    assert!(
+        topo.hosts[0].ip(&["link", "show", "flannel.1"]).is_err(),
+        "flannel.1 is still there"
+    );
+    let peer = topo.node_args_for(1, fustian::lab::LabBackend::Vxlan, &[]);
+    if let Err(e) = topo.start_node(1, EXE, &peer) {
+        panic!("{e}");
+    }
+    // The route through the old device went with it: pods reach each other through fustian.
+    echo(&topo);
+    let mut process = topo.processes.remove(index);
+    assert!(
+        process
+            .stop(Duration::from_secs(5))
+            .is_some_and(|s| s.success())
+    );
+
+    // Someone else's VXLAN device on the port: named, left alone.
+    topo.hosts[0]
+        .ip(&[
+            "link", "add", "vx9", "type", "vxlan", "id", "9", "dstport", "8472",
+        ])
+        .expect("another device");
+    topo.hosts[0].ip(&["link", "set", "vx9", "up"]).expect("up");
+    let e = topo
+        .start_node(0, EXE, &args)
+        .expect_err("a node must not start beside another VXLAN device on its port");
+    let e = e.to_string();
+    assert!(e.contains("vx9") && e.contains("ip link del vx9"), "{e}");
+    assert!(
+        topo.hosts[0].ip(&["link", "show", "vx9"]).is_ok(),
+        "vx9 was deleted"
+    );
+}

@@ -128,6 +128,15 @@ impl Cluster {
         .expect("etcd get")
     }
 
+    /// Returns how many etcd leases (grants) exist.
+    fn etcd_leases(&self) -> usize {
+        with_etcd(&self.hub, |c, rt| {
+            rt.block_on(c.leases()).ok().map(|r| r.leases().len())
+        })
+        .flatten()
+        .expect("etcd lease list")
+    }
+
     fn set_network(&self, backend: &str) {
         self.put(
             &format!("{PREFIX}/config"),
@@ -490,9 +499,12 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
             .any(|(_, v)| v.contains(r#""PublicIP":"192.0.2.1""#))
     });
     assert!(rewritten, "own lease not written again:\n{}", c.log(0));
+    // On the etcd lease it had, still alive: no new grant, no orphaned lease per deletion.
     assert!(wait_for(Duration::from_secs(2), || c
-        .counter(0, "etcd_lease_regrants")
+        .counter(0, "etcd_own_lease_restored")
         == 1));
+    assert_eq!(c.counter(0, "etcd_lease_regrants"), 0, "{}", c.log(0));
+    assert_eq!(c.etcd_leases(), 1, "one etcd lease, the node's");
     // Two subnets other than the one this node drew at random.
     let own_octet = own.network().octets()[2];
     let mut free = (77u8..).filter(|o| *o != own_octet);
@@ -569,6 +581,60 @@ fn a_restarted_node_gets_its_subnet_back() {
     assert_eq!(c.start_node_from_env(0), first, "from the environment");
     c.stop_node(0);
     assert_eq!(c.keys(&format!("{PREFIX}/subnets/")).len(), 1);
+}
+
+/// A node away past its lease (SIGSTOP stands in for a long pause or a partition) whose
+/// subnet another node took meanwhile stops with an error naming it, instead of routing a
+/// subnet it no longer holds (flanneld exits when its lease is lost, too).
+#[test]
+fn a_node_whose_subnet_was_taken_while_away_stops_with_an_error() {
+    if skip("a_node_whose_subnet_was_taken_while_away_stops_with_an_error") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let subnet = c.start_node(0, &["--subnet-lease-ttl", "5"]);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let pid = c.processes[0].as_ref().and_then(Process::pid).expect("pid");
+    crate::common::signal(pid, libc::SIGSTOP);
+    let expired = wait_for(Duration::from_secs(20), || c.value(&key).is_none());
+    if !expired {
+        crate::common::signal(pid, libc::SIGCONT);
+        panic!("the stopped node's lease did not expire:\n{}", c.log(0));
+    }
+    c.put(&key, r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);
+    crate::common::signal(pid, libc::SIGCONT);
+    let mut status = None;
+    let exited = wait_for(Duration::from_secs(30), || {
+        status = c.processes[0].as_mut().and_then(Process::exited);
+        status.is_some()
+    });
+    assert!(
+        exited,
+        "the node goes on with a subnet it lost:\n{}",
+        c.log(0)
+    );
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+    let log = c.log(0);
+    assert!(
+        log.contains(&format!(
+            "this node's subnet {subnet} was leased to another node"
+        )),
+        "{log}"
+    );
+    // The other node's lease stays as it wrote it.
+    assert!(
+        c.value(&key)
+            .is_some_and(|v| v.contains(r#""PublicIP":"192.0.2.9""#)),
+        "{:?}",
+        c.value(&key)
+    );
+    c.processes[0] = None;
 }
 
 #[test]
@@ -808,6 +874,23 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
             r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#.into(),
             "public_ip_own",
         ),
+        // Inside the pod network: datagrams to it would come back through the TUN device and
+        // be encapsulated again, a loop.
+        (
+            free.next().expect("free"),
+            r#"{"PublicIP":"10.244.250.1","PublicIPv6":null}"#.into(),
+            "public_ip_in_network",
+        ),
+        (
+            free.next().expect("free"),
+            r#"{"PublicIP":"240.0.0.1","PublicIPv6":null}"#.into(),
+            "public_ip_reserved",
+        ),
+        (
+            free.next().expect("free"),
+            r#"{"PublicIP":"192.0.2.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}}"#.into(),
+            "bad_value",
+        ),
     ];
     let done = AtomicBool::new(false);
     let expect = |reason: &str| bad.iter().filter(|(_, _, r)| *r == reason).count() as u64;
@@ -853,12 +936,20 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
     // Each rejection is logged once, not at every list or event.
     let log = c.log(0);
     assert_eq!(log.matches("PublicIP 127.0.0.1").count(), 1, "{log}");
-    // A restart with every bad lease (the whole network's among them) still in etcd.
+    // A restart with every bad lease (the whole network's among them) still in etcd, and
+    // junk under the prefix larger in all than the etcd client's 4 MiB message: the list is
+    // read in pages, the junk kept only as far as it takes to refuse it.
     c.stop_node(0);
+    let junk = "x".repeat(1_200_000);
+    for i in 0..4 {
+        c.put(&format!("{PREFIX}/subnets/junk-{i}"), &junk);
+    }
     assert_eq!(c.start_node(0, &[]), s0, "after a restart:\n{}", c.log(0));
     assert!(
         wait_for(Duration::from_secs(5), || c.counter(0, "table_peers") == 1
-            && c.rejected(0, "subnet_len") == expect("subnet_len")),
+            && c.rejected(0, "subnet_len") == expect("subnet_len")
+            && c.rejected(0, "public_ip_in_network") == 1
+            && c.rejected(0, "bad_key") == 4),
         "after a restart:\n{}",
         c.log(0)
     );
