@@ -610,7 +610,7 @@ impl Agent {
             Err(e @ EtcdError::Client(_)) => {
                 self.disconnect();
                 let reason = format!(
-                    "joining through etcd at {} failed: {e}",
+                    "etcd at {} answered the join with an error",
                     self.endpoint_list()
                 );
                 Ok(Step::Wait(reason, e.to_string()))
