@@ -637,6 +637,45 @@ fn a_node_whose_subnet_was_taken_while_away_stops_with_an_error() {
     c.processes[0] = None;
 }
 
+/// The network config changed or deleted while nodes run: each node reports it (log and
+/// `etcd_config_changes`) and keeps the config it joined with, so forwarding goes on.
+#[test]
+fn a_config_changed_or_deleted_while_running_is_reported_and_kept() {
+    if skip("a_config_changed_or_deleted_while_running_is_reported_and_kept") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(2);
+    c.set_network("udp");
+    c.start_node(0, &[]);
+    c.start_node(1, &[]);
+    assert!(wait_for(Duration::from_secs(5), || c
+        .counter(0, "table_peers")
+        == 1));
+    // Rewritten unchanged: nothing to report.
+    c.set_network("udp");
+    c.put(
+        &format!("{PREFIX}/config"),
+        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#,
+    );
+    let reported = wait_for(Duration::from_secs(5), || {
+        c.counter(0, "etcd_config_changes") == 1 && c.counter(1, "etcd_config_changes") == 1
+    });
+    assert!(reported, "{}", c.log(0));
+    assert!(c.log(0).contains("network config changed"), "{}", c.log(0));
+    c.transfer(0, 1, 1 << 20);
+    c.delete(&format!("{PREFIX}/config"));
+    let reported = wait_for(Duration::from_secs(5), || {
+        c.counter(0, "etcd_config_changes") == 2
+    });
+    assert!(reported, "{}", c.log(0));
+    assert!(c.log(0).contains("network config deleted"), "{}", c.log(0));
+    assert_eq!(c.counter(0, "table_peers"), 1);
+    c.transfer(1, 0, 1 << 20);
+    c.stop_node(1);
+    c.stop_node(0);
+}
+
 #[test]
 fn a_lease_of_this_node_the_config_no_longer_allows_is_deleted() {
     if skip("a_lease_of_this_node_the_config_no_longer_allows_is_deleted") {

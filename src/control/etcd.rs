@@ -194,6 +194,9 @@ pub struct EtcdState {
     pub own_lease_restored: AtomicU64,
     /// Watch events applied.
     pub events: AtomicU64,
+    /// Times the network config was changed or deleted while the node ran (it keeps the one
+    /// it joined with until it restarts).
+    pub config_changes: AtomicU64,
 }
 
 impl EtcdState {
@@ -207,6 +210,7 @@ impl EtcdState {
              # TYPE fustian_etcd_lease_regrants counter\nfustian_etcd_lease_regrants {}\n\
              # TYPE fustian_etcd_own_lease_restored counter\nfustian_etcd_own_lease_restored {}\n\
              # TYPE fustian_etcd_events counter\nfustian_etcd_events {}\n\
+             # TYPE fustian_etcd_config_changes counter\nfustian_etcd_config_changes {}\n\
              # TYPE fustian_etcd_leases_rejected gauge\n",
             g(&self.connected),
             g(&self.reconnects),
@@ -214,6 +218,7 @@ impl EtcdState {
             g(&self.lease_regrants),
             g(&self.own_lease_restored),
             g(&self.events),
+            g(&self.config_changes),
         );
         for (reason, count) in Rejection::ALL.iter().zip(&self.leases_rejected) {
             text.push_str(&format!(
@@ -236,6 +241,7 @@ impl crate::control::SourceMetrics for EtcdState {
             ("etcd_lease_regrants", &self.lease_regrants),
             ("etcd_own_lease_restored", &self.own_lease_restored),
             ("etcd_events", &self.events),
+            ("etcd_config_changes", &self.config_changes),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_owned(), g(v)))
@@ -291,6 +297,8 @@ pub struct Agent {
     endpoint: usize,
     opts: EtcdOptions,
     config: Option<NetworkConfig>,
+    /// The network config's bytes as last read or watched, to tell a change.
+    config_raw: Option<Vec<u8>>,
     public_ip: Ipv4Addr,
     public_ipv6: Option<Ipv6Addr>,
     vtep_mac: Option<MacAddress>,
@@ -434,6 +442,7 @@ impl Agent {
             endpoint: 0,
             opts,
             config: None,
+            config_raw: None,
             public_ip,
             public_ipv6,
             vtep_mac,
@@ -530,6 +539,7 @@ impl Agent {
         let config = NetworkConfig::parse(kv.value())
             .map_err(|e| EtcdError::Config(format!("{key}: {e}")))?;
         self.config = Some(config.clone());
+        self.config_raw = Some(kv.value().to_vec());
         Ok(Some(config))
     }
 
@@ -1045,7 +1055,10 @@ impl Agent {
         self.list()?;
         self.check_own_entry();
         self.publish(table);
-        let prefix = self.subnets_prefix();
+        // The whole network's prefix: the leases, and the config, whose changes are reported.
+        let prefix = format!("{}/", self.opts.prefix.trim_end_matches('/'));
+        let subnets = self.subnets_prefix();
+        let config_key = self.config_key();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.revision + 1);
@@ -1085,6 +1098,13 @@ impl Agent {
             let mut changed = false;
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
+                if kv.key() == config_key.as_bytes() {
+                    self.config_event(&config_key, ev.event_type(), kv.value());
+                    continue;
+                }
+                if !kv.key().starts_with(subnets.as_bytes()) {
+                    continue;
+                }
                 self.state.events.fetch_add(1, Ordering::Relaxed);
                 let key = entry_key(kv.key());
                 match ev.event_type() {
@@ -1112,6 +1132,35 @@ impl Agent {
                 self.publish(table);
             }
         }
+    }
+
+    /// Reports a change of the network config while the node runs: the node goes on with the
+    /// config it joined with (its subnet, backend and port were settled by it), and a restart
+    /// applies the new one, as with flanneld, which reads the config once.
+    fn config_event(&mut self, key: &str, kind: EventType, value: &[u8]) {
+        match kind {
+            EventType::Put if self.config_raw.as_deref() == Some(value) => return,
+            EventType::Put => {
+                let verdict = NetworkConfig::parse(value).map_or_else(
+                    |e| format!("the new one is invalid ({e})"),
+                    |_| "a restart applies the new one".to_owned(),
+                );
+                tracing::warn!(
+                    %key,
+                    "network config changed; this node keeps the config it joined with; {verdict}"
+                );
+                self.config_raw = Some(value.to_vec());
+            }
+            EventType::Delete => {
+                tracing::warn!(
+                    %key,
+                    "network config deleted; this node keeps the config it joined with (a \
+                     restart would wait for a new one)"
+                );
+                self.config_raw = None;
+            }
+        }
+        self.state.config_changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Schedules writing this node's lease back when its key holds anything but what this
