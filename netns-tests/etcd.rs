@@ -1356,10 +1356,8 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
     // Node 0's lease from before the network was dual stack: it goes when node 0 joins.
     let stale = format!("{PREFIX}/subnets/10.244.5.0-24");
     c.put(&stale, r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#);
-    for i in 0..2 {
-        add_underlay6(&c, i);
-    }
-    // Without an IPv6 underlay address a node of this network stops, naming the flag.
+    // Without an IPv6 underlay address (none given, none global on its interface) a node of
+    // this network stops, naming the flag.
     c.spawn_node(1, &[]);
     let exited = wait_for(Duration::from_secs(15), || {
         c.processes[1].as_mut().and_then(Process::exited).is_some()
@@ -1367,12 +1365,20 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
     assert!(exited, "node 1 runs without --public-ipv6:\n{}", c.log(1));
     assert!(c.log(1).contains("--public-ipv6"), "{}", c.log(1));
     c.processes[1] = None;
+    for i in 0..2 {
+        add_underlay6(&c, i);
+    }
 
     let http = ["--healthz-ip", "192.0.2.1", "--healthz-port", "8471"];
     let mut subnets = Vec::new();
     for i in 0..2 {
         let ip6 = node_ip6(i);
-        let mut extra = vec!["--public-ipv6", ip6.as_str()];
+        // Node 1 as flanneld runs: its interface's global IPv6 address is its PublicIPv6.
+        let mut extra = if i == 0 {
+            vec!["--public-ipv6", ip6.as_str()]
+        } else {
+            Vec::new()
+        };
         if i == 0 {
             // With EnableNFTables, both families' tables.
             extra.extend(http);

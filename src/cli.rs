@@ -196,6 +196,11 @@ pub struct RunArgs {
     /// Testing: the subnet lease TTL in seconds instead of flannel's 24 hours.
     #[arg(long, value_name = "SECS", hide = true)]
     pub subnet_lease_ttl: Option<u64>,
+    /// Not a flag: the chosen underlay interface's global IPv6 address, which a node joining
+    /// a dual-stack network through etcd advertises when `--public-ipv6` is not given (as
+    /// flanneld does). Set by [`Self::select_underlay`].
+    #[arg(skip)]
+    pub underlay_ipv6: Option<std::net::Ipv6Addr>,
     /// Source port of datagrams from peers: `exact` (the peer's own port, as flannel's udp
     /// nodes send) or `any` [default: exact for udp, any for vxlan].
     #[arg(long, value_name = "POLICY")]
@@ -332,11 +337,14 @@ impl RunArgs {
         }
         let public_ip_given =
             self.public_ip.is_some() || file.is_some_and(|f| f.public_ip.is_some());
-        if sel.is_empty() && public_ip_given {
-            return Ok(None);
-        }
         let public_ipv6_given =
             self.public_ipv6.is_some() || file.is_some_and(|f| f.public_ipv6.is_some());
+        if sel.is_empty() && public_ip_given {
+            if !public_ipv6_given {
+                self.underlay_ipv6 = sel.public_ip.and_then(crate::iface::global_v6_beside);
+            }
+            return Ok(None);
+        }
         let external = match crate::iface::select(&sel) {
             Ok(external) => external,
             // A host with no IPv4 underlay runs on --public-ipv6 alone.
@@ -354,6 +362,9 @@ impl RunArgs {
             external.how
         );
         self.underlay = Some(external.name.clone());
+        if !public_ipv6_given {
+            self.underlay_ipv6 = crate::iface::global_v6(external.index);
+        }
         if !public_ip_given {
             self.public_ip = Some(external.addr.to_string());
         }

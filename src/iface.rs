@@ -18,7 +18,7 @@
 //! only where given literally to `--iface`; fustian does not pick IPv6 addresses itself.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use regex::Regex;
 
@@ -290,6 +290,58 @@ pub fn ranked_v4(host: &Host, index: u32) -> Vec<Ipv4Addr> {
     found.into_iter().map(|(ip, _)| ip).collect()
 }
 
+/// Returns link `index`'s IPv6 addresses a dual-stack node could advertise as its
+/// `PublicIPv6` when none is given (flanneld takes the chosen interface's global unicast IPv6
+/// address): global unicast (unique-local included, as Go's `IsGlobalUnicast`), neither
+/// link-local, IPv4-mapped nor deprecated, permanent before autoconfigured, then in the
+/// kernel's order.
+pub fn ranked_v6(host: &Host, index: u32) -> Vec<Ipv6Addr> {
+    let mut found: Vec<(Ipv6Addr, &AddrInfo)> = host
+        .addrs
+        .iter()
+        .filter(|a| a.index == index && !a.deprecated)
+        .filter_map(|a| match a.ip {
+            IpAddr::V6(ip)
+                if !(ip.is_unspecified()
+                    || ip.is_loopback()
+                    || ip.is_multicast()
+                    || ip.segments()[0] & 0xffc0 == 0xfe80
+                    || ip.to_ipv4_mapped().is_some()) =>
+            {
+                Some((ip, a))
+            }
+            _ => None,
+        })
+        .collect();
+    found.sort_by_key(|(_, a)| (!a.permanent, a.secondary));
+    found.into_iter().map(|(ip, _)| ip).collect()
+}
+
+/// Returns the first of [`ranked_v6`] for link `index` on this network namespace (`None`
+/// when it has none or the addresses cannot be listed).
+pub fn global_v6(index: u32) -> Option<Ipv6Addr> {
+    let mut nl = Netlink::open().ok()?;
+    let host = Host {
+        links: Vec::new(),
+        addrs: nl.addresses().ok()?,
+        default_route: None,
+    };
+    ranked_v6(&host, index).into_iter().next()
+}
+
+/// Returns the first of [`ranked_v6`] on the link holding `ip` (the given `--public-ip`),
+/// on this network namespace.
+pub fn global_v6_beside(ip: IpAddr) -> Option<Ipv6Addr> {
+    let mut nl = Netlink::open().ok()?;
+    let host = Host {
+        links: Vec::new(),
+        addrs: nl.addresses().ok()?,
+        default_route: None,
+    };
+    let index = host.addrs.iter().find(|a| a.ip == ip)?.index;
+    ranked_v6(&host, index).into_iter().next()
+}
+
 /// Go's `net.IP.IsGlobalUnicast` for IPv4: anything but unspecified, loopback, multicast,
 /// link-local and the limited broadcast address (private ranges included).
 fn is_global_unicast(ip: Ipv4Addr) -> bool {
@@ -467,6 +519,34 @@ mod tests {
             e.to_string()
                 .contains("--iface-can-reach 203.0.113.1 (no route)"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_ipv6_default_is_a_global_unicast_address_of_the_link() {
+        let mut h = host();
+        h.addrs = vec![
+            addr(2, "fe80::1"),
+            addr(2, "::ffff:192.0.2.9"),
+            AddrInfo {
+                deprecated: true,
+                ..addr(2, "2001:db8::9")
+            },
+            AddrInfo {
+                permanent: false,
+                ..addr(2, "2001:db8::a")
+            },
+            addr(3, "2001:db8::3"),
+            addr(2, "192.0.2.1"),
+            addr(2, "fd00::5"),
+            addr(2, "ff02::1"),
+        ];
+        let got: Vec<String> = ranked_v6(&h, 2).iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["fd00::5", "2001:db8::a"]);
+        h.addrs.retain(|a| a.ip.to_string().starts_with("fe80"));
+        assert!(
+            ranked_v6(&h, 2).is_empty(),
+            "a link-local address is no underlay"
         );
     }
 

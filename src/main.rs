@@ -126,7 +126,12 @@ fn join_etcd(
         ),
         None => Some(fustian::config::load_or_create_vtep_mac(&mac_path)?),
     };
-    let mut agent = Agent::new(opts, public_ip, public_ipv6, mac)?;
+    let mut agent = Agent::new(opts, public_ip, public_ipv6, mac)?.with_ipv6_default(
+        public_ipv6
+            .is_none()
+            .then_some(args.underlay_ipv6)
+            .flatten(),
+    );
     // Waits for etcd and the network config as flanneld does, saying why on /readyz.
     let waiting = |reason: &str| {
         if let Some(status) = status {
@@ -189,6 +194,10 @@ fn join_etcd(
     let mut config =
         NodeConfig::resolve_managed(&raw, file.map(|(p, r)| (p.as_path(), r)), &managed)?;
     config.peers = joined.peers;
+    // The interface's IPv6 address taken on a dual-stack network: the node binds to it too.
+    if config.public_ipv6.is_none() {
+        config.public_ipv6 = joined.public_ipv6;
+    }
     Ok(Some((config, agent.into_source())))
 }
 

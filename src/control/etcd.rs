@@ -131,8 +131,9 @@ pub enum EtcdError {
     Acquire(String),
     /// The network is dual stack and this node has no IPv6 underlay address.
     #[error(
-        "the network config enables IPv6 (EnableIPv6, IPv6Network {0}): give this node's IPv6 \
-         address with --public-ipv6 (or FLANNELD_PUBLIC_IPV6), as flanneld requires one"
+        "the network config enables IPv6 (EnableIPv6, IPv6Network {0}) and the underlay \
+         interface has no global IPv6 address: add one, or give this node's IPv6 address with \
+         --public-ipv6 (or FLANNELD_PUBLIC_IPV6)"
     )]
     NeedsIpv6(Ipv6Net),
     /// This node's subnet was leased to another node while this one could not renew it.
@@ -271,6 +272,9 @@ pub struct Joined {
     pub subnet6: Option<Ipv6Net>,
     /// The other nodes, as the table wants them (a dual-stack node is two peers).
     pub peers: Vec<Peer>,
+    /// This node's IPv6 underlay address on a dual-stack network: `--public-ipv6`, or the
+    /// underlay interface's (see [`Agent::with_ipv6_default`]).
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 /// One key under `<prefix>/subnets/` as last read from etcd.
@@ -297,6 +301,8 @@ pub struct Agent {
     endpoint: usize,
     opts: EtcdOptions,
     config: Option<NetworkConfig>,
+    /// The IPv6 underlay address taken on a dual-stack network when none is given.
+    ipv6_default: Option<Ipv6Addr>,
     /// The network config's bytes as last read or watched, to tell a change.
     config_raw: Option<Vec<u8>>,
     public_ip: Ipv4Addr,
@@ -424,6 +430,16 @@ fn for_log(key: &str) -> String {
 }
 
 impl Agent {
+    /// Sets the IPv6 underlay address this node advertises on a dual-stack network when it
+    /// was given none (`public_ipv6` of [`Self::new`] is `None`): flanneld takes the underlay
+    /// interface's global IPv6 address. One peers would refuse (see
+    /// [`crate::control::lease::judge_public_ipv6`]) is not taken.
+    #[must_use]
+    pub fn with_ipv6_default(mut self, ip: Option<Ipv6Addr>) -> Self {
+        self.ipv6_default = ip.filter(|ip| super::lease::judge_public_ipv6(*ip, None).is_none());
+        self
+    }
+
     /// Makes an agent that has not reached etcd yet (see [`Self::join_when_ready`]).
     /// `public_ipv6` is the node's IPv6 underlay address, which a dual-stack network needs.
     ///
@@ -442,6 +458,7 @@ impl Agent {
             endpoint: 0,
             opts,
             config: None,
+            ipv6_default: None,
             config_raw: None,
             public_ip,
             public_ipv6,
@@ -776,7 +793,16 @@ impl Agent {
         if let Some(c6) = config.ipv6
             && self.public_ipv6.is_none()
         {
-            return Err(EtcdError::NeedsIpv6(c6.network));
+            // As flanneld: the underlay interface's global IPv6 address.
+            let Some(ip) = self.ipv6_default else {
+                return Err(EtcdError::NeedsIpv6(c6.network));
+            };
+            tracing::info!(
+                public_ipv6 = %ip,
+                "dual-stack network: the underlay interface's IPv6 address is this node's \
+                 PublicIPv6 (--public-ipv6 sets another)"
+            );
+            self.public_ipv6 = Some(ip);
         }
         let mut client = self.client()?;
         let value = self.own_value().to_json();
@@ -838,6 +864,7 @@ impl Agent {
                 tracing::info!(%subnet, subnet6 = ?candidate.ipv6, %key, reused = mine.is_some(), "subnet lease acquired");
                 self.list()?;
                 return Ok(Joined {
+                    public_ipv6: self.public_ipv6.filter(|_| config.ipv6.is_some()),
                     config,
                     subnet,
                     subnet6: candidate.ipv6,
