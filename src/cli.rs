@@ -183,11 +183,19 @@ pub struct RunArgs {
     /// takes it [default: 60].
     #[arg(long, value_name = "MINUTES", value_parser = parse_renew_margin)]
     pub subnet_lease_renew_margin: Option<u64>,
-    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`).
-    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    /// Address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`); an IP
+    /// address or `localhost`.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1", value_parser = parse_healthz_ip)]
     pub healthz_ip: std::net::IpAddr,
-    /// Port of the HTTP endpoint; 0 turns it off [default: 0].
-    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    /// Port of the HTTP endpoint, a Go integer as flanneld reads it; 0 or less turns it off
+    /// [default: 0].
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        value_parser = parse_healthz_port,
+        allow_negative_numbers = true
+    )]
     pub healthz_port: u16,
     /// Log verbosity as klog's (flanneld's) `-v`: 0 is info, 1 to 3 debug, 4 and more trace;
     /// --log wins.
@@ -739,6 +747,34 @@ pub fn go_style_args(
     Ok(out)
 }
 
+/// Parses `--healthz-port` as flanneld's Go flag reads it (any Go integer form); a value of
+/// 0 or less turns the endpoint off (flanneld serves only a port above 0).
+///
+/// # Errors
+///
+/// Not an integer, or above 65535.
+pub fn parse_healthz_port(text: &str) -> Result<u16, String> {
+    let n = parse_go_int(text)?;
+    if n <= 0 {
+        return Ok(0);
+    }
+    u16::try_from(n).map_err(|_| format!("{n} is not a port (1 to 65535, or 0 for off)"))
+}
+
+/// Parses `--healthz-ip`: an IP address, or `localhost` (127.0.0.1), which flanneld's
+/// listener also resolves.
+///
+/// # Errors
+///
+/// Anything else.
+pub fn parse_healthz_ip(text: &str) -> Result<std::net::IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IP address (or localhost)"))
+}
+
 /// Parses a boolean as Go's `strconv.ParseBool`: 1, t, T, TRUE, true, True, 0, f, F, FALSE,
 /// false, False.
 ///
@@ -1143,6 +1179,25 @@ mod tests {
             rewrite(&["--nonsense"], &no_env).expect("rewrites")[1],
             "--nonsense"
         );
+    }
+
+    #[test]
+    fn healthz_port_and_ip_are_read_as_flanneld_reads_them() {
+        for (given, port) in [
+            ("8471", 8471),
+            ("0x1F90", 8080),
+            ("0", 0),
+            ("-1", 0),
+            ("017", 15),
+        ] {
+            let r = run_args(&["run", &format!("-healthz-port={given}")]);
+            assert_eq!(r.healthz_port, port, "{given}");
+        }
+        assert!(parse_with(&["run", "-healthz-port=65536"], &no_env).is_err());
+        assert!(parse_with(&["run", "-healthz-port=x"], &no_env).is_err());
+        let r = run_args(&["run", "-healthz-ip=localhost"]);
+        assert_eq!(r.healthz_ip, IpAddr::from([127, 0, 0, 1]));
+        assert!(parse_with(&["run", "-healthz-ip=example.org"], &no_env).is_err());
     }
 
     #[test]
