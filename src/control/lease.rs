@@ -25,8 +25,8 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Deserialize;
 
+use super::gojson;
 pub use super::netconf::{Backend, Ipv6Config, NetConfigError, NetworkConfig};
 use crate::wire::MacAddress;
 
@@ -41,7 +41,7 @@ pub enum LeaseError {
     Json {
         /// Which value.
         what: &'static str,
-        /// serde's message.
+        /// The decoder's message.
         detail: String,
     },
     /// A field has a value flannel would refuse.
@@ -58,13 +58,6 @@ fn field(field: &'static str, detail: impl Into<String>) -> LeaseError {
     LeaseError::Field {
         field,
         detail: detail.into(),
-    }
-}
-
-fn json_error(what: &'static str, e: &serde_json::Error) -> LeaseError {
-    LeaseError::Json {
-        what,
-        detail: e.to_string(),
     }
 }
 
@@ -91,57 +84,69 @@ pub struct LeaseValue {
     pub vtep_mac6: Option<MacAddress>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawLease {
-    #[serde(rename = "PublicIP")]
-    public_ip: Option<String>,
-    #[serde(rename = "PublicIPv6")]
-    public_ipv6: Option<String>,
-    backend_type: Option<String>,
-    backend_data: Option<serde_json::Value>,
-    #[serde(rename = "BackendV6Data")]
-    backend_v6_data: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RawVxlanData {
-    #[serde(rename = "VNI")]
-    vni: Option<u32>,
-    #[serde(rename = "VtepMAC")]
-    vtep_mac: Option<String>,
-}
-
 impl LeaseValue {
-    /// Parses a lease value.
+    /// Parses a lease value as flanneld's Go decoder reads it into its `LeaseAttrs`
+    /// ([`super::gojson`]): field names in any case, a field given twice taking the later
+    /// value (each occurrence must still decode), `PublicIP` through flannel's own IPv4 type
+    /// (so `"::ffff:192.0.2.1"` is 192.0.2.1, and `null` is refused), `PublicIPv6` a pointer
+    /// (`null` is none), `BackendData`/`BackendV6Data` raw values read as the `vxlan`
+    /// backend reads them (`VNI`, `VtepMAC` a quoted unicast MAC).
     ///
     /// # Errors
     ///
     /// [`LeaseError`] naming the field.
     pub fn parse(json: &[u8]) -> Result<Self, LeaseError> {
-        let raw: RawLease = serde_json::from_slice(json).map_err(|e| json_error("a lease", &e))?;
-        let text = raw.public_ip.ok_or_else(|| field("PublicIP", "missing"))?;
-        let public_ip = text
-            .parse()
-            .map_err(|_| field("PublicIP", format!("`{text}` is not an IPv4 address")))?;
-        let public_ipv6 = match raw.public_ipv6.filter(|s| !s.is_empty()) {
-            None => None,
-            Some(t) => Some(
-                t.parse()
-                    .map_err(|_| field("PublicIPv6", format!("`{t}` is not an IPv6 address")))?,
-            ),
+        gojson::check(json).map_err(|e| LeaseError::Json {
+            what: "a lease",
+            detail: e.to_string(),
+        })?;
+        let Some(members) = gojson::members(json) else {
+            return Err(field("lease", "not a JSON object"));
         };
-        let (vni, vtep_mac) = vxlan_data(raw.backend_data, "BackendData", "BackendData.VtepMAC")?;
-        let (vni6, vtep_mac6) = vxlan_data(
-            raw.backend_v6_data,
-            "BackendV6Data",
-            "BackendV6Data.VtepMAC",
-        )?;
+        let mut public_ip = None;
+        let mut public_ipv6 = None;
+        let mut backend_type: Option<String> = None;
+        let mut backend_data: Option<&[u8]> = None;
+        let mut backend_v6_data: Option<&[u8]> = None;
+        for (key, value) in members {
+            let is = |name| gojson::names(&key, name);
+            if is("PublicIP") {
+                public_ip = Some(go_ip4(value).ok_or_else(|| {
+                    field(
+                        "PublicIP",
+                        format!("`{}` is not an IPv4 address", gojson::show(value)),
+                    )
+                })?);
+            } else if is("PublicIPv6") {
+                public_ipv6 = if value == b"null" {
+                    None
+                } else {
+                    Some(go_ip6(value).ok_or_else(|| {
+                        field(
+                            "PublicIPv6",
+                            format!("`{}` is not an IPv6 address", gojson::show(value)),
+                        )
+                    })?)
+                };
+            } else if is("BackendType") {
+                if let Some(t) =
+                    gojson::string(value).map_err(|e| field("BackendType", e.to_string()))?
+                {
+                    backend_type = Some(t.into_owned());
+                }
+            } else if is("BackendData") {
+                backend_data = Some(value);
+            } else if is("BackendV6Data") {
+                backend_v6_data = Some(value);
+            }
+        }
+        let public_ip = public_ip.ok_or_else(|| field("PublicIP", "missing"))?;
+        let (vni, vtep_mac) = vxlan_data(backend_data, "BackendData")?;
+        let (vni6, vtep_mac6) = vxlan_data(backend_v6_data, "BackendV6Data")?;
         Ok(Self {
             public_ip,
             public_ipv6,
-            backend_type: raw.backend_type.filter(|s| !s.is_empty()),
+            backend_type: backend_type.filter(|s| !s.is_empty()),
             vni,
             vtep_mac,
             vni6,
@@ -183,31 +188,70 @@ impl LeaseValue {
     }
 }
 
-/// Reads `BackendData` or `BackendV6Data`: `VNI` and `VtepMAC` of a `vxlan` lease; anything
-/// but an object (`null`, or the data of another backend) holds neither.
+/// Reads `BackendData` or `BackendV6Data` as the `vxlan` backend decodes it: `VNI` and
+/// `VtepMAC` of an object (field names in any case, the later of two winning); anything but
+/// an object (`null`, another backend's data) holds neither.
 fn vxlan_data(
-    data: Option<serde_json::Value>,
+    data: Option<&[u8]>,
     what: &'static str,
-    mac_field: &'static str,
 ) -> Result<(Option<u32>, Option<MacAddress>), LeaseError> {
-    let Some(data) = data.filter(serde_json::Value::is_object) else {
+    let Some(members) = data.and_then(gojson::members) else {
         return Ok((None, None));
     };
-    let d: RawVxlanData = serde_json::from_value(data).map_err(|e| json_error(what, &e))?;
-    let mac = match d.vtep_mac {
-        None => None,
-        Some(m) => {
-            let mac = m
-                .parse::<MacAddress>()
-                .map_err(|e| field(mac_field, format!("`{m}`: {e}")))?;
-            // Frames to a group or all-zero MAC are never taken in by a peer's VTEP.
-            if mac.is_multicast() || mac.0 == [0; 6] {
-                return Err(field(mac_field, format!("`{m}` is not a unicast MAC")));
-            }
-            Some(mac)
-        }
+    let (vni_field, mac_field) = if what == "BackendData" {
+        ("BackendData.VNI", "BackendData.VtepMAC")
+    } else {
+        ("BackendV6Data.VNI", "BackendV6Data.VtepMAC")
     };
-    Ok((d.vni, mac))
+    let (mut vni, mut mac) = (None, None);
+    for (key, value) in members {
+        if gojson::names(&key, "VNI") {
+            if let Some(n) = gojson::unsigned(value).map_err(|e| field(vni_field, e.to_string()))? {
+                vni = Some(
+                    u32::try_from(n)
+                        .map_err(|_| field(vni_field, format!("{n} is out of range")))?,
+                );
+            }
+        } else if gojson::names(&key, "VtepMAC") {
+            // flannel's hardwareAddr: a quoted MAC, `null` included in what it refuses.
+            let text = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .ok_or_else(|| {
+                    field(mac_field, format!("`{}` is not a MAC", gojson::show(value)))
+                })?;
+            let parsed = text
+                .parse::<MacAddress>()
+                .map_err(|e| field(mac_field, format!("`{text}`: {e}")))?;
+            // Frames to a group or all-zero MAC are never taken in by a peer's VTEP.
+            if parsed.is_multicast() || parsed.0 == [0; 6] {
+                return Err(field(mac_field, format!("`{text}` is not a unicast MAC")));
+            }
+            mac = Some(parsed);
+        }
+    }
+    Ok((vni, mac))
+}
+
+/// flannel's `ip.IP4` decoder: the value with its quotes trimmed, an IPv4 address or an
+/// IPv4-mapped IPv6 one (Go's `ParseIP` then `To4`).
+fn go_ip4(raw: &[u8]) -> Option<Ipv4Addr> {
+    let text = std::str::from_utf8(gojson::trimmed_quotes(raw)).ok()?;
+    match text.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
+}
+
+/// flannel's `ip.IP6` decoder: the value with its quotes trimmed, any address Go's `ParseIP`
+/// reads (an IPv4 one as its IPv4-mapped form, which the lease's judge then refuses).
+fn go_ip6(raw: &[u8]) -> Option<Ipv6Addr> {
+    let text = std::str::from_utf8(gojson::trimmed_quotes(raw)).ok()?;
+    match text.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(ip) => Some(ip.to_ipv6_mapped()),
+        std::net::IpAddr::V6(ip) => Some(ip),
+    }
 }
 
 /// Returns the etcd key of the lease for `subnet`: `<prefix>/subnets/10.244.1.0-24`.
@@ -729,10 +773,20 @@ mod tests {
         for bad in [
             r#"{"PublicIP":"192.0.2.3","BackendV6Data":{"VtepMAC":"zz"}}"#,
             r#"{"PublicIP":"192.0.2.3","BackendV6Data":{"VNI":"1"}}"#,
-            r#"{"PublicIP":"192.0.2.3","PublicIPv6":"192.0.2.3"}"#,
+            r#"{"PublicIP":"192.0.2.3","PublicIPv6":""}"#,
+            r#"{"PublicIP":"192.0.2.3","BackendData":{"VtepMAC":null}}"#,
         ] {
             assert!(LeaseValue::parse(bad.as_bytes()).is_err(), "{bad}");
         }
+        // flannel's IPv6 type reads an IPv4 address as its mapped form, which no peer can be.
+        let mapped = LeaseValue::parse(br#"{"PublicIP":"192.0.2.3","PublicIPv6":"192.0.2.3"}"#)
+            .expect("decodes as flanneld's");
+        let ip6 = mapped.public_ipv6.expect("an address");
+        assert_eq!(ip6.to_ipv4_mapped(), Some(Ipv4Addr::new(192, 0, 2, 3)));
+        assert_eq!(
+            judge_public_ipv6(ip6, None),
+            Some(Rejection::PublicIpv6Unusable)
+        );
         // `null` or another backend's data holds no VTEP.
         let lease =
             LeaseValue::parse(br#"{"PublicIP":"192.0.2.3","BackendV6Data":null}"#).expect("valid");
@@ -1033,6 +1087,47 @@ mod tests {
     }
 
     #[test]
+    fn values_are_read_as_go_s_decoder_reads_them() {
+        // Field names in any case, the later of two winning; unknown fields ignored.
+        let lease = LeaseValue::parse(
+            br#"{"publicip":"192.0.2.8","PUBLICIP":"192.0.2.9","backendtype":"vxlan",
+                "backenddata":{"vni":1,"vtepmac":"0e:00:00:00:00:09"},"Extra":[1,{"a":null}]}"#,
+        )
+        .expect("valid for flanneld");
+        assert_eq!(lease.public_ip, Ipv4Addr::new(192, 0, 2, 9));
+        assert_eq!(lease.backend(), "vxlan");
+        assert_eq!(lease.vni, Some(1));
+        assert_eq!(lease.vtep_mac, Some(MacAddress([0x0e, 0, 0, 0, 0, 9])));
+        let lease = LeaseValue::parse(
+            br#"{"PublicIP":"192.0.2.8","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},
+                "BackendData":{"VNI":2,"VtepMAC":"0e:00:00:00:00:02"}}"#,
+        )
+        .expect("valid for flanneld");
+        assert_eq!(lease.vni, Some(2));
+        // flannel's IPv4 type takes an IPv4-mapped IPv6 address as the IPv4 one.
+        let lease = LeaseValue::parse(br#"{"PublicIP":"::ffff:192.0.2.25"}"#).expect("mapped");
+        assert_eq!(lease.public_ip, Ipv4Addr::new(192, 0, 2, 25));
+        // Every occurrence must decode, even one a later one would replace; and `null` is no
+        // IPv4 address for flannel's type.
+        for bad in [
+            &br#"{"PublicIP":"x","PublicIP":"192.0.2.8"}"#[..],
+            br#"{"PublicIP":null}"#,
+            br#"{"PublicIP":"2001:db8::1"}"#,
+            br#"{"PublicIP":"192.0.2.8","BackendType":1}"#,
+            br#"{"PublicIP":"192.0.2.8","BackendData":{"VNI":-1}}"#,
+            br#"{"PublicIP":"192.0.2.8","BackendData":{"VNI":4294967296}}"#,
+            br#"{"PublicIP":"192.0.2.8"} x"#,
+            br#"[{"PublicIP":"192.0.2.8"}]"#,
+        ] {
+            assert!(
+                LeaseValue::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn a_vtep_mac_must_be_unicast() {
         for mac in [
             "ff:ff:ff:ff:ff:ff",
@@ -1130,6 +1225,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn any_bytes_are_a_lease_or_a_typed_error(bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                                                   text in "[{}\\[\\],:\"a-zA-Z0-9.: ]{0,120}") {
+            let _ = LeaseValue::parse(&bytes);
+            let _ = LeaseValue::parse(text.as_bytes());
+            // A value that parses writes back as one that parses to the same addresses and
+            // backend (a VNI without a MAC, or the reverse, is not written back).
+            if let Ok(v) = LeaseValue::parse(text.as_bytes()) {
+                let again = LeaseValue::parse(v.to_json().as_bytes());
+                prop_assert!(again.is_ok(), "{:?}", again);
+                if let Ok(again) = again {
+                    prop_assert_eq!((again.public_ip, again.public_ipv6), (v.public_ip, v.public_ipv6));
+                    prop_assert_eq!(again.backend(), v.backend());
+                }
+            }
+        }
+
         #[test]
         fn lease_roundtrip(ip in any::<[u8; 4]>(), v6 in proptest::option::of(any::<[u8; 16]>()),
                            vxlan in any::<bool>(), vni in 0u32..(1 << 24), mac in any::<[u8; 6]>()) {
