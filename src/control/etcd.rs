@@ -142,6 +142,10 @@ pub enum EtcdError {
          the node to acquire another subnet"
     )]
     SubnetTaken(Ipv4Net),
+    /// etcd cancelled the watch (its start revision compacted away): the connection is fine,
+    /// the leases are listed again.
+    #[error("watch cancelled (compacted to revision {0}); listing again")]
+    WatchCancelled(i64),
     /// No endpoint answered.
     #[error("no etcd endpoint answers ({0})")]
     Unreachable(String),
@@ -841,7 +845,14 @@ impl Agent {
                     .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
                     .and_then(vec![put])
             };
-            let resp = self.rt.block_on(client.txn(txn))?;
+            let resp = match self.rt.block_on(client.txn(txn)) {
+                Ok(resp) => resp,
+                Err(e) => {
+                    // Best effort: a grant that holds nothing is not left for its 24 hours.
+                    let _ = self.rt.block_on(client.lease_revoke(grant.id()));
+                    return Err(e.into());
+                }
+            };
             if resp.succeeded() && mine != Some(candidate) && config.ipv6.is_some() {
                 // Two nodes that picked the same IPv4 subnet beside different IPv6 ones (or
                 // the reverse) both win their create: the keys differ. The key created first
@@ -1042,6 +1053,14 @@ impl Agent {
                     super::stop_node(e.to_string(), stop);
                     break;
                 }
+                // Not a lost connection either: list again on the same one, at once.
+                Err(e @ EtcdError::WatchCancelled(_)) => {
+                    self.state.connected.store(0, Ordering::Relaxed);
+                    tracing::info!("etcd: {e}");
+                    // A short pause, so a server that cancels every watch is not hammered.
+                    sleep_unless_stopped(Duration::from_millis(200), stop);
+                    continue;
+                }
                 Err(e) => {
                     self.state.connected.store(0, Ordering::Relaxed);
                     self.state.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -1116,10 +1135,7 @@ impl Agent {
                 Ok(Ok(Some(resp))) => resp,
             };
             if resp.compact_revision() > 0 || resp.canceled() {
-                return Err(EtcdError::Config(format!(
-                    "watch cancelled (compacted to {}): listing again",
-                    resp.compact_revision()
-                )));
+                return Err(EtcdError::WatchCancelled(resp.compact_revision()));
             }
             let own_key = self.own_key();
             let mut changed = false;

@@ -208,7 +208,11 @@ pub struct PeerResult {
     pub path_mtu: Option<u32>,
 }
 
-/// Probes every peer of `intent` and judges the answers.
+/// The most peers one doctor run probes.
+pub const MAX_PROBED: usize = 1024;
+
+/// Probes every peer of `intent` (the first [`MAX_PROBED`], unicast endpoints only) and
+/// judges the answers.
 pub fn checks(intent: &Intent, opts: &ProbeOptions) -> Vec<Check> {
     let mut out = Vec::new();
     // One socket per underlay address of the node (IPv4 and IPv6 on a dual underlay).
@@ -225,6 +229,32 @@ pub fn checks(intent: &Intent, opts: &ProbeOptions) -> Vec<Check> {
     }
     for (i, peer) in intent.peers.iter().enumerate() {
         let name = format!("peer.{}", peer.endpoint);
+        // The peers come from the node's answer: doctor (often root) sends only to as many
+        // as a cluster has, and only to unicast addresses a node could hold.
+        if i >= MAX_PROBED {
+            out.push(Check::warn(
+                "peers",
+                format!(
+                    "{} more peers not probed (doctor probes the first {MAX_PROBED})",
+                    intent.peers.len() - MAX_PROBED
+                ),
+                None,
+            ));
+            break;
+        }
+        let ip = peer.endpoint.ip();
+        let unicast = !(ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast() || v4.octets()[0] >= 240));
+        if !unicast || peer.endpoint.port() == 0 {
+            out.push(Check::warn(
+                &name,
+                "not probed: no node can be at this address (the node's answer is suspect)",
+                None,
+            ));
+            continue;
+        }
         let Some(sock) = sockets.iter().find(|s| {
             s.local_addr()
                 .is_ok_and(|a| a.is_ipv6() == peer.endpoint.is_ipv6())
@@ -400,6 +430,28 @@ mod tests {
 
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn endpoints_no_node_can_hold_are_not_probed() {
+        let status = serde_json::json!({
+            "tun": "flannel0", "mtu": 1472, "network": "10.244.0.0/16",
+            "subnet": "10.244.1.0/24", "listen": "127.0.0.1:8285", "backend": "udp",
+            "table": {"peers": [
+                {"subnet": "10.244.2.0/24", "endpoint": "224.0.0.1:8285"},
+                {"subnet": "10.244.3.0/24", "endpoint": "255.255.255.255:8285"},
+                {"subnet": "10.244.4.0/24", "endpoint": "0.0.0.0:8285"},
+                {"subnet": "10.244.5.0/24", "endpoint": "240.1.2.3:8285"},
+                {"subnet": "10.244.6.0/24", "endpoint": "127.0.0.1:8285"},
+            ]}
+        });
+        let intent = Intent::from_status(&status).expect("valid");
+        let checks = checks(&intent, &ProbeOptions::default());
+        assert_eq!(checks.len(), 5, "{checks:?}");
+        for c in &checks {
+            assert_eq!(c.outcome, crate::doctor::Outcome::Warn, "{c:?}");
+            assert!(c.detail.starts_with("not probed"), "{c:?}");
+        }
+    }
 
     #[test]
     fn flannel_request_is_answered_smaller() {
