@@ -562,6 +562,8 @@ pub fn env_name(name: &str) -> String {
 
 /// flanneld's flags whose default is the empty string, or an empty list: given empty
 /// (`-etcd-cafile=`, `-public-ip ""`), each means what flanneld makes of it, "not set".
+/// `healthz-ip` too: flanneld's empty value listens on every address, fustian's unset one on
+/// 127.0.0.1 (the endpoint shows the peer table; see the README).
 pub const EMPTY_IS_UNSET: &[&str] = &[
     "etcd-keyfile",
     "etcd-certfile",

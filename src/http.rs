@@ -745,13 +745,14 @@ impl Server {
             return;
         }
         loop {
-            // Room first, then the connection: one that finds none stays in the backlog.
-            let Some(slot) = self.free_slot(Instant::now()) else {
+            // Room first (without closing anything yet), then the connection: one that finds
+            // none stays in the backlog.
+            if !self.has_room(Instant::now()) {
                 // Every slot holds a connection younger than MIN_AGE: the rest wait in the
                 // backlog, so a client churning connections cannot close a slow one at once.
                 self.accept_retry = Some(Instant::now() + Duration::from_millis(10));
                 return;
-            };
+            }
             let mut stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -763,6 +764,10 @@ impl Server {
                     self.accept_retry = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }
+            };
+            // Only now, with a connection in hand, is a slot freed for it.
+            let Some(slot) = self.free_slot(Instant::now()) else {
+                continue;
             };
             if self
                 .poll
@@ -789,6 +794,16 @@ impl Server {
             // The request usually arrives with the connection: answer it now.
             self.drive(slot);
         }
+    }
+
+    /// True when [`Self::free_slot`] would find or make a slot.
+    fn has_room(&self, now: Instant) -> bool {
+        self.conns.iter().any(|c| {
+            c.as_ref().is_none_or(|c| {
+                matches!(c.state, State::Lingering { .. })
+                    || now.duration_since(c.accepted) >= MIN_AGE
+            })
+        })
     }
 
     /// Returns a free slot, closing the oldest connection to make one when none is: first
@@ -1270,32 +1285,45 @@ mod tests {
 
     #[test]
     fn a_slow_client_keeps_its_slot_while_others_churn() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
-        let addr = listener.0.local_addr().expect("addr");
-        let h = serve(listener, Arc::new(status()), Arc::clone(&stop)).expect("serve");
-        // Every slot taken by a fresh idle connection, then the slow client, then as many
-        // new connections again: without a least age the newcomers would close every older
-        // connection, the slow client's among them, before it sends its request.
-        let idle: Vec<_> = (0..MAX_CONNECTIONS)
-            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-            .collect();
-        let mut slow = std::net::TcpStream::connect(addr).expect("connect");
-        let churn: Vec<_> = (0..MAX_CONNECTIONS)
-            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-            .collect();
-        std::thread::sleep(Duration::from_millis(20));
-        slow.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n")
-            .expect("send");
-        let mut answer = Vec::new();
-        let _ = slow.read_to_end(&mut answer);
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
-        drop((idle, churn));
-        stop.store(true, Ordering::Relaxed);
-        h.join().expect("server thread");
+        // Every slot taken by a fresh idle connection, then the slow client, then as many new
+        // connections again, all within 50 ms; the slow client sends its request
+        // 20 ms later. Without a least age the newcomers would close every older connection,
+        // the slow client's among them, before it sends. A try whose connections took longer
+        // to open says nothing either way and is made again.
+        const WITHIN: Duration = Duration::from_millis(50);
+        for _ in 0..5 {
+            let stop = Arc::new(AtomicBool::new(false));
+            let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+            let addr = listener.0.local_addr().expect("addr");
+            let h = serve(listener, Arc::new(status()), Arc::clone(&stop)).expect("serve");
+            let started = Instant::now();
+            let idle: Vec<_> = (0..MAX_CONNECTIONS)
+                .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+                .collect();
+            let mut slow = std::net::TcpStream::connect(addr).expect("connect");
+            let churn: Vec<_> = (0..MAX_CONNECTIONS)
+                .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+                .collect();
+            let opened = started.elapsed();
+            if opened < WITHIN {
+                std::thread::sleep(Duration::from_millis(20));
+                slow.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n")
+                    .expect("send");
+                let mut answer = Vec::new();
+                let _ = slow.read_to_end(&mut answer);
+                let answer = String::from_utf8_lossy(&answer);
+                assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+            }
+            drop((idle, churn, slow));
+            stop.store(true, Ordering::Relaxed);
+            h.join().expect("server thread");
+            if opened < WITHIN {
+                return;
+            }
+        }
+        panic!("129 connections never opened within {WITHIN:?} in five tries");
     }
 
     #[test]

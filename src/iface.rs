@@ -342,6 +342,36 @@ pub fn global_v6_beside(ip: IpAddr) -> Option<Ipv6Addr> {
     ranked_v6(&host, index).into_iter().next()
 }
 
+/// A kernel VXLAN device as `ip -d -j link show type vxlan` describes it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KernelVtep {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: Option<u64>,
+    /// Its UDP port.
+    pub port: Option<u64>,
+}
+
+/// Reads the kernel VXLAN devices of `ip -d -j link show type vxlan` output; anything else
+/// reads as none.
+pub fn kernel_vteps(v: &serde_json::Value) -> Vec<KernelVtep> {
+    let Some(links) = v.as_array() else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .filter_map(|l| {
+            let data = &l["linkinfo"]["info_data"];
+            Some(KernelVtep {
+                name: l["ifname"].as_str()?.to_owned(),
+                vni: data["id"].as_u64(),
+                port: data["port"].as_u64(),
+            })
+        })
+        .collect()
+}
+
 /// Go's `net.IP.IsGlobalUnicast` for IPv4: anything but unspecified, loopback, multicast,
 /// link-local and the limited broadcast address (private ranges included).
 fn is_global_unicast(ip: Ipv4Addr) -> bool {

@@ -265,7 +265,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let text = fustian::http::get(args.addr, "/status").map_err(anyhow::Error::msg)?;
             let value: serde_json::Value = serde_json::from_str(&text)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
+                let json = serde_json::to_string_pretty(&value)?;
+                println!("{}", fustian::sys::printable_json(&json));
             } else {
                 print!(
                     "{}",
@@ -287,7 +288,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .extend(doctor_etcd(&args, endpoints, &intent)?);
             }
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report.json())?);
+                let json = serde_json::to_string_pretty(&report.json())?;
+                println!("{}", fustian::sys::printable_json(&json));
             } else {
                 print!("{}", fustian::sys::printable(&report.render()));
             }

@@ -897,38 +897,9 @@ fn spawn_workers(
     Ok(handles)
 }
 
-/// A kernel VXLAN device as `ip -d -j link show type vxlan` describes it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct KernelVtep {
-    /// Its name.
-    pub name: String,
-    /// Its VNI.
-    pub vni: Option<u64>,
-    /// Its UDP port.
-    pub port: Option<u64>,
-}
-
-/// Reads `ip -d -j link show type vxlan` output; anything else reads as no device.
-pub fn parse_kernel_vteps(json: &[u8]) -> Vec<KernelVtep> {
-    let Ok(serde_json::Value::Array(links)) = serde_json::from_slice(json) else {
-        return Vec::new();
-    };
-    links
-        .iter()
-        .filter_map(|l| {
-            let data = &l["linkinfo"]["info_data"];
-            Some(KernelVtep {
-                name: l["ifname"].as_str()?.to_owned(),
-                vni: data["id"].as_u64(),
-                port: data["port"].as_u64(),
-            })
-        })
-        .collect()
-}
-
-/// Before a `vxlan` node binds its port: flanneld's own VTEP (`flannel.<VNI>`, a kernel
-/// VXLAN device with this network's VNI on this port), which flanneld leaves behind when it
-/// stops, holds the port and routes every peer's subnet past the TUN device. The node takes
+/// Before a `vxlan` node binds its port: flanneld's own VTEPs (`flannel.<VNI>`, and
+/// `flannel-v6.<VNI>` of a dual-stack flanneld: kernel VXLAN devices with this network's VNI
+/// on this port), which flanneld leaves behind when it stops, holds the port and routes every peer's subnet past the TUN device. The node takes
 /// flanneld's place, so it deletes that device (its routes and neighbour entries go with it)
 /// and says so. Another kernel VXLAN device on the port is left alone and named in the error,
 /// with the command that removes it.
@@ -945,11 +916,14 @@ fn retire_flanneld_vtep(config: &NodeConfig) -> Result<(), Error> {
         return Ok(());
     };
     let port = u64::from(config.port);
-    for vtep in parse_kernel_vteps(&listed.stdout) {
+    let listed: serde_json::Value =
+        serde_json::from_slice(&listed.stdout).unwrap_or(serde_json::Value::Null);
+    let retired = [format!("flannel.{vni}"), format!("flannel-v6.{vni}")];
+    for vtep in crate::iface::kernel_vteps(&listed) {
         if vtep.port != Some(port) {
             continue;
         }
-        if vtep.name != format!("flannel.{vni}") || vtep.vni != Some(u64::from(vni)) {
+        if !retired.contains(&vtep.name) || vtep.vni != Some(u64::from(vni)) {
             return Err(Error::Underlay(format!(
                 "the kernel VXLAN device {} holds UDP port {port}; remove it (`ip link del {}`) \
                  or give this node another port",
@@ -1094,15 +1068,20 @@ mod tests {
     fn kernel_vteps_are_read_from_ip_s_json() {
         let json = br#"[{"ifindex":7,"ifname":"flannel.1","flags":["UP"],"linkinfo":{"info_kind":"vxlan","info_data":{"id":1,"local":"192.0.2.1","port":8472,"learning":false}}},
                         {"ifindex":8,"ifname":"vx0","linkinfo":{"info_kind":"vxlan","info_data":{"id":42}}}]"#;
+        let parse = |b: &[u8]| {
+            crate::iface::kernel_vteps(
+                &serde_json::from_slice(b).unwrap_or(serde_json::Value::Null),
+            )
+        };
         assert_eq!(
-            parse_kernel_vteps(json),
+            parse(json),
             [
-                KernelVtep {
+                crate::iface::KernelVtep {
                     name: "flannel.1".into(),
                     vni: Some(1),
                     port: Some(8472)
                 },
-                KernelVtep {
+                crate::iface::KernelVtep {
                     name: "vx0".into(),
                     vni: Some(42),
                     port: None
@@ -1110,7 +1089,7 @@ mod tests {
             ]
         );
         for junk in [&b""[..], b"{}", b"[1,2]", b"[{\"ifname\":3}]", b"\xff"] {
-            assert!(parse_kernel_vteps(junk).is_empty());
+            assert!(parse(junk).is_empty());
         }
     }
 

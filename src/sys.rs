@@ -417,6 +417,27 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Returns JSON text with the characters [`printable`] escapes written as JSON escapes
+/// (`\u009b`): JSON escapes C0 controls itself but not DEL, C1 controls or bidirectional
+/// overrides, and in JSON text they can only stand inside strings, where the escape means the
+/// same character.
+pub fn printable_json(json: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !json.chars().any(|c| unsafe_char(c) && c != '\n') {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if unsafe_char(c) && c != '\n' {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half
 /// and a crash leaves the old file or the new one. The file is mode 0644 whatever the umask
 /// (as flanneld writes its subnet file; `docker`'s and the CNI plugin's readers need not run as
@@ -558,6 +579,20 @@ mod file_tests {
         );
         assert!(!shown.contains('\u{202e}'));
         assert!(shown.contains("\\u{1b}]0;title"), "{shown}");
+    }
+
+    #[test]
+    fn printable_json_keeps_the_meaning() {
+        let value = serde_json::json!({"tun": "fl\u{9b}0\u{202e}\u{7f}", "n": [1, "\u{1b}"]});
+        let json = serde_json::to_string_pretty(&value).expect("json");
+        let shown = printable_json(&json);
+        assert!(
+            !shown.chars().any(|c| c.is_control() && c != '\n'),
+            "{shown}"
+        );
+        assert!(!shown.contains('\u{202e}'));
+        let back: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+        assert_eq!(back, value);
     }
 
     proptest! {

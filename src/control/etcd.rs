@@ -305,9 +305,11 @@ pub struct Agent {
     endpoint: usize,
     opts: EtcdOptions,
     config: Option<NetworkConfig>,
+    /// True while etcd's config differs from the one the node joined with.
+    config_changed: bool,
     /// The IPv6 underlay address taken on a dual-stack network when none is given.
     ipv6_default: Option<Ipv6Addr>,
-    /// The network config's bytes as last read or watched, to tell a change.
+    /// The network config's bytes as the node joined with them, to tell a change.
     config_raw: Option<Vec<u8>>,
     public_ip: Ipv4Addr,
     public_ipv6: Option<Ipv6Addr>,
@@ -463,6 +465,7 @@ impl Agent {
             opts,
             config: None,
             ipv6_default: None,
+            config_changed: false,
             config_raw: None,
             public_ip,
             public_ipv6,
@@ -1101,8 +1104,7 @@ impl Agent {
         self.list()?;
         self.check_own_entry();
         self.publish(table);
-        // The whole network's prefix: the leases, and the config, whose changes are reported.
-        let prefix = format!("{}/", self.opts.prefix.trim_end_matches('/'));
+        // The leases, and on the same stream the config, whose changes are reported.
         let subnets = self.subnets_prefix();
         let config_key = self.config_key();
         let options = WatchOptions::new()
@@ -1110,7 +1112,10 @@ impl Agent {
             .with_start_revision(self.revision + 1);
         let mut stream = self
             .rt
-            .block_on(client.watch(prefix.as_str(), Some(options)))?;
+            .block_on(client.watch(subnets.as_str(), Some(options)))?;
+        let config_options = WatchOptions::new().with_start_revision(self.revision + 1);
+        self.rt
+            .block_on(stream.watch(config_key.as_str(), Some(config_options)))?;
         self.state.connected.store(1, Ordering::Relaxed);
         tracing::info!(revision = self.revision, "etcd: watching leases");
         loop {
@@ -1182,7 +1187,14 @@ impl Agent {
     /// applies the new one, as with flanneld, which reads the config once.
     fn config_event(&mut self, key: &str, kind: EventType, value: &[u8]) {
         match kind {
-            EventType::Put if self.config_raw.as_deref() == Some(value) => return,
+            // Back to what the node runs (after a change or a deletion): nothing to apply.
+            EventType::Put if self.config_raw.as_deref() == Some(value) => {
+                if self.config_changed {
+                    tracing::info!(%key, "network config is back to the one this node runs");
+                    self.config_changed = false;
+                }
+                return;
+            }
             EventType::Put => {
                 let verdict = NetworkConfig::parse(value).map_or_else(
                     |e| format!("the new one is invalid ({e})"),
@@ -1192,7 +1204,6 @@ impl Agent {
                     %key,
                     "network config changed; this node keeps the config it joined with; {verdict}"
                 );
-                self.config_raw = Some(value.to_vec());
             }
             EventType::Delete => {
                 tracing::warn!(
@@ -1200,9 +1211,9 @@ impl Agent {
                     "network config deleted; this node keeps the config it joined with (a \
                      restart would wait for a new one)"
                 );
-                self.config_raw = None;
             }
         }
+        self.config_changed = true;
         self.state.config_changes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -1337,12 +1348,14 @@ impl Agent {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%subnet, %key, "own lease deleted; written again on its etcd lease");
             Ok(())
+        } else if !fresh {
+            // The etcd lease is still this node's, so the subnet is too: someone wrote the key
+            // between the read and the write. Written back, as an overwrite is.
+            self.restore_own_lease()
         } else {
             // A fresh grant holds nothing: give it back rather than leave one orphaned etcd
-            // lease per attempt.
-            if fresh {
-                let _ = self.rt.block_on(client.lease_revoke(lease_id));
-            }
+            // lease per attempt. The old lease expired and another node has the subnet.
+            let _ = self.rt.block_on(client.lease_revoke(lease_id));
             Err(EtcdError::SubnetTaken(subnet))
         }
     }

@@ -141,8 +141,10 @@ impl LeaseValue {
             }
         }
         let public_ip = public_ip.ok_or_else(|| field("PublicIP", "missing"))?;
-        let (vni, vtep_mac) = vxlan_data(backend_data, "BackendData")?;
-        let (vni6, vtep_mac6) = vxlan_data(backend_v6_data, "BackendV6Data")?;
+        // Only the `vxlan` backend reads the backend data; flanneld's others ignore it.
+        let vxlan = backend_type.as_deref() == Some("vxlan");
+        let (vni, vtep_mac) = vxlan_data(backend_data.filter(|_| vxlan), "BackendData")?;
+        let (vni6, vtep_mac6) = vxlan_data(backend_v6_data.filter(|_| vxlan), "BackendV6Data")?;
         Ok(Self {
             public_ip,
             public_ipv6,
@@ -368,8 +370,9 @@ pub enum Rejection {
     Overlap,
     /// `PublicIP` is 255.255.255.255.
     PublicIpBroadcast,
-    /// `PublicIP` lies inside the network's `Network`: datagrams to it would be routed back
-    /// into the overlay and encapsulated again, a loop.
+    /// `PublicIP` lies inside a pod subnet of the table (the lease's own, another lease's,
+    /// this node's): datagrams to it would be routed back into the overlay and encapsulated
+    /// again, a loop.
     PublicIpInNetwork,
     /// `PublicIP` is a loopback address.
     PublicIpLoopback,
@@ -381,7 +384,7 @@ pub enum Rejection {
     PublicIpReserved,
     /// `PublicIP` is 0.0.0.0.
     PublicIpUnspecified,
-    /// `PublicIPv6` lies inside the network's `IPv6Network` (a loop, as for IPv4).
+    /// `PublicIPv6` lies inside an IPv6 pod subnet of the table (a loop, as for IPv4).
     PublicIpv6InNetwork,
     /// `PublicIPv6` is this node's own IPv6 address (at a key other than this node's lease).
     PublicIpv6Own,
@@ -597,27 +600,12 @@ pub fn judge_leases_dual<'a>(
             reject(reason, format!("PublicIP {}", value.public_ip));
             continue;
         }
-        if config.network.contains(&value.public_ip) {
-            reject(
-                Rejection::PublicIpInNetwork,
-                format!("PublicIP {} in {}", value.public_ip, config.network),
-            );
-            continue;
-        }
-        if let Some(c6) = config.ipv6
+        if config.ipv6.is_some()
             && let Some(ip6) = value.public_ipv6
+            && let Some(reason) = judge_public_ipv6(ip6, own.ipv6)
         {
-            if let Some(reason) = judge_public_ipv6(ip6, own.ipv6) {
-                reject(reason, format!("PublicIPv6 {ip6}"));
-                continue;
-            }
-            if c6.network.contains(&ip6) {
-                reject(
-                    Rejection::PublicIpv6InNetwork,
-                    format!("PublicIPv6 {ip6} in {}", c6.network),
-                );
-                continue;
-            }
+            reject(reason, format!("PublicIPv6 {ip6}"));
+            continue;
         }
         let halves = std::iter::once((
             IpNet::V4(subnet),
@@ -648,6 +636,43 @@ pub fn judge_leases_dual<'a>(
             value,
         });
     }
+    // A peer whose underlay address lies in a pod subnet the table routes (its own, another
+    // peer's, this node's) would be reached through the TUN device: its datagrams would be
+    // read back and encapsulated again, a loop. An underlay inside `Network` but outside
+    // every leased subnet (hosts on 10.1.1.0/24 of a 10.0.0.0/8 network, with their own
+    // more specific route) is left alone.
+    let pods: Vec<IpNet> = accepted
+        .iter()
+        .flat_map(|a| std::iter::once(IpNet::V4(a.subnet)).chain(a.subnet6.map(IpNet::V6)))
+        .chain(own.subnet.map(IpNet::V4))
+        .chain(own.subnet6.map(IpNet::V6))
+        .collect();
+    let inside = |ip: std::net::IpAddr| pods.iter().find(|n| n.contains(&ip)).copied();
+    accepted.retain(|a| {
+        let v4 = inside(a.value.public_ip.into()).map(|n| {
+            (
+                Rejection::PublicIpInNetwork,
+                a.value.public_ip.to_string(),
+                n,
+            )
+        });
+        let v6 = || {
+            a.subnet6.and(a.value.public_ipv6).and_then(|ip| {
+                inside(ip.into()).map(|n| (Rejection::PublicIpv6InNetwork, ip.to_string(), n))
+            })
+        };
+        match v4.or_else(v6) {
+            Some((reason, ip, net)) => {
+                rejected.push(Rejected {
+                    key: a.key.clone(),
+                    reason,
+                    detail: format!("underlay address {ip} is in the pod subnet {net}"),
+                });
+                false
+            }
+            None => true,
+        }
+    });
     (accepted, rejected)
 }
 
@@ -771,10 +796,10 @@ mod tests {
         assert_eq!(lease.vtep_mac6, Some(MacAddress([0x0e, 0, 0, 0, 6, 3])));
         assert_eq!(lease.to_json().as_bytes(), text);
         for bad in [
-            r#"{"PublicIP":"192.0.2.3","BackendV6Data":{"VtepMAC":"zz"}}"#,
-            r#"{"PublicIP":"192.0.2.3","BackendV6Data":{"VNI":"1"}}"#,
+            r#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendV6Data":{"VtepMAC":"zz"}}"#,
+            r#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendV6Data":{"VNI":"1"}}"#,
             r#"{"PublicIP":"192.0.2.3","PublicIPv6":""}"#,
-            r#"{"PublicIP":"192.0.2.3","BackendData":{"VtepMAC":null}}"#,
+            r#"{"PublicIP":"192.0.2.3","BackendType":"vxlan","BackendData":{"VtepMAC":null}}"#,
         ] {
             assert!(LeaseValue::parse(bad.as_bytes()).is_err(), "{bad}");
         }
@@ -891,7 +916,7 @@ mod tests {
     )]
     #[case::in_network6(
         "10.244.3.0-24&fd00:10:244:3::-64",
-        "fd00:10:244:7::1",
+        "fd00:10:244:3::1",
         Rejection::PublicIpv6InNetwork
     )]
     #[case::any6(
@@ -1099,11 +1124,20 @@ mod tests {
         assert_eq!(lease.vni, Some(1));
         assert_eq!(lease.vtep_mac, Some(MacAddress([0x0e, 0, 0, 0, 0, 9])));
         let lease = LeaseValue::parse(
-            br#"{"PublicIP":"192.0.2.8","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},
+            br#"{"PublicIP":"192.0.2.8","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:01"},
                 "BackendData":{"VNI":2,"VtepMAC":"0e:00:00:00:00:02"}}"#,
         )
         .expect("valid for flanneld");
         assert_eq!(lease.vni, Some(2));
+        // Only the vxlan backend reads the backend data: a udp lease's is ignored.
+        let lease = LeaseValue::parse(
+            br#"{"PublicIP":"192.0.2.8","BackendData":{"VtepMAC":"ff:ff:ff:ff:ff:ff","VNI":"x"}}"#,
+        )
+        .expect("a udp lease");
+        assert_eq!(
+            (lease.backend(), lease.vni, lease.vtep_mac),
+            ("udp", None, None)
+        );
         // flannel's IPv4 type takes an IPv4-mapped IPv6 address as the IPv4 one.
         let lease = LeaseValue::parse(br#"{"PublicIP":"::ffff:192.0.2.25"}"#).expect("mapped");
         assert_eq!(lease.public_ip, Ipv4Addr::new(192, 0, 2, 25));
@@ -1114,8 +1148,8 @@ mod tests {
             br#"{"PublicIP":null}"#,
             br#"{"PublicIP":"2001:db8::1"}"#,
             br#"{"PublicIP":"192.0.2.8","BackendType":1}"#,
-            br#"{"PublicIP":"192.0.2.8","BackendData":{"VNI":-1}}"#,
-            br#"{"PublicIP":"192.0.2.8","BackendData":{"VNI":4294967296}}"#,
+            br#"{"PublicIP":"192.0.2.8","BackendType":"vxlan","BackendData":{"VNI":-1}}"#,
+            br#"{"PublicIP":"192.0.2.8","BackendType":"vxlan","BackendData":{"VNI":4294967296}}"#,
             br#"{"PublicIP":"192.0.2.8"} x"#,
             br#"[{"PublicIP":"192.0.2.8"}]"#,
         ] {
@@ -1151,12 +1185,11 @@ mod tests {
 
     #[test]
     fn a_public_ip_that_routes_into_the_overlay_or_nowhere_is_refused() {
-        // 10.244.0.0/16 is the network: a peer there would be reached through the TUN device,
-        // its datagrams encapsulated again, forever.
+        // A peer in a pod subnet (its own lease's, this node's 10.244.1.0/24) would be reached
+        // through the TUN device, its datagrams encapsulated again, forever.
         for (ip, reason) in [
             ("10.244.9.1", Rejection::PublicIpInNetwork),
             ("10.244.1.1", Rejection::PublicIpInNetwork),
-            ("10.244.255.255", Rejection::PublicIpInNetwork),
             ("240.0.0.1", Rejection::PublicIpReserved),
             ("254.1.2.3", Rejection::PublicIpReserved),
             ("255.255.255.255", Rejection::PublicIpBroadcast),
@@ -1170,8 +1203,10 @@ mod tests {
             assert!(accepted.is_empty(), "{ip}");
             assert_eq!(rejected[0].reason, reason, "{ip}");
         }
-        // Just outside the network, and an ordinary private address: taken.
+        // Outside every pod subnet (inside the network but outside the leases, as an underlay
+        // with its own more specific route can be), and ordinary addresses: taken.
         for ip in [
+            "10.244.200.1",
             "10.245.0.1",
             "10.243.255.254",
             "192.0.2.9",
@@ -1188,6 +1223,31 @@ mod tests {
             } else {
                 assert_eq!(accepted.len(), 1, "{ip}: {rejected:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_peer_in_another_lease_s_subnet_is_refused_whichever_came_first() {
+        // 10.244.9.0/24 is at 10.244.7.5, inside 10.244.7.0/24, leased before or after it.
+        let a = (
+            "/coreos.com/network/subnets/10.244.9.0-24",
+            r#"{"PublicIP":"10.244.7.5"}"#,
+        );
+        let b = (
+            "/coreos.com/network/subnets/10.244.7.0-24",
+            r#"{"PublicIP":"192.0.2.7"}"#,
+        );
+        for (ra, rb) in [(3, 4), (4, 3)] {
+            let (accepted, rejected) = judge(&[(a.0, ra, a.1), (b.0, rb, b.1)]);
+            assert_eq!(accepted.len(), 1);
+            assert_eq!(accepted[0].key, b.0);
+            assert_eq!(rejected[0].key, a.0);
+            assert_eq!(rejected[0].reason, Rejection::PublicIpInNetwork);
+            assert!(
+                rejected[0].detail.contains("10.244.7.0/24"),
+                "{}",
+                rejected[0].detail
+            );
         }
     }
 

@@ -447,19 +447,10 @@ pub fn route_devices(v: &Value) -> Vec<String> {
 
 /// Returns each VXLAN device of `ip -j -d link show type vxlan` with its UDP port.
 pub fn vxlan_devices(v: &Value) -> Vec<(String, Option<u16>)> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| {
-                    let name = l["ifname"].as_str()?.to_owned();
-                    let port = l["linkinfo"]["info_data"]["port"]
-                        .as_u64()
-                        .and_then(|p| u16::try_from(p).ok());
-                    Some((name, port))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::iface::kernel_vteps(v)
+        .into_iter()
+        .map(|d| (d.name, d.port.and_then(|p| u16::try_from(p).ok())))
+        .collect()
 }
 
 /// The largest file or command output read (a large ruleset's JSON included).

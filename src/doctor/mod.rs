@@ -250,14 +250,15 @@ impl Intent {
             })
             .collect::<Result<Vec<_>, DoctorError>>()?;
         // Both end up in the commands doctor prints as fixes and in paths it reads: a name
-        // the kernel could have given a device, an absolute path without control characters.
+        // the kernel could have given a device, a path without control characters.
         let tun = text("tun")?;
         if !is_plain_ifname(tun) {
             return Err(DoctorError::Field("tun"));
         }
         let subnet_file = match &v["subnet_file"] {
             Value::Null => None,
-            Value::String(p) if p.starts_with('/') && !p.chars().any(char::is_control) => {
+            // As the node was given it (relative to where it started, when relative).
+            Value::String(p) if !p.is_empty() && !p.chars().any(char::is_control) => {
                 Some(PathBuf::from(p))
             }
             _ => return Err(DoctorError::Field("subnet_file")),
@@ -466,7 +467,7 @@ mod tests {
         for name in ["flannel0", "flannel.1", "fl-a_0", "veth@x", "f+1"] {
             assert!(is_plain_ifname(name), "{name}");
         }
-        for file in ["relative/subnet.env", "/run/x\u{1b}]0;t\u{7}", "/run/a\nb"] {
+        for file in ["", "/run/x\u{1b}]0;t\u{7}", "/run/a\nb"] {
             let mut v = status();
             v["subnet_file"] = file.into();
             assert!(
