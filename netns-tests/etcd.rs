@@ -975,6 +975,30 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
             );
             assert_eq!(c.counter(0, "table_peers"), 1, "after {key}");
         }
+        // A lease of another backend: left out of the table, counted, logged once by key.
+        let vxlan_key = format!("{PREFIX}/subnets/{}", free.next().expect("free"));
+        c.put(
+            &vxlan_key,
+            r#"{"PublicIP":"192.0.2.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:09"}}"#,
+        );
+        assert!(
+            wait_for(Duration::from_secs(5), || c
+                .counter(0, "etcd_leases_ignored")
+                == 1),
+            "{}",
+            c.log(0)
+        );
+        assert_eq!(c.counter(0, "table_peers"), 1);
+        let logged = |c: &Cluster| {
+            c.log(0)
+                .matches("lease ignored: backend vxlan, not udp")
+                .count()
+        };
+        assert!(
+            wait_for(Duration::from_secs(2), || logged(&c) == 1),
+            "{}",
+            c.log(0)
+        );
         // Node 1's own lease overwritten with another address: written back.
         let own = format!("{PREFIX}/subnets/{b}");
         c.put(&own, other);
@@ -989,6 +1013,8 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
         assert!(wait_for(Duration::from_secs(5), || c
             .rejected(0, "bad_key")
             == 0));
+        // The ignored lease was logged once, not again at each table built since.
+        assert_eq!(logged(&c), 1, "{}", c.log(0));
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (
             forward.join().expect("forward transfers"),

@@ -386,20 +386,6 @@ fn run_node(
             requested: Arc::clone(hup),
         };
         controls.push(fustian::control::file::source(config.clone(), reload));
-    } else {
-        let (hup, stop) = (Arc::clone(hup), Arc::clone(stop));
-        let source = if managed { "etcd" } else { "the flags" };
-        std::thread::Builder::new()
-            .name("fustian-sighup".into())
-            .spawn(move || {
-                use std::sync::atomic::Ordering;
-                while !stop.load(Ordering::Relaxed) {
-                    if hup.swap(false, Ordering::Relaxed) {
-                        tracing::info!("SIGHUP: nothing to reload, the peers come from {source}");
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-            })?;
     }
     // Synthetic updates, for tests and measurements.
     controls.extend(fustian::control::churn::source(
@@ -415,6 +401,8 @@ fn run_node(
         subnet_file_required: managed,
         status,
         trace_socket: args.trace_socket.clone(),
+        // Without a watched file SIGHUP has nothing to reload: the node says so.
+        sighup: (managed || args.config.is_none()).then(|| Arc::clone(hup)),
     };
     fustian::node::run(&config, &opts, stop, controls)?;
     if let Some(why) = fustian::control::fatal() {

@@ -55,6 +55,9 @@ pub struct RunOptions {
     /// Serve `fustian trace` on this Unix socket (a failure stops the node); `None`: on
     /// `/run/fustian/<tun>.sock` (a failure is a warning).
     pub trace_socket: Option<PathBuf>,
+    /// Set by SIGHUP when the node has nothing to reload (no watched config file): the
+    /// supervising loop logs that and goes on.
+    pub sighup: Option<Arc<AtomicBool>>,
 }
 
 /// Writes flanneld's subnet file atomically, creating the directory: for each family the
@@ -1008,6 +1011,13 @@ fn supervise<T>(opts: &RunOptions, stop: &AtomicBool, handles: &[JoinHandle<T>],
     let mut last_stats: Option<Instant> = None;
     let mut failing: Option<String> = None;
     while !stop.load(Ordering::Relaxed) && !handles.iter().any(JoinHandle::is_finished) {
+        if let Some(hup) = &opts.sighup
+            && hup.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(
+                "SIGHUP: nothing to reload (no --config file; the peers come from the flags or etcd)"
+            );
+        }
         if last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
             write_stats(opts, view, &mut failing);
             last_stats = Some(Instant::now());

@@ -322,6 +322,8 @@ pub struct Agent {
     revision: i64,
     /// The rejections already logged, so each is logged once, not at every list.
     logged: HashMap<String, Rejection>,
+    /// The leases ignored (a backend this node cannot speak), logged once each likewise.
+    logged_ignored: HashSet<String>,
     /// When this node's overwritten lease is to be written back.
     restore_at: Option<Instant>,
     last_restore: Option<Instant>,
@@ -476,6 +478,7 @@ impl Agent {
             entries: BTreeMap::new(),
             revision: 0,
             logged: HashMap::new(),
+            logged_ignored: HashSet::new(),
             restore_at: None,
             last_restore: None,
             state: Arc::new(EtcdState::default()),
@@ -1024,7 +1027,17 @@ impl Agent {
             return Vec::new();
         };
         let (peers, ignored) = lease_peers(&config.backend, self.public_ipv6, accepted);
-        self.state.leases_ignored.store(ignored, Ordering::Relaxed);
+        let mut logged = HashSet::new();
+        for (key, why) in ignored {
+            if !self.logged_ignored.contains(&key) {
+                tracing::info!(key = ?for_log(&key), "lease ignored: {why}");
+            }
+            logged.insert(key);
+        }
+        self.state
+            .leases_ignored
+            .store(logged.len() as u64, Ordering::Relaxed);
+        self.logged_ignored = logged;
         peers
     }
 
@@ -1488,8 +1501,8 @@ fn pick<T: Copy>(items: &[T]) -> Option<T> {
 }
 
 /// The peers a node makes of the leases `accepted` on a network with `backend`, with
-/// `public_ipv6` its IPv6 underlay address (if any), and how many leases it ignores (a backend
-/// it cannot speak: another type, or for `vxlan` no VTEP MAC or another VNI). Each lease is a
+/// `public_ipv6` its IPv6 underlay address (if any), and the leases it ignores, each key with
+/// why (a backend it cannot speak: another type, or for `vxlan` no VTEP MAC or another VNI). Each lease is a
 /// peer for its IPv4 subnet; on a dual-stack network its IPv6 subnet is a second peer, over the
 /// IPv6 underlay when both nodes have one. The agent and `fustian doctor` both use it, so
 /// doctor expects exactly the table the node builds.
@@ -1497,7 +1510,7 @@ pub fn lease_peers(
     backend: &Backend,
     public_ipv6: Option<Ipv6Addr>,
     accepted: Vec<Accepted>,
-) -> (Vec<Peer>, u64) {
+) -> (Vec<Peer>, Vec<(String, String)>) {
     let (kind, port, vni) = match backend {
         Backend::Udp { port } => (
             "udp",
@@ -1510,19 +1523,24 @@ pub fn lease_peers(
             Some(*vni),
         ),
     };
-    let mut ignored = 0;
+    let mut ignored = Vec::new();
     let mut peers = Vec::new();
     for Accepted {
+        key,
         subnet,
         subnet6,
         value,
-        ..
     } in accepted
     {
         let speaks = value.backend() == kind
             && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
         if !speaks {
-            ignored += 1;
+            let why = match (value.backend(), value.vni, value.vtep_mac) {
+                (b, ..) if b != kind => format!("backend {b}, not {kind}"),
+                (_, _, None) => "no VtepMAC".to_owned(),
+                (_, v, _) => format!("VNI {}, not {}", v.unwrap_or(0), vni.unwrap_or(0)),
+            };
+            ignored.push((key, why));
             continue;
         }
         let v4 = SocketAddr::new(IpAddr::V4(value.public_ip), port);
