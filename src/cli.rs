@@ -1319,6 +1319,14 @@ mod tests {
         }
 
         #[test]
+        fn healthz_values_are_a_port_off_or_an_error(n in any::<i64>(), text in "\\PC{0,24}") {
+            let want = if n <= 0 { Ok(0) } else { u16::try_from(n).map_err(|_| ()) };
+            prop_assert_eq!(parse_healthz_port(&n.to_string()).map_err(|_| ()), want);
+            let _ = parse_healthz_port(&text);
+            let _ = parse_healthz_ip(&text);
+        }
+
+        #[test]
         fn go_ints_match_decimal(n in any::<i64>()) {
             prop_assert_eq!(parse_go_int(&n.to_string()), Ok(n));
             let sign = if n < 0 { "-" } else { "" };

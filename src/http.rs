@@ -660,6 +660,15 @@ struct Conn {
     state: State,
 }
 
+impl Conn {
+    /// True when a new connection may take this one's slot: it is answered, or older than
+    /// [`MIN_AGE`]. The one rule `has_room` and `free_slot` both apply.
+    fn evictable(&self, now: Instant) -> bool {
+        matches!(self.state, State::Lingering { .. })
+            || now.duration_since(self.accepted) >= MIN_AGE
+    }
+}
+
 enum State {
     /// Reading the head: `filled` bytes of the slot's buffer hold input.
     Reading { filled: usize, parser: HeadParser },
@@ -798,12 +807,9 @@ impl Server {
 
     /// True when [`Self::free_slot`] would find or make a slot.
     fn has_room(&self, now: Instant) -> bool {
-        self.conns.iter().any(|c| {
-            c.as_ref().is_none_or(|c| {
-                matches!(c.state, State::Lingering { .. })
-                    || now.duration_since(c.accepted) >= MIN_AGE
-            })
-        })
+        self.conns
+            .iter()
+            .any(|c| c.as_ref().is_none_or(|c| c.evictable(now)))
     }
 
     /// Returns a free slot, closing the oldest connection to make one when none is: first
@@ -823,8 +829,11 @@ impl Server {
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|c| (rank(c), c.accepted, i)))
-            .filter(|(rank, accepted, _)| *rank == 0 || now.duration_since(*accepted) >= MIN_AGE)
+            .filter_map(|(i, c)| {
+                c.as_ref()
+                    .filter(|c| c.evictable(now))
+                    .map(|c| (rank(c), c.accepted, i))
+            })
             .min()
             .map(|(_, _, i)| i)?;
         if let Some(c) = self.conns[victim].take() {
