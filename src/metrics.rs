@@ -104,6 +104,10 @@ pub enum DropReason {
     /// hop-by-hop header not first, a jumbo payload option, or a routing header with segments
     /// left (the packet would travel on to an address the receive checks never saw).
     RxIpv6ExtHeaders,
+    /// A received IPv4 packet whose options fustian does not pass on: a list that does not
+    /// parse, or a loose or strict source route with addresses left (the packet would travel
+    /// on to an address the receive checks never saw).
+    RxIpv4Options,
 }
 
 const WIRE_ERRORS: [WireError; 6] = [
@@ -116,7 +120,7 @@ const WIRE_ERRORS: [WireError; 6] = [
 ];
 
 /// Number of drop counters.
-pub const DROP_REASONS: usize = 31;
+pub const DROP_REASONS: usize = 32;
 
 impl DropReason {
     /// Every reason, in counter order.
@@ -145,6 +149,7 @@ impl DropReason {
                 Self::VxlanNotHost,
                 Self::RxBadTcpChecksum,
                 Self::RxIpv6ExtHeaders,
+                Self::RxIpv4Options,
             ])
     }
 
@@ -182,6 +187,7 @@ impl DropReason {
             Self::VxlanNotHost => 28,
             Self::RxBadTcpChecksum => 29,
             Self::RxIpv6ExtHeaders => 30,
+            Self::RxIpv4Options => 31,
         }
     }
 
@@ -224,6 +230,7 @@ const NAMES: [&str; DROP_REASONS] = [
     "vxlan_not_host",
     "rx_bad_tcp_checksum",
     "rx_ipv6_ext_headers",
+    "rx_ipv4_options",
 ];
 
 /// One worker's counters. Only that worker writes them.

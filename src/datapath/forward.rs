@@ -207,6 +207,11 @@ pub fn inbound(snap: &Snapshot, fwd: &Forwarding, sender: SocketAddr, datagram: 
     {
         return Inbound::Drop(DropReason::RxIpv6ExtHeaders);
     }
+    if inner.dst.is_ipv4()
+        && !crate::wire::ip::ipv4_options_ok(datagram.get(start..).unwrap_or_default())
+    {
+        return Inbound::Drop(DropReason::RxIpv4Options);
+    }
     match snap.lookup(inner.src) {
         Some((peer, owner)) if owner.endpoint.ip() == sender.ip() => {
             if fwd.strict_source_port && owner.endpoint.port() != sender.port() {

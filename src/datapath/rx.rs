@@ -103,20 +103,14 @@ impl Core {
         let encap = self.cfg.fwd.encap;
         let vxlan = matches!(encap, Encap::Vxlan(_));
         let stride = gro_stride(&slot[..len], r.segment, encap.header_len(), vxlan).max(1);
-        // Several datagrams in one read: Linux puts together only datagrams with a non-zero UDP
-        // checksum that it has verified (`udp_gro_receive_segment`, after `udp4_gro_receive`
-        // and `udp6_gro_receive` validated it), or a `UDP_SEGMENT` send of this host, which
-        // always carries checksums and never left memory. Their inner TCP checksums are not
-        // summed again before merging. A datagram read alone may have had a zero outer
-        // checksum (a kernel `vxlan` peer's default): its inner checksum is verified.
-        let covered = stride < len;
-        if covered {
+        // Every inner TCP checksum is verified before a segment merges, whether the datagram
+        // came alone or in a `UDP_GRO` read: the outer checksum Linux verified before
+        // coalescing was computed by the peer over whatever inner bytes it sent, so it
+        // vouches for the underlay hop, not for the segment.
+        if stride < len {
             Counters::add(&self.counters().rx_gro_reads, 1);
         }
-        let mut acc = ReadCounts {
-            covered,
-            ..ReadCounts::default()
-        };
+        let mut acc = ReadCounts::default();
         let mut at = 0;
         // An empty datagram is one (malformed) datagram too.
         loop {
@@ -304,11 +298,7 @@ impl Core {
             if self.cfg.vnet {
                 let ops = &mut self.ops;
                 let out = &mut |e| ops.push(op_of(e, start, inner_len));
-                if acc.covered {
-                    self.coalescer.push_covered(inner, out);
-                } else {
-                    self.coalescer.push(inner, out);
-                }
+                self.coalescer.push(inner, out);
             } else {
                 self.ops.push(RxOp::Write {
                     start,
@@ -398,8 +388,6 @@ struct ReadCounts {
     peer: Option<(u32, u64, u64)>,
     /// Segments of [`Core::rx_segment`] used so far by this read.
     rx_segs_used: usize,
-    /// The read held several datagrams, each covered by a verified outer checksum.
-    covered: bool,
 }
 
 impl ReadCounts {

@@ -290,17 +290,55 @@ fn a_datagram_read_alone_has_its_inner_checksum_verified() {
 }
 
 #[test]
-fn the_datagrams_of_a_gro_read_are_not_summed_again() {
-    // Linux coalesces into one `UDP_GRO` read only datagrams whose non-zero outer checksum it
-    // verified, so a corrupted one cannot arrive that way: the core merges all four without
-    // summing their payloads again (the corruption made here by hand shows it did not look).
+fn a_gro_read_has_every_inner_checksum_verified() {
+    // A peer computes the outer UDP checksum over whatever inner bytes it sends, so a valid
+    // outer checksum (the only kind Linux coalesces into one `UDP_GRO` read) says nothing about
+    // the inner segment: the corrupted one must not be merged into a packet the kernel would
+    // then checksum afresh. It is written alone, unchanged, for the receiving TCP stack to drop.
     let mut b = core(2, false, true, true);
-    let read: Vec<u8> = segments_one_corrupted().concat();
+    let segs = segments_one_corrupted();
+    let read: Vec<u8> = segs.concat();
     let mut out = receive(&mut b, &read, 1040, A);
     out.extend(flush(&mut b));
-    assert_eq!(out.len(), 1, "one merged packet: {out:?}");
-    assert_eq!(out[0].1.len(), 40 + 4000);
+    assert!(
+        out.iter().any(|(_, p)| *p == segs[2]),
+        "the corrupted segment is written as it came: {out:?}"
+    );
+    assert_eq!(out.len(), 3, "segments 0-1 merged, 2 alone, 3 alone");
     assert_eq!(b.tally().delivered, 4);
+    assert!(balanced(b.tally()));
+}
+
+/// `packet` (IPv4 without options) with `options` put into its header, lengths and header
+/// checksum fixed.
+fn with_options(packet: &[u8], options: &[u8]) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0);
+    let mut p = packet[..20].to_vec();
+    p.extend_from_slice(options);
+    p.extend_from_slice(&packet[20..]);
+    p[0] = 0x40 | u8::try_from((20 + options.len()) / 4).expect("short");
+    let total = u16::try_from(p.len()).expect("short");
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[10..12].fill(0);
+    let sum = crate::wire::ip::checksum(&p[..20 + options.len()]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+#[test]
+fn a_source_route_with_addresses_left_is_not_delivered() {
+    // LSRR naming 192.0.2.66: the receiving kernel would send the packet on there.
+    let mut b = core(2, false, false, false);
+    let plain = udp([10, 244, 1, 2], [10, 244, 2, 2], 10);
+    let routed = with_options(&plain, &[1, 0x83, 7, 4, 192, 0, 2, 66]);
+    assert!(receive(&mut b, &routed, 0, A).is_empty());
+    assert_eq!(drops(&b, DropReason::RxIpv4Options), 1);
+    // The same route used up, and a record route, are delivered as they came.
+    let used = with_options(&plain, &[1, 0x83, 7, 8, 192, 0, 2, 66]);
+    assert_eq!(receive(&mut b, &used, 0, A)[0].1, used);
+    let record = with_options(&plain, &[1, 7, 7, 4, 0, 0, 0, 0]);
+    assert_eq!(receive(&mut b, &record, 0, A)[0].1, record);
+    assert_eq!(b.tally().delivered, 2);
     assert!(balanced(b.tally()));
 }
 

@@ -15,9 +15,9 @@
 //! - the segment's own TCP checksum must verify first. A merged packet goes to the kernel with
 //!   `NEEDS_CSUM`, which makes the kernel compute a fresh checksum, so a segment corrupted on
 //!   the way would otherwise be delivered as good; one that fails is written alone, unchanged,
-//!   for the receiving stack to drop. The one exception is a segment whose datagram a verified
-//!   outer UDP checksum covered ([`Coalescer::push_covered`], for the datagrams of a `UDP_GRO`
-//!   read, see `datapath::rx`);
+//!   for the receiving stack to drop. This holds for the datagrams of a `UDP_GRO` read too: the
+//!   outer checksum the kernel verified was computed by the peer over the inner bytes as it
+//!   had them;
 //! - a segment joins only the open packet of its own flow, only at the next sequence number,
 //!   with the same acknowledgement number, TCP options, header lengths, TOS/traffic class, TTL
 //!   and DF bit, and no larger than the first segment; a shorter segment or one with PSH closes
@@ -71,7 +71,7 @@ fn tcp_layout(p: &[u8]) -> Option<(bool, usize, usize)> {
     Some((v6, ip_len, ip_len + doff))
 }
 
-fn candidate(p: &[u8], verify: bool) -> Option<Candidate> {
+fn candidate(p: &[u8]) -> Option<Candidate> {
     let (v6, ip_len, hl) = tcp_layout(p)?;
     if !v6 && (ip_len != 20 || usize::from(u16::from_be_bytes([p[2], p[3]])) != p.len()) {
         return None;
@@ -83,12 +83,9 @@ fn candidate(p: &[u8], verify: bool) -> Option<Candidate> {
     if flags & !(ACK | PSH) != 0 || flags & ACK == 0 || p.len() == hl {
         return None;
     }
-    if verify {
-        let sum =
-            pseudo_sum(p, if v6 { 6 } else { 4 }, 6, p.len() - ip_len) + ones_sum(&p[ip_len..]);
-        if fold(sum) != 0xffff {
-            return None;
-        }
+    let sum = pseudo_sum(p, if v6 { 6 } else { 4 }, 6, p.len() - ip_len) + ones_sum(&p[ip_len..]);
+    if fold(sum) != 0xffff {
+        return None;
     }
     let t = &p[ip_len..];
     Some(Candidate {
@@ -273,18 +270,7 @@ impl Coalescer {
     /// (a packet that cannot merge, or an open packet it ends). A TCP segment merges only when
     /// its own checksum verifies.
     pub fn push(&mut self, packet: &[u8], out: &mut impl FnMut(Emit)) {
-        self.push_checked(packet, true, out);
-    }
-
-    /// [`Coalescer::push`] for a packet whose bytes a verified outer checksum already covered
-    /// (the caller's judgement; see `datapath::rx` for the rule): its TCP checksum is not
-    /// summed again before it merges.
-    pub fn push_covered(&mut self, packet: &[u8], out: &mut impl FnMut(Emit)) {
-        self.push_checked(packet, false, out);
-    }
-
-    fn push_checked(&mut self, packet: &[u8], verify: bool, out: &mut impl FnMut(Emit)) {
-        let Some(c) = candidate(packet, verify) else {
+        let Some(c) = candidate(packet) else {
             if let Some((_, ip, _)) = tcp_layout(packet)
                 && let Some(k) = self.find(packet, ip)
             {

@@ -169,6 +169,53 @@ pub fn ipv6_ext_headers_ok(packet: &[u8]) -> bool {
     false
 }
 
+/// Returns whether the options of the IPv4 packet `packet` (whose header length was checked)
+/// may be passed on: the list parses (every option but end-of-list and no-operation has a
+/// length of at least 2 that fits the header), and no loose or strict source route (RFC 791:
+/// types 0x83, 0x89) has addresses left, since the receiving kernel would forward the packet
+/// on to the next one, an address the receive checks never saw (the IPv4 twin of an IPv6
+/// routing header with segments left). A header without options costs one comparison. Never
+/// panics on any input.
+pub fn ipv4_options_ok(packet: &[u8]) -> bool {
+    const EOL: u8 = 0;
+    const NOP: u8 = 1;
+    const LSRR: u8 = 0x83;
+    const SSRR: u8 = 0x89;
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    let ihl = usize::from(first & 0x0f) * 4;
+    if ihl <= 20 {
+        return true;
+    }
+    let Some(options) = packet.get(20..ihl) else {
+        return false;
+    };
+    let mut at = 0;
+    while let Some(&kind) = options.get(at) {
+        match kind {
+            EOL => return true,
+            NOP => at += 1,
+            _ => {
+                let Some(&len) = options.get(at + 1) else {
+                    return false;
+                };
+                let len = usize::from(len);
+                if len < 2 || at + len > options.len() {
+                    return false;
+                }
+                // The pointer counts from the option's first byte, starting at 4; a route
+                // is used up when it points past the option.
+                if matches!(kind, LSRR | SSRR) && (len < 3 || usize::from(options[at + 2]) <= len) {
+                    return false;
+                }
+                at += len;
+            }
+        }
+    }
+    true
+}
+
 /// Returns whether the TLV-encoded options `options` (of a hop-by-hop or destination options
 /// header) hold one of type `kind`; a malformed list counts as holding it.
 fn has_option(options: &[u8], kind: u8) -> bool {
@@ -272,6 +319,33 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn ipv4_options_never_panic(data in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = ipv4_options_ok(&data);
+        }
+
+        /// Options made only of no-operations and record routes (any fill) always pass; one
+        /// loose or strict source route with its pointer inside the option never does.
+        #[test]
+        fn ipv4_source_routes_refused(
+            nops in 0usize..8,
+            route in prop_oneof![Just(0x83u8), Just(0x89u8)],
+            addrs in 1usize..4,
+            used in 0usize..4,
+        ) {
+            let len = 3 + 4 * addrs;
+            let ptr = 4 + 4 * used.min(addrs);
+            let mut opts = vec![1u8; nops];
+            opts.extend([route, len as u8, ptr as u8]);
+            opts.extend(std::iter::repeat_n(7u8, 4 * addrs));
+            let packet = with_ipv4_options(&opts);
+            prop_assert_eq!(ipv4_options_ok(&packet), used >= addrs, "{:?}", opts);
+            let mut record = vec![1u8; nops];
+            record.extend([7u8, len as u8, ptr as u8]);
+            record.extend(std::iter::repeat_n(7u8, 4 * addrs));
+            prop_assert!(ipv4_options_ok(&with_ipv4_options(&record)));
+        }
+
+        #[test]
         fn ipv6_ext_headers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = ipv6_ext_headers_ok(&data);
         }
@@ -303,6 +377,42 @@ pub(crate) mod tests {
         let payload = u16::try_from(p.len() - 40).expect("small");
         p[4..6].copy_from_slice(&payload.to_be_bytes());
         p
+    }
+
+    /// An IPv4 header carrying `options` (padded with end-of-list to a multiple of 4).
+    fn with_ipv4_options(options: &[u8]) -> Vec<u8> {
+        let mut p = UDP_V4[..20].to_vec();
+        p.extend_from_slice(options);
+        while p.len() % 4 != 0 {
+            p.push(0);
+        }
+        p[0] = 0x40 | u8::try_from(p.len() / 4).expect("short");
+        p.extend_from_slice(&UDP_V4[20..]);
+        p
+    }
+
+    #[test]
+    fn ipv4_options_judged() {
+        assert!(ipv4_options_ok(&UDP_V4));
+        // Router alert (RFC 2113), then end of list.
+        assert!(ipv4_options_ok(&with_ipv4_options(&[0x94, 4, 0, 0])));
+        // LSRR with one address left; the same route used up.
+        assert!(!ipv4_options_ok(&with_ipv4_options(&[
+            1, 0x83, 7, 4, 192, 0, 2, 66
+        ])));
+        assert!(ipv4_options_ok(&with_ipv4_options(&[
+            1, 0x83, 7, 8, 192, 0, 2, 66
+        ])));
+        // SSRR whose pointer is below 4, and a route too short to hold one.
+        assert!(!ipv4_options_ok(&with_ipv4_options(&[
+            0x89, 7, 3, 192, 0, 2, 66
+        ])));
+        assert!(!ipv4_options_ok(&with_ipv4_options(&[0x89, 2])));
+        // Lengths below 2 or past the header.
+        assert!(!ipv4_options_ok(&with_ipv4_options(&[7, 1])));
+        assert!(!ipv4_options_ok(&with_ipv4_options(&[7, 40, 4, 0])));
+        // Nothing after end of list is read.
+        assert!(ipv4_options_ok(&with_ipv4_options(&[0, 0x83, 7, 4])));
     }
 
     #[test]
