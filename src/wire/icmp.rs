@@ -53,11 +53,14 @@ pub fn may_answer(offender: &[u8]) -> bool {
         return false;
     }
     if packet.protocol() == IpProtocol::Icmp {
-        let icmp_type = offender.get(packet.header_len()).copied().unwrap_or(0);
-        // Only queries (echo, timestamp, ...) may be answered with errors, never errors.
-        if matches!(icmp_type, 3 | 4 | 5 | 11 | 12) {
-            return false;
-        }
+        // Only the queries and informational messages Linux also answers (`icmp_send`: type at
+        // most 18 and not an error): echo and echo reply, router advertisement and
+        // solicitation, timestamp, information and address mask requests and replies. Errors,
+        // unassigned, deprecated and unknown types are never answered, nor is a packet too
+        // short to show its type.
+        return offender
+            .get(packet.header_len())
+            .is_some_and(|&t| matches!(t, 0 | 8 | 9 | 10 | 13..=18));
     }
     true
 }
@@ -129,13 +132,17 @@ pub fn may_answer_v6(offender: &[u8]) -> bool {
     if !one_node(packet.src_addr()) || !one_node(packet.dst_addr()) {
         return false;
     }
-    if packet.next_header() == IpProtocol::Icmpv6 {
-        // Types below 128 are errors (RFC 4443, section 2.1).
-        return offender
-            .get(super::ip::V6_HEADER_LEN)
-            .is_some_and(|&t| t >= 128);
+    // The upper layer behind any extension headers: an error is never sent about an ICMPv6
+    // error however many headers stand in front of it, nor about a packet whose chain does not
+    // parse or a later fragment, where the upper layer cannot be seen.
+    match super::ip::ipv6_upper_layer(offender) {
+        Some((58, at)) => {
+            // Types below 128 are errors (RFC 4443, section 2.1).
+            offender.get(at).is_some_and(|&t| t >= 128)
+        }
+        Some(_) => true,
+        None => false,
     }
-    true
 }
 
 /// Writes an ICMPv6 error about `offender` from `from` into `out` (at least [`V6_MIN_MTU`]
@@ -284,6 +291,94 @@ mod tests {
         let mut p = Vec::new();
         b.write(&mut p, &[7u8; 10]).expect("build");
         assert_eq!(may_answer(&p), answered);
+    }
+
+    #[rstest::rstest]
+    #[case::echo_request(8, true)]
+    #[case::echo_reply(0, true)]
+    #[case::timestamp(13, true)]
+    #[case::address_mask_reply(18, true)]
+    #[case::unreachable(3, false)]
+    #[case::source_quench(4, false)]
+    #[case::redirect(5, false)]
+    #[case::time_exceeded(11, false)]
+    #[case::parameter_problem(12, false)]
+    #[case::unassigned(1, false)]
+    #[case::obsolete_conversion_error(31, false)]
+    #[case::photuris(40, false)]
+    #[case::unknown(200, false)]
+    fn answers_only_icmp_queries(#[case] icmp_type: u8, #[case] answered: bool) {
+        let b = PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 9, 9], 64)
+            .icmpv4_raw(icmp_type, 0, [0; 4]);
+        let mut p = Vec::new();
+        b.write(&mut p, &[7u8; 10]).expect("build");
+        assert_eq!(may_answer(&p), answered);
+        // Cut before the type: not answered.
+        let header = usize::from(p[0] & 0x0f) * 4;
+        let mut short = p[..header].to_vec();
+        short[2..4].copy_from_slice(&u16::try_from(header).expect("short").to_be_bytes());
+        short[10..12].fill(0);
+        let sum = crate::wire::ip::checksum(&short);
+        short[10..12].copy_from_slice(&sum.to_be_bytes());
+        assert!(!may_answer(&short));
+    }
+
+    /// An IPv6 packet from fd00::2 to fd00::9 whose upper layer `upper` (first byte `first`)
+    /// sits behind 8-byte extension headers of the kinds `kinds`.
+    fn v6_behind(kinds: &[u8], upper: u8, first: u8) -> Vec<u8> {
+        let src: std::net::Ipv6Addr = "fd00::2".parse().expect("literal");
+        let dst: std::net::Ipv6Addr = "fd00::9".parse().expect("literal");
+        let mut p = vec![
+            0x60,
+            0,
+            0,
+            0,
+            0,
+            0,
+            kinds.first().copied().unwrap_or(upper),
+            64,
+        ];
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        for (i, _) in kinds.iter().enumerate() {
+            let mut h = [0u8; 8];
+            h[0] = kinds.get(i + 1).copied().unwrap_or(upper);
+            if kinds[i] != 44 {
+                h[2] = 1;
+                h[3] = 4;
+            }
+            p.extend_from_slice(&h);
+        }
+        p.extend_from_slice(&[first, 0, 0, 0, 0, 0, 0, 0]);
+        let payload = u16::try_from(p.len() - 40).expect("short");
+        p[4..6].copy_from_slice(&payload.to_be_bytes());
+        p
+    }
+
+    #[rstest::rstest]
+    #[case::plain_error(&[], 58, 1, false)]
+    #[case::error_behind_destination_options(&[60], 58, 1, false)]
+    #[case::error_behind_hop_by_hop(&[0], 58, 4, false)]
+    #[case::error_behind_first_fragment(&[44], 58, 2, false)]
+    #[case::error_behind_two_headers(&[0, 60], 58, 3, false)]
+    #[case::echo_behind_destination_options(&[60], 58, 128, true)]
+    #[case::udp_behind_destination_options(&[60], 17, 0, true)]
+    #[case::chain_over_the_limit(&[60, 60, 60, 60, 60, 60, 60, 60, 60], 58, 128, false)]
+    fn never_answers_an_icmpv6_error_behind_extension_headers(
+        #[case] kinds: &[u8],
+        #[case] upper: u8,
+        #[case] first: u8,
+        #[case] answered: bool,
+    ) {
+        assert_eq!(may_answer_v6(&v6_behind(kinds, upper, first)), answered);
+    }
+
+    #[test]
+    fn never_answers_a_later_v6_fragment() {
+        let mut p = v6_behind(&[44], 17, 0);
+        p[42] = 0x05; // offset 40 bytes: a later fragment
+        p[43] = 0x00;
+        assert!(!may_answer_v6(&p));
     }
 
     #[rstest::rstest]

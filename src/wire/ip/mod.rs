@@ -169,6 +169,32 @@ pub fn ipv6_ext_headers_ok(packet: &[u8]) -> bool {
     false
 }
 
+/// The upper-layer protocol of the IPv6 packet `packet` and the offset of its header, behind
+/// at most [`MAX_EXT_HEADERS`] extension headers; `None` when the chain runs past the packet or
+/// past the limit, or when the packet is a later fragment (its upper-layer header is in the
+/// first one). Never panics on any input.
+pub fn ipv6_upper_layer(packet: &[u8]) -> Option<(u8, usize)> {
+    let mut next = *packet.get(6)?;
+    let mut at = 40usize;
+    for _ in 0..=MAX_EXT_HEADERS {
+        let len = match next {
+            0 | 43 | 60 | 135 | 139 | 140 => (usize::from(*packet.get(at + 1)?) + 1) * 8,
+            44 => {
+                let off = packet.get(at + 2..at + 4)?;
+                if u16::from_be_bytes([off[0], off[1]]) & 0xfff8 != 0 {
+                    return None;
+                }
+                8
+            }
+            51 => (usize::from(*packet.get(at + 1)?) + 2) * 4,
+            upper => return (at <= packet.len()).then_some((upper, at)),
+        };
+        next = *packet.get(at)?;
+        at = at.checked_add(len)?;
+    }
+    None
+}
+
 /// Returns whether the options of the IPv4 packet `packet` (whose header length was checked)
 /// may be passed on: the list parses (every option but end-of-list and no-operation has a
 /// length of at least 2 that fits the header), and no loose or strict source route (RFC 791:
@@ -319,6 +345,26 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn ipv6_upper_layer_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Some((_, at)) = ipv6_upper_layer(&data) {
+                prop_assert!(at <= data.len());
+            }
+        }
+
+        /// The walk finds the upper layer behind any chain within the limit that
+        /// `ipv6_ext_headers_ok` passes.
+        #[test]
+        fn ipv6_upper_layer_behind_chains(count in 0..=MAX_EXT_HEADERS + 1) {
+            let packet = with_ext_headers(&vec![60; count], 17, |_| {});
+            let found = ipv6_upper_layer(&packet);
+            if count <= MAX_EXT_HEADERS {
+                prop_assert_eq!(found, Some((17, 40 + 8 * count)));
+            } else {
+                prop_assert_eq!(found, None);
+            }
+        }
+
+        #[test]
         fn ipv4_options_never_panic(data in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = ipv4_options_ok(&data);
         }
@@ -329,19 +375,19 @@ pub(crate) mod tests {
         fn ipv4_source_routes_refused(
             nops in 0usize..8,
             route in prop_oneof![Just(0x83u8), Just(0x89u8)],
-            addrs in 1usize..4,
-            used in 0usize..4,
+            addrs in 1u8..4,
+            used in 0u8..4,
         ) {
             let len = 3 + 4 * addrs;
             let ptr = 4 + 4 * used.min(addrs);
             let mut opts = vec![1u8; nops];
-            opts.extend([route, len as u8, ptr as u8]);
-            opts.extend(std::iter::repeat_n(7u8, 4 * addrs));
+            opts.extend([route, len, ptr]);
+            opts.extend(std::iter::repeat_n(7u8, usize::from(4 * addrs)));
             let packet = with_ipv4_options(&opts);
             prop_assert_eq!(ipv4_options_ok(&packet), used >= addrs, "{:?}", opts);
             let mut record = vec![1u8; nops];
-            record.extend([7u8, len as u8, ptr as u8]);
-            record.extend(std::iter::repeat_n(7u8, 4 * addrs));
+            record.extend([7u8, len, ptr]);
+            record.extend(std::iter::repeat_n(7u8, usize::from(4 * addrs)));
             prop_assert!(ipv4_options_ok(&with_ipv4_options(&record)));
         }
 
@@ -383,7 +429,7 @@ pub(crate) mod tests {
     fn with_ipv4_options(options: &[u8]) -> Vec<u8> {
         let mut p = UDP_V4[..20].to_vec();
         p.extend_from_slice(options);
-        while p.len() % 4 != 0 {
+        while !p.len().is_multiple_of(4) {
             p.push(0);
         }
         p[0] = 0x40 | u8::try_from(p.len() / 4).expect("short");
