@@ -82,6 +82,9 @@ pub struct Status {
     /// Set by the node once its privileges are settled (dropped, or the user switched): the
     /// serving thread then drops the two it kept for that switch.
     settled: AtomicBool,
+    /// This host's name (of the node's UTS namespace, read once), which a request to
+    /// `/status` or `/metrics` may use besides an IP address and `localhost`.
+    hostname: String,
 }
 
 impl Status {
@@ -94,7 +97,16 @@ impl Status {
             renderers: ArcSwapOption::empty(),
             counters: Counters::default(),
             settled: AtomicBool::new(false),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().chars().take(255).collect())
+                .unwrap_or_default(),
         }
+    }
+
+    /// Whether a request's `Host` value (or absolute-form authority) may read `/status` and
+    /// `/metrics`: see [`names_host`].
+    pub fn names_this_host(&self, value: &[u8]) -> bool {
+        names_host(value, &self.hostname)
     }
 
     /// /readyz answers 503 with this reason in the body (`fustian is not ready: <reason>`).
@@ -191,6 +203,10 @@ pub struct RequestHead<'a> {
     /// The path and query of the request target (from the origin form, or from the absolute
     /// form with its scheme and authority removed).
     pub target: &'a str,
+    /// The value of the `Host` field, if the request has one.
+    pub host: Option<&'a [u8]>,
+    /// The authority of an absolute-form target, if the request has one.
+    pub authority: Option<&'a [u8]>,
     /// Bytes of the head, the final empty line included; what follows is never read.
     pub head_len: usize,
 }
@@ -245,6 +261,9 @@ pub struct HeadParser {
     line: Option<RequestLine>,
     /// `Host` fields seen (saturating).
     hosts: u8,
+    /// The value of the first `Host` field, without surrounding whitespace: where it starts
+    /// and ends in the buffer.
+    host: Option<(usize, usize)>,
 }
 
 impl HeadParser {
@@ -300,12 +319,29 @@ impl HeadParser {
                     return Ok(Some(RequestHead {
                         method: request.method,
                         target,
+                        host: self.host.map(|(from, to)| &buf[from..to]),
+                        authority: request.authority.map(|(from, to)| &buf[from..to]),
                         head_len: self.pos,
                     }));
                 }
                 Some(_) => {
                     if is_host_field(line)? {
                         self.hosts = self.hosts.saturating_add(1);
+                        if self.host.is_none() {
+                            let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
+                            let value = &line[colon + 1..];
+                            let lead = value
+                                .iter()
+                                .take_while(|&&b| b == b' ' || b == b'\t')
+                                .count();
+                            let trail = value[lead..]
+                                .iter()
+                                .rev()
+                                .take_while(|&&b| b == b' ' || b == b'\t')
+                                .count();
+                            let from = start + colon + 1 + lead;
+                            self.host = Some((from, start + colon + 1 + value.len() - trail));
+                        }
                     }
                 }
             }
@@ -491,6 +527,8 @@ impl Counters {
 struct RequestLine {
     method: Method,
     target: Option<(usize, usize)>,
+    /// The authority of an absolute-form target, where it starts and ends in the buffer.
+    authority: Option<(usize, usize)>,
     http11: bool,
 }
 
@@ -524,11 +562,18 @@ impl RequestLine {
             b"HEAD" => Method::Head,
             _ => Method::Other,
         };
+        let mut authority = None;
         let target = if target.starts_with(b"/") {
             Some((from, from + target.len()))
         } else if let Some(path) = absolute_form_path(target) {
-            // RFC 9112 section 3.2.2: a server accepts the absolute form; only its path and
-            // query matter here.
+            // RFC 9112 section 3.2.2: a server accepts the absolute form; its authority is
+            // judged as a Host field is, and only its path and query matter otherwise.
+            let scheme = if target[4] == b':' { 7 } else { 8 };
+            let end = target[scheme..]
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .map_or(target.len(), |p| scheme + p);
+            authority = Some((from + scheme, from + end));
             path.map(|skip| (from + skip, from + target.len()))
         } else {
             return Err(HeadError::BadRequestLine);
@@ -536,6 +581,7 @@ impl RequestLine {
         Ok(Self {
             method,
             target,
+            authority,
             http11,
         })
     }
@@ -973,6 +1019,46 @@ fn read_head<'a>(
     }
 }
 
+/// Whether `target` is one of the paths that show the node's state (its peers, its counters):
+/// those answer only requests naming this host ([`Status::names_this_host`]).
+fn exposes_state(target: &str) -> bool {
+    matches!(target.split('?').next(), Some("/status" | "/metrics"))
+}
+
+/// Whether the `Host` value (or absolute-form authority) `value` names this host without a
+/// DNS name anyone could point elsewhere: an IPv4 address, a bracketed IPv6 address,
+/// `localhost`, or `hostname` (the node's own, compared without case and a final dot), each
+/// with an optional port. A page a browser loads from a name that resolves to the node (DNS
+/// rebinding) sends that name, and is refused.
+pub fn names_host(value: &[u8], hostname: &str) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let name = if let Some(rest) = value.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        return port_ok && inside.parse::<std::net::Ipv6Addr>().is_ok();
+    } else {
+        match value.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => value,
+        }
+    };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && (name.eq_ignore_ascii_case("localhost")
+            || (!hostname.is_empty() && name.eq_ignore_ascii_case(hostname)))
+}
+
 /// Builds the answer to a judged head; the flag says it was a bad request.
 fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u8>, bool) {
     match head {
@@ -986,6 +1072,18 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u
             ),
             true,
         ),
+        Ok(h)
+            if exposes_state(h.target)
+                && !(h.host.is_none_or(|v| status.names_this_host(v))
+                    && h.authority.is_none_or(|v| status.names_this_host(v))) =>
+        {
+            let body = format!(
+                "/status and /metrics answer only requests that name this host by an IP address, \
+                 localhost or {} (a guard against DNS rebinding)\n",
+                status.hostname
+            );
+            (answer(421, TEXT, &body, h.method == Method::Get, &[]), true)
+        }
         Ok(h) => {
             let (code, kind, body) = respond(status, h.target);
             (
@@ -1005,6 +1103,7 @@ fn answer(code: u16, kind: &str, body: &str, with_body: bool, extra: &[&str]) ->
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         408 => "Request Timeout",
         414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
@@ -1014,7 +1113,7 @@ fn answer(code: u16, kind: &str, body: &str, with_body: bool, extra: &[&str]) ->
     };
     let mut out = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
         body.len()
     );
     for h in extra {
@@ -1213,6 +1312,65 @@ mod tests {
         assert!(a.starts_with("HTTP/1.1 404 "), "{a}");
         let refused = render(&s, Err(&HeadError::HeadTooLarge)).0;
         assert!(refused.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(a.contains("X-Content-Type-Options: nosniff\r\n"), "{a}");
+    }
+
+    #[test]
+    fn state_is_shown_only_to_requests_naming_this_host() {
+        let s = status();
+        let code = |head: &str| {
+            let judged = parse_head(head.as_bytes()).expect("judged").expect("whole");
+            let a = String::from_utf8(render(&s, Ok(&judged)).0).expect("text");
+            a[9..12].to_owned()
+        };
+        for host in [
+            "127.0.0.1:8080",
+            "192.0.2.1",
+            "[::1]:8080",
+            "[fd00::1]",
+            "localhost:8080",
+            "LOCALHOST.",
+        ] {
+            for path in ["/status", "/metrics", "/status?x"] {
+                assert_eq!(
+                    code(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")),
+                    "200",
+                    "{host} {path}"
+                );
+            }
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.nip.io",
+            "[::1",
+            "[evil]:80",
+            "1.2.3.4:x",
+            ":80",
+            "",
+        ] {
+            let head = format!("GET /status HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(code(&head), "421", "{host}");
+            // Health checks answer whatever the name.
+            assert_eq!(
+                code(&format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n")),
+                "200"
+            );
+        }
+        // The absolute form's authority is judged too, and HTTP/1.0 may leave Host out.
+        assert_eq!(
+            code("GET http://evil.example/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            "421"
+        );
+        assert_eq!(
+            code("GET http://127.0.0.1:8080/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            "200"
+        );
+        assert_eq!(code("GET /status HTTP/1.0\r\n\r\n"), "200");
+        // The host's own name, without case and with a final dot.
+        assert!(names_host(b"Node-1.:8080", "node-1"));
+        assert!(!names_host(b"node-1.evil.example", "node-1"));
+        assert!(!names_host(b"node-1", ""));
     }
 
     #[test]
