@@ -214,6 +214,44 @@ fn answer(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A page served from a name that rebinds to the node sends that name: the node's state is
+/// refused to it (421) and shown to a request naming the node by its address.
+#[test]
+fn http_state_only_for_requests_naming_the_node() {
+    if skip("http_state_only_for_requests_naming_the_node") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = Lab::start();
+    let ask = |lab: &mut Lab, path: &'static str, host: &'static str| {
+        lab.spawn(move || {
+            let mut s = connect();
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\r\n");
+            s.write_all(req.as_bytes()).expect("send");
+            answer(&mut s)
+        })
+        .join()
+        .expect("client")
+    };
+    for path in ["/status", "/metrics"] {
+        let refused = ask(&mut lab, path, "rebind.example:8080");
+        assert!(refused.starts_with("HTTP/1.1 421 "), "{path}: {refused:?}");
+        assert!(
+            !refused.contains("10.244."),
+            "{path} leaked state: {refused:?}"
+        );
+        let shown = ask(&mut lab, path, "127.0.0.1:8080");
+        assert!(shown.starts_with("HTTP/1.1 200 "), "{path}: {shown:?}");
+        assert!(
+            shown.contains("X-Content-Type-Options: nosniff\r\n"),
+            "{shown:?}"
+        );
+    }
+    assert!(ask(&mut lab, "/healthz", "rebind.example").starts_with("HTTP/1.1 200 "));
+    lab.check("after requests naming another host");
+}
+
 #[test]
 fn http_huge_content_length() {
     if skip("http_huge_content_length") {
@@ -323,7 +361,7 @@ fn http_20000_pipelined_requests_never_read() {
     let (release_c, written_c) = (Arc::clone(&release), Arc::clone(&written));
     let client = lab.spawn(move || {
         let mut s = connect();
-        let one = b"GET /metrics HTTP/1.1\r\nHost: n\r\n\r\n";
+        let one = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
         let all: Vec<u8> = one.repeat(20_000);
         // Written in pieces so progress shows; stops when the server closes or stops reading.
         for piece in all.chunks(16 << 10) {
