@@ -587,7 +587,7 @@ impl Facts<'_> {
             self.encap.name(),
             self.backend.name(),
             self.offloads.describe(),
-            self.device.name,
+            crate::metrics::label_value(&self.device.name),
             self.config.subnet,
             self.started,
         )
