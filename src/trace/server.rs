@@ -21,7 +21,7 @@
 //! detached. The socket file is removed when the server is dropped; a stale one left by a node
 //! that died is replaced at the next start, a live one is never taken over.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -41,7 +41,7 @@ use crate::event::STOP_POLL;
 /// The directory of the default socket paths.
 pub const SOCKET_DIR: &str = "/run/fustian";
 /// The longest request line read.
-const MAX_REQUEST: u64 = 8192;
+const MAX_REQUEST: usize = 8192;
 /// How long a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the lost count is sent even when it did not change (and a gone client noticed).
@@ -234,6 +234,7 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
         return;
     }
     let mut events = Events::with_capacity(1);
+    let mut refusals = Refusals::default();
     while !halt.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -243,14 +244,22 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
                 match crate::sys::peer_uid(&stream) {
                     Ok(0) => {}
                     Ok(uid) => {
-                        tracing::warn!(
-                            uid,
-                            "trace socket: connection from a user other than root refused"
-                        );
+                        refusals.note(|more| {
+                            tracing::warn!(
+                                uid,
+                                more,
+                                "trace socket: connection from a user other than root refused"
+                            );
+                        });
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!("trace socket: cannot tell who connected ({e}); refused");
+                        refusals.note(|more| {
+                            tracing::warn!(
+                                more,
+                                "trace socket: cannot tell who connected ({e}); refused"
+                            );
+                        });
                         continue;
                     }
                 }
@@ -297,6 +306,82 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
     }
 }
 
+/// Refused connections, logged at most once a minute (with how many went unlogged since), so
+/// a local user connecting in a loop cannot flood the node's log.
+#[derive(Debug, Default)]
+struct Refusals {
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    const PERIOD: Duration = Duration::from_secs(60);
+
+    fn note(&mut self, log: impl FnOnce(u64)) {
+        if self.logged.is_some_and(|t| t.elapsed() < Self::PERIOD) {
+            self.unlogged = self.unlogged.saturating_add(1);
+            return;
+        }
+        log(self.unlogged);
+        self.logged = Some(Instant::now());
+        self.unlogged = 0;
+    }
+}
+
+/// Reads the client's request line: at most [`MAX_REQUEST`] bytes up to a line feed, within
+/// `timeout` ([`REQUEST_TIMEOUT`]) in all (not per read, so a client sending a byte at a time cannot hold
+/// the session open), and given up as soon as the node stops.
+fn read_request(
+    mut stream: &UnixStream,
+    halt: &AtomicBool,
+    timeout: Duration,
+) -> io::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        if halt.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the node is stopping",
+            ));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no whole request in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left.min(STOP_POLL)))?;
+        let room = MAX_REQUEST
+            .saturating_sub(line.len())
+            .min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Some(nl) = chunk[..n].iter().position(|&b| b == b'\n') {
+                    line.extend_from_slice(&chunk[..=nl]);
+                    break;
+                }
+                line.extend_from_slice(&chunk[..n]);
+                if line.len() >= MAX_REQUEST {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
 /// Detaches the session when the stream ends, however it ends.
 struct Detach<'a> {
     hub: &'a Hub,
@@ -311,10 +396,8 @@ impl Drop for Detach<'_> {
 
 fn serve(stream: UnixStream, hub: &Hub, halt: &AtomicBool) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(HEARTBEAT))?;
-    let mut text = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut text)?;
+    let text = read_request(&stream, halt, REQUEST_TIMEOUT)?;
     let request = Request::parse(&text);
     let mut out = &stream;
     let refuse = |out: &mut &UnixStream, msg: String| {
@@ -404,7 +487,74 @@ fn write_fully(out: &mut &UnixStream, buf: &[u8], halt: &AtomicBool) -> io::Resu
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
+
     use super::*;
+
+    #[test]
+    fn a_request_dribbled_a_byte_at_a_time_meets_one_deadline() {
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        let halt = Arc::new(AtomicBool::new(false));
+        let writer = std::thread::spawn(move || {
+            // One byte every 50 ms, never a line feed: only the whole-request deadline ends it.
+            for _ in 0..40 {
+                if theirs.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let began = Instant::now();
+        let e = read_request(&ours, &halt, Duration::from_millis(300)).expect_err("timed out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            began.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            began.elapsed()
+        );
+        drop(ours);
+        writer.join().expect("writer");
+        // A whole line in time is read up to its line feed.
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
+        theirs
+            .write_all(b"{\"filter\":\"udp\"}\nrest")
+            .expect("write");
+        let line = read_request(&ours, &halt, Duration::from_secs(5)).expect("line");
+        assert_eq!(line, "{\"filter\":\"udp\"}\n");
+    }
+
+    #[test]
+    fn a_stopping_node_stops_reading_a_request() {
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let halt = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let halt = Arc::clone(&halt);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                halt.store(true, Ordering::Relaxed);
+            })
+        };
+        let e = read_request(&ours, &halt, Duration::from_secs(60)).expect_err("stopped");
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        stopper.join().expect("stopper");
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_period() {
+        let mut r = Refusals::default();
+        let mut logged = Vec::new();
+        for _ in 0..1000 {
+            r.note(|more| logged.push(more));
+        }
+        assert_eq!(logged, vec![0], "one line for a thousand refusals");
+        r.logged = Some(Instant::now() - Refusals::PERIOD);
+        r.note(|more| logged.push(more));
+        assert_eq!(
+            logged,
+            vec![0, 999],
+            "the next line says how many went unlogged"
+        );
+    }
 
     #[test]
     fn requests_are_json_or_filter_text() {
