@@ -354,9 +354,7 @@ fn read_request(
             ));
         }
         stream.set_read_timeout(Some(left.min(STOP_POLL)))?;
-        let room = MAX_REQUEST
-            .saturating_sub(line.len())
-            .min(chunk.len());
+        let room = MAX_REQUEST.saturating_sub(line.len()).min(chunk.len());
         match stream.read(&mut chunk[..room]) {
             Ok(0) => break,
             Ok(n) => {
