@@ -138,6 +138,9 @@ fn join_etcd(
             status.set_not_ready(reason);
         }
     };
+    if let Some(status) = status {
+        status.set_not_ready(format!("joining the network through etcd at {endpoints}"));
+    }
     let Some(joined) = agent
         .join_when_ready(
             previous_subnet(&subnet_file),
@@ -149,8 +152,13 @@ fn join_etcd(
     else {
         return Ok(None);
     };
+    // Told to stop as the join ended: nothing more is set up (the lease stays, as after any
+    // stop, for the next start to take again).
+    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(None);
+    }
     if let Some(status) = status {
-        status.set_not_ready("starting");
+        status.set_not_ready("starting: subnet lease acquired");
     }
     // The network config sets the wire for every node: a flag may repeat it, never change it.
     let backend = joined.config.backend;

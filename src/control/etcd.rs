@@ -149,6 +149,9 @@ pub enum EtcdError {
     /// No endpoint answered.
     #[error("no etcd endpoint answers ({0})")]
     Unreachable(String),
+    /// The node was told to stop while it was joining.
+    #[error("stopped while joining")]
+    Stopped,
     /// The runtime or a file could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -637,8 +640,9 @@ impl Agent {
                 return Ok(Step::Wait(unreachable, e.to_string()));
             }
         }
-        match self.join(previous) {
+        match self.join(previous, stop) {
             Ok(joined) => Ok(Step::Joined(joined)),
+            Err(EtcdError::Stopped) => Ok(Step::Stopped),
             Err(e @ EtcdError::Unreachable(_)) => {
                 self.disconnect();
                 Ok(Step::Wait(unreachable, e.to_string()))
@@ -794,7 +798,18 @@ impl Agent {
     ///
     /// [`EtcdError`] when etcd fails or every subnet is taken;
     /// [`EtcdError::NeedsIpv6`] on a dual-stack network when this node has no IPv6 address.
-    fn join(&mut self, previous: (Option<Ipv4Net>, Option<Ipv6Net>)) -> Result<Joined, EtcdError> {
+    fn join(
+        &mut self,
+        previous: (Option<Ipv4Net>, Option<Ipv6Net>),
+        stop: &AtomicBool,
+    ) -> Result<Joined, EtcdError> {
+        let stopped = || {
+            if stop.load(Ordering::Relaxed) {
+                Err(EtcdError::Stopped)
+            } else {
+                Ok(())
+            }
+        };
         let Some(config) = self.config.clone() else {
             return Err(EtcdError::Config(
                 "the network config is not read yet".into(),
@@ -818,7 +833,9 @@ impl Agent {
         let value = self.own_value().to_json();
         let ttl = self.ttl_secs();
         for _ in 0..RACE_RETRIES {
+            stopped()?;
             self.list()?;
+            stopped()?;
             let (accepted, _) = self.judge();
             let mine = self.own_existing(&config, previous.0);
             if mine.is_none() {
@@ -830,7 +847,9 @@ impl Agent {
                 .map_or_else(|| random_free(&config, &accepted, &held), Ok)?;
             let subnet = candidate.ipv4;
             let key = candidate.key(&self.opts.prefix);
-            let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
+            stopped()?;
+            let grant = until_stopped(&self.rt, stop, client.lease_grant(ttl, None))
+                .ok_or(EtcdError::Stopped)??;
             let put = TxnOp::put(
                 key.as_str(),
                 value.as_str(),
@@ -851,12 +870,18 @@ impl Agent {
                     .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
                     .and_then(vec![put])
             };
-            let resp = match self.rt.block_on(client.txn(txn)) {
-                Ok(resp) => resp,
-                Err(e) => {
+            let resp = match until_stopped(&self.rt, stop, client.txn(txn)) {
+                Some(Ok(resp)) => resp,
+                Some(Err(e)) => {
                     // Best effort: a grant that holds nothing is not left for its 24 hours.
                     let _ = self.rt.block_on(client.lease_revoke(grant.id()));
                     return Err(e.into());
+                }
+                None => {
+                    // Stopped with the write in flight: revoking the grant removes the key
+                    // too, had the write been applied.
+                    let _ = self.rt.block_on(client.lease_revoke(grant.id()));
+                    return Err(EtcdError::Stopped);
                 }
             };
             if resp.succeeded() && mine != Some(candidate) && config.ipv6.is_some() {
