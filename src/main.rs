@@ -100,10 +100,7 @@ fn join_etcd(
             .map(|e| e.trim().to_owned())
             .filter(|e| !e.is_empty())
             .collect(),
-        prefix: args
-            .etcd_prefix
-            .clone()
-            .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+        prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
         keyfile: args.etcd_keyfile.clone(),
         certfile: args.etcd_certfile.clone(),
         cafile: args.etcd_cafile.clone(),
@@ -314,6 +311,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--etcd-prefix` cleaned as flanneld's `path.Join` cleans it, so both make the same keys
+/// from the same flag; refused when longer than any prefix a lease key could be made under.
+#[cfg(feature = "etcd")]
+fn etcd_prefix(raw: &str) -> anyhow::Result<String> {
+    use fustian::control::lease::{MAX_PREFIX, clean_prefix};
+    let prefix = clean_prefix(raw);
+    if prefix.len() > MAX_PREFIX {
+        anyhow::bail!(
+            "--etcd-prefix is {} bytes long; at most {MAX_PREFIX} are taken",
+            prefix.len()
+        );
+    }
+    if prefix != raw {
+        tracing::info!(
+            given = %fustian::sys::printable(raw),
+            prefix = %fustian::sys::printable(&prefix),
+            "--etcd-prefix cleaned as flanneld cleans it"
+        );
+    }
+    Ok(prefix)
+}
+
 /// The etcd checks of `fustian doctor`.
 #[cfg(feature = "etcd")]
 fn doctor_etcd(
@@ -327,7 +346,7 @@ fn doctor_etcd(
             .map(|e| e.trim().to_owned())
             .filter(|e| !e.is_empty())
             .collect(),
-        prefix: args.etcd_prefix.clone(),
+        prefix: etcd_prefix(&args.etcd_prefix)?,
         keyfile: args.etcd_keyfile.clone(),
         certfile: args.etcd_certfile.clone(),
         cafile: args.etcd_cafile.clone(),

@@ -72,19 +72,20 @@ const RACE_RETRIES: usize = 10;
 /// shrinks, see `list`).
 const LIST_PAGE: i64 = 1000;
 
-/// The longest key kept as it is; a longer one (or one that is not UTF-8) is kept under a
-/// short stand-in of the same meaning, "not a lease key" (see [`entry_key`]).
+/// The longest key kept as it is, past `<prefix>/subnets/` (the prefix itself is bounded at
+/// start, [`super::lease::MAX_PREFIX`]); a longer one (or one that is not UTF-8) is kept under
+/// a short stand-in of the same meaning, "not a lease key" (see [`entry_key`]).
 pub const MAX_ENTRY_KEY: usize = 512;
 
 pub use super::lease::MAX_LEASE_VALUE;
 
-/// Returns the name a key is kept under: the key itself when it is UTF-8 and at most
-/// [`MAX_ENTRY_KEY`] bytes, else its first 64 bytes (lossy), its length and a 64-bit FNV-1a
+/// Returns the name a key listed under a prefix of `under` bytes is kept under: the key itself
+/// when it is UTF-8 and at most [`MAX_ENTRY_KEY`] bytes longer than the prefix, else its first 64 bytes (lossy), its length and a 64-bit FNV-1a
 /// hash of all of it. The stand-in holds characters (`#`, a space) no lease key has, so it
 /// is refused as a bad key, and two different raw keys keep two entries (up to the hash).
-pub fn entry_key(raw: &[u8]) -> String {
+pub fn entry_key(raw: &[u8], under: usize) -> String {
     match std::str::from_utf8(raw) {
-        Ok(text) if raw.len() <= MAX_ENTRY_KEY => text.to_owned(),
+        Ok(text) if raw.len() <= under.saturating_add(MAX_ENTRY_KEY) => text.to_owned(),
         _ => {
             let hash = raw.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
                 (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -499,7 +500,7 @@ impl Agent {
     }
 
     fn config_key(&self) -> String {
-        format!("{}/config", self.opts.prefix.trim_end_matches('/'))
+        super::lease::key_under(&self.opts.prefix, "config")
     }
 
     /// Connects to the first endpoint that answers, starting with the one in use (or the next
@@ -923,7 +924,7 @@ impl Agent {
 
     /// Returns `<prefix>/subnets/`, under which the leases live.
     fn subnets_prefix(&self) -> String {
-        format!("{}/subnets/", self.opts.prefix.trim_end_matches('/'))
+        super::lease::key_under(&self.opts.prefix, "subnets/")
     }
 
     /// Returns this node's lease key, once it has a subnet.
@@ -949,8 +950,9 @@ impl Agent {
     /// [`MAX_LEASE_VALUE`]` + 1` of value (enough for the judge to refuse it as too long).
     fn store(&mut self, kv: &etcd_client::KeyValue) {
         let value = kv.value();
+        let under = self.subnets_prefix().len();
         self.entries.insert(
-            entry_key(kv.key()),
+            entry_key(kv.key(), under),
             Entry {
                 create_revision: kv.create_revision(),
                 lease: kv.lease(),
@@ -1192,7 +1194,7 @@ impl Agent {
                     continue;
                 }
                 self.state.events.fetch_add(1, Ordering::Relaxed);
-                let key = entry_key(kv.key());
+                let key = entry_key(kv.key(), subnets.len());
                 match ev.event_type() {
                     EventType::Put => {
                         let before = self.entries.get(&key).cloned();
@@ -1605,18 +1607,64 @@ mod tests {
     #[test]
     fn entries_are_kept_under_bounded_distinct_names() {
         let key = "/coreos.com/network/subnets/10.244.2.0-24";
-        assert_eq!(entry_key(key.as_bytes()), key);
+        let under = "/coreos.com/network/subnets/".len();
+        assert_eq!(entry_key(key.as_bytes(), under), key);
         // Too long, or not UTF-8: a stand-in no lease key can equal, one per raw key.
         let long = format!("{key}{}", "x".repeat(2 * MAX_ENTRY_KEY));
-        let a = entry_key(long.as_bytes());
+        let a = entry_key(long.as_bytes(), under);
         assert!(a.len() < 200 && a.contains('#'), "{a}");
         assert!(parse_subnet_key("/coreos.com/network", &a).is_none());
-        let b = entry_key(format!("{long}y").as_bytes());
+        let b = entry_key(format!("{long}y").as_bytes(), under);
         assert_ne!(a, b);
-        let c = entry_key(b"/coreos.com/network/subnets/\xff");
-        let d = entry_key(b"/coreos.com/network/subnets/\xfe");
+        let c = entry_key(b"/coreos.com/network/subnets/\xff", under);
+        let d = entry_key(b"/coreos.com/network/subnets/\xfe", under);
         assert_ne!(c, d);
         assert!(c.contains('#'));
+        // The bound counts past the prefix only: a lease under the longest prefix is kept.
+        let prefix = format!("/{}", "p".repeat(crate::control::lease::MAX_PREFIX - 1));
+        let subnets = format!("{prefix}/subnets/");
+        let key = format!("{subnets}10.244.2.0-24&fd00:10:244:2::-64");
+        assert_eq!(entry_key(key.as_bytes(), subnets.len()), key);
+        assert!(parse_subnet_key(&prefix, &key).is_some());
+    }
+
+    #[test]
+    fn prefixes_are_cleaned_as_flanneld_joins_them() {
+        use crate::control::lease::{clean_prefix, key_under};
+        for (given, clean, config) in [
+            (
+                "/coreos.com/network",
+                "/coreos.com/network",
+                "/coreos.com/network/config",
+            ),
+            (
+                "/coreos.com/network/",
+                "/coreos.com/network",
+                "/coreos.com/network/config",
+            ),
+            ("//cfx//pp/", "/cfx/pp", "/cfx/pp/config"),
+            ("/cfx/./pp", "/cfx/pp", "/cfx/pp/config"),
+            ("/a/b/../c", "/a/c", "/a/c/config"),
+            ("/../a", "/a", "/a/config"),
+            ("a/../../b", "../b", "../b/config"),
+            ("/", "/", "/config"),
+            ("", "", "config"),
+            (".", "", "config"),
+            ("net", "net", "net/config"),
+        ] {
+            assert_eq!(clean_prefix(given), clean, "{given:?}");
+            assert_eq!(
+                key_under(&clean_prefix(given), "config"),
+                config,
+                "{given:?}"
+            );
+        }
+        assert_eq!(
+            crate::control::lease::subnet_key("", "10.244.1.0/24".parse().expect("literal")),
+            "subnets/10.244.1.0-24"
+        );
+        assert!(parse_subnet_key("", "subnets/10.244.1.0-24").is_some());
+        assert!(parse_subnet_key("/", "/subnets/10.244.1.0-24").is_some());
     }
 
     #[test]

@@ -258,12 +258,50 @@ fn go_ip6(raw: &[u8]) -> Option<Ipv6Addr> {
 
 /// Returns the etcd key of the lease for `subnet`: `<prefix>/subnets/10.244.1.0-24`.
 pub fn subnet_key(prefix: &str, subnet: Ipv4Net) -> String {
-    format!(
-        "{}/subnets/{}-{}",
-        prefix.trim_end_matches('/'),
-        subnet.network(),
-        subnet.prefix_len()
+    key_under(
+        prefix,
+        &format!("subnets/{}-{}", subnet.network(), subnet.prefix_len()),
     )
+}
+
+/// The longest `--etcd-prefix` taken (after [`clean_prefix`]): a lease key is the prefix and
+/// at most a few dozen bytes more, and etcd refuses keys past its request size.
+pub const MAX_PREFIX: usize = 1024;
+
+/// Cleans an etcd key prefix as flanneld's `path.Join` does when it makes every key
+/// (Go's `path.Clean`): repeated slashes become one, `.` elements go, `..` removes the element
+/// before it (and is dropped at the root), and a trailing slash goes. An empty or `.` prefix
+/// cleans to the empty string, under which the keys are `config` and `subnets/...`, relative as
+/// flanneld makes them.
+pub fn clean_prefix(prefix: &str) -> String {
+    let rooted = prefix.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in prefix.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if rooted => {}
+                _ => parts.push(".."),
+            },
+            part => parts.push(part),
+        }
+    }
+    let joined = parts.join("/");
+    if rooted { format!("/{joined}") } else { joined }
+}
+
+/// The key `rest` under the cleaned prefix `prefix` (flanneld's `path.Join(prefix, rest)`):
+/// `/coreos.com/network` and `config` make `/coreos.com/network/config`, `/` makes `/config`
+/// and the empty prefix `config`.
+pub fn key_under(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() {
+        rest.to_owned()
+    } else {
+        format!("{}/{rest}", prefix.trim_end_matches('/'))
+    }
 }
 
 impl SubnetKey {
@@ -297,9 +335,7 @@ pub struct SubnetKey {
 /// address. Anything else is `None`, so a key such as `10.244.2.0-24&anything` never stands
 /// for `10.244.2.0/24`.
 pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<SubnetKey> {
-    let rest = key
-        .strip_prefix(prefix.trim_end_matches('/'))?
-        .strip_prefix("/subnets/")?;
+    let rest = key.strip_prefix(key_under(prefix, "subnets/").as_str())?;
     let (v4, v6) = match rest.split_once('&') {
         Some((v4, v6)) => (v4, Some(v6)),
         None => (rest, None),
@@ -1281,6 +1317,22 @@ mod tests {
         assert_eq!(labels.len(), Rejection::ALL.len());
         for (i, r) in Rejection::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
+        }
+    }
+
+    proptest! {
+        /// A cleaned prefix is clean: cleaning it again changes nothing, it has no empty or
+        /// `.` element and no trailing slash (but the root), and a lease key under it parses.
+        #[test]
+        fn cleaned_prefixes_are_clean(raw in "[/a.]{0,12}") {
+            let clean = clean_prefix(&raw);
+            prop_assert_eq!(clean_prefix(&clean), clean.clone());
+            prop_assert!(!clean.contains("//"));
+            prop_assert!(clean == "/" || !clean.ends_with('/'));
+            prop_assert!(clean.split('/').all(|p| p != "."));
+            let subnet: Ipv4Net = "10.244.1.0/24".parse().expect("literal");
+            let key = subnet_key(&clean, subnet);
+            prop_assert_eq!(parse_subnet_key(&clean, &key).map(|k| k.ipv4), Some(subnet));
         }
     }
 

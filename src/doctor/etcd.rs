@@ -110,24 +110,24 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
         }
         options = options.with_tls(tls);
     }
-    let prefix = target.prefix.trim_end_matches('/').to_owned();
+    let (config_key, subnets) = (
+        crate::control::lease::key_under(&target.prefix, "config"),
+        crate::control::lease::key_under(&target.prefix, "subnets/"),
+    );
     let own = own_subnet(intent);
     rt.block_on(async move {
         let mut client = Client::connect(target.endpoints.clone(), Some(options))
             .await
             .map_err(|e| e.to_string())?;
         let config = client
-            .get(format!("{prefix}/config"), None)
+            .get(config_key, None)
             .await
             .map_err(|e| e.to_string())?
             .kvs()
             .first()
             .map(|kv| kv.value().to_vec());
         let resp = client
-            .get(
-                format!("{prefix}/subnets/"),
-                Some(GetOptions::new().with_prefix()),
-            )
+            .get(subnets, Some(GetOptions::new().with_prefix()))
             .await
             .map_err(|e| e.to_string())?;
         let leases: Vec<Read> = resp
@@ -141,7 +141,7 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
             })
             .collect();
         let own_lease = own
-            .and_then(|own| own_lease_key(&prefix, own, &leases))
+            .and_then(|own| own_lease_key(&target.prefix, own, &leases))
             .and_then(|key| leases.iter().find(|l| l.key == key))
             .map(|l| l.lease)
             .filter(|id| *id != 0);
@@ -164,13 +164,13 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
 /// Judges what was read against the node's intent.
 pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     let mut out = Vec::new();
-    let prefix = prefix.trim_end_matches('/');
+    let config_key = crate::control::lease::key_under(prefix, "config");
     let config = match view.config.as_deref().map(NetworkConfig::parse) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             out.push(Check::fail(
                 "etcd.config",
-                format!("{prefix}/config is invalid: {e}"),
+                format!("{config_key} is invalid: {e}"),
                 None,
             ));
             return out;
@@ -178,7 +178,7 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
         None => {
             out.push(Check::fail(
                 "etcd.config",
-                format!("{prefix}/config is missing"),
+                format!("{config_key} is missing"),
                 None,
             ));
             return out;
