@@ -364,27 +364,105 @@ fn a_second_node_on_the_same_port_fails_to_start() {
     let route = show(&["route", "show", "10.244.0.0/16"]);
     assert!(route.contains("dev flannel0"), "{route}");
 
+    // A second node beside the first, with `extra` and its own stats file (and its own subnet
+    // file unless `extra` names one): it must exit with an error containing `expect`, having
+    // changed nothing of the first node's.
+    let subnet_file = topo.dir.path().join("node-0").join("subnet.env");
+    let written = std::fs::read_to_string(&subnet_file).expect("first node's subnet file");
+    let refused = |topo: &Topology, case: &str, extra: &[&str], expect: &str| {
+        // `extra` in flag-value pairs, each replacing the first node's value or added.
+        let mut args = topo.node_args(0, &[]);
+        let set = |args: &mut Vec<String>, flag: &str, value: String| match args
+            .iter()
+            .position(|a| a == flag)
+        {
+            Some(at) => args[at + 1] = value,
+            None => args.extend([flag.to_owned(), value]),
+        };
+        for pair in extra.chunks(2) {
+            set(&mut args, pair[0], pair[1].to_owned());
+        }
+        set(
+            &mut args,
+            "--stats-file",
+            topo.dir
+                .path()
+                .join(format!("{case}.prom"))
+                .display()
+                .to_string(),
+        );
+        if !extra.contains(&"--subnet-file") {
+            let own = topo
+                .dir
+                .path()
+                .join(format!("{case}.env"))
+                .display()
+                .to_string();
+            set(&mut args, "--subnet-file", own);
+        }
+        let log = topo.dir.path().join(format!("{case}.log"));
+        let mut second = topo.hosts[0]
+            .start(EXE, &args, log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let exited = wait_for(Duration::from_secs(10), || second.exited().is_some());
+        let text = second.log();
+        assert!(exited, "{case}: the second node is still running:\n{text}");
+        let status = second.exited().expect("exited");
+        assert!(!status.success(), "{case}: {status}:\n{text}");
+        assert!(text.contains(expect), "{case}: no {expect:?} in:\n{text}");
+    };
     // The same address and port with two workers (SO_REUSEPORT): refused, naming the first.
-    let mut args = topo.node_args(0, &["--threads", "2", "--tun", "flannel1"]);
-    let stats = args
-        .iter()
-        .position(|a| a == "--stats-file")
-        .expect("stats flag");
-    args[stats + 1] = topo.dir.path().join("second.prom").display().to_string();
-    let log = topo.dir.path().join("second.log");
-    let mut second = topo.hosts[0]
-        .start(EXE, &args, log)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let exited = wait_for(Duration::from_secs(10), || second.exited().is_some());
-    let text = second.log();
-    assert!(exited, "the second node is still running:\n{text}");
-    let status = second.exited().expect("exited");
-    assert!(!status.success(), "{status}:\n{text}");
-    assert!(
-        text.contains("UDP 192.0.2.1:8285 is already served by")
-            && text.contains(&format!("pid {first} (fustian)")),
-        "{text}"
+    refused(
+        &topo,
+        "same-port",
+        // (A shorter network, whose route the first node's does not hold.)
+        &[
+            "--threads",
+            "2",
+            "--tun",
+            "flannel1",
+            "--network",
+            "10.244.0.0/17",
+        ],
+        &format!("UDP 192.0.2.1:8285 is already served by pid {first} (fustian)"),
     );
+    // Another port and device, the same subnet file: refused before anything is set up.
+    let same_file = subnet_file.display().to_string();
+    refused(
+        &topo,
+        "same-file",
+        &[
+            "--tun",
+            "flannel1",
+            "--port",
+            "8299",
+            "--subnet-file",
+            &same_file,
+        ],
+        &format!("{same_file} is in use by another node (pid {first})"),
+    );
+    // Another port, the first node's multi-queue device: the kernel would let it add queues
+    // beside the first node's and take part of its flows.
+    refused(
+        &topo,
+        "same-tun",
+        &["--threads", "2", "--port", "8299"],
+        "TUN device flannel0 is in use by another process (2 queues attached)",
+    );
+    // Another port and device: the network's route already leads to the first node's device.
+    refused(
+        &topo,
+        "same-route",
+        &["--tun", "flannel1", "--port", "8299"],
+        "10.244.0.0/16 is already routed to flannel0",
+    );
+    assert_eq!(
+        std::fs::read_to_string(&subnet_file).expect("subnet file"),
+        written,
+        "the first node's subnet file changed"
+    );
+    let addr = show(&["-4", "addr", "show", "dev", "flannel0"]);
+    assert_eq!(addr.matches("inet ").count(), 1, "{addr}");
 
     // The first node still carries the traffic, both ways.
     let stop = Arc::new(AtomicBool::new(false));

@@ -31,10 +31,30 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fustian: {}", fustian::sys::printable(&format!("{e:#}")));
+            eprintln!("fustian: {}", fustian::sys::printable(&error_chain(&e)));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, joined by `: ` as anyhow's `{:#}` joins them, leaving out a cause
+/// whose text its parent's message already ends with (many errors name their source in their
+/// own message too), so no reason is printed twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
 }
 
 /// A node configuration and the control source that keeps its table current.
@@ -392,6 +412,34 @@ fn run_node(
     hup: &Arc<AtomicBool>,
     status: Option<Arc<fustian::http::Status>>,
 ) -> anyhow::Result<()> {
+    // One node per subnet file, before anything is set up: a second node writing it would
+    // point the pods' network plugin at a subnet the first one routes.
+    let etcd = args.etcd_endpoints_or_default().is_some();
+    let raw = args.raw();
+    let subnet_file = raw
+        .subnet_file
+        .clone()
+        .or_else(|| {
+            file.filter(|_| !etcd)
+                .and_then(|(_, r)| r.subnet_file.clone())
+        })
+        .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned());
+    let lock = (!subnet_file.is_empty())
+        .then(|| fustian::sys::lock_beside(std::path::Path::new(&subnet_file)));
+    let _subnet_lock = match lock {
+        None => None,
+        Some(Ok(lock)) => Some(lock),
+        Some(Err(e @ fustian::sys::LockError::Held { .. })) => {
+            anyhow::bail!("the subnet file {e}: give each node on this host its own --subnet-file")
+        }
+        // Without etcd the subnet file is optional (a failed write is a warning), and so is
+        // its lock, unless someone else's file sits at its name.
+        Some(Err(e @ fustian::sys::LockError::Io { .. })) if !etcd => {
+            tracing::warn!("the subnet file is not locked: {e}");
+            None
+        }
+        Some(Err(e)) => anyhow::bail!("the subnet file's lock: {e}"),
+    };
     let (config, mut controls, managed) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
             Some((config, etcd)) => (config, vec![etcd], true),
@@ -436,4 +484,27 @@ fn run_node(
         anyhow::bail!("{why}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_named_in_its_parent_is_printed_once() {
+        let os = std::io::Error::from_raw_os_error(22);
+        let tun = fustian::tun::TunError::SetIff {
+            name: "flannel0".into(),
+            source: os,
+        };
+        let e = anyhow::Error::new(tun).context("cannot open the TUN device");
+        let text = error_chain(&e);
+        assert_eq!(text.matches("os error 22").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot open the TUN device: cannot attach to TUN device flannel0: ")
+        );
+        // A cause its parent does not name is kept.
+        let e = anyhow::anyhow!("inner reason").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner reason");
+    }
 }

@@ -474,6 +474,143 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
+/// An exclusive lock on `.NAME.lock` beside a file `NAME`, held while this value lives (the
+/// kernel drops it when the process ends, however it ends).
+#[derive(Debug)]
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+/// Why [`lock_beside`] did not take its lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("{} is in use by another node{}", .target.display(), .pid.map_or_else(String::new, |p| format!(" (pid {p})")))]
+    Held {
+        /// The file the lock guards.
+        target: std::path::PathBuf,
+        /// The pid the holder wrote into the lock file, if it reads as one.
+        pid: Option<u32>,
+    },
+    /// The lock file is not a regular file of this user (someone else made it, in a directory
+    /// others can write to).
+    #[error("{} is not a regular file owned by this user; remove it", .lock.display())]
+    Foreign {
+        /// The lock file.
+        lock: std::path::PathBuf,
+    },
+    /// The lock file cannot be opened or written.
+    #[error("cannot lock {}: {source}", .lock.display())]
+    Io {
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Takes the lock that says one node writes `target` (its subnet file): `.NAME.lock` beside it,
+/// created mode 0600 if missing (its directory too), never through a symbolic link, and only if
+/// it is a regular file owned by this process's user; then locked (`flock`, without waiting)
+/// and given this process's pid, which the next taker names when it finds it held.
+///
+/// # Errors
+///
+/// [`LockError::Held`] when another process holds it, [`LockError::Foreign`] for a lock file
+/// that is not this user's regular file, [`LockError::Io`] otherwise.
+pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let name = target.file_name().map_or_else(
+        || std::ffi::OsString::from("fustian"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut lock_name = std::ffi::OsString::from(".");
+    lock_name.push(&name);
+    lock_name.push(".lock");
+    let lock = target.with_file_name(lock_name);
+    let io = |source| LockError::Io {
+        lock: lock.clone(),
+        source,
+    };
+    if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&lock)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                LockError::Foreign { lock: lock.clone() }
+            } else {
+                io(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io)?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.file_type().is_file() || meta.uid() != euid {
+        return Err(LockError::Foreign { lock });
+    }
+    // SAFETY: flock takes the open descriptor and flags, no pointers.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(e));
+        }
+        let mut text = String::new();
+        let _ = (&file).take(32).read_to_string(&mut text);
+        return Err(LockError::Held {
+            target: target.to_owned(),
+            pid: text.trim().parse().ok(),
+        });
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(FileLock { _file: file })
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::{LockError, lock_beside};
+
+    #[test]
+    fn one_holder_at_a_time_named_by_pid() {
+        let dir = std::env::temp_dir().join(format!("fustian-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let target = dir.join("subnet.env");
+        let held = lock_beside(&target).expect("first");
+        match lock_beside(&target) {
+            Err(LockError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        let again = lock_beside(&target).expect("free again");
+        drop(again);
+        // A symbolic link at the lock's name is never followed.
+        let lock = dir.join(".other.env.lock");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &lock).expect("symlink");
+        assert!(matches!(
+            lock_beside(&dir.join("other.env")),
+            Err(LockError::Foreign { .. })
+        ));
+        assert!(!dir.join("elsewhere").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[cfg(test)]
 mod peer_tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -156,8 +156,10 @@ impl Netlink {
     }
 
     /// Adds the route `net dev <index>` (scope link, main table). A route that is already there
-    /// is left alone (`EEXIST` is not an error), as flanneld treats it when it restarts on a
-    /// device that kept its route.
+    /// through this device is left alone (`EEXIST` is not an error), as flanneld treats it when
+    /// it restarts on a device that kept its route; one through another device is an error
+    /// (`AlreadyExists`, naming the device): the network would not reach this node's device,
+    /// and the other device most likely belongs to another node on this host.
     ///
     /// # Errors
     ///
@@ -182,9 +184,58 @@ impl Netlink {
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         ) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match self.route_oif(net)? {
+                Some(oif) if oif != index => {
+                    let name = self
+                        .links()
+                        .ok()
+                        .and_then(|l| l.into_iter().find(|l| l.index == oif))
+                        .map_or_else(|| format!("interface {oif}"), |l| l.name);
+                    Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{net} is already routed to {name}: is another node running on this \
+                             host? Stop it, or delete that route"
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            },
             other => other.map(drop),
         }
+    }
+
+    /// Returns the output interface of the main table's route for exactly `net`, if there is
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn route_oif(&mut self, net: ipnet::IpNet) -> io::Result<Option<u32>> {
+        let mut msg = RouteMessage::default();
+        let family = match net {
+            ipnet::IpNet::V4(_) => AddressFamily::Inet,
+            ipnet::IpNet::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.address_family = family;
+        let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
+        let dst = RouteAddress::from(net.network());
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r)
+                if r.header.address_family == family
+                    && r.header.destination_prefix_length == net.prefix_len()
+                    && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && r.attributes
+                        .iter()
+                        .any(|a| matches!(a, RouteAttribute::Destination(d) if *d == dst)) =>
+            {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
     }
 
     /// Returns the MTU of link `index`.

@@ -36,6 +36,28 @@ pub enum TunError {
         /// The error.
         source: io::Error,
     },
+    /// A device of that name exists and is not a TUN device.
+    #[error(
+        "{name} exists and is {what}, not a TUN device: delete it (ip link del {name}) or give \
+         another --tun"
+    )]
+    NotTun {
+        /// The device name.
+        name: String,
+        /// What it is ("a veth device", "a TAP device").
+        what: String,
+    },
+    /// The TUN device is attached to by another process.
+    #[error(
+        "TUN device {name} is in use by another process ({detail}): is another node running \
+         on it? Stop it, or give another --tun"
+    )]
+    InUse {
+        /// The device name.
+        name: String,
+        /// What shows it.
+        detail: String,
+    },
     /// A netlink request failed.
     #[error("cannot {what} on {name}: {source}")]
     Netlink {
@@ -46,6 +68,55 @@ pub enum TunError {
         /// The error.
         source: io::Error,
     },
+}
+
+/// Refuses an existing device `name` that fustian must not attach to, as `ip -d -j link`
+/// describes it: not a TUN device at all (a veth, a bridge, a TAP device), or a multi-queue
+/// TUN device with queues attached, which another process is reading (the kernel would let
+/// this node add its queues beside them and take part of that process's traffic). Without
+/// `ip`, or when its answer does not say, the attach goes ahead and the kernel judges.
+fn check_existing(name: &str) -> Result<(), TunError> {
+    let listed = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", name])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Some(listed) = listed.ok().filter(|o| o.status.success()) else {
+        return Ok(());
+    };
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_slice(&listed.stdout) else {
+        return Ok(());
+    };
+    let Some(info) = links.first().map(|l| &l["linkinfo"]) else {
+        return Ok(());
+    };
+    judge_existing(name, info)
+}
+
+/// [`check_existing`]'s verdict on the `linkinfo` object of `ip -d -j link show`.
+fn judge_existing(name: &str, info: &serde_json::Value) -> Result<(), TunError> {
+    let not_tun = |what: String| {
+        Err(TunError::NotTun {
+            name: name.to_owned(),
+            what,
+        })
+    };
+    match info["info_kind"].as_str() {
+        Some("tun") => {}
+        Some(kind) => return not_tun(format!("a {} device", crate::sys::printable(kind))),
+        // No link info (an `ip` too old to say, or a physical device): the kernel judges.
+        None => return Ok(()),
+    }
+    let data = &info["info_data"];
+    if data["type"].as_str() == Some("tap") {
+        return not_tun("a TAP device".into());
+    }
+    match data["numqueues"].as_u64() {
+        Some(n) if n > 0 => Err(TunError::InUse {
+            name: name.to_owned(),
+            detail: format!("{n} queues attached"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// An open TUN device queue.
@@ -100,6 +171,9 @@ impl Tun {
         offload: bool,
     ) -> Result<(Vec<Self>, TunOffload), TunError> {
         let existed = if_index(name).is_some();
+        if existed {
+            check_existing(name)?;
+        }
         if offload {
             match Self::open_queues_with(name, queues, existed, libc::IFF_VNET_HDR) {
                 Ok(all) => {
@@ -176,9 +250,18 @@ impl Tun {
 
     fn attach(name: &str, flags: libc::c_int, existed: bool) -> Result<Self, TunError> {
         let fd = sys::open_clone_device().map_err(TunError::Open)?;
-        let name = sys::set_iff(&fd, name, flags).map_err(|source| TunError::SetIff {
-            name: name.to_owned(),
-            source,
+        let name = sys::set_iff(&fd, name, flags).map_err(|source| {
+            if existed && source.raw_os_error() == Some(libc::EBUSY) {
+                TunError::InUse {
+                    name: name.to_owned(),
+                    detail: "the kernel refused a second reader: EBUSY".into(),
+                }
+            } else {
+                TunError::SetIff {
+                    name: name.to_owned(),
+                    source,
+                }
+            }
         })?;
         let index = if_index(&name).ok_or_else(|| TunError::SetIff {
             name: name.clone(),
@@ -273,5 +356,41 @@ impl Drop for Tun {
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn existing_devices_judged() {
+        let judge = |info| judge_existing("flannel0", &info);
+        let free = json!({"info_kind": "tun", "info_data": {"type": "tun", "multi_queue": true,
+            "numqueues": 0, "persist": true}});
+        assert!(judge(free).is_ok());
+        let single =
+            json!({"info_kind": "tun", "info_data": {"type": "tun", "multi_queue": false}});
+        assert!(judge(single).is_ok());
+        assert!(judge(json!(null)).is_ok());
+        let held = json!({"info_kind": "tun", "info_data": {"type": "tun", "numqueues": 2}});
+        let e = judge(held).expect_err("in use").to_string();
+        assert!(
+            e.contains("in use by another process (2 queues attached)"),
+            "{e}"
+        );
+        let tap = json!({"info_kind": "tun", "info_data": {"type": "tap"}});
+        let e = judge(tap).expect_err("tap").to_string();
+        assert!(e.contains("is a TAP device, not a TUN device"), "{e}");
+        let e = judge(json!({"info_kind": "veth"}))
+            .expect_err("veth")
+            .to_string();
+        assert!(
+            e.contains("flannel0 exists and is a veth device")
+                && e.contains("ip link del flannel0"),
+            "{e}"
+        );
     }
 }
