@@ -474,6 +474,51 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
+/// Reads a small file the node keeps for itself (its VTEP MAC, the subnet file it wrote
+/// before): at most `max` bytes, refused if longer; opened without following a symbolic link
+/// at its name and without blocking (a FIFO planted there cannot hang the start), and refused
+/// unless it is a regular file owned by this process's user or root, since it may sit in a
+/// directory others can write to.
+///
+/// # Errors
+///
+/// `NotFound` when it does not exist; `InvalidData` for a link, a file that is not regular,
+/// another user's or longer than `max`; the open or read error otherwise.
+pub fn read_own_small_file(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                invalid("a symbolic link, which is not followed".into())
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(invalid(format!(
+            "owned by uid {}, not by this user or root",
+            meta.uid()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(invalid(format!("longer than {max} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))
+}
+
 /// An exclusive lock on `.NAME.lock` beside a file `NAME`, held while this value lives (the
 /// kernel drops it when the process ends, however it ends).
 #[derive(Debug)]
@@ -584,7 +629,39 @@ pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
 
 #[cfg(test)]
 mod lock_tests {
-    use super::{LockError, lock_beside};
+    use super::{LockError, lock_beside, read_own_small_file};
+
+    #[test]
+    fn small_own_files_only() {
+        let dir = std::env::temp_dir().join(format!("fustian-small-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("mac");
+        std::fs::write(&file, "0e:00:00:00:00:01\n").expect("write");
+        assert_eq!(
+            read_own_small_file(&file, 64).expect("read"),
+            "0e:00:00:00:00:01\n"
+        );
+        let bad = |path: &std::path::Path| {
+            read_own_small_file(path, 64)
+                .expect_err("refused")
+                .to_string()
+        };
+        std::fs::write(&file, vec![b'a'; 65]).expect("write");
+        assert!(bad(&file).contains("longer than 64 bytes"));
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert!(bad(&link).contains("symbolic link"));
+        assert!(bad(&dir).contains("not a regular file"));
+        assert!(bad(std::path::Path::new("/dev/zero")).contains("not a regular file"));
+        assert_eq!(
+            read_own_small_file(&dir.join("missing"), 64)
+                .map_err(|e| e.kind())
+                .err(),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn one_holder_at_a_time_named_by_pid() {

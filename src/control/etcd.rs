@@ -1449,7 +1449,8 @@ pub fn previous_subnet6(path: &std::path::Path) -> Option<Ipv6Net> {
 
 /// Returns the value of the first line starting with `name` (which ends in `=`).
 fn subnet_file_value(path: &std::path::Path, name: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    // The file this node wrote (a few hundred bytes); anything else there is no hint.
+    let text = crate::sys::read_own_small_file(path, 4096).ok()?;
     let value = text.lines().find_map(|l| l.strip_prefix(name))?;
     Some(value.trim().to_owned())
 }
