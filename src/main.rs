@@ -115,11 +115,7 @@ fn join_etcd(
             .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned()),
     );
     let opts = EtcdOptions {
-        endpoints: endpoints
-            .split(',')
-            .map(|e| e.trim().to_owned())
-            .filter(|e| !e.is_empty())
-            .collect(),
+        endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
         keyfile: args.etcd_keyfile.clone(),
         certfile: args.etcd_certfile.clone(),
@@ -331,6 +327,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--etcd-endpoints` as a list: comma separated, blanks around each ignored, as flanneld
+/// splits it. Refused at start: an empty list (the node would wait for nothing forever), and
+/// an endpoint other than `http://`, `https://` or a bare `host:port`, such as `unix://`, which
+/// this client cannot reach (it would be looked up as a host name, forever).
+#[cfg(feature = "etcd")]
+fn etcd_endpoints(text: &str) -> anyhow::Result<Vec<String>> {
+    let list: Vec<String> = text
+        .split(',')
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if list.is_empty() {
+        anyhow::bail!("--etcd-endpoints is empty: give etcd's client URLs, comma separated");
+    }
+    for e in &list {
+        if let Some((scheme, _)) = e.split_once("://")
+            && !scheme.eq_ignore_ascii_case("http")
+            && !scheme.eq_ignore_ascii_case("https")
+        {
+            anyhow::bail!(
+                "--etcd-endpoints: {} is a {scheme}:// endpoint; only http:// and https:// \
+                 endpoints are supported",
+                fustian::sys::printable(e)
+            );
+        }
+    }
+    Ok(list)
+}
+
 /// `--etcd-prefix` cleaned as flanneld's `path.Join` cleans it, so both make the same keys
 /// from the same flag; refused when longer than any prefix a lease key could be made under.
 #[cfg(feature = "etcd")]
@@ -361,11 +386,7 @@ fn doctor_etcd(
     intent: &fustian::doctor::Intent,
 ) -> anyhow::Result<Vec<fustian::doctor::Check>> {
     let target = fustian::doctor::etcd::EtcdTarget {
-        endpoints: endpoints
-            .split(',')
-            .map(|e| e.trim().to_owned())
-            .filter(|e| !e.is_empty())
-            .collect(),
+        endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(&args.etcd_prefix)?,
         keyfile: args.etcd_keyfile.clone(),
         certfile: args.etcd_certfile.clone(),
@@ -489,6 +510,25 @@ fn run_node(
 #[cfg(test)]
 mod tests {
     use super::error_chain;
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn etcd_endpoints_read_as_flanneld_splits_them() {
+        use super::etcd_endpoints;
+        assert_eq!(
+            etcd_endpoints(" http://192.0.2.1:2379 ,,https://[fd00::1]:2379,192.0.2.2:2379,")
+                .expect("valid"),
+            [
+                "http://192.0.2.1:2379",
+                "https://[fd00::1]:2379",
+                "192.0.2.2:2379"
+            ]
+        );
+        assert!(etcd_endpoints(" , ").is_err_and(|e| e.to_string().contains("empty")));
+        let e = etcd_endpoints("http://192.0.2.1:2379,unix:///run/etcd.sock").expect_err("unix");
+        assert!(e.to_string().contains("unix:// endpoint"), "{e}");
+        assert!(etcd_endpoints("HTTPS://etcd:2379").is_ok());
+    }
 
     #[test]
     fn a_cause_named_in_its_parent_is_printed_once() {

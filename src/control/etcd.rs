@@ -303,7 +303,7 @@ enum Step {
 
 /// The agent: a runtime, a client and this node's lease.
 pub struct Agent {
-    rt: tokio::runtime::Runtime,
+    rt: Rt,
     client: Option<Client>,
     /// The endpoint in use (or the next to try), an index into `opts.endpoints`.
     endpoint: usize,
@@ -341,6 +341,28 @@ impl std::fmt::Debug for Agent {
             .field("subnet6", &self.subnet6)
             .field("lease_id", &self.lease_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// The agent's runtime, shut down without waiting when the agent goes: a host name lookup
+/// for an endpoint runs on a blocking thread that cannot be cancelled, and an unreachable
+/// resolver would otherwise hold the node's exit for as long as it takes to give up.
+struct Rt(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Rt {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        // Taken only by `drop`.
+        self.0.as_ref().expect("the runtime lives as long as the agent")
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
@@ -465,7 +487,7 @@ impl Agent {
         vtep_mac: Option<MacAddress>,
     ) -> Result<Self, EtcdError> {
         Ok(Self {
-            rt: runtime()?,
+            rt: Rt(Some(runtime()?)),
             client: None,
             endpoint: 0,
             opts,
