@@ -129,6 +129,11 @@ pub fn run(
     let device = Device::open(&mut nl, config, &underlay)?;
     let (sockets, offloads) = open_sockets(config, &device)?;
     let sockets6 = open_sockets6(config, &device, offloads)?;
+    let socket_inodes: Vec<u64> = sockets
+        .iter()
+        .chain(&sockets6)
+        .filter_map(|s| s.inode().ok())
+        .collect();
     let (encap, tx_pool, tx_pool6) = encapsulation(config)?;
     let workers = device.queues.len();
     let table = Arc::new(Table::new(
@@ -165,6 +170,7 @@ pub fn run(
         masq: masq_counters(masq.as_ref(), masq6.as_ref()),
         trace: Arc::clone(&trace),
         tun: device.name.clone(),
+        sockets: socket_inodes,
     });
     if let Some(status) = &opts.status {
         serve_status(status, &view);
@@ -253,7 +259,8 @@ impl Underlay {
                     .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
                     .ok_or_else(|| {
                         Error::Underlay(format!(
-                            "no interface holds {}; add the address or give --iface",
+                            "no interface holds {} (the public IP, which the node binds its \
+                             port to); add the address to the underlay interface",
                             config.public_ip
                         ))
                     })?;
@@ -272,8 +279,8 @@ impl Underlay {
                 .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
                 .ok_or_else(|| {
                     Error::Underlay(format!(
-                        "no interface holds {ip6} (--public-ipv6); add the address or give \
-                         --iface"
+                        "no interface holds {ip6} (--public-ipv6, which the node binds its \
+                         port to); add the address to the underlay interface"
                     ))
                 })?;
             if index6 != index {
@@ -639,6 +646,8 @@ struct NodeView {
     trace: Arc<crate::trace::Hub>,
     /// The TUN device's name, for its own drop counters.
     tun: String,
+    /// The workers' sockets (their inodes), for the kernel's drops at them.
+    sockets: Vec<u64>,
 }
 
 impl NodeView {
@@ -649,6 +658,7 @@ impl NodeView {
             .ok()
             .into_iter()
             .flat_map(crate::tun::stats::DeviceDrops::named)
+            .chain([("udp_socket_drops", UdpSocket::drops(&self.sockets))])
     }
 
     /// The counters in the Prometheus text format: the workers' totals, the table, the
@@ -1133,6 +1143,7 @@ mod tests {
             trace: Arc::new(crate::trace::Hub::new(2)),
             // Loopback is in every namespace: its counters stand in for the TUN device's.
             tun: "lo".to_owned(),
+            sockets: Vec::new(),
         }
     }
 

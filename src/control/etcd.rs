@@ -354,7 +354,9 @@ impl std::ops::Deref for Rt {
 
     fn deref(&self) -> &Self::Target {
         // Taken only by `drop`.
-        self.0.as_ref().expect("the runtime lives as long as the agent")
+        self.0
+            .as_ref()
+            .expect("the runtime lives as long as the agent")
     }
 }
 

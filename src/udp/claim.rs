@@ -79,6 +79,24 @@ pub(crate) fn udp_inodes(addr: SocketAddr) -> Vec<u64> {
         .collect()
 }
 
+/// Returns the inodes of the sockets whose bind keeps one on `addr` from binding: those on
+/// `addr` itself, and those on the wildcard address of its family and its port.
+pub(crate) fn udp_inodes_blocking(addr: SocketAddr) -> Vec<u64> {
+    let table = if addr.is_ipv4() {
+        "/proc/net/udp"
+    } else {
+        "/proc/net/udp6"
+    };
+    proc_lines(table)
+        .iter()
+        .filter_map(|l| parse_udp_line(l))
+        .filter(|(local, _)| {
+            local.port() == addr.port() && (local.ip() == addr.ip() || local.ip().is_unspecified())
+        })
+        .map(|(_, inode)| inode)
+        .collect()
+}
+
 /// Returns the socket inode behind `fd` of this process.
 pub(crate) fn inode_of(fd: std::os::fd::RawFd) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
@@ -136,6 +154,27 @@ pub(crate) fn owners(inodes: &[u64]) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Sums the `drops` column (the socket's `sk_drops`: datagrams the kernel dropped because the
+/// receive buffer was full, or that failed their checksum) of the sockets `inodes` in the
+/// calling thread's network namespace's UDP tables.
+pub(crate) fn socket_drops(inodes: &[u64]) -> u64 {
+    ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"]
+        .into_iter()
+        .flat_map(proc_lines)
+        .filter_map(|l| parse_udp_drops(&l))
+        .filter(|(inode, _)| inodes.contains(inode))
+        .fold(0u64, |sum, (_, drops)| sum.wrapping_add(drops))
+}
+
+/// The inode and `drops` column of one line of `/proc/net/udp` or `/proc/net/udp6`: after
+/// the inode come the reference count, the socket's address and the drops.
+pub(crate) fn parse_udp_drops(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    let inode = fields.nth(9)?.parse().ok()?;
+    let drops = fields.nth(2)?.parse().ok()?;
+    Some((inode, drops))
 }
 
 /// Returns the lines of a `/proc/net` table after its header (none when it cannot be read).
@@ -214,6 +253,10 @@ mod tests {
             parse_udp_line(v6),
             Some(("[2001:db8::1]:8291".parse().expect("addr"), 4242))
         );
+        assert_eq!(parse_udp_drops(v4), Some((90123, 0)));
+        let dropping = "  127: 010200C0:2063 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 90123 2 0000000000000000 4711";
+        assert_eq!(parse_udp_drops(dropping), Some((90123, 4711)));
+        assert_eq!(parse_udp_drops("  sl  local_address rem_address"), None);
         assert_eq!(parse_udp_line("  sl  local_address rem_address"), None);
         assert_eq!(parse_udp_line("0: 0102:2063 x x x x x x 5"), None);
     }
@@ -282,6 +325,7 @@ mod tests {
     proptest! {
         #[test]
         fn udp_lines_never_panic(line in ".{0,200}") {
+            let _ = parse_udp_drops(&line);
             let _ = parse_udp_line(&line);
             let _ = parse_unix_line(&line);
             let _ = parse_socket_link(&line);

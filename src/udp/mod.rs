@@ -39,7 +39,15 @@ pub enum UdpError {
     #[error("cannot create UDP socket: {0}")]
     Create(#[source] io::Error),
     /// The bind failed.
-    #[error("cannot bind UDP socket to {addr}: {source}")]
+    #[error(
+        "cannot bind UDP socket to {addr}: {source}{}",
+        if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            " (no interface holds that address: add it to the underlay interface; --iface does \
+             not change the address the node binds to)"
+        } else {
+            ""
+        }
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -96,6 +104,21 @@ impl UdpSocket {
         Self::bind_with(addr, false)
     }
 
+    /// Returns the socket's inode, by which the kernel's UDP tables name it.
+    ///
+    /// # Errors
+    ///
+    /// The error reading `/proc/self/fd`.
+    pub fn inode(&self) -> io::Result<u64> {
+        claim::inode_of(self.as_raw_fd())
+    }
+
+    /// Returns how many datagrams the kernel dropped at the sockets `inodes` (of this thread's
+    /// network namespace) before anyone read them: a full receive buffer, or a bad checksum.
+    pub fn drops(inodes: &[u64]) -> u64 {
+        claim::socket_drops(inodes)
+    }
+
     /// Creates `count` sockets bound to the same `addr`, one per worker: one socket without
     /// `SO_REUSEPORT`, or several with it (Linux 3.9), over which the kernel spreads incoming
     /// flows by their hash. The option admits any later socket of the same user into the
@@ -118,7 +141,7 @@ impl UdpSocket {
         })?);
         let in_use = |e: UdpError| match e {
             UdpError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse => {
-                let holders = claim::owners(&claim::udp_inodes(addr));
+                let holders = claim::owners(&claim::udp_inodes_blocking(addr));
                 taken(format!("already bound by {}", claim::describe(&holders)))
             }
             e => e,

@@ -337,3 +337,23 @@ fn only_a_message_of_several_datagrams_can_turn_gso_off() {
     assert!(r.is_err());
     assert_eq!(calls, [false]);
 }
+
+#[test]
+fn the_kernel_s_drops_at_a_socket_are_read_back() {
+    // A socket whose small receive buffer is never read: the kernel drops what does not fit,
+    // and the drops column of /proc/net/udp counts it for this socket alone.
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket2::SockRef::from(&rx)
+        .set_recv_buffer_size(4096)
+        .expect("rcvbuf");
+    let inode = super::claim::inode_of(std::os::fd::AsRawFd::as_raw_fd(&rx)).expect("inode");
+    assert_eq!(UdpSocket::drops(&[inode]), 0);
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for _ in 0..200 {
+        tx.send_to(&[7u8; 1000], rx.local_addr().expect("addr"))
+            .expect("send");
+    }
+    let drops = UdpSocket::drops(&[inode]);
+    assert!(drops > 0 && drops < 200, "{drops}");
+    assert_eq!(UdpSocket::drops(&[]), 0, "no socket, no drops");
+}
