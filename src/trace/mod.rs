@@ -308,11 +308,47 @@ pub struct RecentDrop {
     pub outer: Option<SocketAddr>,
 }
 
-/// A worker's last [`RECENT_DROPS`] drops, oldest overwritten first.
+/// A worker's recent drops, at most [`RECENT_DROPS`]: a new one takes a free slot; when all
+/// are taken, it replaces the oldest drop of a reason that holds at least
+/// [`RECENT_PER_REASON`] slots (its own, if its reason does), else the oldest of all. A flood
+/// of one kind (datagrams from anyone, say) thus fills the ring only while nothing else
+/// happens, and cannot push out the last drops of every other kind.
 #[derive(Debug)]
 struct RecentRing {
     drops: [Option<RecentDrop>; RECENT_DROPS],
-    next: usize,
+}
+
+/// The slots of a worker's recent drops that any one reason is sure to keep.
+pub const RECENT_PER_REASON: usize = RECENT_DROPS / 4;
+
+impl RecentRing {
+    /// Where `reason`'s next drop goes.
+    fn slot_for(&self, reason: DropReason) -> usize {
+        if let Some(free) = self.drops.iter().position(Option::is_none) {
+            return free;
+        }
+        let count = |r: DropReason| {
+            self.drops
+                .iter()
+                .flatten()
+                .filter(|d| d.reason == r)
+                .count()
+        };
+        let oldest = |keep: &dyn Fn(&RecentDrop) -> bool| {
+            self.drops
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.filter(|d| keep(d)).map(|d| (i, d.time_ns)))
+                .min_by_key(|&(_, t)| t)
+                .map(|(i, _)| i)
+        };
+        if count(reason) >= RECENT_PER_REASON {
+            return oldest(&|d| d.reason == reason).unwrap_or(0);
+        }
+        oldest(&|d| count(d.reason) >= RECENT_PER_REASON)
+            .or_else(|| oldest(&|_| true))
+            .unwrap_or(0)
+    }
 }
 
 /// What every worker's [`Tap`] and the trace server share: the attached sessions and the
@@ -336,7 +372,6 @@ impl Hub {
                 .map(|_| {
                     Mutex::new(RecentRing {
                         drops: [None; RECENT_DROPS],
-                        next: 0,
                     })
                 })
                 .collect(),
@@ -417,7 +452,7 @@ impl Hub {
         else {
             return;
         };
-        let at = ring.next % RECENT_DROPS;
+        let at = ring.slot_for(reason);
         ring.drops[at] = Some(RecentDrop {
             time_ns: event.time_ns,
             worker: event.worker,
@@ -426,7 +461,6 @@ impl Hub {
             flow: event.flow,
             outer: event.outer,
         });
-        ring.next = (at + 1) % RECENT_DROPS;
     }
 }
 

@@ -229,6 +229,37 @@ fn recent_drops_keep_the_last_ones() {
 }
 
 #[test]
+fn a_flood_of_one_reason_leaves_the_others_their_last_drops() {
+    let hub = Arc::new(Hub::new(1));
+    let snap = snapshot();
+    let mut c = core(&hub);
+    // A few drops of another kind, then a long flood of unroutable packets.
+    for _ in 0..3 {
+        receive(
+            &mut c,
+            &snap,
+            &packet([10, 244, 9, 9], [10, 244, 1, 2]),
+            PEER,
+        );
+    }
+    for i in 0..10 * RECENT_DROPS {
+        let last = u8::try_from(i % 200).expect("small");
+        send(&mut c, &snap, &packet([10, 244, 1, 2], [10, 244, 7, last]));
+    }
+    let recent = hub.recent();
+    assert_eq!(recent.len(), RECENT_DROPS);
+    let spoofed = recent
+        .iter()
+        .filter(|d| d.reason == DropReason::SpoofedSource)
+        .count();
+    assert_eq!(spoofed, 3, "{recent:?}");
+    // The flood keeps its newest.
+    let newest = recent.last().and_then(|d| d.flow).map(|f| f.dst);
+    let want = u8::try_from((10 * RECENT_DROPS - 1) % 200).expect("small");
+    assert_eq!(newest, Some(IpAddr::from([10, 244, 7, want])));
+}
+
+#[test]
 fn flow_parse_is_lenient_and_bounded() {
     let p = packet([10, 244, 1, 2], [10, 244, 2, 2]);
     let f = Flow::parse(&p).expect("ipv4");
