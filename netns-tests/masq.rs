@@ -415,7 +415,7 @@ fn a_second_node_on_the_same_port_fails_to_start() {
     refused(
         &topo,
         "same-port",
-        // (A shorter network, whose route the first node's does not hold.)
+        // (A narrower network, /17, whose route the first node's does not hold.)
         &[
             "--threads",
             "2",

@@ -197,6 +197,11 @@ pub struct RunArgs {
         allow_negative_numbers = true
     )]
     pub healthz_port: u16,
+    /// A host name `/status` and `/metrics` also answer to (repeatable), besides IP addresses,
+    /// `localhost` and the host's own name: the name a Prometheus target or a load balancer
+    /// uses for the node. Any other name gets 421 (a guard against DNS rebinding).
+    #[arg(long = "healthz-allowed-host", value_name = "NAME")]
+    pub healthz_allowed_host: Vec<String>,
     /// Log verbosity as klog's (flanneld's) `-v`: 0 is info, 1 to 3 debug, 4 and more trace;
     /// --log wins.
     #[arg(long = "v", value_name = "LEVEL", allow_negative_numbers = true)]

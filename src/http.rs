@@ -85,6 +85,8 @@ pub struct Status {
     /// This host's name (of the node's UTS namespace, read once), which a request to
     /// `/status` or `/metrics` may use besides an IP address and `localhost`.
     hostname: String,
+    /// More names those requests may use (`--healthz-allowed-host`).
+    allowed: Vec<String>,
 }
 
 impl Status {
@@ -100,13 +102,25 @@ impl Status {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().chars().take(255).collect())
                 .unwrap_or_default(),
+            allowed: Vec::new(),
         }
+    }
+
+    /// Lets `/status` and `/metrics` answer requests naming the host by one of `names` too.
+    #[must_use]
+    pub fn with_allowed_hosts(mut self, names: &[String]) -> Self {
+        self.allowed = names
+            .iter()
+            .map(|n| n.trim_end_matches('.').to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        self
     }
 
     /// Whether a request's `Host` value (or absolute-form authority) may read `/status` and
     /// `/metrics`: see [`names_host`].
     pub fn names_this_host(&self, value: &[u8]) -> bool {
-        names_host(value, &self.hostname)
+        names_host(value, &self.hostname) || self.allowed.iter().any(|n| names_host(value, n))
     }
 
     /// /readyz answers 503 with this reason in the body (`fustian is not ready: <reason>`).
@@ -1079,7 +1093,8 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u
         {
             let body = format!(
                 "/status and /metrics answer only requests that name this host by an IP address, \
-                 localhost or {} (a guard against DNS rebinding)\n",
+                 localhost, {} or a name given with --healthz-allowed-host (a guard against DNS \
+                 rebinding)\n",
                 status.hostname
             );
             (answer(421, TEXT, &body, h.method == Method::Get, &[]), true)
@@ -1369,6 +1384,9 @@ mod tests {
         assert_eq!(code("GET /status HTTP/1.0\r\n\r\n"), "200");
         // The host's own name, without case and with a final dot.
         assert!(names_host(b"Node-1.:8080", "node-1"));
+        let s = Status::new().with_allowed_hosts(&["node-1.example.".to_owned()]);
+        assert!(s.names_this_host(b"NODE-1.example:8080"));
+        assert!(!s.names_this_host(b"node-1.example.evil:8080"));
         assert!(!names_host(b"node-1.evil.example", "node-1"));
         assert!(!names_host(b"node-1", ""));
     }

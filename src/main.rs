@@ -57,6 +57,23 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// The subnet file a node writes: `--subnet-file`, else (without etcd) the config file's
+/// `subnet_file`, else flanneld's default. One answer for the etcd join, the lock and the
+/// static config alike.
+fn subnet_file_of(
+    args: &fustian::cli::RunArgs,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+    etcd: bool,
+) -> String {
+    args.raw()
+        .subnet_file
+        .or_else(|| {
+            file.filter(|_| !etcd)
+                .and_then(|(_, r)| r.subnet_file.clone())
+        })
+        .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned())
+}
+
 /// A node configuration and the control source that keeps its table current.
 type Joined = (NodeConfig, ControlPlane);
 
@@ -109,11 +126,7 @@ fn join_etcd(
         .context("--public-ip (or FLANNELD_PUBLIC_IP) is required with --etcd-endpoints")?
         .parse()
         .context("--public-ip must be an IPv4 address with etcd")?;
-    let subnet_file = std::path::PathBuf::from(
-        raw.subnet_file
-            .clone()
-            .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned()),
-    );
+    let subnet_file = std::path::PathBuf::from(subnet_file_of(args, file, true));
     let opts = EtcdOptions {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
@@ -152,7 +165,10 @@ fn join_etcd(
         }
     };
     if let Some(status) = status {
-        status.set_not_ready(format!("joining the network through etcd at {endpoints}"));
+        status.set_not_ready(format!(
+            "joining the network through etcd at {}",
+            agent.endpoint_list()
+        ));
     }
     let Some(joined) = agent
         .join_when_ready(
@@ -268,7 +284,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let addr = std::net::SocketAddr::new(args.healthz_ip, port);
                     let listener = fustian::http::bind(addr)
                         .map_err(|e| anyhow::anyhow!("open the HTTP endpoint on {addr}: {e}"))?;
-                    let status = Arc::new(fustian::http::Status::new());
+                    let status = Arc::new(
+                        fustian::http::Status::new().with_allowed_hosts(&args.healthz_allowed_host),
+                    );
                     let thread =
                         fustian::http::serve(listener, Arc::clone(&status), Arc::clone(&stop))?;
                     Some((status, thread))
@@ -436,15 +454,7 @@ fn run_node(
     // One node per subnet file, before anything is set up: a second node writing it would
     // point the pods' network plugin at a subnet the first one routes.
     let etcd = args.etcd_endpoints_or_default().is_some();
-    let raw = args.raw();
-    let subnet_file = raw
-        .subnet_file
-        .clone()
-        .or_else(|| {
-            file.filter(|_| !etcd)
-                .and_then(|(_, r)| r.subnet_file.clone())
-        })
-        .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned());
+    let subnet_file = subnet_file_of(args, file, etcd);
     let lock = (!subnet_file.is_empty())
         .then(|| fustian::sys::lock_beside(std::path::Path::new(&subnet_file)));
     let _subnet_lock = match lock {

@@ -344,6 +344,26 @@ impl Device {
     /// routes the network into it.
     fn open(nl: &mut Netlink, config: &NodeConfig, underlay: &Underlay) -> Result<Self, Error> {
         let mtu = underlay.tun_mtu(config);
+        // Before the device is touched: the network's route through another device means
+        // another node (or something else) routes it here, and this node would run without
+        // its route. Through a device of this name it is the route of a persistent device
+        // this node restarts on.
+        for network in config.networks() {
+            let network = network.trunc();
+            let oifs = nl.route_oifs(network).map_err(|source| TunError::Netlink {
+                what: format!("list the routes to {network}"),
+                name: config.tun.clone(),
+                source,
+            })?;
+            let own = if_index(&config.tun);
+            if let Some(&other) = oifs.iter().find(|o| own.is_none() || **o != own) {
+                return Err(Error::Underlay(format!(
+                    "{network} is already routed {}: is another node running on this host? \
+                     Stop it, or delete that route",
+                    nl.describe_route(other)
+                )));
+            }
+        }
         let want = config
             .threads
             .unwrap_or_else(crate::sys::available_cpus)

@@ -557,7 +557,9 @@ pub enum LockError {
 /// Takes the lock that says one node writes `target` (its subnet file): `.NAME.lock` beside it,
 /// created mode 0600 if missing (its directory too), never through a symbolic link, and only if
 /// it is a regular file owned by this process's user; then locked (`flock`, without waiting)
-/// and given this process's pid, which the next taker names when it finds it held.
+/// and given this process's pid, which the next taker names when it finds it held. (Only this
+/// user's file: a node takes it before it drops its privileges, so as the user who made it;
+/// [`read_own_small_file`] also takes root's, as a node reads its files after the drop too.)
 ///
 /// # Errors
 ///

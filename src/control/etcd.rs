@@ -519,7 +519,7 @@ impl Agent {
     }
 
     /// Returns the endpoints as given, comma separated, for messages.
-    fn endpoint_list(&self) -> String {
+    pub fn endpoint_list(&self) -> String {
         self.opts.endpoints.join(",")
     }
 
@@ -873,8 +873,14 @@ impl Agent {
             let subnet = candidate.ipv4;
             let key = candidate.key(&self.opts.prefix);
             stopped()?;
-            let grant = until_stopped(&self.rt, stop, client.lease_grant(ttl, None))
-                .ok_or(EtcdError::Stopped)??;
+            // The grant and the write are each left to finish (the client bounds them): cut
+            // short, the server may still carry them out, and nobody would know what it did.
+            let grant = self.rt.block_on(client.lease_grant(ttl, None))?;
+            if stop.load(Ordering::Relaxed) {
+                // A grant that holds nothing yet is not left for its 24 hours.
+                let _ = self.rt.block_on(client.lease_revoke(grant.id()));
+                return Err(EtcdError::Stopped);
+            }
             let put = TxnOp::put(
                 key.as_str(),
                 value.as_str(),
@@ -895,20 +901,22 @@ impl Agent {
                     .when(vec![Compare::version(key.as_str(), CompareOp::Equal, 0)])
                     .and_then(vec![put])
             };
-            let resp = match until_stopped(&self.rt, stop, client.txn(txn)) {
-                Some(Ok(resp)) => resp,
-                Some(Err(e)) => {
+            let resp = match self.rt.block_on(client.txn(txn)) {
+                Ok(resp) => resp,
+                Err(e) => {
                     // Best effort: a grant that holds nothing is not left for its 24 hours.
                     let _ = self.rt.block_on(client.lease_revoke(grant.id()));
                     return Err(e.into());
                 }
-                None => {
-                    // Stopped with the write in flight: revoking the grant removes the key
-                    // too, had the write been applied.
-                    let _ = self.rt.block_on(client.lease_revoke(grant.id()));
-                    return Err(EtcdError::Stopped);
-                }
             };
+            if stop.load(Ordering::Relaxed) {
+                // Written: the lease stays, as after any stop, for the next start to take
+                // again. Not written: the grant holds nothing.
+                if !resp.succeeded() {
+                    let _ = self.rt.block_on(client.lease_revoke(grant.id()));
+                }
+                return Err(EtcdError::Stopped);
+            }
             if resp.succeeded() && mine != Some(candidate) && config.ipv6.is_some() {
                 // Two nodes that picked the same IPv4 subnet beside different IPv6 ones (or
                 // the reverse) both win their create: the keys differ. The key created first

@@ -316,38 +316,45 @@ pub struct RecentDrop {
 #[derive(Debug)]
 struct RecentRing {
     drops: [Option<RecentDrop>; RECENT_DROPS],
+    /// Each slot's place in the order of arrival (the wall clock may step back).
+    order: [u64; RECENT_DROPS],
+    /// The next drop's place.
+    next: u64,
 }
 
 /// The slots of a worker's recent drops that any one reason is sure to keep.
 pub const RECENT_PER_REASON: usize = RECENT_DROPS / 4;
 
 impl RecentRing {
-    /// Where `reason`'s next drop goes.
+    /// Where `reason`'s next drop goes (one pass to count, one to choose: a drop costs the
+    /// same whatever mix of reasons fills the ring).
     fn slot_for(&self, reason: DropReason) -> usize {
         if let Some(free) = self.drops.iter().position(Option::is_none) {
             return free;
         }
-        let count = |r: DropReason| {
-            self.drops
-                .iter()
-                .flatten()
-                .filter(|d| d.reason == r)
-                .count()
-        };
-        let oldest = |keep: &dyn Fn(&RecentDrop) -> bool| {
-            self.drops
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| d.filter(|d| keep(d)).map(|d| (i, d.time_ns)))
-                .min_by_key(|&(_, t)| t)
-                .map(|(i, _)| i)
-        };
-        if count(reason) >= RECENT_PER_REASON {
-            return oldest(&|d| d.reason == reason).unwrap_or(0);
+        let mut count = [0u8; crate::metrics::DROP_REASONS];
+        for d in self.drops.iter().flatten() {
+            count[d.reason.index()] = count[d.reason.index()].saturating_add(1);
         }
-        oldest(&|d| count(d.reason) >= RECENT_PER_REASON)
-            .or_else(|| oldest(&|_| true))
-            .unwrap_or(0)
+        let crowded = |r: DropReason| usize::from(count[r.index()]) >= RECENT_PER_REASON;
+        let own = crowded(reason);
+        let mut victim: Option<usize> = None;
+        let mut any = 0;
+        for (i, d) in self.drops.iter().enumerate() {
+            let Some(d) = d else { continue };
+            if self.order[i] < self.order[any] {
+                any = i;
+            }
+            let eligible = if own {
+                d.reason == reason
+            } else {
+                crowded(d.reason)
+            };
+            if eligible && victim.is_none_or(|v| self.order[i] < self.order[v]) {
+                victim = Some(i);
+            }
+        }
+        victim.unwrap_or(any)
     }
 }
 
@@ -372,6 +379,8 @@ impl Hub {
                 .map(|_| {
                     Mutex::new(RecentRing {
                         drops: [None; RECENT_DROPS],
+                        order: [0; RECENT_DROPS],
+                        next: 0,
                     })
                 })
                 .collect(),
@@ -461,6 +470,8 @@ impl Hub {
             flow: event.flow,
             outer: event.outer,
         });
+        ring.order[at] = ring.next;
+        ring.next = ring.next.wrapping_add(1);
     }
 }
 

@@ -184,34 +184,31 @@ impl Netlink {
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         ) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match self.route_oif(net)? {
-                Some(oif) if oif != index => {
-                    let name = self
-                        .links()
-                        .ok()
-                        .and_then(|l| l.into_iter().find(|l| l.index == oif))
-                        .map_or_else(|| format!("interface {oif}"), |l| l.name);
-                    Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!(
-                            "{net} is already routed to {name}: is another node running on this \
-                             host? Stop it, or delete that route"
-                        ),
-                    ))
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let oifs = self.route_oifs(net)?;
+                if oifs.contains(&Some(index)) {
+                    return Ok(());
                 }
-                _ => Ok(()),
-            },
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{net} is already routed {}: is another node running on this host? \
+                         Stop it, or delete that route",
+                        self.describe_route(oifs.first().copied().flatten())
+                    ),
+                ))
+            }
             other => other.map(drop),
         }
     }
 
-    /// Returns the output interface of the main table's route for exactly `net`, if there is
-    /// one.
+    /// Returns the output interface of each main-table route for exactly `net` (`None` for a
+    /// route without one: a blackhole, unreachable or multipath route).
     ///
     /// # Errors
     ///
     /// The kernel's error.
-    pub fn route_oif(&mut self, net: ipnet::IpNet) -> io::Result<Option<u32>> {
+    pub fn route_oifs(&mut self, net: ipnet::IpNet) -> io::Result<Vec<Option<u32>>> {
         let mut msg = RouteMessage::default();
         let family = match net {
             ipnet::IpNet::V4(_) => AddressFamily::Inet,
@@ -220,22 +217,38 @@ impl Netlink {
         msg.header.address_family = family;
         let replies = self.request(RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
         let dst = RouteAddress::from(net.network());
-        Ok(replies.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r)
-                if r.header.address_family == family
-                    && r.header.destination_prefix_length == net.prefix_len()
-                    && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
-                    && r.attributes
-                        .iter()
-                        .any(|a| matches!(a, RouteAttribute::Destination(d) if *d == dst)) =>
-            {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(index) => Some(*index),
-                    _ => None,
-                })
-            }
-            _ => None,
-        }))
+        Ok(replies
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.address_family == family
+                        && r.header.destination_prefix_length == net.prefix_len()
+                        && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                        && r.attributes
+                            .iter()
+                            .any(|a| matches!(a, RouteAttribute::Destination(d) if *d == dst)) =>
+                {
+                    Some(r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(index) => Some(*index),
+                        _ => None,
+                    }))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Says where a route goes: "to NAME" for its output interface, or that it has none.
+    pub fn describe_route(&mut self, oif: Option<u32>) -> String {
+        let Some(oif) = oif else {
+            return "without a device (a blackhole, unreachable or multipath route)".into();
+        };
+        let name = self
+            .links()
+            .ok()
+            .and_then(|l| l.into_iter().find(|l| l.index == oif))
+            .map_or_else(|| format!("interface {oif}"), |l| l.name);
+        format!("to {name}")
     }
 
     /// Returns the MTU of link `index`.

@@ -184,6 +184,7 @@ impl Tun {
                     tracing::info!("{name}: TUN offloads refused; reopening without them");
                     drop(all);
                 }
+                Err(e @ TunError::InUse { .. }) => return Err(e),
                 Err(e) => tracing::info!("{name}: IFF_VNET_HDR refused ({e}); no TUN offloads"),
             }
         }
