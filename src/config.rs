@@ -47,6 +47,10 @@ use crate::wire::{Encap, MacAddress, VxlanParams};
 pub const DEFAULT_TUN: &str = "flannel0";
 /// Default subnet file, as flanneld's `--subnet-file`.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
+/// The largest config file read (`--config`): a node with thousands of static peers fits in
+/// well under it; anything larger is refused rather than read whole at every change.
+pub const MAX_CONFIG_FILE: usize = 1 << 20;
 /// File name, next to the subnet file, that keeps a generated VTEP MAC across restarts.
 pub const VTEP_MAC_FILE: &str = "fustian-vtep.mac";
 /// Default outer source port range for VXLAN: Linux's default `ip_local_port_range`, which
@@ -218,9 +222,11 @@ impl RawNode {
     ///
     /// [`ConfigError::Read`] or [`ConfigError::Parse`].
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::sys::read_config_file(path, MAX_CONFIG_FILE).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Self::from_toml(path, &text)
     }

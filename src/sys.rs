@@ -519,6 +519,33 @@ pub fn read_own_small_file(path: &std::path::Path, max: usize) -> std::io::Resul
     String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))
 }
 
+/// Reads a configuration file: at most `max` bytes (refused if longer), only a regular file
+/// (a symbolic link to one is followed, as a mounted ConfigMap is made of them), opened
+/// without blocking so a FIFO or a device at the path cannot hang the node.
+///
+/// # Errors
+///
+/// `InvalidData` for a file that is not regular, or longer than `max`, or not UTF-8; the open
+/// or read error otherwise.
+pub fn read_config_file(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(invalid(format!("longer than {max} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))
+}
+
 /// An exclusive lock on `.NAME.lock` beside a file `NAME`, held while this value lives (the
 /// kernel drops it when the process ends, however it ends).
 #[derive(Debug)]
@@ -632,6 +659,34 @@ pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
 #[cfg(test)]
 mod lock_tests {
     use super::{LockError, lock_beside, read_own_small_file};
+
+    #[test]
+    fn config_files_regular_and_bounded() {
+        let dir = std::env::temp_dir().join(format!("fustian-conf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("node.toml");
+        std::fs::write(&file, "network = \"10.244.0.0/16\"\n").expect("write");
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert!(
+            super::read_config_file(&link, 1 << 20).is_ok(),
+            "a link is followed"
+        );
+        let fifo = dir.join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path and a mode.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = super::read_config_file(&fifo, 1 << 20).expect_err("fifo");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e =
+            super::read_config_file(std::path::Path::new("/dev/zero"), 1 << 20).expect_err("dev");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::write(&file, vec![b'#'; 100]).expect("write");
+        let e = super::read_config_file(&file, 99).expect_err("long");
+        assert!(e.to_string().contains("longer than 99 bytes"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn small_own_files_only() {

@@ -68,13 +68,21 @@ impl SourceMetrics for FileCounters {
     }
 }
 
-/// What tells one version of a file from the next: its modification time and length.
-pub type Stamp = (SystemTime, u64);
+/// What tells one version of a file from the next: its modification time and length, and
+/// which file it is (device, inode) and when that changed (ctime, seconds and nanoseconds), so
+/// a file replaced by one of the same size with the old modification time kept (`cp -p`,
+/// `rsync -t`, `install -p`, a ConfigMap's symlink swap) still counts as changed.
+pub type Stamp = (SystemTime, u64, (u64, u64, i64, i64));
 
 /// Returns the stamp of `path`, or `None` when it cannot be read.
 pub fn file_stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((
+        meta.modified().ok()?,
+        meta.len(),
+        (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec()),
+    ))
 }
 
 /// The reload decision: SIGHUP, or a stamp that differs from the last one seen, looked at no
@@ -188,6 +196,29 @@ fn run(
 pub fn reload_peers(running: &NodeConfig, reload: &Reload) -> Result<Snapshot, Error> {
     let file = RawNode::from_file(&reload.path)?;
     let new = NodeConfig::resolve(&reload.flags, Some((&reload.path, &file)))?;
+    // The wire is the running node's: peers read under another backend, port or VNI would be
+    // sent datagrams they do not expect (or lack the VTEP MAC the running backend needs).
+    let wire = |c: &NodeConfig| match c.backend {
+        crate::config::BackendConfig::Udp => format!("udp on port {}", c.port),
+        crate::config::BackendConfig::Vxlan { vni, .. } => {
+            format!("vxlan VNI {vni} on port {}", c.port)
+        }
+    };
+    if wire(&new) != wire(running) {
+        return Err(crate::config::ConfigError::Invalid {
+            origin: crate::config::Origin::File {
+                path: reload.path.clone(),
+                field: "backend".into(),
+            },
+            value: wire(&new),
+            reason: format!(
+                "the running node speaks {}; the backend, its VNI and the port change only with \
+                 a restart, so the peers are not reloaded",
+                wire(running)
+            ),
+        }
+        .into());
+    }
     let mut same = new.clone();
     same.peers.clone_from(&running.peers);
     if &same != running {
@@ -223,7 +254,11 @@ mod tests {
     use super::*;
 
     fn stamp(secs: u64, len: u64) -> Option<Stamp> {
-        Some((SystemTime::UNIX_EPOCH + Duration::from_secs(secs), len))
+        Some((
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            len,
+            (1, 1, 0, 0),
+        ))
     }
 
     #[test]
@@ -325,6 +360,50 @@ mod tests {
         std::fs::write(&path, text("fd00:10:244:2::/64")).expect("write");
         let e = reload_peers(&v4_node, &reload).expect_err("refused");
         assert!(e.to_string().contains("restart to apply it"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A reload that changes the wire (backend, VNI, port) is refused: the running node would
+    /// send its datagrams to peers read as speaking another one.
+    #[test]
+    fn reload_refuses_another_wire() {
+        let dir = std::env::temp_dir().join(format!("fustian-reloadw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("node.toml");
+        let text = |extra: &str| {
+            format!(
+                "network = \"10.244.0.0/16\"\nsubnet = \"10.244.1.0/24\"\n\
+                 public_ip = \"192.0.2.1\"\n{extra}\n\
+                 [[peer]]\nsubnet = \"10.244.2.0/24\"\npublic_ip = \"192.0.2.2\"\n\
+                 vtep_mac = \"0e:00:00:00:00:02\"\n"
+            )
+        };
+        std::fs::write(&path, text("")).expect("write");
+        let flags = RawNode::default();
+        let file = RawNode::from_file(&path).expect("parses");
+        let running = NodeConfig::resolve(&flags, Some((&path, &file))).expect("valid");
+        let reload = Reload {
+            path: path.clone(),
+            flags,
+            requested: Arc::new(AtomicBool::new(false)),
+        };
+        assert!(reload_peers(&running, &reload).is_ok());
+        for (extra, says) in [
+            (
+                "backend = \"vxlan\"\nvtep_mac = \"0e:00:00:00:00:01\"",
+                "vxlan VNI 1 on port 8472",
+            ),
+            ("port = 9999", "udp on port 9999"),
+        ] {
+            std::fs::write(&path, text(extra)).expect("write");
+            let e = reload_peers(&running, &reload)
+                .expect_err("refused")
+                .to_string();
+            assert!(
+                e.contains(says) && e.contains("speaks udp on port 8285"),
+                "{e}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -161,6 +161,16 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
     })
 }
 
+/// The command that deletes the key `key`, for a fix: the key shell-quoted after `--` (so a key
+/// that reads as an option, ` --prefix` say, or holds `$(...)` stays one literal argument), and
+/// only for a key of printable ASCII: any other (control or bidi characters, bytes that were not
+/// UTF-8) would be printed escaped or replaced, and the command would name another key.
+fn delete_fix(key: &str) -> Option<String> {
+    key.bytes()
+        .all(|b| (0x20..0x7f).contains(&b))
+        .then(|| format!("etcdctl del -- {}", super::shell_quote(key)))
+}
+
 /// Judges what was read against the node's intent.
 pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     let mut out = Vec::new();
@@ -250,7 +260,7 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
                 r.reason.reason(),
                 r.detail
             ),
-            Some(format!("etcdctl del {}", r.key)),
+            delete_fix(&r.key),
         ));
     }
     // The peers the node itself makes of these leases, both halves of a dual-stack network.
@@ -401,6 +411,30 @@ mod tests {
 
     fn outcome(checks: &[Check], name: &str) -> Option<Outcome> {
         checks.iter().find(|c| c.name == name).map(|c| c.outcome)
+    }
+
+    #[test]
+    fn delete_fixes_never_run_what_a_key_holds() {
+        assert_eq!(
+            delete_fix("/coreos.com/network/subnets/10.244.9.0-24").as_deref(),
+            Some("etcdctl del -- /coreos.com/network/subnets/10.244.9.0-24")
+        );
+        assert_eq!(
+            delete_fix("/coreos.com/network/subnets/ --prefix").as_deref(),
+            Some("etcdctl del -- '/coreos.com/network/subnets/ --prefix'")
+        );
+        assert_eq!(
+            delete_fix("/p/subnets/x$(touch /tmp/p)'y").as_deref(),
+            Some("etcdctl del -- '/p/subnets/x$(touch /tmp/p)'\\''y'")
+        );
+        for key in [
+            "/p/subnets/\u{202e}x",
+            "/p/subnets/\x1b[2J",
+            "/p/subnets/\u{fffd}",
+            "/p/subnets/é",
+        ] {
+            assert_eq!(delete_fix(key), None, "{key:?}");
+        }
     }
 
     #[test]

@@ -263,7 +263,7 @@ fn vxlan_check(intent: &Intent, out: &mut Vec<Check>) {
                     "kernel VXLAN device {} also uses port {port} on this host",
                     clash.join(", ")
                 ),
-                Some(format!("ip link del {}", clash[0])),
+                Some(format!("ip link del {}", super::shell_quote(&clash[0]))),
             )
         });
     }
