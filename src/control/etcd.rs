@@ -457,7 +457,7 @@ fn unchanged_since(key: &str, created: i64) -> Txn {
 }
 
 /// Shortens an untrusted key for a log line.
-fn for_log(key: &str) -> String {
+pub fn for_log(key: &str) -> String {
     let mut short: String = key.chars().take(120).collect();
     if short.len() < key.len() {
         short.push('…');

@@ -171,6 +171,9 @@ fn delete_fix(key: &str) -> Option<String> {
         .then(|| format!("etcdctl del -- {}", super::shell_quote(key)))
 }
 
+/// The most rejected leases named one by one in a report.
+const MAX_NAMED_REJECTIONS: usize = 64;
+
 /// Judges what was read against the node's intent.
 pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     let mut out = Vec::new();
@@ -241,7 +244,30 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
     });
     let (accepted, rejected) =
         judge_leases(&config, own_ip, Some(&own_key), Some(own), prefix, stored);
-    for r in &rejected {
+    // Each rejected lease is named, up to a bound; the rest are counted by reason in one line,
+    // so whoever can write under the prefix cannot make the report as long as they like.
+    for r in rejected.iter().skip(MAX_NAMED_REJECTIONS).take(1) {
+        let mut by_reason: Vec<(&str, usize)> = Vec::new();
+        for r in &rejected[MAX_NAMED_REJECTIONS..] {
+            match by_reason.iter_mut().find(|(n, _)| *n == r.reason.reason()) {
+                Some((_, c)) => *c += 1,
+                None => by_reason.push((r.reason.reason(), 1)),
+            }
+        }
+        let counts: Vec<String> = by_reason.iter().map(|(n, c)| format!("{n} {c}")).collect();
+        out.push(Check::warn(
+            "etcd.rejected",
+            format!(
+                "{} more leases left out of the table ({}), first {}; only the first \
+                 {MAX_NAMED_REJECTIONS} are named",
+                rejected.len() - MAX_NAMED_REJECTIONS,
+                counts.join(", "),
+                crate::control::etcd::for_log(&r.key)
+            ),
+            None,
+        ));
+    }
+    for r in rejected.iter().take(MAX_NAMED_REJECTIONS) {
         let name = if r.reason == Rejection::Overlap {
             "etcd.overlap"
         } else {
@@ -435,6 +461,30 @@ mod tests {
         ] {
             assert_eq!(delete_fix(key), None, "{key:?}");
         }
+    }
+
+    #[test]
+    fn rejected_leases_are_named_up_to_a_bound() {
+        let mut v = view();
+        for i in 0..100 {
+            v.leases.push(Read {
+                key: format!("{P}/subnets/junk-{i}"),
+                create_revision: 10 + i,
+                value: b"{}".to_vec(),
+                lease: 0,
+            });
+        }
+        let checks = judge(&intent(), P, &v);
+        let rejected: Vec<_> = checks
+            .iter()
+            .filter(|c| c.name == "etcd.rejected")
+            .collect();
+        assert_eq!(rejected.len(), MAX_NAMED_REJECTIONS + 1, "{rejected:?}");
+        let summary = &rejected[0].detail;
+        assert!(
+            summary.starts_with("36 more leases left out of the table (bad_key 36)"),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -208,8 +208,12 @@ pub struct PeerResult {
     pub path_mtu: Option<u32>,
 }
 
-/// The most peers one doctor run probes.
+/// The most peer endpoints one doctor run probes.
 pub const MAX_PROBED: usize = 1024;
+
+/// How long one doctor run spends probing peers in all; the endpoints left are named as not
+/// probed.
+pub const PROBE_BUDGET: Duration = Duration::from_secs(60);
 
 /// Probes every peer of `intent` (the first [`MAX_PROBED`], unicast endpoints only) and
 /// judges the answers.
@@ -227,17 +231,32 @@ pub fn checks(intent: &Intent, opts: &ProbeOptions) -> Vec<Check> {
             )),
         }
     }
+    // Each endpoint once (many subnets may name one host, and a hostile answer may repeat
+    // one dead address), within one time budget for the whole run.
+    let mut seen = std::collections::HashSet::new();
+    let deadline = std::time::Instant::now() + PROBE_BUDGET;
     for (i, peer) in intent.peers.iter().enumerate() {
         let name = format!("peer.{}", peer.endpoint);
+        if !seen.insert(peer.endpoint) {
+            continue;
+        }
         // The peers come from the node's answer: doctor (often root) sends only to as many
         // as a cluster has, and only to unicast addresses a node could hold.
-        if i >= MAX_PROBED {
+        let over = seen.len() > MAX_PROBED;
+        if over || std::time::Instant::now() >= deadline {
+            let left = intent.peers[i..]
+                .iter()
+                .map(|p| p.endpoint)
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            let why = if over {
+                format!("doctor probes the first {MAX_PROBED}")
+            } else {
+                format!("doctor's {} s for probing are up", PROBE_BUDGET.as_secs())
+            };
             out.push(Check::warn(
                 "peers",
-                format!(
-                    "{} more peers not probed (doctor probes the first {MAX_PROBED})",
-                    intent.peers.len() - MAX_PROBED
-                ),
+                format!("{left} more peer endpoints not probed ({why})"),
                 None,
             ));
             break;
@@ -451,6 +470,29 @@ mod tests {
             assert_eq!(c.outcome, crate::doctor::Outcome::Warn, "{c:?}");
             assert!(c.detail.starts_with("not probed"), "{c:?}");
         }
+    }
+
+    #[test]
+    fn each_endpoint_is_judged_once() {
+        let peers: Vec<_> = (2..300)
+            .map(|i| {
+                serde_json::json!({"subnet": format!("10.244.{}.0/24", i % 250 + 2),
+                    "endpoint": if i % 2 == 0 { "224.0.0.1:8285" } else { "0.0.0.0:8285" }})
+            })
+            .collect();
+        let status = serde_json::json!({
+            "tun": "flannel0", "mtu": 1472, "network": "10.244.0.0/16",
+            "subnet": "10.244.1.0/24", "listen": "127.0.0.1:8285", "backend": "udp",
+            "table": {"peers": peers}
+        });
+        let intent = Intent::from_status(&status).expect("valid");
+        let checks = checks(&intent, &ProbeOptions::default());
+        let names: Vec<_> = checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["peer.224.0.0.1:8285", "peer.0.0.0.0:8285"],
+            "{checks:?}"
+        );
     }
 
     #[test]
