@@ -750,8 +750,13 @@ impl NodeConfig {
         // Let the table report duplicates and overlaps with the same words it uses at run time.
         let mut local = vec![subnet];
         local.extend(ipv6.map(|v6| v6.subnet));
-        crate::table::Snapshot::new(local, peers.clone())
-            .map_err(|e| invalid(origin("peer", "peer", from_cli), "", e.to_string()))?;
+        crate::table::Snapshot::new(local, peers.clone()).map_err(|e| {
+            let subnet = match &e {
+                crate::table::TableError::DuplicateSubnet { subnet, .. }
+                | crate::table::TableError::OverlapsLocal { subnet, .. } => subnet.to_string(),
+            };
+            invalid(origin("peer", "peer", from_cli), &subnet, e.to_string())
+        })?;
 
         Ok(Self {
             network,
