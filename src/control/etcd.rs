@@ -111,6 +111,68 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     vec![0]
 }
+/// The name and entry a key-value listed under a prefix of `under` bytes is kept as: at most
+/// [`MAX_ENTRY_KEY`] bytes of key past the prefix ([`entry_key`]) and [`MAX_LEASE_VALUE`]` + 1`
+/// of value (enough for the judge to refuse it as too long).
+fn entry(kv: &etcd_client::KeyValue, under: usize) -> (String, Entry) {
+    let value = kv.value();
+    (
+        entry_key(kv.key(), under),
+        Entry {
+            create_revision: kv.create_revision(),
+            lease: kv.lease(),
+            value: value[..value.len().min(MAX_LEASE_VALUE + 1)].to_vec(),
+        },
+    )
+}
+
+/// Reads every key under `prefix` at one revision and hands each to `each`; returns that
+/// revision. The keys are read in pages of [`LIST_PAGE`], each small enough for the client's
+/// 4 MiB message limit: a page that outgrows it (a few oversized values) is read again at half
+/// the size, so whatever sits under the prefix cannot keep a node (or doctor) from listing.
+///
+/// # Errors
+///
+/// The client's error.
+pub async fn list_pages(
+    client: &mut Client,
+    prefix: &str,
+    mut each: impl FnMut(&etcd_client::KeyValue),
+) -> Result<i64, etcd_client::Error> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut page = LIST_PAGE;
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+        if revision != 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = match client.get(from.clone(), Some(options)).await {
+            Ok(resp) => resp,
+            Err(e) if page > 1 && e.to_string().contains("message length too large") => {
+                page = (page / 2).max(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        for kv in resp.kvs() {
+            each(kv);
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(revision)
+}
+
 /// How long to wait between two attempts to reach etcd or read the config at start
 /// (flanneld's `getConfig` retries every second).
 const WAIT_RETRY: Duration = Duration::from_secs(1);
@@ -981,56 +1043,22 @@ impl Agent {
     /// prefix, an entry holds at most [`MAX_ENTRY_KEY`] bytes of key and
     /// [`MAX_LEASE_VALUE`]` + 1` of value (enough for the judge to refuse it as too long).
     fn store(&mut self, kv: &etcd_client::KeyValue) {
-        let value = kv.value();
-        let under = self.subnets_prefix().len();
-        self.entries.insert(
-            entry_key(kv.key(), under),
-            Entry {
-                create_revision: kv.create_revision(),
-                lease: kv.lease(),
-                value: value[..value.len().min(MAX_LEASE_VALUE + 1)].to_vec(),
-            },
-        );
+        let (key, value) = entry(kv, self.subnets_prefix().len());
+        self.entries.insert(key, value);
     }
 
-    /// Lists every lease under the prefix and remembers the revision. The list is read in
-    /// pages at one revision, each small enough for the client's 4 MiB message limit: a page
-    /// that outgrows it (a few oversized values) is read again at half the size.
+    /// Lists every lease under the prefix and remembers the revision ([`list_pages`]).
     fn list(&mut self) -> Result<(), EtcdError> {
         let prefix = self.subnets_prefix();
-        let end = prefix_end(prefix.as_bytes());
         let mut client = self.client()?;
-        let mut from = prefix.into_bytes();
-        let mut revision = 0;
-        let mut page = LIST_PAGE;
+        // Each entry bounded as it arrives (see `entry`), never the whole value held.
+        let under = prefix.len();
+        let mut got = Vec::new();
+        let revision = self.rt.block_on(list_pages(&mut client, &prefix, |kv| {
+            got.push(entry(kv, under));
+        }))?;
         self.entries.clear();
-        loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
-            if revision != 0 {
-                options = options.with_revision(revision);
-            }
-            let resp = match self.rt.block_on(client.get(from.clone(), Some(options))) {
-                Ok(resp) => resp,
-                Err(e) if page > 1 && e.to_string().contains("message length too large") => {
-                    page = (page / 2).max(1);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
-            }
-            for kv in resp.kvs() {
-                self.store(kv);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => break,
-            }
-        }
+        self.entries.extend(got);
         self.revision = revision;
         Ok(())
     }

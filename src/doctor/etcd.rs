@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{Backend, Check, Intent};
@@ -126,20 +126,21 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
             .kvs()
             .first()
             .map(|kv| kv.value().to_vec());
-        let resp = client
-            .get(subnets, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| e.to_string())?;
-        let leases: Vec<Read> = resp
-            .kvs()
-            .iter()
-            .map(|kv| Read {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
+        // Paged, as the node lists, with each key and value bounded as the node keeps them.
+        let under = subnets.len();
+        let mut leases: Vec<Read> = Vec::new();
+        crate::control::etcd::list_pages(&mut client, &subnets, |kv| {
+            let value = kv.value();
+            leases.push(Read {
+                key: crate::control::etcd::entry_key(kv.key(), under),
                 create_revision: kv.create_revision(),
-                value: kv.value().to_vec(),
+                value: value[..value.len().min(crate::control::lease::MAX_LEASE_VALUE + 1)]
+                    .to_vec(),
                 lease: kv.lease(),
-            })
-            .collect();
+            });
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         let own_lease = own
             .and_then(|own| own_lease_key(&target.prefix, own, &leases))
             .and_then(|key| leases.iter().find(|l| l.key == key))
