@@ -211,14 +211,7 @@ pub fn run(
             }
             Ok(_) if buf.len() > MAX_LINE => buf.clear(),
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if super::try_again(&e) => {
                 if buf.len() > MAX_LINE {
                     buf.clear();
                 }

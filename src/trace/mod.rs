@@ -475,6 +475,17 @@ impl Hub {
     }
 }
 
+/// Whether `e` only says "not now" (a non-blocking or timed-out read or write, a signal): the
+/// trace socket's readers and writers try again.
+pub(crate) fn try_again(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// A worker's end of the [`Hub`], held by its datapath core.
 #[derive(Debug)]
 pub struct Tap {

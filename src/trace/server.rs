@@ -367,13 +367,7 @@ fn read_request(
                     break;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if super::try_again(&e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -465,14 +459,7 @@ fn write_fully(out: &mut &UnixStream, buf: &[u8], halt: &AtomicBool) -> io::Resu
         match out.write(&buf[at..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => at += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
+            Err(e) if super::try_again(&e) => {
                 if halt.load(Ordering::Relaxed) {
                     return Err(e);
                 }

@@ -66,22 +66,19 @@ pub(crate) fn claim_name(addr: SocketAddr) -> String {
 
 /// Returns the inodes of the UDP sockets bound to exactly `addr` in this network namespace.
 pub(crate) fn udp_inodes(addr: SocketAddr) -> Vec<u64> {
-    let table = if addr.is_ipv4() {
-        "/proc/net/udp"
-    } else {
-        "/proc/net/udp6"
-    };
-    proc_lines(table)
-        .iter()
-        .filter_map(|l| parse_udp_line(l))
-        .filter(|(local, _)| *local == addr)
-        .map(|(_, inode)| inode)
-        .collect()
+    udp_inodes_where(addr, |local| local == addr)
 }
 
 /// Returns the inodes of the sockets whose bind keeps one on `addr` from binding: those on
 /// `addr` itself, and those on the wildcard address of its family and its port.
 pub(crate) fn udp_inodes_blocking(addr: SocketAddr) -> Vec<u64> {
+    udp_inodes_where(addr, |local| {
+        local.port() == addr.port() && (local.ip() == addr.ip() || local.ip().is_unspecified())
+    })
+}
+
+/// Returns the inodes of the UDP sockets of `addr`'s family whose local address passes `keep`.
+fn udp_inodes_where(addr: SocketAddr, keep: impl Fn(SocketAddr) -> bool) -> Vec<u64> {
     let table = if addr.is_ipv4() {
         "/proc/net/udp"
     } else {
@@ -90,9 +87,7 @@ pub(crate) fn udp_inodes_blocking(addr: SocketAddr) -> Vec<u64> {
     proc_lines(table)
         .iter()
         .filter_map(|l| parse_udp_line(l))
-        .filter(|(local, _)| {
-            local.port() == addr.port() && (local.ip() == addr.ip() || local.ip().is_unspecified())
-        })
+        .filter(|&(local, _)| keep(local))
         .map(|(_, inode)| inode)
         .collect()
 }
