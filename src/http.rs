@@ -1404,6 +1404,28 @@ mod tests {
     }
 
     proptest! {
+        /// Any Host value is judged without panicking; an IP address, with or without a port,
+        /// always names the host, and a name other than localhost and the host's never does.
+        #[test]
+        fn host_values_judged(
+            raw in proptest::collection::vec(any::<u8>(), 0..80),
+            v4 in any::<[u8; 4]>(),
+            v6 in any::<[u8; 16]>(),
+            port in proptest::option::of(any::<u16>()),
+            label in "[a-z][a-z0-9-]{0,20}",
+        ) {
+            let _ = names_host(&raw, "node-1");
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let v4 = format!("{}{port}", std::net::Ipv4Addr::from(v4));
+            let v6 = format!("[{}]{port}", std::net::Ipv6Addr::from(v6));
+            prop_assert!(names_host(v4.as_bytes(), "node-1"));
+            prop_assert!(names_host(v6.as_bytes(), "node-1"));
+            let name = format!("{label}.rebind.example{port}");
+            prop_assert!(!names_host(name.as_bytes(), "node-1"));
+        }
+    }
+
+    proptest! {
         /// Any input gives a verdict without panicking; fed in pieces, the parser reaches the
         /// verdict of one whole parse; a complete head ends within the limit and the input.
         #[test]

@@ -540,6 +540,18 @@ mod tests {
         assert!(etcd_endpoints("HTTPS://etcd:2379").is_ok());
     }
 
+    #[cfg(feature = "etcd")]
+    proptest::proptest! {
+        /// Any text gives a list without empty or padded entries, or an error; never a panic.
+        #[test]
+        fn any_etcd_endpoints_text_is_judged(text in ".{0,120}") {
+            if let Ok(list) = super::etcd_endpoints(&text) {
+                proptest::prop_assert!(!list.is_empty());
+                proptest::prop_assert!(list.iter().all(|e| !e.is_empty() && e.trim() == e));
+            }
+        }
+    }
+
     #[test]
     fn a_cause_named_in_its_parent_is_printed_once() {
         let os = std::io::Error::from_raw_os_error(22);

@@ -357,11 +357,7 @@ impl Device {
             })?;
             let own = if_index(&config.tun);
             if let Some(&other) = oifs.iter().find(|o| own.is_none() || **o != own) {
-                return Err(Error::Underlay(format!(
-                    "{network} is already routed {}: is another node running on this host? \
-                     Stop it, or delete that route",
-                    nl.describe_route(other)
-                )));
+                return Err(Error::Underlay(nl.route_conflict(network, other)));
             }
         }
         let want = config

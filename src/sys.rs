@@ -438,6 +438,17 @@ pub fn printable_json(json: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `.NAME<suffix>` beside the file `NAME` of `path` (its temporary file, its lock).
+fn hidden_sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(
+        path.file_name()
+            .unwrap_or_else(|| std::ffi::OsStr::new("fustian")),
+    );
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half
 /// and a crash leaves the old file or the new one. The file is mode 0644 whatever the umask
 /// (as flanneld writes its subnet file; `docker`'s and the CNI plugin's readers need not run as
@@ -450,14 +461,7 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     // `.subnet.env.tmp` beside `subnet.env`: one temporary name per target file.
-    let name = path.file_name().map_or_else(
-        || std::ffi::OsString::from("fustian"),
-        std::ffi::OsStr::to_os_string,
-    );
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
+    let tmp = hidden_sibling(path, ".tmp");
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -474,51 +478,6 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
     std::fs::rename(&tmp, path)
 }
 
-/// Reads a small file the node keeps for itself (its VTEP MAC, the subnet file it wrote
-/// before): at most `max` bytes, refused if longer; opened without following a symbolic link
-/// at its name and without blocking (a FIFO planted there cannot hang the start), and refused
-/// unless it is a regular file owned by this process's user or root, since it may sit in a
-/// directory others can write to.
-///
-/// # Errors
-///
-/// `NotFound` when it does not exist; `InvalidData` for a link, a file that is not regular,
-/// another user's or longer than `max`; the open or read error otherwise.
-pub fn read_own_small_file(path: &std::path::Path, max: usize) -> std::io::Result<String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                invalid("a symbolic link, which is not followed".into())
-            } else {
-                e
-            }
-        })?;
-    let meta = file.metadata()?;
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if !meta.is_file() {
-        return Err(invalid("not a regular file".into()));
-    }
-    if meta.uid() != euid && meta.uid() != 0 {
-        return Err(invalid(format!(
-            "owned by uid {}, not by this user or root",
-            meta.uid()
-        )));
-    }
-    let mut bytes = Vec::new();
-    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > max {
-        return Err(invalid(format!("longer than {max} bytes")));
-    }
-    String::from_utf8(bytes).map_err(|_| invalid("not UTF-8 text".into()))
-}
-
 /// Reads a configuration file: at most `max` bytes (refused if longer), only a regular file
 /// (a symbolic link to one is followed, as a mounted ConfigMap is made of them), opened
 /// without blocking so a FIFO or a device at the path cannot hang the node.
@@ -528,15 +487,50 @@ pub fn read_own_small_file(path: &std::path::Path, max: usize) -> std::io::Resul
 /// `InvalidData` for a file that is not regular, or longer than `max`, or not UTF-8; the open
 /// or read error otherwise.
 pub fn read_config_file(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    read_bounded(path, max, false)
+}
+
+/// Reads a small file the node keeps for itself (its VTEP MAC, the subnet file it wrote
+/// before): as [`read_config_file`], but a symbolic link at its name is not followed, and the
+/// file must be owned by this process's user or root, since it may sit in a directory others
+/// can write to.
+///
+/// # Errors
+///
+/// `NotFound` when it does not exist; `InvalidData` for a link, a file that is not regular,
+/// another user's or longer than `max`; the open or read error otherwise.
+pub fn read_own_small_file(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    read_bounded(path, max, true)
+}
+
+/// The reader of [`read_config_file`] and, with `own`, of [`read_own_small_file`].
+fn read_bounded(path: &std::path::Path, max: usize, own: bool) -> std::io::Result<String> {
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let follow = if own { libc::O_NOFOLLOW } else { 0 };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
+        .custom_flags(libc::O_NONBLOCK | follow)
+        .open(path)
+        .map_err(|e| {
+            if own && e.raw_os_error() == Some(libc::ELOOP) {
+                invalid("a symbolic link, which is not followed".into())
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(invalid("not a regular file".into()));
+    }
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if own && meta.uid() != euid && meta.uid() != 0 {
+        return Err(invalid(format!(
+            "owned by uid {}, not by this user or root",
+            meta.uid()
+        )));
     }
     let mut bytes = Vec::new();
     file.take(max as u64 + 1).read_to_end(&mut bytes)?;
@@ -595,14 +589,7 @@ pub enum LockError {
 pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
     use std::io::{Read as _, Seek as _, Write as _};
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-    let name = target.file_name().map_or_else(
-        || std::ffi::OsString::from("fustian"),
-        std::ffi::OsStr::to_os_string,
-    );
-    let mut lock_name = std::ffi::OsString::from(".");
-    lock_name.push(&name);
-    lock_name.push(".lock");
-    let lock = target.with_file_name(lock_name);
+    let lock = hidden_sibling(target, ".lock");
     let io = |source| LockError::Io {
         lock: lock.clone(),
         source,

@@ -321,6 +321,20 @@ mod tests {
         );
     }
 
+    /// A node started from the config file `path` holding `text`, and its reload of that file.
+    fn started(path: &Path, text: &str) -> (NodeConfig, Reload) {
+        std::fs::write(path, text).expect("write");
+        let flags = RawNode::default();
+        let file = RawNode::from_file(path).expect("parses");
+        let running = NodeConfig::resolve(&flags, Some((path, &file))).expect("valid");
+        let reload = Reload {
+            path: path.to_owned(),
+            flags,
+            requested: Arc::new(AtomicBool::new(false)),
+        };
+        (running, reload)
+    }
+
     /// A reload keeps both of a dual-stack node's subnets local: a peer may not claim the IPv6
     /// one, and the new table still delivers to it.
     #[test]
@@ -336,15 +350,7 @@ mod tests {
                  [[peer]]\nsubnet = \"{peer}\"\npublic_ip = \"2001:db8::2\"\n"
             )
         };
-        std::fs::write(&path, text("fd00:10:244:2::/64")).expect("write");
-        let flags = RawNode::default();
-        let file = RawNode::from_file(&path).expect("parses");
-        let running = NodeConfig::resolve(&flags, Some((&path, &file))).expect("valid");
-        let reload = Reload {
-            path: path.clone(),
-            flags,
-            requested: Arc::new(AtomicBool::new(false)),
-        };
+        let (running, reload) = started(&path, &text("fd00:10:244:2::/64"));
         let snap = reload_peers(&running, &reload).expect("reloads");
         assert!(snap.is_local("fd00:10:244:1::5".parse().expect("literal")));
         assert!(snap.is_local("10.244.1.5".parse().expect("literal")));
@@ -378,15 +384,7 @@ mod tests {
                  vtep_mac = \"0e:00:00:00:00:02\"\n"
             )
         };
-        std::fs::write(&path, text("")).expect("write");
-        let flags = RawNode::default();
-        let file = RawNode::from_file(&path).expect("parses");
-        let running = NodeConfig::resolve(&flags, Some((&path, &file))).expect("valid");
-        let reload = Reload {
-            path: path.clone(),
-            flags,
-            requested: Arc::new(AtomicBool::new(false)),
-        };
+        let (running, reload) = started(&path, &text(""));
         assert!(reload_peers(&running, &reload).is_ok());
         for (extra, says) in [
             (

@@ -456,28 +456,11 @@ pub fn vxlan_devices(v: &Value) -> Vec<(String, Option<u16>)> {
 /// The largest file or command output read (a large ruleset's JSON included).
 const READ_LIMIT: u64 = 16 << 20;
 
-/// Reads a regular file, at most [`READ_LIMIT`] bytes. The path may come from a node's answer,
-/// so nothing else is opened: the path's target must be a regular file before the open, which
-/// never blocks (a FIFO) and takes no symbolic link in the last step (a swap after the check),
-/// and the file opened must still be a regular one.
+/// Reads a regular file, at most [`READ_LIMIT`] bytes ([`crate::sys::read_config_file`]). The
+/// path may come from a node's answer, so nothing else is read: the open never blocks (a FIFO),
+/// and the file opened must be a regular one.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let not_regular = || std::io::Error::other("not a regular file");
-    let real = std::fs::canonicalize(path)?;
-    if !std::fs::metadata(&real)?.is_file() {
-        return Err(not_regular());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(&real)?;
-    if !file.metadata()?.is_file() {
-        return Err(not_regular());
-    }
-    let mut s = String::new();
-    file.take(READ_LIMIT).read_to_string(&mut s)?;
-    Ok(s)
+    crate::sys::read_config_file(path, usize::try_from(READ_LIMIT).unwrap_or(usize::MAX))
 }
 
 fn read_sysctl(key: &str) -> Result<String, String> {

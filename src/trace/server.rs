@@ -510,13 +510,16 @@ mod tests {
 
     #[test]
     fn a_stopping_node_stops_reading_a_request() {
-        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let (ours, mut theirs) = UnixStream::pair().expect("pair");
         let halt = Arc::new(AtomicBool::new(false));
+        // Part of a request, then the stop: however the two meet the reader's loop, it gives
+        // up well before its 60 s deadline (which would fail with `TimedOut`).
         let stopper = {
             let halt = Arc::clone(&halt);
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
+                theirs.write_all(b"{\"filter\"").expect("write");
                 halt.store(true, Ordering::Relaxed);
+                theirs
             })
         };
         let e = read_request(&ours, &halt, Duration::from_secs(60)).expect_err("stopped");

@@ -191,11 +191,7 @@ impl Netlink {
                 }
                 Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{net} is already routed {}: is another node running on this host? \
-                         Stop it, or delete that route",
-                        self.describe_route(oifs.first().copied().flatten())
-                    ),
+                    self.route_conflict(net, oifs.first().copied().flatten()),
                 ))
             }
             other => other.map(drop),
@@ -238,17 +234,24 @@ impl Netlink {
             .collect())
     }
 
-    /// Says where a route goes: "to NAME" for its output interface, or that it has none.
-    pub fn describe_route(&mut self, oif: Option<u32>) -> String {
-        let Some(oif) = oif else {
-            return "without a device (a blackhole, unreachable or multipath route)".into();
+    /// Says that `net` is already routed elsewhere: to the interface `oif` (by name), or
+    /// without a device.
+    pub fn route_conflict(&mut self, net: ipnet::IpNet, oif: Option<u32>) -> String {
+        let to = match oif {
+            None => "without a device (a blackhole, unreachable or multipath route)".to_owned(),
+            Some(oif) => {
+                let name = self
+                    .links()
+                    .ok()
+                    .and_then(|l| l.into_iter().find(|l| l.index == oif))
+                    .map_or_else(|| format!("interface {oif}"), |l| l.name);
+                format!("to {name}")
+            }
         };
-        let name = self
-            .links()
-            .ok()
-            .and_then(|l| l.into_iter().find(|l| l.index == oif))
-            .map_or_else(|| format!("interface {oif}"), |l| l.name);
-        format!("to {name}")
+        format!(
+            "{net} is already routed {to}: is another node running on this host? Stop it, or \
+             delete that route"
+        )
     }
 
     /// Returns the MTU of link `index`.
