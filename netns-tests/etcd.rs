@@ -321,6 +321,11 @@ fn with_etcd<T: Send + 'static>(
 
 /// Starts etcd in `hub` with its data in `dir`, and waits until it answers.
 fn launch_etcd(hub: &Netns, dir: &std::path::Path) -> Process {
+    launch_etcd_at(hub, dir, ETCD)
+}
+
+/// Starts etcd in `hub` with its data in `dir`, serving clients at `url` only.
+fn launch_etcd_at(hub: &Netns, dir: &std::path::Path, url: &str) -> Process {
     let data = dir.join("etcd-data");
     let args: Vec<String> = [
         "--name",
@@ -328,9 +333,9 @@ fn launch_etcd(hub: &Netns, dir: &std::path::Path) -> Process {
         "--data-dir",
         &data.to_string_lossy(),
         "--listen-client-urls",
-        ETCD,
+        url,
         "--advertise-client-urls",
-        ETCD,
+        url,
         "--listen-peer-urls",
         "http://127.0.0.1:2380",
         "--initial-advertise-peer-urls",
@@ -343,7 +348,8 @@ fn launch_etcd(hub: &Netns, dir: &std::path::Path) -> Process {
     let log = dir.join("etcd.log");
     let process = hub.start("etcd", &args, log.clone()).expect("start etcd");
     let up = wait_for(Duration::from_secs(20), || {
-        with_etcd(hub, |c, rt| rt.block_on(c.get("probe", None)).is_ok()) == Some(true)
+        crate::common::with_etcd_in(hub, url, |c, rt| rt.block_on(c.get("probe", None)).is_ok())
+            == Some(true)
     });
     assert!(
         up,
@@ -753,6 +759,81 @@ fn ten_nodes_started_at_once_never_share_a_subnet() {
 /// etcd stops during a TCP transfer and stays away until node 0 has gone longer than its
 /// lease's TTL without reaching it; the transfer completes intact, the node reconnects and
 /// still holds its lease.
+/// The network config changed, then deleted, while a node was away from etcd: no watch event
+/// tells it, so the node compares the config when it lists again on reconnecting, and reports
+/// each (log and `etcd_config_changes`) as it reports a change seen while watching.
+#[test]
+fn a_config_changed_while_away_from_etcd_is_reported_on_reconnecting() {
+    if skip("a_config_changed_while_away_from_etcd_is_reported_on_reconnecting") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(2);
+    c.set_network("udp");
+    c.start_node(0, &[]);
+    c.start_node(1, &[]);
+    assert!(wait_for(Duration::from_secs(5), || c
+        .counter(0, "table_peers")
+        == 1));
+    // etcd goes away, and comes back for a while where no node reaches it (loopback in the
+    // hub), holding the same data: the config is changed there.
+    let private = "http://127.0.0.1:2379";
+    let away =
+        |c: &mut Cluster,
+         change: fn(&mut etcd_client::Client, &tokio::runtime::Runtime) -> bool| {
+            let reconnects = c.counter(0, "etcd_reconnects");
+            c.etcd
+                .take()
+                .expect("etcd runs")
+                .stop(Duration::from_secs(5));
+            let lost = wait_for(Duration::from_secs(15), || {
+                c.written(0, "etcd_connected") == Some(0)
+            });
+            assert!(lost, "node 0 did not notice etcd going away:\n{}", c.log(0));
+            let mut hidden = launch_etcd_at(&c.hub, c.dir.path(), private);
+            let done = crate::common::with_etcd_in(&c.hub, private, change);
+            assert_eq!(done, Some(true), "etcd change while the nodes are away");
+            hidden.stop(Duration::from_secs(5));
+            c.start_etcd();
+            let back = wait_for(Duration::from_secs(30), || {
+                c.counter(0, "etcd_connected") == 1 && c.counter(0, "etcd_reconnects") > reconnects
+            });
+            assert!(back, "node 0 did not reconnect:\n{}", c.log(0));
+        };
+    assert_eq!(c.counter(0, "etcd_config_changes"), 0, "{}", c.log(0));
+    away(&mut c, |e, rt| {
+        let config = r#"{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"udp"}}"#;
+        rt.block_on(e.put(format!("{PREFIX}/config"), config, None))
+            .is_ok()
+    });
+    let reported = wait_for(Duration::from_secs(10), || {
+        c.counter(0, "etcd_config_changes") == 1
+    });
+    assert!(reported, "{}", c.log(0));
+    assert!(c.log(0).contains("network config changed"), "{}", c.log(0));
+    // Reported once: a later list (after a junk key shows the node has read past it) does
+    // not count it again.
+    c.put(&format!("{PREFIX}/subnets/marker-1"), "x");
+    assert!(wait_for(Duration::from_secs(5), || c
+        .rejected(0, "bad_key")
+        == 1));
+    assert_eq!(c.counter(0, "etcd_config_changes"), 1, "{}", c.log(0));
+    away(&mut c, |e, rt| {
+        rt.block_on(e.delete(format!("{PREFIX}/config"), None))
+            .is_ok()
+    });
+    let reported = wait_for(Duration::from_secs(10), || {
+        c.counter(0, "etcd_config_changes") == 2
+    });
+    assert!(reported, "{}", c.log(0));
+    assert!(c.log(0).contains("network config deleted"), "{}", c.log(0));
+    // Forwarding went on with the config the nodes joined with.
+    assert_eq!(c.counter(0, "table_peers"), 1);
+    c.transfer(0, 1, 1 << 20);
+    c.stop_node(1);
+    c.stop_node(0);
+}
+
 #[test]
 fn etcd_down_past_the_lease_ttl_during_a_transfer() {
     if skip("etcd_down_past_the_lease_ttl_during_a_transfer") {

@@ -377,6 +377,9 @@ pub struct Agent {
     ipv6_default: Option<Ipv6Addr>,
     /// The network config's bytes as the node joined with them, to tell a change.
     config_raw: Option<Vec<u8>>,
+    /// The network config's bytes as last seen in etcd (`None`: deleted), to tell a change
+    /// made while the node was away from etcd, which no watch event reports.
+    config_seen: Option<Vec<u8>>,
     public_ip: Ipv4Addr,
     public_ipv6: Option<Ipv6Addr>,
     vtep_mac: Option<MacAddress>,
@@ -559,6 +562,7 @@ impl Agent {
             ipv6_default: None,
             config_changed: false,
             config_raw: None,
+            config_seen: None,
             public_ip,
             public_ipv6,
             vtep_mac,
@@ -657,6 +661,7 @@ impl Agent {
             .map_err(|e| EtcdError::Config(format!("{key}: {e}")))?;
         self.config = Some(config.clone());
         self.config_raw = Some(kv.value().to_vec());
+        self.config_seen.clone_from(&self.config_raw);
         Ok(Some(config))
     }
 
@@ -1202,6 +1207,7 @@ impl Agent {
         let mut client = self.client()?;
         self.ensure_lease()?;
         self.list()?;
+        self.config_since_away()?;
         self.check_own_entry();
         self.publish(table);
         // The leases, and on the same stream the config, whose changes are reported.
@@ -1282,10 +1288,34 @@ impl Agent {
         }
     }
 
+    /// Reads the network config as of the list's revision and reports it if it differs from
+    /// the one last seen: a change made while the node was away from etcd (or between the
+    /// join and the first list) comes with no watch event, since the watch starts after it.
+    fn config_since_away(&mut self) -> Result<(), EtcdError> {
+        let key = self.config_key();
+        let mut client = self.client()?;
+        let options = GetOptions::new().with_revision(self.revision);
+        let resp = self.rt.block_on(client.get(key.as_str(), Some(options)))?;
+        let now = resp.kvs().first().map(etcd_client::KeyValue::value);
+        if now == self.config_seen.as_deref() {
+            return Ok(());
+        }
+        tracing::info!(%key, "network config differs from the one last seen (changed while away from etcd)");
+        match now {
+            Some(value) => self.config_event(&key, EventType::Put, value),
+            None => self.config_event(&key, EventType::Delete, &[]),
+        }
+        Ok(())
+    }
+
     /// Reports a change of the network config while the node runs: the node goes on with the
     /// config it joined with (its subnet, backend and port were settled by it), and a restart
     /// applies the new one, as with flanneld, which reads the config once.
     fn config_event(&mut self, key: &str, kind: EventType, value: &[u8]) {
+        self.config_seen = match kind {
+            EventType::Put => Some(value.to_vec()),
+            EventType::Delete => None,
+        };
         match kind {
             // Back to what the node runs (after a change or a deletion): nothing to apply.
             EventType::Put if self.config_raw.as_deref() == Some(value) => {
