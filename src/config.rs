@@ -34,7 +34,7 @@
 //! ```
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -724,6 +724,10 @@ impl NodeConfig {
             if let Some(why) = endpoint_misfit(endpoint, public_ip, public_ipv6) {
                 return Err(invalid(o, &entry.public_ip, why.into()));
             }
+            if let Some(why) = endpoint_unusable(endpoint, &networks, public_ip, public_ipv6, port)
+            {
+                return Err(invalid(o, &entry.public_ip, why));
+            }
             let peer_mac = match &entry.vtep_mac {
                 Some(text) => {
                     let mac = parse_unicast_mac(text).map_err(|r| invalid(o.clone(), text, r))?;
@@ -917,6 +921,55 @@ pub(crate) fn endpoint_misfit(
     } else {
         Some("an IPv4 endpoint needs an IPv4 --public-ip")
     }
+}
+
+/// Returns why a static peer at `endpoint` cannot be sent to, judged as a lease's `PublicIP`
+/// is (see [`crate::control::lease::judge_public_ip`]): an address that reaches no host or many
+/// (unspecified, multicast, broadcast, 240.0.0.0/4; for IPv6 also link-local and IPv4-mapped),
+/// one inside the overlay `networks` (its datagrams would be routed into the TUN device and
+/// encapsulated again, a loop), or this node's own socket (`public_ip`/`public_ipv6` at its
+/// `port`). A loopback address, or this node's address at another port, stays allowed: the
+/// operator wrote it, and two nodes on one host (tests, the lab) are reached that way.
+pub(crate) fn endpoint_unusable(
+    endpoint: SocketAddr,
+    networks: &[IpNet],
+    public_ip: IpAddr,
+    public_ipv6: Option<Ipv6Addr>,
+    port: u16,
+) -> Option<String> {
+    use crate::control::lease::{Rejection, judge_public_ip, judge_public_ipv6};
+    let ip = endpoint.ip();
+    if let Some(net) = networks.iter().find(|n| n.contains(&ip)) {
+        return Some(format!(
+            "lies inside the overlay network {net}: datagrams to it would be routed into the \
+             TUN device and encapsulated again"
+        ));
+    }
+    let own = ip == public_ip || public_ipv6.is_some_and(|v6| IpAddr::V6(v6) == ip);
+    if own && endpoint.port() == port {
+        return Some(format!(
+            "is this node's own socket ({endpoint}): a node does not send to itself"
+        ));
+    }
+    // The node's own address and loopback are settled above and allowed.
+    let verdict = match ip {
+        IpAddr::V4(v4) => judge_public_ip(v4, Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(v6) => judge_public_ipv6(v6, None).filter(|_| !v6.is_loopback()),
+    };
+    let why = match verdict? {
+        Rejection::PublicIpLoopback | Rejection::PublicIpOwn | Rejection::PublicIpv6Own => {
+            return None;
+        }
+        Rejection::PublicIpUnspecified => "is the unspecified address",
+        Rejection::PublicIpMulticast => "is a multicast address",
+        Rejection::PublicIpBroadcast => "is the broadcast address",
+        Rejection::PublicIpReserved => "lies in 240.0.0.0/4, reserved: no host is there",
+        _ => {
+            "cannot be a peer's underlay address (unspecified, multicast, link-local with no \
+              interface to send on, or IPv4-mapped)"
+        }
+    };
+    Some(why.to_owned())
 }
 
 /// Settles the IPv6 half of a dual-stack overlay from `--ipv6-network` and `--ipv6-subnet`:
@@ -1277,6 +1330,63 @@ mod tests {
             .expect_err("dup")
             .to_string();
         assert!(e.contains("claimed by both"), "{e}");
+    }
+
+    #[rstest::rstest]
+    #[case::unspecified("0.0.0.0", "unspecified")]
+    #[case::multicast("224.0.0.1", "multicast")]
+    #[case::broadcast("255.255.255.255", "broadcast")]
+    #[case::reserved("240.0.0.1", "reserved")]
+    #[case::inside_the_network("10.244.9.1", "inside the overlay network 10.244.0.0/16")]
+    #[case::inside_its_own_subnet("10.244.2.1", "inside the overlay network")]
+    #[case::own_socket("192.0.2.1", "own socket")]
+    #[case::own_socket_with_port("192.0.2.1:8285", "own socket")]
+    fn a_static_peer_s_unusable_endpoint_is_named(#[case] endpoint: &str, #[case] why: &str) {
+        let mut raw = cli();
+        raw.peers = vec![parse_peer_flag(&format!("10.244.2.0/24={endpoint}")).expect("parses")];
+        let e = NodeConfig::resolve(&raw, None)
+            .expect_err("unusable")
+            .to_string();
+        assert!(e.contains(endpoint) && e.contains(why), "{e}");
+    }
+
+    #[rstest::rstest]
+    #[case::loopback("127.0.0.1:8286")]
+    #[case::own_address_at_another_port("192.0.2.1:8286")]
+    #[case::a_plain_address("198.51.100.7")]
+    fn a_static_peer_on_this_host_stays_allowed(#[case] endpoint: &str) {
+        let mut raw = cli();
+        raw.peers = vec![parse_peer_flag(&format!("10.244.2.0/24={endpoint}")).expect("parses")];
+        NodeConfig::resolve(&raw, None).expect("allowed");
+    }
+
+    #[test]
+    fn ipv6_static_peers_are_judged_alike() {
+        let six = |endpoint: &str| {
+            let raw = RawNode {
+                network: Some("fd00:10:244::/48".into()),
+                subnet: Some("fd00:10:244:1::/64".into()),
+                public_ip: Some("2001:db8::1".into()),
+                peers: vec![
+                    parse_peer_flag(&format!("fd00:10:244:2::/64={endpoint}")).expect("parses"),
+                ],
+                ..RawNode::default()
+            };
+            NodeConfig::resolve(&raw, None).map(|_| ())
+        };
+        for bad in [
+            "::",
+            "ff02::1",
+            "fe80::1",
+            "::ffff:192.0.2.2",
+            "fd00:10:244:9::1",
+            "2001:db8::1",
+        ] {
+            assert!(six(bad).is_err(), "{bad} accepted");
+        }
+        for good in ["2001:db8::2", "[::1]:8286", "[2001:db8::1]:8286"] {
+            six(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
     }
 
     proptest! {
