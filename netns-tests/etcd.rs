@@ -834,6 +834,91 @@ fn a_config_changed_while_away_from_etcd_is_reported_on_reconnecting() {
     c.stop_node(0);
 }
 
+/// An etcd with authentication on: a node with a wrong password waits and says why, one with
+/// the right login (flags) joins, and `doctor` logs in with the node's environment variables
+/// (`FLANNELD_ETCD_USERNAME`, `FLANNELD_ETCD_PASSWORD`) and reads the node's lease.
+#[test]
+fn a_node_and_doctor_log_in_to_an_etcd_with_authentication() {
+    if skip("a_node_and_doctor_log_in_to_an_etcd_with_authentication") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let enabled = with_etcd(&c.hub, |e, rt| {
+        rt.block_on(async {
+            e.user_add("root", "s3cret", None).await?;
+            e.user_grant_role("root", "root").await?;
+            e.auth_enable().await
+        })
+        .map_err(|e| e.to_string())
+    });
+    assert!(matches!(enabled, Some(Ok(_))), "etcd auth: {enabled:?}");
+    c.spawn_node(0, &["--etcd-username", "root", "--etcd-password", "wrong"]);
+    let refused = wait_for(Duration::from_secs(15), || {
+        c.log(0).contains("authentication failed")
+    });
+    assert!(refused, "no login failure logged:\n{}", c.log(0));
+    assert!(c.subnet(0).is_none(), "joined with a wrong password");
+    c.stop_node(0);
+    let subnet = c.start_node(
+        0,
+        &[
+            "--etcd-username",
+            "root",
+            "--etcd-password",
+            "s3cret",
+            "--healthz-ip",
+            "127.0.0.1",
+            "--healthz-port",
+            "9108",
+        ],
+    );
+    let doctor = |password: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", c.nodes[0].name(), EXE, "doctor"])
+            .args([
+                "--addr",
+                "127.0.0.1:9108",
+                "--json",
+                "--etcd-endpoints",
+                ETCD,
+            ])
+            .env("FLANNELD_ETCD_USERNAME", "root")
+            .env("FLANNELD_ETCD_PASSWORD", password)
+            .output()
+            .expect("ip netns exec runs")
+    };
+    let out = doctor("s3cret");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let own = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["name"] == "etcd.own_lease")
+        .cloned();
+    assert!(
+        own.as_ref().is_some_and(
+            |k| k["outcome"] == "ok" && k.to_string().contains(&subnet.network().to_string())
+        ),
+        "doctor did not read the node's lease: {v:#}"
+    );
+    // The wrong password: doctor says it could not read etcd, and passes no etcd check.
+    let out = doctor("wrong");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("authentication failed"),
+        "{text}"
+    );
+    c.stop_node(0);
+}
+
 #[test]
 fn etcd_down_past_the_lease_ttl_during_a_transfer() {
     if skip("etcd_down_past_the_lease_ttl_during_a_transfer") {

@@ -1016,6 +1016,17 @@ pub struct DoctorArgs {
     /// etcd CA certificate.
     #[arg(long, value_name = "FILE")]
     pub etcd_cafile: Option<PathBuf>,
+    /// etcd user name (with --etcd-password), or the node's FLANNELD_ETCD_USERNAME.
+    #[arg(long, value_name = "NAME", env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password, or the node's FLANNELD_ETCD_PASSWORD (which keeps it out of `ps`).
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
 }
 
 /// Flags of `fustian trace`.

@@ -130,11 +130,13 @@ fn join_etcd(
     let opts = EtcdOptions {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
-        keyfile: args.etcd_keyfile.clone(),
-        certfile: args.etcd_certfile.clone(),
-        cafile: args.etcd_cafile.clone(),
-        username: args.etcd_username.clone(),
-        password: args.etcd_password.clone(),
+        access: fustian::control::etcd::EtcdAccess {
+            keyfile: args.etcd_keyfile.clone(),
+            certfile: args.etcd_certfile.clone(),
+            cafile: args.etcd_cafile.clone(),
+            username: args.etcd_username.clone(),
+            password: args.etcd_password.clone(),
+        },
         renew_margin: std::time::Duration::from_secs(
             60 * args.subnet_lease_renew_margin.unwrap_or(60),
         ),
@@ -406,9 +408,13 @@ fn doctor_etcd(
     let target = fustian::doctor::etcd::EtcdTarget {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(&args.etcd_prefix)?,
-        keyfile: args.etcd_keyfile.clone(),
-        certfile: args.etcd_certfile.clone(),
-        cafile: args.etcd_cafile.clone(),
+        access: fustian::control::etcd::EtcdAccess {
+            keyfile: args.etcd_keyfile.clone(),
+            certfile: args.etcd_certfile.clone(),
+            cafile: args.etcd_cafile.clone(),
+            username: args.etcd_username.clone(),
+            password: args.etcd_password.clone(),
+        },
     };
     Ok(fustian::doctor::etcd::checks(intent, &target))
 }

@@ -225,6 +225,82 @@ pub enum EtcdError {
     },
 }
 
+/// The files and login of flanneld's `--etcd-*` flags, shared by the node and `doctor`.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    /// Client key (`--etcd-keyfile`, with `certfile`).
+    pub keyfile: Option<PathBuf>,
+    /// Client certificate (`--etcd-certfile`, with `keyfile`).
+    pub certfile: Option<PathBuf>,
+    /// CA certificate (`--etcd-cafile`): TLS to the endpoints, with or without a client
+    /// certificate.
+    pub cafile: Option<PathBuf>,
+    /// User name for etcd's authentication (with `password`); empty is no login.
+    pub username: Option<String>,
+    /// Password for etcd's authentication.
+    pub password: Option<String>,
+}
+
+/// The longest TLS file read (a PEM chain is a few KiB).
+const MAX_TLS_FILE: usize = 1 << 20;
+
+impl EtcdAccess {
+    /// Returns the client's connect options: timeouts, TLS (a client certificate when key and
+    /// certificate are given, a CA when given), and the login.
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdError::Config`] for a key without its certificate or the reverse (flanneld
+    /// refuses either); [`EtcdError::Io`] when a file cannot be read (each is read bounded,
+    /// only a regular file, without blocking on a FIFO).
+    pub fn connect_options(&self) -> Result<ConnectOptions, EtcdError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        // An empty user name is no login, as flanneld reads it (its default is the empty string).
+        if let (Some(user), Some(password)) = (&self.username, &self.password)
+            && !user.is_empty()
+        {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let read = |p: &PathBuf| {
+            crate::sys::read_config_file(p, MAX_TLS_FILE).map_err(|source| EtcdError::Io {
+                what: format!("read {}", p.display()),
+                source,
+            })
+        };
+        let identity = match (&self.keyfile, &self.certfile) {
+            (Some(key), Some(cert)) => {
+                Some(etcd_client::Identity::from_pem(read(cert)?, read(key)?))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(EtcdError::Config(
+                    "--etcd-keyfile needs --etcd-certfile (the client certificate)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(EtcdError::Config(
+                    "--etcd-certfile needs --etcd-keyfile (the client key)".into(),
+                ));
+            }
+        };
+        let ca = self.cafile.as_ref().map(read).transpose()?;
+        if identity.is_some() || ca.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(identity) = identity {
+                tls = tls.identity(identity);
+            }
+            if let Some(ca) = ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            options = options.with_tls(tls);
+        }
+        Ok(options)
+    }
+}
+
 /// How to reach etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -232,16 +308,8 @@ pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     /// Key prefix, `/coreos.com/network` by default.
     pub prefix: String,
-    /// Client key, certificate and CA files (TLS when key and certificate are given).
-    pub keyfile: Option<PathBuf>,
-    /// Client certificate file.
-    pub certfile: Option<PathBuf>,
-    /// CA certificate file.
-    pub cafile: Option<PathBuf>,
-    /// User name for etcd's authentication (with `password`).
-    pub username: Option<String>,
-    /// Password for etcd's authentication.
-    pub password: Option<String>,
+    /// TLS files and login.
+    pub access: EtcdAccess,
     /// Renew the lease this long before it expires.
     pub renew_margin: Duration,
     /// The lease TTL (flannel's 24 h; shorter only for tests).
@@ -472,34 +540,6 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     }
 }
 
-fn connect_options(opts: &EtcdOptions) -> Result<ConnectOptions, EtcdError> {
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-    // An empty user name is no login, as flanneld reads it (its default is the empty string).
-    if let (Some(user), Some(password)) = (&opts.username, &opts.password)
-        && !user.is_empty()
-    {
-        options = options.with_user(user.clone(), password.clone());
-    }
-    if let (Some(key), Some(cert)) = (&opts.keyfile, &opts.certfile) {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|source| EtcdError::Io {
-                what: format!("read {}", p.display()),
-                source,
-            })
-        };
-        let mut tls = etcd_client::TlsOptions::new()
-            .identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-        if let Some(ca) = &opts.cafile {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-        }
-        options = options.with_tls(tls);
-    }
-    Ok(options)
-}
-
 /// Connects to one endpoint and checks that it answers a read.
 async fn connect_one(
     endpoint: &str,
@@ -597,7 +637,7 @@ impl Agent {
     /// after a failure) and going round the list once. `Ok(false)`: stopped.
     fn connect(&mut self, stop: &AtomicBool) -> Result<bool, EtcdError> {
         self.client = None;
-        let options = connect_options(&self.opts)?;
+        let options = self.opts.access.connect_options()?;
         let probe = self.config_key();
         let n = self.opts.endpoints.len();
         let mut failures = Vec::new();
@@ -1771,11 +1811,7 @@ mod tests {
         let opts = EtcdOptions {
             endpoints: vec![],
             prefix: super::super::lease::DEFAULT_PREFIX.to_owned(),
-            keyfile: None,
-            certfile: None,
-            cafile: None,
-            username: None,
-            password: None,
+            access: EtcdAccess::default(),
             renew_margin: Duration::from_secs(60),
             ttl: LEASE_TTL,
         };

@@ -11,10 +11,8 @@
 //! `/status` names (`listen6`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{Backend, Check, Intent};
@@ -29,12 +27,8 @@ pub struct EtcdTarget {
     pub endpoints: Vec<String>,
     /// Key prefix.
     pub prefix: String,
-    /// Client key (TLS with `certfile`).
-    pub keyfile: Option<PathBuf>,
-    /// Client certificate.
-    pub certfile: Option<PathBuf>,
-    /// CA certificate.
-    pub cafile: Option<PathBuf>,
+    /// TLS files and login, as the node's.
+    pub access: crate::control::etcd::EtcdAccess,
 }
 
 /// One lease as read.
@@ -98,18 +92,7 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let mut options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_timeout(Duration::from_secs(5));
-    if let (Some(key), Some(cert)) = (&target.keyfile, &target.certfile) {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let mut tls = etcd_client::TlsOptions::new()
-            .identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-        if let Some(ca) = &target.cafile {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-        }
-        options = options.with_tls(tls);
-    }
+    let options = target.access.connect_options().map_err(|e| e.to_string())?;
     let (config_key, subnets) = (
         crate::control::lease::key_under(&target.prefix, "config"),
         crate::control::lease::key_under(&target.prefix, "subnets/"),
