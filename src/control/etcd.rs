@@ -205,6 +205,10 @@ pub enum EtcdError {
          the node to acquire another subnet"
     )]
     SubnetTaken(Ipv4Net),
+    /// etcd cancelled the watch for another reason than a compaction (the member lost its
+    /// leader): the next endpoint is tried.
+    #[error("etcd cancelled the watch ({0}); trying the next endpoint")]
+    WatchLost(String),
     /// etcd cancelled the watch (its start revision compacted away): the connection is fine,
     /// the leases are listed again.
     #[error("watch cancelled (compacted to revision {0}); listing again")]
@@ -212,6 +216,9 @@ pub enum EtcdError {
     /// No endpoint answered.
     #[error("no etcd endpoint answers ({0})")]
     Unreachable(String),
+    /// Every endpoint that answered refused the user name and password.
+    #[error("etcd refused the login ({0})")]
+    LoginRefused(String),
     /// The node was told to stop while it was joining.
     #[error("stopped while joining")]
     Stopped,
@@ -257,7 +264,14 @@ impl EtcdAccess {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            // As flanneld's watch (`WithRequireLeader`): a member cut off from the others'
+            // majority cancels the watch instead of serving a stale one silently, and the
+            // node goes on to the next endpoint.
+            .with_require_leader(true)
+            // An expired login token (etcd's --auth-token-ttl) is renewed on the request that
+            // finds it, as Go's client does, rather than failing it and reconnecting.
+            .with_auto_token_refresh(true);
         // An empty user name is no login, as flanneld reads it (its default is the empty string).
         if let (Some(user), Some(password)) = (&self.username, &self.password)
             && !user.is_empty()
@@ -272,7 +286,10 @@ impl EtcdAccess {
         };
         let identity = match (&self.keyfile, &self.certfile) {
             (Some(key), Some(cert)) => {
-                Some(etcd_client::Identity::from_pem(read(cert)?, read(key)?))
+                let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+                check_certificates(cert, &cert_pem, true)?;
+                check_private_key(key, &key_pem)?;
+                Some(etcd_client::Identity::from_pem(cert_pem, key_pem))
             }
             (None, None) => None,
             (Some(_), None) => {
@@ -286,7 +303,14 @@ impl EtcdAccess {
                 ));
             }
         };
-        let ca = self.cafile.as_ref().map(read).transpose()?;
+        let ca = match &self.cafile {
+            Some(path) => {
+                let pem = read(path)?;
+                check_certificates(path, &pem, false)?;
+                Some(pem)
+            }
+            None => None,
+        };
         if identity.is_some() || ca.is_some() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(identity) = identity {
@@ -299,6 +323,83 @@ impl EtcdAccess {
         }
         Ok(options)
     }
+}
+
+/// Checks that `pem` (read from `path`) holds PEM certificates and nothing else that claims
+/// to be one; with `client`, that the first (this node's) is not X.509 version 1, which the TLS
+/// library refuses at the first connection with nothing but "transport error".
+fn check_certificates(path: &std::path::Path, pem: &str, client: bool) -> Result<(), EtcdError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut first = None;
+    for (i, cert) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
+        let cert = cert.map_err(|e| {
+            EtcdError::Config(format!(
+                "{}: certificate {} is not valid PEM ({e})",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        first.get_or_insert(cert);
+    }
+    let Some(first) = first else {
+        return Err(EtcdError::Config(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    };
+    if client && x509_version_given(&first) == Some(false) {
+        return Err(EtcdError::Config(format!(
+            "{}: an X.509 version 1 certificate (made without extensions), which this etcd \
+             client's TLS library refuses: issue it as version 3 (with extensions, e.g. \
+             extendedKeyUsage = clientAuth)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `pem` (read from `path`) holds a PEM private key.
+fn check_private_key(path: &std::path::Path, pem: &str) -> Result<(), EtcdError> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map(drop)
+        .map_err(|e| {
+            EtcdError::Config(format!("{} holds no PEM private key ({e})", path.display()))
+        })
+}
+
+/// Reads one DER tag-length header at the start of `der`: the tag and the content's range.
+fn der_header(der: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, skip) = match first {
+        0..=0x7f => (usize::from(first), 0),
+        0x81..=0x84 => {
+            let n = usize::from(first & 0x7f);
+            let bytes = rest.get(..n)?;
+            (
+                bytes.iter().fold(0usize, |a, &b| (a << 8) | usize::from(b)),
+                n,
+            )
+        }
+        _ => return None,
+    };
+    let start = 2 + skip;
+    Some((tag, start..start.checked_add(len)?))
+}
+
+/// Returns whether an X.509 certificate's DER names its version (`[0] EXPLICIT`, present for
+/// versions 2 and 3, absent for version 1); `None` when it is not a certificate's shape.
+pub fn x509_version_given(der: &[u8]) -> Option<bool> {
+    let (tag, body) = der_header(der)?;
+    let cert = der.get(body).filter(|_| tag == 0x30)?;
+    let (tag, tbs) = der_header(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    Some(*cert.get(tbs.start)? == 0xa0)
 }
 
 /// How to reach etcd.
@@ -461,6 +562,10 @@ pub struct Agent {
     logged: HashMap<String, Rejection>,
     /// The leases ignored (a backend this node cannot speak), logged once each likewise.
     logged_ignored: HashSet<String>,
+    /// The create revision of this node's key as this node last saw it holding its own value
+    /// on its own etcd lease: a key at that name with another create revision was deleted and
+    /// created again by someone else, and is not this node's to write back.
+    own_created: Option<i64>,
     /// When this node's overwritten lease is to be written back.
     restore_at: Option<Instant>,
     last_restore: Option<Instant>,
@@ -561,6 +666,22 @@ fn unchanged_since(key: &str, created: i64) -> Txn {
     )])
 }
 
+/// Returns an error with its causes (`transport error: ... : invalid peer certificate`), each
+/// once: the client's own message for a TLS or connection failure names none of them.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Shortens an untrusted key for a log line.
 pub fn for_log(key: &str) -> String {
     let mut short: String = key.chars().take(120).collect();
@@ -593,6 +714,9 @@ impl Agent {
         public_ipv6: Option<Ipv6Addr>,
         vtep_mac: Option<MacAddress>,
     ) -> Result<Self, EtcdError> {
+        // The TLS files and login are settled at start, as flanneld settles them: a bad file
+        // is an error naming it, not an endless wait for an etcd that never answers.
+        opts.access.connect_options()?;
         Ok(Self {
             rt: Rt(Some(runtime()?)),
             client: None,
@@ -613,6 +737,7 @@ impl Agent {
             revision: 0,
             logged: HashMap::new(),
             logged_ignored: HashSet::new(),
+            own_created: None,
             restore_at: None,
             last_restore: None,
             state: Arc::new(EtcdState::default()),
@@ -659,11 +784,18 @@ impl Agent {
                     self.client = Some(client);
                     return Ok(true);
                 }
-                Some(Err(e)) => failures.push(format!("{endpoint}: {e}")),
+                Some(Err(e)) => failures.push(format!("{endpoint}: {}", with_causes(&e))),
             }
         }
         if n == 0 {
             failures.push("no endpoints given".into());
+        }
+        // etcd's answer to a wrong user name or password (`ErrGRPCAuthFailed`).
+        if let Some(refused) = failures
+            .iter()
+            .find(|f| f.contains("authentication failed"))
+        {
+            return Err(EtcdError::LoginRefused(refused.clone()));
         }
         Err(EtcdError::Unreachable(failures.join("; ")))
     }
@@ -729,7 +861,11 @@ impl Agent {
                 Step::Stopped => return Ok(None),
                 Step::Wait(reason, detail) => {
                     if reason != said {
-                        tracing::warn!("{reason} ({detail}); trying again every second");
+                        if detail.is_empty() || reason.contains(&detail) {
+                            tracing::warn!("{reason}; trying again every second");
+                        } else {
+                            tracing::warn!("{reason} ({detail}); trying again every second");
+                        }
                         waiting(&reason);
                         said = reason;
                     }
@@ -753,6 +889,16 @@ impl Agent {
                 Ok(true) => {}
                 Ok(false) => return Ok(Step::Stopped),
                 Err(e @ EtcdError::Io { .. }) => return Err(e),
+                Err(e @ EtcdError::LoginRefused(_)) => {
+                    return Ok(Step::Wait(
+                        format!(
+                            "etcd at {} refused the login: check --etcd-username and \
+                             --etcd-password",
+                            self.endpoint_list()
+                        ),
+                        e.to_string(),
+                    ));
+                }
                 Err(e) => return Ok(Step::Wait(unreachable, e.to_string())),
             }
         }
@@ -1045,6 +1191,7 @@ impl Agent {
                 self.subnet6 = candidate.ipv6;
                 tracing::info!(%subnet, subnet6 = ?candidate.ipv6, %key, reused = mine.is_some(), "subnet lease acquired");
                 self.list()?;
+                self.note_own_created();
                 return Ok(Joined {
                     public_ipv6: self.public_ipv6.filter(|_| config.ipv6.is_some()),
                     config,
@@ -1248,7 +1395,7 @@ impl Agent {
         self.ensure_lease()?;
         self.list()?;
         self.config_since_away()?;
-        self.check_own_entry();
+        self.check_own_entry()?;
         self.publish(table);
         // The leases, and on the same stream the config, whose changes are reported.
         let subnets = self.subnets_prefix();
@@ -1285,8 +1432,14 @@ impl Agent {
                 Ok(Ok(None)) => return Err(EtcdError::Config("the watch ended".into())),
                 Ok(Ok(Some(resp))) => resp,
             };
-            if resp.compact_revision() > 0 || resp.canceled() {
+            if resp.compact_revision() > 0 {
                 return Err(EtcdError::WatchCancelled(resp.compact_revision()));
+            }
+            if resp.canceled() {
+                // Not a compaction: the member cannot serve it (no leader, say); another may.
+                return Err(EtcdError::WatchLost(for_log(&crate::sys::printable(
+                    resp.cancel_reason(),
+                ))));
             }
             let own_key = self.own_key();
             let mut changed = false;
@@ -1307,7 +1460,7 @@ impl Agent {
                         self.store(kv);
                         changed |= before.as_ref() != self.entries.get(&key);
                         if Some(&key) == own_key.as_ref() {
-                            self.check_own_entry();
+                            self.check_own_entry()?;
                         }
                     }
                     EventType::Delete => {
@@ -1387,36 +1540,92 @@ impl Agent {
         self.state.config_changes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Schedules writing this node's lease back when its key holds anything but what this
-    /// node wrote, on its etcd lease.
-    fn check_own_entry(&mut self) {
+    /// Returns true when this node's key, as listed, holds its own value on its own etcd lease.
+    fn own_entry_intact(&self, entry: &Entry) -> bool {
+        entry.value == self.own_value().to_json().as_bytes() && entry.lease == self.lease_id
+    }
+
+    /// Remembers the create revision of this node's key when the listed entry is intact.
+    fn note_own_created(&mut self) {
         let Some(key) = self.own_key() else { return };
-        let Some(entry) = self.entries.get(&key) else {
-            return;
+        if let Some(entry) = self.entries.get(&key)
+            && self.own_entry_intact(entry)
+        {
+            self.own_created = Some(entry.create_revision);
+        }
+    }
+
+    /// Returns true when the key at this node's name, created at `create_revision` on etcd
+    /// lease `lease`, is not the one this node created: it was deleted and created again by
+    /// another writer (a node that found the name free while this one was cut off), and
+    /// writing it back would take a subnet another node now holds.
+    fn recreated_elsewhere(&self, create_revision: i64, lease: i64) -> bool {
+        self.own_created
+            .is_some_and(|ours| ours != create_revision && lease != self.lease_id)
+    }
+
+    /// Schedules writing this node's lease back when its key holds anything but what this
+    /// node wrote, on its etcd lease, as long as it is still the key this node created (an
+    /// overwrite keeps the create revision).
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdError::SubnetTaken`] when the key was deleted and created again by another
+    /// writer: the subnet is another node's now, and this node stops, as flanneld does when
+    /// its lease is lost, rather than fight over the key.
+    fn check_own_entry(&mut self) -> Result<(), EtcdError> {
+        let Some(key) = self.own_key() else {
+            return Ok(());
         };
-        let ours =
-            entry.value == self.own_value().to_json().as_bytes() && entry.lease == self.lease_id;
-        if ours {
-            return;
+        let Some(entry) = self.entries.get(&key) else {
+            return Ok(());
+        };
+        if self.own_entry_intact(entry) {
+            self.own_created = Some(entry.create_revision);
+            return Ok(());
         }
         let who = LeaseValue::parse(&entry.value).map_or_else(
             |e| format!("an invalid value ({e})"),
             |v| format!("PublicIP {}", v.public_ip),
         );
+        if self.recreated_elsewhere(entry.create_revision, entry.lease)
+            && let Some(subnet) = self.subnet
+        {
+            tracing::error!(%key, "own lease deleted and created again by another writer ({who})");
+            return Err(EtcdError::SubnetTaken(subnet));
+        }
         tracing::warn!(%key, "own lease overwritten with {who}; writing it back");
         let earliest = self
             .last_restore
             .map_or_else(Instant::now, |t| t + RESTORE_SPACING);
         self.restore_at = Some(earliest.max(Instant::now()));
+        Ok(())
     }
 
     /// Writes this node's lease value back at its key, on its etcd lease (granted again if
-    /// it is gone).
+    /// it is gone), in a transaction that holds only while the key is still the one this node
+    /// created (its create revision unchanged): never over a key another node created.
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdError::SubnetTaken`] when the key was created again by another writer; an etcd
+    /// error otherwise. A key deleted meanwhile is left to the deletion's watch event.
     fn restore_own_lease(&mut self) -> Result<(), EtcdError> {
         let Some(key) = self.own_key() else {
             return Ok(());
         };
         let mut client = self.client()?;
+        let current = self.rt.block_on(client.get(key.as_str(), None))?;
+        let Some(kv) = current.kvs().first() else {
+            return Ok(());
+        };
+        if self.recreated_elsewhere(kv.create_revision(), kv.lease())
+            && let Some(subnet) = self.subnet
+        {
+            tracing::error!(%key, "own lease deleted and created again by another writer");
+            return Err(EtcdError::SubnetTaken(subnet));
+        }
+        let created = self.own_created.unwrap_or(kv.create_revision());
         if !self.lease_alive()? {
             let grant = self
                 .rt
@@ -1425,11 +1634,17 @@ impl Agent {
             self.state.lease_regrants.fetch_add(1, Ordering::Relaxed);
         }
         let value = self.own_value().to_json();
-        self.rt.block_on(client.put(
+        let txn = unchanged_since(&key, created).and_then(vec![TxnOp::put(
             key.as_str(),
             value.as_str(),
             Some(PutOptions::new().with_lease(self.lease_id)),
-        ))?;
+        )]);
+        if !self.rt.block_on(client.txn(txn))?.succeeded() {
+            // Changed hands between the read and the write: judged again at its watch event.
+            tracing::warn!(%key, "own lease changed while being written back; looking again");
+            return Ok(());
+        }
+        self.own_created = Some(created);
         self.last_restore = Some(Instant::now());
         self.state
             .own_lease_restored
@@ -1468,11 +1683,15 @@ impl Agent {
         let present = kv.is_some_and(|kv| {
             LeaseValue::parse(kv.value()).is_ok_and(|v| v.public_ip == self.public_ip)
         });
-        if alive && kv.is_some() {
-            let intact = kv.is_some_and(|kv| {
-                kv.value() == self.own_value().to_json().as_bytes() && kv.lease() == self.lease_id
-            });
-            if !intact {
+        if alive && let Some(kv) = kv {
+            let intact =
+                kv.value() == self.own_value().to_json().as_bytes() && kv.lease() == self.lease_id;
+            if intact {
+                self.own_created = Some(kv.create_revision());
+            } else if self.recreated_elsewhere(kv.create_revision(), kv.lease()) {
+                tracing::error!(%key, "own lease deleted and created again by another writer");
+                return Err(EtcdError::SubnetTaken(subnet));
+            } else {
                 self.restore_own_lease()?;
             }
             return Ok(());
@@ -1502,9 +1721,18 @@ impl Agent {
                 value.as_str(),
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-            self.rt.block_on(client.txn(rewrite))?.succeeded()
+            let ok = self.rt.block_on(client.txn(rewrite))?.succeeded();
+            if ok {
+                self.own_created = Some(created);
+            }
+            ok
         } else {
-            self.rt.block_on(client.txn(txn))?.succeeded()
+            let resp = self.rt.block_on(client.txn(txn))?;
+            if resp.succeeded() {
+                // Created by this transaction: its revision is the key's create revision.
+                self.own_created = resp.header().map(|h| h.revision());
+            }
+            resp.succeeded()
         };
         if ok && fresh {
             self.lease_id = lease_id;
@@ -1734,6 +1962,60 @@ mod tests {
     use super::*;
 
     const MAC: MacAddress = MacAddress([0x0e, 0, 0, 0, 0, 1]);
+
+    #[test]
+    fn an_x509_version_is_read_from_the_der() {
+        // SEQUENCE { SEQUENCE { [0] { INTEGER 2 } ... } }: version 3.
+        let v3 = [0x30, 0x08, 0x30, 0x06, 0xa0, 0x03, 0x02, 0x01, 0x02, 0x00];
+        assert_eq!(x509_version_given(&v3), Some(true));
+        // Version 1: the serial number (INTEGER) comes first; long-form lengths.
+        let v1 = [0x30, 0x81, 0x05, 0x30, 0x81, 0x02, 0x02, 0x01, 0x07];
+        assert_eq!(x509_version_given(&v1), Some(false));
+        assert_eq!(x509_version_given(&[0x31, 0x02, 0x30, 0x00]), None);
+        assert_eq!(x509_version_given(&[0x30, 0x85, 0, 0, 0, 0, 1]), None);
+        assert_eq!(x509_version_given(&[]), None);
+    }
+
+    #[test]
+    fn tls_files_that_hold_no_pem_are_named_at_start() {
+        let dir = std::env::temp_dir().join(format!("fustian-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let access = EtcdAccess {
+            cafile: Some(junk.clone()),
+            ..EtcdAccess::default()
+        };
+        let e = access.connect_options().expect_err("junk CA").to_string();
+        assert!(
+            e.contains("junk.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let access = EtcdAccess {
+            keyfile: Some(junk.clone()),
+            certfile: Some(junk.clone()),
+            ..EtcdAccess::default()
+        };
+        let e = access.connect_options().expect_err("junk pair").to_string();
+        assert!(e.contains("junk.pem"), "{e}");
+        let access = EtcdAccess {
+            keyfile: Some(junk),
+            ..EtcdAccess::default()
+        };
+        let e = access
+            .connect_options()
+            .expect_err("half a pair")
+            .to_string();
+        assert!(e.contains("--etcd-certfile"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    proptest! {
+        #[test]
+        fn any_der_gives_a_version_answer_or_none(der in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = x509_version_given(&der);
+        }
+    }
 
     #[test]
     fn entries_are_kept_under_bounded_distinct_names() {
