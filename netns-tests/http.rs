@@ -385,3 +385,67 @@ fn http_20000_pipelined_requests_never_read() {
     client.join().expect("client");
     lab.check("after 20,000 pipelined requests");
 }
+
+/// `/readyz` says what holds now, not what held at start: the TUN device set down (which also
+/// takes the kernel's route), the route deleted, the subnet file deleted each make the node not
+/// ready with the reason, and putting each back makes it ready again, while `/healthz` stays
+/// 200 throughout (the node lives; a supervisor should not restart it for an operator's edit).
+#[test]
+fn readyz_follows_the_device_the_route_and_the_subnet_file() {
+    if skip("readyz_follows_the_device_the_route_and_the_subnet_file") {
+        return;
+    }
+    let _serial = serial();
+    let mut lab = Lab::start();
+    let readyz = |lab: &Lab| {
+        lab.topo.hosts[0]
+            .run(|| {
+                let mut s = TcpStream::connect_timeout(&Lab::addr(), Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")?;
+                Ok::<_, std::io::Error>(answer(&mut s))
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .unwrap_or_default()
+    };
+    let becomes = |lab: &Lab, code: &str, text: &str| {
+        let mut last = String::new();
+        let seen = wait_for(Duration::from_secs(5), || {
+            last = readyz(lab);
+            last.starts_with(&format!("HTTP/1.1 {code} ")) && last.contains(text)
+        });
+        assert!(
+            seen,
+            "/readyz never answered {code} with {text:?}: {last:?}\n{}",
+            lab.log()
+        );
+    };
+    becomes(&lab, "200", "fustian is ready");
+    let host = &lab.topo.hosts[0];
+    host.ip(&["link", "set", "flannel0", "down"]).expect("down");
+    becomes(&lab, "503", "TUN device flannel0 is down");
+    assert!(lab.healthz().is_ok(), "{:?}", lab.healthz());
+    host.ip(&["link", "set", "flannel0", "up"]).expect("up");
+    // The kernel took the route with the device: still not ready, for that.
+    becomes(
+        &lab,
+        "503",
+        "the route to 10.244.0.0/16 through flannel0 is gone",
+    );
+    host.ip(&["route", "add", "10.244.0.0/16", "dev", "flannel0"])
+        .expect("route");
+    becomes(&lab, "200", "fustian is ready");
+    let subnet_file = lab.topo.dir.path().join("node-0").join("subnet.env");
+    let kept = std::fs::read(&subnet_file).expect("the node wrote its subnet file");
+    std::fs::remove_file(&subnet_file).expect("remove");
+    becomes(&lab, "503", "subnet file");
+    std::fs::write(&subnet_file, kept).expect("put back");
+    becomes(&lab, "200", "fustian is ready");
+    assert!(
+        lab.log().contains("not ready: TUN device flannel0 is down"),
+        "{}",
+        lab.log()
+    );
+    lab.check("after the device, route and subnet file came back");
+}

@@ -269,3 +269,43 @@ fn burst_into_a_stopped_node(topo: &fustian::lab::Topology) {
     signal(pid, libc::SIGCONT);
     sent.expect("enter pod 0").expect("send");
 }
+
+/// The TUN device deleted under a running node (an operator's `ip link del`): no later read of
+/// it can succeed, so the node stops with an error naming it (status 1, for a supervisor to
+/// restart it), in each loop, instead of reporting itself healthy while forwarding nothing from
+/// its pods (or spinning on a read that fails at once).
+#[test]
+fn a_deleted_tun_device_stops_the_node_with_an_error() {
+    if skip("a_deleted_tun_device_stops_the_node_with_an_error") {
+        return;
+    }
+    let _serial = serial();
+    for extra in [
+        &["--io", "uring", "--threads", "2"][..],
+        &["--io", "uring", "--threads", "1", "--no-multishot"][..],
+        &["--io", "epoll", "--threads", "2"][..],
+    ] {
+        eprintln!("== with {}", extra.join(" "));
+        let mut topo = topology();
+        start_both(&mut topo, extra);
+        exchange_both_ways(&topo);
+        topo.hosts[0]
+            .ip(&["link", "del", "flannel0"])
+            .expect("delete flannel0");
+        let mut status = None;
+        let exited = wait_for(Duration::from_secs(10), || {
+            status = topo.processes[0].exited();
+            status.is_some()
+        });
+        let log = topo.processes[0].log();
+        assert!(
+            exited,
+            "{extra:?}: the node runs on without its device:\n{log}"
+        );
+        assert!(
+            status.is_some_and(|s| s.code() == Some(1)),
+            "{extra:?}: {status:?}\n{log}"
+        );
+        assert!(log.contains("the TUN device is gone"), "{extra:?}: {log}");
+    }
+}

@@ -160,7 +160,7 @@ pub fn run(
         Some(v6) => start_masquerade(config, v6.network, v6.subnet)?,
         None => None,
     };
-    write_subnet_file_step(config, device.mtu, opts.subnet_file_required)?;
+    let subnet_written = write_subnet_file_step(config, device.mtu, opts.subnet_file_required)?;
     let view = Arc::new(NodeView {
         head: facts.status_head(),
         info: facts.info_gauge(),
@@ -220,7 +220,8 @@ pub fn run(
     // A unit of `Type=notify` (flanneld's) starts what is ordered after it now: the subnet
     // file is written and packets flow.
     notify_systemd("READY=1");
-    supervise(opts, stop, &handles, &view);
+    let mut readiness = Readiness::new(config, &view.tun, subnet_written);
+    supervise(opts, stop, &handles, &view, &mut readiness);
     notify_systemd("STOPPING=1");
     let result = teardown(
         opts,
@@ -507,7 +508,9 @@ fn start_masquerade(
 
 /// The node is ready: tells the pods' network plugin, as flanneld does. A failure stops the
 /// node when `required`, and is a warning otherwise.
-fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Result<(), Error> {
+/// Writes the subnet file; returns whether it was written (a failure is an error when
+/// `required`, a warning otherwise).
+fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Result<bool, Error> {
     let mut overlays = vec![(config.network, config.subnet)];
     overlays.extend(config.ipv6.map(|v6| (v6.network, v6.subnet)));
     if let Err(e) = write_subnet_file(&config.subnet_file, &overlays, mtu, config.traffic.ip_masq) {
@@ -516,8 +519,9 @@ fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Resu
             return Err(Error::Io { what, source: e });
         }
         tracing::warn!("cannot {what}: {e}");
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// What the node runs, settled by setup: logged once, shown by `/status` and the
@@ -790,14 +794,105 @@ fn peer_totals(snap: &Snapshot) -> Vec<PeerTotals> {
         .collect()
 }
 
-/// Gives the HTTP endpoint its `/metrics` and `/status` renderers and marks it ready.
+/// Gives the HTTP endpoint its `/metrics` and `/status` renderers (it is marked ready once the
+/// workers run, by [`Readiness`]).
 fn serve_status(status: &crate::http::Status, view: &Arc<NodeView>) {
     let (metrics, json) = (Arc::clone(view), Arc::clone(view));
     status.set_renderers(
         Box::new(move || metrics.render_prometheus()),
         Box::new(move || json.status_json()),
     );
-    status.set_ready();
+}
+
+/// How often [`Readiness`] looks again.
+const READY_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// What `/readyz` promises, looked at again while the node runs: the TUN device is there and
+/// up, the network routes into it, and the subnet file (which the CNI plugin reads for every
+/// new pod) is in place. An operator's `ip link set flannel0 down` (which also takes the
+/// kernel's route), a deleted route or subnet file makes the node not ready, with the reason,
+/// until it is back; the node does not put them back itself (its privileges are dropped).
+struct Readiness {
+    nl: Option<Netlink>,
+    tun: String,
+    index: Option<u32>,
+    networks: Vec<ipnet::IpNet>,
+    /// The subnet file, when this node wrote one.
+    subnet_file: Option<std::path::PathBuf>,
+    last: Option<Instant>,
+    /// The problem last reported (logged once per change).
+    said: Option<String>,
+}
+
+impl Readiness {
+    fn new(config: &NodeConfig, tun: &str, subnet_file: bool) -> Self {
+        Self {
+            nl: Netlink::open().ok(),
+            tun: tun.to_owned(),
+            index: if_index(tun),
+            networks: config.networks().iter().map(ipnet::IpNet::trunc).collect(),
+            subnet_file: subnet_file.then(|| config.subnet_file.clone()),
+            last: None,
+            said: None,
+        }
+    }
+
+    /// Returns what is wrong, if anything (a netlink error is not held against the node).
+    fn problem(&mut self) -> Option<String> {
+        let nl = self.nl.as_mut()?;
+        let index = self.index?;
+        match nl.link_up(index) {
+            Ok(None) => return Some(format!("TUN device {} is gone", self.tun)),
+            Ok(Some(false)) => {
+                return Some(format!(
+                    "TUN device {} is down (ip link set {} up, then restore the route or \
+                     restart the node)",
+                    self.tun, self.tun
+                ));
+            }
+            Ok(Some(true)) | Err(_) => {}
+        }
+        for &network in &self.networks {
+            if let Ok(oifs) = nl.route_oifs(network)
+                && !oifs.contains(&Some(index))
+            {
+                return Some(format!(
+                    "the route to {network} through {} is gone (a restart of the node adds it)",
+                    self.tun
+                ));
+            }
+        }
+        if let Some(path) = &self.subnet_file
+            && std::fs::symlink_metadata(path).is_err()
+        {
+            return Some(format!(
+                "the subnet file {} is gone (a restart of the node writes it)",
+                path.display()
+            ));
+        }
+        None
+    }
+
+    /// Looks again when due and marks `status` ready or not, logging each change.
+    fn update(&mut self, status: &crate::http::Status) {
+        if self.last.is_some_and(|t| t.elapsed() < READY_CHECK_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let problem = self.problem();
+        if problem != self.said {
+            match &problem {
+                Some(why) => tracing::warn!("not ready: {why}"),
+                None if self.said.is_some() => tracing::info!("ready again"),
+                None => {}
+            }
+        }
+        match &problem {
+            Some(why) => status.set_not_ready(why.clone()),
+            None => status.set_ready(),
+        }
+        self.said = problem;
+    }
 }
 
 /// Creates the trace socket while the node still holds its privileges (it lives in a
@@ -1033,10 +1128,19 @@ fn write_stats(opts: &RunOptions, view: &NodeView, failing: &mut Option<String>)
 }
 
 /// Waits until `stop` is set or a worker stops, writing the stats file every 250 ms.
-fn supervise<T>(opts: &RunOptions, stop: &AtomicBool, handles: &[JoinHandle<T>], view: &NodeView) {
+fn supervise<T>(
+    opts: &RunOptions,
+    stop: &AtomicBool,
+    handles: &[JoinHandle<T>],
+    view: &NodeView,
+    readiness: &mut Readiness,
+) {
     let mut last_stats: Option<Instant> = None;
     let mut failing: Option<String> = None;
     while !stop.load(Ordering::Relaxed) && !handles.iter().any(JoinHandle::is_finished) {
+        if let Some(status) = &opts.status {
+            readiness.update(status);
+        }
         if let Some(hup) = &opts.sighup
             && hup.swap(false, Ordering::Relaxed)
         {

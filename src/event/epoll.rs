@@ -103,7 +103,7 @@ pub fn run(worker: Worker) -> io::Result<()> {
         }
         while (tun_ready || udp_ready || udp6_ready) && !l.w.stop.load(Ordering::Relaxed) {
             if tun_ready {
-                tun_ready = l.tun_to_udp() == l.tun_bufs.count();
+                tun_ready = l.tun_to_udp()? == l.tun_bufs.count();
             }
             if udp_ready {
                 udp_ready = l.udp_to_tun(false) == BATCH;
@@ -152,7 +152,11 @@ impl Loop {
     }
 
     /// Reads one batch from TUN and carries out each read's plan; returns the packets read.
-    fn tun_to_udp(&mut self) -> usize {
+    ///
+    /// # Errors
+    ///
+    /// The device is gone ([`crate::tun::device_gone`]).
+    fn tun_to_udp(&mut self) -> io::Result<usize> {
         let snap = self.w.table.load();
         self.core.begin_batch();
         let now = Instant::now();
@@ -164,6 +168,9 @@ impl Loop {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
+                    if let Some(gone) = e.raw_os_error().and_then(crate::tun::device_gone) {
+                        return Err(gone);
+                    }
                     self.tun_read_log.error(&e);
                     break;
                 }
@@ -184,7 +191,7 @@ impl Loop {
         }
         drop(snap);
         self.sender.flush(&self.w, self.tun_bufs.data());
-        read
+        Ok(read)
     }
 
     /// Receives one batch from the socket (the IPv6 underlay's with `v6`) and carries out

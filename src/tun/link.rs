@@ -254,6 +254,27 @@ impl Netlink {
         )
     }
 
+    /// Returns whether link `index` is up (`IFF_UP`); `None` when there is no such link.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error other than "no such device".
+    pub fn link_up(&mut self, index: u32) -> io::Result<Option<bool>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let replies = match self.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
+            Ok(replies) => replies,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.header.index == index => {
+                Some(l.header.flags.contains(LinkFlags::Up))
+            }
+            _ => None,
+        }))
+    }
+
     /// Returns the MTU of link `index`.
     ///
     /// # Errors

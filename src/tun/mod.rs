@@ -360,6 +360,24 @@ impl AsRawFd for Tun {
     }
 }
 
+/// Returns the error a worker stops with when a read of its TUN queue failed with `errno`
+/// because the device is gone (deleted, or the queue detached: `EBADFD`; a closed descriptor:
+/// `EBADF`; `ENODEV`): no later read can succeed, so going on would forward nothing in one
+/// direction while the node still reported itself healthy. `None` for any other error, which
+/// is counted and logged as a failed read.
+pub fn device_gone(errno: i32) -> Option<io::Error> {
+    matches!(errno, libc::EBADFD | libc::EBADF | libc::ENODEV).then(|| {
+        io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!(
+                "the TUN device is gone ({}): deleted, or its queue detached; the node stops \
+                 (a restart creates it again)",
+                io::Error::from_raw_os_error(errno)
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -440,8 +440,8 @@ impl Loop {
                 self.tun_read_log
                     .error(&io::Error::from_raw_os_error(-result));
             }
-            if matches!(-result, libc::EBADF | libc::EBADFD) {
-                return Ok(());
+            if let Some(gone) = crate::tun::device_gone(-result) {
+                return Err(gone);
             }
             return self.arm_read(i);
         };
@@ -477,6 +477,9 @@ impl Loop {
             }
             Multishot::Quiet => return Ok(()),
             Multishot::Failed(e) => {
+                if let Some(gone) = e.raw_os_error().and_then(crate::tun::device_gone) {
+                    return Err(gone);
+                }
                 self.tun_read_log.error(&e);
                 return Ok(());
             }
