@@ -442,12 +442,15 @@ fn a_second_node_on_the_same_port_fails_to_start() {
         &format!("{same_file} is in use by another node (pid {first})"),
     );
     // Another port, the first node's multi-queue device: the kernel would let it add queues
-    // beside the first node's and take part of its flows.
+    // beside the first node's and take part of its flows. The device's claim names the node.
     refused(
         &topo,
         "same-tun",
         &["--threads", "2", "--port", "8299"],
-        "TUN device flannel0 is in use by another process (2 queues attached)",
+        &format!(
+            "TUN device flannel0 is in use by another process (another fustian node: already \
+             served by pid {first} (fustian))"
+        ),
     );
     // Another port and device: the network's route already leads to the first node's device.
     refused(
@@ -474,4 +477,185 @@ fn a_second_node_on_the_same_port_fails_to_start() {
             "{from}->{to} after the second node was refused"
         );
     }
+}
+
+/// What flanneld (or an earlier node) left in the other firewall mode is removed at start, as
+/// flanneld's own start removes it: its iptables chains and jump before a node in nftables
+/// mode, its nftables table before a node in iptables mode. Left in place, they would go on
+/// masquerading traffic the node's own rules exempt.
+#[test]
+fn the_other_mode_s_leftover_rules_are_removed_at_start() {
+    if skip("the_other_mode_s_leftover_rules_are_removed_at_start") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    assert!(
+        nft(&topo.hosts[0], &["--version"]).0,
+        "netns test prerequisite missing: nft (apt-get install nftables)"
+    );
+    // flanneld's iptables chain for an old subnet, and its jump.
+    for args in [
+        &["-t", "nat", "-N", "FLANNEL-POSTRTG"][..],
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "FLANNEL-POSTRTG",
+            "!",
+            "-s",
+            "10.244.0.0/16",
+            "-d",
+            "10.244.0.0/16",
+            "-j",
+            "MASQUERADE",
+        ],
+        &["-t", "nat", "-A", "POSTROUTING", "-j", "FLANNEL-POSTRTG"],
+    ] {
+        assert!(iptables(&topo.hosts[0], args).0, "seed iptables {args:?}");
+    }
+    let args = topo.node_args(0, &["--threads", "1", "--ip-masq", "--nftables"]);
+    let node = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, nat) = iptables(&topo.hosts[0], &["-t", "nat", "-S"]);
+    assert!(
+        !nat.contains("FLANNEL"),
+        "{nat}\n{}",
+        topo.processes[node].log()
+    );
+    assert!(nft(&topo.hosts[0], &["list", "table", "ip", "flannel-ipv4"]).0);
+    assert!(
+        topo.processes[node]
+            .log()
+            .contains("removed the iptables chains left by flanneld"),
+        "{}",
+        topo.processes[node].log()
+    );
+    let status = topo.processes[node].stop(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    // flanneld's nftables table, before a node in iptables mode.
+    for args in [
+        &["add", "table", "ip", "flannel-ipv4"][..],
+        &[
+            "add",
+            "chain",
+            "ip",
+            "flannel-ipv4",
+            "postrtg",
+            "{",
+            "type",
+            "nat",
+            "hook",
+            "postrouting",
+            "priority",
+            "100",
+            ";",
+            "}",
+        ],
+        &[
+            "add",
+            "rule",
+            "ip",
+            "flannel-ipv4",
+            "postrtg",
+            "ip",
+            "daddr",
+            "10.244.0.0/16",
+            "masquerade",
+        ],
+    ] {
+        assert!(nft(&topo.hosts[0], args).0, "seed nft {args:?}");
+    }
+    let args = topo.node_args(0, &["--threads", "1", "--ip-masq"]);
+    let node = topo
+        .start_node(0, EXE, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = topo.processes[node].log();
+    assert!(
+        !nft(&topo.hosts[0], &["list", "table", "ip", "flannel-ipv4"]).0,
+        "{log}"
+    );
+    assert!(
+        log.contains("removed the nftables table left by flanneld"),
+        "{log}"
+    );
+    let (_, nat) = iptables(&topo.hosts[0], &["-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+    assert!(nat.contains("MASQUERADE"), "{nat}");
+}
+
+/// A persistent TUN device that holds an earlier node's address from another subnet: the node
+/// removes it (the kernel would use it as the source of the host's own packets into the
+/// overlay, which the peer drops as spoofed), keeps only its own, and the host reaches the
+/// peer's pod network with its own address.
+#[test]
+fn an_earlier_subnet_s_address_on_a_kept_device_is_removed() {
+    if skip("an_earlier_subnet_s_address_on_a_kept_device_is_removed") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    topo.hosts[0]
+        .ip(&["tuntap", "add", "flannel0", "mode", "tun", "multi_queue"])
+        .expect("persistent device");
+    topo.hosts[0]
+        .ip(&["addr", "add", "10.244.9.0/32", "dev", "flannel0"])
+        .expect("stale address");
+    start_both(&mut topo, &["--threads", "2"]);
+    let host = &topo.hosts[0];
+    let out = Command::new("ip")
+        .args(["-n", host.name(), "-4", "addr", "show", "dev", "flannel0"])
+        .output()
+        .expect("ip runs");
+    let addrs = String::from_utf8_lossy(&out.stdout);
+    assert!(addrs.contains("inet 10.244.1.0/32"), "{addrs}");
+    assert!(
+        !addrs.contains("10.244.9.0"),
+        "{addrs}\n{}",
+        topo.processes[0].log()
+    );
+    assert!(
+        topo.processes[0]
+            .log()
+            .contains("removed an address of an earlier subnet"),
+        "{}",
+        topo.processes[0].log()
+    );
+    // The host's own packet into the overlay leaves with the node's address, and the peer
+    // answers it.
+    let out = Command::new("ip")
+        .args(["-n", host.name(), "route", "get", "10.244.2.1"])
+        .output()
+        .expect("ip runs");
+    let route = String::from_utf8_lossy(&out.stdout);
+    assert!(route.contains("src 10.244.1.0"), "{route}");
+    crate::common::exchange_both_ways(&topo);
+    let _ = host.ip(&["tuntap", "del", "flannel0", "mode", "tun", "multi_queue"]);
+}
+
+/// A node killed with SIGKILL and started again at once (a supervisor with no restart delay):
+/// the dead node's io_uring instance releases its sockets and TUN queues some milliseconds after
+/// the process is reaped, and the new node waits for them rather than fail. Five times over.
+#[test]
+fn a_node_restarted_at_once_after_sigkill_starts() {
+    if skip("a_node_restarted_at_once_after_sigkill_starts") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    start_both(&mut topo, &["--io", "uring", "--threads", "2"]);
+    for round in 0..5 {
+        let last = topo.processes.len() - 1;
+        let node = if round == 0 { 0 } else { last };
+        crate::common::signal(topo.processes[node].pid().expect("running"), libc::SIGKILL);
+        let reaped = wait_for(Duration::from_secs(5), || {
+            topo.processes[node].exited().is_some()
+        });
+        assert!(reaped, "round {round}: the killed node was not reaped");
+        let args = topo.node_args(0, &["--io", "uring", "--threads", "2"]);
+        if let Err(e) = topo.start_node(0, EXE, &args) {
+            panic!("round {round}: {e}");
+        }
+    }
+    crate::common::exchange_both_ways(&topo);
 }

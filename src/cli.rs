@@ -598,7 +598,16 @@ fn implicit_run(mut argv: Vec<OsString>) -> Vec<OsString> {
             .file_name()
             .is_some_and(|n| n == "flanneld")
     });
-    let first = argv.get(1).and_then(|a| a.to_str());
+    // Past the top-level `--log` (`--log X`, `--log=X`), which may come first.
+    let mut at = 1;
+    while let Some(a) = argv.get(at).and_then(|a| a.to_str()) {
+        match a {
+            "--log" | "-log" => at += 2,
+            _ if a.starts_with("--log=") || a.starts_with("-log=") => at += 1,
+            _ => break,
+        }
+    }
+    let first = argv.get(at).and_then(|a| a.to_str());
     let insert = match first {
         Some(s) if SUBCOMMANDS.contains(&s) => false,
         Some("-h" | "--help" | "-V" | "--version") => as_flanneld,
@@ -614,7 +623,7 @@ fn implicit_run(mut argv: Vec<OsString>) -> Vec<OsString> {
         None => as_flanneld,
     };
     if insert {
-        argv.insert(1.min(argv.len()), OsString::from("run"));
+        argv.insert(at.min(argv.len()), OsString::from("run"));
     }
     argv
 }
@@ -1165,6 +1174,20 @@ mod tests {
         assert_eq!(r.ip_masq, Some(true));
         let r = run_args(&["--public-ip", "192.0.2.1", "--network", "10.244.0.0/16"]);
         assert_eq!(r.public_ip.as_deref(), Some("192.0.2.1"));
+        // After the top-level --log too, in either form.
+        for log in [&["--log=debug"][..], &["--log", "debug"]] {
+            let args: Vec<&str> = log
+                .iter()
+                .copied()
+                .chain(["-ip-masq", "-network=10.244.0.0/16"])
+                .collect();
+            let cli = parse_with(&args, &no_env).expect("parses");
+            assert_eq!(cli.log_filter(), "debug");
+            let Command::Run(r) = cli.command else {
+                panic!("not run")
+            };
+            assert_eq!(r.ip_masq, Some(true));
+        }
         // Called `flanneld` (a symlink), with no flags at all: a node at flanneld's defaults.
         let as_flanneld = |args: &[&str]| {
             let argv = std::iter::once("/usr/local/bin/flanneld")

@@ -390,6 +390,7 @@ mod tests {
         AddrInfo {
             index,
             ip: ip.parse().expect("test address"),
+            prefix_len: 24,
             permanent: true,
             deprecated: false,
             secondary: false,

@@ -19,7 +19,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::parse_from(argv);
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            if let Some(note) = env_origin(&e).or_else(|| bool_hint(&e)) {
+                eprintln!("{note}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_new(cli.log_filter()).unwrap_or_else(|_| EnvFilter::new("info")),
@@ -35,6 +44,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Says which `FLANNELD_*` variable gave the value clap refused, when it came from the
+/// environment (not the command line): the message names the flag, which the operator will
+/// not find on the command line.
+fn env_origin(e: &clap::Error) -> Option<String> {
+    let clap::error::ContextValue::String(arg) = e.get(clap::error::ContextKind::InvalidArg)?
+    else {
+        return None;
+    };
+    let name = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let on_command_line = std::env::args().skip(1).any(|a| {
+        let a = a.trim_start_matches('-');
+        a == name
+            || a.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('='))
+    });
+    if on_command_line {
+        return None;
+    }
+    let key = fustian::cli::env_name(name);
+    let value = std::env::var_os(&key)?;
+    Some(format!(
+        "note: the value comes from the environment: {key}={}",
+        fustian::sys::printable(&value.to_string_lossy())
+    ))
+}
+
+/// Says how Go's boolean flags take a value, when clap refused a bare `true`/`false` after
+/// one (`-ip-masq false`, which Go's flag package also stops at, ignoring the rest).
+fn bool_hint(e: &clap::Error) -> Option<String> {
+    if e.kind() != clap::error::ErrorKind::UnknownArgument {
+        return None;
+    }
+    let clap::error::ContextValue::String(arg) = e.get(clap::error::ContextKind::InvalidArg)?
+    else {
+        return None;
+    };
+    fustian::cli::parse_go_bool(arg).ok()?;
+    Some(format!(
+        "note: a boolean flag takes its value with `=` (-ip-masq={arg}), as in Go's flag package"
+    ))
 }
 
 /// The error and its causes, joined by `: ` as anyhow's `{:#}` joins them, leaving out a cause
@@ -255,6 +306,8 @@ fn join_etcd(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
+    // Set by SIGTERM and SIGINT only (`stop` is also set by the node itself as it ends).
+    let signalled = Arc::new(AtomicBool::new(false));
     // Only the commands that watch the flag take SIGTERM and SIGINT over; `show` and `doctor`
     // keep the default action, so Ctrl-C ends them wherever they are.
     if matches!(
@@ -263,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     ) {
         for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
             signal_hook::flag::register(signal, Arc::clone(&stop))?;
+            signal_hook::flag::register(signal, Arc::clone(&signalled))?;
         }
     }
     // A node reloads its config file on SIGHUP (see `run_node`); one with nothing to reload
@@ -270,6 +324,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     if matches!(cli.command, Command::Run(_)) {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
+        // Caught and left without effect, as Go's runtime leaves them for flanneld: by their
+        // default action a stray `kill -USR1` would end the node without its teardown, its
+        // rules and trace socket left behind.
+        let ignored = Arc::new(AtomicBool::new(false));
+        for signal in [
+            signal_hook::consts::SIGUSR1,
+            signal_hook::consts::SIGUSR2,
+            signal_hook::consts::SIGALRM,
+        ] {
+            signal_hook::flag::register(signal, Arc::clone(&ignored))?;
+        }
     }
     match cli.command {
         Command::Run(mut args) => {
@@ -300,7 +365,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some((_, thread)) = http {
                 let _ = thread.join();
             }
-            result?;
+            match result {
+                // Asked to stop while starting (a unit stopped, its whole group signalled): a
+                // setup step cut short by it (an `iptables` child killed by the same SIGTERM)
+                // is the stop, not a failure. What was set up is torn down either way.
+                Err(e)
+                    if signalled.load(std::sync::atomic::Ordering::Relaxed)
+                        && fustian::control::fatal().is_none() =>
+                {
+                    tracing::info!("stopped while starting: {}", error_chain(&e));
+                }
+                r => r?,
+            }
         }
         Command::Show(args) => {
             let text = fustian::http::get(args.addr, "/status").map_err(anyhow::Error::msg)?;
@@ -457,6 +533,11 @@ fn run_node(
     hup: &Arc<AtomicBool>,
     status: Option<Arc<fustian::http::Status>>,
 ) -> anyhow::Result<()> {
+    // An unknown --user is refused before anything is set up (a lease taken, a subnet file
+    // written for a node that would then stop).
+    if let Some(user) = &args.user {
+        fustian::sys::lookup_user(user).map_err(|e| anyhow::anyhow!("--user {user}: {e}"))?;
+    }
     // One node per subnet file, before anything is set up: a second node writing it would
     // point the pods' network plugin at a subnet the first one routes.
     let etcd = args.etcd_endpoints_or_default().is_some();

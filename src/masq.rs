@@ -344,6 +344,73 @@ impl Iptables {
         first
     }
 
+    /// Removes the chains of `plan` and every jump to them, whatever its matches (a jump
+    /// another version wrote, without flanneld's comment, say): the jumps by their number in
+    /// `-S` order, last first. Every step is tried; the first error is returned.
+    ///
+    /// # Errors
+    ///
+    /// The tool's failure.
+    fn remove_chains(&self, plan: &Plan) -> Result<(), MasqError> {
+        let mut first = Ok(());
+        for (table, from, chain) in plan.chains() {
+            let args = ["-w", "5", "-t", table, "-S", from];
+            let listed = match self.run(self.tool, &args, None) {
+                Ok(out) if out.status.success() => {
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                }
+                Ok(out) => {
+                    first = first.and(Err(self.failed(&args, &out)));
+                    continue;
+                }
+                Err(e) => {
+                    first = first.and(Err(e));
+                    continue;
+                }
+            };
+            // `-S` lists the policy first, then rule 1, 2, ...
+            let jumps: Vec<usize> = listed
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .enumerate()
+                .filter(|(_, l)| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    words
+                        .windows(2)
+                        .any(|w| matches!(w[0], "-j" | "-g") && w[1] == chain)
+                })
+                .map(|(i, _)| i + 1)
+                .collect();
+            for n in jumps.into_iter().rev() {
+                let n = n.to_string();
+                let args = ["-w", "5", "-t", table, "-D", from, n.as_str()];
+                match self.run(self.tool, &args, None) {
+                    Ok(out) if out.status.success() => {}
+                    Ok(out) => first = first.and(Err(self.failed(&args, &out))),
+                    Err(e) => first = first.and(Err(e)),
+                }
+            }
+            for op in ["-F", "-X"] {
+                let args = ["-w", "5", "-t", table, op, chain];
+                match self.run(self.tool, &args, None) {
+                    Ok(out) if out.status.success() || out.status.code() == Some(1) => {}
+                    Ok(out) => first = first.and(Err(self.failed(&args, &out))),
+                    Err(e) => first = first.and(Err(e)),
+                }
+            }
+        }
+        first
+    }
+
+    /// Returns whether any chain of `plan` exists (`-S CHAIN` succeeds).
+    fn has_chains(&self, plan: &Plan) -> bool {
+        plan.chains().iter().any(|(table, _, chain)| {
+            let args = ["-w", "5", "-t", table, "-S", chain];
+            self.run(self.tool, &args, None)
+                .is_ok_and(|out| out.status.success())
+        })
+    }
+
     /// Returns whether `rule` is in place (`iptables -C`: 0 present, 1 absent). A jump to one
     /// of the plan's chains is absent when the chain is (`-C` fails otherwise, with 2).
     fn check(&self, rule: &Rule) -> Result<bool, MasqError> {
@@ -502,6 +569,47 @@ impl Tools {
     }
 }
 
+/// Removes what flanneld (or an earlier node) left in the other firewall mode than `plan`'s, as
+/// flanneld does at every start: in iptables mode its nftables table (`ip flannel-ipv4`, `ip6
+/// flannel-ipv6`); in nftables mode its iptables chains (`FLANNEL-POSTRTG`, `FLANNEL-FWD`)
+/// and their jumps. Left in place, those rules would go on masquerading pod traffic the
+/// node's own rules exempt. Best effort: a missing tool means nothing was written with it.
+fn clean_other_mode(plan: &Plan) {
+    if plan.nftables {
+        let Ok((ipt, _)) = Iptables::probe(plan.network) else {
+            return;
+        };
+        let all = Plan {
+            masquerade: true,
+            forward: true,
+            nftables: false,
+            ..*plan
+        };
+        if !ipt.has_chains(&all) {
+            return;
+        }
+        match ipt.remove_chains(&all) {
+            Ok(()) => tracing::info!(
+                tool = ipt.tool,
+                "removed the iptables chains left by flanneld or an earlier node in iptables mode"
+            ),
+            Err(e) => tracing::warn!("cannot remove iptables chains of iptables mode: {e}"),
+        }
+    } else {
+        let nft = nft::Nft::new(plan.network);
+        if !matches!(nft.exists(), Ok(true)) {
+            return;
+        }
+        match nft.remove() {
+            Ok(()) => tracing::info!(
+                table = nft.name(),
+                "removed the nftables table left by flanneld or an earlier node in nftables mode"
+            ),
+            Err(e) => tracing::warn!("cannot remove {}: {e}", nft.name()),
+        }
+    }
+}
+
 /// Keeps the rules of a plan in place on its own thread and removes them when dropped.
 #[derive(Debug)]
 pub struct Keeper {
@@ -529,6 +637,7 @@ impl Keeper {
     /// [`MasqError`] when a tool is missing or fails, or the thread cannot start.
     pub fn start(mut plan: Plan, resync: Duration) -> Result<Self, MasqError> {
         let (mut tools, random_fully) = Tools::probe(&plan)?;
+        clean_other_mode(&plan);
         if plan.random_fully && !random_fully {
             if plan.nftables {
                 tracing::warn!(

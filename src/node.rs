@@ -7,7 +7,7 @@
 //! it up and route the whole network into it, then bind the UDP socket to the public IP and
 //! port. [`run`] is that list of steps, one function each.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,6 +154,9 @@ pub fn run(
             .map_or(0, |d| d.as_secs()),
     };
     facts.log_node_up();
+    // Before the rules and the subnet file, which tell the world this node is up: a socket
+    // that cannot be made stops the start with nothing to take back.
+    let mut tracer = bind_trace_socket(opts, &device.name)?;
     let mut masq = start_masquerade(config, config.network, config.subnet)?;
     // A dual-stack node keeps the IPv6 overlay's rules too (ip6tables, or nftables' ip6 table).
     let mut masq6 = match config.ipv6 {
@@ -175,7 +178,6 @@ pub fn run(
     if let Some(status) = &opts.status {
         serve_status(status, &view);
     }
-    let mut tracer = bind_trace_socket(opts, &device.name)?;
     settle_privileges(opts)?;
     if let Some(t) = &mut tracer
         && let Err(e) = t.serve(Arc::clone(&trace))
@@ -333,6 +335,9 @@ impl Underlay {
 
 /// The TUN device, configured: its queues (one per worker), address, MTU and route.
 struct Device {
+    /// The claim on the device's name (`fustian-tun-<name>`), held for the node's lifetime:
+    /// two nodes started at once cannot both pass the check for attached queues.
+    _claim: Option<crate::udp::claim::PortClaim>,
     queues: Vec<Tun>,
     offload: TunOffload,
     name: String,
@@ -344,6 +349,23 @@ impl Device {
     /// Opens one queue per worker, gives the device its address and MTU, brings it up and
     /// routes the network into it.
     fn open(nl: &mut Netlink, config: &NodeConfig, underlay: &Underlay) -> Result<Self, Error> {
+        let claim = match crate::udp::claim::PortClaim::take_named(&format!(
+            "fustian-tun-{}",
+            config.tun
+        )) {
+            Ok(claim) => Some(claim),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(TunError::InUse {
+                    name: config.tun.clone(),
+                    detail: format!("another fustian node: {e}"),
+                }
+                .into());
+            }
+            Err(e) => {
+                tracing::warn!("cannot claim the name of {}: {e}", config.tun);
+                None
+            }
+        };
         let mtu = underlay.tun_mtu(config);
         // Before the device is touched: the network's route through another device means
         // another node (or something else) routes it here, and this node would run without
@@ -376,6 +398,38 @@ impl Device {
             name: name.clone(),
             source,
         };
+        // A device that outlived an earlier node may hold that node's address from another
+        // subnet (a lease lost, a static subnet changed): the kernel would pick it as the
+        // source of this host's own packets into the overlay, which the peers refuse as
+        // spoofed, and answer for another node's address. Addresses inside the overlay that
+        // are not this node's go, as flannel's vxlan backend removes them from its device.
+        if !created {
+            let own: Vec<IpAddr> = config
+                .local_subnets()
+                .iter()
+                .map(ipnet::IpNet::network)
+                .collect();
+            let networks = config.networks();
+            let stale: Vec<_> = nl
+                .addresses()
+                .map_err(|e| netlink_err("list its addresses".into(), e))?
+                .into_iter()
+                .filter(|a| {
+                    a.index == index
+                        && !own.contains(&a.ip)
+                        && networks.iter().any(|n| n.contains(&a.ip))
+                })
+                .collect();
+            for a in stale {
+                nl.delete_address(index, a.ip, a.prefix_len).map_err(|e| {
+                    netlink_err(
+                        format!("remove the stale address {}/{}", a.ip, a.prefix_len),
+                        e,
+                    )
+                })?;
+                tracing::info!(address = %a.ip, "removed an address of an earlier subnet from {name}");
+            }
+        }
         // As flanneld's udp backend (`udp_network_amd64.go`) and its IPv6 VTEP: each lease's
         // first address as a host address, so the kernel makes no connected or broadcast route
         // for it, then an explicit route for each whole network once the link is up.
@@ -397,6 +451,7 @@ impl Device {
                 .map_err(|e| netlink_err(format!("add the route {network}"), e))?;
         }
         Ok(Self {
+            _claim: claim,
             queues,
             offload,
             name,

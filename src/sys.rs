@@ -105,6 +105,22 @@ pub fn keep_only_capabilities(keep: u32) -> io::Result<()> {
 ///
 /// `NotFound` when the user does not exist, else the failing call's error.
 pub fn switch_user(name: &str) -> io::Result<()> {
+    let (uid, gid) = lookup_user(name)?;
+    // SAFETY: a zero-length group list with a null pointer is valid for setgroups.
+    syscall!(setgroups(0, std::ptr::null()))?;
+    // SAFETY: plain integer argument.
+    syscall!(setgid(gid))?;
+    // SAFETY: plain integer argument.
+    syscall!(setuid(uid)).map(drop)
+}
+
+/// Returns the user id and group id of user `name`, so a node can refuse an unknown `--user`
+/// before it sets anything up.
+///
+/// # Errors
+///
+/// `NotFound` naming the user; `InvalidInput` for a name with a NUL byte.
+pub fn lookup_user(name: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
     let c =
         std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `c` is a valid C string; getpwnam returns a pointer into static storage or null,
@@ -118,13 +134,7 @@ pub fn switch_user(name: &str) -> io::Result<()> {
     }
     // SAFETY: `pw` is non-null and points at a valid passwd entry (see above).
     let entry = unsafe { &*pw };
-    let (uid, gid) = (entry.pw_uid, entry.pw_gid);
-    // SAFETY: a zero-length group list with a null pointer is valid for setgroups.
-    syscall!(setgroups(0, std::ptr::null()))?;
-    // SAFETY: plain integer argument.
-    syscall!(setgid(gid))?;
-    // SAFETY: plain integer argument.
-    syscall!(setuid(uid)).map(drop)
+    Ok((entry.pw_uid, entry.pw_gid))
 }
 
 /// `CAP_NET_ADMIN` and `CAP_NET_RAW` (include/uapi/linux/capability.h: 12 and 13), what a
@@ -555,7 +565,7 @@ pub enum LockError {
     Held {
         /// The file the lock guards.
         target: std::path::PathBuf,
-        /// The pid the holder wrote into the lock file, if it reads as one.
+        /// The holder's pid, as `/proc/locks` shows it.
         pid: Option<u32>,
     },
     /// The lock file is not a regular file of this user (someone else made it, in a directory
@@ -575,6 +585,38 @@ pub enum LockError {
     },
 }
 
+/// Returns the pid holding an `flock` on the file `dev`/`ino`, from `/proc/locks`.
+fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open("/proc/locks")
+        .ok()?
+        .take(4 << 20)
+        .read_to_string(&mut text)
+        .ok()?;
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    text.lines().find_map(|line| {
+        let (pid, maj, min, inode) = parse_lock_line(line)?;
+        (maj == major && min == minor && inode == ino).then_some(pid)
+    })
+}
+
+/// Parses one held `FLOCK` line of `/proc/locks` (`1: FLOCK ADVISORY WRITE 1234 00:1a:5678 0
+/// EOF`): the pid, the device's major and minor numbers, the inode. A waiter's line (`->`) or
+/// any other lock gives `None`.
+pub(crate) fn parse_lock_line(line: &str) -> Option<(u32, u32, u32, u64)> {
+    let mut words = line.split_whitespace().skip(1);
+    if words.next()? != "FLOCK" {
+        return None;
+    }
+    let pid = words.nth(2)?.parse().ok()?;
+    let mut id = words.next()?.split(':');
+    let major = u32::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+    let inode = id.next()?.parse().ok()?;
+    Some((pid, major, minor, inode))
+}
+
 /// Takes the lock that says one node writes `target` (its subnet file): `.NAME.lock` beside it,
 /// created mode 0600 if missing (its directory too), never through a symbolic link, and only if
 /// it is a regular file owned by this process's user; then locked (`flock`, without waiting)
@@ -587,7 +629,7 @@ pub enum LockError {
 /// [`LockError::Held`] when another process holds it, [`LockError::Foreign`] for a lock file
 /// that is not this user's regular file, [`LockError::Io`] otherwise.
 pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
-    use std::io::{Read as _, Seek as _, Write as _};
+    use std::io::{Seek as _, Write as _};
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let lock = hidden_sibling(target, ".lock");
     let io = |source| LockError::Io {
@@ -630,11 +672,11 @@ pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
             return Err(io(e));
         }
-        let mut text = String::new();
-        let _ = (&file).take(32).read_to_string(&mut text);
+        // The holder as the kernel knows it: the pid written in the file may be an earlier
+        // holder's, dead since (and its number another process's now).
         return Err(LockError::Held {
             target: target.to_owned(),
-            pid: text.trim().parse().ok(),
+            pid: flock_holder(meta.dev(), meta.ino()),
         });
     }
     file.set_len(0).map_err(io)?;
@@ -645,7 +687,31 @@ pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
 
 #[cfg(test)]
 mod lock_tests {
-    use super::{LockError, lock_beside, read_own_small_file};
+    use super::{LockError, lock_beside, parse_lock_line, read_own_small_file};
+
+    #[test]
+    fn proc_locks_lines_give_the_holder() {
+        assert_eq!(
+            parse_lock_line("1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF"),
+            Some((1234, 0, 0x1a, 5678))
+        );
+        assert_eq!(
+            parse_lock_line("1: -> FLOCK  ADVISORY  WRITE 99 00:1a:5678 0 EOF"),
+            None
+        );
+        assert_eq!(
+            parse_lock_line("2: POSIX  ADVISORY  WRITE 1 fd:01:7 0 EOF"),
+            None
+        );
+        assert_eq!(parse_lock_line(""), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_proc_locks_line_parses_or_not(line in "\\PC{0,80}") {
+            let _ = parse_lock_line(&line);
+        }
+    }
 
     #[test]
     fn config_files_regular_and_bounded() {

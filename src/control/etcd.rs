@@ -1846,8 +1846,8 @@ fn random_free(
         .collect();
     let ipv4 = pick(&free).ok_or_else(|| {
         EtcdError::Acquire(format!(
-            "every /{} in {} is leased",
-            config.subnet_len, config.network
+            "every /{} in {} from SubnetMin {} to SubnetMax {} is leased",
+            config.subnet_len, config.network, config.subnet_min, config.subnet_max
         ))
     })?;
     let ipv6 = match &config.ipv6 {
@@ -1861,8 +1861,8 @@ fn random_free(
                 .collect();
             Some(pick(&free).ok_or_else(|| {
                 EtcdError::Acquire(format!(
-                    "every /{} in {} is leased",
-                    c6.subnet_len, c6.network
+                    "every /{} in {} from IPv6SubnetMin {} to IPv6SubnetMax {} is leased",
+                    c6.subnet_len, c6.network, c6.subnet_min, c6.subnet_max
                 ))
             })?)
         }

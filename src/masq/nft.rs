@@ -210,6 +210,15 @@ impl Nft {
         }
     }
 
+    /// Returns whether the table exists.
+    ///
+    /// # Errors
+    ///
+    /// [`MasqError::Missing`] when `nft` is not installed, or its failure.
+    pub fn exists(&self) -> Result<bool, MasqError> {
+        self.list().map(|t| t.is_some())
+    }
+
     /// The table as `nft list table` prints it, or `None` when there is no such table.
     fn list(&self) -> Result<Option<String>, MasqError> {
         let args = ["list", "table", self.family, self.table];

@@ -38,6 +38,8 @@ pub struct AddrInfo {
     pub index: u32,
     /// The local address (`IFA_LOCAL` where present, else `IFA_ADDRESS`).
     pub ip: IpAddr,
+    /// Its prefix length.
+    pub prefix_len: u8,
     /// `IFA_F_PERMANENT`: configured, not autoconfigured.
     pub permanent: bool,
     /// `IFA_F_DEPRECATED`.
@@ -153,6 +155,24 @@ impl Netlink {
             NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         )
         .map(drop)
+    }
+
+    /// Deletes address `addr`/`prefix_len` from link `index`.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn delete_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(addr));
+        self.request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK)
+            .map(drop)
     }
 
     /// Adds the route `net dev <index>` (scope link, main table). A route that is already there
@@ -360,6 +380,7 @@ impl Netlink {
                     local.or(address).map(|ip| AddrInfo {
                         index: a.header.index,
                         ip,
+                        prefix_len: a.header.prefix_len,
                         permanent: flags.contains(AddressFlags::Permanent),
                         deprecated: flags.contains(AddressFlags::Deprecated),
                         secondary: flags.contains(AddressFlags::Secondary),

@@ -92,6 +92,34 @@ fn check_existing(name: &str) -> Result<(), TunError> {
     judge_existing(name, info)
 }
 
+/// Returns whether device `name` exists, once [`check_existing`] lets this node attach to it.
+/// A device with queues attached is waited on for up to [`crate::udp::RELEASE_WAIT`]: the
+/// queues of a node that has just exited stay attached some milliseconds after it is reaped
+/// (its io_uring instance releases its files late), and a device it created goes away with
+/// them. The caller holds the device's claim, so no live node holds them.
+fn wait_existing(name: &str) -> Result<bool, TunError> {
+    let deadline = std::time::Instant::now() + crate::udp::RELEASE_WAIT;
+    let mut waited = false;
+    loop {
+        if if_index(name).is_none() {
+            return Ok(false);
+        }
+        match check_existing(name) {
+            Ok(()) => return Ok(true),
+            Err(TunError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                if !waited {
+                    tracing::info!(
+                        "{name}: waiting for its queues to be released (a node that has just exited)"
+                    );
+                    waited = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// [`check_existing`]'s verdict on the `linkinfo` object of `ip -d -j link show`.
 fn judge_existing(name: &str, info: &serde_json::Value) -> Result<(), TunError> {
     let not_tun = |what: String| {
@@ -170,10 +198,7 @@ impl Tun {
         queues: usize,
         offload: bool,
     ) -> Result<(Vec<Self>, TunOffload), TunError> {
-        let existed = if_index(name).is_some();
-        if existed {
-            check_existing(name)?;
-        }
+        let existed = wait_existing(name)?;
         if offload {
             match Self::open_queues_with(name, queues, existed, libc::IFF_VNET_HDR) {
                 Ok(all) => {

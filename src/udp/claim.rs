@@ -38,7 +38,16 @@ impl PortClaim {
     /// `AddrInUse` with the holder in the message when another process holds the claim; the
     /// socket or bind error otherwise.
     pub fn take(addr: SocketAddr) -> io::Result<Self> {
-        let name = claim_name(addr);
+        Self::take_named(&claim_name(addr))
+    }
+
+    /// Claims the abstract name `name` for this process (a TUN device's,
+    /// `fustian-tun-<device>`, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::take`].
+    pub fn take_named(name: &str) -> io::Result<Self> {
         let unix = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         match UnixDatagram::bind_addr(&unix) {
             Ok(socket) => Ok(Self { _socket: socket }),
@@ -46,7 +55,7 @@ impl PortClaim {
                 let inodes = proc_lines("/proc/net/unix")
                     .iter()
                     .filter_map(|l| parse_unix_line(l))
-                    .filter(|(path, _)| path.strip_prefix('@') == Some(name.as_str()))
+                    .filter(|(path, _)| path.strip_prefix('@') == Some(name))
                     .map(|(_, inode)| inode)
                     .collect::<Vec<_>>();
                 Err(io::Error::new(

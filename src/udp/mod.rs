@@ -83,6 +83,23 @@ pub enum UdpError {
     },
 }
 
+/// How long a node waits for sockets on its port that no process holds (those of a node that
+/// has just exited) to be released, before it gives up.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The processes that hold a port: pid and command name.
+type Holders = Vec<(u32, String)>;
+
+/// Why one attempt to bind the group failed.
+enum Held {
+    /// The bind itself: the port is bound without `SO_REUSEPORT`, or by another user.
+    Bound,
+    /// Bound, but other sockets share the port through `SO_REUSEPORT`.
+    Shared,
+    /// Anything else.
+    Other(UdpError),
+}
+
 /// A non-blocking UDP socket bound to the underlay address.
 #[derive(Debug)]
 pub struct UdpSocket {
@@ -139,12 +156,68 @@ impl UdpSocket {
                 UdpError::Claim { addr, source: e }
             }
         })?);
-        let in_use = |e: UdpError| match e {
-            UdpError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse => {
-                let holders = claim::owners(&claim::udp_inodes_blocking(addr));
-                taken(format!("already bound by {}", claim::describe(&holders)))
+        // The claim is this node's, so no live fustian holds the port. Sockets on it that no
+        // process holds belong to a node that has just exited: its io_uring instance releases
+        // its files some milliseconds after the process is reaped (26–45 ms measured), so a
+        // node restarted at once by its supervisor waits for them rather than fail.
+        let deadline = std::time::Instant::now() + RELEASE_WAIT;
+        let mut waited = false;
+        loop {
+            let lingering = match Self::bind_group_once(addr, count) {
+                Ok(sockets) => {
+                    if waited {
+                        tracing::info!(%addr, "the previous node's sockets are released");
+                    }
+                    return Ok(sockets
+                        .into_iter()
+                        .map(|s| Self {
+                            _claim: Some(std::sync::Arc::clone(&claim)),
+                            ..s
+                        })
+                        .collect());
+                }
+                Err((e, holders)) if !holders.is_empty() => {
+                    return Err(match e {
+                        Held::Bound => {
+                            taken(format!("already bound by {}", claim::describe(&holders)))
+                        }
+                        Held::Shared => taken(format!(
+                            "also bound with SO_REUSEPORT by {}",
+                            claim::describe(&holders)
+                        )),
+                        Held::Other(e) => e,
+                    });
+                }
+                Err((Held::Other(e), _)) => return Err(e),
+                Err((held, _)) => held,
+            };
+            if std::time::Instant::now() >= deadline {
+                let how = match lingering {
+                    Held::Shared => "also bound with SO_REUSEPORT by",
+                    _ => "already bound by",
+                };
+                return Err(taken(format!(
+                    "{how} {} for over {RELEASE_WAIT:?}",
+                    claim::describe(&[])
+                )));
             }
-            e => e,
+            if !waited {
+                tracing::info!(%addr, "waiting for sockets no process holds (a node that has just exited) to be released");
+                waited = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// One attempt of [`Self::bind_group`]: the sockets, or why not with the processes that
+    /// hold the port (none found: sockets being released).
+    fn bind_group_once(addr: SocketAddr, count: usize) -> Result<Vec<Self>, (Held, Holders)> {
+        let in_use = |e: UdpError| match e {
+            UdpError::Bind { source, .. } if source.kind() == io::ErrorKind::AddrInUse => (
+                Held::Bound,
+                claim::owners(&claim::udp_inodes_blocking(addr)),
+            ),
+            e => (Held::Other(e), Vec::new()),
         };
         let sockets = if count <= 1 {
             vec![Self::bind(addr).map_err(in_use)?]
@@ -162,18 +235,9 @@ impl UdpSocket {
             .filter(|i| !own.contains(i))
             .collect();
         if own.len() == sockets.len() && !foreign.is_empty() {
-            return Err(taken(format!(
-                "also bound with SO_REUSEPORT by {}",
-                claim::describe(&claim::owners(&foreign))
-            )));
+            return Err((Held::Shared, claim::owners(&foreign)));
         }
-        Ok(sockets
-            .into_iter()
-            .map(|s| Self {
-                _claim: Some(std::sync::Arc::clone(&claim)),
-                ..s
-            })
-            .collect())
+        Ok(sockets)
     }
 
     fn bind_with(addr: SocketAddr, reuse_port: bool) -> Result<Self, UdpError> {
