@@ -4,11 +4,19 @@
 //! A small HTTP/1.1 responder on one thread of its own, driven by a non-blocking `mio` loop, with
 //! every resource bounded:
 //!
-//! - at most [`MAX_CONNECTIONS`] connections; a new one beyond that replaces the oldest (one
-//!   already answered first, then one still sending its head, then one still being answered),
-//!   so idle or slow clients cannot lock a health probe out, but never one younger than
-//!   [`MIN_AGE`] (new connections wait in the backlog meanwhile), so clients churning
-//!   connections cannot lock out a slow one either;
+//! - at most [`MAX_CONNECTIONS`] connections in the table; a new one beyond that replaces the
+//!   oldest (one already answered first, then one still sending its head, then one still being
+//!   answered), so idle or slow clients cannot lock a health probe out, but never one younger
+//!   than [`MIN_AGE`], so clients churning connections cannot lock out a slow one either;
+//! - every connection is accepted as soon as it arrives, none is left in the listen backlog
+//!   (of [`BACKLOG`]), however fast connections come and however young the table is: one that
+//!   finds every slot younger than [`MIN_AGE`] is answered at once when its whole head is
+//!   already in its socket (an honest probe's is), else it waits, without a buffer (its input
+//!   is only peeked at), among at most [`MAX_WAITING`] others until its head is complete,
+//!   then takes a slot if one can be freed or is answered at once; a newer one makes the
+//!   oldest waiting one give way. An answer given at once is what the socket takes without
+//!   blocking (a `/healthz` or `/readyz` answer always fits; a large `/status` may be cut
+//!   short, which its `Content-Length` shows);
 //! - the request head (request line and header fields) is read into a fixed buffer of
 //!   [`HEAD_LIMIT`] bytes per connection; a longer head is answered 431 (414 when the request
 //!   line alone does not fit) and the connection closed;
@@ -31,7 +39,7 @@
 //! The endpoint's own counters are appended to `/metrics`: `http_requests` (heads answered),
 //! `http_bad_requests` (answered 400, 405, 414, 431 or 505), `http_timeouts` (connections
 //! closed at their read or write deadline) and `http_evicted` (connections closed to make room
-//! for a new one).
+//! for a new one, waiting ones included).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -53,6 +61,12 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least time a connection keeps its slot when new ones want it (see `free_slot`): time
 /// for a slow but honest client to send its request, however fast others churn.
 pub const MIN_AGE: Duration = Duration::from_millis(100);
+/// Connections held beyond the table, waiting for their request head, while no slot can be
+/// freed for them (every one younger than [`MIN_AGE`]).
+pub const MAX_WAITING: usize = 2 * MAX_CONNECTIONS;
+/// The listen backlog asked for (the kernel caps it at `net.core.somaxconn`). Every
+/// connection is accepted as soon as the thread sees it; this covers the thread's own delays.
+pub const BACKLOG: i32 = 1024;
 /// Time a client has to take the whole answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long input after an answered head is read and discarded before the connection closes.
@@ -390,10 +404,16 @@ impl std::fmt::Debug for Listener {
 ///
 /// The bind error, naming the address.
 pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
-    let std = std::net::TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    std.set_nonblocking(true)?;
-    Ok(Listener(TcpListener::from_std(std)))
+    use socket2::{Domain, Protocol, Socket, Type};
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    // As std's `TcpListener::bind` (close-on-exec, SO_REUSEADDR), with a longer backlog.
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(named)?;
+    socket.set_reuse_address(true).map_err(named)?;
+    socket.bind(&addr.into()).map_err(named)?;
+    socket.listen(BACKLOG).map_err(named)?;
+    socket.set_nonblocking(true)?;
+    Ok(Listener(TcpListener::from_std(socket.into())))
 }
 
 /// Serves `status` from `listener` on a thread of its own until `stop` is set. The thread
@@ -472,11 +492,11 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
     stream
         .set_write_timeout(Some(remaining()?))
         .map_err(|e| format!("cannot send to {addr}: {e}"))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    // In one write, so that the head arrives whole (`write!` would send it piece by piece).
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send to {addr}: {e}"))?;
     let mut answer = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     loop {
@@ -698,9 +718,15 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const LISTENER: Token = Token(usize::MAX);
 /// Longest sleep in `poll`, so that `stop` is seen soon.
 const STOP_CHECK: Duration = Duration::from_millis(200);
+/// Connections accepted in one go before the other connections are served (the rest are
+/// accepted right after).
+const ACCEPT_BATCH: usize = MAX_CONNECTIONS + MAX_WAITING;
+/// Bytes of a waiting connection's input that may be looked at, in all, while its head is
+/// incomplete (each look copies the whole input again): beyond that it is closed.
+const PEEK_LIMIT: usize = 8 * HEAD_LIMIT;
 
 /// The responder's state: one poller, the listener, a fixed table of connections and their
-/// head buffers.
+/// head buffers, and the connections waiting beyond it.
 struct Server {
     poll: Poll,
     listener: TcpListener,
@@ -709,20 +735,46 @@ struct Server {
     conns: Vec<Option<Conn>>,
     /// `MAX_CONNECTIONS` head buffers of `HEAD_LIMIT` bytes, one per slot.
     heads: Vec<u8>,
-    /// After an accept error other than `WouldBlock` (out of fds): accept again at this time.
+    /// `MAX_WAITING` connections without a slot (token `MAX_CONNECTIONS + index`).
+    waiting: Vec<Option<Waiting>>,
+    /// `HEAD_LIMIT` bytes to look at a waiting connection's input and answer it at once.
+    scratch: Vec<u8>,
+    /// Accept again at this time: after an accept error other than `WouldBlock` (out of fds),
+    /// or at once after a full batch.
     accept_retry: Option<Instant>,
 }
 
 struct Conn {
     stream: TcpStream,
+    /// When it took its slot.
     accepted: Instant,
     deadline: Instant,
     state: State,
 }
 
+/// A connection that found no slot, waiting for its request head.
+struct Waiting {
+    stream: TcpStream,
+    accepted: Instant,
+    /// Bytes of its input looked at so far, while they held part of a head.
+    peeked: usize,
+}
+
+/// What a look at a waiting connection's input found.
+enum Peeked {
+    /// A complete head, or one already refused: it can be answered.
+    Head,
+    /// Part of a head, this many bytes.
+    Partial(usize),
+    /// Nothing yet.
+    Nothing,
+    /// The client closed without a head, or the connection failed.
+    Gone,
+}
+
 impl Conn {
     /// True when a new connection may take this one's slot: it is answered, or older than
-    /// [`MIN_AGE`]. The one rule `has_room` and `free_slot` both apply.
+    /// [`MIN_AGE`]. The rule `free_slot` applies.
     fn evictable(&self, now: Instant) -> bool {
         matches!(self.state, State::Lingering { .. })
             || now.duration_since(self.accepted) >= MIN_AGE
@@ -760,12 +812,14 @@ impl Server {
                 .take(MAX_CONNECTIONS)
                 .collect(),
             heads: vec![0; MAX_CONNECTIONS * HEAD_LIMIT],
+            waiting: std::iter::repeat_with(|| None).take(MAX_WAITING).collect(),
+            scratch: vec![0; HEAD_LIMIT],
             accept_retry: None,
         })
     }
 
     fn run(mut self, stop: &AtomicBool) {
-        let mut events = Events::with_capacity(MAX_CONNECTIONS + 1);
+        let mut events = Events::with_capacity(MAX_CONNECTIONS + MAX_WAITING + 1);
         let mut settled = false;
         while !stop.load(Ordering::Relaxed) {
             if !settled && self.status.settled.load(Ordering::Acquire) {
@@ -780,6 +834,12 @@ impl Server {
                 .iter()
                 .flatten()
                 .map(|c| c.deadline)
+                .chain(
+                    self.waiting
+                        .iter()
+                        .flatten()
+                        .map(|w| w.accepted + READ_TIMEOUT),
+                )
                 .chain(self.accept_retry)
                 .min()
                 .map_or(STOP_CHECK, |d| {
@@ -795,7 +855,8 @@ impl Server {
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    Token(slot) => self.drive(slot),
+                    Token(slot) if slot < MAX_CONNECTIONS => self.drive(slot),
+                    Token(token) => self.look_at_waiting(token - MAX_CONNECTIONS),
                 }
             }
             let now = Instant::now();
@@ -807,22 +868,14 @@ impl Server {
         }
     }
 
-    /// Accepts every pending connection, making room by closing the oldest when the table is
-    /// full.
+    /// Accepts every pending connection (a batch of [`ACCEPT_BATCH`], the rest at the next
+    /// turn of the loop), leaving none in the backlog: see [`Self::admit`].
     fn accept_all(&mut self) {
         if self.accept_retry.is_some() {
             return;
         }
-        loop {
-            // Room first (without closing anything yet), then the connection: one that finds
-            // none stays in the backlog.
-            if !self.has_room(Instant::now()) {
-                // Every slot holds a connection younger than MIN_AGE: the rest wait in the
-                // backlog, so a client churning connections cannot close a slow one at once.
-                self.accept_retry = Some(Instant::now() + Duration::from_millis(10));
-                return;
-            }
-            let mut stream = match self.listener.accept() {
+        for _ in 0..ACCEPT_BATCH {
+            let stream = match self.listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -834,42 +887,163 @@ impl Server {
                     return;
                 }
             };
-            // Only now, with a connection in hand, is a slot freed for it.
-            let Some(slot) = self.free_slot(Instant::now()) else {
-                continue;
-            };
-            if self
-                .poll
-                .registry()
-                .register(
-                    &mut stream,
-                    Token(slot),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
-                continue;
-            }
-            let now = Instant::now();
-            self.conns[slot] = Some(Conn {
-                stream,
-                accepted: now,
-                deadline: now + READ_TIMEOUT,
-                state: State::Reading {
-                    filled: 0,
-                    parser: HeadParser::new(),
-                },
-            });
-            // The request usually arrives with the connection: answer it now.
-            self.drive(slot);
+            self.admit(stream);
+        }
+        // More may be pending: the listener's readiness is edge-triggered, so come back to it
+        // after serving the others.
+        self.accept_retry = Some(Instant::now());
+    }
+
+    /// Gives a new connection a slot (freeing one if it can). With every slot younger than
+    /// [`MIN_AGE`], answers it at once if its whole head is already there, else holds it
+    /// among the waiting ones; a client that closed without sending a head is forgotten.
+    fn admit(&mut self, stream: TcpStream) {
+        let now = Instant::now();
+        if let Some(slot) = self.free_slot(now) {
+            self.place(stream, false, slot, now + READ_TIMEOUT);
+            return;
+        }
+        match peek_head(&stream, &mut self.scratch) {
+            Peeked::Head => self.answer_at_once(stream),
+            Peeked::Partial(n) => self.hold(stream, now, n),
+            Peeked::Nothing => self.hold(stream, now, 0),
+            Peeked::Gone => {}
         }
     }
 
-    /// True when [`Self::free_slot`] would find or make a slot.
-    fn has_room(&self, now: Instant) -> bool {
-        self.conns
-            .iter()
-            .any(|c| c.as_ref().is_none_or(|c| c.evictable(now)))
+    /// Puts a connection in `slot` (registering it there, or moving its registration from the
+    /// waiting ones) and answers at once what has arrived.
+    fn place(&mut self, mut stream: TcpStream, registered: bool, slot: usize, deadline: Instant) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        let registry = self.poll.registry();
+        let done = if registered {
+            registry.reregister(&mut stream, Token(slot), interest)
+        } else {
+            registry.register(&mut stream, Token(slot), interest)
+        };
+        if done.is_err() {
+            self.forget(stream, registered);
+            return;
+        }
+        self.conns[slot] = Some(Conn {
+            stream,
+            accepted: Instant::now(),
+            deadline,
+            state: State::Reading {
+                filled: 0,
+                parser: HeadParser::new(),
+            },
+        });
+        // The request usually arrives with the connection: answer it now.
+        self.drive(slot);
+    }
+
+    /// Holds a connection that found no slot among the waiting ones; with all of them taken,
+    /// the oldest gives way.
+    fn hold(&mut self, mut stream: TcpStream, accepted: Instant, peeked: usize) {
+        let free = self.waiting.iter().position(Option::is_none);
+        let index = free.or_else(|| {
+            let oldest = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.as_ref().map(|w| (w.accepted, i)))
+                .min()
+                .map(|(_, i)| i)?;
+            let old = self.waiting[oldest].take()?;
+            Counters::bump(&self.status.counters.evicted);
+            self.forget(old.stream, true);
+            Some(oldest)
+        });
+        let Some(index) = index else {
+            return;
+        };
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(MAX_CONNECTIONS + index),
+                Interest::READABLE,
+            )
+            .is_ok()
+        {
+            self.waiting[index] = Some(Waiting {
+                stream,
+                accepted,
+                peeked,
+            });
+        }
+    }
+
+    /// Looks at the input of the waiting connection `index` after it became readable: a head
+    /// complete (or refused) takes a slot if one can be freed, else is answered at once; part
+    /// of a head takes a slot if one can be freed, else waits for more (while at most
+    /// [`PEEK_LIMIT`] bytes have been looked at).
+    fn look_at_waiting(&mut self, index: usize) {
+        let Some(mut w) = self.waiting.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        let peeked = match peek_head(&w.stream, &mut self.scratch) {
+            Peeked::Nothing => {
+                self.waiting[index] = Some(w);
+                return;
+            }
+            Peeked::Gone => {
+                self.forget(w.stream, true);
+                return;
+            }
+            Peeked::Head => None,
+            Peeked::Partial(n) => Some(n),
+        };
+        if let Some(slot) = self.free_slot(Instant::now()) {
+            self.place(w.stream, true, slot, w.accepted + READ_TIMEOUT);
+            return;
+        }
+        let Some(n) = peeked else {
+            self.forget_registration(&mut w.stream);
+            self.answer_at_once(w.stream);
+            return;
+        };
+        w.peeked = w.peeked.saturating_add(n);
+        if w.peeked <= PEEK_LIMIT {
+            self.waiting[index] = Some(w);
+        } else {
+            Counters::bump(&self.status.counters.evicted);
+            self.forget(w.stream, true);
+        }
+    }
+
+    /// Answers a connection without a slot from the head already in its socket: what the
+    /// socket takes without blocking is sent, what the client sent after the head is read and
+    /// discarded as far as it has arrived, and the connection is closed.
+    fn answer_at_once(&mut self, mut stream: TcpStream) {
+        let (mut filled, mut parser) = (0, HeadParser::new());
+        let Ok(Some(judged)) = read_head(&mut stream, &mut self.scratch, &mut filled, &mut parser)
+        else {
+            return;
+        };
+        let (out, bad) = render(&self.status, judged.as_ref());
+        Counters::bump(&self.status.counters.requests);
+        if bad {
+            Counters::bump(&self.status.counters.bad_requests);
+        }
+        let mut sent = 0;
+        if matches!(write_out(&mut stream, &out, &mut sent), Next::Keep) {
+            let _ = stream.shutdown(Shutdown::Write);
+            let _ = linger(&mut stream, &mut 0);
+        }
+    }
+
+    /// Closes a connection that has no slot (the stream is dropped).
+    fn forget(&self, mut stream: TcpStream, registered: bool) {
+        if registered {
+            self.forget_registration(&mut stream);
+        }
+    }
+
+    fn forget_registration(&self, stream: &mut TcpStream) {
+        let _ = self.poll.registry().deregister(stream);
     }
 
     /// Returns a free slot, closing the oldest connection to make one when none is: first
@@ -927,6 +1101,17 @@ impl Server {
             }
             self.close(c);
         }
+        for index in 0..self.waiting.len() {
+            let expired = self.waiting[index]
+                .as_ref()
+                .is_some_and(|w| now >= w.accepted + READ_TIMEOUT);
+            if let Some(mut w) = self.waiting[index].take_if(|_| expired) {
+                Counters::bump(&self.status.counters.timeouts);
+                let out = answer(408, TEXT, "request head not received in time\n", true, &[]);
+                let _ = w.stream.write(&out);
+                self.forget(w.stream, true);
+            }
+        }
     }
 
     fn close(&self, mut c: Conn) {
@@ -975,6 +1160,22 @@ impl Server {
             Next::Keep => self.conns[slot] = Some(c),
             Next::Close => self.close(c),
         }
+    }
+}
+
+/// Looks at the input waiting in `stream` (up to `buf.len()` bytes) without taking it.
+fn peek_head(stream: &TcpStream, buf: &mut [u8]) -> Peeked {
+    loop {
+        return match stream.peek(buf) {
+            Ok(0) => Peeked::Gone,
+            Ok(n) => match parse_head(&buf[..n]) {
+                Ok(None) => Peeked::Partial(n),
+                Ok(Some(_)) | Err(_) => Peeked::Head,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Peeked::Nothing,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => Peeked::Gone,
+        };
     }
 }
 
@@ -1534,6 +1735,160 @@ mod tests {
     }
 
     #[test]
+    fn every_pending_connection_is_accepted_at_once() {
+        // More idle connections than the table and the waiting ones hold, all in the backlog
+        // before the server looks: one turn of accepting (and the turns it asks for right
+        // after) leaves none there, the table and the waiting ones full, and the rest closed.
+        const EXTRA: usize = 100;
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let status = Arc::new(status());
+        let mut server = Server::new(listener, Arc::clone(&status)).expect("server");
+        let idle: Vec<_> = (0..MAX_CONNECTIONS + MAX_WAITING + EXTRA)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        accept_everything(&mut server, idle.len());
+        let left = server.listener.accept();
+        assert!(
+            left.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock),
+            "left in the backlog: {left:?}"
+        );
+        assert!(server.conns.iter().all(Option::is_some));
+        assert!(server.waiting.iter().all(Option::is_some));
+        let evicted = status.counters.evicted.load(Ordering::Relaxed);
+        assert!(evicted >= EXTRA as u64, "{evicted}");
+    }
+
+    /// Accepts until the backlog is empty, as the serving loop does (at most `limit` turns).
+    fn accept_everything(server: &mut Server, limit: usize) {
+        for _ in 0..limit {
+            server.accept_retry = None;
+            server.accept_all();
+            if server.accept_retry.is_none() {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_sent_in_pieces_waits_without_a_slot_and_is_answered() {
+        // With every slot taken by a fresh idle connection, a client sends its head a few
+        // bytes at a time, each piece a segment of its own, and the server looks at it after
+        // each: it waits without a slot, and is answered once its head is whole.
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let mut server = Server::new(listener, Arc::new(status())).expect("server");
+        let idle: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        accept_everything(&mut server, 10);
+        let index = server
+            .waiting
+            .iter()
+            .position(Option::is_some)
+            .expect("the client waits");
+        let peeked = |server: &Server| server.waiting[index].as_ref().map(|w| w.peeked);
+        for piece in b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n".chunks(3) {
+            s.write_all(piece).expect("send");
+            // Look until the piece is seen (or the client is answered).
+            let before = peeked(&server);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while peeked(&server).is_some_and(|p| Some(p) == before) {
+                assert!(Instant::now() < deadline, "the piece never arrived");
+                server.look_at_waiting(index);
+            }
+        }
+        assert!(server.waiting[index].is_none());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
+        assert!(answer.ends_with("fustian is running\n"), "{answer:?}");
+        drop(idle);
+    }
+
+    /// Sets its flag when dropped (also when a test fails), stopping a server or a client.
+    struct RaiseOnDrop(Arc<AtomicBool>);
+
+    impl Drop for RaiseOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn an_idle_flood_neither_fills_the_backlog_nor_delays_a_probe() {
+        // Idle connections opened at 2,000 a second, the newest 300 held open: far more than
+        // the table holds, and faster than its slots reach MIN_AGE. Every connection must be
+        // accepted at once, none left to overflow the listen backlog: each connect is given
+        // 500 ms (a SYN dropped on a full backlog is sent again only after 1 s). And while the
+        // flood goes on, a probe sending its request right after connecting must be answered
+        // within 1 s, kubelet's default timeout.
+        const HELD: usize = 300;
+        const RATE: u32 = 2_000;
+        const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let _stop_server = RaiseOnDrop(Arc::clone(&stop));
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let h = serve(listener, Arc::new(status()), Arc::clone(&stop)).expect("serve");
+        let calm = Arc::new(AtomicBool::new(false));
+        let _stop_flood = RaiseOnDrop(Arc::clone(&calm));
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let flood = {
+            let (calm, opened) = (Arc::clone(&calm), Arc::clone(&opened));
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut held = std::collections::VecDeque::with_capacity(HELD);
+                let start = Instant::now();
+                let mut n = 0u32;
+                while !calm.load(Ordering::Relaxed) {
+                    // Paced, so that the test measures the endpoint, not the machine.
+                    let due = start + Duration::from_secs(1) * n / RATE;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let c = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                        .map_err(|e| {
+                            format!("idle connection {n} not accepted within 500 ms: {e}")
+                        })?;
+                    if held.len() == HELD {
+                        held.pop_front();
+                    }
+                    held.push_back(c);
+                    n += 1;
+                    opened.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while opened.load(Ordering::Relaxed) < HELD && !flood.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the flood never reached {HELD} connections"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!flood.is_finished(), "{:?}", flood.join());
+        for i in 0..20 {
+            let start = Instant::now();
+            let answer = get(addr, "/healthz");
+            let took = start.elapsed();
+            assert_eq!(answer.as_deref(), Ok("fustian is running\n"), "probe {i}");
+            assert!(took < PROBE_DEADLINE, "probe {i} took {took:?}");
+        }
+        calm.store(true, Ordering::Relaxed);
+        assert_eq!(flood.join().expect("flood thread"), Ok(()));
+        stop.store(true, Ordering::Relaxed);
+        h.join().expect("server thread");
+    }
+
+    #[test]
     fn serves_over_loopback() {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
@@ -1564,8 +1919,9 @@ mod tests {
         long.resize(HEAD_LIMIT + 10, b'a');
         let a = exchange(addr, &long);
         assert!(a.starts_with("HTTP/1.1 431 "), "{a}");
-        // More idle connections than the table holds: the newest is still served.
-        let idle: Vec<_> = (0..MAX_CONNECTIONS + 10)
+        // More idle connections than the table and the waiting ones hold: the newest is still
+        // served, and at least the 10 too many were closed to make room.
+        let idle: Vec<_> = (0..MAX_CONNECTIONS + MAX_WAITING + 10)
             .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
             .collect();
         assert_eq!(get(addr, "/healthz").as_deref(), Ok("fustian is running\n"));
