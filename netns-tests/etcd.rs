@@ -668,8 +668,31 @@ fn a_key_created_again_by_another_writer_is_not_written_back() {
             && c.value(&key).is_some_and(|v| v.contains("192.0.2.1"))
     });
     assert!(restored, "an overwrite was not written back:\n{}", c.log(0));
-    // Deleted and created again while the node is stopped: not written back.
     let pid = c.processes[0].as_ref().and_then(Process::pid).expect("pid");
+    // Deleted and created again with this node's address (an operator's put, a restored
+    // snapshot): still this node's, written back.
+    let restores = c.counter(0, "etcd_own_lease_restored");
+    crate::common::signal(pid, libc::SIGSTOP);
+    c.delete(&key);
+    c.put(&key, r#"{"PublicIP":"192.0.2.1"}"#);
+    crate::common::signal(pid, libc::SIGCONT);
+    let restored = wait_for(Duration::from_secs(10), || {
+        c.counter(0, "etcd_own_lease_restored") > restores
+            && c.value(&key)
+                .is_some_and(|v| v.contains(r#""PublicIPv6":null"#))
+    });
+    assert!(
+        restored,
+        "a key put back with this node's address was not taken:\n{}",
+        c.log(0)
+    );
+    assert!(
+        c.processes[0].as_mut().and_then(Process::exited).is_none(),
+        "{}",
+        c.log(0)
+    );
+    // Deleted and created again by another writer while the node is stopped: not written
+    // back.
     crate::common::signal(pid, libc::SIGSTOP);
     c.delete(&key);
     c.put(&key, r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);

@@ -622,8 +622,9 @@ fn implicit_run(mut argv: Vec<OsString>) -> Vec<OsString> {
         Some(_) => false,
         None => as_flanneld,
     };
-    if insert {
-        argv.insert(at.min(argv.len()), OsString::from("run"));
+    // `--log` with no value after it: clap says so; `run` would become the value.
+    if insert && at <= argv.len() {
+        argv.insert(at, OsString::from("run"));
     }
     argv
 }

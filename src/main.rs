@@ -55,7 +55,8 @@ fn env_origin(e: &clap::Error) -> Option<String> {
         return None;
     };
     let name = arg.strip_prefix("--")?.split([' ', '=']).next()?;
-    let on_command_line = std::env::args().skip(1).any(|a| {
+    let on_command_line = std::env::args_os().skip(1).any(|a| {
+        let a = a.to_string_lossy();
         let a = a.trim_start_matches('-');
         a == name
             || a.strip_prefix(name)
@@ -181,13 +182,13 @@ fn join_etcd(
     let opts = EtcdOptions {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
-        access: fustian::control::etcd::EtcdAccess {
-            keyfile: args.etcd_keyfile.clone(),
-            certfile: args.etcd_certfile.clone(),
-            cafile: args.etcd_cafile.clone(),
-            username: args.etcd_username.clone(),
-            password: args.etcd_password.clone(),
-        },
+        access: etcd_access(
+            &args.etcd_keyfile,
+            &args.etcd_certfile,
+            &args.etcd_cafile,
+            &args.etcd_username,
+            &args.etcd_password,
+        ),
         renew_margin: std::time::Duration::from_secs(
             60 * args.subnet_lease_renew_margin.unwrap_or(60),
         ),
@@ -371,6 +372,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // is the stop, not a failure. What was set up is torn down either way.
                 Err(e)
                     if signalled.load(std::sync::atomic::Ordering::Relaxed)
+                        && !fustian::node::started()
                         && fustian::control::fatal().is_none() =>
                 {
                     tracing::info!("stopped while starting: {}", error_chain(&e));
@@ -474,6 +476,24 @@ fn etcd_prefix(raw: &str) -> anyhow::Result<String> {
     Ok(prefix)
 }
 
+/// The TLS files and login of the `--etcd-*` flags, as `run` and `doctor` both take them.
+#[cfg(feature = "etcd")]
+fn etcd_access(
+    keyfile: &Option<std::path::PathBuf>,
+    certfile: &Option<std::path::PathBuf>,
+    cafile: &Option<std::path::PathBuf>,
+    username: &Option<String>,
+    password: &Option<String>,
+) -> fustian::control::etcd::EtcdAccess {
+    fustian::control::etcd::EtcdAccess {
+        keyfile: keyfile.clone(),
+        certfile: certfile.clone(),
+        cafile: cafile.clone(),
+        username: username.clone(),
+        password: password.clone(),
+    }
+}
+
 /// The etcd checks of `fustian doctor`.
 #[cfg(feature = "etcd")]
 fn doctor_etcd(
@@ -484,13 +504,13 @@ fn doctor_etcd(
     let target = fustian::doctor::etcd::EtcdTarget {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(&args.etcd_prefix)?,
-        access: fustian::control::etcd::EtcdAccess {
-            keyfile: args.etcd_keyfile.clone(),
-            certfile: args.etcd_certfile.clone(),
-            cafile: args.etcd_cafile.clone(),
-            username: args.etcd_username.clone(),
-            password: args.etcd_password.clone(),
-        },
+        access: etcd_access(
+            &args.etcd_keyfile,
+            &args.etcd_certfile,
+            &args.etcd_cafile,
+            &args.etcd_username,
+            &args.etcd_password,
+        ),
     };
     Ok(fustian::doctor::etcd::checks(intent, &target))
 }

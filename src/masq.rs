@@ -331,22 +331,29 @@ impl Iptables {
             }
         }
         for (table, _, chain) in plan.chains() {
-            for op in ["-F", "-X"] {
-                let args = ["-w", "5", "-t", table, op, chain];
-                // A chain that is already gone is what removal wants.
-                match self.run(self.tool, &args, None) {
-                    Ok(out) if out.status.success() || out.status.code() == Some(1) => {}
-                    Ok(out) => first = first.and(Err(self.failed(&args, &out))),
-                    Err(e) => first = first.and(Err(e)),
-                }
+            first = first.and(self.delete_chain(table, chain));
+        }
+        first
+    }
+
+    /// Flushes and deletes `chain` of `table`; one already gone is what removal wants. Both
+    /// steps are tried; the first error is returned.
+    fn delete_chain(&self, table: &str, chain: &str) -> Result<(), MasqError> {
+        let mut first = Ok(());
+        for op in ["-F", "-X"] {
+            let args = ["-w", "5", "-t", table, op, chain];
+            match self.run(self.tool, &args, None) {
+                Ok(out) if out.status.success() || out.status.code() == Some(1) => {}
+                Ok(out) => first = first.and(Err(self.failed(&args, &out))),
+                Err(e) => first = first.and(Err(e)),
             }
         }
         first
     }
 
     /// Removes the chains of `plan` and every jump to them, whatever its matches (a jump
-    /// another version wrote, without flanneld's comment, say): the jumps by their number in
-    /// `-S` order, last first. Every step is tried; the first error is returned.
+    /// another version wrote, without flanneld's comment, say). Every step is tried; the
+    /// first error is returned.
     ///
     /// # Errors
     ///
@@ -368,36 +375,27 @@ impl Iptables {
                     continue;
                 }
             };
-            // `-S` lists the policy first, then rule 1, 2, ...
-            let jumps: Vec<usize> = listed
-                .lines()
-                .filter(|l| l.starts_with("-A "))
-                .enumerate()
-                .filter(|(_, l)| {
-                    let words: Vec<&str> = l.split_whitespace().collect();
-                    words
-                        .windows(2)
-                        .any(|w| matches!(w[0], "-j" | "-g") && w[1] == chain)
-                })
-                .map(|(i, _)| i + 1)
-                .collect();
-            for n in jumps.into_iter().rev() {
-                let n = n.to_string();
-                let args = ["-w", "5", "-t", table, "-D", from, n.as_str()];
+            // Each jump deleted by its own spec (`-S`'s `-A` line turned into `-D`), so a rule
+            // another program inserts meanwhile cannot shift a number onto the wrong rule.
+            for line in listed.lines() {
+                let Some(spec) = line.strip_prefix("-A ").map(split_rule) else {
+                    continue;
+                };
+                let jumps = spec
+                    .windows(2)
+                    .any(|w| matches!(w[0].as_str(), "-j" | "-g") && w[1] == chain);
+                if !jumps {
+                    continue;
+                }
+                let mut args: Vec<&str> = vec!["-w", "5", "-t", table, "-D"];
+                args.extend(spec.iter().map(String::as_str));
                 match self.run(self.tool, &args, None) {
                     Ok(out) if out.status.success() => {}
                     Ok(out) => first = first.and(Err(self.failed(&args, &out))),
                     Err(e) => first = first.and(Err(e)),
                 }
             }
-            for op in ["-F", "-X"] {
-                let args = ["-w", "5", "-t", table, op, chain];
-                match self.run(self.tool, &args, None) {
-                    Ok(out) if out.status.success() || out.status.code() == Some(1) => {}
-                    Ok(out) => first = first.and(Err(self.failed(&args, &out))),
-                    Err(e) => first = first.and(Err(e)),
-                }
-            }
+            first = first.and(self.delete_chain(table, chain));
         }
         first
     }
@@ -566,6 +564,35 @@ impl Tools {
             Self::Iptables(ipt) => ipt.remove(plan),
             Self::Nft(nft) => nft.remove(),
         }
+    }
+}
+
+/// Splits one rule of `iptables -S` into its words as the shell would: a word in double
+/// quotes (a comment with spaces) is one word, `\"` and `\\` inside it stand for `"` and `\`.
+pub(crate) fn split_rule(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let Some(&first) = chars.peek() else {
+            return words;
+        };
+        let mut word = String::new();
+        if first == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => word.extend(chars.next()),
+                    c => word.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                word.push(c);
+            }
+        }
+        words.push(word);
     }
 }
 
@@ -950,6 +977,32 @@ mod tests {
                 .contains("need `fustian-test-no-such-iptables`, which is not installed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rules_split_as_the_shell_splits_them() {
+        assert_eq!(
+            split_rule(r#"POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#),
+            [
+                "POSTROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "flanneld masq",
+                "-j",
+                "FLANNEL-POSTRTG"
+            ]
+        );
+        assert_eq!(split_rule(r#"X "a \"b\" \\ c""#), ["X", r#"a "b" \ c"#]);
+        assert_eq!(split_rule("  "), Vec::<String>::new());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_rule_line_splits_without_panicking(line in "\\PC{0,120}") {
+            let words = split_rule(&line);
+            proptest::prop_assert!(words.len() <= line.len());
+        }
     }
 
     #[test]

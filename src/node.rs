@@ -107,6 +107,15 @@ pub fn write_subnet_file(
     write_atomically(path, text.as_bytes())
 }
 
+/// Set once a node of this process has finished its start (its workers run).
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Returns whether a node of this process finished its start: a failure before that, with a
+/// stop asked for meanwhile, is the stop cutting the start short.
+pub fn started() -> bool {
+    STARTED.load(Ordering::Relaxed)
+}
+
 /// Sets up the node described by `config`, runs the control sources (each on its own thread)
 /// and the workers, and forwards until `stop` is set or a worker stops.
 ///
@@ -221,6 +230,7 @@ pub fn run(
     };
     // A unit of `Type=notify` (flanneld's) starts what is ordered after it now: the subnet
     // file is written and packets flow.
+    STARTED.store(true, Ordering::Relaxed);
     notify_systemd("READY=1");
     let mut readiness = Readiness::new(config, &view.tun, subnet_written);
     supervise(opts, stop, &handles, &view, &mut readiness);
@@ -354,12 +364,31 @@ impl Device {
             config.tun
         )) {
             Ok(claim) => Some(claim),
+            // Held by a process of this user (root, for a node): another node. Any local user
+            // can bind an abstract name, and one who cannot attach to the device must not keep
+            // the node from starting: such a claim is passed over, and the check of attached
+            // queues still stands.
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return Err(TunError::InUse {
-                    name: config.tun.clone(),
-                    detail: format!("another fustian node: {e}"),
+                let name = format!("fustian-tun-{}", config.tun);
+                let euid = crate::sys::euid();
+                let holders = crate::udp::claim::named_holders(&name);
+                if holders.is_empty()
+                    || holders
+                        .iter()
+                        .any(|(pid, _)| crate::udp::claim::uid_of(*pid) == Some(euid))
+                {
+                    return Err(TunError::InUse {
+                        name: config.tun.clone(),
+                        detail: format!("another fustian node: {e}"),
+                    }
+                    .into());
                 }
-                .into());
+                tracing::warn!(
+                    "the claim on {} is held by {} of another user: passed over",
+                    config.tun,
+                    crate::udp::claim::describe(&holders)
+                );
+                None
             }
             Err(e) => {
                 tracing::warn!("cannot claim the name of {}: {e}", config.tun);
@@ -421,12 +450,18 @@ impl Device {
                 })
                 .collect();
             for a in stale {
-                nl.delete_address(index, a.ip, a.prefix_len).map_err(|e| {
-                    netlink_err(
-                        format!("remove the stale address {}/{}", a.ip, a.prefix_len),
-                        e,
-                    )
-                })?;
+                match nl.delete_address(index, a.ip, a.prefix_len) {
+                    Ok(()) => {}
+                    // Gone meanwhile: what removal wants.
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
+                    Err(e) => {
+                        return Err(netlink_err(
+                            format!("remove the stale address {}/{}", a.ip, a.prefix_len),
+                            e,
+                        )
+                        .into());
+                    }
+                }
                 tracing::info!(address = %a.ip, "removed an address of an earlier subnet from {name}");
             }
         }

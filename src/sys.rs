@@ -114,6 +114,12 @@ pub fn switch_user(name: &str) -> io::Result<()> {
     syscall!(setuid(uid)).map(drop)
 }
 
+/// Returns this process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Returns the user id and group id of user `name`, so a node can refuse an unknown `--user`
 /// before it sets anything up.
 ///
@@ -597,7 +603,8 @@ fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     text.lines().find_map(|line| {
         let (pid, maj, min, inode) = parse_lock_line(line)?;
-        (maj == major && min == minor && inode == ino).then_some(pid)
+        // Pid 0: a holder outside this process's pid namespace.
+        (maj == major && min == minor && inode == ino && pid != 0).then_some(pid)
     })
 }
 

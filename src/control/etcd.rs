@@ -252,15 +252,18 @@ pub struct EtcdAccess {
 const MAX_TLS_FILE: usize = 1 << 20;
 
 impl EtcdAccess {
-    /// Returns the client's connect options: timeouts, TLS (a client certificate when key and
-    /// certificate are given, a CA when given), and the login.
+    /// Returns the client's connect options for `endpoint`: timeouts, the login, and for an
+    /// `https://` endpoint TLS (a client certificate when key and certificate are given, a CA
+    /// when given). An `http://` (or bare `host:port`) endpoint gets no TLS, as Go's client
+    /// leaves the credentials out for it (etcd's client here would refuse the endpoint). The
+    /// files are read and checked either way.
     ///
     /// # Errors
     ///
     /// [`EtcdError::Config`] for a key without its certificate or the reverse (flanneld
     /// refuses either); [`EtcdError::Io`] when a file cannot be read (each is read bounded,
     /// only a regular file, without blocking on a FIFO).
-    pub fn connect_options(&self) -> Result<ConnectOptions, EtcdError> {
+    pub fn connect_options(&self, endpoint: &str) -> Result<ConnectOptions, EtcdError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
@@ -311,7 +314,7 @@ impl EtcdAccess {
             }
             None => None,
         };
-        if identity.is_some() || ca.is_some() {
+        if (identity.is_some() || ca.is_some()) && endpoint.starts_with("https://") {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(identity) = identity {
                 tls = tls.identity(identity);
@@ -716,7 +719,20 @@ impl Agent {
     ) -> Result<Self, EtcdError> {
         // The TLS files and login are settled at start, as flanneld settles them: a bad file
         // is an error naming it, not an endless wait for an etcd that never answers.
-        opts.access.connect_options()?;
+        opts.access.connect_options("https://")?;
+        let files = [
+            &opts.access.keyfile,
+            &opts.access.certfile,
+            &opts.access.cafile,
+        ];
+        if files.iter().any(|f| f.is_some())
+            && !opts.endpoints.iter().any(|e| e.starts_with("https://"))
+        {
+            tracing::warn!(
+                "--etcd-keyfile/--etcd-certfile/--etcd-cafile are given but no endpoint is \
+                 https://: connecting without TLS"
+            );
+        }
         Ok(Self {
             rt: Rt(Some(runtime()?)),
             client: None,
@@ -762,18 +778,14 @@ impl Agent {
     /// after a failure) and going round the list once. `Ok(false)`: stopped.
     fn connect(&mut self, stop: &AtomicBool) -> Result<bool, EtcdError> {
         self.client = None;
-        let options = self.opts.access.connect_options()?;
         let probe = self.config_key();
         let n = self.opts.endpoints.len();
         let mut failures = Vec::new();
         for i in 0..n {
             let index = (self.endpoint + i) % n;
             let endpoint = self.opts.endpoints[index].clone();
-            let attempt = until_stopped(
-                &self.rt,
-                stop,
-                connect_one(&endpoint, options.clone(), &probe),
-            );
+            let options = self.opts.access.connect_options(&endpoint)?;
+            let attempt = until_stopped(&self.rt, stop, connect_one(&endpoint, options, &probe));
             match attempt {
                 None => return Ok(false),
                 Some(Ok(client)) => {
@@ -1555,13 +1567,45 @@ impl Agent {
         }
     }
 
-    /// Returns true when the key at this node's name, created at `create_revision` on etcd
-    /// lease `lease`, is not the one this node created: it was deleted and created again by
-    /// another writer (a node that found the name free while this one was cut off), and
-    /// writing it back would take a subnet another node now holds.
-    fn recreated_elsewhere(&self, create_revision: i64, lease: i64) -> bool {
-        self.own_created
-            .is_some_and(|ours| ours != create_revision && lease != self.lease_id)
+    /// Judges the key at this node's name as found (created at `create_revision`, on etcd
+    /// lease `lease`, holding `value`) when it is not the key this node created: deleted and
+    /// created again. Created again with this node's `PublicIP` (an operator's `etcdctl put`,
+    /// etcd restored from a snapshot), it is this node's still: its create revision is taken
+    /// as this node's and it is written back. With another's, another writer holds it (a node
+    /// that found the name free while this one was cut off), and writing it back would take a
+    /// subnet another node now holds.
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdError::SubnetTaken`] in the second case.
+    fn judge_recreated(
+        &mut self,
+        key: &str,
+        create_revision: i64,
+        lease: i64,
+        value: &[u8],
+    ) -> Result<(), EtcdError> {
+        let recreated = self
+            .own_created
+            .is_some_and(|ours| ours != create_revision && lease != self.lease_id);
+        let Some(subnet) = self.subnet.filter(|_| recreated) else {
+            return Ok(());
+        };
+        match LeaseValue::parse(value) {
+            Ok(v) if v.public_ip == self.public_ip => {
+                tracing::warn!(%key, "own lease created again with this node's address; taking it as this node's");
+                self.own_created = Some(create_revision);
+                Ok(())
+            }
+            found => {
+                let who = found.map_or_else(
+                    |e| format!("an invalid value ({e})"),
+                    |v| format!("PublicIP {}", v.public_ip),
+                );
+                tracing::error!(%key, "own lease deleted and created again by another writer ({who})");
+                Err(EtcdError::SubnetTaken(subnet))
+            }
+        }
     }
 
     /// Schedules writing this node's lease back when its key holds anything but what this
@@ -1584,16 +1628,12 @@ impl Agent {
             self.own_created = Some(entry.create_revision);
             return Ok(());
         }
-        let who = LeaseValue::parse(&entry.value).map_or_else(
+        let (created, lease, value) = (entry.create_revision, entry.lease, entry.value.clone());
+        self.judge_recreated(&key, created, lease, &value)?;
+        let who = LeaseValue::parse(&value).map_or_else(
             |e| format!("an invalid value ({e})"),
             |v| format!("PublicIP {}", v.public_ip),
         );
-        if self.recreated_elsewhere(entry.create_revision, entry.lease)
-            && let Some(subnet) = self.subnet
-        {
-            tracing::error!(%key, "own lease deleted and created again by another writer ({who})");
-            return Err(EtcdError::SubnetTaken(subnet));
-        }
         tracing::warn!(%key, "own lease overwritten with {who}; writing it back");
         let earliest = self
             .last_restore
@@ -1619,12 +1659,7 @@ impl Agent {
         let Some(kv) = current.kvs().first() else {
             return Ok(());
         };
-        if self.recreated_elsewhere(kv.create_revision(), kv.lease())
-            && let Some(subnet) = self.subnet
-        {
-            tracing::error!(%key, "own lease deleted and created again by another writer");
-            return Err(EtcdError::SubnetTaken(subnet));
-        }
+        self.judge_recreated(&key, kv.create_revision(), kv.lease(), kv.value())?;
         let created = self.own_created.unwrap_or(kv.create_revision());
         if !self.lease_alive()? {
             let grant = self
@@ -1688,10 +1723,8 @@ impl Agent {
                 kv.value() == self.own_value().to_json().as_bytes() && kv.lease() == self.lease_id;
             if intact {
                 self.own_created = Some(kv.create_revision());
-            } else if self.recreated_elsewhere(kv.create_revision(), kv.lease()) {
-                tracing::error!(%key, "own lease deleted and created again by another writer");
-                return Err(EtcdError::SubnetTaken(subnet));
             } else {
+                self.judge_recreated(&key, kv.create_revision(), kv.lease(), kv.value())?;
                 self.restore_own_lease()?;
             }
             return Ok(());
@@ -1986,7 +2019,10 @@ mod tests {
             cafile: Some(junk.clone()),
             ..EtcdAccess::default()
         };
-        let e = access.connect_options().expect_err("junk CA").to_string();
+        let e = access
+            .connect_options("https://")
+            .expect_err("junk CA")
+            .to_string();
         assert!(
             e.contains("junk.pem") && e.contains("no PEM certificate"),
             "{e}"
@@ -1996,14 +2032,17 @@ mod tests {
             certfile: Some(junk.clone()),
             ..EtcdAccess::default()
         };
-        let e = access.connect_options().expect_err("junk pair").to_string();
+        let e = access
+            .connect_options("https://")
+            .expect_err("junk pair")
+            .to_string();
         assert!(e.contains("junk.pem"), "{e}");
         let access = EtcdAccess {
             keyfile: Some(junk),
             ..EtcdAccess::default()
         };
         let e = access
-            .connect_options()
+            .connect_options("https://")
             .expect_err("half a pair")
             .to_string();
         assert!(e.contains("--etcd-certfile"), "{e}");

@@ -92,7 +92,12 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
-    let options = target.access.connect_options().map_err(|e| e.to_string())?;
+    // One client over every endpoint: TLS when the first is https://.
+    let first = target.endpoints.first().map_or("", String::as_str);
+    let options = target
+        .access
+        .connect_options(first)
+        .map_err(|e| e.to_string())?;
     let (config_key, subnets) = (
         crate::control::lease::key_under(&target.prefix, "config"),
         crate::control::lease::key_under(&target.prefix, "subnets/"),

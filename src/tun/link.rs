@@ -141,14 +141,7 @@ impl Netlink {
     ///
     /// The kernel's error.
     pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr));
+        let mut msg = address_message(index, addr, prefix_len);
         msg.attributes.push(AddressAttribute::Address(addr));
         self.request(
             RouteNetlinkMessage::NewAddress(msg),
@@ -163,14 +156,7 @@ impl Netlink {
     ///
     /// The kernel's error.
     pub fn delete_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> io::Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = match addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(addr));
+        let msg = address_message(index, addr, prefix_len);
         self.request(RouteNetlinkMessage::DelAddress(msg), NLM_F_ACK)
             .map(drop)
     }
@@ -484,4 +470,17 @@ fn route_table(r: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or_else(|| u32::from(r.header.table))
+}
+
+/// An address message for `addr`/`prefix_len` on link `index`, with its local address.
+fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr));
+    msg
 }

@@ -51,21 +51,44 @@ impl PortClaim {
         let unix = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
         match UnixDatagram::bind_addr(&unix) {
             Ok(socket) => Ok(Self { _socket: socket }),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                let inodes = proc_lines("/proc/net/unix")
-                    .iter()
-                    .filter_map(|l| parse_unix_line(l))
-                    .filter(|(path, _)| path.strip_prefix('@') == Some(name))
-                    .map(|(_, inode)| inode)
-                    .collect::<Vec<_>>();
-                Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("already served by {}", describe(&owners(&inodes))),
-                ))
-            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("already served by {}", describe(&named_holders(name))),
+            )),
             Err(e) => Err(e),
         }
     }
+}
+
+/// Returns the processes holding the abstract socket `name` (at most 8).
+pub(crate) fn named_holders(name: &str) -> Vec<(u32, String)> {
+    let inodes = proc_lines("/proc/net/unix")
+        .iter()
+        .filter_map(|l| parse_unix_line(l))
+        .filter(|(path, _)| path.strip_prefix('@') == Some(name))
+        .map(|(_, inode)| inode)
+        .collect::<Vec<_>>();
+    owners(&inodes)
+}
+
+/// Returns the user id process `pid` runs as (its `/proc` directory's owner).
+pub(crate) fn uid_of(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// Returns the processes (at most 8) with a queue of TUN device `name` open: an fd whose
+/// `fdinfo` says `iff:` and the name (Linux 3.x, `tun_chr_show_fdinfo`).
+pub(crate) fn tun_holders(name: &str) -> Vec<(u32, String)> {
+    let want = format!("iff:\t{name}\n");
+    processes_where(|dir| {
+        std::fs::read_dir(dir.join("fdinfo")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| std::fs::read_to_string(fd.path()).is_ok_and(|info| info.contains(&want)))
+        })
+    })
 }
 
 /// Returns the name of the claim on `addr`.
@@ -121,10 +144,25 @@ pub(crate) fn describe(owners: &[(u32, String)]) -> String {
 
 /// Returns the processes (pid, command name) with an fd on a socket in `inodes`, at most 8.
 pub(crate) fn owners(inodes: &[u64]) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
     if inodes.is_empty() {
-        return found;
+        return Vec::new();
     }
+    processes_where(|dir| {
+        std::fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| {
+                    parse_socket_link(&target.to_string_lossy())
+                        .is_some_and(|i| inodes.contains(&i))
+                })
+            })
+        })
+    })
+}
+
+/// Returns the processes other than this one (pid, command name; at most 8) whose `/proc`
+/// directory passes `holds`.
+fn processes_where(mut holds: impl FnMut(&std::path::Path) -> bool) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return found;
     };
@@ -136,25 +174,15 @@ pub(crate) fn owners(inodes: &[u64]) -> Vec<(u32, String)> {
         else {
             continue;
         };
-        if pid == std::process::id() {
+        if pid == std::process::id() || !holds(&entry.path()) {
             continue;
         }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| {
-                parse_socket_link(&target.to_string_lossy()).is_some_and(|i| inodes.contains(&i))
-            })
-        });
-        if holds {
-            let comm = std::fs::read_to_string(entry.path().join("comm"))
-                .map(|c| c.trim().to_owned())
-                .unwrap_or_default();
-            found.push((pid, comm));
-            if found.len() >= 8 {
-                break;
-            }
+        let comm = std::fs::read_to_string(entry.path().join("comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        found.push((pid, comm));
+        if found.len() >= 8 {
+            break;
         }
     }
     found
