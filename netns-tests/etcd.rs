@@ -996,6 +996,33 @@ fn a_node_and_doctor_log_in_to_an_etcd_with_authentication() {
     c.stop_node(0);
 }
 
+/// An unknown `--user` is refused before the node joins: no lease in etcd, no subnet file.
+#[test]
+fn an_unknown_user_is_refused_before_a_lease_is_taken() {
+    if skip("an_unknown_user_is_refused_before_a_lease_is_taken") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    c.spawn_node(0, &["--user", "no-such-user-fustian"]);
+    let mut status = None;
+    let exited = wait_for(Duration::from_secs(10), || {
+        status = c.processes[0].as_mut().and_then(Process::exited);
+        status.is_some()
+    });
+    assert!(exited, "{}", c.log(0));
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+    assert!(
+        c.log(0).contains("no user named no-such-user-fustian"),
+        "{}",
+        c.log(0)
+    );
+    assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty());
+    assert!(!c.subnet_file(0).exists());
+    c.processes[0] = None;
+}
+
 #[test]
 fn etcd_down_past_the_lease_ttl_during_a_transfer() {
     if skip("etcd_down_past_the_lease_ttl_during_a_transfer") {
