@@ -408,7 +408,14 @@ impl Device {
                 source,
             })?;
             let own = if_index(&config.tun);
-            if let Some(&other) = oifs.iter().find(|o| own.is_none() || **o != own) {
+            // A route through a device that no longer exists is a node's that has just
+            // exited, which the kernel is about to flush: `add_route` waits for it.
+            let live = |nl: &mut Netlink, o: Option<u32>| o.is_none_or(|i| nl.link_exists(i));
+            let others: Vec<Option<u32>> = oifs
+                .into_iter()
+                .filter(|o| own.is_none() || *o != own)
+                .collect();
+            if let Some(other) = others.into_iter().find(|&o| live(nl, o)) {
                 return Err(Error::Underlay(nl.route_conflict(network, other)));
             }
         }
@@ -952,13 +959,25 @@ impl Readiness {
                 ));
             }
         }
-        if let Some(path) = &self.subnet_file
-            && std::fs::symlink_metadata(path).is_err()
-        {
-            return Some(format!(
-                "the subnet file {} is gone (a restart of the node writes it)",
-                path.display()
-            ));
+        if let Some(path) = &self.subnet_file {
+            // Only what the node can tell: a file it may no longer look at (`--user`, a
+            // directory only root reads) is not held against it.
+            match std::fs::metadata(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Some(format!(
+                        "the subnet file {} is gone (a restart of the node writes it)",
+                        path.display()
+                    ));
+                }
+                Ok(meta) if !meta.is_file() => {
+                    return Some(format!(
+                        "the subnet file {} is not a regular file (a restart of the node \
+                         writes it)",
+                        path.display()
+                    ));
+                }
+                Ok(_) | Err(_) => {}
+            }
         }
         None
     }

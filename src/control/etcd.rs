@@ -343,6 +343,13 @@ fn check_certificates(path: &std::path::Path, pem: &str, client: bool) -> Result
                 i + 1
             ))
         })?;
+        if x509_version_given(&cert).is_none() {
+            return Err(EtcdError::Config(format!(
+                "{}: certificate {} is not an X.509 certificate (its DER does not parse)",
+                path.display(),
+                i + 1
+            )));
+        }
         first.get_or_insert(cert);
     }
     let Some(first) = first else {
@@ -366,11 +373,18 @@ fn check_certificates(path: &std::path::Path, pem: &str, client: bool) -> Result
 fn check_private_key(path: &std::path::Path, pem: &str) -> Result<(), EtcdError> {
     use rustls_pki_types::PrivateKeyDer;
     use rustls_pki_types::pem::PemObject as _;
-    PrivateKeyDer::from_pem_slice(pem.as_bytes())
-        .map(drop)
-        .map_err(|e| {
-            EtcdError::Config(format!("{} holds no PEM private key ({e})", path.display()))
-        })
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+        EtcdError::Config(format!("{} holds no PEM private key ({e})", path.display()))
+    })?;
+    // PKCS #8, PKCS #1 and SEC 1 keys are each one DER SEQUENCE filling the block.
+    let der = key.secret_der();
+    match der_header(der) {
+        Some((0x30, body)) if body.end == der.len() => Ok(()),
+        _ => Err(EtcdError::Config(format!(
+            "{}: the private key is not DER (its PEM block does not decode to a key)",
+            path.display()
+        ))),
+    }
 }
 
 /// Reads one DER tag-length header at the start of `der`: the tag and the content's range.

@@ -186,22 +186,40 @@ impl Netlink {
                 net.network(),
             )));
         msg.attributes.push(RouteAttribute::Oif(index));
-        match self.request(
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-        ) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let oifs = self.route_oifs(net)?;
-                if oifs.contains(&Some(index)) {
-                    return Ok(());
+        // A route through a device that no longer exists belongs to a node that has just
+        // exited: the kernel flushes it with the device, some milliseconds after the process
+        // is reaped. Waited for, as the node's sockets and queues are.
+        let deadline = std::time::Instant::now() + crate::udp::RELEASE_WAIT;
+        loop {
+            match self.request(
+                RouteNetlinkMessage::NewRoute(msg.clone()),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            ) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let oifs = self.route_oifs(net)?;
+                    if oifs.contains(&Some(index)) {
+                        return Ok(());
+                    }
+                    let dying = !oifs.is_empty()
+                        && oifs.iter().all(|o| o.is_some_and(|i| !self.link_exists(i)));
+                    if dying && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    }
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        self.route_conflict(net, oifs.first().copied().flatten()),
+                    ));
                 }
-                Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    self.route_conflict(net, oifs.first().copied().flatten()),
-                ))
+                other => return other.map(drop),
             }
-            other => other.map(drop),
         }
+    }
+
+    /// Returns whether link `index` exists (a netlink error counts as existing: the caller
+    /// then reports the conflict rather than wait).
+    pub fn link_exists(&mut self, index: u32) -> bool {
+        !matches!(self.link_up(index), Ok(None))
     }
 
     /// Returns the output interface of each main-table route for exactly `net` (`None` for a
