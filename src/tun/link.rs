@@ -8,6 +8,8 @@
 use std::io;
 use std::net::IpAddr;
 
+use crate::sys::Release;
+
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
@@ -189,31 +191,35 @@ impl Netlink {
         // A route through a device that no longer exists belongs to a node that has just
         // exited: the kernel flushes it with the device, some milliseconds after the process
         // is reaped. Waited for, as the node's sockets and queues are.
-        let deadline = std::time::Instant::now() + crate::udp::RELEASE_WAIT;
-        loop {
-            match self.request(
-                RouteNetlinkMessage::NewRoute(msg.clone()),
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            ) {
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    let oifs = self.route_oifs(net)?;
-                    if oifs.contains(&Some(index)) {
-                        return Ok(());
-                    }
-                    let dying = !oifs.is_empty()
-                        && oifs.iter().all(|o| o.is_some_and(|i| !self.link_exists(i)));
-                    if dying && std::time::Instant::now() < deadline {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        continue;
-                    }
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        self.route_conflict(net, oifs.first().copied().flatten()),
-                    ));
+        crate::sys::until_released(
+            &format!("the route to {net}"),
+            std::time::Duration::from_millis(10),
+            || {
+                match self.request(
+                    RouteNetlinkMessage::NewRoute(msg.clone()),
+                    NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                ) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    other => return Release::Done(other.map(drop)),
                 }
-                other => return other.map(drop),
-            }
-        }
+                let oifs = match self.route_oifs(net) {
+                    Ok(oifs) if oifs.contains(&Some(index)) => return Release::Done(Ok(())),
+                    Ok(oifs) => oifs,
+                    Err(e) => return Release::Done(Err(e)),
+                };
+                let error = io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    self.route_conflict(net, oifs.first().copied().flatten()),
+                );
+                let dying = !oifs.is_empty()
+                    && oifs.iter().all(|o| o.is_some_and(|i| !self.link_exists(i)));
+                if dying {
+                    Release::Held(error)
+                } else {
+                    Release::Done(Err(error))
+                }
+            },
+        )
     }
 
     /// Returns whether link `index` exists (a netlink error counts as existing: the caller

@@ -94,43 +94,41 @@ fn check_existing(name: &str) -> Result<(), TunError> {
 
 /// Returns whether device `name` exists, once [`check_existing`] lets this node attach to it.
 /// A device with queues attached that no live process holds (no `fdinfo` names it) is waited
-/// on for up to [`crate::udp::RELEASE_WAIT`]: the queues of a node that has just exited stay
-/// attached some milliseconds after it is reaped (its io_uring instance releases its files
-/// late), and a device it created goes away with them. A live holder fails the start at once,
-/// named.
+/// on ([`crate::sys::until_released`]): the queues of a node that has just exited stay attached
+/// some milliseconds after it is reaped, and a device it created goes away with them. A live
+/// holder fails the start at once, named.
 fn wait_existing(name: &str) -> Result<bool, TunError> {
-    let deadline = std::time::Instant::now() + crate::udp::RELEASE_WAIT;
-    let mut waited = false;
-    loop {
-        if if_index(name).is_none() {
-            return Ok(false);
-        }
-        match check_existing(name) {
-            Ok(()) => return Ok(true),
-            Err(TunError::InUse { name: n, detail }) => {
-                let holders = crate::udp::claim::tun_holders(name);
-                if !holders.is_empty() || std::time::Instant::now() >= deadline {
-                    let by = if holders.is_empty() {
-                        format!("for over {:?}", crate::udp::RELEASE_WAIT)
-                    } else {
-                        format!("held by {}", crate::udp::claim::describe(&holders))
-                    };
-                    return Err(TunError::InUse {
-                        name: n,
-                        detail: format!("{detail}, {by}"),
-                    });
-                }
-                if !waited {
-                    tracing::info!(
-                        "{name}: waiting for its queues to be released (a node that has just exited)"
-                    );
-                    waited = true;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
+    use crate::sys::Release;
+    crate::sys::until_released(
+        &format!("the queues of {name}"),
+        std::time::Duration::from_millis(50),
+        || {
+            if if_index(name).is_none() {
+                return Release::Done(Ok(false));
             }
-            Err(e) => return Err(e),
-        }
-    }
+            match check_existing(name) {
+                Ok(()) => Release::Done(Ok(true)),
+                Err(TunError::InUse { name: n, detail }) => {
+                    let holders = crate::udp::claim::tun_holders(name);
+                    if holders.is_empty() {
+                        Release::Held(TunError::InUse {
+                            name: n,
+                            detail: format!("{detail}, for over {:?}", crate::sys::RELEASE_WAIT),
+                        })
+                    } else {
+                        Release::Done(Err(TunError::InUse {
+                            name: n,
+                            detail: format!(
+                                "{detail}, held by {}",
+                                crate::udp::claim::describe(&holders)
+                            ),
+                        }))
+                    }
+                }
+                Err(e) => Release::Done(Err(e)),
+            }
+        },
+    )
 }
 
 /// [`check_existing`]'s verdict on the `linkinfo` object of `ip -d -j link show`.

@@ -21,6 +21,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
+use crate::sys::Release;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use sys::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Received};
@@ -82,10 +83,6 @@ pub enum UdpError {
         source: io::Error,
     },
 }
-
-/// How long a node waits for sockets on its port that no process holds (those of a node that
-/// has just exited) to be released, before it gives up.
-pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The processes that hold a port: pid and command name.
 type Holders = Vec<(u32, String)>;
@@ -157,56 +154,37 @@ impl UdpSocket {
             }
         })?);
         // The claim is this node's, so no live fustian holds the port. Sockets on it that no
-        // process holds belong to a node that has just exited: its io_uring instance releases
-        // its files some milliseconds after the process is reaped (26–45 ms measured), so a
-        // node restarted at once by its supervisor waits for them rather than fail.
-        let deadline = std::time::Instant::now() + RELEASE_WAIT;
-        let mut waited = false;
-        loop {
-            let lingering = match Self::bind_group_once(addr, count) {
-                Ok(sockets) => {
-                    if waited {
-                        tracing::info!(%addr, "the previous node's sockets are released");
+        // process holds belong to a node that has just exited, and are waited for.
+        let sockets = crate::sys::until_released(
+            &format!("UDP port {addr}"),
+            std::time::Duration::from_millis(10),
+            || match Self::bind_group_once(addr, count) {
+                Ok(sockets) => Release::Done(Ok(sockets)),
+                Err((Held::Other(e), _)) => Release::Done(Err(e)),
+                Err((held, holders)) => {
+                    let how = match held {
+                        Held::Shared => "also bound with SO_REUSEPORT by",
+                        _ => "already bound by",
+                    };
+                    if holders.is_empty() {
+                        Release::Held(taken(format!(
+                            "{how} {} for over {:?}",
+                            claim::describe(&[]),
+                            crate::sys::RELEASE_WAIT
+                        )))
+                    } else {
+                        Release::Done(Err(taken(format!("{how} {}", claim::describe(&holders)))))
                     }
-                    return Ok(sockets
-                        .into_iter()
-                        .map(|s| Self {
-                            _claim: Some(std::sync::Arc::clone(&claim)),
-                            ..s
-                        })
-                        .collect());
                 }
-                Err((e, holders)) if !holders.is_empty() => {
-                    return Err(match e {
-                        Held::Bound => {
-                            taken(format!("already bound by {}", claim::describe(&holders)))
-                        }
-                        Held::Shared => taken(format!(
-                            "also bound with SO_REUSEPORT by {}",
-                            claim::describe(&holders)
-                        )),
-                        Held::Other(e) => e,
-                    });
-                }
-                Err((Held::Other(e), _)) => return Err(e),
-                Err((held, _)) => held,
-            };
-            if std::time::Instant::now() >= deadline {
-                let how = match lingering {
-                    Held::Shared => "also bound with SO_REUSEPORT by",
-                    _ => "already bound by",
-                };
-                return Err(taken(format!(
-                    "{how} {} for over {RELEASE_WAIT:?}",
-                    claim::describe(&[])
-                )));
-            }
-            if !waited {
-                tracing::info!(%addr, "waiting for sockets no process holds (a node that has just exited) to be released");
-                waited = true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+            },
+        )?;
+        Ok(sockets
+            .into_iter()
+            .map(|s| Self {
+                _claim: Some(std::sync::Arc::clone(&claim)),
+                ..s
+            })
+            .collect())
     }
 
     /// One attempt of [`Self::bind_group`]: the sockets, or why not with the processes that
