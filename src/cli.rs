@@ -164,21 +164,9 @@ pub struct RunArgs {
     /// etcd key prefix [default: /coreos.com/network].
     #[arg(long, value_name = "PATH")]
     pub etcd_prefix: Option<String>,
-    /// etcd client key (TLS with --etcd-certfile).
-    #[arg(long, value_name = "FILE")]
-    pub etcd_keyfile: Option<PathBuf>,
-    /// etcd client certificate.
-    #[arg(long, value_name = "FILE")]
-    pub etcd_certfile: Option<PathBuf>,
-    /// etcd CA certificate.
-    #[arg(long, value_name = "FILE")]
-    pub etcd_cafile: Option<PathBuf>,
-    /// etcd user name (with --etcd-password).
-    #[arg(long, value_name = "NAME")]
-    pub etcd_username: Option<String>,
-    /// etcd password.
-    #[arg(long, value_name = "PASSWORD")]
-    pub etcd_password: Option<String>,
+    /// TLS files and login for etcd.
+    #[command(flatten)]
+    pub etcd: EtcdAccessArgs,
     /// Renew the subnet lease this long before it expires, in minutes, 1 to 1439 as flanneld
     /// takes it [default: 60].
     #[arg(long, value_name = "MINUTES", value_parser = parse_renew_margin)]
@@ -1017,6 +1005,14 @@ pub struct DoctorArgs {
     /// etcd key prefix.
     #[arg(long, value_name = "PATH", default_value = "/coreos.com/network")]
     pub etcd_prefix: String,
+    /// TLS files and login for etcd, as the node takes them.
+    #[command(flatten)]
+    pub etcd: EtcdAccessArgs,
+}
+
+/// The `--etcd-*` flags of TLS and login, as `run` and `doctor` both take them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EtcdAccessArgs {
     /// etcd client key (TLS with --etcd-certfile).
     #[arg(long, value_name = "FILE")]
     pub etcd_keyfile: Option<PathBuf>,
@@ -1026,10 +1022,10 @@ pub struct DoctorArgs {
     /// etcd CA certificate.
     #[arg(long, value_name = "FILE")]
     pub etcd_cafile: Option<PathBuf>,
-    /// etcd user name (with --etcd-password), or the node's FLANNELD_ETCD_USERNAME.
+    /// etcd user name (with --etcd-password).
     #[arg(long, value_name = "NAME", env = "FLANNELD_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
-    /// etcd password, or the node's FLANNELD_ETCD_PASSWORD (which keeps it out of `ps`).
+    /// etcd password; FLANNELD_ETCD_PASSWORD keeps it out of `ps`.
     #[arg(
         long,
         value_name = "PASSWORD",
@@ -1260,10 +1256,10 @@ mod tests {
             "-iface-can-reach=",
             "-healthz-ip=",
         ]);
-        assert_eq!(r.etcd_cafile, None);
-        assert_eq!(r.etcd_certfile, None);
-        assert_eq!(r.etcd_keyfile, None);
-        assert_eq!(r.etcd_username, None);
+        assert_eq!(r.etcd.etcd_cafile, None);
+        assert_eq!(r.etcd.etcd_certfile, None);
+        assert_eq!(r.etcd.etcd_keyfile, None);
+        assert_eq!(r.etcd.etcd_username, None);
         assert_eq!(r.public_ip, None);
         assert_eq!(r.public_ipv6, None);
         assert!(r.iface.is_empty() && r.iface_regex.is_empty());
@@ -1576,7 +1572,7 @@ mod tests {
         assert_eq!(r.iface, ["eth1"]);
         assert_eq!(r.etcd_prefix, None);
         assert_eq!(r.subnet_lease_renew_margin, Some(16));
-        assert_eq!(r.etcd_password.as_deref(), Some("-secret"));
+        assert_eq!(r.etcd.etcd_password.as_deref(), Some("-secret"));
         let env =
             |k: &str| (k == "FLANNELD_SUBNET_LEASE_RENEW_MARGIN").then(|| OsString::from("0"));
         let e = parse_with(&["run"], &env).expect_err("0 minutes");

@@ -182,13 +182,7 @@ fn join_etcd(
     let opts = EtcdOptions {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
-        access: etcd_access(
-            &args.etcd_keyfile,
-            &args.etcd_certfile,
-            &args.etcd_cafile,
-            &args.etcd_username,
-            &args.etcd_password,
-        ),
+        access: fustian::control::etcd::EtcdAccess::from(&args.etcd),
         renew_margin: std::time::Duration::from_secs(
             60 * args.subnet_lease_renew_margin.unwrap_or(60),
         ),
@@ -476,24 +470,6 @@ fn etcd_prefix(raw: &str) -> anyhow::Result<String> {
     Ok(prefix)
 }
 
-/// The TLS files and login of the `--etcd-*` flags, as `run` and `doctor` both take them.
-#[cfg(feature = "etcd")]
-fn etcd_access(
-    keyfile: &Option<std::path::PathBuf>,
-    certfile: &Option<std::path::PathBuf>,
-    cafile: &Option<std::path::PathBuf>,
-    username: &Option<String>,
-    password: &Option<String>,
-) -> fustian::control::etcd::EtcdAccess {
-    fustian::control::etcd::EtcdAccess {
-        keyfile: keyfile.clone(),
-        certfile: certfile.clone(),
-        cafile: cafile.clone(),
-        username: username.clone(),
-        password: password.clone(),
-    }
-}
-
 /// The etcd checks of `fustian doctor`.
 #[cfg(feature = "etcd")]
 fn doctor_etcd(
@@ -504,13 +480,7 @@ fn doctor_etcd(
     let target = fustian::doctor::etcd::EtcdTarget {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(&args.etcd_prefix)?,
-        access: etcd_access(
-            &args.etcd_keyfile,
-            &args.etcd_certfile,
-            &args.etcd_cafile,
-            &args.etcd_username,
-            &args.etcd_password,
-        ),
+        access: fustian::control::etcd::EtcdAccess::from(&args.etcd),
     };
     Ok(fustian::doctor::etcd::checks(intent, &target))
 }

@@ -248,6 +248,18 @@ pub struct EtcdAccess {
     pub password: Option<String>,
 }
 
+impl From<&crate::cli::EtcdAccessArgs> for EtcdAccess {
+    fn from(args: &crate::cli::EtcdAccessArgs) -> Self {
+        Self {
+            keyfile: args.etcd_keyfile.clone(),
+            certfile: args.etcd_certfile.clone(),
+            cafile: args.etcd_cafile.clone(),
+            username: args.etcd_username.clone(),
+            password: args.etcd_password.clone(),
+        }
+    }
+}
+
 /// The longest TLS file read (a PEM chain is a few KiB).
 const MAX_TLS_FILE: usize = 1 << 20;
 
