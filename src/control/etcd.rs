@@ -57,7 +57,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::lease::{
     Accepted, Backend, LeaseValue, NetworkConfig, OwnNode, Rejection, StoredLease, SubnetKey,
-    judge_leases_dual, parse_subnet_key,
+    judge_leases_dual, lease_vni, parse_subnet_key,
 };
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
@@ -1945,6 +1945,12 @@ fn pick<T: Copy>(items: &[T]) -> Option<T> {
     items.get(i).copied()
 }
 
+/// Returns whether a lease's VNI (none: the network's) is the network's `vni`, on the 16 bits
+/// a lease carries ([`lease_vni`]).
+fn same_vni(lease: Option<u32>, vni: Option<u32>) -> bool {
+    lease.or(vni).map(lease_vni) == vni.map(lease_vni)
+}
+
 /// The peers a node makes of the leases `accepted` on a network with `backend`, with
 /// `public_ipv6` its IPv6 underlay address (if any), and the leases it ignores, each key with
 /// why (a backend it cannot speak: another type, or for `vxlan` no VTEP MAC or another VNI). Each lease is a
@@ -1978,12 +1984,16 @@ pub fn lease_peers(
     } in accepted
     {
         let speaks = value.backend() == kind
-            && (kind == "udp" || (value.vtep_mac.is_some() && value.vni.or(vni) == vni));
+            && (kind == "udp" || (value.vtep_mac.is_some() && same_vni(value.vni, vni)));
         if !speaks {
             let why = match (value.backend(), value.vni, value.vtep_mac) {
                 (b, ..) if b != kind => format!("backend {b}, not {kind}"),
                 (_, _, None) => "no VtepMAC".to_owned(),
-                (_, v, _) => format!("VNI {}, not {}", v.unwrap_or(0), vni.unwrap_or(0)),
+                (_, v, _) => format!(
+                    "VNI {}, not {}",
+                    v.unwrap_or(0),
+                    lease_vni(vni.unwrap_or(0))
+                ),
             };
             ignored.push((key, why));
             continue;
@@ -2000,7 +2010,7 @@ pub fn lease_peers(
         // takes IPv6 frames as well.
         let over_v6 = public_ipv6
             .and(value.public_ipv6)
-            .filter(|_| kind == "udp" || (value.vtep_mac6.is_some() && value.vni6.or(vni) == vni));
+            .filter(|_| kind == "udp" || (value.vtep_mac6.is_some() && same_vni(value.vni6, vni)));
         let (endpoint, vtep_mac) = match over_v6 {
             Some(ip6) => (SocketAddr::new(IpAddr::V6(ip6), port), value.vtep_mac6),
             None => (v4, value.vtep_mac),
@@ -2378,5 +2388,54 @@ mod tests {
                 prop_assert_eq!(net, net.trunc());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod vni_tests {
+    use super::{Backend, lease_peers};
+    use crate::control::lease::{Accepted, LeaseValue};
+
+    fn accepted(vni: u32) -> Vec<Accepted> {
+        let text = format!(
+            r#"{{"PublicIP":"192.0.2.2","BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"0e:00:00:00:00:02"}}}}"#
+        );
+        vec![Accepted {
+            key: "10.244.50.0-24".to_owned(),
+            subnet: "10.244.50.0/24".parse().unwrap(),
+            subnet6: None,
+            value: LeaseValue::parse(text.as_bytes()).unwrap(),
+        }]
+    }
+
+    fn vxlan(vni: u32) -> Backend {
+        Backend::Vxlan {
+            vni,
+            port: None,
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn a_vni_above_16_bits_is_compared_as_flanneld_writes_it() {
+        // flanneld on VNI 70000 writes 4464; fustian's own older leases wrote 70000.
+        for written in [4464, 70000] {
+            let (peers, ignored) = lease_peers(&vxlan(70000), None, accepted(written));
+            assert_eq!((peers.len(), ignored.len()), (1, 0), "VNI {written}");
+        }
+        let (peers, ignored) = lease_peers(&vxlan(70000), None, accepted(4465));
+        assert_eq!((peers.len(), ignored.len()), (0, 1));
+        assert_eq!(ignored[0].1, "VNI 4465, not 4464");
+        let (peers, _) = lease_peers(&vxlan(1), None, accepted(1));
+        assert_eq!(peers.len(), 1);
+    }
+
+    #[test]
+    fn a_lease_carries_the_low_16_bits_of_the_vni() {
+        let mut value = accepted(1).remove(0).value;
+        value.vni = Some(70000);
+        assert!(value.to_json().contains(r#""VNI":4464,"#), "{}", value.to_json());
+        value.vni = Some(65535);
+        assert!(value.to_json().contains(r#""VNI":65535,"#));
     }
 }

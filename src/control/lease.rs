@@ -175,11 +175,13 @@ impl LeaseValue {
                 serde_json::Value::from(kind.as_str())
             ));
             if let (Some(vni), Some(mac)) = (self.vni, self.vtep_mac) {
+                let vni = lease_vni(vni);
                 out.push_str(&format!(
                     ",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"
                 ));
             }
             if let (Some(vni), Some(mac)) = (self.vni6, self.vtep_mac6) {
+                let vni = lease_vni(vni);
                 out.push_str(&format!(
                     ",\"BackendV6Data\":{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"
                 ));
@@ -188,6 +190,15 @@ impl LeaseValue {
         out.push('}');
         out
     }
+}
+
+/// Returns the VNI as a lease carries it: flanneld's `vxlan` backend declares the lease's
+/// `VNI` a 16-bit field and writes the network's VNI cut to its low 16 bits (VNI 70000 is
+/// written 4464), and its JSON decoder refuses a lease whose `VNI` does not fit. So fustian
+/// writes the low 16 bits too, and compares a lease's VNI with the network's on those bits
+/// only; the VNI on the wire stays the network's whole 24-bit VNI, as the kernel device's.
+pub fn lease_vni(vni: u32) -> u32 {
+    vni & 0xffff
 }
 
 /// Reads `BackendData` or `BackendV6Data` as the `vxlan` backend decodes it: `VNI` and
