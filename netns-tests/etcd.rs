@@ -643,6 +643,71 @@ fn a_node_whose_subnet_was_taken_while_away_stops_with_an_error() {
     c.processes[0] = None;
 }
 
+/// A node's key overwritten in place with this node's `PublicIP` on another live etcd lease (a
+/// second node with the same address took it as its own) is left to that writer, not written
+/// back (two nodes would otherwise rewrite it in turn for good); once the other's etcd lease
+/// is gone and the key with it, the node writes it back.
+#[test]
+fn a_key_put_on_another_etcd_lease_with_this_node_s_address_is_left_to_it() {
+    if skip("a_key_put_on_another_etcd_lease_with_this_node_s_address_is_left_to_it") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let subnet = c.start_node(0, &[]);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let lease_of = |c: &Cluster, key: &str| {
+        let key = key.to_owned();
+        with_etcd(&c.hub, move |client, rt| {
+            rt.block_on(client.get(key, None))
+                .ok()
+                .and_then(|r| r.kvs().first().map(etcd_client::KeyValue::lease))
+        })
+        .flatten()
+    };
+    let own = lease_of(&c, &key).expect("the node's key");
+    let (k, v) = (
+        key.clone(),
+        r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#.to_owned(),
+    );
+    let other = with_etcd(&c.hub, move |client, rt| {
+        let id = rt.block_on(client.lease_grant(300, None)).ok()?.id();
+        let put = etcd_client::PutOptions::new().with_lease(id);
+        rt.block_on(client.put(k, v, Some(put))).ok()?;
+        Some(id)
+    })
+    .flatten()
+    .expect("etcd lease and put");
+    assert_ne!(own, other);
+    assert!(
+        wait_for(Duration::from_secs(10), || c
+            .counter(0, "etcd_own_lease_shared")
+            >= 1),
+        "the shared key was not noticed:\n{}",
+        c.log(0)
+    );
+    assert_eq!(c.counter(0, "etcd_own_lease_restored"), 0, "{}", c.log(0));
+    assert_eq!(lease_of(&c, &key), Some(other), "{}", c.log(0));
+    // The other writer gone (its etcd lease revoked, the key with it): written back.
+    let revoked = with_etcd(&c.hub, move |client, rt| {
+        rt.block_on(client.lease_revoke(other)).is_ok()
+    });
+    assert_eq!(revoked, Some(true));
+    let back = wait_for(Duration::from_secs(10), || {
+        c.counter(0, "etcd_own_lease_restored") >= 1
+            && lease_of(&c, &key).is_some_and(|l| l != other && l != 0)
+    });
+    assert!(back, "the key was not written back:\n{}", c.log(0));
+    assert_eq!(c.counter(0, "etcd_own_lease_shared"), 1, "{}", c.log(0));
+    let status = c.processes[0].as_mut().and_then(Process::exited);
+    assert!(status.is_none(), "{status:?}\n{}", c.log(0));
+}
+
 /// A node's key deleted and created again by another writer while the node did not look (a
 /// node that found the name free while this one was cut off) is the other's now, although this
 /// node's etcd lease lives: the node stops with an error instead of writing it back, and the

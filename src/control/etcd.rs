@@ -461,6 +461,9 @@ pub struct EtcdState {
     pub lease_regrants: AtomicU64,
     /// Times the own lease was found overwritten by someone else and written back.
     pub own_lease_restored: AtomicU64,
+    /// Times the own key was found put on another etcd lease with this node's `PublicIP` (a
+    /// second node with the same address) and left to it.
+    pub own_lease_shared: AtomicU64,
     /// Watch events applied.
     pub events: AtomicU64,
     /// Times the network config was changed or deleted while the node ran (it keeps the one
@@ -478,6 +481,7 @@ impl EtcdState {
              # TYPE fustian_etcd_leases_ignored gauge\nfustian_etcd_leases_ignored {}\n\
              # TYPE fustian_etcd_lease_regrants counter\nfustian_etcd_lease_regrants {}\n\
              # TYPE fustian_etcd_own_lease_restored counter\nfustian_etcd_own_lease_restored {}\n\
+             # TYPE fustian_etcd_own_lease_shared counter\nfustian_etcd_own_lease_shared {}\n\
              # TYPE fustian_etcd_events counter\nfustian_etcd_events {}\n\
              # TYPE fustian_etcd_config_changes counter\nfustian_etcd_config_changes {}\n\
              # TYPE fustian_etcd_leases_rejected gauge\n",
@@ -486,6 +490,7 @@ impl EtcdState {
             g(&self.leases_ignored),
             g(&self.lease_regrants),
             g(&self.own_lease_restored),
+            g(&self.own_lease_shared),
             g(&self.events),
             g(&self.config_changes),
         );
@@ -509,6 +514,7 @@ impl crate::control::SourceMetrics for EtcdState {
             ("etcd_leases_ignored", &self.leases_ignored),
             ("etcd_lease_regrants", &self.lease_regrants),
             ("etcd_own_lease_restored", &self.own_lease_restored),
+            ("etcd_own_lease_shared", &self.own_lease_shared),
             ("etcd_events", &self.events),
             ("etcd_config_changes", &self.config_changes),
         ]
@@ -1634,6 +1640,18 @@ impl Agent {
         }
     }
 
+    /// Returns true when this node's key, overwritten in place, holds a value with this node's
+    /// `PublicIP` on another live etcd lease: another node with the same address that took the
+    /// key as its own when it started (a node reuses the lease that names its address, as
+    /// flanneld does). Writing it back would make the two nodes rewrite the key in turn for as
+    /// long as both run; flanneld takes such a put as its lease's new expiry, and so does this
+    /// node: it leaves the key to the other writer and writes it back only once deleted (the
+    /// other's etcd lease expired). A value put without an etcd lease (an operator's `etcdctl
+    /// put`) is still written back.
+    fn shared_address(&self, lease: i64, value: Option<&LeaseValue>) -> bool {
+        lease != 0 && lease != self.lease_id && value.is_some_and(|v| v.public_ip == self.public_ip)
+    }
+
     /// Schedules writing this node's lease back when its key holds anything but what this
     /// node wrote, on its etcd lease, as long as it is still the key this node created (an
     /// overwrite keeps the create revision).
@@ -1656,7 +1674,21 @@ impl Agent {
         }
         let (created, lease, value) = (entry.create_revision, entry.lease, entry.value.clone());
         self.judge_recreated(&key, created, lease, &value)?;
-        let who = LeaseValue::parse(&value).map_or_else(
+        let parsed = LeaseValue::parse(&value);
+        if self.shared_address(lease, parsed.as_ref().ok()) {
+            tracing::warn!(
+                %key,
+                etcd_lease = format!("{lease:x}"),
+                "own lease put on another etcd lease with this node's PublicIP {} (a second \
+                 node with this address?); left to it, as flanneld does: written back only if it \
+                 is deleted",
+                self.public_ip
+            );
+            self.state.own_lease_shared.fetch_add(1, Ordering::Relaxed);
+            self.restore_at = None;
+            return Ok(());
+        }
+        let who = parsed.map_or_else(
             |e| format!("an invalid value ({e})"),
             |v| format!("PublicIP {}", v.public_ip),
         );
@@ -2434,7 +2466,11 @@ mod vni_tests {
     fn a_lease_carries_the_low_16_bits_of_the_vni() {
         let mut value = accepted(1).remove(0).value;
         value.vni = Some(70000);
-        assert!(value.to_json().contains(r#""VNI":4464,"#), "{}", value.to_json());
+        assert!(
+            value.to_json().contains(r#""VNI":4464,"#),
+            "{}",
+            value.to_json()
+        );
         value.vni = Some(65535);
         assert!(value.to_json().contains(r#""VNI":65535,"#));
     }
