@@ -1088,6 +1088,48 @@ fn an_unknown_user_is_refused_before_a_lease_is_taken() {
     c.processes[0] = None;
 }
 
+/// A node that took a new lease and then fails to start gives the lease back (no subnet routed
+/// to a node that is not there for 24 hours); a node whose public IP no interface holds is
+/// refused before it joins.
+#[test]
+fn a_node_that_fails_to_start_leaves_no_lease() {
+    if skip("a_node_that_fails_to_start_leaves_no_lease") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let wait_exit = |c: &mut Cluster| {
+        let mut status = None;
+        let exited = wait_for(Duration::from_secs(15), || {
+            status = c.processes[0].as_mut().and_then(Process::exited);
+            status.is_some()
+        });
+        assert!(exited, "{}", c.log(0));
+        assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+        c.processes[0] = None;
+    };
+    // Fails after the join: the trace socket cannot be made.
+    c.spawn_node(0, &["--trace-socket", "/proc/no-such-dir/trace.sock"]);
+    wait_exit(&mut c);
+    let log = c.log(0);
+    assert!(log.contains("subnet lease acquired"), "{log}");
+    assert!(log.contains("given back"), "{log}");
+    assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty(), "{log}");
+    let leases = with_etcd(&c.hub, |client, rt| {
+        rt.block_on(client.leases()).map(|r| r.leases().len()).ok()
+    })
+    .flatten();
+    assert_eq!(leases, Some(0), "{log}");
+    // A public IP the host does not hold: refused before the join.
+    c.spawn_node(0, &["--public-ip", "192.0.2.77"]);
+    wait_exit(&mut c);
+    let log = c.log(0);
+    assert!(log.contains("no interface holds 192.0.2.77"), "{log}");
+    assert!(!log.contains("subnet lease acquired"), "{log}");
+    assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty(), "{log}");
+}
+
 #[test]
 fn etcd_down_past_the_lease_ttl_during_a_transfer() {
     if skip("etcd_down_past_the_lease_ttl_during_a_transfer") {

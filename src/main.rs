@@ -178,6 +178,9 @@ fn join_etcd(
         .context("--public-ip (or FLANNELD_PUBLIC_IP) is required with --etcd-endpoints")?
         .parse()
         .context("--public-ip must be an IPv4 address with etcd")?;
+    // A node that cannot bind its port takes no lease, nor another node's lease that names
+    // the same address.
+    fustian::node::check_underlay_addresses(public_ip, public_ipv6)?;
     let subnet_file = std::path::PathBuf::from(subnet_file_of(args, file, true));
     let opts = EtcdOptions {
         endpoints: etcd_endpoints(endpoints)?,
@@ -229,8 +232,8 @@ fn join_etcd(
     else {
         return Ok(None);
     };
-    // Told to stop as the join ended: nothing more is set up (the lease stays, as after any
-    // stop, for the next start to take again).
+    // Told to stop as the join ended: nothing more is set up (a lease this run created is
+    // given back as the agent goes, since the node never started; a reused one stays).
     if stop.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(None);
     }

@@ -248,6 +248,40 @@ pub fn run(
     result
 }
 
+/// Returns the interface that holds `ip` (`what` names it in the error).
+fn index_holding(nl: &mut Netlink, ip: std::net::IpAddr, what: &str) -> Result<u32, Error> {
+    nl.index_holding(ip)
+        .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
+        .ok_or_else(|| {
+            Error::Underlay(format!(
+                "no interface holds {ip} ({what}, which the node binds its port to); add the \
+                 address to the underlay interface"
+            ))
+        })
+}
+
+/// Checks that interfaces of this host hold the node's underlay addresses, which it binds its
+/// port to: done before a node joins through etcd, so a node that cannot start takes no lease
+/// (and does not take over the lease of the node that does hold the address).
+///
+/// # Errors
+///
+/// [`Error::Underlay`] naming the address no interface holds.
+pub fn check_underlay_addresses(
+    public_ip: std::net::Ipv4Addr,
+    public_ipv6: Option<std::net::Ipv6Addr>,
+) -> Result<(), Error> {
+    let mut nl = Netlink::open().map_err(|source| Error::Io {
+        what: "open a route netlink socket".into(),
+        source,
+    })?;
+    index_holding(&mut nl, public_ip.into(), "the public IP")?;
+    if let Some(ip6) = public_ipv6 {
+        index_holding(&mut nl, ip6.into(), "--public-ipv6")?;
+    }
+    Ok(())
+}
+
 /// The underlay interface and what its MTU leaves for the overlay.
 struct Underlay {
     /// The interface's MTU.
@@ -267,16 +301,7 @@ impl Underlay {
                     .ok_or_else(|| Error::Underlay(format!("no interface named {name}")))?,
             ),
             None => {
-                let index = nl
-                    .index_holding(config.public_ip)
-                    .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
-                    .ok_or_else(|| {
-                        Error::Underlay(format!(
-                            "no interface holds {} (the public IP, which the node binds its \
-                             port to); add the address to the underlay interface",
-                            config.public_ip
-                        ))
-                    })?;
+                let index = index_holding(nl, config.public_ip, "the public IP")?;
                 (format!("ifindex {index}"), index)
             }
         };
@@ -287,15 +312,7 @@ impl Underlay {
         // say): the smaller MTU of the two sizes the device, so neither family's datagrams
         // outgrow their path.
         if let (None, Some(ip6)) = (&config.iface, config.public_ipv6) {
-            let index6 = nl
-                .index_holding(ip6.into())
-                .map_err(|e| Error::Underlay(format!("cannot list addresses: {e}")))?
-                .ok_or_else(|| {
-                    Error::Underlay(format!(
-                        "no interface holds {ip6} (--public-ipv6, which the node binds its \
-                         port to); add the address to the underlay interface"
-                    ))
-                })?;
+            let index6 = index_holding(nl, ip6.into(), "--public-ipv6")?;
             if index6 != index {
                 let mtu6 = nl.mtu(index6).map_err(|e| {
                     Error::Underlay(format!("cannot read the MTU of ifindex {index6}: {e}"))

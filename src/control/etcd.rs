@@ -601,6 +601,9 @@ pub struct Agent {
     /// on its own etcd lease: a key at that name with another create revision was deleted and
     /// created again by someone else, and is not this node's to write back.
     own_created: Option<i64>,
+    /// True when this run created this node's key (no lease of its own was there to reuse):
+    /// given back if the node never starts ([`Agent::give_back`]).
+    created_here: bool,
     /// When this node's overwritten lease is to be written back.
     restore_at: Option<Instant>,
     last_restore: Option<Instant>,
@@ -614,6 +617,58 @@ impl std::fmt::Debug for Agent {
             .field("subnet6", &self.subnet6)
             .field("lease_id", &self.lease_id)
             .finish_non_exhaustive()
+    }
+}
+
+/// A node that never started gives back the lease this run created.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.created_here && !crate::node::started() {
+            self.give_back();
+        }
+    }
+}
+
+impl Agent {
+    /// Deletes this node's key and revokes its etcd lease, for a node that took a new lease and
+    /// then failed to start (or was stopped before it started): left behind, the lease would
+    /// route its subnet to a node that is not there until it expires (24 hours). Only a key
+    /// still the one this run created, on this run's etcd lease, is deleted; a lease reused
+    /// from an earlier run stays, as after any stop. Bounded to 3 s; on failure the lease is
+    /// left to expire, and the log says so.
+    fn give_back(&mut self) {
+        let (Some(key), Some(created), Some(subnet)) =
+            (self.own_key(), self.own_created, self.subnet)
+        else {
+            return;
+        };
+        let lease = self.lease_id;
+        let undo = Txn::new()
+            .when(vec![
+                Compare::create_revision(key.as_str(), CompareOp::Equal, created),
+                Compare::lease(key.as_str(), CompareOp::Equal, lease),
+            ])
+            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+        let done = self.client().map(|mut client| {
+            self.rt.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(3), async move {
+                    client.txn(undo).await?;
+                    client.lease_revoke(lease).await.map(drop)
+                })
+                .await
+            })
+        });
+        match done {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(%subnet, %key, "the node did not start: the subnet lease it took is given back");
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(%subnet, %key, "the node did not start, and its new subnet lease could not be given back ({e}); it expires with its TTL");
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(%subnet, %key, "the node did not start, and etcd did not answer in time to take back its new subnet lease; it expires with its TTL");
+            }
+        }
     }
 }
 
@@ -786,6 +841,7 @@ impl Agent {
             logged: HashMap::new(),
             logged_ignored: HashSet::new(),
             own_created: None,
+            created_here: false,
             restore_at: None,
             last_restore: None,
             state: Arc::new(EtcdState::default()),
@@ -1231,6 +1287,7 @@ impl Agent {
             }
             if resp.succeeded() {
                 self.lease_id = grant.id();
+                self.created_here = reused.is_none();
                 self.subnet = Some(subnet);
                 self.subnet6 = candidate.ipv6;
                 tracing::info!(%subnet, subnet6 = ?candidate.ipv6, %key, reused = mine.is_some(), "subnet lease acquired");
