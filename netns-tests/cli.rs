@@ -376,6 +376,51 @@ fn a_node_tells_systemd_it_is_ready_and_outlives_sighup() {
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
+/// A standard error nobody reads (a stuck log shipper): once its pipe is full, the node's log
+/// lines are queued and then dropped, and neither forwarding nor the stop waits on the pipe.
+#[test]
+fn a_log_pipe_nobody_reads_stalls_neither_forwarding_nor_the_stop() {
+    if skip("a_log_pipe_nobody_reads_stalls_neither_forwarding_nor_the_stop") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let (read, write) = crate::common::small_pipe(4096);
+    let queued = || crate::common::pipe_queued(&read);
+    let args = topo.node_args(0, &[]);
+    let stderr = write.try_clone().expect("dup");
+    let index = topo
+        .start_node_with(0, EXE, &args, move |c| {
+            c.stderr(std::process::Stdio::from(stderr));
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(write);
+    let pid = topo.processes[index].pid().expect("pid");
+    // Each SIGHUP logs a line ("nothing to reload"): fill the pipe until a line no longer fits.
+    let mut full = false;
+    for _ in 0..400 {
+        let before = queued();
+        crate::common::signal(pid, libc::SIGHUP);
+        if !wait_for(Duration::from_secs(2), || queued() > before) {
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the pipe did not fill: {} bytes", queued());
+    assert!(queued() > 3000, "{} bytes", queued());
+    for _ in 0..20 {
+        crate::common::signal(pid, libc::SIGHUP);
+    }
+    let peer = topo.node_args(1, &[]);
+    if let Err(e) = topo.start_node(1, EXE, &peer) {
+        panic!("{e}");
+    }
+    echo(&topo);
+    let mut process = topo.processes.remove(index);
+    let status = process.stop(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
 /// flanneld's VTEP, left behind when flanneld stopped, holds the VXLAN port and routes the
 /// peers' subnets past the TUN device: a `vxlan` node retires it. Any other kernel VXLAN device
 /// on the port is named with the command that removes it, never deleted.

@@ -283,3 +283,30 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) {
         std::io::Error::last_os_error()
     );
 }
+
+/// Returns a pipe (read end, write end) whose buffer holds `size` bytes.
+#[allow(unsafe_code)]
+pub(crate) fn small_pipe(size: libc::c_int) -> (std::io::PipeReader, std::io::PipeWriter) {
+    use std::os::fd::AsRawFd;
+    let (read, write) = std::io::pipe().expect("pipe");
+    // SAFETY: F_SETPIPE_SZ takes an integer and acts on the descriptor alone.
+    let set = unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    assert_eq!(
+        set,
+        size,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+    (read, write)
+}
+
+/// Returns how many bytes wait in the pipe behind `read`.
+#[allow(unsafe_code)]
+pub(crate) fn pipe_queued(read: &std::io::PipeReader) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+    let r = unsafe { libc::ioctl(read.as_raw_fd(), libc::FIONREAD, &raw mut n) };
+    assert_eq!(r, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    usize::try_from(n).unwrap_or(0)
+}

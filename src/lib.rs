@@ -18,6 +18,7 @@ pub mod event;
 pub mod http;
 pub mod iface;
 pub mod lab;
+pub mod logging;
 pub mod masq;
 pub mod metrics;
 pub mod node;

@@ -1,5 +1,6 @@
 //! The `fustian` binary: parse flags, load the configuration, run, map errors to exit codes.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -33,14 +34,24 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_new(cli.log_filter()).unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // Queued for a thread of its own: a standard error nobody reads (or whose reader is
+        // gone) drops and counts lines instead of stalling or killing the thread that logs.
+        .with_writer(fustian::logging::writer())
+        .log_internal_errors(false)
         // journald, `kubectl logs` and log files get plain text, as from flanneld.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli) {
+    let result = run(cli);
+    fustian::logging::flush(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fustian: {}", fustian::sys::printable(&error_chain(&e)));
+            // Not `eprintln!`, which panics when standard error is a closed pipe.
+            let _ = writeln!(
+                std::io::stderr(),
+                "fustian: {}",
+                fustian::sys::printable(&error_chain(&e))
+            );
             ExitCode::FAILURE
         }
     }

@@ -233,7 +233,15 @@ pub fn run(
     STARTED.store(true, Ordering::Relaxed);
     notify_systemd("READY=1");
     let mut readiness = Readiness::new(config, &view.tun, subnet_written);
-    supervise(opts, stop, &handles, &view, &mut readiness);
+    let mut control_threads = control_threads;
+    supervise(
+        opts,
+        stop,
+        &handles,
+        &mut control_threads,
+        &view,
+        &mut readiness,
+    );
     notify_systemd("STOPPING=1");
     let result = teardown(
         opts,
@@ -792,7 +800,10 @@ impl NodeView {
             .ok()
             .into_iter()
             .flat_map(crate::tun::stats::DeviceDrops::named)
-            .chain([("udp_socket_drops", UdpSocket::drops(&self.sockets))])
+            .chain([
+                ("udp_socket_drops", UdpSocket::drops(&self.sockets)),
+                ("log_lines_dropped", crate::logging::dropped()),
+            ])
     }
 
     /// The counters in the Prometheus text format: the workers' totals, the table, the
@@ -1258,12 +1269,18 @@ fn supervise<T>(
     opts: &RunOptions,
     stop: &AtomicBool,
     handles: &[JoinHandle<T>],
+    control_threads: &mut Vec<JoinHandle<()>>,
     view: &NodeView,
     readiness: &mut Readiness,
 ) {
     let mut last_stats: Option<Instant> = None;
     let mut failing: Option<String> = None;
     while !stop.load(Ordering::Relaxed) && !handles.iter().any(JoinHandle::is_finished) {
+        if let Some(why) = control_failed(control_threads) {
+            tracing::error!("{why}; stopping the node");
+            crate::control::stop_node(why, stop);
+            break;
+        }
         if let Some(status) = &opts.status {
             readiness.update(status);
         }
@@ -1280,6 +1297,32 @@ fn supervise<T>(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Joins the control threads that ended, and returns why the node must stop when one ended
+/// by a panic: a control source that is gone leaves the node forwarding on a table nobody
+/// updates, while `/readyz` would still say ready. One that returned (a source with nothing
+/// more to do) is let go.
+fn control_failed(control_threads: &mut Vec<JoinHandle<()>>) -> Option<String> {
+    let mut why = None;
+    let mut running = Vec::with_capacity(control_threads.len());
+    for t in control_threads.drain(..) {
+        if !t.is_finished() {
+            running.push(t);
+            continue;
+        }
+        let name = t.thread().name().unwrap_or("control").to_owned();
+        if let Err(panic) = t.join() {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            why.get_or_insert(format!("the {name} thread stopped: {text}"));
+        }
+    }
+    *control_threads = running;
+    why
 }
 
 /// Stops and joins the workers (the first failure is the result), marks the endpoint not
