@@ -287,6 +287,9 @@ pub struct HeadParser {
     pos: usize,
     /// The request line, once judged.
     line: Option<RequestLine>,
+    /// The method of the request line, once the line is judged well-formed (its version may
+    /// still be refused).
+    method: Option<Method>,
     /// `Host` fields seen (saturating).
     hosts: u8,
     /// The value of the first `Host` field, without surrounding whitespace: where it starts
@@ -298,6 +301,13 @@ impl HeadParser {
     /// Returns a parser at the start of a request.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Returns the method of the request line once that line is judged well-formed, even
+    /// when its version or a later line is refused: the answer to a `HEAD` request has no body,
+    /// a refusal included (RFC 9110 section 9.3.2).
+    pub fn method(&self) -> Option<Method> {
+        self.method
     }
 
     /// Judges the complete lines of `buf` not judged yet. Returns the head once its empty line
@@ -329,7 +339,16 @@ impl HeadParser {
             match &self.line {
                 // RFC 9112 section 2.2: empty lines before the request line are ignored.
                 None if line.is_empty() => {}
-                None => self.line = Some(RequestLine::parse(line, start)?),
+                None => match RequestLine::parse(line, start) {
+                    Ok(request) => {
+                        self.method = Some(request.method);
+                        self.line = Some(request);
+                    }
+                    Err((e, method)) => {
+                        self.method = method;
+                        return Err(e);
+                    }
+                },
                 Some(request) if line.is_empty() => {
                     let hosts_ok = if request.http11 {
                         self.hosts == 1
@@ -568,34 +587,35 @@ struct RequestLine {
 
 impl RequestLine {
     /// Parses `method SP request-target SP HTTP-version` (RFC 9112 section 3); `at` is the
-    /// line's offset in the buffer.
-    fn parse(line: &[u8], at: usize) -> Result<Self, HeadError> {
+    /// line's offset in the buffer. A refusal carries the method when the line is well-formed
+    /// but for its version.
+    fn parse(line: &[u8], at: usize) -> Result<Self, (HeadError, Option<Method>)> {
         let mut parts = line.splitn(3, |&b| b == b' ');
-        let (Some(method), Some(target), Some(version)) =
+        let (Some(method_name), Some(target), Some(version)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return Err(HeadError::BadRequestLine);
+            return Err((HeadError::BadRequestLine, None));
         };
-        if !is_token(method) || target.is_empty() || !target.iter().all(|&b| is_vchar(b)) {
-            return Err(HeadError::BadRequestLine);
+        if !is_token(method_name) || target.is_empty() || !target.iter().all(|&b| is_vchar(b)) {
+            return Err((HeadError::BadRequestLine, None));
         }
+        let method = match method_name {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            _ => Method::Other,
+        };
         let http11 = match version {
             b"HTTP/1.1" => true,
             b"HTTP/1.0" => false,
             [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
                 if major.is_ascii_digit() && minor.is_ascii_digit() =>
             {
-                return Err(HeadError::BadVersion);
+                return Err((HeadError::BadVersion, Some(method)));
             }
-            _ => return Err(HeadError::BadRequestLine),
+            _ => return Err((HeadError::BadRequestLine, None)),
         };
         // The target starts after the method and one space.
-        let from = at + method.len() + 1;
-        let method = match method {
-            b"GET" => Method::Get,
-            b"HEAD" => Method::Head,
-            _ => Method::Other,
-        };
+        let from = at + method_name.len() + 1;
         let mut authority = None;
         let target = if target.starts_with(b"/") {
             Some((from, from + target.len()))
@@ -610,7 +630,7 @@ impl RequestLine {
             authority = Some((from + scheme, from + end));
             path.map(|skip| (from + skip, from + target.len()))
         } else {
-            return Err(HeadError::BadRequestLine);
+            return Err((HeadError::BadRequestLine, None));
         };
         Ok(Self {
             method,
@@ -1105,10 +1125,12 @@ impl Server {
             let Some(mut c) = self.conns[slot].take() else {
                 continue;
             };
-            match c.state {
-                State::Reading { .. } => {
+            match &c.state {
+                State::Reading { parser, .. } => {
                     Counters::bump(&self.status.counters.timeouts);
-                    let out = answer(408, TEXT, "request head not received in time\n", true, &[]);
+                    let with_body = parser.method() != Some(Method::Head);
+                    let body = "request head not received in time\n";
+                    let out = answer(408, TEXT, body, with_body, &[]);
                     let _ = c.stream.write(&out);
                 }
                 State::Writing { .. } => Counters::bump(&self.status.counters.timeouts),
@@ -1195,8 +1217,16 @@ fn peek_head(stream: &TcpStream, buf: &mut [u8]) -> Peeked {
 }
 
 /// What reading the head produced: nothing yet, or the parser's verdict (the head or the
-/// error); `Err(())` closes the connection.
-type HeadRead<'a> = Result<Option<Result<RequestHead<'a>, HeadError>>, ()>;
+/// refusal); `Err(())` closes the connection.
+type HeadRead<'a> = Result<Option<Result<RequestHead<'a>, Refusal>>, ()>;
+
+/// A refused request head: why, and the method of its request line if that line was judged
+/// well-formed ([`HeadParser::method`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    error: HeadError,
+    method: Option<Method>,
+}
 
 /// Reads into `buf[*filled..]` until the head is judged, the socket has nothing more, or the
 /// client closed its side (then what arrived is judged one last time).
@@ -1245,7 +1275,10 @@ fn read_head<'a>(
     match verdict {
         Ok(None) => Ok(None),
         Ok(Some(h)) => Ok(Some(Ok(h))),
-        Err(e) => Ok(Some(Err(e))),
+        Err(error) => Ok(Some(Err(Refusal {
+            error,
+            method: parser.method(),
+        }))),
     }
 }
 
@@ -1289,8 +1322,9 @@ pub fn names_host(value: &[u8], hostname: &str) -> bool {
             || (!hostname.is_empty() && name.eq_ignore_ascii_case(hostname)))
 }
 
-/// Builds the answer to a judged head; the flag says it was a bad request.
-fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u8>, bool) {
+/// Builds the answer to a judged head; the flag says it was a bad request. An answer to `HEAD`
+/// has no body, a refusal included (RFC 9110 section 9.3.2).
+fn render(status: &Status, head: Result<&RequestHead<'_>, &Refusal>) -> (Vec<u8>, bool) {
     match head {
         Ok(h) if h.method == Method::Other => (
             answer(
@@ -1322,7 +1356,11 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &HeadError>) -> (Vec<u
                 false,
             )
         }
-        Err(e) => (answer(e.code(), TEXT, &format!("{e}\n"), true, &[]), true),
+        Err(r) => {
+            let with_body = r.method != Some(Method::Head);
+            let body = format!("{}\n", r.error);
+            (answer(r.error.code(), TEXT, &body, with_body, &[]), true)
+        }
     }
 }
 
@@ -1522,11 +1560,7 @@ mod tests {
     #[test]
     fn answers_for_heads() {
         let s = status();
-        let text = |head: &[u8]| {
-            let judged = parse_head(head).expect("judged").map(Ok);
-            let judged = judged.unwrap_or(Err(HeadError::BadHost));
-            String::from_utf8(render(&s, judged.as_ref()).0).expect("text")
-        };
+        let text = |head: &[u8]| judge_and_render(&s, head);
         let a = text(b"GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n");
         assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
         assert!(a.contains("Connection: close\r\n"), "{a}");
@@ -1541,9 +1575,64 @@ mod tests {
         );
         let a = text(b"GET /x HTTP/1.0\r\n\r\n");
         assert!(a.starts_with("HTTP/1.1 404 "), "{a}");
-        let refused = render(&s, Err(&HeadError::HeadTooLarge)).0;
+        let too_large = Refusal {
+            error: HeadError::HeadTooLarge,
+            method: None,
+        };
+        let refused = render(&s, Err(&too_large)).0;
         assert!(refused.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
         assert!(a.contains("X-Content-Type-Options: nosniff\r\n"), "{a}");
+    }
+
+    /// Judges `head` as the server does and renders the answer (a head that is not complete
+    /// is refused as [`HeadError::BadHost`]).
+    fn judge_and_render(s: &Status, head: &[u8]) -> String {
+        let mut parser = HeadParser::new();
+        let judged = match parser.advance(head) {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(Refusal {
+                error: HeadError::BadHost,
+                method: parser.method(),
+            }),
+            Err(error) => Err(Refusal {
+                error,
+                method: parser.method(),
+            }),
+        };
+        String::from_utf8(render(s, judged.as_ref()).0).expect("text")
+    }
+
+    #[test]
+    fn a_refused_head_request_is_answered_without_a_body() {
+        let s = status();
+        for (head, code) in [
+            (&b"HEAD /healthz HTTP/1.1\r\n\r\n"[..], "400"),
+            (
+                b"HEAD /healthz HTTP/1.1\r\nHost: n\r\nX: a\x01b\r\n\r\n",
+                "400",
+            ),
+            (b"HEAD /healthz HTTP/1.5\r\nHost: n\r\n\r\n", "505"),
+            (
+                b"HEAD /metrics HTTP/1.1\r\nHost: n\r\nHost: m\r\n\r\n",
+                "400",
+            ),
+        ] {
+            let a = judge_and_render(&s, head);
+            assert_eq!(&a[9..12], code, "{a}");
+            assert!(a.ends_with("\r\n\r\n"), "{a:?}");
+            // The head of the answer a GET would get: its Content-Length included.
+            let get = [b"GET".as_slice(), &head[4..]].concat();
+            let g = judge_and_render(&s, &get);
+            let (g_head, g_body) = g.split_once("\r\n\r\n").expect("head");
+            assert!(!g_body.is_empty(), "{g}");
+            assert_eq!(format!("{g_head}\r\n\r\n"), a);
+        }
+        // A request line that is not one keeps its body: its method is not known.
+        let a = judge_and_render(&s, b"HEAD  /healthz HTTP/1.1\r\n\r\n");
+        assert!(
+            a.starts_with("HTTP/1.1 400 ") && a.ends_with("request line\n"),
+            "{a}"
+        );
     }
 
     #[test]
