@@ -1043,22 +1043,7 @@ impl Server {
         else {
             return;
         };
-        // Only the small answers: `/status` and `/metrics` are rendered for a client with a
-        // slot, so a flood of them is not a flood of renders on this thread, and a client
-        // never gets a body cut short by a full socket buffer.
-        let (out, bad) = match judged.as_ref() {
-            Ok(h) if exposes_state(h.target) => (
-                answer(
-                    503,
-                    TEXT,
-                    "busy: every connection slot is in use; try again\n",
-                    h.method != Method::Head,
-                    &["Retry-After: 1"],
-                ),
-                false,
-            ),
-            other => render(&self.status, other),
-        };
+        let (out, bad) = render_without_slot(&self.status, judged.as_ref());
         Counters::bump(&self.status.counters.requests);
         if bad {
             Counters::bump(&self.status.counters.bad_requests);
@@ -1322,6 +1307,42 @@ pub fn names_host(value: &[u8], hostname: &str) -> bool {
             || (!hostname.is_empty() && name.eq_ignore_ascii_case(hostname)))
 }
 
+/// Whether the `Host` field or absolute-form authority of `h` keeps it from the node's state: it
+/// asks for `/status` or `/metrics` and does not name this host.
+fn misdirected(status: &Status, h: &RequestHead<'_>) -> bool {
+    exposes_state(h.target)
+        && !(h.host.is_none_or(|v| status.names_this_host(v))
+            && h.authority.is_none_or(|v| status.names_this_host(v)))
+}
+
+/// Builds the answer to a judged head of a connection that has no slot, as [`render`] does, but
+/// for `/status` and `/metrics`: those are rendered only for a client with a slot, so a flood of
+/// them is not a flood of renders on the accepting thread and no body is cut short by a full
+/// socket buffer. A request for them that would be served gets `503` with `Retry-After`; one
+/// refused anyway (its method, its `Host`) gets that refusal.
+fn render_without_slot(
+    status: &Status,
+    head: Result<&RequestHead<'_>, &Refusal>,
+) -> (Vec<u8>, bool) {
+    match head {
+        Ok(h)
+            if exposes_state(h.target) && h.method != Method::Other && !misdirected(status, h) =>
+        {
+            (
+                answer(
+                    503,
+                    TEXT,
+                    "busy: every connection slot is in use; try again\n",
+                    h.method != Method::Head,
+                    &["Retry-After: 1"],
+                ),
+                false,
+            )
+        }
+        other => render(status, other),
+    }
+}
+
 /// Builds the answer to a judged head; the flag says it was a bad request. An answer to `HEAD`
 /// has no body, a refusal included (RFC 9110 section 9.3.2).
 fn render(status: &Status, head: Result<&RequestHead<'_>, &Refusal>) -> (Vec<u8>, bool) {
@@ -1336,11 +1357,7 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &Refusal>) -> (Vec<u8>
             ),
             true,
         ),
-        Ok(h)
-            if exposes_state(h.target)
-                && !(h.host.is_none_or(|v| status.names_this_host(v))
-                    && h.authority.is_none_or(|v| status.names_this_host(v))) =>
-        {
+        Ok(h) if misdirected(status, h) => {
             let body = format!(
                 "/status and /metrics answer only requests that name this host by an IP address, \
                  localhost, {} or a name given with --healthz-allowed-host (a guard against DNS \
@@ -1632,6 +1649,35 @@ mod tests {
         assert!(
             a.starts_with("HTTP/1.1 400 ") && a.ends_with("request line\n"),
             "{a}"
+        );
+    }
+
+    #[test]
+    fn without_a_slot_only_a_request_that_would_be_served_is_busy() {
+        let s = status();
+        let code = |head: &str| {
+            let judged = parse_head(head.as_bytes()).expect("judged").expect("whole");
+            let a = String::from_utf8(render_without_slot(&s, Ok(&judged)).0).expect("text");
+            a[9..12].to_owned()
+        };
+        for path in ["/status", "/metrics"] {
+            let busy = code(&format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+            assert_eq!(busy, "503", "{path}");
+            let head = code(&format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+            assert_eq!(head, "503", "{path}");
+            let post = code(&format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"));
+            assert_eq!(post, "405", "{path}");
+            let evil = code(&format!(
+                "GET {path} HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+            ));
+            assert_eq!(evil, "421", "{path}");
+            let authority =
+                format!("GET http://evil.example{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+            assert_eq!(code(&authority), "421", "{path}");
+        }
+        assert_eq!(
+            code("GET /healthz HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+            "200"
         );
     }
 
