@@ -771,13 +771,31 @@ pub fn parse_healthz_port(text: &str) -> Result<u16, String> {
 ///
 /// # Errors
 ///
-/// Anything else.
+/// Anything else, and an address no client can connect to: a multicast address (224.0.0.0/4,
+/// ff00::/8; TCP is unicast), the broadcast address 255.255.255.255, or one of the reserved
+/// 240.0.0.0/4 (RFC 1112 section 4), an IPv4-mapped IPv6 form of these included.
 pub fn parse_healthz_ip(text: &str) -> Result<std::net::IpAddr, String> {
     if text.eq_ignore_ascii_case("localhost") {
         return Ok(std::net::IpAddr::from([127, 0, 0, 1]));
     }
-    text.parse()
-        .map_err(|_| format!("`{text}` is not an IP address (or localhost)"))
+    let ip: std::net::IpAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IP address (or localhost)"))?;
+    let unusable = match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        std::net::IpAddr::V4(v4) if v4.octets()[0] >= 240 => {
+            Some("a reserved address (240.0.0.0/4)")
+        }
+        a if a.is_multicast() => Some("a multicast address"),
+        _ => None,
+    };
+    match unusable {
+        Some(what) => Err(format!(
+            "`{text}` is {what}, which no client can connect to: give a unicast address, \
+             0.0.0.0 or :: for every address, or 127.0.0.1"
+        )),
+        None => Ok(ip),
+    }
 }
 
 /// Parses a boolean as Go's `strconv.ParseBool`: 1, t, T, TRUE, true, True, 0, f, F, FALSE,
@@ -1236,6 +1254,37 @@ mod tests {
         let r = run_args(&["run", "-healthz-ip=localhost"]);
         assert_eq!(r.healthz_ip, IpAddr::from([127, 0, 0, 1]));
         assert!(parse_with(&["run", "-healthz-ip=example.org"], &no_env).is_err());
+    }
+
+    #[test]
+    fn healthz_ip_is_an_address_a_client_can_connect_to() {
+        for usable in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "::1",
+            "192.0.2.1",
+            "2001:db8::1",
+        ] {
+            let r = run_args(&["run", &format!("-healthz-ip={usable}")]);
+            assert_eq!(r.healthz_ip.to_string(), usable);
+        }
+        for unusable in [
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "240.0.0.1",
+            "254.1.2.3",
+            "ff02::1",
+            "ff0e::1",
+            "::ffff:224.0.0.1",
+            "::ffff:255.255.255.255",
+        ] {
+            let e = parse_healthz_ip(unusable).expect_err(unusable);
+            assert!(e.contains("no client can connect to"), "{unusable}: {e}");
+            let args = ["run", "-healthz-ip", unusable];
+            assert!(parse_with(&args, &no_env).is_err(), "{unusable}");
+        }
     }
 
     #[test]
