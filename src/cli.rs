@@ -37,16 +37,18 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Returns the log filter: `--log` (or `FUSTIAN_LOG`), else the level `run -v` maps to
-    /// (klog's 0 is `info`, 1 to 3 `debug`, 4 and more `trace`), else `info`.
+    /// Returns the log filter: `--log` (or `FUSTIAN_LOG`) as given, else what `run -v` maps to
+    /// (klog's 0 is `info`, 1 to 3 `debug`, 4 and more `trace`), else `info`. `-v` raises only
+    /// fustian's own targets (`fustian` and `fustian::*`, the binary's and the library's): the
+    /// libraries it uses (the etcd client's HTTP/2 frames, say) stay at `info`.
     pub fn log_filter(&self) -> String {
         if let Some(filter) = &self.log {
             return filter.clone();
         }
         match &self.command {
             Command::Run(args) => match args.v {
-                Some(v) if v >= 4 => "trace",
-                Some(v) if v >= 1 => "debug",
+                Some(v) if v >= 4 => "info,fustian=trace",
+                Some(v) if v >= 1 => "info,fustian=debug",
                 _ => "info",
             },
             _ => "info",
@@ -190,8 +192,8 @@ pub struct RunArgs {
     /// uses for the node. Any other name gets 421 (a guard against DNS rebinding).
     #[arg(long = "healthz-allowed-host", value_name = "NAME")]
     pub healthz_allowed_host: Vec<String>,
-    /// Log verbosity as klog's (flanneld's) `-v`: 0 is info, 1 to 3 debug, 4 and more trace;
-    /// --log wins.
+    /// Log verbosity as klog's (flanneld's) `-v`: 0 is info, 1 to 3 debug, 4 and more trace,
+    /// for fustian's own logs (other libraries stay at info); --log wins.
     #[arg(long = "v", value_name = "LEVEL", allow_negative_numbers = true)]
     pub v: Option<i32>,
     /// Testing: the subnet lease TTL in seconds instead of flannel's 24 hours.
@@ -1689,11 +1691,53 @@ mod tests {
         let filter = |args: &[&str]| parse_with(args, &no_env).expect("parses").log_filter();
         assert_eq!(filter(&["run"]), "info");
         assert_eq!(filter(&["run", "-v", "0"]), "info");
-        assert_eq!(filter(&["run", "-v=2"]), "debug");
-        assert_eq!(filter(&["run", "--v", "5"]), "trace");
+        assert_eq!(filter(&["run", "-v=1"]), "info,fustian=debug");
+        assert_eq!(filter(&["run", "-v=2"]), "info,fustian=debug");
+        assert_eq!(filter(&["run", "-v", "3"]), "info,fustian=debug");
+        assert_eq!(filter(&["run", "-v", "4"]), "info,fustian=trace");
+        assert_eq!(filter(&["run", "--v", "5"]), "info,fustian=trace");
+        assert_eq!(filter(&["--log", "debug", "run", "-v", "1"]), "debug");
         assert_eq!(filter(&["run", "-v", "-1"]), "info");
         assert_eq!(filter(&["--log", "warn", "run", "-v", "5"]), "warn");
         assert_eq!(filter(&["run", "-v", "5", "-log", "error"]), "error");
+    }
+
+    #[test]
+    fn klog_verbosity_raises_only_fustians_own_logs() {
+        use tracing::Level;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::{EnvFilter, Registry};
+
+        // What a subscriber with the filter of these arguments lets through: fustian's debug
+        // and trace events (the binary's target and a library module's), and a dependency's
+        // debug and info events.
+        let enabled = |args: &[&str]| {
+            let filter = parse_with(args, &no_env).expect("parses").log_filter();
+            let filter = EnvFilter::try_new(filter).expect("valid filter");
+            let subscriber = Registry::default().with(filter);
+            tracing::subscriber::with_default(subscriber, || {
+                [
+                    tracing::enabled!(target: "fustian", Level::DEBUG),
+                    tracing::enabled!(target: "fustian::control::etcd", Level::DEBUG),
+                    tracing::enabled!(target: "fustian::control::etcd", Level::TRACE),
+                    tracing::enabled!(target: "h2::codec", Level::DEBUG),
+                    tracing::enabled!(target: "h2::codec", Level::INFO),
+                ]
+            })
+        };
+        assert_eq!(enabled(&["run"]), [false, false, false, false, true]);
+        assert_eq!(
+            enabled(&["run", "-v", "2"]),
+            [true, true, false, false, true]
+        );
+        assert_eq!(
+            enabled(&["run", "-v", "4"]),
+            [true, true, true, false, true]
+        );
+        assert_eq!(
+            enabled(&["--log", "debug", "run"]),
+            [true, true, false, true, true]
+        );
     }
 
     #[test]
