@@ -12,14 +12,16 @@
 
 pub mod lpm;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_utils::CachePadded;
 use ipnet::IpNet;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use self::lpm::Lpm;
 use crate::wire::MacAddress;
@@ -79,7 +81,9 @@ struct PeerBlock {
 /// Received: datagrams from the peer that passed every check.
 ///
 /// Kept across table updates for as long as the peer keeps its subnet and endpoint
-/// ([`Table::publish`] carries it over), so a counter is not reset by an unrelated change.
+/// ([`Table::publish`] carries it over), so a counter is not reset by an unrelated change; a
+/// peer removed and put back with the same subnet and endpoint within [`RETIRED_FOR`] (a lease
+/// deleted and written again) gets its counters back.
 #[derive(Debug)]
 pub struct PeerStats {
     blocks: Box<[CachePadded<PeerBlock>]>,
@@ -258,12 +262,64 @@ impl Snapshot {
     }
 }
 
+/// How long the counters of a peer removed from the table are kept for its return.
+pub const RETIRED_FOR: Duration = Duration::from_secs(5 * 60);
+
+/// At most this many removed peers' counters are kept; beyond it the longest removed go first.
+pub const RETIRED_MAX: usize = 4096;
+
 /// The shared handle: the current snapshot behind an atomic pointer.
 #[derive(Debug)]
 pub struct Table {
     current: ArcSwap<Snapshot>,
     next_generation: AtomicU64,
     workers: usize,
+    /// Counters of removed peers; held for the whole of a publish, so publishes are serial.
+    retired: Mutex<Retired>,
+}
+
+/// A peer's identity for its counters: its subnet and endpoint.
+type PeerKey = (IpNet, SocketAddr);
+
+/// Counters of peers that left the table, by subnet and endpoint, kept for [`RETIRED_FOR`]
+/// (at most [`RETIRED_MAX`] of them) so a peer that comes back continues its series rather
+/// than restarting it at zero, which a scraper would take for a counter reset. Touched only by
+/// [`Table::publish`], never on the packet path.
+#[derive(Debug, Default)]
+struct Retired {
+    /// The counters and when they were retired.
+    by_peer: FxHashMap<PeerKey, (Instant, Arc<PeerStats>)>,
+    /// Retirements, oldest first; one whose peer came back (or was retired again since) is
+    /// stale and skipped when it reaches the front.
+    order: VecDeque<(Instant, PeerKey)>,
+}
+
+impl Retired {
+    /// Takes back the counters of `key`, if kept.
+    fn take(&mut self, key: &PeerKey) -> Option<Arc<PeerStats>> {
+        self.by_peer.remove(key).map(|(_, stats)| stats)
+    }
+
+    /// Keeps the counters of `key`, removed at `now`.
+    fn put(&mut self, key: PeerKey, stats: Arc<PeerStats>, now: Instant) {
+        self.by_peer.insert(key, (now, stats));
+        self.order.push_back((now, key));
+    }
+
+    /// Drops what was retired [`RETIRED_FOR`] ago or longer, then the oldest beyond
+    /// [`RETIRED_MAX`] (stale retirements count towards twice that, so churn cannot grow them).
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.order.front() {
+            let over = self.by_peer.len() > RETIRED_MAX || self.order.len() > 2 * RETIRED_MAX;
+            if !over && now.saturating_duration_since(at) < RETIRED_FOR {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_peer.get(&key).is_some_and(|&(t, _)| t == at) {
+                self.by_peer.remove(&key);
+            }
+        }
+    }
 }
 
 impl Table {
@@ -279,6 +335,7 @@ impl Table {
             current: ArcSwap::from_pointee(snapshot),
             next_generation: AtomicU64::new(2),
             workers,
+            retired: Mutex::new(Retired::default()),
         }
     }
 
@@ -294,33 +351,54 @@ impl Table {
     }
 
     /// Replaces the current snapshot; returns the generation it was given. Peers that keep
-    /// their subnet and endpoint keep their [`PeerStats`]; the others get fresh ones with a
-    /// block per worker.
-    pub fn publish(&self, mut snapshot: Snapshot) -> u64 {
+    /// their subnet and endpoint keep their [`PeerStats`]; a peer removed within
+    /// [`RETIRED_FOR`] and back with the same subnet and endpoint gets its counters back; the
+    /// others get fresh ones with a block per worker. Removed peers' counters are kept aside
+    /// (not in the snapshot, so not shown) for that time, at most [`RETIRED_MAX`] of them.
+    pub fn publish(&self, snapshot: Snapshot) -> u64 {
+        self.publish_at(snapshot, Instant::now())
+    }
+
+    /// [`Self::publish`] at time `now`.
+    fn publish_at(&self, mut snapshot: Snapshot, now: Instant) -> u64 {
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        // What was kept too long is dropped before a peer back may take it, and what this
+        // publish retires counts towards the bound after.
+        retired.expire(now);
         let old = self.current.load();
-        let kept: rustc_hash::FxHashMap<(IpNet, SocketAddr), &Arc<PeerStats>> =
-            if snapshot.peers.is_empty() {
-                rustc_hash::FxHashMap::default()
-            } else {
-                old.peers
-                    .iter()
-                    .zip(&old.stats)
-                    .map(|(p, s)| ((p.subnet, p.endpoint), s))
-                    .collect()
-            };
+        let kept: FxHashMap<PeerKey, &Arc<PeerStats>> = old
+            .peers
+            .iter()
+            .zip(&old.stats)
+            .map(|(p, s)| ((p.subnet, p.endpoint), s))
+            .collect();
         snapshot.stats = snapshot
             .peers
             .iter()
             .map(|p| {
-                kept.get(&(p.subnet, p.endpoint))
-                    .map_or_else(|| Arc::new(PeerStats::new(self.workers)), |o| Arc::clone(o))
+                let key = (p.subnet, p.endpoint);
+                kept.get(&key)
+                    .map(|&o| Arc::clone(o))
+                    .or_else(|| retired.take(&key))
+                    .unwrap_or_else(|| Arc::new(PeerStats::new(self.workers)))
             })
             .collect();
-        drop(kept);
+        let present: FxHashSet<PeerKey> = snapshot
+            .peers
+            .iter()
+            .map(|p| (p.subnet, p.endpoint))
+            .collect();
+        for (key, stats) in kept {
+            if !present.contains(&key) {
+                retired.put(key, Arc::clone(stats), now);
+            }
+        }
+        retired.expire(now);
         drop(old);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         snapshot.generation = generation;
         self.current.store(Arc::new(snapshot));
+        drop(retired);
         generation
     }
 }
@@ -362,6 +440,61 @@ mod tests {
             PeerTotals::default()
         );
         assert!(table.load().peer_stats(1).is_none());
+    }
+
+    #[test]
+    fn a_peer_removed_and_put_back_continues_its_counters() {
+        let local: Vec<IpNet> = vec!["10.244.1.0/24".parse().expect("literal")];
+        let b = peer("10.244.2.0/24", "192.0.2.2");
+        let c = peer("10.244.3.0/24", "192.0.2.3");
+        let table = Table::new(Snapshot::new(local.clone(), vec![b, c]).expect("valid"), 2);
+        let snap = table.load();
+        snap.peer_stats(0).expect("b").add_tx(1, 5, 500);
+        snap.peer_stats(1).expect("c").add_rx(0, 7, 700);
+        drop(snap);
+        let t0 = Instant::now();
+        // b's lease deleted, then written back: b continues where it was.
+        table.publish_at(Snapshot::new(local.clone(), vec![c]).expect("valid"), t0);
+        assert_eq!(table.load().peers().len(), 1, "a removed peer is not shown");
+        table.publish_at(Snapshot::new(local.clone(), vec![c, b]).expect("valid"), t0);
+        let back = table.load().peer_stats(1).expect("b").totals();
+        assert_eq!((back.tx_packets, back.tx_bytes), (5, 500));
+        // Every peer removed at once, then back: both continue.
+        table.publish_at(Snapshot::new(local.clone(), vec![]).expect("valid"), t0);
+        table.publish_at(Snapshot::new(local.clone(), vec![b, c]).expect("valid"), t0);
+        let snap = table.load();
+        assert_eq!(snap.peer_stats(0).expect("b").totals().tx_packets, 5);
+        assert_eq!(snap.peer_stats(1).expect("c").totals().rx_bytes, 700);
+        drop(snap);
+        // Back after the grace period: a new series.
+        table.publish_at(Snapshot::new(local.clone(), vec![c]).expect("valid"), t0);
+        let later = t0 + RETIRED_FOR;
+        table.publish_at(
+            Snapshot::new(local.clone(), vec![c, b]).expect("valid"),
+            later,
+        );
+        assert_eq!(
+            table.load().peer_stats(1).expect("b").totals(),
+            PeerTotals::default()
+        );
+        // Bounded: the longest removed are dropped first.
+        let many: Vec<Peer> = (0..=RETIRED_MAX)
+            .map(|i| {
+                let [_, _, hi, lo] = u32::try_from(i).expect("small").to_be_bytes();
+                Peer {
+                    subnet: IpNet::new(IpAddr::from([10, 100, hi, lo]), 32).expect("prefix"),
+                    ..peer("10.244.9.0/24", "192.0.2.9")
+                }
+            })
+            .collect();
+        table.publish_at(Snapshot::new(local.clone(), many).expect("valid"), later);
+        table.publish_at(Snapshot::new(local, vec![]).expect("valid"), later);
+        let retired = table.retired.lock().expect("not poisoned");
+        assert_eq!(retired.by_peer.len(), RETIRED_MAX);
+        for gone in [b, c] {
+            let key = (gone.subnet, gone.endpoint);
+            assert!(!retired.by_peer.contains_key(&key), "the oldest go first");
+        }
     }
 
     #[test]
