@@ -1064,7 +1064,8 @@ pub fn parse_peer_flag(text: &str) -> Result<PeerEntry, String> {
 fn invalid(origin: Origin, value: &str, reason: String) -> ConfigError {
     ConfigError::Invalid {
         origin,
-        value: value.to_owned(),
+        // The value may come from a file or the network config, and reaches the log.
+        value: crate::sys::one_line(value).into_owned(),
         reason,
     }
 }

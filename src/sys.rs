@@ -490,6 +490,26 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Returns `text` safe to put in one log line: what [`printable`] escapes, and newline and tab
+/// too (`\n`, `\t`), so text taken from etcd, the network config or a config file can neither
+/// forge a log line nor hide one.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Returns JSON text with the characters [`printable`] escapes written as JSON escapes
 /// (`\u009b`): JSON escapes C0 controls itself but not DEL, C1 controls or bidirectional
 /// overrides, and in JSON text they can only stand inside strings, where the escape means the

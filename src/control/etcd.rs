@@ -2076,7 +2076,8 @@ pub fn lease_peers(
             && (kind == "udp" || (value.vtep_mac.is_some() && same_vni(value.vni, vni)));
         if !speaks {
             let why = match (value.backend(), value.vni, value.vtep_mac) {
-                (b, ..) if b != kind => format!("backend {b}, not {kind}"),
+                // The type is the lease's text: written escaped, so it cannot forge a log line.
+                (b, ..) if b != kind => format!("backend {b:?}, not {kind}"),
                 (_, _, None) => "no VtepMAC".to_owned(),
                 (_, v, _) => format!(
                     "VNI {}, not {}",
@@ -2120,6 +2121,31 @@ mod tests {
     use super::*;
 
     const MAC: MacAddress = MacAddress([0x0e, 0, 0, 0, 0, 1]);
+
+    #[test]
+    fn a_lease_s_text_cannot_forge_a_log_line() {
+        // A BackendType with a newline, a forged log line after it and a NUL (a JSON string
+        // holds them escaped, decoded into the value).
+        let json = br#"{"PublicIP":"192.0.2.2","BackendType":"udp\n2026-01-01T00:00:00Z ERROR forged\u0000"}"#;
+        let value = LeaseValue::parse(json).expect("a lease");
+        assert!(value.backend().contains('\n'), "the test holds a newline");
+        let accepted = vec![Accepted {
+            key: "/coreos.com/network/subnets/10.244.2.0-24".to_owned(),
+            subnet: "10.244.2.0/24".parse().expect("literal"),
+            subnet6: None,
+            value,
+        }];
+        let (peers, ignored) = lease_peers(&Backend::Udp { port: None }, None, accepted);
+        assert!(peers.is_empty());
+        let [(_, why)] = ignored.as_slice() else {
+            panic!("one lease ignored: {ignored:?}");
+        };
+        assert!(!why.chars().any(char::is_control), "{why:?}");
+        assert!(why.contains("\\n2026") && why.contains("\\0"), "{why}");
+        // A raw value shown in a refusal is one line too.
+        let bad = LeaseValue::parse(b"{\"PublicIP\":{\"a\":\n1}}").expect_err("refused");
+        assert!(!bad.to_string().chars().any(char::is_control), "{bad}");
+    }
 
     #[test]
     fn an_x509_version_is_read_from_the_der() {

@@ -241,10 +241,12 @@ pub fn trimmed_quotes(raw: &[u8]) -> &[u8] {
     raw.get(start..end.max(start)).unwrap_or_default()
 }
 
-/// Shows a raw value in an error message: at most 40 bytes, lossily as UTF-8.
+/// Shows a raw value in an error message: at most 40 bytes, lossily as UTF-8, in one line
+/// ([`crate::sys::one_line`]: whitespace between tokens may hold a newline, and what etcd or a
+/// file holds must not forge a log line).
 pub fn show(raw: &[u8]) -> String {
     let cut = raw.get(..40).unwrap_or(raw);
-    let mut text = String::from_utf8_lossy(cut).into_owned();
+    let mut text = crate::sys::one_line(&String::from_utf8_lossy(cut)).into_owned();
     if cut.len() < raw.len() {
         text.push('…');
     }
