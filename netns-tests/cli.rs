@@ -376,6 +376,77 @@ fn a_node_tells_systemd_it_is_ready_and_outlives_sighup() {
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
+/// A locked-memory limit too small for io_uring's rings (the kernel's old default of 64 KiB),
+/// which binds the workers once the node drops its privileges: `--io auto` takes epoll and says
+/// why, `--io uring` is refused at start naming the limit, and so is an open-file limit too
+/// small for the node; none fails after the node is up.
+#[test]
+fn process_limits_too_small_are_named_at_start() {
+    if skip("process_limits_too_small_are_named_at_start") {
+        return;
+    }
+    for tool in ["prlimit", "setpriv"] {
+        let found = Command::new(tool).arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "{tool} (util-linux) is needed by this test"
+        );
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    // Without CAP_SYS_RESOURCE the node cannot raise the limits itself.
+    let limited = |limit: &str, extra: &[&str], topo: &Topology| {
+        let mut args: Vec<String> = [
+            limit,
+            "setpriv",
+            "--bounding-set=-sys_resource",
+            "--inh-caps=-sys_resource",
+            "--",
+            EXE,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(topo.node_args(0, extra));
+        args
+    };
+    let args = limited("--memlock=65536:65536", &["--io", "auto"], &topo);
+    let index = topo
+        .start_node_with(0, "prlimit", &args, |_| {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = topo.processes[index].log();
+    assert!(
+        log.contains("io_uring left out: RLIMIT_MEMLOCK is 64 KiB"),
+        "{log}"
+    );
+    let peer = topo.node_args(1, &[]);
+    if let Err(e) = topo.start_node(1, EXE, &peer) {
+        panic!("{e}");
+    }
+    echo(&topo);
+    let mut process = topo.processes.remove(index);
+    let status = process.stop(Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        process.log()
+    );
+    for (limit, extra, says) in [
+        (
+            "--memlock=65536:65536",
+            ["--io", "uring"],
+            "--io uring: RLIMIT_MEMLOCK is 64 KiB",
+        ),
+        ("--nofile=40:40", ["--io", "auto"], "RLIMIT_NOFILE is 40"),
+    ] {
+        let args = limited(limit, &extra, &topo);
+        let Err(e) = topo.start_node_with(0, "prlimit", &args, |_| {}) else {
+            panic!("{limit} {extra:?}: the node started");
+        };
+        assert!(e.to_string().contains(says), "{limit}: {e}");
+        assert!(!e.to_string().contains("node up"), "{limit}: {e}");
+    }
+}
+
 /// A standard error nobody reads (a stuck log shipper): once its pipe is full, the node's log
 /// lines are queued and then dropped, and neither forwarding nor the stop waits on the pipe.
 #[test]

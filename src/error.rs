@@ -23,6 +23,9 @@ pub enum Error {
     /// The underlay interface cannot be found or read.
     #[error("underlay: {0}")]
     Underlay(String),
+    /// A process limit (`RLIMIT_*`) leaves too little for the node.
+    #[error("{0}")]
+    Limit(String),
     /// A worker's event loop failed.
     #[error("worker {id} failed: {source}")]
     Worker {

@@ -128,13 +128,25 @@ pub fn run(
     stop: &Arc<AtomicBool>,
     controls: Vec<ControlPlane>,
 ) -> Result<(), Error> {
+    check_open_files(config.threads.unwrap_or_else(crate::sys::available_cpus))?;
     let mut nl = Netlink::open().map_err(|source| Error::Io {
         what: "open a route netlink socket".into(),
         source,
     })?;
     let underlay = Underlay::find(&mut nl, config)?;
     retire_flanneld_vtep(config)?;
-    let (backend, why) = event::choose(config.io).map_err(Error::Underlay)?;
+    let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
+    if backend == event::Backend::Uring
+        && let Err(limit) =
+            event::uring_memlock(config.threads.unwrap_or_else(crate::sys::available_cpus))
+    {
+        if config.io == crate::config::IoChoice::Auto {
+            tracing::warn!("io_uring left out: {limit}");
+            (backend, why) = (event::Backend::Epoll, format!("auto: {limit}"));
+        } else {
+            return Err(Error::Limit(format!("--io uring: {limit}")));
+        }
+    }
     let device = Device::open(&mut nl, config, &underlay)?;
     let (sockets, offloads) = open_sockets(config, &device)?;
     let sockets6 = open_sockets6(config, &device, offloads)?;
@@ -254,6 +266,38 @@ pub fn run(
     );
     drop(masq6);
     result
+}
+
+/// Open files a node needs besides its workers': the HTTP endpoint's connections (128 waiting
+/// and those served), the trace socket's clients, netlink sockets, the tools it runs, files.
+const FILES_BESIDE_WORKERS: u64 = 256;
+
+/// Open files one worker needs at most: its TUN queue, UDP sockets of both families, its
+/// ring or epoll instance and what they register.
+const FILES_PER_WORKER: u64 = 8;
+
+/// Raises the soft limit on open files to the hard one (as Go does for flanneld), then checks
+/// that it holds what `workers` workers need: a node short of descriptors would otherwise
+/// fail after "node up" (a worker's socket), or have the HTTP endpoint refuse probes.
+///
+/// # Errors
+///
+/// [`Error::Limit`] naming the limit and what the node needs.
+fn check_open_files(workers: usize) -> Result<(), Error> {
+    let need = FILES_BESIDE_WORKERS + FILES_PER_WORKER * workers as u64;
+    match crate::sys::raise_open_files() {
+        Ok(crate::sys::Limit {
+            soft: Some(soft), ..
+        }) if soft < need => Err(Error::Limit(format!(
+            "RLIMIT_NOFILE is {soft}, and a node with {workers} workers needs at least {need} \
+             open files (raise LimitNOFILE= in the unit or ulimit -n)"
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!("cannot read RLIMIT_NOFILE: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Returns the interface that holds `ip` (`what` names it in the error).

@@ -92,6 +92,92 @@ fn until_released_within<T, E>(
     }
 }
 
+/// A resource limit: the soft and the hard value (`None` is unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// What the process may use now.
+    pub soft: Option<u64>,
+    /// What an unprivileged process may raise `soft` to.
+    pub hard: Option<u64>,
+}
+
+fn limit_value(v: libc::rlim_t) -> Option<u64> {
+    (v != libc::RLIM_INFINITY).then_some(v)
+}
+
+/// Returns limit `resource` (`libc::RLIMIT_*`).
+///
+/// # Errors
+///
+/// The `getrlimit` error.
+pub fn limit(resource: libc::__rlimit_resource_t) -> io::Result<Limit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through the pointer, which outlives the call.
+    syscall!(getrlimit(resource, &raw mut lim))?;
+    Ok(Limit {
+        soft: limit_value(lim.rlim_cur),
+        hard: limit_value(lim.rlim_max),
+    })
+}
+
+/// Raises limit `resource` to at least `want` bytes or items (`None`: unlimited) where it is
+/// lower: both values where the process may (`CAP_SYS_RESOURCE`), else the soft value up to
+/// the hard one. Returns the limit in force afterwards; never lowers anything.
+///
+/// # Errors
+///
+/// The `getrlimit` error.
+pub fn raise_limit(resource: libc::__rlimit_resource_t, want: Option<u64>) -> io::Result<Limit> {
+    let now = limit(resource)?;
+    let below = |v: Option<u64>| match (v, want) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(v), Some(w)) => v < w,
+    };
+    if !below(now.soft) {
+        return Ok(now);
+    }
+    let raw = |v: Option<u64>| v.unwrap_or(libc::RLIM_INFINITY);
+    let both = libc::rlimit {
+        rlim_cur: raw(want),
+        rlim_max: if below(now.hard) {
+            raw(want)
+        } else {
+            raw(now.hard)
+        },
+    };
+    // SAFETY: setrlimit reads one rlimit through the pointer, which outlives the call.
+    if syscall!(setrlimit(resource, &raw const both)).is_err() {
+        let soft = match (now.hard, want) {
+            (Some(h), Some(w)) => Some(h.min(w)),
+            (Some(h), None) => Some(h),
+            (None, w) => w,
+        };
+        let to_hard = libc::rlimit {
+            rlim_cur: raw(soft),
+            rlim_max: raw(now.hard),
+        };
+        // SAFETY: as above.
+        let _ = syscall!(setrlimit(resource, &raw const to_hard));
+    }
+    limit(resource)
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does at the start of
+/// every program (flanneld included): the kernel's default soft limit of 1024 is a service
+/// manager's leftover from `select(2)`, which nothing here uses.
+///
+/// # Errors
+///
+/// The `getrlimit` error.
+pub fn raise_open_files() -> io::Result<Limit> {
+    let now = limit(libc::RLIMIT_NOFILE)?;
+    raise_limit(libc::RLIMIT_NOFILE, now.hard)
+}
+
 /// Moves the calling thread into the network namespace held open by `ns`.
 ///
 /// Only the calling thread changes namespace (setns(2) acts per thread for `CLONE_NEWNET`);
@@ -1071,5 +1157,20 @@ mod release_tests {
         assert!(start.elapsed() >= wait);
         assert_eq!(got, Err(attempts));
         assert!(attempts >= 2, "attempted {attempts} times");
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::{limit, raise_limit};
+
+    #[test]
+    fn a_limit_is_never_lowered_and_raised_up_to_what_is_allowed() {
+        let before = limit(libc::RLIMIT_NOFILE).expect("getrlimit");
+        let after = raise_limit(libc::RLIMIT_NOFILE, Some(1)).expect("raise");
+        assert_eq!(after, before, "a lower want changes nothing");
+        // Up to the hard value any process may go.
+        let after = raise_limit(libc::RLIMIT_NOFILE, before.hard).expect("raise");
+        assert_eq!(after.soft, before.hard);
     }
 }

@@ -110,6 +110,35 @@ pub fn choose(choice: IoChoice) -> Result<(Backend, String), String> {
     }
 }
 
+/// Locked memory one io_uring worker needs at most (its rings and provided-buffer rings,
+/// about 200 KiB measured), with room to spare: charged to the user's `RLIMIT_MEMLOCK` once the
+/// node has dropped `CAP_IPC_LOCK` with its other privileges.
+pub const URING_MEMLOCK_PER_WORKER: u64 = 512 * 1024;
+
+/// Makes room for `workers` io_uring workers under `RLIMIT_MEMLOCK`, which binds them once the
+/// privileges are dropped (the kernel's default, 64 KiB before Linux 5.16 and in many
+/// containers, holds none): raised to unlimited where the process may, else up to its hard
+/// value.
+///
+/// # Errors
+///
+/// A sentence naming the limit when it stays below what the workers need.
+pub fn uring_memlock(workers: usize) -> Result<(), String> {
+    let need = URING_MEMLOCK_PER_WORKER.saturating_mul(workers as u64);
+    let lim = crate::sys::raise_limit(libc::RLIMIT_MEMLOCK, None)
+        .map_err(|e| format!("cannot read RLIMIT_MEMLOCK: {e}"))?;
+    match lim.soft {
+        Some(soft) if soft < need => Err(format!(
+            "RLIMIT_MEMLOCK is {} KiB, and {workers} io_uring workers need about {} KiB of locked \
+             memory once privileges are dropped (raise LimitMEMLOCK= in the unit, ulimit -l, or \
+             give CAP_SYS_RESOURCE)",
+            soft / 1024,
+            need / 1024
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(feature = "uring")]
 const fn uring_backend() -> Backend {
     Backend::Uring
