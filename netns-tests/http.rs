@@ -391,8 +391,8 @@ fn http_20000_pipelined_requests_never_read() {
 /// ready with the reason, and putting each back makes it ready again, while `/healthz` stays
 /// 200 throughout (the node lives; a supervisor should not restart it for an operator's edit).
 #[test]
-fn readyz_follows_the_device_the_route_and_the_subnet_file() {
-    if skip("readyz_follows_the_device_the_route_and_the_subnet_file") {
+fn readyz_follows_the_device_the_route_the_subnet_file_and_the_underlay() {
+    if skip("readyz_follows_the_device_the_route_the_subnet_file_and_the_underlay") {
         return;
     }
     let _serial = serial();
@@ -441,6 +441,22 @@ fn readyz_follows_the_device_the_route_and_the_subnet_file() {
     std::fs::remove_file(&subnet_file).expect("remove");
     becomes(&lab, "503", "subnet file");
     std::fs::write(&subnet_file, kept).expect("put back");
+    becomes(&lab, "200", "fustian is ready");
+    // The address the node's sockets are bound to, then the underlay link.
+    let underlay = format!("{}/24", fustian::lab::HOST_IPS[0]);
+    host.ip(&["addr", "del", &underlay, "dev", "ul0"])
+        .expect("addr del");
+    becomes(&lab, "503", "the underlay address 192.0.2.1 is gone");
+    host.ip(&["addr", "add", &underlay, "dev", "ul0"])
+        .expect("addr add");
+    becomes(&lab, "200", "fustian is ready");
+    host.ip(&["link", "set", "ul0", "down"]).expect("down");
+    becomes(
+        &lab,
+        "503",
+        "the underlay interface holding 192.0.2.1 is down",
+    );
+    host.ip(&["link", "set", "ul0", "up"]).expect("up");
     becomes(&lab, "200", "fustian is ready");
     assert!(
         lab.log().contains("not ready: TUN device flannel0 is down"),

@@ -239,7 +239,12 @@ fn join_etcd(
             stop,
             &waiting,
         )
-        .with_context(|| format!("cannot join the network through etcd at {endpoints}"))?
+        .with_context(|| {
+            format!(
+                "cannot join the network through etcd at {}",
+                agent.endpoint_list()
+            )
+        })?
     else {
         return Ok(None);
     };

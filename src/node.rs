@@ -244,7 +244,7 @@ pub fn run(
     // file is written and packets flow.
     STARTED.store(true, Ordering::Relaxed);
     notify_systemd("READY=1");
-    let mut readiness = Readiness::new(config, &view.tun, subnet_written);
+    let mut readiness = Readiness::new(config, &view.tun, subnet_written, view.sources.clone());
     let mut control_threads = control_threads;
     supervise(
         opts,
@@ -988,19 +988,32 @@ struct Readiness {
     networks: Vec<ipnet::IpNet>,
     /// The subnet file, when this node wrote one.
     subnet_file: Option<std::path::PathBuf>,
+    /// The underlay addresses the node's sockets are bound to.
+    underlay: Vec<std::net::IpAddr>,
+    /// The control sources, which may know why the node is not ready (a lease expired).
+    sources: Vec<Arc<dyn SourceMetrics>>,
     last: Option<Instant>,
     /// The problem last reported (logged once per change).
     said: Option<String>,
 }
 
 impl Readiness {
-    fn new(config: &NodeConfig, tun: &str, subnet_file: bool) -> Self {
+    fn new(
+        config: &NodeConfig,
+        tun: &str,
+        subnet_file: bool,
+        sources: Vec<Arc<dyn SourceMetrics>>,
+    ) -> Self {
         Self {
             nl: Netlink::open().ok(),
             tun: tun.to_owned(),
             index: if_index(tun),
             networks: config.networks().iter().map(ipnet::IpNet::trunc).collect(),
             subnet_file: subnet_file.then(|| config.subnet_file.clone()),
+            underlay: std::iter::once(config.public_ip)
+                .chain(config.public_ipv6.map(std::net::IpAddr::V6))
+                .collect(),
+            sources,
             last: None,
             said: None,
         }
@@ -1030,6 +1043,23 @@ impl Readiness {
                     self.tun
                 ));
             }
+        }
+        for &ip in &self.underlay {
+            match nl.index_holding(ip) {
+                Ok(None) => {
+                    return Some(format!(
+                        "the underlay address {ip} is gone from this host (the node's sockets \
+                         are bound to it)"
+                    ));
+                }
+                Ok(Some(i)) if nl.link_up(i).is_ok_and(|up| up == Some(false)) => {
+                    return Some(format!("the underlay interface holding {ip} is down"));
+                }
+                Ok(Some(_)) | Err(_) => {}
+            }
+        }
+        if let Some(why) = self.sources.iter().find_map(|s| s.not_ready()) {
+            return Some(why);
         }
         if let Some(path) = &self.subnet_file {
             // Only what the node can tell: a file it may no longer look at (`--user`, a

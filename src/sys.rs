@@ -178,6 +178,17 @@ pub fn raise_open_files() -> io::Result<Limit> {
     raise_limit(libc::RLIMIT_NOFILE, now.hard)
 }
 
+/// Returns milliseconds on a clock that only moves forward (1 at the first call in this
+/// process, so 0 may stand for "never"), for deadlines shared between threads as plain
+/// integers.
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
 /// Moves the calling thread into the network namespace held open by `ns`.
 ///
 /// Only the calling thread changes namespace (setns(2) acts per thread for `CLONE_NEWNET`);

@@ -464,6 +464,9 @@ pub struct EtcdState {
     /// Times the own key was found put on another etcd lease with this node's `PublicIP` (a
     /// second node with the same address) and left to it.
     pub own_lease_shared: AtomicU64,
+    /// When this node's etcd lease expires unless renewed, in milliseconds of
+    /// [`crate::sys::monotonic_ms`] (0: no lease yet).
+    pub lease_expires_ms: AtomicU64,
     /// Watch events applied.
     pub events: AtomicU64,
     /// Times the network config was changed or deleted while the node ran (it keeps the one
@@ -472,6 +475,16 @@ pub struct EtcdState {
 }
 
 impl EtcdState {
+    /// Notes that this node's etcd lease lives `ttl_secs` seconds from now (granted, or renewed
+    /// by a keep-alive).
+    fn lease_lives(&self, ttl_secs: i64) {
+        let ms = u64::try_from(ttl_secs).unwrap_or(0).saturating_mul(1000);
+        self.lease_expires_ms.store(
+            crate::sys::monotonic_ms().saturating_add(ms),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Renders the state in the Prometheus text format (`fustian_etcd_*`).
     pub fn render_prometheus(&self) -> String {
         let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
@@ -532,6 +545,18 @@ impl crate::control::SourceMetrics for EtcdState {
 
     fn render_prometheus(&self) -> String {
         Self::render_prometheus(self)
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        let expires = self.lease_expires_ms.load(Ordering::Relaxed);
+        let now = crate::sys::monotonic_ms();
+        (expires != 0 && now >= expires).then(|| {
+            format!(
+                "the subnet lease expired {} s ago without a renewal (etcd out of reach): \
+                 another node may lease this subnet",
+                (now - expires) / 1000
+            )
+        })
     }
 }
 
@@ -746,6 +771,25 @@ async fn connect_one(
     Ok(client)
 }
 
+/// Returns `text` with the user information of every endpoint URL in `endpoints` (the
+/// `user:password@` of `http://user:password@host:2379`) written as `***@`: the reasons on
+/// `/readyz`, which any local client may read, and the log name endpoints, never credentials.
+pub fn hide_userinfo(text: &str, endpoints: &[String]) -> String {
+    let mut out = text.to_owned();
+    for endpoint in endpoints {
+        let rest = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, r)| r);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && !userinfo.is_empty()
+        {
+            out = out.replace(&format!("{userinfo}@"), "***@");
+        }
+    }
+    out
+}
+
 /// A transaction that goes ahead only while `key` is the one created at revision `created`
 /// (not deleted, expired or written anew since).
 fn unchanged_since(key: &str, created: i64) -> Txn {
@@ -855,7 +899,7 @@ impl Agent {
 
     /// Returns the endpoints as given, comma separated, for messages.
     pub fn endpoint_list(&self) -> String {
-        self.opts.endpoints.join(",")
+        hide_userinfo(&self.opts.endpoints.join(","), &self.opts.endpoints)
     }
 
     fn config_key(&self) -> String {
@@ -878,13 +922,17 @@ impl Agent {
                 None => return Ok(false),
                 Some(Ok(client)) => {
                     if index != self.endpoint || n > 1 {
+                        let endpoint = hide_userinfo(&endpoint, &self.opts.endpoints);
                         tracing::info!(%endpoint, "etcd: connected");
                     }
                     self.endpoint = index;
                     self.client = Some(client);
                     return Ok(true);
                 }
-                Some(Err(e)) => failures.push(format!("{endpoint}: {}", with_causes(&e))),
+                Some(Err(e)) => failures.push(hide_userinfo(
+                    &format!("{endpoint}: {}", with_causes(&e)),
+                    &self.opts.endpoints,
+                )),
             }
         }
         if n == 0 {
@@ -1287,6 +1335,7 @@ impl Agent {
             }
             if resp.succeeded() {
                 self.lease_id = grant.id();
+                self.state.lease_lives(grant.ttl());
                 self.created_here = reused.is_none();
                 self.subnet = Some(subnet);
                 self.subnet6 = candidate.ipv6;
@@ -1781,6 +1830,7 @@ impl Agent {
                 .rt
                 .block_on(client.lease_grant(self.ttl_secs(), None))?;
             self.lease_id = grant.id();
+            self.state.lease_lives(grant.ttl());
             self.state.lease_regrants.fetch_add(1, Ordering::Relaxed);
         }
         let value = self.own_value().to_json();
@@ -1884,6 +1934,7 @@ impl Agent {
         };
         if ok && fresh {
             self.lease_id = lease_id;
+            self.state.lease_lives(self.ttl_secs());
             self.state.lease_regrants.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%subnet, "subnet lease granted again");
             Ok(())
@@ -1914,6 +1965,7 @@ impl Agent {
         let resp = self.rt.block_on(stream.message())?;
         match resp {
             Some(r) if r.ttl() > 0 => {
+                self.state.lease_lives(r.ttl());
                 tracing::info!(ttl = r.ttl(), "subnet lease renewed");
                 Ok(())
             }
@@ -2556,5 +2608,58 @@ mod vni_tests {
         );
         value.vni = Some(65535);
         assert!(value.to_json().contains(r#""VNI":65535,"#));
+    }
+}
+
+#[cfg(test)]
+mod userinfo_tests {
+    use super::hide_userinfo;
+
+    #[test]
+    fn credentials_in_endpoint_urls_are_not_shown() {
+        let endpoints = [
+            "http://alice:s3cr3t@192.0.2.254:1".to_owned(),
+            "https://192.0.2.254:2379".to_owned(),
+            "bob@192.0.2.9:2379".to_owned(),
+        ];
+        let text = format!("waiting for etcd at {}", endpoints.join(","));
+        assert_eq!(
+            hide_userinfo(&text, &endpoints),
+            "waiting for etcd at http://***@192.0.2.254:1,https://192.0.2.254:2379,***@192.0.2.9:2379"
+        );
+        assert_eq!(hide_userinfo("no url", &endpoints), "no url");
+    }
+
+    proptest::proptest! {
+        /// Whatever the endpoint, its user information does not survive in the text.
+        #[test]
+        fn no_userinfo_survives(user in "[a-z0-9:%]{1,12}", host in "[a-z0-9.]{1,12}") {
+            let endpoint = format!("http://{user}@{host}:2379");
+            let shown = hide_userinfo(&format!("at {endpoint}: refused"), &[endpoint]);
+            let expected = format!("at http://***@{host}:2379: refused");
+            proptest::prop_assert_eq!(shown, expected);
+        }
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::EtcdState;
+    use crate::control::SourceMetrics;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_lease_past_its_ttl_without_a_renewal_makes_the_node_not_ready() {
+        let state = EtcdState::default();
+        assert_eq!(state.not_ready(), None, "no lease yet: nothing to say");
+        state.lease_lives(60);
+        assert_eq!(state.not_ready(), None);
+        state.lease_lives(0);
+        let why = state.not_ready().expect("expired");
+        assert!(why.contains("the subnet lease expired"), "{why}");
+        // Renewed: ready again.
+        state.lease_lives(60);
+        assert_eq!(state.not_ready(), None);
+        assert!(state.lease_expires_ms.load(Ordering::Relaxed) > 0);
     }
 }

@@ -56,6 +56,12 @@ pub trait SourceMetrics: Send + Sync {
     /// Renders the same counters in the Prometheus text format (`fustian_` names, with their
     /// `# TYPE` lines), for `/metrics` and the stats file.
     fn render_prometheus(&self) -> String;
+
+    /// Returns why the node is not ready as far as this source can tell (its lease expired,
+    /// say), for `/readyz`.
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The loop of a control source: run once with the table and the stop flag; it returns when
