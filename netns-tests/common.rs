@@ -310,3 +310,15 @@ pub(crate) fn pipe_queued(read: &std::io::PipeReader) -> usize {
     assert_eq!(r, 0, "FIONREAD: {}", std::io::Error::last_os_error());
     usize::try_from(n).unwrap_or(0)
 }
+
+/// Sets its flag when dropped, on the way out of a panic as well: threads of a scope that
+/// run until the flag is set then end, and the scope reports the panic instead of waiting.
+#[cfg(feature = "etcd")]
+pub(crate) struct SetOnDrop<'a>(pub(crate) &'a std::sync::atomic::AtomicBool);
+
+#[cfg(feature = "etcd")]
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

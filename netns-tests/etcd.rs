@@ -1338,6 +1338,8 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
     let (n01, n10) = std::thread::scope(|s| {
         let forward = s.spawn(|| transfers_until(&c, 0, 1, &done));
         let backward = s.spawn(|| transfers_until(&c, 1, 0, &done));
+        // A failed assertion below ends the transfers too, so the scope can end and report it.
+        let _stop = crate::common::SetOnDrop(&done);
         let mut written: Vec<&str> = Vec::new();
         for (key, value, reason) in &bad {
             c.put(&format!("{PREFIX}/subnets/{key}"), value);
@@ -1368,7 +1370,7 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
         assert_eq!(c.counter(0, "table_peers"), 1);
         let logged = |c: &Cluster| {
             c.log(0)
-                .matches("lease ignored: backend vxlan, not udp")
+                .matches(r#"lease ignored: backend "vxlan", not udp"#)
                 .count()
         };
         assert!(

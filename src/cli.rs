@@ -1042,17 +1042,34 @@ pub struct EtcdAccessArgs {
     /// etcd CA certificate.
     #[arg(long, value_name = "FILE")]
     pub etcd_cafile: Option<PathBuf>,
-    /// etcd user name (with --etcd-password).
-    #[arg(long, value_name = "NAME", env = "FLANNELD_ETCD_USERNAME")]
+    /// etcd user name (with --etcd-password); `doctor` also reads FLANNELD_ETCD_USERNAME, as
+    /// `run` reads every flanneld flag.
+    #[arg(long, value_name = "NAME")]
     pub etcd_username: Option<String>,
     /// etcd password; FLANNELD_ETCD_PASSWORD keeps it out of `ps`.
-    #[arg(
-        long,
-        value_name = "PASSWORD",
-        env = "FLANNELD_ETCD_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "PASSWORD")]
     pub etcd_password: Option<String>,
+}
+
+impl EtcdAccessArgs {
+    /// Returns the flags with the login taken from the node's `FLANNELD_ETCD_USERNAME` and
+    /// `FLANNELD_ETCD_PASSWORD` where not given (an empty variable is unset, as for `run`), so
+    /// `doctor` logs in as the node does.
+    #[must_use]
+    pub fn with_flanneld_env(&self) -> Self {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self {
+            etcd_username: self
+                .etcd_username
+                .clone()
+                .or_else(|| env("FLANNELD_ETCD_USERNAME")),
+            etcd_password: self
+                .etcd_password
+                .clone()
+                .or_else(|| env("FLANNELD_ETCD_PASSWORD")),
+            ..self.clone()
+        }
+    }
 }
 
 /// Flags of `fustian trace`.

@@ -6,9 +6,9 @@
 //! (`EPIPE`) makes writes fail: the lines are dropped and counted likewise, never a panic.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
 /// Lines held for the writer thread before new ones are dropped.
@@ -22,8 +22,22 @@ enum Item {
     Flush(SyncSender<()>),
 }
 
-/// The queue's sending side, once [`init`] made it.
-static QUEUE: OnceLock<Mutex<Option<SyncSender<Item>>>> = OnceLock::new();
+/// The queue's sending side, once [`writer`] made it (`None`: no writer thread).
+static QUEUE: OnceLock<Option<SyncSender<Item>>> = OnceLock::new();
+
+/// CAP_SETGID (bit 6) and CAP_SETUID (bit 7), include/uapi/linux/capability.h.
+const SETID_CAPS: u32 = (1 << 7) | (1 << 6);
+
+/// Set once the node's privileges are settled: the writer thread then drops its last
+/// capabilities.
+static SETTLED: AtomicBool = AtomicBool::new(false);
+
+/// Tells the writer thread that the node's privileges are settled (capabilities dropped or
+/// the user switched), so it drops the capabilities it kept for that (at its next line, or
+/// within 200 ms).
+pub fn privileges_settled() {
+    SETTLED.store(true, Ordering::Release);
+}
 
 /// Lines dropped: the queue was full, or writing them failed.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -41,19 +55,39 @@ pub fn writer() -> QueuedStderr {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
         let spawned = std::thread::Builder::new()
             .name("fustian-log".into())
-            .spawn(move || write_lines(&rx, &mut std::io::stderr()));
-        Mutex::new(spawned.ok().map(|_| tx))
+            .spawn(move || {
+                // Capabilities are per thread, and this one starts before the node drops its
+                // own: it keeps only CAP_SETUID and CAP_SETGID (glibc runs a switch to
+                // `--user` on every thread and fails it when one thread is refused), and
+                // those until the node's privileges are settled.
+                let _ = crate::sys::keep_only_capabilities(SETID_CAPS);
+                write_lines(&rx, &mut std::io::stderr());
+            });
+        spawned.ok().map(|_| tx)
     });
     QueuedStderr
 }
 
 /// Writes the queued lines to `out` until every sender is gone; a failed write drops the line.
-fn write_lines(rx: &Receiver<Item>, out: &mut impl Write) {
-    while let Ok(item) = rx.recv() {
+/// Returns how many it dropped.
+fn write_lines(rx: &Receiver<Item>, out: &mut impl Write) -> u64 {
+    let mut dropped = 0;
+    let mut settled = false;
+    loop {
+        if !settled && SETTLED.load(Ordering::Acquire) {
+            settled = true;
+            let _ = crate::sys::drop_capabilities();
+        }
+        let item = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         match item {
             Item::Line(line) => {
                 if out.write_all(&line).is_err() {
                     DROPPED.fetch_add(1, Ordering::Relaxed);
+                    dropped += 1;
                 }
             }
             Item::Flush(done) => {
@@ -62,6 +96,15 @@ fn write_lines(rx: &Receiver<Item>, out: &mut impl Write) {
             }
         }
     }
+    dropped
+}
+
+/// Queues `text` and a newline as one line of the log (written directly when there is no
+/// writer thread): for the last words of a process, which must not wait on standard error
+/// either.
+pub fn line(text: &str) {
+    let mut line = QueuedLine(sender());
+    let _ = line.write(format!("{text}\n").as_bytes());
 }
 
 /// Waits up to `limit` for the lines queued so far to be written (at exit, so the last lines
@@ -74,10 +117,20 @@ pub fn flush(limit: Duration) {
     }
 }
 
+/// Sends a panic's message to the log instead of to standard error directly, where a pipe
+/// nobody reads would hold the panicking thread (and with it the node's notice that the
+/// thread ended).
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let text = crate::sys::one_line(&info.to_string()).into_owned();
+        tracing::error!("thread {name} panicked: {text}");
+    }));
+}
+
 fn sender() -> Option<SyncSender<Item>> {
-    QUEUE
-        .get()
-        .and_then(|q| q.lock().ok().and_then(|s| s.clone()))
+    QUEUE.get().and_then(Clone::clone)
 }
 
 /// The `MakeWriter` of [`writer`]: each event's text goes into the queue whole, or is dropped.
@@ -152,12 +205,11 @@ mod tests {
 
     #[test]
     fn a_broken_pipe_drops_lines_without_a_panic() {
-        let before = super::dropped();
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         tx.send(Item::Line(b"lost\n".to_vec())).unwrap();
+        tx.send(Item::Line(b"lost too\n".to_vec())).unwrap();
         drop(tx);
-        write_lines(&rx, &mut Broken);
-        assert!(super::dropped() > before);
+        assert_eq!(write_lines(&rx, &mut Broken), 2);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! The `fustian` binary: parse flags, load the configuration, run, map errors to exit codes.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -41,20 +40,22 @@ fn main() -> ExitCode {
         // journald, `kubectl logs` and log files get plain text, as from flanneld.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    fustian::logging::log_panics();
     let result = run(cli);
-    fustian::logging::flush(std::time::Duration::from_secs(1));
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Not `eprintln!`, which panics when standard error is a closed pipe.
-            let _ = writeln!(
-                std::io::stderr(),
+            // Through the log's queue: neither `eprintln!` (which panics on a closed pipe) nor
+            // a direct write (which waits on a full one) may hold the exit.
+            fustian::logging::line(&format!(
                 "fustian: {}",
                 fustian::sys::printable(&error_chain(&e))
-            );
+            ));
             ExitCode::FAILURE
         }
-    }
+    };
+    fustian::logging::flush(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Says which `FLANNELD_*` variable gave the value clap refused, when it came from the
@@ -426,6 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", fustian::sys::printable(&report.render()));
             }
             if !report.passed() {
+                fustian::logging::flush(std::time::Duration::from_secs(1));
                 std::process::exit(1);
             }
         }
@@ -499,7 +501,7 @@ fn doctor_etcd(
     let target = fustian::doctor::etcd::EtcdTarget {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(&args.etcd_prefix)?,
-        access: fustian::control::etcd::EtcdAccess::from(&args.etcd),
+        access: fustian::control::etcd::EtcdAccess::from(&args.etcd.with_flanneld_env()),
     };
     Ok(fustian::doctor::etcd::checks(intent, &target))
 }

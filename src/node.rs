@@ -136,7 +136,10 @@ pub fn run(
     let underlay = Underlay::find(&mut nl, config)?;
     retire_flanneld_vtep(config)?;
     let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
+    // Kept privileges keep CAP_IPC_LOCK, and then the limit does not bind the rings.
+    let locked_memory_bound = opts.user.is_some() || !opts.keep_privileges;
     if backend == event::Backend::Uring
+        && locked_memory_bound
         && let Err(limit) =
             event::uring_memlock(config.threads.unwrap_or_else(crate::sys::available_cpus))
     {
@@ -1149,6 +1152,7 @@ fn settle_privileges(opts: &RunOptions) -> Result<(), Error> {
         })?;
         tracing::info!("all capabilities dropped after setup");
     }
+    crate::logging::privileges_settled();
     if let Some(status) = &opts.status {
         status.privileges_settled();
     }
@@ -1392,7 +1396,10 @@ fn control_failed(control_threads: &mut Vec<JoinHandle<()>>) -> Option<String> {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            why.get_or_insert(format!("the {name} thread stopped: {text}"));
+            why.get_or_insert(format!(
+                "the {name} thread stopped: {}",
+                crate::sys::one_line(&text)
+            ));
         }
     }
     *control_threads = running;

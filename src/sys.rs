@@ -640,9 +640,12 @@ fn hidden_sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half
-/// and a crash leaves the old file or the new one. The file is mode 0644 whatever the umask
+/// and a crash leaves the old file or the new one. A new file is mode 0644 whatever the umask
 /// (as flanneld writes its subnet file; `docker`'s and the CNI plugin's readers need not run as
-/// root), and the temporary file is created anew (`O_EXCL`), never through a link left there.
+/// root); a regular file already there keeps its mode, as flanneld keeps it, less any write
+/// bit for group or others and the set-id bits (an operator's 0600 stays 0600; a 0666 becomes
+/// 0644, so no local user may rewrite what the network plugin reads). The temporary file is
+/// created anew (`O_EXCL`), never through a link left there.
 ///
 /// # Errors
 ///
@@ -656,12 +659,16 @@ pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
+    let mode = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map_or(0o644, |m| m.permissions().mode() & 0o755);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
+        .mode(mode)
         .open(&tmp)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     file.write_all(data)?;
     file.sync_data()?;
     drop(file);
@@ -1059,6 +1066,22 @@ mod file_tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o644);
+        // An existing file keeps its mode, less write bits for group and others.
+        for (before, after) in [
+            (0o600, 0o600),
+            (0o640, 0o640),
+            (0o666, 0o644),
+            (0o4755, 0o755),
+        ] {
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(before))
+                .expect("chmod");
+            write_atomically(&target, b"FLANNEL_MTU=1450\n").expect("rewrite");
+            let mode = std::fs::metadata(&target)
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o7777, after, "{before:o}");
+        }
         // Two targets in one directory never share a temporary file.
         write_atomically(&dir.join("subnet.prom"), b"x\n").expect("second");
         assert_eq!(

@@ -674,23 +674,28 @@ impl Agent {
                 Compare::lease(key.as_str(), CompareOp::Equal, lease),
             ])
             .and_then(vec![TxnOp::delete(key.as_str(), None)]);
-        let done = self.client().map(|mut client| {
-            self.rt.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(3), async move {
-                    client.txn(undo).await?;
-                    client.lease_revoke(lease).await.map(drop)
-                })
-                .await
+        let Ok(mut client) = self.client() else {
+            tracing::warn!(%subnet, %key, "the node did not start and is not connected to etcd: its new subnet lease expires with its TTL");
+            return;
+        };
+        let done = self.rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(3), async move {
+                let deleted = client.txn(undo).await?.succeeded();
+                client.lease_revoke(lease).await.map(|_| deleted)
             })
+            .await
         });
         match done {
-            Ok(Ok(Ok(()))) => {
+            Ok(Ok(true)) => {
                 tracing::info!(%subnet, %key, "the node did not start: the subnet lease it took is given back");
             }
-            Ok(Ok(Err(e))) => {
+            Ok(Ok(false)) => {
+                tracing::info!(%subnet, %key, "the node did not start: its etcd lease is revoked (the key is no longer the one it wrote, and is left)");
+            }
+            Ok(Err(e)) => {
                 tracing::warn!(%subnet, %key, "the node did not start, and its new subnet lease could not be given back ({e}); it expires with its TTL");
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(_) => {
                 tracing::warn!(%subnet, %key, "the node did not start, and etcd did not answer in time to take back its new subnet lease; it expires with its TTL");
             }
         }
@@ -780,8 +785,9 @@ pub fn hide_userinfo(text: &str, endpoints: &[String]) -> String {
         let rest = endpoint
             .split_once("://")
             .map_or(endpoint.as_str(), |(_, r)| r);
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
+        // Everything before the last `@`, a `/` in a password included (which would end the
+        // authority by the letter of RFC 3986): hiding a path's text too is the safe mistake.
+        if let Some((userinfo, _)) = rest.rsplit_once('@')
             && !userinfo.is_empty()
         {
             out = out.replace(&format!("{userinfo}@"), "***@");
@@ -1519,7 +1525,9 @@ impl Agent {
             sleep_unless_stopped(backoff, stop);
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-        if let Some(subnet) = self.subnet {
+        if let Some(subnet) = self.subnet
+            && (!self.created_here || crate::node::started())
+        {
             tracing::info!(%subnet, "etcd agent stopped; the lease stays until it expires");
         }
     }
@@ -1824,6 +1832,11 @@ impl Agent {
             return Ok(());
         };
         self.judge_recreated(&key, kv.create_revision(), kv.lease(), kv.value())?;
+        if self.shared_address(kv.lease(), LeaseValue::parse(kv.value()).ok().as_ref()) {
+            // Another node with this node's address holds it (see `check_own_entry`).
+            self.restore_at = None;
+            return Ok(());
+        }
         let created = self.own_created.unwrap_or(kv.create_revision());
         if !self.lease_alive()? {
             let grant = self
@@ -2621,11 +2634,12 @@ mod userinfo_tests {
             "http://alice:s3cr3t@192.0.2.254:1".to_owned(),
             "https://192.0.2.254:2379".to_owned(),
             "bob@192.0.2.9:2379".to_owned(),
+            "http://u:pa/ss@192.0.2.8:2379".to_owned(),
         ];
         let text = format!("waiting for etcd at {}", endpoints.join(","));
         assert_eq!(
             hide_userinfo(&text, &endpoints),
-            "waiting for etcd at http://***@192.0.2.254:1,https://192.0.2.254:2379,***@192.0.2.9:2379"
+            "waiting for etcd at http://***@192.0.2.254:1,https://192.0.2.254:2379,***@192.0.2.9:2379,http://***@192.0.2.8:2379"
         );
         assert_eq!(hide_userinfo("no url", &endpoints), "no url");
     }
