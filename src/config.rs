@@ -381,6 +381,14 @@ pub enum ManagedBackend {
 }
 
 impl NodeConfig {
+    /// Returns how many workers the node runs: `threads`, or one per CPU this process may
+    /// run on.
+    pub fn workers(&self) -> usize {
+        self.threads
+            .unwrap_or_else(crate::sys::available_cpus)
+            .max(1)
+    }
+
     /// Validates settings from flags (`cli`) over settings from a file (`file`, with its path).
     ///
     /// # Errors

@@ -128,7 +128,7 @@ pub fn run(
     stop: &Arc<AtomicBool>,
     controls: Vec<ControlPlane>,
 ) -> Result<(), Error> {
-    check_open_files(config.threads.unwrap_or_else(crate::sys::available_cpus))?;
+    check_open_files(config.workers())?;
     let mut nl = Netlink::open().map_err(|source| Error::Io {
         what: "open a route netlink socket".into(),
         source,
@@ -140,8 +140,7 @@ pub fn run(
     let locked_memory_bound = opts.user.is_some() || !opts.keep_privileges;
     if backend == event::Backend::Uring
         && locked_memory_bound
-        && let Err(limit) =
-            event::uring_memlock(config.threads.unwrap_or_else(crate::sys::available_cpus))
+        && let Err(limit) = event::uring_memlock(config.workers())
     {
         if config.io == crate::config::IoChoice::Auto {
             tracing::warn!("io_uring left out: {limit}");
@@ -491,10 +490,7 @@ impl Device {
                 return Err(Error::Underlay(nl.route_conflict(network, other)));
             }
         }
-        let want = config
-            .threads
-            .unwrap_or_else(crate::sys::available_cpus)
-            .max(1);
+        let want = config.workers();
         let (queues, offload) = Tun::open_queues(&config.tun, want, config.offload)?;
         let (name, index, created) = (
             queues[0].name().to_owned(),

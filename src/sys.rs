@@ -569,8 +569,22 @@ pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
 /// `/status`, an error naming what it sent) goes through this, so no answer can move the
 /// cursor, retitle the terminal or hide text.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_where(
+        text,
+        |c| c != '\n' && c != '\t',
+        |c, out| out.extend(c.escape_unicode()),
+    )
+}
+
+/// Returns `text` with every control character for which `control` holds, and every
+/// bidirectional override, written by `escape`; borrowed when nothing needs it.
+fn escape_where(
+    text: &str,
+    control: impl Fn(char) -> bool,
+    escape: impl Fn(char, &mut String),
+) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t')
+        (c.is_control() && control(c))
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
     };
     if !text.chars().any(unsafe_char) {
@@ -579,7 +593,7 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if unsafe_char(c) {
-            out.extend(c.escape_unicode());
+            escape(c, &mut out);
         } else {
             out.push(c);
         }
@@ -591,20 +605,7 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// too (`\n`, `\t`), so text taken from etcd, the network config or a config file can neither
 /// forge a log line nor hide one.
 pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(unsafe_char) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if unsafe_char(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    escape_where(text, |_| true, |c, out| out.extend(c.escape_debug()))
 }
 
 /// Returns JSON text with the characters [`printable`] escapes written as JSON escapes

@@ -110,8 +110,8 @@ pub fn choose(choice: IoChoice) -> Result<(Backend, String), String> {
     }
 }
 
-/// Locked memory one io_uring worker needs at most (its rings and provided-buffer rings,
-/// about 200 KiB measured), with room to spare: charged to the user's `RLIMIT_MEMLOCK` once the
+/// Locked memory one io_uring worker needs at most (its rings and provided-buffer rings),
+/// with room to spare: charged to the user's `RLIMIT_MEMLOCK` once the
 /// node has dropped `CAP_IPC_LOCK` with its other privileges.
 pub const URING_MEMLOCK_PER_WORKER: u64 = 512 * 1024;
 
