@@ -1128,6 +1128,27 @@ fn a_node_that_fails_to_start_leaves_no_lease() {
     assert!(log.contains("no interface holds 192.0.2.77"), "{log}");
     assert!(!log.contains("subnet lease acquired"), "{log}");
     assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty(), "{log}");
+    // Too few open files for the workers (the soft limit cannot pass the hard one): refused
+    // before the join too.
+    let found = std::process::Command::new("prlimit")
+        .arg("--version")
+        .output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "prlimit (util-linux) is needed by this test"
+    );
+    let mut args = vec!["--nofile=40:40".to_owned(), EXE.to_owned()];
+    args.extend(c.args(0, &[]));
+    let log_path = c.dir.path().join("node-0.log");
+    let p = c.nodes[0]
+        .start("prlimit", &args, log_path)
+        .expect("start fustian under prlimit");
+    c.processes[0] = Some(p);
+    wait_exit(&mut c);
+    let log = c.log(0);
+    assert!(log.contains("RLIMIT_NOFILE is 40"), "{log}");
+    assert!(!log.contains("subnet lease acquired"), "{log}");
+    assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty(), "{log}");
 }
 
 #[test]

@@ -250,6 +250,31 @@ pub enum BackendConfig {
     },
 }
 
+impl RawNode {
+    /// The worker count and event loop that `cli` over `file` ask for, read before the node
+    /// joins its network, so that the process limits they need are checked before a lease is
+    /// taken. A value that [`NodeConfig::resolve`] refuses counts as unset here (the refusal
+    /// follows from `resolve`).
+    #[must_use]
+    pub fn early_workers_io(cli: &Self, file: Option<&Self>) -> (usize, IoChoice) {
+        let threads = cli
+            .threads
+            .or_else(|| file.and_then(|f| f.threads))
+            .filter(|n| (1..=256).contains(n));
+        let workers = threads.map_or_else(crate::sys::available_cpus, |n| n as usize);
+        let io = match cli
+            .io
+            .as_deref()
+            .or_else(|| file.and_then(|f| f.io.as_deref()))
+        {
+            Some("uring") => IoChoice::Uring,
+            Some("epoll") => IoChoice::Epoll,
+            _ => IoChoice::Auto,
+        };
+        (workers.max(1), io)
+    }
+}
+
 /// The event loop asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoChoice {
@@ -1141,6 +1166,41 @@ mod tests {
             subnet_file: PathBuf::from("/run/test/subnet.env"),
             nftables: false,
         }
+    }
+
+    #[test]
+    fn early_workers_and_loop_follow_flags_over_the_file() {
+        let flags = RawNode {
+            threads: Some(3),
+            ..RawNode::default()
+        };
+        let file = RawNode {
+            threads: Some(5),
+            io: Some("uring".into()),
+            ..RawNode::default()
+        };
+        assert_eq!(
+            RawNode::early_workers_io(&flags, Some(&file)),
+            (3, IoChoice::Uring)
+        );
+        let epoll = RawNode {
+            io: Some("epoll".into()),
+            ..RawNode::default()
+        };
+        assert_eq!(
+            RawNode::early_workers_io(&epoll, Some(&file)),
+            (5, IoChoice::Epoll)
+        );
+        // What resolve refuses counts as unset: one worker per CPU, auto.
+        let bad = RawNode {
+            threads: Some(0),
+            io: Some("kqueue".into()),
+            ..RawNode::default()
+        };
+        assert_eq!(
+            RawNode::early_workers_io(&bad, None),
+            (crate::sys::available_cpus().max(1), IoChoice::Auto)
+        );
     }
 
     #[test]

@@ -549,6 +549,10 @@ fn run_node(
     if let Some(user) = &args.user {
         fustian::sys::lookup_user(user).map_err(|e| anyhow::anyhow!("--user {user}: {e}"))?;
     }
+    // Process limits too small for the workers, or a missing io_uring asked for, are refused
+    // before a lease is taken.
+    let (workers, io) = RawNode::early_workers_io(&args.raw(), file.map(|(_, r)| r));
+    fustian::node::check_limits(workers, io, args.user.is_some(), args.keep_privileges)?;
     // One node per subnet file, before anything is set up: a second node writing it would
     // point the pods' network plugin at a subnet the first one routes.
     let etcd = args.etcd_endpoints_or_default().is_some();

@@ -136,10 +136,8 @@ pub fn run(
     let underlay = Underlay::find(&mut nl, config)?;
     retire_flanneld_vtep(config)?;
     let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
-    // Kept privileges keep CAP_IPC_LOCK, and then the limit does not bind the rings.
-    let locked_memory_bound = opts.user.is_some() || !opts.keep_privileges;
     if backend == event::Backend::Uring
-        && locked_memory_bound
+        && locked_memory_bound(opts.user.is_some(), opts.keep_privileges)
         && let Err(limit) = event::uring_memlock(config.workers())
     {
         if config.io == crate::config::IoChoice::Auto {
@@ -277,6 +275,37 @@ const FILES_BESIDE_WORKERS: u64 = 256;
 /// Open files one worker needs at most: its TUN queue, UDP sockets of both families, its
 /// ring or epoll instance and what they register.
 const FILES_PER_WORKER: u64 = 8;
+
+/// Whether `RLIMIT_MEMLOCK` binds the io_uring rings: kept privileges keep CAP_IPC_LOCK, and
+/// then it does not.
+const fn locked_memory_bound(user: bool, keep_privileges: bool) -> bool {
+    user || !keep_privileges
+}
+
+/// Checks, before the node joins its network, what [`run`] would refuse at start for the
+/// process limits or the event loop: the open files `workers` workers need, and for
+/// `--io uring` that the kernel has io_uring and the locked memory its rings take. So a node
+/// that cannot start takes no lease. `--io auto` never fails here (it takes epoll instead).
+///
+/// # Errors
+///
+/// [`Error::Limit`] naming the limit, or [`Error::Underlay`] when io_uring is missing.
+pub fn check_limits(
+    workers: usize,
+    io: crate::config::IoChoice,
+    user: bool,
+    keep_privileges: bool,
+) -> Result<(), Error> {
+    check_open_files(workers)?;
+    if io == crate::config::IoChoice::Uring {
+        event::choose(io).map_err(Error::Underlay)?;
+        if locked_memory_bound(user, keep_privileges) {
+            event::uring_memlock(workers)
+                .map_err(|limit| Error::Limit(format!("--io uring: {limit}")))?;
+        }
+    }
+    Ok(())
+}
 
 /// Raises the soft limit on open files to the hard one (as Go does for flanneld), then checks
 /// that it holds what `workers` workers need: a node short of descriptors would otherwise
