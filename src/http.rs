@@ -762,6 +762,9 @@ struct Server {
     /// Accept again at this time: after an accept error other than `WouldBlock` (out of fds),
     /// or at once after a full batch.
     accept_retry: Option<Instant>,
+    /// Accept failures (EMFILE and the like, retried every 100 ms) logged at most once a
+    /// second, with how many were left out.
+    accept_log: crate::event::RateLimitedLog,
 }
 
 struct Conn {
@@ -835,6 +838,7 @@ impl Server {
             waiting: std::iter::repeat_with(|| None).take(MAX_WAITING).collect(),
             scratch: vec![0; HEAD_LIMIT],
             accept_retry: None,
+            accept_log: crate::event::RateLimitedLog::new("HTTP endpoint: cannot accept"),
         })
     }
 
@@ -902,7 +906,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS: leave the rest in the backlog for a while.
-                    tracing::warn!("HTTP endpoint: cannot accept: {e}");
+                    self.accept_log.error(&e);
                     self.accept_retry = Some(Instant::now() + Duration::from_millis(100));
                     return;
                 }

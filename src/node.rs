@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::offload::Offloads;
 use crate::table::{PeerTotals, Snapshot, Table};
 use crate::tun::link::Netlink;
-use crate::tun::{Tun, TunError, TunOffload, if_index};
+use crate::tun::{Tun, TunError, TunOffload, if_index, if_index_checked};
 use crate::udp::UdpSocket;
 use crate::wire::{Encap, MacAddress};
 
@@ -380,7 +380,8 @@ impl Underlay {
         let (iface, index) = match &config.iface {
             Some(name) => (
                 name.clone(),
-                if_index(name)
+                if_index_checked(name)
+                    .map_err(|e| Error::Underlay(format!("cannot look up interface {name}: {e}")))?
                     .ok_or_else(|| Error::Underlay(format!("no interface named {name}")))?,
             ),
             None => {

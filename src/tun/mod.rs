@@ -20,7 +20,7 @@ mod sys;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-pub(crate) use sys::if_index;
+pub(crate) use sys::{if_index, if_index_checked};
 
 /// Errors while setting the device up.
 #[derive(Debug, thiserror::Error)]
@@ -300,10 +300,16 @@ impl Tun {
                 }
             }
         })?;
-        let index = if_index(&name).ok_or_else(|| TunError::SetIff {
-            name: name.clone(),
-            source: io::Error::other("device vanished after TUNSETIFF"),
-        })?;
+        let index = match if_index_checked(&name) {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                return Err(TunError::SetIff {
+                    name,
+                    source: io::Error::other("device vanished after TUNSETIFF"),
+                });
+            }
+            Err(source) => return Err(TunError::SetIff { name, source }),
+        };
         Ok(Self {
             fd,
             name,

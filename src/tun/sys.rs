@@ -101,12 +101,29 @@ pub(super) fn set_iff(fd: &OwnedFd, name: &str, flags: libc::c_int) -> io::Resul
         .collect())
 }
 
-/// Returns the interface index of `name`, or `None` when no such interface exists.
+/// Returns the interface index of `name`, or `None` when no such interface exists (or the
+/// lookup itself failed: see [`if_index_checked`] where that must be told apart).
 pub(crate) fn if_index(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
+    if_index_checked(name).ok().flatten()
+}
+
+/// Returns the interface index of `name`, `Ok(None)` when no such interface exists, and the
+/// error when the lookup itself failed (`if_nametoindex` opens a socket, so a process out of
+/// file descriptors gets `EMFILE`, not a missing device).
+pub(crate) fn if_index_checked(name: &str) -> io::Result<Option<u32>> {
+    let Ok(c) = CString::new(name) else {
+        return Ok(None);
+    };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
+    if index != 0 {
+        return Ok(Some(index));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV | libc::ENXIO) | None => Ok(None),
+        Some(_) => Err(e),
+    }
 }
 
 /// Reads one packet into `buf`.
