@@ -309,3 +309,74 @@ fn a_deleted_tun_device_stops_the_node_with_an_error() {
         assert!(log.contains("the TUN device is gone"), "{extra:?}: {log}");
     }
 }
+
+/// A TCP stream with a small MSS (200 bytes): its TSO super-packets of 64 KiB would carry
+/// about 330 segments, more than a node cuts one into. The node limits the TUN device's
+/// `gso_max_segs`, so the kernel segments such packets before the device; every byte arrives
+/// and nothing is dropped as malformed.
+#[test]
+fn a_stream_with_a_small_mss_passes_whole() {
+    if skip("a_stream_with_a_small_mss_passes_whole") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    start_both(&mut topo, &["--io", "uring"]);
+    let shown = std::process::Command::new("ip")
+        .args(["-n", topo.hosts[0].name(), "-d", "link", "show", "flannel0"])
+        .output()
+        .expect("ip -d link show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("gso_max_segs 256 "), "{shown}");
+    const BYTES: usize = 8 << 20;
+    let listener = topo.pods[1]
+        .run(|| std::net::TcpListener::bind("0.0.0.0:5300"))
+        .expect("enter pod 1")
+        .expect("listen");
+    let to = fustian::lab::pod_addr(1, 5300);
+    let received = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            while let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        topo.pods[0]
+            .run(move || {
+                use socket2::{Domain, Socket, Type};
+                let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                sock.set_tcp_mss(200)?;
+                sock.set_write_timeout(Some(Duration::from_secs(20)))?;
+                sock.connect(&to.into())?;
+                let mut conn: std::net::TcpStream = sock.into();
+                std::io::Write::write_all(&mut conn, &vec![7u8; BYTES])?;
+                conn.shutdown(std::net::Shutdown::Write)
+            })
+            .expect("enter pod 0")
+            .expect("send with MSS 200");
+        reader.join().expect("reader")
+    });
+    assert_eq!(
+        received,
+        BYTES,
+        "node 0: {:?}\nnode 1: {:?}",
+        topo.stats(0),
+        topo.stats(1)
+    );
+    for i in 0..2 {
+        assert_eq!(
+            topo.counter(i, "drop_tun_bad_flags"),
+            0,
+            "node {i}: {:?}",
+            topo.stats(i)
+        );
+    }
+}

@@ -585,6 +585,19 @@ impl Device {
         }
         nl.set_mtu_up(index, mtu)
             .map_err(|e| netlink_err(format!("set MTU {mtu} and bring the link up"), e))?;
+        if offload.tso || offload.uso {
+            // A super-packet is cut into at most MAX_SEGMENTS segments. The kernel's default
+            // (65535) lets a flow with a small MSS (under about 256 bytes) hand bigger ones, which
+            // would be dropped; with the limit the kernel segments those in software before the
+            // device. Ordinary super-packets (64 KiB at MSS 1400: about 46 segments) stay whole.
+            let segs = crate::offload::MAX_SEGMENTS as u32;
+            if let Err(e) = nl.set_gso_max_segs(index, segs) {
+                tracing::warn!(
+                    "cannot set gso_max_segs {segs} on {name}: super-packets of more segments \
+                     are dropped ({e})"
+                );
+            }
+        }
         for network in config.networks() {
             let network = network.trunc();
             nl.add_route(index, network)

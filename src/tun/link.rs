@@ -124,6 +124,20 @@ impl Netlink {
             .map(drop)
     }
 
+    /// Sets the most segments the kernel puts into one super-packet for link `index`
+    /// (`gso_max_segs`): a larger one is segmented in software before the device.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error (one that cannot change it on an existing device).
+    pub fn set_gso_max_segs(&mut self, index: u32, segs: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::GsoMaxSegs(segs));
+        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
+            .map(drop)
+    }
+
     /// Sets the transmit queue length of link `index`, in packets.
     ///
     /// # Errors
