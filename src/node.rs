@@ -590,7 +590,7 @@ impl Device {
             // (65535) lets a flow with a small MSS (under about 256 bytes) hand bigger ones, which
             // would be dropped; with the limit the kernel segments those in software before the
             // device. Ordinary super-packets (64 KiB at MSS 1400: about 46 segments) stay whole.
-            let segs = crate::offload::MAX_SEGMENTS as u32;
+            let segs = u32::try_from(crate::offload::MAX_SEGMENTS).unwrap_or(u32::MAX);
             if let Err(e) = nl.set_gso_max_segs(index, segs) {
                 tracing::warn!(
                     "cannot set gso_max_segs {segs} on {name}: super-packets of more segments \
