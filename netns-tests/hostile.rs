@@ -160,3 +160,74 @@ fn hostile_flood_during_a_transfer() {
         drop(third);
     });
 }
+
+/// A forged ICMP "fragmentation needed" (next-hop MTU 552) quoting a datagram of the node's
+/// own tunnel port, sent by another host of the underlay: the tunnel sockets ignore it
+/// (`IP_PMTUDISC_OMIT`), so the kernel keeps no smaller path MTU to the peer and the node's
+/// super-packets still leave as `UDP_SEGMENT` sends instead of fragments.
+#[test]
+fn a_forged_fragmentation_needed_leaves_the_path_mtu_alone() {
+    if crate::common::skip("a_forged_fragmentation_needed_leaves_the_path_mtu_alone") {
+        return;
+    }
+    let _serial = crate::common::serial();
+    let mut topo = crate::common::topology();
+    crate::common::start_both(&mut topo, &["--io", "epoll"]);
+    let (me, peer) = (
+        fustian::lab::host_addr(0, 8285),
+        fustian::lab::host_addr(1, 8285),
+    );
+    let (std::net::IpAddr::V4(me_ip), std::net::IpAddr::V4(peer_ip)) = (me.ip(), peer.ip()) else {
+        panic!("IPv4 underlay");
+    };
+    // ICMP type 3 code 4, next-hop MTU 552, quoting an IPv4/UDP header me:8285 -> peer:8285.
+    let mut quoted = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    quoted.extend_from_slice(&me_ip.octets());
+    quoted.extend_from_slice(&peer_ip.octets());
+    quoted.extend_from_slice(&[0x20, 0x5d, 0x20, 0x5d, 0x05, 0xc8, 0, 0]);
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x02, 0x28];
+    icmp.extend_from_slice(&quoted);
+    let sum = !fustian::wire::ip::fold(fustian::wire::ip::ones_sum(&icmp));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let to = std::net::SocketAddr::new(me.ip(), 0);
+    topo.hosts[1]
+        .run(move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+            for _ in 0..3 {
+                raw.send_to(&icmp, &to.into())?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .expect("enter host 1")
+        .expect("send the forged ICMP");
+    let route = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "-n",
+                topo.hosts[0].name(),
+                "route",
+                "get",
+                &peer_ip.to_string(),
+            ])
+            .output()
+            .expect("ip route get");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The ICMP is handled as it arrives; a transfer after it shows what the node then sends.
+    let before = topo.counter(0, "tx_gso_sends");
+    crate::common::exchange_both_ways_at(&topo, fustian::lab::pod_addr, 8 << 20);
+    let shown = route();
+    assert!(
+        !shown.contains("mtu 552"),
+        "the forged MTU was taken: {shown}"
+    );
+    let sent = crate::common::wait_for(Duration::from_secs(5), || {
+        topo.counter(0, "tx_gso_sends") > before
+    });
+    assert!(
+        sent,
+        "no UDP_SEGMENT send after the ICMP: {:?}",
+        topo.stats(0)
+    );
+}

@@ -244,6 +244,14 @@ impl UdpSocket {
                 })?;
             }
         }
+        // DF clear (as the kernel's `vxlan` device sends), sized by the interface MTU the
+        // node's own MTU follows, and blind to forged ICMP "fragmentation needed".
+        if addr.is_ipv4() {
+            sys::set_pmtudisc_omit(socket.as_fd()).map_err(|source| UdpError::Option {
+                what: "IP_MTU_DISCOVER",
+                source,
+            })?;
+        }
         if reuse_port {
             socket
                 .set_reuse_port(true)
@@ -270,8 +278,8 @@ impl UdpSocket {
 
     /// Creates `count` send sockets bound to `ip` on distinct ports spread over `range`
     /// (inclusive), for VXLAN outer source ports. A port that is taken is skipped for the next
-    /// free one. Their receive buffers are minimal (nothing is read from them) and the outer
-    /// DF bit is left clear, as the kernel's `vxlan` device sends.
+    /// free one. Their receive buffers are minimal (nothing is read from them); the outer DF bit
+    /// is left clear, as on every tunnel socket.
     ///
     /// # Errors
     ///
@@ -310,10 +318,6 @@ impl UdpSocket {
                 }
             };
             let _ = socket.socket.set_recv_buffer_size(0);
-            sys::set_pmtudisc_dont(socket.socket.as_fd()).map_err(|source| UdpError::Option {
-                what: "IP_MTU_DISCOVER",
-                source,
-            })?;
             pool.push(socket);
         }
         Ok(pool)

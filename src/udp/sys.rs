@@ -607,10 +607,12 @@ pub(crate) fn set_buffer_force(fd: BorrowedFd<'_>, send: bool, bytes: usize) -> 
     .map(drop)
 }
 
-/// Sets `IP_MTU_DISCOVER` to `IP_PMTUDISC_DONT` so datagrams leave with DF clear (ip(7)).
+/// Sets `IP_MTU_DISCOVER` to `IP_PMTUDISC_OMIT` (Linux 3.15): datagrams leave with DF clear,
+/// sized by the interface's MTU, and ICMP "fragmentation needed" naming the socket is ignored
+/// (ip(7)), so nobody on the underlay can shrink the node's path MTU with a forged ICMP.
 /// Ignored for IPv6 sockets, which have no DF bit.
-pub(crate) fn set_pmtudisc_dont(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let value: libc::c_int = libc::IP_PMTUDISC_DONT;
+pub(crate) fn set_pmtudisc_omit(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let value: libc::c_int = libc::IP_PMTUDISC_OMIT;
     // SAFETY: `value` is a c_int that outlives the call and its size is passed alongside.
     let r = syscall!(setsockopt(
         fd.as_raw_fd(),
