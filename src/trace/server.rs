@@ -207,10 +207,44 @@ fn bind(path: &Path) -> Result<UnixListener, TraceSocketError> {
         path: path.to_owned(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    // The socket is made, and given its mode, inside a directory of the node's own (0700)
+    // beside the target, then renamed into place: nothing is ever changed by a path that
+    // another user could point elsewhere in between (a shared directory's symlink swap would
+    // otherwise have the node chmod any file).
+    let private = private_dir_beside(path).map_err(bind_err)?;
+    let staged = private.join("s");
+    let placed = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    let listener = placed.map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     Ok(listener)
+}
+
+/// Creates a new directory, mode 0700, beside `path` (same parent, so a rename from it stays
+/// on one file system), with a short name (a socket's path is limited to 107 bytes) made of
+/// the process id and a counter; an existing name is skipped.
+fn private_dir_beside(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    for attempt in 0..64u32 {
+        let dir = parent.join(format!(".ft{:x}.{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free name for a private directory beside the trace socket",
+    ))
 }
 
 fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) {
@@ -558,6 +592,29 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_at_the_socket_path_is_refused_and_its_target_left_alone() {
+        let dir = std::env::temp_dir().join(format!("fustian-trace-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"x").expect("victim");
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("mode");
+        let path = dir.join("t.sock");
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        let hub = Arc::new(Hub::new(1));
+        assert!(matches!(
+            TraceServer::start(&path, hub),
+            Err(TraceSocketError::NotSocket(_))
+        ));
+        let mode = std::fs::metadata(&victim)
+            .expect("victim")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn serves_a_trace_and_refuses_a_bad_filter() {
         let dir = std::env::temp_dir().join(format!("fustian-trace-{}", std::process::id()));
         let path = dir.join("sub").join("t.sock");
@@ -566,6 +623,13 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().expect("dir")), 0o700);
+        // Made in a private directory beside it and moved into place: nothing else is left.
+        let beside: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(beside, [std::ffi::OsString::from("t.sock")]);
         assert!(matches!(
             TraceServer::start(&path, Arc::clone(&hub)),
             Err(TraceSocketError::InUse(_))
