@@ -380,3 +380,36 @@ fn a_stream_with_a_small_mss_passes_whole() {
         );
     }
 }
+
+/// A persistent TUN device given to a user (`ip tuntap add ... user N`): that user's processes
+/// could attach a queue of their own without privileges and read or inject pod traffic, so the
+/// node refuses the device, naming the owner, and leaves it as it was.
+#[test]
+fn a_tun_device_owned_by_a_user_is_refused() {
+    if skip("a_tun_device_owned_by_a_user_is_refused") {
+        return;
+    }
+    let _serial = serial();
+    let mut topo = topology();
+    let host = &topo.hosts[0];
+    host.ip(&[
+        "tuntap",
+        "add",
+        "flannel0",
+        "mode",
+        "tun",
+        "multi_queue",
+        "user",
+        "4242",
+    ])
+    .expect("a persistent device owned by uid 4242");
+    let args = topo.node_args(0, &[]);
+    let refused = topo.start_node(0, crate::common::EXE, &args);
+    let still = topo.hosts[0].ip(&["link", "show", "flannel0"]).is_ok();
+    let _ = topo.hosts[0].ip(&["tuntap", "del", "flannel0", "mode", "tun", "multi_queue"]);
+    let Err(e) = refused else {
+        panic!("the node started on a device owned by uid 4242");
+    };
+    assert!(e.to_string().contains("belongs to user 4242"), "{e}");
+    assert!(still, "the device was removed");
+}

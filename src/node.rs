@@ -537,6 +537,26 @@ impl Device {
         // source of this host's own packets into the overlay, which the peers refuse as
         // spoofed, and answer for another node's address. Addresses inside the overlay that
         // are not this node's go, as flannel's vxlan backend removes them from its device.
+        // A persistent device with an owner or group lets that user's processes attach a
+        // queue of their own, unprivileged, and read or write part of the pod traffic.
+        if !created {
+            match nl.tun_owner(index) {
+                Ok((None, None)) => {}
+                Ok((owner, group)) => {
+                    let who = |what: &str, id: Option<u32>| id.map(|id| format!("{what} {id}"));
+                    let named: Vec<String> = [who("user", owner), who("group", group)]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    return Err(TunError::Owned {
+                        name,
+                        who: named.join(" and "),
+                    }
+                    .into());
+                }
+                Err(e) => tracing::warn!("cannot read the owner of the existing {name}: {e}"),
+            }
+        }
         if !created {
             let own: Vec<IpAddr> = config
                 .local_subnets()

@@ -319,6 +319,57 @@ impl Netlink {
         }))
     }
 
+    /// Returns the owner and group of TUN link `index` (`IFLA_TUN_OWNER`, `IFLA_TUN_GROUP`,
+    /// Linux 4.15), each `None` when unset: a process of that user or group may attach to the
+    /// device without `CAP_NET_ADMIN`.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error.
+    pub fn tun_owner(&mut self, index: u32) -> io::Result<(Option<u32>, Option<u32>)> {
+        use netlink_packet_core::Nla as _;
+        use netlink_packet_route::link::{InfoData, InfoTun, LinkInfo};
+        /// `IFLA_TUN_OWNER` and `IFLA_TUN_GROUP` (include/uapi/linux/if_link.h).
+        const OWNER: u16 = 1;
+        const GROUP: u16 = 2;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let replies = self.request(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK)?;
+        let mut found = (None, None);
+        let infos = replies.iter().flat_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.header.index == index => l.attributes.as_slice(),
+            _ => &[],
+        });
+        for attr in infos {
+            let LinkAttribute::LinkInfo(info) = attr else {
+                continue;
+            };
+            for item in info {
+                let LinkInfo::Data(InfoData::Tun(nlas)) = item else {
+                    continue;
+                };
+                for nla in nlas {
+                    let InfoTun::Other(nla) = nla else {
+                        continue;
+                    };
+                    if nla.value_len() != 4 {
+                        continue;
+                    }
+                    let mut raw = [0u8; 4];
+                    nla.emit_value(&mut raw);
+                    // -1 (INVALID_UID/GID) is "unset".
+                    let id = Some(u32::from_ne_bytes(raw)).filter(|&id| id != u32::MAX);
+                    match nla.kind() {
+                        OWNER => found.0 = id,
+                        GROUP => found.1 = id,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Returns the MTU of link `index`.
     ///
     /// # Errors

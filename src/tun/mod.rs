@@ -58,6 +58,18 @@ pub enum TunError {
         /// What shows it.
         detail: String,
     },
+    /// An existing TUN device has an owner or group, whose processes may attach to it.
+    #[error(
+        "TUN device {name} belongs to {who}: processes of theirs could attach a queue without \
+         privileges and read or inject pod traffic; delete it (ip tuntap del dev {name} mode \
+         tun) and let the node create it"
+    )]
+    Owned {
+        /// The device name.
+        name: String,
+        /// `user N`, `group N` or both.
+        who: String,
+    },
     /// A netlink request failed.
     #[error("cannot {what} on {name}: {source}")]
     Netlink {
