@@ -568,3 +568,58 @@ fn flanneld_s_leftover_vtep_is_retired_and_another_device_is_named() {
         "vx9 was deleted"
     );
 }
+
+/// A SIGTERM to the node alone (not its process group) while an `iptables` call hangs at
+/// start: the call is killed at its deadline, the start ends as a stop (exit 0), and the
+/// subnet file, which would tell the pods' network plugin the node is up, is never written.
+#[test]
+fn a_stop_during_a_hung_rule_tool_ends_the_start_without_the_subnet_file() {
+    if skip("a_stop_during_a_hung_rule_tool_ends_the_start_without_the_subnet_file") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let _serial = serial();
+    let topo = topology();
+    let bin = topo.dir.path().join("fake-bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let marker = topo.dir.path().join("iptables-started");
+    for tool in ["iptables", "ip6tables"] {
+        let script = bin.join(tool);
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ntouch {}\nexec sleep 60\n", marker.display()),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let args = topo.node_args(0, &["--ip-masq"]);
+    let subnet_file = topo.dir.path().join("node-0").join("subnet.env");
+    let log = topo.dir.path().join("node-0.log");
+    let mut node = topo.hosts[0]
+        .start_with(EXE, &args, log, |c| {
+            c.env("PATH", &path);
+        })
+        .expect("start the node");
+    assert!(
+        wait_for(Duration::from_secs(10), || marker.exists()),
+        "the node never ran iptables:\n{}",
+        node.log()
+    );
+    let pid = node.pid().expect("pid");
+    crate::common::signal(pid, libc::SIGTERM);
+    let mut status = None;
+    let ended = wait_for(Duration::from_secs(40), || {
+        status = node.exited();
+        status.is_some()
+    });
+    assert!(ended, "no exit 40 s after SIGTERM:\n{}", node.log());
+    let log = node.log();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    assert!(log.contains("did not finish within"), "{log}");
+    assert!(!subnet_file.exists(), "the subnet file was written:\n{log}");
+}

@@ -26,6 +26,9 @@ pub enum Error {
     /// A process limit (`RLIMIT_*`) leaves too little for the node.
     #[error("{0}")]
     Limit(String),
+    /// A stop was asked for while the node was starting: the step named was not taken.
+    #[error("asked to stop before {0}")]
+    Stopped(&'static str),
     /// A worker's event loop failed.
     #[error("worker {id} failed: {source}")]
     Worker {

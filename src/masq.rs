@@ -91,6 +91,14 @@ pub enum MasqError {
     Thread(#[source] io::Error),
 }
 
+impl MasqError {
+    /// Whether the tool ran past [`TOOL_DEADLINE`] and was killed.
+    #[must_use]
+    pub fn timed_out(&self) -> bool {
+        matches!(self, Self::Run { source, .. } if source.kind() == io::ErrorKind::TimedOut)
+    }
+}
+
 /// What to program: the network, this node's subnet, and which rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
@@ -310,6 +318,10 @@ impl Iptables {
     pub fn remove(&self, plan: &Plan) -> Result<(), MasqError> {
         let mut first = Ok(());
         for rule in plan.rules() {
+            // A tool that ran out of time once will again: the rest is left, not waited for.
+            if first.as_ref().is_err_and(MasqError::timed_out) {
+                return first;
+            }
             if !plan.chains().iter().any(|(_, from, _)| *from == rule.chain) {
                 continue;
             }
@@ -331,6 +343,9 @@ impl Iptables {
             }
         }
         for (table, _, chain) in plan.chains() {
+            if first.as_ref().is_err_and(MasqError::timed_out) {
+                return first;
+            }
             first = first.and(self.delete_chain(table, chain));
         }
         first
@@ -505,9 +520,63 @@ fn run_tool(tool: &'static str, args: &[&str], input: Option<&[u8]>) -> Result<O
             _ => {}
         }
     }
-    child
-        .wait_with_output()
-        .map_err(|source| MasqError::Run { tool, source })
+    wait_with_deadline(child, TOOL_DEADLINE).map_err(|source| MasqError::Run { tool, source })
+}
+
+/// The longest one `iptables`/`nft` call may take (a stuck tool, a lock held elsewhere), after
+/// which it is killed and the call fails: neither the start, the stop nor the keeper waits
+/// forever on it.
+pub const TOOL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits for `child`, reading its standard output and error meanwhile (so a tool writing more
+/// than a pipe holds is not blocked), for at most `deadline`; then kills it.
+///
+/// # Errors
+///
+/// `TimedOut` when the deadline passed (the child is killed and reaped), or the error of
+/// waiting.
+fn wait_with_deadline(
+    mut child: std::process::Child,
+    deadline: std::time::Duration,
+) -> io::Result<Output> {
+    fn drain<R: std::io::Read + Send + 'static>(
+        pipe: Option<R>,
+    ) -> Option<std::thread::JoinHandle<Vec<u8>>> {
+        pipe.map(|mut p| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut p, &mut out);
+                out
+            })
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let until = std::time::Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            // The readers are left to end with the pipes (a process the tool started may
+            // still hold them).
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("it did not finish within {deadline:?} and was killed"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Ok(Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    })
 }
 
 /// The tools that write a plan's rules: `iptables` or `nft`.
@@ -896,6 +965,39 @@ fn version_at_least(text: &str, min: (u32, u32, u32)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tool_past_its_deadline_is_killed_and_a_chatty_one_is_read_whole() {
+        let slow = Command::new("sleep")
+            .arg("30")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sleep");
+        let began = std::time::Instant::now();
+        let e =
+            wait_with_deadline(slow, std::time::Duration::from_millis(200)).expect_err("timed out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(began.elapsed() < std::time::Duration::from_secs(5));
+        let err = MasqError::Run {
+            tool: "iptables",
+            source: e,
+        };
+        assert!(err.timed_out(), "{err}");
+        // More than a pipe holds, on both outputs: read while waiting, nothing lost.
+        let chatty = Command::new("sh")
+            .args([
+                "-c",
+                "head -c 300000 /dev/zero; head -c 200000 /dev/zero >&2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let out = wait_with_deadline(chatty, std::time::Duration::from_secs(20)).expect("finished");
+        assert!(out.status.success());
+        assert_eq!((out.stdout.len(), out.stderr.len()), (300_000, 200_000));
+    }
 
     pub(super) fn plan(masquerade: bool, random_fully: bool, forward: bool) -> Plan {
         Plan {

@@ -184,6 +184,11 @@ pub fn run(
         Some(v6) => start_masquerade(config, v6.network, v6.subnet)?,
         None => None,
     };
+    // The rules may have taken a while (a tool waiting on a lock): a stop asked for meanwhile
+    // is taken before the subnet file tells the pods' network plugin the node is up.
+    if stop.load(Ordering::Relaxed) {
+        return Err(Error::Stopped("writing the subnet file"));
+    }
     let subnet_written = write_subnet_file_step(config, device.mtu, opts.subnet_file_required)?;
     let view = Arc::new(NodeView {
         head: facts.status_head(),
