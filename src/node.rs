@@ -214,10 +214,20 @@ pub fn run(
         keeper.settled();
     }
     let control_threads = spawn_controls(controls, &table, stop)?;
+    let max_inner_len = underlay.max_inner(device.mtu);
+    if (device.mtu as usize) > max_inner_len {
+        tracing::warn!(
+            tun_mtu = device.mtu,
+            path = max_inner_len,
+            "the TUN MTU is above what the underlay carries: bigger packets are dropped \
+             (counted as too_big), with \"fragmentation needed\" sent back for those with DF \
+             set or IPv6; without DF they are lost silently, as fustian does not fragment"
+        );
+    }
     let fwd = Forwarding {
         encap,
         network: config.network,
-        max_inner_len: underlay.max_inner(device.mtu),
+        max_inner_len,
         icmp: true,
         strict_source_port: config.strict_source_port,
     };
