@@ -758,7 +758,10 @@ pub enum LockError {
     },
     /// The lock file is not a regular file of this user (someone else made it, in a directory
     /// others can write to).
-    #[error("{} is not a regular file owned by this user; remove it", .lock.display())]
+    #[error(
+        "{} is not a regular file of this user with one name (a link or another's file); remove it",
+        .lock.display()
+    )]
     Foreign {
         /// The lock file.
         lock: std::path::PathBuf,
@@ -846,7 +849,9 @@ pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
     let meta = file.metadata().map_err(io)?;
     // SAFETY: geteuid takes no arguments and cannot fail.
     let euid = unsafe { libc::geteuid() };
-    if !meta.file_type().is_file() || meta.uid() != euid {
+    // A hard link (another name of some file of this user, made by whoever can write to the
+    // directory) is not a lock file of the node's: it would be truncated.
+    if !meta.file_type().is_file() || meta.uid() != euid || meta.nlink() != 1 {
         return Err(LockError::Foreign { lock });
     }
     // SAFETY: flock takes the open descriptor and flags, no pointers.
@@ -983,6 +988,15 @@ mod lock_tests {
             Err(LockError::Foreign { .. })
         ));
         assert!(!dir.join("elsewhere").exists());
+        // Nor is a hard link to another file, which would be truncated.
+        let precious = dir.join("precious");
+        std::fs::write(&precious, b"keep").expect("file");
+        std::fs::hard_link(&precious, dir.join(".third.env.lock")).expect("hard link");
+        assert!(matches!(
+            lock_beside(&dir.join("third.env")),
+            Err(LockError::Foreign { .. })
+        ));
+        assert_eq!(std::fs::read(&precious).expect("read"), b"keep");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
