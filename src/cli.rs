@@ -177,8 +177,7 @@ pub struct RunArgs {
     /// address or `localhost`.
     #[arg(long, value_name = "IP", default_value = "127.0.0.1", value_parser = parse_healthz_ip)]
     pub healthz_ip: std::net::IpAddr,
-    /// Port of the HTTP endpoint, a Go integer as flanneld reads it; 0 or less turns it off
-    /// [default: 0].
+    /// Port of the HTTP endpoint, a Go integer as flanneld reads it; 0 or less turns it off.
     #[arg(
         long,
         value_name = "PORT",
