@@ -131,13 +131,17 @@ pub(crate) fn inode_of(fd: std::os::fd::RawFd) -> io::Result<u64> {
 }
 
 /// Returns "pid N (name)" for each process holding one of `inodes`, or says none was found.
+///
+/// The name is the holder's own (`/proc/PID/comm`, which any process sets with `prctl`), so it
+/// is escaped onto one line ([`crate::sys::one_line`]): a holder named `x\nERROR ...` cannot
+/// forge a log line.
 pub(crate) fn describe(owners: &[(u32, String)]) -> String {
     if owners.is_empty() {
         return "another process (not found in /proc)".to_owned();
     }
     owners
         .iter()
-        .map(|(pid, comm)| format!("pid {pid} ({comm})"))
+        .map(|(pid, comm)| format!("pid {pid} ({})", crate::sys::one_line(comm)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -271,6 +275,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn describe_escapes_holder_names() {
+        let text = describe(&[(42, "x\nERROR forged".to_owned()), (7, "plain".to_owned())]);
+        assert_eq!(text, "pid 42 (x\\nERROR forged), pid 7 (plain)");
+        assert!(!text.contains('\n'));
+        assert_eq!(
+            describe(&[(9, "a\u{1b}[2Jb\r".to_owned())]),
+            "pid 9 (a\\u{1b}[2Jb\\r)"
+        );
+    }
 
     #[test]
     fn reads_udp_lines() {
