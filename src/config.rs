@@ -589,10 +589,10 @@ impl NodeConfig {
         let subnet_file = match (managed, pick!(subnet_file, "subnet-file")) {
             (Some(m), _) => m.subnet_file.clone(),
             (None, None) => PathBuf::from(DEFAULT_SUBNET_FILE),
-            (None, Some((text, o))) if text.is_empty() => {
-                return Err(invalid(o, &text, "must not be empty".into()));
+            (None, Some((text, o))) => {
+                check_subnet_file(&text, o)?;
+                PathBuf::from(text)
             }
-            (None, Some((text, _))) => PathBuf::from(text),
         };
         let threads = match pick!(threads, "threads") {
             None => None,
@@ -851,6 +851,28 @@ impl NodeConfig {
     pub fn vtep_mac_path(&self) -> PathBuf {
         vtep_mac_path(&self.subnet_file)
     }
+}
+
+/// Checks a subnet file path as given (`--subnet-file`, the config file's `subnet_file`): it
+/// names a file, so it is neither empty nor ends in `/` (a directory). Such a path is refused
+/// when the flags are read, before a lease is taken: else the node would join, fail at the
+/// first write and leave the VTEP MAC and the temporary file in the working directory.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] naming `origin`.
+pub fn check_subnet_file(text: &str, origin: Origin) -> Result<(), ConfigError> {
+    if text.is_empty() {
+        return Err(invalid(origin, text, "must not be empty".into()));
+    }
+    if text.ends_with('/') {
+        return Err(invalid(
+            origin,
+            text,
+            "names a directory: give the file's path".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Returns where the generated VTEP MAC is kept: [`VTEP_MAC_FILE`] beside `subnet_file`.
@@ -1490,6 +1512,39 @@ mod traffic_tests {
             public_ip: Some("192.0.2.1".into()),
             ..RawNode::default()
         }
+    }
+
+    #[test]
+    fn a_subnet_file_path_naming_no_file_is_refused() {
+        for (text, words) in [
+            ("", "must not be empty"),
+            ("/run/flannel/", "names a directory"),
+        ] {
+            let e = NodeConfig::resolve(
+                &RawNode {
+                    subnet_file: Some(text.into()),
+                    ..raw()
+                },
+                None,
+            )
+            .expect_err("refused");
+            assert!(e.to_string().starts_with("invalid --subnet-file"), "{e}");
+            assert!(e.to_string().contains(words), "{e}");
+            let e = check_subnet_file(text, Origin::Flag("subnet-file")).expect_err("refused");
+            assert!(e.to_string().contains(words), "{e}");
+        }
+        let file = Origin::File {
+            path: "/etc/fustian.toml".into(),
+            field: "subnet_file".into(),
+        };
+        let e = check_subnet_file("", file).expect_err("refused");
+        assert!(
+            e.to_string()
+                .starts_with("invalid /etc/fustian.toml: subnet_file ``"),
+            "{e}"
+        );
+        assert!(check_subnet_file("subnet.env", Origin::Flag("subnet-file")).is_ok());
+        assert!(check_subnet_file("/run/flannel/subnet.env", Origin::Flag("subnet-file")).is_ok());
     }
 
     #[test]

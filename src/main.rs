@@ -123,19 +123,39 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 /// The subnet file a node writes: `--subnet-file`, else (without etcd) the config file's
 /// `subnet_file`, else flanneld's default. One answer for the etcd join, the lock and the
-/// static config alike.
+/// static config alike. A given path that names no file (empty, or ending in `/`) is refused,
+/// naming the flag or field ([`fustian::config::check_subnet_file`]).
 fn subnet_file_of(
     args: &fustian::cli::RunArgs,
     file: Option<&(std::path::PathBuf, RawNode)>,
     etcd: bool,
-) -> String {
-    args.raw()
+) -> Result<String, fustian::config::ConfigError> {
+    use fustian::config::Origin;
+    let given = args
+        .raw()
         .subnet_file
+        .map(|text| (text, Origin::Flag("subnet-file")))
         .or_else(|| {
-            file.filter(|_| !etcd)
-                .and_then(|(_, r)| r.subnet_file.clone())
-        })
-        .unwrap_or_else(|| fustian::config::DEFAULT_SUBNET_FILE.to_owned())
+            file.filter(|_| !etcd).and_then(|(path, r)| {
+                r.subnet_file.clone().map(|text| {
+                    let field = "subnet_file".to_owned();
+                    (
+                        text,
+                        Origin::File {
+                            path: path.clone(),
+                            field,
+                        },
+                    )
+                })
+            })
+        });
+    match given {
+        None => Ok(fustian::config::DEFAULT_SUBNET_FILE.to_owned()),
+        Some((text, origin)) => {
+            fustian::config::check_subnet_file(&text, origin)?;
+            Ok(text)
+        }
+    }
 }
 
 /// A node configuration and the control source that keeps its table current.
@@ -193,7 +213,7 @@ fn join_etcd(
     // A node that cannot bind its port takes no lease, nor another node's lease that names
     // the same address.
     fustian::node::check_underlay_addresses(public_ip, public_ipv6)?;
-    let subnet_file = std::path::PathBuf::from(subnet_file_of(args, file, true));
+    let subnet_file = std::path::PathBuf::from(subnet_file_of(args, file, true)?);
     let opts = EtcdOptions {
         endpoints: etcd_endpoints(endpoints)?,
         prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
@@ -556,7 +576,7 @@ fn run_node(
     // One node per subnet file, before anything is set up: a second node writing it would
     // point the pods' network plugin at a subnet the first one routes.
     let etcd = args.etcd_endpoints_or_default().is_some();
-    let subnet_file = subnet_file_of(args, file, etcd);
+    let subnet_file = subnet_file_of(args, file, etcd)?;
     let lock = (!subnet_file.is_empty())
         .then(|| fustian::sys::lock_beside(std::path::Path::new(&subnet_file)));
     let _subnet_lock = match lock {
