@@ -665,7 +665,10 @@ impl NodeConfig {
         let tun = match pick!(tun, "tun") {
             None => DEFAULT_TUN.to_owned(),
             Some((name, o)) => {
-                check_ifname(&name).map_err(|r| invalid(o, &name, r))?;
+                // Shown with anything but printable ASCII escaped: a zero-width space would
+                // otherwise print as a name that looks valid.
+                check_tun_name(&name)
+                    .map_err(|r| invalid(o, &name.escape_default().to_string(), r))?;
                 name
             }
         };
@@ -1168,6 +1171,22 @@ fn check_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a TUN device name (`--tun`, `tun`): what [`check_ifname`] takes, and only printable
+/// ASCII, not `.` or `..`. The kernel takes other bytes in a name it creates, but a name that
+/// cannot be typed or shown as it is (`flannel\u{200b}0`) only leaves a device nobody finds
+/// by its name; `.` and `..` it refuses itself (`dev_valid_name`).
+fn check_tun_name(name: &str) -> Result<(), String> {
+    check_ifname(name)?;
+    if !name.bytes().all(|b| b.is_ascii_graphic()) || name == "." || name == ".." {
+        return Err(
+            "TUN device names are printable ASCII without '/', ':' or whitespace, and not \
+             `.` or `..`"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -1511,6 +1530,60 @@ mod traffic_tests {
             subnet: Some("10.244.1.0/24".into()),
             public_ip: Some("192.0.2.1".into()),
             ..RawNode::default()
+        }
+    }
+
+    #[test]
+    fn a_tun_name_is_printable_ascii() {
+        for (name, shown) in [
+            ("flannel\u{200b}0", "flannel\\u{200b}0"),
+            ("fl\u{e9}nnel", "fl\\u{e9}nnel"),
+            ("tun\u{7f}", "tun\\u{7f}"),
+            ("..", ".."),
+        ] {
+            let e = NodeConfig::resolve(
+                &RawNode {
+                    tun: Some(name.into()),
+                    ..raw()
+                },
+                None,
+            )
+            .expect_err("refused");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid --tun `{shown}`: TUN device names are printable ASCII without \
+                     '/', ':' or whitespace, and not `.` or `..`"
+                )
+            );
+        }
+        for (name, words) in [
+            ("flannel\n0", "cannot hold"),
+            ("a/b", "cannot hold"),
+            ("flannel-0123456789", "1 to 15 bytes"),
+            // 15 bytes in 5 characters: too long for IFNAMSIZ, counted in bytes.
+            (
+                "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+                "1 to 15 bytes",
+            ),
+        ] {
+            let e = NodeConfig::resolve(
+                &RawNode {
+                    tun: Some(name.into()),
+                    ..raw()
+                },
+                None,
+            )
+            .expect_err("refused");
+            assert!(e.to_string().contains(words), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        for name in ["flannel0", "flannel.1", "a", "fl-_@+%0123456x"] {
+            let r = RawNode {
+                tun: Some(name.into()),
+                ..raw()
+            };
+            assert_eq!(NodeConfig::resolve(&r, None).expect("valid").tun, name);
         }
     }
 
