@@ -278,16 +278,15 @@ impl Core {
             return;
         }
         let counters = self.metrics.worker(self.cfg.worker);
-        let (start, inner_len) =
+        // The peer's datagram is counted where it is delivered, not here: the checks below
+        // may still drop it.
+        let (start, inner_len, peer) =
             match forward::inbound(snap, &self.cfg.fwd, from, &slot[at..at + len]) {
                 forward::Inbound::Deliver {
                     start,
                     len: inner,
                     peer,
-                } => {
-                    acc.peer(snap, self.cfg.worker, peer, len);
-                    (at + start, inner)
-                }
+                } => (at + start, inner, peer),
                 forward::Inbound::Drop(reason) => return self.drop_rx(reason),
             };
         let inner = &mut slot[start..start + inner_len];
@@ -306,6 +305,7 @@ impl Core {
                 });
             }
             self.tally.delivered += 1;
+            acc.peer(snap, self.cfg.worker, peer, len);
             return;
         }
         // A super-packet from a kernel peer on this host: after anything of its flow that is
@@ -322,6 +322,7 @@ impl Core {
                 hdr,
             });
             self.tally.delivered += 1;
+            acc.peer(snap, self.cfg.worker, peer, len);
             return;
         }
         let first = acc.rx_segs_used;
@@ -340,6 +341,7 @@ impl Core {
                     count,
                 });
                 self.tally.delivered += 1;
+                acc.peer(snap, self.cfg.worker, peer, len);
             }
             Err(WireError::BadChecksum) => self.drop_rx(DropReason::RxBadTcpChecksum),
             Err(_) => self.drop_rx(DropReason::RxTooBig),

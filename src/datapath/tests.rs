@@ -131,6 +131,17 @@ fn writes(c: &Core, slot: &[u8]) -> Vec<(VnetHdr, Vec<u8>)> {
 
 /// Receives one read at B from `from`.
 fn receive(b: &mut Core, read: &[u8], segment: usize, from: &str) -> Vec<(VnetHdr, Vec<u8>)> {
+    receive_in(b, &snapshot(2), read, segment, from)
+}
+
+/// Receives one read at B from `from` with the table `snap` (whose peer counters a test reads).
+fn receive_in(
+    b: &mut Core,
+    snap: &Snapshot,
+    read: &[u8],
+    segment: usize,
+    from: &str,
+) -> Vec<(VnetHdr, Vec<u8>)> {
     let mut slot = vec![0u8; b.rx_payload() + 1];
     let len = read.len();
     let n = len.min(slot.len());
@@ -141,7 +152,7 @@ fn receive(b: &mut Core, read: &[u8], segment: usize, from: &str) -> Vec<(VnetHd
         truncated: len > slot.len(),
         segment,
     };
-    b.udp_read(&snapshot(2), &mut slot, &r);
+    b.udp_read(snap, &mut slot, &r);
     writes(b, &slot)
 }
 
@@ -396,6 +407,36 @@ fn a_kernel_super_frame_is_cut_for_a_device_without_offloads() {
         assert!(out.iter().all(|(_, p)| p.len() <= 1450));
         assert_eq!(b.tally().delivered, 1);
     }
+}
+
+#[test]
+fn a_peer_is_counted_only_for_what_is_delivered() {
+    // Kernel super-frames from A pass the receive checks but cannot all be written: one whose
+    // inner UDP packet is too long to cut, one whose TCP checksum is wrong. Neither counts as
+    // received from A; the frame that is delivered does, once with its length.
+    let mut a = core(1, true, false, false);
+    let head = send(&mut a, &udp([10, 244, 1, 2], [10, 244, 2, 2], 10))[..22].to_vec();
+    let frame = |inner: &[u8]| [head.as_slice(), inner].concat();
+    let payload = vec![9u8; 3000];
+    let too_big = frame(&udp([10, 244, 1, 2], [10, 244, 2, 2], 3000));
+    let mut bad = tcp(1, &payload, true);
+    bad[2000] ^= 0x40;
+    let bad = frame(&bad);
+    let good = frame(&tcp(1, &payload, true));
+    let table = crate::table::Table::new(snapshot(2), 1);
+    let snap = table.load();
+    let mut b = core(2, true, false, false);
+    assert!(receive_in(&mut b, &snap, &too_big, 0, A).is_empty());
+    assert!(receive_in(&mut b, &snap, &bad, 0, A).is_empty());
+    assert_eq!(drops(&b, DropReason::RxTooBig), 1);
+    assert_eq!(drops(&b, DropReason::RxBadTcpChecksum), 1);
+    let peer = snap.peer_stats(0).expect("A's counters");
+    assert_eq!((peer.totals().rx_packets, peer.totals().rx_bytes), (0, 0));
+    assert!(!receive_in(&mut b, &snap, &good, 0, A).is_empty());
+    let t = peer.totals();
+    assert_eq!((t.rx_packets, t.rx_bytes), (1, good.len() as u64));
+    assert_eq!(b.tally().delivered, 1);
+    assert!(balanced(b.tally()));
 }
 
 /// What the receiving kernel sees of `writes`: each packet, a merged one cut back at its
