@@ -20,7 +20,7 @@
 //! | `rx_gro_reads` | offloads: socket reads that held several datagrams (`UDP_GRO`); each datagram counts in `rx_packets` |
 //! | `tun_tx_merged`, `tun_tx_merged_segments` | offloads: super-packets written to TUN, and the received segments merged into them (each write counts once in `tun_tx_packets`) |
 //! | `busy_poll_hits`, `busy_poll_misses` | `--busy-poll`: looks for work before blocking that found some, and that ran out their window |
-//! | `probe_rx`, `probe_tx`, `probe_rate_limited` | `doctor`'s peer probes (see `doctor::probe`): requests from peers recognised (never written to TUN), answers sent, requests left unanswered because the per-worker token bucket was empty |
+//! | `probe_rx`, `probe_tx`, `probe_rate_limited` | `doctor`'s peer probes (see `doctor::probe`): requests from peers recognised (never written to TUN), answers sent, requests left unanswered because the per-worker token bucket was empty or another request of the same read was answered |
 //! | `drop_<reason>` | packets dropped, one counter per [`DropReason`] (names below) |
 //!
 //! Drop reasons: `tun_truncated`, `tun_bad_version`, `tun_bad_header_len`, `tun_bad_length`,
@@ -280,7 +280,7 @@ pub struct Counters {
     pub probe_rx: AtomicU64,
     /// Probe answers sent.
     pub probe_tx: AtomicU64,
-    /// Probe requests left unanswered by the rate limit.
+    /// Probe requests left unanswered by the rate limit (or as a read's second or later).
     pub probe_rate_limited: AtomicU64,
     drops: [AtomicU64; DROP_REASONS],
 }

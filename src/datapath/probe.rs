@@ -45,8 +45,8 @@ impl Responder {
 
 impl Core {
     /// Takes the probe `datagram` from `from` off the path to TUN when it is a well-formed
-    /// request from a peer: plans its answer ([`Core::probe_reply`]) if the bucket allows, and
-    /// returns true. Anything else returns false and goes through the receive checks as any
+    /// request from a peer: plans its answer ([`Core::probe_reply`]) if it is the read's first
+    /// and the bucket allows, else counts it `probe_rate_limited`, and returns true. Anything else returns false and goes through the receive checks as any
     /// datagram, which drop it (its first nibble or EtherType is no IP version).
     #[cold]
     pub(super) fn probe(&mut self, snap: &Snapshot, from: SocketAddr, datagram: &[u8]) -> bool {
@@ -57,14 +57,24 @@ impl Core {
             Encap::Flannel => None,
             Encap::Vxlan(p) => Some((p.vni, p.local_mac.0)),
         };
-        let Some(len) = answer(datagram, vxlan, &mut self.probe.buf) else {
+        // One answer per read: a later request of the same `UDP_GRO` read is checked in a
+        // scratch buffer, so the planned answer stays as it is, and left unanswered without
+        // spending a token.
+        let answered = self.probe.reply.is_some();
+        let mut scratch = [0u8; VXLAN_PREFIX + REPLY_LEN];
+        let buf = if answered {
+            &mut scratch
+        } else {
+            &mut self.probe.buf
+        };
+        let Some(len) = answer(datagram, vxlan, buf) else {
             return false;
         };
         let counters = self.metrics.worker(self.cfg.worker);
         Counters::add(&counters.probe_rx, 1);
         self.tally.probes += 1;
         // Time is read here rather than passed in: this is off the per-packet path.
-        if self.probe.take_token(Instant::now()) {
+        if !answered && self.probe.take_token(Instant::now()) {
             self.probe.reply = Some((from, len));
         } else {
             Counters::add(&counters.probe_rate_limited, 1);

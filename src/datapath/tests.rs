@@ -604,3 +604,42 @@ fn probes_are_answered_only_to_peers() {
         assert_eq!(totals.probe_rate_limited, 201 - 1 - answered as u64);
     }
 }
+
+#[test]
+fn a_gro_read_of_probes_gets_one_answer_for_one_token() {
+    use crate::doctor::probe::{self, Kind, Probe};
+    for vxlan in [false, true] {
+        let mut b = core(2, vxlan, false, false);
+        let v = vxlan.then_some((1, MAC_B.0, MAC_A.0));
+        let prefix = if vxlan { probe::VXLAN_PREFIX } else { 0 };
+        let requests: Vec<Vec<u8>> = (1..=3)
+            .map(|token| {
+                let mut req = Vec::new();
+                probe::request(&mut req, 300, token, v);
+                req
+            })
+            .collect();
+        let read = requests.concat();
+        assert!(receive(&mut b, &read, requests[0].len(), A).is_empty());
+        // The first request is answered, and its answer is not overwritten by the others.
+        let reply = b.probe_reply().map(|(_, r)| r.to_vec()).expect("answered");
+        assert_eq!(
+            Probe::parse(&reply[prefix..]),
+            Ok(Probe {
+                kind: Kind::Reply { len: 300 },
+                token: 1
+            })
+        );
+        let totals = b.metrics.totals();
+        assert_eq!((totals.probe_rx, totals.probe_rate_limited), (3, 2));
+        assert_eq!(b.tally().probes, 3);
+        assert!(balanced(b.tally()));
+        // One token spent: the 49 left of the burst answer the next 49 single requests.
+        let mut answered = 0;
+        for _ in 0..49 {
+            receive(&mut b, &requests[0], 0, A);
+            answered += usize::from(b.probe_reply().is_some());
+        }
+        assert_eq!(answered, 49);
+    }
+}
