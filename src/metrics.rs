@@ -34,7 +34,8 @@
 //! (datagram from an address that is no peer), `spoofed_source` (inner source outside the
 //! sender's subnet), `not_local` (inner destination outside this node's subnet), `oversize`
 //! (datagram larger than the receive buffer; never truncated and delivered), `tx_error` (the
-//! underlay send failed), `tun_write_error` (the TUN write failed); VXLAN only: `rx_bad_flags`
+//! underlay send failed), `tun_write_error` (the TUN write failed, of a packet or of an ICMP
+//! error); VXLAN only: `rx_bad_flags`
 //! (flags other than the I flag or reserved bits set), `wrong_vni`,
 //! `wrong_dst_mac` (inner destination is another unicast MAC), `own_src_mac` (inner source is
 //! this VTEP's MAC), `non_ip` (ARP or another EtherType; flannel's kernel peers use permanent

@@ -28,6 +28,18 @@ pub(crate) struct Sender {
     icmp_log: RateLimitedLog,
 }
 
+/// Counts the write of an ICMP error into TUN: `tun_tx_icmp` when it went, else logged under
+/// `log`'s limit and dropped as `tun_write_error`, as a data packet whose write fails.
+fn count_icmp_write(counters: &Counters, log: &mut RateLimitedLog, result: io::Result<usize>) {
+    match result {
+        Ok(_) => Counters::add(&counters.tun_tx_icmp, 1),
+        Err(e) => {
+            log.error(&e);
+            counters.drop_packet(DropReason::TunWriteError);
+        }
+    }
+}
+
 /// Where a TUN read lies: its slot in the loop's buffer, and the bytes the read returned.
 #[derive(Debug, Clone)]
 pub(crate) struct TunRead {
@@ -107,10 +119,11 @@ impl Sender {
                     count,
                 );
             }
-            TxPlan::Icmp { len } => match w.tun.write(core.icmp_reply(len)) {
-                Ok(_) => Counters::add(&w.metrics.worker(w.id).tun_tx_icmp, 1),
-                Err(e) => self.icmp_log.error(&e),
-            },
+            TxPlan::Icmp { len } => count_icmp_write(
+                w.metrics.worker(w.id),
+                &mut self.icmp_log,
+                w.tun.write(core.icmp_reply(len)),
+            ),
             TxPlan::Dropped => {}
         }
     }
@@ -440,6 +453,21 @@ mod tests {
         );
         assert_eq!(sent, taken.len());
         (taken, dropped)
+    }
+
+    #[test]
+    fn a_failed_icmp_write_is_a_tun_write_error() {
+        let metrics = crate::metrics::Metrics::new(1);
+        let mut log = RateLimitedLog::new("ICMP write to TUN failed");
+        count_icmp_write(metrics.worker(0), &mut log, Ok(56));
+        count_icmp_write(
+            metrics.worker(0),
+            &mut log,
+            Err(io::Error::from_raw_os_error(libc::EIO)),
+        );
+        let totals = metrics.totals();
+        assert_eq!(totals.tun_tx_icmp, 1);
+        assert_eq!(totals.dropped(DropReason::TunWriteError), 1);
     }
 
     #[test]
