@@ -1522,6 +1522,8 @@ mod tests {
 
 #[cfg(test)]
 mod traffic_tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn raw() -> RawNode {
@@ -1533,6 +1535,28 @@ mod traffic_tests {
         }
     }
 
+    /// The error `resolve` gives for `raw`, which it must refuse.
+    fn refusal(raw: &RawNode) -> String {
+        NodeConfig::resolve(raw, None)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    proptest! {
+        #[test]
+        fn tun_names_and_subnet_file_paths_are_judged_on_any_text(text in "\\PC{0,20}|.{0,20}") {
+            if check_tun_name(&text).is_ok() {
+                prop_assert!((1..=15).contains(&text.len()), "{text:?}");
+                prop_assert!(
+                    text.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':'),
+                    "{text:?}"
+                );
+            }
+            let taken = check_subnet_file(&text, Origin::Flag("subnet-file")).is_ok();
+            prop_assert_eq!(taken, !text.is_empty() && !text.ends_with('/'));
+        }
+    }
+
     #[test]
     fn a_tun_name_is_printable_ascii() {
         for (name, shown) in [
@@ -1541,16 +1565,12 @@ mod traffic_tests {
             ("tun\u{7f}", "tun\\u{7f}"),
             ("..", ".."),
         ] {
-            let e = NodeConfig::resolve(
-                &RawNode {
-                    tun: Some(name.into()),
-                    ..raw()
-                },
-                None,
-            )
-            .expect_err("refused");
+            let e = refusal(&RawNode {
+                tun: Some(name.into()),
+                ..raw()
+            });
             assert_eq!(
-                e.to_string(),
+                e,
                 format!(
                     "invalid --tun `{shown}`: TUN device names are printable ASCII without \
                      '/', ':' or whitespace, and not `.` or `..`"
@@ -1567,16 +1587,12 @@ mod traffic_tests {
                 "1 to 15 bytes",
             ),
         ] {
-            let e = NodeConfig::resolve(
-                &RawNode {
-                    tun: Some(name.into()),
-                    ..raw()
-                },
-                None,
-            )
-            .expect_err("refused");
-            assert!(e.to_string().contains(words), "{e}");
-            assert!(!e.to_string().contains('\n'), "{e}");
+            let e = refusal(&RawNode {
+                tun: Some(name.into()),
+                ..raw()
+            });
+            assert!(e.contains(words), "{e}");
+            assert!(!e.contains('\n'), "{e}");
         }
         for name in ["flannel0", "flannel.1", "a", "fl-_@+%0123456x"] {
             let r = RawNode {
@@ -1593,16 +1609,12 @@ mod traffic_tests {
             ("", "must not be empty"),
             ("/run/flannel/", "names a directory"),
         ] {
-            let e = NodeConfig::resolve(
-                &RawNode {
-                    subnet_file: Some(text.into()),
-                    ..raw()
-                },
-                None,
-            )
-            .expect_err("refused");
-            assert!(e.to_string().starts_with("invalid --subnet-file"), "{e}");
-            assert!(e.to_string().contains(words), "{e}");
+            let e = refusal(&RawNode {
+                subnet_file: Some(text.into()),
+                ..raw()
+            });
+            assert!(e.starts_with("invalid --subnet-file"), "{e}");
+            assert!(e.contains(words), "{e}");
             let e = check_subnet_file(text, Origin::Flag("subnet-file")).expect_err("refused");
             assert!(e.to_string().contains(words), "{e}");
         }

@@ -552,23 +552,29 @@ fn wait_with_deadline(
     }
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
-    let until = std::time::Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if std::time::Instant::now() >= until {
-            let _ = child.kill();
-            let _ = child.wait();
-            // The readers are left to end with the pipes (a process the tool started may
-            // still hold them).
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("it did not finish within {deadline:?} and was killed"),
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    // One thread waits for the child and says when it has; this one waits for that word with
+    // the deadline, and kills the child if it does not come (the waiter is then still in
+    // `wait`, so the pid is still the child's).
+    let pid = child.id();
+    let (done, exited) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = done.send(());
+        status
+    });
+    if exited.recv_timeout(deadline).is_err() {
+        let _ = crate::sys::kill(pid, libc::SIGKILL);
+        let _ = waiter.join();
+        // The readers are left to end with the pipes (a process the tool started may
+        // still hold them).
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("it did not finish within {deadline:?} and was killed"),
+        ));
+    }
+    let status = waiter
+        .join()
+        .map_err(|_| io::Error::other("the thread waiting for the tool panicked"))??;
     let collect = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
         h.and_then(|h| h.join().ok()).unwrap_or_default()
     };

@@ -25,6 +25,18 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
+/// Sends `signal` to process `pid` (a child not yet reaped, so the pid is still its own).
+///
+/// # Errors
+///
+/// The kernel's error, or `InvalidInput` for a pid out of range.
+pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes two integers and no memory.
+    syscall!(kill(pid, signal)).map(drop)
+}
+
 /// Runs `f` again while it fails with `EINTR`.
 pub(crate) fn retry_if_interrupted<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {

@@ -131,11 +131,7 @@ impl Netlink {
     ///
     /// The kernel's error (one that cannot change it on an existing device).
     pub fn set_gso_max_segs(&mut self, index: u32, segs: u32) -> io::Result<()> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.attributes.push(LinkAttribute::GsoMaxSegs(segs));
-        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-            .map(drop)
+        self.set_link(index, LinkAttribute::GsoMaxSegs(segs))
     }
 
     /// Sets the transmit queue length of link `index`, in packets.
@@ -144,9 +140,14 @@ impl Netlink {
     ///
     /// The kernel's error.
     pub fn set_txqueuelen(&mut self, index: u32, packets: u32) -> io::Result<()> {
+        self.set_link(index, LinkAttribute::TxQueueLen(packets))
+    }
+
+    /// Sets one attribute of link `index` (`RTM_SETLINK`).
+    fn set_link(&mut self, index: u32, attribute: LinkAttribute) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        msg.attributes.push(LinkAttribute::TxQueueLen(packets));
+        msg.attributes.push(attribute);
         self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
             .map(drop)
     }
