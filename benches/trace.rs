@@ -40,6 +40,7 @@ fn core(hub: &Arc<Hub>) -> Core {
                 strict_source_port: false,
             },
             vnet: false,
+            uso: false,
             gro: false,
             sockets: 0,
             tun_mtu: 1450,

@@ -78,6 +78,9 @@ pub struct CoreConfig {
     /// The TUN device carries virtio-net headers (TSO/USO offloads): reads may be
     /// super-packets and every write carries a header. The one source of truth for it.
     pub vnet: bool,
+    /// The device also takes UDP super-packets (USO): received datagrams of one UDP flow are
+    /// merged for TUN as TCP segments are.
+    pub uso: bool,
     /// The socket has `UDP_GRO`: a read may hold several datagrams.
     pub gro: bool,
     /// Source sockets a flow's hash chooses between (VXLAN source ports; 0 or 1: one).
@@ -140,7 +143,7 @@ impl Core {
             segs: vec![Segment::default(); MAX_SEGMENTS].into_boxed_slice(),
             icmp: icmp::Limiter::new(),
             ops: Vec::with_capacity(OPS_CAPACITY),
-            coalescer: Coalescer::new(),
+            coalescer: Coalescer::new().with_udp(cfg.vnet && cfg.uso),
             rx_headers: vec![0u8; MAX_RX_SEGMENTS * RX_HEADER_STRIDE].into_boxed_slice(),
             rx_segs: vec![Segment::default(); MAX_RX_SEGMENTS].into_boxed_slice(),
             probe: probe::Responder::new(),

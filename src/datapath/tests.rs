@@ -67,6 +67,7 @@ fn core(own: u8, vxlan: bool, vnet: bool, gro: bool) -> Core {
             worker: 0,
             fwd: fwd(vxlan, mac),
             vnet,
+            uso: vnet,
             gro,
             sockets: 0,
             tun_mtu: 1472,

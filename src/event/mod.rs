@@ -205,6 +205,7 @@ impl Worker {
                 worker: self.id,
                 fwd: self.fwd,
                 vnet: self.tun.vnet(),
+                uso: self.offloads.tun_uso,
                 gro: self.offloads.gro,
                 sockets: self.tx_pool.len(),
                 tun_mtu: self.tun_mtu,

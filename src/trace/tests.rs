@@ -42,6 +42,7 @@ fn core_with(hub: &Arc<Hub>, encap: Encap) -> Core {
             worker: 0,
             fwd,
             vnet: false,
+            uso: false,
             gro: false,
             sockets: 0,
             tun_mtu: 1400,
