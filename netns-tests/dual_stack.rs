@@ -100,6 +100,22 @@ fn check_subnet_file(topo: &Topology, stack: Stack) {
     );
 }
 
+/// A burst of IPv6 datagrams (IPv6 pods over an IPv6 underlay) is merged for TUN as an IPv6
+/// UDP super-packet and reaches the pod as sent.
+#[test]
+fn a_burst_of_ipv6_udp_datagrams_is_merged_and_arrives_as_sent() {
+    if skip("a_burst_of_ipv6_udp_datagrams_is_merged_and_arrives_as_sent") {
+        return;
+    }
+    let _serial = serial();
+    let topo = start_stack(
+        LabBackend::Udp,
+        Stack::V6,
+        &["--io", "uring", "--threads", "1"],
+    );
+    crate::two_nodes::udp_burst_is_merged_and_delivered_as_sent(&topo, pod_addr6);
+}
+
 /// Each stack over the loops and offloads that matter for it: IPv6 over IPv6 in the whole
 /// matrix, the mixed ones on io_uring with offloads and on epoll without.
 #[test]

@@ -164,22 +164,14 @@ fn runs_of_datagrams_reach_a_peer_behind_a_smaller_route_mtu() {
 }
 
 /// Datagrams of one UDP flow that reach a node together go to its TUN device as one UDP
-/// super-packet (USO), and the pod gets exactly the datagrams that were sent, in order. The
-/// sending node is stopped while its pod sends, so the datagrams leave it in runs and arrive
-/// together; the last one is shorter, which ends a super-packet.
+/// super-packet (USO), and the pod gets exactly the datagrams that were sent, in order
+/// ([`udp_burst_is_merged_and_delivered_as_sent`]). IPv6 pods: `dual_stack`.
 #[test]
 fn a_burst_of_udp_datagrams_is_merged_and_arrives_whole_and_in_order() {
     if skip("a_burst_of_udp_datagrams_is_merged_and_arrives_whole_and_in_order") {
         return;
     }
     let _serial = serial();
-    const COUNT: usize = 100;
-    let datagram = |i: usize| -> Vec<u8> {
-        let len = if i + 1 == COUNT { 100 } else { 300 };
-        (0..len)
-            .map(|j| u8::try_from((i * 7 + j) % 251).unwrap_or(0))
-            .collect()
-    };
     for extra in [
         &["--io", "uring", "--threads", "1"][..],
         &["--io", "epoll", "--threads", "1"][..],
@@ -187,71 +179,94 @@ fn a_burst_of_udp_datagrams_is_merged_and_arrives_whole_and_in_order() {
         eprintln!("== with {}", extra.join(" "));
         let mut topo = topology();
         start_both(&mut topo, extra);
-        let info = |topo: &fustian::lab::Topology| {
-            topo.stats(1)
-                .into_iter()
-                .find(|(k, _)| k.starts_with("info{"))
-                .map(|(k, _)| k)
-        };
-        assert!(
-            wait_for(Duration::from_secs(5), || info(&topo).is_some()),
-            "node 1 wrote no stats: {}",
-            topo.processes[1].log()
-        );
-        let offloads = info(&topo).unwrap_or_default();
-        assert!(
-            offloads.contains("uso"),
-            "node 1's TUN device did not take USO (UDP segmentation, Linux 6.2), which this \
-             test needs: {offloads}"
-        );
-        let before = topo.counter(1, "tun_tx_merged_segments");
-        let receiver = topo.pods[1]
-            .run(|| {
-                let s = std::net::UdpSocket::bind("0.0.0.0:9101")?;
-                socket2::SockRef::from(&s).set_recv_buffer_size(1 << 20)?;
-                s.set_read_timeout(Some(Duration::from_secs(3)))?;
-                Ok::<_, std::io::Error>(s)
-            })
-            .expect("enter pod 1")
-            .expect("bind the receiver");
-        let to = fustian::lab::pod_addr(1, 9101);
-        let pid = topo.processes[0].pid().expect("running");
-        signal(pid, libc::SIGSTOP);
-        let sent = topo.pods[0].run(move || {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-            s.connect(to)?;
-            for i in 0..COUNT {
-                s.send(&datagram(i))?;
-            }
-            Ok::<_, std::io::Error>(())
-        });
-        signal(pid, libc::SIGCONT);
-        sent.expect("enter pod 0").expect("send the burst");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while got.len() < COUNT {
-            match receiver.recv(&mut buf) {
-                Ok(n) => got.push(buf[..n].to_vec()),
-                Err(_) => break,
-            }
-        }
-        let want: Vec<Vec<u8>> = (0..COUNT).map(datagram).collect();
-        assert!(
-            got == want,
-            "{} of {COUNT} datagrams, {} as sent and in order: {:?}\n{}",
-            got.len(),
-            got.iter().zip(&want).take_while(|(a, b)| a == b).count(),
-            topo.stats(1),
-            topo.processes[1].log()
-        );
-        assert!(
-            wait_for(Duration::from_secs(5), || {
-                topo.counter(1, "tun_tx_merged_segments") >= before + 2
-            }),
-            "node 1 merged no datagrams: {:?}",
-            topo.stats(1)
-        );
+        udp_burst_is_merged_and_delivered_as_sent(&topo, fustian::lab::pod_addr);
     }
+}
+
+/// Node 0 is stopped while its pod sends a burst of datagrams on one connected socket to pod
+/// 1 (`pod_addr(1, port)`), so they leave the node in runs and arrive together; the last one is
+/// shorter, which ends a super-packet. Pod 1 must get every datagram as sent, in order, and
+/// node 1 must have merged some.
+pub(crate) fn udp_burst_is_merged_and_delivered_as_sent(
+    topo: &fustian::lab::Topology,
+    pod_addr: fn(usize, u16) -> std::net::SocketAddr,
+) {
+    const COUNT: usize = 100;
+    let datagram = |i: usize| -> Vec<u8> {
+        let len = if i + 1 == COUNT { 100 } else { 300 };
+        (0..len)
+            .map(|j| u8::try_from((i * 7 + j) % 251).unwrap_or(0))
+            .collect()
+    };
+    let info = |topo: &fustian::lab::Topology| {
+        topo.stats(1)
+            .into_iter()
+            .find(|(k, _)| k.starts_with("info{"))
+            .map(|(k, _)| k)
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || info(topo).is_some()),
+        "node 1 wrote no stats: {}",
+        topo.processes[1].log()
+    );
+    let offloads = info(topo).unwrap_or_default();
+    assert!(
+        offloads.contains("uso"),
+        "node 1's TUN device did not take USO (UDP segmentation, Linux 6.2), which this test \
+         needs: {offloads}"
+    );
+    let before = topo.counter(1, "tun_tx_merged_segments");
+    let to = pod_addr(1, 9101);
+    let any: std::net::SocketAddr = if to.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let receiver = topo.pods[1]
+        .run(move || {
+            let s = std::net::UdpSocket::bind(std::net::SocketAddr::new(any.ip(), 9101))?;
+            socket2::SockRef::from(&s).set_recv_buffer_size(1 << 20)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .expect("enter pod 1")
+        .expect("bind the receiver");
+    let pid = topo.processes[0].pid().expect("running");
+    signal(pid, libc::SIGSTOP);
+    let sent = topo.pods[0].run(move || {
+        let s = std::net::UdpSocket::bind(any)?;
+        s.connect(to)?;
+        for i in 0..COUNT {
+            s.send(&datagram(i))?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    signal(pid, libc::SIGCONT);
+    sent.expect("enter pod 0").expect("send the burst");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < COUNT {
+        match receiver.recv(&mut buf) {
+            Ok(n) => got.push(buf[..n].to_vec()),
+            Err(_) => break,
+        }
+    }
+    let want: Vec<Vec<u8>> = (0..COUNT).map(datagram).collect();
+    assert!(
+        got == want,
+        "{} of {COUNT} datagrams, {} as sent and in order: {:?}\n{}",
+        got.len(),
+        got.iter().zip(&want).take_while(|(a, b)| a == b).count(),
+        topo.stats(1),
+        topo.processes[1].log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            topo.counter(1, "tun_tx_merged_segments") >= before + 2
+        }),
+        "node 1 merged no datagrams: {:?}",
+        topo.stats(1)
+    );
 }
 
 /// Packets the kernel drops at the TUN device before a worker reads them (its transmit queue
