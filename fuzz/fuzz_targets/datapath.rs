@@ -35,8 +35,8 @@ fuzz_target!(|data: &[u8]| {
         worker: 0,
         fwd,
         vnet: flags & 2 != 0,
-        // UDP merging follows the virtio-net headers (bit 6 picks the socket count too).
-        uso: flags & 64 != 0,
+        // UDP merging follows the virtio-net headers.
+        uso: flags & 2 != 0,
         gro: flags & 4 != 0,
         sockets: usize::from(flags >> 6),
         tun_mtu: 1450,

@@ -103,7 +103,7 @@ impl Core {
         let encap = self.cfg.fwd.encap;
         let vxlan = matches!(encap, Encap::Vxlan(_));
         let stride = gro_stride(&slot[..len], r.segment, encap.header_len(), vxlan).max(1);
-        // Every inner TCP checksum is verified before a segment merges, whether the datagram
+        // Every inner TCP or UDP checksum is verified before a packet merges, whether the datagram
         // came alone or in a `UDP_GRO` read: the outer checksum Linux verified before
         // coalescing was computed by the peer over whatever inner bytes it sent, so it
         // vouches for the underlay hop, not for the segment.

@@ -39,7 +39,7 @@
 //! made of a single segment is written exactly as it arrived.
 
 use super::vnet::{F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VnetHdr};
-use crate::wire::ip::{fold, ones_sum, pseudo_sum};
+use crate::wire::ip::{checksum, fold, ones_sum, pseudo_sum};
 
 /// Packets open for merging at once.
 pub const MAX_OPEN: usize = 8;
@@ -131,7 +131,9 @@ fn candidate(p: &[u8], udp: bool) -> Option<Candidate> {
     if v6 && usize::from(u16::from_be_bytes([p[4], p[5]])) + 40 != p.len() {
         return None;
     }
-    if p.len() == hl {
+    // A header checksum that fails must reach the receiving stack as it is: the merged
+    // packet's header, and those the kernel cuts from it, get fresh ones.
+    if p.len() == hl || p.len() > MAX_MERGED || (!v6 && checksum(&p[..20]) != 0) {
         return None;
     }
     let t = &p[ip_len..];
@@ -184,6 +186,16 @@ fn same_flow(a: &[u8], a_ip: usize, b: &[u8], b_ip: usize) -> bool {
     let (va, pa, ra) = key(a, a_ip);
     let (vb, pb, rb) = key(b, b_ip);
     va == vb && pa == pb && a[ra] == b[rb] && a[a_ip..a_ip + 4] == b[b_ip..b_ip + 4]
+}
+
+/// The source and destination addresses of an IPv4 or IPv6 packet (their lengths tell the
+/// versions apart).
+fn addresses(p: &[u8]) -> Option<&[u8]> {
+    match p.first()? >> 4 {
+        4 => p.get(12..20),
+        6 => p.get(8..40),
+        _ => None,
+    }
 }
 
 /// What the segment after `c` must carry: TCP, the sequence number after its payload; UDP
@@ -383,10 +395,16 @@ impl Coalescer {
     /// merges only when its own checksum verifies.
     pub fn push(&mut self, packet: &[u8], out: &mut impl FnMut(Emit)) {
         let Some(c) = candidate(packet, self.udp) else {
-            if let Some(l) = layout(packet)
-                && let Some(k) = self.find(packet, l.ip_len)
-            {
-                self.finish_one(k, out);
+            match layout(packet) {
+                Some(l) => {
+                    if let Some(k) = self.find(packet, l.ip_len) {
+                        self.finish_one(k, out);
+                    }
+                }
+                // A fragment, an IPv6 packet with extension headers, another protocol: its
+                // ports are not known, so every open packet between the same addresses goes
+                // first (a fragmented datagram must not overtake the ones before it).
+                None => self.finish_hosts(packet, out),
             }
             self.count(packet.len(), 1);
             out(Emit::Input);
@@ -466,6 +484,22 @@ impl Coalescer {
             let o = &self.bufs[b];
             same_flow(&o.buf[..o.hl], o.ip_len, packet, ip)
         })
+    }
+
+    /// Finishes every open packet between the addresses of `packet`, oldest first.
+    fn finish_hosts(&mut self, packet: &[u8], out: &mut impl FnMut(Emit)) {
+        let Some(hosts) = addresses(packet) else {
+            return;
+        };
+        let mut k = 0;
+        while k < self.active {
+            let o = &self.bufs[self.open[k]];
+            if addresses(&o.buf[..o.hl]) == Some(hosts) {
+                self.finish_one(k, out);
+            } else {
+                k += 1;
+            }
+        }
     }
 
     fn count(&mut self, len: usize, segments: usize) {
@@ -829,35 +863,125 @@ mod tests {
         }
     }
 
+    /// Makes an IPv4 datagram's header and UDP checksums valid again after an edit.
+    fn reseal(d: &mut [u8]) {
+        let ip = if d[0] >> 4 == 4 {
+            d[10..12].fill(0);
+            let sum = crate::wire::ip::checksum(&d[..20]);
+            d[10..12].copy_from_slice(&sum.to_be_bytes());
+            20
+        } else {
+            40
+        };
+        d[ip + 6..ip + 8].fill(0);
+        let v = d[0] >> 4;
+        let sum = !fold(pseudo_sum(d, v, 17, d.len() - ip) + ones_sum(&d[ip..]));
+        let sum = if sum == 0 { 0xffff } else { sum };
+        d[ip + 6..ip + 8].copy_from_slice(&sum.to_be_bytes());
+    }
+
     #[test]
     fn udp_datagrams_that_break_a_rule_go_alone_and_in_order() {
-        let mut sent = pod_datagrams(false, &[800; 12], 100);
-        // 3: an identification out of sequence; 6: no checksum; 9: a bad checksum.
-        sent[3][4..6].copy_from_slice(&999u16.to_be_bytes());
-        sent[3][10..12].fill(0);
-        let sum = crate::wire::ip::checksum(&sent[3][..20]);
-        sent[3][10..12].copy_from_slice(&sum.to_be_bytes());
-        sent[6][26..28].fill(0);
-        sent[9][100] ^= 0x55;
-        let mut c = Coalescer::new().with_udp(true);
-        let written = run(&mut c, &sent);
-        let kinds: Vec<usize> = written
-            .iter()
-            .map(|(h, p)| {
+        type Edit = fn(&mut Vec<u8>);
+        // Six datagrams of 800 bytes; datagram 3 edited. Identifications from 65533, so the
+        // merge crosses their wrap to 0. `first`: how many datagrams the first packet holds.
+        let cases: [(&str, bool, Edit, bool, usize); 13] = [
+            ("as sent", false, |_| {}, true, 6),
+            ("as sent, IPv6", true, |_| {}, true, 6),
+            (
+                "identification out of sequence",
+                false,
+                |d| d[4..6].copy_from_slice(&7u16.to_be_bytes()),
+                true,
+                3,
+            ),
+            ("no checksum", false, |d| d[26..28].fill(0), false, 3),
+            ("bad UDP checksum", false, |d| d[100] ^= 0x55, false, 3),
+            ("bad header checksum", false, |d| d[10] ^= 0x01, false, 3),
+            ("another TTL", false, |d| d[8] = 63, true, 3),
+            ("another TOS", false, |d| d[1] = 0x10, true, 3),
+            ("DF cleared", false, |d| d[6] = 0, true, 3),
+            (
+                "larger",
+                false,
+                |d| {
+                    d.push(9);
+                    let n = u16::try_from(d.len()).expect("small");
+                    d[2..4].copy_from_slice(&n.to_be_bytes());
+                    d[24..26].copy_from_slice(&(n - 20).to_be_bytes());
+                },
+                true,
+                3,
+            ),
+            (
+                "shorter, which ends the packet",
+                false,
+                |d| {
+                    d.pop();
+                    let n = u16::try_from(d.len()).expect("small");
+                    d[2..4].copy_from_slice(&n.to_be_bytes());
+                    d[24..26].copy_from_slice(&(n - 20).to_be_bytes());
+                },
+                true,
+                4,
+            ),
+            ("another hop limit", true, |d| d[7] = 63, true, 3),
+            ("another flow label", true, |d| d[3] ^= 1, true, 3),
+        ];
+        for (name, v6, edit, reseal_it, first) in cases {
+            let mut sent = pod_datagrams(v6, &[800; 6], 65_533);
+            if !v6 {
+                for d in &mut sent {
+                    d[6] = 0x40;
+                    reseal(d);
+                }
+            }
+            edit(&mut sent[3]);
+            if reseal_it {
+                reseal(&mut sent[3]);
+            }
+            let mut c = Coalescer::new().with_udp(true);
+            let written = run(&mut c, &sent);
+            assert_eq!(
+                delivered(&written),
+                sent,
+                "{name}: every datagram as sent, in order"
+            );
+            let held = |(h, p): &(VnetHdr, Vec<u8>)| {
                 if h.gso_type == GSO_UDP_L4 {
-                    (p.len() - 28) / 800
+                    kernel_view(h, p).len()
                 } else {
                     1
                 }
-            })
-            .collect();
-        // 0-2 merged; 3 alone, starting 4-5 (the identification after 3's); 6 alone; 7-8;
-        // 9 alone; 10-11.
-        assert_eq!(kinds, [3, 1, 2, 1, 2, 1, 2]);
-        assert_eq!(written[1].1, sent[3]);
-        assert_eq!(written[3].1, sent[6]);
-        assert_eq!(written[5].1, sent[9]);
-        assert_eq!(delivered(&written), sent);
+            };
+            assert_eq!(held(&written[0]), first, "{name}: {written:?}");
+        }
+    }
+
+    #[test]
+    fn a_fragment_goes_after_the_open_datagrams_between_its_addresses() {
+        let mut sent = pod_datagrams(false, &[800; 3], 10);
+        // A first fragment (MF) of another datagram between the same addresses, then one of
+        // another pair of addresses.
+        let mut frag = sent[0].clone();
+        frag[6] = 0x20;
+        frag[4..6].copy_from_slice(&99u16.to_be_bytes());
+        reseal(&mut frag);
+        let mut other = frag.clone();
+        other[15] = 77;
+        reseal(&mut other);
+        let mut c = Coalescer::new().with_udp(true);
+        let mut packets = sent.clone();
+        packets.push(other.clone());
+        packets.push(frag.clone());
+        let written = run(&mut c, &packets);
+        // `other` shares no addresses: the open packet stays open past it.
+        assert_eq!(written.len(), 3);
+        assert_eq!(written[0].1, other);
+        assert_eq!(written[1].0.gso_type, GSO_UDP_L4);
+        assert_eq!(written[2].1, frag);
+        sent.truncate(3);
+        assert_eq!(kernel_view(&written[1].0, &written[1].1), sent);
     }
 
     #[test]
