@@ -1133,7 +1133,12 @@ impl Server {
                 .is_some_and(|w| now >= w.accepted + READ_TIMEOUT);
             if let Some(mut w) = self.waiting[index].take_if(|_| expired) {
                 Counters::bump(&self.status.counters.timeouts);
-                let out = answer(408, TEXT, "request head not received in time\n", true, &[]);
+                // Its head was never parsed: a `HEAD` request is told apart by its first bytes,
+                // still in the socket, and its answer has no body.
+                let mut first = [0u8; 5];
+                let head = w.stream.peek(&mut first).is_ok_and(|n| n == 5) && first == *b"HEAD ";
+                let body = "request head not received in time\n";
+                let out = answer(408, TEXT, body, !head, &[]);
                 let _ = w.stream.write(&out);
                 self.forget(w.stream, true);
             }
@@ -1975,6 +1980,68 @@ mod tests {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer:?}");
         assert!(answer.ends_with("fustian is running\n"), "{answer:?}");
+        drop(idle);
+    }
+
+    #[test]
+    fn a_waiting_head_request_that_times_out_gets_a_408_without_a_body() {
+        // Every slot taken, two clients wait with part of a head each: a `HEAD` and a `GET`.
+        // When their time is up, each gets a 408; the `HEAD` one without a body.
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let mut server = Server::new(listener, Arc::new(status())).expect("server");
+        let idle: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut clients: Vec<_> = [&b"HEAD /healthz HT"[..], &b"GET /healthz HT"[..]]
+            .into_iter()
+            .map(|part| {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                s.write_all(part).expect("send");
+                (s, part.len())
+            })
+            .collect();
+        accept_everything(&mut server, 12);
+        // Both parts are in the server's sockets before their time is up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut buf = [0u8; 64];
+            let held: Vec<usize> = server
+                .waiting
+                .iter()
+                .flatten()
+                .map(|w| w.stream.peek(&mut buf).unwrap_or(0))
+                .collect();
+            if held.len() == 2 && held.iter().all(|&n| n >= 15) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the parts never arrived: {held:?}"
+            );
+            std::thread::yield_now();
+        }
+        server.expire(Instant::now() + READ_TIMEOUT + Duration::from_secs(1));
+        let mut answers = Vec::new();
+        for (s, _) in &mut clients {
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            answers.push(String::from_utf8_lossy(&answer).into_owned());
+        }
+        assert!(answers[0].starts_with("HTTP/1.1 408 "), "{:?}", answers[0]);
+        assert!(
+            answers[0].ends_with("\r\n\r\n"),
+            "no body: {:?}",
+            answers[0]
+        );
+        assert!(answers[1].starts_with("HTTP/1.1 408 "), "{:?}", answers[1]);
+        assert!(
+            answers[1].ends_with("in time\n"),
+            "a body: {:?}",
+            answers[1]
+        );
         drop(idle);
     }
 
