@@ -1930,17 +1930,24 @@ mod tests {
         }
     }
 
+    /// A server on loopback and as many idle connections as it has slots (fresh, so none of
+    /// them can be evicted for a newcomer).
+    fn server_with_every_slot_taken() -> (Server, SocketAddr, Vec<std::net::TcpStream>) {
+        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+        let addr = listener.0.local_addr().expect("addr");
+        let server = Server::new(listener, Arc::new(status())).expect("server");
+        let idle = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        (server, addr, idle)
+    }
+
     #[test]
     fn a_head_sent_in_pieces_waits_without_a_slot_and_is_answered() {
         // With every slot taken by a fresh idle connection, a client sends its head a few
         // bytes at a time, each piece a segment of its own, and the server looks at it after
         // each: it waits without a slot, and is answered once its head is whole.
-        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
-        let addr = listener.0.local_addr().expect("addr");
-        let mut server = Server::new(listener, Arc::new(status())).expect("server");
-        let idle: Vec<_> = (0..MAX_CONNECTIONS)
-            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-            .collect();
+        let (mut server, addr, idle) = server_with_every_slot_taken();
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).expect("nodelay");
         s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -1987,12 +1994,7 @@ mod tests {
     fn a_waiting_head_request_that_times_out_gets_a_408_without_a_body() {
         // Every slot taken, two clients wait with part of a head each: a `HEAD` and a `GET`.
         // When their time is up, each gets a 408; the `HEAD` one without a body.
-        let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
-        let addr = listener.0.local_addr().expect("addr");
-        let mut server = Server::new(listener, Arc::new(status())).expect("server");
-        let idle: Vec<_> = (0..MAX_CONNECTIONS)
-            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-            .collect();
+        let (mut server, addr, idle) = server_with_every_slot_taken();
         let mut clients: Vec<_> = [&b"HEAD /healthz HT"[..], &b"GET /healthz HT"[..]]
             .into_iter()
             .map(|part| {
