@@ -519,3 +519,98 @@ fn a_tun_device_owned_by_a_user_is_refused() {
     assert!(e.to_string().contains("belongs to user 4242"), "{e}");
     assert!(still, "the device was removed");
 }
+
+/// The sum of node `i`'s `peer_tx_{what}` counters (one per peer).
+fn peer_tx(topo: &fustian::lab::Topology, i: usize, what: &str) -> u64 {
+    let prefix = format!("peer_tx_{what}{{");
+    topo.stats(i)
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Pod 0 sends `count` datagrams of 200 bytes to pod 1.
+fn pod_sends(topo: &fustian::lab::Topology, count: usize) {
+    let to = fustian::lab::pod_addr(1, 9300);
+    topo.pods[0]
+        .run(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            for _ in 0..count {
+                s.send_to(&[7u8; 200], to)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .expect("enter pod 0")
+        .expect("send");
+}
+
+/// A peer's `peer_tx_*` counters count what the socket took, not what was planned: with the
+/// underlay route to the peer prohibited every send fails and is a `tx_error`, and neither
+/// `tx_packets` nor the peer's counters move; once the route is back they count what goes.
+/// Both single datagrams (the send queue) and the segments of a TCP super-packet.
+#[test]
+fn peer_counters_count_only_what_was_sent() {
+    if skip("peer_counters_count_only_what_was_sent") {
+        return;
+    }
+    let _serial = serial();
+    for extra in [
+        &["--io", "uring", "--threads", "1"][..],
+        &["--io", "epoll", "--threads", "1"][..],
+    ] {
+        eprintln!("== with {}", extra.join(" "));
+        let mut topo = topology();
+        start_both(&mut topo, extra);
+        let listener = topo.pods[1]
+            .run(|| std::net::TcpListener::bind("0.0.0.0:9301"))
+            .expect("enter pod 1")
+            .expect("listen");
+        let to = fustian::lab::pod_addr(1, 9301);
+        let mut stream = topo.pods[0]
+            .run(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+            .expect("enter pod 0")
+            .expect("connect through the tunnel");
+        let (_peer_side, _) = listener.accept().expect("accept");
+        // The handshake's datagrams are in the stats file before the baseline is taken.
+        let settled = wait_for(Duration::from_secs(5), || {
+            let tx = topo.counter(0, "tx_packets");
+            tx >= 2 && peer_tx(&topo, 0, "packets") == tx
+        });
+        assert!(settled, "handshake not counted: {:?}", topo.stats(0));
+        let (tx, peer, errors, supers) = (
+            topo.counter(0, "tx_packets"),
+            peer_tx(&topo, 0, "packets"),
+            topo.counter(0, "drop_tx_error"),
+            topo.counter(0, "tun_rx_super"),
+        );
+
+        let blocked = format!("{}/32", fustian::lab::host_addr(1, 0).ip());
+        topo.hosts[0]
+            .ip(&["route", "add", "prohibit", &blocked])
+            .expect("prohibit the route to the peer");
+        pod_sends(&topo, 20);
+        // What the socket buffer takes: the stack sends it as TSO super-packets it will
+        // retransmit until acknowledged.
+        stream.set_nonblocking(true).expect("nonblocking");
+        let queued = std::io::Write::write(&mut stream, &vec![1u8; 256 * 1024]).expect("write");
+        assert!(queued > 0);
+        let failed = wait_for(Duration::from_secs(5), || {
+            topo.counter(0, "drop_tx_error") >= errors + 21
+                && topo.counter(0, "tun_rx_super") > supers
+        });
+        assert!(failed, "no failed sends of both kinds: {:?}", topo.stats(0));
+        assert_eq!(topo.counter(0, "tx_packets"), tx, "{:?}", topo.stats(0));
+        assert_eq!(peer_tx(&topo, 0, "packets"), peer, "{:?}", topo.stats(0));
+
+        topo.hosts[0]
+            .ip(&["route", "del", "prohibit", &blocked])
+            .expect("allow the route again");
+        pod_sends(&topo, 20);
+        let counted = wait_for(Duration::from_secs(10), || {
+            let sent = topo.counter(0, "tx_packets") - tx;
+            sent >= 40 && peer_tx(&topo, 0, "packets") - peer == sent
+        });
+        assert!(counted, "sends not counted per peer: {:?}", topo.stats(0));
+    }
+}

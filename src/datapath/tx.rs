@@ -18,6 +18,9 @@ use crate::wire::{Segment, WireError};
 pub enum TxPlan {
     /// Send `slot[start..start + len]` as one datagram to `dst` from source socket `socket`.
     Datagram {
+        /// The peer's index in the table snapshot the plan was made with (for its counters,
+        /// which count the datagram once it is sent).
+        peer: u32,
         /// Which source socket (0 without a pool).
         socket: usize,
         /// The peer's endpoint.
@@ -32,6 +35,9 @@ pub enum TxPlan {
     /// `slot[packet..packet + packet_len]`, as [`Core::segments`] describes. Runs of equal
     /// segments may go as one `UDP_SEGMENT` send.
     Segments {
+        /// The peer's index in the table snapshot the plan was made with (for its counters,
+        /// which count the segments once they are sent).
+        peer: u32,
         /// Which source socket (0 without a pool).
         socket: usize,
         /// The peer's endpoint.
@@ -135,12 +141,10 @@ impl Core {
                         len,
                         flow,
                     } => {
-                        if let Some(stats) = snap.peer_stats(peer) {
-                            stats.add_tx(self.cfg.worker, 1, len as u64);
-                        }
                         self.tally.sent += 1;
                         self.tally.sent_datagrams += 1;
                         TxPlan::Datagram {
+                            peer,
                             socket: pick_socket(flow, self.cfg.sockets),
                             dst,
                             start,
@@ -182,13 +186,10 @@ impl Core {
         };
         let counters = self.metrics.worker(self.cfg.worker);
         Counters::add(&counters.tun_rx_super_segments, count as u64);
-        if let Some(stats) = snap.peer_stats(route.peer) {
-            let bytes: usize = self.segs[..count].iter().map(Segment::len).sum();
-            stats.add_tx(self.cfg.worker, count as u64, bytes as u64);
-        }
         self.tally.sent += 1;
         self.tally.sent_datagrams += count as u64;
         TxPlan::Segments {
+            peer: route.peer,
             socket: pick_socket(route.flow, self.cfg.sockets),
             dst: route.dst,
             packet: HEADROOM,

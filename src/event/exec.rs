@@ -7,13 +7,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::{BATCH, RateLimitedLog, Worker};
 use crate::datapath::{Core, TunWrite, TxPlan};
 use crate::metrics::{Counters, DropReason};
-use crate::table::Snapshot;
-use crate::udp::{Gathered, MmsgScratch, SegmentScratch, Transmit, UdpSocket};
+use crate::table::{PeerStats, Snapshot};
+use crate::udp::{Gathered, MmsgScratch, NO_PEER, SegmentScratch, Transmit, UdpSocket};
 
 /// How long a send waits for room in a full socket buffer before the rest of its batch is
 /// dropped.
@@ -22,6 +23,9 @@ const SEND_WAIT_MS: i32 = 10;
 /// The UDP side: a queue of datagrams and the scratch space to send them.
 pub(crate) struct Sender {
     queue: Vec<Transmit>,
+    /// The table snapshot the queued datagrams' peers (`Transmit::peer`) index: their
+    /// counters count what was sent, when it is known.
+    snap: Option<Arc<Snapshot>>,
     mm: MmsgScratch,
     seg: SegmentScratch,
     log: RateLimitedLog,
@@ -53,6 +57,7 @@ impl Sender {
     pub(crate) fn new() -> Self {
         Self {
             queue: Vec::with_capacity(BATCH),
+            snap: None,
             mm: MmsgScratch::new(BATCH),
             seg: SegmentScratch::new(crate::offload::MAX_SEGMENTS),
             log: RateLimitedLog::new("UDP send failed"),
@@ -68,12 +73,12 @@ impl Sender {
     /// Hands the TUN `read` in `data` to `core` and carries out its plan: a datagram is
     /// queued (sent by [`Self::flush`] with `data`, which must still hold it, or right away
     /// when the queue is full); segments go right away, after the queue; an ICMP error is
-    /// written into TUN.
+    /// written into TUN. The peer's counters (`peer_tx_*`) count what the socket took.
     pub(crate) fn transmit(
         &mut self,
         w: &Worker,
         core: &mut Core,
-        snap: &Snapshot,
+        snap: &Arc<Snapshot>,
         now: Instant,
         data: &mut [u8],
         read: TunRead,
@@ -84,22 +89,30 @@ impl Sender {
         };
         match core.tun_read(snap, slot, read.n, now) {
             TxPlan::Datagram {
+                peer,
                 socket,
                 dst,
                 start,
                 len,
             } => {
+                // One queue, one snapshot: the peers' indices are that snapshot's.
+                if !self.snap.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+                    self.flush(w, data);
+                    self.snap = Some(Arc::clone(snap));
+                }
                 self.queue.push(Transmit {
                     dst,
                     start: base + start,
                     len,
                     socket: socket_id(w, socket, dst),
+                    peer,
                 });
                 if self.queue.len() >= BATCH {
                     self.flush(w, data);
                 }
             }
             TxPlan::Segments {
+                peer,
                 socket,
                 dst,
                 packet,
@@ -114,7 +127,7 @@ impl Sender {
                     w,
                     core,
                     usize::from(socket_id(w, socket, dst)),
-                    dst,
+                    (dst, snap.peer_stats(peer)),
                     packet,
                     count,
                 );
@@ -140,6 +153,7 @@ impl Sender {
             start: 0,
             len: bytes.len(),
             socket: 0,
+            peer: NO_PEER,
         }];
         let sock = match &w.udp6 {
             Some(s) if dst.is_ipv6() => s,
@@ -172,6 +186,7 @@ impl Sender {
             from = to;
         }
         self.queue.clear();
+        self.snap = None;
     }
 
     /// Sends `queue[from..to]` through one socket, waiting briefly for buffer room; drops what
@@ -180,7 +195,7 @@ impl Sender {
         let counters = w.metrics.worker(w.id);
         let sock = socket_of(w, socket);
         let queue = &self.queue[from..to];
-        let (mm, log) = (&mut self.mm, &mut self.log);
+        let (mm, log, snap) = (&mut self.mm, &mut self.log, self.snap.as_deref());
         send_in_order(
             queue.len(),
             |at| {
@@ -191,6 +206,9 @@ impl Sender {
             || matches!(sock.wait_writable(SEND_WAIT_MS), Ok(true)),
             Stalls::WaitEachTime,
             |report| {
+                if let (Report::Sent { at, n }, Some(snap)) = (&report, snap) {
+                    count_peers(w.id, snap, &queue[*at..at + n]);
+                }
                 count_sends(counters, log, report, |at, n| {
                     queue[at..at + n].iter().map(|t| t.len).sum()
                 });
@@ -198,13 +216,14 @@ impl Sender {
         );
     }
 
-    /// Sends the `count` segments `core` cut from `packet`; counts what went and what did not.
+    /// Sends the `count` segments `core` cut from `packet` to `dst`; counts what went (also
+    /// in the peer's counters `stats`) and what did not.
     fn send_segments(
         &mut self,
         w: &Worker,
         core: &Core,
         socket: usize,
-        dst: SocketAddr,
+        (dst, stats): (SocketAddr, Option<&PeerStats>),
         packet: &[u8],
         count: usize,
     ) {
@@ -234,11 +253,29 @@ impl Sender {
             },
             Stalls::WaitOnce,
             |report| {
-                count_sends(counters, log, report, |at, n| {
+                let len = |at: usize, n: usize| -> usize {
                     segs[at..at + n].iter().map(crate::wire::Segment::len).sum()
-                });
+                };
+                if let (Report::Sent { at, n }, Some(stats)) = (&report, stats) {
+                    stats.add_tx(w.id, *n as u64, len(*at, *n) as u64);
+                }
+                count_sends(counters, log, report, len);
             },
         );
+    }
+}
+
+/// Counts `sent` (datagrams the socket took) in their peers' counters: one update per run of
+/// one peer.
+fn count_peers(worker: usize, snap: &Snapshot, sent: &[Transmit]) {
+    let mut rest = sent;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take_while(|t| t.peer == first.peer).count();
+        if let Some(stats) = snap.peer_stats(first.peer) {
+            let bytes: usize = rest[..run].iter().map(|t| t.len).sum();
+            stats.add_tx(worker, run as u64, bytes as u64);
+        }
+        rest = &rest[run..];
     }
 }
 

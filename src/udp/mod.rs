@@ -26,8 +26,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use sys::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS, Received};
 pub(crate) use sys::{
-    Gathered, MmsgScratch, RecvSlot, SegmentScratch, SegmentsSent, Transmit, decode_multishot,
-    multishot_msghdr,
+    Gathered, MmsgScratch, NO_PEER, RecvSlot, SegmentScratch, SegmentsSent, Transmit,
+    decode_multishot, multishot_msghdr,
 };
 
 /// Socket buffer size asked for in each direction.

@@ -307,7 +307,12 @@ pub(crate) struct Transmit {
     pub(crate) len: usize,
     /// Which of the caller's sockets sends it (not used here).
     pub(crate) socket: u16,
+    /// The caller's peer for the datagram's counters ([`NO_PEER`]: none; not used here).
+    pub(crate) peer: u32,
 }
+
+/// [`Transmit::peer`] of a datagram no peer's counters count (a probe answer).
+pub(crate) const NO_PEER: u32 = u32::MAX;
 
 /// Sends one batch with `sendmmsg`. With `gso`, runs of datagrams to one destination of one
 /// length (the last of a run may be shorter), up to [`GSO_MAX_SEGMENTS`] and
@@ -756,6 +761,7 @@ mod tests {
                     start: 0,
                     len,
                     socket: 0,
+                    peer: 0,
                 })
                 .collect();
             let mut at = 0;

@@ -84,18 +84,21 @@ fn sends_a_batch_to_several_destinations() {
             start: 0,
             len: 10,
             socket: 0,
+            peer: 0,
         },
         Transmit {
             dst: b.local_addr().expect("addr"),
             start: 10,
             len: 20,
             socket: 0,
+            peer: 0,
         },
         Transmit {
             dst: a.local_addr().expect("addr"),
             start: 30,
             len: 5,
             socket: 0,
+            peer: 0,
         },
     ];
     let mut scratch = MmsgScratch::new(8);
@@ -225,6 +228,7 @@ fn runs_of_equal_datagrams_to_one_peer_go_as_one_gso_message() {
         start,
         len,
         socket: 0,
+        peer: 0,
     };
     // Five of 100 bytes and a shorter last one to a, two to b, one more to a.
     let batch = [
@@ -267,6 +271,7 @@ fn gso_runs_keep_to_one_peer_one_size_and_the_limits() {
         start: 0,
         len,
         socket: 0,
+        peer: 0,
     };
     assert_eq!(sys::gso_run(&[]), 0);
     assert_eq!(sys::gso_run(&[t(a, 100)]), 1);

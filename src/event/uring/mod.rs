@@ -66,6 +66,7 @@ mod writes;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -431,7 +432,13 @@ impl Loop {
         Ok(())
     }
 
-    fn on_read(&mut self, snap: &Snapshot, i: usize, result: i32, now: Instant) -> io::Result<()> {
+    fn on_read(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        i: usize,
+        result: i32,
+        now: Instant,
+    ) -> io::Result<()> {
         if let Some(f) = self.tx_inflight.get_mut(i) {
             *f = 0;
         }
@@ -459,7 +466,12 @@ impl Loop {
         Ok(())
     }
 
-    fn on_tx_multi(&mut self, snap: &Snapshot, c: &Completion, now: Instant) -> io::Result<()> {
+    fn on_tx_multi(
+        &mut self,
+        snap: &Arc<Snapshot>,
+        c: &Completion,
+        now: Instant,
+    ) -> io::Result<()> {
         let Some(t) = &mut self.tx_multi else {
             return Ok(());
         };
