@@ -175,17 +175,14 @@ fn candidate(p: &[u8], udp: bool) -> Option<Candidate> {
 /// True when `a` and `b` (both passed [`layout`]) carry the same protocol, addresses and
 /// ports.
 fn same_flow(a: &[u8], a_ip: usize, b: &[u8], b_ip: usize) -> bool {
-    // Version, protocol (or next header), addresses.
-    let key = |p: &[u8], ip: usize| -> (u8, u8, std::ops::Range<usize>) {
-        if ip == 40 && p[0] >> 4 == 6 {
-            (6, p[6], 8..40)
-        } else {
-            (4, p[9], 12..20)
-        }
-    };
-    let (va, pa, ra) = key(a, a_ip);
-    let (vb, pb, rb) = key(b, b_ip);
-    va == vb && pa == pb && a[ra] == b[rb] && a[a_ip..a_ip + 4] == b[b_ip..b_ip + 4]
+    // The protocol (or next header) byte of a version's header.
+    let protocol = |p: &[u8]| if p[0] >> 4 == 6 { p[6] } else { p[9] };
+    let hosts = addresses(a);
+    // Address lists of different lengths are of different versions.
+    hosts.is_some()
+        && hosts == addresses(b)
+        && protocol(a) == protocol(b)
+        && a[a_ip..a_ip + 4] == b[b_ip..b_ip + 4]
 }
 
 /// The source and destination addresses of an IPv4 or IPv6 packet (their lengths tell the
