@@ -172,6 +172,13 @@ fn a_burst_of_udp_datagrams_is_merged_and_arrives_whole_and_in_order() {
         return;
     }
     let _serial = serial();
+    on_each_loop_with_one_worker(|topo| {
+        udp_burst_is_merged_and_delivered_as_sent(topo, fustian::lab::pod_addr);
+    });
+}
+
+/// Runs `test` on two fresh nodes of one worker each, on io_uring and then on epoll.
+fn on_each_loop_with_one_worker(mut test: impl FnMut(&mut fustian::lab::Topology)) {
     for extra in [
         &["--io", "uring", "--threads", "1"][..],
         &["--io", "epoll", "--threads", "1"][..],
@@ -179,7 +186,7 @@ fn a_burst_of_udp_datagrams_is_merged_and_arrives_whole_and_in_order() {
         eprintln!("== with {}", extra.join(" "));
         let mut topo = topology();
         start_both(&mut topo, extra);
-        udp_burst_is_merged_and_delivered_as_sent(&topo, fustian::lab::pod_addr);
+        test(&mut topo);
     }
 }
 
@@ -555,13 +562,7 @@ fn peer_counters_count_only_what_was_sent() {
         return;
     }
     let _serial = serial();
-    for extra in [
-        &["--io", "uring", "--threads", "1"][..],
-        &["--io", "epoll", "--threads", "1"][..],
-    ] {
-        eprintln!("== with {}", extra.join(" "));
-        let mut topo = topology();
-        start_both(&mut topo, extra);
+    on_each_loop_with_one_worker(|topo| {
         let listener = topo.pods[1]
             .run(|| std::net::TcpListener::bind("0.0.0.0:9301"))
             .expect("enter pod 1")
@@ -575,12 +576,12 @@ fn peer_counters_count_only_what_was_sent() {
         // The handshake's datagrams are in the stats file before the baseline is taken.
         let settled = wait_for(Duration::from_secs(5), || {
             let tx = topo.counter(0, "tx_packets");
-            tx >= 2 && peer_tx(&topo, 0, "packets") == tx
+            tx >= 2 && peer_tx(topo, 0, "packets") == tx
         });
         assert!(settled, "handshake not counted: {:?}", topo.stats(0));
         let (tx, peer, errors, supers) = (
             topo.counter(0, "tx_packets"),
-            peer_tx(&topo, 0, "packets"),
+            peer_tx(topo, 0, "packets"),
             topo.counter(0, "drop_tx_error"),
             topo.counter(0, "tun_rx_super"),
         );
@@ -589,7 +590,7 @@ fn peer_counters_count_only_what_was_sent() {
         topo.hosts[0]
             .ip(&["route", "add", "prohibit", &blocked])
             .expect("prohibit the route to the peer");
-        pod_sends(&topo, 20);
+        pod_sends(topo, 20);
         // What the socket buffer takes: the stack sends it as TSO super-packets it will
         // retransmit until acknowledged.
         stream.set_nonblocking(true).expect("nonblocking");
@@ -601,16 +602,16 @@ fn peer_counters_count_only_what_was_sent() {
         });
         assert!(failed, "no failed sends of both kinds: {:?}", topo.stats(0));
         assert_eq!(topo.counter(0, "tx_packets"), tx, "{:?}", topo.stats(0));
-        assert_eq!(peer_tx(&topo, 0, "packets"), peer, "{:?}", topo.stats(0));
+        assert_eq!(peer_tx(topo, 0, "packets"), peer, "{:?}", topo.stats(0));
 
         topo.hosts[0]
             .ip(&["route", "del", "prohibit", &blocked])
             .expect("allow the route again");
-        pod_sends(&topo, 20);
+        pod_sends(topo, 20);
         let counted = wait_for(Duration::from_secs(10), || {
             let sent = topo.counter(0, "tx_packets") - tx;
-            sent >= 40 && peer_tx(&topo, 0, "packets") - peer == sent
+            sent >= 40 && peer_tx(topo, 0, "packets") - peer == sent
         });
         assert!(counted, "sends not counted per peer: {:?}", topo.stats(0));
-    }
+    });
 }
