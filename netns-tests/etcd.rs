@@ -326,16 +326,23 @@ fn launch_etcd(hub: &Netns, dir: &std::path::Path) -> Process {
 
 /// Starts etcd in `hub` with its data in `dir`, serving clients at `url` only.
 fn launch_etcd_at(hub: &Netns, dir: &std::path::Path, url: &str) -> Process {
+    launch_etcd_with(hub, dir, url, &[])
+}
+
+/// Starts etcd in `hub` with its data in `dir`, serving clients at `urls` (comma separated;
+/// the first, plain HTTP, is the one waited on), with `extra` arguments.
+fn launch_etcd_with(hub: &Netns, dir: &std::path::Path, urls: &str, extra: &[&str]) -> Process {
+    let url = urls.split(',').next().unwrap_or(urls);
     let data = dir.join("etcd-data");
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "--name",
         "fustian-test",
         "--data-dir",
         &data.to_string_lossy(),
         "--listen-client-urls",
-        url,
+        urls,
         "--advertise-client-urls",
-        url,
+        urls,
         "--listen-peer-urls",
         "http://127.0.0.1:2380",
         "--initial-advertise-peer-urls",
@@ -345,6 +352,7 @@ fn launch_etcd_at(hub: &Netns, dir: &std::path::Path, url: &str) -> Process {
     ]
     .map(str::to_owned)
     .to_vec();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
     let log = dir.join("etcd.log");
     let process = hub.start("etcd", &args, log.clone()).expect("start etcd");
     let up = wait_for(Duration::from_secs(20), || {
@@ -2039,4 +2047,110 @@ fn a_dual_stack_network_carries_both_families_with_a_flanneld_lease() {
         ok && !ruleset.contains("flannel"),
         "node 0 after its stop: {ruleset}"
     );
+}
+
+/// Runs `openssl args` in `dir`, failing the test with its output when it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is missing: apt-get install openssl (the TLS etcd test needs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An `https://` etcd whose certificate chains to a CA the node has only among the system's
+/// trusted roots (`SSL_CERT_FILE`), with no `--etcd-cafile`, as flanneld trusts it: the node
+/// takes a lease. Without that CA it is refused (the server's certificate is checked) and
+/// waits, joining nothing.
+#[test]
+fn a_node_trusts_an_https_etcd_through_the_system_roots() {
+    if skip("a_node_trusts_an_https_etcd_through_the_system_roots") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::without_etcd(1);
+    let dir = c.dir.path().to_path_buf();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=fustian test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=etcd"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    openssl(&dir, &csr);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:192.0.2.254\n").expect("ext");
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    c.etcd = Some(launch_etcd_with(
+        &c.hub,
+        &dir,
+        &format!("{ETCD},https://192.0.2.254:2479"),
+        &[
+            "--cert-file",
+            &cert.to_string_lossy(),
+            "--key-file",
+            &key.to_string_lossy(),
+        ],
+    ));
+    c.set_network("udp");
+    c.endpoints[0] = "https://192.0.2.254:2479".to_owned();
+    // An empty trust file: the CA is unknown, the server refused, no lease.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").expect("empty trust file");
+    let start = |c: &mut Cluster, trust: &std::path::Path| {
+        let _ = std::fs::remove_file(c.stats_path(0));
+        let mut args = vec![format!("SSL_CERT_FILE={}", trust.display()), EXE.to_owned()];
+        args.extend(c.args(0, &[]));
+        let log = c.dir.path().join("node-0.log");
+        c.processes[0] = Some(c.nodes[0].start("env", &args, log).expect("start fustian"));
+    };
+    start(&mut c, &empty);
+    let refused = wait_for(Duration::from_secs(15), || {
+        let log = c.log(0);
+        log.contains("waiting for etcd") && log.contains("UnknownIssuer")
+    });
+    assert!(refused, "no refusal logged:\n{}", c.log(0));
+    assert!(c.subnet(0).is_none(), "joined an etcd it cannot trust");
+    assert_eq!(c.etcd_leases(), 0);
+    c.stop_node(0);
+    start(&mut c, &dir.join("ca.pem"));
+    let subnet = c.wait_node(0);
+    assert!(
+        c.keys(&format!("{PREFIX}/subnets/"))
+            .iter()
+            .any(|(k, _)| k.contains(&subnet.network().to_string())),
+        "no lease for {subnet}"
+    );
+    c.stop_node(0);
 }

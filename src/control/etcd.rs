@@ -239,8 +239,8 @@ pub struct EtcdAccess {
     pub keyfile: Option<PathBuf>,
     /// Client certificate (`--etcd-certfile`, with `keyfile`).
     pub certfile: Option<PathBuf>,
-    /// CA certificate (`--etcd-cafile`): TLS to the endpoints, with or without a client
-    /// certificate.
+    /// CA certificate (`--etcd-cafile`) the servers' certificates must chain to; without
+    /// it, the system's trusted roots.
     pub cafile: Option<PathBuf>,
     /// User name for etcd's authentication (with `password`); empty is no login.
     pub username: Option<String>,
@@ -307,15 +307,19 @@ impl EtcdAccess {
                 Some(etcd_client::Identity::from_pem(cert_pem, key_pem))
             }
             (None, None) => None,
-            (Some(_), None) => {
-                return Err(EtcdError::Config(
-                    "--etcd-keyfile needs --etcd-certfile (the client certificate)".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(EtcdError::Config(
-                    "--etcd-certfile needs --etcd-keyfile (the client key)".into(),
-                ));
+            // flanneld, given only one of the pair, presents no client certificate and goes
+            // on; so does fustian, saying which half is missing.
+            (Some(_), None) | (None, Some(_)) => {
+                tracing::warn!(
+                    "--etcd-certfile and --etcd-keyfile go together and only {} was given: no \
+                     client certificate is presented to etcd",
+                    if self.keyfile.is_some() {
+                        "--etcd-keyfile"
+                    } else {
+                        "--etcd-certfile"
+                    }
+                );
+                None
             }
         };
         let ca = match &self.cafile {
@@ -326,14 +330,18 @@ impl EtcdAccess {
             }
             None => None,
         };
-        if (identity.is_some() || ca.is_some()) && endpoint.starts_with("https://") {
+        if endpoint.starts_with("https://") {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(identity) = identity {
                 tls = tls.identity(identity);
             }
-            if let Some(ca) = ca {
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
-            }
+            // The server's certificate chains to `--etcd-cafile` when given, else to the
+            // system's trusted roots (`SSL_CERT_FILE`, `SSL_CERT_DIR` or the distribution's
+            // store), as flanneld's Go client does.
+            tls = match ca {
+                Some(ca) => tls.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+                None => tls.with_native_roots(),
+            };
             options = options.with_tls(tls);
         }
         Ok(options)
@@ -2257,11 +2265,9 @@ mod tests {
             keyfile: Some(junk),
             ..EtcdAccess::default()
         };
-        let e = access
-            .connect_options("https://")
-            .expect_err("half a pair")
-            .to_string();
-        assert!(e.contains("--etcd-certfile"), "{e}");
+        // Half a pair is no client certificate, as flanneld takes it: the junk file is not
+        // even read.
+        assert!(access.connect_options("https://").is_ok(), "half a pair");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
