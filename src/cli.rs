@@ -576,17 +576,27 @@ pub const EMPTY_IS_UNSET: &[&str] = &[
     "log_backtrace_at",
 ];
 
+/// True when the program was called `flanneld` (`argv0` names a symlink or a renamed binary).
+pub fn called_as_flanneld(argv0: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(argv0)
+        .file_name()
+        .is_some_and(|n| n == "flanneld")
+}
+
+/// What `flanneld -version` prints, on standard error as flanneld prints it: the version
+/// with a leading `v` (flanneld's own look, `v0.26.1`), so scripts that check a flanneld's
+/// version read fustian's.
+pub fn flanneld_version() -> String {
+    format!("v{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Inserts `run` where flanneld's command line is given as is: when the program is called
 /// `flanneld` (a symlink or a renamed binary) and no subcommand is named, or when the first
 /// argument is a flag only `run` knows (`fustian -etcd-endpoints=...`). `-h`, `--help`,
 /// `-V`, `--version` and `--log` keep their top-level meaning.
 fn implicit_run(mut argv: Vec<OsString>) -> Vec<OsString> {
     const SUBCOMMANDS: &[&str] = &["run", "lab", "show", "doctor", "trace", "help"];
-    let as_flanneld = argv.first().is_some_and(|a| {
-        std::path::Path::new(a)
-            .file_name()
-            .is_some_and(|n| n == "flanneld")
-    });
+    let as_flanneld = argv.first().is_some_and(|a| called_as_flanneld(a));
     // Past the top-level `--log` (`--log X`, `--log=X`), which may come first.
     let mut at = 1;
     while let Some(a) = argv.get(at).and_then(|a| a.to_str()) {
@@ -1485,6 +1495,21 @@ mod tests {
         assert_eq!(
             rewrite(&["show", "-addr", "x"], &no_env).expect("rewrites"),
             ["fustian", "show", "-addr", "x"]
+        );
+    }
+
+    #[test]
+    fn a_binary_called_flanneld_prints_a_version_in_flanneld_s_look() {
+        for name in ["flanneld", "/usr/bin/flanneld", "./flanneld"] {
+            assert!(called_as_flanneld(std::ffi::OsStr::new(name)), "{name}");
+        }
+        for name in ["fustian", "flanneld-old", "/opt/flanneld/fustian"] {
+            assert!(!called_as_flanneld(std::ffi::OsStr::new(name)), "{name}");
+        }
+        let v = flanneld_version();
+        assert!(
+            v.starts_with('v') && v[1..] == *env!("CARGO_PKG_VERSION"),
+            "{v}"
         );
     }
 

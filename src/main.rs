@@ -22,6 +22,14 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => {
+            if e.kind() == clap::error::ErrorKind::DisplayVersion
+                && argv
+                    .first()
+                    .is_some_and(|a| fustian::cli::called_as_flanneld(a))
+            {
+                eprintln!("{}", fustian::cli::flanneld_version());
+                return ExitCode::SUCCESS;
+            }
             let _ = e.print();
             if let Some(note) = env_origin(&e).or_else(|| bool_hint(&e)) {
                 eprintln!("{note}");
