@@ -1579,13 +1579,11 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &Refusal>) -> (Vec<u8>
             true,
         ),
         Ok(h) if misdirected(status, h) => {
-            let body = format!(
-                "/status and /metrics answer only requests that name this host by an IP address, \
-                 localhost, {} or a name given with --healthz-allowed-host (a guard against DNS \
-                 rebinding)\n",
-                status.hostname
-            );
-            (answer(421, TEXT, &body, h.method == Method::Get, &[]), true)
+            // The host's name is left out: the page this guards against would read it.
+            let body = "/status and /metrics answer only requests that name this host by an IP \
+                        address, localhost, its host name or a name given with \
+                        --healthz-allowed-host (a guard against DNS rebinding)\n";
+            (answer(421, TEXT, body, h.method == Method::Get, &[]), true)
         }
         Ok(h) => {
             let (code, kind, body) = respond(status, h.target);
@@ -2617,5 +2615,21 @@ mod tests {
         let a = exchange(served.addr, &b"\r\n".repeat(HEAD_LIMIT));
         assert!(a.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{a}");
         assert!(a.ends_with("no request line within 16384 bytes\n"), "{a}");
+    }
+
+    #[test]
+    fn the_421_answer_leaves_the_host_name_out() {
+        let mut s = status();
+        s.hostname = "node-7.internal.example".to_owned();
+        let a = judge_and_render(&s, b"GET /status HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+        assert!(a.starts_with("HTTP/1.1 421 "), "{a}");
+        assert!(!a.contains("node-7"), "{a}");
+        assert!(a.contains("its host name"), "{a}");
+        // The name itself is still accepted.
+        let a = judge_and_render(
+            &s,
+            b"GET /status HTTP/1.1\r\nHost: node-7.internal.example\r\n\r\n",
+        );
+        assert!(a.starts_with("HTTP/1.1 200 "), "{a}");
     }
 }
