@@ -14,7 +14,8 @@
 //!   already in its socket (an honest probe's is), else it waits, without a buffer (its input
 //!   is only peeked at), among at most [`MAX_WAITING`] others until its head is complete,
 //!   then takes a slot if one can be freed or is answered at once; a newer one makes the
-//!   oldest waiting one give way. An answer given at once is what the socket takes without
+//!   oldest waiting one give way (answered 503 with `Retry-After`, as far as its socket takes
+//!   it without blocking). An answer given at once is what the socket takes without
 //!   blocking (a `/healthz` or `/readyz` answer always fits; a large `/status` may be cut
 //!   short, which its `Content-Length` shows);
 //! - the request head (request line and header fields) is read into a fixed buffer of
@@ -1175,7 +1176,7 @@ impl Server {
     }
 
     /// Holds a connection that found no slot among the waiting ones; with all of them taken,
-    /// the oldest gives way.
+    /// the oldest gives way, with a best-effort 503.
     fn hold(&mut self, mut stream: TcpStream, accepted: Instant, peeked: usize) {
         let free = self.waiting.iter().position(Option::is_none);
         let index = free.or_else(|| {
@@ -1186,8 +1187,10 @@ impl Server {
                 .filter_map(|(i, w)| w.as_ref().map(|w| (w.accepted, i)))
                 .min()
                 .map(|(_, i)| i)?;
-            let old = self.waiting[oldest].take()?;
+            let mut old = self.waiting[oldest].take()?;
             Counters::bump(&self.status.counters.evicted);
+            let body = "busy: too many connections are waiting; try again\n";
+            refuse_waiting(&mut old.stream, 503, body, &["Retry-After: 1"]);
             self.forget(old.stream, true);
             Some(oldest)
         });
@@ -1345,13 +1348,8 @@ impl Server {
                 .is_some_and(|w| now >= w.accepted + READ_TIMEOUT);
             if let Some(mut w) = self.waiting[index].take_if(|_| expired) {
                 Counters::bump(&self.status.counters.timeouts);
-                // Its head was never parsed: a `HEAD` request is told apart by its first bytes,
-                // still in the socket, and its answer has no body.
-                let mut first = [0u8; 5];
-                let head = w.stream.peek(&mut first).is_ok_and(|n| n == 5) && first == *b"HEAD ";
                 let body = "request head not received in time\n";
-                let out = answer(408, TEXT, body, !head, &[]);
-                let _ = w.stream.write(&out);
+                refuse_waiting(&mut w.stream, 408, body, &[]);
                 self.forget(w.stream, true);
             }
         }
@@ -1404,6 +1402,16 @@ impl Server {
             Next::Close => self.close(c),
         }
     }
+}
+
+/// Gives a waiting connection about to be closed a best-effort answer: what its socket takes in
+/// one write that never blocks (the stream is non-blocking). Its head was never parsed: a
+/// `HEAD` request is told apart by its first bytes, still in the socket, and its answer has no
+/// body.
+fn refuse_waiting(stream: &mut TcpStream, code: u16, body: &str, extra: &[&str]) {
+    let mut first = [0u8; 5];
+    let head = stream.peek(&mut first).is_ok_and(|n| n == 5) && first == *b"HEAD ";
+    let _ = stream.write(&answer(code, TEXT, body, !head, extra));
 }
 
 /// Looks at the input waiting in `stream` (up to `buf.len()` bytes) without taking it.
@@ -2631,5 +2639,72 @@ mod tests {
             b"GET /status HTTP/1.1\r\nHost: node-7.internal.example\r\n\r\n",
         );
         assert!(a.starts_with("HTTP/1.1 200 "), "{a}");
+    }
+
+    #[test]
+    fn a_waiting_connection_pushed_out_gets_a_503() {
+        // Every slot taken; the two oldest waiting clients, one silent and one with part of a
+        // `HEAD` head, are pushed out by newer ones when the waiting ones are full: each gets
+        // a 503 with Retry-After, the `HEAD` one without a body.
+        let (mut server, addr, idle) = server_with_every_slot_taken();
+        accept_everything(&mut server, 10);
+        let connect = || {
+            let s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s
+        };
+        let mut silent = connect();
+        accept_everything(&mut server, 10);
+        let mut head = connect();
+        head.write_all(b"HEAD /healthz HT").expect("send");
+        accept_everything(&mut server, 10);
+        // The part is in the server's socket before the client is pushed out.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut buf = [0u8; 64];
+            let held: Vec<usize> = server
+                .waiting
+                .iter()
+                .flatten()
+                .map(|w| w.stream.peek(&mut buf).unwrap_or(0))
+                .collect();
+            if held.contains(&16) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the part never arrived: {held:?}"
+            );
+            std::thread::yield_now();
+        }
+        let newer: Vec<_> = (0..MAX_WAITING).map(|_| connect()).collect();
+        accept_everything(&mut server, 20);
+        assert!(server.waiting.iter().all(Option::is_some));
+        let mut answers = Vec::new();
+        for s in [&mut silent, &mut head] {
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            answers.push(String::from_utf8_lossy(&answer).into_owned());
+        }
+        for a in &answers {
+            assert!(
+                a.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+                "{a:?}"
+            );
+            assert!(a.contains("Retry-After: 1\r\n"), "{a:?}");
+            assert!(a.contains("Connection: close\r\n"), "{a:?}");
+        }
+        assert!(
+            answers[0].ends_with("try again\n"),
+            "a body: {:?}",
+            answers[0]
+        );
+        assert!(
+            answers[1].ends_with("\r\n\r\n"),
+            "no body: {:?}",
+            answers[1]
+        );
+        drop((idle, newer));
     }
 }
