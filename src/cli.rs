@@ -189,7 +189,7 @@ pub struct RunArgs {
     /// A host name `/status` and `/metrics` also answer to (repeatable), besides IP addresses,
     /// `localhost` and the host's own name: the name a Prometheus target or a load balancer
     /// uses for the node. Any other name gets 421 (a guard against DNS rebinding).
-    #[arg(long = "healthz-allowed-host", value_name = "NAME")]
+    #[arg(long = "healthz-allowed-host", value_name = "NAME", value_parser = parse_allowed_host)]
     pub healthz_allowed_host: Vec<String>,
     /// Log verbosity as klog's (flanneld's) `-v`: 0 is info, 1 to 3 debug, 4 and more trace,
     /// for fustian's own logs (other libraries stay at info); --log wins.
@@ -809,6 +809,39 @@ pub fn parse_healthz_ip(text: &str) -> Result<std::net::IpAddr, String> {
     }
 }
 
+/// Parses `--healthz-allowed-host`: a DNS host name (RFC 1123 section 2.1), the only form a
+/// `Host` value that names it can take: dot-separated labels of 1 to 63 letters, digits and
+/// `-`, none starting or ending with `-`, at most 253 characters in all, an optional final dot
+/// not counted.
+///
+/// # Errors
+///
+/// Anything else (empty, a port, a scheme, a path, user information, whitespace): such a name
+/// could never match a request.
+pub fn parse_allowed_host(text: &str) -> Result<String, String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{}` is not a host name: expected dot-separated labels of 1 to 63 letters, digits \
+             and `-` (not first or last), at most 253 characters, without a port, scheme, path \
+             or `@`, e.g. node-1.example.com",
+            text.escape_debug()
+        ))
+    }
+}
+
 /// Parses a boolean as Go's `strconv.ParseBool`: 1, t, T, TRUE, true, True, 0, f, F, FALSE,
 /// false, False.
 ///
@@ -1312,6 +1345,53 @@ mod tests {
             assert!(e.contains("no client can connect to"), "{unusable}: {e}");
             let args = ["run", "-healthz-ip", unusable];
             assert!(parse_with(&args, &no_env).is_err(), "{unusable}");
+        }
+    }
+
+    #[test]
+    fn healthz_allowed_host_is_a_host_name() {
+        let label = "a".repeat(63);
+        let longest = [&label[..], &label, &label, &label[..61]].join(".");
+        assert_eq!(longest.len(), 253);
+        for name in [
+            "node-1",
+            "node-1.example.com",
+            "NODE-1.Example.",
+            "1.2.3.4",
+            "x",
+            &label,
+            &longest,
+            &format!("{longest}."),
+        ] {
+            let r = run_args(&["run", "--healthz-allowed-host", name]);
+            assert_eq!(r.healthz_allowed_host, [name], "{name}");
+        }
+        let too_long_label = format!("{label}a.example");
+        let too_long = format!("{longest}a");
+        for name in [
+            "",
+            ".",
+            "node1.example:8080",
+            "a b/c",
+            "http://x/",
+            "user@node1",
+            "node_1",
+            "-node",
+            "node-",
+            "a..b",
+            ".a",
+            "[::1]",
+            " node",
+            "nöde",
+            &too_long_label,
+            &too_long,
+        ] {
+            let e = parse_allowed_host(name).expect_err(name);
+            assert!(e.contains("not a host name"), "{name}: {e}");
+            let args = ["run", "--healthz-allowed-host", name];
+            let e = parse_with(&args, &no_env).expect_err(name);
+            assert!(e.contains("--healthz-allowed-host"), "{name}: {e}");
+            assert!(e.contains("expected dot-separated labels"), "{name}: {e}");
         }
     }
 

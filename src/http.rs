@@ -14,23 +14,28 @@
 //!   already in its socket (an honest probe's is), else it waits, without a buffer (its input
 //!   is only peeked at), among at most [`MAX_WAITING`] others until its head is complete,
 //!   then takes a slot if one can be freed or is answered at once; a newer one makes the
-//!   oldest waiting one give way. An answer given at once is what the socket takes without
+//!   oldest waiting one give way (answered 503 with `Retry-After`, as far as its socket takes
+//!   it without blocking). An answer given at once is what the socket takes without
 //!   blocking (a `/healthz` or `/readyz` answer always fits; a large `/status` may be cut
 //!   short, which its `Content-Length` shows);
 //! - the request head (request line and header fields) is read into a fixed buffer of
 //!   [`HEAD_LIMIT`] bytes per connection; a longer head is answered 431 (414 when the request
-//!   line alone does not fit) and the connection closed;
-//! - a request body is never read, and `Content-Length` is never looked at: every request is
-//!   answered from its head alone, with `Connection: close`; bytes after the head (a body,
-//!   pipelined requests) are discarded, at most [`LINGER_BYTES`] for at most [`LINGER_TIME`]
-//!   after the answer, so that closing does not reset the answer away;
+//!   line alone does not fit, 400 when nothing but empty lines came) and the connection closed;
+//! - a request body is never read: every request is answered from its head alone, with
+//!   `Connection: close`. Its framing is judged all the same (RFC 9112 sections 6.1, 6.3): a
+//!   `Content-Length` that is not a decimal number or has differing values, both
+//!   `Transfer-Encoding` and `Content-Length`, a final coding other than `chunked`, or
+//!   `Transfer-Encoding` in HTTP/1.0 is answered 400. Bytes after the head (a body, pipelined
+//!   requests) are discarded, at most [`LINGER_BYTES`] for at most [`LINGER_TIME`] after the
+//!   answer, so that closing does not reset the answer away;
 //! - the whole head must arrive within [`READ_TIMEOUT`] of the connection (slow senders), and
 //!   the whole answer must be taken within [`WRITE_TIMEOUT`] (clients that never read); writes
 //!   never block, so one client never delays another.
 //!
-//! Only `GET` and `HEAD` of the four paths are served (405 for other methods, 404 for other
-//! paths, 400 for a malformed head, 505 for HTTP versions other than 1.0 and 1.1). The
-//! thread drops every capability before it does anything else, shares no lock with the
+//! Only `GET` and `HEAD` of the four paths are served (405 for other methods, `OPTIONS *` and
+//! `CONNECT host:port` included, 404 for other paths, 400 for a malformed head or a `Host`
+//! value that is not `uri-host [ ":" port ]`, 505 for HTTP versions other than 1.0 and 1.1).
+//! The thread drops every capability before it does anything else, shares no lock with the
 //! workers, and reads only atomics and the table snapshot (through the renderers), so no
 //! client can stall or stop forwarding. Off by default (port 0), as flanneld's; bound to
 //! 127.0.0.1 by default, unlike flanneld's 0.0.0.0, because `/status` shows the peer table and
@@ -229,7 +234,8 @@ pub struct RequestHead<'a> {
     /// The request method.
     pub method: Method,
     /// The path and query of the request target (from the origin form, or from the absolute
-    /// form with its scheme and authority removed).
+    /// form with its scheme and authority removed); for `OPTIONS *` and a `CONNECT` to
+    /// `host:port` (the asterisk and authority forms), the target as given.
     pub target: &'a str,
     /// The value of the `Host` field, if the request has one.
     pub host: Option<&'a [u8]>,
@@ -242,6 +248,12 @@ pub struct RequestHead<'a> {
 /// Why a request head is refused; each maps to one answer code ([`HeadError::code`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
+    /// The message framing is invalid (RFC 9112 sections 6.1, 6.3): a `Content-Length` that is
+    /// not a decimal number or has differing values, `Transfer-Encoding` together with
+    /// `Content-Length`, a `Transfer-Encoding` whose final coding is not `chunked`, or one in
+    /// an HTTP/1.0 request.
+    #[error("invalid Content-Length or Transfer-Encoding")]
+    BadFraming,
     /// A header field line is malformed: obsolete line folding, an empty or invalid field
     /// name, whitespace before the colon, or a control character in the value.
     #[error("malformed header field")]
@@ -250,7 +262,13 @@ pub enum HeadError {
     /// (RFC 9112 section 3.2).
     #[error("missing or repeated Host field")]
     BadHost,
-    /// The request line is not `method SP request-target SP HTTP-version`.
+    /// The `Host` value is not `uri-host [ ":" port ]` (RFC 9112 section 3.2, RFC 3986
+    /// section 3.2.2).
+    #[error("invalid Host value")]
+    BadHostValue,
+    /// The request line is not `method SP request-target SP HTTP-version`, its target is in a
+    /// form its method may not use, or an absolute-form or authority-form target does not
+    /// hold a valid authority.
     #[error("malformed request line")]
     BadRequestLine,
     /// A well-formed HTTP version other than 1.0 and 1.1.
@@ -262,13 +280,21 @@ pub enum HeadError {
     /// The request line does not end within [`HEAD_LIMIT`] bytes.
     #[error("request line longer than {} bytes", HEAD_LIMIT)]
     LineTooLong,
+    /// Nothing but empty lines in the first [`HEAD_LIMIT`] bytes.
+    #[error("no request line within {} bytes", HEAD_LIMIT)]
+    NoRequestLine,
 }
 
 impl HeadError {
     /// Returns the status code the endpoint answers with.
     pub fn code(self) -> u16 {
         match self {
-            Self::BadHeader | Self::BadHost | Self::BadRequestLine => 400,
+            Self::BadFraming
+            | Self::BadHeader
+            | Self::BadHost
+            | Self::BadHostValue
+            | Self::BadRequestLine
+            | Self::NoRequestLine => 400,
             Self::BadVersion => 505,
             Self::HeadTooLarge => 431,
             Self::LineTooLong => 414,
@@ -295,6 +321,12 @@ pub struct HeadParser {
     /// The value of the first `Host` field, without surrounding whitespace: where it starts
     /// and ends in the buffer.
     host: Option<(usize, usize)>,
+    /// The decimal number of the first `Content-Length` value, leading zeros left out: where
+    /// it starts and ends in the buffer. Every other value must be the same number.
+    content_length: Option<(usize, usize)>,
+    /// Whether a `Transfer-Encoding` field was seen, and then whether the last coding named
+    /// so far is `chunked`.
+    transfer_encoding: Option<bool>,
 }
 
 impl HeadParser {
@@ -325,6 +357,9 @@ impl HeadParser {
                 return if buf.len() >= HEAD_LIMIT {
                     Err(if self.line.is_some() {
                         HeadError::HeadTooLarge
+                    } else if rest.is_empty() || rest == b"\r" {
+                        // Empty lines only, no byte of a request line: nothing too long.
+                        HeadError::NoRequestLine
                     } else {
                         HeadError::LineTooLong
                     })
@@ -358,6 +393,21 @@ impl HeadParser {
                     if !hosts_ok {
                         return Err(HeadError::BadHost);
                     }
+                    // RFC 9112 section 3.2: a Host field with an invalid value is answered 400.
+                    // An empty value is valid (the target URI may have no authority).
+                    if self
+                        .host
+                        .is_some_and(|(from, to)| split_host_port(&buf[from..to]).is_none())
+                    {
+                        return Err(HeadError::BadHostValue);
+                    }
+                    // RFC 9112 section 6.1: a server may refuse both; section 6.3 item 4: a
+                    // final coding other than chunked leaves the length unknown, answered 400.
+                    if self.transfer_encoding.is_some() && self.content_length.is_some()
+                        || self.transfer_encoding == Some(false)
+                    {
+                        return Err(HeadError::BadFraming);
+                    }
                     let target = match request.target {
                         Some((from, to)) => std::str::from_utf8(&buf[from..to])
                             .map_err(|_| HeadError::BadRequestLine)?,
@@ -371,28 +421,61 @@ impl HeadParser {
                         head_len: self.pos,
                     }));
                 }
-                Some(_) => {
-                    if is_host_field(line)? {
-                        self.hosts = self.hosts.saturating_add(1);
-                        if self.host.is_none() {
-                            let colon = line.iter().position(|&b| b == b':').unwrap_or(0);
-                            let value = &line[colon + 1..];
-                            let lead = value
-                                .iter()
-                                .take_while(|&&b| b == b' ' || b == b'\t')
-                                .count();
-                            let trail = value[lead..]
-                                .iter()
-                                .rev()
-                                .take_while(|&&b| b == b' ' || b == b'\t')
-                                .count();
-                            let from = start + colon + 1 + lead;
-                            self.host = Some((from, start + colon + 1 + value.len() - trail));
+                Some(request) => {
+                    let (field, at, value) = judge_field(line)?;
+                    let at = start + at;
+                    match field {
+                        Field::ContentLength => self.content_length(buf, at, value)?,
+                        Field::Host => {
+                            self.hosts = self.hosts.saturating_add(1);
+                            if self.host.is_none() {
+                                self.host = Some((at, at + value.len()));
+                            }
                         }
+                        // RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 means faulty
+                        // framing.
+                        Field::TransferEncoding if !request.http11 => {
+                            return Err(HeadError::BadFraming);
+                        }
+                        Field::TransferEncoding => {
+                            // The codings of every field line form one list, in order (RFC
+                            // 9110 section 5.3); the last one named decides.
+                            let mut chunked = self.transfer_encoding.unwrap_or(false);
+                            for (_, coding) in list_elements(value).filter(|(_, e)| !e.is_empty()) {
+                                let name = coding.split(|&b| b == b';').next().unwrap_or_default();
+                                chunked = trim_ows(name).eq_ignore_ascii_case(b"chunked");
+                            }
+                            self.transfer_encoding = Some(chunked);
+                        }
+                        Field::Other => {}
                     }
                 }
             }
         }
+    }
+
+    /// Judges a `Content-Length` value found at `at` in `buf`: a list of decimal numbers, all
+    /// the same (RFC 9110 section 8.6, RFC 9112 section 6.3 item 5). The number is never
+    /// converted: the endpoint reads no body, and any length is accepted.
+    fn content_length(&mut self, buf: &[u8], at: usize, value: &[u8]) -> Result<(), HeadError> {
+        for (offset, element) in list_elements(value) {
+            if element.is_empty() || !element.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::BadFraming);
+            }
+            // Leading zeros left out, but for the last digit.
+            let zeros = element[..element.len() - 1]
+                .iter()
+                .take_while(|&&b| b == b'0')
+                .count();
+            let from = at + offset + zeros;
+            let number = &element[zeros..];
+            match self.content_length {
+                None => self.content_length = Some((from, from + number.len())),
+                Some((f, t)) if buf[f..t] == *number => {}
+                Some(_) => return Err(HeadError::BadFraming),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -575,7 +658,8 @@ impl Counters {
 }
 
 /// The judged request line: method, where the target's path starts and ends in the buffer
-/// (`None`: an absolute-form target without a path, which means "/"), and the version.
+/// (`None`: an absolute-form target without a path, which means "/"; the whole target for the
+/// asterisk and authority forms), and the version.
 #[derive(Debug, Clone, Copy)]
 struct RequestLine {
     method: Method,
@@ -604,6 +688,16 @@ impl RequestLine {
             b"HEAD" => Method::Head,
             _ => Method::Other,
         };
+        // RFC 9112 sections 3.2.3 and 3.2.4: the authority form (`host:port`, a port always
+        // given, RFC 9110 section 9.3.6) belongs to CONNECT, the asterisk form to OPTIONS;
+        // both are well-formed there (and answered 405), malformed with any other method.
+        let other_form = match method_name {
+            b"OPTIONS" => target == b"*",
+            b"CONNECT" => split_host_port(target).is_some_and(|(host, port)| {
+                !host.is_empty() && port.is_some_and(|p| !p.is_empty())
+            }),
+            _ => false,
+        };
         let http11 = match version {
             b"HTTP/1.1" => true,
             b"HTTP/1.0" => false,
@@ -617,7 +711,7 @@ impl RequestLine {
         // The target starts after the method and one space.
         let from = at + method_name.len() + 1;
         let mut authority = None;
-        let target = if target.starts_with(b"/") {
+        let target = if target.starts_with(b"/") || other_form {
             Some((from, from + target.len()))
         } else if let Some(path) = absolute_form_path(target) {
             // RFC 9112 section 3.2.2: a server accepts the absolute form; its authority is
@@ -627,6 +721,11 @@ impl RequestLine {
                 .iter()
                 .position(|&b| b == b'/' || b == b'?')
                 .map_or(target.len(), |p| scheme + p);
+            // An http(s) URI has a host (RFC 9110 section 4.2.1) and no user information
+            // (section 4.2.4): anything but `uri-host [ ":" port ]` is malformed.
+            if split_host_port(&target[scheme..end]).is_none_or(|(host, _)| host.is_empty()) {
+                return Err((HeadError::BadRequestLine, None));
+            }
             authority = Some((from + scheme, from + end));
             path.map(|skip| (from + skip, from + target.len()))
         } else {
@@ -661,9 +760,19 @@ fn absolute_form_path(target: &[u8]) -> Option<Option<usize>> {
     Some(path)
 }
 
-/// Judges one header field line (RFC 9112 section 5: `field-name ":" OWS field-value OWS`)
-/// and says whether it is `Host`.
-fn is_host_field(line: &[u8]) -> Result<bool, HeadError> {
+/// The header fields the parser looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    Host,
+    Other,
+    TransferEncoding,
+}
+
+/// Judges one header field line (RFC 9112 section 5: `field-name ":" OWS field-value OWS`):
+/// which field it is, and its value without the surrounding whitespace, with where that value
+/// starts in the line.
+fn judge_field(line: &[u8]) -> Result<(Field, usize, &[u8]), HeadError> {
     // Obsolete line folding (a line starting with whitespace) is refused (section 5.2).
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return Err(HeadError::BadHeader);
@@ -680,7 +789,111 @@ fn is_host_field(line: &[u8]) -> Result<bool, HeadError> {
     {
         return Err(HeadError::BadHeader);
     }
-    Ok(name.eq_ignore_ascii_case(b"host"))
+    let field = if name.eq_ignore_ascii_case(b"host") {
+        Field::Host
+    } else if name.eq_ignore_ascii_case(b"content-length") {
+        Field::ContentLength
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        Field::TransferEncoding
+    } else {
+        Field::Other
+    };
+    let lead = value.iter().take_while(|&&b| is_ows(b)).count();
+    Ok((field, colon + 1 + lead, trim_ows(value)))
+}
+
+/// The elements of a comma-separated list value (RFC 9110 section 5.6.1), each without the
+/// surrounding whitespace and with where it starts in `value`; empty ones included.
+fn list_elements(value: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut at = 0;
+    value.split(|&b| b == b',').map(move |element| {
+        let start = at + element.iter().take_while(|&&b| is_ows(b)).count();
+        at += element.len() + 1;
+        (start, trim_ows(element))
+    })
+}
+
+/// `s` without leading and trailing `OWS` (spaces and tabs).
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let lead = s.iter().take_while(|&&b| is_ows(b)).count();
+    let trail = s[lead..].iter().rev().take_while(|&&b| is_ows(b)).count();
+    &s[lead..s.len() - trail]
+}
+
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Splits `uri-host [ ":" port ]` (the `Host` value, RFC 9112 section 3.2; an authority without
+/// user information, RFC 3986 section 3.2) into the host and the port, if given; `None` when
+/// `value` is not of that form. The host is an `IP-literal` in brackets (an IPv6 address or
+/// an `IPvFuture`), or a `reg-name` (an IPv4 address is one too): unreserved characters,
+/// percent-encoded octets and sub-delims, possibly none. The port is digits, possibly none.
+fn split_host_port(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    let (host, after) = if value.first() == Some(&b'[') {
+        let close = value.iter().position(|&b| b == b']')?;
+        let inside = &value[1..close];
+        if !is_ipv6_address(inside) && !is_ipv_future(inside) {
+            return None;
+        }
+        (&value[..=close], &value[close + 1..])
+    } else {
+        let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        let host = &value[..end];
+        let mut i = 0;
+        while i < host.len() {
+            match host[i] {
+                b'%' if host.len() > i + 2
+                    && host[i + 1].is_ascii_hexdigit()
+                    && host[i + 2].is_ascii_hexdigit() =>
+                {
+                    i += 3;
+                }
+                b if is_unreserved(b) || is_sub_delim(b) => i += 1,
+                _ => return None,
+            }
+        }
+        (host, &value[end..])
+    };
+    let port = match after {
+        [] => None,
+        [b':', port @ ..] if port.iter().all(u8::is_ascii_digit) => Some(port),
+        _ => return None,
+    };
+    Some((host, port))
+}
+
+/// `unreserved` (RFC 3986 section 2.3).
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+/// `sub-delims` (RFC 3986 section 2.2).
+fn is_sub_delim(b: u8) -> bool {
+    b"!$&'()*+,;=".contains(&b)
+}
+
+/// `IPv6address` (RFC 3986 section 3.2.2), which std's parser reads as written there (no
+/// zone identifier).
+fn is_ipv6_address(s: &[u8]) -> bool {
+    std::str::from_utf8(s).is_ok_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// `IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )` (RFC 3986 section 3.2.2).
+fn is_ipv_future(s: &[u8]) -> bool {
+    let Some(rest) = s.strip_prefix(b"v").or_else(|| s.strip_prefix(b"V")) else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+    !version.is_empty()
+        && version.iter().all(u8::is_ascii_hexdigit)
+        && !tail.is_empty()
+        && tail
+            .iter()
+            .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':')
 }
 
 /// Whether `s` is a non-empty `token` (RFC 9110 section 5.6.2).
@@ -963,7 +1176,7 @@ impl Server {
     }
 
     /// Holds a connection that found no slot among the waiting ones; with all of them taken,
-    /// the oldest gives way.
+    /// the oldest gives way, with a best-effort 503.
     fn hold(&mut self, mut stream: TcpStream, accepted: Instant, peeked: usize) {
         let free = self.waiting.iter().position(Option::is_none);
         let index = free.or_else(|| {
@@ -974,8 +1187,10 @@ impl Server {
                 .filter_map(|(i, w)| w.as_ref().map(|w| (w.accepted, i)))
                 .min()
                 .map(|(_, i)| i)?;
-            let old = self.waiting[oldest].take()?;
+            let mut old = self.waiting[oldest].take()?;
             Counters::bump(&self.status.counters.evicted);
+            let body = "busy: too many connections are waiting; try again\n";
+            refuse_waiting(&mut old.stream, 503, body, &["Retry-After: 1"]);
             self.forget(old.stream, true);
             Some(oldest)
         });
@@ -1133,13 +1348,8 @@ impl Server {
                 .is_some_and(|w| now >= w.accepted + READ_TIMEOUT);
             if let Some(mut w) = self.waiting[index].take_if(|_| expired) {
                 Counters::bump(&self.status.counters.timeouts);
-                // Its head was never parsed: a `HEAD` request is told apart by its first bytes,
-                // still in the socket, and its answer has no body.
-                let mut first = [0u8; 5];
-                let head = w.stream.peek(&mut first).is_ok_and(|n| n == 5) && first == *b"HEAD ";
                 let body = "request head not received in time\n";
-                let out = answer(408, TEXT, body, !head, &[]);
-                let _ = w.stream.write(&out);
+                refuse_waiting(&mut w.stream, 408, body, &[]);
                 self.forget(w.stream, true);
             }
         }
@@ -1192,6 +1402,16 @@ impl Server {
             Next::Close => self.close(c),
         }
     }
+}
+
+/// Gives a waiting connection about to be closed a best-effort answer: what its socket takes in
+/// one write that never blocks (the stream is non-blocking). Its head was never parsed: a
+/// `HEAD` request is told apart by its first bytes, still in the socket, and its answer has no
+/// body.
+fn refuse_waiting(stream: &mut TcpStream, code: u16, body: &str, extra: &[&str]) {
+    let mut first = [0u8; 5];
+    let head = stream.peek(&mut first).is_ok_and(|n| n == 5) && first == *b"HEAD ";
+    let _ = stream.write(&answer(code, TEXT, body, !head, extra));
 }
 
 /// Looks at the input waiting in `stream` (up to `buf.len()` bytes) without taking it.
@@ -1367,13 +1587,11 @@ fn render(status: &Status, head: Result<&RequestHead<'_>, &Refusal>) -> (Vec<u8>
             true,
         ),
         Ok(h) if misdirected(status, h) => {
-            let body = format!(
-                "/status and /metrics answer only requests that name this host by an IP address, \
-                 localhost, {} or a name given with --healthz-allowed-host (a guard against DNS \
-                 rebinding)\n",
-                status.hostname
-            );
-            (answer(421, TEXT, &body, h.method == Method::Get, &[]), true)
+            // The host's name is left out: the page this guards against would read it.
+            let body = "/status and /metrics answer only requests that name this host by an IP \
+                        address, localhost, its host name or a name given with \
+                        --healthz-allowed-host (a guard against DNS rebinding)\n";
+            (answer(421, TEXT, body, h.method == Method::Get, &[]), true)
         }
         Ok(h) => {
             let (code, kind, body) = respond(status, h.target);
@@ -1523,11 +1741,11 @@ mod tests {
             "/readyz"
         );
         assert_eq!(ok("GET HTTP://n HTTP/1.1\r\nHost: n\r\n\r\n").target, "/");
-        // Content-Length and Transfer-Encoding are never interpreted.
-        let h = ok(
-            "GET /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 18446744073709551616\r\n\
-                    Transfer-Encoding: chunked\r\n\r\n",
-        );
+        // A valid length or chunked coding is accepted, whatever the length: no body is read.
+        let h =
+            ok("GET /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 18446744073709551616\r\n\r\n");
+        assert_eq!(h.target, "/healthz");
+        let h = ok("GET /healthz HTTP/1.1\r\nHost: n\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(h.target, "/healthz");
         for partial in [
             "",
@@ -1718,9 +1936,6 @@ mod tests {
             "evil.example",
             "evil.example:8080",
             "127.0.0.1.nip.io",
-            "[::1",
-            "[evil]:80",
-            "1.2.3.4:x",
             ":80",
             "",
         ] {
@@ -1796,7 +2011,7 @@ mod tests {
             let whole = parse_head(&data);
             if let Ok(Some(h)) = &whole {
                 prop_assert!(h.head_len <= data.len().min(HEAD_LIMIT));
-                prop_assert!(h.target.starts_with('/'));
+                prop_assert!(h.target.starts_with('/') || h.method == Method::Other);
             }
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (data.len() + 1)).collect();
             cuts.sort_unstable();
@@ -2191,5 +2406,305 @@ mod tests {
         assert!(start.elapsed() < GET_TIMEOUT + Duration::from_secs(1));
         assert!(get(addr, "/a b").is_err());
         assert!(get(free_addr(), "/status").is_err());
+    }
+
+    /// An endpoint serving [`status`] on loopback until dropped.
+    struct Served {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Served {
+        fn new(status: Status) -> Self {
+            let stop = Arc::new(AtomicBool::new(false));
+            let listener = bind("127.0.0.1:0".parse().expect("literal")).expect("bind");
+            let addr = listener.0.local_addr().expect("addr");
+            let thread = serve(listener, Arc::new(status), Arc::clone(&stop)).expect("serve");
+            Self {
+                addr,
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    #[test]
+    fn options_asterisk_and_connect_authority_are_answered_405() {
+        let h = parse_head(b"OPTIONS * HTTP/1.1\r\nHost: n\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((h.method, h.target), (Method::Other, "*"));
+        let served = Served::new(status());
+        for request in [
+            &b"OPTIONS * HTTP/1.1\r\nHost: n\r\n\r\n"[..],
+            b"CONNECT node.example:443 HTTP/1.1\r\nHost: node.example:443\r\n\r\n",
+            b"CONNECT [::1]:8080 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            b"CONNECT 127.0.0.1:80 HTTP/1.0\r\n\r\n",
+        ] {
+            let a = exchange(served.addr, request);
+            let text = String::from_utf8_lossy(request);
+            assert!(a.starts_with("HTTP/1.1 405 "), "{text:?}: {a}");
+            assert!(a.contains("Allow: GET, HEAD\r\n"), "{text:?}: {a}");
+        }
+        // Each form only with its method; CONNECT names a port, and no user information.
+        for request in [
+            &b"GET * HTTP/1.1\r\nHost: n\r\n\r\n"[..],
+            b"HEAD * HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"POST * HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"CONNECT * HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"OPTIONS n:443 HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"GET n:443 HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"CONNECT n HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"CONNECT n: HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"CONNECT :443 HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"CONNECT u@n:443 HTTP/1.1\r\nHost: n\r\n\r\n",
+            b"OPTIONS ** HTTP/1.1\r\nHost: n\r\n\r\n",
+        ] {
+            let a = exchange(served.addr, request);
+            let text = String::from_utf8_lossy(request);
+            assert!(a.starts_with("HTTP/1.1 400 "), "{text:?}: {a}");
+            assert!(a.ends_with("malformed request line\n"), "{text:?}: {a}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_host_value_is_refused_on_every_path() {
+        let served = Served::new(status());
+        for path in ["/healthz", "/readyz", "/status", "/metrics", "/nope"] {
+            for host in [
+                &b"a b/c@d"[..],
+                b"n\xff",
+                b"user@127.0.0.1",
+                b"n/x",
+                b"n:80:80",
+                b"n:x",
+                b"[::1",
+                b"[evil]:80",
+                b"[::1]x",
+                b"[fe80::1%25eth0]",
+                b"%zz",
+                b"%4",
+            ] {
+                let request = [
+                    format!("GET {path} HTTP/1.1\r\nHost: ").as_bytes(),
+                    host,
+                    b"\r\n\r\n",
+                ]
+                .concat();
+                let a = exchange(served.addr, &request);
+                let text = String::from_utf8_lossy(host);
+                assert!(a.starts_with("HTTP/1.1 400 "), "{path} {text:?}: {a}");
+                assert!(a.ends_with("invalid Host value\n"), "{path} {text:?}: {a}");
+            }
+            // An absolute-form target's authority is judged as strictly.
+            for authority in ["u@127.0.0.1", "", "[::1", "127.0.0.1:x", "a%2"] {
+                let a = exchange(
+                    served.addr,
+                    format!("GET http://{authority}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                        .as_bytes(),
+                );
+                assert!(a.starts_with("HTTP/1.1 400 "), "{path} {authority:?}: {a}");
+            }
+        }
+        // Valid values, an empty one included, are still served on the health paths.
+        let s = status();
+        for host in [
+            "",
+            "n",
+            "node-1.example.:8080",
+            "127.0.0.1:",
+            "[::1]:8080",
+            "[v1.fe80::1+eth0]",
+            "%41b",
+            "a_b~!$&'()*+,;=",
+            ":80",
+        ] {
+            let a = judge_and_render(
+                &s,
+                format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+            );
+            assert!(a.starts_with("HTTP/1.1 200 "), "{host:?}: {a}");
+        }
+    }
+
+    #[test]
+    fn invalid_message_framing_is_refused() {
+        let s = status();
+        for fields in [
+            "Content-Length: x",
+            "Content-Length: -1",
+            "Content-Length: +1",
+            "Content-Length: 0x10",
+            "Content-Length: 1 2",
+            "Content-Length:",
+            "Content-Length: 1,",
+            "Content-Length: 1, 2",
+            "Content-Length: 1\r\nContent-Length: 2",
+            "Content-Length: 1\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 1",
+            "Transfer-Encoding: gzip",
+            "Transfer-Encoding: chunked, gzip",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip",
+            "Transfer-Encoding:",
+            "Transfer-Encoding: chunkedx",
+        ] {
+            for method in ["GET", "HEAD", "POST"] {
+                let head = format!("{method} /healthz HTTP/1.1\r\nHost: n\r\n{fields}\r\n\r\n");
+                let a = judge_and_render(&s, head.as_bytes());
+                assert!(a.starts_with("HTTP/1.1 400 "), "{fields:?}: {a}");
+                if method == "GET" {
+                    assert!(a.ends_with("Transfer-Encoding\n"), "{fields:?}: {a}");
+                }
+            }
+        }
+        // Transfer-Encoding in HTTP/1.0 is faulty framing, whatever the coding.
+        let a = judge_and_render(
+            &s,
+            b"GET /healthz HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(a.starts_with("HTTP/1.1 400 "), "{a}");
+        // Valid framing: still answered from the head alone.
+        for fields in [
+            "Content-Length: 0",
+            "Content-Length: 42, 42",
+            "Content-Length: 042\r\nContent-Length: 42",
+            "Content-Length: 00\r\nContent-Length: 0",
+            "Content-Length: 99999999999999999999999999",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: gzip, CHUNKED",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: ",
+        ] {
+            let head = format!("GET /healthz HTTP/1.1\r\nHost: n\r\n{fields}\r\n\r\n");
+            let a = judge_and_render(&s, head.as_bytes());
+            assert!(a.starts_with("HTTP/1.1 200 "), "{fields:?}: {a}");
+        }
+        // Over a connection: refused, and closed after the one answer.
+        let served = Served::new(status());
+        let a = exchange(
+            served.addr,
+            b"POST /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 3\r\n\
+              Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+              GET /healthz HTTP/1.1\r\nHost: n\r\n\r\n",
+        );
+        assert!(a.starts_with("HTTP/1.1 400 "), "{a}");
+        assert_eq!(a.matches("HTTP/1.1 ").count(), 1, "{a}");
+    }
+
+    #[test]
+    fn nothing_but_empty_lines_is_a_bad_request_not_a_long_uri() {
+        for empty in [&b"\r\n"[..], b"\n"] {
+            let mut lines = empty.repeat(HEAD_LIMIT / empty.len());
+            assert_eq!(parse_head(&lines), Err(HeadError::NoRequestLine));
+            lines.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(parse_head(&lines), Err(HeadError::NoRequestLine));
+        }
+        // Odd: the limit falls between a CR and its LF.
+        let mut lines = b"\n".to_vec();
+        lines.extend_from_slice(&b"\r\n".repeat(HEAD_LIMIT / 2));
+        assert_eq!(parse_head(&lines), Err(HeadError::NoRequestLine));
+        assert_eq!(HeadError::NoRequestLine.code(), 400);
+        // A request line begun after empty lines and cut by the limit is still too long.
+        let mut late = b"\r\n".repeat(100);
+        late.extend_from_slice(b"GET /");
+        late.resize(HEAD_LIMIT, b'a');
+        assert_eq!(parse_head(&late), Err(HeadError::LineTooLong));
+        let served = Served::new(status());
+        let a = exchange(served.addr, &b"\r\n".repeat(HEAD_LIMIT));
+        assert!(a.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{a}");
+        assert!(a.ends_with("no request line within 16384 bytes\n"), "{a}");
+    }
+
+    #[test]
+    fn the_421_answer_leaves_the_host_name_out() {
+        let mut s = status();
+        s.hostname = "node-7.internal.example".to_owned();
+        let a = judge_and_render(&s, b"GET /status HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+        assert!(a.starts_with("HTTP/1.1 421 "), "{a}");
+        assert!(!a.contains("node-7"), "{a}");
+        assert!(a.contains("its host name"), "{a}");
+        // The name itself is still accepted.
+        let a = judge_and_render(
+            &s,
+            b"GET /status HTTP/1.1\r\nHost: node-7.internal.example\r\n\r\n",
+        );
+        assert!(a.starts_with("HTTP/1.1 200 "), "{a}");
+    }
+
+    #[test]
+    fn a_waiting_connection_pushed_out_gets_a_503() {
+        // Every slot taken; the two oldest waiting clients, one silent and one with part of a
+        // `HEAD` head, are pushed out by newer ones when the waiting ones are full: each gets
+        // a 503 with Retry-After, the `HEAD` one without a body.
+        let (mut server, addr, idle) = server_with_every_slot_taken();
+        accept_everything(&mut server, 10);
+        let connect = || {
+            let s = std::net::TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s
+        };
+        let mut silent = connect();
+        accept_everything(&mut server, 10);
+        let mut head = connect();
+        head.write_all(b"HEAD /healthz HT").expect("send");
+        accept_everything(&mut server, 10);
+        // The part is in the server's socket before the client is pushed out.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut buf = [0u8; 64];
+            let held: Vec<usize> = server
+                .waiting
+                .iter()
+                .flatten()
+                .map(|w| w.stream.peek(&mut buf).unwrap_or(0))
+                .collect();
+            if held.contains(&16) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the part never arrived: {held:?}"
+            );
+            std::thread::yield_now();
+        }
+        let newer: Vec<_> = (0..MAX_WAITING).map(|_| connect()).collect();
+        accept_everything(&mut server, 20);
+        assert!(server.waiting.iter().all(Option::is_some));
+        let mut answers = Vec::new();
+        for s in [&mut silent, &mut head] {
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            answers.push(String::from_utf8_lossy(&answer).into_owned());
+        }
+        for a in &answers {
+            assert!(
+                a.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+                "{a:?}"
+            );
+            assert!(a.contains("Retry-After: 1\r\n"), "{a:?}");
+            assert!(a.contains("Connection: close\r\n"), "{a:?}");
+        }
+        assert!(
+            answers[0].ends_with("try again\n"),
+            "a body: {:?}",
+            answers[0]
+        );
+        assert!(
+            answers[1].ends_with("\r\n\r\n"),
+            "no body: {:?}",
+            answers[1]
+        );
+        drop((idle, newer));
     }
 }
