@@ -174,7 +174,6 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    facts.log_node_up();
     // Before the rules and the subnet file, which tell the world this node is up: a socket
     // that cannot be made stops the start with nothing to take back.
     let mut tracer = bind_trace_socket(opts, &device.name)?;
@@ -244,6 +243,9 @@ pub fn run(
         tun_mtu: device.mtu as usize,
         trace: Arc::clone(&trace),
     };
+    // Said once the steps that may still fail the start have succeeded (the trace socket,
+    // the rules, the subnet file, the privilege drop), before the workers.
+    facts.log_node_up();
     let handles = match spawn_workers(backend, device.queues, sockets, sockets6, &shared) {
         Ok(handles) => handles,
         Err(e) => {
