@@ -2154,3 +2154,61 @@ fn a_node_trusts_an_https_etcd_through_the_system_roots() {
     );
     c.stop_node(0);
 }
+
+/// Churn among many junk keys does not hold up the table: with 20 000 junk keys under
+/// `subnets/`, 2 000 more puts and deletes in quick succession (each its own watch event),
+/// then a peer's lease, the peer is in the node's table within 10 s. The table is judged from
+/// every entry, so it is published when the watch has nothing more ready (and at most every
+/// 100 ms under a stream that never pauses), not once per event, which took minutes.
+#[test]
+fn churn_among_junk_keys_does_not_hold_up_a_new_lease() {
+    if skip("churn_among_junk_keys_does_not_hold_up_a_new_lease") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    c.start_node(0, &[]);
+    let junk = with_etcd(&c.hub, |e, rt| {
+        rt.block_on(async {
+            for chunk in 0..200 {
+                let ops: Vec<etcd_client::TxnOp> = (0..100)
+                    .map(|i| {
+                        etcd_client::TxnOp::put(
+                            format!("{PREFIX}/subnets/junk-{chunk}-{i}"),
+                            "x",
+                            None,
+                        )
+                    })
+                    .collect();
+                e.txn(etcd_client::Txn::new().and_then(ops)).await?;
+            }
+            for i in 0..1000 {
+                let key = format!("{PREFIX}/subnets/churn-{i}");
+                e.put(key.clone(), "x", None).await?;
+                e.delete(key, None).await?;
+            }
+            Ok::<_, etcd_client::Error>(())
+        })
+        .map_err(|e| e.to_string())
+    });
+    assert!(matches!(junk, Some(Ok(()))), "junk writes: {junk:?}");
+    let written = Instant::now();
+    c.put(
+        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        r#"{"PublicIP":"192.0.2.200"}"#,
+    );
+    let seen = wait_for(Duration::from_secs(10), || c.counter(0, "table_peers") == 1);
+    assert!(
+        seen,
+        "the new lease was not in the table {:?} after it was written:\n{}",
+        written.elapsed(),
+        c.log(0)
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    c.stop_node(0);
+}

@@ -64,6 +64,8 @@ use crate::wire::MacAddress;
 
 /// flannel's lease TTL (`local_manager.go`, `subnetTTL`).
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The shortest time between two publishes of the table while lease changes keep coming.
+const PUBLISH_GAP: Duration = Duration::from_millis(100);
 /// How many times a lost race for a subnet is retried (`raceRetries`).
 const RACE_RETRIES: usize = 10;
 
@@ -1577,6 +1579,13 @@ impl Agent {
             .block_on(stream.watch(config_key.as_str(), Some(config_options)))?;
         self.state.connected.store(1, Ordering::Relaxed);
         tracing::info!(revision = self.revision, "etcd: watching leases");
+        // Changes are published once the watch has nothing more ready, and under a stream
+        // that never pauses at most every `gap`: a table is judged from every entry, so one
+        // publish per event would let a writer's churn (among many junk keys, say) hold the
+        // thread for minutes, its own lease and new leases waiting behind.
+        let mut dirty = false;
+        let mut published = Instant::now();
+        let mut gap = PUBLISH_GAP;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -1589,11 +1598,23 @@ impl Agent {
                 self.restore_at = None;
                 self.restore_own_lease()?;
             }
-            let next = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_millis(200), stream.message()).await
-            });
+            // With changes to publish, only what is ready now is taken (the timeout polls once).
+            let wait = if dirty {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(200)
+            };
+            let next = self
+                .rt
+                .block_on(async { tokio::time::timeout(wait, stream.message()).await });
             let resp = match next {
-                Err(_) => continue,
+                Err(_) => {
+                    if dirty {
+                        gap = self.publish_timed(table);
+                        (dirty, published) = (false, Instant::now());
+                    }
+                    continue;
+                }
                 Ok(Err(e)) => return Err(e.into()),
                 Ok(Ok(None)) => return Err(EtcdError::Config("the watch ended".into())),
                 Ok(Ok(Some(resp))) => resp,
@@ -1641,10 +1662,21 @@ impl Agent {
             if let Some(h) = resp.header() {
                 self.revision = h.revision();
             }
-            if changed {
-                self.publish(table);
+            dirty |= changed;
+            if dirty && published.elapsed() >= gap {
+                gap = self.publish_timed(table);
+                (dirty, published) = (false, Instant::now());
             }
         }
+    }
+
+    /// Publishes the table and returns the gap to keep before the next publish under a
+    /// stream of changes: [`PUBLISH_GAP`], or twice what this one took when longer, so
+    /// judging the leases takes at most about a third of the thread.
+    fn publish_timed(&mut self, table: &Table) -> Duration {
+        let started = Instant::now();
+        self.publish(table);
+        PUBLISH_GAP.max(started.elapsed() * 2)
     }
 
     /// Reads the network config as of the list's revision and reports it if it differs from
