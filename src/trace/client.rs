@@ -3,6 +3,12 @@
 //! The filter is compiled here first, so a bad one is an error before anything connects, and
 //! again by the node, which is what selects the events (only matching ones cross the socket,
 //! and only they reach `--pcap`).
+//!
+//! The node is checked before it is believed: a socket served by a user other than root or the
+//! one running the client is refused (a shared `--trace-socket` directory, a stale path another
+//! user re-bound). And nothing it sends reaches the terminal or the pcapng comments raw: every
+//! string is escaped as log text is ([`crate::sys::one_line`]), and a verdict or reason that is
+//! not one fustian knows is shown escaped rather than as sent.
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
@@ -15,11 +21,14 @@ use std::time::{Duration, Instant};
 use super::pcap::PcapWriter;
 use super::server::{Request, SOCKET_DIR};
 use super::{Direction, Filter, FilterError, Line, proto_name, unhex};
+use crate::metrics::DropReason;
 
 /// How often the client looks at Ctrl-C and the deadline while no line arrives.
 const POLL: Duration = Duration::from_millis(100);
 /// The longest line read from the node.
 const MAX_LINE: usize = 64 * 1024;
+/// The verdict names a node sends ([`super::Verdict::name`]).
+const VERDICTS: [&str; 5] = ["send", "deliver", "merge", "icmp", "drop"];
 
 /// What `fustian trace` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +64,18 @@ pub enum TraceError {
         /// Why.
         source: io::Error,
     },
-    /// The node refused the trace.
+    /// The socket is served by a user other than root or the one running the client.
+    #[error(
+        "refusing to attach to {path}: it is served by uid {uid}, neither root nor this user \
+         (another user may have bound a socket at that path)"
+    )]
+    Untrusted {
+        /// The socket.
+        path: PathBuf,
+        /// Who serves it.
+        uid: u32,
+    },
+    /// The node refused the trace (its reason, escaped).
     #[error("the node refused the trace: {0}")]
     Refused(String),
     /// Reading from the node, or writing the output or the pcapng file, failed.
@@ -132,6 +152,13 @@ pub fn run(
         path: path.clone(),
         source,
     })?;
+    let owner = crate::sys::peer_uid(&stream).map_err(|source| TraceError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    if !server_trusted(owner, crate::sys::euid()) {
+        return Err(TraceError::Untrusted { path, uid: owner });
+    }
     let io_err = |what| move |source| TraceError::Io { what, source };
     let request = Request {
         filter: opts.filter.clone(),
@@ -176,7 +203,7 @@ pub fn run(
                 buf.clear();
                 let Ok(mut l) = parsed else { continue };
                 if let Some(e) = l.error {
-                    return Err(TraceError::Refused(e));
+                    return Err(TraceError::Refused(crate::sys::one_line(&e).into_owned()));
                 }
                 if !attached {
                     attached = true;
@@ -203,7 +230,8 @@ pub fn run(
                 }
                 l.packet = None;
                 let text = if opts.json {
-                    serde_json::to_string(&l).unwrap_or_default()
+                    crate::sys::printable_json(&serde_json::to_string(&l).unwrap_or_default())
+                        .into_owned()
                 } else {
                     render(&l)
                 };
@@ -226,12 +254,33 @@ pub fn run(
     Ok(summary)
 }
 
+/// Whether a trace socket served by `peer_uid` may be believed by a client running as
+/// `my_euid`: only root's, or the client's own user's, can be a node's.
+pub const fn server_trusted(peer_uid: u32, my_euid: u32) -> bool {
+    peer_uid == 0 || peer_uid == my_euid
+}
+
+/// `text` from the node as shown: as sent when `known`, else with every control character and
+/// bidirectional override escaped, so it cannot end the line, move the cursor or hide text.
+fn shown(text: &str, known: bool) -> std::borrow::Cow<'_, str> {
+    if known {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        crate::sys::one_line(text)
+    }
+}
+
 /// The verdict part of a line: `send peer 10.244.2.0/24 (3 segments)`, `drop spoofed_source`,
-/// `deliver`, `merge`, `icmp no_route`. Also the pcapng packet comment.
+/// `deliver`, `merge`, `icmp no_route`. Also the pcapng packet comment. A verdict or reason
+/// that is not a known name is shown escaped.
 pub fn verdict_text(l: &Line) -> String {
-    let mut s = l.verdict.clone().unwrap_or_else(|| "?".into());
+    let mut s = l.verdict.as_deref().map_or_else(
+        || "?".to_owned(),
+        |v| shown(v, VERDICTS.contains(&v)).into_owned(),
+    );
     if let Some(r) = &l.reason {
-        let _ = write!(s, " {r}");
+        let known = DropReason::all().any(|k| k.name() == r);
+        let _ = write!(s, " {}", shown(r, known));
     }
     if let Some(net) = &l.peer_subnet {
         let _ = write!(s, " peer {net}");
@@ -378,5 +427,134 @@ mod tests {
         assert_eq!(summary, Summary::default(), "nothing happened");
         assert!(String::from_utf8_lossy(&notes).starts_with("tracing on"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A stand-in for a node, run by the test (so served by this user): answers the first
+    /// request with `reply` and hangs up. Returns the socket's path and its directory.
+    fn fake_node(name: &str, reply: &'static str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("fustian-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("t.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                let mut request = String::new();
+                let _ = BufReader::new(&stream).read_line(&mut request);
+                let _ = (&stream).write_all(reply.as_bytes());
+            }
+        });
+        (path, dir)
+    }
+
+    /// Whether `text` holds anything a terminal would obey (ESC, CR, LF, C1 controls, BEL,
+    /// bidirectional overrides).
+    fn obeyed(text: &str) -> bool {
+        text.chars().any(|c| {
+            c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+    }
+
+    #[test]
+    fn only_root_s_or_one_s_own_server_is_trusted() {
+        assert!(server_trusted(0, 0));
+        assert!(server_trusted(0, 1000));
+        assert!(server_trusted(1000, 1000));
+        assert!(
+            !server_trusted(1000, 0),
+            "root does not believe a user's socket"
+        );
+        assert!(!server_trusted(1001, 1000));
+        assert!(!server_trusted(65534, 1000));
+    }
+
+    #[test]
+    fn a_server_of_one_s_own_user_is_attached_to() {
+        let (path, dir) = fake_node("own", "{\"lost\":0}\n");
+        let opts = TraceOptions {
+            socket: Some(path),
+            duration: Some(Duration::from_secs(5)),
+            ..TraceOptions::default()
+        };
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        let summary = run(&opts, &mut out, &mut notes, &AtomicBool::new(false)).expect("trusted");
+        assert_eq!(summary, Summary::default());
+        assert!(String::from_utf8_lossy(&notes).starts_with("tracing on"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hostile_refusal_is_shown_escaped() {
+        let (path, dir) = fake_node(
+            "refusal",
+            "{\"error\":\"busy\\u001b[2K\\rFAKE\\nroot# \\u009b31m\\u202e\"}\n",
+        );
+        let opts = TraceOptions {
+            socket: Some(path),
+            duration: Some(Duration::from_secs(5)),
+            ..TraceOptions::default()
+        };
+        let err = run(
+            &opts,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &AtomicBool::new(false),
+        )
+        .expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, TraceError::Refused(_)), "{text}");
+        assert!(!obeyed(&text), "{text:?}");
+        assert!(text.contains("busy\\u{1b}[2K\\rFAKE\\nroot#"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const HOSTILE_EVENT: &str = "{\"dir\":\"udp>tun\",\"verdict\":\"deliver\\u001b[2K\\rFAKE \
+                                 drop\\nroot# \\u009b\",\"reason\":\"no_route\\u0007\\u202e\\r\"}\n";
+
+    #[test]
+    fn a_hostile_verdict_and_reason_are_shown_escaped() {
+        let line: Line = serde_json::from_str(HOSTILE_EVENT).expect("json");
+        let text = render(&line);
+        assert!(!obeyed(&text), "{text:?}");
+        assert!(
+            text.ends_with(
+                "deliver\\u{1b}[2K\\rFAKE drop\\nroot# \\u{9b} no_route\\u{7}\\u{202e}\\r"
+            ),
+            "{text}"
+        );
+        // Known names pass as they are.
+        let known = Line {
+            verdict: Some("icmp".into()),
+            reason: Some("no_route".into()),
+            ..Line::default()
+        };
+        assert_eq!(verdict_text(&known), "icmp no_route");
+
+        for json in [false, true] {
+            let (path, dir) = fake_node(if json { "event-json" } else { "event" }, HOSTILE_EVENT);
+            let pcap = dir.join("t.pcapng");
+            let opts = TraceOptions {
+                socket: Some(path),
+                json,
+                pcap: Some(pcap.clone()),
+                duration: Some(Duration::from_secs(5)),
+                ..TraceOptions::default()
+            };
+            let mut out = Vec::new();
+            let summary =
+                run(&opts, &mut out, &mut Vec::new(), &AtomicBool::new(false)).expect("runs");
+            assert_eq!(summary.events, 1);
+            let out = String::from_utf8(out).expect("utf-8");
+            let body = out.strip_suffix('\n').expect("one line");
+            assert!(!obeyed(body), "{out:?}");
+            let comment = std::fs::read(&pcap).expect("pcapng");
+            for raw in [&b"\x1b["[..], b"\rFAKE", b"\nroot", b"\xc2\x9b", b"\x07"] {
+                assert!(
+                    !comment.windows(raw.len()).any(|w| w == raw),
+                    "{raw:?} in the pcapng file"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
