@@ -651,6 +651,11 @@ mod tests {
             serde_json::from_str::<Line>(&first).expect("json").lost,
             Some(0)
         );
+        // The in-use check above connected too; that session goes at its first heartbeat.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hub.attached() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(hub.attached(), 1);
         drop(reader);
         drop(good);
