@@ -1470,6 +1470,18 @@ mod tests {
     }
 
     proptest! {
+        /// Any text gets a name or an error, never a panic; a name accepted has no port,
+        /// scheme, path, user part or blank.
+        #[test]
+        fn any_allowed_host_is_a_name_or_an_error(text in any::<String>()) {
+            if let Ok(name) = parse_allowed_host(&text) {
+                prop_assert!(!name.is_empty() && name.len() <= 254);
+                prop_assert!(!name.contains([':', '/', '@', ' ', '\t', '\n']), "{name:?}");
+            }
+        }
+    }
+
+    proptest! {
         #[test]
         fn go_and_gnu_spellings_parse_the_same(
             picks in proptest::collection::vec((any::<bool>(), any::<u8>()), VALUES.len() + BOOLS.len()),

@@ -2135,6 +2135,26 @@ mod tests {
     }
 
     /// Accepts until the backlog is empty, as the serving loop does (at most `limit` turns).
+    /// Waits (5 s at most) until the bytes each waiting connection holds, as `peek` sees
+    /// them, satisfy `arrived`.
+    fn wait_until_held(server: &Server, arrived: impl Fn(&[usize]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut buf = [0u8; 64];
+            let held: Vec<usize> = server
+                .waiting
+                .iter()
+                .flatten()
+                .map(|w| w.stream.peek(&mut buf).unwrap_or(0))
+                .collect();
+            if arrived(&held) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never arrived: {held:?}");
+            std::thread::yield_now();
+        }
+    }
+
     fn accept_everything(server: &mut Server, limit: usize) {
         for _ in 0..limit {
             server.accept_retry = None;
@@ -2222,24 +2242,9 @@ mod tests {
             .collect();
         accept_everything(&mut server, 12);
         // Both parts are in the server's sockets before their time is up.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut buf = [0u8; 64];
-            let held: Vec<usize> = server
-                .waiting
-                .iter()
-                .flatten()
-                .map(|w| w.stream.peek(&mut buf).unwrap_or(0))
-                .collect();
-            if held.len() == 2 && held.iter().all(|&n| n >= 15) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the parts never arrived: {held:?}"
-            );
-            std::thread::yield_now();
-        }
+        wait_until_held(&server, |held| {
+            held.len() == 2 && held.iter().all(|&n| n >= 15)
+        });
         server.expire(Instant::now() + READ_TIMEOUT + Duration::from_secs(1));
         let mut answers = Vec::new();
         for (s, _) in &mut clients {
@@ -2660,24 +2665,7 @@ mod tests {
         head.write_all(b"HEAD /healthz HT").expect("send");
         accept_everything(&mut server, 10);
         // The part is in the server's socket before the client is pushed out.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut buf = [0u8; 64];
-            let held: Vec<usize> = server
-                .waiting
-                .iter()
-                .flatten()
-                .map(|w| w.stream.peek(&mut buf).unwrap_or(0))
-                .collect();
-            if held.contains(&16) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the part never arrived: {held:?}"
-            );
-            std::thread::yield_now();
-        }
+        wait_until_held(&server, |held| held.contains(&16));
         let newer: Vec<_> = (0..MAX_WAITING).map(|_| connect()).collect();
         accept_everything(&mut server, 20);
         assert!(server.waiting.iter().all(Option::is_some));
