@@ -1173,7 +1173,9 @@ fn etcd_down_past_the_lease_ttl_during_a_transfer() {
     const TTL: Duration = Duration::from_secs(20);
     let ttl_secs = TTL.as_secs().to_string();
     let ttl = ["--subnet-lease-ttl", ttl_secs.as_str()];
-    let s0 = c.start_node(0, &ttl);
+    // Node 0 serves /readyz, so it looks at its readiness (the lease's expiry among it).
+    let http = ["--healthz-ip", "192.0.2.1", "--healthz-port", "8471"];
+    let s0 = c.start_node(0, &[&ttl[..], &http[..]].concat());
     c.start_node(1, &ttl);
     assert!(wait_for(Duration::from_secs(5), || c
         .counter(0, "table_peers")
@@ -1244,6 +1246,11 @@ fn etcd_down_past_the_lease_ttl_during_a_transfer() {
         c.keys(&key).iter().any(|(_, v)| v.contains("192.0.2.1"))
     });
     assert!(held, "the lease of node 0 is gone:\n{}", c.log(0));
+    // Past the TTL without etcd the node said once that it is not ready, not once a second
+    // while the lease's age counted up.
+    let log = c.log(0);
+    let said = log.matches("not ready: the subnet lease expired").count();
+    assert_eq!(said, 1, "{log}");
     c.stop_node(0);
     c.stop_node(1);
 }

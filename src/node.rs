@@ -1072,8 +1072,26 @@ struct Readiness {
     /// The control sources, which may know why the node is not ready (a lease expired).
     sources: Vec<Arc<dyn SourceMetrics>>,
     last: Option<Instant>,
-    /// The problem last reported (logged once per change).
+    /// What the problem last reported is about (logged once per change of subject, not each
+    /// time its text changes: a lease's "expired N s ago" counts up every second).
     said: Option<String>,
+}
+
+/// Why the node is not ready: `about` names the check that failed (stable while the same
+/// problem lasts), `why` is the text `/readyz` shows (it may change, a time counting up).
+struct Problem {
+    about: String,
+    why: String,
+}
+
+impl Problem {
+    /// A problem whose text does not change while it lasts.
+    fn fixed(why: String) -> Self {
+        Self {
+            about: why.clone(),
+            why,
+        }
+    }
 }
 
 impl Readiness {
@@ -1099,7 +1117,24 @@ impl Readiness {
     }
 
     /// Returns what is wrong, if anything (a netlink error is not held against the node).
-    fn problem(&mut self) -> Option<String> {
+    fn problem(&mut self) -> Option<Problem> {
+        self.check()
+            .map(Problem::fixed)
+            .or_else(|| self.source_problem())
+    }
+
+    /// The control sources' reason, if one has any (a lease expired): named by its source.
+    fn source_problem(&self) -> Option<Problem> {
+        self.sources.iter().enumerate().find_map(|(i, s)| {
+            s.not_ready().map(|why| Problem {
+                about: format!("control source {i}"),
+                why,
+            })
+        })
+    }
+
+    /// The device, route, underlay and subnet file checks.
+    fn check(&mut self) -> Option<String> {
         let nl = self.nl.as_mut()?;
         let index = self.index?;
         match nl.link_up(index) {
@@ -1137,9 +1172,6 @@ impl Readiness {
                 Ok(Some(_)) | Err(_) => {}
             }
         }
-        if let Some(why) = self.sources.iter().find_map(|s| s.not_ready()) {
-            return Some(why);
-        }
         if let Some(path) = &self.subnet_file {
             // Only what the node can tell: a file it may no longer look at (`--user`, a
             // directory only root reads) is not held against it.
@@ -1170,19 +1202,35 @@ impl Readiness {
         }
         self.last = Some(Instant::now());
         let problem = self.problem();
-        if problem != self.said {
-            match &problem {
-                Some(why) => tracing::warn!("not ready: {why}"),
-                None if self.said.is_some() => tracing::info!("ready again"),
-                None => {}
-            }
+        match announce(&mut self.said, problem.as_ref()) {
+            Some(Ok(line)) => tracing::warn!("{line}"),
+            Some(Err(line)) => tracing::info!("{line}"),
+            None => {}
         }
-        match &problem {
-            Some(why) => status.set_not_ready(why.clone()),
+        match problem {
+            Some(p) => status.set_not_ready(p.why),
             None => status.set_ready(),
         }
-        self.said = problem;
     }
+}
+
+/// Returns the line to log for `problem` given what was `said` last (a problem as `Ok`, a
+/// recovery as `Err`), and remembers it: a line per change of subject, none while the same
+/// problem lasts with a changing text.
+fn announce(
+    said: &mut Option<String>,
+    problem: Option<&Problem>,
+) -> Option<Result<String, String>> {
+    let about = problem.map(|p| p.about.clone());
+    if about == *said {
+        return None;
+    }
+    let line = match problem {
+        Some(p) => Some(Ok(format!("not ready: {}", p.why))),
+        None => Some(Err("ready again".to_owned())),
+    };
+    *said = about;
+    line
 }
 
 /// Creates the trace socket while the node still holds its privileges (it lives in a
@@ -1529,6 +1577,37 @@ pub use crate::sys::write_atomically;
 mod tests {
     use super::*;
     use crate::control::file::FileCounters;
+
+    /// A problem is logged when it starts and when it ends, not each time its text changes
+    /// (an expired lease's age counts up every second); another problem is logged anew.
+    #[test]
+    fn readiness_logs_a_line_per_change_of_problem() {
+        let expired = |secs: u32| Problem {
+            about: "control source 0".into(),
+            why: format!("the subnet lease expired {secs} s ago"),
+        };
+        let mut said = None;
+        assert_eq!(announce(&mut said, None), None, "ready from the start");
+        assert_eq!(
+            announce(&mut said, Some(&expired(0))),
+            Some(Ok("not ready: the subnet lease expired 0 s ago".into()))
+        );
+        for secs in 1..5 {
+            assert_eq!(announce(&mut said, Some(&expired(secs))), None, "{secs} s");
+        }
+        let down = Problem::fixed("TUN device flannel0 is down".into());
+        assert_eq!(
+            announce(&mut said, Some(&down)),
+            Some(Ok("not ready: TUN device flannel0 is down".into()))
+        );
+        assert_eq!(announce(&mut said, Some(&down)), None);
+        assert_eq!(announce(&mut said, None), Some(Err("ready again".into())));
+        assert_eq!(announce(&mut said, None), None);
+        assert!(
+            announce(&mut said, Some(&expired(9))).is_some(),
+            "expired again"
+        );
+    }
 
     #[test]
     fn kernel_vteps_are_read_from_ip_s_json() {
