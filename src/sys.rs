@@ -655,37 +655,84 @@ fn hidden_sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half
 /// and a crash leaves the old file or the new one. A new file is mode 0644 whatever the umask
 /// (as flanneld writes its subnet file; `docker`'s and the CNI plugin's readers need not run as
-/// root); a regular file already there keeps its mode, as flanneld keeps it, less any write
-/// bit for group or others and the set-id bits (an operator's 0600 stays 0600; a 0666 becomes
-/// 0644, so no local user may rewrite what the network plugin reads). The temporary file is
-/// created anew (`O_EXCL`), never through a link left there.
+/// root); a regular file of this process's user or root already there keeps its mode, as
+/// flanneld keeps it, less any write bit for group or others and the set-id bits (an
+/// operator's 0600 stays 0600; a 0666 becomes 0644, so no local user may rewrite what the
+/// network plugin reads). Another user's file at the path, left there in a directory others
+/// may write to, lends it nothing: the new file is 0644. The temporary file is created anew
+/// (`O_EXCL`), never through a link left there, and never at a name another user holds.
 ///
 /// # Errors
 ///
 /// The write, sync or rename error.
 pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    // `.subnet.env.tmp` beside `subnet.env`: one temporary name per target file.
-    let tmp = hidden_sibling(path, ".tmp");
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let euid = euid();
     let mode = std::fs::symlink_metadata(path)
         .ok()
-        .filter(|m| m.file_type().is_file())
+        .filter(|m| m.file_type().is_file() && (m.uid() == euid || m.uid() == 0))
         .map_or(0o644, |m| m.permissions().mode() & 0o755);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(data)?;
-    file.sync_data()?;
+    let (tmp, mut file) = create_temporary(path, mode, euid)?;
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(data))
+        .and_then(|()| file.sync_data());
     drop(file);
-    std::fs::rename(&tmp, path)
+    let placed = written.and_then(|()| std::fs::rename(&tmp, path));
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    placed
+}
+
+/// Creates the temporary file of [`write_atomically`] beside `path`: `.NAME.tmp` (one name per
+/// target, so a crash leaves at most one behind, removed by the next write) when it is free
+/// or this user's; else, when another user holds that name, `.NAME.<pid>.<n>.tmp`.
+fn create_temporary(
+    path: &std::path::Path,
+    mode: u32,
+    euid: u32,
+) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let pid = std::process::id();
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let tmp = if attempt == 0 {
+            hidden_sibling(path, ".tmp")
+        } else {
+            hidden_sibling(path, &format!(".{pid}.{attempt}.tmp"))
+        };
+        match std::fs::symlink_metadata(&tmp) {
+            // Another user's: not removed (it may not be ours to remove), another name is used.
+            Ok(m) if m.uid() != euid => {
+                last = Some(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} belongs to another user", tmp.display()),
+                ));
+                continue;
+            }
+            Ok(_) => match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    last = Some(e);
+                    continue;
+                }
+                _ => {}
+            },
+            Err(_) => {}
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
 }
 
 /// Reads a configuration file: at most `max` bytes (refused if longer), only a regular file
@@ -1115,6 +1162,47 @@ mod file_tests {
             std::fs::read_to_string(&target).expect("target"),
             "FLANNEL_MTU=1450\n"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// In a directory other users may write to, what another user left at the target's name
+    /// lends the new file no mode, and another user's file at the temporary name is neither
+    /// removed nor written through: the write takes another name.
+    #[test]
+    fn an_atomic_write_takes_nothing_from_another_user_s_files() {
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(
+            euid(),
+            0,
+            "this test needs root (it gives files to another user)"
+        );
+        let nobody = 65534;
+        let dir = scratch("atomic-others");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let target = dir.join("subnet.env");
+        std::fs::write(&target, "placeholder\n").expect("placeholder");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let tmp = dir.join(".subnet.env.tmp");
+        std::fs::write(&tmp, "theirs\n").expect("their temporary");
+        for file in [&target, &tmp] {
+            std::os::unix::fs::chown(file, Some(nobody), Some(nobody)).expect("chown");
+        }
+        write_atomically(&target, b"FLANNEL_MTU=1450\n").expect("write");
+        let meta = std::fs::metadata(&target).expect("meta");
+        assert_eq!(meta.uid(), 0);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("target"),
+            "FLANNEL_MTU=1450\n"
+        );
+        assert_eq!(std::fs::read_to_string(&tmp).expect("theirs"), "theirs\n");
+        assert_eq!(std::fs::metadata(&tmp).expect("meta").uid(), nobody);
+        // Nothing of this writer's is left behind.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
