@@ -1248,7 +1248,12 @@ impl Server {
         if w.peeked <= PEEK_LIMIT {
             self.waiting[index] = Some(w);
         } else {
+            // A head trickled in so slowly that looking at it again costs more than it is
+            // worth while every slot is taken: refused, as a connection pushed out is.
             Counters::bump(&self.status.counters.evicted);
+            let body =
+                "busy: the request head came too slowly while every slot was taken; try again\n";
+            refuse_waiting(&mut w.stream, 503, body, &["Retry-After: 1"]);
             self.forget(w.stream, true);
         }
     }
@@ -2644,6 +2649,47 @@ mod tests {
             b"GET /status HTTP/1.1\r\nHost: node-7.internal.example\r\n\r\n",
         );
         assert!(a.starts_with("HTTP/1.1 200 "), "{a}");
+    }
+
+    #[test]
+    fn a_head_that_trickles_past_the_peek_limit_gets_a_503() {
+        // Every slot taken by a fresh idle connection; a waiting client's incomplete head is
+        // looked at again and again (as each new byte makes it readable): past PEEK_LIMIT
+        // bytes looked at it is refused with a 503 and Retry-After, not closed unanswered.
+        let (mut server, addr, idle) = server_with_every_slot_taken();
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        accept_everything(&mut server, 10);
+        let index = server
+            .waiting
+            .iter()
+            .position(Option::is_some)
+            .expect("the client waits");
+        let part = format!("GET /healthz?{} ", "a".repeat(HEAD_LIMIT / 4));
+        s.write_all(part.as_bytes()).expect("send");
+        wait_until_held(&server, |held| held.contains(&64));
+        let evicted = server.status.counters.evicted.load(Ordering::Relaxed);
+        let mut looks = 0;
+        while server.waiting[index].is_some() {
+            assert!(looks < 4 * PEEK_LIMIT, "never refused");
+            server.look_at_waiting(index);
+            looks += 1;
+        }
+        assert!(looks > 1, "refused at the first look");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer:?}"
+        );
+        assert!(answer.contains("Retry-After: 1\r\n"), "{answer:?}");
+        assert_eq!(
+            server.status.counters.evicted.load(Ordering::Relaxed),
+            evicted + 1
+        );
+        drop(idle);
     }
 
     #[test]
