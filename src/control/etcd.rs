@@ -37,8 +37,16 @@
 //!    network must have an IPv6 underlay address (`--public-ipv6`);
 //! 6. keep its own lease: deleted, it is written again; overwritten by someone else while it
 //!    is still this node's (its etcd lease alive), it is written back at once (at most once a
-//!    second). flanneld shuts down when its lease goes away; fustian keeps forwarding for its
-//!    subnet and restores the key, so other nodes go on routing to it.
+//!    second), unless the value is this node's exact twin on another etcd lease (a second
+//!    node with the same address). Deleted and created again by someone else, it is judged as
+//!    peers judge a lease: another node's lease or a reservation for another address makes
+//!    the node stop; junk is written back. flanneld shuts down when its lease goes away;
+//!    fustian keeps forwarding for its subnet and restores the key, so other nodes go on
+//!    routing to it;
+//! 7. bound what any etcd writer can put under the prefix ([`Entries`]): keys that are not in
+//!    flannel's key form are counted, not kept; the others are kept up to a budget
+//!    ([`MAX_NETWORK_KEYS`], [`MAX_OTHER_KEYS`]), the rest counted (`etcd_keys_untracked`)
+//!    and listed in once deletions make room; log lines about leases are rate limited.
 
 use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
@@ -3047,24 +3055,25 @@ mod tests {
         let mut wide = own.clone();
         wide.vni = Some(65_537);
         assert!(a.shared_address(9, Some(&wide)));
-        let other_mac = Some(MacAddress([0x0e, 0, 0, 0, 0, 0x99]));
-        let variants: [(&str, fn(&mut LeaseValue, Option<MacAddress>)); 8] = [
-            ("backend udp", |v, _| v.backend_type = None),
-            ("backend host-gw", |v, _| {
+        const OTHER_MAC: Option<MacAddress> = Some(MacAddress([0x0e, 0, 0, 0, 0, 0x99]));
+        type Change = fn(&mut LeaseValue);
+        let variants: [(&str, Change); 8] = [
+            ("backend udp", |v| v.backend_type = None),
+            ("backend host-gw", |v| {
                 v.backend_type = Some("host-gw".into());
             }),
-            ("VNI", |v, _| v.vni = Some(2)),
-            ("VtepMAC", |v, m| v.vtep_mac = m),
-            ("PublicIPv6", |v, _| {
+            ("VNI", |v| v.vni = Some(2)),
+            ("VtepMAC", |v| v.vtep_mac = OTHER_MAC),
+            ("PublicIPv6", |v| {
                 v.public_ipv6 = Some("2001:db8::9".parse().expect("literal"));
             }),
-            ("no PublicIPv6", |v, _| v.public_ipv6 = None),
-            ("IPv6 VNI", |v, _| v.vni6 = Some(2)),
-            ("IPv6 VtepMAC", |v, m| v.vtep_mac6 = m),
+            ("no PublicIPv6", |v| v.public_ipv6 = None),
+            ("IPv6 VNI", |v| v.vni6 = Some(2)),
+            ("IPv6 VtepMAC", |v| v.vtep_mac6 = OTHER_MAC),
         ];
         for (what, change) in variants {
             let mut v = own.clone();
-            change(&mut v, other_mac);
+            change(&mut v);
             assert!(!a.shared_address(9, Some(&v)), "{what}");
             // Read back from its JSON, as the watch brings it.
             let parsed = LeaseValue::parse(v.to_json().as_bytes()).expect("a lease");
