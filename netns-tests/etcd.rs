@@ -621,7 +621,8 @@ fn a_node_whose_subnet_was_taken_while_away_stops_with_an_error() {
         crate::common::signal(pid, libc::SIGCONT);
         panic!("the stopped node's lease did not expire:\n{}", c.log(0));
     }
-    c.put(&key, r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);
+    // Taken by another node, on its etcd lease.
+    put_on_new_lease(&c, &key, r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);
     crate::common::signal(pid, libc::SIGCONT);
     let mut status = None;
     let exited = wait_for(Duration::from_secs(30), || {
@@ -637,7 +638,8 @@ fn a_node_whose_subnet_was_taken_while_away_stops_with_an_error() {
     let log = c.log(0);
     assert!(
         log.contains(&format!(
-            "this node's subnet {subnet} was leased to another node"
+            "this node's subnet {subnet} was leased to another node after this node's etcd \
+             lease expired"
         )),
         "{log}"
     );
@@ -716,10 +718,11 @@ fn a_key_put_on_another_etcd_lease_with_this_node_s_address_is_left_to_it() {
     assert!(status.is_none(), "{status:?}\n{}", c.log(0));
 }
 
-/// A node's key deleted and created again by another writer while the node did not look (a
-/// node that found the name free while this one was cut off) is the other's now, although this
-/// node's etcd lease lives: the node stops with an error instead of writing it back, and the
-/// other's value stays. An overwrite in place (same create revision) is still written back.
+/// A node's key deleted and created again by another writer while the node did not look, as
+/// a reservation (a valid value of another address without an etcd lease, which flannel keeps
+/// for that address), is the reservation's now, although this node's etcd lease lives: the
+/// node stops with an error saying so instead of writing it back, and the reservation stays.
+/// An overwrite in place (same create revision) is still written back.
 #[test]
 fn a_key_created_again_by_another_writer_is_not_written_back() {
     if skip("a_key_created_again_by_another_writer_is_not_written_back") {
@@ -784,11 +787,210 @@ fn a_key_created_again_by_another_writer_is_not_written_back() {
     let log = c.log(0);
     assert!(log.contains("created again by another writer"), "{log}");
     assert!(
+        log.contains(&format!(
+            "this node's subnet {subnet} is reserved for 192.0.2.9"
+        )),
+        "{log}"
+    );
+    assert!(
         c.value(&key)
             .is_some_and(|v| v.contains(r#""PublicIP":"192.0.2.9""#)),
         "{:?}\n{log}",
         c.value(&key)
     );
+    c.processes[0] = None;
+}
+
+/// Returns the etcd lease `key` is on, if the key exists.
+fn lease_of(c: &Cluster, key: &str) -> Option<i64> {
+    let key = key.to_owned();
+    with_etcd(&c.hub, move |client, rt| {
+        rt.block_on(client.get(key, None))
+            .ok()
+            .and_then(|r| r.kvs().first().map(etcd_client::KeyValue::lease))
+    })
+    .flatten()
+}
+
+/// Puts `value` at `key` on a new etcd lease of 300 s and returns its id.
+fn put_on_new_lease(c: &Cluster, key: &str, value: &str) -> i64 {
+    let (k, v) = (key.to_owned(), value.to_owned());
+    with_etcd(&c.hub, move |client, rt| {
+        let id = rt.block_on(client.lease_grant(300, None)).ok()?.id();
+        let put = etcd_client::PutOptions::new().with_lease(id);
+        rt.block_on(client.put(k, v, Some(put))).ok()?;
+        Some(id)
+    })
+    .flatten()
+    .expect("etcd lease and put")
+}
+
+/// Waits until node 0 has written its key back (`etcd_own_lease_restored` above `before`),
+/// holding `value` on the etcd lease `own` again.
+fn written_back(c: &Cluster, key: &str, value: &str, own: i64, before: u64) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        c.counter(0, "etcd_own_lease_restored") > before
+            && c.value(key).as_deref() == Some(value)
+            && lease_of(c, key) == Some(own)
+    })
+}
+
+/// A node's key overwritten on another live etcd lease with this node's `PublicIP` but
+/// another route to it (another VTEP MAC, another backend type or VNI) is no second node with
+/// the same address: the peers would send this node's traffic where it does not arrive. The
+/// node writes it back; only an exact twin of its value is left to the other writer.
+#[test]
+fn a_key_with_this_node_s_address_but_another_route_is_written_back() {
+    if skip("a_key_with_this_node_s_address_but_another_route_is_written_back") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("vxlan");
+    let subnet = c.start_node(0, &[]);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let own_value = c.value(&key).expect("the node's key");
+    let own = lease_of(&c, &key).expect("the node's etcd lease");
+    let mac = own_value
+        .split(r#""VtepMAC":""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a VtepMAC")
+        .to_owned();
+    assert!(own_value.contains(r#""VNI":1,"#), "{own_value}");
+    for (what, forged) in [
+        (
+            "another VTEP MAC",
+            own_value.replace(&mac, "0e:00:00:00:00:99"),
+        ),
+        (
+            "another VNI",
+            own_value.replace(r#""VNI":1,"#, r#""VNI":2,"#),
+        ),
+        (
+            "another backend",
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":null}"#.to_owned(),
+        ),
+        (
+            "a PublicIPv6",
+            own_value.replace(r#""PublicIPv6":null"#, r#""PublicIPv6":"2001:db8::1""#),
+        ),
+    ] {
+        assert_ne!(forged, own_value, "{what}");
+        let before = c.counter(0, "etcd_own_lease_restored");
+        put_on_new_lease(&c, &key, &forged);
+        assert!(
+            written_back(&c, &key, &own_value, own, before),
+            "{what}: not written back ({:?}):\n{}",
+            c.value(&key),
+            c.log(0)
+        );
+    }
+    assert_eq!(c.counter(0, "etcd_own_lease_shared"), 0, "{}", c.log(0));
+    // An exact twin is a second node with this address: left to it.
+    let other = put_on_new_lease(&c, &key, &own_value);
+    assert!(
+        wait_for(Duration::from_secs(10), || c
+            .counter(0, "etcd_own_lease_shared")
+            == 1),
+        "the twin was not left to its writer:\n{}",
+        c.log(0)
+    );
+    assert_eq!(lease_of(&c, &key), Some(other));
+    let status = c.processes[0].as_mut().and_then(Process::exited);
+    assert!(status.is_none(), "{status:?}\n{}", c.log(0));
+    c.stop_node(0);
+}
+
+/// A node's key deleted and created again while the node holds its etcd lease, with junk, with
+/// a value no node can hold (no reservation), or with junk on another etcd lease, is not
+/// another node taking the subnet: the node writes its value back (taking the key's new
+/// create revision as its own) and goes on. Created again on another etcd lease with a lease
+/// its peers take, it is another node's: the node stops and says so.
+#[test]
+fn a_key_created_again_with_junk_is_written_back_and_by_another_node_stops_the_node() {
+    if skip("a_key_created_again_with_junk_is_written_back_and_by_another_node_stops_the_node") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let subnet = c.start_node(0, &[]);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let own_value = c.value(&key).expect("the node's key");
+    let own = lease_of(&c, &key).expect("the node's etcd lease");
+    let pid = c.processes[0].as_ref().and_then(Process::pid).expect("pid");
+    // As an operator's etcdctl would: deleted, then put, while the node runs.
+    let before = c.counter(0, "etcd_own_lease_restored");
+    c.delete(&key);
+    c.put(&key, "junk");
+    assert!(
+        written_back(&c, &key, &own_value, own, before),
+        "junk put after a deletion was not written back ({:?}):\n{}",
+        c.value(&key),
+        c.log(0)
+    );
+    // The same with the node stopped between the two, so that it finds the key created again.
+    for (what, value, on_lease) in [
+        ("junk", "junk", false),
+        (
+            "no reservation",
+            r#"{"PublicIP":"127.0.0.1","PublicIPv6":null}"#,
+            false,
+        ),
+        ("junk on another etcd lease", "junk", true),
+    ] {
+        let before = c.counter(0, "etcd_own_lease_restored");
+        crate::common::signal(pid, libc::SIGSTOP);
+        c.delete(&key);
+        if on_lease {
+            put_on_new_lease(&c, &key, value);
+        } else {
+            c.put(&key, value);
+        }
+        crate::common::signal(pid, libc::SIGCONT);
+        assert!(
+            written_back(&c, &key, &own_value, own, before),
+            "{what}: not written back ({:?}):\n{}",
+            c.value(&key),
+            c.log(0)
+        );
+        let status = c.processes[0].as_mut().and_then(Process::exited);
+        assert!(status.is_none(), "{what}: {status:?}\n{}", c.log(0));
+    }
+    // Another node's lease on its etcd lease: the node gives the subnet up.
+    crate::common::signal(pid, libc::SIGSTOP);
+    c.delete(&key);
+    let other = put_on_new_lease(&c, &key, r#"{"PublicIP":"192.0.2.9","PublicIPv6":null}"#);
+    crate::common::signal(pid, libc::SIGCONT);
+    let mut status = None;
+    let exited = wait_for(Duration::from_secs(20), || {
+        status = c.processes[0].as_mut().and_then(Process::exited);
+        status.is_some()
+    });
+    assert!(
+        exited,
+        "the node goes on with a key another node created:\n{}",
+        c.log(0)
+    );
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+    let log = c.log(0);
+    assert!(
+        log.contains(&format!(
+            "this node's subnet {subnet} was leased to another node (PublicIP 192.0.2.9, etcd \
+             lease {other:x})"
+        )),
+        "{log}"
+    );
+    assert_eq!(lease_of(&c, &key), Some(other), "{log}");
     c.processes[0] = None;
 }
 
@@ -2217,5 +2419,116 @@ fn churn_among_junk_keys_does_not_hold_up_a_new_lease() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    c.stop_node(0);
+}
+
+/// Puts `n` keys named by `name` with `value`, 100 to a transaction.
+fn put_many(c: &Cluster, n: usize, name: fn(usize) -> String, value: &'static str) {
+    let done = with_etcd(&c.hub, move |e, rt| {
+        rt.block_on(async {
+            for start in (0..n).step_by(100) {
+                let ops: Vec<etcd_client::TxnOp> = (start..n.min(start + 100))
+                    .map(|i| etcd_client::TxnOp::put(name(i), value, None))
+                    .collect();
+                e.txn(etcd_client::Txn::new().and_then(ops)).await?;
+            }
+            Ok::<_, etcd_client::Error>(())
+        })
+        .map_err(|e| e.to_string())
+    });
+    assert!(matches!(done, Some(Ok(()))), "etcd puts: {done:?}");
+}
+
+/// The `i`th of a flood of keys in flannel's form outside the network (10.244.0.0/16).
+fn outside_key(i: usize) -> String {
+    format!("{PREFIX}/subnets/10.{}.{}.0-24", 100 + i / 256, i % 256)
+}
+
+/// Any etcd writer can put unlimited keys under `<prefix>/subnets/`. Keys that are not lease
+/// keys are counted (`bad_key`), not kept, and logged a line at a time, not one per key;
+/// keys in flannel's form past a node's budget (16 384 outside the network) are counted in
+/// `etcd_keys_untracked` and picked up by a new list once deletions make room; and the
+/// network's own leases, with their own budget, still reach the table. The same holds for a
+/// node that lists the flood at start.
+#[test]
+fn a_flood_of_keys_is_counted_not_kept() {
+    if skip("a_flood_of_keys_is_counted_not_kept") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    c.start_node(0, &[]);
+    const JUNK: usize = 20_000;
+    const BUDGET: usize = fustian::control::etcd::MAX_OTHER_KEYS;
+    let outside = BUDGET + 10;
+    put_many(&c, JUNK, |i| format!("{PREFIX}/subnets/junk-{i}"), "x");
+    put_many(&c, outside, outside_key, r#"{"PublicIP":"192.0.2.77"}"#);
+    c.put(
+        &format!("{PREFIX}/subnets/10.244.200.0-24"),
+        r#"{"PublicIP":"192.0.2.200"}"#,
+    );
+    let expect = |c: &Cluster, untracked: u64, outside: u64| {
+        c.counter(0, "table_peers") == 1
+            && c.counter(0, "etcd_keys_untracked") == untracked
+            && c.rejected(0, "bad_key") == JUNK as u64
+            && c.rejected(0, "outside_network") == outside
+    };
+    let tail = |c: &Cluster| {
+        let log = c.log(0);
+        let lines: Vec<&str> = log.lines().rev().take(20).collect();
+        lines.join("\n")
+    };
+    let seen = wait_for(Duration::from_secs(30), || expect(&c, 10, BUDGET as u64));
+    assert!(
+        seen,
+        "watched flood: untracked {}, bad_key {}, outside_network {}, peers {}:\n{}",
+        c.counter(0, "etcd_keys_untracked"),
+        c.rejected(0, "bad_key"),
+        c.rejected(0, "outside_network"),
+        c.counter(0, "table_peers"),
+        tail(&c)
+    );
+    let junk_lines = |c: &Cluster| c.log(0).lines().filter(|l| l.contains("junk-")).count();
+    assert!(junk_lines(&c) <= 2, "junk logged per key:\n{}", tail(&c));
+    // The outside leases are logged a few dozen a minute, not one line each.
+    let lines = c.log(0).lines().count();
+    assert!(lines < 200, "{lines} log lines:\n{}", tail(&c));
+    // Room made: the untracked keys are listed in.
+    let deleted = with_etcd(&c.hub, |e, rt| {
+        rt.block_on(async {
+            for i in 0..20 {
+                e.delete(outside_key(i), None).await?;
+            }
+            Ok::<_, etcd_client::Error>(())
+        })
+        .is_ok()
+    });
+    assert_eq!(deleted, Some(true));
+    let relisted = wait_for(Duration::from_secs(30), || {
+        expect(&c, 0, (outside - 20) as u64)
+    });
+    assert!(
+        relisted,
+        "after deletions: untracked {}, outside_network {}:\n{}",
+        c.counter(0, "etcd_keys_untracked"),
+        c.rejected(0, "outside_network"),
+        tail(&c)
+    );
+    // Listed at start: the same counts, the same single log line.
+    put_many(&c, 20, outside_key, r#"{"PublicIP":"192.0.2.77"}"#);
+    c.stop_node(0);
+    c.start_node(0, &[]);
+    let listed = wait_for(Duration::from_secs(30), || expect(&c, 10, BUDGET as u64));
+    assert!(
+        listed,
+        "listed flood: untracked {}, bad_key {}, outside_network {}, peers {}:\n{}",
+        c.counter(0, "etcd_keys_untracked"),
+        c.rejected(0, "bad_key"),
+        c.rejected(0, "outside_network"),
+        c.counter(0, "table_peers"),
+        tail(&c)
+    );
+    assert!(junk_lines(&c) <= 1, "junk logged per key:\n{}", tail(&c));
     c.stop_node(0);
 }

@@ -58,9 +58,13 @@ pub fn render(v: &Value) -> String {
     let counters = v["counters"].as_object();
     let counter = |name: &str| counters.and_then(|c| c.get(name)).and_then(Value::as_u64);
     if let Some(connected) = counter("etcd_connected") {
+        let untracked = match counter("etcd_keys_untracked") {
+            Some(n) if n > 0 => format!(", {n} keys untracked (past the node's budget)"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "etcd {}, {} reconnects, {} leases ignored",
+            "etcd {}, {} reconnects, {} leases ignored{untracked}",
             if connected == 1 {
                 "connected"
             } else {

@@ -37,8 +37,16 @@
 //!    network must have an IPv6 underlay address (`--public-ipv6`);
 //! 6. keep its own lease: deleted, it is written again; overwritten by someone else while it
 //!    is still this node's (its etcd lease alive), it is written back at once (at most once a
-//!    second). flanneld shuts down when its lease goes away; fustian keeps forwarding for its
-//!    subnet and restores the key, so other nodes go on routing to it.
+//!    second), unless the value is this node's exact twin on another etcd lease (a second
+//!    node with the same address). Deleted and created again by someone else, it is judged as
+//!    peers judge a lease: another node's lease or a reservation for another address makes
+//!    the node stop; junk is written back. flanneld shuts down when its lease goes away;
+//!    fustian keeps forwarding for its subnet and restores the key, so other nodes go on
+//!    routing to it;
+//! 7. bound what any etcd writer can put under the prefix ([`Entries`]): keys that are not in
+//!    flannel's key form are counted, not kept; the others are kept up to a budget
+//!    ([`MAX_NETWORK_KEYS`], [`MAX_OTHER_KEYS`]), the rest counted (`etcd_keys_untracked`)
+//!    and listed in once deletions make room; log lines about leases are rate limited.
 
 use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
@@ -113,10 +121,65 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     vec![0]
 }
+/// The most keys of the form this network's allocator writes ([`KeyClass::Network`]) a node
+/// tracks at once: every /24 of a /8 (65 535 subnets), far above any cluster flannel runs
+/// (Kubernetes supports 5 000 nodes). Only a dual-stack network, whose keys pair any IPv4
+/// subnet with any IPv6 one, lets a writer put more.
+pub const MAX_NETWORK_KEYS: usize = 65_536;
+/// The most other keys in flannel's key form ([`KeyClass::Other`]) a node tracks at once:
+/// the leases of a cluster that large left over from an earlier network config (which the
+/// node deletes when they carry its address) fit; a writer's flood of them does not crowd
+/// out the network's own leases, which have their own budget.
+pub const MAX_OTHER_KEYS: usize = 16_384;
+/// The shortest time between two lists of every key made to pick up keys left untracked
+/// (the budget full when they came) once deletions have made room: a list reads every key
+/// under the prefix, junk included.
+const RELIST_GAP: Duration = Duration::from_secs(10);
+/// The shortest time between two log lines about keys that are not lease keys.
+const BAD_KEY_LOG_GAP: Duration = Duration::from_secs(60);
+/// The most leases newly left out of the table (or ignored) logged one by one a minute: each
+/// lease is logged once, and a writer's flood of leases would otherwise be as many lines.
+const MAX_LEASE_LINES: usize = 32;
+/// The period [`MAX_LEASE_LINES`] counts over.
+const LEASE_LINES_PERIOD: Duration = Duration::from_secs(60);
+
+/// A budget of [`MAX_LEASE_LINES`] log lines per [`LEASE_LINES_PERIOD`] for one kind of line.
+#[derive(Debug)]
+struct LineBudget {
+    since: Instant,
+    said: usize,
+}
+
+impl LineBudget {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            said: 0,
+        }
+    }
+
+    /// Returns true when one more line about `what` may be logged; the first time it may
+    /// not in a period, says so, naming the `counter` that still counts them.
+    fn take(&mut self, what: &str, counter: &str) -> bool {
+        if self.since.elapsed() >= LEASE_LINES_PERIOD {
+            (self.since, self.said) = (Instant::now(), 0);
+        }
+        self.said += 1;
+        if self.said == MAX_LEASE_LINES + 1 {
+            tracing::warn!(
+                "more than {MAX_LEASE_LINES} {what} to log in {} s: the rest are counted in \
+                 {counter}, not logged one by one, for the rest of the period",
+                LEASE_LINES_PERIOD.as_secs()
+            );
+        }
+        self.said <= MAX_LEASE_LINES
+    }
+}
+
 /// The name and entry a key-value listed under a prefix of `under` bytes is kept as: at most
 /// [`MAX_ENTRY_KEY`] bytes of key past the prefix ([`entry_key`]) and [`MAX_LEASE_VALUE`]` + 1`
 /// of value (enough for the judge to refuse it as too long).
-fn entry(kv: &etcd_client::KeyValue, under: usize) -> (String, Entry) {
+fn entry(kv: &etcd_client::KeyValue, under: usize, class: KeyClass) -> (String, Entry) {
     let value = kv.value();
     (
         entry_key(kv.key(), under),
@@ -124,8 +187,157 @@ fn entry(kv: &etcd_client::KeyValue, under: usize) -> (String, Entry) {
             create_revision: kv.create_revision(),
             lease: kv.lease(),
             value: value[..value.len().min(MAX_LEASE_VALUE + 1)].to_vec(),
+            class,
         },
     )
+}
+
+/// Which budget a key in flannel's key form counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyClass {
+    /// A key this network's allocator could write: its IPv4 subnet allowed by the config, with
+    /// an allowed IPv6 subnet on a dual-stack network and none on an IPv4 one.
+    Network,
+    /// Any other key in flannel's form (another network's, another length, a missing or
+    /// extra IPv6 half).
+    Other,
+}
+
+impl KeyClass {
+    const fn index(self) -> usize {
+        match self {
+            Self::Network => 0,
+            Self::Other => 1,
+        }
+    }
+}
+
+/// Returns the class of the key `raw` under `prefix` on a network with `config`, `None` when
+/// it is not in flannel's key form (not UTF-8, not `<prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN]`):
+/// such a key is never a lease, and is counted, not kept.
+fn classify(prefix: &str, config: Option<&NetworkConfig>, raw: &[u8]) -> Option<KeyClass> {
+    let key = parse_subnet_key(prefix, std::str::from_utf8(raw).ok()?)?;
+    let Some(config) = config else {
+        return Some(KeyClass::Network);
+    };
+    let v6_fits = match (config.ipv6, key.ipv6) {
+        (None, None) => true,
+        (Some(c6), Some(v6)) => c6.allows(v6),
+        _ => false,
+    };
+    Some(if v6_fits && config.allows(key.ipv4) {
+        KeyClass::Network
+    } else {
+        KeyClass::Other
+    })
+}
+
+/// The keys under `<prefix>/subnets/` a node tracks, bounded whatever an etcd writer puts
+/// there: keys in flannel's key form up to a budget per [`KeyClass`] ([`MAX_NETWORK_KEYS`],
+/// [`MAX_OTHER_KEYS`]; this node's own key always), and for the rest only counts. A key put
+/// while its budget is full is left untracked and counted; once deletions make room, the
+/// agent lists again to pick such keys up ([`RELIST_GAP`]). Keys not in flannel's form are
+/// never leases: they are only counted (`bad_key`), not kept, so a flood of them costs a
+/// node a counter, not memory or a table rebuild per key.
+///
+/// The counts stay exact without keeping the names: a put that created its key (etcd's
+/// `version` 1) adds one, a delete (only ever of a key that exists) takes one away, and a put
+/// of an untracked key that finds room moves it from untracked to tracked.
+#[derive(Debug, Clone)]
+struct Entries {
+    map: BTreeMap<String, Entry>,
+    /// Keys tracked, per [`KeyClass::index`].
+    tracked: [usize; 2],
+    /// Keys in flannel's form in etcd but not tracked (their budget was full), per class.
+    untracked: [u64; 2],
+    /// The budget of each class.
+    limits: [usize; 2],
+    /// Keys under the prefix that are not in flannel's key form.
+    bad_keys: u64,
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Self::with_limits([MAX_NETWORK_KEYS, MAX_OTHER_KEYS])
+    }
+}
+
+impl std::ops::Deref for Entries {
+    type Target = BTreeMap<String, Entry>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Entries {
+    fn with_limits(limits: [usize; 2]) -> Self {
+        Self {
+            map: BTreeMap::new(),
+            tracked: [0; 2],
+            untracked: [0; 2],
+            limits,
+            bad_keys: 0,
+        }
+    }
+
+    /// Applies a put of `key` (`created`: the put created it, or it is listed anew), kept
+    /// even over its budget when `keep` (this node's key). Returns true when the tracked
+    /// entries changed.
+    fn put(&mut self, key: String, entry: Entry, created: bool, keep: bool) -> bool {
+        if let Some(old) = self.map.get_mut(&key) {
+            let changed = *old != entry;
+            *old = entry;
+            return changed;
+        }
+        let c = entry.class.index();
+        if keep || self.tracked[c] < self.limits[c] {
+            if !created {
+                // Not new to etcd, not tracked: it was an untracked key.
+                self.untracked[c] = self.untracked[c].saturating_sub(1);
+            }
+            self.tracked[c] += 1;
+            self.map.insert(key, entry);
+            true
+        } else {
+            if created {
+                self.untracked[c] += 1;
+            }
+            false
+        }
+    }
+
+    /// Applies the deletion of `key` of class `class` from etcd. Returns true when the
+    /// tracked entries changed.
+    fn delete(&mut self, key: &str, class: KeyClass) -> bool {
+        if self.forget(key) {
+            return true;
+        }
+        let c = class.index();
+        self.untracked[c] = self.untracked[c].saturating_sub(1);
+        false
+    }
+
+    /// Stops tracking `key` (this node deleted it itself). Returns true when it was tracked.
+    fn forget(&mut self, key: &str) -> bool {
+        match self.map.remove(key) {
+            Some(e) => {
+                self.tracked[e.class.index()] -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Returns the keys in flannel's form in etcd that are not tracked.
+    fn untracked(&self) -> u64 {
+        self.untracked.iter().sum()
+    }
+
+    /// Returns true when some class has untracked keys and room for them.
+    fn room_for_untracked(&self) -> bool {
+        (0..2).any(|c| self.untracked[c] > 0 && self.tracked[c] < self.limits[c])
+    }
 }
 
 /// Reads every key under `prefix` at one revision and hands each to `each`; returns that
@@ -201,12 +413,41 @@ pub enum EtcdError {
          --public-ipv6 (or FLANNELD_PUBLIC_IPV6)"
     )]
     NeedsIpv6(Ipv6Net),
-    /// This node's subnet was leased to another node while this one could not renew it.
+    /// This node's subnet was leased to another node after this node's etcd lease expired
+    /// (etcd out of reach past the TTL, or the node paused).
     #[error(
-        "this node's subnet {0} was leased to another node while this one was away; restart \
-         the node to acquire another subnet"
+        "this node's subnet {0} was leased to another node after this node's etcd lease \
+         expired; restart the node to acquire another subnet"
     )]
     SubnetTaken(Ipv4Net),
+    /// This node's key was deleted and created again by another node, on that node's etcd
+    /// lease, with a lease value its peers take.
+    #[error(
+        "this node's subnet {subnet} was leased to another node (PublicIP {public_ip}, etcd \
+         lease {lease:x}): its key was deleted and created again by that node; restart the \
+         node to acquire another subnet"
+    )]
+    SubnetLeasedAgain {
+        /// This node's subnet.
+        subnet: Ipv4Net,
+        /// The other node's address.
+        public_ip: Ipv4Addr,
+        /// The other node's etcd lease.
+        lease: i64,
+    },
+    /// This node's key was deleted and created again without an etcd lease, with a lease
+    /// value of another address: a flannel reservation of the subnet for that address.
+    #[error(
+        "this node's subnet {subnet} is reserved for {public_ip}: its key was deleted and \
+         created again without an etcd lease, which flannel takes as a reservation; restart \
+         the node to acquire another subnet"
+    )]
+    SubnetReserved {
+        /// This node's subnet.
+        subnet: Ipv4Net,
+        /// The address it is reserved for.
+        public_ip: Ipv4Addr,
+    },
     /// etcd cancelled the watch for another reason than a compaction (the member lost its
     /// leader): the next endpoint is tried.
     #[error("etcd cancelled the watch ({0}); trying the next endpoint")]
@@ -477,6 +718,9 @@ pub struct EtcdState {
     /// When this node's etcd lease expires unless renewed, in milliseconds of
     /// [`crate::sys::monotonic_ms`] (0: no lease yet).
     pub lease_expires_ms: AtomicU64,
+    /// Keys in flannel's key form under `<prefix>/subnets/` left untracked because the
+    /// node's budget for them ([`MAX_NETWORK_KEYS`], [`MAX_OTHER_KEYS`]) was full.
+    pub keys_untracked: AtomicU64,
     /// Watch events applied.
     pub events: AtomicU64,
     /// Times the network config was changed or deleted while the node ran (it keeps the one
@@ -505,6 +749,7 @@ impl EtcdState {
              # TYPE fustian_etcd_lease_regrants counter\nfustian_etcd_lease_regrants {}\n\
              # TYPE fustian_etcd_own_lease_restored counter\nfustian_etcd_own_lease_restored {}\n\
              # TYPE fustian_etcd_own_lease_shared counter\nfustian_etcd_own_lease_shared {}\n\
+             # TYPE fustian_etcd_keys_untracked gauge\nfustian_etcd_keys_untracked {}\n\
              # TYPE fustian_etcd_events counter\nfustian_etcd_events {}\n\
              # TYPE fustian_etcd_config_changes counter\nfustian_etcd_config_changes {}\n\
              # TYPE fustian_etcd_leases_rejected gauge\n",
@@ -514,6 +759,7 @@ impl EtcdState {
             g(&self.lease_regrants),
             g(&self.own_lease_restored),
             g(&self.own_lease_shared),
+            g(&self.keys_untracked),
             g(&self.events),
             g(&self.config_changes),
         );
@@ -538,6 +784,7 @@ impl crate::control::SourceMetrics for EtcdState {
             ("etcd_lease_regrants", &self.lease_regrants),
             ("etcd_own_lease_restored", &self.own_lease_restored),
             ("etcd_own_lease_shared", &self.own_lease_shared),
+            ("etcd_keys_untracked", &self.keys_untracked),
             ("etcd_events", &self.events),
             ("etcd_config_changes", &self.config_changes),
         ]
@@ -592,6 +839,34 @@ struct Entry {
     create_revision: i64,
     lease: i64,
     value: Vec<u8>,
+    class: KeyClass,
+}
+
+/// Who holds this node's key, as [`Agent::holder`] judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holder {
+    /// Nobody: the value is no lease a node of this network holds (why).
+    Nobody(String),
+    /// Another node, on its etcd lease (its `PublicIP`).
+    Node(Ipv4Addr),
+    /// A flannel reservation (no etcd lease) for another address.
+    Reserved(Ipv4Addr),
+    /// This node (its `PublicIP`).
+    ThisNode,
+}
+
+/// Returns true when peers route to a node with lease value `a` exactly as to one with `b`:
+/// every field a lease value has the same, the backend type as peers read it (absent is
+/// `udp`) and the VNIs on the 16 bits a lease carries ([`lease_vni`]).
+fn twins(a: &LeaseValue, b: &LeaseValue) -> bool {
+    let vni = |v: Option<u32>| v.map(lease_vni);
+    a.public_ip == b.public_ip
+        && a.public_ipv6 == b.public_ipv6
+        && a.backend() == b.backend()
+        && vni(a.vni) == vni(b.vni)
+        && a.vtep_mac == b.vtep_mac
+        && vni(a.vni6) == vni(b.vni6)
+        && a.vtep_mac6 == b.vtep_mac6
 }
 
 /// Where a start-up attempt got to.
@@ -625,13 +900,25 @@ pub struct Agent {
     subnet: Option<Ipv4Net>,
     subnet6: Option<Ipv6Net>,
     lease_id: i64,
-    /// Every key under `<prefix>/subnets/`, one entry per key.
-    entries: BTreeMap<String, Entry>,
+    /// The keys under `<prefix>/subnets/` in flannel's key form, bounded ([`Entries`]).
+    entries: Entries,
     revision: i64,
+    /// The revision of the last list: watch events at or before it are in the list already.
+    listed_revision: i64,
+    /// When the keys were last listed.
+    listed_at: Instant,
+    /// When a key that is not a lease key was last logged, and how many came since.
+    bad_key_logged: Option<Instant>,
+    bad_keys_quiet: u64,
+    /// True while the log says keys are left untracked (said once per change).
+    untracked_said: bool,
     /// The rejections already logged, so each is logged once, not at every list.
     logged: HashMap<String, Rejection>,
     /// The leases ignored (a backend this node cannot speak), logged once each likewise.
     logged_ignored: HashSet<String>,
+    /// The budgets of log lines about leases left out of the table, and ignored.
+    rejection_lines: LineBudget,
+    ignored_lines: LineBudget,
     /// The create revision of this node's key as this node last saw it holding its own value
     /// on its own etcd lease: a key at that name with another create revision was deleted and
     /// created again by someone else, and is not this node's to write back.
@@ -896,10 +1183,17 @@ impl Agent {
             subnet: None,
             subnet6: None,
             lease_id: 0,
-            entries: BTreeMap::new(),
+            entries: Entries::default(),
             revision: 0,
+            listed_revision: 0,
+            listed_at: Instant::now(),
+            bad_key_logged: None,
+            bad_keys_quiet: 0,
+            untracked_said: false,
             logged: HashMap::new(),
             logged_ignored: HashSet::new(),
+            rejection_lines: LineBudget::new(),
+            ignored_lines: LineBudget::new(),
             own_created: None,
             created_here: false,
             restore_at: None,
@@ -1209,7 +1503,7 @@ impl Agent {
             self.rt.block_on(client.txn(
                 unchanged_since(&key, created).and_then(vec![TxnOp::delete(key.as_str(), None)]),
             ))?;
-            self.entries.remove(&key);
+            self.entries.forget(&key);
         }
         Ok(())
     }
@@ -1344,7 +1638,7 @@ impl Agent {
                         .and_then(vec![TxnOp::delete(key.as_str(), None)]);
                     self.rt.block_on(client.txn(undo))?;
                     let _ = self.rt.block_on(client.lease_revoke(grant.id()));
-                    self.entries.remove(&key);
+                    self.entries.forget(&key);
                     tracing::info!(%subnet, %key, "another node took half of this subnet pair first; trying another");
                     continue;
                 }
@@ -1397,28 +1691,88 @@ impl Agent {
             .max(5)
     }
 
-    /// Records one key-value (a listed one or a watch event's). Whatever sits under the
-    /// prefix, an entry holds at most [`MAX_ENTRY_KEY`] bytes of key and
-    /// [`MAX_LEASE_VALUE`]` + 1` of value (enough for the judge to refuse it as too long).
-    fn store(&mut self, kv: &etcd_client::KeyValue) {
-        let (key, value) = entry(kv, self.subnets_prefix().len());
-        self.entries.insert(key, value);
-    }
-
-    /// Lists every lease under the prefix and remembers the revision ([`list_pages`]).
+    /// Lists every key under the prefix into the entries ([`Entries`]: bounded, keys that
+    /// are not lease keys counted only) and remembers the revision ([`list_pages`]).
     fn list(&mut self) -> Result<(), EtcdError> {
         let prefix = self.subnets_prefix();
         let mut client = self.client()?;
-        // Each entry bounded as it arrives (see `entry`), never the whole value held.
+        // Each entry bounded as it arrives (see `entry`), never the whole value held, and
+        // only as many as the budgets take.
         let under = prefix.len();
-        let mut got = Vec::new();
+        let own_key = self.own_key();
+        let mut got = Entries::with_limits(self.entries.limits);
+        let mut bad = None;
+        let (net_prefix, config) = (&self.opts.prefix, self.config.as_ref());
         let revision = self.rt.block_on(list_pages(&mut client, &prefix, |kv| {
-            got.push(entry(kv, under));
+            match classify(net_prefix, config, kv.key()) {
+                Some(class) => {
+                    let (key, e) = entry(kv, under, class);
+                    let own = own_key.as_ref() == Some(&key);
+                    got.put(key, e, true, own);
+                }
+                None => {
+                    got.bad_keys += 1;
+                    bad.get_or_insert_with(|| entry_key(kv.key(), under));
+                }
+            }
         }))?;
-        self.entries.clear();
-        self.entries.extend(got);
+        self.entries = got;
         self.revision = revision;
+        self.listed_revision = revision;
+        self.listed_at = Instant::now();
+        if let Some(key) = bad {
+            self.note_bad_key(&key, self.entries.bad_keys);
+        }
+        self.note_untracked(None);
         Ok(())
+    }
+
+    /// Logs keys that are not lease keys, at most once per [`BAD_KEY_LOG_GAP`]: `key` is one
+    /// of them, `seen` how many came with it.
+    fn note_bad_key(&mut self, key: &str, seen: u64) {
+        self.bad_keys_quiet += seen;
+        if self
+            .bad_key_logged
+            .is_some_and(|at| at.elapsed() < BAD_KEY_LOG_GAP)
+        {
+            return;
+        }
+        tracing::warn!(
+            key = ?for_log(key),
+            count = self.bad_keys_quiet,
+            under = %self.subnets_prefix(),
+            "key not in flannel's A.B.C.D-LEN form: not a lease, not tracked, counted in \
+             leases_rejected{{reason=\"bad_key\"}} ({} now under the prefix; `count` of them \
+             since the last such line)",
+            self.entries.bad_keys
+        );
+        self.bad_key_logged = Some(Instant::now());
+        self.bad_keys_quiet = 0;
+    }
+
+    /// Updates `etcd_keys_untracked` and says once when keys start being left untracked (with
+    /// `key`, one of them, when a watch event brought it) and once when none is any more.
+    fn note_untracked(&mut self, key: Option<&str>) {
+        let untracked = self.entries.untracked();
+        self.state
+            .keys_untracked
+            .store(untracked, Ordering::Relaxed);
+        if untracked > 0 && !self.untracked_said {
+            tracing::warn!(
+                key = ?key.map(for_log),
+                untracked,
+                "more keys in flannel's key form under {} than a node tracks ({} of this \
+                 network's, {} others): the rest are left out of the table and counted in \
+                 etcd_keys_untracked until deletions make room",
+                self.subnets_prefix(),
+                self.entries.limits[KeyClass::Network.index()],
+                self.entries.limits[KeyClass::Other.index()],
+            );
+            self.untracked_said = true;
+        } else if untracked == 0 && self.untracked_said {
+            tracing::info!("every key in flannel's key form is tracked again");
+            self.untracked_said = false;
+        }
     }
 
     /// Judges every stored lease but this node's own.
@@ -1451,10 +1805,16 @@ impl Agent {
     fn peers(&mut self) -> Vec<Peer> {
         let (accepted, rejected) = self.judge();
         let mut counts = [0u64; Rejection::ALL.len()];
+        // Keys not in flannel's form are counted, not kept (see `Entries`).
+        counts[Rejection::BadKey.index()] = self.entries.bad_keys;
         let mut logged = HashMap::with_capacity(rejected.len());
         for r in rejected {
             counts[r.reason.index()] += 1;
-            if self.logged.get(&r.key) != Some(&r.reason) {
+            if self.logged.get(&r.key) != Some(&r.reason)
+                && self
+                    .rejection_lines
+                    .take("leases left out of the table", "leases_rejected")
+            {
                 tracing::warn!(
                     key = ?for_log(&r.key),
                     reason = r.reason.reason(),
@@ -1474,7 +1834,9 @@ impl Agent {
         let (peers, ignored) = lease_peers(&config.backend, self.public_ipv6, accepted);
         let mut logged = HashSet::new();
         for (key, why) in ignored {
-            if !self.logged_ignored.contains(&key) {
+            if !self.logged_ignored.contains(&key)
+                && self.ignored_lines.take("leases ignored", "leases_ignored")
+            {
                 tracing::info!(key = ?for_log(&key), "lease ignored: {why}");
             }
             logged.insert(key);
@@ -1509,7 +1871,11 @@ impl Agent {
                 // Not a lost connection: going on would route a subnet another node holds.
                 // flanneld exits when its lease is lost; so does this node, and a restart
                 // acquires another subnet.
-                Err(e @ EtcdError::SubnetTaken(_)) => {
+                Err(
+                    e @ (EtcdError::SubnetTaken(_)
+                    | EtcdError::SubnetLeasedAgain { .. }
+                    | EtcdError::SubnetReserved { .. }),
+                ) => {
                     tracing::error!("etcd: {e}; stopping the node");
                     super::stop_node(e.to_string(), stop);
                     break;
@@ -1598,6 +1964,15 @@ impl Agent {
                 self.restore_at = None;
                 self.restore_own_lease()?;
             }
+            // Keys left untracked while their budget was full, and room for them now: a new
+            // list picks them up (the watch goes on; the events the list already holds are
+            // skipped by their revision).
+            if self.entries.room_for_untracked() && self.listed_at.elapsed() >= RELIST_GAP {
+                tracing::info!("room for keys left untracked: listing again");
+                self.list()?;
+                self.check_own_entry()?;
+                dirty = true;
+            }
             // With changes to publish, only what is ready now is taken (the timeout polls once).
             let wait = if dirty {
                 Duration::ZERO
@@ -1640,19 +2015,42 @@ impl Agent {
                     continue;
                 }
                 self.state.events.fetch_add(1, Ordering::Relaxed);
-                let key = entry_key(kv.key(), subnets.len());
+                // Already in a list made after the watch started (see `relist` below).
+                if kv.mod_revision() <= self.listed_revision {
+                    continue;
+                }
+                let Some(class) = classify(&self.opts.prefix, self.config.as_ref(), kv.key())
+                else {
+                    // Not a lease key: counted, never kept or judged.
+                    match ev.event_type() {
+                        EventType::Put if kv.version() == 1 => {
+                            self.entries.bad_keys += 1;
+                            let key = entry_key(kv.key(), subnets.len());
+                            self.note_bad_key(&key, 1);
+                        }
+                        EventType::Put => {}
+                        EventType::Delete => {
+                            self.entries.bad_keys = self.entries.bad_keys.saturating_sub(1);
+                        }
+                    }
+                    self.state.leases_rejected[Rejection::BadKey.index()]
+                        .store(self.entries.bad_keys, Ordering::Relaxed);
+                    continue;
+                };
+                let (key, entry) = entry(kv, subnets.len(), class);
+                let own = Some(&key) == own_key.as_ref();
                 match ev.event_type() {
                     EventType::Put => {
-                        let before = self.entries.get(&key).cloned();
-                        self.store(kv);
-                        changed |= before.as_ref() != self.entries.get(&key);
-                        if Some(&key) == own_key.as_ref() {
+                        changed |= self.entries.put(key.clone(), entry, kv.version() == 1, own);
+                        self.note_untracked(Some(&key));
+                        if own {
                             self.check_own_entry()?;
                         }
                     }
                     EventType::Delete => {
-                        changed |= self.entries.remove(&key).is_some();
-                        if Some(&key) == own_key.as_ref() {
+                        changed |= self.entries.delete(&key, class);
+                        self.note_untracked(None);
+                        if own {
                             tracing::warn!(%key, "own lease deleted or expired; writing it again");
                             self.ensure_lease()?;
                         }
@@ -1753,17 +2151,65 @@ impl Agent {
         }
     }
 
+    /// Returns who holds this node's key as found (created at `create_revision`, on etcd
+    /// lease `lease`, holding `value`), judged as the node's peers judge a lease: a value
+    /// with this node's `PublicIP` is this node's; one of another address that the judge
+    /// takes ([`judge_leases_dual`]: a lease value, its `PublicIP` and `PublicIPv6` ones a
+    /// peer can have) is a flannel reservation for that address when it has no etcd lease
+    /// (flannel's leases without expiry), and another node's when it has one and the
+    /// node's peers speak its backend ([`lease_peers`]); anything else (junk, an address no
+    /// node can have, another backend) is nobody's: no node's traffic goes there.
+    fn holder(&self, key: &str, create_revision: i64, lease: i64, value: &[u8]) -> Holder {
+        if LeaseValue::parse(value).is_ok_and(|v| v.public_ip == self.public_ip) {
+            return Holder::ThisNode;
+        }
+        let Some(config) = &self.config else {
+            return Holder::Nobody("no network config".into());
+        };
+        let own = OwnNode {
+            ip: Some(self.public_ip),
+            ipv6: self.public_ipv6,
+            ..OwnNode::default()
+        };
+        let stored = StoredLease {
+            key,
+            create_revision,
+            value,
+        };
+        let (mut accepted, rejected) = judge_leases_dual(config, &own, &self.opts.prefix, [stored]);
+        if let Some(r) = rejected.into_iter().next() {
+            return Holder::Nobody(format!("{}: {}", r.reason.reason(), r.detail));
+        }
+        let Some(found) = accepted.pop() else {
+            return Holder::Nobody("not judged".into());
+        };
+        let public_ip = found.value.public_ip;
+        if lease == 0 {
+            return Holder::Reserved(public_ip);
+        }
+        let (_, ignored) = lease_peers(&config.backend, self.public_ipv6, vec![found]);
+        match ignored.into_iter().next() {
+            Some((_, why)) => Holder::Nobody(why),
+            None => Holder::Node(public_ip),
+        }
+    }
+
     /// Judges the key at this node's name as found (created at `create_revision`, on etcd
     /// lease `lease`, holding `value`) when it is not the key this node created: deleted and
-    /// created again. Created again with this node's `PublicIP` (an operator's `etcdctl put`,
-    /// etcd restored from a snapshot), it is this node's still: its create revision is taken
-    /// as this node's and it is written back. With another's, another writer holds it (a node
-    /// that found the name free while this one was cut off), and writing it back would take a
-    /// subnet another node now holds.
+    /// created again. By [`Self::holder`]:
+    ///
+    /// - this node's (an operator's `etcdctl put` with its address, etcd restored from a
+    ///   snapshot): its create revision is taken as this node's and it is written back;
+    /// - a reservation for another address, or another node's lease: the subnet is theirs,
+    ///   and writing it back would take it from them;
+    /// - nobody's (junk, a value no peer routes to): no other node holds the subnet, and this
+    ///   node's etcd lease was not found gone (that is [`Self::ensure_lease`]'s case), so the
+    ///   subnet is still this node's: the create revision is taken as this node's, so the
+    ///   write-back (which holds only while the key keeps it) goes ahead.
     ///
     /// # Errors
     ///
-    /// [`EtcdError::SubnetTaken`] in the second case.
+    /// [`EtcdError::SubnetReserved`] and [`EtcdError::SubnetLeasedAgain`] in the second case.
     fn judge_recreated(
         &mut self,
         key: &str,
@@ -1777,33 +2223,50 @@ impl Agent {
         let Some(subnet) = self.subnet.filter(|_| recreated) else {
             return Ok(());
         };
-        match LeaseValue::parse(value) {
-            Ok(v) if v.public_ip == self.public_ip => {
+        match self.holder(key, create_revision, lease, value) {
+            Holder::ThisNode => {
                 tracing::warn!(%key, "own lease created again with this node's address; taking it as this node's");
                 self.own_created = Some(create_revision);
                 Ok(())
             }
-            found => {
-                let who = found.map_or_else(
-                    |e| format!("an invalid value ({e})"),
-                    |v| format!("PublicIP {}", v.public_ip),
-                );
-                tracing::error!(%key, "own lease deleted and created again by another writer ({who})");
-                Err(EtcdError::SubnetTaken(subnet))
+            Holder::Reserved(public_ip) => {
+                tracing::error!(%key, "own lease deleted and created again by another writer without an etcd lease: a reservation for {public_ip}");
+                Err(EtcdError::SubnetReserved { subnet, public_ip })
+            }
+            Holder::Node(public_ip) => {
+                tracing::error!(%key, etcd_lease = format!("{lease:x}"), "own lease deleted and created again by another writer: another node's lease (PublicIP {public_ip})");
+                Err(EtcdError::SubnetLeasedAgain {
+                    subnet,
+                    public_ip,
+                    lease,
+                })
+            }
+            Holder::Nobody(why) => {
+                tracing::warn!(%key, etcd_lease = format!("{lease:x}"), "own lease deleted and created again by another writer with a value no node of this network holds ({why}); taking it as this node's to write back");
+                self.own_created = Some(create_revision);
+                Ok(())
             }
         }
     }
 
-    /// Returns true when this node's key, overwritten in place, holds a value with this node's
-    /// `PublicIP` on another live etcd lease: another node with the same address that took the
-    /// key as its own when it started (a node reuses the lease that names its address, as
-    /// flanneld does). Writing it back would make the two nodes rewrite the key in turn for as
-    /// long as both run; flanneld takes such a put as its lease's new expiry, and so does this
+    /// Returns true when this node's key, overwritten in place, holds this node's twin on
+    /// another live etcd lease: another node with the same address that took the key as its
+    /// own when it started (a node reuses the lease that names its address, as flanneld
+    /// does). Writing it back would make the two nodes rewrite the key in turn for as long
+    /// as both run; flanneld takes such a put as its lease's new expiry, and so does this
     /// node: it leaves the key to the other writer and writes it back only once deleted (the
-    /// other's etcd lease expired). A value put without an etcd lease (an operator's `etcdctl
-    /// put`) is still written back.
+    /// other's etcd lease expired).
+    ///
+    /// A twin is a value the peers route exactly as this node's own ([`twins`]): the same
+    /// `PublicIP`, backend type, VNI, VTEP MAC and IPv6 fields. Peers read nothing else from
+    /// a lease value, so they take it (into the table, with the backend they speak) exactly
+    /// when they take this node's. Any other value on another etcd lease, however much of
+    /// it is this node's (its `PublicIP` beside another backend, VNI or MAC, say), would make
+    /// the peers send this node's traffic where it does not arrive, and is written back as
+    /// an ordinary overwrite; so is a value put without an etcd lease (an operator's
+    /// `etcdctl put`).
     fn shared_address(&self, lease: i64, value: Option<&LeaseValue>) -> bool {
-        lease != 0 && lease != self.lease_id && value.is_some_and(|v| v.public_ip == self.public_ip)
+        lease != 0 && lease != self.lease_id && value.is_some_and(|v| twins(v, &self.own_value()))
     }
 
     /// Schedules writing this node's lease back when its key holds anything but what this
@@ -1812,9 +2275,10 @@ impl Agent {
     ///
     /// # Errors
     ///
-    /// [`EtcdError::SubnetTaken`] when the key was deleted and created again by another
-    /// writer: the subnet is another node's now, and this node stops, as flanneld does when
-    /// its lease is lost, rather than fight over the key.
+    /// [`EtcdError::SubnetLeasedAgain`] or [`EtcdError::SubnetReserved`] when the key was
+    /// deleted and created again as another node's lease or a reservation for another address
+    /// ([`Self::judge_recreated`]): the subnet is theirs now, and this node stops, as flanneld
+    /// does when its lease is lost, rather than fight over the key.
     fn check_own_entry(&mut self) -> Result<(), EtcdError> {
         let Some(key) = self.own_key() else {
             return Ok(());
@@ -1833,9 +2297,9 @@ impl Agent {
             tracing::warn!(
                 %key,
                 etcd_lease = format!("{lease:x}"),
-                "own lease put on another etcd lease with this node's PublicIP {} (a second \
-                 node with this address?); left to it, as flanneld does: written back only if it \
-                 is deleted",
+                "own lease put on another etcd lease with this node's value (PublicIP {}: a \
+                 second node with this address?); left to it, as flanneld does: written back \
+                 only if it is deleted",
                 self.public_ip
             );
             self.state.own_lease_shared.fetch_add(1, Ordering::Relaxed);
@@ -1860,7 +2324,8 @@ impl Agent {
     ///
     /// # Errors
     ///
-    /// [`EtcdError::SubnetTaken`] when the key was created again by another writer; an etcd
+    /// [`EtcdError::SubnetLeasedAgain`] or [`EtcdError::SubnetReserved`] when the key was
+    /// created again by another writer for another node ([`Self::judge_recreated`]); an etcd
     /// error otherwise. A key deleted meanwhile is left to the deletion's watch event.
     fn restore_own_lease(&mut self) -> Result<(), EtcdError> {
         let Some(key) = self.own_key() else {
@@ -1871,6 +2336,11 @@ impl Agent {
         let Some(kv) = current.kvs().first() else {
             return Ok(());
         };
+        if kv.value() == self.own_value().to_json().as_bytes() && kv.lease() == self.lease_id {
+            // Written back already (an event older than the write-back brought this here).
+            self.own_created = Some(kv.create_revision());
+            return Ok(());
+        }
         self.judge_recreated(&key, kv.create_revision(), kv.lease(), kv.value())?;
         if self.shared_address(kv.lease(), LeaseValue::parse(kv.value()).ok().as_ref()) {
             // Another node with this node's address holds it (see `check_own_entry`).
@@ -1933,9 +2403,10 @@ impl Agent {
         };
         let current = self.rt.block_on(client.get(key.as_str(), None))?;
         let kv = current.kvs().first();
-        let present = kv.is_some_and(|kv| {
-            LeaseValue::parse(kv.value()).is_ok_and(|v| v.public_ip == self.public_ip)
-        });
+        let holder = kv.map(|kv| self.holder(&key, kv.create_revision(), kv.lease(), kv.value()));
+        // This node's value, or one no node of this network holds (junk): no other node has
+        // the subnet, and the key is rewritten.
+        let present = matches!(holder, Some(Holder::ThisNode | Holder::Nobody(_)));
         if alive && let Some(kv) = kv {
             let intact =
                 kv.value() == self.own_value().to_json().as_bytes() && kv.lease() == self.lease_id;
@@ -2006,7 +2477,12 @@ impl Agent {
             // A fresh grant holds nothing: give it back rather than leave one orphaned etcd
             // lease per attempt. The old lease expired and another node has the subnet.
             let _ = self.rt.block_on(client.lease_revoke(lease_id));
-            Err(EtcdError::SubnetTaken(subnet))
+            match holder {
+                Some(Holder::Reserved(public_ip)) => {
+                    Err(EtcdError::SubnetReserved { subnet, public_ip })
+                }
+                _ => Err(EtcdError::SubnetTaken(subnet)),
+            }
         }
     }
 
@@ -2401,13 +2877,19 @@ mod tests {
         a.subnet = Some("10.244.1.0/24".parse().expect("literal"));
         a.subnet6 = Some("fd00:10:244:1::/64".parse().expect("literal"));
         for (i, (key, value)) in leases.iter().enumerate() {
-            a.entries.insert(
-                format!("/coreos.com/network/subnets/{key}"),
+            let key = format!("/coreos.com/network/subnets/{key}");
+            let class =
+                classify(&a.opts.prefix, a.config.as_ref(), key.as_bytes()).expect("a lease key");
+            a.entries.put(
+                key,
                 Entry {
                     create_revision: i64::try_from(i).expect("small") + 2,
                     lease: 0,
                     value: value.as_bytes().to_vec(),
+                    class,
                 },
+                true,
+                false,
             );
         }
         a
@@ -2554,6 +3036,201 @@ mod tests {
         assert!(prev("10.244.9.0/24", None).is_none());
         assert!(prev("10.244.9.0/24", Some("fd00:10:244:2::/64")).is_none());
         assert!(prev("10.244.2.0/24", Some("fd00:10:244:9::/64")).is_none());
+    }
+
+    /// Only a twin of this node's value (everything peers route by equal) on another live
+    /// etcd lease is left to its writer; any other value with this node's address is an
+    /// overwrite, written back.
+    #[test]
+    fn only_a_twin_on_another_etcd_lease_is_left_to_it() {
+        let mut a = dual_agent(Some("2001:db8::1"), &[]);
+        a.lease_id = 7;
+        let own = a.own_value();
+        assert!(a.shared_address(9, Some(&own)));
+        // On this node's own etcd lease, or on none: an overwrite.
+        assert!(!a.shared_address(7, Some(&own)));
+        assert!(!a.shared_address(0, Some(&own)));
+        assert!(!a.shared_address(9, None));
+        // The VNI is compared on the 16 bits a lease carries: 65537 is written as 1.
+        let mut wide = own.clone();
+        wide.vni = Some(65_537);
+        assert!(a.shared_address(9, Some(&wide)));
+        const OTHER_MAC: Option<MacAddress> = Some(MacAddress([0x0e, 0, 0, 0, 0, 0x99]));
+        type Change = fn(&mut LeaseValue);
+        let variants: [(&str, Change); 8] = [
+            ("backend udp", |v| v.backend_type = None),
+            ("backend host-gw", |v| {
+                v.backend_type = Some("host-gw".into());
+            }),
+            ("VNI", |v| v.vni = Some(2)),
+            ("VtepMAC", |v| v.vtep_mac = OTHER_MAC),
+            ("PublicIPv6", |v| {
+                v.public_ipv6 = Some("2001:db8::9".parse().expect("literal"));
+            }),
+            ("no PublicIPv6", |v| v.public_ipv6 = None),
+            ("IPv6 VNI", |v| v.vni6 = Some(2)),
+            ("IPv6 VtepMAC", |v| v.vtep_mac6 = OTHER_MAC),
+        ];
+        for (what, change) in variants {
+            let mut v = own.clone();
+            change(&mut v);
+            assert!(!a.shared_address(9, Some(&v)), "{what}");
+            // Read back from its JSON, as the watch brings it.
+            let parsed = LeaseValue::parse(v.to_json().as_bytes()).expect("a lease");
+            assert!(!a.shared_address(9, Some(&parsed)), "{what} parsed");
+        }
+        let parsed = LeaseValue::parse(own.to_json().as_bytes()).expect("a lease");
+        assert!(a.shared_address(9, Some(&parsed)));
+    }
+
+    /// A key at this node's name deleted and created again is given up only to another node
+    /// (a lease its peers take, on an etcd lease) or to a reservation (a valid value of
+    /// another address without an etcd lease); junk, or a value no peer routes to, is written
+    /// back with its new create revision taken as this node's.
+    #[test]
+    fn a_key_created_again_is_given_up_only_to_another_node_or_a_reservation() {
+        let mut a = dual_agent(Some("2001:db8::1"), &[]);
+        a.lease_id = 7;
+        let key = a.own_key().expect("a key");
+        let udp = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2"}"#;
+        let loopback = DUAL.replace("192.0.2.2", "127.0.0.1");
+        let own_ip = DUAL.replace("192.0.2.2", "192.0.2.1");
+        let cases: [(&str, &[u8], i64); 7] = [
+            ("junk", b"junk", 0),
+            ("junk on an etcd lease", b"junk", 9),
+            (
+                "an address no node has, without an etcd lease",
+                loopback.as_bytes(),
+                0,
+            ),
+            (
+                "an address no node has, on an etcd lease",
+                loopback.as_bytes(),
+                9,
+            ),
+            (
+                "a backend the peers do not speak, on an etcd lease",
+                udp.as_bytes(),
+                9,
+            ),
+            ("this node's address", own_ip.as_bytes(), 0),
+            ("this node's address on an etcd lease", own_ip.as_bytes(), 9),
+        ];
+        for (what, value, lease) in cases {
+            a.own_created = Some(2);
+            assert!(
+                a.judge_recreated(&key, 3, lease, value).is_ok(),
+                "{what}: given up"
+            );
+            assert_eq!(
+                a.own_created,
+                Some(3),
+                "{what}: the new create revision is taken"
+            );
+        }
+        a.own_created = Some(2);
+        let e = a
+            .judge_recreated(&key, 3, 0, DUAL.as_bytes())
+            .expect_err("a reservation");
+        assert!(
+            matches!(e, EtcdError::SubnetReserved { public_ip, .. } if public_ip == Ipv4Addr::new(192, 0, 2, 2)),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("reserved for 192.0.2.2"), "{e}");
+        assert_eq!(a.own_created, Some(2));
+        // A reservation need not speak the backend: the node with that address rewrites it.
+        let e = a
+            .judge_recreated(&key, 3, 0, udp.as_bytes())
+            .expect_err("a reservation");
+        assert!(matches!(e, EtcdError::SubnetReserved { .. }), "{e:?}");
+        let e = a
+            .judge_recreated(&key, 3, 9, DUAL.as_bytes())
+            .expect_err("another node");
+        assert!(
+            matches!(e, EtcdError::SubnetLeasedAgain { lease: 9, .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("was leased to another node (PublicIP 192.0.2.2, etcd lease 9)"),
+            "{e}"
+        );
+        // The key this node created, or one on its own etcd lease: nothing to judge.
+        assert!(a.judge_recreated(&key, 2, 9, DUAL.as_bytes()).is_ok());
+        assert!(a.judge_recreated(&key, 3, 7, DUAL.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn only_keys_in_flannel_s_form_are_classed_and_kept() {
+        let a = dual_agent(Some("2001:db8::1"), &[]);
+        let class = |key: &[u8]| {
+            let mut raw = b"/coreos.com/network/subnets/".to_vec();
+            raw.extend_from_slice(key);
+            classify(&a.opts.prefix, a.config.as_ref(), &raw)
+        };
+        assert_eq!(
+            class(b"10.244.2.0-24&fd00:10:244:2::-64"),
+            Some(KeyClass::Network)
+        );
+        for other in [
+            "10.244.2.0-24",
+            "10.245.2.0-24&fd00:10:244:2::-64",
+            "10.244.2.0-25&fd00:10:244:2::-64",
+            "10.244.2.0-24&fd00:10:245:2::-64",
+        ] {
+            assert_eq!(class(other.as_bytes()), Some(KeyClass::Other), "{other}");
+        }
+        for bad in [
+            &b"junk-1"[..],
+            b"10.244.2.0-24&anything",
+            b"10.244.2.1-24",
+            b"10.244.2.0-24\xff",
+            b"",
+        ] {
+            assert_eq!(class(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_past_a_budget_are_counted_and_taken_when_room_frees() {
+        let e = |class| Entry {
+            create_revision: 2,
+            lease: 0,
+            value: b"{}".to_vec(),
+            class,
+        };
+        let mut t = Entries::with_limits([2, 1]);
+        assert!(t.put("a".into(), e(KeyClass::Network), true, false));
+        assert!(t.put("b".into(), e(KeyClass::Network), true, false));
+        assert!(!t.put("c".into(), e(KeyClass::Network), true, false));
+        assert_eq!((t.len(), t.untracked()), (2, 1));
+        // Overwritten while untracked: still one.
+        assert!(!t.put("c".into(), e(KeyClass::Network), false, false));
+        assert_eq!(t.untracked(), 1);
+        // This node's key is kept over the budget.
+        assert!(t.put("own".into(), e(KeyClass::Network), true, true));
+        // The other class has its own budget.
+        assert!(t.put("x".into(), e(KeyClass::Other), true, false));
+        assert!(!t.put("y".into(), e(KeyClass::Other), true, false));
+        assert_eq!((t.len(), t.untracked()), (4, 2));
+        // An overwrite of a tracked key changes it only when the entry differs.
+        assert!(!t.put("a".into(), e(KeyClass::Network), false, false));
+        let mut changed = e(KeyClass::Network);
+        changed.lease = 5;
+        assert!(t.put("a".into(), changed, false, false));
+        // A deletion of an untracked key counts it out.
+        assert!(!t.delete("y", KeyClass::Other));
+        assert_eq!(t.untracked(), 1);
+        assert!(!t.room_for_untracked());
+        assert!(t.delete("a", KeyClass::Network));
+        assert!(t.delete("b", KeyClass::Network));
+        assert!(t.room_for_untracked());
+        // The untracked key's next put (or a list) takes it.
+        assert!(t.put("c".into(), e(KeyClass::Network), false, false));
+        assert_eq!((t.untracked(), t.room_for_untracked()), (0, false));
+        assert!(t.forget("c"));
+        assert!(!t.forget("c"));
+        assert_eq!(t.tracked, [1, 1]);
     }
 
     #[test]
@@ -2713,5 +3390,21 @@ mod expiry_tests {
         state.lease_lives(60);
         assert_eq!(state.not_ready(), None);
         assert!(state.lease_expires_ms.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn untracked_keys_are_reported_in_both_renderings() {
+        let state = EtcdState::default();
+        state.keys_untracked.store(3, Ordering::Relaxed);
+        assert!(
+            state.render_prometheus().contains(
+                "# TYPE fustian_etcd_keys_untracked gauge\nfustian_etcd_keys_untracked 3\n"
+            )
+        );
+        assert!(
+            state
+                .totals()
+                .contains(&("etcd_keys_untracked".to_owned(), 3))
+        );
     }
 }
