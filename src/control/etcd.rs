@@ -857,7 +857,7 @@ enum Holder {
 
 /// Returns true when peers route to a node with lease value `a` exactly as to one with `b`:
 /// every field a lease value has the same, the backend type as peers read it (absent is
-/// `udp`) and the VNIs on the 16 bits a lease carries ([`lease_vni`]).
+/// `udp`) and the VNIs on the 16 bits every flanneld writes ([`lease_vni`]).
 fn twins(a: &LeaseValue, b: &LeaseValue) -> bool {
     let vni = |v: Option<u32>| v.map(lease_vni);
     a.public_ip == b.public_ip
@@ -2616,7 +2616,7 @@ fn pick<T: Copy>(items: &[T]) -> Option<T> {
 }
 
 /// Returns whether a lease's VNI (none: the network's) is the network's `vni`, on the 16 bits
-/// a lease carries ([`lease_vni`]).
+/// every flanneld writes ([`lease_vni`]).
 fn same_vni(lease: Option<u32>, vni: Option<u32>) -> bool {
     lease.or(vni).map(lease_vni) == vni.map(lease_vni)
 }
@@ -2660,11 +2660,7 @@ pub fn lease_peers(
                 // The type is the lease's text: written escaped, so it cannot forge a log line.
                 (b, ..) if b != kind => format!("backend {b:?}, not {kind}"),
                 (_, _, None) => "no VtepMAC".to_owned(),
-                (_, v, _) => format!(
-                    "VNI {}, not {}",
-                    v.unwrap_or(0),
-                    lease_vni(vni.unwrap_or(0))
-                ),
+                (_, v, _) => format!("VNI {}, not {}", v.unwrap_or(0), vni.unwrap_or(0)),
             };
             ignored.push((key, why));
             continue;
@@ -3051,7 +3047,8 @@ mod tests {
         assert!(!a.shared_address(7, Some(&own)));
         assert!(!a.shared_address(0, Some(&own)));
         assert!(!a.shared_address(9, None));
-        // The VNI is compared on the 16 bits a lease carries: 65537 is written as 1.
+        // The VNI is compared on the 16 bits every flanneld writes: 65537 (an older flanneld
+        // writes it 1) agrees with 1.
         let mut wide = own.clone();
         wide.vni = Some(65_537);
         assert!(a.shared_address(9, Some(&wide)));
@@ -3313,24 +3310,24 @@ mod vni_tests {
 
     #[test]
     fn a_vni_above_16_bits_is_compared_as_flanneld_writes_it() {
-        // flanneld on VNI 70000 writes 4464; fustian's own older leases wrote 70000.
+        // flanneld before v0.24.0 on VNI 70000 writes 4464; later ones and fustian, 70000.
         for written in [4464, 70000] {
             let (peers, ignored) = lease_peers(&vxlan(70000), None, accepted(written));
             assert_eq!((peers.len(), ignored.len()), (1, 0), "VNI {written}");
         }
         let (peers, ignored) = lease_peers(&vxlan(70000), None, accepted(4465));
         assert_eq!((peers.len(), ignored.len()), (0, 1));
-        assert_eq!(ignored[0].1, "VNI 4465, not 4464");
+        assert_eq!(ignored[0].1, "VNI 4465, not 70000");
         let (peers, _) = lease_peers(&vxlan(1), None, accepted(1));
         assert_eq!(peers.len(), 1);
     }
 
     #[test]
-    fn a_lease_carries_the_low_16_bits_of_the_vni() {
+    fn a_lease_carries_the_whole_vni() {
         let mut value = accepted(1).remove(0).value;
         value.vni = Some(70000);
         assert!(
-            value.to_json().contains(r#""VNI":4464,"#),
+            value.to_json().contains(r#""VNI":70000,"#),
             "{}",
             value.to_json()
         );
