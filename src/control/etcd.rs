@@ -1289,6 +1289,16 @@ impl Agent {
         };
         let config = NetworkConfig::parse(kv.value())
             .map_err(|e| EtcdError::Config(format!("{key}: {e}")))?;
+        if self.config_raw.as_deref() != Some(kv.value()) {
+            // A misspelt option is ignored by flanneld and here alike: said, not refused.
+            for unread in crate::control::netconf::unread_keys(kv.value(), 16) {
+                tracing::warn!(
+                    %key,
+                    "network config: {} is not a setting flanneld or fustian reads; ignored",
+                    crate::sys::printable(&unread)
+                );
+            }
+        }
         self.config = Some(config.clone());
         self.config_raw = Some(kv.value().to_vec());
         self.config_seen.clone_from(&self.config_raw);
