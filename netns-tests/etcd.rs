@@ -2532,3 +2532,32 @@ fn a_flood_of_keys_is_counted_not_kept() {
     assert!(junk_lines(&c) <= 1, "junk logged per key:\n{}", tail(&c));
     c.stop_node(0);
 }
+
+/// `--public-ipv6` on an IPv4-only network (no `EnableIPv6`) is ignored with a warning, as
+/// flanneld ignores it there: no lease would carry the address, so the node binds no IPv6
+/// socket and the device keeps the MTU of an IPv4 underlay (1500 - 28 for udp).
+#[test]
+fn public_ipv6_on_an_ipv4_only_network_is_ignored() {
+    if skip("public_ipv6_on_an_ipv4_only_network_is_ignored") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    add_underlay6(&c, 0);
+    let ip6 = node_ip6(0);
+    c.start_node(0, &["--public-ipv6", ip6.as_str()]);
+    let file = std::fs::read_to_string(c.subnet_file(0)).expect("subnet file");
+    assert!(file.contains("FLANNEL_MTU=1472\n"), "{file}");
+    let log = c.log(0);
+    assert!(
+        log.contains("--public-ipv6 is for a dual-stack network") && log.contains("listen6=None"),
+        "{log}"
+    );
+    let own = c.keys(&format!("{PREFIX}/subnets/"));
+    assert!(
+        own.iter().all(|(_, v)| v.contains(r#""PublicIPv6":null"#)),
+        "{own:?}"
+    );
+    c.stop_node(0);
+}

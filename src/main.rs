@@ -391,6 +391,18 @@ fn join_etcd(
     if config.public_ipv6.is_none() {
         config.public_ipv6 = joined.public_ipv6;
     }
+    // On an IPv4-only network no lease carries an IPv6 address (this node's says null, as
+    // flanneld's does), so no peer would send to one: no IPv6 socket, and the device keeps
+    // the MTU of an IPv4 underlay, as flanneld ignores -public-ipv6 there.
+    if joined.config.ipv6.is_none()
+        && let Some(ip) = config.public_ipv6.take()
+    {
+        tracing::warn!(
+            public_ipv6 = %ip,
+            "--public-ipv6 is for a dual-stack network (EnableIPv6 in the network config); \
+             ignored on this IPv4-only one"
+        );
+    }
     Ok(Some((config, agent.into_source())))
 }
 
