@@ -597,6 +597,31 @@ fn a_restarted_node_gets_its_subnet_back() {
     assert_eq!(c.keys(&format!("{PREFIX}/subnets/")).len(), 1);
 }
 
+/// A node that joined through etcd (its client's runtime made on the main thread before the
+/// privileges are dropped) keeps no capability on any thread.
+#[test]
+fn a_node_joined_through_etcd_keeps_no_capability_on_any_thread() {
+    if skip("a_node_joined_through_etcd_keeps_no_capability_on_any_thread") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    c.start_node(0, &[]);
+    let pid = c.processes[0]
+        .as_ref()
+        .and_then(Process::pid)
+        .expect("running");
+    let threads = crate::privileges::thread_creds(pid);
+    assert!(
+        threads.iter().any(|t| t.name == "fustian-etcd"),
+        "{threads:#?}"
+    );
+    let wrong = crate::privileges::privileged(&threads);
+    assert!(wrong.is_empty(), "{wrong:#?}\n{threads:#?}\n{}", c.log(0));
+    c.stop_node(0);
+}
+
 /// A node away past its lease (SIGSTOP stands in for a long pause or a partition) whose
 /// subnet another node took meanwhile stops with an error naming it, instead of routing a
 /// subnet it no longer holds (flanneld exits when its lease is lost, too).

@@ -64,6 +64,11 @@ fn nodes_run_without_privileges() {
             .all(|u| u.split_whitespace().all(|id| id == "65534")),
         "Uid {uids:?}"
     );
+    // As another user too, no thread has a way back to a capability.
+    let threads = thread_creds(pid_b);
+    assert!(privileged(&threads).is_empty(), "{threads:#?}");
+    let log = topo.processes[b].log();
+    assert!(!log.contains("CAP_SETPCAP"), "{log}");
 }
 
 /// `CAP_NET_ADMIN` and `CAP_NET_RAW` (12 and 13), what the masquerade thread keeps for its
@@ -72,9 +77,9 @@ const NET_CAPS: u64 = (1 << 12) | (1 << 13);
 
 /// One thread's name and the lines of /proc/<pid>/task/<tid>/status that say what it may do.
 #[derive(Debug)]
-struct Creds {
+pub(crate) struct Creds {
     tid: String,
-    name: String,
+    pub(crate) name: String,
     inheritable: u64,
     permitted: u64,
     effective: u64,
@@ -84,7 +89,7 @@ struct Creds {
 }
 
 /// Returns the credentials of every thread of `pid`.
-fn thread_creds(pid: u32) -> Vec<Creds> {
+pub(crate) fn thread_creds(pid: u32) -> Vec<Creds> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("procfs")
@@ -119,7 +124,7 @@ fn thread_creds(pid: u32) -> Vec<Creds> {
 /// Returns what is wrong with `threads` for a node running as root without `--user`: a thread
 /// holding or able to regain a capability (the masquerade thread: more than `CAP_NET_ADMIN` and
 /// `CAP_NET_RAW`), or able to gain privileges through `execve`.
-fn privileged(threads: &[Creds]) -> Vec<String> {
+pub(crate) fn privileged(threads: &[Creds]) -> Vec<String> {
     let mut wrong = Vec::new();
     for t in threads {
         let allowed = if t.name == "fustian-masq" {
@@ -223,9 +228,11 @@ fn a_root_node_without_user_keeps_no_capability_on_any_thread() {
     );
     assert_eq!(topo.counter(0, "iptables_errors"), 0, "{:?}", topo.stats(0));
 
-    // Root without capabilities still owns root's files: the node says so, once.
+    // Root without capabilities still owns root's files: the node says so, once. Holding
+    // CAP_SETPCAP, it has nothing to say about one.
     let said = log().matches("--user").count();
     assert_eq!(said, 1, "{}", log());
+    assert!(!log().contains("CAP_SETPCAP"), "{}", log());
     let status = topo.processes[node].stop(Duration::from_secs(10));
     assert!(
         status.is_some_and(|s| s.success()),
