@@ -666,7 +666,13 @@ const NET_CAPS: u32 = (1 << 12) | (1 << 13);
 ///
 /// The `prctl` or `capset` error.
 pub(crate) fn keep_net_caps() -> io::Result<()> {
-    OWN_CAPS.set(true);
+    // A thread that failed to set itself up is restricted with the others.
+    let kept = keep_net_caps_unmarked();
+    OWN_CAPS.set(kept.is_ok());
+    kept
+}
+
+fn keep_net_caps_unmarked() -> io::Result<()> {
     // Without ambient capabilities (before 4.3) SECBIT_NOROOT stays clear: a child running as
     // root then gets what the bounding set dropped below leaves, the network capabilities.
     let noroot = if ambient_supported() {
