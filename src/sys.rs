@@ -394,8 +394,9 @@ const RESTRICT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Returns what threads without `CAP_SETPCAP` could not do.
 ///
 /// Capabilities, securebits, the bounding set and `no_new_privs` belong to each thread, and
-/// only the thread itself can change them (`capset` refuses another thread's since Linux
-/// 2.6.25; `prctl` knows only the caller). A thread the process started before this call (the
+/// only the thread itself can change them (`capset` changes only the caller's where the kernel
+/// has file capabilities, which every kernel has since 2.6.33, capset(2); `prctl` knows only
+/// the caller). A thread the process started before this call (the
 /// log writer, the HTTP endpoint, an etcd client's resolver threads, a tool's pipe readers)
 /// would keep what the process had. So each thread is sent a signal whose handler makes the
 /// calls, one thread after another, each answer awaited: the way glibc applies `setuid` to
@@ -417,7 +418,7 @@ pub(crate) fn restrict_all_threads(keep: Keep) -> io::Result<Shortfall> {
     let _round = ONE_ROUND
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    RESTRICT_KEEPS_SETS.store(keep == Keep::Sets, Ordering::Relaxed);
+    RESTRICT_KEEPS_SETS.store(keep == Keep::Sets, Ordering::Release);
     let signal = restrict_signal();
     let old = install_handler(signal, on_restrict_signal)?;
     // SAFETY: getpid takes no arguments and cannot fail.
@@ -522,7 +523,7 @@ extern "C" fn on_restrict_signal(_: libc::c_int) {
     let low = if OWN_CAPS.get() {
         0
     } else {
-        let keep = if RESTRICT_KEEPS_SETS.load(Ordering::Relaxed) {
+        let keep = if RESTRICT_KEEPS_SETS.load(Ordering::Acquire) {
             Keep::Sets
         } else {
             Keep::Nothing
