@@ -30,6 +30,12 @@ fn main() -> ExitCode {
                 eprintln!("{}", fustian::cli::flanneld_version());
                 return ExitCode::SUCCESS;
             }
+            if e.kind() == clap::error::ErrorKind::DisplayVersion {
+                // The same line for `fustian --version` and flanneld's `fustian -version`
+                // (which reaches the `run` subcommand, whose own name clap would print).
+                println!("fustian {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
             let _ = e.print();
             if let Some(note) = env_origin(&e).or_else(|| bool_hint(&e)) {
                 eprintln!("{note}");
