@@ -62,8 +62,9 @@ fn field(field: &'static str, detail: impl Into<String>) -> LeaseError {
 }
 
 /// The longest lease value taken: flanneld's longest (a dual-stack `vxlan` lease) is under
-/// 300 bytes, so anything past this is refused unread, and the agent keeps no more of it.
-pub const MAX_LEASE_VALUE: usize = 4096;
+/// 300 bytes, so anything past this is refused unread, and the agent keeps no more of it
+/// (which bounds what a writer filling the tracked keys can make a node hold).
+pub const MAX_LEASE_VALUE: usize = 1024;
 
 /// The value of one lease, as flanneld writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
