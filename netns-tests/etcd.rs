@@ -1359,6 +1359,26 @@ fn a_node_that_fails_to_start_leaves_no_lease() {
     assert!(log.contains("RLIMIT_NOFILE is 40"), "{log}");
     assert!(!log.contains("subnet lease acquired"), "{log}");
     assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty(), "{log}");
+    // A lease reused from an earlier run, then a failure after the join: the key goes back
+    // to the value and etcd lease it had, and the etcd lease granted for it is revoked.
+    let subnet = c.start_node(0, &[]);
+    c.stop_node(0);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let (value, lease, _) = stored(&c, &key).expect("the earlier run's key");
+    let leases = c.etcd_leases();
+    c.spawn_node(0, &["--trace-socket", "/proc/no-such-dir/trace.sock"]);
+    wait_exit(&mut c);
+    let log = c.log(0);
+    assert!(log.contains("reused=true"), "{log}");
+    assert!(log.contains("back on its earlier etcd lease"), "{log}");
+    let (after, after_lease, _) = stored(&c, &key).expect("the key");
+    assert_eq!(after, value, "{log}");
+    assert_eq!(after_lease, lease, "{log}");
+    assert_eq!(c.etcd_leases(), leases, "{log}");
 }
 
 /// Returns `key`'s value, etcd lease and last modification revision, if the key exists.
