@@ -103,6 +103,113 @@ fn renew_margin_and_unsupported_flags_are_refused() {
     );
 }
 
+/// Runs the binary with `envs` and returns its exit status and stderr.
+fn status_env(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(EXE)
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every refused flag value exits with status 2 (a unit's `RestartPreventExitStatus=2`), named,
+/// before anything else is looked at (the underlay address below is on no interface here):
+/// what clap refuses and what is judged after it alike. Endpoints that could never connect are
+/// refused rather than waited on; an upper-case scheme is taken, as Go's URL parser takes it.
+#[test]
+fn every_refused_flag_value_exits_with_status_2() {
+    let etcd = |endpoints: &str| -> Vec<String> {
+        [
+            "run",
+            "--public-ip",
+            "192.0.2.77",
+            "--etcd-endpoints",
+            endpoints,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (etcd(""), "--etcd-endpoints is empty"),
+        (
+            etcd("http://192.0.2.1:2379 http://192.0.2.2:2379"),
+            "comma separated",
+        ),
+        (etcd("http://192.0.2.1:99999"), "1..=65535"),
+        (etcd("http://:2379"), "no host"),
+        (etcd("unix:///run/etcd.sock"), "unix:// endpoint"),
+        (
+            [
+                "run",
+                "--public-ip",
+                "notip",
+                "--etcd-endpoints",
+                "http://192.0.2.1:2379",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            "--public-ip must be an IPv4 address",
+        ),
+        (
+            [
+                "run",
+                "--public-ip",
+                "127.0.0.1",
+                "--etcd-endpoints",
+                "http://192.0.2.1:2379",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            "public_ip_loopback",
+        ),
+        (
+            [
+                "run",
+                "--iface-regex",
+                "[",
+                "--etcd-endpoints",
+                "http://192.0.2.1:2379",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            "--iface-regex",
+        ),
+        (
+            [
+                "run",
+                "--subnet-lease-renew-margin",
+                "0",
+                "--etcd-endpoints",
+                "http://192.0.2.1:2379",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            "outside 1..1439",
+        ),
+    ];
+    for (args, says) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = status_env(&args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // A boolean from the environment is named as such, with Go's spellings.
+    let (code, err) = status_env(
+        &["run", "--etcd-endpoints", "http://192.0.2.1:2379"],
+        &[("FLANNELD_IP_MASQ", "bogus")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("note: the value comes from the environment: FLANNELD_IP_MASQ=bogus"),
+        "{err}"
+    );
+    assert!(err.contains("TRUE"), "{err}");
+}
+
 /// Node 0's `run` arguments without `--public-ip`, plus `extra`.
 fn args_without_public_ip(topo: &Topology, extra: &[&str]) -> Vec<String> {
     let mut args = topo.node_args(0, &[]);

@@ -597,6 +597,57 @@ fn a_restarted_node_gets_its_subnet_back() {
     assert_eq!(c.keys(&format!("{PREFIX}/subnets/")).len(), 1);
 }
 
+/// Removes a namespace's `/etc/netns/<name>` directory on drop, and `/etc/netns` when that
+/// leaves it empty.
+struct EtcNetns(std::path::PathBuf);
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// A node that joined through etcd keeps no capability on any thread: neither the threads made
+/// before the privileges are dropped (its client's runtime is made on the main thread, and the
+/// endpoint's host name is looked up on one of the runtime's blocking threads, idle for 10 s
+/// after) nor those made after.
+#[test]
+fn a_node_joined_through_etcd_keeps_no_capability_on_any_thread() {
+    if skip("a_node_joined_through_etcd_keeps_no_capability_on_any_thread") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    // `ip netns exec` puts /etc/netns/<name>/hosts in place of /etc/hosts.
+    let etc = EtcNetns(std::path::Path::new("/etc/netns").join(c.nodes[0].name()));
+    std::fs::create_dir_all(&etc.0).expect("/etc/netns/<name>");
+    std::fs::write(
+        etc.0.join("hosts"),
+        "127.0.0.1 localhost\n192.0.2.254 etcd-hub\n",
+    )
+    .expect("hosts");
+    c.endpoints[0] = "http://etcd-hub:2379".to_owned();
+    c.start_node(0, &[]);
+    let pid = c.processes[0]
+        .as_ref()
+        .and_then(Process::pid)
+        .expect("running");
+    let threads = crate::privileges::thread_creds(pid);
+    for name in ["fustian-etcd", "tokio-rt-worker"] {
+        assert!(
+            threads.iter().any(|t| t.name == name),
+            "{name}: {threads:#?}"
+        );
+    }
+    let wrong = crate::privileges::privileged(&threads);
+    assert!(wrong.is_empty(), "{wrong:#?}\n{threads:#?}\n{}", c.log(0));
+    c.stop_node(0);
+}
+
 /// A node away past its lease (SIGSTOP stands in for a long pause or a partition) whose
 /// subnet another node took meanwhile stops with an error naming it, instead of routing a
 /// subnet it no longer holds (flanneld exits when its lease is lost, too).
@@ -2648,5 +2699,34 @@ fn a_flood_of_keys_is_counted_not_kept() {
         tail(&c)
     );
     assert!(junk_lines(&c) <= 1, "junk logged per key:\n{}", tail(&c));
+    c.stop_node(0);
+}
+
+/// `--public-ipv6` on an IPv4-only network (no `EnableIPv6`) is ignored with a warning, as
+/// flanneld ignores it there: no lease would carry the address, so the node binds no IPv6
+/// socket and the device keeps the MTU of an IPv4 underlay (1500 - 28 for udp).
+#[test]
+fn public_ipv6_on_an_ipv4_only_network_is_ignored() {
+    if skip("public_ipv6_on_an_ipv4_only_network_is_ignored") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    add_underlay6(&c, 0);
+    let ip6 = node_ip6(0);
+    c.start_node(0, &["--public-ipv6", ip6.as_str()]);
+    let file = std::fs::read_to_string(c.subnet_file(0)).expect("subnet file");
+    assert!(file.contains("FLANNEL_MTU=1472\n"), "{file}");
+    let log = c.log(0);
+    assert!(
+        log.contains("--public-ipv6 is for a dual-stack network") && log.contains("listen6=None"),
+        "{log}"
+    );
+    let own = c.keys(&format!("{PREFIX}/subnets/"));
+    assert!(
+        own.iter().all(|(_, v)| v.contains(r#""PublicIPv6":null"#)),
+        "{own:?}"
+    );
     c.stop_node(0);
 }

@@ -852,7 +852,10 @@ pub fn parse_go_bool(text: &str) -> Result<bool, String> {
     match text {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("`{text}` is not a boolean (true or false)")),
+        _ => Err(format!(
+            "`{text}` is not a boolean (Go's spellings: 1, t, T, TRUE, true, True, 0, f, F, \
+             FALSE, false, False)"
+        )),
     }
 }
 

@@ -519,8 +519,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
 }
 
 /// Serves `status` from `listener` on a thread of its own until `stop` is set. The thread
-/// drops every capability it has before anything else (capabilities are per thread), but
-/// CAP_SETUID and CAP_SETGID: it may start before the node switches to `--user`, and glibc
+/// drops every capability it has before anything else (capabilities are per thread), with its
+/// bounding set, and sets `no_new_privs` and a locked `SECBIT_NOROOT`, but keeps CAP_SETUID and
+/// CAP_SETGID: it may start before the node switches to `--user`, and glibc
 /// runs `setuid`/`setgid` on every thread of the process and aborts it when one thread is
 /// refused. Those two go as well once [`Status::privileges_settled`] is called.
 ///
@@ -536,8 +537,12 @@ pub fn serve(
     let handle = std::thread::Builder::new()
         .name("fustian-http".into())
         .spawn(move || {
-            // CAP_SETGID is bit 6, CAP_SETUID bit 7 (include/uapi/linux/capability.h).
-            if let Err(e) = crate::sys::keep_only_capabilities((1 << 7) | (1 << 6)) {
+            // The ways back to a capability go first, while CAP_SETPCAP is still there to
+            // take them (`Keep::Sets`: a thread without it does what it can). CAP_SETGID is
+            // bit 6, CAP_SETUID bit 7 (include/uapi/linux/capability.h).
+            let kept = crate::sys::restrict_calling_thread(crate::sys::Keep::Sets)
+                .and_then(|_| crate::sys::keep_only_capabilities((1 << 7) | (1 << 6)));
+            if let Err(e) = kept {
                 let _ = tx.send(Err(io::Error::new(
                     e.kind(),
                     format!("cannot drop the HTTP thread's capabilities: {e}"),

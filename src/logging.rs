@@ -59,7 +59,9 @@ pub fn writer() -> QueuedStderr {
                 // Capabilities are per thread, and this one starts before the node drops its
                 // own: it keeps only CAP_SETUID and CAP_SETGID (glibc runs a switch to
                 // `--user` on every thread and fails it when one thread is refused), and
-                // those until the node's privileges are settled.
+                // those until the node's privileges are settled. The ways back to the others
+                // go first, while CAP_SETPCAP is still there to take them.
+                let _ = crate::sys::restrict_calling_thread(crate::sys::Keep::Sets);
                 let _ = crate::sys::keep_only_capabilities(SETID_CAPS);
                 write_lines(&rx, &mut std::io::stderr());
             });

@@ -59,11 +59,47 @@ fn main() -> ExitCode {
                 "fustian: {}",
                 fustian::sys::printable(&error_chain(&e))
             ));
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
     };
     fustian::logging::flush(std::time::Duration::from_secs(1));
     code
+}
+
+/// A flag value refused after the command line was read: the node exits with status 2, as
+/// for a value clap refuses, so a unit's `RestartPreventExitStatus=2` covers every refused
+/// flag.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit status for an error `run` returned: 2 for a refused flag value (a [`Usage`]
+/// error, a flag's [`fustian::config::ConfigError::Invalid`], a pattern of `--iface-regex`
+/// that does not compile), 1 for anything else.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    use fustian::config::{ConfigError, Origin};
+    let refused_flag = e.chain().any(|cause| {
+        cause.is::<Usage>()
+            || matches!(
+                cause.downcast_ref::<ConfigError>(),
+                Some(ConfigError::Invalid {
+                    origin: Origin::Flag(_),
+                    ..
+                })
+            )
+            || matches!(
+                cause.downcast_ref::<fustian::iface::IfaceError>(),
+                Some(fustian::iface::IfaceError::Regex { .. })
+            )
+    });
+    if refused_flag { 2 } else { 1 }
 }
 
 /// Says which `FLANNELD_*` variable gave the value clap refused, when it came from the
@@ -74,7 +110,8 @@ fn env_origin(e: &clap::Error) -> Option<String> {
     else {
         return None;
     };
-    let name = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    // `--ip-masq[=<BOOL>]` for a flag whose value is optional.
+    let name = arg.strip_prefix("--")?.split([' ', '=', '[']).next()?;
     let on_command_line = std::env::args_os().skip(1).any(|a| {
         let a = a.to_string_lossy();
         let a = a.trim_start_matches('-');
@@ -187,30 +224,37 @@ fn join_etcd(
     use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet, previous_subnet6};
     use fustian::control::lease::DEFAULT_PREFIX;
     let raw = args.raw();
+    // Flag values first: a refused one names its flag before any other check speaks.
+    let endpoints = etcd_endpoints(endpoints)?;
+    let prefix = etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?;
     for (given, flag) in [
         (&raw.ipv6_network, "--ipv6-network"),
         (&raw.ipv6_subnet, "--ipv6-subnet"),
     ] {
         if given.is_some() {
-            anyhow::bail!(
+            return Err(Usage(format!(
                 "{flag} is for a static node: with etcd the IPv6 network comes from the network \
                  config (EnableIPv6, IPv6Network) and the IPv6 subnet from this node's lease"
-            );
+            ))
+            .into());
         }
     }
     let public_ipv6: Option<std::net::Ipv6Addr> = match raw.public_ipv6.as_deref() {
         None => None,
         Some(text) => {
-            let ip: std::net::Ipv6Addr = text
-                .parse()
-                .with_context(|| format!("--public-ipv6 `{text}` is not an IPv6 address"))?;
+            let ip: std::net::Ipv6Addr = text.parse().map_err(|e| {
+                Usage(format!(
+                    "--public-ipv6 `{text}` is not an IPv6 address: {e}"
+                ))
+            })?;
             // Every peer would refuse a lease carrying such an address, IPv4 half and all.
             if fustian::control::lease::judge_public_ipv6(ip, None).is_some() {
-                anyhow::bail!(
+                return Err(Usage(format!(
                     "--public-ipv6 `{text}` cannot be a node's underlay address (loopback, \
                      link-local, multicast, unspecified or IPv4-mapped): peers would refuse \
                      its lease"
-                );
+                ))
+                .into());
             }
             Some(ip)
         }
@@ -220,14 +264,30 @@ fn join_etcd(
         .as_deref()
         .context("--public-ip (or FLANNELD_PUBLIC_IP) is required with --etcd-endpoints")?
         .parse()
-        .context("--public-ip must be an IPv4 address with etcd")?;
+        .map_err(|e| {
+            Usage(format!(
+                "--public-ip must be an IPv4 address with etcd: {e}"
+            ))
+        })?;
+    // Every peer, this node included, refuses a lease naming such an address.
+    // (An unspecified address is judged as such before it could be taken for the own one.)
+    if let Some(why) =
+        fustian::control::lease::judge_public_ip(public_ip, std::net::Ipv4Addr::UNSPECIFIED)
+    {
+        return Err(Usage(format!(
+            "--public-ip {public_ip} cannot be a node's underlay address with etcd ({}): \
+             every peer would refuse its lease",
+            why.reason()
+        ))
+        .into());
+    }
     // A node that cannot bind its port takes no lease, nor another node's lease that names
     // the same address.
     fustian::node::check_underlay_addresses(public_ip, public_ipv6)?;
     let subnet_file = std::path::PathBuf::from(subnet_file_of(args, file, true)?);
     let opts = EtcdOptions {
-        endpoints: etcd_endpoints(endpoints)?,
-        prefix: etcd_prefix(args.etcd_prefix.as_deref().unwrap_or(DEFAULT_PREFIX))?,
+        endpoints,
+        prefix,
         access: fustian::control::etcd::EtcdAccess::from(&args.etcd),
         renew_margin: std::time::Duration::from_secs(
             60 * args.subnet_lease_renew_margin.unwrap_or(60),
@@ -242,7 +302,7 @@ fn join_etcd(
     let mac = match &raw.vtep_mac {
         Some(text) => Some(
             text.parse()
-                .map_err(|e| anyhow::anyhow!("invalid --vtep-mac `{text}`: {e}"))?,
+                .map_err(|e| Usage(format!("invalid --vtep-mac `{text}`: {e}")))?,
         ),
         None => Some(fustian::config::load_or_create_vtep_mac(&mac_path)?),
     };
@@ -272,7 +332,7 @@ fn join_etcd(
     let mut before_write = |network: &NetworkConfig,
                             ipv6: Option<std::net::Ipv6Addr>|
      -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let config = node_config(
+        let (config, _) = node_config(
             &raw,
             file,
             network,
@@ -315,7 +375,7 @@ fn join_etcd(
     if let Some(status) = status {
         status.set_not_ready("starting: subnet lease acquired");
     }
-    let mut config = node_config(
+    let (mut config, ignored) = node_config(
         &raw,
         file,
         &joined.config,
@@ -324,6 +384,13 @@ fn join_etcd(
         mac,
         &subnet_file,
     )?;
+    if let Some(ip) = ignored {
+        tracing::warn!(
+            public_ipv6 = %ip,
+            "--public-ipv6 is for a dual-stack network (EnableIPv6 in the network config); \
+             ignored on this IPv4-only one"
+        );
+    }
     config.peers = joined.peers;
     Ok(Some((config, agent.into_source(), host)))
 }
@@ -331,7 +398,8 @@ fn join_etcd(
 /// The configuration of a node joined through etcd: the flags and the config file over the
 /// network config, with `subnets` as this node's and `public_ipv6` (the interface's address
 /// taken on a dual-stack network) unless `--public-ipv6` is given. Refuses a flag that
-/// disagrees with the network config, which sets the wire for every node.
+/// disagrees with the network config, which sets the wire for every node. Also returns an
+/// IPv6 underlay address given for an IPv4-only network, which is left out.
 #[cfg(feature = "etcd")]
 fn node_config(
     raw: &RawNode,
@@ -341,7 +409,7 @@ fn node_config(
     public_ipv6: Option<std::net::Ipv6Addr>,
     mac: Option<fustian::wire::MacAddress>,
     subnet_file: &std::path::Path,
-) -> anyhow::Result<NodeConfig> {
+) -> anyhow::Result<(NodeConfig, Option<std::net::Ipv6Addr>)> {
     use fustian::config::{Managed, ManagedBackend};
     use fustian::control::lease::Backend;
     // A flag may repeat the network config, never change it.
@@ -390,7 +458,15 @@ fn node_config(
     if config.public_ipv6.is_none() {
         config.public_ipv6 = public_ipv6;
     }
-    Ok(config)
+    // On an IPv4-only network no lease carries an IPv6 address (this node's says null, as
+    // flanneld's does), so no peer would send to one: no IPv6 socket, and the device keeps
+    // the MTU of an IPv4 underlay, as flanneld ignores -public-ipv6 there.
+    let ignored = if network.ipv6.is_none() {
+        config.public_ipv6.take()
+    } else {
+        None
+    };
+    Ok((config, ignored))
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -539,21 +615,105 @@ fn etcd_endpoints(text: &str) -> anyhow::Result<Vec<String>> {
         .filter(|e| !e.is_empty())
         .collect();
     if list.is_empty() {
-        anyhow::bail!("--etcd-endpoints is empty: give etcd's client URLs, comma separated");
+        return Err(Usage(
+            "--etcd-endpoints is empty: give etcd's client URLs, comma separated".into(),
+        )
+        .into());
     }
-    for e in &list {
-        if let Some((scheme, _)) = e.split_once("://")
-            && !scheme.eq_ignore_ascii_case("http")
-            && !scheme.eq_ignore_ascii_case("https")
-        {
-            anyhow::bail!(
-                "--etcd-endpoints: {} is a {scheme}:// endpoint; only http:// and https:// \
-                 endpoints are supported",
-                fustian::sys::printable(e)
-            );
+    list.iter().map(|e| etcd_endpoint(e)).collect()
+}
+
+/// One `--etcd-endpoints` entry checked and written as the etcd client reads it: an
+/// `http://` or `https://` scheme (in any case, as Go's URL parser takes it; lower-cased here,
+/// since the client would otherwise take the whole URL for a host name) or none, then a host
+/// (an IPv4 address, an IPv6 address in brackets, or a DNS name) and an optional port in
+/// 1..=65535, and no path. Anything else could never connect, so it is refused at start
+/// rather than waited on forever: a blank or a `;` between two URLs (the list is comma
+/// separated), a port out of range, an empty host, a user name.
+#[cfg(feature = "etcd")]
+fn etcd_endpoint(e: &str) -> anyhow::Result<String> {
+    let shown = || fustian::sys::printable(e);
+    let (scheme, rest) = match e.split_once("://") {
+        Some((scheme, rest)) => {
+            let lower = scheme.to_ascii_lowercase();
+            if lower != "http" && lower != "https" {
+                return Err(Usage(format!(
+                    "--etcd-endpoints: {} is a {}:// endpoint; only http:// and https:// \
+                     endpoints are supported",
+                    shown(),
+                    fustian::sys::printable(scheme)
+                ))
+                .into());
+            }
+            (Some(lower), rest)
         }
+        None => (None, e),
+    };
+    let bad = |why: &str| {
+        anyhow::Error::from(Usage(format!(
+            "--etcd-endpoints: {} is not an etcd client URL ({why}); give them comma \
+             separated, as http://192.0.2.1:2379",
+            shown()
+        )))
+    };
+    if e.contains(|c: char| c.is_whitespace() || c == ';') {
+        return Err(bad("a blank or a `;` inside: the list is comma separated"));
     }
-    Ok(list)
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err(bad("a path after the address"));
+    }
+    if authority.contains('@') {
+        return Err(bad("a user name; give credentials with --etcd-username"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address without its closing bracket"))?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address in the brackets"));
+        }
+        match after {
+            "" => (addr, None),
+            _ => (
+                addr,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("text after the IPv6 address"))?,
+                ),
+            ),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let name_ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    };
+    if !authority.starts_with('[') && !name_ok(host) {
+        return Err(if host.is_empty() {
+            bad("no host")
+        } else {
+            bad("a host that is neither an address nor a name")
+        });
+    }
+    if let Some(port) = port
+        && !(port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p)))
+    {
+        return Err(bad("a port that is not a number in 1..=65535"));
+    }
+    Ok(match scheme {
+        Some(scheme) => format!("{scheme}://{authority}"),
+        None => authority.to_owned(),
+    })
 }
 
 /// `--etcd-prefix` cleaned as flanneld's `path.Join` cleans it, so both make the same keys
@@ -563,10 +723,11 @@ fn etcd_prefix(raw: &str) -> anyhow::Result<String> {
     use fustian::control::lease::{MAX_PREFIX, clean_prefix};
     let prefix = clean_prefix(raw);
     if prefix.len() > MAX_PREFIX {
-        anyhow::bail!(
+        return Err(Usage(format!(
             "--etcd-prefix is {} bytes long; at most {MAX_PREFIX} are taken",
             prefix.len()
-        );
+        ))
+        .into());
     }
     if prefix != raw {
         tracing::info!(
@@ -634,7 +795,7 @@ fn run_node(
     // An unknown --user is refused before anything is set up (a lease taken, a subnet file
     // written for a node that would then stop).
     if let Some(user) = &args.user {
-        fustian::sys::lookup_user(user).map_err(|e| anyhow::anyhow!("--user {user}: {e}"))?;
+        fustian::sys::lookup_user(user).map_err(|e| Usage(format!("--user {user}: {e}")))?;
     }
     // Process limits too small for the workers, or a missing io_uring asked for, are refused
     // before a lease is taken.
@@ -728,7 +889,45 @@ mod tests {
         assert!(etcd_endpoints(" , ").is_err_and(|e| e.to_string().contains("empty")));
         let e = etcd_endpoints("http://192.0.2.1:2379,unix:///run/etcd.sock").expect_err("unix");
         assert!(e.to_string().contains("unix:// endpoint"), "{e}");
-        assert!(etcd_endpoints("HTTPS://etcd:2379").is_ok());
+        assert_eq!(
+            etcd_endpoints("HTTPS://etcd:2379,Http://192.0.2.1:2379/").expect("any case"),
+            ["https://etcd:2379", "http://192.0.2.1:2379"]
+        );
+        for (never, why) in [
+            (
+                "http://192.0.2.1:2379 http://192.0.2.9:1",
+                "comma separated",
+            ),
+            (
+                "http://192.0.2.1:2379;http://192.0.2.9:1",
+                "comma separated",
+            ),
+            (
+                "http://192.0.2.1:2379\thttp://192.0.2.9:1",
+                "comma separated",
+            ),
+            ("http://192.0.2.1:99999", "port that is not"),
+            ("http://192.0.2.1:0", "port that is not"),
+            ("http://192.0.2.1:", "port that is not"),
+            ("http://:2379", "no host"),
+            ("http://[fd00::1:2379", "closing bracket"),
+            ("http://[192.0.2.1]:2379", "IPv6 address in the brackets"),
+            ("http://[fd00::1]2379", "after the IPv6"),
+            ("http://192.0.2.1:2379/v3", "path"),
+            ("http://root:pw@192.0.2.1:2379", "user name"),
+        ] {
+            let e = etcd_endpoints(never).expect_err(never);
+            assert!(e.to_string().contains(why), "{never}: {e}");
+        }
+        assert_eq!(
+            etcd_endpoints("http://[fd00::1]:2379,http://[fd00::2],etcd-0.etcd:2379")
+                .expect("valid"),
+            [
+                "http://[fd00::1]:2379",
+                "http://[fd00::2]",
+                "etcd-0.etcd:2379"
+            ]
+        );
     }
 
     #[cfg(feature = "etcd")]

@@ -1375,19 +1375,47 @@ fn bind_trace_socket(
 
 /// Setup is done: nothing from here on needs a privilege. Drops them before any worker
 /// exists, so every thread runs without them.
+///
+/// Threads already running (the log writer, the HTTP endpoint, an etcd client's resolver
+/// threads) each drop their own, as credentials are per thread: see
+/// [`crate::sys::restrict_all_threads`]. Each thread also loses every way back: the bounding
+/// set, `SECBIT_NOROOT` (locked) and `no_new_privs`, so a program run as uid 0 without
+/// capabilities does not get them back at `execve`. The masquerade threads keep their network
+/// capabilities and restrict themselves ([`crate::sys::keep_net_caps`]). With `--user` the
+/// sets stay until the switch of user clears them, which the locked securebits keep in force.
 fn settle_privileges(opts: &RunOptions) -> Result<(), Error> {
+    use crate::sys::Keep;
+    let restrict = |keep: Keep| {
+        let short = crate::sys::restrict_all_threads(keep).map_err(|source| Error::Io {
+            what: "drop privileges on every thread".into(),
+            source,
+        })?;
+        if !short.is_none() {
+            tracing::warn!(
+                securebits = !short.securebits,
+                bounding_set_emptied = !short.bounding,
+                "without CAP_SETPCAP the securebits or the bounding set stay as they are; \
+                 no_new_privs still keeps a program the node runs from gaining privileges"
+            );
+        }
+        Ok::<_, Error>(())
+    };
     if let Some(user) = &opts.user {
+        restrict(Keep::Sets)?;
         crate::sys::switch_user(user).map_err(|source| Error::Io {
             what: format!("switch to user {user}"),
             source,
         })?;
         tracing::info!(user = %user, "running as an unprivileged user");
     } else if !opts.keep_privileges {
-        crate::sys::drop_capabilities().map_err(|source| Error::Io {
-            what: "drop capabilities".into(),
-            source,
-        })?;
+        restrict(Keep::Nothing)?;
         tracing::info!("all capabilities dropped after setup");
+        if crate::sys::euid() == 0 {
+            tracing::warn!(
+                "running as root without capabilities: the node can still write any file \
+                 root owns; --user runs it as an unprivileged user"
+            );
+        }
     }
     crate::logging::privileges_settled();
     if let Some(status) = &opts.status {

@@ -264,6 +264,341 @@ pub fn keep_only_capabilities(keep: u32) -> io::Result<()> {
     ])
 }
 
+/// What [`restrict_all_threads`] leaves of each thread's capability sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Nothing: the effective, permitted, inheritable and ambient sets are emptied.
+    Nothing,
+    /// The sets as they are, for a switch of user right after (`setuid` from root to another
+    /// user clears them, capabilities(7) "Effect of user ID changes on capabilities", which the
+    /// locked securebits keep in force).
+    Sets,
+}
+
+/// What a thread without `CAP_SETPCAP` could not do in [`restrict_calling_thread`] (the other
+/// steps need no capability).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Shortfall {
+    /// The securebits are not set and locked.
+    pub(crate) securebits: bool,
+    /// Capabilities remain in the bounding set.
+    pub(crate) bounding: bool,
+}
+
+impl Shortfall {
+    /// Returns true when every step was done.
+    pub(crate) const fn is_none(self) -> bool {
+        !self.securebits && !self.bounding
+    }
+
+    const fn bits(self) -> u32 {
+        (self.securebits as u32) | ((self.bounding as u32) << 1)
+    }
+
+    const fn from_bits(bits: u32) -> Self {
+        Self {
+            securebits: bits & 1 != 0,
+            bounding: bits & 2 != 0,
+        }
+    }
+
+    const fn or(self, other: Self) -> Self {
+        Self {
+            securebits: self.securebits || other.securebits,
+            bounding: self.bounding || other.bounding,
+        }
+    }
+}
+
+/// `SECBIT_*` of include/uapi/linux/securebits.h (Linux 2.6.26); a `_LOCKED` bit fixes the bit
+/// below it for the thread and every thread and process it starts.
+const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+const SECBIT_KEEP_CAPS: libc::c_ulong = 1 << 4;
+const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+
+/// Takes from the calling thread every way back to a capability, so that uid 0 without
+/// capabilities stays without them:
+///
+/// - the securebits `SECBIT_NOROOT` (an `execve` as root no longer grants root's full set),
+///   with `SECBIT_NO_SETUID_FIXUP` and `SECBIT_KEEP_CAPS` cleared (a switch of user clears the
+///   sets), all three locked;
+/// - every capability dropped from the bounding set (a set-user-ID-root or file-capability
+///   program grants nothing outside it);
+/// - with [`Keep::Nothing`], the effective, permitted and inheritable sets emptied (the kernel
+///   empties the ambient set with them, since it stays below permitted and inheritable);
+/// - `no_new_privs` (Linux 3.5): `execve` grants nothing the thread does not already hold, so
+///   even a thread that still runs as root with the bounding set in place gains nothing from a
+///   program it runs.
+///
+/// The first two need `CAP_SETPCAP` (capabilities(7)), so they come before the sets are
+/// emptied; a thread without it skips them and says so in the [`Shortfall`]. Every step is
+/// done only where not done yet, so a second call changes nothing and fails nothing.
+///
+/// All of it is per thread and inherited by the threads and processes the thread starts
+/// afterwards. Only system calls, no allocation and no lock: [`restrict_all_threads`] runs it in
+/// a signal handler.
+///
+/// # Errors
+///
+/// The `prctl` or `capset` error (`no_new_privs` fails with `EINVAL` before Linux 3.5).
+pub(crate) fn restrict_calling_thread(keep: Keep) -> io::Result<Shortfall> {
+    let mut short = Shortfall::default();
+    // SAFETY: prctl with integer arguments only; it reads the calling thread's securebits.
+    let bits = syscall!(prctl(libc::PR_GET_SECUREBITS, Z, Z, Z, Z))?;
+    let bits = libc::c_ulong::try_from(bits).unwrap_or_default();
+    let want = (bits & !(SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS))
+        | SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED;
+    // SAFETY: prctl with integer arguments only; EPERM without CAP_SETPCAP.
+    if want != bits && syscall!(prctl(libc::PR_SET_SECUREBITS, want, Z, Z, Z)).is_err() {
+        short.securebits = true;
+    }
+    for cap in (0..64u8).map(libc::c_ulong::from) {
+        // SAFETY: prctl with integer arguments only; 1 for a capability in the bounding set, 0
+        // for one not, EINVAL past the last capability the kernel knows.
+        match syscall!(prctl(libc::PR_CAPBSET_READ, cap, Z, Z, Z)) {
+            Err(_) => break,
+            Ok(0) => {}
+            Ok(_) => {
+                // SAFETY: prctl with integer arguments only; EPERM without CAP_SETPCAP.
+                if syscall!(prctl(libc::PR_CAPBSET_DROP, cap, Z, Z, Z)).is_err() {
+                    short.bounding = true;
+                }
+            }
+        }
+    }
+    if keep == Keep::Nothing {
+        capset([CapData::default(); 2])?;
+    }
+    // SAFETY: prctl with integer arguments only.
+    syscall!(prctl(
+        libc::PR_SET_NO_NEW_PRIVS,
+        1 as libc::c_ulong,
+        Z,
+        Z,
+        Z
+    ))?;
+    Ok(short)
+}
+
+/// How long [`restrict_all_threads`] waits for one thread to answer.
+const RESTRICT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs [`restrict_calling_thread`] with `keep` in every thread of the process, the calling
+/// thread last, except the threads that keep capabilities of their own ([`keep_net_caps`]).
+/// Returns what threads without `CAP_SETPCAP` could not do.
+///
+/// Capabilities, securebits, the bounding set and `no_new_privs` belong to each thread, and
+/// only the thread itself can change them (`capset` changes only the caller's where the kernel
+/// has file capabilities, which every kernel has since 2.6.33, capset(2); `prctl` knows only
+/// the caller). A thread the process started before this call (the
+/// log writer, the HTTP endpoint, an etcd client's resolver threads, a tool's pipe readers)
+/// would keep what the process had. So each thread is sent a signal whose handler makes the
+/// calls, one thread after another, each answer awaited: the way glibc applies `setuid` to
+/// every thread (nptl's `__nptl_setxid`), and libcap's psx. Starting every thread after the
+/// drop instead would leave out the threads that must run before it (the endpoint answers
+/// while the node waits for etcd) and those a library starts on its own. The handler runs with
+/// `SA_RESTART`, as glibc's does, so a thread interrupted in a system call goes on with it.
+/// Threads started meanwhile are found by listing the threads again until no new one appears;
+/// those started afterwards inherit the restrictions of the thread that starts them.
+///
+/// # Errors
+///
+/// Listing `/proc/self/task`, installing the handler or signalling a thread fails; a thread's
+/// own error; `TimedOut` naming a thread that did not answer within 5 s (its signal
+/// blocked, or stuck in the kernel), which keeps what it had.
+pub(crate) fn restrict_all_threads(keep: Keep) -> io::Result<Shortfall> {
+    use std::sync::atomic::Ordering;
+    static ONE_ROUND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _round = ONE_ROUND
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    RESTRICT_KEEPS_SETS.store(keep == Keep::Sets, Ordering::Release);
+    let signal = restrict_signal();
+    let old = install_handler(signal, on_restrict_signal)?;
+    // SAFETY: getpid takes no arguments and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    let me = gettid();
+    let mut done = vec![me];
+    let mut short = Shortfall::default();
+    loop {
+        let new: Vec<libc::pid_t> = threads()?
+            .into_iter()
+            .filter(|t| !done.contains(t))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for tid in new {
+            done.push(tid);
+            RESTRICT_ANSWER.store(0, Ordering::Relaxed);
+            match tgkill(pid, tid, signal) {
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            let deadline = std::time::Instant::now() + RESTRICT_WAIT;
+            let answer = loop {
+                let answer = RESTRICT_ANSWER.load(Ordering::Acquire);
+                if answer >> 32 == u64::from(tid.unsigned_abs()) {
+                    break Some(answer);
+                }
+                // Signal 0 only asks whether the thread is still there: one that ended before
+                // it ran the handler has nothing left to restrict.
+                if tgkill(pid, tid, 0).is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH)) {
+                    break None;
+                }
+                if std::time::Instant::now() > deadline {
+                    // The handler stays installed: the signal may still arrive, and its
+                    // default action would end the process.
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "thread {tid} ({}) did not drop its privileges within {:?}",
+                            thread_name(tid),
+                            RESTRICT_WAIT
+                        ),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            };
+            let Some(answer) = answer else { continue };
+            #[allow(clippy::cast_possible_truncation)]
+            let low = answer as u32;
+            if low & ANSWER_FAILED != 0 {
+                let errno = i32::try_from(low & !ANSWER_FAILED).unwrap_or(libc::EIO);
+                let e = io::Error::from_raw_os_error(errno);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("thread {tid} ({}): {e}", thread_name(tid)),
+                ));
+            }
+            short = short.or(Shortfall::from_bits(low));
+        }
+    }
+    // SAFETY: `old` is the action sigaction returned for this signal; no pointer is kept.
+    syscall!(sigaction(signal, &raw const old, std::ptr::null_mut()))?;
+    Ok(short.or(restrict_calling_thread(keep)?))
+}
+
+/// The signal of [`restrict_all_threads`]: the first real-time signal glibc leaves to the
+/// program (it keeps the two below for itself, nptl(7)); fustian uses no other real-time
+/// signal.
+fn restrict_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// The [`Keep`] of the round under way: true for [`Keep::Sets`].
+static RESTRICT_KEEPS_SETS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// The last answer to the signal: the thread id in the high 32 bits, in the low ones the
+/// [`Shortfall`] bits, or [`ANSWER_FAILED`] with the errno.
+static RESTRICT_ANSWER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Marks an answer that carries an errno.
+const ANSWER_FAILED: u32 = 1 << 31;
+
+std::thread_local! {
+    /// Set on a thread that keeps capabilities of its own ([`keep_net_caps`]), which
+    /// [`restrict_all_threads`] leaves alone. A `const` `Cell` without destructor: reading it
+    /// is one load, safe in a signal handler.
+    static OWN_CAPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The handler of [`restrict_signal`]: restricts the thread it interrupts and answers. Only
+/// system calls and atomics (async-signal-safe, signal-safety(7)); `errno` is the interrupted
+/// code's and is put back.
+extern "C" fn on_restrict_signal(_: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    // SAFETY: __errno_location takes no arguments and cannot fail.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: `slot` is the calling thread's errno, valid and aligned for the thread's life.
+    let errno = unsafe { *slot };
+    let low = if OWN_CAPS.get() {
+        0
+    } else {
+        let keep = if RESTRICT_KEEPS_SETS.load(Ordering::Acquire) {
+            Keep::Sets
+        } else {
+            Keep::Nothing
+        };
+        match restrict_calling_thread(keep) {
+            Ok(short) => short.bits(),
+            Err(e) => ANSWER_FAILED | e.raw_os_error().map_or(0, i32::unsigned_abs),
+        }
+    };
+    let tid = u64::from(gettid().unsigned_abs());
+    RESTRICT_ANSWER.store((tid << 32) | u64::from(low), Ordering::Release);
+    // SAFETY: as above.
+    unsafe { *slot = errno };
+}
+
+/// Installs `handler` for `signal` with `SA_RESTART` and returns the action it replaces.
+fn install_handler(
+    signal: libc::c_int,
+    handler: extern "C" fn(libc::c_int),
+) -> io::Result<libc::sigaction> {
+    // SAFETY: sigaction is a plain C struct, for which all zeroes is a valid value (no
+    // handler, no flags, an empty mask on Linux).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler as libc::sighandler_t;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; the handler is a function that lives as
+    // long as the program.
+    syscall!(sigaction(signal, &raw const action, &raw mut old))?;
+    Ok(old)
+}
+
+/// Returns the calling thread's id.
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    libc::pid_t::try_from(tid).unwrap_or_default()
+}
+
+/// Sends `signal` to thread `tid` of process `pid` (0: only checks that it exists).
+fn tgkill(pid: libc::pid_t, tid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: tgkill takes three integers and no memory.
+    syscall!(syscall(
+        libc::SYS_tgkill,
+        libc::c_long::from(pid),
+        libc::c_long::from(tid),
+        libc::c_long::from(signal)
+    ))
+    .map(drop)
+}
+
+/// Returns the ids of this process's threads.
+fn threads() -> io::Result<Vec<libc::pid_t>> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot list the threads: {e}"));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").map_err(named)? {
+        if let Some(tid) = entry
+            .map_err(named)?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+        {
+            out.push(tid);
+        }
+    }
+    Ok(out)
+}
+
+/// Returns the name of thread `tid` of this process, for a message.
+fn thread_name(tid: libc::pid_t) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map_or_else(|_| "?".to_owned(), |n| n.trim().to_owned())
+}
+
 /// Switches the whole process to the user `name` and its primary group, with no
 /// supplementary groups (glibc applies set*id to every thread).
 ///
@@ -323,19 +658,32 @@ const NET_CAPS: u32 = (1 << 12) | (1 << 13);
 /// thread's call fails (nptl `__nptl_setxid`). Where the thread holds `CAP_SETPCAP` it also
 /// sets `SECBIT_NOROOT` (so a child running as uid 0 gets only the ambient set, not the full
 /// set root would get at `execve`) and `SECBIT_NO_SETUID_FIXUP` (a switch of user leaves its
-/// sets alone), and drops every other capability from its bounding set. Without
+/// sets alone), both locked, and drops every other capability from its bounding set. Without
 /// `CAP_SETPCAP` the "keep capabilities" flag still keeps the permitted set across a switch of
 /// user, and [`raise_net_caps_for_children`] raises the effective and ambient sets again.
+/// Last it sets `no_new_privs`, and [`restrict_all_threads`] leaves the thread alone.
 ///
 /// # Errors
 ///
 /// The `prctl` or `capset` error.
 pub(crate) fn keep_net_caps() -> io::Result<()> {
-    // SECBIT_NOROOT (1 << 0) | SECBIT_NO_SETUID_FIXUP (1 << 2) (include/uapi/linux/securebits.h).
+    // A thread that failed to set itself up is restricted with the others.
+    let kept = keep_net_caps_unmarked();
+    OWN_CAPS.set(kept.is_ok());
+    kept
+}
+
+fn keep_net_caps_unmarked() -> io::Result<()> {
     // Without ambient capabilities (before 4.3) SECBIT_NOROOT stays clear: a child running as
     // root then gets what the bounding set dropped below leaves, the network capabilities.
-    let noroot: libc::c_ulong = if ambient_supported() { 1 << 0 } else { 0 };
-    let bits: libc::c_ulong = noroot | (1 << 2);
+    let noroot = if ambient_supported() {
+        SECBIT_NOROOT | SECBIT_NOROOT_LOCKED
+    } else {
+        0
+    };
+    // Locked, with SECBIT_KEEP_CAPS clear (SECBIT_NO_SETUID_FIXUP already keeps the sets).
+    let bits =
+        noroot | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED;
     // SAFETY: prctl with integer arguments only; PR_SET_SECUREBITS takes the new bits.
     if syscall!(prctl(libc::PR_SET_SECUREBITS, bits, Z, Z, Z)).is_ok() {
         for cap in (0..64).filter(|c: &libc::c_ulong| *c != 12 && *c != 13) {
@@ -344,11 +692,24 @@ pub(crate) fn keep_net_caps() -> io::Result<()> {
                 break;
             }
         }
+    } else {
+        // SAFETY: prctl with integer arguments only.
+        syscall!(prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, Z, Z, Z))?;
     }
-    // SAFETY: prctl with integer arguments only.
-    syscall!(prctl(libc::PR_SET_KEEPCAPS, 1 as libc::c_ulong, Z, Z, Z))?;
     set_all(capget()?[0].permitted & (NET_CAPS | SETID_CAPS))?;
-    raise_net_caps_for_children()
+    raise_net_caps_for_children()?;
+    // The tools it runs get the network capabilities through the ambient set, which
+    // `no_new_privs` leaves alone (they are in the thread's permitted set already); what it
+    // stops is a set-user-ID or file-capability program granting more.
+    // SAFETY: prctl with integer arguments only.
+    syscall!(prctl(
+        libc::PR_SET_NO_NEW_PRIVS,
+        1 as libc::c_ulong,
+        Z,
+        Z,
+        Z
+    ))
+    .map(drop)
 }
 
 /// Drops `CAP_SETUID` and `CAP_SETGID` that [`keep_net_caps`] kept: call it once the process
@@ -1321,5 +1682,145 @@ mod limit_tests {
         // Up to the hard value any process may go.
         let after = raise_limit(libc::RLIMIT_NOFILE, before.hard).expect("raise");
         assert_eq!(after.soft, before.hard);
+    }
+}
+
+#[cfg(test)]
+mod privilege_tests {
+    use super::{
+        Keep, NET_CAPS, SECBIT_KEEP_CAPS_LOCKED, SECBIT_NO_SETUID_FIXUP,
+        SECBIT_NO_SETUID_FIXUP_LOCKED, SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, Z, capget,
+        keep_net_caps, narrow_to_net_caps, restrict_calling_thread,
+    };
+
+    /// CAP_SETPCAP (8), which the securebits and the bounding set need.
+    const SETPCAP: u32 = 1 << 8;
+
+    /// The calling thread's securebits.
+    fn securebits() -> libc::c_ulong {
+        // SAFETY: prctl with integer arguments only.
+        let bits = syscall!(prctl(libc::PR_GET_SECUREBITS, Z, Z, Z, Z)).expect("securebits");
+        libc::c_ulong::try_from(bits).expect("not negative")
+    }
+
+    /// Runs `cat /proc/self/status` from the calling thread and returns the child's numeric
+    /// fields (the capability sets read as hexadecimal).
+    fn child_status() -> Vec<(String, u64)> {
+        let out = std::process::Command::new("cat")
+            .arg("/proc/self/status")
+            .output()
+            .expect("cat runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                let radix = if k.starts_with("Cap") { 16 } else { 10 };
+                Some((k.to_owned(), u64::from_str_radix(v.trim(), radix).ok()?))
+            })
+            .collect()
+    }
+
+    fn field(status: &[(String, u64)], name: &str) -> u64 {
+        status
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("no {name} in {status:?}"))
+            .1
+    }
+
+    /// Runs `f` on a thread of its own: what it does to its credentials stays there.
+    fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(f).join().expect("thread")
+    }
+
+    #[test]
+    fn a_restricted_thread_and_what_it_runs_get_no_capability_back() {
+        let (privileged, short, bits, child) = on_thread(|| {
+            let privileged = capget().expect("capget")[0].effective & SETPCAP != 0;
+            let short = restrict_calling_thread(Keep::Nothing).expect("restrict");
+            (privileged, short, securebits(), child_status())
+        });
+        // A program run as root would get root's full set at execve without SECBIT_NOROOT,
+        // the bounding set and no_new_privs; it gets nothing.
+        for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert_eq!(field(&child, set), 0, "{set}: {child:?}");
+        }
+        assert_eq!(field(&child, "NoNewPrivs"), 1, "{child:?}");
+        if privileged {
+            assert!(short.is_none(), "{short:?}");
+            let want = SECBIT_NOROOT
+                | SECBIT_NOROOT_LOCKED
+                | SECBIT_NO_SETUID_FIXUP_LOCKED
+                | SECBIT_KEEP_CAPS_LOCKED;
+            assert_eq!(bits, want, "securebits {bits:#x}");
+            assert_eq!(field(&child, "CapBnd"), 0, "{child:?}");
+        } else {
+            assert!(short.securebits, "{short:?}");
+        }
+    }
+
+    #[test]
+    fn restricting_a_thread_again_changes_and_fails_nothing() {
+        let (first, second, bits) = on_thread(|| {
+            let first = restrict_calling_thread(Keep::Nothing).expect("restrict");
+            let bits = securebits();
+            let second = restrict_calling_thread(Keep::Nothing).expect("again");
+            assert_eq!(securebits(), bits);
+            (first, second, bits)
+        });
+        assert_eq!(first, second, "securebits {bits:#x}");
+    }
+
+    #[test]
+    fn a_thread_keeping_its_sets_loses_them_when_it_leaves_root() {
+        if crate::sys::euid() != 0 {
+            eprintln!("a_thread_keeping_its_sets_loses_them_when_it_leaves_root: needs root");
+            return;
+        }
+        let (kept, after) = on_thread(|| {
+            restrict_calling_thread(Keep::Sets).expect("restrict");
+            let kept = capget().expect("capget")[0];
+            // The raw system call changes only this thread's user ids (glibc's setresuid would
+            // change every thread's).
+            // SAFETY: setresuid takes three integers and no memory.
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(r, 0, "setresuid");
+            (kept, capget().expect("capget")[0])
+        });
+        assert_ne!(kept.permitted, 0, "root's sets kept until the switch");
+        assert_eq!(
+            (after.effective, after.permitted, after.inheritable),
+            (0, 0, 0),
+            "the switch of user cleared them"
+        );
+    }
+
+    #[test]
+    fn the_masquerade_thread_s_tools_get_the_network_capabilities_and_no_more() {
+        if crate::sys::euid() != 0 {
+            eprintln!(
+                "the_masquerade_thread_s_tools_get_the_network_capabilities_and_no_more: \
+                 needs root"
+            );
+            return;
+        }
+        let (bits, child) = on_thread(|| {
+            keep_net_caps().expect("keep");
+            narrow_to_net_caps().expect("narrow");
+            (securebits(), child_status())
+        });
+        let net = u64::from(NET_CAPS);
+        // no_new_privs leaves the ambient set alone.
+        assert_eq!(field(&child, "NoNewPrivs"), 1, "{child:?}");
+        assert_eq!(field(&child, "CapEff"), net, "{child:?}");
+        assert_eq!(field(&child, "CapAmb"), net, "{child:?}");
+        assert_eq!(field(&child, "CapBnd") & !net, 0, "{child:?}");
+        let locked = SECBIT_NOROOT
+            | SECBIT_NOROOT_LOCKED
+            | SECBIT_NO_SETUID_FIXUP
+            | SECBIT_NO_SETUID_FIXUP_LOCKED
+            | SECBIT_KEEP_CAPS_LOCKED;
+        assert_eq!(bits, locked, "securebits {bits:#x}");
     }
 }

@@ -861,7 +861,7 @@ enum Holder {
 
 /// Returns true when peers route to a node with lease value `a` exactly as to one with `b`:
 /// every field a lease value has the same, the backend type as peers read it (absent is
-/// `udp`) and the VNIs on the 16 bits a lease carries ([`lease_vni`]).
+/// `udp`) and the VNIs on the 16 bits every flanneld writes ([`lease_vni`]).
 fn twins(a: &LeaseValue, b: &LeaseValue) -> bool {
     let vni = |v: Option<u32>| v.map(lease_vni);
     a.public_ip == b.public_ip
@@ -1337,6 +1337,16 @@ impl Agent {
         };
         let config = NetworkConfig::parse(kv.value())
             .map_err(|e| EtcdError::Config(format!("{key}: {e}")))?;
+        if self.config_raw.as_deref() != Some(kv.value()) {
+            // A misspelt option is ignored by flanneld and here alike: said, not refused.
+            for unread in crate::control::netconf::unread_keys(kv.value(), 16) {
+                tracing::warn!(
+                    %key,
+                    "network config: {} is not a setting flanneld or fustian reads; ignored",
+                    crate::sys::printable(&unread)
+                );
+            }
+        }
         self.config = Some(config.clone());
         self.config_raw = Some(kv.value().to_vec());
         self.config_seen.clone_from(&self.config_raw);
@@ -2594,12 +2604,95 @@ pub fn previous_subnet6(path: &std::path::Path) -> Option<Ipv6Net> {
         .map(|n| n.trunc())
 }
 
-/// Returns the value of the first line starting with `name` (which ends in `=`).
+/// Returns the value of `name` (which ends in `=`) in the subnet file at `path`, read as
+/// flanneld reads it ([`dotenv_value`]).
 fn subnet_file_value(path: &std::path::Path, name: &str) -> Option<String> {
     // The file this node wrote (a few hundred bytes); anything else there is no hint.
     let text = crate::sys::read_own_small_file(path, 4096).ok()?;
-    let value = text.lines().find_map(|l| l.strip_prefix(name))?;
-    Some(value.trim().to_owned())
+    dotenv_value(&text, name.strip_suffix('=').unwrap_or(name))
+}
+
+/// Returns the value of `key` in `text` read as flanneld reads its subnet file (godotenv):
+/// blank lines and `#` comments skipped, an optional `export ` before the key, blanks around
+/// `=` (or `:`), a value in single quotes (taken as is) or double quotes (`\n`, `\"` and
+/// `\\` unescaped) or bare (up to a ` #` comment, trimmed); of two lines naming the key the
+/// later wins.
+pub fn dotenv_value(text: &str, key: &str) -> Option<String> {
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line
+            .strip_prefix("export")
+            .filter(|rest| rest.starts_with([' ', '\t']))
+            .map_or(line, str::trim_start);
+        let Some(split) = line.find(['=', ':']) else {
+            continue;
+        };
+        if line[..split].trim_end() != key {
+            continue;
+        }
+        let raw = line[split + 1..].trim_start();
+        found = Some(match raw.chars().next() {
+            Some(quote @ ('\'' | '"')) => {
+                let body = &raw[1..];
+                let Some(end) = closing_quote(body, quote) else {
+                    continue;
+                };
+                let inner = &body[..end];
+                if quote == '"' {
+                    unescape_double(inner)
+                } else {
+                    inner.to_owned()
+                }
+            }
+            _ => {
+                let cut = raw
+                    .char_indices()
+                    .find(|&(i, c)| c == '#' && i > 0 && raw[..i].ends_with([' ', '\t']))
+                    .map_or(raw.len(), |(i, _)| i);
+                raw[..cut].trim().to_owned()
+            }
+        });
+    }
+    found
+}
+
+/// The index in `body` of the quote that closes a value opened by `quote` (a double quote
+/// escaped with `\` does not close).
+fn closing_quote(body: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            c if c == quote && !escaped => return Some(i),
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
+/// A double-quoted value with its escapes undone: `\n`, `\r`, `\t`, `\"`, `\\`; any other
+/// escaped character stands for itself.
+fn unescape_double(inner: &str) -> String {
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 /// Returns true when `subnet` may be taken: no key names it (the create transaction would
@@ -2676,7 +2769,7 @@ fn pick<T: Copy>(items: &[T]) -> Option<T> {
 }
 
 /// Returns whether a lease's VNI (none: the network's) is the network's `vni`, on the 16 bits
-/// a lease carries ([`lease_vni`]).
+/// every flanneld writes ([`lease_vni`]).
 fn same_vni(lease: Option<u32>, vni: Option<u32>) -> bool {
     lease.or(vni).map(lease_vni) == vni.map(lease_vni)
 }
@@ -2720,11 +2813,7 @@ pub fn lease_peers(
                 // The type is the lease's text: written escaped, so it cannot forge a log line.
                 (b, ..) if b != kind => format!("backend {b:?}, not {kind}"),
                 (_, _, None) => "no VtepMAC".to_owned(),
-                (_, v, _) => format!(
-                    "VNI {}, not {}",
-                    v.unwrap_or(0),
-                    lease_vni(vni.unwrap_or(0))
-                ),
+                (_, v, _) => format!("VNI {}, not {}", v.unwrap_or(0), vni.unwrap_or(0)),
             };
             ignored.push((key, why));
             continue;
@@ -3111,7 +3200,8 @@ mod tests {
         assert!(!a.shared_address(7, Some(&own)));
         assert!(!a.shared_address(0, Some(&own)));
         assert!(!a.shared_address(9, None));
-        // The VNI is compared on the 16 bits a lease carries: 65537 is written as 1.
+        // The VNI is compared on the 16 bits every flanneld writes: 65537 (an older flanneld
+        // writes it 1) agrees with 1.
         let mut wide = own.clone();
         wide.vni = Some(65_537);
         assert!(a.shared_address(9, Some(&wide)));
@@ -3373,24 +3463,76 @@ mod vni_tests {
 
     #[test]
     fn a_vni_above_16_bits_is_compared_as_flanneld_writes_it() {
-        // flanneld on VNI 70000 writes 4464; fustian's own older leases wrote 70000.
+        // flanneld before v0.24.0 on VNI 70000 writes 4464; later ones and fustian, 70000.
         for written in [4464, 70000] {
             let (peers, ignored) = lease_peers(&vxlan(70000), None, accepted(written));
             assert_eq!((peers.len(), ignored.len()), (1, 0), "VNI {written}");
         }
         let (peers, ignored) = lease_peers(&vxlan(70000), None, accepted(4465));
         assert_eq!((peers.len(), ignored.len()), (0, 1));
-        assert_eq!(ignored[0].1, "VNI 4465, not 4464");
+        assert_eq!(ignored[0].1, "VNI 4465, not 70000");
         let (peers, _) = lease_peers(&vxlan(1), None, accepted(1));
         assert_eq!(peers.len(), 1);
     }
 
     #[test]
-    fn a_lease_carries_the_low_16_bits_of_the_vni() {
+    fn the_subnet_file_is_read_as_flanneld_reads_it() {
+        let subnet = Some("10.244.200.1/24".to_owned());
+        for text in [
+            "FLANNEL_SUBNET=10.244.200.1/24\n",
+            "FLANNEL_SUBNET=\"10.244.200.1/24\"\n",
+            "FLANNEL_SUBNET='10.244.200.1/24'\n",
+            "export FLANNEL_SUBNET=10.244.200.1/24\n",
+            "FLANNEL_SUBNET=10.244.200.1/24 # kept from the last run\n",
+            "  FLANNEL_SUBNET = 10.244.200.1/24  \n",
+            "FLANNEL_SUBNET: 10.244.200.1/24\n",
+            "# FLANNEL_SUBNET=10.1.1.1/24\nFLANNEL_NETWORK=10.244.0.0/16\n\nFLANNEL_SUBNET=10.244.200.1/24\n",
+            "FLANNEL_SUBNET=10.1.1.1/24\nFLANNEL_SUBNET=10.244.200.1/24\n",
+            "FLANNEL_SUBNET=\"10.244.200.1/24\" # a comment\r\n",
+        ] {
+            assert_eq!(
+                crate::control::etcd::dotenv_value(text, "FLANNEL_SUBNET"),
+                subnet,
+                "{text:?}"
+            );
+        }
+        for text in [
+            "",
+            "FLANNEL_SUBNETS=10.244.200.1/24\n",
+            "XFLANNEL_SUBNET=10.244.200.1/24\n",
+            "FLANNEL_SUBNET=\"10.244.200.1/24\n",
+            "exportFLANNEL_SUBNET=10.244.200.1/24\n",
+        ] {
+            assert_ne!(
+                crate::control::etcd::dotenv_value(text, "FLANNEL_SUBNET"),
+                subnet,
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            crate::control::etcd::dotenv_value("A=\"x\\\"y\\\\z\\n\"\n", "A").as_deref(),
+            Some("x\"y\\z\n")
+        );
+        assert_eq!(
+            crate::control::etcd::dotenv_value("A=x#y\n", "A").as_deref(),
+            Some("x#y")
+        );
+    }
+
+    proptest::proptest! {
+        /// Any text gives a value or none, never a panic (a subnet file may hold anything).
+        #[test]
+        fn any_subnet_file_text_is_read(text in "\\PC{0,200}", key in "[A-Z_]{1,8}") {
+            let _ = crate::control::etcd::dotenv_value(&text, &key);
+        }
+    }
+
+    #[test]
+    fn a_lease_carries_the_whole_vni() {
         let mut value = accepted(1).remove(0).value;
         value.vni = Some(70000);
         assert!(
-            value.to_json().contains(r#""VNI":4464,"#),
+            value.to_json().contains(r#""VNI":70000,"#),
             "{}",
             value.to_json()
         );

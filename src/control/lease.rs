@@ -175,13 +175,11 @@ impl LeaseValue {
                 serde_json::Value::from(kind.as_str())
             ));
             if let (Some(vni), Some(mac)) = (self.vni, self.vtep_mac) {
-                let vni = lease_vni(vni);
                 out.push_str(&format!(
                     ",\"BackendData\":{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"
                 ));
             }
             if let (Some(vni), Some(mac)) = (self.vni6, self.vtep_mac6) {
-                let vni = lease_vni(vni);
                 out.push_str(&format!(
                     ",\"BackendV6Data\":{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"
                 ));
@@ -192,11 +190,12 @@ impl LeaseValue {
     }
 }
 
-/// Returns the VNI as a lease carries it: flanneld's `vxlan` backend declares the lease's
-/// `VNI` a 16-bit field and writes the network's VNI cut to its low 16 bits (VNI 70000 is
-/// written 4464), and its JSON decoder refuses a lease whose `VNI` does not fit. So fustian
-/// writes the low 16 bits too, and compares a lease's VNI with the network's on those bits
-/// only; the VNI on the wire stays the network's whole 24-bit VNI, as the kernel device's.
+/// Returns the bits of a lease's VNI that every flanneld agrees on: flanneld v0.24.0 and later
+/// (and fustian) write the network's whole VNI in `BackendData.VNI` (a 32-bit field), while
+/// earlier flanneld declared it a 16-bit field and wrote the VNI cut to its low 16 bits (VNI
+/// 70000 as 4464). A lease's VNI is compared with the network's on these low 16 bits, so the
+/// leases of either take each other's; the VNI on the wire is the network's whole 24-bit VNI,
+/// as the kernel device's.
 pub fn lease_vni(vni: u32) -> u32 {
     vni & 0xffff
 }
@@ -1378,13 +1377,8 @@ mod tests {
                 vni6: (vxlan && v6.is_some()).then_some(vni),
                 vtep_mac6: (vxlan && v6.is_some()).then_some(MacAddress([mac[5] & 0xfe | 2, mac[4], mac[3], mac[2], mac[1], mac[0]])),
             };
-            // The VNI goes out as its low 16 bits, as flanneld writes it.
-            let written = LeaseValue {
-                vni: lease.vni.map(lease_vni),
-                vni6: lease.vni6.map(lease_vni),
-                ..lease.clone()
-            };
-            prop_assert_eq!(LeaseValue::parse(lease.to_json().as_bytes()), Ok(written));
+            // The whole VNI goes out, as flanneld (v0.24.0 and later) writes it.
+            prop_assert_eq!(LeaseValue::parse(lease.to_json().as_bytes()), Ok(lease.clone()));
         }
 
         #[test]

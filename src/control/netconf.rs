@@ -453,6 +453,87 @@ fn parse_ipv6(raw: &Raw<'_>) -> Result<Ipv6Config, NetConfigError> {
     })
 }
 
+/// The fields of flanneld's network config (`pkg/subnet/config.go`).
+const CONFIG_FIELDS: [&str; 13] = [
+    "EnableIPv4",
+    "EnableIPv6",
+    "EnableNFTables",
+    "Network",
+    "IPv6Network",
+    "SubnetMin",
+    "SubnetMax",
+    "IPv6SubnetMin",
+    "IPv6SubnetMax",
+    "SubnetLen",
+    "IPv6SubnetLen",
+    "BackendType",
+    "Backend",
+];
+
+/// The options flanneld's `vxlan` backend reads (`pkg/backend/vxlan`), `Type` included.
+const VXLAN_FIELDS: [&str; 7] = [
+    "Type",
+    "VNI",
+    "Port",
+    "MTU",
+    "GBP",
+    "Learning",
+    "DirectRouting",
+];
+
+/// The options flanneld's `udp` backend reads (`pkg/backend/udp`), `Type` included.
+const UDP_FIELDS: [&str; 2] = ["Type", "Port"];
+
+/// Returns the keys of a network config (`Backend.X` for a backend option) that neither
+/// flanneld nor fustian reads: flanneld ignores them silently, as Go's JSON decoder does, and
+/// so does the config's parse, but a misspelt option (`"VIN": 2`) is then worth a warning. At
+/// most `limit` are returned, each as written (the caller escapes it for the log).
+pub fn unread_keys(json: &[u8], limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    // Only well-formed JSON is walked (the members iterator expects it).
+    if gojson::check(json).is_err() {
+        return out;
+    }
+    let Some(members) = gojson::members(json) else {
+        return out;
+    };
+    let mut backend = None;
+    for (key, value) in members {
+        if gojson::names(&key, "Backend") {
+            backend = Some(value);
+        } else if !CONFIG_FIELDS.iter().any(|f| gojson::names(&key, f)) {
+            out.push(key.into_owned());
+        }
+    }
+    if let Some(backend) = backend
+        && let Some(members) = gojson::members(backend)
+    {
+        let kind = gojson::members(backend)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| gojson::names(k, "Type"))
+            .filter_map(|(_, v)| gojson::string(v).ok().flatten())
+            .last()
+            .unwrap_or_default();
+        let fields: &[&str] = if kind.eq_ignore_ascii_case("vxlan") {
+            &VXLAN_FIELDS
+        } else if kind.eq_ignore_ascii_case("udp") {
+            &UDP_FIELDS
+        } else {
+            &[]
+        };
+        if !fields.is_empty() {
+            out.extend(
+                members
+                    .filter(|(k, _)| !fields.iter().any(|f| gojson::names(k, f)))
+                    .map(|(k, _)| format!("Backend.{k}")),
+            );
+        }
+    }
+    out.truncate(limit);
+    out
+}
+
 fn parse_backend(raw: Option<&[u8]>) -> Result<Backend, NetConfigError> {
     let Some(raw) = raw else {
         // flannel's code: no Backend means udp.

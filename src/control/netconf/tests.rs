@@ -1148,3 +1148,32 @@ fn dual_stack_defaults_and_bounds_as_flannel_sets_them() {
         None
     );
 }
+
+#[test]
+fn settings_no_one_reads_are_named() {
+    let unread = |json: &str| super::unread_keys(json.as_bytes(), 16);
+    assert!(
+        unread(
+            r#"{"Network":"10.244.0.0/16","subnetlen":24,"EnableNFTables":true,
+                "Backend":{"type":"vxlan","vni":2,"Port":8472,"MTU":1500,"GBP":false,
+                "learning":true,"DirectRouting":false}}"#
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        unread(
+            r#"{"Network":"10.244.0.0/16","SubnetLength":24,"Backend":{"Type":"vxlan","VIN":2}}"#
+        ),
+        ["SubnetLength", "Backend.VIN"]
+    );
+    // A udp backend reads its port only; a VNI there is nobody's.
+    assert_eq!(
+        unread(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"UDP","VNI":5,"Port":8285}}"#),
+        ["Backend.VNI"]
+    );
+    assert!(unread(r#"{"Network":"10.244.0.0/16"}"#).is_empty());
+    assert!(unread("[]").is_empty());
+    let many: String = (0..40).map(|i| format!(r#""k{i}":1,"#)).collect();
+    let json = format!(r#"{{{many}"Network":"10.244.0.0/16"}}"#);
+    assert_eq!(super::unread_keys(json.as_bytes(), 16).len(), 16);
+}
