@@ -1410,6 +1410,124 @@ fn a_node_that_fails_to_start_leaves_no_lease() {
     assert!(log.contains("RLIMIT_NOFILE is 40"), "{log}");
     assert!(!log.contains("subnet lease acquired"), "{log}");
     assert!(c.keys(&format!("{PREFIX}/subnets/")).is_empty(), "{log}");
+    // A lease reused from an earlier run, then a failure after the join: the key goes back
+    // to the value and etcd lease it had, and the etcd lease granted for it is revoked.
+    let subnet = c.start_node(0, &[]);
+    c.stop_node(0);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let (value, lease, _) = stored(&c, &key).expect("the earlier run's key");
+    let leases = c.etcd_leases();
+    c.spawn_node(0, &["--trace-socket", "/proc/no-such-dir/trace.sock"]);
+    wait_exit(&mut c);
+    let log = c.log(0);
+    assert!(log.contains("reused=true"), "{log}");
+    assert!(log.contains("back on its earlier etcd lease"), "{log}");
+    let (after, after_lease, _) = stored(&c, &key).expect("the key");
+    assert_eq!(after, value, "{log}");
+    assert_eq!(after_lease, lease, "{log}");
+    assert_eq!(c.etcd_leases(), leases, "{log}");
+}
+
+/// Returns `key`'s value, etcd lease and last modification revision, if the key exists.
+fn stored(c: &Cluster, key: &str) -> Option<(Vec<u8>, i64, i64)> {
+    let key = key.to_owned();
+    with_etcd(&c.hub, move |client, rt| {
+        rt.block_on(client.get(key, None)).ok().and_then(|r| {
+            r.kvs()
+                .first()
+                .map(|kv| (kv.value().to_vec(), kv.lease(), kv.mod_revision()))
+        })
+    })
+    .flatten()
+}
+
+/// A second node on the host of a running one (the same public IP, another subnet file) that
+/// its TUN device or its UDP port refuses is refused before it joins: the running node's key
+/// stays as it wrote it, on its etcd lease, the second node grants no etcd lease and writes
+/// no subnet file.
+#[test]
+fn a_second_node_on_the_same_host_changes_nothing_in_etcd() {
+    if skip("a_second_node_on_the_same_host_changes_nothing_in_etcd") {
+        return;
+    }
+    let _serial = serial();
+    let mut c = Cluster::new(1);
+    c.set_network("udp");
+    let subnet = c.start_node(0, &["--threads", "2"]);
+    let key = format!(
+        "{PREFIX}/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let before = stored(&c, &key).expect("the first node's key");
+    let leases = c.etcd_leases();
+    let first = c.processes[0].as_ref().and_then(Process::pid).expect("pid");
+    for (case, extra, expect) in [
+        (
+            "same-tun",
+            &[][..],
+            format!(
+                "TUN device flannel0 is in use by another process (another fustian node: \
+                 already served by pid {first} (fustian))"
+            ),
+        ),
+        (
+            "same-port",
+            &["--tun", "flannel1"][..],
+            format!("UDP 192.0.2.1:8285 is already served by pid {first} (fustian)"),
+        ),
+    ] {
+        let subnet_file = c.dir.path().join(case).join("subnet.env");
+        let mut args: Vec<String> = [
+            "run",
+            "--etcd-endpoints",
+            ETCD,
+            "--public-ip",
+            &node_ip(0),
+            "--subnet-file",
+            &subnet_file.to_string_lossy(),
+            "--threads",
+            "2",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = c.dir.path().join(format!("{case}.log"));
+        let mut second = c.nodes[0].start(EXE, &args, log).expect("start fustian");
+        let exited = wait_for(Duration::from_secs(20), || second.exited().is_some());
+        let text = second.log();
+        assert!(exited, "{case}: the second node is still running:\n{text}");
+        let status = second.exited().expect("exited");
+        assert!(!status.success(), "{case}: {status}:\n{text}");
+        assert!(text.contains(&expect), "{case}: no {expect:?} in:\n{text}");
+        assert!(!text.contains("subnet lease acquired"), "{case}:\n{text}");
+        assert!(!subnet_file.exists(), "{case}: a subnet file was written");
+        let after = stored(&c, &key);
+        assert_eq!(
+            after.as_ref(),
+            Some(&before),
+            "{case}: the first node's key changed:\n{text}\nfirst node:\n{}",
+            c.log(0)
+        );
+        assert_eq!(
+            c.etcd_leases(),
+            leases,
+            "{case}: an etcd lease was granted:\n{text}"
+        );
+    }
+    assert!(
+        c.processes[0].as_mut().and_then(Process::exited).is_none(),
+        "{}",
+        c.log(0)
+    );
+    let log = c.log(0);
+    assert!(!log.contains("another etcd lease"), "{log}");
+    assert_eq!(c.counter(0, "etcd_own_lease_restored"), 0, "{log}");
+    c.stop_node(0);
 }
 
 #[test]

@@ -209,11 +209,15 @@ fn subnet_file_of(
     }
 }
 
-/// A node configuration and the control source that keeps its table current.
-type Joined = (NodeConfig, ControlPlane);
+/// A node configuration, the control source that keeps its table current, and the claim on
+/// its device and port taken before it joined.
+type Joined = (NodeConfig, ControlPlane, Option<fustian::node::HostClaim>);
 
 /// Joins the network through etcd: reads flannel's config, acquires a subnet and lists the
 /// peers, then returns the node configuration and the agent that keeps the table current.
+#[cfg(feature = "etcd")]
+use fustian::control::netconf::NetworkConfig;
+
 #[cfg(feature = "etcd")]
 fn join_etcd(
     args: &fustian::cli::RunArgs,
@@ -223,9 +227,8 @@ fn join_etcd(
     status: Option<&fustian::http::Status>,
 ) -> anyhow::Result<Option<Joined>> {
     use anyhow::Context as _;
-    use fustian::config::{Managed, ManagedBackend};
     use fustian::control::etcd::{Agent, EtcdOptions, previous_subnet, previous_subnet6};
-    use fustian::control::lease::{Backend, DEFAULT_PREFIX};
+    use fustian::control::lease::DEFAULT_PREFIX;
     let raw = args.raw();
     // Flag values first: a refused one names its flag before any other check speaks.
     let endpoints = etcd_endpoints(endpoints)?;
@@ -327,32 +330,96 @@ fn join_etcd(
             agent.endpoint_list()
         ));
     }
-    let Some(joined) = agent
-        .join_when_ready(
-            previous_subnet(&subnet_file),
-            previous_subnet6(&subnet_file),
-            stop,
-            &waiting,
-        )
-        .with_context(|| {
-            format!(
+    // The checks of this host that may refuse the node (its device, its port, its routes) and
+    // the flags that must agree with the network config run before the join writes anything
+    // to etcd, with the node's config as it will be but for its subnet (the network stands in
+    // for it); the claim they take is the node's from then on.
+    let mut host: Option<fustian::node::HostClaim> = None;
+    let mut before_write = |network: &NetworkConfig,
+                            ipv6: Option<std::net::Ipv6Addr>|
+     -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let (config, _) = node_config(
+            &raw,
+            file,
+            network,
+            (network.network, network.ipv6.map(|c6| c6.network)),
+            ipv6,
+            mac,
+            &subnet_file,
+        )?;
+        if !host.as_ref().is_some_and(|h| h.fits(&config)) {
+            // Released first: this process holds the names a new claim takes.
+            host = None;
+            host = Some(fustian::node::HostClaim::take(&config)?);
+        }
+        Ok(())
+    };
+    let joined = match agent.join_when_ready(
+        previous_subnet(&subnet_file),
+        previous_subnet6(&subnet_file),
+        stop,
+        &waiting,
+        &mut before_write,
+    ) {
+        Ok(Some(joined)) => joined,
+        Ok(None) => return Ok(None),
+        Err(fustian::control::etcd::EtcdError::Refused(e)) => {
+            return Err(anyhow::Error::from_boxed(e));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
                 "cannot join the network through etcd at {}",
                 agent.endpoint_list()
-            )
-        })?
-    else {
-        return Ok(None);
+            )));
+        }
     };
-    // Told to stop as the join ended: nothing more is set up (a lease this run created is
-    // given back as the agent goes, since the node never started; a reused one stays).
+    // Told to stop as the join ended: nothing more is set up (a lease this run wrote is
+    // given back as the agent goes, since the node never started).
     if stop.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(None);
     }
     if let Some(status) = status {
         status.set_not_ready("starting: subnet lease acquired");
     }
-    // The network config sets the wire for every node: a flag may repeat it, never change it.
-    let backend = joined.config.backend;
+    let (mut config, ignored) = node_config(
+        &raw,
+        file,
+        &joined.config,
+        (joined.subnet, joined.subnet6),
+        joined.public_ipv6,
+        mac,
+        &subnet_file,
+    )?;
+    if let Some(ip) = ignored {
+        tracing::warn!(
+            public_ipv6 = %ip,
+            "--public-ipv6 is for a dual-stack network (EnableIPv6 in the network config); \
+             ignored on this IPv4-only one"
+        );
+    }
+    config.peers = joined.peers;
+    Ok(Some((config, agent.into_source(), host)))
+}
+
+/// The configuration of a node joined through etcd: the flags and the config file over the
+/// network config, with `subnets` as this node's and `public_ipv6` (the interface's address
+/// taken on a dual-stack network) unless `--public-ipv6` is given. Refuses a flag that
+/// disagrees with the network config, which sets the wire for every node. Also returns an
+/// IPv6 underlay address given for an IPv4-only network, which is left out.
+#[cfg(feature = "etcd")]
+fn node_config(
+    raw: &RawNode,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+    network: &NetworkConfig,
+    (subnet, subnet6): (ipnet::Ipv4Net, Option<ipnet::Ipv6Net>),
+    public_ipv6: Option<std::net::Ipv6Addr>,
+    mac: Option<fustian::wire::MacAddress>,
+    subnet_file: &std::path::Path,
+) -> anyhow::Result<(NodeConfig, Option<std::net::Ipv6Addr>)> {
+    use fustian::config::{Managed, ManagedBackend};
+    use fustian::control::lease::Backend;
+    // A flag may repeat the network config, never change it.
+    let backend = network.backend;
     let agree = |flag: &str, given: Option<String>, config: String| match given {
         Some(g) if g != config => anyhow::bail!(
             "{flag} {g} disagrees with the network config in etcd, which says {config}"
@@ -373,43 +440,39 @@ fn join_etcd(
         Backend::Udp { .. } => ManagedBackend::Udp,
     };
     let managed = Managed {
-        network: joined.config.network.into(),
-        subnet: joined.subnet.into(),
-        ipv6: joined.config.ipv6.zip(joined.subnet6).map(|(c6, subnet)| {
-            fustian::config::Overlay6 {
+        network: network.network.into(),
+        subnet: subnet.into(),
+        ipv6: network
+            .ipv6
+            .zip(subnet6)
+            .map(|(c6, subnet)| fustian::config::Overlay6 {
                 network: c6.network.into(),
                 subnet: subnet.into(),
-            }
-        }),
+            }),
         backend: managed_backend,
         port: backend.port(),
         // Backend.MTU sizes the device and FLANNEL_MTU as in flanneld; --mtu still wins.
         mtu: backend.tun_mtu(),
-        subnet_file,
+        subnet_file: subnet_file.to_path_buf(),
         // flanneld programs its masquerade and forward rules through nftables when the
         // config asks.
-        nftables: joined.config.enable_nftables,
+        nftables: network.enable_nftables,
     };
     let mut config =
-        NodeConfig::resolve_managed(&raw, file.map(|(p, r)| (p.as_path(), r)), &managed)?;
-    config.peers = joined.peers;
+        NodeConfig::resolve_managed(raw, file.map(|(p, r)| (p.as_path(), r)), &managed)?;
     // The interface's IPv6 address taken on a dual-stack network: the node binds to it too.
     if config.public_ipv6.is_none() {
-        config.public_ipv6 = joined.public_ipv6;
+        config.public_ipv6 = public_ipv6;
     }
     // On an IPv4-only network no lease carries an IPv6 address (this node's says null, as
     // flanneld's does), so no peer would send to one: no IPv6 socket, and the device keeps
     // the MTU of an IPv4 underlay, as flanneld ignores -public-ipv6 there.
-    if joined.config.ipv6.is_none()
-        && let Some(ip) = config.public_ipv6.take()
-    {
-        tracing::warn!(
-            public_ipv6 = %ip,
-            "--public-ipv6 is for a dual-stack network (EnableIPv6 in the network config); \
-             ignored on this IPv4-only one"
-        );
-    }
-    Ok(Some((config, agent.into_source())))
+    let ignored = if network.ipv6.is_none() {
+        config.public_ipv6.take()
+    } else {
+        None
+    };
+    Ok((config, ignored))
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -573,6 +636,7 @@ fn etcd_endpoints(text: &str) -> anyhow::Result<Vec<String>> {
 /// 1..=65535, and no path. Anything else could never connect, so it is refused at start
 /// rather than waited on forever: a blank or a `;` between two URLs (the list is comma
 /// separated), a port out of range, an empty host, a user name.
+#[cfg(feature = "etcd")]
 fn etcd_endpoint(e: &str) -> anyhow::Result<String> {
     let shown = || fustian::sys::printable(e);
     let (scheme, rest) = match e.split_once("://") {
@@ -763,18 +827,20 @@ fn run_node(
         }
         Some(Err(e)) => anyhow::bail!("the subnet file's lock: {e}"),
     };
-    let (config, mut controls, managed) = match &args.etcd_endpoints_or_default() {
+    let (config, mut controls, host) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
-            Some((config, etcd)) => (config, vec![etcd], true),
+            Some((config, etcd, host)) => (config, vec![etcd], host),
             // Stopped while waiting for etcd.
             None => return Ok(()),
         },
+        // A static node writes nothing before it sets up: `node::run` takes its claim.
         None => (
             NodeConfig::resolve(&args.raw(), file.map(|(p, r)| (p.as_path(), r)))?,
             Vec::new(),
-            false,
+            None,
         ),
     };
+    let managed = etcd;
     // Without etcd, the config file is the source of the peers: read again when it changes
     // or on SIGHUP.
     if let (false, Some(path)) = (managed, &args.config) {
@@ -802,7 +868,7 @@ fn run_node(
         // Without a watched file SIGHUP has nothing to reload: the node says so.
         sighup: (managed || args.config.is_none()).then(|| Arc::clone(hup)),
     };
-    fustian::node::run(&config, &opts, stop, controls)?;
+    fustian::node::run(&config, &opts, stop, controls, host)?;
     if let Some(why) = fustian::control::fatal() {
         anyhow::bail!("{why}");
     }

@@ -4,8 +4,15 @@
 //! Setup follows flanneld's `udp` backend: find the underlay interface (given, or the one
 //! holding the public IP) and its MTU, open the TUN device, give it the first address of this
 //! node's subnet as a host address (/32), set the MTU (underlay − overhead unless given), bring
-//! it up and route the whole network into it, then bind the UDP socket to the public IP and
+//! it up and route the whole network into it, with the UDP sockets bound to the public IP and
 //! port. [`run`] is that list of steps, one function each.
+//!
+//! What can refuse a second node on the same host (the claim on the TUN device's name and the
+//! check for other readers of it, the UDP port with its claim, the routes of the networks) is
+//! taken first, as a [`HostClaim`], before the node writes anything: a node joining through
+//! etcd takes it after reading the network config (which sets the port) and before it writes
+//! its lease, so that a refused node leaves etcd and the subnet file as it found them. The
+//! device is configured once the subnet is known.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -116,8 +123,82 @@ pub fn started() -> bool {
     STARTED.load(Ordering::Relaxed)
 }
 
+/// What keeps a second node off this host's TUN device and UDP port: the claim on the
+/// device's name, checked free of other readers, and the node's UDP sockets, bound (with the
+/// port's claim) and checked for other sockets on the port. Taken before the node writes
+/// anything anywhere (a lease into etcd, the subnet file), so that a node refused here leaves
+/// everything as it found it; held for the node's lifetime.
+#[derive(Debug)]
+pub struct HostClaim {
+    /// The claim on the device's name (`fustian-tun-<name>`); `None` when it was passed over
+    /// (see [`HostClaim::take`]).
+    tun: Option<crate::udp::claim::PortClaim>,
+    tun_name: String,
+    /// One socket per worker asked for, on the public IP and port.
+    sockets: Vec<UdpSocket>,
+    /// The same on the IPv6 underlay address, when there is one.
+    sockets6: Vec<UdpSocket>,
+    /// The networks whose routes were found free.
+    networks: Vec<ipnet::IpNet>,
+}
+
+impl HostClaim {
+    /// Claims the TUN device's name and checks that no process reads the device, binds the
+    /// UDP sockets (one per worker, after retiring flanneld's VXLAN device on the port, which
+    /// the node replaces) and checks that the networks' routes lead to no other device. The
+    /// device is neither opened nor configured here: its address needs the node's subnet.
+    ///
+    /// # Errors
+    ///
+    /// [`TunError::InUse`] when another node (or another process) holds the device,
+    /// [`crate::udp::UdpError::Taken`] when another process holds the port, or the error of
+    /// the step that failed.
+    pub fn take(config: &NodeConfig) -> Result<Self, Error> {
+        retire_flanneld_vtep(config)?;
+        let tun = claim_tun_name(&config.tun)?;
+        crate::tun::check_free(&config.tun)?;
+        let workers = config.workers();
+        let sockets =
+            UdpSocket::bind_group(SocketAddr::new(config.public_ip, config.port), workers)?;
+        let sockets6 = match config.public_ipv6 {
+            Some(ip) => UdpSocket::bind_group(SocketAddr::new(ip.into(), config.port), workers)?,
+            None => Vec::new(),
+        };
+        let mut nl = Netlink::open().map_err(|source| Error::Io {
+            what: "open a route netlink socket".into(),
+            source,
+        })?;
+        check_routes(&mut nl, config)?;
+        Ok(Self {
+            tun,
+            tun_name: config.tun.clone(),
+            sockets,
+            sockets6,
+            networks: config.networks(),
+        })
+    }
+
+    /// Returns whether this claim covers the device, addresses, port, worker count and
+    /// networks of `config`.
+    #[must_use]
+    pub fn fits(&self, config: &NodeConfig) -> bool {
+        let on = |sockets: &[UdpSocket], ip: Option<IpAddr>| match (sockets.first(), ip) {
+            (None, None) => true,
+            (Some(s), Some(ip)) => s.local_addr() == SocketAddr::new(ip, config.port),
+            _ => false,
+        };
+        self.tun_name == config.tun
+            && self.sockets.len() == config.workers()
+            && on(&self.sockets, Some(config.public_ip))
+            && on(&self.sockets6, config.public_ipv6.map(IpAddr::V6))
+            && self.networks == config.networks()
+    }
+}
+
 /// Sets up the node described by `config`, runs the control sources (each on its own thread)
-/// and the workers, and forwards until `stop` is set or a worker stops.
+/// and the workers, and forwards until `stop` is set or a worker stops. `host` is the claim
+/// taken before the node joined its network ([`HostClaim::take`]); without one, or with one
+/// that does not fit `config`, it is taken here, before anything is set up.
 ///
 /// # Errors
 ///
@@ -127,6 +208,7 @@ pub fn run(
     opts: &RunOptions,
     stop: &Arc<AtomicBool>,
     controls: Vec<ControlPlane>,
+    host: Option<HostClaim>,
 ) -> Result<(), Error> {
     check_open_files(config.workers())?;
     let mut nl = Netlink::open().map_err(|source| Error::Io {
@@ -134,7 +216,14 @@ pub fn run(
         source,
     })?;
     let underlay = Underlay::find(&mut nl, config)?;
-    retire_flanneld_vtep(config)?;
+    let host = match host {
+        Some(host) if host.fits(config) => host,
+        other => {
+            // Released first: this process holds the names a new claim takes.
+            drop(other);
+            HostClaim::take(config)?
+        }
+    };
     let (mut backend, mut why) = event::choose(config.io).map_err(Error::Underlay)?;
     if backend == event::Backend::Uring
         && locked_memory_bound(opts.user.is_some(), opts.keep_privileges)
@@ -147,9 +236,15 @@ pub fn run(
             return Err(Error::Limit(format!("--io uring: {limit}")));
         }
     }
-    let device = Device::open(&mut nl, config, &underlay)?;
-    let (sockets, offloads) = open_sockets(config, &device)?;
-    let sockets6 = open_sockets6(config, &device, offloads)?;
+    let HostClaim {
+        tun: tun_claim,
+        sockets,
+        sockets6,
+        ..
+    } = host;
+    let device = Device::open(&mut nl, config, &underlay, tun_claim)?;
+    let (sockets, offloads) = open_sockets(config, &device, sockets);
+    let sockets6 = open_sockets6(config, &device, offloads, sockets6)?;
     let socket_inodes: Vec<u64> = sockets
         .iter()
         .chain(&sockets6)
@@ -475,68 +570,16 @@ struct Device {
 
 impl Device {
     /// Opens one queue per worker, gives the device its address and MTU, brings it up and
-    /// routes the network into it.
-    fn open(nl: &mut Netlink, config: &NodeConfig, underlay: &Underlay) -> Result<Self, Error> {
-        let claim = match crate::udp::claim::PortClaim::take_named(&format!(
-            "fustian-tun-{}",
-            config.tun
-        )) {
-            Ok(claim) => Some(claim),
-            // Held by a process of this user (root, for a node): another node. Any local user
-            // can bind an abstract name, and one who cannot attach to the device must not keep
-            // the node from starting: such a claim is passed over, and the check of attached
-            // queues still stands.
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                let name = format!("fustian-tun-{}", config.tun);
-                let euid = crate::sys::euid();
-                let holders = crate::udp::claim::named_holders(&name);
-                if holders.is_empty()
-                    || holders
-                        .iter()
-                        .any(|(pid, _)| crate::udp::claim::uid_of(*pid) == Some(euid))
-                {
-                    return Err(TunError::InUse {
-                        name: config.tun.clone(),
-                        detail: format!("another fustian node: {e}"),
-                    }
-                    .into());
-                }
-                tracing::warn!(
-                    "the claim on {} is held by {} of another user: passed over",
-                    config.tun,
-                    crate::udp::claim::describe(&holders)
-                );
-                None
-            }
-            Err(e) => {
-                tracing::warn!("cannot claim the name of {}: {e}", config.tun);
-                None
-            }
-        };
+    /// routes the network into it. `claim` is the claim on its name ([`HostClaim`]).
+    fn open(
+        nl: &mut Netlink,
+        config: &NodeConfig,
+        underlay: &Underlay,
+        claim: Option<crate::udp::claim::PortClaim>,
+    ) -> Result<Self, Error> {
         let mtu = underlay.tun_mtu(config);
-        // Before the device is touched: the network's route through another device means
-        // another node (or something else) routes it here, and this node would run without
-        // its route. Through a device of this name it is the route of a persistent device
-        // this node restarts on.
-        for network in config.networks() {
-            let network = network.trunc();
-            let oifs = nl.route_oifs(network).map_err(|source| TunError::Netlink {
-                what: format!("list the routes to {network}"),
-                name: config.tun.clone(),
-                source,
-            })?;
-            let own = if_index(&config.tun);
-            // A route through a device that no longer exists is a node's that has just
-            // exited, which the kernel is about to flush: `add_route` waits for it.
-            let live = |nl: &mut Netlink, o: Option<u32>| o.is_none_or(|i| nl.link_exists(i));
-            let others: Vec<Option<u32>> = oifs
-                .into_iter()
-                .filter(|o| own.is_none() || *o != own)
-                .collect();
-            if let Some(other) = others.into_iter().find(|&o| live(nl, o)) {
-                return Err(Error::Underlay(nl.route_conflict(network, other)));
-            }
-        }
+        // Checked again as the device is touched: a route may have come since the claim.
+        check_routes(nl, config)?;
         let want = config.workers();
         let (queues, offload) = Tun::open_queues(&config.tun, want, config.offload)?;
         let (name, index, created) = (
@@ -651,11 +694,81 @@ impl Device {
     }
 }
 
-/// Binds one UDP socket per queue to the public IP and port, and settles which offloads are
-/// in use.
-fn open_sockets(config: &NodeConfig, device: &Device) -> Result<(Vec<UdpSocket>, Offloads), Error> {
-    let listen = SocketAddr::new(config.public_ip, config.port);
-    let sockets = UdpSocket::bind_group(listen, device.queues.len())?;
+/// Claims the name of TUN device `tun` for this node (`fustian-tun-<name>`): two nodes started
+/// at once cannot both pass the check for attached queues that follows.
+fn claim_tun_name(tun: &str) -> Result<Option<crate::udp::claim::PortClaim>, Error> {
+    let claim = match crate::udp::claim::PortClaim::take_named(&format!("fustian-tun-{}", tun)) {
+        Ok(claim) => Some(claim),
+        // Held by a process of this user (root, for a node): another node. Any local user
+        // can bind an abstract name, and one who cannot attach to the device must not keep
+        // the node from starting: such a claim is passed over, and the check of attached
+        // queues still stands.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let name = format!("fustian-tun-{}", tun);
+            let euid = crate::sys::euid();
+            let holders = crate::udp::claim::named_holders(&name);
+            if holders.is_empty()
+                || holders
+                    .iter()
+                    .any(|(pid, _)| crate::udp::claim::uid_of(*pid) == Some(euid))
+            {
+                return Err(TunError::InUse {
+                    name: tun.to_owned(),
+                    detail: format!("another fustian node: {e}"),
+                }
+                .into());
+            }
+            tracing::warn!(
+                "the claim on {} is held by {} of another user: passed over",
+                tun,
+                crate::udp::claim::describe(&holders)
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("cannot claim the name of {}: {e}", tun);
+            None
+        }
+    };
+    Ok(claim)
+}
+
+/// Refuses a network whose route leads to another device than the node's: another node (or
+/// something else) routes it on this host, and this node would run without its route. Through
+/// a device of the node's name it is the route of a persistent device the node restarts on.
+fn check_routes(nl: &mut Netlink, config: &NodeConfig) -> Result<(), Error> {
+    for network in config.networks() {
+        let network = network.trunc();
+        let oifs = nl.route_oifs(network).map_err(|source| TunError::Netlink {
+            what: format!("list the routes to {network}"),
+            name: config.tun.clone(),
+            source,
+        })?;
+        let own = if_index(&config.tun);
+        // A route through a device that no longer exists is a node's that has just
+        // exited, which the kernel is about to flush: `add_route` waits for it.
+        let live = |nl: &mut Netlink, o: Option<u32>| o.is_none_or(|i| nl.link_exists(i));
+        let others: Vec<Option<u32>> = oifs
+            .into_iter()
+            .filter(|o| own.is_none() || *o != own)
+            .collect();
+        if let Some(other) = others.into_iter().find(|&o| live(nl, o)) {
+            return Err(Error::Underlay(nl.route_conflict(network, other)));
+        }
+    }
+    Ok(())
+}
+
+/// Keeps one of the claimed UDP sockets per queue, and settles which offloads are in use.
+fn open_sockets(
+    config: &NodeConfig,
+    device: &Device,
+    mut sockets: Vec<UdpSocket>,
+) -> (Vec<UdpSocket>, Offloads) {
+    // Bound for every worker asked for; an existing single-queue device runs fewer. A socket
+    // left in the `SO_REUSEPORT` group would take its share of the flows with no worker to
+    // read it, so those go.
+    sockets.truncate(device.queues.len());
     let offloads = if config.offload {
         let gro = sockets.iter().all(|s| s.enable_gro().is_ok());
         Offloads {
@@ -667,22 +780,22 @@ fn open_sockets(config: &NodeConfig, device: &Device) -> Result<(Vec<UdpSocket>,
     } else {
         Offloads::default()
     };
-    Ok((sockets, offloads))
+    (sockets, offloads)
 }
 
-/// Binds the second group of sockets, one per queue, to the IPv6 underlay address of a node
-/// that has one beside its IPv4 public IP; with `UDP_GRO` exactly when the first group has it
-/// (the workers size their receive buffers for it), else none is opened.
+/// Keeps the second group of claimed sockets, one per queue, on the IPv6 underlay address of
+/// a node that has one beside its IPv4 public IP (none otherwise); with `UDP_GRO` exactly when
+/// the first group has it (the workers size their receive buffers for it).
 fn open_sockets6(
     config: &NodeConfig,
     device: &Device,
     offloads: Offloads,
+    mut sockets: Vec<UdpSocket>,
 ) -> Result<Vec<UdpSocket>, Error> {
-    let Some(ip) = config.public_ipv6 else {
+    if config.public_ipv6.is_none() {
         return Ok(Vec::new());
-    };
-    let listen = SocketAddr::new(ip.into(), config.port);
-    let sockets = UdpSocket::bind_group(listen, device.queues.len())?;
+    }
+    sockets.truncate(device.queues.len());
     if offloads.gro {
         for s in &sockets {
             s.enable_gro().map_err(|e| {

@@ -465,6 +465,10 @@ pub enum EtcdError {
     /// The node was told to stop while it was joining.
     #[error("stopped while joining")]
     Stopped,
+    /// The checks of this host that run before the node writes its lease refused the node
+    /// (its TUN device or UDP port held by another node, say): nothing was written.
+    #[error(transparent)]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
     /// The runtime or a file could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -877,6 +881,11 @@ enum Step {
     Wait(String, String),
 }
 
+/// The checks [`Agent::join_when_ready`] runs before it writes to etcd: given the network
+/// config and this node's IPv6 underlay address on it, they pass or refuse the node.
+pub type BeforeWrite<'a> = dyn FnMut(&NetworkConfig, Option<Ipv6Addr>) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    + 'a;
+
 /// The agent: a runtime, a client and this node's lease.
 pub struct Agent {
     rt: Rt,
@@ -926,6 +935,10 @@ pub struct Agent {
     /// True when this run created this node's key (no lease of its own was there to reuse):
     /// given back if the node never starts ([`Agent::give_back`]).
     created_here: bool,
+    /// The value and etcd lease of the key this run reused (a lease with this node's address
+    /// it found and wrote again on an etcd lease of its own): put back as they were if the
+    /// node never starts ([`Agent::give_back`]).
+    reused_from: Option<(Vec<u8>, i64)>,
     /// When this node's overwritten lease is to be written back.
     restore_at: Option<Instant>,
     last_restore: Option<Instant>,
@@ -942,22 +955,30 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-/// A node that never started gives back the lease this run created.
+/// A node that never started gives back the lease this run wrote.
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.created_here && !crate::node::started() {
+        if self.gives_back() {
             self.give_back();
         }
     }
 }
 
 impl Agent {
-    /// Deletes this node's key and revokes its etcd lease, for a node that took a new lease and
-    /// then failed to start (or was stopped before it started): left behind, the lease would
-    /// route its subnet to a node that is not there until it expires (24 hours). Only a key
-    /// still the one this run created, on this run's etcd lease, is deleted; a lease reused
-    /// from an earlier run stays, as after any stop. Bounded to 3 s; on failure the lease is
-    /// left to expire, and the log says so.
+    /// Returns whether the lease this run wrote goes back as the agent goes: the node never
+    /// started, and the run created its key or wrote it again on an etcd lease of its own.
+    fn gives_back(&self) -> bool {
+        (self.created_here || self.reused_from.is_some()) && !crate::node::started()
+    }
+
+    /// Takes back what this run wrote, for a node that wrote its lease and then failed to
+    /// start (or was stopped before it started): left behind, a new lease would route its
+    /// subnet to a node that is not there until it expires (24 hours), and a reused one would
+    /// stay on an etcd lease nobody renews. A key this run created is deleted; a key it reused
+    /// gets back the value and etcd lease it had (deleted instead when that etcd lease is gone,
+    /// which would have taken the key with it). Either only while the key is still the one this
+    /// run wrote, on this run's etcd lease, which is then revoked. Bounded to 3 s; on failure
+    /// the lease is left to expire, and the log says so.
     fn give_back(&mut self) {
         let (Some(key), Some(created), Some(subnet)) =
             (self.own_key(), self.own_created, self.subnet)
@@ -965,28 +986,45 @@ impl Agent {
             return;
         };
         let lease = self.lease_id;
-        let undo = Txn::new()
-            .when(vec![
+        let still_ours = || {
+            Txn::new().when(vec![
                 Compare::create_revision(key.as_str(), CompareOp::Equal, created),
                 Compare::lease(key.as_str(), CompareOp::Equal, lease),
             ])
-            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+        };
+        let undo = still_ours().and_then(vec![TxnOp::delete(key.as_str(), None)]);
+        let restore = self.reused_from.clone().map(|(value, earlier)| {
+            let options = (earlier != 0).then(|| PutOptions::new().with_lease(earlier));
+            still_ours().and_then(vec![TxnOp::put(key.as_str(), value, options)])
+        });
         let Ok(mut client) = self.client() else {
-            tracing::warn!(%subnet, %key, "the node did not start and is not connected to etcd: its new subnet lease expires with its TTL");
+            tracing::warn!(%subnet, %key, "the node did not start and is not connected to etcd: the subnet lease it wrote expires with its TTL");
             return;
         };
         let done = self.rt.block_on(async move {
             tokio::time::timeout(Duration::from_secs(3), async move {
-                let deleted = client.txn(undo).await?.succeeded();
-                client.lease_revoke(lease).await.map(|_| deleted)
+                // etcd refuses the put of a restore whose etcd lease is gone (its TTL ran out,
+                // or it was revoked): the key is deleted then, as that lease would have.
+                let restored = match restore {
+                    Some(txn) => client.txn(txn).await.ok().map(|r| r.succeeded()),
+                    None => None,
+                };
+                let result = match restored {
+                    Some(done) => Back::Restored(done),
+                    None => Back::Deleted(client.txn(undo).await?.succeeded()),
+                };
+                client.lease_revoke(lease).await.map(|_| result)
             })
             .await
         });
         match done {
-            Ok(Ok(true)) => {
+            Ok(Ok(Back::Restored(true))) => {
+                tracing::info!(%subnet, %key, "the node did not start: the lease it wrote again is back on its earlier etcd lease, as it was");
+            }
+            Ok(Ok(Back::Deleted(true))) => {
                 tracing::info!(%subnet, %key, "the node did not start: the subnet lease it took is given back");
             }
-            Ok(Ok(false)) => {
+            Ok(Ok(Back::Restored(false) | Back::Deleted(false))) => {
                 tracing::info!(%subnet, %key, "the node did not start: its etcd lease is revoked (the key is no longer the one it wrote, and is left)");
             }
             Ok(Err(e)) => {
@@ -997,6 +1035,15 @@ impl Agent {
             }
         }
     }
+}
+
+/// What [`Agent::give_back`] did with this node's key (`true`: done; `false`: the key was no
+/// longer the one this run wrote, and is left).
+enum Back {
+    /// Put back as it was before this run wrote it again.
+    Restored(bool),
+    /// Deleted.
+    Deleted(bool),
 }
 
 /// The agent's runtime, shut down without waiting when the agent goes: a host name lookup
@@ -1196,6 +1243,7 @@ impl Agent {
             ignored_lines: LineBudget::new(),
             own_created: None,
             created_here: false,
+            reused_from: None,
             restore_at: None,
             last_restore: None,
             state: Arc::new(EtcdState::default()),
@@ -1311,20 +1359,28 @@ impl Agent {
     /// it once). `Ok(None)` when `stop` was set first. `previous` and `previous6` are the
     /// subnets recorded in the subnet file (`FLANNEL_SUBNET`, `FLANNEL_IPV6_SUBNET`).
     ///
+    /// `before_write` runs with the network config and this node's IPv6 underlay address on
+    /// it (`None` on an IPv4 network) before each attempt writes anything to etcd: the checks
+    /// that may refuse the node on this host (its device, its port) run there, so a refused
+    /// node changes nothing in etcd. It runs again for each attempt and is to keep what it
+    /// took while the config stays the same.
+    ///
     /// # Errors
     ///
-    /// [`EtcdError`] when no subnet can be acquired (every subnet leased, races lost), the
-    /// network is dual stack and this node has no IPv6 address, or a TLS file cannot be read.
+    /// [`EtcdError::Refused`] with `before_write`'s error, or [`EtcdError`] when no subnet
+    /// can be acquired (every subnet leased, races lost), the network is dual stack and this
+    /// node has no IPv6 address, or a TLS file cannot be read.
     pub fn join_when_ready(
         &mut self,
         previous: Option<Ipv4Net>,
         previous6: Option<Ipv6Net>,
         stop: &AtomicBool,
         waiting: &dyn Fn(&str),
+        before_write: &mut BeforeWrite<'_>,
     ) -> Result<Option<Joined>, EtcdError> {
         let mut said = String::new();
         loop {
-            match self.try_join((previous, previous6), stop)? {
+            match self.try_join((previous, previous6), stop, before_write)? {
                 Step::Joined(joined) => return Ok(Some(joined)),
                 Step::Stopped => return Ok(None),
                 Step::Wait(reason, detail) => {
@@ -1350,6 +1406,7 @@ impl Agent {
         &mut self,
         previous: (Option<Ipv4Net>, Option<Ipv6Net>),
         stop: &AtomicBool,
+        before_write: &mut BeforeWrite<'_>,
     ) -> Result<Step, EtcdError> {
         let unreachable = format!("waiting for etcd at {}", self.endpoint_list());
         if self.client.is_none() {
@@ -1385,6 +1442,10 @@ impl Agent {
                 self.disconnect();
                 return Ok(Step::Wait(unreachable, e.to_string()));
             }
+        }
+        if let Some(config) = &self.config {
+            let ipv6 = config.ipv6.and(self.public_ipv6.or(self.ipv6_default));
+            before_write(config, ipv6).map_err(EtcdError::Refused)?;
         }
         match self.join(previous, stop) {
             Ok(joined) => Ok(Step::Joined(joined)),
@@ -1610,11 +1671,9 @@ impl Agent {
             // Reusing our own lease overwrites it, as long as it is still the one listed (had
             // it expired and another node written the key since, this is a lost race); a new
             // one must not exist yet.
-            let reused = self
-                .entries
-                .get(&key)
-                .filter(|_| mine == Some(candidate))
-                .map(|e| e.create_revision);
+            let reused_entry = self.entries.get(&key).filter(|_| mine == Some(candidate));
+            let reused = reused_entry.map(|e| e.create_revision);
+            let reused_from = reused_entry.map(|e| (e.value.clone(), e.lease));
             let txn = if let Some(created) = reused {
                 unchanged_since(&key, created).and_then(vec![put])
             } else {
@@ -1657,6 +1716,7 @@ impl Agent {
                 self.lease_id = grant.id();
                 self.state.lease_lives(grant.ttl());
                 self.created_here = reused.is_none();
+                self.reused_from = reused_from;
                 self.subnet = Some(subnet);
                 self.subnet6 = candidate.ipv6;
                 tracing::info!(%subnet, subnet6 = ?candidate.ipv6, %key, reused = mine.is_some(), "subnet lease acquired");
@@ -1912,7 +1972,7 @@ impl Agent {
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         if let Some(subnet) = self.subnet
-            && (!self.created_here || crate::node::started())
+            && !self.gives_back()
         {
             tracing::info!(%subnet, "etcd agent stopped; the lease stays until it expires");
         }

@@ -104,6 +104,17 @@ fn check_existing(name: &str) -> Result<(), TunError> {
     judge_existing(name, info)
 }
 
+/// Checks that an existing device `name` is one this node may attach to ([`wait_existing`]),
+/// without opening it: done before the node writes anything anywhere, so that a node whose
+/// device another process reads is refused having changed nothing.
+///
+/// # Errors
+///
+/// [`TunError::InUse`] naming the process that holds the device, or [`TunError::NotTun`].
+pub(crate) fn check_free(name: &str) -> Result<(), TunError> {
+    wait_existing(name).map(|_| ())
+}
+
 /// Returns whether device `name` exists, once [`check_existing`] lets this node attach to it.
 /// A device with queues attached that no live process holds (no `fdinfo` names it) is waited
 /// on ([`crate::sys::until_released`]): the queues of a node that has just exited stay attached
