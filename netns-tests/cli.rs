@@ -60,15 +60,8 @@ fn bad_flags_and_files_are_named() {
 
 /// Runs the binary with `envs` and returns whether it succeeded and its stderr.
 fn run_env(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(EXE)
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, err) = status_env(args, envs);
+    (code == Some(0), err)
 }
 
 #[test]
