@@ -53,7 +53,13 @@ pub struct EtcdView {
     pub leases: Vec<Read>,
     /// Seconds left on the node's own lease (`None`: not read or none attached).
     pub own_ttl: Option<i64>,
+    /// Keys listed past the [`MAX_READ_KEYS`] kept (a flood of keys under the prefix).
+    pub unread: u64,
 }
+
+/// The most keys under `<prefix>/subnets/` the doctor keeps, as many as a node tracks (the
+/// node's own key is kept whatever the count), so a flood of keys costs it bounded memory.
+pub const MAX_READ_KEYS: usize = 81_920;
 
 /// Reads etcd and runs the checks.
 pub fn checks(intent: &Intent, target: &EtcdTarget) -> Vec<Check> {
@@ -117,10 +123,18 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
         // Paged, as the node lists, with each key and value bounded as the node keeps them.
         let under = subnets.len();
         let mut leases: Vec<Read> = Vec::new();
+        let mut unread = 0u64;
         crate::control::etcd::list_pages(&mut client, &subnets, |kv| {
             let value = kv.value();
+            let key = crate::control::etcd::entry_key(kv.key(), under);
+            let mine =
+                || parse_subnet_key(&target.prefix, &key).is_some_and(|k| Some(k.ipv4) == own);
+            if leases.len() >= MAX_READ_KEYS && !mine() {
+                unread += 1;
+                return;
+            }
             leases.push(Read {
-                key: crate::control::etcd::entry_key(kv.key(), under),
+                key,
                 create_revision: kv.create_revision(),
                 value: value[..value.len().min(crate::control::lease::MAX_LEASE_VALUE + 1)]
                     .to_vec(),
@@ -146,6 +160,7 @@ fn read(intent: &Intent, target: &EtcdTarget) -> Result<EtcdView, String> {
             config,
             leases,
             own_ttl,
+            unread,
         })
     })
 }
@@ -187,6 +202,18 @@ pub fn judge(intent: &Intent, prefix: &str, view: &EtcdView) -> Vec<Check> {
         }
     };
     out.push(config_check(intent, &config));
+    if view.unread > 0 {
+        out.push(Check::warn(
+            "etcd.keys",
+            format!(
+                "{} keys under {} past the first {MAX_READ_KEYS} were not read (a flood of \
+                 keys under the prefix?): the checks below saw only those",
+                view.unread,
+                crate::control::lease::key_under(prefix, "subnets/")
+            ),
+            None,
+        ));
+    }
     let Some(own) = own_subnet(intent) else {
         return out;
     };
@@ -421,6 +448,7 @@ mod tests {
                 lease("10.244.2.0-24", "192.0.2.2", 3),
             ],
             own_ttl: Some(86_000),
+            unread: 0,
         }
     }
 
@@ -487,6 +515,21 @@ mod tests {
     }
 
     #[test]
+    fn keys_past_the_bound_are_named_in_a_warning() {
+        let mut view = view();
+        view.unread = 12;
+        let checks = judge(&intent(), P, &view);
+        let keys = checks
+            .iter()
+            .find(|c| c.name == "etcd.keys")
+            .expect("a check for the keys left unread");
+        assert_eq!(keys.outcome, Outcome::Warn, "{keys:?}");
+        assert!(keys.detail.starts_with("12 keys under"), "{keys:?}");
+        // The rest is judged as before.
+        assert_eq!(checks.len(), 4, "{checks:#?}");
+    }
+
+    #[test]
     fn a_dual_stack_node_is_judged_on_both_halves() {
         let dual = |listen6: Option<&str>, peer6: Option<&str>| {
             let mut intent = intent();
@@ -512,6 +555,7 @@ mod tests {
                     lease6("10.244.2.0-24&fd00:10:244:2::-64", "192.0.2.2", "2001:db8::2", 3),
                 ],
                 own_ttl: Some(86_000),
+                unread: 0,
             };
             judge(&intent, P, &view)
         };
