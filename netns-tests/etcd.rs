@@ -584,8 +584,32 @@ fn a_restarted_node_gets_its_subnet_back() {
     let mut c = Cluster::new(1);
     c.set_network("vxlan");
     let first = c.start_node(0, &[]);
+    // The VTEP MAC in the lease is the one kept beside the subnet file, and stays.
+    let mac_file = c
+        .subnet_file(0)
+        .with_file_name(fustian::config::VTEP_MAC_FILE);
+    let kept_mac = || {
+        std::fs::read_to_string(&mac_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", mac_file.display()))
+            .trim()
+            .to_owned()
+    };
+    let leased = |c: &Cluster| c.keys(&format!("{PREFIX}/subnets/"));
+    let mac = kept_mac();
+    let in_lease = format!(r#""VtepMAC":"{mac}""#);
+    let leases = leased(&c);
+    assert!(
+        leases.iter().any(|(_, v)| v.contains(&in_lease)),
+        "{mac}: {leases:?}"
+    );
     c.stop_node(0);
     assert_eq!(c.start_node(0, &[]), first, "after a restart");
+    assert_eq!(kept_mac(), mac);
+    let leases = leased(&c);
+    assert!(
+        leases.iter().any(|(_, v)| v.contains(&in_lease)),
+        "{mac}: {leases:?}"
+    );
     c.stop_node(0);
     // Without the subnet file too: the lease carrying this node's address is reused.
     std::fs::remove_file(c.subnet_file(0)).expect("remove subnet file");
@@ -2728,5 +2752,10 @@ fn public_ipv6_on_an_ipv4_only_network_is_ignored() {
         own.iter().all(|(_, v)| v.contains(r#""PublicIPv6":null"#)),
         "{own:?}"
     );
+    // A udp node keeps no VTEP MAC, as flanneld's udp backend keeps none.
+    let mac_file = c
+        .subnet_file(0)
+        .with_file_name(fustian::config::VTEP_MAC_FILE);
+    assert!(!mac_file.exists(), "{}", mac_file.display());
     c.stop_node(0);
 }

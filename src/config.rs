@@ -895,36 +895,75 @@ pub fn vtep_mac_path(subnet_file: &Path) -> PathBuf {
 /// [`ConfigError::Invalid`] when the file holds something else than a unicast MAC,
 /// [`ConfigError::Read`] when it cannot be read, created or written.
 pub fn load_or_create_vtep_mac(path: &Path) -> Result<MacAddress, ConfigError> {
-    let io_err = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    if let Some(mac) = load_vtep_mac(path)? {
+        return Ok(mac);
+    }
+    let mac = new_vtep_mac()?;
+    keep_vtep_mac(path, mac)?;
+    Ok(mac)
+}
+
+/// Returns the VTEP MAC kept in `path`, `None` when there is no such file.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] when the file holds something else than a unicast MAC,
+/// [`ConfigError::Read`] when it cannot be read.
+pub fn load_vtep_mac(path: &Path) -> Result<Option<MacAddress>, ConfigError> {
     // A MAC and a line feed; the file is never echoed back (it could be a link to another).
     match crate::sys::read_own_small_file(path, 64) {
         Ok(text) => {
             let text = text.trim();
-            parse_unicast_mac(text).map_err(|reason| ConfigError::Invalid {
-                origin: Origin::File {
-                    path: path.to_owned(),
-                    field: "VTEP MAC".into(),
-                },
-                value: format!("{} bytes", text.len()),
-                reason,
-            })
+            parse_unicast_mac(text)
+                .map(Some)
+                .map_err(|reason| ConfigError::Invalid {
+                    origin: Origin::File {
+                        path: path.to_owned(),
+                        field: "VTEP MAC".into(),
+                    },
+                    value: format!("{} bytes", text.len()),
+                    reason,
+                })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut random = [0u8; 6];
-            let mut urandom = std::fs::File::open("/dev/urandom").map_err(io_err)?;
-            std::io::Read::read_exact(&mut urandom, &mut random).map_err(io_err)?;
-            let mac = MacAddress::local_unicast(random);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io_err)?;
-            }
-            crate::sys::write_atomically(path, format!("{mac}\n").as_bytes()).map_err(io_err)?;
-            Ok(mac)
-        }
-        Err(e) => Err(io_err(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        }),
     }
+}
+
+/// A random locally administered unicast MAC, as flannel's `pkg/mac` makes one.
+///
+/// # Errors
+///
+/// [`ConfigError::Read`] when `/dev/urandom` cannot be read.
+pub fn new_vtep_mac() -> Result<MacAddress, ConfigError> {
+    let urandom = Path::new("/dev/urandom");
+    let io_err = |source| ConfigError::Read {
+        path: urandom.to_owned(),
+        source,
+    };
+    let mut random = [0u8; 6];
+    let mut file = std::fs::File::open(urandom).map_err(io_err)?;
+    std::io::Read::read_exact(&mut file, &mut random).map_err(io_err)?;
+    Ok(MacAddress::local_unicast(random))
+}
+
+/// Keeps `mac` in `path` (its directory created if needed), written atomically.
+///
+/// # Errors
+///
+/// [`ConfigError::Read`] when the directory or the file cannot be written.
+pub fn keep_vtep_mac(path: &Path, mac: MacAddress) -> Result<(), ConfigError> {
+    let io_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    crate::sys::write_atomically(path, format!("{mac}\n").as_bytes()).map_err(io_err)
 }
 
 fn parse_unicast_mac(text: &str) -> Result<MacAddress, String> {

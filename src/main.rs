@@ -303,15 +303,22 @@ fn join_etcd(
             std::time::Duration::from_secs,
         ),
     };
-    // The VTEP MAC goes into the lease, so it is settled before joining.
+    // The VTEP MAC goes into the lease, so it is settled before joining; a new one is kept
+    // beside the subnet file only once the network turns out to be vxlan, before the lease
+    // carrying it is written (a udp node, as flanneld's, keeps none).
     let mac_path = fustian::config::vtep_mac_path(&subnet_file);
-    let mac = match &raw.vtep_mac {
-        Some(text) => Some(
+    let (mac, mut unsaved) = match &raw.vtep_mac {
+        Some(text) => (
             text.parse()
                 .map_err(|e| Usage(format!("invalid --vtep-mac `{text}`: {e}")))?,
+            false,
         ),
-        None => Some(fustian::config::load_or_create_vtep_mac(&mac_path)?),
+        None => match fustian::config::load_vtep_mac(&mac_path)? {
+            Some(kept) => (kept, false),
+            None => (fustian::config::new_vtep_mac()?, true),
+        },
     };
+    let mac = Some(mac);
     let mut agent = Agent::new(opts, public_ip, public_ipv6, mac)?.with_ipv6_default(
         public_ipv6
             .is_none()
@@ -351,6 +358,13 @@ fn join_etcd(
             // Released first: this process holds the names a new claim takes.
             host = None;
             host = Some(fustian::node::HostClaim::take(&config)?);
+        }
+        if unsaved
+            && let (fustian::control::lease::Backend::Vxlan { .. }, Some(mac)) =
+                (network.backend, mac)
+        {
+            fustian::config::keep_vtep_mac(&mac_path, mac)?;
+            unsaved = false;
         }
         Ok(())
     };
