@@ -23,6 +23,7 @@ use std::sync::atomic::AtomicBool;
 use crate::table::Table;
 
 pub mod churn;
+pub mod dotenv;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod file;

@@ -392,24 +392,17 @@ fn subnet_file_check(path: &Path, intent: &Intent, mtu: u32) -> Check {
     }
 }
 
-/// Parses a subnet file; unknown and malformed lines are ignored.
+/// Parses a subnet file as flanneld's readers do ([`crate::control::dotenv::value`]: quotes,
+/// `export`, comments, the later of two lines); unknown and malformed lines are ignored.
 pub fn parse_subnet_env(text: &str) -> SubnetEnv {
-    let mut env = SubnetEnv::default();
-    for line in text.lines() {
-        let Some((k, v)) = line.trim().split_once('=') else {
-            continue;
-        };
-        let v = v.trim().trim_matches('"');
-        match k.trim() {
-            "FLANNEL_NETWORK" => env.network = Some(v.to_owned()),
-            "FLANNEL_SUBNET" => env.subnet = Some(v.to_owned()),
-            "FLANNEL_MTU" => env.mtu = v.parse().ok(),
-            "FLANNEL_IPV6_NETWORK" => env.ipv6_network = Some(v.to_owned()),
-            "FLANNEL_IPV6_SUBNET" => env.ipv6_subnet = Some(v.to_owned()),
-            _ => {}
-        }
+    let get = |key| crate::control::dotenv::value(text, key);
+    SubnetEnv {
+        network: get("FLANNEL_NETWORK"),
+        subnet: get("FLANNEL_SUBNET"),
+        mtu: get("FLANNEL_MTU").and_then(|v| v.parse().ok()),
+        ipv6_network: get("FLANNEL_IPV6_NETWORK"),
+        ipv6_subnet: get("FLANNEL_IPV6_SUBNET"),
     }
-    env
 }
 
 /// Parses `ip -j addr show dev X` (a one-element array); `None` when the device is missing.
@@ -603,6 +596,15 @@ mod tests {
         assert_eq!(env.subnet.as_deref(), Some("10.244.1.1/24"));
         assert_eq!(env.mtu, Some(1472));
         assert_eq!(parse_subnet_env("FLANNEL_MTU=x").mtu, None);
+        // Read as flanneld's readers read it: quotes, `export`, comments, the later line.
+        let quoted = parse_subnet_env(
+            "export FLANNEL_NETWORK=\"10.244.0.0/16\"\nFLANNEL_MTU=1400 # lowered\n\
+             # FLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_SUBNET='10.244.1.1/24'\nFLANNEL_MTU=1472\n",
+        );
+        assert_eq!(quoted.network.as_deref(), Some("10.244.0.0/16"));
+        assert_eq!(quoted.subnet.as_deref(), Some("10.244.1.1/24"));
+        assert_eq!(quoted.mtu, Some(1472));
+        assert_eq!(parse_subnet_env("FLANNEL_MTU=1400 # x\n").mtu, Some(1400));
         let dual = parse_subnet_env(
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
              FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n",
@@ -649,13 +651,29 @@ mod tests {
         }
 
         #[test]
-        fn subnet_env_reads_back_its_mtu(mtu in any::<u32>(), junk in "[A-Z_]{0,12}=[ -~]{0,20}") {
-            let text = format!("{junk}\nFLANNEL_MTU={mtu}\n{junk}\n");
-            let want = match junk.strip_prefix("FLANNEL_MTU=") {
-                Some(v) => v.trim().trim_matches('"').parse().ok(),
-                None => Some(mtu),
+        fn subnet_env_reads_back_its_mtu(
+            mtu in any::<u32>(),
+            form in 0usize..6,
+            junk in "[A-Z_]{0,12}=[ -~]{0,20}",
+        ) {
+            // Every way flanneld's readers accept a value: bare, quoted, exported, commented.
+            let line = match form {
+                0 => format!("FLANNEL_MTU={mtu}"),
+                1 => format!("FLANNEL_MTU=\"{mtu}\""),
+                2 => format!("FLANNEL_MTU='{mtu}'"),
+                3 => format!("export FLANNEL_MTU={mtu}"),
+                4 => format!("FLANNEL_MTU = {mtu} # set by the node"),
+                _ => format!("FLANNEL_MTU: {mtu}\r"),
             };
-            prop_assert_eq!(parse_subnet_env(&text).mtu, want);
+            // Junk before the line never wins (the later line does); junk after it wins only
+            // when it names the key itself.
+            let before = format!("{junk}\n{line}\n");
+            prop_assert_eq!(parse_subnet_env(&before).mtu, Some(mtu));
+            let after = format!("{line}\n{junk}\n");
+            let names_key = junk.split(['=', ':']).next().is_some_and(|k| k.trim() == "FLANNEL_MTU");
+            if !names_key {
+                prop_assert_eq!(parse_subnet_env(&after).mtu, Some(mtu));
+            }
         }
     }
 }
