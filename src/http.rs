@@ -947,7 +947,14 @@ fn parse_answer(answer: &[u8]) -> Result<String, String> {
         }
     }
     if code != "200" {
-        return Err(format!("answered {code}: {}", body.trim()));
+        // The answer is another program's text: one line, and not more of it than a reader
+        // needs to see why.
+        let shown: String = body.trim().chars().take(200).collect();
+        return Err(format!(
+            "answered {}: {}",
+            crate::sys::one_line(code),
+            crate::sys::one_line(&shown)
+        ));
     }
     Ok(body.to_owned())
 }
@@ -1984,6 +1991,13 @@ mod tests {
         );
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabc").is_err());
         assert!(parse_answer(b"HTTP/1.1 503 X\r\n\r\nnot ready").is_err_and(|e| e.contains("503")));
+        // Whoever holds the port may answer anything: the error is one line, and short.
+        let forged = b"HTTP/1.1 503 X\r\n\r\noops\n2026-12-01T00:00:00Z  INFO fustian: FORGED\r\n";
+        let e = parse_answer(forged).expect_err("503");
+        assert!(!e.contains('\n') && !e.contains('\r'), "{e}");
+        assert!(e.contains("oops\\n2026"), "{e}");
+        let long = format!("HTTP/1.1 500 X\r\n\r\n{}", "x".repeat(10_000));
+        assert!(parse_answer(long.as_bytes()).expect_err("500").len() < 300);
         assert!(parse_answer(b"SSH-2.0\r\n\r\n").is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_err());
     }

@@ -584,6 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let json = serde_json::to_string_pretty(&value)?;
                 println!("{}", fustian::sys::printable_json(&json));
             } else {
+                let value = fustian::show::one_line_strings(value);
                 print!(
                     "{}",
                     fustian::sys::printable(&fustian::show::render(&value))

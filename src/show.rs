@@ -15,7 +15,26 @@ fn uptime(secs: u64) -> String {
     }
 }
 
+/// Returns `v` with every string in it, object keys included, made one printable line
+/// ([`crate::sys::one_line`]: newline, tab and every other control character escaped).
+/// `/status` comes from whatever holds the port, so no text in it may start a line of its own
+/// in what `show` and `doctor` print.
+#[must_use]
+pub fn one_line_strings(v: Value) -> Value {
+    match v {
+        Value::String(t) => Value::String(crate::sys::one_line(&t).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(one_line_strings).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (crate::sys::one_line(&k).into_owned(), one_line_strings(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// Renders the node's state: what it is, its peers, and its non-zero counters (drops apart).
+/// Strings of `v` are shown as they are: pass an answer through [`one_line_strings`] first.
 pub fn render(v: &Value) -> String {
     let s = |key: &str| match &v[key] {
         Value::String(t) => t.clone(),
@@ -139,6 +158,28 @@ fn render_recent_drops(out: &mut String, v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_string_of_an_answer_starts_a_line() {
+        let v = serde_json::json!({
+            "subnet": "10.244.1.0/24\nok   fake.check  everything is fine",
+            "io_reason": "x\r\ty",
+            "counters": {"rx_packets\nFORGED 1": 3},
+            "table": {"generation": 1, "peers": [
+                {"subnet": "10.244.2.0/24", "endpoint": "192.0.2.2:8285\nFORGED", "vtep_mac": "-"}
+            ]},
+        });
+        let shown = render(&one_line_strings(v));
+        assert!(
+            !shown
+                .lines()
+                .any(|l| l.contains("FORGED") && !l.contains("\\n")),
+            "{shown}"
+        );
+        assert!(!shown.lines().any(|l| l.starts_with("ok ")), "{shown}");
+        assert!(shown.contains("10.244.1.0/24\\nok"), "{shown}");
+        assert!(!shown.contains('\r') && !shown.contains('\t'), "{shown}");
+    }
 
     #[test]
     fn renders_peers_counters_and_drops() {

@@ -1014,29 +1014,22 @@ fn hidden_sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half
-/// and a crash leaves the old file or the new one. A new file is mode 0644 whatever the umask
-/// (as flanneld writes its subnet file; `docker`'s and the CNI plugin's readers need not run as
-/// root); a regular file of this process's user or root already there keeps its mode, as
-/// flanneld keeps it, less any write bit for group or others and the set-id bits (an
-/// operator's 0600 stays 0600; a 0666 becomes 0644, so no local user may rewrite what the
-/// network plugin reads). Another user's file at the path, left there in a directory others
-/// may write to, lends it nothing: the new file is 0644. The temporary file is created anew
-/// (`O_EXCL`), never through a link left there, and never at a name another user holds.
+/// and a crash leaves the old file or the new one. The file is mode 0644 whatever the umask
+/// and whatever was at the path before, as flanneld writes its subnet file (`renameio` with
+/// the umask ignored): `docker`'s and the CNI plugin's readers need not run as root, and no
+/// other local user may rewrite what the network plugin reads. The temporary file is created
+/// anew (`O_EXCL`), never through a link left there, and never at a name another user holds.
 ///
 /// # Errors
 ///
 /// The write, sync or rename error.
 pub fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let euid = euid();
-    let mode = std::fs::symlink_metadata(path)
-        .ok()
-        .filter(|m| m.file_type().is_file() && (m.uid() == euid || m.uid() == 0))
-        .map_or(0o644, |m| m.permissions().mode() & 0o755);
-    let (tmp, mut file) = create_temporary(path, mode, euid)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    const MODE: u32 = 0o644;
+    let (tmp, mut file) = create_temporary(path, MODE, euid())?;
     let written = file
-        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .set_permissions(std::fs::Permissions::from_mode(MODE))
         .and_then(|()| file.write_all(data))
         .and_then(|()| file.sync_data());
     drop(file);
@@ -1501,12 +1494,12 @@ mod file_tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o644);
-        // An existing file keeps its mode, less write bits for group and others.
+        // An existing file's mode is replaced, as flanneld replaces it.
         for (before, after) in [
-            (0o600, 0o600),
-            (0o640, 0o640),
+            (0o600, 0o644),
+            (0o640, 0o644),
             (0o666, 0o644),
-            (0o4755, 0o755),
+            (0o4755, 0o644),
         ] {
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(before))
                 .expect("chmod");
@@ -1527,7 +1520,7 @@ mod file_tests {
     }
 
     /// In a directory other users may write to, what another user left at the target's name
-    /// lends the new file no mode, and another user's file at the temporary name is neither
+    /// is replaced by a root-owned 0644 file, and another user's file at the temporary name is neither
     /// removed nor written through: the write takes another name.
     #[test]
     fn an_atomic_write_takes_nothing_from_another_user_s_files() {

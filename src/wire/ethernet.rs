@@ -45,20 +45,29 @@ impl std::fmt::Display for Address {
 impl std::str::FromStr for Address {
     type Err = String;
 
+    /// Parses the six-byte forms Go's `net.ParseMAC` reads (flanneld decodes `VtepMAC` with
+    /// it): `02:aa:bb:cc:dd:ee`, `02-aa-bb-cc-dd-ee` (one separator throughout) and
+    /// `02aa.bbcc.ddee`, hex digits of either case and nothing else (no sign, no blanks).
+    /// Go's 8- and 20-byte link-layer addresses are not Ethernet addresses and are refused.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const FORMS: &str =
+            "expected six hex bytes like 02:aa:bb:cc:dd:ee, 02-aa-bb-cc-dd-ee or 02aa.bbcc.ddee";
+        let b = s.as_bytes();
+        let (digits, width, sep) = match (b.len(), b.get(2), b.get(4)) {
+            (17, Some(&sep @ (b':' | b'-')), _) => (6, 2, sep),
+            (14, _, Some(b'.')) => (3, 4, b'.'),
+            _ => return Err(FORMS.into()),
+        };
         let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut out {
-            let part = parts
-                .next()
-                .ok_or("expected six hex bytes like 02:aa:bb:cc:dd:ee")?;
-            if part.len() != 2 {
-                return Err("expected six hex bytes like 02:aa:bb:cc:dd:ee".into());
+        for (i, group) in b.split(|&c| c == sep).enumerate() {
+            if i >= digits || group.len() != width || !group.iter().all(u8::is_ascii_hexdigit) {
+                return Err(FORMS.into());
             }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| format!("`{part}` is not hex"))?;
-        }
-        if parts.next().is_some() {
-            return Err("expected six hex bytes like 02:aa:bb:cc:dd:ee".into());
+            for (j, pair) in group.chunks_exact(2).enumerate() {
+                let text = std::str::from_utf8(pair).map_err(|_| FORMS.to_owned())?;
+                out[i * width / 2 + j] =
+                    u8::from_str_radix(text, 16).map_err(|_| format!("`{text}` is not hex"))?;
+            }
         }
         Ok(Self(out))
     }
@@ -221,8 +230,26 @@ mod tests {
             "02:aa:bb:cc:dd:ee:ff",
             "0g:aa:bb:cc:dd:ee",
             "2:aa:bb:cc:dd:ee",
+            // What Go's net.ParseMAC refuses too: a sign, blanks, mixed separators, a missing
+            // or extra group, and its 8- and 20-byte addresses, which are not Ethernet's.
+            "+2:aa:bb:cc:dd:ee",
+            "02:aa:bb:cc:dd:+e",
+            " 2:aa:bb:cc:dd:ee",
+            "02:aa:bb:cc:dd:e ",
+            "02:aa-bb:cc:dd:ee",
+            "02-aa-bb-cc-dd:ee",
+            "02aa.bbcc.ddee.",
+            "02aa.bbcc:ddee",
+            "02a.abbcc.ddee",
+            "02aa.bbcc.dd+e",
+            "02:aa:bb:cc:dd:ee:ff:00",
+            "0200.5e10.0000.0001",
         ] {
             assert!(bad.parse::<Address>().is_err(), "{bad}");
+        }
+        // Go's other six-byte forms, either case.
+        for same in ["02-AA-0b-cc-dd-EE", "02aa.0bcc.ddee", "02AA.0BCC.DDEE"] {
+            assert_eq!(same.parse::<Address>(), Ok(a), "{same}");
         }
         let m = Address::local_unicast([0xff; 6]);
         assert!(m.is_local() && !m.is_multicast());
@@ -238,6 +265,20 @@ mod tests {
     }
 
     proptest! {
+        /// Any text parses to an address or is refused, and every address reads back from
+        /// each of its three printed forms.
+        #[test]
+        fn mac_text_is_judged(text in "\\PC{0,20}", mac in any::<[u8; 6]>()) {
+            let _ = text.parse::<Address>();
+            let a = Address(mac);
+            let colon = a.to_string();
+            prop_assert_eq!(colon.parse::<Address>(), Ok(a));
+            prop_assert_eq!(colon.replace(':', "-").parse::<Address>(), Ok(a));
+            let hex = colon.replace(':', "");
+            let dotted = format!("{}.{}.{}", &hex[..4], &hex[4..8], &hex[8..]);
+            prop_assert_eq!(dotted.to_uppercase().parse::<Address>(), Ok(a));
+        }
+
         #[test]
         fn roundtrip(d in any::<[u8; 6]>(), s in any::<[u8; 6]>(), t in any::<u16>()) {
             let repr = Repr { dst_addr: Address(d), src_addr: Address(s), ethertype: t.into() };
