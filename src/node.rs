@@ -211,6 +211,7 @@ pub fn run(
     host: Option<HostClaim>,
 ) -> Result<(), Error> {
     check_open_files(config.workers())?;
+    warn_without_br_netfilter(config);
     let mut nl = Netlink::open().map_err(|source| Error::Io {
         what: "open a route netlink socket".into(),
         source,
@@ -1370,6 +1371,30 @@ fn bind_trace_socket(
             what: "create the trace socket".into(),
             source: std::io::Error::other(e.to_string()),
         }),
+    }
+}
+
+/// Warns when the bridge netfilter sysctls are missing (the `br_netfilter` module is not
+/// loaded) for a family the overlay carries: pods on one bridge (`cni0`) then talk past
+/// iptables, so Services and NetworkPolicy rules never see that traffic. flanneld refuses to
+/// start there; fustian says so and runs on, since the overlay itself does not need it, and
+/// `fustian doctor` reports the same (`sysctl.br_netfilter`).
+fn warn_without_br_netfilter(config: &NodeConfig) {
+    let v4 = config.network.addr().is_ipv4();
+    let v6 = config.network.addr().is_ipv6() || config.ipv6.is_some();
+    for (carried, key) in [
+        (v4, "net/bridge/bridge-nf-call-iptables"),
+        (v6, "net/bridge/bridge-nf-call-ip6tables"),
+    ] {
+        let path = std::path::Path::new("/proc/sys").join(key);
+        if carried && !path.exists() {
+            tracing::warn!(
+                "{} is missing (the br_netfilter module is not loaded): traffic between pods on \
+                 one bridge bypasses iptables, so Services and NetworkPolicy miss it; \
+                 `modprobe br_netfilter` loads it (flanneld refuses to start without it)",
+                path.display()
+            );
+        }
     }
 }
 

@@ -109,6 +109,21 @@ pub fn checks(intent: &Intent) -> Vec<Check> {
             "net/ipv6/conf/all/forwarding",
         )));
     }
+    for (family, name) in [(4, "iptables"), (6, "ip6tables")] {
+        if intent.overlays().iter().any(|(n, _)| {
+            if family == 4 {
+                n.addr().is_ipv4()
+            } else {
+                n.addr().is_ipv6()
+            }
+        }) {
+            let key = format!("net/bridge/bridge-nf-call-{name}");
+            out.push(br_netfilter_check(
+                &key,
+                Path::new("/proc/sys").join(&key).exists(),
+            ));
+        }
+    }
     out.push(rp_filter_check(
         tun,
         read_sysctl("net/ipv4/conf/all/rp_filter"),
@@ -266,6 +281,26 @@ fn vxlan_check(intent: &Intent, out: &mut Vec<Check>) {
                 Some(format!("ip link del {}", super::shell_quote(&clash[0]))),
             )
         });
+    }
+}
+
+/// Judges whether the bridge netfilter sysctl `key` (under `/proc/sys`) `exists`: without
+/// the `br_netfilter` module, traffic between pods on one bridge bypasses iptables (Services,
+/// NetworkPolicy). A warning, not a failure: the overlay works without it, though flanneld
+/// refuses to start.
+pub fn br_netfilter_check(key: &str, exists: bool) -> Check {
+    let name = key.replace('/', ".");
+    if exists {
+        Check::ok("sysctl.br_netfilter", format!("{name} exists"))
+    } else {
+        Check::warn(
+            "sysctl.br_netfilter",
+            format!(
+                "{name} is missing (br_netfilter not loaded): traffic between pods on one \
+                 bridge bypasses iptables, so Services and NetworkPolicy miss it"
+            ),
+            Some("modprobe br_netfilter".to_owned()),
+        )
     }
 }
 
@@ -612,6 +647,21 @@ mod tests {
         assert_eq!(dual.ipv6_network.as_deref(), Some("fd00:10:244::/56"));
         assert_eq!(dual.ipv6_subnet.as_deref(), Some("fd00:10:244:1::1/64"));
         assert_eq!(dual.network.as_deref(), Some("10.244.0.0/16"));
+    }
+
+    #[test]
+    fn br_netfilter_is_a_warning_when_missing() {
+        let key = "net/bridge/bridge-nf-call-iptables";
+        let there = br_netfilter_check(key, true);
+        assert_eq!(there.outcome, super::super::Outcome::Ok);
+        let missing = br_netfilter_check(key, false);
+        assert_eq!(missing.outcome, super::super::Outcome::Warn);
+        assert!(
+            missing
+                .detail
+                .contains("net.bridge.bridge-nf-call-iptables")
+        );
+        assert_eq!(missing.fix.as_deref(), Some("modprobe br_netfilter"));
     }
 
     #[test]
