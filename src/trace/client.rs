@@ -11,7 +11,7 @@
 //! not one fustian knows is shown escaped rather than as sent.
 
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read as _, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -167,9 +167,10 @@ pub fn run(
     let mut line = serde_json::to_vec(&request)
         .map_err(|e| io_err("encode the request")(io::Error::other(e)))?;
     line.push(b'\n');
-    (&stream)
-        .write_all(&line)
-        .map_err(io_err("send the filter"))?;
+    if let Err(e) = (&stream).write_all(&line) {
+        // A node refusing the connection (too many open) may have said why and closed first.
+        return Err(refusal_left(&stream).unwrap_or_else(|| io_err("send the filter")(e)));
+    }
     stream
         .set_read_timeout(Some(POLL))
         .map_err(io_err("set a read timeout"))?;
@@ -348,6 +349,20 @@ pub fn render(l: &Line) -> String {
     }
     s.push_str(&verdict_text(l));
     s
+}
+
+/// The refusal a node wrote before it closed the connection, when there is one to read.
+fn refusal_left(stream: &UnixStream) -> Option<TraceError> {
+    stream.set_read_timeout(Some(POLL)).ok()?;
+    let mut buf = Vec::new();
+    BufReader::new(stream)
+        .take(4096)
+        .read_until(b'\n', &mut buf)
+        .ok()?;
+    let line: Line = serde_json::from_slice(&buf).ok()?;
+    Some(TraceError::Refused(
+        crate::sys::one_line(&line.error?).into_owned(),
+    ))
 }
 
 #[cfg(test)]

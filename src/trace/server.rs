@@ -297,8 +297,10 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
                         continue;
                     }
                 }
-                // Connections beyond what may attach (plus a few being refused) are closed.
+                // Connections beyond what may attach (plus a few being refused) are told so
+                // and closed.
                 if open.load(Ordering::Relaxed) >= 2 * MAX_SESSIONS {
+                    refuse_busy(&stream);
                     continue;
                 }
                 open.fetch_add(1, Ordering::Relaxed);
@@ -337,6 +339,34 @@ fn accept_loop(listener: &UnixListener, hub: &Arc<Hub>, halt: &Arc<AtomicBool>) 
     }
     for t in clients {
         let _ = t.join();
+    }
+}
+
+/// Tells a connection past the limit why it is closed, without waiting on it (the accepting
+/// thread must not): one short line fits the new socket's empty buffer, and the request it
+/// sent already is read away, so closing does not reset the connection before the client has
+/// read the line.
+fn refuse_busy(stream: &UnixStream) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let line = Line {
+        error: Some(format!(
+            "{} connections to the trace socket are open already (at most {MAX_SESSIONS} \
+             traces attach); try again later",
+            2 * MAX_SESSIONS
+        )),
+        ..Line::default()
+    };
+    if let Ok(mut text) = serde_json::to_vec(&line) {
+        text.push(b'\n');
+        let _ = (&*stream).write_all(&text);
+    }
+    let mut sink = [0u8; 1024];
+    for _ in 0..8 {
+        if !matches!((&*stream).read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
     }
 }
 
@@ -611,6 +641,41 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o644);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connections_past_the_limit_are_told_why() {
+        let dir = std::env::temp_dir().join(format!("fustian-busy-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let hub = Arc::new(Hub::new(1));
+        let server = TraceServer::start(&path, Arc::clone(&hub)).expect("bind");
+        // Connections that never send a request hold their places until their deadline.
+        let idle: Vec<UnixStream> = (0..2 * MAX_SESSIONS)
+            .map(|_| UnixStream::connect(&path).expect("connect"))
+            .collect();
+        // Each is counted once the server has accepted it; a new one is then past the limit.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let reply = loop {
+            let mut late = UnixStream::connect(&path).expect("connect");
+            let _ = late.write_all(b"{\"filter\":\"\"}\n");
+            late.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut reply = String::new();
+            let _ = BufReader::new(&late).read_line(&mut reply);
+            if reply.contains("error") || Instant::now() > deadline {
+                break reply;
+            }
+        };
+        let line: Line = serde_json::from_str(&reply).expect("a JSON line");
+        assert!(
+            line.error
+                .as_deref()
+                .is_some_and(|e| e.contains("open already")),
+            "{reply}"
+        );
+        drop(idle);
+        drop(server);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
