@@ -209,6 +209,81 @@ fn subnet_file_of(
     }
 }
 
+/// Refuses a node two of whose files name the same file (one of them written, locked or
+/// removed), before anything is written: the subnet file, the lock and the temporary file
+/// beside it, the VTEP MAC file beside it, the stats file and its temporary file, the trace
+/// socket (given, or the default for the device), the config file and etcd's TLS files.
+/// Otherwise the node would overwrite its config with counters, replace its trace socket,
+/// delete its subnet file at exit or lock its lock file away.
+fn check_own_files(
+    args: &fustian::cli::RunArgs,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+    subnet_file: &str,
+) -> Result<(), Usage> {
+    use fustian::paths::{OwnFile, find_clash};
+    let raw = args.raw();
+    let subnet = std::path::Path::new(subnet_file);
+    let named = if raw.subnet_file.is_some() {
+        "--subnet-file".to_owned()
+    } else if subnet_file != fustian::config::DEFAULT_SUBNET_FILE {
+        "the config file's subnet_file".to_owned()
+    } else {
+        "the subnet file".to_owned()
+    };
+    let mut files = vec![
+        OwnFile::written(named.clone(), subnet),
+        OwnFile::written(
+            format!("the lock beside {named}"),
+            fustian::sys::lock_path(subnet),
+        ),
+        OwnFile::written(
+            format!("the temporary file beside {named}"),
+            fustian::sys::temporary_path(subnet),
+        ),
+        OwnFile::written(
+            format!("the VTEP MAC file beside {named}"),
+            fustian::config::vtep_mac_path(subnet),
+        ),
+    ];
+    if let Some(stats) = &args.stats_file {
+        files.push(OwnFile::written("--stats-file", stats));
+        files.push(OwnFile::written(
+            "the temporary file beside --stats-file",
+            fustian::sys::temporary_path(stats),
+        ));
+    }
+    match &args.trace_socket {
+        Some(socket) => files.push(OwnFile::written("--trace-socket", socket)),
+        None => {
+            let tun = raw
+                .tun
+                .clone()
+                .or_else(|| file.and_then(|(_, r)| r.tun.clone()))
+                .unwrap_or_else(|| fustian::config::DEFAULT_TUN.to_owned());
+            files.push(OwnFile::written(
+                "the trace socket",
+                fustian::trace::server::default_path(&tun),
+            ));
+        }
+    }
+    if let Some(config) = &args.config {
+        files.push(OwnFile::read("--config", config));
+    }
+    for (flag, path) in [
+        ("--etcd-keyfile", &args.etcd.etcd_keyfile),
+        ("--etcd-certfile", &args.etcd.etcd_certfile),
+        ("--etcd-cafile", &args.etcd.etcd_cafile),
+    ] {
+        if let Some(path) = path {
+            files.push(OwnFile::read(flag, path));
+        }
+    }
+    match find_clash(&files) {
+        Some(clash) => Err(Usage(clash.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// A node configuration, the control source that keeps its table current, and the claim on
 /// its device and port taken before it joined.
 type Joined = (NodeConfig, ControlPlane, Option<fustian::node::HostClaim>);
@@ -825,6 +900,7 @@ fn run_node(
     // point the pods' network plugin at a subnet the first one routes.
     let etcd = args.etcd_endpoints_or_default().is_some();
     let subnet_file = subnet_file_of(args, file, etcd)?;
+    check_own_files(args, file, &subnet_file)?;
     let lock = (!subnet_file.is_empty())
         .then(|| fustian::sys::lock_beside(std::path::Path::new(&subnet_file)));
     let _subnet_lock = match lock {
