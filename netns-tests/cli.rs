@@ -314,6 +314,52 @@ fn a_node_s_own_files_naming_one_file_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A VTEP MAC kept beside the subnet file (from an earlier run) is the node's own as much as
+/// one given with `--vtep-mac`: a static peer with that MAC is refused at start, naming the
+/// peer and the file, with the status of the `--vtep-mac` refusal (every frame from the peer
+/// would be dropped as the node's own).
+#[test]
+fn a_peer_with_the_kept_vtep_mac_is_refused() {
+    let dir = std::env::temp_dir().join(format!("fustian-kept-mac-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mac = "0a:58:0a:f4:01:01";
+    std::fs::write(dir.join("fustian-vtep.mac"), format!("{mac}\n")).expect("mac file");
+    let subnet = dir.join("subnet.env");
+    let peer = format!("10.244.2.0/24=192.0.2.2@{mac}");
+    let args = [
+        "run",
+        "--backend",
+        "vxlan",
+        "--network",
+        "10.244.0.0/16",
+        "--subnet",
+        "10.244.1.0/24",
+        "--public-ip",
+        "192.0.2.77",
+        "--peer",
+        &peer,
+        "--threads",
+        "1",
+        "--healthz-port",
+        "0",
+        "--subnet-file",
+        subnet.to_str().expect("utf8"),
+    ];
+    let (code, err) = status_env(&args, &[]);
+    let (given, given_err) = status_env(&[&args[..], &["--vtep-mac", mac]].concat(), &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is this node's own VTEP MAC")
+            && err.contains("fustian-vtep.mac")
+            && err.contains("--peer"),
+        "{err}"
+    );
+    assert_eq!(given, code, "{given_err}");
+    assert!(!subnet.exists(), "no subnet file written by a refused node");
+}
+
 /// Node 0's `run` arguments without `--public-ip`, plus `extra`.
 fn args_without_public_ip(topo: &Topology, extra: &[&str]) -> Vec<String> {
     let mut args = topo.node_args(0, &[]);

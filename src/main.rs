@@ -209,6 +209,34 @@ fn subnet_file_of(
     }
 }
 
+/// The configuration of a static node from `flags` and the config file. On a vxlan network
+/// without a VTEP MAC given, the one kept beside the subnet file (from an earlier run) is this
+/// node's as much as one given with `--vtep-mac`: it goes into `flags`, so that a peer with
+/// the same MAC is refused (every frame from it would be taken for the node's own), at start
+/// and at each reload alike.
+fn resolve_static(
+    flags: &mut RawNode,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+) -> anyhow::Result<NodeConfig> {
+    use anyhow::Context as _;
+    let file = file.map(|(p, r)| (p.as_path(), r));
+    let config = NodeConfig::resolve(flags, file)?;
+    let fustian::config::BackendConfig::Vxlan { vtep_mac: None, .. } = config.backend else {
+        return Ok(config);
+    };
+    let path = config.vtep_mac_path();
+    let Some(kept) = fustian::config::load_vtep_mac(&path)? else {
+        return Ok(config);
+    };
+    flags.vtep_mac = Some(kept.to_string());
+    NodeConfig::resolve(flags, file).with_context(|| {
+        format!(
+            "this node's VTEP MAC {kept} is the one kept in {}",
+            fustian::sys::printable(&path.display().to_string())
+        )
+    })
+}
+
 /// Refuses a node two of whose files name the same file (one of them written, locked or
 /// removed), before anything is written: the subnet file, the lock and the temporary file
 /// beside it, the VTEP MAC file beside it, the stats file and its temporary file, the trace
@@ -917,6 +945,8 @@ fn run_node(
         }
         Some(Err(e)) => anyhow::bail!("the subnet file's lock: {e}"),
     };
+    // The flags as a static node reads them again on a reload (with its kept VTEP MAC).
+    let mut flags = args.raw();
     let (config, mut controls, host) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
             Some((config, etcd, host)) => (config, vec![etcd], host),
@@ -924,11 +954,7 @@ fn run_node(
             None => return Ok(()),
         },
         // A static node writes nothing before it sets up: `node::run` takes its claim.
-        None => (
-            NodeConfig::resolve(&args.raw(), file.map(|(p, r)| (p.as_path(), r)))?,
-            Vec::new(),
-            None,
-        ),
+        None => (resolve_static(&mut flags, file)?, Vec::new(), None),
     };
     let managed = etcd;
     // Without etcd, the config file is the source of the peers: read again when it changes
@@ -936,7 +962,7 @@ fn run_node(
     if let (false, Some(path)) = (managed, &args.config) {
         let reload = fustian::control::file::Reload {
             path: path.clone(),
-            flags: args.raw(),
+            flags,
             requested: Arc::clone(hup),
         };
         controls.push(fustian::control::file::source(config.clone(), reload));
