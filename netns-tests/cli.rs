@@ -203,6 +203,163 @@ fn every_refused_flag_value_exits_with_status_2() {
     assert!(err.contains("TRUE"), "{err}");
 }
 
+/// A node two of whose files name one file is refused with status 2, naming both, before it
+/// writes, locks or removes anything (the underlay address is on no interface here, so a
+/// node not refused would stop at its sockets): the subnet file is neither filled with
+/// counters nor replaced by the trace socket, the config file is not overwritten, and the lock
+/// beside the subnet file stays a lock. Other names of the same file (`./`, `..`, a linked
+/// directory) are seen through.
+#[test]
+fn a_node_s_own_files_naming_one_file_are_refused() {
+    let dir = std::env::temp_dir().join(format!("fustian-own-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).expect("temp dir");
+    std::os::unix::fs::symlink(dir.join("sub"), dir.join("link")).expect("symlink");
+    let path = |name: &str| dir.join(name).to_str().expect("utf8").to_owned();
+    let subnet = path("sub/subnet.env");
+    let kept = "FLANNEL_NETWORK=10.244.0.0/16\n";
+    std::fs::write(&subnet, kept).expect("subnet file");
+    let config = path("node.toml");
+    let toml = "[[peer]]\nsubnet = \"10.244.3.0/24\"\npublic_ip = \"192.0.2.3\"\n";
+    std::fs::write(&config, toml).expect("config");
+    let base = [
+        "run",
+        "--network",
+        "10.244.0.0/16",
+        "--subnet",
+        "10.244.1.0/24",
+        "--public-ip",
+        "192.0.2.77",
+        "--peer",
+        "10.244.2.0/24=192.0.2.2",
+        "--threads",
+        "1",
+        "--healthz-port",
+        "0",
+    ];
+    let cases: Vec<(Vec<String>, [&str; 2])> = vec![
+        (
+            vec![
+                "--subnet-file".into(),
+                subnet.clone(),
+                "--stats-file".into(),
+                path("sub/./x/../subnet.env"),
+            ],
+            ["--subnet-file", "--stats-file"],
+        ),
+        (
+            vec![
+                "--subnet-file".into(),
+                subnet.clone(),
+                "--stats-file".into(),
+                path("link/.subnet.env.lock"),
+            ],
+            ["the lock beside --subnet-file", "--stats-file"],
+        ),
+        (
+            vec![
+                "--subnet-file".into(),
+                path("other.env"),
+                "--trace-socket".into(),
+                path("sock"),
+                "--stats-file".into(),
+                path("sock"),
+            ],
+            ["--stats-file", "--trace-socket"],
+        ),
+        (
+            vec![
+                "--subnet-file".into(),
+                subnet.clone(),
+                "--trace-socket".into(),
+                path("link/subnet.env"),
+            ],
+            ["--subnet-file", "--trace-socket"],
+        ),
+        (
+            vec![
+                "--subnet-file".into(),
+                path("other.env"),
+                "--config".into(),
+                config.clone(),
+                "--stats-file".into(),
+                config.clone(),
+            ],
+            ["--stats-file", "--config"],
+        ),
+    ];
+    for (extra, names) in cases {
+        let args: Vec<&str> = base
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+            .collect();
+        let (code, err) = status_env(&args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("name the same file") && names.iter().all(|n| err.contains(n)),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&subnet).expect("subnet file"), kept);
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), toml);
+    assert!(
+        !dir.join("sock").exists(),
+        "nothing made at the socket's path"
+    );
+    assert!(
+        !dir.join("sub/.subnet.env.lock").exists(),
+        "no lock taken by a refused node"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A VTEP MAC kept beside the subnet file (from an earlier run) is the node's own as much as
+/// one given with `--vtep-mac`: a static peer with that MAC is refused at start, naming the
+/// peer and the file, with the status of the `--vtep-mac` refusal (every frame from the peer
+/// would be dropped as the node's own).
+#[test]
+fn a_peer_with_the_kept_vtep_mac_is_refused() {
+    let dir = std::env::temp_dir().join(format!("fustian-kept-mac-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mac = "0a:58:0a:f4:01:01";
+    std::fs::write(dir.join("fustian-vtep.mac"), format!("{mac}\n")).expect("mac file");
+    let subnet = dir.join("subnet.env");
+    let peer = format!("10.244.2.0/24=192.0.2.2@{mac}");
+    let args = [
+        "run",
+        "--backend",
+        "vxlan",
+        "--network",
+        "10.244.0.0/16",
+        "--subnet",
+        "10.244.1.0/24",
+        "--public-ip",
+        "192.0.2.77",
+        "--peer",
+        &peer,
+        "--threads",
+        "1",
+        "--healthz-port",
+        "0",
+        "--subnet-file",
+        subnet.to_str().expect("utf8"),
+    ];
+    let (code, err) = status_env(&args, &[]);
+    let (given, given_err) = status_env(&[&args[..], &["--vtep-mac", mac]].concat(), &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("is this node's own VTEP MAC")
+            && err.contains("fustian-vtep.mac")
+            && err.contains("--peer"),
+        "{err}"
+    );
+    assert_eq!(given, code, "{given_err}");
+    assert!(!subnet.exists(), "no subnet file written by a refused node");
+}
+
 /// Node 0's `run` arguments without `--public-ip`, plus `extra`.
 fn args_without_public_ip(topo: &Topology, extra: &[&str]) -> Vec<String> {
     let mut args = topo.node_args(0, &[]);

@@ -387,8 +387,8 @@ fn http_20000_pipelined_requests_never_read() {
 }
 
 /// `/readyz` says what holds now, not what held at start: the TUN device set down (which also
-/// takes the kernel's route), the route deleted, the subnet file deleted each make the node not
-/// ready with the reason, and putting each back makes it ready again, while `/healthz` stays
+/// takes the kernel's route), the route deleted, the subnet file deleted or rewritten with
+/// another network each make the node not ready with the reason, and putting each back makes it ready again, while `/healthz` stays
 /// 200 throughout (the node lives; a supervisor should not restart it for an operator's edit).
 #[test]
 fn readyz_follows_the_device_the_route_the_subnet_file_and_the_underlay() {
@@ -440,7 +440,16 @@ fn readyz_follows_the_device_the_route_the_subnet_file_and_the_underlay() {
     let kept = std::fs::read(&subnet_file).expect("the node wrote its subnet file");
     std::fs::remove_file(&subnet_file).expect("remove");
     becomes(&lab, "503", "subnet file");
-    std::fs::write(&subnet_file, kept).expect("put back");
+    std::fs::write(&subnet_file, &kept).expect("put back");
+    becomes(&lab, "200", "fustian is ready");
+    // A file that says another network is not the node's, though it is in place.
+    std::fs::write(&subnet_file, "FLANNEL_NETWORK=1.2.3.0/24\n").expect("rewrite");
+    becomes(
+        &lab,
+        "503",
+        "says FLANNEL_NETWORK=1.2.3.0/24, but the node wrote FLANNEL_NETWORK=10.244.0.0/16",
+    );
+    std::fs::write(&subnet_file, &kept).expect("put back");
     becomes(&lab, "200", "fustian is ready");
     // The address the node's sockets are bound to, then the underlay link.
     let underlay = format!("{}/24", fustian::lab::HOST_IPS[0]);

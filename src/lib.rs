@@ -23,6 +23,7 @@ pub mod masq;
 pub mod metrics;
 pub mod node;
 pub mod offload;
+pub mod paths;
 pub mod show;
 pub mod sys;
 pub mod table;

@@ -209,6 +209,109 @@ fn subnet_file_of(
     }
 }
 
+/// The configuration of a static node from `flags` and the config file. On a vxlan network
+/// without a VTEP MAC given, the one kept beside the subnet file (from an earlier run) is this
+/// node's as much as one given with `--vtep-mac`: it goes into `flags`, so that a peer with
+/// the same MAC is refused (every frame from it would be taken for the node's own), at start
+/// and at each reload alike.
+fn resolve_static(
+    flags: &mut RawNode,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+) -> anyhow::Result<NodeConfig> {
+    use anyhow::Context as _;
+    let file = file.map(|(p, r)| (p.as_path(), r));
+    let config = NodeConfig::resolve(flags, file)?;
+    let fustian::config::BackendConfig::Vxlan { vtep_mac: None, .. } = config.backend else {
+        return Ok(config);
+    };
+    let path = config.vtep_mac_path();
+    let Some(kept) = fustian::config::load_vtep_mac(&path)? else {
+        return Ok(config);
+    };
+    flags.vtep_mac = Some(kept.to_string());
+    NodeConfig::resolve(flags, file).with_context(|| {
+        format!(
+            "this node's VTEP MAC {kept} is the one kept in {}",
+            fustian::sys::printable(&path.display().to_string())
+        )
+    })
+}
+
+/// Refuses a node two of whose files name the same file (one of them written, locked or
+/// removed), before anything is written: the subnet file, the lock and the temporary file
+/// beside it, the VTEP MAC file beside it, the stats file and its temporary file, the trace
+/// socket (given, or the default for the device), the config file and etcd's TLS files.
+/// Otherwise the node would overwrite its config with counters, replace its trace socket,
+/// delete its subnet file at exit or lock its lock file away.
+fn check_own_files(
+    args: &fustian::cli::RunArgs,
+    file: Option<&(std::path::PathBuf, RawNode)>,
+    subnet_file: &str,
+) -> Result<(), Usage> {
+    use fustian::paths::{OwnFile, find_clash};
+    let raw = args.raw();
+    let subnet = std::path::Path::new(subnet_file);
+    let named = if raw.subnet_file.is_some() {
+        "--subnet-file".to_owned()
+    } else if subnet_file != fustian::config::DEFAULT_SUBNET_FILE {
+        "the config file's subnet_file".to_owned()
+    } else {
+        "the subnet file".to_owned()
+    };
+    let mut files = vec![
+        OwnFile::written(named.clone(), subnet),
+        OwnFile::written(
+            format!("the lock beside {named}"),
+            fustian::sys::lock_path(subnet),
+        ),
+        OwnFile::written(
+            format!("the temporary file beside {named}"),
+            fustian::sys::temporary_path(subnet),
+        ),
+        OwnFile::written(
+            format!("the VTEP MAC file beside {named}"),
+            fustian::config::vtep_mac_path(subnet),
+        ),
+    ];
+    if let Some(stats) = &args.stats_file {
+        files.push(OwnFile::written("--stats-file", stats));
+        files.push(OwnFile::written(
+            "the temporary file beside --stats-file",
+            fustian::sys::temporary_path(stats),
+        ));
+    }
+    match &args.trace_socket {
+        Some(socket) => files.push(OwnFile::written("--trace-socket", socket)),
+        None => {
+            let tun = raw
+                .tun
+                .clone()
+                .or_else(|| file.and_then(|(_, r)| r.tun.clone()))
+                .unwrap_or_else(|| fustian::config::DEFAULT_TUN.to_owned());
+            files.push(OwnFile::written(
+                "the trace socket",
+                fustian::trace::server::default_path(&tun),
+            ));
+        }
+    }
+    if let Some(config) = &args.config {
+        files.push(OwnFile::read("--config", config));
+    }
+    for (flag, path) in [
+        ("--etcd-keyfile", &args.etcd.etcd_keyfile),
+        ("--etcd-certfile", &args.etcd.etcd_certfile),
+        ("--etcd-cafile", &args.etcd.etcd_cafile),
+    ] {
+        if let Some(path) = path {
+            files.push(OwnFile::read(flag, path));
+        }
+    }
+    match find_clash(&files) {
+        Some(clash) => Err(Usage(clash.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// A node configuration, the control source that keeps its table current, and the claim on
 /// its device and port taken before it joined.
 type Joined = (NodeConfig, ControlPlane, Option<fustian::node::HostClaim>);
@@ -826,6 +929,7 @@ fn run_node(
     // point the pods' network plugin at a subnet the first one routes.
     let etcd = args.etcd_endpoints_or_default().is_some();
     let subnet_file = subnet_file_of(args, file, etcd)?;
+    check_own_files(args, file, &subnet_file)?;
     let lock = (!subnet_file.is_empty())
         .then(|| fustian::sys::lock_beside(std::path::Path::new(&subnet_file)));
     let _subnet_lock = match lock {
@@ -842,6 +946,8 @@ fn run_node(
         }
         Some(Err(e)) => anyhow::bail!("the subnet file's lock: {e}"),
     };
+    // The flags as a static node reads them again on a reload (with its kept VTEP MAC).
+    let mut flags = args.raw();
     let (config, mut controls, host) = match &args.etcd_endpoints_or_default() {
         Some(endpoints) => match join_etcd(args, endpoints, file, stop, status.as_deref())? {
             Some((config, etcd, host)) => (config, vec![etcd], host),
@@ -849,11 +955,7 @@ fn run_node(
             None => return Ok(()),
         },
         // A static node writes nothing before it sets up: `node::run` takes its claim.
-        None => (
-            NodeConfig::resolve(&args.raw(), file.map(|(p, r)| (p.as_path(), r)))?,
-            Vec::new(),
-            None,
-        ),
+        None => (resolve_static(&mut flags, file)?, Vec::new(), None),
     };
     let managed = etcd;
     // Without etcd, the config file is the source of the peers: read again when it changes
@@ -861,7 +963,7 @@ fn run_node(
     if let (false, Some(path)) = (managed, &args.config) {
         let reload = fustian::control::file::Reload {
             path: path.clone(),
-            flags: args.raw(),
+            flags,
             requested: Arc::clone(hup),
         };
         controls.push(fustian::control::file::source(config.clone(), reload));

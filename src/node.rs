@@ -85,6 +85,15 @@ pub fn write_subnet_file(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    write_atomically(path, subnet_file_text(overlays, mtu, ipmasq).as_bytes())
+}
+
+/// The text of the subnet file [`write_subnet_file`] writes: a `KEY=VALUE` line each.
+pub fn subnet_file_text(
+    overlays: &[(ipnet::IpNet, ipnet::IpNet)],
+    mtu: u32,
+    ipmasq: bool,
+) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
     let mut ordered: Vec<_> = overlays.to_vec();
@@ -111,7 +120,7 @@ pub fn write_subnet_file(
         );
     }
     let _ = write!(text, "FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ipmasq}\n");
-    write_atomically(path, text.as_bytes())
+    text
 }
 
 /// Set once a node of this process has finished its start (its workers run).
@@ -867,9 +876,13 @@ fn start_masquerade(
 
 /// The node is ready: tells the pods' network plugin, as flanneld does. A failure stops the
 /// node when `required`, and is a warning otherwise.
-/// Writes the subnet file; returns whether it was written (a failure is an error when
-/// `required`, a warning otherwise).
-fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Result<bool, Error> {
+/// Writes the subnet file; returns the text written, `None` when it was not (a failure is an
+/// error when `required`, a warning otherwise).
+fn write_subnet_file_step(
+    config: &NodeConfig,
+    mtu: u32,
+    required: bool,
+) -> Result<Option<String>, Error> {
     let mut overlays = vec![(config.network, config.subnet)];
     overlays.extend(config.ipv6.map(|v6| (v6.network, v6.subnet)));
     if let Err(e) = write_subnet_file(&config.subnet_file, &overlays, mtu, config.traffic.ip_masq) {
@@ -878,9 +891,13 @@ fn write_subnet_file_step(config: &NodeConfig, mtu: u32, required: bool) -> Resu
             return Err(Error::Io { what, source: e });
         }
         tracing::warn!("cannot {what}: {e}");
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(true)
+    Ok(Some(subnet_file_text(
+        &overlays,
+        mtu,
+        config.traffic.ip_masq,
+    )))
 }
 
 /// What the node runs, settled by setup: logged once, shown by `/status` and the
@@ -1179,8 +1196,8 @@ struct Readiness {
     tun: String,
     index: Option<u32>,
     networks: Vec<ipnet::IpNet>,
-    /// The subnet file, when this node wrote one.
-    subnet_file: Option<std::path::PathBuf>,
+    /// The subnet file and the text written to it, when this node wrote one.
+    subnet_file: Option<(std::path::PathBuf, String)>,
     /// The underlay addresses the node's sockets are bound to.
     underlay: Vec<std::net::IpAddr>,
     /// The control sources, which may know why the node is not ready (a lease expired).
@@ -1212,7 +1229,7 @@ impl Readiness {
     fn new(
         config: &NodeConfig,
         tun: &str,
-        subnet_file: bool,
+        subnet_file: Option<String>,
         sources: Vec<Arc<dyn SourceMetrics>>,
     ) -> Self {
         Self {
@@ -1220,7 +1237,7 @@ impl Readiness {
             tun: tun.to_owned(),
             index: if_index(tun),
             networks: config.networks().iter().map(ipnet::IpNet::trunc).collect(),
-            subnet_file: subnet_file.then(|| config.subnet_file.clone()),
+            subnet_file: subnet_file.map(|text| (config.subnet_file.clone(), text)),
             underlay: std::iter::once(config.public_ip)
                 .chain(config.public_ipv6.map(std::net::IpAddr::V6))
                 .collect(),
@@ -1286,7 +1303,7 @@ impl Readiness {
                 Ok(Some(_)) | Err(_) => {}
             }
         }
-        if let Some(path) = &self.subnet_file {
+        if let Some((path, written)) = &self.subnet_file {
             // Only what the node can tell: a file it may no longer look at (`--user`, a
             // directory only root reads) is not held against it.
             match std::fs::metadata(path) {
@@ -1303,7 +1320,8 @@ impl Readiness {
                         path.display()
                     ));
                 }
-                Ok(_) | Err(_) => {}
+                Ok(_) => return subnet_file_mismatch(path, written),
+                Err(_) => {}
             }
         }
         None
@@ -1326,6 +1344,62 @@ impl Readiness {
             None => status.set_ready(),
         }
     }
+}
+
+/// The longest subnet file readiness reads: far more than any the node writes.
+const SUBNET_FILE_MAX: u64 = 64 << 10;
+
+/// Says how the subnet file at `path` departs from the `written` text (its `KEY=VALUE`
+/// lines), read as the pods' network plugin reads it ([`crate::control::dotenv::value`]): a
+/// key gone or holding another value, or a file grown past [`SUBNET_FILE_MAX`]. A file that
+/// cannot be read (`--user`, a directory only root reads) is not held against the node, and
+/// the file is never rewritten (a restart of the node writes it).
+fn subnet_file_mismatch(path: &std::path::Path, written: &str) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = || crate::sys::printable(&path.display().to_string()).into_owned();
+    // Not blocking on a FIFO swapped in since the look at its type.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    let mut bytes = Vec::new();
+    file.take(SUBNET_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if bytes.len() as u64 > SUBNET_FILE_MAX {
+        return Some(format!(
+            "the subnet file {} is longer than {SUBNET_FILE_MAX} bytes, not what the node \
+             wrote (a restart of the node writes it)",
+            shown()
+        ));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    for line in written.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        match crate::control::dotenv::value(&text, key) {
+            Some(found) if found == value => {}
+            Some(found) => {
+                return Some(format!(
+                    "the subnet file {} says {key}={}, but the node wrote {key}={value} (a \
+                     restart of the node writes it)",
+                    shown(),
+                    crate::sys::printable(&found)
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "the subnet file {} has no {key}; the node wrote {key}={value} (a restart \
+                     of the node writes it)",
+                    shown()
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Returns the line to log for `problem` given what was `said` last (a problem as `Ok`, a
@@ -1773,6 +1847,45 @@ mod tests {
             announce(&mut said, Some(&expired(9))).is_some(),
             "expired again"
         );
+    }
+
+    /// Readiness holds a subnet file that no longer says what the node wrote against it:
+    /// another network, a key gone; comments and quotes the plugin reads alike are fine.
+    #[test]
+    fn a_subnet_file_saying_otherwise_is_a_problem() {
+        let dir = std::env::temp_dir().join(format!("fustian-readiness-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("subnet.env");
+        let net: ipnet::IpNet = "10.244.0.0/16".parse().expect("net");
+        let sub: ipnet::IpNet = "10.244.1.0/24".parse().expect("subnet");
+        let written = subnet_file_text(&[(net, sub)], 1472, false);
+        std::fs::write(&path, &written).expect("write");
+        assert_eq!(subnet_file_mismatch(&path, &written), None);
+        std::fs::write(
+            &path,
+            format!(
+                "# kept by hand\n{}",
+                written.replace("=10.244.0.0/16", "=\"10.244.0.0/16\"")
+            ),
+        )
+        .expect("write");
+        assert_eq!(subnet_file_mismatch(&path, &written), None);
+        std::fs::write(&path, "FLANNEL_NETWORK=1.2.3.0/24\n").expect("write");
+        let why = subnet_file_mismatch(&path, &written).expect("another network");
+        assert!(
+            why.contains("says FLANNEL_NETWORK=1.2.3.0/24")
+                && why.contains("wrote FLANNEL_NETWORK=10.244.0.0/16")
+                && why.contains("subnet.env"),
+            "{why}"
+        );
+        std::fs::write(&path, written.replace("FLANNEL_MTU=1472\n", "")).expect("write");
+        let why = subnet_file_mismatch(&path, &written).expect("a key gone");
+        assert!(why.contains("has no FLANNEL_MTU"), "{why}");
+        let long = "#".repeat(usize::try_from(SUBNET_FILE_MAX).expect("size") + 1);
+        std::fs::write(&path, long).expect("write");
+        let why = subnet_file_mismatch(&path, &written).expect("too long");
+        assert!(why.contains("longer than"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1013,6 +1013,17 @@ fn hidden_sibling(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
+/// Returns the lock file [`lock_beside`] takes for `target`: `.NAME.lock` beside it.
+pub fn lock_path(target: &std::path::Path) -> std::path::PathBuf {
+    hidden_sibling(target, ".lock")
+}
+
+/// Returns the temporary file [`write_atomically`] first writes for `path`: `.NAME.tmp`
+/// beside it (another name only when another user holds that one).
+pub fn temporary_path(path: &std::path::Path) -> std::path::PathBuf {
+    hidden_sibling(path, ".tmp")
+}
+
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see half
 /// and a crash leaves the old file or the new one. The file is mode 0644 whatever the umask
 /// and whatever was at the path before, as flanneld writes its subnet file (`renameio` with
@@ -1236,7 +1247,7 @@ pub(crate) fn parse_lock_line(line: &str) -> Option<(u32, u32, u32, u64)> {
 pub fn lock_beside(target: &std::path::Path) -> Result<FileLock, LockError> {
     use std::io::{Seek as _, Write as _};
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-    let lock = hidden_sibling(target, ".lock");
+    let lock = lock_path(target);
     let io = |source| LockError::Io {
         lock: lock.clone(),
         source,
