@@ -65,7 +65,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::lease::{
     Accepted, Backend, LeaseValue, NetworkConfig, OwnNode, Rejection, StoredLease, SubnetKey,
-    judge_leases_dual, lease_vni, parse_subnet_key,
+    allocator_form, judge_leases_dual, lease_vni, parse_subnet_key,
 };
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
@@ -220,12 +220,7 @@ fn classify(prefix: &str, config: Option<&NetworkConfig>, raw: &[u8]) -> Option<
     let Some(config) = config else {
         return Some(KeyClass::Network);
     };
-    let v6_fits = match (config.ipv6, key.ipv6) {
-        (None, None) => true,
-        (Some(c6), Some(v6)) => c6.allows(v6),
-        _ => false,
-    };
-    Some(if v6_fits && config.allows(key.ipv4) {
+    Some(if allocator_form(config, &key) {
         KeyClass::Network
     } else {
         KeyClass::Other
@@ -1514,12 +1509,7 @@ impl Agent {
     fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<SubnetKey> {
         let mut ours = self.entries.iter().filter_map(|(key, entry)| {
             let k = parse_subnet_key(&self.opts.prefix, key)?;
-            let v6_fits = match (config.ipv6, k.ipv6) {
-                (None, None) => true,
-                (Some(c6), Some(v6)) => c6.allows(v6),
-                _ => false,
-            };
-            let canonical = v6_fits && config.allows(k.ipv4);
+            let canonical = allocator_form(config, &k);
             let mine = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
             (canonical && mine).then_some(k)
         });
@@ -1530,13 +1520,16 @@ impl Agent {
         Some(ours.find(|k| Some(k.ipv4) == previous).unwrap_or(first))
     }
 
-    /// Returns the create revision of the stored key `key` when another stored key, created
-    /// before it, names its IPv4 or its IPv6 subnet (`candidate`): the other node holds that
-    /// half, and `key` must go.
+    /// Returns the create revision of the stored key `key` when another stored key in the
+    /// form this network's allocator writes ([`KeyClass::Network`]), created before it, names
+    /// its IPv4 or its IPv6 subnet (`candidate`): the other node holds that half, and `key`
+    /// must go. A key of another form holds nothing against it, whatever its age: the peers
+    /// judge it so ([`judge_leases_dual`]).
     fn first_claim_elsewhere(&self, key: &str, candidate: SubnetKey) -> Option<i64> {
         let ours = self.entries.get(key)?.create_revision;
         let clash = self.entries.iter().any(|(k, e)| {
             k != key
+                && e.class == KeyClass::Network
                 && e.create_revision < ours
                 && parse_subnet_key(&self.opts.prefix, k).is_some_and(|o| {
                     o.ipv4 == candidate.ipv4 || (o.ipv6.is_some() && o.ipv6 == candidate.ipv6)
@@ -3011,6 +3004,42 @@ mod tests {
             Some(4)
         );
         assert_eq!(a.first_claim_elsewhere(&key(apart), pair(apart)), None);
+    }
+
+    /// A key of another form than the allocator's (an IPv4-only key, or one with an IPv6
+    /// subnet outside the network, on a dual-stack network) holds nothing against a node's key
+    /// created after it: the node keeps its subnet, and the peers route it to the node.
+    #[test]
+    fn an_older_key_of_another_form_takes_no_subnet_from_a_node() {
+        let squat_v4 = "10.244.3.0-24";
+        let squat_v6 = "10.244.4.0-24&fd00:99::-64";
+        let mine = "10.244.3.0-24&fd00:10:244:3::-64";
+        let mine2 = "10.244.4.0-24&fd00:10:244:4::-64";
+        // The squatters first (revisions 2, 3), the allocator's keys after (4, 5).
+        let mut a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                (squat_v4, V4_ONLY),
+                (squat_v6, NO_V6_VTEP),
+                (mine, DUAL),
+                (mine2, NO_V6_VTEP),
+            ],
+        );
+        let key = |k: &str| format!("/coreos.com/network/subnets/{k}");
+        let pair = |k: &str| parse_subnet_key(DEFAULT_PREFIX_FOR_TESTS, &key(k)).expect("key");
+        assert_eq!(a.first_claim_elsewhere(&key(mine), pair(mine)), None);
+        assert_eq!(a.first_claim_elsewhere(&key(mine2), pair(mine2)), None);
+        let peers = peer_list(&mut a);
+        assert!(
+            peers
+                .iter()
+                .any(|p| p.0 == "10.244.3.0/24" && p.1.starts_with("192.0.2.2")),
+            "{peers:?}"
+        );
+        assert!(
+            peers.iter().all(|p| !p.1.starts_with("192.0.2.4")),
+            "{peers:?}"
+        );
     }
 
     const DEFAULT_PREFIX_FOR_TESTS: &str = super::super::lease::DEFAULT_PREFIX;

@@ -553,12 +553,31 @@ pub struct OwnNode<'a> {
     pub subnet6: Option<Ipv6Net>,
 }
 
+/// Returns true when `key` is in the form this network's allocator writes: its IPv4 subnet
+/// allowed by the config, with an allowed IPv6 subnet on a dual-stack network and none on an
+/// IPv4 one. Such a key wins an overlap against a key of any other form (see
+/// [`judge_leases`]).
+pub fn allocator_form(config: &NetworkConfig, key: &SubnetKey) -> bool {
+    let v6_fits = match (config.ipv6, key.ipv6) {
+        (None, None) => true,
+        (Some(c6), Some(v6)) => c6.allows(v6),
+        _ => false,
+    };
+    v6_fits && config.allows(key.ipv4)
+}
+
 /// Judges every lease on its own, as flanneld's allocator would have allowed it
 /// (`pkg/subnet/config.go`, `local_manager.go`): its key in flannel's exact form, its subnet
 /// inside `Network`, of length `SubnetLen` and inside `SubnetMin`..`SubnetMax`, overlapping
-/// neither `own_subnet` nor a lease created earlier (the lower `create_revision` wins; equal
-/// revisions, which only one transaction can produce, go by key), and its `PublicIP` a unicast
-/// address other than `own_ip`. The lease at `own_key` is this node's and is skipped. Nothing
+/// neither `own_subnet` nor a lease that goes first, and its `PublicIP` a unicast address other
+/// than `own_ip`. A key in the form this network's allocator writes ([`allocator_form`]: plain
+/// `A.B.C.D-LEN` on an IPv4 network, `A.B.C.D-LEN&V6-LEN` on a dual-stack one) goes before
+/// every key of another form, whatever their create revisions: a key of another form
+/// (`10.244.2.0-24&fd00::-64` on an IPv4 network) is never the allocator's, and must not take
+/// a subnet from the node holding it when that node's key is created again (written back after
+/// a deletion, granted again after an expiry). Among keys of one form the lower
+/// `create_revision` goes first; equal revisions, which only one transaction can produce, go by
+/// key. The lease at `own_key` is this node's and is skipped. Nothing
 /// here fails: every lease is either accepted or rejected with its reason. An IPv4 node's
 /// view of [`judge_leases_dual`].
 pub fn judge_leases<'a>(
@@ -591,16 +610,25 @@ pub fn judge_leases_dual<'a>(
     prefix: &str,
     leases: impl IntoIterator<Item = StoredLease<'a>>,
 ) -> (Vec<Accepted>, Vec<Rejected>) {
-    let mut leases: Vec<StoredLease<'a>> = leases
+    // Each lease with its parsed key and whether that key is of another form than the
+    // allocator's (`false` sorts first).
+    let mut leases: Vec<(bool, Option<SubnetKey>, StoredLease<'a>)> = leases
         .into_iter()
         .filter(|l| Some(l.key) != own.key)
+        .map(|l| {
+            let key = parse_subnet_key(prefix, l.key);
+            let other = !key.is_some_and(|k| allocator_form(config, &k));
+            (other, key, l)
+        })
         .collect();
-    leases.sort_by(|a, b| (a.create_revision, a.key).cmp(&(b.create_revision, b.key)));
+    leases.sort_by(|(oa, _, a), (ob, _, b)| {
+        (*oa, a.create_revision, a.key).cmp(&(*ob, b.create_revision, b.key))
+    });
     let mut accepted: Vec<Accepted> = Vec::new();
     // Accepted subnets of both families, each with the index of its lease in `accepted`.
     let mut taken: HashMap<IpNet, usize> = HashMap::new();
     let mut rejected = Vec::new();
-    for lease in leases {
+    for (_, key, lease) in leases {
         let mut reject = |reason, detail: String| {
             rejected.push(Rejected {
                 key: lease.key.to_owned(),
@@ -608,7 +636,7 @@ pub fn judge_leases_dual<'a>(
                 detail,
             });
         };
-        let Some(key) = parse_subnet_key(prefix, lease.key) else {
+        let Some(key) = key else {
             reject(
                 Rejection::BadKey,
                 "not flannel's A.B.C.D-LEN key form".into(),
@@ -1142,13 +1170,14 @@ mod tests {
     }
 
     #[test]
-    fn the_older_of_two_overlapping_leases_wins() {
-        let a = "/coreos.com/network/subnets/10.244.2.0-24";
+    fn the_older_of_two_overlapping_leases_of_one_form_wins() {
         let b = "/coreos.com/network/subnets/10.244.2.0-24&fd00::-64";
+        let c = "/coreos.com/network/subnets/10.244.2.0-24&fd00:1::-64";
         let va = r#"{"PublicIP":"192.0.2.2"}"#;
         let vb = r#"{"PublicIP":"192.0.2.3"}"#;
-        for (ra, rb, winner) in [(4, 9, a), (9, 4, b)] {
-            for order in [[(a, ra, va), (b, rb, vb)], [(b, rb, vb), (a, ra, va)]] {
+        // Two keys of another form than an IPv4 network's: the older wins.
+        for (rb, rc, winner) in [(4, 9, b), (9, 4, c)] {
+            for order in [[(b, rb, va), (c, rc, vb)], [(c, rc, vb), (b, rb, va)]] {
                 let (accepted, rejected) = judge(&order);
                 assert_eq!(accepted.len(), 1);
                 assert_eq!(accepted[0].key, winner);
@@ -1156,6 +1185,61 @@ mod tests {
                 assert_eq!(rejected[0].reason, Rejection::Overlap);
             }
         }
+        let d = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:2::-64";
+        let e = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:3::-64";
+        let vd = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2"}"#;
+        let ve = r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3"}"#;
+        // Two dual-stack keys on a dual-stack network sharing their IPv4 half: the older wins.
+        for (rd, re, winner) in [(4, 9, d), (9, 4, e)] {
+            let (accepted, rejected) = judge_dual(&[(d, rd, vd), (e, re, ve)]);
+            assert_eq!(accepted.len(), 1, "{accepted:?}");
+            assert_eq!(accepted[0].key, winner);
+            assert_eq!(rejected[0].reason, Rejection::Overlap);
+        }
+    }
+
+    /// A key of the allocator's form keeps its subnet against an overlapping key of another
+    /// form whatever their create revisions: the node's key written back after a deletion
+    /// (created again, so newer than the squatter) still wins.
+    #[test]
+    fn the_allocator_s_key_form_wins_over_any_other_whatever_its_age() {
+        let plain = "/coreos.com/network/subnets/10.244.84.0-24";
+        let squat = "/coreos.com/network/subnets/10.244.84.0-24&fd00::-64";
+        let vp = r#"{"PublicIP":"192.0.2.2"}"#;
+        let vs = r#"{"PublicIP":"192.0.2.66"}"#;
+        // The squatter older (the write-back case), then newer.
+        for (rp, rs) in [(20, 7), (7, 20), (9, 9)] {
+            for order in [
+                [(plain, rp, vp), (squat, rs, vs)],
+                [(squat, rs, vs), (plain, rp, vp)],
+            ] {
+                let (accepted, rejected) = judge(&order);
+                assert_eq!(accepted.len(), 1, "{accepted:?}");
+                assert_eq!(accepted[0].key, plain);
+                assert_eq!(accepted[0].value.public_ip, Ipv4Addr::new(192, 0, 2, 2));
+                assert_eq!(rejected.len(), 1, "{rejected:?}");
+                assert_eq!(
+                    (rejected[0].key.as_str(), rejected[0].reason),
+                    (squat, Rejection::Overlap)
+                );
+            }
+        }
+        // Alone, a key of another form is still a lease (an IPv4 network ignores the IPv6
+        // half), and the allocator's key created after it takes the subnet over.
+        let (accepted, _) = judge(&[(squat, 7, vs)]);
+        assert_eq!(accepted[0].key, squat);
+        // On a dual-stack network the dual-stack key is the allocator's: an older plain key
+        // (an IPv4-only peer) loses to it.
+        let dual = "/coreos.com/network/subnets/10.244.84.0-24&fd00:10:244:54::-64";
+        let vd = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2"}"#;
+        let (accepted, rejected) = judge_dual(&[(plain, 3, vs), (dual, 30, vd)]);
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!(accepted[0].key, dual);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            (rejected[0].key.as_str(), rejected[0].reason),
+            (plain, Rejection::Overlap)
+        );
     }
 
     #[test]
