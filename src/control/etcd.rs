@@ -66,7 +66,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::lease::{
     Accepted, Backend, LeaseValue, NetworkConfig, OwnNode, Rejection, StoredLease, SubnetKey,
-    allocator_form, judge_leases_dual, lease_vni, parse_subnet_key,
+    allocator_form, flannel_subnet_key, judge_leases_dual, lease_vni, parse_subnet_key,
 };
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
@@ -226,13 +226,19 @@ impl LineBudget {
 /// of value (enough for the judge to refuse it as too long).
 fn entry(kv: &etcd_client::KeyValue, under: usize, class: KeyClass) -> (String, Entry) {
     let value = kv.value();
+    let key = entry_key(kv.key(), under);
+    // Read from the whole key: the name kept for a long one does not end as the key does.
+    let loose = (class == KeyClass::Other)
+        .then(|| flannel_subnet_key(kv.key()))
+        .flatten();
     (
-        entry_key(kv.key(), under),
+        key,
         Entry {
             create_revision: kv.create_revision(),
             lease: kv.lease(),
             value: value[..value.len().min(MAX_LEASE_VALUE + 1)].to_vec(),
             class,
+            loose,
         },
     )
 }
@@ -258,10 +264,18 @@ impl KeyClass {
 }
 
 /// Returns the class of the key `raw` under `prefix` on a network with `config`, `None` when
-/// it is not in flannel's key form (not UTF-8, not `<prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN]`):
-/// such a key is never a lease, and is counted, not kept.
+/// it is not in flannel's key form (not UTF-8, not `<prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN]`)
+/// and flanneld would not read it as a lease either ([`flannel_subnet_key`]): such a key is
+/// never a lease, and is counted, not kept. A key flanneld reads as a lease though it is not
+/// in flannel's form (`10.244.3.0-024`, `x10.244.3.0-24`) is [`KeyClass::Other`]: kept, within
+/// that budget, to hold its subnet for allocation, never routed.
 fn classify(prefix: &str, config: Option<&NetworkConfig>, raw: &[u8]) -> Option<KeyClass> {
-    let key = parse_subnet_key(prefix, std::str::from_utf8(raw).ok()?)?;
+    let canonical = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|k| parse_subnet_key(prefix, k));
+    let Some(key) = canonical else {
+        return flannel_subnet_key(raw).map(|_| KeyClass::Other);
+    };
     let Some(config) = config else {
         return Some(KeyClass::Network);
     };
@@ -884,6 +898,9 @@ struct Entry {
     lease: i64,
     value: Vec<u8>,
     class: KeyClass,
+    /// The subnets flanneld reads from a key not in flannel's exact form
+    /// ([`flannel_subnet_key`]): never a lease here, but held for allocation.
+    loose: Option<SubnetKey>,
 }
 
 /// Who holds this node's key, as [`Agent::holder`] judges it.
@@ -1541,12 +1558,14 @@ impl Agent {
 
     /// Returns the subnets some key names (whatever its value): the create transaction of a
     /// key with one of them beside the same other half would fail, and flanneld treats them
-    /// as taken.
+    /// as taken; so are the subnets flanneld reads from a key not in flannel's exact form
+    /// (`Entry::loose`).
     fn held(&self) -> (HashSet<Ipv4Net>, HashSet<Ipv6Net>) {
-        let keys = self
-            .entries
-            .keys()
-            .filter_map(|k| parse_subnet_key(&self.opts.prefix, k));
+        let keys = self.entries.iter().flat_map(|(k, e)| {
+            std::iter::once(parse_subnet_key(&self.opts.prefix, k))
+                .chain(std::iter::once(e.loose))
+                .flatten()
+        });
         let mut v4 = HashSet::new();
         let mut v6 = HashSet::new();
         for k in keys {
@@ -3096,6 +3115,9 @@ mod tests {
             let key = format!("/coreos.com/network/subnets/{key}");
             let class =
                 classify(&a.opts.prefix, a.config.as_ref(), key.as_bytes()).expect("a lease key");
+            let loose = (class == KeyClass::Other)
+                .then(|| flannel_subnet_key(key.as_bytes()))
+                .flatten();
             a.entries.put(
                 key,
                 Entry {
@@ -3103,6 +3125,7 @@ mod tests {
                     lease: 0,
                     value: value.as_bytes().to_vec(),
                     class,
+                    loose,
                 },
                 true,
                 false,
@@ -3436,12 +3459,52 @@ mod tests {
         for bad in [
             &b"junk-1"[..],
             b"10.244.2.0-24&anything",
-            b"10.244.2.1-24",
             b"10.244.2.0-24\xff",
+            b"10.244.2.0-024&fd00::-64&x",
             b"",
         ] {
             assert_eq!(class(bad), None, "{bad:?}");
         }
+        // Read by flanneld as leases: kept as other keys, to hold their subnets.
+        for loose in [
+            &b"10.244.2.1-24"[..],
+            b"10.244.3.0-024",
+            b"x10.244.3.0-24",
+            b"\xff10.244.3.0-24",
+        ] {
+            assert_eq!(class(loose), Some(KeyClass::Other), "{loose:?}");
+        }
+    }
+
+    /// Keys flanneld reads as leases, though not in flannel's form, are never routed but hold
+    /// their subnets (as flanneld reads them) against this node's allocation.
+    #[test]
+    fn keys_flanneld_reads_as_leases_hold_their_subnets() {
+        let mut a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                ("10.244.3.0-024", V4_ONLY),
+                ("x10.244.4.0-24&fd00:10:244:4::-064", DUAL),
+                ("10.244.5.7-24", NO_V6_VTEP),
+            ],
+        );
+        let (v4, v6) = a.held();
+        for net in ["10.244.3.0/24", "10.244.4.0/24", "10.244.5.0/24"] {
+            assert!(v4.contains(&net.parse().expect("literal")), "{net} {v4:?}");
+        }
+        assert!(
+            v6.contains(&"fd00:10:244:4::/64".parse().expect("literal")),
+            "{v6:?}"
+        );
+        assert!(peer_list(&mut a).is_empty());
+        let (_, rejected) = a.judge();
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(rejected.iter().all(|r| r.reason == Rejection::BadKey));
+        assert!(
+            rejected
+                .iter()
+                .all(|r| r.detail.contains("held for allocation"))
+        );
     }
 
     #[test]
@@ -3451,6 +3514,7 @@ mod tests {
             lease: 0,
             value: b"{}".to_vec(),
             class,
+            loose: None,
         };
         let mut t = Entries::with_limits([2, 1]);
         assert!(t.put("a".into(), e(KeyClass::Network), true, false));

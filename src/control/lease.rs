@@ -385,6 +385,79 @@ pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<SubnetKey> {
     Some(SubnetKey { ipv4, ipv6 })
 }
 
+/// flannel's `subnetRegex` (`pkg/subnet/subnet.go`), over bytes: unanchored at the start, its
+/// second and third `.` any character but a newline (as Go's, which reads an invalid UTF-8
+/// byte as one character), and ASCII digits for Go's `\d`.
+static FLANNEL_KEY: std::sync::LazyLock<Option<regex::bytes::Regex>> =
+    std::sync::LazyLock::new(|| {
+        regex::bytes::Regex::new(
+            r"(?-u)([0-9]+\.[0-9]+.[0-9]+.[0-9]+)-([0-9]+)(?:&([a-f0-9:]+)-([0-9]+))?$",
+        )
+        .ok()
+    });
+
+/// Returns the subnets flanneld reads from the etcd key `key` (its `ParseSubnetKey`, run on the
+/// whole key): the `A.B.C.D-LEN[&IPV6-LEN]` that ends it, wherever that starts, the address
+/// read by Go's `net.ParseIP` (no leading zeros) and the lengths by `strconv.ParseUint` with 5
+/// and 7 bits (leading zeros taken, so `10.244.3.0-024` is 10.244.3.0/24; at most /31 and
+/// /127), each subnet truncated to its network address, as flanneld's `Overlaps` compares
+/// them. Wider than [`parse_subnet_key`]: `<prefix>/subnets/x10.244.3.0-24` is a lease to
+/// flanneld, not to this node, but flanneld's allocator takes its subnet as leased, and so
+/// must this node's.
+pub fn flannel_subnet_key(key: &[u8]) -> Option<SubnetKey> {
+    let caps = FLANNEL_KEY.as_ref()?.captures(key)?;
+    let text = |i| std::str::from_utf8(caps.get(i)?.as_bytes()).ok();
+    let ipv4 = Ipv4Net::new(go_parse_ipv4(text(1)?)?, go_parse_len(text(2)?, 31)?)
+        .ok()?
+        .trunc();
+    let ipv6 = match text(3) {
+        None => None,
+        Some(ip) => {
+            let addr: Ipv6Addr = ip.parse().ok()?;
+            Some(
+                Ipv6Net::new(addr, go_parse_len(text(4)?, 127)?)
+                    .ok()?
+                    .trunc(),
+            )
+        }
+    };
+    Some(SubnetKey { ipv4, ipv6 })
+}
+
+/// Go's `net.ParseIP` on text starting with a dotted quad: four decimal fields of at most
+/// 255, no leading zero, separated by dots, nothing else.
+fn go_parse_ipv4(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut fields = text.split('.');
+    for octet in &mut octets {
+        let field = fields.next()?;
+        let digits = !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit());
+        if !digits || field.len() > 3 || (field.len() > 1 && field.starts_with('0')) {
+            return None;
+        }
+        *octet = field.parse().ok()?;
+    }
+    fields.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// Go's `strconv.ParseUint(text, 10, bits)` on decimal digits, for a result of at most `max`
+/// (`1 << bits - 1`): leading zeros are taken.
+fn go_parse_len(text: &str, max: u8) -> Option<u8> {
+    if !text.bytes().all(|b| b.is_ascii_digit()) || text.is_empty() {
+        return None;
+    }
+    let significant = text.trim_start_matches('0');
+    if significant.len() > 3 {
+        return None;
+    }
+    let len: u16 = if significant.is_empty() {
+        0
+    } else {
+        significant.parse().ok()?
+    };
+    u8::try_from(len).ok().filter(|l| *l <= max)
+}
+
 /// Splits `ADDR-LEN`, where LEN is one to three decimal digits without a leading zero.
 fn split_len(text: &str) -> Option<(&str, u8)> {
     let (ip, len) = text.rsplit_once('-')?;
@@ -637,10 +710,15 @@ pub fn judge_leases_dual<'a>(
             });
         };
         let Some(key) = key else {
-            reject(
-                Rejection::BadKey,
-                "not flannel's A.B.C.D-LEN key form".into(),
-            );
+            let detail = match flannel_subnet_key(lease.key.as_bytes()) {
+                Some(k) => format!(
+                    "not flannel's A.B.C.D-LEN key form (flanneld reads it as {}: held for \
+                     allocation, never routed)",
+                    k.ipv4
+                ),
+                None => "not flannel's A.B.C.D-LEN key form".into(),
+            };
+            reject(Rejection::BadKey, detail);
             continue;
         };
         let subnet = key.ipv4;
@@ -939,6 +1017,75 @@ mod tests {
     #[case::other_prefix("/coreos.com/networkx/subnets/10.244.2.0-24")]
     fn keys_flannel_never_writes_are_refused(#[case] key: &str) {
         assert_eq!(parse_subnet_key(DEFAULT_PREFIX, key), None, "{key}");
+    }
+
+    /// flanneld's `ParseSubnetKey` reads the end of the whole key, leading zeros of a length
+    /// included; what it would refuse is no lease to it either.
+    #[test]
+    fn keys_are_read_as_flanneld_reads_them() {
+        let p = "/coreos.com/network/subnets/";
+        let v4 = |t: &str| -> Ipv4Net { t.parse().expect("literal") };
+        for (key, ipv4, ipv6) in [
+            ("10.244.3.0-24", "10.244.3.0/24", None),
+            ("10.244.3.0-024", "10.244.3.0/24", None),
+            ("x10.244.3.0-24", "10.244.3.0/24", None),
+            ("x/10.244.3.0-24", "10.244.3.0/24", None),
+            ("10.244.3.9-24", "10.244.3.0/24", None),
+            ("10.244.3.0-00000024", "10.244.3.0/24", None),
+            ("10.244.3.0-0", "0.0.0.0/0", None),
+            ("10.244.3.0-31", "10.244.3.0/31", None),
+            ("110.244.3.0-24", "110.244.3.0/24", None),
+            (
+                "10.244.3.0-24&fd00:0010::-064",
+                "10.244.3.0/24",
+                Some("fd00:10::/64"),
+            ),
+            (
+                "10.244.3.0-24&fd00::1-64",
+                "10.244.3.0/24",
+                Some("fd00::/64"),
+            ),
+        ] {
+            let raw = format!("{p}{key}");
+            let want = SubnetKey {
+                ipv4: v4(ipv4),
+                ipv6: ipv6.map(|t| t.parse().expect("literal")),
+            };
+            assert_eq!(flannel_subnet_key(raw.as_bytes()), Some(want), "{key}");
+        }
+        let raw = [p.as_bytes(), b"\xff\xfe10.244.3.0-24"].concat();
+        assert_eq!(
+            flannel_subnet_key(&raw).map(|k| k.ipv4),
+            Some(v4("10.244.3.0/24"))
+        );
+        for key in [
+            "10.244.3.0-32",
+            "10.244.3.0-99",
+            "010.244.3.0-24",
+            "10.244.003.0-24",
+            "10.244.3.256-24",
+            "10.244x3.0-24",
+            "10.244.3.0-24&fd00::-128",
+            "10.244.3.0-24&fd00:::-64",
+            "10.244.3.0-24&anything",
+            "10.244.3.0-24 ",
+            "10.244.3.0-24\n",
+            "10.244.3-24",
+            "10.244.3.0/24",
+            "",
+        ] {
+            let raw = format!("{p}{key}");
+            assert_eq!(flannel_subnet_key(raw.as_bytes()), None, "{key:?}");
+        }
+        // Every key in flannel's exact form it writes reads the same (but /32, which
+        // flanneld cannot read).
+        for key in ["10.244.2.0-24", "10.244.2.0-24&fd00:10:244:2::-64"] {
+            let raw = format!("{p}{key}");
+            assert_eq!(
+                flannel_subnet_key(raw.as_bytes()),
+                parse_subnet_key(DEFAULT_PREFIX, &raw)
+            );
+        }
     }
 
     fn dual_config() -> NetworkConfig {
@@ -1470,6 +1617,22 @@ mod tests {
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), key in ".{0,60}") {
             let _ = LeaseValue::parse(&data);
             let _ = parse_subnet_key(DEFAULT_PREFIX, &key);
+        }
+
+        #[test]
+        fn flanneld_s_key_reader_never_panics(
+            key in proptest::collection::vec(any::<u8>(), 0..120),
+            tail in "[0-9.&a-f:x-]{0,40}",
+        ) {
+            let _ = flannel_subnet_key(&key);
+            let mut both = key;
+            both.extend_from_slice(tail.as_bytes());
+            if let Some(k) = flannel_subnet_key(&both) {
+                // Subnets come out as network addresses, of a length Go's reader allows.
+                prop_assert_eq!(k.ipv4, k.ipv4.trunc());
+                prop_assert!(k.ipv4.prefix_len() <= 31);
+                prop_assert!(k.ipv6.is_none_or(|v6| v6 == v6.trunc() && v6.prefix_len() <= 127));
+            }
         }
 
         #[test]
