@@ -106,6 +106,18 @@ impl Cluster {
         assert_eq!(done, Some(true), "etcd delete");
     }
 
+    /// Puts each `(key, Some(value))` and deletes each `(key, None)`, in order, over one
+    /// connection: a writer's burst.
+    fn burst(&self, ops: Vec<(String, Option<String>)>) {
+        let done = with_etcd(&self.hub, move |c, rt| {
+            ops.into_iter().all(|(key, value)| match value {
+                Some(v) => rt.block_on(c.put(key, v, None)).is_ok(),
+                None => rt.block_on(c.delete(key, None)).is_ok(),
+            })
+        });
+        assert_eq!(done, Some(true), "etcd burst");
+    }
+
     fn keys(&self, prefix: &str) -> Vec<(String, String)> {
         let prefix = prefix.to_owned();
         with_etcd(&self.hub, move |c, rt| {
@@ -518,6 +530,37 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
         .counter(0, "etcd_own_lease_restored")
         == 1));
     assert_eq!(c.counter(0, "etcd_lease_regrants"), 0, "{}", c.log(0));
+    assert_eq!(c.etcd_leases(), 1, "one etcd lease, the node's");
+    // A writer's burst of 200 overwrites and deletions: at most one rewrite a second, a
+    // bounded number of lines, and the key written again after the last deletion.
+    let lines = |c: &Cluster| c.log(0).matches("own lease").count();
+    let before = lines(&c);
+    let started = Instant::now();
+    c.burst(
+        (0..100)
+            .flat_map(|i| {
+                [
+                    // Junk, a value no node holds: written back, never a reservation.
+                    (own_key.clone(), Some(format!("junk {i}"))),
+                    (own_key.clone(), None),
+                ]
+            })
+            .collect(),
+    );
+    let rewritten = wait_for(Duration::from_secs(5), || {
+        c.keys(&own_key)
+            .iter()
+            .any(|(_, v)| v.contains(r#""PublicIP":"192.0.2.1""#))
+    });
+    assert!(rewritten, "own lease not written again:\n{}", c.log(0));
+    let restored = c.counter(0, "etcd_own_lease_restored") - 1;
+    let secs = started.elapsed().as_secs() + 2;
+    assert!(
+        (1..=secs).contains(&restored),
+        "{restored} rewrites in {secs} s:\n{}",
+        c.log(0)
+    );
+    assert!(lines(&c) - before <= 34, "{}", c.log(0));
     assert_eq!(c.etcd_leases(), 1, "one etcd lease, the node's");
     // Two subnets other than the one this node drew at random.
     let own_octet = own.network().octets()[2];
@@ -1124,6 +1167,34 @@ fn a_config_changed_or_deleted_while_running_is_reported_and_kept() {
         == 3));
     assert_eq!(c.counter(0, "etcd_config_changes"), 2, "{}", c.log(0));
     assert_eq!(c.counter(0, "table_peers"), 1);
+    // A writer's burst of 300 puts: every change counted, a bounded number of lines logged.
+    let changed = |c: &Cluster| c.log(0).matches("network config changed").count();
+    let before = changed(&c);
+    c.burst(
+        (0..300)
+            .map(|i| {
+                let len = 25 + i % 2;
+                let config = format!(
+                    r#"{{"Network":"10.244.0.0/16","SubnetLen":{len},"Backend":{{"Type":"udp"}}}}"#
+                );
+                (format!("{PREFIX}/config"), Some(config))
+            })
+            .collect(),
+    );
+    let counted = wait_for(Duration::from_secs(10), || {
+        c.counter(0, "etcd_config_changes") == 302
+    });
+    assert!(
+        counted,
+        "{} changes counted",
+        c.counter(0, "etcd_config_changes")
+    );
+    assert!(changed(&c) - before <= 32, "{}", c.log(0));
+    assert!(
+        c.log(0).contains("network config changes to log in 60 s"),
+        "{}",
+        c.log(0)
+    );
     c.transfer(1, 0, 1 << 20);
     c.stop_node(1);
     c.stop_node(0);
@@ -1820,6 +1891,33 @@ fn bad_leases_are_counted_and_ignored_during_transfers() {
         assert!(restored, "own lease not written back:\n{}", c.log(1));
         // The suffixed key deleted: node 1 stays, it was never replaced.
         c.delete(&format!("{PREFIX}/subnets/{b}&anything"));
+        assert!(wait_for(Duration::from_secs(5), || c
+            .rejected(0, "bad_key")
+            == 0));
+        // Node 1's own key deleted: written again at once, so created after the `&fd00::-64`
+        // squatter, which still takes nothing from it (a key of another form never wins).
+        let restored = c.counter(1, "etcd_own_lease_restored");
+        c.delete(&own);
+        let rewritten = wait_for(Duration::from_secs(5), || {
+            c.counter(1, "etcd_own_lease_restored") > restored
+                && c.value(&own)
+                    .is_some_and(|v| v.contains(r#""PublicIP":"192.0.2.2""#))
+        });
+        assert!(rewritten, "own lease not written again:\n{}", c.log(1));
+        // A junk key put after the write-back shows when node 0 has read that far.
+        c.put(&format!("{PREFIX}/subnets/marker-squat"), "x");
+        assert!(wait_for(Duration::from_secs(5), || c
+            .rejected(0, "bad_key")
+            == 1));
+        assert_eq!(c.rejected(0, "overlap"), expect("overlap"), "{}", c.log(0));
+        assert!(
+            !c.log(0)
+                .contains(&format!("already leased at {PREFIX}/subnets/{b}&fd00::-64")),
+            "{}",
+            c.log(0)
+        );
+        assert_eq!(c.counter(0, "table_peers"), 1);
+        c.delete(&format!("{PREFIX}/subnets/marker-squat"));
         assert!(wait_for(Duration::from_secs(5), || c
             .rejected(0, "bad_key")
             == 0));

@@ -36,8 +36,8 @@
 //!    nodes have an IPv6 underlay, else at its `PublicIP` too. As flanneld, a node of such a
 //!    network must have an IPv6 underlay address (`--public-ipv6`);
 //! 6. keep its own lease: deleted, it is written again; overwritten by someone else while it
-//!    is still this node's (its etcd lease alive), it is written back at once (at most once a
-//!    second), unless the value is this node's exact twin on another etcd lease (a second
+//!    is still this node's (its etcd lease alive), it is written back at once (either at most
+//!    once a second), unless the value is this node's exact twin on another etcd lease (a second
 //!    node with the same address). Deleted and created again by someone else, it is judged as
 //!    peers judge a lease: another node's lease or a reservation for another address makes
 //!    the node stop; junk is written back. flanneld shuts down when its lease goes away;
@@ -46,7 +46,8 @@
 //! 7. bound what any etcd writer can put under the prefix ([`Entries`]): keys that are not in
 //!    flannel's key form are counted, not kept; the others are kept up to a budget
 //!    ([`MAX_NETWORK_KEYS`], [`MAX_OTHER_KEYS`]), the rest counted (`etcd_keys_untracked`)
-//!    and listed in once deletions make room; log lines about leases are rate limited.
+//!    and listed in once deletions make room; log lines about leases, about changes of the
+//!    network config and of this node's own key are rate limited ([`LineBudget`]).
 
 use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
@@ -65,7 +66,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::lease::{
     Accepted, Backend, LeaseValue, NetworkConfig, OwnNode, Rejection, StoredLease, SubnetKey,
-    judge_leases_dual, lease_vni, parse_subnet_key,
+    allocator_form, flannel_subnet_key, judge_leases_dual, lease_vni, parse_subnet_key,
 };
 use crate::table::{Peer, Snapshot, Table};
 use crate::wire::MacAddress;
@@ -135,6 +136,10 @@ pub const MAX_OTHER_KEYS: usize = 16_384;
 /// (the budget full when they came) once deletions have made room: a list reads every key
 /// under the prefix, junk included.
 const RELIST_GAP: Duration = Duration::from_secs(10);
+/// What the lines about this node's own key are called in [`LineBudget::take`].
+const OWN_LINES: &str = "changes of this node's own lease";
+/// The counters that still count what the lines about this node's own key report.
+const OWN_COUNTERS: &str = "etcd_own_lease_restored and etcd_own_lease_shared";
 /// The shortest time between two log lines about keys that are not lease keys.
 const BAD_KEY_LOG_GAP: Duration = Duration::from_secs(60);
 /// The most leases newly left out of the table (or ignored) logged one by one a minute: each
@@ -143,11 +148,26 @@ const MAX_LEASE_LINES: usize = 32;
 /// The period [`MAX_LEASE_LINES`] counts over.
 const LEASE_LINES_PERIOD: Duration = Duration::from_secs(60);
 
-/// A budget of [`MAX_LEASE_LINES`] log lines per [`LEASE_LINES_PERIOD`] for one kind of line.
+/// A budget of [`MAX_LEASE_LINES`] log lines per [`LEASE_LINES_PERIOD`] for one kind of line
+/// (lines an etcd writer causes, one per put or delete of a key, say).
 #[derive(Debug)]
 struct LineBudget {
     since: Instant,
     said: usize,
+}
+
+/// What [`LineBudget::admit`] allows for one more line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Log it; `quiet` lines of the period before were not logged (0: none).
+    Line {
+        /// Lines left unlogged in the period before.
+        quiet: usize,
+    },
+    /// The first line past the budget of the period: say that the rest are only counted.
+    Cap,
+    /// Not logged.
+    Quiet,
 }
 
 impl LineBudget {
@@ -158,21 +178,46 @@ impl LineBudget {
         }
     }
 
+    /// Counts one more line at `now` and returns whether it may be logged. A period starts
+    /// at the first line after the one before has passed.
+    fn admit(&mut self, now: Instant) -> Admit {
+        let mut quiet = 0;
+        if now.saturating_duration_since(self.since) >= LEASE_LINES_PERIOD {
+            quiet = self.said.saturating_sub(MAX_LEASE_LINES);
+            (self.since, self.said) = (now, 0);
+        }
+        self.said = self.said.saturating_add(1);
+        match self.said {
+            n if n <= MAX_LEASE_LINES => Admit::Line { quiet },
+            n if n == MAX_LEASE_LINES + 1 => Admit::Cap,
+            _ => Admit::Quiet,
+        }
+    }
+
     /// Returns true when one more line about `what` may be logged; the first time it may
-    /// not in a period, says so, naming the `counter` that still counts them.
+    /// not in a period, says so, naming the `counter` that still counts them, and the first
+    /// line logged after such a period says how many were left out.
     fn take(&mut self, what: &str, counter: &str) -> bool {
-        if self.since.elapsed() >= LEASE_LINES_PERIOD {
-            (self.since, self.said) = (Instant::now(), 0);
+        match self.admit(Instant::now()) {
+            Admit::Line { quiet } => {
+                if quiet > 0 {
+                    tracing::warn!(
+                        "{quiet} more {what} were not logged one by one in the last {} s                          period (counted in {counter})",
+                        LEASE_LINES_PERIOD.as_secs()
+                    );
+                }
+                true
+            }
+            Admit::Cap => {
+                tracing::warn!(
+                    "more than {MAX_LEASE_LINES} {what} to log in {} s: the rest are counted \
+                     in {counter}, not logged one by one, for the rest of the period",
+                    LEASE_LINES_PERIOD.as_secs()
+                );
+                false
+            }
+            Admit::Quiet => false,
         }
-        self.said += 1;
-        if self.said == MAX_LEASE_LINES + 1 {
-            tracing::warn!(
-                "more than {MAX_LEASE_LINES} {what} to log in {} s: the rest are counted in \
-                 {counter}, not logged one by one, for the rest of the period",
-                LEASE_LINES_PERIOD.as_secs()
-            );
-        }
-        self.said <= MAX_LEASE_LINES
     }
 }
 
@@ -181,13 +226,19 @@ impl LineBudget {
 /// of value (enough for the judge to refuse it as too long).
 fn entry(kv: &etcd_client::KeyValue, under: usize, class: KeyClass) -> (String, Entry) {
     let value = kv.value();
+    let key = entry_key(kv.key(), under);
+    // Read from the whole key: the name kept for a long one does not end as the key does.
+    let loose = (class == KeyClass::Other)
+        .then(|| flannel_subnet_key(kv.key()))
+        .flatten();
     (
-        entry_key(kv.key(), under),
+        key,
         Entry {
             create_revision: kv.create_revision(),
             lease: kv.lease(),
             value: value[..value.len().min(MAX_LEASE_VALUE + 1)].to_vec(),
             class,
+            loose,
         },
     )
 }
@@ -213,19 +264,22 @@ impl KeyClass {
 }
 
 /// Returns the class of the key `raw` under `prefix` on a network with `config`, `None` when
-/// it is not in flannel's key form (not UTF-8, not `<prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN]`):
-/// such a key is never a lease, and is counted, not kept.
+/// it is not in flannel's key form (not UTF-8, not `<prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN]`)
+/// and flanneld would not read it as a lease either ([`flannel_subnet_key`]): such a key is
+/// never a lease, and is counted, not kept. A key flanneld reads as a lease though it is not
+/// in flannel's form (`10.244.3.0-024`, `x10.244.3.0-24`) is [`KeyClass::Other`]: kept, within
+/// that budget, to hold its subnet for allocation, never routed.
 fn classify(prefix: &str, config: Option<&NetworkConfig>, raw: &[u8]) -> Option<KeyClass> {
-    let key = parse_subnet_key(prefix, std::str::from_utf8(raw).ok()?)?;
+    let canonical = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|k| parse_subnet_key(prefix, k));
+    let Some(key) = canonical else {
+        return flannel_subnet_key(raw).map(|_| KeyClass::Other);
+    };
     let Some(config) = config else {
         return Some(KeyClass::Network);
     };
-    let v6_fits = match (config.ipv6, key.ipv6) {
-        (None, None) => true,
-        (Some(c6), Some(v6)) => c6.allows(v6),
-        _ => false,
-    };
-    Some(if v6_fits && config.allows(key.ipv4) {
+    Some(if allocator_form(config, &key) {
         KeyClass::Network
     } else {
         KeyClass::Other
@@ -844,6 +898,9 @@ struct Entry {
     lease: i64,
     value: Vec<u8>,
     class: KeyClass,
+    /// The subnets flanneld reads from a key not in flannel's exact form
+    /// ([`flannel_subnet_key`]): never a lease here, but held for allocation.
+    loose: Option<SubnetKey>,
 }
 
 /// Who holds this node's key, as [`Agent::holder`] judges it.
@@ -928,6 +985,10 @@ pub struct Agent {
     /// The budgets of log lines about leases left out of the table, and ignored.
     rejection_lines: LineBudget,
     ignored_lines: LineBudget,
+    /// The budgets of log lines about changes of the network config, and of this node's own
+    /// key (each put or delete by an etcd writer would otherwise be a line).
+    config_lines: LineBudget,
+    own_lines: LineBudget,
     /// The create revision of this node's key as this node last saw it holding its own value
     /// on its own etcd lease: a key at that name with another create revision was deleted and
     /// created again by someone else, and is not this node's to write back.
@@ -941,6 +1002,8 @@ pub struct Agent {
     reused_from: Option<(Vec<u8>, i64)>,
     /// When this node's overwritten lease is to be written back.
     restore_at: Option<Instant>,
+    /// When this node's deleted lease is to be written again ([`Agent::ensure_lease`]).
+    ensure_at: Option<Instant>,
     last_restore: Option<Instant>,
     state: Arc<EtcdState>,
 }
@@ -1241,10 +1304,13 @@ impl Agent {
             logged_ignored: HashSet::new(),
             rejection_lines: LineBudget::new(),
             ignored_lines: LineBudget::new(),
+            config_lines: LineBudget::new(),
+            own_lines: LineBudget::new(),
             own_created: None,
             created_here: false,
             reused_from: None,
             restore_at: None,
+            ensure_at: None,
             last_restore: None,
             state: Arc::new(EtcdState::default()),
         })
@@ -1492,12 +1558,14 @@ impl Agent {
 
     /// Returns the subnets some key names (whatever its value): the create transaction of a
     /// key with one of them beside the same other half would fail, and flanneld treats them
-    /// as taken.
+    /// as taken; so are the subnets flanneld reads from a key not in flannel's exact form
+    /// (`Entry::loose`).
     fn held(&self) -> (HashSet<Ipv4Net>, HashSet<Ipv6Net>) {
-        let keys = self
-            .entries
-            .keys()
-            .filter_map(|k| parse_subnet_key(&self.opts.prefix, k));
+        let keys = self.entries.iter().flat_map(|(k, e)| {
+            std::iter::once(parse_subnet_key(&self.opts.prefix, k))
+                .chain(std::iter::once(e.loose))
+                .flatten()
+        });
         let mut v4 = HashSet::new();
         let mut v6 = HashSet::new();
         for k in keys {
@@ -1514,12 +1582,7 @@ impl Agent {
     fn own_existing(&self, config: &NetworkConfig, previous: Option<Ipv4Net>) -> Option<SubnetKey> {
         let mut ours = self.entries.iter().filter_map(|(key, entry)| {
             let k = parse_subnet_key(&self.opts.prefix, key)?;
-            let v6_fits = match (config.ipv6, k.ipv6) {
-                (None, None) => true,
-                (Some(c6), Some(v6)) => c6.allows(v6),
-                _ => false,
-            };
-            let canonical = v6_fits && config.allows(k.ipv4);
+            let canonical = allocator_form(config, &k);
             let mine = LeaseValue::parse(&entry.value).is_ok_and(|v| v.public_ip == self.public_ip);
             (canonical && mine).then_some(k)
         });
@@ -1530,13 +1593,16 @@ impl Agent {
         Some(ours.find(|k| Some(k.ipv4) == previous).unwrap_or(first))
     }
 
-    /// Returns the create revision of the stored key `key` when another stored key, created
-    /// before it, names its IPv4 or its IPv6 subnet (`candidate`): the other node holds that
-    /// half, and `key` must go.
+    /// Returns the create revision of the stored key `key` when another stored key in the
+    /// form this network's allocator writes ([`KeyClass::Network`]), created before it, names
+    /// its IPv4 or its IPv6 subnet (`candidate`): the other node holds that half, and `key`
+    /// must go. A key of another form holds nothing against it, whatever its age: the peers
+    /// judge it so ([`judge_leases_dual`]).
     fn first_claim_elsewhere(&self, key: &str, candidate: SubnetKey) -> Option<i64> {
         let ours = self.entries.get(key)?.create_revision;
         let clash = self.entries.iter().any(|(k, e)| {
             k != key
+                && e.class == KeyClass::Network
                 && e.create_revision < ours
                 && parse_subnet_key(&self.opts.prefix, k).is_some_and(|o| {
                     o.ipv4 == candidate.ipv4 || (o.ipv6.is_some() && o.ipv6 == candidate.ipv6)
@@ -2034,6 +2100,10 @@ impl Agent {
                 self.restore_at = None;
                 self.restore_own_lease()?;
             }
+            if self.ensure_at.is_some_and(|at| Instant::now() >= at) {
+                self.ensure_at = None;
+                self.ensure_lease()?;
+            }
             // Keys left untracked while their budget was full, and room for them now: a new
             // list picks them up (the watch goes on; the events the list already holds are
             // skipped by their revision).
@@ -2121,8 +2191,7 @@ impl Agent {
                         changed |= self.entries.delete(&key, class);
                         self.note_untracked(None);
                         if own {
-                            tracing::warn!(%key, "own lease deleted or expired; writing it again");
-                            self.ensure_lease()?;
+                            self.own_deleted(&key)?;
                         }
                     }
                 }
@@ -2159,7 +2228,12 @@ impl Agent {
         if now == self.config_seen.as_deref() {
             return Ok(());
         }
-        tracing::info!(%key, "network config differs from the one last seen (changed while away from etcd)");
+        if self
+            .config_lines
+            .take("network config changes", "etcd_config_changes")
+        {
+            tracing::info!(%key, "network config differs from the one last seen (changed while away from etcd)");
+        }
         match now {
             Some(value) => self.config_event(&key, EventType::Put, value),
             None => self.config_event(&key, EventType::Delete, &[]),
@@ -2169,7 +2243,9 @@ impl Agent {
 
     /// Reports a change of the network config while the node runs: the node goes on with the
     /// config it joined with (its subnet, backend and port were settled by it), and a restart
-    /// applies the new one, as with flanneld, which reads the config once.
+    /// applies the new one, as with flanneld, which reads the config once. Every change is
+    /// counted (`etcd_config_changes`); the lines saying so are rate limited ([`LineBudget`]),
+    /// since any etcd writer can put the config as often as it likes.
     fn config_event(&mut self, key: &str, kind: EventType, value: &[u8]) {
         self.config_seen = match kind {
             EventType::Put => Some(value.to_vec()),
@@ -2179,27 +2255,43 @@ impl Agent {
             // Back to what the node runs (after a change or a deletion): nothing to apply.
             EventType::Put if self.config_raw.as_deref() == Some(value) => {
                 if self.config_changed {
-                    tracing::info!(%key, "network config is back to the one this node runs");
+                    if self
+                        .config_lines
+                        .take("network config changes", "etcd_config_changes")
+                    {
+                        tracing::info!(%key, "network config is back to the one this node runs");
+                    }
                     self.config_changed = false;
                 }
                 return;
             }
             EventType::Put => {
-                let verdict = NetworkConfig::parse(value).map_or_else(
-                    |e| format!("the new one is invalid ({e})"),
-                    |_| "a restart applies the new one".to_owned(),
-                );
-                tracing::warn!(
-                    %key,
-                    "network config changed; this node keeps the config it joined with; {verdict}"
-                );
+                if self
+                    .config_lines
+                    .take("network config changes", "etcd_config_changes")
+                {
+                    let verdict = NetworkConfig::parse(value).map_or_else(
+                        |e| format!("the new one is invalid ({e})"),
+                        |_| "a restart applies the new one".to_owned(),
+                    );
+                    tracing::warn!(
+                        %key,
+                        "network config changed; this node keeps the config it joined with; \
+                         {verdict}"
+                    );
+                }
             }
             EventType::Delete => {
-                tracing::warn!(
-                    %key,
-                    "network config deleted; this node keeps the config it joined with (a \
-                     restart would wait for a new one)"
-                );
+                if self
+                    .config_lines
+                    .take("network config changes", "etcd_config_changes")
+                {
+                    tracing::warn!(
+                        %key,
+                        "network config deleted; this node keeps the config it joined with (a \
+                         restart would wait for a new one)"
+                    );
+                }
             }
         }
         self.config_changed = true;
@@ -2295,7 +2387,9 @@ impl Agent {
         };
         match self.holder(key, create_revision, lease, value) {
             Holder::ThisNode => {
-                tracing::warn!(%key, "own lease created again with this node's address; taking it as this node's");
+                if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+                    tracing::warn!(%key, "own lease created again with this node's address; taking it as this node's");
+                }
                 self.own_created = Some(create_revision);
                 Ok(())
             }
@@ -2312,7 +2406,9 @@ impl Agent {
                 })
             }
             Holder::Nobody(why) => {
-                tracing::warn!(%key, etcd_lease = format!("{lease:x}"), "own lease deleted and created again by another writer with a value no node of this network holds ({why}); taking it as this node's to write back");
+                if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+                    tracing::warn!(%key, etcd_lease = format!("{lease:x}"), "own lease deleted and created again by another writer with a value no node of this network holds ({why}); taking it as this node's to write back");
+                }
                 self.own_created = Some(create_revision);
                 Ok(())
             }
@@ -2364,23 +2460,27 @@ impl Agent {
         self.judge_recreated(&key, created, lease, &value)?;
         let parsed = LeaseValue::parse(&value);
         if self.shared_address(lease, parsed.as_ref().ok()) {
-            tracing::warn!(
-                %key,
-                etcd_lease = format!("{lease:x}"),
-                "own lease put on another etcd lease with this node's value (PublicIP {}: a \
-                 second node with this address?); left to it, as flanneld does: written back \
-                 only if it is deleted",
-                self.public_ip
-            );
+            if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+                tracing::warn!(
+                    %key,
+                    etcd_lease = format!("{lease:x}"),
+                    "own lease put on another etcd lease with this node's value (PublicIP {}: \
+                     a second node with this address?); left to it, as flanneld does: written \
+                     back only if it is deleted",
+                    self.public_ip
+                );
+            }
             self.state.own_lease_shared.fetch_add(1, Ordering::Relaxed);
             self.restore_at = None;
             return Ok(());
         }
-        let who = parsed.map_or_else(
-            |e| format!("an invalid value ({e})"),
-            |v| format!("PublicIP {}", v.public_ip),
-        );
-        tracing::warn!(%key, "own lease overwritten with {who}; writing it back");
+        if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+            let who = parsed.map_or_else(
+                |e| format!("an invalid value ({e})"),
+                |v| format!("PublicIP {}", v.public_ip),
+            );
+            tracing::warn!(%key, "own lease overwritten with {who}; writing it back");
+        }
         let earliest = self
             .last_restore
             .map_or_else(Instant::now, |t| t + RESTORE_SPACING);
@@ -2434,7 +2534,9 @@ impl Agent {
         )]);
         if !self.rt.block_on(client.txn(txn))?.succeeded() {
             // Changed hands between the read and the write: judged again at its watch event.
-            tracing::warn!(%key, "own lease changed while being written back; looking again");
+            if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+                tracing::warn!(%key, "own lease changed while being written back; looking again");
+            }
             return Ok(());
         }
         self.own_created = Some(created);
@@ -2442,7 +2544,9 @@ impl Agent {
         self.state
             .own_lease_restored
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%key, "own lease written back");
+        if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+            tracing::warn!(%key, "own lease written back");
+        }
         Ok(())
     }
 
@@ -2457,6 +2561,30 @@ impl Agent {
             .block_on(client.lease_time_to_live(self.lease_id, None))?
             .ttl()
             > 0)
+    }
+
+    /// Handles the deletion (or expiry) of this node's key seen on the watch: it is written
+    /// again ([`Self::ensure_lease`]) at once, or, within [`RESTORE_SPACING`] of the last
+    /// write-back, once that has passed, as an overwrite is: a writer deleting the key in a
+    /// loop gets at most one rewrite a second, and the last deletion is always answered (the
+    /// rewrite reads the key as it is then).
+    ///
+    /// # Errors
+    ///
+    /// As [`Self::ensure_lease`].
+    fn own_deleted(&mut self, key: &str) -> Result<(), EtcdError> {
+        if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+            tracing::warn!(%key, "own lease deleted or expired; writing it again");
+        }
+        let now = Instant::now();
+        let earliest = self.last_restore.map_or(now, |t| t + RESTORE_SPACING);
+        if earliest <= now {
+            self.ensure_at = None;
+            self.ensure_lease()
+        } else {
+            self.ensure_at = Some(earliest);
+            Ok(())
+        }
     }
 
     /// Grants the lease again and rewrites the value when the lease is gone (expired while
@@ -2537,7 +2665,9 @@ impl Agent {
             self.state
                 .own_lease_restored
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%subnet, %key, "own lease deleted; written again on its etcd lease");
+            if self.own_lines.take(OWN_LINES, OWN_COUNTERS) {
+                tracing::warn!(%subnet, %key, "own lease deleted; written again on its etcd lease");
+            }
             Ok(())
         } else if !fresh {
             // The etcd lease is still this node's, so the subnet is too: someone wrote the key
@@ -2852,6 +2982,45 @@ mod tests {
         }
     }
 
+    /// A burst of lines gets the budget, one line saying the rest are counted, then nothing
+    /// for the rest of the period; the first line of a later period says how many were left
+    /// out, and a period without a burst reports none.
+    #[test]
+    fn a_line_budget_caps_a_burst_and_counts_what_it_left_out() {
+        let start = Instant::now();
+        let mut b = LineBudget {
+            since: start,
+            said: 0,
+        };
+        let burst: Vec<Admit> = (0..500).map(|_| b.admit(start)).collect();
+        assert!(
+            burst[..MAX_LEASE_LINES]
+                .iter()
+                .all(|a| *a == Admit::Line { quiet: 0 })
+        );
+        assert_eq!(burst[MAX_LEASE_LINES], Admit::Cap);
+        assert!(
+            burst[MAX_LEASE_LINES + 1..]
+                .iter()
+                .all(|a| *a == Admit::Quiet)
+        );
+        // Still in the period.
+        let almost = start + LEASE_LINES_PERIOD - Duration::from_millis(1);
+        assert_eq!(b.admit(almost), Admit::Quiet);
+        let later = start + LEASE_LINES_PERIOD;
+        assert_eq!(
+            b.admit(later),
+            Admit::Line {
+                quiet: 501 - MAX_LEASE_LINES
+            }
+        );
+        assert_eq!(b.admit(later), Admit::Line { quiet: 0 });
+        let quiet_period = later + LEASE_LINES_PERIOD * 3;
+        assert_eq!(b.admit(quiet_period), Admit::Line { quiet: 0 });
+        // A clock read before the period began (another thread's `now`) does not reset it.
+        assert_eq!(b.admit(start), Admit::Line { quiet: 0 });
+    }
+
     #[test]
     fn entries_are_kept_under_bounded_distinct_names() {
         let key = "/coreos.com/network/subnets/10.244.2.0-24";
@@ -2946,6 +3115,9 @@ mod tests {
             let key = format!("/coreos.com/network/subnets/{key}");
             let class =
                 classify(&a.opts.prefix, a.config.as_ref(), key.as_bytes()).expect("a lease key");
+            let loose = (class == KeyClass::Other)
+                .then(|| flannel_subnet_key(key.as_bytes()))
+                .flatten();
             a.entries.put(
                 key,
                 Entry {
@@ -2953,6 +3125,7 @@ mod tests {
                     lease: 0,
                     value: value.as_bytes().to_vec(),
                     class,
+                    loose,
                 },
                 true,
                 false,
@@ -3011,6 +3184,42 @@ mod tests {
             Some(4)
         );
         assert_eq!(a.first_claim_elsewhere(&key(apart), pair(apart)), None);
+    }
+
+    /// A key of another form than the allocator's (an IPv4-only key, or one with an IPv6
+    /// subnet outside the network, on a dual-stack network) holds nothing against a node's key
+    /// created after it: the node keeps its subnet, and the peers route it to the node.
+    #[test]
+    fn an_older_key_of_another_form_takes_no_subnet_from_a_node() {
+        let squat_v4 = "10.244.3.0-24";
+        let squat_v6 = "10.244.4.0-24&fd00:99::-64";
+        let mine = "10.244.3.0-24&fd00:10:244:3::-64";
+        let mine2 = "10.244.4.0-24&fd00:10:244:4::-64";
+        // The squatters first (revisions 2, 3), the allocator's keys after (4, 5).
+        let mut a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                (squat_v4, V4_ONLY),
+                (squat_v6, NO_V6_VTEP),
+                (mine, DUAL),
+                (mine2, NO_V6_VTEP),
+            ],
+        );
+        let key = |k: &str| format!("/coreos.com/network/subnets/{k}");
+        let pair = |k: &str| parse_subnet_key(DEFAULT_PREFIX_FOR_TESTS, &key(k)).expect("key");
+        assert_eq!(a.first_claim_elsewhere(&key(mine), pair(mine)), None);
+        assert_eq!(a.first_claim_elsewhere(&key(mine2), pair(mine2)), None);
+        let peers = peer_list(&mut a);
+        assert!(
+            peers
+                .iter()
+                .any(|p| p.0 == "10.244.3.0/24" && p.1.starts_with("192.0.2.2")),
+            "{peers:?}"
+        );
+        assert!(
+            peers.iter().all(|p| !p.1.starts_with("192.0.2.4")),
+            "{peers:?}"
+        );
     }
 
     const DEFAULT_PREFIX_FOR_TESTS: &str = super::super::lease::DEFAULT_PREFIX;
@@ -3250,12 +3459,52 @@ mod tests {
         for bad in [
             &b"junk-1"[..],
             b"10.244.2.0-24&anything",
-            b"10.244.2.1-24",
             b"10.244.2.0-24\xff",
+            b"10.244.2.0-024&fd00::-64&x",
             b"",
         ] {
             assert_eq!(class(bad), None, "{bad:?}");
         }
+        // Read by flanneld as leases: kept as other keys, to hold their subnets.
+        for loose in [
+            &b"10.244.2.1-24"[..],
+            b"10.244.3.0-024",
+            b"x10.244.3.0-24",
+            b"\xff10.244.3.0-24",
+        ] {
+            assert_eq!(class(loose), Some(KeyClass::Other), "{loose:?}");
+        }
+    }
+
+    /// Keys flanneld reads as leases, though not in flannel's form, are never routed but hold
+    /// their subnets (as flanneld reads them) against this node's allocation.
+    #[test]
+    fn keys_flanneld_reads_as_leases_hold_their_subnets() {
+        let mut a = dual_agent(
+            Some("2001:db8::1"),
+            &[
+                ("10.244.3.0-024", V4_ONLY),
+                ("x10.244.4.0-24&fd00:10:244:4::-064", DUAL),
+                ("10.244.5.7-24", NO_V6_VTEP),
+            ],
+        );
+        let (v4, v6) = a.held();
+        for net in ["10.244.3.0/24", "10.244.4.0/24", "10.244.5.0/24"] {
+            assert!(v4.contains(&net.parse().expect("literal")), "{net} {v4:?}");
+        }
+        assert!(
+            v6.contains(&"fd00:10:244:4::/64".parse().expect("literal")),
+            "{v6:?}"
+        );
+        assert!(peer_list(&mut a).is_empty());
+        let (_, rejected) = a.judge();
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(rejected.iter().all(|r| r.reason == Rejection::BadKey));
+        assert!(
+            rejected
+                .iter()
+                .all(|r| r.detail.contains("held for allocation"))
+        );
     }
 
     #[test]
@@ -3265,6 +3514,7 @@ mod tests {
             lease: 0,
             value: b"{}".to_vec(),
             class,
+            loose: None,
         };
         let mut t = Entries::with_limits([2, 1]);
         assert!(t.put("a".into(), e(KeyClass::Network), true, false));

@@ -385,6 +385,79 @@ pub fn parse_subnet_key(prefix: &str, key: &str) -> Option<SubnetKey> {
     Some(SubnetKey { ipv4, ipv6 })
 }
 
+/// flannel's `subnetRegex` (`pkg/subnet/subnet.go`), over bytes: unanchored at the start, its
+/// second and third `.` any character but a newline (as Go's, which reads an invalid UTF-8
+/// byte as one character), and ASCII digits for Go's `\d`.
+static FLANNEL_KEY: std::sync::LazyLock<Option<regex::bytes::Regex>> =
+    std::sync::LazyLock::new(|| {
+        regex::bytes::Regex::new(
+            r"(?-u)([0-9]+\.[0-9]+.[0-9]+.[0-9]+)-([0-9]+)(?:&([a-f0-9:]+)-([0-9]+))?$",
+        )
+        .ok()
+    });
+
+/// Returns the subnets flanneld reads from the etcd key `key` (its `ParseSubnetKey`, run on the
+/// whole key): the `A.B.C.D-LEN[&IPV6-LEN]` that ends it, wherever that starts, the address
+/// read by Go's `net.ParseIP` (no leading zeros) and the lengths by `strconv.ParseUint` with 5
+/// and 7 bits (leading zeros taken, so `10.244.3.0-024` is 10.244.3.0/24; at most /31 and
+/// /127), each subnet truncated to its network address, as flanneld's `Overlaps` compares
+/// them. Wider than [`parse_subnet_key`]: `<prefix>/subnets/x10.244.3.0-24` is a lease to
+/// flanneld, not to this node, but flanneld's allocator takes its subnet as leased, and so
+/// must this node's.
+pub fn flannel_subnet_key(key: &[u8]) -> Option<SubnetKey> {
+    let caps = FLANNEL_KEY.as_ref()?.captures(key)?;
+    let text = |i| std::str::from_utf8(caps.get(i)?.as_bytes()).ok();
+    let ipv4 = Ipv4Net::new(go_parse_ipv4(text(1)?)?, go_parse_len(text(2)?, 31)?)
+        .ok()?
+        .trunc();
+    let ipv6 = match text(3) {
+        None => None,
+        Some(ip) => {
+            let addr: Ipv6Addr = ip.parse().ok()?;
+            Some(
+                Ipv6Net::new(addr, go_parse_len(text(4)?, 127)?)
+                    .ok()?
+                    .trunc(),
+            )
+        }
+    };
+    Some(SubnetKey { ipv4, ipv6 })
+}
+
+/// Go's `net.ParseIP` on text starting with a dotted quad: four decimal fields of at most
+/// 255, no leading zero, separated by dots, nothing else.
+fn go_parse_ipv4(text: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut fields = text.split('.');
+    for octet in &mut octets {
+        let field = fields.next()?;
+        let digits = !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit());
+        if !digits || field.len() > 3 || (field.len() > 1 && field.starts_with('0')) {
+            return None;
+        }
+        *octet = field.parse().ok()?;
+    }
+    fields.next().is_none().then_some(Ipv4Addr::from(octets))
+}
+
+/// Go's `strconv.ParseUint(text, 10, bits)` on decimal digits, for a result of at most `max`
+/// (`1 << bits - 1`): leading zeros are taken.
+fn go_parse_len(text: &str, max: u8) -> Option<u8> {
+    if !text.bytes().all(|b| b.is_ascii_digit()) || text.is_empty() {
+        return None;
+    }
+    let significant = text.trim_start_matches('0');
+    if significant.len() > 3 {
+        return None;
+    }
+    let len: u16 = if significant.is_empty() {
+        0
+    } else {
+        significant.parse().ok()?
+    };
+    u8::try_from(len).ok().filter(|l| *l <= max)
+}
+
 /// Splits `ADDR-LEN`, where LEN is one to three decimal digits without a leading zero.
 fn split_len(text: &str) -> Option<(&str, u8)> {
     let (ip, len) = text.rsplit_once('-')?;
@@ -553,12 +626,31 @@ pub struct OwnNode<'a> {
     pub subnet6: Option<Ipv6Net>,
 }
 
+/// Returns true when `key` is in the form this network's allocator writes: its IPv4 subnet
+/// allowed by the config, with an allowed IPv6 subnet on a dual-stack network and none on an
+/// IPv4 one. Such a key wins an overlap against a key of any other form (see
+/// [`judge_leases`]).
+pub fn allocator_form(config: &NetworkConfig, key: &SubnetKey) -> bool {
+    let v6_fits = match (config.ipv6, key.ipv6) {
+        (None, None) => true,
+        (Some(c6), Some(v6)) => c6.allows(v6),
+        _ => false,
+    };
+    v6_fits && config.allows(key.ipv4)
+}
+
 /// Judges every lease on its own, as flanneld's allocator would have allowed it
 /// (`pkg/subnet/config.go`, `local_manager.go`): its key in flannel's exact form, its subnet
 /// inside `Network`, of length `SubnetLen` and inside `SubnetMin`..`SubnetMax`, overlapping
-/// neither `own_subnet` nor a lease created earlier (the lower `create_revision` wins; equal
-/// revisions, which only one transaction can produce, go by key), and its `PublicIP` a unicast
-/// address other than `own_ip`. The lease at `own_key` is this node's and is skipped. Nothing
+/// neither `own_subnet` nor a lease that goes first, and its `PublicIP` a unicast address other
+/// than `own_ip`. A key in the form this network's allocator writes ([`allocator_form`]: plain
+/// `A.B.C.D-LEN` on an IPv4 network, `A.B.C.D-LEN&V6-LEN` on a dual-stack one) goes before
+/// every key of another form, whatever their create revisions: a key of another form
+/// (`10.244.2.0-24&fd00::-64` on an IPv4 network) is never the allocator's, and must not take
+/// a subnet from the node holding it when that node's key is created again (written back after
+/// a deletion, granted again after an expiry). Among keys of one form the lower
+/// `create_revision` goes first; equal revisions, which only one transaction can produce, go by
+/// key. The lease at `own_key` is this node's and is skipped. Nothing
 /// here fails: every lease is either accepted or rejected with its reason. An IPv4 node's
 /// view of [`judge_leases_dual`].
 pub fn judge_leases<'a>(
@@ -591,16 +683,25 @@ pub fn judge_leases_dual<'a>(
     prefix: &str,
     leases: impl IntoIterator<Item = StoredLease<'a>>,
 ) -> (Vec<Accepted>, Vec<Rejected>) {
-    let mut leases: Vec<StoredLease<'a>> = leases
+    // Each lease with its parsed key and whether that key is of another form than the
+    // allocator's (`false` sorts first).
+    let mut leases: Vec<(bool, Option<SubnetKey>, StoredLease<'a>)> = leases
         .into_iter()
         .filter(|l| Some(l.key) != own.key)
+        .map(|l| {
+            let key = parse_subnet_key(prefix, l.key);
+            let other = !key.is_some_and(|k| allocator_form(config, &k));
+            (other, key, l)
+        })
         .collect();
-    leases.sort_by(|a, b| (a.create_revision, a.key).cmp(&(b.create_revision, b.key)));
+    leases.sort_by(|(oa, _, a), (ob, _, b)| {
+        (*oa, a.create_revision, a.key).cmp(&(*ob, b.create_revision, b.key))
+    });
     let mut accepted: Vec<Accepted> = Vec::new();
     // Accepted subnets of both families, each with the index of its lease in `accepted`.
     let mut taken: HashMap<IpNet, usize> = HashMap::new();
     let mut rejected = Vec::new();
-    for lease in leases {
+    for (_, key, lease) in leases {
         let mut reject = |reason, detail: String| {
             rejected.push(Rejected {
                 key: lease.key.to_owned(),
@@ -608,11 +709,16 @@ pub fn judge_leases_dual<'a>(
                 detail,
             });
         };
-        let Some(key) = parse_subnet_key(prefix, lease.key) else {
-            reject(
-                Rejection::BadKey,
-                "not flannel's A.B.C.D-LEN key form".into(),
-            );
+        let Some(key) = key else {
+            let detail = match flannel_subnet_key(lease.key.as_bytes()) {
+                Some(k) => format!(
+                    "not flannel's A.B.C.D-LEN key form (flanneld reads it as {}: held for \
+                     allocation, never routed)",
+                    k.ipv4
+                ),
+                None => "not flannel's A.B.C.D-LEN key form".into(),
+            };
+            reject(Rejection::BadKey, detail);
             continue;
         };
         let subnet = key.ipv4;
@@ -913,6 +1019,75 @@ mod tests {
         assert_eq!(parse_subnet_key(DEFAULT_PREFIX, key), None, "{key}");
     }
 
+    /// flanneld's `ParseSubnetKey` reads the end of the whole key, leading zeros of a length
+    /// included; what it would refuse is no lease to it either.
+    #[test]
+    fn keys_are_read_as_flanneld_reads_them() {
+        let p = "/coreos.com/network/subnets/";
+        let v4 = |t: &str| -> Ipv4Net { t.parse().expect("literal") };
+        for (key, ipv4, ipv6) in [
+            ("10.244.3.0-24", "10.244.3.0/24", None),
+            ("10.244.3.0-024", "10.244.3.0/24", None),
+            ("x10.244.3.0-24", "10.244.3.0/24", None),
+            ("x/10.244.3.0-24", "10.244.3.0/24", None),
+            ("10.244.3.9-24", "10.244.3.0/24", None),
+            ("10.244.3.0-00000024", "10.244.3.0/24", None),
+            ("10.244.3.0-0", "0.0.0.0/0", None),
+            ("10.244.3.0-31", "10.244.3.0/31", None),
+            ("110.244.3.0-24", "110.244.3.0/24", None),
+            (
+                "10.244.3.0-24&fd00:0010::-064",
+                "10.244.3.0/24",
+                Some("fd00:10::/64"),
+            ),
+            (
+                "10.244.3.0-24&fd00::1-64",
+                "10.244.3.0/24",
+                Some("fd00::/64"),
+            ),
+        ] {
+            let raw = format!("{p}{key}");
+            let want = SubnetKey {
+                ipv4: v4(ipv4),
+                ipv6: ipv6.map(|t| t.parse().expect("literal")),
+            };
+            assert_eq!(flannel_subnet_key(raw.as_bytes()), Some(want), "{key}");
+        }
+        let raw = [p.as_bytes(), b"\xff\xfe10.244.3.0-24"].concat();
+        assert_eq!(
+            flannel_subnet_key(&raw).map(|k| k.ipv4),
+            Some(v4("10.244.3.0/24"))
+        );
+        for key in [
+            "10.244.3.0-32",
+            "10.244.3.0-99",
+            "010.244.3.0-24",
+            "10.244.003.0-24",
+            "10.244.3.256-24",
+            "10.244x3.0-24",
+            "10.244.3.0-24&fd00::-128",
+            "10.244.3.0-24&fd00:::-64",
+            "10.244.3.0-24&anything",
+            "10.244.3.0-24 ",
+            "10.244.3.0-24\n",
+            "10.244.3-24",
+            "10.244.3.0/24",
+            "",
+        ] {
+            let raw = format!("{p}{key}");
+            assert_eq!(flannel_subnet_key(raw.as_bytes()), None, "{key:?}");
+        }
+        // Every key in flannel's exact form it writes reads the same (but /32, which
+        // flanneld cannot read).
+        for key in ["10.244.2.0-24", "10.244.2.0-24&fd00:10:244:2::-64"] {
+            let raw = format!("{p}{key}");
+            assert_eq!(
+                flannel_subnet_key(raw.as_bytes()),
+                parse_subnet_key(DEFAULT_PREFIX, &raw)
+            );
+        }
+    }
+
     fn dual_config() -> NetworkConfig {
         NetworkConfig::parse(
             br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56",
@@ -1142,13 +1317,14 @@ mod tests {
     }
 
     #[test]
-    fn the_older_of_two_overlapping_leases_wins() {
-        let a = "/coreos.com/network/subnets/10.244.2.0-24";
+    fn the_older_of_two_overlapping_leases_of_one_form_wins() {
         let b = "/coreos.com/network/subnets/10.244.2.0-24&fd00::-64";
+        let c = "/coreos.com/network/subnets/10.244.2.0-24&fd00:1::-64";
         let va = r#"{"PublicIP":"192.0.2.2"}"#;
         let vb = r#"{"PublicIP":"192.0.2.3"}"#;
-        for (ra, rb, winner) in [(4, 9, a), (9, 4, b)] {
-            for order in [[(a, ra, va), (b, rb, vb)], [(b, rb, vb), (a, ra, va)]] {
+        // Two keys of another form than an IPv4 network's: the older wins.
+        for (rb, rc, winner) in [(4, 9, b), (9, 4, c)] {
+            for order in [[(b, rb, va), (c, rc, vb)], [(c, rc, vb), (b, rb, va)]] {
                 let (accepted, rejected) = judge(&order);
                 assert_eq!(accepted.len(), 1);
                 assert_eq!(accepted[0].key, winner);
@@ -1156,6 +1332,61 @@ mod tests {
                 assert_eq!(rejected[0].reason, Rejection::Overlap);
             }
         }
+        let d = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:2::-64";
+        let e = "/coreos.com/network/subnets/10.244.2.0-24&fd00:10:244:3::-64";
+        let vd = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2"}"#;
+        let ve = r#"{"PublicIP":"192.0.2.3","PublicIPv6":"2001:db8::3"}"#;
+        // Two dual-stack keys on a dual-stack network sharing their IPv4 half: the older wins.
+        for (rd, re, winner) in [(4, 9, d), (9, 4, e)] {
+            let (accepted, rejected) = judge_dual(&[(d, rd, vd), (e, re, ve)]);
+            assert_eq!(accepted.len(), 1, "{accepted:?}");
+            assert_eq!(accepted[0].key, winner);
+            assert_eq!(rejected[0].reason, Rejection::Overlap);
+        }
+    }
+
+    /// A key of the allocator's form keeps its subnet against an overlapping key of another
+    /// form whatever their create revisions: the node's key written back after a deletion
+    /// (created again, so newer than the squatter) still wins.
+    #[test]
+    fn the_allocator_s_key_form_wins_over_any_other_whatever_its_age() {
+        let plain = "/coreos.com/network/subnets/10.244.84.0-24";
+        let squat = "/coreos.com/network/subnets/10.244.84.0-24&fd00::-64";
+        let vp = r#"{"PublicIP":"192.0.2.2"}"#;
+        let vs = r#"{"PublicIP":"192.0.2.66"}"#;
+        // The squatter older (the write-back case), then newer.
+        for (rp, rs) in [(20, 7), (7, 20), (9, 9)] {
+            for order in [
+                [(plain, rp, vp), (squat, rs, vs)],
+                [(squat, rs, vs), (plain, rp, vp)],
+            ] {
+                let (accepted, rejected) = judge(&order);
+                assert_eq!(accepted.len(), 1, "{accepted:?}");
+                assert_eq!(accepted[0].key, plain);
+                assert_eq!(accepted[0].value.public_ip, Ipv4Addr::new(192, 0, 2, 2));
+                assert_eq!(rejected.len(), 1, "{rejected:?}");
+                assert_eq!(
+                    (rejected[0].key.as_str(), rejected[0].reason),
+                    (squat, Rejection::Overlap)
+                );
+            }
+        }
+        // Alone, a key of another form is still a lease (an IPv4 network ignores the IPv6
+        // half), and the allocator's key created after it takes the subnet over.
+        let (accepted, _) = judge(&[(squat, 7, vs)]);
+        assert_eq!(accepted[0].key, squat);
+        // On a dual-stack network the dual-stack key is the allocator's: an older plain key
+        // (an IPv4-only peer) loses to it.
+        let dual = "/coreos.com/network/subnets/10.244.84.0-24&fd00:10:244:54::-64";
+        let vd = r#"{"PublicIP":"192.0.2.2","PublicIPv6":"2001:db8::2"}"#;
+        let (accepted, rejected) = judge_dual(&[(plain, 3, vs), (dual, 30, vd)]);
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!(accepted[0].key, dual);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(
+            (rejected[0].key.as_str(), rejected[0].reason),
+            (plain, Rejection::Overlap)
+        );
     }
 
     #[test]
@@ -1386,6 +1617,22 @@ mod tests {
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), key in ".{0,60}") {
             let _ = LeaseValue::parse(&data);
             let _ = parse_subnet_key(DEFAULT_PREFIX, &key);
+        }
+
+        #[test]
+        fn flanneld_s_key_reader_never_panics(
+            key in proptest::collection::vec(any::<u8>(), 0..120),
+            tail in "[0-9.&a-f:x-]{0,40}",
+        ) {
+            let _ = flannel_subnet_key(&key);
+            let mut both = key;
+            both.extend_from_slice(tail.as_bytes());
+            if let Some(k) = flannel_subnet_key(&both) {
+                // Subnets come out as network addresses, of a length Go's reader allows.
+                prop_assert_eq!(k.ipv4, k.ipv4.trunc());
+                prop_assert!(k.ipv4.prefix_len() <= 31);
+                prop_assert!(k.ipv6.is_none_or(|v6| v6 == v6.trunc() && v6.prefix_len() <= 127));
+            }
         }
 
         #[test]
