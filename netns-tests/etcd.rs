@@ -553,6 +553,11 @@ fn a_flanneld_lease_becomes_a_route_and_goes_away() {
             .any(|(_, v)| v.contains(r#""PublicIP":"192.0.2.1""#))
     });
     assert!(rewritten, "own lease not written again:\n{}", c.log(0));
+    // The node counts a write-back once etcd has answered it: read after it has.
+    let counted = wait_for(Duration::from_secs(3), || {
+        c.counter(0, "etcd_own_lease_restored") >= 2
+    });
+    assert!(counted, "the write-back was not counted:\n{}", c.log(0));
     let restored = c.counter(0, "etcd_own_lease_restored") - 1;
     let secs = started.elapsed().as_secs() + 2;
     assert!(
