@@ -398,7 +398,8 @@ static FLANNEL_KEY: std::sync::LazyLock<Option<regex::bytes::Regex>> =
 
 /// Returns the subnets flanneld reads from the etcd key `key` (its `ParseSubnetKey`, run on the
 /// whole key): the `A.B.C.D-LEN[&IPV6-LEN]` that ends it, wherever that starts, the address
-/// read by Go's `net.ParseIP` (no leading zeros) and the lengths by `strconv.ParseUint` with 5
+/// read by Go's `net.ParseIP` (std's `Ipv4Addr` parser has its rules: four fields of at most
+/// 255, no leading zeros) and the lengths by `strconv.ParseUint` with 5
 /// and 7 bits (leading zeros taken, so `10.244.3.0-024` is 10.244.3.0/24; at most /31 and
 /// /127), each subnet truncated to its network address, as flanneld's `Overlaps` compares
 /// them. Wider than [`parse_subnet_key`]: `<prefix>/subnets/x10.244.3.0-24` is a lease to
@@ -407,9 +408,12 @@ static FLANNEL_KEY: std::sync::LazyLock<Option<regex::bytes::Regex>> =
 pub fn flannel_subnet_key(key: &[u8]) -> Option<SubnetKey> {
     let caps = FLANNEL_KEY.as_ref()?.captures(key)?;
     let text = |i| std::str::from_utf8(caps.get(i)?.as_bytes()).ok();
-    let ipv4 = Ipv4Net::new(go_parse_ipv4(text(1)?)?, go_parse_len(text(2)?, 31)?)
-        .ok()?
-        .trunc();
+    let ipv4 = Ipv4Net::new(
+        text(1)?.parse::<Ipv4Addr>().ok()?,
+        go_parse_len(text(2)?, 31)?,
+    )
+    .ok()?
+    .trunc();
     let ipv6 = match text(3) {
         None => None,
         Some(ip) => {
@@ -422,22 +426,6 @@ pub fn flannel_subnet_key(key: &[u8]) -> Option<SubnetKey> {
         }
     };
     Some(SubnetKey { ipv4, ipv6 })
-}
-
-/// Go's `net.ParseIP` on text starting with a dotted quad: four decimal fields of at most
-/// 255, no leading zero, separated by dots, nothing else.
-fn go_parse_ipv4(text: &str) -> Option<Ipv4Addr> {
-    let mut octets = [0u8; 4];
-    let mut fields = text.split('.');
-    for octet in &mut octets {
-        let field = fields.next()?;
-        let digits = !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit());
-        if !digits || field.len() > 3 || (field.len() > 1 && field.starts_with('0')) {
-            return None;
-        }
-        *octet = field.parse().ok()?;
-    }
-    fields.next().is_none().then_some(Ipv4Addr::from(octets))
 }
 
 /// Go's `strconv.ParseUint(text, 10, bits)` on decimal digits, for a result of at most `max`
